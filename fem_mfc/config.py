@@ -1,0 +1,313 @@
+"""Run configuration: the TOML schema, its validation, and defaults.
+
+This is the one place that knows the key names.  A config is a TOML file of sections; every
+key is declared below with its type, default and admissible range, and :func:`load` rejects
+unknown keys, wrong types, missing files and out-of-range values with a one-line
+:class:`~fem_mfc.errors.ConfigError` naming the key.  The validated config is a plain nested
+``dict`` with every default filled in, so that the copy written next to the results
+(``config.toml``) reproduces the run exactly.
+
+The schema is documented for users in ``docs/config.md`` (generated from this module by
+``python3 -m fem_mfc schema``).
+"""
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError, UserError
+
+
+@dataclass
+class Key:
+    """One config key: a type, a default (``REQUIRED`` if none) and an optional check."""
+
+    type: type | tuple
+    default: Any
+    doc: str
+    check: Callable[[Any], bool] | None = None
+    expect: str = ""          # what the check wants, for the error message
+    choices: tuple | None = None
+    path: bool = False        # a file that must exist (resolved relative to the config)
+
+
+REQUIRED = object()
+ANY = object()
+
+
+def positive(x):
+    return x > 0
+
+
+def nonnegative(x):
+    return x >= 0
+
+
+def _unit_interval(x):
+    return 0 < x <= 1
+
+
+FORMULATIONS = ("heat", "hjb-fp", "qhd", "cole-hopf", "nls", "classifier", "generative")
+MESH_KINDS = ("interval", "rectangle", "box", "disk", "annulus", "lshape", "ball", "file")
+
+# Section -> key -> Key.  A value of dict type (``Key(dict, ...)``) is a free table (e.g. PETSc
+# options, or named parameters referenced from formulas).
+SCHEMA: dict[str, dict[str, Key]] = {
+    "run": {
+        "formulation": Key(str, "hjb-fp", "which system to solve", choices=FORMULATIONS),
+        "title": Key(str, "", "free text, copied to summary.json"),
+    },
+    "mesh": {
+        "kind": Key(str, "rectangle", "mesh kind", choices=MESH_KINDS),
+        "cells": Key(int, 16, "cells per axis (interval/rectangle/box)", positive, "a positive integer"),
+        "lower": Key(list, [-1.0, -1.0], "lower corner (interval/rectangle/box)"),
+        "upper": Key(list, [1.0, 1.0], "upper corner (interval/rectangle/box)"),
+        "diagonal": Key(str, "right", "triangle diagonal of rectangle meshes",
+                        choices=("right", "left", "crossed", "right/left", "left/right")),
+        "radius": Key(float, 1.0, "outer radius (disk/annulus/ball)", positive, "a positive number"),
+        "inner_radius": Key(float, 0.5, "inner radius (annulus)", positive, "a positive number"),
+        "h": Key(float, 0.2, "target cell size (gmsh kinds)", positive, "a positive number"),
+        "file": Key(str, "", "a gmsh .msh (or meshio-readable) file (kind = 'file')", path=True),
+        "refine": Key(int, 0, "refinement level: cells x 2^refine, h / 2^refine", nonnegative,
+                      "a non-negative integer"),
+    },
+    "problem": {
+        "T": Key(float, 1.0, "horizon (network depth)", positive, "a positive number"),
+        "sigma": Key(float, 0.5, "noise sigma (epsilon = sigma^2/2)", nonnegative,
+                     "a non-negative number"),
+        "steps": Key(int, 20, "number of time steps (layers)", positive, "a positive integer"),
+        "V": Key(str, "0", "running potential V(x), a formula in x0, x1, x2"),
+        "Phi": Key(str, "0", "terminal loss Phi(x), a formula in x0, x1, x2"),
+        "G": Key(str, "0", "congestion G(rho), a formula in rho (and parameters)"),
+        "coupling": Key(str, "mftc", "congestion coupling: G'(rho) (mftc) or G(rho)/rho (mfg)",
+                        choices=("mftc", "mfg")),
+        "params": Key(dict, {}, "named numbers usable in every formula, e.g. {kappa = 1.0}"),
+    },
+    "rho0": {
+        "kind": Key(str, "gaussian", "initial density kind",
+                    choices=("gaussian", "mixture", "formula", "file")),
+        "mean": Key(list, [0.0, 0.0], "Gaussian mean"),
+        "std": Key(float, 0.3, "Gaussian standard deviation (per axis)", positive,
+                   "a positive number"),
+        "means": Key(list, [], "mixture: list of means"),
+        "stds": Key(list, [], "mixture: list of standard deviations"),
+        "weights": Key(list, [], "mixture: list of weights"),
+        "formula": Key(str, "", "kind = 'formula': an unnormalised density in x0, x1, x2"),
+        "file": Key(str, "", "kind = 'file': an adios4dolfinx checkpoint written by fem_mfc",
+                    path=True),
+    },
+    "discretisation": {
+        "degree": Key(int, 1, "Lagrange degree", lambda k: k in (1, 2, 3), "1, 2 or 3"),
+        "scheme": Key(str, "backward-euler", "time scheme",
+                      choices=("backward-euler", "crank-nicolson")),
+    },
+    "solver": {
+        "method": Key(str, "auto", "nonlinear solver",
+                      choices=("auto", "newton", "picard", "cole-hopf")),
+        "rtol": Key(float, 1e-10, "relative residual tolerance", positive, "a positive number"),
+        "atol": Key(float, 1e-12, "absolute residual tolerance", positive, "a positive number"),
+        "max_it": Key(int, 50, "maximum Newton iterations", positive, "a positive integer"),
+        "picard_max_it": Key(int, 500, "maximum Picard iterations", positive, "a positive integer"),
+        "relaxation": Key(float, 0.5, "Picard damping in (0, 1]", _unit_interval,
+                          "a number in (0, 1]"),
+        "petsc_options": Key(dict, {}, "PETSc options (also accepted on the command line)"),
+    },
+    "exact": {
+        "solution": Key(str, "none", "known solution for error norms and refinement studies",
+                        choices=("none", "lq-gaussian", "manufactured", "heat-gaussian",
+                                 "soliton", "free-gaussian")),
+    },
+    "output": {
+        "vtx": Key(bool, True, "write ParaView VTX (.bp) time series"),
+        "xdmf": Key(bool, False, "also write XDMF time series"),
+        "figures": Key(bool, True, "render PNG figures with PyVista (rank 0, off-screen)"),
+        "animation": Key(bool, False, "render an animated GIF of the density"),
+        "every": Key(int, 1, "write fields every N steps", positive, "a positive integer"),
+        "progress": Key(bool, True, "show progress bars"),
+    },
+}
+
+
+def _typename(t) -> str:
+    if isinstance(t, tuple):
+        return " or ".join(_typename(x) for x in t)
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            list: "an array", dict: "a table"}.get(t, t.__name__)
+
+
+def _coerce(key: str, spec: Key, value, source):
+    t = spec.type
+    if t is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if t is int and isinstance(value, bool):
+        raise ConfigError(key, _typename(t), value, source)
+    if not isinstance(value, t):
+        raise ConfigError(key, _typename(t), value, source)
+    if t is float and not math.isfinite(value):
+        raise ConfigError(key, "a finite number", value, source)
+    if spec.choices is not None and value not in spec.choices:
+        raise ConfigError(key, "one of " + ", ".join(repr(c) for c in spec.choices), value, source)
+    if spec.check is not None and not spec.check(value):
+        raise ConfigError(key, spec.expect or "a valid value", value, source)
+    return value
+
+
+def validate(raw: dict, source: str | None = None, base_dir: Path | None = None) -> dict:
+    """Check a raw TOML table against :data:`SCHEMA`; return it with all defaults filled in."""
+    if not isinstance(raw, dict):
+        raise ConfigError("<top>", "a TOML table", type(raw).__name__, source)
+    for section in raw:
+        if section not in SCHEMA:
+            raise ConfigError(section, "a known section: " + ", ".join(SCHEMA), "unknown section",
+                              source)
+    cfg: dict[str, dict] = {}
+    for section, keys in SCHEMA.items():
+        given = raw.get(section, {})
+        if not isinstance(given, dict):
+            raise ConfigError(section, "a table [" + section + "]", given, source)
+        for k in given:
+            if k not in keys:
+                raise ConfigError(f"{section}.{k}", "a known key of [" + section + "]: "
+                                  + ", ".join(keys), "unknown key", source)
+        out = {}
+        for k, spec in keys.items():
+            key = f"{section}.{k}"
+            if k in given:
+                v = _coerce(key, spec, given[k], source)
+                if spec.path and v:
+                    p = Path(v)
+                    if not p.is_absolute() and base_dir is not None:
+                        p = (base_dir / p)
+                    if not p.is_file():
+                        raise ConfigError(key, "an existing file", v, source)
+                    v = str(p.resolve())
+            elif spec.default is REQUIRED:
+                raise ConfigError(key, "a value (this key is required)", None, source)
+            else:
+                v = spec.default if not isinstance(spec.default, (list, dict)) else \
+                    type(spec.default)(spec.default)
+            out[k] = v
+        cfg[section] = out
+    _cross_checks(cfg, source)
+    return cfg
+
+
+def _check_vector(key, v, source, n=None):
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+               for x in v):
+        raise ConfigError(key, "an array of finite numbers", v, source)
+    if n is not None and len(v) != n:
+        raise ConfigError(key, f"an array of {n} numbers", v, source)
+
+
+def gdim(cfg: dict) -> int:
+    """Geometric dimension implied by the mesh section."""
+    kind = cfg["mesh"]["kind"]
+    return {"interval": 1, "rectangle": 2, "disk": 2, "annulus": 2, "lshape": 2,
+            "box": 3, "ball": 3}.get(kind, len(cfg["mesh"]["lower"]))
+
+
+def _cross_checks(cfg: dict, source):
+    m = cfg["mesh"]
+    if m["kind"] in ("interval", "rectangle", "box"):
+        d = gdim(cfg)
+        for k in ("lower", "upper"):
+            _check_vector(f"mesh.{k}", m[k], source, d)
+        if any(lo >= hi for lo, hi in zip(m["lower"], m["upper"])):
+            raise ConfigError("mesh.upper", "each entry larger than mesh.lower", m["upper"], source)
+    if m["kind"] == "file" and not m["file"]:
+        raise ConfigError("mesh.file", "a mesh file when mesh.kind = 'file'", None, source)
+    if m["kind"] == "annulus" and not m["inner_radius"] < m["radius"]:
+        raise ConfigError("mesh.inner_radius", "less than mesh.radius", m["inner_radius"], source)
+    for k, v in cfg["problem"]["params"].items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise ConfigError(f"problem.params.{k}", "a finite number", v, source)
+    r = cfg["rho0"]
+    if r["kind"] != "file" and m["kind"] != "file":
+        if r["kind"] == "gaussian":
+            _check_vector("rho0.mean", r["mean"], source, gdim(cfg))
+    if r["kind"] == "mixture":
+        if not r["means"]:
+            raise ConfigError("rho0.means", "a non-empty list of means for a mixture", None, source)
+        n = len(r["means"])
+        for i, mu in enumerate(r["means"]):
+            if not isinstance(mu, list):
+                raise ConfigError(f"rho0.means[{i}]", "an array of numbers", mu, source)
+            _check_vector(f"rho0.means[{i}]", mu, source)
+        for k in ("stds", "weights"):
+            _check_vector(f"rho0.{k}", r[k], source, n)
+            if any(x <= 0 for x in r[k]):
+                raise ConfigError(f"rho0.{k}", "positive numbers", r[k], source)
+    if r["kind"] == "formula" and not r["formula"].strip():
+        raise ConfigError("rho0.formula", "a formula when rho0.kind = 'formula'", None, source)
+    if r["kind"] == "file" and not r["file"]:
+        raise ConfigError("rho0.file", "a file when rho0.kind = 'file'", None, source)
+    for k, v in cfg["solver"]["petsc_options"].items():
+        if not isinstance(v, (str, int, float, bool)):
+            raise ConfigError(f"solver.petsc_options.{k}", "a string, number or boolean", v, source)
+
+
+def load(path: str | Path) -> dict:
+    """Read and validate a TOML config file."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{path}: config file not found (expected a TOML file)")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML ({e})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file (expected TOML)") from None
+    return validate(raw, source=str(path), base_dir=p.resolve().parent)
+
+
+def from_dict(raw: dict) -> dict:
+    """Validate a config given as a Python dict (paths relative to the working directory)."""
+    return validate(raw, source="<dict>", base_dir=Path.cwd())
+
+
+def dumps(cfg: dict) -> str:
+    """Serialise a validated config to TOML (the reproducible copy stored with the results)."""
+    lines = []
+
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, float):
+            return repr(v)
+        if isinstance(v, int):
+            return str(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f'"{k}" = {val(x)}' for k, x in v.items()) + "}"
+        raise TypeError(v)
+
+    for section, table in cfg.items():
+        lines.append(f"[{section}]")
+        for k, v in table.items():
+            lines.append(f"{k} = {val(v)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def schema_markdown() -> str:
+    """The schema as a Markdown reference (docs/config.md)."""
+    out = ["# Config reference", "",
+           "Generated from `fem_mfc/config.py` by `python3 -m fem_mfc schema`.", ""]
+    for section, keys in SCHEMA.items():
+        out += [f"## [{section}]", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for k, spec in keys.items():
+            d = "required" if spec.default is REQUIRED else repr(spec.default)
+            doc = spec.doc + (" — one of " + ", ".join(f"`{c}`" for c in spec.choices)
+                              if spec.choices else "")
+            if spec.expect:
+                doc += f" ({spec.expect})"
+            out.append(f"| `{k}` | {_typename(spec.type)} | `{d}` | {doc} |")
+        out.append("")
+    return "\n".join(out)

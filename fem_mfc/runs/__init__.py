@@ -1,0 +1,1 @@
+"""Runners: one module per formulation, each ``run(cfg, ctx) -> summary dict``."""
