@@ -79,7 +79,10 @@ def initial_density(rcfg: dict, V, params: dict | None = None, name: str = "rho0
             if src.function_space.mesh is not mesh else rho.interpolate(src)
     else:
         expr = density_ufl(rcfg, mesh, params)
-        rho.interpolate(dolfinx.fem.Expression(expr, V.element.interpolation_points()))
+        if isinstance(expr, (int, float, ufl.constantvalue.ConstantValue)):
+            rho.x.array[:] = float(expr)   # a constant formula (UFL folds e.g. 0*x0 to zero)
+        else:
+            rho.interpolate(dolfinx.fem.Expression(expr, V.element.interpolation_points()))
     return normalise(rho)
 
 

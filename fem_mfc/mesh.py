@@ -48,7 +48,7 @@ class MeshData:
         return self.mesh.geometry.dim
 
 
-def _gmsh_model(geo: Path, dim: int, numbers: dict, order: int = 1):
+def generate_gmsh(geo: Path, dim: int, numbers: dict, order: int = 1):
     import gmsh
     gmsh.initialize(interruptible=False)
     gmsh.option.setNumber("General.Terminal", 0)
@@ -77,7 +77,7 @@ def from_geo(geo: str | Path, dim: int, comm=MPI.COMM_WORLD, **numbers) -> MeshD
         raise UserError(f"{geo}: gmsh source not found")
     gmsh = None
     if comm.rank == 0:
-        gmsh = _gmsh_model(geo, dim, numbers)
+        gmsh = generate_gmsh(geo, dim, numbers)
     try:
         mesh, ct, ft = gmshio.model_to_mesh(gmsh.model if gmsh else None, comm, 0, gdim=dim)
     finally:

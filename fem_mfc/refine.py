@@ -1,0 +1,114 @@
+"""Refinement studies: run one config on a sequence of levels and measure convergence rates.
+
+Level k refines in space (``mesh.refine = base + k``: cells × 2^k or gmsh size h / 2^k, each
+level meshed directly), in time (``problem.steps × 2^k``) or both.  Each level's runner must
+report error norms against the config's exact solution (keys ``err_*``), plus ``h``, ``tau``,
+``ndofs``, ``nsteps``.  The observed order of a norm e between levels k−1 and k is
+
+    rate_k = log(e_{k−1}/e_k) / log(s_{k−1}/s_k),
+
+where s is h (space or both) or τ (time).  Writes ``convergence.json``, ``convergence.csv`` and
+a log-log ``convergence.png`` into the output folder (atomically).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+from mpi4py import MPI
+
+from .errors import UserError
+from .io import prepare_outdir, write_json_atomic, write_text_atomic
+
+
+def level_config(cfg: dict, level: int, where: str) -> dict:
+    """The config of refinement level ``level`` (0 = the given config)."""
+    c = copy.deepcopy(cfg)
+    if where in ("space", "both"):
+        c["mesh"]["refine"] = cfg["mesh"]["refine"] + level
+    if where in ("time", "both"):
+        c["problem"]["steps"] = cfg["problem"]["steps"] * 2 ** level
+    c["output"].update(figures=False, vtx=False, xdmf=False, animation=False, progress=False)
+    return c
+
+
+def rates(levels: list[dict], where: str) -> dict:
+    """Observed orders of every ``err_*`` norm between consecutive levels."""
+    scale = "tau" if where == "time" else "h"
+    names = [k for k in levels[0] if k.startswith("err_")]
+    out = {}
+    for name in names:
+        r = []
+        for a, b in zip(levels[:-1], levels[1:]):
+            ea, eb = a.get(name), b.get(name)
+            if ea is None or eb is None or ea <= 0 or eb <= 0 or a[scale] == b[scale]:
+                r.append(None)
+            else:
+                r.append(math.log(ea / eb) / math.log(a[scale] / b[scale]))
+        out[name] = r
+    return out
+
+
+def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
+                     petsc_options: dict | None = None, config_path="<dict>",
+                     comm=MPI.COMM_WORLD) -> dict:
+    """Run ``levels`` refinement levels of ``cfg`` and write the convergence table."""
+    from . import runners
+    from .cli import run_config
+    if cfg["exact"]["solution"] == "none":
+        raise UserError(f"{config_path}: no exact solution to measure errors against "
+                        "(set [exact] solution, e.g. 'lq-gaussian' or 'manufactured')")
+    if cfg["run"]["formulation"] not in runners.REFINABLE:
+        raise UserError(f"formulation '{cfg['run']['formulation']}' has no refinement support")
+    if cfg["mesh"]["kind"] == "file" and where != "time":
+        raise UserError("mesh.kind = 'file' has one resolution: use --in time, or a generated "
+                        "mesh kind")
+    outdir = prepare_outdir(outdir, comm)
+    rows = []
+    for k in range(levels):
+        s = run_config(level_config(cfg, k, where), outdir / f"level_{k}", petsc_options,
+                       config_path, quiet=True, comm=comm)
+        errs = {key: v for key, v in s.items() if key.startswith("err_")}
+        if not errs:
+            raise UserError(f"{config_path}: the run reports no error norms for exact solution "
+                            f"'{cfg['exact']['solution']}'")
+        rows.append({"level": k, "h": s["h"], "tau": s["tau"], "ndofs": s["ndofs"],
+                     "nsteps": s["nsteps"], **errs})
+    result = {"where": where, "config": str(config_path), "levels": rows,
+              "rates": rates(rows, where)}
+    if comm.rank == 0:
+        write_json_atomic(outdir / "convergence.json", result)
+        cols = list(rows[0])
+        csv = [",".join(cols)] + [",".join(repr(r.get(c)) for c in cols) for r in rows]
+        write_text_atomic(outdir / "convergence.csv", "\n".join(csv) + "\n")
+        _plot(rows, where, outdir / "convergence.png")
+    return result
+
+
+def _plot(rows, where, path: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    scale = "tau" if where == "time" else "h"
+    x = [r[scale] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name in [k for k in rows[0] if k.startswith("err_")]:
+        y = [r[name] for r in rows]
+        if all(v and v > 0 for v in y):
+            ax.loglog(x, y, "o-", label=name)
+    first = next((rows[0][k] for k in rows[0] if k.startswith("err_") and rows[0][k]), None)
+    if first:
+        for p in (1, 2, 3):  # reference slopes through the first error
+            ax.loglog(x, [first * (xi / x[0]) ** p for xi in x], "k:", lw=0.8, alpha=0.5)
+            ax.annotate(f"order {p}", (x[-1], first * (x[-1] / x[0]) ** p), fontsize=7)
+    ax.set_xlabel(scale)
+    ax.set_ylabel("error")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title(f"refinement in {where}")
+    fig.tight_layout()
+    tmp = path.with_name("." + path.name)
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,101 @@
+"""Bad configs give a one-line error naming the key, exit code 2, no traceback, and nothing
+already written is lost."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from conftest import read_summary, run_cli
+
+GOOD = textwrap.dedent("""
+    [run]
+    formulation = "heat"
+    [mesh]
+    kind = "interval"
+    cells = 16
+    lower = [-3.0]
+    upper = [3.0]
+    [problem]
+    T = 0.1
+    sigma = 0.5
+    steps = 4
+    [rho0]
+    mean = [0.0]
+    std = 0.5
+    [output]
+    figures = false
+    progress = false
+""")
+
+BAD = {
+    "unknown key": ("[mesh]\nkind", "[mesh]\ncolour = 1\nkind", "mesh.colour"),
+    "unknown section": ("[run]", "[nonsense]\na = 1\n[run]", "nonsense"),
+    "wrong type": ("cells = 16", "cells = \"sixteen\"", "mesh.cells"),
+    "negative cells": ("cells = 16", "cells = -4", "mesh.cells"),
+    "zero steps": ("steps = 4", "steps = 0", "problem.steps"),
+    "negative sigma": ("sigma = 0.5", "sigma = -0.5", "problem.sigma"),
+    "non-positive T": ("T = 0.1", "T = 0.0", "problem.T"),
+    "bad choice": ("formulation = \"heat\"", "formulation = \"magic\"", "run.formulation"),
+    "missing mesh file": ("kind = \"interval\"", "kind = \"file\"\nfile = \"nope.msh\"",
+                          "mesh.file"),
+    "unparsable TOML": ("[problem]", "[problem\n", "not valid TOML"),
+    "lower >= upper": ("upper = [3.0]", "upper = [-5.0]", "mesh.upper"),
+    "mean of wrong length": ("mean = [0.0]", "mean = [0.0, 1.0]", "rho0.mean"),
+    "bad formula": ("[rho0]\nmean = [0.0]", "[rho0]\nkind = \"formula\"\nformula = \"__import__('os')\"\nmean = [0.0]", "rho0.formula"),
+    "negative rho0": ("[rho0]\nmean = [0.0]", "[rho0]\nkind = \"formula\"\nformula = \"x0\"\nmean = [0.0]", "rho0"),
+    "zero-mass rho0": ("[rho0]\nmean = [0.0]", "[rho0]\nkind = \"formula\"\nformula = \"0*x0\"\nmean = [0.0]", "rho0"),
+    "bool for int": ("cells = 16", "cells = true", "mesh.cells"),
+    "relaxation out of range": ("[output]", "[solver]\nrelaxation = 1.5\n[output]",
+                                "solver.relaxation"),
+}
+
+
+@pytest.fixture
+def earlier_result(tmp_path):
+    cfg = tmp_path / "good.toml"
+    cfg.write_text(GOOD)
+    out = tmp_path / "out"
+    p = run_cli(["run", str(cfg), "--out", str(out), "--quiet"])
+    assert p.returncode == 0, p.stderr
+    return out, read_summary(out)
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_config_one_line_exit_2(case, tmp_path, earlier_result):
+    old, new, key = BAD[case]
+    assert old in GOOD, case
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(GOOD.replace(old, new, 1))
+    out, before = earlier_result
+    p = run_cli(["run", str(cfg), "--out", str(out), "--quiet"])
+    assert p.returncode == 2, (case, p.returncode, p.stderr)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, p.stderr
+    assert "Traceback" not in p.stderr
+    assert key in lines[0], lines[0]
+    # the earlier result in the same folder is intact
+    assert read_summary(out) == before
+    assert not [q for q in out.iterdir() if q.name.startswith(".staging")]
+
+
+def test_missing_config_file(tmp_path):
+    p = run_cli(["run", str(tmp_path / "nope.toml")])
+    assert p.returncode == 2 and "nope.toml" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_refine_without_exact_solution(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(GOOD)
+    p = run_cli(["refine", str(cfg), "--levels", "2", "--out", str(tmp_path / "r")])
+    assert p.returncode == 2 and "exact" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_config_copy_reproduces_run(tmp_path, earlier_result):
+    out, first = earlier_result
+    again = tmp_path / "again"
+    p = run_cli(["run", str(out / "config.toml"), "--out", str(again), "--quiet"])
+    assert p.returncode == 0, p.stderr
+    second = read_summary(again)
+    for k in ("mass", "min_rho", "ndofs", "nsteps", "h", "tau"):
+        assert second[k] == first[k], k

@@ -1,0 +1,147 @@
+"""Platform: CLI info, the heat smoke problem on every mesh kind (serial and 2 ranks),
+outputs (summary, ParaView, figures, log, config copy), refinement rates, Docker/bootstrap."""
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, assert_same_numbers, read_summary, run_cli
+
+MESHES = {
+    "interval": 'kind = "interval"\ncells = 32\nlower = [-3.0]\nupper = [3.0]',
+    "rectangle": 'kind = "rectangle"\ncells = 12\nlower = [-3.0, -3.0]\nupper = [3.0, 3.0]',
+    "box": 'kind = "box"\ncells = 5\nlower = [-3.0, -3.0, -3.0]\nupper = [3.0, 3.0, 3.0]',
+    "disk": 'kind = "disk"\nradius = 3.0\nh = 0.5',
+    "annulus": 'kind = "annulus"\nradius = 3.0\ninner_radius = 1.0\nh = 0.5',
+    "lshape": 'kind = "lshape"\nradius = 3.0\nh = 0.5',
+    "ball": 'kind = "ball"\nradius = 3.0\nh = 1.0',
+    "file": f'kind = "file"\nfile = "{REPO}/meshes/disk.msh"',
+}
+MEAN = {"interval": "[0.0]", "box": "[0.0, 0.0, 0.0]", "ball": "[0.0, 0.0, 0.0]",
+        "annulus": "[2.0, 0.0]", "lshape": "[-1.5, -1.5]"}
+
+
+def heat_config(kind: str, figures: bool = True) -> str:
+    return textwrap.dedent(f"""
+        [run]
+        formulation = "heat"
+        [mesh]
+        {{mesh}}
+        [problem]
+        T = 0.2
+        sigma = 0.6
+        steps = 4
+        [rho0]
+        mean = {MEAN.get(kind, "[0.0, 0.0]")}
+        std = 0.6
+        [output]
+        figures = {str(figures).lower()}
+        progress = false
+    """).replace("{mesh}", MESHES[kind])
+
+
+def test_info_prints_versions():
+    p = run_cli(["info"])
+    assert p.returncode == 0, p.stderr
+    for name in ("dolfinx", "petsc", "mpi", "pyvista", "ranks"):
+        assert re.search(rf"^{name}\s+\S", p.stdout, re.M), p.stdout
+    assert re.search(r"^dolfinx\s+0\.9", p.stdout, re.M)
+
+
+@pytest.mark.parametrize("kind", sorted(MESHES))
+def test_heat_smoke_each_mesh_kind(kind, tmp_path):
+    cfg = tmp_path / f"{kind}.toml"
+    cfg.write_text(heat_config(kind, figures=kind in ("interval", "disk", "ball")))
+    out = tmp_path / "out"
+    p = run_cli(["run", str(cfg), "--out", str(out), "--quiet"])
+    assert p.returncode == 0, p.stderr
+    s = read_summary(out)
+    assert s["mass_error"] < 1e-12            # the FP step conserves mass exactly
+    assert s["min_rho"] > -1e-2             # P1 Galerkin: small undershoots on coarse meshes
+    assert s["ndofs"] > 20 and s["nsteps"] == 4
+    assert (out / "rho.bp").is_dir() and (out / "run.log").is_file()
+    assert (out / "config.toml").read_text().count("[mesh]") == 1
+    if kind in ("interval", "disk", "ball"):
+        png = out / "rho_snapshots.png"
+        assert png.is_file() and png.stat().st_size > 5000
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("kind", ["disk", "box"])
+def test_heat_serial_equals_two_ranks(kind, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(heat_config(kind, figures=kind == "disk"))
+    s1, s2 = tmp_path / "s1", tmp_path / "s2"
+    assert run_cli(["run", str(cfg), "--out", str(s1), "--quiet"]).returncode == 0
+    p = run_cli(["run", str(cfg), "--out", str(s2), "--quiet"], ranks=2)
+    assert p.returncode == 0, p.stderr
+    a, b = read_summary(s1), read_summary(s2)
+    assert a["ranks"] == 1 and b["ranks"] == 2
+    assert_same_numbers(a, b, ["mass", "mass_error", "min_rho", "ndofs", "nsteps", "h"],
+                        rtol=1e-9, atol=1e-13)
+    if kind == "disk":
+        assert (s2 / "rho_snapshots.png").is_file()
+
+
+def test_refine_heat_rates(tmp_path):
+    """Crank–Nicolson + P1 refined in space and time together: order 2."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(textwrap.dedent("""
+        [run]
+        formulation = "heat"
+        [mesh]
+        kind = "rectangle"
+        cells = 8
+        lower = [-3.0, -3.0]
+        upper = [3.0, 3.0]
+        [problem]
+        T = 0.2
+        sigma = 0.8
+        steps = 4
+        [discretisation]
+        scheme = "crank-nicolson"
+        [rho0]
+        std = 0.5
+        [exact]
+        solution = "heat-gaussian"
+    """))
+    out = tmp_path / "ref"
+    p = run_cli(["refine", str(cfg), "--levels", "4", "--in", "both", "--out", str(out)])
+    assert p.returncode == 0, p.stderr
+    conv = json.loads((out / "convergence.json").read_text())
+    assert len(conv["levels"]) == 4
+    for lev in conv["levels"]:
+        assert {"h", "tau", "ndofs", "nsteps", "err_rho_L2"} <= set(lev)
+    assert conv["rates"]["err_rho_L2"][-1] > 1.85
+    assert (out / "convergence.csv").read_text().startswith("level,h,tau")
+    assert (out / "convergence.png").stat().st_size > 5000
+
+
+def test_dockerfile_and_bootstrap_share_the_package_list():
+    docker = (REPO / "Dockerfile").read_text()
+    boot = (REPO / "bin" / "fem-env").read_text()
+    assert re.search(r"^FROM debian:trixie-slim", docker, re.M)
+    assert "COPY env/packages.txt" in docker
+    assert 'PKGLIST="$REPO/env/packages.txt"' in boot
+    # the same filter (strip comments and blanks) in both
+    filt = "sed -e 's/#.*//' -e 's/[[:space:]]//g'"
+    assert filt in docker and filt in boot
+    pkgs = [ln.split("#")[0].strip() for ln in (REPO / "env/packages.txt").read_text().splitlines()]
+    pkgs = [p for p in pkgs if p]
+    for needed in ("python3-dolfinx-real", "python3-petsc4py-real", "python3-mpi4py",
+                   "python3-pyvista", "python3-meshio", "python3-gmsh", "python3-adios4dolfinx",
+                   "python3-sklearn", "python3-torch", "python3-pytest-mpi", "openmpi-bin",
+                   "xvfb"):
+        assert needed in pkgs
+    assert "trixie" in boot
+
+
+def test_readme_commands_are_what_ci_runs():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "make demo" in readme and "make test" in readme
+    assert re.search(r"^make test$", ci, re.M)

@@ -1,0 +1,103 @@
+"""Unit tests of the platform modules: formulas, config schema, meshes, atomic writes."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import ufl
+from mpi4py import MPI
+
+from fem_mfc import config, expressions, mesh
+from fem_mfc.errors import ConfigError, UserError
+from fem_mfc.io import write_json_atomic
+
+
+def _rect():
+    return mesh.build({"kind": "rectangle", "cells": 2, "lower": [0, 0], "upper": [1, 1],
+                       "diagonal": "right"}, MPI.COMM_SELF).mesh
+
+
+@pytest.mark.parametrize("text", ["__import__('os').system('true')", "x0.__class__",
+                                  "open('f')", "[1, 2]", "lambda: 1", "x0 if 1 else 2",
+                                  "x3", "foo + 1", "exp(1, 2)", "1 +"])
+def test_formula_rejects_unsafe_or_invalid(text):
+    x = ufl.SpatialCoordinate(_rect())
+    with pytest.raises(ConfigError) as e:
+        expressions.parse(text, "problem.V", x=x, gdim=2)
+    assert "problem.V" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_formula_values():
+    import dolfinx
+    msh = _rect()
+    x = ufl.SpatialCoordinate(msh)
+    e = expressions.parse("k*(x0**2 + y) + exp(0) - pi*0", "problem.V", x=x, gdim=2,
+                          params={"k": 3.0})
+    val = dolfinx.fem.assemble_scalar(dolfinx.fem.form(e * ufl.dx))
+    assert val == pytest.approx(3 * (1 / 3 + 1 / 2) + 1)
+    rho = dolfinx.fem.Constant(msh, 2.0)
+    g = expressions.parse("kappa*rho**2/2", "problem.G", x=None, variables={"rho": rho},
+                          params={"kappa": 0.5})
+    assert float(dolfinx.fem.assemble_scalar(dolfinx.fem.form(g * ufl.dx(domain=msh)))) == \
+        pytest.approx(1.0)
+
+
+def test_config_defaults_roundtrip(tmp_path):
+    cfg = config.from_dict({"mesh": {"kind": "rectangle"}})
+    assert cfg["problem"]["T"] == 1.0 and cfg["solver"]["method"] == "auto"
+    p = tmp_path / "c.toml"
+    p.write_text(config.dumps(cfg))
+    assert config.load(p) == cfg
+
+
+def test_schema_markdown_lists_every_key():
+    md = config.schema_markdown()
+    for section, keys in config.SCHEMA.items():
+        assert f"## [{section}]" in md
+        for k in keys:
+            assert f"| `{k}` |" in md
+
+
+def test_refined_gmsh_levels_shrink_h_and_keep_tags():
+    hs = []
+    for level in (0, 1):
+        md = mesh.build({"kind": "annulus", "h": 0.4, "radius": 1.0, "inner_radius": 0.4,
+                         "refine": level}, MPI.COMM_WORLD)
+        hs.append(md.h)
+        assert set(np.unique(md.facet_tags.values)) <= {1, 2}
+        ntags = MPI.COMM_WORLD.allreduce(len(md.facet_tags.values))
+        assert ntags > 0 and md.cell_tags is not None
+    assert hs[1] < 0.7 * hs[0]
+
+
+def test_msh_and_meshio_files_keep_tags(tmp_path, repo):
+    import meshio
+    md = mesh.read_file(repo / "meshes" / "annulus.msh", MPI.COMM_SELF)
+    assert set(np.unique(md.facet_tags.values)) == {1, 2}
+    assert set(np.unique(md.cell_tags.values)) == {1}
+    m = meshio.read(repo / "meshes" / "disk.msh")
+    tri = [c for c in m.cells if c.type == "triangle"]
+    out = tmp_path / "disk.vtu"
+    meshio.write(out, meshio.Mesh(m.points[:, :2], tri))
+    md2 = mesh.read_file(out, MPI.COMM_SELF)
+    assert md2.mesh.topology.index_map(2).size_global == sum(len(c.data) for c in tri)
+
+
+def test_unreadable_mesh_file(tmp_path):
+    bad = tmp_path / "bad.msh"
+    bad.write_text("this is not a mesh")
+    with pytest.raises(UserError) as e:
+        mesh.read_file(bad, MPI.COMM_SELF)
+    assert "bad.msh" in str(e.value)
+
+
+def test_atomic_json_write_keeps_old_file_on_failure(tmp_path):
+    p = tmp_path / "summary.json"
+    write_json_atomic(p, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(p, {"a": object()})
+    assert p.read_text().strip().startswith("{") and '"a": 1' in p.read_text()
+    assert [q.name for q in tmp_path.iterdir()] == ["summary.json"]
+    write_json_atomic(p, {"nan": float("nan")})
+    assert "null" in p.read_text()
