@@ -120,6 +120,34 @@ SCHEMA: dict[str, dict[str, Key]] = {
                         choices=("none", "lq-gaussian", "manufactured", "heat-gaussian",
                                  "soliton", "free-gaussian")),
     },
+    "nls": {
+        "hbar": Key(float, 1.0, "Planck constant hbar of i hbar Psi_t = -(hbar^2/2) Lap Psi + "
+                    "(V + G'(|Psi|^2)) Psi", positive, "a positive number"),
+        "kappa": Key(float, 0.0, "cubic nonlinearity G = kappa rho^2/2 (focusing if < 0) when "
+                     "problem.G = '0'; otherwise G is problem.G (set kappa = 0)"),
+        "initial": Key(str, "soliton", "initial wave function",
+                       choices=("soliton", "gaussian", "ground-state")),
+        "eta": Key(float, 1.0, "soliton amplitude/inverse width eta", positive,
+                   "a positive number"),
+        "velocity": Key(float, 0.0, "soliton wave number v (speed hbar*v)"),
+        "x0": Key(list, [0.0], "soliton/Gaussian centre (gdim numbers)"),
+        "width": Key(float, 0.5, "Gaussian width s0 (per-axis std of |Psi|^2)", positive,
+                     "a positive number"),
+        "k0": Key(list, [0.0], "Gaussian mean wave vector k0 (gdim numbers)"),
+        "integrator": Key(str, "midpoint", "time stepper: implicit midpoint (SNES Newton) or "
+                          "explicit RK4", choices=("midpoint", "rk4")),
+        "nonlinearity": Key(str, "energy-conserving", "g in the midpoint step: averaged between "
+                            "rho^n and rho^{n+1} (conserves energy) or g(|Psi^{n+1/2}|^2)",
+                            choices=("energy-conserving", "midpoint")),
+        "mass": Key(float, 1.0, "ground-state normalisation int |Psi|^2", positive,
+                    "a positive number"),
+        "gs_tau": Key(float, 0.5, "imaginary-time step of the ground-state flow", positive,
+                      "a positive number"),
+        "gs_tol": Key(float, 1e-10, "ground-state stopping tolerance (relative max change)",
+                      positive, "a positive number"),
+        "gs_max_steps": Key(int, 5000, "maximum ground-state iterations", positive,
+                            "a positive integer"),
+    },
     "output": {
         "vtx": Key(bool, True, "write ParaView VTX (.bp) time series"),
         "xdmf": Key(bool, False, "also write XDMF time series"),
