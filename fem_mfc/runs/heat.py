@@ -10,17 +10,16 @@ from __future__ import annotations
 import math
 
 import dolfinx
-import dolfinx.fem.petsc
 import numpy as np
 import ufl
 from mpi4py import MPI
-from petsc4py import PETSc
 
 from .. import mesh as meshmod
 from ..density import gaussian_ufl, initial_density
-from ..errors import ConfigError, SolverError
+from ..errors import ConfigError
 from ..forms.heat import THETA, heat_step
 from ..invariants import integrate, l2_error
+from ..solvers.linear import LinearStepper
 
 
 def run(cfg: dict, ctx) -> dict:
@@ -34,18 +33,7 @@ def run(cfg: dict, ctx) -> dict:
     rho = dolfinx.fem.Function(V, name="rho")
     rho.x.array[:] = rho0.x.array
     rho_old = dolfinx.fem.Function(V)
-    a, L = heat_step(rho_old, tau, eps, THETA[dcfg["scheme"]])
-    a_form, L_form = dolfinx.fem.form(a), dolfinx.fem.form(L)
-    A = dolfinx.fem.petsc.assemble_matrix(a_form)
-    A.assemble()
-    b = dolfinx.fem.petsc.create_vector(L_form)
-    ksp = PETSc.KSP().create(msh.comm)
-    ksp.setOptionsPrefix("heat_")
-    ksp.setOperators(A)
-    ksp.setType("preonly")
-    ksp.getPC().setType("lu")
-    ksp.getPC().setFactorSolverType("mumps")
-    ksp.setFromOptions()
+    stepper = LinearStepper(*heat_step(rho_old, tau, eps, THETA[dcfg["scheme"]]), "heat_")
 
     exact = None
     if cfg["exact"]["solution"] == "heat-gaussian":
@@ -68,26 +56,14 @@ def run(cfg: dict, ctx) -> dict:
     snap_at = set(np.linspace(0, N, 5).round().astype(int).tolist())
     for n in ctx.progress(range(1, N + 1), desc="heat", total=N):
         rho_old.x.array[:] = rho.x.array
-        with b.localForm() as bl:
-            bl.set(0.0)
-        dolfinx.fem.petsc.assemble_vector(b, L_form)
-        b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
-        ksp.solve(b, rho.x.petsc_vec)
-        if ksp.getConvergedReason() < 0:
-            raise SolverError(f"heat step {n}: linear solve failed (reason "
-                              f"{ksp.getConvergedReason()})")
-        rho.x.scatter_forward()
-        if not np.isfinite(rho.x.array).all():
-            raise SolverError(f"heat step {n}: the density became NaN/inf")
+        stepper.step(rho, f"heat step {n}")
         masses.append(integrate(rho))
         mins.append(_min(rho))
         if n % every == 0 or n == N:
             series.write(n * tau)
         if n in snap_at:
             snaps.append(rho.copy())
-    ksp.destroy()
-    A.destroy()
-    b.destroy()
+    stepper.destroy()
 
     summary = {"ndofs": V.dofmap.index_map.size_global, "nsteps": N, "h": md.h, "tau": tau,
                "mass": masses[-1], "mass_error": float(np.max(np.abs(np.array(masses) - 1))),
