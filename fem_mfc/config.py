@@ -120,6 +120,65 @@ SCHEMA: dict[str, dict[str, Key]] = {
                         choices=("none", "lq-gaussian", "manufactured", "heat-gaussian",
                                  "soliton", "free-gaussian")),
     },
+    "data": {
+        "dataset": Key(str, "moons", "classifier data set",
+                       choices=("moons", "circles", "spirals", "gaussians", "csv")),
+        "n_samples": Key(int, 1000, "number of generated points (train + test)",
+                         lambda n: n >= 8, "an integer >= 8"),
+        "noise": Key(float, 0.1, "std of the Gaussian noise added to the points (gaussians: "
+                     "blob std, centres on the unit circle)", nonnegative, "a non-negative number"),
+        "factor": Key(float, 0.5, "circles: radius of the inner circle / outer circle",
+                      lambda f: 0 < f < 1, "a number in (0, 1)"),
+        "turns": Key(float, 1.0, "spirals: number of turns of each arm", positive,
+                     "a positive number"),
+        "classes": Key(int, 3, "gaussians: number of blobs (classes)", lambda k: k >= 2,
+                       "an integer >= 2"),
+        "test_fraction": Key(float, 0.5, "fraction of the points held out for testing",
+                             lambda f: 0 < f < 1, "a number in (0, 1)"),
+        "seed": Key(int, 0, "random seed of the generator and of the split", nonnegative,
+                    "a non-negative integer"),
+        "file": Key(str, "", "dataset = 'csv': a CSV file with the columns x1,x2,label",
+                    path=True),
+        "bandwidth": Key((str, float, int), "scott", "KDE bandwidth of the class densities: "
+                         "'scott', 'silverman' or a number (standardised units)",
+                         lambda b: b in ("scott", "silverman") or (
+                             not isinstance(b, (str, bool)) and math.isfinite(b) and b > 0),
+                         "'scott', 'silverman' or a positive number"),
+    },
+    "network": {
+        "kind": Key(str, "feedback", "network class (MODEL §2): label-blind feedback network",
+                    choices=("feedback",)),
+        "anchors": Key(list, [], "class anchors c_k (list of points); empty: K points on a "
+                       "circle of radius anchor_radius (K = 2: +-anchor_radius e_1)"),
+        "anchor_radius": Key(float, 2.0, "radius of the default anchors", positive,
+                             "a positive number"),
+        "loss_weight": Key(float, 1.0, "beta in Phi_k = beta/2 |x - c_k|^2", positive,
+                           "a positive number"),
+        "velocity": Key(str, "P1", "finite element of the per-layer velocity a(t_n, .)",
+                        choices=("P1", "DG0")),
+        "smoothing": Key(float, 1e-3, "alpha: velocity smoothing alpha/2 int |grad a|^2 in J "
+                         "(P1 velocity)", nonnegative, "a non-negative number"),
+        "delta": Key(float, 1e-3, "regularisation rho -> rho + delta in a = -sum rho_k grad u_k "
+                     "/ (rho + delta) (adds delta/2 int |a|^2 to J)", positive,
+                     "a positive number"),
+    },
+    "training": {
+        "max_sweeps": Key(int, 60, "maximum forward-backward sweeps", positive,
+                          "a positive integer"),
+        "relaxation": Key(float, 0.5, "initial relaxation theta of a <- a + theta (a_hat - a)",
+                          _unit_interval, "a number in (0, 1]"),
+        "tol": Key(float, 1e-3, "stop when the relative optimality residual is below tol",
+                   positive, "a positive number"),
+        "baseline": Key(bool, True, "also train the torch ResNet baseline"),
+        "epochs": Key(int, 600, "baseline: full-batch Adam epochs", positive,
+                      "a positive integer"),
+        "lr": Key(float, 0.01, "baseline: Adam learning rate", positive, "a positive number"),
+        "width": Key(int, 16, "baseline: hidden width of each residual block", positive,
+                     "a positive integer"),
+        "particles": Key(int, 4000, "particles pushed through the learned stochastic flow to "
+                         "check the PDE moments (0: skip)", nonnegative,
+                         "a non-negative integer"),
+    },
     "nls": {
         "hbar": Key(float, 1.0, "Planck constant hbar of i hbar Psi_t = -(hbar^2/2) Lap Psi + "
                     "(V + G'(|Psi|^2)) Psi", positive, "a positive number"),

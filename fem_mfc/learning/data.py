@@ -1,0 +1,221 @@
+"""Data sets for the classifier and their class densities on the mesh (MODEL §8).
+
+* Generators: ``moons`` and ``circles`` (scikit-learn), ``spirals`` (two interleaved Archimedean
+  spirals), ``gaussians`` (K isotropic blobs with centres on the unit circle), ``csv`` (user data
+  with columns ``x1, x2, label``).  Labels are mapped to 0..K-1.
+* Split with :func:`sklearn.model_selection.train_test_split` (stratified, seeded).
+* Features are standardised with the training mean/std (one scalar scale per axis) and padded
+  with zeros to the mesh dimension (the augmented flow, e.g. (x, y) ↦ (x, y, 0) on a 3D mesh).
+* Class densities: ρ_{k,0}(x) = π_k · KDE_k(x), the Gaussian kernel density estimate of the
+  training points of class k, interpolated into P1 and rescaled so that ∫_Ω ρ_{k,0} = π_k
+  (π_k = fraction of training points in class k; Σ_k π_k = 1).
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, UserError
+
+DATASETS = ("moons", "circles", "spirals", "gaussians", "csv")
+
+
+@dataclass
+class Dataset:
+    """A standardised train/test split.  ``X_*`` have the mesh dimension (zero-padded)."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    mean: np.ndarray          # of the raw 2D features (training set)
+    scale: np.ndarray         # per-axis std of the raw features (training set)
+    name: str = ""
+
+    @property
+    def K(self) -> int:
+        return int(max(self.y_train.max(), self.y_test.max())) + 1
+
+    @property
+    def proportions(self) -> np.ndarray:
+        """π_k: fraction of the training points in class k."""
+        return np.bincount(self.y_train, minlength=self.K) / len(self.y_train)
+
+    def transform(self, X_raw: np.ndarray, dim: int) -> np.ndarray:
+        """Standardise raw 2D features and pad them with zeros to ``dim`` columns."""
+        return pad((X_raw - self.mean) / self.scale, dim)
+
+
+def pad(X: np.ndarray, dim: int) -> np.ndarray:
+    """Embed points of R^d into R^dim (dim ≥ d) as (x, 0, ..., 0)."""
+    out = np.zeros((X.shape[0], dim))
+    out[:, :X.shape[1]] = X
+    return out
+
+
+def two_spirals(n: int, noise: float, rng: np.random.Generator, turns: float = 1.0):
+    """Two interleaved spirals r = θ/(2π·turns), θ ∈ [π/2, π/2 + 2π·turns]; class 1 = −class 0."""
+    n0 = n // 2
+    n1 = n - n0
+    def arm(m):
+        th = math.pi / 2 + np.sqrt(rng.uniform(0, 1, m)) * 2 * math.pi * turns
+        r = th / (2 * math.pi * turns)
+        return np.c_[r * np.cos(th), r * np.sin(th)]
+    X = np.vstack([arm(n0), -arm(n1)]) + noise * rng.standard_normal((n, 2))
+    y = np.r_[np.zeros(n0, int), np.ones(n1, int)]
+    return X, y
+
+
+def gaussian_blobs(n: int, K: int, noise: float, rng: np.random.Generator):
+    """K isotropic Gaussian blobs of std ``noise`` centred at (cos 2πk/K, sin 2πk/K)."""
+    from sklearn.datasets import make_blobs
+    ang = 2 * math.pi * np.arange(K) / K
+    centres = np.c_[np.cos(ang), np.sin(ang)]
+    return make_blobs(n_samples=n, centers=centres, cluster_std=noise,
+                      random_state=int(rng.integers(2 ** 31)))
+
+
+def generate(dcfg: dict):
+    """Raw (X, y) of the configured data set (``[data]`` section), before the split."""
+    kind, n, noise, seed = dcfg["dataset"], dcfg["n_samples"], dcfg["noise"], dcfg["seed"]
+    rng = np.random.default_rng(seed)
+    if kind == "moons":
+        from sklearn.datasets import make_moons
+        return make_moons(n_samples=n, noise=noise, random_state=seed)
+    if kind == "circles":
+        from sklearn.datasets import make_circles
+        return make_circles(n_samples=n, noise=noise, factor=dcfg["factor"], random_state=seed)
+    if kind == "spirals":
+        return two_spirals(n, noise, rng, dcfg["turns"])
+    if kind == "gaussians":
+        return gaussian_blobs(n, dcfg["classes"], noise, rng)
+    if kind == "csv":
+        return read_csv(dcfg["file"])
+    raise ConfigError("data.dataset", "one of " + ", ".join(DATASETS), kind)
+
+
+def read_csv(path: str | Path):
+    """Read user data: a header ``x1,x2,label`` then one point per row; labels are integers.
+
+    Every problem (missing/empty file, wrong columns, non-numeric or NaN values, non-integer
+    labels, a single class) raises a one-line :class:`UserError` naming the file and row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: data file not found")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file (expected CSV with x1,x2,label)") from None
+    rows = [r for r in csv.reader(text.splitlines()) if any(c.strip() for c in r)]
+    if not rows:
+        raise UserError(f"{path}: the file is empty (expected a header x1,x2,label and rows)")
+    header = [c.strip().lower() for c in rows[0]]
+    if header != ["x1", "x2", "label"]:
+        raise UserError(f"{path}: expected the columns x1,x2,label in the header, got "
+                        f"{','.join(rows[0])!r}")
+    if len(rows) == 1:
+        raise UserError(f"{path}: no data rows after the header")
+    X, y = [], []
+    for i, r in enumerate(rows[1:], start=2):
+        if len(r) != 3:
+            raise UserError(f"{path}: row {i}: expected 3 values (x1,x2,label), got {len(r)}")
+        try:
+            x1, x2, lab = (float(c) for c in r)
+        except ValueError:
+            raise UserError(f"{path}: row {i}: not a number in {','.join(r)!r}") from None
+        if not (math.isfinite(x1) and math.isfinite(x2) and math.isfinite(lab)):
+            raise UserError(f"{path}: row {i}: NaN or infinite value in {','.join(r)!r}")
+        if lab != int(lab):
+            raise UserError(f"{path}: row {i}: the label must be an integer, got {r[2].strip()!r}")
+        X.append((x1, x2))
+        y.append(int(lab))
+    y = np.array(y)
+    if len(np.unique(y)) < 2:
+        raise UserError(f"{path}: only one class ({y[0]}) in the data; a classifier needs at "
+                        f"least two")
+    return np.array(X, dtype=float), y
+
+
+def load(dcfg: dict, dim: int = 2) -> Dataset:
+    """Generate/read, relabel to 0..K-1, split (stratified, seeded), standardise, pad to dim."""
+    from sklearn.model_selection import train_test_split
+    X, y = generate(dcfg)
+    _, y = np.unique(y, return_inverse=True)
+    counts = np.bincount(y)
+    ntest = int(math.ceil(dcfg["test_fraction"] * len(y)))
+    if counts.min() < 2 or ntest < len(counts) or len(y) - ntest < len(counts):
+        raise UserError(f"data set '{dcfg['dataset']}': too few points ({len(y)}, smallest "
+                        f"class {counts.min()}) to split with test_fraction "
+                        f"{dcfg['test_fraction']}")
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=dcfg["test_fraction"],
+                                          random_state=dcfg["seed"], stratify=y)
+    mean = Xtr.mean(axis=0)
+    scale = Xtr.std(axis=0)
+    if not (scale > 0).all():
+        raise UserError(f"data set '{dcfg['dataset']}': a feature is constant on the training "
+                        f"set (cannot standardise)")
+    ds = Dataset(Xtr, ytr, Xte, yte, mean, scale, dcfg["dataset"])
+    ds.X_train, ds.X_test = ds.transform(Xtr, dim), ds.transform(Xte, dim)
+    return ds
+
+
+def bandwidth(points: np.ndarray, rule) -> float:
+    """Isotropic KDE bandwidth h for ``points`` (n × d, the data dimension).
+
+    ``"scott"``: h = s n^{-1/(d+4)};  ``"silverman"``: h = s (4/(n(d+2)))^{1/(d+4)};
+    a number: h itself.  s is the mean per-axis standard deviation of the points.
+    """
+    if isinstance(rule, (int, float)):
+        return float(rule)
+    n, d = points.shape
+    s = float(np.mean(points.std(axis=0)))
+    if rule == "scott":
+        return s * n ** (-1.0 / (d + 4))
+    if rule == "silverman":
+        return s * (4.0 / (n * (d + 2))) ** (1.0 / (d + 4))
+    raise ConfigError("data.bandwidth", "'scott', 'silverman' or a positive number", rule)
+
+
+def kde(points: np.ndarray, h: float, x: np.ndarray, data_dim: int) -> np.ndarray:
+    """Gaussian KDE (1/n) Σ_i N(x; p_i, h² I) evaluated at rows of ``x``.
+
+    Points and x may be padded to a larger dimension; the kernel is a density in the first
+    ``data_dim`` coordinates times N(0, h²) in the padded ones (a thin slab around the data plane).
+    """
+    d = x.shape[1]
+    out = np.zeros(x.shape[0])
+    for chunk in np.array_split(np.arange(points.shape[0]), max(1, points.shape[0] // 256)):
+        r2 = ((x[:, None, :] - points[None, chunk, :d]) ** 2).sum(axis=2)
+        out += np.exp(-r2 / (2 * h * h)).sum(axis=1)
+    return out / (points.shape[0] * (2 * math.pi * h * h) ** (d / 2))
+
+
+def class_densities(ds: Dataset, V, rule="scott", names=None):
+    """ρ_{k,0} ∈ V (P1): the KDE of the class-k training points, scaled to ∫ρ_{k,0} = π_k.
+
+    Returns (list of Functions, list of bandwidths).  Raises UserError if a class has no mass
+    on the mesh (its data lie outside the domain).
+    """
+    import dolfinx
+    from ..invariants import integrate
+    x = V.tabulate_dof_coordinates()[:, :V.mesh.geometry.dim]
+    data_dim = ds.mean.shape[0]
+    rhos, hs = [], []
+    for k, pk in enumerate(ds.proportions):
+        pts = ds.X_train[ds.y_train == k]
+        h = bandwidth(pts[:, :data_dim], rule)
+        rho = dolfinx.fem.Function(V, name=(names[k] if names else f"rho_{k}"))
+        rho.x.array[:] = kde(pts, h, x, data_dim)
+        m = integrate(rho)
+        if not m > 1e-12:
+            raise UserError(f"class {k}: its density has no mass on the mesh; enlarge the "
+                            f"domain (mesh.radius / mesh.lower, mesh.upper)")
+        rho.x.array[:] *= pk / m
+        rhos.append(rho)
+        hs.append(h)
+    return rhos, hs
