@@ -171,6 +171,8 @@ class SE3:
 
     def coadjoint_exp(self, xi, mu):
         w, v = self._split(xi)
+        if w.shape == (3,) and np.shape(mu) == (6,):
+            return self._coadjoint_one(w, v, mu)
         th2 = np.sum(w * w, axis=-1)
         th = np.sqrt(th2)
         small = th < 1e-3
@@ -181,6 +183,26 @@ class SE3:
         wv = cross(w, v)
         r = v + c[..., None] * wv + d[..., None] * cross(w, wv)
         return self._coadjoint(lambda x: rotate(-w, x), r, mu)
+
+    def _coadjoint_one(self, w, v, mu):
+        """Scalar fast path of :meth:`coadjoint_exp` for a single state."""
+        w0, w1, w2 = w.tolist()
+        v0, v1, v2 = v.tolist()
+        t2 = w0 * w0 + w1 * w1 + w2 * w2
+        if t2 < 1e-6:
+            c, d = 0.5 - t2 / 24.0 + t2 * t2 / 720.0, 1.0 / 6.0 - t2 / 120.0 + t2 * t2 / 5040.0
+        else:
+            t = math.sqrt(t2)
+            h = math.sin(0.5 * t) / t
+            c, d = 2.0 * h * h, (t - math.sin(t)) / (t * t2)
+        x0, x1, x2 = w1 * v2 - w2 * v1, w2 * v0 - w0 * v2, w0 * v1 - w1 * v0
+        y0, y1, y2 = w1 * x2 - w2 * x1, w2 * x0 - w0 * x2, w0 * x1 - w1 * x0
+        r = np.array([v0 + c * x0 + d * y0, v1 + c * x1 + d * y1, v2 + c * x2 + d * y2])
+        mu = np.asarray(mu, dtype=float)
+        P, G = mu[:3], mu[3:]
+        mw = -w
+        return np.concatenate([_rotate_one(mw, P + cross(G, r), False),
+                               _rotate_one(mw, G, False)])
 
     def coadjoint_cayley(self, xi, mu):
         w, v = self._split(xi)
