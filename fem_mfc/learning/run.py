@@ -1,0 +1,173 @@
+"""Runner for ``formulation = "classifier"``: train, evaluate, compare, report.
+
+1. data (``[data]``): split, standardise, pad to the mesh dimension; class densities ρ_{k,0} by
+   KDE on the mesh (``[mesh]``), normalised to π_k;
+2. training (``[problem]``, ``[network]``, ``[training]``): the label-blind feedback network of
+   MODEL §2 by damped forward–backward sweeps (:mod:`.feedback`);
+3. inference (:mod:`.infer`): the ResNet x_{n+1} = x_n + τ aⁿ(x_n) on train/test points;
+   accuracy, empirical objective; particles through the stochastic flow vs PDE moments;
+4. baseline (:mod:`.baseline`): a torch ResNet of the same depth on the same objective;
+5. output: ParaView series of ρ_k and a, figures, ``report.md`` (:mod:`.report`).
+"""
+from __future__ import annotations
+
+import time
+
+import dolfinx
+import numpy as np
+
+from .. import mesh as meshmod
+from ..io import write_text_atomic
+from . import data, infer, report
+from .feedback import FeedbackClassifier, anchors_from_config
+
+
+def run_classifier(cfg: dict, ctx) -> dict:
+    md = meshmod.build(cfg["mesh"], ctx.comm)
+    msh = md.mesh
+    dim = msh.geometry.dim
+    dcfg, ncfg, tcfg, p = cfg["data"], cfg["network"], cfg["training"], cfg["problem"]
+    ds = data.load(dcfg, dim)
+    V = dolfinx.fem.functionspace(msh, ("Lagrange", 1))
+    rho0, hs = data.class_densities(ds, V, dcfg["bandwidth"])
+    anchors = anchors_from_config(ncfg, ds.K, dim)
+    ctx.log.info("classifier: %s, K = %d, %d train / %d test points, %dD mesh with %d dofs, "
+                 "%d layers", ds.name, ds.K, len(ds.y_train), len(ds.y_test), dim,
+                 V.dofmap.index_map.size_global, p["steps"])
+
+    model = FeedbackClassifier(rho0, anchors, p, ncfg)
+    t0 = time.perf_counter()
+    model.train(tcfg["max_sweeps"], tcfg["relaxation"], tcfg["tol"], progress=ctx.progress,
+                log=ctx.log)
+    train_time = time.perf_counter() - t0
+    masses = model.masses()
+    flow = infer.TrainedFlow(model)
+    tr = infer.evaluate_flow(flow, ds.X_train, ds.y_train)
+    te = infer.evaluate_flow(flow, ds.X_test, ds.y_test)
+    pe = model.peclet(md.h)
+    if pe > 2:
+        ctx.log.info("warning: mesh Péclet number %.2g > 2; refine the mesh or raise sigma "
+                     "for an accurate Galerkin FP solution", pe)
+    h = model.history
+    summary = {
+        "dataset": ds.name, "K": ds.K, "n_train": len(ds.y_train), "n_test": len(ds.y_test),
+        "dim": dim, "ndofs": V.dofmap.index_map.size_global, "nsteps": model.N, "h": md.h,
+        "tau": model.tau, "sigma": p["sigma"], "anchors": anchors,
+        "bandwidths": hs, "velocity": ncfg["velocity"],
+        "train_accuracy": tr["accuracy"], "test_accuracy": te["accuracy"],
+        "J": model.J, "control_energy": model.energy,
+        "empirical_objective": tr["objective"], "test_objective": te["objective"],
+        "train_anchor_loss": tr["anchor_loss"], "train_kinetic": tr["kinetic"],
+        "sweeps": model.sweeps, "converged": model.converged, "residual": model.residual,
+        "iterations": model.sweeps, "J_history": h.J, "residual_history": h.residual,
+        "value_identity_gap": abs(model.J - model.value_identity()),
+        "mass_error": float(np.abs(masses - masses[:, :1]).max()),
+        "min_rho": model.min_rho(), "peclet": pe, "projected_points": tr["projected"] +
+        te["projected"], "train_time_s": train_time,
+    }
+    if tcfg["particles"] > 0:
+        summary["particles"] = _particle_check(flow, model, ds, hs, tcfg["particles"],
+                                               p["sigma"], dcfg["seed"])
+    base = None
+    if tcfg["baseline"]:
+        from . import baseline
+        ctx.log.info("training the torch baseline (%d epochs)", tcfg["epochs"])
+        base = baseline.train_resnet(ds.X_train, ds.y_train, ds.X_test, ds.y_test, anchors,
+                                     model.beta, model.T, model.N, tcfg["width"],
+                                     tcfg["epochs"], tcfg["lr"], dcfg["seed"], ctx.comm)
+        summary["baseline"] = {k: v for k, v in base.items()
+                               if k not in ("history", "train_paths", "state")}
+    _write_series(ctx, model, cfg["output"]["every"])
+    figures = _figures(ctx, model, flow, ds, base) if ctx.figures else []
+    summary["figures"] = figures
+    if ctx.comm.rank == 0:
+        write_text_atomic(ctx.path("report.md"),
+                          report.markdown(summary, figures, cfg["run"]["title"]))
+    model.destroy()
+    return summary
+
+
+def _particle_check(flow, model, ds, hs, n, sigma, seed) -> dict:
+    """Moments of ρ_kⁿ (PDE) vs particles through the stochastic flow (MODEL §7.7)."""
+    layers = sorted({0, model.N // 2, model.N})
+    pm = infer.particle_moments(flow, ds, hs, n, sigma, seed, layers)
+    e1 = e2 = 0.0
+    for n_ in layers:
+        m1, m2 = model.moments(n_)
+        e1 = max(e1, float(np.abs(m1 - pm[n_][0]).max()))
+        e2 = max(e2, float(np.abs(m2 - pm[n_][1]).max()))
+    return {"n": n, "layers": layers, "max_mean_error": e1, "max_moment_error": max(e1, e2)}
+
+
+def _write_series(ctx, model, every):
+    """ParaView: ρ_k and the velocity (as P1) at the layers."""
+    rhos = [dolfinx.fem.Function(model.V, name=f"rho_{k}") for k in range(model.K)]
+    s = ctx.series("densities", rhos)
+    for n in range(model.N + 1):
+        if n % every and n != model.N:
+            continue
+        for k in range(model.K):
+            rhos[k].x.array[:] = model.rho[k][n]
+        s.write(n * model.tau)
+    gdim = model.mesh.geometry.dim
+    V1 = dolfinx.fem.functionspace(model.mesh, ("Lagrange", 1, (gdim,)))
+    a1 = dolfinx.fem.Function(V1, name="velocity")
+    a = dolfinx.fem.Function(model.Va)
+    sv = ctx.series("velocity", [a1])
+    for n in range(model.N):
+        if n % every:
+            continue
+        a.x.array[:] = model.a[n]
+        a1.interpolate(a)
+        sv.write(n * model.tau)
+
+
+def _figures(ctx, model, flow, ds, base) -> list[str]:
+    from .. import viz
+    from . import baseline as bl
+    figs = []
+    dim, K, N = model.mesh.geometry.dim, model.K, model.N
+    gx, gy, P = report.grid(ds, dim)
+    preds = {"mean-field PDE network": flow.predict(P)}
+    if base is not None:
+        preds["torch ResNet baseline"] = bl.predict(base["state"], P, model.anchors, model.T, N)
+    sub = np.random.default_rng(1).choice(len(ds.y_train), min(200, len(ds.y_train)),
+                                          replace=False)
+    paths = flow.push(ds.X_train[sub], record=True).path
+    if ctx.comm.rank == 0:
+        report.decision_regions(ctx.figure("decision_regions.png"), gx, gy, preds, ds, K)
+        report.trajectories(ctx.figure("trajectories.png"), paths, ds.y_train[sub],
+                            model.anchors, K)
+    figs += ["decision_regions.png", "trajectories.png"]
+    layers = sorted(set(np.linspace(0, N, 4).round().astype(int).tolist()))
+    snaps, labels = [], []
+    for k in range(K):
+        for n in layers:
+            snaps.append(model.function(model.rho[k][n], name="rho"))
+            labels.append(f"class {k}, layer {n}")
+    viz.plot_snapshots(snaps, labels, ctx.figure("densities.png"), name="rho")
+    figs.append("densities.png")
+    frames, flabels = [], []
+    for n in range(N + 1):
+        arr = model.rho[1][n] - model.rho[0][n] if K == 2 else sum(r[n] for r in model.rho)
+        frames.append(model.function(arr, name="rho_1 - rho_0" if K == 2 else "rho"))
+        flabels.append(f"layer {n} (t = {n * model.tau:.2f})")
+    viz.animate(frames, flabels, ctx.figure("densities.gif"),
+                name="rho_1 - rho_0" if K == 2 else "rho")
+    figs.append("densities.gif")
+    h = model.history
+    if ctx.comm.rank == 0:
+        it = np.arange(len(h.J))
+        viz.line_plot(it, {"J": np.array(h.J)}, ctx.figure("history_J.png"), xlabel="sweep",
+                      ylabel="J", markers=True)
+        viz.line_plot(it, {"residual": np.array(h.residual)}, ctx.figure("history_residual.png"),
+                      xlabel="sweep", ylabel="relative optimality residual", logy=True,
+                      markers=True)
+        if base is not None:
+            viz.line_plot(np.arange(len(base["history"])), {"objective": base["history"]},
+                          ctx.figure("baseline_loss.png"), xlabel="epoch", ylabel="objective",
+                          logy=True)
+    figs += ["history_J.png", "history_residual.png"]
+    if base is not None:
+        figs.append("baseline_loss.png")
+    return figs
