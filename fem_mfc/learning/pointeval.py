@@ -61,8 +61,8 @@ class PointEvaluator:
             ent = G.compute_closest_entity(self.tree, self.mid_tree, self.mesh, P)
             for i, c in enumerate(ent):
                 verts = self.xg[self.dofmap[c]]
-                v = G.compute_distance_gjk(verts, P[i])   # from the cell to the point
-                q = P[i] - v
+                v = G.compute_distance_gjk(verts, P[i])   # from the point to the cell
+                q = P[i] + v
                 centre = verts.mean(axis=0)
                 best[i] = np.linalg.norm(v)
                 Q[i] = q + 1e-9 * (centre - q)

@@ -1,0 +1,71 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # Two moons: training a deep network by solving PDEs
+#
+# A residual network with N layers, $x_{n+1} = x_n + \tau\, a(t_n, x_n)$, is the time
+# discretisation of the ODE $\dot x = a(t, x)$ with depth as time.  Training it on a data set
+# means choosing the velocity field $a$ so that points of class $k$ end near an anchor $c_k$
+# while moving as little as possible.  For the whole *distribution* of the data this is a
+# mean-field optimal control problem (MODEL §1–§2): with class densities $\rho_k(t,x)$,
+#
+# $$ J(a) = \sum_k \int \tfrac{\beta}{2}|x-c_k|^2 \rho_k(T)
+#          + \int_0^T\!\!\int \tfrac12 |a|^2 \rho \quad\text{s.t.}\quad
+#          \partial_t \rho_k + \nabla\cdot(\rho_k a) = \varepsilon \Delta \rho_k . $$
+#
+# The network is **label-blind**: one shared velocity $a$ moves all classes (at inference it
+# does not know the label).  The optimality system is a forward Fokker–Planck equation per
+# class, a backward adjoint (HJB-type) equation per class, and the control law
+# $a = -\sum_k \rho_k \nabla u_k / \rho$.  We discretise it on an unstructured gmsh disk
+# with P1 finite elements, backward Euler in depth, derive all equations from ONE discrete
+# Lagrangian with `ufl.derivative` (`fem_mfc/forms/classifier.py`), and solve it by damped
+# forward–backward sweeps.  Run with `--quick` for a small version.
+
+# %%
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from fem_mfc.learning import demo  # noqa: E402
+
+args = demo.parse_args("results/demo")
+HERE = Path(__file__).resolve().parent
+
+# %% [markdown]
+# ## Configuration
+# `demos/moons.toml`: 1000 points of two moons (noise 0.1), half held out for testing;
+# features standardised; class densities by a Gaussian KDE (bandwidth 0.2) on a disk of
+# radius 3.5 (h = 0.15, about 2100 P1 dofs); 20 layers on [0, 1]; anchors $c_{0,1} = \mp 2 e_1$.
+# The noise σ = 0.4 keeps the mesh Péclet number $\max|a| h / 2\varepsilon$ near 3, where the
+# Galerkin Fokker–Planck solution stays non-negative to round-off (the report gives min ρ).
+
+# %%
+cfg = demo.load_config(HERE / "moons.toml", demo.QUICK if args.quick else None)
+
+# %% [markdown]
+# ## Train, evaluate, compare
+# The runner trains the PDE network (J decreases monotonically; it stops when the relative
+# residual of the optimality condition is below the tolerance), runs the trained ResNet on the
+# held-out points, pushes particles through the stochastic flow to check the PDE densities,
+# and trains a torch ResNet of the same depth (20 blocks, width 16) on the same objective.
+
+# %%
+summary = demo.run(cfg, args.out, "demos/moons.toml" + (" --quick" if args.quick else ""))
+
+# %% [markdown]
+# ## What to look at
+# `report.md` in the output folder embeds the decision regions of both networks, the class
+# densities flowing through the layers (snapshots and an animation), particle trajectories,
+# the training history and the comparison table (accuracy, objective, energy, wall time).
+# The two networks reach the same accuracy.  The torch ResNet minimises the empirical
+# objective on the training points directly and ends slightly lower on it; the PDE network
+# minimises the population objective J of the KDE-smoothed class densities with noise σ, which
+# acts as a regulariser (its decision boundary follows the gap between the moons).  J also
+# satisfies the discrete value identity $J = \sum_k \int u_k(0)\rho_k(0) + \dots$ to round-off,
+# a check of the discrete duality between the forward and backward sweeps.

@@ -1,0 +1,49 @@
+"""Shared plumbing of the literate classifier demos (``demos/demo_*.py``).
+
+``--out DIR`` chooses the output folder, ``--quick`` applies a demo's small overrides (coarse
+mesh, few layers and sweeps) so that tests can run the demo end to end in seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+
+def parse_args(default_out: str, argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default=default_out, help=f"output folder (default {default_out})")
+    p.add_argument("--quick", action="store_true", help="a small, fast version (for tests)")
+    args, _ = p.parse_known_args(argv)   # tolerate Jupyter's own arguments
+    return args
+
+
+def load_config(toml: str | Path, overrides: dict | None = None) -> dict:
+    """Read a demo config and apply ``{section: {key: value}}`` overrides, then validate."""
+    import tomllib
+    from .. import config
+    toml = Path(toml)
+    raw = tomllib.loads(toml.read_text())
+    raw = copy.deepcopy(raw)
+    for section, keys in (overrides or {}).items():
+        raw.setdefault(section, {}).update(keys)
+    return config.validate(raw, source=str(toml), base_dir=toml.resolve().parent)
+
+
+def run(cfg: dict, out: str | Path, name: str) -> dict:
+    """Run a validated classifier config into ``out`` and print the headline numbers."""
+    from mpi4py import MPI
+    from ..cli import run_config
+    s = run_config(cfg, out, config_path=name)
+    if MPI.COMM_WORLD.rank == 0:
+        b = s.get("baseline", {})
+        print(f"{name}: train accuracy {s['train_accuracy']:.3f}, test accuracy "
+              f"{s['test_accuracy']:.3f}, J = {s['J']:.4g}, sweeps {s['sweeps']}, "
+              f"residual {s['residual']:.2e}, wall {s['wall_time_s']:.1f} s"
+              + (f"; torch baseline test accuracy {b['test_accuracy']:.3f}" if b else ""))
+        print(f"report: {Path(out).absolute() / 'report.md'}")
+    return s
+
+
+QUICK = {"mesh": {"h": 0.35}, "problem": {"steps": 6},
+         "training": {"max_sweeps": 4, "epochs": 50, "particles": 200}}

@@ -1,0 +1,99 @@
+"""Data sets, CSV validation, split and the KDE class densities (MODEL §8)."""
+from __future__ import annotations
+
+import math
+
+import dolfinx
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from fem_mfc import config
+from fem_mfc.errors import ConfigError, UserError
+from fem_mfc.invariants import integrate
+from fem_mfc.learning import data
+
+
+def dcfg(**kw):
+    return config.from_dict({"run": {"formulation": "classifier"}, "data": kw})["data"]
+
+
+BAD = {
+    "empty.csv": ("", "empty"),
+    "header_only.csv": ("x1,x2,label\n", "no data rows"),
+    "columns.csv": ("a,b,c\n1,2,0\n", "columns x1,x2,label"),
+    "two_columns.csv": ("x1,x2\n1,2\n", "columns x1,x2,label"),
+    "nan.csv": ("x1,x2,label\n0,0,0\nnan,1,1\n", "NaN"),
+    "text.csv": ("x1,x2,label\n0,0,0\n1,abc,1\n", "not a number"),
+    "float_label.csv": ("x1,x2,label\n0,0,0\n1,1,0.5\n", "integer"),
+    "one_class.csv": ("x1,x2,label\n0,0,1\n1,1,1\n2,2,1\n", "only one class"),
+    "short_row.csv": ("x1,x2,label\n0,0,0\n1,1\n", "expected 3 values"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_csv_one_line_error(tmp_path, name):
+    text, msg = BAD[name]
+    f = tmp_path / name
+    f.write_text(text)
+    with pytest.raises(UserError) as e:
+        data.load(dcfg(dataset="csv", file=str(f)))
+    assert msg in str(e.value) and "\n" not in str(e.value) and name in str(e.value)
+
+
+def test_missing_csv_is_config_error(tmp_path):
+    with pytest.raises(ConfigError):
+        dcfg(dataset="csv", file=str(tmp_path / "nope.csv"))
+
+
+def test_bad_bandwidth_is_config_error():
+    for b in ("wide", -1.0, 0, True):
+        with pytest.raises(ConfigError):
+            dcfg(bandwidth=b)
+
+
+def test_good_csv_relabels_standardises_and_splits(tmp_path):
+    rng = np.random.default_rng(0)
+    X = np.r_[rng.normal(-1, 0.3, (30, 2)), rng.normal(2, 0.5, (30, 2))]
+    y = np.r_[np.full(30, 3), np.full(30, 7)]
+    f = tmp_path / "ok.csv"
+    f.write_text("x1,x2,label\n" + "".join(f"{a},{b},{c}\n" for (a, b), c in zip(X, y)))
+    ds = data.load(dcfg(dataset="csv", file=str(f), test_fraction=0.5), dim=3)
+    assert ds.K == 2 and set(np.unique(ds.y_train)) == {0, 1}
+    assert ds.X_train.shape == (30, 3) and np.all(ds.X_train[:, 2] == 0)
+    assert np.allclose(ds.X_train[:, :2].mean(axis=0), 0, atol=1e-12)
+    assert np.allclose(ds.X_train[:, :2].std(axis=0), 1)
+    assert np.allclose(ds.proportions, [0.5, 0.5])
+
+
+@pytest.mark.parametrize("kind", ["moons", "circles", "spirals", "gaussians"])
+def test_generators_and_seeded_split(kind):
+    a = data.load(dcfg(dataset=kind, n_samples=200, seed=3))
+    b = data.load(dcfg(dataset=kind, n_samples=200, seed=3))
+    c = data.load(dcfg(dataset=kind, n_samples=200, seed=4))
+    assert np.array_equal(a.X_train, b.X_train) and not np.array_equal(a.X_train, c.X_train)
+    assert len(a.y_train) == len(a.y_test) == 100
+    assert a.K == (3 if kind == "gaussians" else 2)
+
+
+def test_bandwidth_rules():
+    X = np.random.default_rng(1).normal(size=(300, 2))
+    s = X.std(axis=0).mean()
+    assert math.isclose(data.bandwidth(X, "scott"), s * 300 ** (-1 / 6))
+    assert math.isclose(data.bandwidth(X, "silverman"), s * (4 / (300 * 4)) ** (1 / 6))
+    assert data.bandwidth(X, 0.3) == 0.3
+
+
+def test_kde_class_densities_normalised_to_proportions():
+    msh = dolfinx.mesh.create_rectangle(MPI.COMM_WORLD, [[-4, -4], [4, 4]], [24, 24])
+    V = dolfinx.fem.functionspace(msh, ("Lagrange", 1))
+    ds = data.load(dcfg(dataset="gaussians", n_samples=240, noise=0.3, classes=3))
+    rhos, hs = data.class_densities(ds, V, "scott")
+    assert len(rhos) == 3 and all(h > 0 for h in hs)
+    for r, p in zip(rhos, ds.proportions):
+        assert abs(integrate(r) - p) < 1e-12
+        assert r.x.array.min() >= 0
+    # the raw KDE is a probability density: its integral over a wide box is ~1 before scaling
+    x = np.stack(np.meshgrid(np.linspace(-6, 6, 241), np.linspace(-6, 6, 241)), -1).reshape(-1, 2)
+    k0 = data.kde(ds.X_train[ds.y_train == 0], 0.4, x, 2)
+    assert abs(k0.sum() * (12 / 240) ** 2 - 1) < 1e-3
