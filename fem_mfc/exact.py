@@ -1,0 +1,173 @@
+"""Exact solutions of the HJB–FP system (MODEL §7.1–7.2) and error norms.
+
+* :class:`LQGaussian` — V = G = 0, Φ = (a/2)|x|² (MODEL §7.1):
+    u = ½P(t)|x|² + εd log τ(t), τ(t) = 1 + a(T − t), P = a/τ;
+    ρ(t) = N(m(t), s²(t)I), m = m_0 τ/τ(0), s² = (τ/τ(0))² s_0² + (2ε/a)τ(1 − τ/τ(0));
+    J* = ½P(0)(|m_0|² + d s_0²) + εd log τ(0).
+  On a bounded box the exact u has ∇u·n ≠ 0: its Neumann datum b_H = ε∇u·n is supplied as a
+  linear boundary source (the FP flux of the Gaussian is negligible on a box ≫ its width).
+* :class:`Manufactured` — smooth fields with congestion G (either coupling); the sources
+    f_H = −∂_t u − εΔu + ½|∇u|² − V − c(ρ),  b_H = ε∇u·n,
+    f_F = ∂_t ρ − εΔρ − ∇·(ρ∇u),            b_F = (ε∇ρ + ρ∇u)·n
+  are built symbolically in UFL from the exact fields (time derivative by ``ufl.diff``).
+
+Both give ``u(t)``, ``rho(t)`` as UFL expressions in x for a float or UFL time t, and
+``sources(t)`` for the per-step Lagrangian (forms/hjb_fp.py).
+"""
+from __future__ import annotations
+
+import math
+
+import dolfinx
+import numpy as np
+import ufl
+from mpi4py import MPI
+
+from .errors import ConfigError
+from .forms.hjb_fp import coupling_value
+
+
+def _ln(v):
+    return math.log(v) if isinstance(v, (int, float)) else ufl.ln(v)
+
+
+class LQGaussian:
+    """MODEL §7.1 on a box ≫ the Gaussian width."""
+
+    def __init__(self, mesh, T, sigma, a=1.0, mean=None, std=0.5):
+        self.mesh, self.T, self.a = mesh, float(T), float(a)
+        self.eps = 0.5 * sigma ** 2
+        self.d = mesh.geometry.dim
+        self.m0 = np.zeros(self.d) if mean is None else np.asarray(mean, float)
+        self.s0 = float(std)
+        self.x = ufl.SpatialCoordinate(mesh)
+        self.n = ufl.FacetNormal(mesh)
+        self.V, self.G = 0.0, None
+        self.Phi = 0.5 * self.a * ufl.inner(self.x, self.x)
+
+    def _tau(self, t):
+        return 1.0 + self.a * (self.T - t)
+
+    def u(self, t):
+        tau = self._tau(t)
+        return 0.5 * (self.a / tau) * ufl.inner(self.x, self.x) + self.eps * self.d * _ln(tau)
+
+    def rho(self, t):
+        tau, tau0 = self._tau(t), self._tau(0.0)
+        r = tau / tau0
+        s2 = r ** 2 * self.s0 ** 2 + (2 * self.eps / self.a) * tau * (1.0 - r)
+        m = [float(self.m0[i]) * r for i in range(self.d)]
+        r2 = sum((self.x[i] - m[i]) ** 2 for i in range(self.d))
+        return ufl.exp(-r2 / (2 * s2)) / (2 * math.pi * s2) ** (self.d / 2)
+
+    def sources(self, t):
+        return {"b_H": self.eps * ufl.dot(ufl.grad(self.u(t)), self.n)}
+
+    @property
+    def J(self) -> float:
+        tau0 = self._tau(0.0)
+        return 0.5 * self.a / tau0 * (float(self.m0 @ self.m0) + self.d * self.s0 ** 2) \
+            + self.eps * self.d * math.log(tau0)
+
+
+class Manufactured:
+    """Smooth exact fields on a box with congestion G and coupling c (see module docstring).
+
+    ``time = "affine"``: u, ρ affine in t — the implicit midpoint scheme has no time error, so
+    the observed errors are purely spatial.  ``time = "smooth"``: trigonometric in t (time
+    rates).  ρ = (1 + β(t)ψ(x))/|Ω|, ψ = Π cos(π(x_i − l_i)/L_i) (mean zero, mass 1),
+    u = γ(t)(½|x − c|² + 0.2 sin(π Σx_i)).
+    """
+
+    def __init__(self, mesh, T, sigma, G, coupling="mftc", time="affine", V=0.0):
+        if time not in ("affine", "smooth"):
+            raise ValueError(time)
+        self.mesh, self.T, self.eps = mesh, float(T), 0.5 * sigma ** 2
+        self.G, self.coupling, self.time = G, coupling, time
+        self.x = ufl.SpatialCoordinate(mesh)
+        self.n = ufl.FacetNormal(mesh)
+        self.d = mesh.geometry.dim
+        comm = mesh.comm
+        X = mesh.geometry.x[:, : self.d]
+        self.lo = comm.allreduce(X.min(axis=0), op=MPI.MIN)
+        self.hi = comm.allreduce(X.max(axis=0), op=MPI.MAX)
+        self.volume = float(np.prod(self.hi - self.lo))
+        self.V = V
+        self.Phi = self.u(self.T)
+
+    def _beta(self, t):
+        if self.time == "affine":
+            return 0.3 + 0.2 * t / self.T
+        return 0.3 + 0.2 * ufl.sin(2.0 * t / self.T) if not isinstance(t, float) \
+            else 0.3 + 0.2 * math.sin(2.0 * t / self.T)
+
+    def _gamma(self, t):
+        if self.time == "affine":
+            return 1.0 + 0.5 * (self.T - t) / self.T
+        return 1.0 + 0.5 * ufl.cos(1.5 * t / self.T) if not isinstance(t, float) \
+            else 1.0 + 0.5 * math.cos(1.5 * t / self.T)
+
+    def rho(self, t):
+        psi = 1.0
+        for i in range(self.d):
+            psi = psi * ufl.cos(math.pi * (self.x[i] - self.lo[i]) / (self.hi[i] - self.lo[i]))
+        return (1.0 + self._beta(t) * psi) / self.volume
+
+    def u(self, t):
+        c = 0.5 * (self.lo + self.hi)
+        phi = 0.5 * sum((self.x[i] - c[i]) ** 2 for i in range(self.d)) \
+            + 0.2 * ufl.sin(math.pi * sum(self.x[i] for i in range(self.d)))
+        return self._gamma(t) * phi
+
+    def sources(self, t):
+        tv = ufl.variable(t)
+        u, rho = self.u(tv), self.rho(tv)
+        eps, gu = self.eps, ufl.grad(u)
+        c = coupling_value(self.G, self.coupling, rho) if self.G is not None else 0.0
+        f_H = (-ufl.diff(u, tv) - eps * ufl.div(gu) + 0.5 * ufl.inner(gu, gu) - self.V - c)
+        flux = eps * ufl.grad(rho) + rho * gu
+        f_F = ufl.diff(rho, tv) - ufl.div(flux)
+        return {"f_H": f_H, "b_H": eps * ufl.dot(gu, self.n),
+                "f_F": f_F, "b_F": ufl.dot(flux, self.n)}
+
+
+def from_config(kind: str, cfg: dict, mesh, G):
+    """The exact solution named by ``exact.solution`` for the hjb-fp formulation."""
+    pr = cfg["problem"]
+    if kind == "lq-gaussian":
+        if G is not None:
+            raise ConfigError("problem.G", "0 for exact.solution = 'lq-gaussian'", pr["G"])
+        r = cfg["rho0"]
+        return LQGaussian(mesh, pr["T"], pr["sigma"], a=pr["params"].get("a", 1.0),
+                          mean=r["mean"], std=r["std"])
+    if kind == "manufactured":
+        return Manufactured(mesh, pr["T"], pr["sigma"], G, pr["coupling"])
+    raise ConfigError("exact.solution", "'none', 'lq-gaussian' or 'manufactured' for hjb-fp",
+                      kind)
+
+
+class ErrorNorms:
+    """L² errors of a discrete solution against an exact one, max over the time levels."""
+
+    def __init__(self, exact, space):
+        self.exact = exact
+        self.f = dolfinx.fem.Function(space)
+        self.t = dolfinx.fem.Constant(space.mesh, 0.0)
+        self.forms = {k: dolfinx.fem.form((self.f - getattr(exact, k)(self.t)) ** 2 * ufl.dx)
+                      for k in ("u", "rho")}
+
+    def l2(self, kind: str, f, t: float) -> float:
+        self.f.x.array[:] = f.x.array
+        self.t.value = t
+        comm = self.f.function_space.mesh.comm
+        return math.sqrt(comm.allreduce(dolfinx.fem.assemble_scalar(self.forms[kind]),
+                                        op=MPI.SUM))
+
+    def __call__(self, result) -> dict:
+        """{"u": max_n ‖uⁿ − u(t_u(n))‖, "rho": max_n ‖ρⁿ − ρ(t_n)‖, "J": |J − J*|}."""
+        p = result.problem
+        out = {"u": max(self.l2("u", f, p.u_time(n)) for n, f in enumerate(result.u)),
+               "rho": max(self.l2("rho", f, p.rho_time(n)) for n, f in enumerate(result.rho))}
+        if hasattr(self.exact, "J"):
+            out["J"] = abs(result.J - self.exact.J)
+        return out

@@ -1,0 +1,203 @@
+"""The feedback-network control problem (MODEL §1–2) as a Python object.
+
+  minimise J = ∫Φρ(T) + ∫∫(½|a|² + V)ρ + ∫∫G(ρ)
+  s.t. ∂_tρ + ∇·(ρa) = εΔρ, ρ(0) = ρ_0, ε = σ²/2, on a mesh of Ω, depth T, ``steps`` layers.
+
+:class:`ControlProblem` holds the data as UFL expressions (V, Φ in x; G a callable ρ ↦ UFL),
+checks it, and normalises ρ_0 to mass 1.  :meth:`ControlProblem.from_config` builds it from the
+validated config dict of :mod:`fem_mfc.config`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import dolfinx
+import numpy as np
+import ufl
+from mpi4py import MPI
+
+from .errors import ConfigError, UserError
+from .forms.hjb_fp import THETA, StepData
+
+ROUNDOFF = 1e-10
+
+
+def interpolate(expr, V, name=None):
+    """Interpolate a UFL expression (or number) in x into the space V."""
+    f = dolfinx.fem.Function(V, name=name)
+    if isinstance(expr, (int, float)):
+        f.x.array[:] = float(expr)
+    elif isinstance(expr, dolfinx.fem.Function):
+        f.interpolate(expr)
+    else:
+        f.interpolate(dolfinx.fem.Expression(expr, V.element.interpolation_points()))
+    f.x.scatter_forward()
+    return f
+
+
+def integrate(form_or_expr, comm=None):
+    """Global value of a scalar UFL form."""
+    form = dolfinx.fem.form(form_or_expr)
+    comm = comm or form.mesh.comm
+    return comm.allreduce(dolfinx.fem.assemble_scalar(form), op=MPI.SUM)
+
+
+@dataclass
+class ControlProblem:
+    """Data of the single-population control problem; see the module docstring."""
+
+    mesh: Any
+    T: float
+    sigma: float
+    steps: int
+    rho0: Any                                   # dolfinx Function (or UFL expression in x)
+    degree: int = 1
+    scheme: str = "backward-euler"
+    V: Any = 0.0
+    Phi: Any = 0.0
+    G: Optional[Callable] = None
+    coupling: str = "mftc"
+    exact: Any = None
+    cell_tags: Any = None
+    facet_tags: Any = None
+    space: Any = field(init=False, default=None)
+
+    def __post_init__(self):
+        if not (isinstance(self.T, (int, float)) and math.isfinite(self.T) and self.T > 0):
+            raise ConfigError("problem.T", "a positive number", self.T)
+        if not (isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma)
+                and self.sigma >= 0):
+            raise ConfigError("problem.sigma", "a non-negative number", self.sigma)
+        if not (isinstance(self.steps, int) and self.steps > 0):
+            raise ConfigError("problem.steps", "a positive integer", self.steps)
+        if self.degree not in (1, 2, 3):
+            raise ConfigError("discretisation.degree", "1, 2 or 3", self.degree)
+        if self.scheme not in THETA:
+            raise ConfigError("discretisation.scheme", "one of " + ", ".join(THETA), self.scheme)
+        if self.coupling not in ("mftc", "mfg"):
+            raise ConfigError("problem.coupling", "'mftc' or 'mfg'", self.coupling)
+        self.T, self.sigma = float(self.T), float(self.sigma)
+        self.space = dolfinx.fem.functionspace(self.mesh, ("Lagrange", self.degree))
+        self.x = ufl.SpatialCoordinate(self.mesh)
+        self.V = _as_ufl(self.V, self.mesh)
+        self.Phi = _as_ufl(self.Phi, self.mesh)
+        self.rho0 = self._checked_rho0(self.rho0)
+
+    # -- derived quantities -------------------------------------------------------------
+    @property
+    def eps(self) -> float:
+        return 0.5 * self.sigma ** 2
+
+    @property
+    def tau(self) -> float:
+        return self.T / self.steps
+
+    @property
+    def theta(self) -> float:
+        return THETA[self.scheme]
+
+    @property
+    def congested(self) -> bool:
+        return self.G is not None
+
+    def step_data(self) -> StepData:
+        """The data of the per-step Lagrangian density (forms/hjb_fp.py)."""
+        return StepData(tau=self.tau, eps=self.eps, theta=self.theta, V=self.V, Phi=self.Phi,
+                        G=self.G, coupling=self.coupling,
+                        sources=getattr(self.exact, "sources", None))
+
+    def rho_time(self, n: int) -> float:
+        """Time of ρⁿ."""
+        return n * self.tau
+
+    def u_time(self, n: int) -> float:
+        """Time approximated by uⁿ: t_n (backward Euler) or t_{n+½} (midpoint)."""
+        return (n + 1.0 - self.theta) * self.tau
+
+    def source_time(self, n: int) -> float:
+        """Time at which the data of step n → n+1 are evaluated: t_n + θτ."""
+        return (n + self.theta) * self.tau
+
+    # -- checks ------------------------------------------------------------------------
+    def _checked_rho0(self, rho0):
+        """ρ_0 in the solve space: non-negative at the dofs (to round-off), mass 1."""
+        f = interpolate(rho0, self.space, name="rho0")
+        comm = self.mesh.comm
+        arr = f.x.array[: self.space.dofmap.index_map.size_local]
+        if not np.all(np.isfinite(f.x.array)):
+            raise ConfigError("rho0", "finite values", "NaN or inf at some dofs")
+        lo = comm.allreduce(arr.min() if arr.size else np.inf, op=MPI.MIN)
+        hi = comm.allreduce(np.abs(arr).max() if arr.size else 0.0, op=MPI.MAX)
+        if lo < -ROUNDOFF * max(hi, 1.0):
+            raise ConfigError("rho0", "a non-negative density", f"minimum {lo:.3g} at a dof")
+        mass = integrate(f * ufl.dx, comm)
+        if not mass > ROUNDOFF * max(hi, 1.0):
+            raise ConfigError("rho0", "a density of positive mass", f"mass {mass:.3g}")
+        f.x.array[:] /= mass
+        return f
+
+    # -- construction from the config --------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: dict, mesh, cell_tags=None, facet_tags=None) -> "ControlProblem":
+        """Build the problem from the validated config dict (sections problem, rho0,
+        discretisation, exact).  With ``exact.solution`` set, V, Φ, G and ρ_0 are those of the
+        exact solution (see :mod:`fem_mfc.exact`)."""
+        from . import exact as exact_mod
+        from .expressions import parse
+
+        pr, disc = cfg["problem"], cfg["discretisation"]
+        params = pr.get("params", {})
+        gdim = mesh.geometry.dim
+        x = ufl.SpatialCoordinate(mesh)
+
+        def formula(key, text, **kw):
+            return parse(text, key, x=x, gdim=gdim, params=params, **kw)
+
+        G = None
+        if _is_nonzero_G(pr["G"], formula):
+            text = pr["G"]
+
+            def G(rho, _text=text):
+                return formula("problem.G", _text, variables={"rho": rho})
+        common = dict(mesh=mesh, T=pr["T"], sigma=pr["sigma"], steps=pr["steps"],
+                      degree=disc["degree"], scheme=disc["scheme"], coupling=pr["coupling"],
+                      cell_tags=cell_tags, facet_tags=facet_tags)
+        kind = cfg.get("exact", {}).get("solution", "none")
+        if kind != "none":
+            ex = exact_mod.from_config(kind, cfg, mesh, G)
+            return cls(rho0=ex.rho(0.0), V=ex.V, Phi=ex.Phi, G=ex.G, exact=ex, **common)
+        return cls(rho0=rho0_expression(cfg["rho0"], x, gdim, formula),
+                   V=formula("problem.V", pr["V"]), Phi=formula("problem.Phi", pr["Phi"]),
+                   G=G, **common)
+
+
+def _is_nonzero_G(text, formula) -> bool:
+    probe = formula("problem.G", text, variables={"rho": ufl.variable(ufl.as_ufl(1.0))})
+    return not (isinstance(probe, float) and probe == 0.0)
+
+
+def _as_ufl(expr, mesh):
+    if isinstance(expr, (int, float)):
+        return dolfinx.fem.Constant(mesh, float(expr))
+    return expr
+
+
+def rho0_expression(r: dict, x, gdim: int, formula):
+    """Unnormalised initial density of the [rho0] section as a UFL expression in x."""
+    def gaussian(mean, std, key):
+        if len(mean) != gdim:
+            raise ConfigError(key, f"an array of {gdim} numbers", mean)
+        r2 = sum((x[i] - float(mean[i])) ** 2 for i in range(gdim))
+        return ufl.exp(-r2 / (2.0 * float(std) ** 2)) / (2 * math.pi * float(std) ** 2) ** (gdim / 2)
+
+    if r["kind"] == "gaussian":
+        return gaussian(r["mean"], r["std"], "rho0.mean")
+    if r["kind"] == "mixture":
+        return sum(float(w) * gaussian(m, s, f"rho0.means[{i}]")
+                   for i, (m, s, w) in enumerate(zip(r["means"], r["stds"], r["weights"])))
+    if r["kind"] == "formula":
+        return formula("rho0.formula", r["formula"])
+    raise UserError("rho0.kind = 'file' is read by fem_mfc.io; pass the loaded Function "
+                    "to ControlProblem(rho0=...)")

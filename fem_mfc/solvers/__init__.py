@@ -1,0 +1,40 @@
+"""Solvers of the HJB–FP optimality system (MODEL §2, §4).
+
+``solve(problem, method)``: "newton" (all-at-once, SNES), "picard" (damped fictitious play),
+"cole-hopf" (two linear sweeps, congestion-free only) or "auto" (Cole–Hopf when G = 0 and the
+problem has no source terms, else Newton).
+"""
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .newton import newton
+from .picard import picard
+from .result import Result
+from .sweeps import cole_hopf_solve
+
+METHODS = ("auto", "newton", "picard", "cole-hopf")
+
+
+def choose_method(problem, method: str = "auto") -> str:
+    if method not in METHODS:
+        raise ConfigError("solver.method", "one of " + ", ".join(METHODS), method)
+    if method != "auto":
+        return method
+    linear = problem.G is None and getattr(problem.exact, "sources", None) is None \
+        and problem.eps > 0
+    return "cole-hopf" if linear else "newton"
+
+
+def solve(problem, method: str = "auto", rtol=1e-10, atol=1e-12, max_it=50,
+          picard_max_it=500, relaxation=0.5, petsc_options=None) -> Result:
+    """Solve ``problem`` (a :class:`~fem_mfc.problem.ControlProblem`) with ``method``."""
+    m = choose_method(problem, method)
+    if m == "newton":
+        return newton(problem, rtol=rtol, atol=atol, max_it=max_it, petsc_options=petsc_options)
+    if m == "picard":
+        return picard(problem, rtol=rtol, atol=atol, max_it=picard_max_it,
+                      relaxation=relaxation)
+    return cole_hopf_solve(problem)
+
+
+__all__ = ["solve", "newton", "picard", "cole_hopf_solve", "Result", "choose_method"]
