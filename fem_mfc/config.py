@@ -89,7 +89,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "rho0": {
         "kind": Key(str, "gaussian", "initial density kind",
                     choices=("gaussian", "mixture", "formula", "file")),
-        "mean": Key(list, [0.0, 0.0], "Gaussian mean"),
+        "mean": Key(list, [], "Gaussian mean (empty: the origin)"),
         "std": Key(float, 0.3, "Gaussian standard deviation (per axis)", positive,
                    "a positive number"),
         "means": Key(list, [], "mixture: list of means"),
@@ -314,7 +314,7 @@ def _cross_checks(cfg: dict, source):
             raise ConfigError(f"problem.params.{k}", "a finite number", v, source)
     r = cfg["rho0"]
     if r["kind"] != "file" and m["kind"] != "file":
-        if r["kind"] == "gaussian":
+        if r["kind"] == "gaussian" and r["mean"]:
             _check_vector("rho0.mean", r["mean"], source, gdim(cfg))
     if r["kind"] == "mixture":
         if not r["means"]:

@@ -30,6 +30,8 @@ def density_ufl(rcfg: dict, mesh, params: dict | None = None):
     d = mesh.geometry.dim
     kind = rcfg["kind"]
     if kind == "gaussian":
+        if not rcfg["mean"]:
+            return gaussian_ufl(x, [0.0] * d, rcfg["std"])
         if len(rcfg["mean"]) != d:
             raise ConfigError("rho0.mean", f"an array of {d} numbers (the mesh is {d}D)",
                               rcfg["mean"])

@@ -136,7 +136,7 @@ def plot_field(f, path: str | Path, title: str = "", name: str | None = None) ->
     if data is None:
         return
     name = name or f.name
-    if data[0][:, 1].ptp() == 0 and data[0][:, 2].ptp() == 0:
+    if np.ptp(data[0][:, 1]) == 0 and np.ptp(data[0][:, 2]) == 0:
         order = np.argsort(data[0][:, 0])
         line_plot(data[0][order, 0], {name: data[3][order]}, path, xlabel="x", title=title)
         return
