@@ -157,12 +157,15 @@ def newton(residual: Callable, jacobian: Callable, x0: np.ndarray, tol: float = 
     round-off level (no further decrease, below 1e-11 relative) the iterate is accepted; otherwise
     a :class:`~fem_mfc.errors.SolverError` is raised after ``maxiter`` iterations.  ``jacobian``
     may be a fixed matrix approximation (simplified Newton), which still converges to the exact
-    solution of F(x) = 0, only linearly.
+    solution of F(x) = 0, only linearly.  A stack of matrices (…, n, n) with residuals (…, n)
+    solves independent systems at once (batches of paths).
     """
     x = np.array(x0, dtype=float)
     prev = np.inf
     for _ in range(maxiter):
-        dx = np.linalg.solve(jacobian(x), residual(x))
+        r = residual(x)          # before the Jacobian: it may reuse work of the residual
+        A = jacobian(x)
+        dx = np.linalg.solve(A, r[..., None])[..., 0] if A.ndim > 2 else np.linalg.solve(A, r)
         x = x - dx
         dn, xn = float(np.max(np.abs(dx))), float(np.max(np.abs(x)))
         if not np.isfinite(dn):

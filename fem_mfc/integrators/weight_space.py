@@ -36,7 +36,7 @@ from scipy.optimize import root
 
 from .composition import Composition
 from .examples import rigid_body
-from .lie_algebras import cross, hat, rotate
+from .lie_algebras import cross, hat, rotate, rotation_matrix
 from .registry import get_integrator
 from .systems import CanonicalSystem
 
@@ -63,6 +63,7 @@ class Forward:
     M: np.ndarray
     x: np.ndarray
     p: np.ndarray | None = None
+    R: np.ndarray | None = None     # the total rotation: x_N = R x_0 (row-wise: x_N = x_0 Rᵀ)
 
 
 @dataclass
@@ -158,18 +159,24 @@ class RotationNetwork:
         M = np.array(M0, dtype=float)
         x = self.x0.copy()
         p = None if with_costates is None else np.array(with_costates, dtype=float)
+        R = np.eye(3)
         Ms, xs, ps = [M], [x], [p]
         for _ in range(nsteps):
             for base, g in subs:
                 M, Xi = base.step_generator(M, g * tau)
                 x = rotate(-Xi, x)
+                R = rotation_matrix(-Xi) @ R
                 if p is not None:
                     p = rotate(-Xi, p)
             Ms.append(M)
             xs.append(x)
             ps.append(p)
         return Forward(t=np.linspace(0.0, self.T, nsteps + 1), M=np.array(Ms), x=np.array(xs),
-                       p=None if p is None else np.array(ps))
+                       p=None if p is None else np.array(ps), R=R)
+
+    def initial_costates(self, fw: Forward) -> np.ndarray:
+        """p_i(0) = Rᵀ p_i(T) with p_i(T) = w_i ∇Φ_i(x_i(T)) (costates rotate with the particles)."""
+        return self.terminal_costate(fw.x[-1]) @ fw.R
 
     def shooting_residual(self, M0, nsteps: int, integrator: str = "lphj2"):
         fw = self.forward(M0, nsteps, integrator)
