@@ -193,8 +193,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "width": Key(float, 0.5, "Gaussian width s0 (per-axis std of |Psi|^2)", positive,
                      "a positive number"),
         "k0": Key(list, [0.0], "Gaussian mean wave vector k0 (gdim numbers)"),
-        "integrator": Key(str, "midpoint", "time stepper: implicit midpoint (SNES Newton) or "
-                          "explicit RK4", choices=("midpoint", "rk4")),
+        "integrator": Key(str, "midpoint", "time stepper: implicit midpoint (SNES Newton), its "
+                          "order-4 symmetric compositions, or explicit RK4 (a contrast)",
+                          choices=("midpoint", "triple-jump", "suzuki", "rk4")),
         "nonlinearity": Key(str, "energy-conserving", "g in the midpoint step: averaged between "
                             "rho^n and rho^{n+1} (conserves energy) or g(|Psi^{n+1/2}|^2)",
                             choices=("energy-conserving", "midpoint")),
@@ -206,6 +207,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       positive, "a positive number"),
         "gs_max_steps": Key(int, 5000, "maximum ground-state iterations", positive,
                             "a positive integer"),
+    },
+    "qhd": {
+        "signature": Key(str, "control", "QHD signature (MODEL §3): 'control' = the optimality "
+                         "system in imaginary time (two-point problem, all-at-once Newton), "
+                         "'quantum' = real-time Madelung fluid (initial-value problem)",
+                         choices=("control", "quantum")),
+        "hbar": Key(float, 1.0, "quantum signature: hbar in kappa_Q = -hbar^2/2", positive,
+                    "a positive number"),
+        "S0": Key(str, "0", "quantum signature: initial phase S(0, x), a formula in x0, x1, x2 "
+                  "(the control signature determines S(0) itself)"),
     },
     "output": {
         "vtx": Key(bool, True, "write ParaView VTX (.bp) time series"),
