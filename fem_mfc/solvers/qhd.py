@@ -174,6 +174,44 @@ class QHDControlSystem(LevelSystem):
     def S(self):
         return self.u
 
+    def set_from_hjb_fp(self, rho, u):
+        """States ← the QHD image of an HJB–FP solution: ρⁿ, Sⁿ = −uⁿ − ε log ρⁿ (MODEL §3)."""
+        p = self.problem
+        pts = self.V.element.interpolation_points()
+        for k in range(1, self.N + 1):
+            self.rho[k].x.array[:] = rho[k].x.array
+        for k in range(self.N):
+            expr = -u[k] - (p.eps * ufl.ln(rho[k]) if p.eps > 0 else 0.0)
+            self.S[k].interpolate(dolfinx.fem.Expression(expr, pts))
+
+    def residual_norms(self) -> dict:
+        """Consistency of the current states: max over levels of ‖F_row‖_{H⁻¹}/τ, the discrete
+        dual norm (F^T (K + M)^{-1} F)^{1/2} of the continuity ("u") and Bernoulli ("rho")
+        residual rows, K, M stiffness and mass matrices."""
+        F = self.create_vec()
+        self.residual(None, F)
+        V = self.V
+        w, v = ufl.TrialFunction(V), ufl.TestFunction(V)
+        K = dolfinx.fem.petsc.assemble_matrix(
+            dolfinx.fem.form((ufl.inner(ufl.grad(w), ufl.grad(v)) + w * v) * ufl.dx))
+        K.assemble()
+        ksp = PETSc.KSP().create(self.comm)
+        ksp.setOperators(K)
+        ksp.setType("preonly")
+        ksp.getPC().setType("lu")
+        ksp.getPC().setFactorSolverType("mumps")
+        b, y = K.createVecs()
+        a, nl = F.getArray(readonly=True), self.nl
+        out = {"continuity": 0.0, "bernoulli": 0.0}
+        for f in range(self.nfields):
+            b.getArray()[:] = a[f * nl:(f + 1) * nl]
+            ksp.solve(b, y)
+            key = "continuity" if f % 2 == 0 else "bernoulli"
+            out[key] = max(out[key], math.sqrt(max(b.dot(y), 0.0)) / self.problem.tau)
+        for o in (ksp, K, b, y, F):
+            o.destroy()
+        return out
+
     def diagnostics(self) -> dict:
         """J (direct, a = ∇S + ε∇ρ/ρ), J_value (∫u(0)ρ_0 + Σ∫∫(G − ρc) with
         u(0) = −S⁰ − ε log ρ_0), masses, Hamiltonian and Fisher term per level, min ρ."""
@@ -266,14 +304,26 @@ class QuantumStepper:
         self.A = dolfinx.fem.petsc.create_matrix(self.problem.a)
         snes = PETSc.SNES().create(self.comm)
         snes.setOptionsPrefix(prefix)
-        snes.setFunction(self.problem.F, self.b)
-        snes.setJacobian(self.problem.J, self.A)
+        snes.setFunction(self._residual, self.b)
+        snes.setJacobian(self._jacobian, self.A)
         snes.setTolerances(rtol=rtol, atol=atol, max_it=max_it)
         snes.getKSP().setType("preonly")
         snes.getKSP().getPC().setType("lu")
         snes.getKSP().getPC().setFactorSolverType("mumps")
         snes.setFromOptions()
         self.snes = snes
+
+    def _update(self, x):
+        x.copy(self.z.x.petsc_vec)
+        self.z.x.scatter_forward()
+
+    def _residual(self, snes, x, b):
+        self._update(x)
+        self.problem.F(x, b)
+
+    def _jacobian(self, snes, x, A, P):
+        self._update(x)
+        self.problem.J(x, A)
 
     def set_initial(self, rho0, S0):
         """z⁰ = (ρ_0, S_0) (UFL expressions in x or Functions); ConfigError on vacuum."""
@@ -298,11 +348,13 @@ class QuantumStepper:
     def step(self, n: int = 0) -> tuple[int, float]:
         """zⁿ → z^{n+1}; returns (Newton iterations, final residual norm)."""
         self.z_old.x.array[:] = self.z.x.array
+        x = self.z.x.petsc_vec.copy()
         try:
-            self.snes.solve(None, self.z.x.petsc_vec)
+            self.snes.solve(None, x)
         except PETSc.Error as e:
             raise SolverError(f"QHD quantum step {n}: PETSc error {e.ierr}") from None
-        self.z.x.scatter_forward()
+        self._update(x)
+        x.destroy()
         reason = self.snes.getConvergedReason()
         fnorm = self.snes.getFunctionNorm()
         if reason < 0 or not np.isfinite(self.z.x.array).all():

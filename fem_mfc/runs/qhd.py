@@ -1,0 +1,190 @@
+"""Runner for ``formulation = "qhd"``: the quantum-hydrodynamic form (ρ, S) (MODEL §3, §5).
+
+  ∂_tρ + ∇·(ρ∇S) = 0,   ∂_tS + ½|∇S|² + U(x, ρ) + κ_Q Δ√ρ/√ρ = 0
+
+* ``qhd.signature = "control"``: U = −(V + G'(ρ)), κ_Q = σ⁴/2; ρ(0) = ρ_0,
+  S(T) = −Φ − ε log ρ(T) — the optimality system of the control problem, solved all-at-once
+  in time by Newton (solvers/qhd.py).  J is evaluated with the control a = ∇S + ε∇ρ/ρ.
+* ``qhd.signature = "quantum"``: U = V + G'(ρ), κ_Q = −ħ²/2; ρ(0) = ρ_0, S(0) = ``qhd.S0`` —
+  the Madelung fluid, stepped by the energy-conserving discrete-gradient midpoint rule.
+
+Summary: mass, mass_error, energy (the Hamiltonian H of MODEL §5 in that signature, at t = 0
+and its drift), the Fisher-information term ⅛∫|∇ρ|²/ρ separately, J (control), Newton
+iterations, residual, ndofs, nsteps, h, tau.  Outputs: ParaView series of ρ and S, PNGs of the
+density and the phase, and an invariants plot (mass, energy, Fisher term over t).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import dolfinx
+import numpy as np
+import ufl
+
+from .. import mesh as meshmod
+from ..errors import ConfigError
+from ..expressions import parse
+from ..problem import ControlProblem, interpolate
+from ..solvers.qhd import QuantumStepper, check_positive, solve_control, solve_quantum
+
+
+def check(cfg: dict) -> None:
+    """Consistency of [run], [qhd], [problem], [solver], [exact]; ConfigError (one line)."""
+    q, p, s = cfg["qhd"], cfg["problem"], cfg["solver"]
+    if cfg["run"]["formulation"] != "qhd":
+        raise ConfigError("run.formulation", "'qhd' for the QHD runner",
+                          cfg["run"]["formulation"])
+    if not q["hbar"] > 0:
+        raise ConfigError("qhd.hbar", "a positive number", q["hbar"])
+    if s["method"] not in ("auto", "newton"):
+        raise ConfigError("solver.method", "'auto' or 'newton' for formulation = 'qhd' (use "
+                          "formulation = 'hjb-fp' or 'cole-hopf' for the other solvers)",
+                          s["method"])
+    if cfg["exact"]["solution"] != "none":
+        raise ConfigError("exact.solution", "'none' for formulation = 'qhd' (compare with the "
+                          "hjb-fp formulation instead, demos/demo_equivalence.py)",
+                          cfg["exact"]["solution"])
+    if q["signature"] == "control" and q["S0"].strip() not in ("0", "0.0"):
+        raise ConfigError("qhd.S0", "'0' for signature = 'control' (S(0) is an unknown of the "
+                          "two-point problem; S(T) = -Phi - eps log rho(T))", q["S0"])
+    if q["signature"] == "quantum":
+        if p["Phi"].strip() not in ("0", "0.0"):
+            raise ConfigError("problem.Phi", "'0' for signature = 'quantum' (an initial-value "
+                              "problem has no terminal loss)", p["Phi"])
+        if p["coupling"] != "mftc":
+            raise ConfigError("problem.coupling", "'mftc' for signature = 'quantum' (U = V + "
+                              "G'(rho), the Hamiltonian coupling)", p["coupling"])
+
+
+def build_problem(cfg: dict, md) -> ControlProblem:
+    """The ControlProblem of the config (ρ_0 from a checkpoint file when rho0.kind = 'file')."""
+    if cfg["rho0"]["kind"] != "file":
+        return ControlProblem.from_config(cfg, md.mesh, md.cell_tags, md.facet_tags)
+    from ..density import initial_density
+    stub = dict(cfg, rho0=dict(cfg["rho0"], kind="gaussian", mean=[0.0] * md.gdim))
+    p = ControlProblem.from_config(stub, md.mesh, md.cell_tags, md.facet_tags)
+    V = dolfinx.fem.functionspace(md.mesh, ("Lagrange", p.degree))
+    return dataclasses.replace(p, rho0=initial_density(cfg["rho0"], V,
+                                                       cfg["problem"]["params"]))
+
+
+def run(cfg: dict, ctx) -> dict:
+    check(cfg)
+    md = meshmod.build(cfg["mesh"], ctx.comm)
+    problem = build_problem(cfg, md)
+    check_positive(problem.rho0)
+    common = {"ndofs": problem.space.dofmap.index_map.size_global, "nsteps": problem.steps,
+              "h": md.h, "tau": problem.tau, "signature": cfg["qhd"]["signature"]}
+    if cfg["qhd"]["signature"] == "control":
+        out = _run_control(cfg, ctx, problem)
+    else:
+        out = _run_quantum(cfg, ctx, problem)
+    return {**common, **out}
+
+
+def _solver_args(cfg, ctx):
+    s = cfg["solver"]
+    opts = dict(s["petsc_options"])
+    opts.update(ctx.petsc_options)
+    return dict(rtol=s["rtol"], atol=s["atol"], max_it=s["max_it"], petsc_options=opts)
+
+
+def _run_control(cfg, ctx, problem) -> dict:
+    ctx.log.info("QHD control signature: all-at-once Newton, %d steps", problem.steps)
+    res, st = solve_control(problem, **_solver_args(cfg, ctx))
+    d = st.diagnostics()
+    N, tau = problem.steps, problem.tau
+    rho_out = dolfinx.fem.Function(problem.space, name="rho")
+    S_out = dolfinx.fem.Function(problem.space, name="S")
+    series = ctx.series("qhd", [rho_out, S_out])
+    every = cfg["output"]["every"]
+    S_T = interpolate(-problem.Phi - problem.eps * ufl.ln(st.rho[N]) if problem.eps > 0
+                      else -problem.Phi, problem.space, "S")
+    S_all = st.S + [S_T]                       # Sⁿ at t_n, S^N from the terminal condition
+    for n in range(N + 1):
+        if n % every == 0 or n == N:
+            rho_out.x.array[:] = st.rho[n].x.array
+            S_out.x.array[:] = S_all[n].x.array
+            series.write(n * tau)
+    energy = np.asarray(d["energy"])
+    summary = {"mass": d["mass"][-1], "mass_error": d["mass_error"], "min_rho": d["min_rho"],
+               "energy": float(energy[0]),
+               "energy_drift": float(np.max(np.abs(energy - energy[0]))),
+               "fisher": float(d["fisher"][0]), "J": d["J"], "J_value_identity": d["J_value"],
+               "iterations": res.iterations,
+               "residual": res.history[-1]["residual"] if res.history else 0.0}
+    if ctx.figures:
+        times = np.arange(N + 1) * tau
+        _figures(ctx, st.rho, S_all, times, {"mass - 1": (times, np.asarray(d["mass"]) - 1)},
+                 {"H - H(0)": (times[:-1], energy - energy[0]),
+                  "Fisher term - F(0)": (times[:-1], np.asarray(d["fisher"]) - d["fisher"][0])})
+    return summary
+
+
+def _run_quantum(cfg, ctx, problem) -> dict:
+    q = cfg["qhd"]
+    x = ufl.SpatialCoordinate(problem.mesh)
+    S0 = parse(q["S0"], "qhd.S0", x=x, gdim=problem.mesh.geometry.dim,
+               params=cfg["problem"]["params"])
+    stepper = QuantumStepper(problem.mesh, problem.degree, q["hbar"], problem.tau, problem.V,
+                             problem.G, problem.coupling, **_solver_args(cfg, ctx))
+    stepper.set_initial(problem.rho0, S0)
+    rho_out, S_out = stepper.rho(), stepper.S()
+    series = ctx.series("qhd", [rho_out, S_out])
+    every, N = cfg["output"]["every"], problem.steps
+    snaps = {}
+    snap_at = set(np.linspace(0, N, 5).round().astype(int).tolist())
+
+    def record(n, t):
+        if n % every == 0 or n == N or n in snap_at:
+            rho_out.x.array[:] = stepper.rho().x.array
+            S_out.x.array[:] = stepper.S().x.array
+            if n % every == 0 or n == N:
+                series.write(t)
+            if n in snap_at:
+                snaps[n] = (rho_out.copy(), S_out.copy())
+
+    ctx.log.info("QHD quantum signature: %d discrete-gradient steps, hbar = %g", N, q["hbar"])
+    r = solve_quantum(stepper, problem.T, N, callback=record)
+    summary = {"mass": r.mass[-1], "mass_error": r.drift("mass"), "min_rho": min(r.min_rho),
+               "energy": r.energy[0], "energy_drift": r.drift("energy"),
+               "fisher": r.fisher[0], "fisher_final": r.fisher[-1],
+               "iterations": int(sum(r.iterations)),
+               "max_iterations_per_step": int(max(r.iterations)),
+               "residual": float(max(r.residuals))}
+    if ctx.figures:
+        keys = sorted(snaps)
+        t = np.asarray(r.times)
+        _figures(ctx, [snaps[k][0] for k in keys], [snaps[k][1] for k in keys], t[keys],
+                 {"mass - M(0)": (t, np.asarray(r.mass) - r.mass[0])},
+                 {"H - H(0)": (t, np.asarray(r.energy) - r.energy[0]),
+                  "Fisher term - F(0)": (t, np.asarray(r.fisher) - r.fisher[0])})
+    return summary
+
+
+def _figures(ctx, rhos, Ss, times, mass: dict, energies: dict):
+    """density.png, phase.png (up to 5 snapshots at ``times``) and invariants.png; ``mass``
+    and ``energies`` map a label to (t, values)."""
+    from .. import viz
+    idx = sorted(set(np.linspace(0, len(rhos) - 1, min(5, len(rhos))).round().astype(int)))
+    labels = [f"t = {times[i]:.3g}" for i in idx]
+    viz.plot_snapshots([rhos[i] for i in idx], labels, ctx.figure("density.png"), name="rho")
+    viz.plot_snapshots([Ss[i] for i in idx], labels, ctx.figure("phase.png"), name="S",
+                       shared_clim=False)
+    if ctx.comm.rank != 0:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, curves, title in zip(axes, (mass, energies),
+                                 ("mass", "Hamiltonian and Fisher term (change from t = 0)")):
+        for label, (t, v) in curves.items():
+            ax.plot(t, v, label=label)
+        ax.set_xlabel("t")
+        ax.set_title(title)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(ctx.figure("invariants.png"), dpi=110)
+    plt.close(fig)
