@@ -103,19 +103,6 @@ def level_forms(tm: dict, d: PairData) -> dict:
     return {"res": res, "jac": jac}
 
 
-def level_functionals(tm: dict, d: PairData, Phi, shift: float) -> dict:
-    """Functionals of level k: "mass" ∫χ^kΓ^k (χ⁰Γ⁰ = ρ_0 at k = 0: "mass_first"), "cost"
-    τ∫(½|a|² + V)ρ̃ + G(ρ̃) with a = −∇u = 2ε∇χ^k/χ^k, ρ̃ = χ^kΓ^{k+1}, "value"
-    τ∫(G − ρ̃c)(ρ̃), "u0" ∫u⁰ρ_0 with u = −2ε log χ + Φ_min, "terminal" ∫Φχ^NΓ^N."""
-    gc, gn, cc = tm[GAMMA_CUR], tm[GAMMA_NEXT], tm[CHI_CUR]
-    rt = cc * gn
-    a = 2 * d.eps * ufl.grad(cc) / cc
-    cost = d.tau * (0.5 * ufl.inner(a, a) + d.V) * rt * ufl.dx
-    value = None
-    if d.G is not None:
-        cost += d.tau * d.G(rt) * ufl.dx
-        value = d.tau * (d.G(rt) - rt * coupling_value(d.G, d.coupling, rt)) * ufl.dx
-    return {"cost": cost, "value": value, "mass": cc * gc * ufl.dx,
-            "mass_first": d.rho0 * ufl.dx,
-            "u0": (-2 * d.eps * ufl.ln(cc) + shift) * d.rho0 * ufl.dx,
-            "terminal": Phi * cc * gc * ufl.dx}
+def level_functionals(tm: dict, d: PairData) -> dict:
+    """Mass ∫χ^kΓ^k of level k ("mass"; at k = 0 it is ∫ρ_0, "mass_first")."""
+    return {"mass": tm[CHI_CUR] * tm[GAMMA_CUR] * ufl.dx, "mass_first": d.rho0 * ufl.dx}

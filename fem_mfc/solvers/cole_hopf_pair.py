@@ -2,8 +2,8 @@
 
 The pair is a :class:`~fem_mfc.solvers.qhd.LevelSystem` in the HJB–FP layout (Γ¹..Γ^N in the
 ρ-slots, χ⁰..χ^{N−1} in the u-slots, χ^N = exp(−(Φ − Φ_min)/2ε) data) solved by the Newton of
-:mod:`fem_mfc.solvers.newton`.  For G = 0 the system is linear and Newton stops after one
-step (one LU solve of the whole space-time system).  :func:`solve_pair` returns a
+:mod:`fem_mfc.solvers.newton`.  For G = 0 the χ-equations are linear and decoupled and only
+Γ⁰ = ρ_0/χ⁰ is nonlinear: Newton converges in two steps (the first gives the exact χ).  :func:`solve_pair` returns a
 :class:`PairResult` with ρ^k = χ^kΓ^k and u^k = −2ε log χ^k + Φ_min interpolated in the
 solve space, so it compares directly with the HJB–FP result.
 """
@@ -22,6 +22,7 @@ from ..forms import cole_hopf_pair as forms
 from ..problem import interpolate
 from .newton import newton
 from .qhd import HJB_LAYOUT, Layout, LevelSystem
+from .spacetime import SpaceTime
 
 PAIR_ROWS = {"gamma_first": ("u", lambda k, N: k == 0),
              "gamma": ("u", lambda k, N: 1 <= k < N),
@@ -48,7 +49,7 @@ class PairSystem(LevelSystem):
         gamma0 = interpolate(problem.rho0 / chi_T, V, "Gamma")
         super().__init__(problem, Layout(HJB_LAYOUT, PAIR_ROWS),
                          lambda tm: forms.level_forms(tm, d),
-                         lambda tm: forms.level_functionals(tm, d, problem.Phi, self.shift),
+                         lambda tm: forms.level_functionals(tm, d),
                          rho_data=gamma0, u_data=chi_T, rho_guess=gamma0, u_guess=chi_T,
                          names=("Gamma", "chi"))
 
@@ -62,32 +63,39 @@ class PairSystem(LevelSystem):
         """Γ⁰..Γ^N (Γ⁰ = ρ_0/χ⁰ interpolated after the solve)."""
         return self.rho
 
+    def fields(self):
+        """ρ^k = χ^kΓ^k (k = 0..N, ρ⁰ = ρ_0) and u^k = −2ε log χ^k + Φ_min (k = 0..N−1),
+        interpolated in the solve space (nodal products for Lagrange elements)."""
+        p, V = self.problem, self.V
+        rho = [p.rho0] + [interpolate(c * g, V, "rho")
+                          for c, g in zip(self.chi[1:], self.gamma[1:])]
+        u = [interpolate(-2 * p.eps * ufl.ln(c) + self.shift, V, "u") for c in self.u]
+        return rho, u
+
     def diagnostics(self) -> dict:
-        N = self.N
-        J = value = 0.0
+        """Masses ∫χ^kΓ^k, min(χ, Γ), and J, J_value of the HJB–FP functionals (forms/hjb_fp.py)
+        evaluated on (ρ, u) — the same definitions of J as for the HJB–FP solvers."""
         masses = []
-        for k in range(N + 1):
+        for k in range(self.N + 1):
             self.load(k)
             masses.append(self.scalar("mass_first" if k == 0 else "mass"))
-            if k < N:
-                J += self.scalar("cost")
-                if self.func["value"] is not None:
-                    value += self.scalar("value")
-            if k == 0:
-                value += self.scalar("u0")
-            if k == N:
-                J += self.scalar("terminal")
         nl = self.nl
         mins = [min(c.x.array[:nl].min(), g.x.array[:nl].min()) if nl else np.inf
                 for c, g in zip(self.chi[1:], self.gamma[1:])]
-        return {"J": J, "J_value": value, "mass": masses,
+        hjb = SpaceTime(self.problem)
+        rho, u = self.fields()
+        for a, b in zip(hjb.rho[1:] + hjb.u, rho[1:] + u):
+            a.x.array[:] = b.x.array
+        dh = hjb.diagnostics()
+        return {"J": dh["J"], "J_value": dh["J_value"], "mass": masses,
                 "mass_error": max(abs(m - 1.0) for m in masses),
                 "min_rho": self.comm.allreduce(float(min(mins)), op=MPI.MIN)}
 
 
 @dataclass
 class PairResult:
-    """ρ^k = χ^kΓ^k and u^k = −2ε log χ^k + Φ_min (k = 0..N) with the solve's diagnostics."""
+    """ρ^k = χ^kΓ^k (k = 0..N), u^k = −2ε log χ^k + Φ_min (k = 0..N−1, at t_k as the HJB–FP
+    backward-Euler u^k) with the solve's diagnostics."""
 
     problem: object
     chi: list
@@ -112,20 +120,16 @@ class PairResult:
 
 def solve_pair(problem, rtol=1e-10, atol=1e-12, max_it=50, petsc_options=None,
                prefix="chp_") -> PairResult:
-    """Solve the (cubic) pair all-at-once by Newton; G = 0: one linear space-time solve."""
+    """Solve the (cubic) pair all-at-once by Newton (G = 0: two Newton steps)."""
     st = PairSystem(problem)
     res = newton(problem, rtol=rtol, atol=atol, max_it=max_it, prefix=prefix,
                  petsc_options=petsc_options, system=st)
-    V, eps = problem.space, problem.eps
-    chi0 = st.u[0]
-    st.rho[0].interpolate(dolfinx.fem.Expression(problem.rho0 / chi0,
-                                                 V.element.interpolation_points()))
+    st.rho[0].interpolate(dolfinx.fem.Expression(problem.rho0 / st.u[0],
+                                                 problem.space.element.interpolation_points()))
     if res.min_rho <= 0:
         raise SolverError(f"Cole-Hopf pair: chi or Gamma lost positivity (min "
                           f"{res.min_rho:.3g}); refine tau or h")
-    rho = [interpolate(c * g, V, "rho") for c, g in zip(st.chi, st.gamma)]
-    rho[0] = problem.rho0
-    u = [interpolate(-2 * eps * ufl.ln(c) + st.shift, V, "u") for c in st.chi]
+    rho, u = st.fields()
     return PairResult(problem=problem, chi=st.chi, gamma=st.gamma, rho=rho, u=u, J=res.J,
                       J_value=res.J_value, mass=res.mass, mass_error=res.mass_error,
                       min_rho=res.min_rho, iterations=res.iterations, history=res.history,

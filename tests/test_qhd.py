@@ -1,0 +1,214 @@
+"""QHD form (ρ, S) of MODEL §3: the discrete action's structure, consistency with HJB–FP, the
+quantum signature's invariants, the runner and its bad-input errors."""
+from __future__ import annotations
+
+import math
+
+import dolfinx
+import numpy as np
+import pytest
+import ufl
+from mpi4py import MPI
+
+from fem_mfc import config
+from fem_mfc.errors import ConfigError
+from fem_mfc.forms import qhd as forms
+from fem_mfc.problem import ControlProblem
+from fem_mfc.solvers.newton import newton
+from fem_mfc.solvers.qhd import QHDControlSystem, QuantumStepper, solve_control, solve_quantum
+
+
+def problem_1d(cells, steps, G=lambda r: 0.5 * r ** 2, coupling="mftc"):
+    msh = dolfinx.mesh.create_interval(MPI.COMM_SELF, cells, [-1.0, 1.0])
+    x = ufl.SpatialCoordinate(msh)
+    return ControlProblem(mesh=msh, T=1.0, sigma=0.8, steps=steps,
+                          rho0=1 + 0.5 * ufl.cos(math.pi * x[0]),
+                          Phi=0.4 * ufl.sin(math.pi * x[0] / 2) + 0.2 * ufl.cos(math.pi * x[0]),
+                          G=G, coupling=coupling)
+
+
+def test_control_jacobian_is_the_symmetric_hessian_of_the_action():
+    """Rows are ∂A/∂(ρ, S) of one discrete action ⇒ the Jacobian is symmetric (for a local
+    coupling c(ρ) either mode is a derivative: c = C', C = G or ∫G(r)/r dr)."""
+    st = QHDControlSystem(problem_1d(8, 4, G=lambda r: r ** 3 / 3, coupling="mfg"))
+    for k in range(1, st.N + 1):                      # a non-trivial state
+        st.rho[k].x.array[:] *= 1 + 0.1 * k
+    A = st.jacobian(None)
+    At = A.copy()
+    At.transpose()
+    At.axpy(-1.0, A)
+    assert At.norm() <= 1e-12 * A.norm()
+
+
+def test_control_solve_conserves_mass_and_keeps_rho_positive():
+    res, st = solve_control(problem_1d(32, 16))
+    assert res.mass_error < 1e-13
+    assert res.min_rho > 0.1
+    assert res.iterations <= 8
+    # value identity J = ∫u(0)ρ_0 + ∫∫(G − ρG') holds up to discretisation error
+    assert abs(res.J - res.J_value) < 5e-3
+
+
+def test_bernoulli_terminal_condition_and_quantum_potential_forms():
+    """∂B/∂ρ = −S(T) and the Fisher form's derivative is the Bohm potential κ_QΔR/R."""
+    p = problem_1d(64, 2)
+    d = forms.QHDData.control(p)
+    V = p.space
+    rho = p.rho0
+    q = ufl.TestFunction(V)
+    x = ufl.SpatialCoordinate(p.mesh)
+    dB = dolfinx.fem.assemble_vector(dolfinx.fem.form(ufl.derivative(forms.terminal(rho, d),
+                                                                     rho, q))).array
+    expect = dolfinx.fem.assemble_vector(dolfinx.fem.form(
+        (p.Phi + p.eps * ufl.ln(rho)) * q * ufl.dx)).array
+    assert np.allclose(dB, expect, atol=1e-12)
+    # −2κ_Q δF/δρ[q] = −κ_Q∫∇R·∇(q/R) → compare with κ_Q ΔR/R for R = √(1 + ½cos πx)
+    fisher = -2 * d.kappa_Q * forms.fisher_density(rho) * ufl.dx
+    weak = dolfinx.fem.assemble_vector(dolfinx.fem.form(ufl.derivative(fisher, rho, q))).array
+    R = ufl.sqrt(1 + 0.5 * ufl.cos(math.pi * x[0]))
+    strong = dolfinx.fem.assemble_vector(dolfinx.fem.form(
+        d.kappa_Q * ufl.div(ufl.grad(R)) / R * q * ufl.dx(degree=8))).array
+    mass = dolfinx.fem.assemble_vector(dolfinx.fem.form(q * ufl.dx)).array
+    err = np.abs(weak - strong)[1:-1] / mass[1:-1]   # interior nodes: a pointwise comparison
+    assert err.max() < 2e-2 * np.abs(strong / mass).max()
+
+
+def test_qhd_residuals_of_hjb_fp_solution_converge():
+    """Continuity and Bernoulli (with the quantum potential) evaluated on the HJB–FP solution,
+    S = −u − ε log ρ, vanish at first order under refinement (τ = h/2·..., H⁻¹ norms)."""
+    out = []
+    for cells in (32, 64, 128):
+        p = problem_1d(cells, cells // 2)
+        r = newton(p)
+        st = QHDControlSystem(p)
+        st.set_from_hjb_fp(r.rho, r.u)
+        out.append(st.residual_norms())
+    for key in ("continuity", "bernoulli"):
+        e = [o[key] for o in out]
+        rates = [math.log2(a / b) for a, b in zip(e[:-1], e[1:])]
+        assert min(rates) >= 0.8, (key, e, rates)
+
+
+def quantum_stepper(cells=32, tau=0.02, G=lambda r: 0.5 * r ** 2):
+    msh = dolfinx.mesh.create_interval(MPI.COMM_SELF, cells, [-1.0, 1.0])
+    x = ufl.SpatialCoordinate(msh)
+    st = QuantumStepper(msh, 1, hbar=0.5, tau=tau, V=0.5 * x[0] ** 2, G=G)
+    st.set_initial(0.5 * (1 + 0.5 * ufl.cos(math.pi * x[0])), 0.3 * ufl.sin(math.pi * x[0] / 2))
+    return st
+
+
+def test_quantum_conserves_mass_to_roundoff_and_energy_to_solver_tolerance():
+    st = quantum_stepper()
+    r = solve_quantum(st, 1.0, 50)
+    assert r.drift("mass") < 1e-13
+    assert r.drift("energy") < 1e-10 * abs(r.energy[0])
+    assert r.drift("fisher") > 1e-3                  # the dynamics is not trivial
+    assert max(r.residuals) < 1e-10
+    assert min(r.min_rho) > 0
+
+
+def test_quantum_discrete_gradient_is_consistent_with_H():
+    """At z_old = z_new the discrete gradient is δH/δ(ρ, S) computed by ufl.derivative."""
+    st = quantum_stepper()
+    z, w = st.z, ufl.TestFunction(st.W)
+    d = st.d
+    dg = forms.discrete_gradient_rho(z, z, w[1], d) + forms.discrete_gradient_S(z, z, w[0], d)
+    H = forms.hamiltonian_density(z[0], z[1], d) * d.dxq
+    a = dolfinx.fem.assemble_vector(dolfinx.fem.form(dg)).array
+    b = dolfinx.fem.assemble_vector(dolfinx.fem.form(ufl.derivative(H, z, w))).array
+    # the test functions are swapped (J): the ρ-row of the step is tested with s = w[0]
+    b2 = b.copy()
+    V0, d0 = st.W.sub(0).collapse()
+    V1, d1 = st.W.sub(1).collapse()
+    b2[d0], b2[d1] = b[d1], b[d0]
+    assert np.allclose(a, b2, atol=1e-12 * np.abs(b).max())
+
+
+# -- runner and bad input ----------------------------------------------------------------
+def cfg_control(**over):
+    raw = {"run": {"formulation": "qhd"},
+           "mesh": {"kind": "interval", "cells": 16, "lower": [-1.0], "upper": [1.0]},
+           "problem": {"T": 1.0, "sigma": 0.8, "steps": 8,
+                       "Phi": "0.4*sin(pi*x/2) + 0.2*cos(pi*x)", "G": "rho**2/2"},
+           "rho0": {"kind": "formula", "formula": "1 + 0.5*cos(pi*x)"},
+           "qhd": {"signature": "control"},
+           "output": {"progress": False}}
+    for sec, kv in over.items():
+        raw.setdefault(sec, {}).update(kv)
+    return raw
+
+
+def cfg_quantum(**over):
+    raw = cfg_control(problem={"Phi": "0", "V": "0.5*x**2", "T": 0.2, "steps": 10},
+                      qhd={"signature": "quantum", "hbar": 0.5, "S0": "0.3*sin(pi*x/2)"})
+    for sec, kv in over.items():
+        raw.setdefault(sec, {}).update(kv)
+    return raw
+
+
+def run_cfg(raw, tmp_path):
+    from fem_mfc.io import RunContext
+    from fem_mfc.runs.qhd import run
+    cfg = config.from_dict(raw)
+    ctx = RunContext.create(tmp_path, MPI.COMM_SELF, cfg=cfg, quiet=True)
+    try:
+        summary = run(cfg, ctx)
+    except Exception:
+        ctx.abort()
+        raise
+    ctx.commit(summary)
+    return summary
+
+
+KEYS = ("mass", "mass_error", "energy", "fisher", "iterations", "residual", "ndofs", "nsteps",
+        "h", "tau")
+
+
+@pytest.mark.parametrize("make", [cfg_control, cfg_quantum], ids=["control", "quantum"])
+def test_runner_summary_and_outputs(make, tmp_path):
+    s = run_cfg(make(), tmp_path)
+    for k in KEYS:
+        assert k in s, k
+    assert s["mass_error"] < 1e-12 and s["nsteps"] == (8 if make is cfg_control else 10)
+    if make is cfg_control:
+        assert "J" in s and s["J"] > 0
+    else:
+        assert s["energy_drift"] < 1e-10
+    for f in ("density.png", "phase.png", "invariants.png", "qhd.bp", "summary.json"):
+        assert (tmp_path / f).exists(), f
+
+
+BAD = {
+    "hbar zero": (cfg_quantum, {"qhd": {"hbar": 0.0}}, "qhd.hbar"),
+    "hbar negative": (cfg_quantum, {"qhd": {"hbar": -1.0}}, "qhd.hbar"),
+    "vacuum rho0": (cfg_control, {"rho0": {"formula": "1 + cos(pi*x)"}}, "rho0"),
+    "vacuum quantum": (cfg_quantum, {"rho0": {"formula": "x**2"}}, "rho0"),
+    "control with S0": (cfg_control, {"qhd": {"S0": "x"}}, "qhd.S0"),
+    "quantum with Phi": (cfg_quantum, {"problem": {"Phi": "x**2"}}, "problem.Phi"),
+    "quantum with mfg": (cfg_quantum, {"problem": {"coupling": "mfg"}}, "problem.coupling"),
+    "picard": (cfg_control, {"solver": {"method": "picard"}}, "solver.method"),
+    "exact solution": (cfg_control, {"exact": {"solution": "lq-gaussian"}}, "exact.solution"),
+    "wrong formulation": (cfg_control, {"run": {"formulation": "hjb-fp"}}, "run.formulation"),
+    "bad signature": (cfg_control, {"qhd": {"signature": "classical"}}, "qhd.signature"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_input_is_a_one_line_config_error(case, tmp_path):
+    make, over, key = BAD[case]
+    with pytest.raises(ConfigError) as e:
+        run_cfg(make(**over), tmp_path)
+    msg = str(e.value)
+    assert key in msg and "\n" not in msg
+
+
+def test_cli_reports_vacuum_in_one_line(tmp_path):
+    from conftest import run_cli
+    cfg = tmp_path / "vac.toml"
+    cfg.write_text('[run]\nformulation = "qhd"\n[mesh]\nkind = "interval"\ncells = 8\n'
+                   'lower = [-1.0]\nupper = [1.0]\n[rho0]\nkind = "formula"\n'
+                   'formula = "1 + cos(pi*x)"\n[output]\nprogress = false\n')
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "out"), "--quiet"])
+    assert p.returncode == 2
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "rho0" in lines[0] and "Traceback" not in p.stderr
