@@ -3,9 +3,10 @@
 The pair is a :class:`~fem_mfc.solvers.qhd.LevelSystem` in the HJB–FP layout (Γ¹..Γ^N in the
 ρ-slots, χ⁰..χ^{N−1} in the u-slots, χ^N = exp(−(Φ − Φ_min)/2ε) data) solved by the Newton of
 :mod:`fem_mfc.solvers.newton`.  For G = 0 the χ-equations are linear and decoupled and only
-Γ⁰ = ρ_0/χ⁰ is nonlinear: Newton converges in two steps (the first gives the exact χ).  :func:`solve_pair` returns a
-:class:`PairResult` with ρ^k = χ^kΓ^k and u^k = −2ε log χ^k + Φ_min interpolated in the
-solve space, so it compares directly with the HJB–FP result.
+Γ⁰ = ρ_0/χ⁰ is nonlinear: Newton converges in two steps (the first gives the exact χ).
+:func:`solve_pair` returns a :class:`PairResult` with ρ^k = χ^kΓ^k and
+u^k = −2ε log χ^k + Φ_min interpolated in the solve space, and J from the HJB–FP
+functionals, so it compares directly with the HJB–FP result.
 """
 from __future__ import annotations
 
