@@ -34,7 +34,7 @@ def _ln(v):
 class LQGaussian:
     """MODEL §7.1 on a box ≫ the Gaussian width."""
 
-    def __init__(self, mesh, T, sigma, a=1.0, mean=None, std=0.5):
+    def __init__(self, mesh, T, sigma, a=1.0, mean=None, std=0.5, discrete_time=None):
         self.mesh, self.T, self.a = mesh, float(T), float(a)
         self.eps = 0.5 * sigma ** 2
         self.d = mesh.geometry.dim
@@ -44,6 +44,12 @@ class LQGaussian:
         self.n = ufl.FacetNormal(mesh)
         self.V, self.G = 0.0, None
         self.Phi = 0.5 * self.a * ufl.inner(self.x, self.x)
+        # discrete_time = (steps, theta): Neumann data of the time-discrete u (see
+        # time_discrete_u), so that a spatial study against it has no time error at all
+        self._table = None
+        if discrete_time is not None:
+            steps, theta = discrete_time
+            self._table = (steps, theta, self._riccati(steps, theta))
 
     def _tau(self, t):
         return 1.0 + self.a * (self.T - t)
@@ -61,7 +67,37 @@ class LQGaussian:
         return ufl.exp(-r2 / (2 * s2)) / (2 * math.pi * s2) ** (self.d / 2)
 
     def sources(self, t):
-        return {"b_H": self.eps * ufl.dot(ufl.grad(self.u(t)), self.n)}
+        if self._table is None:
+            return {"b_H": self.eps * ufl.dot(ufl.grad(self.u(t)), self.n)}
+        steps, theta, (P, _) = self._table
+        tau = self.T / steps      # step n is evaluated at t = (n + θ)τ: pick P_n there
+        Pt = sum(ufl.conditional(ufl.lt(abs(t - (n + theta) * tau), 0.5 * tau), Pn, 0.0)
+                 for n, Pn in enumerate(P))
+        return {"b_H": self.eps * Pt * ufl.dot(self.x, self.n)}
+
+    def time_discrete_u(self, steps: int, theta: float) -> list:
+        """uⁿ of the time-discrete scheme (exact in space, whole space): uⁿ = ½P_n|x|² + c_n.
+
+        G = V = 0 decouples the discrete HJB rows of forms/hjb_fp.py from ρ; the quadratic
+        ansatz gives P_{k−1} + θτP_{k−1}² = R_k with R_N = a, R_k = P_k − (1−θ)τP_k², and
+        c_{k−1} = c_k + τεd(θP_{k−1} + (1−θ)P_k) (c_N = 0 and no (1−θ) terms at k = N).
+        Comparing with it removes the time error from a spatial convergence study.
+        """
+        P, c = self._riccati(steps, theta)
+        return [0.5 * P[n] * ufl.inner(self.x, self.x) + c[n] for n in range(steps)]
+
+    def _riccati(self, steps, theta):
+        tau, d, eps = self.T / steps, self.d, self.eps
+        P, c = [0.0] * steps, [0.0] * steps
+        Pk = ck = None
+        for k in range(steps, 0, -1):
+            R = self.a if k == steps else Pk - (1 - theta) * tau * Pk ** 2
+            Pm = R if theta == 0 else (-1 + math.sqrt(1 + 4 * theta * tau * R)) / (2 * theta * tau)
+            cm = tau * eps * d * theta * Pm if k == steps \
+                else ck + tau * eps * d * (theta * Pm + (1 - theta) * Pk)
+            P[k - 1], c[k - 1] = Pm, cm
+            Pk, ck = Pm, cm
+        return P, c
 
     @property
     def J(self) -> float:
@@ -76,12 +112,15 @@ class Manufactured:
     ``time = "affine"``: u, ρ affine in t — the implicit midpoint scheme has no time error, so
     the observed errors are purely spatial.  ``time = "smooth"``: trigonometric in t (time
     rates).  ρ = (1 + β(t)ψ(x))/|Ω|, ψ = Π cos(π(x_i − l_i)/L_i) (mean zero, mass 1),
-    u = γ(t)(½|x − c|² + 0.2 sin(π Σx_i)).
+    u = γ(t)(½|x − c|² + 0.2 sin(π Σx_i)).  ``space = "quadratic"``: ψ = Σ((x_i − c_i)²/L_i² −
+    1/12), u = γ(t)(½|x − c|² + 0.2 Σx_i + 0.3 x_0x_1): both lie in P2 and every source is a
+    polynomial integrated exactly, so P2 has no spatial error (time rates).
     """
 
-    def __init__(self, mesh, T, sigma, G, coupling="mftc", time="affine", V=0.0):
-        if time not in ("affine", "smooth"):
-            raise ValueError(time)
+    def __init__(self, mesh, T, sigma, G, coupling="mftc", time="affine", space="trig", V=0.0):
+        if time not in ("affine", "smooth") or space not in ("trig", "quadratic"):
+            raise ValueError((time, space))
+        self.space = space
         self.mesh, self.T, self.eps = mesh, float(T), 0.5 * sigma ** 2
         self.G, self.coupling, self.time = G, coupling, time
         self.x = ufl.SpatialCoordinate(mesh)
@@ -108,15 +147,23 @@ class Manufactured:
             else 1.0 + 0.5 * math.cos(1.5 * t / self.T)
 
     def rho(self, t):
-        psi = 1.0
-        for i in range(self.d):
-            psi = psi * ufl.cos(math.pi * (self.x[i] - self.lo[i]) / (self.hi[i] - self.lo[i]))
+        L, c = self.hi - self.lo, 0.5 * (self.lo + self.hi)
+        if self.space == "quadratic":
+            psi = sum((self.x[i] - c[i]) ** 2 / L[i] ** 2 - 1.0 / 12.0 for i in range(self.d))
+        else:
+            psi = 1.0
+            for i in range(self.d):
+                psi = psi * ufl.cos(math.pi * (self.x[i] - self.lo[i]) / L[i])
         return (1.0 + self._beta(t) * psi) / self.volume
 
     def u(self, t):
         c = 0.5 * (self.lo + self.hi)
-        phi = 0.5 * sum((self.x[i] - c[i]) ** 2 for i in range(self.d)) \
-            + 0.2 * ufl.sin(math.pi * sum(self.x[i] for i in range(self.d)))
+        phi = 0.5 * sum((self.x[i] - c[i]) ** 2 for i in range(self.d))
+        if self.space == "quadratic":
+            phi = phi + 0.2 * sum(self.x[i] for i in range(self.d)) \
+                + (0.3 * self.x[0] * self.x[1] if self.d > 1 else 0.0)
+        else:
+            phi = phi + 0.2 * ufl.sin(math.pi * sum(self.x[i] for i in range(self.d)))
         return self._gamma(t) * phi
 
     def sources(self, t):
@@ -163,10 +210,23 @@ class ErrorNorms:
         return math.sqrt(comm.allreduce(dolfinx.fem.assemble_scalar(self.forms[kind]),
                                         op=MPI.SUM))
 
-    def __call__(self, result) -> dict:
-        """{"u": max_n ‖uⁿ − u(t_u(n))‖, "rho": max_n ‖ρⁿ − ρ(t_n)‖, "J": |J − J*|}."""
+    def l2_to(self, f, expr) -> float:
+        """‖f − expr‖ for a UFL expression in x (compiled on the fly)."""
+        e = dolfinx.fem.form((f - expr) ** 2 * ufl.dx)
+        return math.sqrt(f.function_space.mesh.comm.allreduce(dolfinx.fem.assemble_scalar(e),
+                                                               op=MPI.SUM))
+
+    def __call__(self, result, u_reference=None) -> dict:
+        """{"u": max_n ‖uⁿ − u(t_u(n))‖, "rho": max_n ‖ρⁿ − ρ(t_n)‖, "J": |J − J*|}.
+
+        ``u_reference``: a list of UFL expressions to compare the uⁿ with instead (e.g.
+        :meth:`LQGaussian.time_discrete_u`)."""
         p = result.problem
-        out = {"u": max(self.l2("u", f, p.u_time(n)) for n, f in enumerate(result.u)),
+        if u_reference is not None:
+            eu = max(self.l2_to(f, g) for f, g in zip(result.u, u_reference))
+        else:
+            eu = max(self.l2("u", f, p.u_time(n)) for n, f in enumerate(result.u))
+        out = {"u": eu,
                "rho": max(self.l2("rho", f, p.rho_time(n)) for n, f in enumerate(result.rho))}
         if hasattr(self.exact, "J"):
             out["J"] = abs(result.J - self.exact.J)

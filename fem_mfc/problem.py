@@ -104,7 +104,9 @@ class ControlProblem:
 
     def step_data(self) -> StepData:
         """The data of the per-step Lagrangian density (forms/hjb_fp.py)."""
-        return StepData(tau=self.tau, eps=self.eps, theta=self.theta, V=self.V, Phi=self.Phi,
+        # τ and ε as Constants: one compiled form serves every step count and noise level
+        return StepData(tau=dolfinx.fem.Constant(self.mesh, self.tau),
+                        eps=dolfinx.fem.Constant(self.mesh, self.eps), theta=self.theta, V=self.V, Phi=self.Phi,
                         G=self.G, coupling=self.coupling,
                         sources=getattr(self.exact, "sources", None))
 

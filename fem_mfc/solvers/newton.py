@@ -16,12 +16,11 @@ from ..errors import SolverError
 from .result import Result
 from .spacetime import SpaceTime
 
-# The KKT matrix has zero diagonal blocks (saddle point): MUMPS' automatic column permutation
-# and scaling gave inaccurate factors (true residual > right-hand side at P2), a maximum
-# transversal (ICNTL(6) = 1) with threshold pivoting 0.1 is accurate to ~1e-14; delayed pivots
-# need extra workspace (ICNTL(14)).
-DEFAULTS = {"snes_linesearch_type": "bt", "mat_mumps_icntl_14": 100, "mat_mumps_icntl_6": 1,
-            "mat_mumps_cntl_1": 0.1}
+# The KKT matrix has zero diagonal blocks (saddle point).  MUMPS' automatic column permutation
+# gave inaccurate factors (true residual > right-hand side, P2, 1D); the maximum-product
+# transversal with scaling (ICNTL(6) = 5) is accurate without extra fill (ICNTL(6) = 1 tripled
+# the fill in 2D); delayed pivots need extra workspace (ICNTL(14)).
+DEFAULTS = {"snes_linesearch_type": "bt", "mat_mumps_icntl_14": 100, "mat_mumps_icntl_6": 5}
 REASONS = {v: k for k, v in PETSc.SNES.ConvergedReason.__dict__.items() if not k.startswith("_")}
 
 

@@ -53,9 +53,10 @@ class SpaceTime:
         self.res = {k: dolfinx.fem.form(F) for k, F in ufl_forms["res"].items()}
         self.jac = {k: dolfinx.fem.form(a) for k, a in ufl_forms["jac"].items()}
         unknowns = set(self.tm.values())
+        times = {self.t_prev, self.t_cur}
         self.constant_block = {
             k: not (set(ufl.algorithms.extract_coefficients(a)) & unknowns)
-            and not ufl.algorithms.analysis.extract_type(a, ufl.Constant)
+            and not (set(ufl.algorithms.analysis.extract_type(a, ufl.Constant)) & times)
             for k, a in ufl_forms["jac"].items()}
         funcs = H.level_functionals(self.tm, self.t_cur, data)
         self.func = {k: (dolfinx.fem.form(f) if f is not None else None)
