@@ -1,0 +1,28 @@
+"""demo_circles.py (quick): the 2D run and the run lifted to a 3D ball both complete, and the
+3D (augmented) network separates the circles better than the 2D flow of the plane."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_demo_circles_quick(tmp_path):
+    out = tmp_path / "circles"
+    r = subprocess.run([sys.executable, str(REPO / "demos" / "demo_circles.py"), "--quick",
+                        "--out", str(out)], capture_output=True, text=True, timeout=600,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    both = json.loads((out / "demo_summary.json").read_text())
+    s2 = json.loads((out / "circles2d" / "summary.json").read_text())
+    s3 = json.loads((out / "circles3d" / "summary.json").read_text())
+    assert s2["dim"] == 2 and s3["dim"] == 3
+    assert both["circles3d"]["test_accuracy"] == s3["test_accuracy"]
+    assert s3["test_accuracy"] >= 0.95
+    assert s3["test_accuracy"] > s2["test_accuracy"]
+    assert s3["mass_error"] < 1e-12 and s2["mass_error"] < 1e-12
+    for d in ("circles2d", "circles3d"):
+        assert (out / d / "report.md").is_file()
