@@ -1,0 +1,92 @@
+"""The hjb-fp runner end to end through the CLI: outputs, exact-solution errors, the value
+identity, PETSc options from the command line, and serial == 2 ranks."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from conftest import REPO, assert_same_numbers, read_summary, run_cli, run_python
+
+CONGESTED = textwrap.dedent("""
+    [run]
+    formulation = "hjb-fp"
+    [mesh]
+    kind = "disk"
+    radius = 2.5
+    h = 0.5
+    [problem]
+    T = 0.5
+    sigma = 0.7
+    steps = 6
+    Phi = "0.5*((x0 - 1)**2 + x1**2)"
+    G = "kappa*rho**2/2"
+    params = { kappa = 2.0 }
+    [rho0]
+    mean = [-0.5, 0.0]
+    std = 0.5
+    [solver]
+    method = "newton"
+    [output]
+    progress = false
+""")
+
+
+def test_congested_disk_serial_equals_two_ranks(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONGESTED)
+    s1, s2 = tmp_path / "s1", tmp_path / "s2"
+    p = run_cli(["run", str(cfg), "--out", str(s1), "--quiet"])
+    assert p.returncode == 0, p.stderr
+    p = run_cli(["run", str(cfg), "--out", str(s2), "--quiet"], ranks=2)
+    assert p.returncode == 0, p.stderr
+    a, b = read_summary(s1), read_summary(s2)
+    assert_same_numbers(a, b, ["J", "J_value_identity", "mass_error", "iterations", "ndofs",
+                               "nsteps"], rtol=1e-8, atol=1e-12)
+    assert a["mass_error"] < 1e-10 and a["iterations"] <= 8
+    # with congestion the value identity has the extra term ∫∫(G − ρG'): J ≠ ∫u(0)ρ_0 alone
+    assert abs(a["J"] - a["J_value_identity"]) < 1e-8 * abs(a["J"])
+    for f in ("rho_u.bp", "velocity.bp", "rho_layers.png", "history.png", "config.toml"):
+        assert (s1 / f).exists() and (s2 / f).exists(), f
+
+
+def test_petsc_options_reach_snes(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONGESTED.replace("[output]", "[output]\nfigures = false\nvtx = false"))
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "o"), "-mfc_snes_monitor",
+                 "-mfc_snes_linesearch_type", "basic"])
+    assert p.returncode == 0, p.stderr
+    assert "SNES Function norm" in p.stdout + p.stderr
+
+
+def test_divergent_newton_is_a_one_line_error(tmp_path):
+    cfg = tmp_path / "c.toml"
+    bad = CONGESTED.replace("kappa = 2.0", "kappa = 1e12").replace(
+        'method = "newton"', 'method = "newton"\nmax_it = 2')
+    cfg.write_text(bad)
+    out = tmp_path / "o"
+    p = run_cli(["run", str(cfg), "--out", str(out), "--quiet"])
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert not (out / "summary.json").exists()
+
+
+def test_refine_lq_1d_space_rates(tmp_path):
+    out = tmp_path / "conv"
+    p = run_cli(["refine", str(REPO / "demos" / "lq_gaussian_1d.toml"), "--levels", "3",
+                 "--in", "both", "--out", str(out)])
+    assert p.returncode == 0, p.stderr
+    conv = json.loads((out / "convergence.json").read_text())
+    for name in ("err_u_L2", "err_rho_L2", "err_J"):
+        assert conv["rates"][name][-1] > 1.8, (name, conv["rates"])
+
+
+def test_lq_demo_quick(tmp_path):
+    p = run_python([REPO / "demos" / "demo_lq_gaussian.py", "--quick", "--out", tmp_path])
+    assert p.returncode == 0, p.stderr
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["solve"]["err_J"] < 0.05
+    assert min(r for r in s["convergence"]["rates"]["err_rho_L2"] if r) > 1.7
+    assert (tmp_path / "solve" / "rho_exact.png").is_file()
