@@ -18,6 +18,8 @@ import ufl
 from mpi4py import MPI
 from petsc4py import PETSc
 
+from .solvers.linear import make_ksp
+
 
 def scalar_space(z):
     """The scalar Lagrange space of one component of z = (q, p)."""
@@ -32,14 +34,7 @@ def _interp(space, expr, name):
 
 
 def _lu(A, comm, prefix):
-    ksp = PETSc.KSP().create(comm)
-    ksp.setOptionsPrefix(prefix)
-    ksp.setOperators(A)
-    ksp.setType("preonly")
-    ksp.getPC().setType("lu")
-    ksp.getPC().setFactorSolverType("mumps")
-    ksp.setFromOptions()
-    return ksp
+    return make_ksp(comm, A, prefix)
 
 
 def density(z, name="rho"):

@@ -24,6 +24,7 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 from ..errors import SolverError
+from .linear import make_ksp
 from ..forms import nls as forms
 
 NONLINEARITIES = ("energy-conserving", "midpoint")
@@ -166,14 +167,7 @@ class RK4Stepper:
         self.M.assemble()
         self.b = dolfinx.fem.petsc.create_vector(self.F)
         self.k = self.b.duplicate()
-        ksp = PETSc.KSP().create(P.mesh.comm)
-        ksp.setOptionsPrefix(prefix)
-        ksp.setOperators(self.M)
-        ksp.setType("preonly")
-        ksp.getPC().setType("lu")
-        ksp.getPC().setFactorSolverType("mumps")
-        ksp.setFromOptions()
-        self.ksp = ksp
+        self.ksp = make_ksp(P.mesh.comm, self.M, prefix)
         self.steps = 0
         self.newton_iterations = 0
 
@@ -292,13 +286,7 @@ def ground_state(problem: NLSProblem, mass: float = 1.0, tau: float = 0.5, tol: 
     A = dolfinx.fem.petsc.assemble_matrix(a)
     A.assemble()
     b = dolfinx.fem.petsc.create_vector(L)
-    ksp = PETSc.KSP().create(comm)
-    ksp.setOptionsPrefix(prefix)
-    ksp.setOperators(A)
-    ksp.setType("preonly")
-    ksp.getPC().setType("lu")
-    ksp.getPC().setFactorSolverType("mumps")
-    ksp.setFromOptions()
+    ksp = make_ksp(comm, A, prefix)
     steps, change = 0, np.inf
     while steps < max_steps and change >= tol:
         if not P.linear and steps:
