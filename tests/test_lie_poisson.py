@@ -246,3 +246,11 @@ def test_stochastic_is_stratonovich():
 def test_lphj_requires_lie_poisson_order():
     with pytest.raises(ValueError):
         LPHJ(ex.rigid_body(INERTIA), order=3)
+
+
+def test_newton_and_fixed_point_solvers_agree():
+    for system, m0 in [(ex.rigid_body(INERTIA), np.array([M0, 2 * M0])),
+                       (ex.heavy_top(INERTIA), np.array([0.3, 1.0, -0.4, 0.2, 0.1, 0.97]))]:
+        a = LPHJ(system, 2, solver="fixed-point").step(m0, 0.3)
+        b = LPHJ(system, 2, solver="newton").step(m0, 0.3)
+        assert np.max(np.abs(a - b)) <= 1e-14
