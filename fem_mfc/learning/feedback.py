@@ -179,8 +179,7 @@ class FeedbackClassifier:
         f = self.f
         if a is not None:
             self.a = [x.copy() for x in a]
-        J = 0.0
-        energy = 0.0
+        local = np.zeros(2)            # (J, energy) on this rank: one allreduce per pass
         for n in range(self.N):
             f.a.x.array[:] = self.a[n]
             self._assemble_matrix(self.A, f.fp_lhs)
@@ -189,20 +188,16 @@ class FeedbackClassifier:
                 f.rho_prev[k].x.array[:] = self.rho[k][n]
                 self.rho[k][n + 1] = self._solve(self.ksp_fp, self.A, f.fp_rhs[k], self.b,
                                                  f.rho_cur[k], f"FP step {n + 1}, class {k}")
-            J += self._sum(f.cost)
-            energy += self._sum(f.energy)
-        J += self._terminal_cost()      # the rho_cur slots hold rho^N now
-        self.J, self.energy = J, energy
+            local += [dolfinx.fem.assemble_scalar(f.cost), dolfinx.fem.assemble_scalar(f.energy)]
+        local[0] += dolfinx.fem.assemble_scalar(self._terminal_form)   # slots hold rho^N
+        J, energy = self.comm.allreduce(local, op=MPI.SUM)
+        self.J, self.energy = float(J), float(energy)
         return J
-
-    def _terminal_cost(self) -> float:
-        """Σ_k ∫ Φ_k ρ_k^N (ρ_k^N loaded in the rho_cur slots)."""
-        return self._sum(self._terminal_form)
 
     def backward(self) -> float:
         """Adjoint steps m = N..1 and â^{m−1}; returns the relative optimality residual."""
         f = self.f
-        gap = ref = 0.0
+        local = np.zeros(2)
         for m in range(self.N, 0, -1):
             f.a.x.array[:] = self.a[m - 1]
             for k in range(self.K):
@@ -217,9 +212,9 @@ class FeedbackClassifier:
             self.ksp_ctl.setOperators(self.C)
             self.a_hat[m - 1] = self._solve(self.ksp_ctl, self.C, f.ctl_rhs, self.bc, f.a_ref,
                                             f"control update, layer {m - 1}")
-            gap += self._sum(f.gap)
-            ref += self._sum(f.gap_ref)
-        self.residual = math.sqrt(gap / ref) if ref > 0 else math.sqrt(gap)
+            local += [dolfinx.fem.assemble_scalar(f.gap), dolfinx.fem.assemble_scalar(f.gap_ref)]
+        gap, ref = self.comm.allreduce(local, op=MPI.SUM)
+        self.residual = math.sqrt(max(gap, 0.0) / ref) if ref > 0 else math.sqrt(max(gap, 0.0))
         return self.residual
 
     def value_identity(self) -> float:
