@@ -71,9 +71,10 @@ def two_spirals(n: int, noise: float, rng: np.random.Generator, turns: float = 1
 
 
 def gaussian_blobs(n: int, K: int, noise: float, rng: np.random.Generator):
-    """K isotropic Gaussian blobs of std ``noise`` centred at (cos 2πk/K, sin 2πk/K)."""
+    """K isotropic Gaussian blobs of std ``noise`` centred on the unit circle at the angles
+    π + 2πk/K (the directions of the default anchors of the classifier)."""
     from sklearn.datasets import make_blobs
-    ang = 2 * math.pi * np.arange(K) / K
+    ang = math.pi + 2 * math.pi * np.arange(K) / K
     centres = np.c_[np.cos(ang), np.sin(ang)]
     return make_blobs(n_samples=n, centers=centres, cluster_std=noise,
                       random_state=int(rng.integers(2 ** 31)))

@@ -1,0 +1,33 @@
+"""The classifier runner end to end on user CSV data with K = 3 classes (no figures)."""
+from __future__ import annotations
+
+import numpy as np
+
+from fem_mfc import config
+from fem_mfc.cli import run_config
+from fem_mfc.learning import data
+
+
+def test_runner_on_csv_three_classes(tmp_path):
+    rng = np.random.default_rng(0)
+    X, y = data.gaussian_blobs(240, 3, 0.3, rng)
+    f = tmp_path / "blobs.csv"
+    f.write_text("x1,x2,label\n" + "".join(f"{a:.6f},{b:.6f},{c + 1}\n"
+                                           for (a, b), c in zip(X, y)))
+    cfg = config.from_dict({
+        "run": {"formulation": "classifier"},
+        "data": {"dataset": "csv", "file": str(f), "test_fraction": 0.25},
+        "mesh": {"kind": "rectangle", "cells": 14, "lower": [-3.0, -3.0], "upper": [3.0, 3.0]},
+        "problem": {"steps": 5, "sigma": 0.5},
+        "training": {"max_sweeps": 5, "epochs": 60, "particles": 200},
+        "output": {"figures": False, "progress": False}})
+    s = run_config(cfg, tmp_path / "out", quiet=True)
+    assert s["K"] == 3 and s["n_train"] == 180 and s["n_test"] == 60
+    assert s["test_accuracy"] >= 0.9 and s["train_accuracy"] >= 0.9
+    assert s["J_history"][-1] < s["J_history"][0]
+    assert s["mass_error"] < 1e-12 and s["value_identity_gap"] < 1e-10 * abs(s["J"])
+    assert s["particles"]["max_mean_error"] < 0.1
+    assert 0 <= s["baseline"]["test_accuracy"] <= 1
+    out = tmp_path / "out"
+    assert (out / "summary.json").is_file() and (out / "report.md").is_file()
+    assert "torch ResNet" in (out / "report.md").read_text()
