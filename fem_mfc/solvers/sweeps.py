@@ -4,8 +4,11 @@
   forward:   (M + θτA) Γ^{n+1} = (M − (1−θ)τA) Γⁿ,   Γ⁰ = ρ_0/χ⁰,   ρⁿ = χⁿΓⁿ (at the dofs)
   u = −2ε log χ.
 One LU factorisation (KSP preonly + LU, operators set once) serves every step of both sweeps.
-Log-scaling: χⁿ = exp(sₙ) χ̃ⁿ with max|χ̃ⁿ| = 1 and Γⁿ = exp(−sₙ) Γ̃ⁿ, so ρⁿ = χ̃ⁿΓ̃ⁿ and
-uⁿ = −2ε(log χ̃ⁿ + sₙ): no under/overflow of exp(−u/2ε) for small σ.
+Log-scaling: χⁿ = exp(sₙ) χ̃ⁿ and Γⁿ = exp(rₙ − sₙ) Γ̂ⁿ with max|χ̃ⁿ| = max|Γ̂ⁿ| = 1, so
+ρⁿ = χ̃ⁿΓ̂ⁿ e^{rₙ} and uⁿ = −2ε(log χ̃ⁿ + sₙ): the global level of exp(−u/2ε) never under- or
+overflows for small σ.  A per-step scalar cannot represent a *spatial* range of χ beyond
+~e^{±700}, and where χ is tiny its FEM error (relative to max χ) is amplified by
+Γ = ρ/χ: keep osc(Φ + τV)/2ε moderate (≲ 30) or use Newton.
 """
 from __future__ import annotations
 
@@ -85,9 +88,17 @@ def cole_hopf_solve(problem, prefix="mfc_ch_") -> Result:
     # forward sweep for Γ̃ⁿ with ρⁿ = χ̃ⁿ Γ̃ⁿ
     rho = [p.rho0] + [dolfinx.fem.Function(V, name="rho") for _ in range(N)]
     gam = p.rho0.x.array[:nl] / np.maximum(chi[0], TINY)
+    m = _gmax(comm, gam)
+    gam, r = gam / m, math.log(m)          # Γⁿ = exp(rₙ − sₙ) Γ̂ⁿ, max|Γ̂ⁿ| = 1
     for n in range(N):
-        gam = step(gam) * math.exp(s[n + 1] - s[n])
-        rho[n + 1].x.array[:nl] = chi[n + 1] * gam
+        y = step(gam)
+        m = _gmax(comm, y)
+        if not (np.isfinite(m) and m > 0):
+            raise SolverError(f"Cole–Hopf: forward sweep broke down at step {n} (max |Γ| = {m})")
+        gam, r = y / m, r + math.log(m) + s[n + 1] - s[n]
+        prod = chi[n + 1] * gam            # ρ = χ̃Γ̂ e^{r}, formed in logs (e^{r} may overflow)
+        with np.errstate(divide="ignore"):
+            rho[n + 1].x.array[:nl] = np.sign(prod) * np.exp(np.log(np.abs(prod)) + r)
         rho[n + 1].x.scatter_forward()
     # u at the times of the HJB–FP scheme's u: t_n (θ = 1), t_{n+½} (θ = ½, mean of the logs)
     logchi = [np.log(np.maximum(c, TINY)) + sn for c, sn in zip(chi, s)]   # = −u/2ε

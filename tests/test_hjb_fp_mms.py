@@ -1,0 +1,56 @@
+"""Manufactured solutions with congestion (mftc and mfg) in 2D: rates and exactness."""
+import math
+
+import dolfinx
+import pytest
+from mpi4py import MPI
+
+from fem_mfc.exact import ErrorNorms, Manufactured
+from fem_mfc.problem import ControlProblem
+from fem_mfc.solvers import newton
+
+BE, CN = "backward-euler", "crank-nicolson"
+
+
+def G(r):
+    return r ** 2          # κρ²/2 with κ = 2
+
+
+def mms(nx, steps, degree, scheme, coupling, time="affine", space="trig"):
+    mesh = dolfinx.mesh.create_unit_square(MPI.COMM_SELF, nx, nx)
+    ex = Manufactured(mesh, 1.0, 0.5, G, coupling, time=time, space=space)
+    p = ControlProblem(mesh=mesh, T=1.0, sigma=0.5, steps=steps, degree=degree, scheme=scheme,
+                       V=ex.V, Phi=ex.Phi, G=G, coupling=coupling, rho0=ex.rho(0.0), exact=ex)
+    r = newton(p)
+    return ErrorNorms(ex, p.space)(r)
+
+
+def rates(errs):
+    return [math.log2(a / b) for a, b in zip(errs, errs[1:])]
+
+
+@pytest.mark.parametrize("coupling", ["mftc", "mfg"])
+def test_exact_in_p2_and_time(coupling):
+    """Quadratic in x, affine in t: the midpoint/P2 discretisation is exact (solver tolerance)."""
+    e = mms(3, 2, 2, CN, coupling, time="affine", space="quadratic")
+    assert e["u"] < 1e-11 and e["rho"] < 1e-11
+
+
+@pytest.mark.parametrize("coupling,degree,levels,rate",
+                         [("mftc", 1, (8, 16, 32), 1.8), ("mfg", 1, (8, 16, 32), 1.8),
+                          ("mftc", 2, (4, 8, 16), 2.7), ("mfg", 2, (4, 8, 16), 2.7)])
+def test_space_rates(coupling, degree, levels, rate):
+    """Affine in t + midpoint: no time error, so 2 steps give pure spatial errors."""
+    res = [mms(nx, 2, degree, CN, coupling) for nx in levels]
+    for key in ("u", "rho"):
+        assert min(rates([e[key] for e in res])) >= rate, (key, rates([e[key] for e in res]))
+
+
+@pytest.mark.parametrize("coupling", ["mftc", "mfg"])
+def test_time_rates(coupling):
+    """Quadratic in x (P2 exact in space), trigonometric in t: pure time errors."""
+    be = [mms(3, n, 2, BE, coupling, time="smooth", space="quadratic") for n in (16, 32, 64)]
+    cn = [mms(3, n, 2, CN, coupling, time="smooth", space="quadratic") for n in (4, 8, 16)]
+    for key in ("u", "rho"):
+        assert min(rates([e[key] for e in be])) >= 0.8, (key, rates([e[key] for e in be]))
+        assert min(rates([e[key] for e in cn])) >= 1.8, (key, rates([e[key] for e in cn]))

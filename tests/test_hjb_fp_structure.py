@@ -1,0 +1,176 @@
+"""Discrete duality, one-definition coupling, solver agreement, small noise, bad input."""
+import math
+
+import dolfinx
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import ufl
+from mpi4py import MPI
+
+from fem_mfc import config
+from fem_mfc.errors import ConfigError, SolverError, UserError
+from fem_mfc.forms import hjb_fp as H
+from fem_mfc.problem import ControlProblem
+from fem_mfc.solvers import choose_method, solve
+from fem_mfc.solvers.spacetime import SpaceTime
+
+CN, BE = "crank-nicolson", "backward-euler"
+
+
+def congested_2d(nx=16, kappa=1.0, coupling="mftc", steps=10, comm=MPI.COMM_SELF):
+    mesh = dolfinx.mesh.create_rectangle(comm, [[-1, -1], [1, 1]], [nx, nx])
+    x = ufl.SpatialCoordinate(mesh)
+    return ControlProblem(mesh=mesh, T=1.0, sigma=0.5, steps=steps, degree=1, scheme=CN,
+                          Phi=2 * ((x[0] - 0.5) ** 2 + x[1] ** 2), V=0.3 * x[1] ** 2,
+                          G=lambda r: 0.5 * kappa * r ** 2, coupling=coupling,
+                          rho0=ufl.exp(-((x[0] + 0.4) ** 2 + x[1] ** 2) / (2 * 0.2 ** 2)))
+
+
+def dense(A):
+    ai, aj, av = A.getValuesCSR()
+    return sp.csr_matrix((av, aj, ai), shape=A.getSize()).toarray()
+
+
+@pytest.mark.parametrize("scheme", [BE, CN])
+@pytest.mark.parametrize("coupling", ["mftc", "mfg"])
+def test_fp_matrix_is_transpose_of_linearised_hjb(scheme, coupling):
+    p = congested_2d(nx=4, steps=3, coupling=coupling)
+    p.scheme = scheme
+    st = SpaceTime(p)
+    rng = np.random.default_rng(1)
+    for f in st.rho[1:] + st.u:                       # a generic (non-solution) state
+        f.x.array[:] += 0.1 * rng.standard_normal(f.x.array.size)
+    M = dense(st.jacobian(None))
+    nl, nf = st.nl, st.nfields
+    u_idx = np.concatenate([np.arange(f * nl, (f + 1) * nl) for f in range(0, nf, 2)])
+    r_idx = np.concatenate([np.arange(f * nl, (f + 1) * nl) for f in range(1, nf, 2)])
+    fp = M[np.ix_(u_idx, r_idx)]                      # ∂(FP rows)/∂ρ
+    hjb = M[np.ix_(r_idx, u_idx)]                     # ∂(HJB rows)/∂u
+    assert np.abs(fp).max() > 0.1
+    assert np.abs(fp - hjb.T).max() < 1e-13 * np.abs(fp).max()
+    assert np.abs(M - M.T).max() < 1e-13 * np.abs(M).max()   # symmetric KKT matrix
+
+
+def test_mftc_coupling_is_the_lagrangian_derivative():
+    p = congested_2d(nx=4, steps=2)
+    V = p.space
+    tm = {k: dolfinx.fem.Function(V) for k in (H.RHO_PREV, H.RHO_CUR, H.U_PREV)}
+    rng = np.random.default_rng(0)
+    for f in tm.values():
+        f.x.array[:] = 1 + 0.2 * rng.random(f.x.array.size)
+    q, t, d = ufl.TestFunction(V), dolfinx.fem.Constant(p.mesh, 0.0), p.step_data()
+    args = (tm[H.RHO_PREV], tm[H.RHO_CUR], tm[H.U_PREV], t)
+    a = dolfinx.fem.assemble_vector(dolfinx.fem.form(
+        ufl.derivative(H.step_lagrangian(*args, d), tm[H.RHO_CUR], q))).array
+    b = dolfinx.fem.assemble_vector(dolfinx.fem.form(
+        H.rho_residual(*args, tm[H.RHO_CUR], q, d))).array
+    assert np.abs(a - b).max() < 1e-14 * np.abs(a).max()
+    d.coupling = "mfg"
+    c = dolfinx.fem.assemble_vector(dolfinx.fem.form(
+        H.rho_residual(*args, tm[H.RHO_CUR], q, d))).array
+    assert np.abs(a - c).max() > 1e-3 * np.abs(a).max()
+
+
+def test_newton_vs_picard_congested_2d(record_property):
+    newton = solve(congested_2d(), "newton")
+    picard = solve(congested_2d(), "picard", relaxation=0.5)
+    record_property("newton_iterations", newton.iterations)
+    record_property("picard_iterations", picard.iterations)
+    print(f"\nNewton {newton.iterations} iterations, Picard {picard.iterations}")
+    assert newton.iterations <= 8
+    assert picard.iterations >= 3 * newton.iterations
+    h = [e["residual"] for e in newton.history]
+    assert any(b < 10 * a ** 2 and a < 1e-2 for a, b in zip(h, h[1:]))   # quadratic phase
+    assert abs(newton.J - picard.J) < 1e-9
+    for a, b in zip(newton.rho + newton.u, picard.rho + picard.u):
+        assert np.abs(a.x.array - b.x.array).max() < 1e-8
+    for r in (newton, picard):
+        assert r.mass_error < 1e-12 and abs(r.J - r.J_value) < 1e-9
+        assert [x["J"] for x in picard.history][-1] == pytest.approx(picard.J, abs=1e-9)
+
+
+def free_1d(nx, steps, sigma=0.6, shift=0.0, L=2.0, amp=1.0):
+    mesh = dolfinx.mesh.create_interval(MPI.COMM_SELF, nx, [-L, L])
+    x = ufl.SpatialCoordinate(mesh)[0]
+    return ControlProblem(mesh=mesh, T=1.0, sigma=sigma, steps=steps, degree=1, scheme=CN,
+                          Phi=amp * (x - 0.5) ** 2 + shift, V=0.5 * amp * ufl.sin(2 * x),
+                          rho0=ufl.exp(-(x + 0.5) ** 2 / (2 * 0.3 ** 2)))
+
+
+def test_cole_hopf_agrees_with_newton_and_picard():
+    assert choose_method(free_1d(8, 2)) == "cole-hopf"
+    diffs = []
+    for nx, steps in ((32, 8), (64, 16), (128, 32)):
+        ch, nw = solve(free_1d(nx, steps), "cole-hopf"), solve(free_1d(nx, steps), "newton")
+        diffs.append((abs(ch.J - nw.J), math.sqrt(sum(
+            (a.x.array - b.x.array) @ (a.x.array - b.x.array) for a, b in zip(ch.rho, nw.rho))
+            / len(ch.rho) * (4.0 / nx))))
+    pc = solve(free_1d(32, 8), "picard")
+    nw = solve(free_1d(32, 8), "newton")
+    assert abs(pc.J - nw.J) < 1e-9
+    for k in range(2):
+        assert diffs[-1][k] < diffs[0][k] / 3, diffs    # agreement to discretisation error
+
+
+def test_cole_hopf_small_noise_log_scaling():
+    """σ = 0.1: exp(−(Φ + 10)/2ε) = e^{−1000} underflows without the per-step log-scale.
+
+    (The spatial range osc(Φ)/2ε is kept moderate: a scalar scale per step cannot represent
+    χ over e^{±700} in space, and the FEM error of χ relative to its maximum is amplified by
+    Γ = ρ/χ where χ is tiny — see fem_mfc/solvers/sweeps.py.)"""
+    a = solve(free_1d(200, 20, sigma=0.1, L=1.0, amp=0.1), "cole-hopf")
+    b = solve(free_1d(200, 20, sigma=0.1, shift=10.0, L=1.0, amp=0.1), "cole-hopf")
+    for r in (a, b):
+        assert all(np.all(np.isfinite(f.x.array)) for f in r.rho + r.u)
+        assert r.mass_error < 1e-2
+    for fa, fb in zip(a.rho, b.rho):   # a constant shift of Φ does not move ρ
+        assert np.abs(fa.x.array - fb.x.array).max() < 1e-8 * np.abs(fa.x.array).max()
+    assert abs((b.u[0].x.array - a.u[0].x.array) - 10.0).max() < 1e-6
+
+
+def interval(n=8):
+    return dolfinx.mesh.create_interval(MPI.COMM_SELF, n, [-1, 1])
+
+
+@pytest.mark.parametrize("kw,key", [({"sigma": -0.1}, "problem.sigma"), ({"T": 0.0}, "problem.T"),
+                                     ({"T": -1.0}, "problem.T"), ({"steps": 0}, "problem.steps")])
+def test_bad_parameters(kw, key):
+    args = dict(mesh=interval(), T=1.0, sigma=0.5, steps=4, rho0=1.0)
+    args.update(kw)
+    with pytest.raises(ConfigError) as e:
+        ControlProblem(**args)
+    assert key in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("rho0,what", [(lambda x: x[0], "non-negative"), (0.0, "positive mass")])
+def test_bad_rho0(rho0, what):
+    mesh = interval()
+    r = rho0(ufl.SpatialCoordinate(mesh)) if callable(rho0) else rho0
+    with pytest.raises(ConfigError) as e:
+        ControlProblem(mesh=mesh, T=1.0, sigma=0.5, steps=4, rho0=r)
+    assert "rho0" in str(e.value) and what in str(e.value) and "\n" not in str(e.value)
+
+
+def test_divergent_solve_raises():
+    p = congested_2d(nx=4, steps=2, kappa=1e8)
+    with pytest.raises(SolverError) as e:
+        solve(p, "newton", max_it=2)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError):
+        solve(p, "cole-hopf")
+
+
+def test_from_config():
+    cfg = config.from_dict({"problem": {"T": 0.5, "sigma": 0.6, "steps": 4, "G": "kappa*rho**2/2",
+                                        "Phi": "x0**2", "params": {"kappa": 2.0}},
+                            "mesh": {"kind": "interval", "lower": [-1.0], "upper": [1.0]},
+                            "rho0": {"mean": [0.1], "std": 0.3},
+                            "discretisation": {"degree": 2, "scheme": "crank-nicolson"}})
+    p = ControlProblem.from_config(cfg, interval(6))
+    assert p.congested and p.degree == 2 and p.eps == pytest.approx(0.18)
+    r = solve(p)
+    assert r.method == "newton" and r.mass_error < 1e-12
+    cfg["rho0"] = dict(cfg["rho0"], kind="formula", formula="x0 - 2")
+    with pytest.raises(UserError, match="rho0"):
+        ControlProblem.from_config(cfg, interval(6))
