@@ -82,9 +82,10 @@ def table(rows, header) -> str:
 
 
 def _fmt(x):
+    """A table cell: numbers to 4 digits, '|' escaped (Markdown table syntax)."""
     if isinstance(x, float):
         return f"{x:.4g}"
-    return str(x)
+    return str(x).replace("|", "\\|")
 
 
 def markdown(summary: dict, figures: list[str], title: str) -> str:
