@@ -48,7 +48,7 @@ def density_ufl(rcfg: dict, mesh, params: dict | None = None):
     raise ConfigError("rho0.kind", "gaussian, mixture or formula here", kind)
 
 
-def normalise(rho, key: str = "rho0", tol: float = 1e-12):
+def normalise(rho, key: str = "rho0", tol: float = 1e-10):
     """Check ρ ≥ 0 (to round-off) and ∫ρ > 0, clip round-off negatives, scale to mass 1."""
     import dolfinx
     comm = rho.function_space.mesh.comm
@@ -57,13 +57,13 @@ def normalise(rho, key: str = "rho0", tol: float = 1e-12):
     vmin = comm.allreduce(float(np.min(a)) if a.size else 0.0, op=MPI.MIN)
     if not np.isfinite(vmax) or not np.isfinite(vmin):
         raise ConfigError(key, "a finite density", "NaN or inf values")
-    if vmin < -tol * max(vmax, 1.0) - 1e-14:
-        raise ConfigError(key, "a non-negative density", f"minimum {vmin:.3g}")
+    if vmin < -tol * max(vmax, 1.0):
+        raise ConfigError(key, "a non-negative density", f"minimum {vmin:.3g} at a dof")
     a[a < 0] = 0.0
     mass = comm.allreduce(dolfinx.fem.assemble_scalar(dolfinx.fem.form(rho * ufl.dx)),
                           op=MPI.SUM)
-    if not mass > 1e-300:
-        raise ConfigError(key, "a density with positive mass", f"mass {mass:.3g}")
+    if not mass > tol * max(vmax, 1.0):
+        raise ConfigError(key, "a density of positive mass", f"mass {mass:.3g}")
     a /= mass
     return rho
 

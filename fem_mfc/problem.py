@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import dolfinx
-import numpy as np
 import ufl
 from mpi4py import MPI
 
-from .errors import ConfigError, UserError
+from .density import density_ufl, initial_density, normalise
+from .errors import ConfigError
 from .forms.hjb_fp import THETA, StepData
 
 ROUNDOFF = 1e-10
@@ -125,20 +125,7 @@ class ControlProblem:
     # -- checks ------------------------------------------------------------------------
     def _checked_rho0(self, rho0):
         """ρ_0 in the solve space: non-negative at the dofs (to round-off), mass 1."""
-        f = interpolate(rho0, self.space, name="rho0")
-        comm = self.mesh.comm
-        arr = f.x.array[: self.space.dofmap.index_map.size_local]
-        if not np.all(np.isfinite(f.x.array)):
-            raise ConfigError("rho0", "finite values", "NaN or inf at some dofs")
-        lo = comm.allreduce(arr.min() if arr.size else np.inf, op=MPI.MIN)
-        hi = comm.allreduce(np.abs(arr).max() if arr.size else 0.0, op=MPI.MAX)
-        if lo < -ROUNDOFF * max(hi, 1.0):
-            raise ConfigError("rho0", "a non-negative density", f"minimum {lo:.3g} at a dof")
-        mass = integrate(f * ufl.dx, comm)
-        if not mass > ROUNDOFF * max(hi, 1.0):
-            raise ConfigError("rho0", "a density of positive mass", f"mass {mass:.3g}")
-        f.x.array[:] /= mass
-        return f
+        return normalise(interpolate(rho0, self.space, name="rho0"), "rho0", tol=ROUNDOFF)
 
     # -- construction from the config --------------------------------------------------
     @classmethod
@@ -170,7 +157,12 @@ class ControlProblem:
         if kind != "none":
             ex = exact_mod.from_config(kind, cfg, mesh, G)
             return cls(rho0=ex.rho(0.0), V=ex.V, Phi=ex.Phi, G=ex.G, exact=ex, **common)
-        return cls(rho0=rho0_expression(cfg["rho0"], x, gdim, formula),
+        if cfg["rho0"]["kind"] == "file":
+            rho0 = initial_density(cfg["rho0"], dolfinx.fem.functionspace(
+                mesh, ("Lagrange", disc["degree"])), params)
+        else:
+            rho0 = density_ufl(cfg["rho0"], mesh, params)
+        return cls(rho0=rho0,
                    V=formula("problem.V", pr["V"]), Phi=formula("problem.Phi", pr["Phi"]),
                    G=G, **common)
 
@@ -184,22 +176,3 @@ def _as_ufl(expr, mesh):
     if isinstance(expr, (int, float)):
         return dolfinx.fem.Constant(mesh, float(expr))
     return expr
-
-
-def rho0_expression(r: dict, x, gdim: int, formula):
-    """Unnormalised initial density of the [rho0] section as a UFL expression in x."""
-    def gaussian(mean, std, key):
-        if len(mean) != gdim:
-            raise ConfigError(key, f"an array of {gdim} numbers", mean)
-        r2 = sum((x[i] - float(mean[i])) ** 2 for i in range(gdim))
-        return ufl.exp(-r2 / (2.0 * float(std) ** 2)) / (2 * math.pi * float(std) ** 2) ** (gdim / 2)
-
-    if r["kind"] == "gaussian":
-        return gaussian(r["mean"], r["std"], "rho0.mean")
-    if r["kind"] == "mixture":
-        return sum(float(w) * gaussian(m, s, f"rho0.means[{i}]")
-                   for i, (m, s, w) in enumerate(zip(r["means"], r["stds"], r["weights"])))
-    if r["kind"] == "formula":
-        return formula("rho0.formula", r["formula"])
-    raise UserError("rho0.kind = 'file' is read by fem_mfc.io; pass the loaded Function "
-                    "to ControlProblem(rho0=...)")
