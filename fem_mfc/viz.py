@@ -110,7 +110,7 @@ def _plotter(shape=(1, 1), size=(800, 700)):
     return pyvista.Plotter(off_screen=True, shape=shape, window_size=list(size))
 
 
-def _add(plotter, grid, name, title, clim=None, warp=False, cmap="viridis"):
+def _add(plotter, grid, name, title, clim=None, warp=False, cmap="viridis", bar=True):
     dim3 = np.ptp(grid.points[:, 2]) > 0
     gdim1 = np.ptp(grid.points[:, 1]) == 0 and not dim3
     if gdim1:
@@ -123,7 +123,11 @@ def _add(plotter, grid, name, title, clim=None, warp=False, cmap="viridis"):
     if dim3:
         mesh = grid.clip(normal="y", origin=(0, 0, 0))
     plotter.add_mesh(mesh, scalars=name, cmap=cmap, clim=clim, show_edges=False,
-                     scalar_bar_args={"title": name, "vertical": True})
+                     show_scalar_bar=bar,
+                     scalar_bar_args={"title": name, "vertical": False, "width": 0.6,
+                                      "height": 0.08, "position_x": 0.2, "position_y": 0.02,
+                                      "fmt": "%.2g", "label_font_size": 11,
+                                      "title_font_size": 12})
     plotter.add_text(title, font_size=10)
     if not dim3 and not warp:
         plotter.view_xy()
@@ -161,12 +165,12 @@ def plot_snapshots(functions, labels, path: str | Path, name: str = "rho",
     if shared_clim:
         clim = [min(d[3].min() for d in datas), max(d[3].max() for d in datas)]
     n = len(datas)
-    cols = min(n, 4)
+    cols = n if n <= 5 else 4
     rows = (n + cols - 1) // cols
     p = _plotter(shape=(rows, cols), size=(320 * cols, 300 * rows))
     for i, (d, lab) in enumerate(zip(datas, labels)):
         p.subplot(i // cols, i % cols)
-        _add(p, _grid(d, name), name, lab, clim=clim)
+        _add(p, _grid(d, name), name, lab, clim=clim, bar=not shared_clim or i == n - 1)
     p.screenshot(str(path))
     p.close()
 
