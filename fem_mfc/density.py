@@ -24,18 +24,22 @@ def gaussian_ufl(x, mean, std):
     return ufl.exp(-r2 / (2 * std ** 2)) / (2 * math.pi * std ** 2) ** (d / 2)
 
 
+def gaussian_mean(rcfg: dict, gdim: int) -> list:
+    """The configured Gaussian mean, the origin when ``rho0.mean`` is empty."""
+    mean = list(rcfg["mean"]) or [0.0] * gdim
+    if len(mean) != gdim:
+        raise ConfigError("rho0.mean", f"an array of {gdim} numbers (the mesh is {gdim}D)",
+                          rcfg["mean"])
+    return mean
+
+
 def density_ufl(rcfg: dict, mesh, params: dict | None = None):
     """The unnormalised ρ_0 of config section ``rcfg`` as a UFL expression on ``mesh``."""
     x = ufl.SpatialCoordinate(mesh)
     d = mesh.geometry.dim
     kind = rcfg["kind"]
     if kind == "gaussian":
-        if not rcfg["mean"]:
-            return gaussian_ufl(x, [0.0] * d, rcfg["std"])
-        if len(rcfg["mean"]) != d:
-            raise ConfigError("rho0.mean", f"an array of {d} numbers (the mesh is {d}D)",
-                              rcfg["mean"])
-        return gaussian_ufl(x, rcfg["mean"], rcfg["std"])
+        return gaussian_ufl(x, gaussian_mean(rcfg, d), rcfg["std"])
     if kind == "mixture":
         terms = []
         for i, (m, s, w) in enumerate(zip(rcfg["means"], rcfg["stds"], rcfg["weights"])):

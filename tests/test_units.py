@@ -101,3 +101,16 @@ def test_atomic_json_write_keeps_old_file_on_failure(tmp_path):
     assert [q.name for q in tmp_path.iterdir()] == ["summary.json"]
     write_json_atomic(p, {"nan": float("nan")})
     assert "null" in p.read_text()
+
+
+def test_docs_config_reference_is_current(repo):
+    """docs/config.md is generated from the schema (`python3 -m fem_mfc schema`)."""
+    assert (repo / "docs" / "config.md").read_text().strip() == config.schema_markdown().strip()
+
+
+def test_every_example_config_validates(repo):
+    tomls = sorted((repo / "demos").glob("*.toml"))
+    assert len(tomls) >= 5
+    for t in tomls:
+        cfg = config.load(t)
+        assert cfg["run"]["formulation"] in config.FORMULATIONS, t.name

@@ -15,7 +15,7 @@ import ufl
 from mpi4py import MPI
 
 from .. import mesh as meshmod
-from ..density import gaussian_ufl, initial_density
+from ..density import gaussian_mean, gaussian_ufl, initial_density
 from ..errors import ConfigError
 from ..forms.heat import THETA, heat_step
 from ..invariants import integrate, l2_error
@@ -42,7 +42,8 @@ def run(cfg: dict, ctx) -> dict:
                               cfg["rho0"]["kind"])
         t_c = dolfinx.fem.Constant(msh, 0.0)
         s0 = cfg["rho0"]["std"]
-        exact = (t_c, gaussian_ufl(ufl.SpatialCoordinate(msh), cfg["rho0"]["mean"],
+        mean = gaussian_mean(cfg["rho0"], msh.geometry.dim)
+        exact = (t_c, gaussian_ufl(ufl.SpatialCoordinate(msh), mean,
                                    ufl.sqrt(s0 ** 2 + 2 * eps * t_c)))
     elif cfg["exact"]["solution"] != "none":
         raise ConfigError("exact.solution", "'none' or 'heat-gaussian' for the heat formulation",
