@@ -146,8 +146,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                          "'scott', 'silverman' or a positive number"),
     },
     "network": {
-        "kind": Key(str, "feedback", "network class (MODEL §2): label-blind feedback network",
-                    choices=("feedback",)),
+        "kind": Key(str, "feedback", "network class (MODEL §2): label-blind feedback network "
+                    "(a(t,x) free) or dictionary network (a = B(x) theta(t), shared weights)",
+                    choices=("feedback", "dictionary")),
         "anchors": Key(list, [], "class anchors c_k (list of points); empty: K points on a "
                        "circle of radius anchor_radius (K = 2: +-anchor_radius e_1)"),
         "anchor_radius": Key(float, 2.0, "radius of the default anchors", positive,
@@ -161,6 +162,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "delta": Key(float, 1e-3, "regularisation rho -> rho + delta in a = -sum rho_k grad u_k "
                      "/ (rho + delta) (adds delta/2 int |a|^2 to J)", positive,
                      "a positive number"),
+        "dictionary": Key(str, "affine", "kind = 'dictionary': the columns b_j of B(x): affine "
+                          "(a = W x + c), rotation (a = Omega x, Omega in so(d)) or random-tanh "
+                          "ridges b = e_i tanh(w_j . x + beta_j)",
+                          choices=("affine", "rotation", "random-tanh")),
+        "width": Key(int, 8, "kind = 'dictionary', random-tanh: number of ridges m (then "
+                     "d*m weights per layer)", positive, "a positive integer"),
+        "weight_decay": Key(float, 1e-2, "kind = 'dictionary': lambda in the weight decay "
+                            "lambda/2 int |theta|^2 dt", positive, "a positive number"),
+        "ridge_scale": Key(float, 1.5, "random-tanh: std of the ridge directions w_j and offsets "
+                           "beta_j", positive, "a positive number"),
+        "dictionary_seed": Key(int, 0, "random-tanh: seed of the ridges", nonnegative,
+                               "a non-negative integer"),
     },
     "training": {
         "max_sweeps": Key(int, 60, "maximum forward-backward sweeps", positive,
@@ -178,6 +191,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "particles": Key(int, 4000, "particles pushed through the learned stochastic flow to "
                          "check the PDE moments (0: skip)", nonnegative,
                          "a non-negative integer"),
+    },
+    "generative": {
+        "kl_weight": Key(float, 5.0, "beta in J = int int |a|^2 rho / 2 + beta KL(rho(T) || "
+                         "N(0, s^2 I))", positive, "a positive number"),
+        "kl_floor": Key(float, 1e-3, "eta: KL is evaluated as int (rho + eta) log((rho + eta)/N) "
+                        "so that the logarithm stays finite", nonnegative,
+                        "a non-negative number"),
+        "target_std": Key(float, 1.0, "s: standard deviation of the Gaussian target", positive,
+                          "a positive number"),
+        "samples": Key(int, 1000, "samples drawn by running the flow backward from the target",
+                       positive, "a positive integer"),
+        "score": Key(bool, True, "include the diffusion's contribution -eps grad log rho in the "
+                     "flow map (probability-flow velocity) for likelihoods and sampling"),
     },
     "nls": {
         "hbar": Key(float, 1.0, "Planck constant hbar of i hbar Psi_t = -(hbar^2/2) Lap Psi + "

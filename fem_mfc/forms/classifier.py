@@ -64,54 +64,64 @@ def _system(residual, unknown):
     return ufl.system(ufl.replace(residual, {unknown: trial}))
 
 
-class ClassifierForms:
-    """Slot Functions and the compiled forms derived from the step Lagrangian.
+class SweepForms:
+    """Density/multiplier slots and the FP/adjoint forms of ANY per-step Lagrangian
+    ``lagrangian(rho_old, rho_new, u)`` of the form (running cost) − Σ_k ⟨u_k, FP step of ρ_k⟩.
 
-    Slots (load arrays into ``.x.array`` before assembling):
-    ``rho_prev[k]`` = ρ_k^{m−1}, ``rho_cur[k]`` = ρ_k^m, ``a`` = a^{m−1}, ``u_cur[k]`` = u_k^m,
-    ``u_next[k]`` = u_k^{m+1} (Φ_k at m = N), ``a_ref`` (for the optimality gap).
-
-    Compiled forms: ``fp_lhs`` (same for every class: one shared velocity), ``fp_rhs[k]``,
-    ``adj_lhs``, ``adj_rhs[k]``, ``ctl_lhs``, ``ctl_rhs``, ``cost`` (τ × running cost),
-    ``energy`` (τ∫½|a|²ρ), ``gap`` (τ∫(ρ+δ)|a − a_ref|²), ``gap_ref`` (τ∫(ρ+δ)|a_ref|²),
-    ``identity`` (τ∫(G(ρ) − ρG'(ρ)) + R(a), the value-identity correction), the UFL expressions
-    of the residuals for tests (``fp_residual_ufl``, ``adj_residual_ufl``, ``ctl_residual_ufl``).
+    Slots: ``rho_prev[k]`` = ρ_k^{m−1}, ``rho_cur[k]`` = ρ_k^m, ``u_cur[k]`` = u_k^m,
+    ``u_next[k]`` = u_k^{m+1}.  Forms: ``fp_lhs`` (shared by the classes), ``fp_rhs[k]``,
+    ``adj_lhs``, ``adj_rhs[k]`` and the UFL residuals ``fp_residual_ufl``, ``adj_residual_ufl``.
+    The control enters through the closure ``lagrangian`` (a velocity Function for the feedback
+    network, Bθ for a dictionary network); ℓ^m depends on ρ_k^m only through ⟨u_k^{m+1}, ρ_k^m⟩,
+    so the control of the following step drops out of the adjoint step.
     """
 
-    def __init__(self, V, Va, K, tau, eps, Vpot, G, delta, alpha=0.0):
+    def __init__(self, V, K, lagrangian):
         F = dolfinx.fem.Function
         self.K = K
         self.rho_prev = [F(V, name=f"rho_prev_{k}") for k in range(K)]
         self.rho_cur = [F(V, name=f"rho_{k}") for k in range(K)]
         self.u_cur = [F(V, name=f"u_{k}") for k in range(K)]
         self.u_next = [F(V, name=f"u_next_{k}") for k in range(K)]
-        self.a = F(Va, name="a")
-        self.a_ref = F(Va, name="a_ref")
-        # Slots of the following step: they drop out of every derivative used below.
-        rho_after = [F(V) for _ in range(K)]
-        a_after = F(Va)
-        args = (tau, eps, Vpot, G, delta, alpha)
-        ell = step_lagrangian(self.rho_prev, self.rho_cur, self.a, self.u_cur, *args)
-        ell_next = step_lagrangian(self.rho_cur, rho_after, a_after, self.u_next, *args)
+        rho_after = [F(V) for _ in range(K)]     # slots of the following step
+        self.ell = lagrangian(self.rho_prev, self.rho_cur, self.u_cur)
+        ell_next = lagrangian(self.rho_cur, rho_after, self.u_next)
         w = ufl.TestFunction(V)
-        b = ufl.TestFunction(Va)
-
         # forward FP steps: -dL/du_k (the sign makes the matrix the positive FP matrix)
-        self.fp_residual_ufl = [-ufl.derivative(ell, self.u_cur[k], w) for k in range(K)]
+        self.fp_residual_ufl = [-ufl.derivative(self.ell, self.u_cur[k], w) for k in range(K)]
         fp = [_system(r, self.rho_cur[k]) for k, r in enumerate(self.fp_residual_ufl)]
         # backward adjoint steps: dL/drho_k^m = d ell^{m-1}/d rho_new + d ell^m / d rho_old
-        self.adj_residual_ufl = [-ufl.derivative(ell + ell_next, self.rho_cur[k], w)
+        self.adj_residual_ufl = [-ufl.derivative(self.ell + ell_next, self.rho_cur[k], w)
                                  for k in range(K)]
         adj = [_system(r, self.u_cur[k]) for k, r in enumerate(self.adj_residual_ufl)]
-        # optimality condition for a
-        self.ctl_residual_ufl = ufl.derivative(ell, self.a, b)
-        ctl = _system(self.ctl_residual_ufl, self.a)
-
         form = dolfinx.fem.form
         self.fp_lhs, self.fp_rhs = form(fp[0][0]), [form(s[1]) for s in fp]
         self.adj_lhs, self.adj_rhs = form(adj[0][0]), [form(s[1]) for s in adj]
-        self.ctl_lhs, self.ctl_rhs = form(ctl[0]), form(ctl[1])
         self.fp_lhs_ufl, self.adj_lhs_ufl = fp[0][0], adj[0][0]
+
+
+class ClassifierForms(SweepForms):
+    """The feedback network's slots and compiled forms derived from the step Lagrangian.
+
+    Slots (load arrays into ``.x.array`` before assembling): those of :class:`SweepForms`,
+    ``a`` = a^{m−1} and ``a_ref`` (for the optimality gap).
+
+    Compiled forms: those of :class:`SweepForms`, ``ctl_lhs``, ``ctl_rhs``, ``cost`` (τ × running
+    cost), ``energy`` (τ∫½|a|²ρ), ``gap`` (τ∫(ρ+δ)|a − a_ref|²), ``gap_ref`` (τ∫(ρ+δ)|a_ref|²),
+    ``identity`` (τ∫(G(ρ) − ρG'(ρ)) + R(a), the value-identity correction), and the UFL
+    expression ``ctl_residual_ufl`` for tests.
+    """
+
+    def __init__(self, V, Va, K, tau, eps, Vpot, G, delta, alpha=0.0):
+        self.a = dolfinx.fem.Function(Va, name="a")
+        self.a_ref = dolfinx.fem.Function(Va, name="a_ref")
+        args = (tau, eps, Vpot, G, delta, alpha)
+        super().__init__(V, K, lambda ro, rn, u: step_lagrangian(ro, rn, self.a, u, *args))
+        # optimality condition for a
+        self.ctl_residual_ufl = ufl.derivative(self.ell, self.a, ufl.TestFunction(Va))
+        ctl = _system(self.ctl_residual_ufl, self.a)
+        form = dolfinx.fem.form
+        self.ctl_lhs, self.ctl_rhs = form(ctl[0]), form(ctl[1])
 
         rho = sum(self.rho_cur[1:], self.rho_cur[0])
         self.cost = form(step_cost(self.rho_cur, self.a, tau, Vpot, G, delta, alpha))

@@ -65,6 +65,7 @@ class History:
     residual: list = field(default_factory=list)
     theta: list = field(default_factory=list)
     energy: list = field(default_factory=list)
+    terminal: list = field(default_factory=list)     # the terminal cost of the accepted iterate
 
 
 class FeedbackClassifier:
@@ -74,6 +75,11 @@ class FeedbackClassifier:
     ``problem``: the ``[problem]`` config section (T, sigma, steps, V, G, params);
     ``network``: the ``[network]`` section.  After :meth:`train`, ``rho[k][n]`` (n = 0..N),
     ``u[k][m]`` (m = 1..N+1) and ``a[n]`` (n = 0..N−1) hold the local arrays of the solution.
+
+    The sweeps and the line search are generic in the control: subclasses (the dictionary
+    network, :mod:`.dictionary`; the generative flow, :mod:`.generative`) override
+    :meth:`_make_forms`, :meth:`_zero_control`, :meth:`_load_control`, :meth:`_update_control`,
+    :meth:`_control_cost`, :meth:`_setup_control_solver` and the terminal cost.
     """
 
     def __init__(self, rho0, anchors, problem: dict, network: dict):
@@ -92,8 +98,6 @@ class FeedbackClassifier:
             raise ConfigError("problem.coupling", "'mftc' for the classifier (its optimality "
                               "system is the derivative of one Lagrangian)", problem["coupling"])
         gdim = self.mesh.geometry.dim
-        el = ("DG", 0, (gdim,)) if network["velocity"] == "DG0" else ("Lagrange", 1, (gdim,))
-        self.Va = dolfinx.fem.functionspace(self.mesh, el)
         x = ufl.SpatialCoordinate(self.mesh)
         params = problem["params"]
         self.Vpot = parse(problem["V"], "problem.V", x=x, gdim=gdim, params=params)
@@ -102,8 +106,8 @@ class FeedbackClassifier:
             return parse(problem["G"], "problem.G", x=x, gdim=gdim, variables={"rho": rho},
                          params=params)
         self.alpha = network["smoothing"]
-        self.f = ClassifierForms(V, self.Va, self.K, self.tau, self.eps, self.Vpot, G,
-                                 self.delta, self.alpha)
+        self.G = G
+        self.f = self._make_forms(G, network)
         # terminal losses Φ_k = β/2 |x − c_k|², interpolated in P1
         self.Phi = []
         for k in range(self.K):
@@ -114,10 +118,11 @@ class FeedbackClassifier:
             self.Phi.append(phi)
         self.rho = [[r.x.array.copy()] + [None] * self.N for r in rho0]
         self.u = [[None] * (self.N + 1) + [self.Phi[k].x.array.copy()] for k in range(self.K)]
-        self.a = [np.zeros_like(self.f.a.x.array) for _ in range(self.N)]
-        self.a_hat = [np.zeros_like(self.f.a.x.array) for _ in range(self.N)]
+        self.a = [self._zero_control() for _ in range(self.N)]
+        self.a_hat = [self._zero_control() for _ in range(self.N)]
         self._terminal_form = dolfinx.fem.form(
             sum(self.Phi[k] * self.f.rho_cur[k] for k in range(self.K)) * ufl.dx)
+        self.terminal = 0.0
         self.history = History()
         # admissible controls keep the Galerkin densities non-negative up to 5% of max ρ_0
         nloc = V.dofmap.index_map.size_local
@@ -125,20 +130,58 @@ class FeedbackClassifier:
             max(float(r.x.array[:nloc].max()) if nloc else 0.0 for r in rho0), op=MPI.MAX)
         self._setup_solvers()
 
+    # -- the control (hooks overridden by other network classes) -------------------------------
+    def _make_forms(self, G, network):
+        """The velocity space ``Va`` and the forms of the feedback network's step Lagrangian."""
+        gdim = self.mesh.geometry.dim
+        el = ("DG", 0, (gdim,)) if network["velocity"] == "DG0" else ("Lagrange", 1, (gdim,))
+        self.Va = dolfinx.fem.functionspace(self.mesh, el)
+        return ClassifierForms(self.V, self.Va, self.K, self.tau, self.eps, self.Vpot, G,
+                               self.delta, self.alpha)
+
+    def _zero_control(self) -> np.ndarray:
+        return np.zeros_like(self.f.a.x.array)
+
+    def _load_control(self, n: int) -> None:
+        """Put the control of layer n into the form slots."""
+        self.f.a.x.array[:] = self.a[n]
+
+    def _control_cost(self) -> float:
+        """Global cost of the controls not contained in the forms (0 here)."""
+        return 0.0
+
+    def _setup_control_solver(self):
+        P = dolfinx.fem.petsc
+        self.C = P.create_matrix(self.f.ctl_lhs)
+        self.bc = P.create_vector(self.f.ctl_rhs)
+        self.ksp_ctl = self._ksp(self.C, "classifier_ctl_", "cg", "jacobi", 1e-12)
+
+    def _update_control(self, m: int) -> np.ndarray:
+        """â^{m−1} from ∂L/∂a^{m−1} = 0 (slots hold layer m); returns the local (gap, gap_ref)."""
+        f = self.f
+        self._assemble_matrix(self.C, f.ctl_lhs)
+        self.ksp_ctl.setOperators(self.C)
+        self.a_hat[m - 1] = self._solve(self.ksp_ctl, self.C, f.ctl_rhs, self.bc, f.a_ref,
+                                        f"control update, layer {m - 1}")
+        return np.array([dolfinx.fem.assemble_scalar(f.gap),
+                         dolfinx.fem.assemble_scalar(f.gap_ref)])
+
+    def _destroy_control_solver(self):
+        for o in (self.ksp_ctl, self.C, self.bc):
+            o.destroy()
+
     # -- linear algebra ------------------------------------------------------------------------
     def _setup_solvers(self):
         P = dolfinx.fem.petsc
         self.A = P.create_matrix(self.f.fp_lhs)
         self.B = P.create_matrix(self.f.adj_lhs)
-        self.C = P.create_matrix(self.f.ctl_lhs)
         self.b = P.create_vector(self.f.fp_rhs[0])
-        self.bc = P.create_vector(self.f.ctl_rhs)
         # The FP/adjoint matrices M + τ(εK ∓ convection) are mass-dominated: GMRES with block
         # Jacobi/ILU(0) converges in a few iterations and is much cheaper than LU (in 3D by
         # ~25x); the tight tolerance keeps mass and the value identity exact to ~1e-14.
         self.ksp_fp = self._ksp(self.A, "classifier_fp_", "gmres", "bjacobi", 1e-13)
         self.ksp_adj = self._ksp(self.B, "classifier_adj_", "gmres", "bjacobi", 1e-13)
-        self.ksp_ctl = self._ksp(self.C, "classifier_ctl_", "cg", "jacobi", 1e-12)
+        self._setup_control_solver()
 
     def _ksp(self, A, prefix, ktype, pctype, rtol):
         ksp = PETSc.KSP().create(self.comm)
@@ -179,27 +222,29 @@ class FeedbackClassifier:
         f = self.f
         if a is not None:
             self.a = [x.copy() for x in a]
-        local = np.zeros(2)            # (J, energy) on this rank: one allreduce per pass
+        local = np.zeros(3)     # (J, energy, terminal) on this rank: one allreduce per pass
         for n in range(self.N):
-            f.a.x.array[:] = self.a[n]
+            self._load_control(n)
             self._assemble_matrix(self.A, f.fp_lhs)
             self.ksp_fp.setOperators(self.A)
             for k in range(self.K):
                 f.rho_prev[k].x.array[:] = self.rho[k][n]
                 self.rho[k][n + 1] = self._solve(self.ksp_fp, self.A, f.fp_rhs[k], self.b,
                                                  f.rho_cur[k], f"FP step {n + 1}, class {k}")
-            local += [dolfinx.fem.assemble_scalar(f.cost), dolfinx.fem.assemble_scalar(f.energy)]
-        local[0] += dolfinx.fem.assemble_scalar(self._terminal_form)   # slots hold rho^N
-        J, energy = self.comm.allreduce(local, op=MPI.SUM)
-        self.J, self.energy = float(J), float(energy)
-        return J
+            local[:2] += [dolfinx.fem.assemble_scalar(f.cost),
+                          dolfinx.fem.assemble_scalar(f.energy)]
+        local[2] = dolfinx.fem.assemble_scalar(self._terminal_form)   # slots hold rho^N
+        J, energy, terminal = self.comm.allreduce(local, op=MPI.SUM)
+        J += terminal + self._control_cost()
+        self.J, self.energy, self.terminal = float(J), float(energy), float(terminal)
+        return self.J
 
     def backward(self) -> float:
         """Adjoint steps m = N..1 and â^{m−1}; returns the relative optimality residual."""
         f = self.f
         local = np.zeros(2)
         for m in range(self.N, 0, -1):
-            f.a.x.array[:] = self.a[m - 1]
+            self._load_control(m - 1)
             for k in range(self.K):
                 f.rho_cur[k].x.array[:] = self.rho[k][m]
                 f.u_next[k].x.array[:] = self.u[k][m + 1]
@@ -208,11 +253,7 @@ class FeedbackClassifier:
             for k in range(self.K):
                 self.u[k][m] = self._solve(self.ksp_adj, self.B, f.adj_rhs[k], self.b, f.u_cur[k],
                                            f"adjoint step {m}, class {k}")
-            self._assemble_matrix(self.C, f.ctl_lhs)
-            self.ksp_ctl.setOperators(self.C)
-            self.a_hat[m - 1] = self._solve(self.ksp_ctl, self.C, f.ctl_rhs, self.bc, f.a_ref,
-                                            f"control update, layer {m - 1}")
-            local += [dolfinx.fem.assemble_scalar(f.gap), dolfinx.fem.assemble_scalar(f.gap_ref)]
+            local += self._update_control(m)
         gap, ref = self.comm.allreduce(local, op=MPI.SUM)
         self.residual = math.sqrt(max(gap, 0.0) / ref) if ref > 0 else math.sqrt(max(gap, 0.0))
         return self.residual
@@ -229,7 +270,7 @@ class FeedbackClassifier:
         val = self._sum(dolfinx.fem.form(sum(f.rho_prev[k] * f.u_cur[k]
                                              for k in range(self.K)) * ufl.dx))
         for n in range(1, self.N + 1):
-            f.a.x.array[:] = self.a[n - 1]
+            self._load_control(n - 1)
             for k in range(self.K):
                 f.rho_cur[k].x.array[:] = self.rho[k][n]
             val += self._sum(f.identity)
@@ -251,6 +292,7 @@ class FeedbackClassifier:
             h.residual.append(r)
             h.theta.append(theta)
             h.energy.append(self.energy)
+            h.terminal.append(self.terminal)
             if log is not None:
                 log.info("sweep %3d  J = %.6g  residual = %.3e  theta = %.3g", s, J, r, theta)
             if r < tol:
@@ -319,5 +361,6 @@ class FeedbackClassifier:
         return m1, m2
 
     def destroy(self):
-        for o in (self.ksp_fp, self.ksp_adj, self.ksp_ctl, self.A, self.B, self.C, self.b, self.bc):
+        for o in (self.ksp_fp, self.ksp_adj, self.A, self.B, self.b):
             o.destroy()
+        self._destroy_control_solver()

@@ -20,6 +20,7 @@ from .. import mesh as meshmod
 from ..io import write_text_atomic
 from . import data, infer, report
 from .feedback import FeedbackClassifier, anchors_from_config
+from .generative import run_generative  # noqa: F401  (the "generative" runner)
 
 
 def run_classifier(cfg: dict, ctx) -> dict:
