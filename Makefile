@@ -3,7 +3,7 @@
 #   make demo   -- the flagship demo (two moons trained by mean-field control) -> results/demo/
 #   make test   -- the whole test suite, serial and under mpirun -n 2
 ENV := bin/fem-env
-PYTEST := python3 -m pytest -p no:cacheprovider
+PYTEST := python3 -m pytest -p no:cacheprovider --color=no
 NP ?= 2
 
 .PHONY: demo test test-serial test-mpi env bench docs
