@@ -29,17 +29,18 @@ from typing import Callable, Optional
 
 import ufl
 
-from .hjb_fp import RHO_CUR, RHO_NEXT, U_CUR, U_PREV, coupling_value, nonzero
+from .hjb_fp import RHO_CUR, RHO_NEXT, U_CUR, U_PREV, coupling_value
 
 GAMMA_CUR, GAMMA_NEXT, CHI_PREV, CHI_CUR = RHO_CUR, RHO_NEXT, U_PREV, U_CUR
 
 
 @dataclass
 class PairData:
-    """Data of the pair: τ, ε > 0, V (UFL in x), G (ρ ↦ UFL or None), coupling, ρ_0."""
+    """Data of the pair: τ, ε > 0 (dolfinx Constants: one compiled form for every step count
+    and noise), V (UFL in x), G (ρ ↦ UFL or None), coupling, ρ_0."""
 
-    tau: float
-    eps: float
+    tau: object
+    eps: object
     V: object
     rho0: object
     G: Optional[Callable] = None
@@ -81,26 +82,17 @@ def initial_gamma(chi0, d: PairData):
 
 
 def level_forms(tm: dict, d: PairData) -> dict:
-    """Rows and Jacobian blocks of level k on templates (Γ^k, Γ^{k+1}, χ^{k−1}, χ^k):
+    """Residual rows of level k on templates (Γ^k, Γ^{k+1}, χ^{k−1}, χ^k):
       "gamma_first" (k = 0): Γ-step 0 with Γ⁰ = ρ_0/χ⁰      (row of χ⁰),
       "gamma"  (1 ≤ k < N):  Γ-step k                        (row of χ^k),
       "chi"    (1 ≤ k ≤ N):  χ-step k − 1 (χ^N is data)      (row of Γ^k).
+    The space-time solver takes the Jacobian blocks as their ``ufl.derivative``.
     """
-    V = tm[GAMMA_CUR].function_space
-    q, dtrial = ufl.TestFunction(V), ufl.TrialFunction(V)
+    q = ufl.TestFunction(tm[GAMMA_CUR].function_space)
     gc, gn, cp, cc = (tm[k] for k in (GAMMA_CUR, GAMMA_NEXT, CHI_PREV, CHI_CUR))
-    res = {"gamma_first": gamma_step(initial_gamma(cc, d), gn, cc, q, d),
-           "gamma": gamma_step(gc, gn, cc, q, d),
-           "chi": chi_step(cp, cc, gc, q, d)}
-    depends = {"gamma_first": (CHI_CUR, GAMMA_NEXT), "gamma": (GAMMA_CUR, CHI_CUR, GAMMA_NEXT),
-               "chi": (CHI_PREV, GAMMA_CUR, CHI_CUR)}
-    jac = {}
-    for row, F in res.items():
-        for col in depends[row]:
-            a = nonzero(ufl.derivative(F, tm[col], dtrial))
-            if a is not None:
-                jac[(row, col)] = a
-    return {"res": res, "jac": jac}
+    return {"gamma_first": gamma_step(initial_gamma(cc, d), gn, cc, q, d),
+            "gamma": gamma_step(gc, gn, cc, q, d),
+            "chi": chi_step(cp, cc, gc, q, d)}
 
 
 def level_functionals(tm: dict, d: PairData) -> dict:

@@ -20,11 +20,15 @@ information F: δF/δρ = −½Δ√ρ/√ρ, so −2κ_Q δF/δρ = κ_Q Δ√�
 
 Time discretisation.
 * control: the discrete action (symplectic Euler / staggered midpoint, θ = 1 or ½)
-      A = B(ρ^N) + Σ_{n=0}^{N−1} [∫Sⁿ(ρ^{n+1} − ρⁿ) − τH(ρ̄ⁿ, Sⁿ)],  ρ̄ = θρ^{n+1} + (1 − θ)ρⁿ,
-      B(ρ) = ∫Φρ + ε∫ρ(log ρ − 1)          (−δB/δρ = S(T) = −Φ − ε log ρ(T)).
+      A = B(ρ^N) + Σ_{n=0}^{N−1} [∫Sⁿ(ρ^{n+1} − ρⁿ) − τH(ρ̄ⁿ, Sⁿ) + τ∫_∂(b_C Sⁿ − b_B ρ̄ⁿ)],
+      ρ̄ = θρ^{n+1} + (1 − θ)ρⁿ,  B(ρ) = ∫Φρ + ε∫ρ(log ρ − 1)  (−δB/δρ = S(T) = −Φ − ε log ρ(T)).
   ∂A/∂Sⁿ = 0 is the continuity step (test function 1 ⇒ exact mass conservation), ∂A/∂ρⁿ = 0
-  the Bernoulli step; Jacobians are ``ufl.derivative`` of these rows.  Same unknown layout
-  as the HJB–FP Lagrangian (S in the slots of u), so the space-time machinery is shared.
+  the Bernoulli step; the space-time solver takes the Jacobians as ``ufl.derivative`` of
+  these rows.  Same unknown layout as the HJB–FP Lagrangian (S in the slots of u).
+  b_C, b_B are the boundary data of an exact solution (0 otherwise).  The natural conditions
+  are ρ∇S·n = 0 (continuity) and ∇ρ·n = 0 (Bernoulli: ∂/∂ρ of 2τκ_Q F leaves
+  τ(κ_Q/2)∫_∂ ∇log ρ·n q); b_C = ρ∇S·n and b_B = (κ_Q/2)∇log ρ·n = ε²∇log ρ·n make the
+  exact solution consistent on a bounded box.
 * quantum: the discrete-gradient (energy-conserving) midpoint step
       ∫(ρ^{n+1} − ρⁿ)s = τ ∂̄_S H[s],   ∫(S^{n+1} − Sⁿ)q = −τ ∂̄_ρ H[q],
       ∂̄_S H[s] = ∫ρ̄∇S̄·∇s,  ∂̄_ρ H[q] = ∫[¼(|∇Sⁿ|² + |∇S^{n+1}|²) + s_U(V + c̄)]q
@@ -39,10 +43,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import dolfinx
 import ufl
 
 from .hjb_fp import (RHO_CUR, RHO_NEXT, RHO_PREV, U_CUR, U_PREV, coupling_residual,
-                     coupling_value, nonzero, rho_bar)
+                     coupling_value, rho_bar)
 from .nls import averaged_nonlinearity
 
 SIGNATURES = ("control", "quantum")
@@ -55,15 +60,16 @@ class QHDData:
     """Data of the QHD system in one signature (UFL expressions in x; G: ρ ↦ UFL or None)."""
 
     signature: str
-    tau: float
-    kappa_Q: float
+    tau: object                 # τ, κ_Q, ε: dolfinx Constants (one compiled form per run shape)
+    kappa_Q: object
     V: object
     theta: float = 1.0
-    eps: float = 0.0            # ε of the control terminal condition S(T) = −Φ − ε log ρ(T)
+    eps: object = 0.0           # ε of the control terminal condition S(T) = −Φ − ε log ρ(T)
     Phi: object = 0.0
     G: Optional[Callable] = None
     coupling: str = "mftc"
     quadrature_degree: Optional[int] = None
+    sources: Optional[Callable] = None    # t ↦ {"b_C": …, "b_B": …} of an exact solution
 
     def __post_init__(self):
         if self.signature not in SIGNATURES:
@@ -83,10 +89,32 @@ class QHDData:
 
     @classmethod
     def control(cls, problem, quadrature_degree=None) -> "QHDData":
-        """Control signature of a :class:`fem_mfc.problem.ControlProblem`: κ_Q = σ⁴/2."""
-        return cls(signature="control", tau=problem.tau, kappa_Q=0.5 * problem.sigma ** 4,
-                   V=problem.V, theta=problem.theta, eps=problem.eps, Phi=problem.Phi,
-                   G=problem.G, coupling=problem.coupling, quadrature_degree=quadrature_degree)
+        """Control signature of a :class:`fem_mfc.problem.ControlProblem`: κ_Q = σ⁴/2; the
+        boundary data of its exact solution, if that has ``qhd_sources``."""
+        tau, kappa_Q, eps = constants(problem.mesh, problem.tau, 0.5 * problem.sigma ** 4,
+                                      problem.eps)
+        return cls(signature="control", tau=tau, kappa_Q=kappa_Q, V=problem.V,
+                   theta=problem.theta, eps=eps, Phi=problem.Phi, G=problem.G,
+                   coupling=problem.coupling, quadrature_degree=quadrature_degree,
+                   sources=getattr(problem.exact, "qhd_sources", None))
+
+    @classmethod
+    def quantum(cls, mesh, tau, hbar, V, G=None, coupling="mftc",
+                quadrature_degree=None) -> "QHDData":
+        """Quantum signature: κ_Q = −ħ²/2."""
+        tau, kappa_Q = constants(mesh, tau, -0.5 * hbar ** 2)
+        return cls(signature="quantum", tau=tau, kappa_Q=kappa_Q, V=V, G=G, coupling=coupling,
+                   quadrature_degree=quadrature_degree)
+
+
+def constants(mesh, *values):
+    """dolfinx Constants of the per-run numbers: forms compiled once serve every value."""
+    return tuple(dolfinx.fem.Constant(mesh, float(v)) for v in values)
+
+
+def positive(c) -> bool:
+    """c > 0 for a number or a Constant: decides a form's structure (ε = 0 drops log ρ)."""
+    return float(getattr(c, "value", c)) > 0
 
 
 # -- the Hamiltonian and its pieces -----------------------------------------------------------
@@ -127,35 +155,47 @@ def bohm_potential_forms(rho, Q, q, d: QHDData):
 
 
 # -- control signature: the discrete action ------------------------------------------------------
-def step_action(rho_old, rho_new, S, d: QHDData, congestion: bool = True):
-    """A_n = ∫Sⁿ(ρ^{n+1} − ρⁿ) − τH(ρ̄ⁿ, Sⁿ)."""
+def boundary_data(t, d: QHDData) -> dict:
+    """{"b_C": …, "b_B": …} at source time t (entries None where absent)."""
+    s = d.sources(t) if d.sources is not None else {}
+    return {k: s.get(k) for k in ("b_C", "b_B")}
+
+
+def step_action(rho_old, rho_new, S, t, d: QHDData, congestion: bool = True):
+    """A_n = ∫Sⁿ(ρ^{n+1} − ρⁿ) − τH(ρ̄ⁿ, Sⁿ) + τ∫_∂(b_C Sⁿ − b_B ρ̄ⁿ) (data at source time t)."""
     rb = rho_bar(rho_old, rho_new, d.theta)
-    return (S * (rho_new - rho_old) * ufl.dx
-            - d.tau * hamiltonian_density(rb, S, d, congestion) * d.dxq)
+    A = (S * (rho_new - rho_old) * ufl.dx
+         - d.tau * hamiltonian_density(rb, S, d, congestion) * d.dxq)
+    b = boundary_data(t, d)
+    if b["b_C"] is not None:
+        A += d.tau * b["b_C"] * S * ufl.ds
+    if b["b_B"] is not None:
+        A -= d.tau * b["b_B"] * rb * ufl.ds
+    return A
 
 
 def terminal(rho_N, d: QHDData):
     """B(ρ^N) = ∫Φρ^N + ε∫ρ^N(log ρ^N − 1), so that ∂B/∂ρ^N = 0 ⇔ S^N = −Φ − ε log ρ^N."""
     B = d.Phi * rho_N * ufl.dx
-    if d.eps > 0:
+    if positive(d.eps):
         B += d.eps * rho_N * (ufl.ln(rho_N) - 1.0) * d.dxq
     return B
 
 
-def rho_residual(rho_old, rho_new, S, wrt, q, d: QHDData):
+def rho_residual(rho_old, rho_new, S, t, wrt, q, d: QHDData):
     """∂A_n/∂(wrt)[q] with the congestion term replaced by the coupling c (−s_U τ∫c ∂ρ̄[q])."""
-    F = ufl.derivative(step_action(rho_old, rho_new, S, d, congestion=False), wrt, q)
+    F = ufl.derivative(step_action(rho_old, rho_new, S, t, d, congestion=False), wrt, q)
     c = coupling_residual(rho_old, rho_new, wrt, q, d)
     return F if c is None else F - d.s_U * c
 
 
-def continuity_residual(rho_old, rho_new, S, s, d: QHDData):
-    """∂A_n/∂Sⁿ[s] = ∫(ρ^{n+1} − ρⁿ)s − τ∫ρ̄∇Sⁿ·∇s: the weak continuity step."""
-    return ufl.derivative(step_action(rho_old, rho_new, S, d), S, s)
+def continuity_residual(rho_old, rho_new, S, t, s, d: QHDData):
+    """∂A_n/∂Sⁿ[s] = ∫(ρ^{n+1} − ρⁿ)s − τ∫ρ̄∇Sⁿ·∇s (+ τ∫_∂ b_C s): the weak continuity step."""
+    return ufl.derivative(step_action(rho_old, rho_new, S, t, d), S, s)
 
 
-def level_forms(tm: dict, d: QHDData) -> dict:
-    """Residual rows and Jacobian blocks of time level k on templates ``tm`` (control).
+def level_forms(tm: dict, t_prev, t_cur, d: QHDData) -> dict:
+    """Residual rows of time level k on templates ``tm`` (control; source times t_{k−1}, t_k).
 
     ``tm`` maps RHO_PREV, RHO_CUR, RHO_NEXT, S_PREV, S_CUR to Functions holding ρ^{k−1}, ρ^k,
     ρ^{k+1}, S^{k−1}, S^k.  Rows (as in forms/hjb_fp.py, S in the place of u):
@@ -163,24 +203,12 @@ def level_forms(tm: dict, d: QHDData) -> dict:
       "rho":      ∂(A_{k−1} + A_k)/∂ρ^k        (Bernoulli step S^{k−1} → S^k),
       "rho_last": ∂(A_{N−1} + B)/∂ρ^N          (Bernoulli step with the terminal condition).
     """
-    V = tm[RHO_CUR].function_space
-    q, dtrial = ufl.TestFunction(V), ufl.TrialFunction(V)
+    q = ufl.TestFunction(tm[RHO_CUR].function_space)
     rp, rc, rn, sp, sc = (tm[k] for k in (RHO_PREV, RHO_CUR, RHO_NEXT, S_PREV, S_CUR))
-    res = {
-        "u": continuity_residual(rc, rn, sc, q, d),
-        "rho": rho_residual(rp, rc, sp, rc, q, d) + rho_residual(rc, rn, sc, rc, q, d),
-        "rho_last": rho_residual(rp, rc, sp, rc, q, d) + ufl.derivative(terminal(rc, d), rc, q),
-    }
-    depends = {"u": (RHO_CUR, S_CUR, RHO_NEXT),
-               "rho": (RHO_PREV, S_PREV, RHO_CUR, S_CUR, RHO_NEXT),
-               "rho_last": (RHO_PREV, S_PREV, RHO_CUR)}
-    jac = {}
-    for row, F in res.items():
-        for col in depends[row]:
-            a = nonzero(ufl.derivative(F, tm[col], dtrial))
-            if a is not None:
-                jac[(row, col)] = a
-    return {"res": res, "jac": jac}
+    previous = rho_residual(rp, rc, sp, t_prev, rc, q, d)
+    return {"u": continuity_residual(rc, rn, sc, t_cur, q, d),
+            "rho": previous + rho_residual(rc, rn, sc, t_cur, rc, q, d),
+            "rho_last": previous + ufl.derivative(terminal(rc, d), rc, q)}
 
 
 def control_velocity(rho, S, eps):
@@ -188,10 +216,11 @@ def control_velocity(rho, S, eps):
     return ufl.grad(S) + eps * ufl.grad(rho) / rho
 
 
-def level_functionals(tm: dict, d: QHDData) -> dict:
+def level_functionals(tm: dict, t_cur, d: QHDData) -> dict:
     """Scalar functionals of step k (control): cost τ∫(½|a|² + V)ρ̄ + G(ρ̄) with
-    a = ∇S^k + ε∇ρ̄/ρ̄, the Hamiltonian and Fisher term at (ρ^k, S^k), ∫ρ^k, ∫Φρ^k, and
-    "u0" = ∫(−S^k − ε log ρ^k)ρ^k (the discrete ∫u(0)ρ_0 at k = 0)."""
+    a = ∇S^k + ε∇ρ̄/ρ̄, the Hamiltonian and Fisher term at (ρ^k, S^k), ∫ρ^k, ∫Φρ^k,
+    "u0" = ∫(−S^k − ε log ρ^k)ρ^k (the discrete ∫u(0)ρ_0 at k = 0) and the value-identity
+    correction τ∫(G − ρ̄c)(ρ̄) + τ∫_∂ b_B ρ̄ (as forms/hjb_fp.py, for the action's sources)."""
     rc, rn, sc = tm[RHO_CUR], tm[RHO_NEXT], tm[S_CUR]
     rb = rho_bar(rc, rn, d.theta)
     a = control_velocity(rb, sc, d.eps)
@@ -200,8 +229,12 @@ def level_functionals(tm: dict, d: QHDData) -> dict:
     if d.G is not None:
         cost += d.tau * d.G(rb) * d.dxq
         value = d.tau * (d.G(rb) - rb * coupling_value(d.G, d.coupling, rb)) * d.dxq
+    b = boundary_data(t_cur, d)["b_B"]
+    if b is not None:
+        term = d.tau * b * rb * ufl.ds
+        value = term if value is None else value + term
     u0 = -sc * rc * ufl.dx
-    if d.eps > 0:
+    if positive(d.eps):
         u0 += -d.eps * ufl.ln(rc) * rc * d.dxq
     return {"cost": cost, "value": value, "u0": u0, "mass": rc * ufl.dx,
             "terminal": d.Phi * rc * ufl.dx,

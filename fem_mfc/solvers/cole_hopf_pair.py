@@ -1,10 +1,10 @@
 """All-at-once SNES Newton for the Cole–Hopf pair (χ, Γ) with congestion (forms/cole_hopf_pair.py).
 
-The pair is a :class:`~fem_mfc.solvers.qhd.LevelSystem` in the HJB–FP layout (Γ¹..Γ^N in the
-ρ-slots, χ⁰..χ^{N−1} in the u-slots, χ^N = exp(−(Φ − Φ_min)/2ε) data) solved by the Newton of
-:mod:`fem_mfc.solvers.newton`.  For G = 0 the χ-equations are linear and decoupled and only
-Γ⁰ = ρ_0/χ⁰ is nonlinear: Newton converges in two steps (the first gives the exact χ).
-:func:`solve_pair` returns a :class:`PairResult` with ρ^k = χ^kΓ^k and
+The pair is a space-time description (:func:`cole_hopf_pair`) in the HJB–FP layout (Γ¹..Γ^N
+in the ρ-slots, χ⁰..χ^{N−1} in the u-slots, χ^N = exp(−(Φ − Φ_min)/2ε) data) solved by the
+Newton of :mod:`fem_mfc.solvers.newton`.  For G = 0 the χ-equations are linear and decoupled
+and only Γ⁰ = ρ_0/χ⁰ is nonlinear: Newton converges in two steps (the first gives the exact
+χ).  :func:`solve_pair` returns a :class:`PairResult` with ρ^k = χ^kΓ^k and
 u^k = −2ε log χ^k + Φ_min interpolated in the solve space, and J from the HJB–FP
 functionals, so it compares directly with the HJB–FP result.
 """
@@ -14,45 +14,78 @@ import math
 from dataclasses import dataclass, field
 
 import dolfinx
-import numpy as np
 import ufl
 from mpi4py import MPI
 
 from ..errors import ConfigError, SolverError
 from ..forms import cole_hopf_pair as forms
+from ..forms.qhd import constants
 from ..problem import interpolate
 from .newton import newton
-from .qhd import HJB_LAYOUT, Layout, LevelSystem
-from .spacetime import SpaceTime
+from .result import Result
+from .spacetime import Formulation, SpaceTime, first, last
 
-PAIR_ROWS = {"gamma_first": ("u", lambda k, N: k == 0),
+PAIR_ROWS = {"gamma_first": ("u", first),
              "gamma": ("u", lambda k, N: 1 <= k < N),
              "chi": ("rho", lambda k, N: 1 <= k <= N)}
+# ∫ρ^k: ∫ρ_0 at k = 0, ∫χ^kΓ^k after; J and J_value come from the HJB–FP functionals
+PAIR_DIAGNOSTICS = {"mass": ("list", (("mass_first", first),
+                                      ("mass", lambda k, N: k >= 1)))}
 
 
-class PairSystem(LevelSystem):
-    """The discrete pair as a space-time system; initial guess χ^k = χ^N, Γ^k = ρ_0/χ^N."""
+def cole_hopf_pair(problem) -> Formulation:
+    """The discrete pair as a space-time description; initial guess χ^k = χ^N,
+    Γ^k = ρ_0/χ^N.  ``params["shift"]`` = Φ_min (χ^N = exp(−(Φ − Φ_min)/2ε))."""
+    if not problem.eps > 0:
+        raise ConfigError("problem.sigma", "a positive noise for the Cole-Hopf pair "
+                          "(chi = exp(-u/sigma^2))", problem.sigma)
+    V = problem.space
+    nl = V.dofmap.index_map.size_local
+    local = interpolate(problem.Phi, V).x.array[:nl]
+    shift = problem.mesh.comm.allreduce(float(local.min()) if nl else math.inf, op=MPI.MIN)
+    tau, eps = constants(problem.mesh, problem.tau, problem.eps)
+    d = forms.PairData(tau=tau, eps=eps, V=problem.V, rho0=problem.rho0, G=problem.G,
+                       coupling=problem.coupling)
+    chi_T = interpolate(ufl.exp(-(problem.Phi - shift) / (2 * problem.eps)), V, "chi")
+    gamma0 = interpolate(problem.rho0 / chi_T, V, "Gamma")
+    return Formulation(build=lambda tm, tp, tc: forms.level_forms(tm, d),
+                       functionals=lambda tm, tc: forms.level_functionals(tm, d),
+                       data={"rho": gamma0, "u": chi_T}, guess={"rho": gamma0, "u": chi_T},
+                       rows=PAIR_ROWS, diagnostics=PAIR_DIAGNOSTICS, names=("Gamma", "chi"),
+                       params={"shift": shift}, finish=finish)
 
-    def __init__(self, problem):
-        if not problem.eps > 0:
-            raise ConfigError("problem.sigma", "a positive noise for the Cole-Hopf pair "
-                              "(chi = exp(-u/sigma^2))", problem.sigma)
-        V = problem.space
-        phi = interpolate(problem.Phi, V)
-        nl = V.dofmap.index_map.size_local
-        local = phi.x.array[:nl]
-        self.shift = problem.mesh.comm.allreduce(float(local.min()) if nl else math.inf,
-                                                 op=MPI.MIN)
-        self.data = d = forms.PairData(tau=problem.tau, eps=problem.eps, V=problem.V,
-                                       rho0=problem.rho0, G=problem.G,
-                                       coupling=problem.coupling)
-        chi_T = interpolate(ufl.exp(-(problem.Phi - self.shift) / (2 * problem.eps)), V, "chi")
-        gamma0 = interpolate(problem.rho0 / chi_T, V, "Gamma")
-        super().__init__(problem, Layout(HJB_LAYOUT, PAIR_ROWS),
-                         lambda tm: forms.level_forms(tm, d),
-                         lambda tm: forms.level_functionals(tm, d),
-                         rho_data=gamma0, u_data=chi_T, rho_guess=gamma0, u_guess=chi_T,
-                         names=("Gamma", "chi"))
+
+def fields(st: SpaceTime):
+    """ρ^k = χ^kΓ^k (k = 0..N, ρ⁰ = ρ_0) and u^k = −2ε log χ^k + Φ_min (k = 0..N−1) of a
+    pair system, interpolated in the solve space (nodal products for Lagrange elements)."""
+    p, V = st.problem, st.V
+    rho = [p.rho0] + [interpolate(c * g, V, "rho") for c, g in zip(st.u[1:] + [st.u_data],
+                                                                     st.rho[1:])]
+    u = [interpolate(-2 * p.eps * ufl.ln(c) + st.formulation.params["shift"], V, "u")
+         for c in st.u]
+    return rho, u
+
+
+def finish(st: SpaceTime, out: dict) -> dict:
+    """J, J_value of the HJB–FP functionals (forms/hjb_fp.py) evaluated on (ρ, u) — the same
+    definitions of J as for the HJB–FP solvers — and min ρ = min(χ, Γ) over levels 1..N."""
+    hjb = SpaceTime(st.problem)
+    hjb.assign(*fields(st))
+    dh = hjb.diagnostics()
+    out.update(J=dh["J"], J_value=dh["J_value"],
+               min_rho=st.min_of(st.u[1:] + [st.u_data] + st.rho[1:]))
+    return out
+
+
+class PairSystem(SpaceTime):
+    """The space-time system of :func:`cole_hopf_pair` with χ/Γ-named views."""
+
+    describe = staticmethod(cole_hopf_pair)
+
+    @property
+    def shift(self) -> float:
+        """Φ_min."""
+        return self.formulation.params["shift"]
 
     @property
     def chi(self):
@@ -65,58 +98,16 @@ class PairSystem(LevelSystem):
         return self.rho
 
     def fields(self):
-        """ρ^k = χ^kΓ^k (k = 0..N, ρ⁰ = ρ_0) and u^k = −2ε log χ^k + Φ_min (k = 0..N−1),
-        interpolated in the solve space (nodal products for Lagrange elements)."""
-        p, V = self.problem, self.V
-        rho = [p.rho0] + [interpolate(c * g, V, "rho")
-                          for c, g in zip(self.chi[1:], self.gamma[1:])]
-        u = [interpolate(-2 * p.eps * ufl.ln(c) + self.shift, V, "u") for c in self.u]
-        return rho, u
-
-    def diagnostics(self) -> dict:
-        """Masses ∫χ^kΓ^k, min(χ, Γ), and J, J_value of the HJB–FP functionals (forms/hjb_fp.py)
-        evaluated on (ρ, u) — the same definitions of J as for the HJB–FP solvers."""
-        masses = []
-        for k in range(self.N + 1):
-            self.load(k)
-            masses.append(self.scalar("mass_first" if k == 0 else "mass"))
-        nl = self.nl
-        mins = [min(c.x.array[:nl].min(), g.x.array[:nl].min()) if nl else np.inf
-                for c, g in zip(self.chi[1:], self.gamma[1:])]
-        hjb = SpaceTime(self.problem)
-        rho, u = self.fields()
-        for a, b in zip(hjb.rho[1:] + hjb.u, rho[1:] + u):
-            a.x.array[:] = b.x.array
-        dh = hjb.diagnostics()
-        return {"J": dh["J"], "J_value": dh["J_value"], "mass": masses,
-                "mass_error": max(abs(m - 1.0) for m in masses),
-                "min_rho": self.comm.allreduce(float(min(mins)), op=MPI.MIN)}
+        return fields(self)
 
 
 @dataclass
-class PairResult:
-    """ρ^k = χ^kΓ^k (k = 0..N), u^k = −2ε log χ^k + Φ_min (k = 0..N−1, at t_k as the HJB–FP
-    backward-Euler u^k) with the solve's diagnostics."""
+class PairResult(Result):
+    """A :class:`Result` with ρ^k = χ^kΓ^k (k = 0..N), u^k = −2ε log χ^k + Φ_min (k = 0..N−1,
+    at t_k as the HJB–FP backward-Euler u^k), and the pair's own χ⁰..χ^N, Γ⁰..Γ^N."""
 
-    problem: object
-    chi: list
-    gamma: list
-    rho: list
-    u: list
-    J: float
-    J_value: float
-    mass: list
-    mass_error: float
-    min_rho: float
-    iterations: int
-    history: list = field(default_factory=list)
-    seconds: float = 0.0
-    method: str = "cole-hopf-pair"
-
-    def summary(self) -> dict:
-        return {"method": self.method, "J": self.J, "J_value_identity": self.J_value,
-                "mass_error": self.mass_error, "min_rho": self.min_rho,
-                "iterations": self.iterations, "seconds": self.seconds}
+    chi: list = field(default_factory=list)
+    gamma: list = field(default_factory=list)
 
 
 def solve_pair(problem, rtol=1e-10, atol=1e-12, max_it=50, petsc_options=None,
@@ -131,7 +122,5 @@ def solve_pair(problem, rtol=1e-10, atol=1e-12, max_it=50, petsc_options=None,
         raise SolverError(f"Cole-Hopf pair: chi or Gamma lost positivity (min "
                           f"{res.min_rho:.3g}); refine tau or h")
     rho, u = st.fields()
-    return PairResult(problem=problem, chi=st.chi, gamma=st.gamma, rho=rho, u=u, J=res.J,
-                      J_value=res.J_value, mass=res.mass, mass_error=res.mass_error,
-                      min_rho=res.min_rho, iterations=res.iterations, history=res.history,
-                      seconds=res.seconds)
+    return PairResult(**{**vars(res), "rho": rho, "u": u, "method": "cole-hopf-pair"},
+                      chi=st.chi, gamma=st.gamma)

@@ -1,22 +1,17 @@
 """Solvers of the QHD system (forms/qhd.py, MODEL §3).
 
 * :func:`solve_control` — the control signature, a two-point problem in time, solved
-  all-at-once by the SNES Newton of :mod:`fem_mfc.solvers.newton` on a
-  :class:`LevelSystem` built from the QHD level forms (unknowns S⁰, ρ¹, S¹, …, S^{N−1}, ρ^N).
+  all-at-once by the SNES Newton of :mod:`fem_mfc.solvers.newton` on the space-time system of
+  :mod:`fem_mfc.solvers.spacetime` with the QHD description :func:`qhd_control` (unknowns
+  S⁰, ρ¹, S¹, …, S^{N−1}, ρ^N in the HJB–FP layout, S in the u-slots).
 * :func:`solve_quantum` — the quantum signature, an initial-value problem stepped in time;
   every discrete-gradient step is a SNES Newton solve for (ρ^{n+1}, S^{n+1}).
-
-:class:`LevelSystem` is :class:`~fem_mfc.solvers.spacetime.SpaceTime` with pluggable level
-forms: the UFL rows/blocks, the template → (kind, time offset) map and the rows of each level
-are arguments instead of being fixed to forms/hjb_fp.py.  Assembly, the MatNest → AIJ
-Jacobian and the Vec ↔ states maps are inherited unchanged.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import basix.ufl
 import dolfinx
@@ -27,115 +22,14 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 from ..errors import ConfigError, SolverError
-from ..forms import hjb_fp as H
 from ..forms import qhd as forms
 from ..problem import interpolate
 from .newton import REASONS, newton
-from .spacetime import SpaceTime
+from .spacetime import HJB_DIAGNOSTICS, Formulation, SpaceTime, before_last
 
-# template -> (kind, time offset): the HJB–FP / QHD layout (S in the place of u)
-HJB_LAYOUT = {H.RHO_PREV: ("rho", -1), H.RHO_CUR: ("rho", 0), H.RHO_NEXT: ("rho", 1),
-              H.U_PREV: ("u", -1), H.U_CUR: ("u", 0)}
-
-
-@dataclass
-class Layout:
-    """Where the level forms live in the space-time vector.
-
-    ``templates``: name → (kind, offset), kind "rho" (fields ρ¹..ρ^N, ρ⁰ data) or "u" (fields
-    u⁰..u^{N−1}, u^N data); the template at level k holds kind^{k+offset}.
-    ``rows``: row name → (kind, predicate(k, N)): the row at level k is the equation of field
-    kind^k and exists where the predicate holds.
-    """
-
-    templates: dict
-    rows: dict = field(default_factory=lambda: {
-        "u": ("u", lambda k, N: k < N),
-        "rho": ("rho", lambda k, N: 1 <= k < N),
-        "rho_last": ("rho", lambda k, N: k == N)})
-
-
-class LevelSystem(SpaceTime):
-    """A space-time system of 2N fields (ρ-kind 1..N, u-kind 0..N−1) from per-level forms.
-
-    ``build(tm) -> {"res": {row: F}, "jac": {(row, template): a}}`` and
-    ``functionals(tm) -> {name: form or None}`` are given on template Functions ``tm``;
-    ``rho_data`` (ρ-kind at n = 0) and ``u_data`` (u-kind at n = N, may be None) are data;
-    ``rho_guess``/``u_guess`` are arrays (or Functions) for the initial states.
-    """
-
-    def __init__(self, problem, layout: Layout, build: Callable, functionals: Callable,
-                 rho_data, u_data, rho_guess, u_guess, names=("rho", "u")):
-        self.problem = p = problem
-        self.layout = layout
-        self.V = V = p.space
-        self.comm = p.mesh.comm
-        self.N = N = p.steps
-        self.nl = V.dofmap.index_map.size_local * V.dofmap.index_map_bs
-        self.nfields = 2 * N
-        self.rho = [rho_data] + [dolfinx.fem.Function(V, name=names[0]) for _ in range(N)]
-        self.u = [dolfinx.fem.Function(V, name=names[1]) for _ in range(N)]
-        self.u_data = u_data
-        for fs, g in ((self.rho[1:], rho_guess), (self.u, u_guess)):
-            for f in fs:
-                f.x.array[:] = g.x.array if hasattr(g, "x") else g
-        self.tm = {k: dolfinx.fem.Function(V, name=k) for k in layout.templates}
-        self.t_prev = dolfinx.fem.Constant(p.mesh, 0.0)
-        self.t_cur = dolfinx.fem.Constant(p.mesh, 0.0)
-        ufl_forms = build(self.tm)
-        self.res = {k: dolfinx.fem.form(F) for k, F in ufl_forms["res"].items()}
-        self.jac = {k: dolfinx.fem.form(a) for k, a in ufl_forms["jac"].items()}
-        unknowns = set(self.tm.values())
-        self.constant_block = {
-            k: not (set(ufl.algorithms.extract_coefficients(a)) & unknowns)
-            for k, a in ufl_forms["jac"].items()}
-        self.func = {k: (dolfinx.fem.form(f) if f is not None else None)
-                     for k, f in functionals(self.tm).items()}
-        self._vecs = {k: dolfinx.fem.Function(V).x for k in self.res}
-        self._mats = {}
-        self.A = None
-
-    # -- level bookkeeping (generalising SpaceTime's fixed HJB–FP layout) ---------------------
-    def _index(self, name: str, k: int):
-        kind, off = self.layout.templates[name]
-        return kind, k + off
-
-    def field(self, name: str, k: int):
-        kind, n = self._index(name, k)
-        if kind == "rho":
-            return 2 * n - 1 if 1 <= n <= self.N else None
-        return 2 * n if 0 <= n <= self.N - 1 else None
-
-    def row_field(self, row: str, k: int) -> int:
-        return 2 * k if self.layout.rows[row][0] == "u" else 2 * k - 1
-
-    def rows(self, k: int):
-        return [r for r, (_, pred) in self.layout.rows.items() if pred(k, self.N)]
-
-    def source(self, name: str, k: int):
-        """The Function (unknown or data) of template ``name`` at level k, or None."""
-        kind, n = self._index(name, k)
-        if kind == "rho":
-            return self.rho[n] if 0 <= n <= self.N else None
-        if 0 <= n < self.N:
-            return self.u[n]
-        return self.u_data if n == self.N else None
-
-    def load(self, k: int):
-        for name in self.tm:
-            f = self.source(name, k)
-            if f is not None:
-                self.tm[name].x.array[:] = f.x.array
-        self.t_prev.value = self.problem.source_time(k - 1)
-        self.t_cur.value = self.problem.source_time(k)
-
-    def scalar(self, name: str) -> float:
-        return self.comm.allreduce(dolfinx.fem.assemble_scalar(self.func[name]), op=MPI.SUM)
-
-    def min_rho(self) -> float:
-        nl = self.nl
-        mins = [f.x.array[:nl].min() if nl else np.inf for f in self.rho]
-        return self.comm.allreduce(float(min(mins)), op=MPI.MIN)
+# the HJB–FP diagnostics plus the Hamiltonian and the Fisher term at (ρ^k, S^k), k < N
+QHD_DIAGNOSTICS = {**HJB_DIAGNOSTICS, "energy": ("list", (("energy", before_last),)),
+                   "fisher": ("list", (("fisher", before_last),))}
 
 
 # -- control signature --------------------------------------------------------------------------
@@ -151,24 +45,28 @@ def check_positive(rho, what: str = "rho0"):
     return lo
 
 
-class QHDControlSystem(LevelSystem):
-    """The discrete action's optimality system (forms/qhd.py, control) as a LevelSystem.
+def qhd_control(problem, quadrature_degree=None) -> Formulation:
+    """The discrete action's optimality system (forms/qhd.py, control) as a space-time
+    description; initial guess ρⁿ = ρ_0, Sⁿ = −Φ − ε log ρ_0 (the terminal condition frozen
+    at ρ_0).  ConfigError on vacuum in ρ_0."""
+    check_positive(problem.rho0)
+    d = forms.QHDData.control(problem, quadrature_degree)
+    S_guess = interpolate(-problem.Phi - problem.eps * ufl.ln(problem.rho0) if problem.eps > 0
+                          else -problem.Phi, problem.space)
+    return Formulation(build=lambda tm, tp, tc: forms.level_forms(tm, tp, tc, d),
+                       functionals=lambda tm, tc: forms.level_functionals(tm, tc, d),
+                       data={"rho": problem.rho0, "u": None},
+                       guess={"rho": problem.rho0, "u": S_guess},
+                       diagnostics=QHD_DIAGNOSTICS, names=("rho", "S"))
 
-    Initial guess: ρⁿ = ρ_0 and Sⁿ = −Φ − ε log ρ_0 (the terminal condition frozen at ρ_0).
-    """
 
-    def __init__(self, problem, quadrature_degree=None):
-        check_positive(problem.rho0)
-        self.data = d = forms.QHDData.control(problem, quadrature_degree)
-        V = problem.space
-        S_guess = dolfinx.fem.Function(V)
-        expr = -problem.Phi - (d.eps * ufl.ln(problem.rho0) if d.eps > 0 else 0.0)
-        S_guess.interpolate(dolfinx.fem.Expression(expr, V.element.interpolation_points()))
-        super().__init__(problem, Layout(HJB_LAYOUT),
-                         lambda tm: forms.level_forms(tm, d),
-                         lambda tm: forms.level_functionals(tm, d),
-                         rho_data=problem.rho0, u_data=None, rho_guess=problem.rho0,
-                         u_guess=S_guess, names=("rho", "S"))
+class QHDControlSystem(SpaceTime):
+    """The space-time system of :func:`qhd_control`, with S-named views of its unknowns.
+
+    ``diagnostics()``: J (direct, a = ∇S + ε∇ρ/ρ), J_value (∫u(0)ρ_0 + Σ∫∫(G − ρc) with
+    u(0) = −S⁰ − ε log ρ_0), masses, Hamiltonian and Fisher term per level, min ρ."""
+
+    describe = staticmethod(qhd_control)
 
     @property
     def S(self):
@@ -211,29 +109,6 @@ class QHDControlSystem(LevelSystem):
         for o in (ksp, K, b, y, F):
             o.destroy()
         return out
-
-    def diagnostics(self) -> dict:
-        """J (direct, a = ∇S + ε∇ρ/ρ), J_value (∫u(0)ρ_0 + Σ∫∫(G − ρc) with
-        u(0) = −S⁰ − ε log ρ_0), masses, Hamiltonian and Fisher term per level, min ρ."""
-        N = self.N
-        J = value = 0.0
-        masses, energy, fisher = [], [], []
-        for k in range(N + 1):
-            self.load(k)
-            masses.append(self.scalar("mass"))
-            if k < N:
-                J += self.scalar("cost")
-                energy.append(self.scalar("energy"))
-                fisher.append(self.scalar("fisher"))
-                if self.func["value"] is not None:
-                    value += self.scalar("value")
-            if k == 0:
-                value += self.scalar("u0")
-            if k == N:
-                J += self.scalar("terminal")
-        return {"J": J, "J_value": value, "mass": masses,
-                "mass_error": max(abs(m - 1.0) for m in masses), "min_rho": self.min_rho(),
-                "energy": energy, "fisher": fisher}
 
 
 def solve_control(problem, rtol=1e-10, atol=1e-12, max_it=50, petsc_options=None,
@@ -282,8 +157,7 @@ class QuantumStepper:
         el = basix.ufl.element("Lagrange", mesh.basix_cell(), degree)
         self.W = dolfinx.fem.functionspace(mesh, basix.ufl.mixed_element([el, el]))
         self.scalar_space = self.W.sub(0).collapse()[0]
-        self.d = forms.QHDData(signature="quantum", tau=tau, kappa_Q=-0.5 * hbar ** 2, V=V,
-                               G=G, coupling=coupling, quadrature_degree=4 * degree + 2)
+        self.d = forms.QHDData.quantum(mesh, tau, hbar, V, G, coupling, 4 * degree + 2)
         self.z = dolfinx.fem.Function(self.W, name="z")
         self.z_old = dolfinx.fem.Function(self.W)
         w = ufl.TestFunction(self.W)

@@ -1,15 +1,36 @@
-"""Space-time layout of the discrete optimality system (forms/hjb_fp.py).
+"""One space-time system for every all-at-once formulation (HJB–FP, QHD, Cole–Hopf pair).
 
-Unknowns: u⁰, ρ¹, u¹, ρ², …, u^{N−1}, ρ^N — 2N *fields*, field 2n = uⁿ, field 2n−1 = ρⁿ.
-Each is a dolfinx Function; the global PETSc Vec has, on every rank, the concatenation of the
-owned dofs of the fields in this order (the ordering of ``MatNest.convert("aij")``).
+Unknowns: two kinds of fields on N + 1 time levels, "rho" (n = 1..N; n = 0 is data) and "u"
+(n = 0..N−1; n = N is data or absent) — 2N *fields*, field 2n = uⁿ, field 2n−1 = ρⁿ.  Each is
+a dolfinx Function; the global PETSc Vec has, on every rank, the concatenation of the owned
+dofs of the fields in this order (the ordering of ``MatNest.convert("aij")``).
 
-Time level k (0 ≤ k ≤ N) owns the residual rows "u" (FP step k, k < N) and "rho" (HJB step
-for u^{k−1}, k ≥ 1).  Its forms are compiled once on template Functions (ρ^{k−1}, ρ^k,
-ρ^{k+1}, u^{k−1}, u^k) and two time Constants; :meth:`SpaceTime.load` copies level k's data
-into the templates before assembling.
+A formulation is a :class:`Formulation` — a *description*, no code of its own:
+
+* ``templates``: name → (kind, offset): at level k the template holds kind^{k+offset};
+* ``rows``: row → (kind, predicate(k, N)): at level k the row is the equation of field kind^k
+  and exists where the predicate holds;
+* ``build(tm, t_prev, t_cur) -> {row: F}``: the UFL residual rows of a level on the template
+  Functions ``tm`` and the source-time Constants t_{k−1}, t_k.  The Jacobian blocks are
+  derived here, (row, template) ↦ ∂F_row/∂template (vanishing blocks dropped), so every
+  formulation's Newton matrix is by construction the derivative of its residual;
+* ``functionals(tm, t_cur) -> {name: form or None}`` and ``diagnostics``: output key →
+  ("sum" | "list", ((name, predicate(k, N)), …)): the scalars evaluated level by level;
+  ``finish(st, d)`` may add derived keys (e.g. J of the pair through the HJB–FP functionals);
+* ``data``: the non-unknown fields {"rho": ρ-kind at n = 0, "u": u-kind at n = N or None};
+* ``guess``: initial states {"rho": …, "u": …} (Functions or arrays);
+* ``names`` of the two kinds' Functions and ``params``, per-run numbers of the description
+  that views of the solution need (e.g. the pair's Φ_min).
+
+Forms are compiled once per system with τ, ε as Constants (one compiled form for every step
+count); :meth:`SpaceTime.load` copies level k's states into the templates before assembling.
+The HJB–FP description (forms/hjb_fp.py) is the default.  Subclasses choose another one by
+overriding :meth:`SpaceTime.describe` only and add views of their unknowns.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import dolfinx
 import dolfinx.fem.petsc
@@ -21,92 +42,153 @@ from petsc4py import PETSc
 from ..errors import SolverError
 from ..forms import hjb_fp as H
 
-TEMPLATES = (H.RHO_PREV, H.RHO_CUR, H.RHO_NEXT, H.U_PREV, H.U_CUR)
+
+def first(k, N):
+    return k == 0
+
+
+def last(k, N):
+    return k == N
+
+
+def before_last(k, N):
+    return k < N
+
+
+def every(k, N):
+    return True
+
+
+# The HJB–FP layout: level k holds ρ^{k−1}, ρ^k, ρ^{k+1}, u^{k−1}, u^k; row "u" is the FP step
+# k (k < N), "rho"/"rho_last" the HJB step for u^{k−1} (k ≥ 1).  QHD puts S in the u-slots.
+HJB_TEMPLATES = {H.RHO_PREV: ("rho", -1), H.RHO_CUR: ("rho", 0), H.RHO_NEXT: ("rho", 1),
+                 H.U_PREV: ("u", -1), H.U_CUR: ("u", 0)}
+HJB_ROWS = {"u": ("u", before_last),
+            "rho": ("rho", lambda k, N: 1 <= k < N),
+            "rho_last": ("rho", last)}
+# J = Σ cost + ∫Φρ^N; value identity J = ∫u(0)ρ_0 + Σ value; ∫ρ^k per level
+HJB_DIAGNOSTICS = {"J": ("sum", (("cost", before_last), ("terminal", last))),
+                   "J_value": ("sum", (("value", before_last), ("u0", first))),
+                   "mass": ("list", (("mass", every),))}
+
+
+@dataclass
+class Formulation:
+    """The description of one space-time formulation (see the module docstring)."""
+
+    build: Callable
+    functionals: Callable
+    data: dict
+    guess: dict
+    templates: dict = field(default_factory=lambda: dict(HJB_TEMPLATES))
+    rows: dict = field(default_factory=lambda: dict(HJB_ROWS))
+    diagnostics: dict = field(default_factory=lambda: dict(HJB_DIAGNOSTICS))
+    names: tuple = ("rho", "u")
+    finish: Optional[Callable] = None
+    params: dict = field(default_factory=dict)
+
+
+def hjb_fp(problem) -> Formulation:
+    """The discrete HJB–FP Lagrangian (forms/hjb_fp.py); trivial guess ρⁿ = ρ_0, uⁿ = Φ."""
+    d = problem.step_data()
+    V = problem.space
+    phi = dolfinx.fem.Function(V)
+    phi.interpolate(dolfinx.fem.Expression(problem.Phi, V.element.interpolation_points()))
+    return Formulation(build=lambda tm, tp, tc: H.level_forms(tm, tp, tc, d)["res"],
+                       functionals=lambda tm, tc: H.level_functionals(tm, tc, d),
+                       data={"rho": problem.rho0, "u": None},
+                       guess={"rho": problem.rho0, "u": phi})
+
+
+def jacobian_blocks(res: dict, tm: dict) -> dict:
+    """{(row, template): ∂F_row/∂template} for the non-vanishing derivatives."""
+    dtrial = ufl.TrialFunction(next(iter(tm.values())).function_space)
+    blocks = {(row, col): H.nonzero(ufl.derivative(F, f, dtrial))
+              for row, F in res.items() for col, f in tm.items()}
+    return {key: a for key, a in blocks.items() if a is not None}
 
 
 class SpaceTime:
-    """States, compiled level forms, residual and Jacobian of the whole space-time system."""
+    """States, compiled level forms, residual and Jacobian of a space-time system."""
 
-    def __init__(self, problem):
+    def __init__(self, problem, formulation: Formulation | None = None, **options):
         self.problem = p = problem
+        self.formulation = fm = formulation or self.describe(problem, **options)
         self.V = V = p.space
         self.comm = p.mesh.comm
         self.N = N = p.steps
-        imap = V.dofmap.index_map
-        self.nl = imap.size_local * V.dofmap.index_map_bs
+        self.nl = V.dofmap.index_map.size_local * V.dofmap.index_map_bs
         self.nfields = 2 * N
-        # states: rho[0] = ρ_0 (data), rho[1..N], u[0..N-1]; trivial guess ρⁿ = ρ_0, uⁿ = Φ
-        self.rho = [p.rho0] + [dolfinx.fem.Function(V, name="rho") for _ in range(N)]
-        phi = dolfinx.fem.Function(V)
-        phi.interpolate(dolfinx.fem.Expression(p.Phi, V.element.interpolation_points()))
-        self.u = [dolfinx.fem.Function(V, name="u") for _ in range(N)]
-        for f in self.rho[1:]:
-            f.x.array[:] = p.rho0.x.array
-        for f in self.u:
-            f.x.array[:] = phi.x.array
-        # templates and forms
-        self.tm = {k: dolfinx.fem.Function(V, name=k) for k in TEMPLATES}
+        rho_name, u_name = fm.names
+        self.rho = [fm.data["rho"]] + [dolfinx.fem.Function(V, name=rho_name) for _ in range(N)]
+        self.u = [dolfinx.fem.Function(V, name=u_name) for _ in range(N)]
+        self.u_data = fm.data.get("u")
+        for fs, g in ((self.rho[1:], fm.guess["rho"]), (self.u, fm.guess["u"])):
+            for f in fs:
+                f.x.array[:] = g.x.array if hasattr(g, "x") else g
+        self.tm = {k: dolfinx.fem.Function(V, name=k) for k in fm.templates}
         self.t_prev = dolfinx.fem.Constant(p.mesh, 0.0)
         self.t_cur = dolfinx.fem.Constant(p.mesh, 0.0)
-        data = p.step_data()
-        ufl_forms = H.level_forms(self.tm, self.t_prev, self.t_cur, data)
-        self.res = {k: dolfinx.fem.form(F) for k, F in ufl_forms["res"].items()}
-        self.jac = {k: dolfinx.fem.form(a) for k, a in ufl_forms["jac"].items()}
-        unknowns = set(self.tm.values())
-        times = {self.t_prev, self.t_cur}
+        res = fm.build(self.tm, self.t_prev, self.t_cur)
+        jac = jacobian_blocks(res, self.tm)
+        self.res = {k: dolfinx.fem.form(F) for k, F in res.items()}
+        self.jac = {k: dolfinx.fem.form(a) for k, a in jac.items()}
+        varying = set(self.tm.values()) | {self.t_prev, self.t_cur}
         self.constant_block = {
-            k: not (set(ufl.algorithms.extract_coefficients(a)) & unknowns)
-            and not (set(ufl.algorithms.analysis.extract_type(a, ufl.Constant)) & times)
-            for k, a in ufl_forms["jac"].items()}
-        funcs = H.level_functionals(self.tm, self.t_cur, data)
+            k: not ((set(ufl.algorithms.extract_coefficients(a))
+                     | set(ufl.algorithms.analysis.extract_type(a, ufl.Constant))) & varying)
+            for k, a in jac.items()}
         self.func = {k: (dolfinx.fem.form(f) if f is not None else None)
-                     for k, f in funcs.items()}
+                     for k, f in fm.functionals(self.tm, self.t_cur).items()}
         self._vecs = {k: dolfinx.fem.Function(V).x for k in self.res}
         self._mats = {}
         self.A = None
 
+    @classmethod
+    def describe(cls, problem, **options) -> Formulation:
+        """The formulation of this class (HJB–FP); subclasses override only this."""
+        return hjb_fp(problem, **options)
+
     # -- level bookkeeping -------------------------------------------------------------
+    def _index(self, name: str, k: int):
+        kind, off = self.formulation.templates[name]
+        return kind, k + off
+
     def field(self, name: str, k: int):
         """Global field index of template ``name`` at level k, or None if it is data/absent."""
-        N = self.N
-        idx = {H.RHO_PREV: (k - 1, "rho"), H.RHO_CUR: (k, "rho"), H.RHO_NEXT: (k + 1, "rho"),
-               H.U_PREV: (k - 1, "u"), H.U_CUR: (k, "u")}[name]
-        n, kind = idx
+        kind, n = self._index(name, k)
         if kind == "rho":
-            return 2 * n - 1 if 1 <= n <= N else None
-        return 2 * n if 0 <= n <= N - 1 else None
+            return 2 * n - 1 if 1 <= n <= self.N else None
+        return 2 * n if 0 <= n <= self.N - 1 else None
 
     def row_field(self, row: str, k: int) -> int:
-        return 2 * k if row == "u" else 2 * k - 1
+        return 2 * k if self.formulation.rows[row][0] == "u" else 2 * k - 1
 
     def rows(self, k: int):
         """Residual rows of level k."""
-        out = []
-        if k < self.N:
-            out.append("u")
-        if k >= 1:
-            out.append("rho" if k < self.N else "rho_last")
-        return out
+        return [r for r, (_, exists) in self.formulation.rows.items() if exists(k, self.N)]
 
     def function(self, f: int):
         """The Function of global field f."""
         return self.u[f // 2] if f % 2 == 0 else self.rho[(f + 1) // 2]
 
+    def source(self, name: str, k: int):
+        """The Function (unknown or data) of template ``name`` at level k, or None."""
+        kind, n = self._index(name, k)
+        if kind == "rho":
+            return self.rho[n] if 0 <= n <= self.N else None
+        if 0 <= n < self.N:
+            return self.u[n]
+        return self.u_data if n == self.N else None
+
     def load(self, k: int):
         """Copy level k's states into the templates and set the source times."""
-        p, N = self.p_, self.N
-        src = {H.RHO_PREV: self.rho[k - 1] if k >= 1 else None, H.RHO_CUR: self.rho[k],
-               H.RHO_NEXT: self.rho[k + 1] if k < N else None,
-               H.U_PREV: self.u[k - 1] if k >= 1 else None, H.U_CUR: self.u[k] if k < N else None}
-        for name, f in src.items():
+        for name, t in self.tm.items():
+            f = self.source(name, k)
             if f is not None:
-                self.tm[name].x.array[:] = f.x.array
-        self.t_prev.value = p.source_time(k - 1)
-        self.t_cur.value = p.source_time(k)
-
-    @property
-    def p_(self):
-        return self.problem
+                t.x.array[:] = f.x.array
+        self.t_prev.value = self.problem.source_time(k - 1)
+        self.t_cur.value = self.problem.source_time(k)
 
     # -- global vector <-> states ------------------------------------------------------
     def create_vec(self) -> PETSc.Vec:
@@ -125,6 +207,11 @@ class SpaceTime:
             fun = self.function(f)
             fun.x.array[:nl] = a[f * nl:(f + 1) * nl]
             fun.x.scatter_forward()
+
+    def assign(self, rho, u):
+        """States ← the given ρ⁰..ρ^N (ρ⁰ is data and left alone) and u⁰..u^{N−1}."""
+        for a, b in zip(self.rho[1:] + self.u, list(rho[1:]) + list(u)):
+            a.x.array[:] = b.x.array
 
     # -- assembly ----------------------------------------------------------------------
     def assemble_row(self, row: str) -> np.ndarray:
@@ -178,38 +265,43 @@ class SpaceTime:
                     if rw == row and c is not None:
                         blocks[r][c] = self.block((rw, col), k)
         nest = PETSc.Mat().createNest(blocks, comm=self.comm)
-        first = self.A is None
-        if first:
+        if self.A is None:
             self.A = PETSc.Mat()          # empty handle: MatConvert(MAT_INITIAL_MATRIX)
         nest.convert("aij", out=self.A)   # later calls: MAT_REUSE_MATRIX
         nest.destroy()
         return self.A
 
     # -- diagnostics -------------------------------------------------------------------
-    def _scalar(self, name) -> float:
+    def scalar(self, name: str) -> float:
+        """The functional ``name`` at the loaded level (summed over ranks)."""
         return self.comm.allreduce(dolfinx.fem.assemble_scalar(self.func[name]), op=MPI.SUM)
 
-    def diagnostics(self) -> dict:
-        """J (direct), J (value identity), mass error, min ρ of the current states."""
-        N = self.N
-        J = value = 0.0
-        masses = []
-        for k in range(N + 1):
-            self.load(k)
-            masses.append(self._scalar("mass"))
-            if k < N:
-                J += self._scalar("cost")
-                if self.func["value"] is not None:
-                    value += self._scalar("value")
-            if k == 0:
-                value += self._scalar("u0")
-            if k == N:
-                J += self._scalar("terminal")
+    def min_of(self, fields) -> float:
+        """The smallest owned dof value of ``fields`` over all ranks."""
         nl = self.nl
-        mins = [f.x.array[:nl].min() if nl else np.inf for f in self.rho]
-        min_rho = self.comm.allreduce(min(mins), op=MPI.MIN)
-        return {"J": J, "J_value": value, "mass": masses,
-                "mass_error": max(abs(m - 1.0) for m in masses), "min_rho": min_rho}
+        mins = [f.x.array[:nl].min() if nl else np.inf for f in fields]
+        return self.comm.allreduce(float(min(mins)), op=MPI.MIN)
+
+    def diagnostics(self) -> dict:
+        """The formulation's functionals, level by level ("sum" keys summed over the levels
+        where their predicate holds, "list" keys one value per such level), the mass error
+        max|∫ρ^k − 1| and min ρ of the current states, then ``finish``."""
+        spec = self.formulation.diagnostics
+        out = {key: (0.0 if how == "sum" else []) for key, (how, _) in spec.items()}
+        for k in range(self.N + 1):
+            self.load(k)
+            for key, (how, parts) in spec.items():
+                for name, when in parts:
+                    if self.func.get(name) is None or not when(k, self.N):
+                        continue
+                    if how == "sum":
+                        out[key] += self.scalar(name)
+                    else:
+                        out[key].append(self.scalar(name))
+        out["mass_error"] = max(abs(m - 1.0) for m in out["mass"])
+        out["min_rho"] = self.min_of(self.rho)
+        fin = self.formulation.finish
+        return fin(self, out) if fin else out
 
     def check_finite(self, what: str):
         bad = any(not np.all(np.isfinite(f.x.array)) for f in self.rho[1:] + self.u)
