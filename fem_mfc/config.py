@@ -305,7 +305,7 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
                     p = Path(v)
                     if not p.is_absolute() and base_dir is not None:
                         p = (base_dir / p)
-                    if not p.is_file():
+                    if not p.exists():     # a file, or a .bp folder (adios4dolfinx)
                         raise ConfigError(key, "an existing file", v, source)
                     v = str(p.resolve())
             elif spec.default is REQUIRED:
