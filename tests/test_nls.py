@@ -21,7 +21,8 @@ from fem_mfc.madelung import (align_global_phase, density, from_madelung, phase,
                               phase_from_gradient, phase_gradient)
 from fem_mfc.nls_invariants import NLSInvariants, l2_norm_complex, relative_drift
 from fem_mfc.runs.nls import check, free_gaussian, free_gaussian_width2, soliton
-from fem_mfc.solvers.nls import MidpointStepper, NLSProblem, RK4Stepper, ground_state
+from fem_mfc.solvers.nls import (MidpointStepper, NLSProblem, RK4Stepper, ground_state,
+                                 make_stepper)
 
 TIGHT = {"rtol": 1e-13, "atol": 1e-15}
 
@@ -40,9 +41,9 @@ def soliton_problem(cells, degree=1, L=20.0, comm=MPI.COMM_SELF, x0=-2.0, v=1.0)
     return P, z, t, ex
 
 
-def run_soliton(cells, degree, N, T, **kw):
+def run_soliton(cells, degree, N, T, integrator="midpoint", **kw):
     P, z, t, ex = soliton_problem(cells, degree)
-    st = MidpointStepper(P, z, T / N, **TIGHT, **kw)
+    st = make_stepper(integrator, P, z, T / N, **TIGHT, **kw)
     for _ in range(N):
         st.step()
     t.value = T

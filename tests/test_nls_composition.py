@@ -5,22 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fem_mfc.nls_invariants import NLSInvariants, l2_norm_complex
-from fem_mfc.solvers.nls import ComposedStepper, make_stepper
+from fem_mfc.nls_invariants import NLSInvariants
+from fem_mfc.solvers.nls import ComposedStepper
 from fem_mfc.integrators.composition import triple_jump_coefficients
 
-from test_nls import TIGHT, rates, soliton_problem
+from test_nls import TIGHT, rates, run_soliton, soliton_problem
 
 
 def run(integrator, N, T=1.0, cells=400, degree=3):
-    P, z, t, ex = soliton_problem(cells, degree)
-    st = make_stepper(integrator, P, z, T / N, **TIGHT)
-    for _ in range(N):
-        st.step()
-    t.value = T
-    err = l2_norm_complex(z, *ex)
-    st.destroy()
-    return err
+    return run_soliton(cells, degree, N, T, integrator=integrator)
 
 
 @pytest.mark.parametrize("integrator", ["triple-jump", "suzuki"])
