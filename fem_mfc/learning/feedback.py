@@ -259,7 +259,8 @@ class FeedbackClassifier:
         return self.residual
 
     def value_identity(self) -> float:
-        """Σ_k ∫u_k^1 ρ_{k,0} + Σ_n [τ∫(G − ρG')(ρ^{n+1}) + R(aⁿ)]: equals J for ANY controls.
+        """Σ_k ∫u_k^1 ρ_{k,0} + Σ_n [τ∫(G − ρG')(ρ^{n+1}) + R(aⁿ)] (+ the control cost outside
+        the forms, e.g. a weight decay): equals J for ANY controls.
 
         (Discrete duality: telescoping ⟨u^m, Mρ^{m−1}⟩ = ⟨Aᵀu^m, ρ^m⟩ through the layers.)"""
         f = self.f
@@ -274,7 +275,7 @@ class FeedbackClassifier:
             for k in range(self.K):
                 f.rho_cur[k].x.array[:] = self.rho[k][n]
             val += self._sum(f.identity)
-        return val
+        return val + self._control_cost()
 
     # -- training ------------------------------------------------------------------------------
     def train(self, max_sweeps=60, theta=0.5, tol=1e-3, progress=None, log=None) -> History:
@@ -303,7 +304,10 @@ class FeedbackClassifier:
             a_old = [x.copy() for x in self.a]
             while True:
                 trial = [x + theta * (y - x) for x, y in zip(a_old, self.a_hat)]
-                J_new = self.forward(trial)
+                try:
+                    J_new = self.forward(trial)
+                except SolverError:          # a step too large for the linear solvers
+                    J_new = math.inf
                 ok = J_new <= J + 1e-12 * abs(J) and self.min_rho() >= -self.neg_tol
                 if ok or theta < 1e-6:
                     break
@@ -322,6 +326,10 @@ class FeedbackClassifier:
         f = dolfinx.fem.Function(space or self.V, name=name)
         f.x.array[:] = arr
         return f
+
+    def velocity_function(self, n: int):
+        """The velocity of layer n as a Function (of ``Va``)."""
+        return self.function(self.a[n], self.Va, name="velocity")
 
     def masses(self) -> np.ndarray:
         """(K, N+1) array of ∫ρ_kⁿ."""

@@ -19,6 +19,7 @@ import numpy as np
 from .. import mesh as meshmod
 from ..io import write_text_atomic
 from . import data, infer, report
+from .dictionary import DictionaryFlow, DictionaryNetwork
 from .feedback import FeedbackClassifier, anchors_from_config
 from .generative import run_generative  # noqa: F401  (the "generative" runner)
 
@@ -36,13 +37,14 @@ def run_classifier(cfg: dict, ctx) -> dict:
                  "%d layers", ds.name, ds.K, len(ds.y_train), len(ds.y_test), dim,
                  V.dofmap.index_map.size_global, p["steps"])
 
-    model = FeedbackClassifier(rho0, anchors, p, ncfg)
+    dictionary = ncfg["kind"] == "dictionary"
+    model = (DictionaryNetwork if dictionary else FeedbackClassifier)(rho0, anchors, p, ncfg)
     t0 = time.perf_counter()
     model.train(tcfg["max_sweeps"], tcfg["relaxation"], tcfg["tol"], progress=ctx.progress,
                 log=ctx.log)
     train_time = time.perf_counter() - t0
     masses = model.masses()
-    flow = infer.TrainedFlow(model)
+    flow = DictionaryFlow(model) if dictionary else infer.TrainedFlow(model)
     tr = infer.evaluate_flow(flow, ds.X_train, ds.y_train)
     te = infer.evaluate_flow(flow, ds.X_test, ds.y_test)
     pe = model.peclet(md.h)
@@ -78,6 +80,10 @@ def run_classifier(cfg: dict, ctx) -> dict:
                                      tcfg["epochs"], tcfg["lr"], dcfg["seed"], ctx.comm)
         summary["baseline"] = {k: v for k, v in base.items()
                                if k not in ("history", "train_paths", "state")}
+    if dictionary:
+        model.save_weights(ctx.path("weights.npz"))
+        summary.update(dictionary=model.kind, weights_per_layer=model.m,
+                       weight_decay_cost=model._control_cost(), theta=np.array(model.a))
     _write_series(ctx, model, cfg["output"]["every"])
     figures = _figures(ctx, model, flow, ds, base) if ctx.figures else []
     summary["figures"] = figures
@@ -113,13 +119,11 @@ def _write_series(ctx, model, every):
     gdim = model.mesh.geometry.dim
     V1 = dolfinx.fem.functionspace(model.mesh, ("Lagrange", 1, (gdim,)))
     a1 = dolfinx.fem.Function(V1, name="velocity")
-    a = dolfinx.fem.Function(model.Va)
     sv = ctx.series("velocity", [a1])
     for n in range(model.N):
         if n % every:
             continue
-        a.x.array[:] = model.a[n]
-        a1.interpolate(a)
+        a1.interpolate(model.velocity_function(n))
         sv.write(n * model.tau)
 
 

@@ -1,0 +1,133 @@
+"""Dictionary networks as plain NumPy ResNets (MODEL §2 "Dictionary network"; no DOLFINx).
+
+A dictionary network has the velocity a(t, x) = B(x) θ(t) = Σ_j θ_j(t) b_j(x), θ ∈ R^m, with
+
+* ``affine``:      b = e_i x_l and e_i  (a = W x + c, m = d² + d; θ = (W row-major, c));
+* ``rotation``:    b = (E_pq − E_qp) x for p < q  (a = Ω x, Ω ∈ so(d), m = d(d−1)/2);
+* ``random-tanh``: b = e_i tanh(w_j·x + β_j), j = 1..width  (m = d·width; θ index j·d + i), the
+  ridges (w_j, β_j) ~ N(0, s²) drawn once from a seed and then frozen.
+
+:func:`columns` writes the dictionary ONCE, generic in the arithmetic: with NumPy arrays it is the
+inference network below, with UFL coordinates it is the velocity inside the PDE forms
+(:mod:`fem_mfc.forms.dictionary`), so both sides evaluate the same B(x).
+
+The ResNet is x_{n+1} = x_n + τ B(x_n) θⁿ, n = 0..N−1 (defined on all of R^d), predicted class
+argmin_k |x_N − c_k|.  ``weights.npz`` stores kind, θ (N × m), τ, the ridges and the anchors.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+KINDS = ("affine", "rotation", "random-tanh")
+
+
+def n_weights(kind: str, d: int, width: int = 0) -> int:
+    """m = the number of dictionary columns."""
+    return {"affine": d * d + d, "rotation": d * (d - 1) // 2, "random-tanh": d * width}[kind]
+
+
+def ridges(d: int, width: int, scale: float, seed: int):
+    """The frozen random ridges (w (width × d), β (width,)) ~ N(0, scale²)."""
+    rng = np.random.default_rng(seed)
+    return scale * rng.standard_normal((width, d)), scale * rng.standard_normal(width)
+
+
+def columns(kind: str, x, w=None, beta=None, tanh=np.tanh) -> list:
+    """The columns b_1..b_m at x, each a list of d components (0 for structural zeros).
+
+    ``x``: a list of d coordinates (NumPy arrays or UFL expressions); ``w``, ``beta``: the ridges
+    (NumPy arrays or UFL Constants, indexed as w[j, l], beta[j]); ``tanh``: np.tanh or ufl.tanh.
+    """
+    d = len(x)
+    unit = [[1.0 if r == i else 0 for r in range(d)] for i in range(d)]
+    if kind == "affine":
+        return ([[x[l] if r == i else 0 for r in range(d)] for i in range(d) for l in range(d)]
+                + unit)
+    if kind == "rotation":
+        cols = []
+        for p in range(d):
+            for q in range(p + 1, d):
+                cols.append([x[q] if r == p else (-x[p] if r == q else 0) for r in range(d)])
+        return cols
+    if kind == "random-tanh":
+        cols = []
+        for j in range(len(beta) if not hasattr(beta, "ufl_shape") else beta.ufl_shape[0]):
+            s = tanh(sum(w[j, l] * x[l] for l in range(d)) + beta[j])
+            cols += [[s if r == i else 0 for r in range(d)] for i in range(d)]
+        return cols
+    raise ValueError(f"unknown dictionary '{kind}' (expected one of {', '.join(KINDS)})")
+
+
+def dictionary_matrix(kind: str, X: np.ndarray, w=None, beta=None) -> np.ndarray:
+    """B at the rows of X: an (n, d, m) array."""
+    X = np.asarray(X, float)
+    n, d = X.shape
+    cols = columns(kind, [X[:, i] for i in range(d)], w, beta)
+    B = np.zeros((n, d, len(cols)))
+    for j, c in enumerate(cols):
+        for i, v in enumerate(c):
+            B[:, i, j] = v
+    return B
+
+
+@dataclass
+class NumpyResNet:
+    """x_{n+1} = x_n + τ B(x_n) θⁿ with frozen dictionary and trained weights θ (N × m)."""
+
+    kind: str
+    theta: np.ndarray
+    tau: float
+    anchors: np.ndarray
+    w: np.ndarray | None = None
+    beta: np.ndarray | None = None
+
+    @property
+    def depth(self) -> int:
+        return len(self.theta)
+
+    def velocity(self, n: int, X) -> np.ndarray:
+        """a(t_n, x) = B(x) θⁿ at the rows of X."""
+        return dictionary_matrix(self.kind, X, self.w, self.beta) @ self.theta[n]
+
+    def push(self, X, record: bool = False):
+        """x_N for the rows of X (and the path [x_0, …, x_N] if ``record``)."""
+        X = np.array(X, float)
+        path = [X.copy()]
+        for n in range(self.depth):
+            X = X + self.tau * self.velocity(n, X)
+            if record:
+                path.append(X.copy())
+        return (X, path) if record else X
+
+    def predict(self, X) -> np.ndarray:
+        """The nearest anchor to x_N."""
+        XN = self.push(X)
+        return ((XN[:, None, :] - self.anchors[None]) ** 2).sum(axis=2).argmin(axis=1)
+
+    def save(self, path: str | Path) -> None:
+        """Write ``weights.npz`` atomically (temporary file in the same folder, then rename)."""
+        path = Path(path)
+        buf = io.BytesIO()
+        extra = {} if self.w is None else {"w": self.w, "beta": self.beta}
+        np.savez(buf, kind=np.array(self.kind), theta=self.theta, tau=np.array(self.tau),
+                 anchors=self.anchors, **extra)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(buf.getvalue())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | Path) -> "NumpyResNet":
+        with np.load(path) as z:
+            return cls(str(z["kind"]), z["theta"], float(z["tau"]), z["anchors"],
+                       z["w"] if "w" in z else None, z["beta"] if "beta" in z else None)
