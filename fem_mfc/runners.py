@@ -20,7 +20,7 @@ RUNNERS = {
 }
 
 # Formulations whose [exact] solutions support `fem-mfc refine` (runner returns error norms).
-REFINABLE = {"heat", "hjb-fp", "cole-hopf", "nls"}
+REFINABLE = {"heat", "hjb-fp", "cole-hopf", "qhd", "nls"}
 
 
 def get(formulation: str):

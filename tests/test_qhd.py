@@ -187,7 +187,8 @@ BAD = {
     "quantum with Phi": (cfg_quantum, {"problem": {"Phi": "x**2"}}, "problem.Phi"),
     "quantum with mfg": (cfg_quantum, {"problem": {"coupling": "mfg"}}, "problem.coupling"),
     "picard": (cfg_control, {"solver": {"method": "picard"}}, "solver.method"),
-    "exact solution": (cfg_control, {"exact": {"solution": "lq-gaussian"}}, "exact.solution"),
+    "exact solution": (cfg_control, {"exact": {"solution": "manufactured"}}, "exact.solution"),
+    "exact quantum": (cfg_quantum, {"exact": {"solution": "lq-gaussian"}}, "exact.solution"),
     "wrong formulation": (cfg_control, {"run": {"formulation": "hjb-fp"}}, "run.formulation"),
     "bad signature": (cfg_control, {"qhd": {"signature": "classical"}}, "qhd.signature"),
 }

@@ -10,8 +10,10 @@
 
 Summary: mass, mass_error, energy (the Hamiltonian H of MODEL §5 in that signature, at t = 0
 and its drift), the Fisher-information term ⅛∫|∇ρ|²/ρ separately, J (control), Newton
-iterations, residual, ndofs, nsteps, h, tau.  Outputs: ParaView series of ρ and S, PNGs of the
-density and the phase, and an invariants plot (mass, energy, Fisher term over t).
+iterations, residual, ndofs, nsteps, h, tau, and with ``exact.solution = "lq-gaussian"``
+(control) the errors err_rho_L2, err_S_L2 (S up to its constant), err_J.  Outputs: ParaView
+series of ρ and S, PNGs of the density and the phase, and an invariants plot (mass, energy,
+Fisher term over t).
 """
 from __future__ import annotations
 
@@ -40,10 +42,11 @@ def check(cfg: dict) -> None:
         raise ConfigError("solver.method", "'auto' or 'newton' for formulation = 'qhd' (use "
                           "formulation = 'hjb-fp' or 'cole-hopf' for the other solvers)",
                           s["method"])
-    if cfg["exact"]["solution"] != "none":
-        raise ConfigError("exact.solution", "'none' for formulation = 'qhd' (compare with the "
-                          "hjb-fp formulation instead, demos/demo_equivalence.py)",
-                          cfg["exact"]["solution"])
+    exact = cfg["exact"]["solution"]
+    if exact not in ("none", "lq-gaussian") or (exact != "none" and q["signature"] != "control"):
+        raise ConfigError("exact.solution", "'none', or 'lq-gaussian' with qhd.signature = "
+                          "'control', for formulation = 'qhd' (compare other problems with the "
+                          "hjb-fp formulation, demos/demo_equivalence.py)", exact)
     if q["signature"] == "control" and q["S0"].strip() not in ("0", "0.0"):
         raise ConfigError("qhd.S0", "'0' for signature = 'control' (S(0) is an unknown of the "
                           "two-point problem; S(T) = -Phi - eps log rho(T))", q["S0"])
@@ -113,12 +116,27 @@ def _run_control(cfg, ctx, problem) -> dict:
                "fisher": float(d["fisher"][0]), "J": d["J"], "J_value_identity": d["J_value"],
                "iterations": res.iterations,
                "residual": res.history[-1]["residual"] if res.history else 0.0}
+    if problem.exact is not None:
+        summary.update(errors(problem, st, d["J"]))
     if ctx.figures:
         times = np.arange(N + 1) * tau
         _figures(ctx, st.rho, S_all, times, {"mass - 1": (times, np.asarray(d["mass"]) - 1)},
                  {"H - H(0)": (times[:-1], energy - energy[0]),
                   "Fisher term - F(0)": (times[:-1], np.asarray(d["fisher"]) - d["fisher"][0])})
     return summary
+
+
+def errors(problem, st, J: float) -> dict:
+    """Errors against the exact solution (MODEL §7.1): err_rho_L2 = max_n ‖ρⁿ − ρ(t_n)‖,
+    err_S_L2 = max_n ‖Sⁿ − S(t)‖ up to an additive constant (Sⁿ at the time of the HJB–FP uⁿ,
+    S = −u − ε log ρ), err_J = |J − J*|."""
+    from ..exact import ErrorNorms
+    norms = ErrorNorms(problem.exact, problem.space)
+    return {"err_rho_L2": max(norms.l2("rho", f, problem.rho_time(n))
+                              for n, f in enumerate(st.rho)),
+            "err_S_L2": max(norms.l2_mean_free("S", f, problem.u_time(n))
+                            for n, f in enumerate(st.S)),
+            "err_J": abs(J - problem.exact.J), "J_exact": problem.exact.J}
 
 
 def _run_quantum(cfg, ctx, problem) -> dict:

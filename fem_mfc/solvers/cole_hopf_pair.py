@@ -23,7 +23,7 @@ from ..forms.qhd import constants
 from ..problem import interpolate
 from .newton import newton
 from .result import Result
-from .spacetime import Formulation, SpaceTime, first, last
+from .spacetime import Formulation, SpaceTime, first
 
 PAIR_ROWS = {"gamma_first": ("u", first),
              "gamma": ("u", lambda k, N: 1 <= k < N),

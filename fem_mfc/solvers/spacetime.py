@@ -250,21 +250,26 @@ class SpaceTime:
         A.assemble()
         return A
 
-    def jacobian(self, X: PETSc.Vec | None) -> PETSc.Mat:
-        """The space-time Jacobian as AIJ: blocks → MatNest → convert (reusing ``self.A``)."""
-        if X is not None:
-            self.vec_to_states(X)
+    def block_grid(self, skip=frozenset()) -> list:
+        """The Jacobian blocks at the current states as an nfields × nfields grid of Mats
+        (None where a block vanishes or its (row, column) field pair is in ``skip``)."""
         nf = self.nfields
-        blocks = [[None] * nf for _ in range(nf)]
+        grid = [[None] * nf for _ in range(nf)]
         for k in range(self.N + 1):
             self.load(k)
             for row in self.rows(k):
                 r = self.row_field(row, k)
                 for (rw, col) in self.jac:
                     c = self.field(col, k)
-                    if rw == row and c is not None:
-                        blocks[r][c] = self.block((rw, col), k)
-        nest = PETSc.Mat().createNest(blocks, comm=self.comm)
+                    if rw == row and c is not None and (r, c) not in skip:
+                        grid[r][c] = self.block((rw, col), k)
+        return grid
+
+    def jacobian(self, X: PETSc.Vec | None) -> PETSc.Mat:
+        """The space-time Jacobian as AIJ: blocks → MatNest → convert (reusing ``self.A``)."""
+        if X is not None:
+            self.vec_to_states(X)
+        nest = PETSc.Mat().createNest(self.block_grid(), comm=self.comm)
         if self.A is None:
             self.A = PETSc.Mat()          # empty handle: MatConvert(MAT_INITIAL_MATRIX)
         nest.convert("aij", out=self.A)   # later calls: MAT_REUSE_MATRIX
