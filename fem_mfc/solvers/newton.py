@@ -1,10 +1,20 @@
 """All-at-once Newton for the space-time optimality system ∂L/∂(ρ, u) = 0 (forms/hjb_fp.py).
 
-petsc4py SNES with backtracking line search (``bt``), Jacobian assembled block by block,
-gathered into a block-tridiagonal-in-time MatNest and converted to AIJ, solved by LU (MUMPS)
-by default.  Every PETSc option can be overridden through the options prefix (default
-``mfc_``), e.g. ``-mfc_snes_monitor``, ``-mfc_snes_linesearch_type basic``,
-``-mfc_pc_factor_mat_solver_type superlu_dist``.
+petsc4py SNES with backtracking line search (``bt``).  Two linear solvers for the Newton step:
+
+* ``linear="lu"``: the Jacobian blocks gathered into a MatNest, converted to AIJ and factorised
+  by MUMPS.  Exact and robust, but the space-time KKT matrix factorises like a 3D problem.
+* ``linear="sweep"``: FGMRES on the MatNest of the blocks, preconditioned by one backward
+  (linearised HJB) and one forward (linearised FP) sweep with per-step LU factors
+  (:mod:`fem_mfc.solvers.kkt_pc`); memory and work grow like N 2D problems.  The Krylov
+  tolerance (rtol 1e-12) keeps the Newton iterates those of the LU path to solver tolerance.
+* ``linear="auto"`` (default): "sweep" from AUTO_SWEEP_UNKNOWNS space-time unknowns on.
+
+The choice can also be made with PETSc options: ``-mfc_linear sweep`` or ``-mfc_pc_type shell``
+select the sweep path.  Every PETSc option can be overridden through the options prefix
+(default ``mfc_``), e.g. ``-mfc_snes_monitor``, ``-mfc_ksp_rtol``, ``-mfc_snes_lag_preconditioner
+2`` (reuse the sweep factors for two Newton steps), ``-mfc_sweep_pc_factor_mat_solver_type
+mumps`` (per-step LU of the sweep), ``-mfc_pc_factor_mat_solver_type superlu_dist`` (LU path).
 """
 from __future__ import annotations
 
@@ -12,7 +22,8 @@ import time
 
 from petsc4py import PETSc
 
-from ..errors import SolverError
+from ..errors import ConfigError, SolverError
+from .kkt_pc import KKTOperator, sweep_ksp
 from .result import Result
 from .spacetime import SpaceTime
 
@@ -22,45 +33,84 @@ from .spacetime import SpaceTime
 # the fill in 2D); delayed pivots need extra workspace (ICNTL(14)).
 DEFAULTS = {"snes_linesearch_type": "bt", "mat_mumps_icntl_14": 100, "mat_mumps_icntl_6": 5}
 REASONS = {v: k for k, v in PETSc.SNES.ConvergedReason.__dict__.items() if not k.startswith("_")}
+LINEAR = ("auto", "lu", "sweep")
+AUTO_SWEEP_UNKNOWNS = 100_000      # LU of the space-time matrix is fine below (≈ 2 s, < 1 GB)
+KSP_RTOL, KSP_ATOL = 1e-12, 1e-14
+
+
+def linear_mode(st: SpaceTime, linear: str, prefix: str) -> str:
+    """"lu" or "sweep": the keyword, else ``-{prefix}linear``, else ``-{prefix}pc_type shell``,
+    else by the number of space-time unknowns."""
+    opts = PETSc.Options()
+    if linear == "auto" and opts.hasName(prefix + "linear"):
+        linear = opts.getString(prefix + "linear")
+    if linear not in LINEAR:
+        raise ConfigError("solver.linear", "one of " + ", ".join(LINEAR), linear)
+    if linear != "auto":
+        return linear
+    if opts.getString(prefix + "pc_type", "") in ("shell", "python"):
+        return "sweep"
+    size = st.nfields * st.V.dofmap.index_map.size_global * st.V.dofmap.index_map_bs
+    return "sweep" if size >= AUTO_SWEEP_UNKNOWNS else "lu"
 
 
 def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_options=None,
-           system: SpaceTime | None = None) -> Result:
-    """Solve the discrete HJB–FP system by Newton from the trivial guess ρⁿ = ρ_0, uⁿ = Φ
-    (or from the states already in ``system``)."""
+           system: SpaceTime | None = None, linear: str = "auto") -> Result:
+    """Solve the discrete system by Newton from the trivial guess ρⁿ = ρ_0, uⁿ = Φ (or from
+    the states already in ``system``); ``linear`` chooses the Newton-step solver (see above).
+    ``history`` holds the residual and the Krylov iterations of the step that followed."""
     t0 = time.perf_counter()
     st = system or SpaceTime(problem)
     opts = PETSc.Options()
-    for k, v in (petsc_options or {}).items():
-        opts[f"{prefix}{k.lstrip('-')}"] = v
+    ours = [f"{prefix}{k.lstrip('-')}" for k in (petsc_options or {})]
+    for name, v in zip(ours, (petsc_options or {}).values()):
+        opts[name] = v
+    try:
+        mode = linear_mode(st, linear, prefix)
+        return _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0)
+    finally:                      # options of this call only: later solves start clean
+        for name in ours:
+            opts.delValue(name)
+
+
+def _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0) -> Result:
+    """SNES on ``st`` with the Newton-step solver ``mode``; appends the option names it sets
+    to ``ours``."""
     X, F = st.create_vec(), st.create_vec()
     st.states_to_vec(X)
-    A = st.jacobian(None)
     history = []
 
     def residual(snes, x, f):
         st.residual(x, f)
 
-    def jacobian(snes, x, J, P):
-        st.jacobian(x)
-
     def monitor(snes, it, fnorm):
-        history.append(fnorm)
+        if history:
+            history[-1]["ksp_its"] = snes.getKSP().getIterationNumber()
+        history.append({"residual": fnorm})
 
     snes = PETSc.SNES().create(st.comm)
     snes.setOptionsPrefix(prefix)
     snes.setFunction(residual, F)
-    snes.setJacobian(jacobian, A, A)
     snes.setTolerances(rtol=rtol, atol=atol, stol=1e-14, max_it=max_it)
     snes.setMonitor(monitor)
     for k, v in DEFAULTS.items():                         # defaults; the user's choice wins
-        if not opts.hasName(prefix + k):
+        if not opts.hasName(prefix + k) and (mode == "lu" or "mumps" not in k):
             opts[prefix + k] = v
+            ours.append(prefix + k)
     ksp = snes.getKSP()
-    ksp.setType("preonly")
-    pc = ksp.getPC()
-    pc.setType("lu")
-    pc.setFactorSolverType("mumps")
+    pc_ctx = None
+    if mode == "lu":
+        A = st.jacobian(None)
+        snes.setJacobian(lambda snes, x, J, P: st.jacobian(x), A, A)
+        ksp.setType("preonly")
+        ksp.getPC().setType("lu")
+        ksp.getPC().setFactorSolverType("mumps")
+    else:
+        op = KKTOperator(st)
+        snes.setJacobian(lambda snes, x, J, P: op.update(x), op.mat, op.mat)
+        pc_ctx = sweep_ksp(ksp, op, KSP_RTOL, KSP_ATOL, prefix)
+        if opts.getString(prefix + "pc_type", "") == "shell":
+            opts.delValue(prefix + "pc_type")             # "shell" names the sweep PC here
     snes.setFromOptions()
     try:
         snes.solve(None, X)
@@ -70,11 +120,12 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
     reason, its = snes.getConvergedReason(), snes.getIterationNumber()
     fnorm = snes.getFunctionNorm()
     st.vec_to_states(X)
+    snes.destroy()
+    if pc_ctx is not None:
+        pc_ctx.destroy()
     if reason < 0 or fnorm != fnorm:
         raise SolverError(f"Newton (SNES) did not converge: {REASONS.get(reason, reason)} after "
                           f"{its} iterations (residual {fnorm:.3e})")
     st.check_finite("Newton")
-    snes.destroy()
-    return Result.from_system(st, method="newton", iterations=its,
-                              history=[{"residual": r} for r in history],
+    return Result.from_system(st, method="newton", iterations=its, history=history,
                               seconds=time.perf_counter() - t0)

@@ -1,0 +1,104 @@
+"""The sweep-preconditioned Krylov Newton step (solvers/kkt_pc.py) against LU.
+
+Serial: ``python3 -m pytest tests/test_kkt_pc.py``; the ``mpi`` test runs under
+``mpirun -n 2 python3 -m pytest --with-mpi -m mpi tests/test_kkt_pc.py``."""
+import dolfinx
+import numpy as np
+import pytest
+import ufl
+from mpi4py import MPI
+from petsc4py import PETSc
+
+from fem_mfc.errors import ConfigError
+from fem_mfc.problem import ControlProblem
+from fem_mfc.solvers import newton
+from fem_mfc.solvers.kkt_pc import KKTOperator, SweepPC
+from fem_mfc.solvers.newton import linear_mode
+from fem_mfc.solvers.spacetime import SpaceTime
+
+CN, BE = "crank-nicolson", "backward-euler"
+
+
+def problem(comm=MPI.COMM_SELF, nx=8, steps=4, scheme=CN, congested=True, coupling="mftc"):
+    mesh = dolfinx.mesh.create_rectangle(comm, [[-1, -1], [1, 1]], [nx, nx])
+    x = ufl.SpatialCoordinate(mesh)
+    return ControlProblem(mesh=mesh, T=1.0, sigma=0.5, steps=steps, scheme=scheme,
+                          Phi=2 * ((x[0] - 0.5) ** 2 + x[1] ** 2), V=0.3 * x[1] ** 2,
+                          G=(lambda r: 0.5 * r ** 2) if congested else None, coupling=coupling,
+                          rho0=ufl.exp(-((x[0] + 0.4) ** 2 + x[1] ** 2) / (2 * 0.2 ** 2)))
+
+
+def max_diff(a, b):
+    return max(np.abs(f.x.array - g.x.array).max() for f, g in zip(a, b))
+
+
+def assert_same(lu, sw, tol=1e-8):
+    assert sw.iterations == lu.iterations
+    assert abs(sw.J - lu.J) < 1e-10 and abs(sw.J_value - lu.J_value) < 1e-10
+    assert max_diff(sw.rho, lu.rho) < tol and max_diff(sw.u, lu.u) < tol
+    assert max(abs(a - b) for a, b in zip(sw.mass, lu.mass)) < 1e-12
+
+
+@pytest.mark.parametrize("scheme,coupling", [(CN, "mftc"), (BE, "mftc"), (CN, "mfg")])
+def test_sweep_matches_lu(scheme, coupling):
+    lu = newton(problem(scheme=scheme, coupling=coupling), linear="lu")
+    sw = newton(problem(scheme=scheme, coupling=coupling), linear="sweep")
+    assert_same(lu, sw)
+    its = [h["ksp_its"] for h in sw.history[:-1]]
+    assert len(its) == sw.iterations and all(1 <= n < 60 for n in its)
+
+
+def test_sweep_selected_by_petsc_options():
+    lu = newton(problem(), linear="lu")
+    for opts in ({"linear": "sweep"}, {"ksp_type": "fgmres", "pc_type": "shell"}):
+        sw = newton(problem(), petsc_options=opts)
+        assert sw.history[0]["ksp_its"] > 1          # Krylov, not preonly LU
+        assert_same(lu, sw)
+
+
+def test_auto_chooses_by_size():
+    assert linear_mode(SpaceTime(problem(nx=4, steps=2)), "auto", "t_auto_") == "lu"
+    assert linear_mode(SpaceTime(problem(nx=40, steps=30)), "auto", "t_auto_") == "sweep"
+    with pytest.raises(ConfigError):
+        linear_mode(SpaceTime(problem(nx=4, steps=2)), "cholesky", "t_auto_")
+
+
+@pytest.mark.parametrize("mirror", [True, False])
+def test_pc_is_exact_without_congestion(mirror):
+    """G = 0: the ρ–ρ blocks vanish and one forward–backward sweep inverts the Jacobian."""
+    st = SpaceTime(problem(congested=False, steps=3))
+    rng = np.random.default_rng(0)
+    for f in st.rho[1:] + st.u:                      # a generic (non-solution) state
+        f.x.array[:] += 0.1 * rng.standard_normal(f.x.array.size)
+    op = KKTOperator(st, mirror=mirror)
+    assert bool(op.mirror) == mirror
+    pc = PETSc.PC().create(st.comm)
+    pc.setType("python")
+    ctx = SweepPC(op)
+    pc.setPythonContext(ctx)
+    pc.setOperators(op.mat)
+    pc.setUp()
+    x, y, z = st.create_vec(), st.create_vec(), st.create_vec()
+    x.setArray(rng.standard_normal(x.getLocalSize()))
+    op.mat.mult(x, y)
+    pc.apply(y, z)
+    z.axpy(-1.0, x)
+    assert z.norm() < 1e-10 * x.norm()
+    ctx.destroy()
+
+
+def test_newton_without_congestion_one_krylov_iteration():
+    sw = newton(problem(congested=False), linear="sweep")
+    lu = newton(problem(congested=False), linear="lu")
+    assert_same(lu, sw)
+    assert all(h["ksp_its"] == 1 for h in sw.history[:-1])
+
+
+@pytest.mark.mpi
+def test_sweep_parallel_matches_serial_lu():
+    par = newton(problem(MPI.COMM_WORLD, nx=12, steps=6), linear="sweep")
+    ser = newton(problem(MPI.COMM_SELF, nx=12, steps=6), linear="lu")
+    assert par.iterations == ser.iterations
+    assert abs(par.J - ser.J) < 1e-9 and abs(par.J_value - ser.J_value) < 1e-9
+    assert abs(par.min_rho - ser.min_rho) < 1e-9
+    assert max(abs(a - b) for a, b in zip(par.mass, ser.mass)) < 1e-12
