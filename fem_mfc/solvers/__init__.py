@@ -1,8 +1,9 @@
 """Solvers of the HJB–FP optimality system (MODEL §2, §4).
 
 ``solve(problem, method)``: "newton" (all-at-once, SNES), "picard" (damped fictitious play),
-"cole-hopf" (two linear sweeps, congestion-free only) or "auto" (Cole–Hopf when G = 0 and the
-problem has no source terms, else Newton).
+"cole-hopf" (two linear sweeps when G = 0; with congestion the imaginary-time cubic
+Schrödinger pair (χ, Γ) of MODEL §4, all-at-once by Newton) or "auto" (the linear Cole–Hopf
+path when G = 0 and the problem has no source terms, else Newton).
 """
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ def solve(problem, method: str = "auto", rtol=1e-10, atol=1e-12, max_it=50,
     if m == "picard":
         return picard(problem, rtol=rtol, atol=atol, max_it=picard_max_it,
                       relaxation=relaxation)
+    if problem.G is not None:
+        from .cole_hopf_pair import solve_pair
+        return solve_pair(problem, rtol=rtol, atol=atol, max_it=max_it,
+                          petsc_options=petsc_options)
     return cole_hopf_solve(problem)
 
 
