@@ -17,7 +17,6 @@ Fisher term over t).
 """
 from __future__ import annotations
 
-import dataclasses
 
 import dolfinx
 import numpy as np
@@ -60,15 +59,8 @@ def check(cfg: dict) -> None:
 
 
 def build_problem(cfg: dict, md) -> ControlProblem:
-    """The ControlProblem of the config (ρ_0 from a checkpoint file when rho0.kind = 'file')."""
-    if cfg["rho0"]["kind"] != "file":
-        return ControlProblem.from_config(cfg, md.mesh, md.cell_tags, md.facet_tags)
-    from ..density import initial_density
-    stub = dict(cfg, rho0=dict(cfg["rho0"], kind="gaussian", mean=[0.0] * md.gdim))
-    p = ControlProblem.from_config(stub, md.mesh, md.cell_tags, md.facet_tags)
-    V = dolfinx.fem.functionspace(md.mesh, ("Lagrange", p.degree))
-    return dataclasses.replace(p, rho0=initial_density(cfg["rho0"], V,
-                                                       cfg["problem"]["params"]))
+    """The ControlProblem of the config (ρ_0 may come from a checkpoint file)."""
+    return ControlProblem.from_config(cfg, md.mesh, md.cell_tags, md.facet_tags)
 
 
 def run(cfg: dict, ctx) -> dict:
