@@ -1,24 +1,37 @@
-"""Benchmark of the HJB–FP solvers on a 2D problem: DOF·steps/s, iterations, peak memory.
+"""Benchmark of the HJB–FP solvers on a 2D problem, 1 and 2 ranks, in one run.
 
-  bin/fem-env python3 benchmarks/bench_hjb_fp.py [--cells 244] [--steps 50] [--newton-cells 24]
-  bin/fem-env mpirun -n 2 python3 benchmarks/bench_hjb_fp.py ...
+  bin/fem-env python3 benchmarks/bench_hjb_fp.py [--cells 244] [--steps 50] [--ranks 1,2]
 
-Cole–Hopf runs at the full size (P1, (cells+1)² ≈ 60k DOFs × 50 steps); the all-at-once
-Newton/Picard factorise a space-time (3D-like) KKT matrix, so they run at --newton-cells.
+For every rank count the script relaunches itself (``mpirun -n r`` for r > 1) and prints:
+
+* heat reference: one backward-Euler heat step (M + τεK) xⁿ⁺¹ = M xⁿ with a reused LU
+  factorisation (factorisation excluded), P1 on the same mesh — with MUMPS (the issue's
+  reference) and with the LU that Cole–Hopf uses (PETSc LU on one rank, MUMPS on more);
+* Cole–Hopf (congestion-free): DOF·steps/s counting *both* sweeps, 2·ndofs·steps / time, for
+  the solver (assembly, factorisation, sweeps, output fields) and for the wall time of
+  ``solve`` (which adds the set-up of the HJB–FP functionals and J, mass diagnostics), and
+  the ratio of the solver rate to each heat reference;
+* Newton on the congested problem (G = κρ²/2, κ = 1) at the same size with the sweep-
+  preconditioned GMRES (``linear="sweep"``): Newton iterations, Krylov iterations per Newton
+  step, time and the Newton/Cole–Hopf time ratio (wall times of ``solve``);
+* at --small-cells/--small-steps: Newton with LU and with the sweep (same iterations and J)
+  and Picard, for comparison;
+* peak resident memory summed over ranks (ru_maxrss, cumulative within the process).
+Timings on a shared machine are noisy: compare the ratios printed within one run.
 """
 import argparse
-import resource
+import os
+import subprocess
+import sys
 import time
-
-import dolfinx
-import ufl
-from mpi4py import MPI
-
-from fem_mfc.problem import ControlProblem
-from fem_mfc.solvers import solve
 
 
 def problem(cells, steps, congested):
+    import dolfinx
+    import ufl
+    from mpi4py import MPI
+
+    from fem_mfc.problem import ControlProblem
     mesh = dolfinx.mesh.create_rectangle(MPI.COMM_WORLD, [[-1, -1], [1, 1]], [cells, cells])
     x = ufl.SpatialCoordinate(mesh)
     return ControlProblem(mesh=mesh, T=1.0, sigma=0.6, steps=steps, scheme="crank-nicolson",
@@ -27,29 +40,126 @@ def problem(cells, steps, congested):
                           rho0=ufl.exp(-((x[0] + 0.4) ** 2 + x[1] ** 2) / 0.08))
 
 
+def heat_rate(p, factor_solver):
+    """DOF·steps/s of p.steps backward-Euler heat steps with one reused LU factorisation."""
+    import dolfinx.fem.petsc
+    import ufl
+    from petsc4py import PETSc
+
+    from fem_mfc.solvers.sweeps import step_solver
+    u, v = ufl.TrialFunction(p.space), ufl.TestFunction(p.space)
+    m = u * v * ufl.dx
+    mats = []
+    for form in (m + p.tau * p.eps * ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx, m):
+        mats.append(dolfinx.fem.petsc.assemble_matrix(dolfinx.fem.form(form)))
+        mats[-1].assemble()
+    A, B = mats
+    opts = PETSc.Options()
+    opts["bench_heat_pc_factor_mat_solver_type"] = factor_solver
+    ksp = step_solver(A, "bench_heat_")
+    opts.delValue("bench_heat_pc_factor_mat_solver_type")
+    x, b = A.createVecs()
+    y = x.duplicate()
+    x.set(1.0)
+    comm = A.getComm().tompi4py()
+    comm.Barrier()
+    t0 = time.perf_counter()
+    for _ in range(p.steps):
+        B.mult(x, b)
+        ksp.solve(b, y)
+        x, y = y, x
+    dt = comm.allreduce(time.perf_counter() - t0, op=max_op())
+    for o in (ksp, A, B, x, y, b):
+        o.destroy()
+    return ndofs(p) * p.steps / dt
+
+
+def max_op():
+    from mpi4py import MPI
+    return MPI.MAX
+
+
+def ndofs(p):
+    return p.space.dofmap.index_map.size_global
+
+
+def timed(fn):
+    """(result, wall time max over ranks, peak memory MB summed over ranks)."""
+    import resource
+
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    comm.Barrier()
+    t0 = time.perf_counter()
+    r = fn()
+    dt = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+    mem = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, op=MPI.SUM) / 1024
+    return r, dt, mem
+
+
+def child(a):
+    """All measurements on MPI.COMM_WORLD (run by the parent with 1 or more ranks)."""
+    from mpi4py import MPI
+    from petsc4py import PETSc
+
+    from fem_mfc.solvers import solve
+    from fem_mfc.solvers.newton import newton
+    comm = MPI.COMM_WORLD
+
+    def say(*args):
+        if comm.rank == 0:
+            print(f"[{comm.size} rank{'s' if comm.size > 1 else ''}]", *args, flush=True)
+
+    p = problem(a.cells, a.steps, False)
+    n, N = ndofs(p), p.steps
+    ch_solver = "petsc" if comm.size == 1 else "mumps"
+    ref = {s: heat_rate(p, s) for s in dict.fromkeys(("mumps", ch_solver))}
+    for s, rate in ref.items():
+        say(f"heat step (LU {s}, factorisation reused)  dofs={n} steps={N}  "
+            f"{rate:.3g} DOF*steps/s")
+    r, wall, mem = timed(lambda: solve(p, "cole-hopf"))
+    rate, rate_wall = 2 * n * N / r.seconds, 2 * n * N / wall
+    say(f"cole-hopf (both sweeps, 2*dofs*steps)  solver {r.seconds:.2f}s = {rate:.3g} "
+        f"DOF*steps/s, wall {wall:.2f}s = {rate_wall:.3g}  ratio to heat: "
+        + ", ".join(f"{s} {rate / v:.2f} (wall {rate_wall / v:.2f})" for s, v in ref.items())
+        + f"  J={r.J:.6f} peak_mem={mem:.0f}MB")
+    ch_wall = wall
+    runs = [("newton sweep", a.cells, a.steps, lambda q: newton(q, linear="sweep"))]
+    if a.small_cells:
+        runs += [("newton lu", a.small_cells, a.small_steps, lambda q: newton(q, linear="lu")),
+                 ("newton sweep", a.small_cells, a.small_steps,
+                  lambda q: newton(q, linear="sweep")),
+                 ("picard", a.small_cells, a.small_steps, lambda q: solve(q, "picard"))]
+    for name, cells, steps, fn in runs:
+        q = problem(cells, steps, True)
+        r, wall, mem = timed(lambda: fn(q))
+        kry = [h["ksp_its"] for h in r.history if "ksp_its" in h]
+        extra = (f"krylov/newton={kry}" if name.startswith("newton") else "")
+        ratio = (f"newton/cole-hopf time={wall / ch_wall:.1f}x " if cells == a.cells else "")
+        say(f"{name:12s} congested dofs={ndofs(q)} steps={steps} its={r.iterations} {extra} "
+            f"time={wall:.2f}s {ratio}J={r.J:.8f} mass_err={r.mass_error:.1e} "
+            f"peak_mem={mem:.0f}MB")
+        PETSc.garbage_cleanup()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cells", type=int, default=244)
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--newton-cells", type=int, default=24)
-    ap.add_argument("--newton-steps", type=int, default=10)
+    ap.add_argument("--small-cells", type=int, default=24)
+    ap.add_argument("--small-steps", type=int, default=10)
+    ap.add_argument("--ranks", default="1,2")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    comm = MPI.COMM_WORLD
-    runs = [("cole-hopf", a.cells, a.steps, False), ("newton", a.newton_cells, a.newton_steps, True),
-            ("picard", a.newton_cells, a.newton_steps, True)]
-    for method, cells, steps, congested in runs:
-        p = problem(cells, steps, congested)
-        ndofs = p.space.dofmap.index_map.size_global
-        comm.Barrier()
-        t0 = time.perf_counter()
-        r = solve(p, method)
-        dt = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
-        mem = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, op=MPI.SUM) / 1024
-        if comm.rank == 0:
-            print(f"{method:10s} ranks={comm.size} dofs={ndofs} steps={steps} "
-                  f"congestion={congested} time={dt:.2f}s DOF*steps/s={ndofs * steps / dt:.3g} "
-                  f"iterations={r.iterations} J={r.J:.6f} mass_err={r.mass_error:.1e} "
-                  f"peak_mem(sum ranks)={mem:.0f}MB", flush=True)
+    if a.child:
+        return child(a)
+    args = [__file__, "--child", "--cells", str(a.cells), "--steps", str(a.steps),
+            "--small-cells", str(a.small_cells), "--small-steps", str(a.small_steps)]
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OMPI_COMM_WORLD", "PMIX_", "OMPI_MCA_ess", "OMPI_MCA_orte"))}
+    for r in map(int, a.ranks.split(",")):
+        cmd = [sys.executable, *args] if r == 1 else ["mpirun", "-n", str(r), sys.executable, *args]
+        subprocess.run(cmd, env=env, check=True)
 
 
 if __name__ == "__main__":

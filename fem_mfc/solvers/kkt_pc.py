@@ -158,6 +158,7 @@ class SweepPC:
         for r in range(0, nf, 2):             # FP rows 2n, n = 0 … N−1 → δρ^{n+1}
             c = pivot(r)
             self._solve(r, self._rhs(r, b[r], z, lambda j, c=c: j % 2 == 0 or j < c), z[c])
+        self.work[1].stateIncrease()          # written through the views: drop cached norms
         self.work[1].copy(y)
 
     def destroy(self, pc=None):
@@ -169,8 +170,10 @@ class SweepPC:
 
 
 def sweep_ksp(ksp: PETSc.KSP, op: KKTOperator, rtol: float, atol: float, prefix: str):
-    """Configure ``ksp`` as FGMRES + :class:`SweepPC` (options under ``prefix`` override)."""
-    ksp.setType("fgmres")
+    """Configure ``ksp`` as right-preconditioned GMRES (the residual it tests is the true one)
+    + :class:`SweepPC` (options under ``prefix`` override; FGMRES for inexact sweeps)."""
+    ksp.setType("gmres")
+    ksp.setPCSide(PETSc.PC.Side.RIGHT)
     ksp.setTolerances(rtol=rtol, atol=atol, max_it=300)
     ksp.setGMRESRestart(100)
     pc = ksp.getPC()

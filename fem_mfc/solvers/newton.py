@@ -4,7 +4,7 @@ petsc4py SNES with backtracking line search (``bt``).  Two linear solvers for th
 
 * ``linear="lu"``: the Jacobian blocks gathered into a MatNest, converted to AIJ and factorised
   by MUMPS.  Exact and robust, but the space-time KKT matrix factorises like a 3D problem.
-* ``linear="sweep"``: FGMRES on the MatNest of the blocks, preconditioned by one backward
+* ``linear="sweep"``: GMRES on the MatNest of the blocks, preconditioned by one backward
   (linearised HJB) and one forward (linearised FP) sweep with per-step LU factors
   (:mod:`fem_mfc.solvers.kkt_pc`); memory and work grow like N 2D problems.  The Krylov
   tolerance (rtol 1e-12) keeps the Newton iterates those of the LU path to solver tolerance.
