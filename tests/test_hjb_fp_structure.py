@@ -12,7 +12,7 @@ from fem_mfc import config
 from fem_mfc.errors import ConfigError, SolverError, UserError
 from fem_mfc.forms import hjb_fp as H
 from fem_mfc.problem import ControlProblem
-from fem_mfc.solvers import choose_method, solve
+from fem_mfc.solvers import cole_hopf_solve, choose_method, solve
 from fem_mfc.solvers.spacetime import SpaceTime
 
 CN, BE = "crank-nicolson", "backward-euler"
@@ -158,7 +158,9 @@ def test_divergent_solve_raises():
         solve(p, "newton", max_it=2)
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError):
-        solve(p, "cole-hopf")
+        cole_hopf_solve(p)            # the linear path needs a congestion-free problem
+    with pytest.raises(SolverError):
+        solve(p, "cole-hopf", max_it=2)   # with congestion: the cubic pair, divergent here
 
 
 def test_from_config():
