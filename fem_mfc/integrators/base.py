@@ -14,6 +14,7 @@ different structure are compared on the same currency in work–precision diagra
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -100,7 +101,7 @@ def resolve_monitors(system, monitors: MonitorSpec) -> dict[str, Callable]:
     return out
 
 
-class Integrator:
+class Integrator(ABC):
     """A one-step method  z ↦ Φ_τ(z)  for the ODE of ``system``.
 
     Subclasses implement :meth:`step` (pure: it returns a new array) and set ``order`` (classical
@@ -114,8 +115,9 @@ class Integrator:
     def __init__(self, system):
         self.system = system
 
-    def step(self, z: np.ndarray, tau: float) -> np.ndarray:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def step(self, z: np.ndarray, tau: float) -> np.ndarray:
+        """One step z ↦ ẑ of size τ (a new array)."""
 
     def run(self, z0, tau: float, nsteps: int, monitors: MonitorSpec = None,
             store_every: int = 1) -> Trajectory:
