@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
+from fem_mfc.learning.run import build_model
 from fem_mfc import config, mesh as meshmod
 from fem_mfc.learning import data, infer
 from fem_mfc.learning.feedback import FeedbackClassifier, anchors_from_config, default_anchors
@@ -25,12 +26,7 @@ def small_cfg(**over):
 
 
 def build(cfg, comm=MPI.COMM_WORLD):
-    md = meshmod.build(cfg["mesh"], comm)
-    V = dolfinx.fem.functionspace(md.mesh, ("Lagrange", 1))
-    ds = data.load(cfg["data"], md.mesh.geometry.dim)
-    rho0, hs = data.class_densities(ds, V, cfg["data"]["bandwidth"])
-    anchors = anchors_from_config(cfg["network"], ds.K, md.mesh.geometry.dim)
-    return md, ds, hs, FeedbackClassifier(rho0, anchors, cfg["problem"], cfg["network"])
+    return build_model(cfg, comm)
 
 
 @pytest.fixture(scope="module")

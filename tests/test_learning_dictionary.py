@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
+from fem_mfc.learning.run import build_model
 from fem_mfc import config, mesh as meshmod
 from fem_mfc.learning import data, infer
 from fem_mfc.learning.dictionary import DictionaryFlow, DictionaryNetwork
@@ -30,12 +31,8 @@ def small_cfg(**over):
 
 
 def build(cfg, comm=MPI.COMM_WORLD):
-    md = meshmod.build(cfg["mesh"], comm)
-    V = dolfinx.fem.functionspace(md.mesh, ("Lagrange", 1))
-    ds = data.load(cfg["data"], md.mesh.geometry.dim)
-    rho0, _ = data.class_densities(ds, V, cfg["data"]["bandwidth"])
-    anchors = anchors_from_config(cfg["network"], ds.K, md.mesh.geometry.dim)
-    return ds, DictionaryNetwork(rho0, anchors, cfg["problem"], cfg["network"])
+    _, ds, _, model = build_model(cfg, comm)
+    return ds, model
 
 
 @pytest.fixture(scope="module")

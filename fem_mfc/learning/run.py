@@ -24,21 +24,28 @@ from .feedback import FeedbackClassifier, anchors_from_config
 from .generative import run_generative  # noqa: F401  (the "generative" runner)
 
 
+def build_model(cfg: dict, comm):
+    """Mesh, data set, KDE class densities and the (untrained) network of a classifier config:
+    returns (MeshData, DataSet, bandwidths, FeedbackClassifier or DictionaryNetwork)."""
+    md = meshmod.build(cfg["mesh"], comm)
+    dim = md.mesh.geometry.dim
+    ds = data.load(cfg["data"], dim)
+    V = dolfinx.fem.functionspace(md.mesh, ("Lagrange", 1))
+    rho0, hs = data.class_densities(ds, V, cfg["data"]["bandwidth"])
+    anchors = anchors_from_config(cfg["network"], ds.K, dim)
+    kind = DictionaryNetwork if cfg["network"]["kind"] == "dictionary" else FeedbackClassifier
+    return md, ds, hs, kind(rho0, anchors, cfg["problem"], cfg["network"])
+
+
 def run_classifier(cfg: dict, ctx) -> dict:
-    md = meshmod.build(cfg["mesh"], ctx.comm)
-    msh = md.mesh
-    dim = msh.geometry.dim
+    md, ds, hs, model = build_model(cfg, ctx.comm)
+    dim = md.mesh.geometry.dim
     dcfg, ncfg, tcfg, p = cfg["data"], cfg["network"], cfg["training"], cfg["problem"]
-    ds = data.load(dcfg, dim)
-    V = dolfinx.fem.functionspace(msh, ("Lagrange", 1))
-    rho0, hs = data.class_densities(ds, V, dcfg["bandwidth"])
-    anchors = anchors_from_config(ncfg, ds.K, dim)
+    V, anchors = model.V, model.anchors
     ctx.log.info("classifier: %s, K = %d, %d train / %d test points, %dD mesh with %d dofs, "
                  "%d layers", ds.name, ds.K, len(ds.y_train), len(ds.y_test), dim,
                  V.dofmap.index_map.size_global, p["steps"])
-
     dictionary = ncfg["kind"] == "dictionary"
-    model = (DictionaryNetwork if dictionary else FeedbackClassifier)(rho0, anchors, p, ncfg)
     t0 = time.perf_counter()
     model.train(tcfg["max_sweeps"], tcfg["relaxation"], tcfg["tol"], progress=ctx.progress,
                 log=ctx.log)
