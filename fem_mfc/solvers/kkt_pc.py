@@ -17,7 +17,9 @@ with P block lower bidiagonal in time (pivots P_n = ∂FPₙ/∂ρ^{n+1}), Q blo
 i.e. one linearised HJB sweep and one linearised FP sweep per application, with one LU
 factorisation per step (Q_n solved by the transposed solve of P_n's factors when Q_n = P_nᵀ,
 checked once).  For G = 0 (C = 0) M = K and the Krylov method converges in one iteration; with
-congestion M⁻¹K = I + (rank-ρ perturbation by C), real spectrum ≥ 1 for the HJB–FP KKT.
+congestion M⁻¹K = I + M⁻¹[0 0; 0 C] has the eigenvalues 1 and 1 + λ(P⁻¹(−A)P⁻ᵀC), real and
+≥ 1 for the HJB–FP Lagrangian (−A = τ∫ρ̄∇·∇ ≥ 0, C = τ∫G''(ρ̄)·· ≥ 0): the Krylov count does
+not grow with the mesh (15, 12, 11, 10, 6 per Newton step from 2.4k to 60k dofs).
 The operator K is the MatNest of the level blocks (no AIJ copy of the 3D-like matrix).
 """
 from __future__ import annotations
@@ -98,7 +100,7 @@ class SweepPC:
     def __init__(self, op: KKTOperator, prefix: str = "mfc_sweep_"):
         self.op, self.prefix = op, prefix
         self.ksp = {}                         # row field → per-step LU solver
-        self.setups = 0
+        self.setups = 0                       # factorisation passes (for reports)
         st = op.st
         self.work = [st.create_vec() for _ in range(2)]
         nl = st.nl
