@@ -57,10 +57,13 @@ def test_sweep_selected_by_petsc_options():
 
 
 def test_auto_chooses_by_size():
-    assert linear_mode(SpaceTime(problem(nx=4, steps=2)), "auto", "t_auto_") == "lu"
-    assert linear_mode(SpaceTime(problem(nx=40, steps=30)), "auto", "t_auto_") == "sweep"
+    small, big = SpaceTime(problem(nx=4, steps=2)), SpaceTime(problem(nx=40, steps=30))
+    assert linear_mode(small, "auto", "t_auto_") == "lu"
+    assert linear_mode(big, "auto", "t_auto_") == "sweep"
+    assert linear_mode(big, "auto", "t_auto_", hjb_fp=False) == "lu"   # QHD, pair: LU
+    assert linear_mode(big, "sweep", "t_auto_", hjb_fp=False) == "sweep"
     with pytest.raises(ConfigError):
-        linear_mode(SpaceTime(problem(nx=4, steps=2)), "cholesky", "t_auto_")
+        linear_mode(small, "cholesky", "t_auto_")
 
 
 @pytest.mark.parametrize("mirror", [True, False])

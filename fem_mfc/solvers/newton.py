@@ -8,7 +8,8 @@ petsc4py SNES with backtracking line search (``bt``).  Two linear solvers for th
   (linearised HJB) and one forward (linearised FP) sweep with per-step LU factors
   (:mod:`fem_mfc.solvers.kkt_pc`); memory and work grow like N 2D problems.  The Krylov
   tolerance (rtol 1e-12) keeps the Newton iterates those of the LU path to solver tolerance.
-* ``linear="auto"`` (default): "sweep" from AUTO_SWEEP_UNKNOWNS space-time unknowns on.
+* ``linear="auto"`` (default): "sweep" for the HJB–FP system from AUTO_SWEEP_UNKNOWNS
+  space-time unknowns on, else "lu" (other formulations passed as ``system`` keep LU).
 
 The choice can also be made with PETSc options: ``-mfc_linear sweep`` or ``-mfc_pc_type shell``
 select the sweep path.  Every PETSc option can be overridden through the options prefix
@@ -38,9 +39,10 @@ AUTO_SWEEP_UNKNOWNS = 100_000      # LU of the space-time matrix is fine below (
 KSP_RTOL, KSP_ATOL = 1e-12, 1e-14
 
 
-def linear_mode(st: SpaceTime, linear: str, prefix: str) -> str:
+def linear_mode(st: SpaceTime, linear: str, prefix: str, hjb_fp: bool = True) -> str:
     """"lu" or "sweep": the keyword, else ``-{prefix}linear``, else ``-{prefix}pc_type shell``,
-    else by the number of space-time unknowns."""
+    else by the number of space-time unknowns — for the HJB–FP system only (``hjb_fp``); other
+    formulations (QHD, the Cole–Hopf pair) keep LU unless asked for the sweep."""
     opts = PETSc.Options()
     if linear == "auto" and opts.hasName(prefix + "linear"):
         linear = opts.getString(prefix + "linear")
@@ -51,7 +53,7 @@ def linear_mode(st: SpaceTime, linear: str, prefix: str) -> str:
     if opts.getString(prefix + "pc_type", "") in ("shell", "python"):
         return "sweep"
     size = st.nfields * st.V.dofmap.index_map.size_global * st.V.dofmap.index_map_bs
-    return "sweep" if size >= AUTO_SWEEP_UNKNOWNS else "lu"
+    return "sweep" if hjb_fp and size >= AUTO_SWEEP_UNKNOWNS else "lu"
 
 
 def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_options=None,
@@ -61,12 +63,13 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
     ``history`` holds the residual and the Krylov iterations of the step that followed."""
     t0 = time.perf_counter()
     st = system or SpaceTime(problem)
+    hjb_fp = system is None or type(system) is SpaceTime
     opts = PETSc.Options()
     ours = [f"{prefix}{k.lstrip('-')}" for k in (petsc_options or {})]
     for name, v in zip(ours, (petsc_options or {}).values()):
         opts[name] = v
     try:
-        mode = linear_mode(st, linear, prefix)
+        mode = linear_mode(st, linear, prefix, hjb_fp)
         return _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0)
     finally:                      # options of this call only: later solves start clean
         for name in ours:
