@@ -89,5 +89,5 @@ if comm.rank == 0:
 # %% [markdown]
 # The figures are in the output folder: `solve/rho_layers.png` (the density moving to the
 # origin and contracting), `solve/rho_exact.png` (computed vs exact $\rho(T)$),
-# `solve/history.png` (Newton's quadratic convergence), `refine/convergence.png`; the ParaView
+# `solve/rho_profile.png` (the two overlaid through the peak), `solve/history.png` (Newton's quadratic convergence), `refine/convergence.png`; the ParaView
 # files `solve/rho_u.bp` and `solve/velocity.bp` hold every layer.

@@ -90,6 +90,7 @@ def test_lq_demo_quick(tmp_path):
     assert s["solve"]["err_J"] < 0.05
     assert min(r for r in s["convergence"]["rates"]["err_rho_L2"] if r) > 1.7
     assert (tmp_path / "solve" / "rho_exact.png").is_file()
+    assert (tmp_path / "solve" / "rho_profile.png").stat().st_size > 5000
 
 
 def test_cole_hopf_formulation_with_congestion_uses_the_pair(tmp_path):

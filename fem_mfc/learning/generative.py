@@ -49,7 +49,7 @@ from ..errors import ConfigError, SolverError
 from ..solvers.linear import LinearStepper
 from . import data
 from .feedback import FeedbackClassifier
-from .pointeval import PointEvaluator
+from ..pointeval import PointEvaluator
 
 
 class GenerativeFlow(FeedbackClassifier):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import dolfinx
 import numpy as np
 
-from .pointeval import PointEvaluator
+from ..pointeval import PointEvaluator
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dolfinx
 import numpy as np
 import ufl
+from mpi4py import MPI
 
 from .. import mesh as meshmod
 from ..problem import ControlProblem
@@ -113,3 +114,34 @@ def _figures(problem, result, ctx, cfg):
                                                      problem.space.element.interpolation_points()))
         viz.plot_snapshots([result.rho[N], exact_rho], ["computed rho(T)", "exact rho(T)"],
                            ctx.figure("rho_exact.png"), name="rho")
+        deg = problem.space.element.basix_element.degree
+        fine = dolfinx.fem.functionspace(problem.mesh, ("Lagrange", deg + 2))
+        exact_fine = dolfinx.fem.Function(fine)       # the exact ρ(T), resolved finer
+        exact_fine.interpolate(dolfinx.fem.Expression(problem.exact.rho(problem.T),
+                                                      fine.element.interpolation_points()))
+        _profile(result.rho[N], exact_fine, ctx.figure("rho_profile.png"))
+
+
+def _profile(rho, exact_rho, path, samples: int = 400):
+    """Computed and exact ρ(T) overlaid along the x0-axis through the exact density's peak."""
+    from .. import viz
+    from ..pointeval import PointEvaluator
+    V = exact_rho.function_space
+    msh, comm, d = V.mesh, V.mesh.comm, V.mesh.geometry.dim
+    n = V.dofmap.index_map.size_local
+    X = V.tabulate_dof_coordinates()[:n, :d]
+    peak = X[np.argmax(exact_rho.x.array[:n])] if n else np.zeros(d)
+    _, peak = comm.allreduce((float(exact_rho.x.array[:n].max()) if n else -np.inf,
+                              tuple(peak)), op=MPI.MAX)
+    lo = comm.allreduce(float(X[:, 0].min()) if n else np.inf, op=MPI.MIN)
+    hi = comm.allreduce(float(X[:, 0].max()) if n else -np.inf, op=MPI.MAX)
+    P = np.tile(np.asarray(peak), (samples, 1))
+    P[:, 0] = np.linspace(lo, hi, samples)
+    pe = PointEvaluator(msh)
+    cell, owner = pe.locate(P)
+    inside = owner < comm.size           # the same on every rank
+    vals = {name: pe.evaluate(f, P, cell)[inside]
+            for name, f in (("computed", rho), ("exact", exact_rho))}
+    if comm.rank == 0:
+        viz.line_plot(P[inside, 0], vals, path, xlabel="x0", ylabel="rho(T)",
+                      title="density at the last layer, through its peak")

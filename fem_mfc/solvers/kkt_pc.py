@@ -33,23 +33,6 @@ TRANSPOSE_RTOL = 1e-12          # Q_n = P_nᵀ up to assembly round-off
 INF = PETSc.NormType.INFINITY
 
 
-def level_blocks(st, skip=frozenset()) -> list:
-    """The Jacobian blocks of ``st`` at its current states as an nfields × nfields grid (None
-    where a block vanishes or its (row, column) field pair is in ``skip``); the Mats are
-    ``st.block``'s, reassembled in place."""
-    nf = st.nfields
-    grid = [[None] * nf for _ in range(nf)]
-    for k in range(st.N + 1):
-        st.load(k)
-        for row in st.rows(k):
-            r = st.row_field(row, k)
-            for (rw, col) in st.jac:
-                c = st.field(col, k)
-                if rw == row and c is not None and (r, c) not in skip:
-                    grid[r][c] = st.block((rw, col), k)
-    return grid
-
-
 def mirrors(grid) -> set:
     """{(r, c)}: HJB-row (odd r) / u-column (even c) blocks equal to the transpose of block
     (c, r) up to assembly round-off."""
@@ -69,7 +52,7 @@ class KKTOperator:
 
     def __init__(self, st, mirror: bool = True):
         self.st = st
-        grid = level_blocks(st)
+        grid = st.block_grid()
         self.mirror = mirrors(grid) if mirror else set()
         for r, c in self.mirror:
             grid[r][c] = PETSc.Mat().createTranspose(grid[c][r])
@@ -80,7 +63,7 @@ class KKTOperator:
         """Reassemble every block at the states X (None: the current states)."""
         if X is not None:
             self.st.vec_to_states(X)
-        grid = level_blocks(self.st, self.mirror)
+        grid = self.st.block_grid(self.mirror)
         if not all(a is b for ra, rb in zip(grid, self.grid) for a, b in zip(ra, rb)
                    if a is not None):
             raise SolverError("KKTOperator: the system returned new block matrices "
@@ -185,4 +168,4 @@ def sweep_ksp(ksp: PETSc.KSP, op: KKTOperator, rtol: float, atol: float, prefix:
     return ctx
 
 
-__all__ = ["KKTOperator", "SweepPC", "level_blocks", "pivot", "sweep_ksp"]
+__all__ = ["KKTOperator", "SweepPC", "pivot", "sweep_ksp"]
