@@ -336,3 +336,25 @@ def test_runner_summary(tmp_path):
     assert s["mass_error"] < 1e-12 and s["energy_error"] < 1e-11
     assert s["err_psi_L2"] < 0.05
     assert (tmp_path / "out" / "rho_phase.bp").is_dir()
+
+
+def test_runner_on_unstructured_3d_ball_serial_equals_two_ranks(tmp_path):
+    """The NLS runner on a gmsh ball (unstructured tetrahedra), cubic focusing term: mass and
+    energy conserved, and the same numbers on 2 ranks."""
+    from conftest import read_summary, run_cli
+    cfg = tmp_path / "ball.toml"
+    cfg.write_text("\n".join([
+        '[run]', 'formulation = "nls"', '[mesh]', 'kind = "ball"', 'radius = 3.0', 'h = 0.7',
+        '[problem]', 'T = 0.2', 'steps = 4', '[nls]', 'kappa = -0.5', 'initial = "gaussian"',
+        'width = 0.8', 'k0 = [1.0, 0.0, 0.0]', 'x0 = [0.0, 0.0, 0.0]',
+        '[solver]', 'rtol = 1e-12', 'atol = 1e-14', '[output]', 'figures = false']))
+    out = {}
+    for ranks in (1, 2):
+        p = run_cli(["run", str(cfg), "--out", str(tmp_path / str(ranks)), "--quiet"],
+                    ranks=ranks)
+        assert p.returncode == 0, p.stderr
+        out[ranks] = read_summary(tmp_path / str(ranks))
+    s = out[1]
+    assert s["mass_error"] < 1e-12 and s["energy_error"] < 1e-10
+    for k in ("mass", "energy", "newton_iterations", "ndofs"):
+        assert out[2][k] == pytest.approx(s[k], rel=1e-9), k
