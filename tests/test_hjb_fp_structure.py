@@ -176,3 +176,26 @@ def test_from_config():
     cfg["rho0"] = dict(cfg["rho0"], kind="formula", formula="x0 - 2")
     with pytest.raises(UserError, match="rho0"):
         ControlProblem.from_config(cfg, interval(6))
+
+
+def test_value_identity_needs_the_coupling_for_mfg():
+    """MODEL §2 states J* = ∫u(0)ρ_0 + ∫∫(G − ρG') (mftc).  For the game coupling c = G/ρ the
+    correct identity is J* = ∫u(0)ρ_0 + ∫∫(G − ρc(ρ)) = ∫u(0)ρ_0: the spec's G' term is wrong
+    there by −∫∫κρ²/2 ≠ 0 for G = κρ²/2."""
+    p = congested_2d(nx=8, steps=6, kappa=2.0, coupling="mfg")
+    r = solve(p, "newton")
+    st = SpaceTime(p)
+    st.assign(r.rho, r.u)
+    d = st.diagnostics()
+    assert abs(r.J - r.J_value) < 1e-10 * abs(r.J)
+    # the integral ∫∫(G − ρG') that MODEL §2 would add: −τ Σ ∫κρ̄²/2, with ρ̄ the midpoint
+    rb = [(a.x.array + b.x.array) / 2 for a, b in zip(r.rho[:-1], r.rho[1:])]
+    V = p.space
+    g = dolfinx.fem.Function(V)
+    form = dolfinx.fem.form(g * g * ufl.dx)
+    extra = 0.0
+    for a in rb:
+        g.x.array[:] = a
+        extra -= p.tau * 0.5 * 2.0 * dolfinx.fem.assemble_scalar(form)
+    assert abs(extra) > 1e3 * abs(r.J - r.J_value)     # the spec's formula would be off
+    assert d["J"] == pytest.approx(r.J, rel=1e-12)
