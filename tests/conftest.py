@@ -68,3 +68,12 @@ def assert_same_numbers(a: dict, b: dict, keys, rtol=1e-8, atol=1e-12):
 @pytest.fixture
 def repo():
     return REPO
+
+
+def run_demo(name: str, out, timeout=600):
+    """Run ``demos/<name> --quick --out OUT`` (from OUT's parent); assert it succeeded."""
+    out = Path(out)
+    p = run_python([REPO / "demos" / name, "--quick", "--out", out], cwd=out.parent,
+                   timeout=timeout)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import run_demo
 
 
 def test_demo_circles_quick(tmp_path):
     out = tmp_path / "circles"
-    r = subprocess.run([sys.executable, str(REPO / "demos" / "demo_circles.py"), "--quick",
-                        "--out", str(out)], capture_output=True, text=True, timeout=600,
-                       cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_demo("demo_circles.py", out, timeout=600)
     both = json.loads((out / "demo_summary.json").read_text())
     s2 = json.loads((out / "circles2d" / "summary.json").read_text())
     s3 = json.loads((out / "circles3d" / "summary.json").read_text())

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import run_demo
 
 
 def test_demo_dictionary_quick(tmp_path):
     out = tmp_path / "demo"
-    r = subprocess.run([sys.executable, str(REPO / "demos" / "demo_dictionary.py"), "--quick",
-                        "--out", str(out)], capture_output=True, text=True, timeout=600,
-                       cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_demo("demo_dictionary.py", out, timeout=600)
     for name, m in (("tanh", 32), ("affine", 6), ("rotation", 1)):
         s = json.loads((out / name / "summary.json").read_text())
         assert s["dictionary"] in name or name == "tanh"

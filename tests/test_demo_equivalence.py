@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_python
+from conftest import run_demo
 
 
-def test_demo_equivalence_quick(tmp_path, repo):
+def test_demo_equivalence_quick(tmp_path):
     out = tmp_path / "demo"
-    p = run_python([repo / "demos" / "demo_equivalence.py", "--quick", "--out", out],
-                   timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
+    run_demo("demo_equivalence.py", out, timeout=300)
     for f in ("table.md", "convergence.png", "densities.png", "summary.json"):
         assert (out / f).stat().st_size > 0, f
     s = json.loads((out / "summary.json").read_text())

@@ -2,19 +2,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import run_demo
 
 
 def test_demo_generative_quick(tmp_path):
     out = tmp_path / "demo"
-    r = subprocess.run([sys.executable, str(REPO / "demos" / "demo_generative.py"), "--quick",
-                        "--out", str(out)], capture_output=True, text=True, timeout=600,
-                       cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_demo("demo_generative.py", out, timeout=600)
     s = json.loads((out / "summary.json").read_text())
     for k in ("KL_final", "loglik_flow", "loglik_kde", "loglik_gaussian", "sweeps",
               "mass_error", "ndofs", "nsteps"):

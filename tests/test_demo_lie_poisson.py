@@ -1,17 +1,12 @@
 """The Lie–Poisson demo runs in --quick mode and its summary.json holds the expected figures."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import run_demo
 
 
 def test_demo_quick(tmp_path):
     out = tmp_path / "demo"
-    subprocess.run([sys.executable, str(REPO / "demos" / "demo_lie_poisson.py"), "--quick",
-                    "--out", str(out)], check=True, cwd=tmp_path, timeout=300,
-                   capture_output=True, text=True)
+    run_demo("demo_lie_poisson.py", out, timeout=300)
     s = json.loads((out / "summary.json").read_text())
     for png in s["figures"]:
         assert (out / png).stat().st_size > 1000

@@ -2,19 +2,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import run_demo
 
 
 def test_demo_nls_soliton_quick(tmp_path):
     out = tmp_path / "demo"
-    r = subprocess.run([sys.executable, str(REPO / "demos" / "demo_nls_soliton.py"), "--quick",
-                        "--out", str(out)], capture_output=True, text=True, timeout=300,
-                       cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_demo("demo_nls_soliton.py", out, timeout=300)
     for f in ("soliton.png", "midpoint_vs_rk4.png", "demo_summary.json",
               "packet_disk/summary.json", "packet_disk/invariants.png",
               "packet_disk/rho_snapshots.png", "packet_disk/phase_final.png"):

@@ -2,19 +2,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import run_demo
 
 
 def test_demo_spirals_quick(tmp_path):
     out = tmp_path / "spirals"
-    r = subprocess.run([sys.executable, str(REPO / "demos" / "demo_spirals.py"), "--quick",
-                        "--out", str(out)], capture_output=True, text=True, timeout=600,
-                       cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_demo("demo_spirals.py", out, timeout=600)
     s = json.loads((out / "summary.json").read_text())
     assert s["dataset"] == "spirals" and s["K"] == 2
     assert s["mass_error"] < 1e-12

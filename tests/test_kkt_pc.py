@@ -105,3 +105,68 @@ def test_sweep_parallel_matches_serial_lu():
     assert abs(par.J - ser.J) < 1e-9 and abs(par.J_value - ser.J_value) < 1e-9
     assert abs(par.min_rho - ser.min_rho) < 1e-9
     assert max(abs(a - b) for a, b in zip(par.mass, ser.mass)) < 1e-12
+
+
+def perturbed(st, seed=1, scale=0.1):
+    rng = np.random.default_rng(seed)
+    for f in st.rho[1:] + st.u:
+        f.x.array[:] += scale * rng.standard_normal(f.x.array.size)
+    X = st.create_vec()
+    st.states_to_vec(X)
+    return X
+
+
+@pytest.mark.parametrize("scheme", [CN, BE])
+def test_derived_blocks_equal_assembled(scheme):
+    """B_n = ∂FP_n/∂ρⁿ formed as αP_n + E equals its assembly at new states."""
+    st = SpaceTime(problem(scheme=scheme, steps=4))
+    op = KKTOperator(st, derive=True)
+    X0 = st.create_vec()
+    st.states_to_vec(X0)
+    assert op.update(X0) is op.mat and op.assemblies == 1     # unchanged: no reassembly
+    op.update(perturbed(st, 1))                                # verification at a new state
+    assert bool(op.derived) == (scheme == CN)                  # BE: ∂FP/∂ρⁿ = M is constant
+    X = perturbed(st, 2)
+    op.update(X)
+    ref = KKTOperator(SpaceTime(problem(scheme=scheme, steps=4)), derive=False)
+    ref.update(X)
+    for r, row in enumerate(op.grid):
+        for c, A in enumerate(row):
+            if A is not None and (r, c) not in op.mirror:
+                D = A.copy()
+                D.axpy(-1.0, ref.grid[r][c])
+                assert D.norm() <= 1e-12 * max(A.norm(), 1.0), (r, c)
+    op.destroy(), ref.destroy()
+
+
+def test_reuse_coinciding_pivots_and_lagging():
+    """Default: the first Newton step (constant guess, all pivots equal) factorises once and
+    the iterates are those of LU; a loose reuse tolerance lags factors (fewer
+    factorisations, same solution)."""
+    lu = newton(problem(), linear="lu")
+    sw = newton(problem(), linear="sweep")
+    assert_same(lu, sw)
+    fac = [h["factorisations"] for h in sw.history if "factorisations" in h]
+    assert fac[0] == 1 and fac[-1] == 1 + (sw.iterations - 1) * 4
+    full = newton(problem(), linear="sweep", petsc_options={"sweep_reuse_rtol": -1})
+    assert [h["ksp_its"] for h in full.history[:-1]] == [h["ksp_its"] for h in sw.history[:-1]]
+    assert full.history[-2]["factorisations"] == full.iterations * 4
+    lag = newton(problem(), linear="sweep", petsc_options={"sweep_reuse_rtol": 0.05})
+    assert_same(lu, lag)
+    assert lag.history[-2]["factorisations"] < sw.history[-2]["factorisations"]
+
+
+def test_inexact_step_solves_gamg():
+    """One GAMG V-cycle per step (transposed for the HJB steps): same Newton iterates."""
+    lu = newton(problem(nx=12), linear="lu")
+    sw = newton(problem(nx=12), linear="sweep", petsc_options={"sweep_pc_type": "gamg"})
+    assert_same(lu, sw)
+
+
+@pytest.mark.mpi
+def test_sweep_parallel_reuse_matches_serial_lu():
+    opts = {"sweep_reuse_rtol": 0.05}
+    par = newton(problem(MPI.COMM_WORLD, nx=12, steps=6), linear="sweep", petsc_options=opts)
+    ser = newton(problem(MPI.COMM_SELF, nx=12, steps=6), linear="lu")
+    assert par.iterations == ser.iterations
+    assert abs(par.J - ser.J) < 1e-9 and abs(par.J_value - ser.J_value) < 1e-9
