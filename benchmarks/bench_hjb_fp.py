@@ -1,6 +1,7 @@
 """Benchmark of the HJB–FP solvers on a 2D problem, 1 and 2 ranks, in one run.
 
   bin/fem-env python3 benchmarks/bench_hjb_fp.py [--cells 244] [--steps 50] [--ranks 1,2]
+      [--small-cells 0] [--configs "default:;lag:sweep_reuse_rtol=0.05;amg:sweep_pc_type=gamg"]
 
 For every rank count the script relaunches itself (``mpirun -n r`` for r > 1) and prints:
 
@@ -124,7 +125,9 @@ def child(a):
         + ", ".join(f"{s} {rate / v:.2f} (wall {rate_wall / v:.2f})" for s, v in ref.items())
         + f"  J={r.J:.6f} peak_mem={mem:.0f}MB")
     ch_wall = wall
-    runs = [("newton sweep", a.cells, a.steps, lambda q: newton(q, linear="sweep"))]
+    runs = [(f"newton {name}", a.cells, a.steps,
+             lambda q, o=o: newton(q, linear="sweep", petsc_options=o))
+            for name, o in parse_configs(a.configs)]
     if a.small_cells:
         runs += [("newton lu", a.small_cells, a.small_steps, lambda q: newton(q, linear="lu")),
                  ("newton sweep", a.small_cells, a.small_steps,
@@ -134,12 +137,24 @@ def child(a):
         q = problem(cells, steps, True)
         r, wall, mem = timed(lambda: fn(q))
         kry = [h["ksp_its"] for h in r.history if "ksp_its" in h]
+        fac = [h["factorisations"] for h in r.history if "factorisations" in h]
         extra = (f"krylov/newton={kry}" if name.startswith("newton") else "")
+        extra += f" factorisations={fac[-1]}" if fac else ""
         ratio = (f"newton/cole-hopf time={wall / ch_wall:.1f}x " if cells == a.cells else "")
         say(f"{name:12s} congested dofs={ndofs(q)} steps={steps} its={r.iterations} {extra} "
             f"time={wall:.2f}s {ratio}J={r.J:.8f} mass_err={r.mass_error:.1e} "
             f"peak_mem={mem:.0f}MB")
         PETSc.garbage_cleanup()
+
+
+def parse_configs(text):
+    """"name:key=value,key=value;…" → [(name, {key: value})]."""
+    out = []
+    for entry in filter(None, (e.strip() for e in text.split(";"))):
+        name, _, rest = entry.partition(":")
+        opts = dict(kv.split("=", 1) for kv in filter(None, rest.split(",")))
+        out.append((name or "sweep", opts))
+    return out
 
 
 def main():
@@ -149,12 +164,15 @@ def main():
     ap.add_argument("--small-cells", type=int, default=24)
     ap.add_argument("--small-steps", type=int, default=10)
     ap.add_argument("--ranks", default="1,2")
+    ap.add_argument("--configs", default="sweep:",
+                    help="Newton sweep configurations 'name:key=value,…;…' (mfc_ options)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         return child(a)
     args = [__file__, "--child", "--cells", str(a.cells), "--steps", str(a.steps),
-            "--small-cells", str(a.small_cells), "--small-steps", str(a.small_steps)]
+            "--small-cells", str(a.small_cells), "--small-steps", str(a.small_steps),
+            "--configs", a.configs]
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("OMPI_COMM_WORLD", "PMIX_", "OMPI_MCA_ess", "OMPI_MCA_orte"))}
     for r in map(int, a.ranks.split(",")):

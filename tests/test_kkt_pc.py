@@ -91,7 +91,9 @@ def test_pc_is_exact_without_congestion(mirror):
 
 
 def test_newton_without_congestion_one_krylov_iteration():
-    sw = newton(problem(congested=False), linear="sweep")
+    """With exact per-step factors (no lagging) M = K for G = 0."""
+    sw = newton(problem(congested=False), linear="sweep",
+                petsc_options={"sweep_reuse_rtol": 1e-13})
     lu = newton(problem(congested=False), linear="lu")
     assert_same(lu, sw)
     assert all(h["ksp_its"] == 1 for h in sw.history[:-1])
@@ -140,32 +142,32 @@ def test_derived_blocks_equal_assembled(scheme):
 
 
 def test_reuse_coinciding_pivots_and_lagging():
-    """Default: the first Newton step (constant guess, all pivots equal) factorises once and
-    the iterates are those of LU; a loose reuse tolerance lags factors (fewer
+    """Exact reuse: the first Newton step (constant guess, all pivots equal) factorises once
+    and the Krylov counts are those without reuse; a loose tolerance lags factors (fewer
     factorisations, same solution)."""
     lu = newton(problem(), linear="lu")
-    sw = newton(problem(), linear="sweep")
+    sw = newton(problem(), linear="sweep", petsc_options={"sweep_reuse_rtol": 1e-13})
     assert_same(lu, sw)
     fac = [h["factorisations"] for h in sw.history if "factorisations" in h]
-    assert fac[0] == 1 and fac[-1] == 1 + (sw.iterations - 1) * 4
+    assert fac[0] == 2 and fac[-1] == 2 * (1 + (sw.iterations - 1) * 4)   # P_n and P_nᵀ
     full = newton(problem(), linear="sweep", petsc_options={"sweep_reuse_rtol": -1})
     assert [h["ksp_its"] for h in full.history[:-1]] == [h["ksp_its"] for h in sw.history[:-1]]
-    assert full.history[-2]["factorisations"] == full.iterations * 4
+    assert full.history[-2]["factorisations"] == full.iterations * 8
     lag = newton(problem(), linear="sweep", petsc_options={"sweep_reuse_rtol": 0.05})
     assert_same(lu, lag)
     assert lag.history[-2]["factorisations"] < sw.history[-2]["factorisations"]
 
 
-def test_inexact_step_solves_gamg():
-    """One GAMG V-cycle per step (transposed for the HJB steps): same Newton iterates."""
-    lu = newton(problem(nx=12), linear="lu")
-    sw = newton(problem(nx=12), linear="sweep", petsc_options={"sweep_pc_type": "gamg"})
-    assert_same(lu, sw)
+def test_transpose_factors():
+    """Explicit factors of P_nᵀ for the HJB sweep (with lagged factors): same iterates."""
+    lu = newton(problem(), linear="lu")
+    opts = {"sweep_reuse_rtol": 0.01, "sweep_transpose_factors": True}
+    assert_same(lu, newton(problem(), linear="sweep", petsc_options=opts))
 
 
 @pytest.mark.mpi
 def test_sweep_parallel_reuse_matches_serial_lu():
-    opts = {"sweep_reuse_rtol": 0.05}
+    opts = {"sweep_reuse_rtol": 0.05, "sweep_transpose_factors": True}
     par = newton(problem(MPI.COMM_WORLD, nx=12, steps=6), linear="sweep", petsc_options=opts)
     ser = newton(problem(MPI.COMM_SELF, nx=12, steps=6), linear="lu")
     assert par.iterations == ser.iterations

@@ -16,6 +16,10 @@ select the sweep path.  Every PETSc option can be overridden through the options
 (default ``mfc_``), e.g. ``-mfc_snes_monitor``, ``-mfc_ksp_rtol``, ``-mfc_snes_lag_preconditioner
 2`` (reuse the sweep factors for two Newton steps), ``-mfc_sweep_pc_factor_mat_solver_type
 mumps`` (per-step LU of the sweep), ``-mfc_pc_factor_mat_solver_type superlu_dist`` (LU path).
+Sweep-path options (kkt_pc.py): ``-mfc_sweep_reuse_rtol δ`` (reuse per-step factors of pivots
+within δ, across Newton steps and time steps), ``-mfc_sweep_pc_type gamg`` (inexact per-step
+solves), ``-mfc_kkt_derive false`` (assemble every block).  The history records the Krylov
+iterations and, on the sweep path, the cumulative per-step factorisations.
 """
 from __future__ import annotations
 
@@ -82,6 +86,7 @@ def _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0) -> Result:
     X, F = st.create_vec(), st.create_vec()
     st.states_to_vec(X)
     history = []
+    ctx = {}                                      # the sweep PC, for its counters
 
     def residual(snes, x, f):
         st.residual(x, f)
@@ -89,6 +94,8 @@ def _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0) -> Result:
     def monitor(snes, it, fnorm):
         if history:
             history[-1]["ksp_its"] = snes.getKSP().getIterationNumber()
+            if "pc" in ctx:                       # cumulative per-step factorisations
+                history[-1]["factorisations"] = ctx["pc"].factorisations
         history.append({"residual": fnorm})
 
     snes = PETSc.SNES().create(st.comm)
@@ -109,9 +116,9 @@ def _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0) -> Result:
         ksp.getPC().setType("lu")
         ksp.getPC().setFactorSolverType("mumps")
     else:
-        op = KKTOperator(st)
+        op = KKTOperator(st, prefix=prefix)
         snes.setJacobian(lambda snes, x, J, P: op.update(x), op.mat, op.mat)
-        pc_ctx = sweep_ksp(ksp, op, KSP_RTOL, KSP_ATOL, prefix)
+        pc_ctx = ctx["pc"] = sweep_ksp(ksp, op, KSP_RTOL, KSP_ATOL, prefix)
         if opts.getString(prefix + "pc_type", "") == "shell":
             opts.delValue(prefix + "pc_type")             # "shell" names the sweep PC here
     snes.setFromOptions()
@@ -126,6 +133,7 @@ def _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0) -> Result:
     snes.destroy()
     if pc_ctx is not None:
         pc_ctx.destroy()
+        op.destroy()
     if reason < 0 or fnorm != fnorm:
         raise SolverError(f"Newton (SNES) did not converge: {REASONS.get(reason, reason)} after "
                           f"{its} iterations (residual {fnorm:.3e})")
