@@ -35,7 +35,6 @@ class Key:
 
 
 REQUIRED = object()
-ANY = object()
 
 
 def positive(x):

@@ -216,9 +216,6 @@ class RunContext:
         return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False,
                     dynamic_ncols=True, mininterval=0.5)
 
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
-
     # -- finishing -----------------------------------------------------------------------------
     def commit(self, summary: dict | None = None):
         """Close series, write summary.json, and move every staged file into ``outdir``."""

@@ -213,3 +213,30 @@ def test_cli_reports_vacuum_in_one_line(tmp_path):
     assert p.returncode == 2
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "rho0" in lines[0] and "Traceback" not in p.stderr
+
+
+def test_bohm_potential_mixed_form_converges_to_gaussian_formula():
+    """For ρ = N(0, s²) in 1D, Δ√ρ/√ρ = x²/(4s⁴) − 1/(2s²): the mixed-form field Q converges
+    (ρ-weighted L² error) under refinement (MODEL §3)."""
+    import dolfinx
+    import numpy as np
+    import ufl
+    from mpi4py import MPI
+    from fem_mfc.solvers.qhd import bohm_potential
+
+    s, kappa = 0.7, 0.3
+    errs = []
+    for n in (40, 80, 160):
+        msh = dolfinx.mesh.create_interval(MPI.COMM_WORLD, n, [-6.0, 6.0])
+        V = dolfinx.fem.functionspace(msh, ("Lagrange", 1))
+        x = ufl.SpatialCoordinate(msh)
+        rho_ex = ufl.exp(-x[0] ** 2 / (2 * s ** 2)) / np.sqrt(2 * np.pi * s ** 2)
+        rho = dolfinx.fem.Function(V)
+        rho.interpolate(dolfinx.fem.Expression(rho_ex, V.element.interpolation_points()))
+        Q = bohm_potential(rho, kappa)
+        Q_ex = kappa * (x[0] ** 2 / (4 * s ** 4) - 1 / (2 * s ** 2))
+        e = dolfinx.fem.assemble_scalar(dolfinx.fem.form(rho_ex * (Q - Q_ex) ** 2 * ufl.dx))
+        errs.append(np.sqrt(msh.comm.allreduce(e, op=MPI.SUM)))
+    rates = np.log2(np.array(errs[:-1]) / np.array(errs[1:]))
+    assert errs[-1] < 0.05 * kappa / s ** 2, errs
+    assert rates.min() > 1.5, (errs, rates)

@@ -142,16 +142,11 @@ def hamiltonian_density(rho, S, d: QHDData, congestion: bool = True):
             - 2 * d.kappa_Q * fisher_density(rho))
 
 
-def unified_potential(rho, d: QHDData):
-    """U(x, ρ) = s_U (V + c(ρ))."""
-    c = coupling_value(d.G, d.coupling, rho) if d.G is not None else 0.0
-    return d.s_U * (d.V + c)
-
-
-def bohm_potential_forms(rho, Q, q, d: QHDData):
-    """Mixed form of Q_κ = κ_Q Δ√ρ/√ρ with R = √ρ: (a, L) with a = ∫Q R q, L = −κ_Q∫∇R·∇q."""
+def bohm_potential_forms(rho, Q, q, kappa_Q):
+    """Mixed form of the Bohm term Q_κ = κ_Q Δ√ρ/√ρ with R = √ρ and ∇R·n = 0 (MODEL §3):
+    (a, L) with a = ∫Q R q and L = −κ_Q∫∇R·∇q."""
     R = ufl.sqrt(rho)
-    return Q * R * q * ufl.dx, -d.kappa_Q * ufl.inner(ufl.grad(R), ufl.grad(q)) * ufl.dx
+    return Q * R * q * ufl.dx, -kappa_Q * ufl.inner(ufl.grad(R), ufl.grad(q)) * ufl.dx
 
 
 # -- control signature: the discrete action ------------------------------------------------------

@@ -26,7 +26,8 @@ from .. import mesh as meshmod
 from ..errors import ConfigError
 from ..expressions import parse
 from ..problem import ControlProblem, interpolate
-from ..solvers.qhd import QuantumStepper, check_positive, solve_control, solve_quantum
+from ..solvers.qhd import (QuantumStepper, bohm_potential, check_positive, solve_control,
+                           solve_quantum)
 
 
 def check(cfg: dict) -> None:
@@ -91,7 +92,9 @@ def _run_control(cfg, ctx, problem) -> dict:
     N, tau = problem.steps, problem.tau
     rho_out = dolfinx.fem.Function(problem.space, name="rho")
     S_out = dolfinx.fem.Function(problem.space, name="S")
-    series = ctx.series("qhd", [rho_out, S_out])
+    Q_out = dolfinx.fem.Function(problem.space, name="Q")      # the Bohm potential (mixed)
+    kappa_Q = 0.5 * problem.sigma ** 4
+    series = ctx.series("qhd", [rho_out, S_out, Q_out])
     every = cfg["output"]["every"]
     S_T = interpolate(-problem.Phi - problem.eps * ufl.ln(st.rho[N]) if problem.eps > 0
                       else -problem.Phi, problem.space, "S")
@@ -100,6 +103,7 @@ def _run_control(cfg, ctx, problem) -> dict:
         if n % every == 0 or n == N:
             rho_out.x.array[:] = st.rho[n].x.array
             S_out.x.array[:] = S_all[n].x.array
+            bohm_potential(rho_out, kappa_Q, Q_out)
             series.write(n * tau)
     energy = np.asarray(d["energy"])
     summary = {"mass": d["mass"][-1], "mass_error": d["mass_error"], "min_rho": d["min_rho"],

@@ -233,9 +233,6 @@ class ComposedStepper:
         self.base.destroy()
 
 
-INTEGRATORS = ("midpoint", "triple-jump", "suzuki", "rk4")
-
-
 def make_stepper(integrator: str, problem: NLSProblem, z, tau: float, **kw):
     """A stepper by name: ``midpoint``, ``triple-jump`` / ``suzuki`` (order-4 compositions of
     midpoint) or ``rk4`` (explicit contrast)."""

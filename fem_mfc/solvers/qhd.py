@@ -270,3 +270,17 @@ def solve_quantum(stepper: QuantumStepper, T: float, steps: int, callback=None) 
 def _min(stepper) -> float:
     a = stepper.z.x.array[stepper._rho_dofs]
     return stepper.comm.allreduce(float(a.min()) if a.size else math.inf, op=MPI.MIN)
+
+
+def bohm_potential(rho, kappa_Q: float, out=None):
+    """Q = κ_Q Δ√ρ/√ρ as a field: the mixed form ∫Q R q = −κ_Q∫∇R·∇q (R = √ρ) solved in ρ's
+    space (needs ρ > 0).  Returns ``out`` (a new Function named "Q" if None)."""
+    from .linear import LinearStepper
+    V = rho.function_space
+    out = out or dolfinx.fem.Function(V, name="Q")
+    a, L = forms.bohm_potential_forms(rho, ufl.TrialFunction(V), ufl.TestFunction(V),
+                                      float(kappa_Q))
+    stepper = LinearStepper(a, L, "qhd_bohm_")
+    stepper.step(out, "Bohm potential")
+    stepper.destroy()
+    return out
