@@ -162,25 +162,18 @@ def newton(residual: Callable, jacobian: Callable, x0: np.ndarray, tol: float = 
     solution of F(x) = 0, only linearly.  A stack of matrices (…, n, n) with residuals (…, n)
     solves independent systems at once (batches of paths).
     """
-    x = np.array(x0, dtype=float)
-    prev = np.inf
-    for _ in range(maxiter):
+    def step(x):
         r = residual(x)          # before the Jacobian: it may reuse work of the residual
         A = jacobian(x)
         dx = np.linalg.solve(A, r[..., None])[..., 0] if A.ndim > 2 else np.linalg.solve(A, r)
-        x = x - dx
-        dn, xn = float(np.max(np.abs(dx))), float(np.max(np.abs(x)))
-        if not np.isfinite(dn):
-            break
-        if _converged(dn, xn, tol) or (dn >= prev and _converged(dn, xn, 1e-11)):
-            return x
-        prev = dn
-    raise SolverError(f"{what}: Newton did not converge in {maxiter} iterations "
-                      f"(last update {prev:.3e}); reduce the step size")
+        return x - dx
+
+    return fixed_point(step, x0, tol, maxiter, what, method="Newton")
 
 
 def fixed_point(update: Callable, x0: np.ndarray, tol: float = ROUNDOFF_TOL, maxiter: int = 200,
-                what: str = "implicit step") -> np.ndarray:
+                what: str = "implicit step", method: str = "fixed-point iteration"
+                ) -> np.ndarray:
     """Iterate  x ← G(x)  until the change is below ``tol``·max(1, |x|) (∞-norm, over all entries).
 
     Accepts stagnation at round-off like :func:`newton`; raises
@@ -197,5 +190,5 @@ def fixed_point(update: Callable, x0: np.ndarray, tol: float = ROUNDOFF_TOL, max
         if _converged(dn, nrm, tol) or (dn >= prev and _converged(dn, nrm, 1e-11)):
             return x
         prev = dn
-    raise SolverError(f"{what}: fixed-point iteration did not converge in {maxiter} iterations "
+    raise SolverError(f"{what}: {method} did not converge in {maxiter} iterations "
                       f"(last change {prev:.3e}); reduce the step size")
