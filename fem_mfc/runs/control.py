@@ -57,24 +57,25 @@ def run(cfg: dict, ctx) -> dict:
     return summary
 
 
-def velocity(u, name="a"):
-    """The control a = −∇u interpolated into a vector Lagrange space of u's degree."""
+def velocity_field(u, name="a"):
+    """The control a = −∇u as a Function of a vector Lagrange space of u's degree, and the
+    compiled Expression that refreshes it (``a.interpolate(expr)``) whenever u changes."""
     msh = u.function_space.mesh
     deg = u.function_space.element.basix_element.degree
     W = dolfinx.fem.functionspace(msh, ("Lagrange", deg, (msh.geometry.dim,)))
     a = dolfinx.fem.Function(W, name=name)
-    a.interpolate(dolfinx.fem.Expression(-ufl.grad(u), W.element.interpolation_points()))
-    return a
+    expr = dolfinx.fem.Expression(-ufl.grad(u), W.element.interpolation_points())
+    return a, expr
 
 
 def _write_fields(problem, result, ctx, every):
     V = problem.space
     rho = dolfinx.fem.Function(V, name="rho")
     u = dolfinx.fem.Function(V, name="u")
-    a = velocity(u)
+    a, expr = velocity_field(u)
     series = ctx.series("rho_u", [rho, u])
     vel = ctx.series("velocity", [a])
-    expr = dolfinx.fem.Expression(-ufl.grad(u), a.function_space.element.interpolation_points())
+    phi = dolfinx.fem.Expression(problem.Phi, V.element.interpolation_points())
     N = problem.steps
     for n in range(N + 1):
         if n % every and n != N:
@@ -83,7 +84,7 @@ def _write_fields(problem, result, ctx, every):
         if n < N:
             u.x.array[:] = result.u[n].x.array
         else:
-            u.interpolate(dolfinx.fem.Expression(problem.Phi, V.element.interpolation_points()))
+            u.interpolate(phi)
         a.interpolate(expr)
         series.write(problem.rho_time(n))
         vel.write(problem.rho_time(n))
