@@ -15,7 +15,6 @@ from typing import Any, Callable, Optional
 
 import dolfinx
 import ufl
-from mpi4py import MPI
 
 from .density import density_ufl, initial_density, normalise
 from .errors import ConfigError
@@ -35,13 +34,6 @@ def interpolate(expr, V, name=None):
         f.interpolate(dolfinx.fem.Expression(expr, V.element.interpolation_points()))
     f.x.scatter_forward()
     return f
-
-
-def integrate(form_or_expr, comm=None):
-    """Global value of a scalar UFL form."""
-    form = dolfinx.fem.form(form_or_expr)
-    comm = comm or form.mesh.comm
-    return comm.allreduce(dolfinx.fem.assemble_scalar(form), op=MPI.SUM)
 
 
 @dataclass
