@@ -13,7 +13,7 @@ from fem_mfc.errors import ConfigError
 from fem_mfc.problem import ControlProblem
 from fem_mfc.solvers import newton
 from fem_mfc.solvers.kkt_pc import KKTOperator, SweepPC
-from fem_mfc.solvers.newton import linear_mode
+from fem_mfc.solvers.newton import ETA_MAX, KSP_RTOL, Forcing, linear_mode
 from fem_mfc.solvers.spacetime import SpaceTime
 
 CN, BE = "crank-nicolson", "backward-euler"
@@ -97,6 +97,43 @@ def test_newton_without_congestion_one_krylov_iteration():
     lu = newton(problem(congested=False), linear="lu")
     assert_same(lu, sw)
     assert all(h["ksp_its"] == 1 for h in sw.history[:-1])
+
+
+def test_inexact_newton_same_solution_fewer_krylov_iterations():
+    """Adaptive forcing (default on the sweep path): the LU solution and Newton count with far
+    fewer Krylov iterations than steps solved to KSP_RTOL; the option selects the mode."""
+    lu = newton(problem(steps=6), linear="lu")
+    ad = newton(problem(steps=6), linear="sweep")
+    ex = newton(problem(steps=6), linear="sweep", forcing="exact")
+    by_option = newton(problem(steps=6), linear="sweep",
+                       petsc_options={"newton_forcing": "exact"})
+    assert_same(lu, ad, tol=1e-9)
+    assert_same(lu, ex)
+    kry = {name: [h["ksp_its"] for h in r.history[:-1]]
+           for name, r in (("ad", ad), ("ex", ex), ("opt", by_option))}
+    assert kry["opt"] == kry["ex"]
+    assert sum(kry["ad"]) < 0.6 * sum(kry["ex"]), kry
+    etas = [h["ksp_rtol"] for h in ad.history if "ksp_rtol" in h]
+    assert etas[0] == ETA_MAX and all(KSP_RTOL <= e <= ETA_MAX for e in etas)
+    assert ad.history[-1]["residual"] <= 1e-10 * ad.history[0]["residual"]
+    assert "ksp_rtol" not in ex.history[0]
+    with pytest.raises(ConfigError, match="newton_forcing"):
+        newton(problem(), linear="sweep", forcing="sloppy")
+
+
+def test_forcing_terms():
+    """Eisenstat–Walker choice 2 with the cap, the carried safeguard and no oversolving."""
+    f = Forcing(rtol=1e-10, atol=1e-30, eta_max=1e-2, gamma=0.9, alpha=2.0)
+    assert f.rtol_for(0, 1.0) == 1e-2                        # η₀ = η_max
+    assert f.rtol_for(1, 0.5) == 1e-2                        # 0.9·0.25 capped
+    assert np.isclose(f.rtol_for(2, 0.005), 0.9 * 1e-4)      # quadratic phase
+    assert np.isclose(f.rtol_for(3, 1e-8), 0.5 * 1e-10 / 1e-8)   # only what the target needs
+    g = Forcing(rtol=1e-30, atol=1e-30, eta_max=0.9, gamma=0.9, alpha=2.0)
+    g.rtol_for(0, 1.0)
+    assert np.isclose(g.rtol_for(1, 0.1), 0.9 * 0.9 ** 2)    # safeguard γη² > 0.1 kept
+    h = Forcing(rtol=1e-40, atol=1e-40, eta_max=1e-2)
+    h.rtol_for(0, 1.0)
+    assert h.rtol_for(1, 1e-20) == KSP_RTOL                  # floor
 
 
 @pytest.mark.mpi

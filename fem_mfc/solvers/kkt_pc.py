@@ -68,7 +68,7 @@ def same_pattern(A: PETSc.Mat, B: PETSc.Mat) -> bool:
     if A.getSizes() != B.getSizes():
         return False
     comm = A.getComm().tompi4py()
-    ok = A.getInfo()["nz_allocated"] == B.getInfo()["nz_allocated"]
+    ok = A.getInfo()["nz_used"] == B.getInfo()["nz_used"]
     return comm.allreduce(ok, op=MPI.LAND)
 
 

@@ -11,6 +11,13 @@ petsc4py SNES with backtracking line search (``bt``).  Two linear solvers for th
 * ``linear="auto"`` (default): "sweep" for the HJB–FP system from AUTO_SWEEP_UNKNOWNS
   space-time unknowns on, else "lu" (other formulations passed as ``system`` keep LU).
 
+On the sweep path the Newton steps are *inexact* by default (``-mfc_newton_forcing adaptive``,
+:class:`Forcing`): GMRES stops at ‖F + Jδ‖ ≤ ηₖ‖F‖ with the Eisenstat–Walker forcing term
+(choice 2) capped at ETA_MAX and never below what the Newton tolerance needs; ``-mfc_newton_
+forcing exact`` solves every step to KSP_RTOL (the iterates of the LU path), as does any
+user ``-mfc_ksp_rtol`` or PETSc's own ``-mfc_snes_ksp_ew``.  60k P1 dofs × 50 steps,
+congested: Krylov 4/3/4/5/6 instead of 15/14/13/11/7, the same Newton count and solution.
+
 The choice can also be made with PETSc options: ``-mfc_linear sweep`` or ``-mfc_pc_type shell``
 select the sweep path.  Every PETSc option can be overridden through the options prefix
 (default ``mfc_``), e.g. ``-mfc_snes_monitor``, ``-mfc_ksp_rtol``, ``-mfc_snes_lag_preconditioner
@@ -41,6 +48,40 @@ REASONS = {v: k for k, v in PETSc.SNES.ConvergedReason.__dict__.items() if not k
 LINEAR = ("auto", "lu", "sweep")
 AUTO_SWEEP_UNKNOWNS = 100_000      # LU of the space-time matrix is fine below (≈ 2 s, < 1 GB)
 KSP_RTOL, KSP_ATOL = 1e-12, 1e-14
+FORCING = ("adaptive", "exact")
+ETA_MAX, ETA_GAMMA, ETA_ALPHA = 1e-2, 0.9, 2.0   # EW choice 2; loose steps (0.3) stalled here
+ETA_SAFETY = 0.5                                 # of the tolerance still to be gained
+
+
+class Forcing:
+    """Eisenstat–Walker forcing terms for an inexact Newton method (choice 2):
+
+      η₀ = η_max,  ηₖ = min(η_max, max(γ(‖Fₖ‖/‖Fₖ₋₁‖)^α, γηₖ₋₁^α if γηₖ₋₁^α > 0.1)),
+
+    then ηₖ ≥ s·target/‖Fₖ‖ (no oversolving: the last step only has to reach the SNES
+    tolerance target = max(atol, rtol‖F₀‖)) and ηₖ ≥ KSP_RTOL.  ``rtol(k, fnorm)`` is called
+    before the k-th linear solve (from the SNES monitor)."""
+
+    def __init__(self, rtol: float, atol: float, eta_max: float = ETA_MAX,
+                 gamma: float = ETA_GAMMA, alpha: float = ETA_ALPHA):
+        self.rtol, self.atol = rtol, atol
+        self.eta_max, self.gamma, self.alpha = eta_max, gamma, alpha
+        self.f0 = self.prev = self.eta = None
+
+    def rtol_for(self, k: int, fnorm: float) -> float:
+        if k == 0 or self.prev is None:
+            self.f0, eta = fnorm, self.eta_max
+        else:
+            eta = self.gamma * (fnorm / self.prev) ** self.alpha
+            carry = self.gamma * self.eta ** self.alpha
+            if carry > 0.1:
+                eta = max(eta, carry)
+            eta = min(eta, self.eta_max)
+        target = max(self.atol, self.rtol * self.f0)
+        if fnorm > 0:
+            eta = max(eta, ETA_SAFETY * target / fnorm)
+        self.prev, self.eta = fnorm, min(max(eta, KSP_RTOL), self.eta_max)
+        return self.eta
 
 
 def linear_mode(st: SpaceTime, linear: str, prefix: str, hjb_fp: bool = True) -> str:
@@ -61,10 +102,13 @@ def linear_mode(st: SpaceTime, linear: str, prefix: str, hjb_fp: bool = True) ->
 
 
 def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_options=None,
-           system: SpaceTime | None = None, linear: str = "auto") -> Result:
+           system: SpaceTime | None = None, linear: str = "auto",
+           forcing: str = "adaptive") -> Result:
     """Solve the discrete system by Newton from the trivial guess ρⁿ = ρ_0, uⁿ = Φ (or from
-    the states already in ``system``); ``linear`` chooses the Newton-step solver (see above).
-    ``history`` holds the residual and the Krylov iterations of the step that followed."""
+    the states already in ``system``); ``linear`` chooses the Newton-step solver and
+    ``forcing`` the Krylov tolerance of the sweep path (see above; ``-{prefix}newton_forcing``
+    overrides).  ``history`` holds the residual and the Krylov iterations (and their
+    tolerance ``ksp_rtol``) of the step that followed."""
     t0 = time.perf_counter()
     st = system or SpaceTime(problem)
     hjb_fp = system is None or type(system) is SpaceTime
@@ -74,15 +118,21 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
         opts[name] = v
     try:
         mode = linear_mode(st, linear, prefix, hjb_fp)
-        return _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0)
+        forcing = opts.getString(prefix + "newton_forcing", forcing)
+        if forcing not in FORCING:
+            raise ConfigError("newton_forcing", "one of " + ", ".join(FORCING), forcing)
+        if opts.hasName(prefix + "ksp_rtol") or opts.getBool(prefix + "snes_ksp_ew", False):
+            forcing = "exact"                 # the user's Krylov tolerance wins
+        return _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0,
+                      Forcing(rtol, atol) if mode == "sweep" and forcing == "adaptive" else None)
     finally:                      # options of this call only: later solves start clean
         for name in ours:
             opts.delValue(name)
 
 
-def _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0) -> Result:
-    """SNES on ``st`` with the Newton-step solver ``mode``; appends the option names it sets
-    to ``ours``."""
+def _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0, forcing=None) -> Result:
+    """SNES on ``st`` with the Newton-step solver ``mode`` (inexact steps with ``forcing``);
+    appends the option names it sets to ``ours``."""
     X, F = st.create_vec(), st.create_vec()
     st.states_to_vec(X)
     history = []
@@ -97,6 +147,10 @@ def _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0) -> Result:
             if "pc" in ctx:                       # cumulative per-step factorisations
                 history[-1]["factorisations"] = ctx["pc"].factorisations
         history.append({"residual": fnorm})
+        if forcing is not None:
+            eta = forcing.rtol_for(it, fnorm)
+            snes.getKSP().setTolerances(rtol=eta)
+            history[-1]["ksp_rtol"] = eta
 
     snes = PETSc.SNES().create(st.comm)
     snes.setOptionsPrefix(prefix)

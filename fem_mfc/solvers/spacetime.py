@@ -41,6 +41,7 @@ from petsc4py import PETSc
 
 from ..errors import SolverError
 from ..forms import hjb_fp as H
+from .assembly import CSRAssembler
 
 
 def first(k, N):
@@ -142,6 +143,7 @@ class SpaceTime:
                      for k, f in fm.functionals(self.tm, self.t_cur).items()}
         self._vecs = {k: dolfinx.fem.Function(V).x for k in self.res}
         self._mats = {}
+        self._assembler = CSRAssembler()      # one sparsity pattern for all the blocks
         self.A = None
 
     @classmethod
@@ -243,12 +245,8 @@ class SpaceTime:
         if A is not None and const:
             return A
         if A is None:
-            A = dolfinx.fem.petsc.create_matrix(self.jac[key])
-            self._mats[mkey] = A
-        A.zeroEntries()
-        dolfinx.fem.petsc.assemble_matrix(A, self.jac[key])
-        A.assemble()
-        return A
+            A = self._mats[mkey] = self._assembler.create(self.jac[key])
+        return self._assembler.assemble(A, self.jac[key])
 
     def block_grid(self, skip=frozenset()) -> list:
         """The Jacobian blocks at the current states as an nfields × nfields grid of Mats

@@ -1,0 +1,98 @@
+"""Fast repeated assembly of bilinear forms into PETSc AIJ matrices.
+
+The space-time systems assemble hundreds of Jacobian blocks per Newton step, all on one pair
+of spaces and one sparsity pattern.  ``dolfinx.fem.petsc.assemble_matrix`` inserts cell by cell
+through ``MatSetValuesLocal`` (20 ms for a P1 mass matrix on 120k triangles here) and
+``create_matrix`` builds a sparsity pattern per call (10 ms).  :class:`CSRAssembler` instead
+
+* assembles into one scratch ``dolfinx.la.MatrixCSR`` per pattern (dolfinx's native CSR
+  assembler, 7.8 ms for the same mass matrix), adds the ghost rows to their owners
+  (``scatter_reverse``) and copies the owned rows into the PETSc matrix with one
+  ``MatSetValuesCSR`` (2.5 ms, global column indices computed once per pattern);
+* creates the first PETSc matrix of a pattern with ``dolfinx.fem.petsc.create_matrix`` and
+  every further one by ``MatDuplicate`` of it.
+
+A pattern is keyed by the form's spaces and its integral types and subdomain ids, so forms
+that integrate over different parts of the mesh never share one.  Blocked spaces (bs > 1)
+fall back to ``dolfinx.fem.petsc.assemble_matrix``.  The result equals dolfinx's PETSc
+assembly to round-off in serial and in parallel (tests/test_assembly.py).
+"""
+from __future__ import annotations
+
+import dolfinx
+import dolfinx.fem.petsc
+import numpy as np
+from petsc4py import PETSc
+
+
+def pattern_key(a: dolfinx.fem.Form) -> tuple:
+    """Spaces + integral types + subdomain ids: forms with equal keys have equal sparsity."""
+    cpp = a._cpp_object
+    kinds = sorted(cpp.integral_types, key=str)
+    return (tuple(id(V) for V in a.function_spaces),
+            tuple((str(t), tuple(cpp.integral_ids(t))) for t in kinds))
+
+
+class _Pattern:
+    """Scratch CSR matrix, owned-row CSR structure with global columns, template Mat."""
+
+    def __init__(self, a: dolfinx.fem.Form):
+        self.csr = dolfinx.fem.create_matrix(a)
+        rows, cols = self.csr.index_map(0), self.csr.index_map(1)
+        nl = rows.size_local
+        indptr = self.csr.indptr
+        self.nnz = int(indptr[nl])
+        self.indptr = np.asarray(indptr[: nl + 1], dtype=PETSc.IntType)
+        self.cols = np.asarray(cols.local_to_global(self.csr.indices[: self.nnz]),
+                               dtype=PETSc.IntType)
+        self.template = dolfinx.fem.petsc.create_matrix(a)
+
+    def destroy(self):
+        self.template.destroy()
+
+
+class CSRAssembler:
+    """``create(a)`` and ``assemble(A, a)`` for many bilinear forms sharing sparsity patterns."""
+
+    def __init__(self):
+        self._patterns: dict = {}
+
+    @staticmethod
+    def _fast(a: dolfinx.fem.Form) -> bool:
+        return all(V.dofmap.index_map_bs == 1 for V in a.function_spaces)
+
+    def _pattern(self, a: dolfinx.fem.Form) -> _Pattern:
+        key = pattern_key(a)
+        p = self._patterns.get(key)
+        if p is None:
+            p = self._patterns[key] = _Pattern(a)
+        return p
+
+    def create(self, a: dolfinx.fem.Form) -> PETSc.Mat:
+        """An unassembled PETSc matrix with the sparsity pattern of ``a``."""
+        if not self._fast(a):
+            return dolfinx.fem.petsc.create_matrix(a)
+        return self._pattern(a).template.duplicate(copy=False)
+
+    def assemble(self, A: PETSc.Mat, a: dolfinx.fem.Form) -> PETSc.Mat:
+        """A ← the matrix of ``a`` (every entry of the pattern overwritten), assembled."""
+        if not self._fast(a):
+            A.zeroEntries()
+            dolfinx.fem.petsc.assemble_matrix(A, a)
+            A.assemble()
+            return A
+        p = self._pattern(a)
+        p.csr.set_value(0.0)
+        dolfinx.fem.assemble_matrix(p.csr, a)
+        p.csr.scatter_reverse()
+        A.setValuesCSR(p.indptr, p.cols, p.csr.data[: p.nnz])
+        A.assemble()
+        return A
+
+    def destroy(self):
+        for p in self._patterns.values():
+            p.destroy()
+        self._patterns = {}
+
+
+__all__ = ["CSRAssembler", "pattern_key"]
