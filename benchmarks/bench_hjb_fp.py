@@ -13,8 +13,10 @@ For every rank count the script relaunches itself (``mpirun -n r`` for r > 1) an
   ``solve`` (which adds the set-up of the HJB–FP functionals and J, mass diagnostics), and
   the ratio of the solver rate to each heat reference;
 * Newton on the congested problem (G = κρ²/2, κ = 1) at the same size with the sweep-
-  preconditioned GMRES (``linear="sweep"``): Newton iterations, Krylov iterations per Newton
-  step, time and the Newton/Cole–Hopf time ratio (wall times of ``solve``);
+  preconditioned FGMRES (``linear="sweep"``, inexact Newton steps), from the trivial guess
+  and from the Cole–Hopf solution without congestion (``--configs``): Newton iterations,
+  Krylov iterations per Newton step, time and the Newton/Cole–Hopf time ratio (wall times
+  of ``solve``; the Cole–Hopf guess's sweeps are counted in Newton's time);
 * at --small-cells/--small-steps: Newton with LU and with the sweep (same iterations and J)
   and Picard, for comparison;
 * peak resident memory summed over ranks (ru_maxrss, cumulative within the process).
@@ -126,7 +128,8 @@ def child(a):
         + f"  J={r.J:.6f} peak_mem={mem:.0f}MB")
     ch_wall = wall
     runs = [(f"newton {name}", a.cells, a.steps,
-             lambda q, o=o: newton(q, linear="sweep", petsc_options=o))
+             lambda q, o=o: newton(q, linear="sweep", guess=o.pop("guess", "trivial"),
+                                   petsc_options=o))
             for name, o in parse_configs(a.configs)]
     if a.small_cells:
         runs += [("newton lu", a.small_cells, a.small_steps, lambda q: newton(q, linear="lu")),
@@ -164,8 +167,9 @@ def main():
     ap.add_argument("--small-cells", type=int, default=24)
     ap.add_argument("--small-steps", type=int, default=10)
     ap.add_argument("--ranks", default="1,2")
-    ap.add_argument("--configs", default="sweep:",
-                    help="Newton sweep configurations 'name:key=value,…;…' (mfc_ options)")
+    ap.add_argument("--configs", default="trivial-guess:;cole-hopf-guess:guess=cole-hopf",
+                    help="Newton sweep configurations 'name:key=value,…;…' (mfc_ options, "
+                    "and guess=trivial|cole-hopf)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:

@@ -109,6 +109,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "rtol": Key(float, 1e-10, "relative residual tolerance", positive, "a positive number"),
         "atol": Key(float, 1e-12, "absolute residual tolerance", positive, "a positive number"),
         "max_it": Key(int, 50, "maximum Newton iterations", positive, "a positive integer"),
+        "initial_guess": Key(str, "trivial", "Newton's start: rho = rho0, u = Phi ('trivial') or "
+                             "the Cole-Hopf solution without congestion ('cole-hopf')",
+                             choices=("trivial", "cole-hopf")),
         "picard_max_it": Key(int, 500, "maximum Picard iterations", positive, "a positive integer"),
         "relaxation": Key(float, 0.5, "Picard damping in (0, 1]", _unit_interval,
                           "a number in (0, 1]"),

@@ -71,3 +71,32 @@ def test_blocked_spaces_fall_back():
     A = asm.assemble(asm.create(a), a)
     d, n = max_diff(A, reference(a))
     assert d <= 1e-14 * n and n > 0
+
+
+def test_serial_matrices_share_structure_and_own_values():
+    """On one rank the matrices of a pattern are created on arrays: one structure, separate
+    values, and operations that factorise, copy or combine them see the assembled values."""
+    w, a1, a0 = forms(MPI.COMM_SELF)
+    asm = CSRAssembler()
+    A, B = asm.create(a1), asm.create(a1)
+    asm.assemble(A, a1)
+    w.x.array[:] += 1.0
+    asm.assemble(B, a1)
+    d, n = max_diff(B, reference(a1))
+    assert d <= 1e-14 * n
+    assert max_diff(A, B)[0] > 1e-3 * n                      # A kept its own values
+    C = A.copy()
+    C.axpy(-1.0, B, structure=C.Structure.SAME_NONZERO_PATTERN)
+    assert np.isclose(C.norm(), max_diff(A, B)[0])
+    from petsc4py import PETSc
+    ksp = PETSc.KSP().create(MPI.COMM_SELF)
+    ksp.setOperators(B)
+    ksp.setType("preonly")
+    ksp.getPC().setType("lu")
+    x, b = B.createVecs()
+    b.set(1.0)
+    ksp.solve(b, x)
+    r = b.duplicate()
+    B.mult(x, r)
+    r.axpy(-1.0, b)
+    assert r.norm() < 1e-10 * b.norm()

@@ -209,3 +209,29 @@ def test_sweep_parallel_reuse_matches_serial_lu():
     ser = newton(problem(MPI.COMM_SELF, nx=12, steps=6), linear="lu")
     assert par.iterations == ser.iterations
     assert abs(par.J - ser.J) < 1e-9 and abs(par.J_value - ser.J_value) < 1e-9
+
+
+def test_cole_hopf_initial_guess():
+    """Newton from the Cole–Hopf solution without congestion: the same discrete solution as
+    from the trivial guess, a smaller initial residual, no more Newton steps; a useless guess
+    (Crank–Nicolson χ < 0 on a coarse mesh) is rejected; refused where it does not exist."""
+    fine = dict(nx=32, steps=16)
+    triv = newton(problem(**fine), linear="sweep")
+    ch = newton(problem(**fine), linear="sweep", guess="cole-hopf")
+    assert ch.history[0]["guess"] == "cole-hopf" and triv.history[0]["guess"] == "trivial"
+    assert abs(ch.J - triv.J) < 1e-10 and max_diff(ch.rho, triv.rho) < 1e-8
+    assert ch.history[0]["residual"] < 0.2 * triv.history[0]["residual"]
+    assert ch.iterations <= triv.iterations
+    bad = newton(problem(steps=6), linear="lu", guess="cole-hopf")
+    assert bad.history[0]["guess"].startswith("trivial")
+    ref = newton(problem(steps=6), linear="lu")
+    assert bad.iterations == ref.iterations and abs(bad.J - ref.J) < 1e-12
+    with pytest.raises(ConfigError, match="initial_guess"):
+        newton(problem(), guess="picard")
+    from fem_mfc.exact import Manufactured
+    mesh = dolfinx.mesh.create_unit_square(MPI.COMM_SELF, 4, 4)
+    ex = Manufactured(mesh, 1.0, 0.5, lambda r: 0.5 * r ** 2, "mftc")
+    mms = ControlProblem(mesh=mesh, T=1.0, sigma=0.5, steps=2, rho0=ex.rho(0.0), V=ex.V,
+                         Phi=ex.Phi, G=ex.G, exact=ex)
+    with pytest.raises(ConfigError, match="initial_guess"):
+        newton(mms, guess="cole-hopf")

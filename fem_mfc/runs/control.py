@@ -28,7 +28,8 @@ def solve_config(cfg: dict, ctx, md=None):
     ctx.log.info("solving %s: %d dofs x %d steps, method %s", cfg["run"]["formulation"],
                  problem.space.dofmap.index_map.size_global, problem.steps, method)
     result = solve(problem, method=method, rtol=s["rtol"], atol=s["atol"], max_it=s["max_it"],
-                   relaxation=s["relaxation"], picard_max_it=s["picard_max_it"])
+                   relaxation=s["relaxation"], picard_max_it=s["picard_max_it"],
+                   initial_guess=s["initial_guess"])
     return md, problem, result
 
 

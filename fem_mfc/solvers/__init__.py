@@ -27,11 +27,14 @@ def choose_method(problem, method: str = "auto") -> str:
 
 
 def solve(problem, method: str = "auto", rtol=1e-10, atol=1e-12, max_it=50,
-          picard_max_it=500, relaxation=0.5, petsc_options=None) -> Result:
-    """Solve ``problem`` (a :class:`~fem_mfc.problem.ControlProblem`) with ``method``."""
+          picard_max_it=500, relaxation=0.5, petsc_options=None,
+          initial_guess: str = "trivial") -> Result:
+    """Solve ``problem`` (a :class:`~fem_mfc.problem.ControlProblem`) with ``method``
+    (``initial_guess``: Newton's start, "trivial" or "cole-hopf")."""
     m = choose_method(problem, method)
     if m == "newton":
-        return newton(problem, rtol=rtol, atol=atol, max_it=max_it, petsc_options=petsc_options)
+        return newton(problem, rtol=rtol, atol=atol, max_it=max_it, petsc_options=petsc_options,
+                      guess=initial_guess)
     if m == "picard":
         return picard(problem, rtol=rtol, atol=atol, max_it=picard_max_it,
                       relaxation=relaxation)

@@ -10,7 +10,11 @@ through ``MatSetValuesLocal`` (20 ms for a P1 mass matrix on 120k triangles here
   (``scatter_reverse``) and copies the owned rows into the PETSc matrix with one
   ``MatSetValuesCSR`` (2.5 ms, global column indices computed once per pattern);
 * creates the first PETSc matrix of a pattern with ``dolfinx.fem.petsc.create_matrix`` and
-  every further one by ``MatDuplicate`` of it.
+  every further one by ``MatDuplicate`` of it;
+* on one rank, creates the matrices on arrays instead (``MatCreateSeqAIJWithArrays``): all
+  matrices of a pattern share one row-pointer/column array and each owns a value array, into
+  which the scratch values are copied (0.5 ms instead of ``MatSetValuesCSR``; a third of the
+  memory of separate AIJ matrices).
 
 A pattern is keyed by the form's spaces and its integral types and subdomain ids, so forms
 that integrate over different parts of the mesh never share one.  Blocked spaces (bs > 1)
@@ -46,9 +50,33 @@ class _Pattern:
         self.cols = np.asarray(cols.local_to_global(self.csr.indices[: self.nnz]),
                                dtype=PETSc.IntType)
         self.template = dolfinx.fem.petsc.create_matrix(a)
+        self.on_arrays = (a.mesh.comm.size == 1 and cols.num_ghosts == 0
+                          and _rows_sorted(self.indptr, self.cols))
+        self.shape, self.comm = (nl, cols.size_local), a.mesh.comm
+
+    def create_on_arrays(self) -> PETSc.Mat:
+        """A SeqAIJ matrix on the shared structure and a new value array (kept on the Mat)."""
+        values = np.zeros(self.nnz, dtype=PETSc.ScalarType)
+        A = PETSc.Mat().createAIJWithArrays(self.shape, (self.indptr, self.cols, values),
+                                            comm=self.comm)
+        A.setAttr(VALUES, values)
+        A.assemble()
+        return A
 
     def destroy(self):
         self.template.destroy()
+
+
+VALUES = "fem_mfc_csr_values"
+
+
+def _rows_sorted(indptr: np.ndarray, cols: np.ndarray) -> bool:
+    """Are the column indices strictly increasing within every row?"""
+    d = np.diff(cols)
+    starts = indptr[1:-1] - 1                  # positions where a new row begins (d there is free)
+    ok = d > 0
+    ok[starts[(starts >= 0) & (starts < d.size)]] = True
+    return bool(ok.all())
 
 
 class CSRAssembler:
@@ -72,7 +100,8 @@ class CSRAssembler:
         """An unassembled PETSc matrix with the sparsity pattern of ``a``."""
         if not self._fast(a):
             return dolfinx.fem.petsc.create_matrix(a)
-        return self._pattern(a).template.duplicate(copy=False)
+        p = self._pattern(a)
+        return p.create_on_arrays() if p.on_arrays else p.template.duplicate(copy=False)
 
     def assemble(self, A: PETSc.Mat, a: dolfinx.fem.Form) -> PETSc.Mat:
         """A ← the matrix of ``a`` (every entry of the pattern overwritten), assembled."""
@@ -85,7 +114,11 @@ class CSRAssembler:
         p.csr.set_value(0.0)
         dolfinx.fem.assemble_matrix(p.csr, a)
         p.csr.scatter_reverse()
-        A.setValuesCSR(p.indptr, p.cols, p.csr.data[: p.nnz])
+        values = A.getAttr(VALUES)
+        if values is not None:                 # the Mat's own value array (one rank)
+            np.copyto(values, p.csr.data[: p.nnz])
+        else:
+            A.setValuesCSR(p.indptr, p.cols, p.csr.data[: p.nnz])
         A.assemble()
         return A
 

@@ -248,20 +248,40 @@ class SpaceTime:
             A = self._mats[mkey] = self._assembler.create(self.jac[key])
         return self._assembler.assemble(A, self.jac[key])
 
+    def block_keys(self) -> dict:
+        """{(r, c): (key, k)}: the Jacobian block of row field r and column field c is the form
+        ``self.jac[key]`` assembled at level k (non-vanishing blocks only)."""
+        out = {}
+        for k in range(self.N + 1):
+            for row in self.rows(k):
+                r = self.row_field(row, k)
+                for (rw, col) in self.jac:
+                    c = self.field(col, k)
+                    if rw == row and c is not None:
+                        out[(r, c)] = ((rw, col), k)
+        return out
+
     def block_grid(self, skip=frozenset()) -> list:
         """The Jacobian blocks at the current states as an nfields × nfields grid of Mats
         (None where a block vanishes or its (row, column) field pair is in ``skip``)."""
         nf = self.nfields
         grid = [[None] * nf for _ in range(nf)]
-        for k in range(self.N + 1):
-            self.load(k)
-            for row in self.rows(k):
-                r = self.row_field(row, k)
-                for (rw, col) in self.jac:
-                    c = self.field(col, k)
-                    if rw == row and c is not None and (r, c) not in skip:
-                        grid[r][c] = self.block((rw, col), k)
+        loaded = None
+        for (r, c), (key, k) in sorted(self.block_keys().items(), key=lambda e: e[1][1]):
+            if (r, c) in skip:
+                continue
+            if k != loaded:
+                self.load(k)
+                loaded = k
+            grid[r][c] = self.block(key, k)
         return grid
+
+    def assemble_block(self, r: int, c: int) -> PETSc.Mat:
+        """A new matrix holding block (r, c) at the current states (not kept by the system)."""
+        key, k = self.block_keys()[(r, c)]
+        self.load(k)
+        A = self._assembler.create(self.jac[key])
+        return self._assembler.assemble(A, self.jac[key])
 
     def jacobian(self, X: PETSc.Vec | None) -> PETSc.Mat:
         """The space-time Jacobian as AIJ: blocks → MatNest → convert (reusing ``self.A``)."""
