@@ -127,3 +127,28 @@ def test_cole_hopf_formulation_with_congestion_uses_the_pair(tmp_path):
     assert out["hjb-fp"]["method"] == "newton"
     assert abs(out["cole-hopf"]["J"] - out["hjb-fp"]["J"]) < 5e-3 * out["hjb-fp"]["J"]
     assert out["cole-hopf"]["mass_error"] < 1e-10
+
+
+def test_cole_hopf_guess_and_inexact_sweep_newton_from_the_cli(tmp_path):
+    """`[solver] initial_guess = "cole-hopf"` and the sweep path with adaptive forcing (chosen
+    on the command line) reproduce the default run's J; a bad forcing name is one line."""
+    plain = CONGESTED.replace("[output]", "[output]\nfigures = false\nvtx = false")
+    cfg, cfg_ch = tmp_path / "c.toml", tmp_path / "ch.toml"
+    cfg.write_text(plain)
+    cfg_ch.write_text(plain.replace('method = "newton"',
+                                    'method = "newton"\ninitial_guess = "cole-hopf"'))
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "a"), "--quiet"])
+    assert p.returncode == 0, p.stderr
+    p = run_cli(["run", str(cfg_ch), "--out", str(tmp_path / "b"), "--quiet", "-mfc_linear",
+                 "sweep"])
+    assert p.returncode == 0, p.stderr
+    a, b = read_summary(tmp_path / "a"), read_summary(tmp_path / "b")
+    assert abs(a["J"] - b["J"]) < 1e-9 * abs(a["J"])
+    assert a["history"][0]["guess"] == "trivial"
+    assert b["history"][0]["guess"] in ("cole-hopf", "trivial (the Cole-Hopf guess had the "
+                                        "larger residual)")
+    assert all("ksp_rtol" in h for h in b["history"][:-1])
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "c"), "--quiet",
+                 "-mfc_newton_forcing", "sloppy", "-mfc_linear", "sweep"])
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and "newton_forcing" in lines[0], p.stderr
