@@ -235,3 +235,39 @@ def test_cole_hopf_initial_guess():
                          Phi=ex.Phi, G=ex.G, exact=ex)
     with pytest.raises(ConfigError, match="initial_guess"):
         newton(mms, guess="cole-hopf")
+
+
+def test_trapezoid_residual_is_exact_for_quadratic_systems():
+    """F(y) = F(x) + ½(K(x) + K(y))(y − x) reproduces the assembled residual at unrelated states
+    when the residual is quadratic (G = ρ²/2, mftc; both schemes).  The check is symbolic and
+    conservative (mfg's c = G/ρ as UFL writes it is not recognised); G = ρ³/3 (c = ρ²) is
+    quadratic, G = ρ⁴/4 is not."""
+    from fem_mfc.solvers.kkt_pc import TrapezoidResidual
+    assert not SpaceTime(problem(steps=2, coupling="mfg")).quadratic
+    for scheme in (CN, BE):
+        st = SpaceTime(problem(steps=4, scheme=scheme))
+        assert st.quadratic
+        op = KKTOperator(st)
+        trap = TrapezoidResidual(op)
+        X, F, R = st.create_vec(), st.create_vec(), st.create_vec()
+        for seed in range(4):
+            st.states_to_vec(X) if seed == 0 else X.setArray(perturbed(st, seed).getArray())
+            trap(X, F)
+            st.residual(X, R)                          # direct assembly at the same state
+            R.axpy(-1.0, F)
+            assert R.norm() <= 1e-13 * max(F.norm(), 1e-3), (scheme, seed, R.norm())
+        assert (trap.assembled, trap.derived) == (1, 3)
+        trap.destroy(), op.destroy()
+    mesh = dolfinx.mesh.create_unit_square(MPI.COMM_SELF, 3, 3)
+    for power, quadratic in ((3, True), (4, False)):
+        p = ControlProblem(mesh=mesh, T=1.0, sigma=0.5, steps=2, rho0=1.0,
+                           G=lambda r, k=power: r ** k / k)
+        assert SpaceTime(p).quadratic == quadratic
+
+
+def test_newton_with_trapezoid_residuals_matches_assembled_residuals():
+    a = newton(problem(steps=6), linear="sweep")
+    b = newton(problem(steps=6), linear="sweep", petsc_options={"newton_trapezoid": False})
+    assert_same(b, a, tol=1e-9)
+    assert a.history[-1]["residuals"]["trapezoid"] == a.iterations
+    assert "residuals" not in b.history[-1]

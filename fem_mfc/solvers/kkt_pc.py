@@ -210,6 +210,55 @@ class KKTOperator:
         self._E = self._fresh = None
 
 
+class TrapezoidResidual:
+    """The residual of a system *quadratic* in its unknowns (``SpaceTime.quadratic``) from the
+    Jacobian operator, which Newton assembles anyway: with K affine in the state,
+
+        F(y) = F(x) + ½(K(x) + K(y))(y − x)          (trapezoidal rule, exact),
+
+    so after one assembled F(x₀) every residual costs two MatNest products instead of an
+    assembly of all rows (≈ 0.35 s instead of 1.3 s at 60k P1 dofs × 50 steps), and the blocks
+    assembled at y serve the Jacobian at y that SNES asks for next.  ``x``/``F``: the last
+    point and its residual; ``current(x)``: are the operator's blocks those at x?"""
+
+    def __init__(self, op: KKTOperator):
+        self.op = op
+        st = op.st
+        self.x = self.F = None
+        self.d, self.w = st.create_vec(), st.create_vec()
+        self.assembled = self.derived = 0     # residuals by assembly / by the identity
+
+    def current(self, x: PETSc.Vec) -> bool:
+        return self.x is not None and x.equal(self.x)
+
+    def __call__(self, x: PETSc.Vec, f: PETSc.Vec):
+        if self.x is None:
+            self.op.update(x)                 # no reassembly at the construction states
+            self.op.st.residual(x, f)
+            self.x, self.F = x.copy(), f.copy()
+            self.assembled += 1
+            return
+        if x.equal(self.x):
+            self.F.copy(f)
+            return
+        x.copy(self.d)
+        self.d.axpy(-1.0, self.x)             # d = y − x
+        self.op.mat.mult(self.d, self.w)      # K(x) d
+        self.op.update(x)                     # the blocks (and states) at y
+        self.op.mat.mult(self.d, f)           # K(y) d
+        f.axpy(1.0, self.w)
+        f.aypx(0.5, self.F)                   # F(y) = F(x) + ½(K(x) + K(y)) d
+        x.copy(self.x)
+        f.copy(self.F)
+        self.derived += 1
+
+    def destroy(self):
+        for v in (self.x, self.F, self.d, self.w):
+            if v is not None:
+                v.destroy()
+        self.x = self.F = None
+
+
 def pivot(f: int) -> int:
     """The column field a row field is solved for: FP row 2n → ρ^{n+1}, HJB row 2n+1 → uⁿ."""
     return f + 1 if f % 2 == 0 else f - 1
@@ -394,4 +443,4 @@ def sweep_ksp(ksp: PETSc.KSP, op: KKTOperator, rtol: float, atol: float, prefix:
     return ctx
 
 
-__all__ = ["KKTOperator", "SweepPC", "pivot", "sweep_ksp"]
+__all__ = ["KKTOperator", "SweepPC", "TrapezoidResidual", "pivot", "sweep_ksp"]

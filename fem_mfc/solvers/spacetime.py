@@ -131,7 +131,8 @@ class SpaceTime:
         self.t_prev = dolfinx.fem.Constant(p.mesh, 0.0)
         self.t_cur = dolfinx.fem.Constant(p.mesh, 0.0)
         res = fm.build(self.tm, self.t_prev, self.t_cur)
-        jac = jacobian_blocks(res, self.tm)
+        jac = self._jac_ufl = jacobian_blocks(res, self.tm)
+        self._quadratic = None
         self.res = {k: dolfinx.fem.form(F) for k, F in res.items()}
         self.jac = {k: dolfinx.fem.form(a) for k, a in jac.items()}
         varying = set(self.tm.values()) | {self.t_prev, self.t_cur}
@@ -145,6 +146,24 @@ class SpaceTime:
         self._mats = {}
         self._assembler = CSRAssembler()      # one sparsity pattern for all the blocks
         self.A = None
+
+    @property
+    def quadratic(self) -> bool:
+        """Is the residual quadratic in the unknowns, i.e. every Jacobian block affine in the
+        states (true for HJB–FP with G = κρ²/2: the ρ̄|∇u|² term gives bilinear/quadratic
+        rows)?  Checked symbolically: no derivative of a block with respect to a template
+        depends on a template."""
+        if self._quadratic is None:
+            templates = set(self.tm.values())
+            w = ufl.Argument(self.V, 2)
+            self._quadratic = True
+            for a in self._jac_ufl.values():
+                for t in templates:
+                    d = H.nonzero(ufl.derivative(a, t, w))
+                    if d is not None and set(ufl.algorithms.extract_coefficients(d)) & templates:
+                        self._quadratic = False
+                        return False
+        return self._quadratic
 
     @classmethod
     def describe(cls, problem, **options) -> Formulation:
