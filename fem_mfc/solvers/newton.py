@@ -60,33 +60,38 @@ ETA_MAX, ETA_GAMMA, ETA_ALPHA = 1e-2, 0.9, 2.0   # EW choice 2; loose steps (0.3
 ETA_SAFETY = 0.5                                 # of the tolerance still to be gained
 
 
-def cole_hopf_guess(st: SpaceTime) -> bool:
-    """States of ``st`` ← the Cole–Hopf solution (two linear sweeps, MODEL §4) of its problem
-    without congestion — a continuation start for congested problems — if its residual is
-    smaller than that of the current states (on coarse meshes with Crank–Nicolson, χ can turn
-    negative and the guess is useless); returns whether it was taken.  60k P1 dofs × 50 CN
-    steps, G = ρ²/2: the initial residual is 19× smaller and Newton needs 4 steps instead of 5
-    (the sweeps and the two residuals cost ≈ 1/10 of the Newton solve)."""
-    import dataclasses
-
-    from .sweeps import cole_hopf_solve
-    p = st.problem
+def check_cole_hopf_guess(p):
     if p.eps <= 0 or getattr(p.exact, "sources", None) is not None:
         raise ConfigError("solver.initial_guess", "'trivial' (the Cole–Hopf guess needs σ > 0 "
                           "and no source terms)", "cole-hopf")
-    X0, F = st.create_vec(), st.create_vec()
+
+
+def cole_hopf_guess(st: SpaceTime, residual=None) -> bool:
+    """States of ``st`` ← the Cole–Hopf solution (two linear sweeps, MODEL §4) of its problem
+    without congestion — a continuation start for congested problems — if its residual is
+    smaller than that of the current states (on coarse meshes with Crank–Nicolson, χ can turn
+    negative and the guess is useless); returns whether it was taken.  ``residual(x, f)``
+    evaluates F (default: assembly; Newton passes its trapezoid residual, for which the
+    comparison is one assembly plus two operator products).  60k P1 dofs × 50 CN steps,
+    G = ρ²/2: the initial residual is 19× smaller and Newton needs 4 steps instead of 5."""
+    import dataclasses
+
+    from .sweeps import cole_hopf_fields
+    p = st.problem
+    check_cole_hopf_guess(p)
+    residual = residual or st.residual
+    X0, X1, F = st.create_vec(), st.create_vec(), st.create_vec()
     st.states_to_vec(X0)
-    st.residual(None, F)
+    residual(X0, F)
     before = F.norm()
-    r = cole_hopf_solve(dataclasses.replace(p, G=None, rho0=p.rho0))
-    st.assign(r.rho, r.u)
-    for f in st.rho[1:] + st.u:
-        f.x.scatter_forward()
-    st.residual(None, F)
+    cole_hopf_fields(dataclasses.replace(p, G=None, rho0=p.rho0), st.rho, st.u)
+    st.states_to_vec(X1)
+    residual(X1, F)
     taken = F.norm() < before               # NaN compares False: rejected
     if not taken:
         st.vec_to_states(X0)
-    X0.destroy(), F.destroy()
+    for v in (X0, X1, F):
+        v.destroy()
     return taken
 
 
@@ -152,9 +157,10 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
     if guess not in GUESSES:
         raise ConfigError("solver.initial_guess", "one of " + ", ".join(GUESSES), guess)
     st = system or SpaceTime(problem)
-    start = guess
-    if system is None and guess == "cole-hopf" and not cole_hopf_guess(st):
-        start = "trivial (the Cole-Hopf guess had the larger residual)"
+    if system is not None:
+        guess = "the given states"
+    elif guess == "cole-hopf":
+        check_cole_hopf_guess(problem)
     hjb_fp = system is None or type(system) is SpaceTime
     opts = PETSc.Options()
     ours = [f"{prefix}{k.lstrip('-')}" for k in (petsc_options or {})]
@@ -167,22 +173,19 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
             raise ConfigError(f"-{prefix}newton_forcing", "one of " + ", ".join(FORCING), forcing)
         if opts.hasName(prefix + "ksp_rtol") or opts.getBool(prefix + "snes_ksp_ew", False):
             forcing = "exact"                 # the user's Krylov tolerance wins
-        res = _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0,
-                     Forcing(rtol, atol, opts.getReal(prefix + "newton_eta_max", ETA_MAX))
-                     if mode == "sweep" and forcing == "adaptive" else None)
-        if res.history:
-            res.history[0]["guess"] = start
-        return res
+        return _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0,
+                      Forcing(rtol, atol, opts.getReal(prefix + "newton_eta_max", ETA_MAX))
+                      if mode == "sweep" and forcing == "adaptive" else None, guess)
     finally:                      # options of this call only: later solves start clean
         for name in ours:
             opts.delValue(name)
 
 
-def _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0, forcing=None) -> Result:
-    """SNES on ``st`` with the Newton-step solver ``mode`` (inexact steps with ``forcing``);
-    appends the option names it sets to ``ours``."""
+def _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0, forcing=None,
+           guess="trivial") -> Result:
+    """SNES on ``st`` with the Newton-step solver ``mode`` (inexact steps with ``forcing``)
+    from ``guess``; appends the option names it sets to ``ours``."""
     X, F = st.create_vec(), st.create_vec()
-    st.states_to_vec(X)
     history = []
     ctx = {}                                      # the sweep PC, for its counters
 
@@ -235,6 +238,9 @@ def _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0, forcing=None) -
         if opts.getString(prefix + "pc_type", "") == "shell":
             opts.delValue(prefix + "pc_type")             # "shell" names the sweep PC here
     snes.setFromOptions()
+    if guess == "cole-hopf" and not cole_hopf_guess(st, trap):
+        guess = "trivial (the Cole-Hopf guess had the larger residual)"
+    st.states_to_vec(X)
     try:
         snes.solve(None, X)
     except ImportError as e:
@@ -244,6 +250,8 @@ def _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0, forcing=None) -
     fnorm = snes.getFunctionNorm()
     st.vec_to_states(X)
     snes.destroy()
+    if history:
+        history[0]["guess"] = guess
     if trap is not None:
         history[-1]["residuals"] = {"assembled": trap.assembled, "trapezoid": trap.derived}
         trap.destroy()

@@ -98,6 +98,18 @@ def cole_hopf_solve(problem, prefix="mfc_ch_") -> Result:
 
     ``Result.seconds`` counts assembly, factorisation, sweeps and the output fields, not the
     set-up of the HJB–FP functionals (SpaceTime) nor the diagnostics J, mass."""
+    from .spacetime import SpaceTime
+    st = SpaceTime(problem)               # the output fields and the HJB–FP functionals
+    t0 = time.perf_counter()
+    cole_hopf_fields(problem, st.rho, st.u, prefix)
+    st.check_finite("Cole–Hopf")
+    seconds = time.perf_counter() - t0
+    return Result.from_system(st, method="cole-hopf", iterations=0, history=[], seconds=seconds)
+
+
+def cole_hopf_fields(problem, rho: list, u: list, prefix="mfc_ch_"):
+    """The sweeps of :func:`cole_hopf_solve`: ρ¹..ρᴺ into ``rho[1:]`` and u⁰..u^{N−1} into
+    ``u`` (Functions on a space with the dof layout of ``problem.space``)."""
     p = problem
     if p.G is not None:
         raise ConfigError("solver.method", "'newton' or 'picard' when problem.G ≠ 0 "
@@ -107,10 +119,8 @@ def cole_hopf_solve(problem, prefix="mfc_ch_") -> Result:
     if getattr(p.exact, "sources", None) is not None:
         raise ConfigError("solver.method", "'newton' or 'picard' for problems with source terms "
                           "(boundary data of an exact solution)", "cole-hopf")
-    from .spacetime import SpaceTime
-    st = SpaceTime(p)                     # the output fields and the HJB–FP functionals
-    t0 = time.perf_counter()
-    V, comm, N, eps, nl = p.space, p.mesh.comm, p.steps, p.eps, st.nl
+    V, comm, N, eps = p.space, p.mesh.comm, p.steps, p.eps
+    nl = V.dofmap.index_map.size_local * V.dofmap.index_map_bs
     a_form, b_form = cole_hopf.step_matrices(V, p.tau, eps, p.V, p.theta)
     A = dolfinx.fem.petsc.assemble_matrix(dolfinx.fem.form(a_form))
     A.assemble()
@@ -139,7 +149,7 @@ def cole_hopf_solve(problem, prefix="mfc_ch_") -> Result:
     r = math.log(m)
     for n in range(N):
         r += sw.step(n, n + 1, "forward") + s[n + 1] - s[n]
-        out = st.rho[n + 1].x.array[:nl]
+        out = rho[n + 1].x.array[:nl]
         prod = np.exp(logchi[n + 1]) * gam[n + 1]
         if r < EXP_MAX:
             np.multiply(prod, math.exp(r), out=out)
@@ -149,11 +159,8 @@ def cole_hopf_solve(problem, prefix="mfc_ch_") -> Result:
     sw.destroy()
     # u at the times of the HJB–FP scheme's u: t_n (θ = 1), t_{n+½} (θ = ½, mean of the logs)
     logchi += s[:, None]                   # = −u/2ε
-    for n, f in enumerate(st.u):
+    for n, f in enumerate(u):
         lc = logchi[n] if p.theta == 1.0 else 0.5 * (logchi[n] + logchi[n + 1])
         np.multiply(lc, -2 * eps, out=f.x.array[:nl])
-    for f in st.rho[1:] + st.u:
+    for f in list(rho[1:]) + list(u):
         f.x.scatter_forward()
-    st.check_finite("Cole–Hopf")
-    seconds = time.perf_counter() - t0
-    return Result.from_system(st, method="cole-hopf", iterations=0, history=[], seconds=seconds)
