@@ -271,3 +271,35 @@ def test_newton_with_trapezoid_residuals_matches_assembled_residuals():
     assert_same(b, a, tol=1e-9)
     assert a.history[-1]["residuals"]["trapezoid"] == a.iterations
     assert "residuals" not in b.history[-1]
+
+
+@pytest.mark.parametrize("comm", [MPI.COMM_SELF, pytest.param(MPI.COMM_WORLD,
+                                                               marks=pytest.mark.mpi)])
+def test_blocks_of_levels_with_equal_states_are_copied_not_reassembled(comm):
+    """At the constant initial guess every level has the same states: one assembly per form;
+    the copies equal assemblies, and a memoised matrix changed since is not copied (the
+    decision is collective)."""
+    st = SpaceTime(problem(comm, steps=5))
+    calls = []
+    asm = st._assembler.assemble
+    st._assembler.assemble = lambda A, a: calls.append(1) or asm(A, a)
+    grid = st.block_grid()
+    n_blocks = sum(A is not None for row in grid for A in row)
+    assert len(calls) < n_blocks // 3
+    ref = SpaceTime(problem(comm, steps=5))
+    for (r, c), (key, k) in st.block_keys().items():
+        ref.load(k)
+        B = ref._assembler.create(ref.jac[key])
+        ref._assembler.assemble(B, ref.jac[key])
+        D = grid[r][c].copy()
+        D.axpy(-1.0, B)
+        assert D.norm() <= 1e-14 * max(B.norm(), 1.0), (r, c)
+    key = ("u", "rho_next")                            # P_n, one matrix per level
+    assert st._memo[key][1] is not st._mats[(key, 3)]
+    st._memo[key][1].scale(2.0)                        # changed since it was memoised
+    st.load(3)
+    A = st.block(key, 3)
+    st._assembler.assemble(B := A.duplicate(), st.jac[key])
+    D = A.copy()
+    D.axpy(-1.0, B)
+    assert D.norm() <= 1e-14 * B.norm()

@@ -136,10 +136,11 @@ class SpaceTime:
         self.res = {k: dolfinx.fem.form(F) for k, F in res.items()}
         self.jac = {k: dolfinx.fem.form(a) for k, a in jac.items()}
         varying = set(self.tm.values()) | {self.t_prev, self.t_cur}
-        self.constant_block = {
-            k: not ((set(ufl.algorithms.extract_coefficients(a))
-                     | set(ufl.algorithms.analysis.extract_type(a, ufl.Constant))) & varying)
-            for k, a in jac.items()}
+        self._inputs = {k: [f for f in (set(ufl.algorithms.extract_coefficients(a))
+                                       | set(ufl.algorithms.analysis.extract_type(a, ufl.Constant)))
+                            if f in varying] for k, a in jac.items()}
+        self.constant_block = {k: not inputs for k, inputs in self._inputs.items()}
+        self._memo = {}                       # key → (input values, Mat) of its last assembly
         self.func = {k: (dolfinx.fem.form(f) if f is not None else None)
                      for k, f in fm.functionals(self.tm, self.t_cur).items()}
         self._vecs = {k: dolfinx.fem.Function(V).x for k in self.res}
@@ -257,15 +258,36 @@ class SpaceTime:
     def block(self, key, k: int) -> PETSc.Mat:
         """Assembled Jacobian block ``key = (row, template)`` at the loaded level k.
 
-        Blocks whose form involves neither unknowns nor time are assembled once and shared."""
+        Blocks whose form involves neither unknowns nor time are assembled once and shared.
+        A block whose inputs (the templates and times its form uses) hold the values of the
+        last assembly of its form is copied from that matrix instead, unless that matrix has
+        changed since (levels with equal states, e.g. the constant initial guess: one assembly
+        per form instead of N)."""
         const = self.constant_block[key]
         mkey = key if const else (key, k)
         A = self._mats.get(mkey)
         if A is not None and const:
             return A
+        values = [f.x.array if hasattr(f, "x") else np.asarray(f.value)
+                  for f in self._inputs[key]]
+        memo = self._memo.get(key)                # (inputs, Mat, its state when memoised)
+        same = memo is not None and memo[1] is not A and memo[1].stateGet() == memo[2] and all(
+            np.array_equal(a, b) for a, b in zip(memo[0], values))
+        if self.comm.allreduce(same, op=MPI.LAND):            # one decision on every rank
+            if A is None:
+                A = self._assembler.create(self.jac[key])
+                if not A.isAssembled():        # parallel: structure fixed at first assembly
+                    A.destroy()
+                    self._mats[mkey] = memo[1].duplicate(copy=True)
+                    return self._mats[mkey]
+                self._mats[mkey] = A
+            memo[1].copy(A, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
+            return A
         if A is None:
             A = self._mats[mkey] = self._assembler.create(self.jac[key])
-        return self._assembler.assemble(A, self.jac[key])
+        self._assembler.assemble(A, self.jac[key])
+        self._memo[key] = ([v.copy() for v in values], A, A.stateGet())
+        return A
 
     def block_keys(self) -> dict:
         """{(r, c): (key, k)}: the Jacobian block of row field r and column field c is the form
