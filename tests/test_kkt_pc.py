@@ -287,7 +287,7 @@ def test_blocks_of_levels_with_equal_states_are_copied_not_reassembled(comm):
     n_blocks = sum(A is not None for row in grid for A in row)
     assert len(calls) < n_blocks // 3
     ref = SpaceTime(problem(comm, steps=5))
-    for (r, c), (key, k) in st.block_keys().items():
+    for (r, c), (key, k) in st.block_keys.items():
         ref.load(k)
         B = ref._assembler.create(ref.jac[key])
         ref._assembler.assemble(B, ref.jac[key])

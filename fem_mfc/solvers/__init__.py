@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from .newton import newton
 from .picard import picard
 from .result import Result
-from .sweeps import cole_hopf_solve
+from .sweeps import cole_hopf_obstacles, cole_hopf_solve
 
 METHODS = ("auto", "newton", "picard", "cole-hopf")
 
@@ -21,9 +21,7 @@ def choose_method(problem, method: str = "auto") -> str:
         raise ConfigError("solver.method", "one of " + ", ".join(METHODS), method)
     if method != "auto":
         return method
-    linear = problem.G is None and getattr(problem.exact, "sources", None) is None \
-        and problem.eps > 0
-    return "cole-hopf" if linear else "newton"
+    return "newton" if cole_hopf_obstacles(problem) else "cole-hopf"
 
 
 def solve(problem, method: str = "auto", rtol=1e-10, atol=1e-12, max_it=50,

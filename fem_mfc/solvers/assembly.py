@@ -49,7 +49,7 @@ class _Pattern:
         self.indptr = np.asarray(indptr[: nl + 1], dtype=PETSc.IntType)
         self.cols = np.asarray(cols.local_to_global(self.csr.indices[: self.nnz]),
                                dtype=PETSc.IntType)
-        self.template = dolfinx.fem.petsc.create_matrix(a)
+        self._form, self._template = a, None
         self.on_arrays = (a.mesh.comm.size == 1 and cols.num_ghosts == 0
                           and _rows_sorted(self.indptr, self.cols))
         self.shape, self.comm = (nl, cols.size_local), a.mesh.comm
@@ -63,8 +63,17 @@ class _Pattern:
         A.assemble()
         return A
 
+    @property
+    def template(self) -> PETSc.Mat:
+        """dolfinx's PETSc matrix of the pattern, duplicated for every further matrix (made on
+        first use: never needed on one rank)."""
+        if self._template is None:
+            self._template = dolfinx.fem.petsc.create_matrix(self._form)
+        return self._template
+
     def destroy(self):
-        self.template.destroy()
+        if self._template is not None:
+            self._template.destroy()
 
 
 VALUES = "fem_mfc_csr_values"
@@ -102,6 +111,16 @@ class CSRAssembler:
             return dolfinx.fem.petsc.create_matrix(a)
         p = self._pattern(a)
         return p.create_on_arrays() if p.on_arrays else p.template.duplicate(copy=False)
+
+    def create_copy(self, a: dolfinx.fem.Form, src: PETSc.Mat) -> PETSc.Mat:
+        """A new matrix of the pattern of ``a`` holding the values of ``src`` (a matrix of that
+        pattern): on arrays on one rank, else a duplicate (a fresh parallel AIJ matrix has
+        no assembled structure to copy into)."""
+        if self._fast(a) and self._pattern(a).on_arrays:
+            A = self._pattern(a).create_on_arrays()
+            src.copy(A, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
+            return A
+        return src.duplicate(copy=True)
 
     def assemble(self, A: PETSc.Mat, a: dolfinx.fem.Form) -> PETSc.Mat:
         """A ← the matrix of ``a`` (every entry of the pattern overwritten), assembled."""

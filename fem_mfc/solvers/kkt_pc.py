@@ -50,7 +50,7 @@ def mirrors(st) -> set:
     (c, r) up to assembly round-off.  Blocks built from one pair of forms are all mirrors or
     none (the identity ∂²L/∂ρ∂u = (∂²L/∂u∂ρ)ᵀ is one of the forms, not of a level), so each
     pair of forms is checked once, on a block pair from the middle of the horizon."""
-    keys = st.block_keys()
+    keys = st.block_keys
     groups = {}
     for (r, c), (key, _) in keys.items():
         if r % 2 == 1 and c % 2 == 0 and (c, r) in keys:
@@ -234,7 +234,7 @@ class TrapezoidResidual:
     def __call__(self, x: PETSc.Vec, f: PETSc.Vec):
         if self.x is None:
             self.op.update(x)                 # no reassembly at the construction states
-            self.op.st.residual(x, f)
+            self.op.st.residual(None, f)      # the states were set by update
             self.x, self.F = x.copy(), f.copy()
             self.assembled += 1
             return

@@ -44,6 +44,7 @@ from ..errors import ConfigError, SolverError
 from .kkt_pc import KKTOperator, TrapezoidResidual, sweep_ksp
 from .result import Result
 from .spacetime import SpaceTime
+from .sweeps import cole_hopf_fields, cole_hopf_obstacles
 
 # The KKT matrix has zero diagonal blocks (saddle point).  MUMPS' automatic column permutation
 # gave inaccurate factors (true residual > right-hand side, P2, 1D); the maximum-product
@@ -61,7 +62,8 @@ ETA_SAFETY = 0.5                                 # of the tolerance still to be 
 
 
 def check_cole_hopf_guess(p):
-    if p.eps <= 0 or getattr(p.exact, "sources", None) is not None:
+    """The Cole–Hopf guess drops the congestion; it needs the rest of the linear path."""
+    if set(cole_hopf_obstacles(p)) - {"congestion"}:
         raise ConfigError("solver.initial_guess", "'trivial' (the Cole–Hopf guess needs σ > 0 "
                           "and no source terms)", "cole-hopf")
 
@@ -76,7 +78,6 @@ def cole_hopf_guess(st: SpaceTime, residual=None) -> bool:
     G = ρ²/2: the initial residual is 19× smaller and Newton needs 4 steps instead of 5."""
     import dataclasses
 
-    from .sweeps import cole_hopf_fields
     p = st.problem
     check_cole_hopf_guess(p)
     residual = residual or st.residual
@@ -101,8 +102,8 @@ class Forcing:
       η₀ = η_max,  ηₖ = min(η_max, max(γ(‖Fₖ‖/‖Fₖ₋₁‖)^α, γηₖ₋₁^α if γηₖ₋₁^α > 0.1)),
 
     then ηₖ ≥ s·target/‖Fₖ‖ (no oversolving: the last step only has to reach the SNES
-    tolerance target = max(atol, rtol‖F₀‖)) and ηₖ ≥ KSP_RTOL.  ``rtol(k, fnorm)`` is called
-    before the k-th linear solve (from the SNES monitor)."""
+    tolerance target = max(atol, rtol‖F₀‖)) and ηₖ ≥ KSP_RTOL.  ``rtol_for(k, fnorm)`` is
+    called before the k-th linear solve (from the SNES monitor)."""
 
     def __init__(self, rtol: float, atol: float, eta_max: float = ETA_MAX,
                  gamma: float = ETA_GAMMA, alpha: float = ETA_ALPHA):
@@ -149,9 +150,8 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
     """Solve the discrete system by Newton from the trivial guess ρⁿ = ρ_0, uⁿ = Φ, from the
     Cole–Hopf solution of the problem without congestion (``guess="cole-hopf"``,
     :func:`cole_hopf_guess`), or from the states already in ``system``; ``linear`` chooses
-    the Newton-step solver and
-    ``forcing`` the Krylov tolerance of the sweep path (see above; ``-{prefix}newton_forcing``
-    overrides).  ``history`` holds the residual and the Krylov iterations (and their
+    the Newton-step solver and ``forcing`` the Krylov tolerance of the sweep path (see above;
+    ``-{prefix}newton_forcing`` overrides).  ``history`` holds the residual and the Krylov iterations (and their
     tolerance ``ksp_rtol``) of the step that followed."""
     t0 = time.perf_counter()
     if guess not in GUESSES:

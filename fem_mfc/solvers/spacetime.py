@@ -30,6 +30,7 @@ overriding :meth:`SpaceTime.describe` only and add views of their unknowns.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Optional
 
 import dolfinx
@@ -132,7 +133,6 @@ class SpaceTime:
         self.t_cur = dolfinx.fem.Constant(p.mesh, 0.0)
         res = fm.build(self.tm, self.t_prev, self.t_cur)
         jac = self._jac_ufl = jacobian_blocks(res, self.tm)
-        self._quadratic = None
         self.res = {k: dolfinx.fem.form(F) for k, F in res.items()}
         self.jac = {k: dolfinx.fem.form(a) for k, a in jac.items()}
         varying = set(self.tm.values()) | {self.t_prev, self.t_cur}
@@ -140,7 +140,7 @@ class SpaceTime:
                                        | set(ufl.algorithms.analysis.extract_type(a, ufl.Constant)))
                             if f in varying] for k, a in jac.items()}
         self.constant_block = {k: not inputs for k, inputs in self._inputs.items()}
-        self._memo = {}                       # key → (input values, Mat) of its last assembly
+        self._memo = {}                       # key → (inputs, Mat, its state) of the last assembly
         self.func = {k: (dolfinx.fem.form(f) if f is not None else None)
                      for k, f in fm.functionals(self.tm, self.t_cur).items()}
         self._vecs = {k: dolfinx.fem.Function(V).x for k in self.res}
@@ -148,23 +148,20 @@ class SpaceTime:
         self._assembler = CSRAssembler()      # one sparsity pattern for all the blocks
         self.A = None
 
-    @property
+    @cached_property
     def quadratic(self) -> bool:
         """Is the residual quadratic in the unknowns, i.e. every Jacobian block affine in the
         states (true for HJB–FP with G = κρ²/2: the ρ̄|∇u|² term gives bilinear/quadratic
         rows)?  Checked symbolically: no derivative of a block with respect to a template
         depends on a template."""
-        if self._quadratic is None:
-            templates = set(self.tm.values())
-            w = ufl.Argument(self.V, 2)
-            self._quadratic = True
-            for a in self._jac_ufl.values():
-                for t in templates:
-                    d = H.nonzero(ufl.derivative(a, t, w))
-                    if d is not None and set(ufl.algorithms.extract_coefficients(d)) & templates:
-                        self._quadratic = False
-                        return False
-        return self._quadratic
+        templates = set(self.tm.values())
+        w = ufl.Argument(self.V, 2)
+        for a in self._jac_ufl.values():
+            for t in templates:
+                d = H.nonzero(ufl.derivative(a, t, w))
+                if d is not None and set(ufl.algorithms.extract_coefficients(d)) & templates:
+                    return False
+        return True
 
     @classmethod
     def describe(cls, problem, **options) -> Formulation:
@@ -275,13 +272,9 @@ class SpaceTime:
             np.array_equal(a, b) for a, b in zip(memo[0], values))
         if self.comm.allreduce(same, op=MPI.LAND):            # one decision on every rank
             if A is None:
-                A = self._assembler.create(self.jac[key])
-                if not A.isAssembled():        # parallel: structure fixed at first assembly
-                    A.destroy()
-                    self._mats[mkey] = memo[1].duplicate(copy=True)
-                    return self._mats[mkey]
-                self._mats[mkey] = A
-            memo[1].copy(A, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
+                A = self._mats[mkey] = self._assembler.create_copy(self.jac[key], memo[1])
+            else:
+                memo[1].copy(A, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
             return A
         if A is None:
             A = self._mats[mkey] = self._assembler.create(self.jac[key])
@@ -289,9 +282,10 @@ class SpaceTime:
         self._memo[key] = ([v.copy() for v in values], A, A.stateGet())
         return A
 
+    @cached_property
     def block_keys(self) -> dict:
         """{(r, c): (key, k)}: the Jacobian block of row field r and column field c is the form
-        ``self.jac[key]`` assembled at level k (non-vanishing blocks only)."""
+        ``self.jac[key]`` assembled at level k (non-vanishing blocks only), ordered by level."""
         out = {}
         for k in range(self.N + 1):
             for row in self.rows(k):
@@ -308,7 +302,7 @@ class SpaceTime:
         nf = self.nfields
         grid = [[None] * nf for _ in range(nf)]
         loaded = None
-        for (r, c), (key, k) in sorted(self.block_keys().items(), key=lambda e: e[1][1]):
+        for (r, c), (key, k) in self.block_keys.items():
             if (r, c) in skip:
                 continue
             if k != loaded:
@@ -319,7 +313,7 @@ class SpaceTime:
 
     def assemble_block(self, r: int, c: int) -> PETSc.Mat:
         """A new matrix holding block (r, c) at the current states (not kept by the system)."""
-        key, k = self.block_keys()[(r, c)]
+        key, k = self.block_keys[(r, c)]
         self.load(k)
         A = self._assembler.create(self.jac[key])
         return self._assembler.assemble(A, self.jac[key])

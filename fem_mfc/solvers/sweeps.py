@@ -107,18 +107,30 @@ def cole_hopf_solve(problem, prefix="mfc_ch_") -> Result:
     return Result.from_system(st, method="cole-hopf", iterations=0, history=[], seconds=seconds)
 
 
+def cole_hopf_obstacles(problem) -> dict:
+    """What keeps the linear Cole–Hopf path from solving ``problem`` exactly: {name: the
+    config error it raises}; empty when it applies (no congestion, σ > 0, no sources)."""
+    p, out = problem, {}
+    if p.G is not None:
+        out["congestion"] = ConfigError("solver.method", "'newton' or 'picard' when problem.G "
+                                        "≠ 0 (Cole–Hopf needs a congestion-free problem)",
+                                        "cole-hopf")
+    if p.eps <= 0:
+        out["noise"] = ConfigError("problem.sigma", "a positive noise for the Cole–Hopf "
+                                   "transform", p.sigma)
+    if getattr(p.exact, "sources", None) is not None:
+        out["sources"] = ConfigError("solver.method", "'newton' or 'picard' for problems with "
+                                     "source terms (boundary data of an exact solution)",
+                                     "cole-hopf")
+    return out
+
+
 def cole_hopf_fields(problem, rho: list, u: list, prefix="mfc_ch_"):
     """The sweeps of :func:`cole_hopf_solve`: ρ¹..ρᴺ into ``rho[1:]`` and u⁰..u^{N−1} into
     ``u`` (Functions on a space with the dof layout of ``problem.space``)."""
     p = problem
-    if p.G is not None:
-        raise ConfigError("solver.method", "'newton' or 'picard' when problem.G ≠ 0 "
-                          "(Cole–Hopf needs a congestion-free problem)", "cole-hopf")
-    if p.eps <= 0:
-        raise ConfigError("problem.sigma", "a positive noise for the Cole–Hopf transform", p.sigma)
-    if getattr(p.exact, "sources", None) is not None:
-        raise ConfigError("solver.method", "'newton' or 'picard' for problems with source terms "
-                          "(boundary data of an exact solution)", "cole-hopf")
+    for err in cole_hopf_obstacles(p).values():
+        raise err
     V, comm, N, eps = p.space, p.mesh.comm, p.steps, p.eps
     nl = V.dofmap.index_map.size_local * V.dofmap.index_map_bs
     a_form, b_form = cole_hopf.step_matrices(V, p.tau, eps, p.V, p.theta)
