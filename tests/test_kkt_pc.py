@@ -178,6 +178,31 @@ def test_derived_blocks_equal_assembled(scheme):
     op.destroy(), ref.destroy()
 
 
+@pytest.mark.parametrize("comm,scheme", [(MPI.COMM_SELF, CN), (MPI.COMM_SELF, BE),
+                                         pytest.param(MPI.COMM_WORLD, CN, marks=pytest.mark.mpi)])
+def test_grouped_product_equals_matnest(comm, scheme):
+    """KKTProduct (terms grouped by matrix: one product per P_n, P_nᵀ, A_n, shared matrices
+    over all their columns at once) multiplies like the MatNest, before and after the B_n
+    are derived, and makes fewer products than the MatNest has blocks."""
+    st = SpaceTime(problem(comm, steps=5, scheme=scheme))
+    op = KKTOperator(st)
+    x, y, z = st.create_vec(), st.create_vec(), st.create_vec()
+    x.setRandom()
+    nest_blocks = sum(A is not None for row in op.grid for A in row)
+    for seed in (1, 2):                                # states of the construction, then new
+        op.update(perturbed(st, seed))
+        op.mat.mult(x, y)
+        op.product.mat.mult(x, z)
+        z.axpy(-1.0, y)
+        assert z.norm() <= 1e-14 * y.norm(), (seed, z.norm())
+    assert bool(op.derived) == (scheme == CN)
+    plan = op.product.plan()
+    batched = [p for p in plan if p[0] == "batch"]
+    # per level at most P_n, P_nᵀ, A_n one product each; shared matrices batched
+    assert batched and len(plan) <= 3 * 5 + len(batched) + 2 < nest_blocks
+    op.destroy()
+
+
 def test_reuse_coinciding_pivots_and_lagging():
     """Exact reuse: the first Newton step (constant guess, all pivots equal) factorises once
     and the Krylov counts are those without reuse; a loose tolerance lags factors (fewer

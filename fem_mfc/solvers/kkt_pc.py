@@ -34,6 +34,7 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 from ..errors import SolverError
+from .kkt_product import KKTProduct
 from .sweeps import step_solver
 
 TRANSPOSE_RTOL = 1e-12          # Q_n = P_nᵀ up to assembly round-off
@@ -84,7 +85,9 @@ def same_pattern(A: PETSc.Mat, B: PETSc.Mat) -> bool:
 
 
 class KKTOperator:
-    """The space-time Jacobian as a MatNest of level blocks, reassembled in place.
+    """The space-time Jacobian as a MatNest of level blocks, reassembled in place; ``mat``
+    is the MatNest (the matrix the preconditioner is built from), ``product.mat`` the same
+    operator multiplied with fewer matrix reads (:mod:`.kkt_product`; the Krylov operator).
 
     Every HJB-row/u-column block that is the transpose of its FP-row/ρ-column mirror (checked
     once per pair of forms at the initial states, :func:`mirrors`; all of them for the HJB–FP
@@ -112,6 +115,7 @@ class KKTOperator:
             grid[r][c] = PETSc.Mat().createTranspose(grid[c][r])
         self.grid = grid
         self.mat = PETSc.Mat().createNest(grid, comm=st.comm)
+        self.product = KKTProduct(self)       # the same operator, fewer matrix reads
         if derive is None:
             derive = PETSc.Options(prefix).getBool("kkt_derive", True)
         self.assemblies = 1                   # full block assemblies (for reports)
@@ -204,6 +208,7 @@ class KKTOperator:
         return self.mat
 
     def destroy(self):
+        self.product.mat.destroy()            # its context frees its work objects
         for m in (self._E, self._fresh):
             if m is not None:
                 m.destroy()
@@ -243,9 +248,10 @@ class TrapezoidResidual:
             return
         x.copy(self.d)
         self.d.axpy(-1.0, self.x)             # d = y − x
-        self.op.mat.mult(self.d, self.w)      # K(x) d
+        K = self.op.product.mat
+        K.mult(self.d, self.w)                # K(x) d
         self.op.update(x)                     # the blocks (and states) at y
-        self.op.mat.mult(self.d, f)           # K(y) d
+        K.mult(self.d, f)                     # K(y) d
         f.axpy(1.0, self.w)
         f.aypx(0.5, self.F)                   # F(y) = F(x) + ½(K(x) + K(y)) d
         x.copy(self.x)

@@ -233,7 +233,7 @@ def _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0, forcing=None,
         def jacobian(snes, x, J, P):
             if trap is None or not trap.current(x):   # else: assembled with F(x)
                 op.update(x)
-        snes.setJacobian(jacobian, op.mat, op.mat)
+        snes.setJacobian(jacobian, op.product.mat, op.mat)
         pc_ctx = ctx["pc"] = sweep_ksp(ksp, op, KSP_RTOL, KSP_ATOL, prefix)
         if opts.getString(prefix + "pc_type", "") == "shell":
             opts.delValue(prefix + "pc_type")             # "shell" names the sweep PC here

@@ -1,0 +1,187 @@
+"""Products with the space-time Jacobian that read every distinct matrix as rarely as possible.
+
+The MatNest of :class:`~fem_mfc.solvers.kkt_pc.KKTOperator` multiplies block by block: about
+eleven sparse products per time level, although most blocks are the same few matrices —
+with B_n = αP_n + E (derived FP blocks), the HJB/u blocks the transposes of the FP/ρ blocks
+(mirrors) and the state-independent blocks (mass-like congestion blocks, E) shared by all
+levels.  Every Krylov iteration and every trapezoid residual multiplies with the whole
+operator, so these products are memory-bound reads of the same matrices over and over.
+
+:class:`KKTProduct` writes the operator as a sum of terms
+
+      K[r, c] = Σ  coeff · op(base),      op ∈ {identity, transpose},
+
+(a mirror block (r, c) is the transpose of the terms of (c, r); a derived block the terms
+α·P_n + 1·E), groups the terms by (base, op) and applies each group with as few products as
+its shape allows:
+
+* one input column  (e.g. P_nᵀ uⁿ feeds the HJB rows n and n+1):  w = op(base) x_c once,
+  distributed to its rows with their coefficients;
+* one output row    (e.g. P_n(ρ^{n+1} + αρⁿ) in the FP row n):   inputs combined first;
+* otherwise (a shared matrix at many (r, c), e.g. the congestion mass blocks of all levels):
+  one sparse × dense product over all its input columns (``MatMatMult``, which reads the
+  sparse matrix once per few columns instead of once per column).
+
+The result equals the MatNest product to round-off (tests/test_kkt_pc.py); it is the
+operator the Newton–Krylov solver multiplies with, the MatNest stays the matrix the
+preconditioner is built from.  Per level: 3 sparse products of state-dependent matrices
+(P_n, P_nᵀ, A_n) instead of ≈ 11.
+"""
+from __future__ import annotations
+
+import numpy as np
+from petsc4py import PETSc
+
+SYMMETRY_RTOL = 1e-14           # a shared transposed base within round-off of symmetric
+
+
+class KKTProduct:
+    """petsc4py Mat context (type "python") multiplying with the blocks of ``op.grid``."""
+
+    def __init__(self, op):
+        self.op = op
+        st = op.st
+        self.nl, self.nf, self.comm = st.nl, st.nfields, st.comm
+        size = (self.nl, PETSc.DETERMINE)
+        self._dummy = np.zeros(self.nl, dtype=PETSc.ScalarType)
+        self.xin = PETSc.Vec().createWithArray(self._dummy, size=size, comm=st.comm)
+        self.comb = PETSc.Vec().createMPI(size, comm=st.comm)      # combined inputs
+        self.w = PETSc.Vec().createMPI(size, comm=st.comm)         # one product
+        self._plan, self._key, self._buffers = None, None, {}
+        self.mat = PETSc.Mat().createPython(op.mat.getSizes(), context=self, comm=st.comm)
+        self.mat.setUp()
+        self.products = 0                     # sparse products of the last plan (for reports)
+
+    # -- the operator as terms coeff·op(base) --------------------------------------------
+    def _own_terms(self, r: int, c: int) -> list:
+        """[(base, transposed, coeff)] of the non-mirror block (r, c)."""
+        op = self.op
+        if (r, c) in op.derived:              # B_n = α P_n + E
+            return [(op.grid[r][r + 1], False, op._alpha), (op._E, False, 1.0)]
+        return [(op.grid[r][c], False, 1.0)]
+
+    def terms(self) -> list:
+        """[(base, transposed, r, c, coeff)] whose sum is the operator."""
+        op, out = self.op, []
+        for r, row in enumerate(op.grid):
+            for c, K in enumerate(row):
+                if K is None:
+                    continue
+                if (r, c) in op.mirror:
+                    out += [(b, not t, r, c, a) for b, t, a in self._own_terms(c, r)]
+                else:
+                    out += [(b, t, r, c, a) for b, t, a in self._own_terms(r, c)]
+        return out
+
+    def plan(self) -> list:
+        """The grouped products (rebuilt when the set of derived blocks changes)."""
+        key = frozenset(self.op.derived)
+        if self._plan is not None and key == self._key:
+            return self._plan
+        self.destroy_plan()
+        groups = {}
+        for base, t, r, c, a in self.terms():
+            groups.setdefault((base.handle, t), (base, t, []))[2].append((r, c, a))
+        plan, buffers = [], {}
+        for base, t, uses in groups.values():
+            rows = {r for r, _, _ in uses}
+            cols = tuple(sorted({c for _, c, _ in uses}))
+            if len(cols) == 1:
+                plan.append(("col", base, t, cols[0], [(r, a) for r, _, a in uses]))
+            elif len(rows) == 1:
+                plan.append(("row", base, t, rows.pop(), [(c, a) for _, c, a in uses]))
+            else:
+                if t and self._symmetric(base):
+                    t = False
+                if cols not in buffers:       # groups with one column set share one copy
+                    buffers[cols] = self._dense(len(cols))
+                index = {c: j for j, c in enumerate(cols)}
+                plan.append(("batch", base, t, cols, [(r, index[c], a) for r, c, a in uses],
+                             *buffers[cols], [None]))
+        self._plan, self._key = plan, key
+        self._buffers = buffers
+        self.products = sum(1 if p[0] != "batch" else len(p[3]) for p in plan)
+        return plan
+
+    def _symmetric(self, A: PETSc.Mat) -> bool:
+        return A.isSymmetric(tol=SYMMETRY_RTOL * A.norm(PETSc.NormType.INFINITY))
+
+    def _dense(self, m: int):
+        """Input buffer (m columns of nl rows, column-major) and its dense Mat."""
+        buf = np.zeros((m, self.nl), dtype=PETSc.ScalarType)
+        X = PETSc.Mat().createDense(((self.nl, PETSc.DETERMINE), (PETSc.DECIDE, m)),
+                                    array=buf.reshape(-1), comm=self.comm)
+        X.assemble()
+        return buf, X, [False]                # [filled by the current product?]
+
+    # -- y = K x ---------------------------------------------------------------------------
+    def _apply(self, base, t: bool, xa: np.ndarray) -> np.ndarray:
+        """op(base) applied to the owned array xa; returns the owned result array."""
+        self.xin.placeArray(xa)
+        try:
+            (base.multTranspose if t else base.mult)(self.xin, self.w)
+        finally:
+            self.xin.resetArray()
+        return self.w.array_r
+
+    def mult(self, mat, x: PETSc.Vec, y: PETSc.Vec):
+        nl, nf = self.nl, self.nf
+        xa = x.getArray(readonly=True)
+        xs = [xa[f * nl:(f + 1) * nl] for f in range(nf)]
+        ya = y.getArray()
+        ys = [ya[f * nl:(f + 1) * nl] for f in range(nf)]
+        fresh = [True] * nf                   # row not yet written (no zeroing pass)
+
+        def add(r, w, a):
+            if fresh[r]:
+                np.multiply(w, a, out=ys[r]) if a != 1.0 else np.copyto(ys[r], w)
+                fresh[r] = False
+            else:
+                ys[r] += w if a == 1.0 else a * w
+
+        for buf, X, filled in self._buffers.values():
+            filled[0] = False
+        for step in self.plan():
+            kind, base, t = step[:3]
+            if kind == "col":
+                w = self._apply(base, t, xs[step[3]])
+                for r, a in step[4]:
+                    add(r, w, a)
+            elif kind == "row":
+                comb = self.comb.array
+                (c0, a0), *rest = step[4]
+                np.multiply(xs[c0], a0, out=comb)
+                for c, a in rest:
+                    comb += xs[c] if a == 1.0 else a * xs[c]
+                add(step[3], self._apply(base, t, comb), 1.0)
+            else:
+                cols, uses, buf, X, filled, Y = step[3:]
+                if not filled[0]:
+                    for j, c in enumerate(cols):
+                        buf[j] = xs[c]
+                    X.stateIncrease()
+                    filled[0] = True
+                Y[0] = (base.transposeMatMult if t else base.matMult)(X, Y[0])
+                out = Y[0].getDenseArray(readonly=True)
+                for r, j, a in uses:
+                    add(r, out[:, j], a)
+        for r in range(nf):
+            if fresh[r]:
+                ys[r][:] = 0.0
+        y.stateIncrease()
+
+    def destroy_plan(self):
+        for step in self._plan or ():
+            if step[0] == "batch" and step[8][0] is not None:
+                step[8][0].destroy()
+        for buf, X, filled in getattr(self, "_buffers", {}).values():
+            X.destroy()
+        self._plan, self._buffers = None, {}
+
+    def destroy(self, mat=None):
+        self.destroy_plan()
+        for v in (self.xin, self.comb, self.w):
+            v.destroy()
+
+
+__all__ = ["KKTProduct"]
