@@ -307,7 +307,7 @@ def test_blocks_of_levels_with_equal_states_are_copied_not_reassembled(comm):
     st = SpaceTime(problem(comm, steps=5))
     calls = []
     asm = st._assembler.assemble
-    st._assembler.assemble = lambda A, a: calls.append(1) or asm(A, a)
+    st._assembler.assemble = lambda A, a, ev=None: calls.append(1) or asm(A, a, ev)
     grid = st.block_grid()
     n_blocks = sum(A is not None for row in grid for A in row)
     assert len(calls) < n_blocks // 3

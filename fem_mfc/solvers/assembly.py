@@ -122,16 +122,25 @@ class CSRAssembler:
             return A
         return src.duplicate(copy=True)
 
-    def assemble(self, A: PETSc.Mat, a: dolfinx.fem.Form) -> PETSc.Mat:
-        """A ← the matrix of ``a`` (every entry of the pattern overwritten), assembled."""
+    def scratch(self, a: dolfinx.fem.Form):
+        """The scratch ``MatrixCSR`` of the pattern of ``a`` (what :meth:`assemble` fills)."""
+        return self._pattern(a).csr if self._fast(a) else None
+
+    def assemble(self, A: PETSc.Mat, a: dolfinx.fem.Form, evaluator=None) -> PETSc.Mat:
+        """A ← the matrix of ``a`` (every entry of the pattern overwritten), assembled;
+        ``evaluator`` (an :class:`~fem_mfc.solvers.affine.AffineForm` on the scratch matrix
+        of ``a``) fills the local CSR data instead of dolfinx's assembler."""
         if not self._fast(a):
             A.zeroEntries()
             dolfinx.fem.petsc.assemble_matrix(A, a)
             A.assemble()
             return A
         p = self._pattern(a)
-        p.csr.set_value(0.0)
-        dolfinx.fem.assemble_matrix(p.csr, a)
+        if evaluator is not None:
+            evaluator.evaluate()
+        else:
+            p.csr.set_value(0.0)
+            dolfinx.fem.assemble_matrix(p.csr, a)
         p.csr.scatter_reverse()
         values = A.getAttr(VALUES)
         if values is not None:                 # the Mat's own value array (one rank)

@@ -22,7 +22,11 @@ When the residual is quadratic in the unknowns (``SpaceTime.quadratic``, e.g. G 
 sweep path evaluates it after the first one by the exact trapezoid identity of
 :class:`~fem_mfc.solvers.kkt_pc.TrapezoidResidual` from the Jacobian blocks, which it then
 reuses for the Jacobian at that point (``-mfc_newton_trapezoid false``: assemble every
-residual).
+residual), and its state-dependent Jacobian blocks, affine in the states, are evaluated as
+d₀ + Σ Tᵢwᵢ once each form has been assembled a few times (:mod:`fem_mfc.solvers.affine`;
+``-mfc_newton_affine_blocks false``: assemble every block).  The sweep path multiplies with
+the Jacobian through :class:`~fem_mfc.solvers.kkt_product.KKTProduct` (terms grouped by
+matrix).
 
 The choice can also be made with PETSc options: ``-mfc_linear sweep`` or ``-mfc_pc_type shell``
 select the sweep path.  Every PETSc option can be overridden through the options prefix
@@ -167,6 +171,7 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
     for name, v in zip(ours, (petsc_options or {}).values()):
         opts[name] = v
     try:
+        st.affine_blocks = opts.getBool(prefix + "newton_affine_blocks", True)
         mode = linear_mode(st, linear, prefix, hjb_fp)
         forcing = opts.getString(prefix + "newton_forcing", forcing)
         if forcing not in FORCING:

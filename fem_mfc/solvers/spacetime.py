@@ -42,7 +42,11 @@ from petsc4py import PETSc
 
 from ..errors import SolverError
 from ..forms import hjb_fp as H
+from .affine import affine_evaluator
 from .assembly import CSRAssembler
+
+
+AFFINE_AFTER = 16                # block assemblies of a form before it is evaluated affinely
 
 
 def first(k, N):
@@ -146,6 +150,8 @@ class SpaceTime:
         self._vecs = {k: dolfinx.fem.Function(V).x for k in self.res}
         self._mats = {}
         self._assembler = CSRAssembler()      # one sparsity pattern for all the blocks
+        self.affine_blocks = True             # evaluate affine blocks (see :meth:`_evaluator`)
+        self._affine, self._colours, self._assembled = {}, {}, {}
         self.A = None
 
     @cached_property
@@ -278,9 +284,30 @@ class SpaceTime:
             return A
         if A is None:
             A = self._mats[mkey] = self._assembler.create(self.jac[key])
-        self._assembler.assemble(A, self.jac[key])
+        self._assembler.assemble(A, self.jac[key], self._evaluator(key))
         self._memo[key] = ([v.copy() for v in values], A, A.stateGet())
         return A
+
+    def _evaluator(self, key):
+        """The affine evaluator of block form ``key`` (solvers/affine.py), or None.
+
+        For a quadratic residual every block is affine in the states it depends on; a block
+        form assembled AFFINE_AFTER times (levels × Newton steps) is from then on evaluated
+        as d₀ + Σ Tᵢwᵢ (set-up ≈ 10 assemblies per state it depends on, checked against an
+        assembly) — unless it depends on time (sources) or ``affine_blocks`` is off."""
+        if key in self._affine:
+            return self._affine[key]
+        n = self._assembled[key] = self._assembled.get(key, 0) + 1
+        if n < AFFINE_AFTER or not self.affine_blocks or not self.quadratic:
+            return None
+        inputs = self._inputs[key]
+        ev = None
+        if all(hasattr(f, "x") for f in inputs):              # no time Constants
+            csr = self._assembler.scratch(self.jac[key])
+            if csr is not None:
+                ev = affine_evaluator(self.jac[key], csr, inputs, self._colours, self.comm)
+        self._affine[key] = ev
+        return ev
 
     @cached_property
     def block_keys(self) -> dict:

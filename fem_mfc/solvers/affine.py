@@ -1,0 +1,181 @@
+"""Bilinear forms affine in some coefficients, evaluated without assembly.
+
+For a quadratic residual every Jacobian block a(w) is affine in the states it depends on
+(``SpaceTime.quadratic``): with w = (w_1, …, w_m) the unknown Functions of the block,
+
+      data(w) = d₀ + Σᵢ Tᵢ wᵢ,        d₀ = data(0),   Tᵢ = ∂data/∂wᵢ,
+
+where ``data`` is the array of the form's local CSR matrix (before ghost rows are added to
+their owners).  Tᵢ is sparse: entry e = (i, j) depends on the coefficient dofs of the cells
+holding both i and j only.  It is computed by colouring (Curtis–Powell–Reid): the
+coefficient dofs are coloured so that no two dofs of one colour touch a common matrix row
+through their cells (distance-2 for P1–P1); assembling with wᵢ = the indicator of one colour
+then gives, in every entry, the contribution of the unique dof of that colour among its
+dofs: one assembly per colour and coefficient (≈ 10 on a 2D triangle mesh) gives Tᵢ
+exactly.  Evaluating the block is then one sparse product per coefficient (≈ 2 ms at 60k P1
+dofs, 0.4M entries) instead of an assembly (≈ 15 ms; element kernels and coefficient
+packing).
+
+The result is checked against an assembly at the states of the set-up: a form that is not
+affine in w, or any mismatch above round-off, makes :func:`affine_evaluator` return None and
+the caller keeps assembling.  Cell integrals over the whole mesh with scalar spaces only;
+everything else is assembled.  Rank-local (the local CSR data of each rank's cells); the
+result enters the usual ghost-row scatter.
+"""
+from __future__ import annotations
+
+import dolfinx
+import numpy as np
+import scipy.sparse as sp
+from mpi4py import MPI
+from petsc4py import PETSc
+
+CHECK_RTOL = 1e-12
+
+
+def _cell_dofs(V, ncells: int) -> np.ndarray:
+    """cell → local dofs of V (python or C++ function space) for the first ``ncells`` cells."""
+    dm = V.dofmap
+    return (dm.list if hasattr(dm, "list") else dm.map())[:ncells]
+
+
+def _cell_only(a: dolfinx.fem.Form) -> bool:
+    cpp = a._cpp_object
+    types = list(cpp.integral_types)
+    return (len(types) == 1 and types[0] == dolfinx.fem.IntegralType.cell
+            and list(cpp.integral_ids(types[0])) == [-1])
+
+
+def colour_coefficient_dofs(rows: np.ndarray, coeff: np.ndarray, n_rows: int,
+                            n_coeff: int) -> np.ndarray:
+    """Greedy colouring of the coefficient dofs: k, k' differ in colour if some cell of k and
+    some cell of k' share a row dof (``rows``/``coeff``: cell → dofs, local indices)."""
+    ncells = rows.shape[0]
+    cells = np.repeat(np.arange(ncells), rows.shape[1])
+    R = sp.csr_matrix((np.ones(cells.size), (rows.ravel(), cells)), shape=(n_rows, ncells))
+    cells = np.repeat(np.arange(ncells), coeff.shape[1])
+    C = sp.csr_matrix((np.ones(cells.size), (cells, coeff.ravel())), shape=(ncells, n_coeff))
+    S = (R @ C).tocsr()                       # row dof → coefficient dofs around it
+    G = (S.T @ S).tocsr()                     # conflict graph of the coefficient dofs
+    indptr, indices = G.indptr, G.indices
+    colour = np.full(n_coeff, -1, dtype=np.int64)
+    for k in range(n_coeff):
+        used = set(colour[indices[indptr[k]:indptr[k + 1]]].tolist())
+        c = 0
+        while c in used:
+            c += 1
+        colour[k] = c
+    return colour
+
+
+class _Structure:
+    """The sparsity of Tᵢ for one scratch matrix and one coefficient space (shared by every
+    form and coefficient on them): (entry e, coefficient dof k) pairs as CSR, the colours of
+    the coefficient dofs and, per colour, the pairs whose dof has it."""
+
+    def __init__(self, a: dolfinx.fem.Form, csr, W):
+        V0, V1 = a.function_spaces
+        ncells = a.mesh.topology.index_map(a.mesh.topology.dim).size_local
+        r_dofs, c_dofs, k_dofs = (_cell_dofs(V, ncells) for V in (V0, V1, W))
+        # position of every (cell, a, b) element entry in the CSR data
+        indptr, indices = csr.indptr, csr.indices
+        nrows = indptr.size - 1
+        ncols = int(indices.max()) + 1 if indices.size else 1
+        keys = np.repeat(np.arange(nrows, dtype=np.int64), np.diff(indptr)) * ncols + indices
+        order = None if np.all(np.diff(keys) > 0) else np.argsort(keys, kind="stable")
+        q = (r_dofs[:, :, None].astype(np.int64) * ncols + c_dofs[:, None, :]).reshape(ncells, -1)
+        pos = np.searchsorted(keys if order is None else keys[order], q)
+        entries = pos if order is None else order[pos]            # (ncells, n0·n1)
+        n0 = V0.dofmap.index_map.size_local + V0.dofmap.index_map.num_ghosts
+        nw = W.dofmap.index_map.size_local + W.dofmap.index_map.num_ghosts
+        self.colour = colour_coefficient_dofs(r_dofs, k_dofs, n0, nw)
+        # (entry, coefficient dof) pairs, one per cell contribution, made unique
+        e = np.repeat(entries, k_dofs.shape[1], axis=1).ravel()
+        k = np.tile(k_dofs, (1, entries.shape[1])).ravel()
+        pair = np.unique(e.astype(np.int64) * nw + k)
+        self.e, k = pair // nw, pair % nw
+        self.k = k.astype(PETSc.IntType)
+        self.indptr = np.searchsorted(self.e, np.arange(csr.data.size + 1)).astype(PETSc.IntType)
+        ck = self.colour[k]
+        self.by_colour = [np.flatnonzero(ck == c) for c in range(int(self.colour.max()) + 1
+                                                                    if nw else 0)]
+        self.shape = (csr.data.size, nw)
+
+
+class AffineForm:
+    """data(w) = d₀ + Σᵢ Tᵢ wᵢ for the form ``a`` on the scratch CSR matrix ``csr``, affine in
+    the Functions ``inputs`` (see the module docstring).  :meth:`evaluate` writes into
+    ``csr.data`` what ``dolfinx.fem.assemble_matrix(csr, a)`` would.  ``structures``: a dict
+    shared by the forms of one system (the sparsity of Tᵢ per matrix and coefficient space)."""
+
+    def __init__(self, a: dolfinx.fem.Form, csr, inputs: list, structures: dict):
+        self.a, self.csr, self.inputs = a, csr, list(inputs)
+        saved = [w.x.array.copy() for w in self.inputs]
+        try:
+            for w in self.inputs:
+                w.x.array[:] = 0.0
+            self.d0 = self._assemble().copy()
+            self.T = []
+            for w in self.inputs:
+                key = (id(csr), id(w.function_space))
+                if key not in structures:
+                    structures[key] = _Structure(a, csr, w.function_space)
+                self.T.append(self._derivative(w, structures[key]))
+                w.x.array[:] = 0.0
+        finally:
+            for w, s in zip(self.inputs, saved):
+                w.x.array[:] = s
+        self._wvecs = [PETSc.Vec().createWithArray(w.x.array, comm=MPI.COMM_SELF)
+                       for w in self.inputs]
+        self._d0vec = PETSc.Vec().createWithArray(self.d0, comm=MPI.COMM_SELF)
+        self._dvec = PETSc.Vec().createWithArray(csr.data, comm=MPI.COMM_SELF)
+
+    def _assemble(self) -> np.ndarray:
+        self.csr.set_value(0.0)
+        dolfinx.fem.assemble_matrix(self.csr, self.a)
+        return self.csr.data
+
+    def _derivative(self, w, st: _Structure) -> PETSc.Mat:
+        """Tᵢ = ∂data/∂w as a SeqAIJ (data entries × local dofs of w), one assembly per colour:
+        with w the indicator of colour c, entry e holds T[e, k] of its unique dof k of colour c."""
+        vals = np.empty(st.k.size, dtype=PETSc.ScalarType)
+        for c, sel in enumerate(st.by_colour):
+            w.x.array[:] = (st.colour == c)
+            vals[sel] = self._assemble()[st.e[sel]] - self.d0[st.e[sel]]
+        return PETSc.Mat().createAIJ(st.shape, csr=(st.indptr, st.k, vals), comm=MPI.COMM_SELF)
+
+    def evaluate(self) -> np.ndarray:
+        """csr.data ← d₀ + Σᵢ Tᵢ wᵢ at the current values of the inputs."""
+        self._d0vec.copy(self._dvec)
+        for T, wv in zip(self.T, self._wvecs):
+            T.multAdd(wv, self._dvec, self._dvec)
+        return self.csr.data
+
+    def matches_assembly(self) -> bool:
+        """Does :meth:`evaluate` agree with an assembly at the current inputs (round-off)?"""
+        ref = self._assemble().copy()
+        got = self.evaluate()
+        scale = np.abs(ref).max() if ref.size else 0.0
+        return bool(np.abs(got - ref).max() <= CHECK_RTOL * scale) if ref.size else True
+
+    def destroy(self):
+        for o in self.T + self._wvecs + [self._d0vec, self._dvec]:
+            o.destroy()
+
+
+def affine_evaluator(a: dolfinx.fem.Form, csr, inputs: list, structures: dict,
+                     comm) -> AffineForm | None:
+    """An :class:`AffineForm` for ``a`` if it applies and matches assembly on every rank."""
+    spaces = list(a.function_spaces) + [w.function_space for w in inputs]
+    ok = (bool(inputs) and _cell_only(a)
+          and all(V.dofmap.index_map_bs == 1 for V in spaces))
+    if not comm.allreduce(ok, op=MPI.LAND):
+        return None
+    f = AffineForm(a, csr, inputs, structures)
+    if comm.allreduce(f.matches_assembly(), op=MPI.LAND):
+        return f
+    f.destroy()
+    return None
+
+
+__all__ = ["AffineForm", "affine_evaluator", "colour_coefficient_dofs"]

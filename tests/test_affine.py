@@ -1,0 +1,109 @@
+"""Affine evaluation of Jacobian blocks (solvers/affine.py) equals assembly.
+
+Serial: ``python3 -m pytest tests/test_affine.py``; the ``mpi`` tests run under
+``mpirun -n 2 python3 -m pytest --with-mpi -m mpi tests/test_affine.py``."""
+import dolfinx
+import numpy as np
+import pytest
+import ufl
+from mpi4py import MPI
+
+from fem_mfc.solvers import newton
+from fem_mfc.solvers.affine import AffineForm, affine_evaluator, colour_coefficient_dofs
+from fem_mfc.solvers.assembly import CSRAssembler
+from fem_mfc.solvers.spacetime import AFFINE_AFTER, SpaceTime
+from test_kkt_pc import assert_same, perturbed, problem
+
+COMMS = [MPI.COMM_SELF, pytest.param(MPI.COMM_WORLD, marks=pytest.mark.mpi)]
+
+
+def space(comm, degree=1):
+    mesh = dolfinx.mesh.create_unit_square(comm, 7, 6)
+    V = dolfinx.fem.functionspace(mesh, ("Lagrange", degree))
+    w1, w2 = dolfinx.fem.Function(V), dolfinx.fem.Function(V)
+    rng = np.random.default_rng(comm.rank)
+    return V, w1, w2, rng
+
+
+def randomise(rng, *ws):
+    for w in ws:
+        w.x.array[:] = rng.standard_normal(w.x.array.size)
+        w.x.scatter_forward()
+
+
+def assembled(a, csr):
+    csr.set_value(0.0)
+    dolfinx.fem.assemble_matrix(csr, a)
+    return csr.data.copy()
+
+
+@pytest.mark.parametrize("comm", COMMS)
+@pytest.mark.parametrize("degree", [1, 2])
+def test_affine_form_equals_assembly(comm, degree):
+    """A form affine in two coefficients (with gradients of one of them, a constant part and
+    a non-symmetric term): d₀ + Σ Tᵢwᵢ equals assembly at new random coefficients to 1e-13."""
+    V, w1, w2, rng = space(comm, degree)
+    u, v = ufl.TrialFunction(V), ufl.TestFunction(V)
+    a = dolfinx.fem.form((1.0 + w1) * ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx
+                         + u * ufl.inner(ufl.grad(w2), ufl.grad(v)) * ufl.dx
+                         + (2.0 - w2) * u * v * ufl.dx)
+    csr = CSRAssembler().scratch(a)
+    randomise(rng, w1, w2)
+    f = affine_evaluator(a, csr, [w1, w2], {}, comm)
+    assert f is not None and len(f.T) == 2
+    for _ in range(3):
+        randomise(rng, w1, w2)
+        ref = assembled(a, csr)
+        got = f.evaluate().copy()
+        assert np.abs(got - ref).max() <= 1e-13 * np.abs(ref).max()
+    f.destroy()
+
+
+@pytest.mark.parametrize("comm", COMMS)
+def test_not_affine_is_refused(comm):
+    """∫w²∇u·∇v is not affine in w: the check against assembly refuses the evaluator."""
+    V, w1, _, rng = space(comm)
+    u, v = ufl.TrialFunction(V), ufl.TestFunction(V)
+    a = dolfinx.fem.form(w1 ** 2 * ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx)
+    randomise(rng, w1)
+    before = w1.x.array.copy()
+    assert affine_evaluator(a, CSRAssembler().scratch(a), [w1], {}, comm) is None
+    assert np.array_equal(w1.x.array, before)          # the coefficient is restored
+
+
+def test_facet_integrals_and_no_inputs_are_assembled():
+    V, w1, _, _ = space(MPI.COMM_SELF)
+    u, v = ufl.TrialFunction(V), ufl.TestFunction(V)
+    a = dolfinx.fem.form(w1 * u * v * ufl.ds)
+    assert affine_evaluator(a, CSRAssembler().scratch(a), [w1], {}, MPI.COMM_SELF) is None
+    b = dolfinx.fem.form(u * v * ufl.dx)
+    assert affine_evaluator(b, CSRAssembler().scratch(b), [], {}, MPI.COMM_SELF) is None
+
+
+def test_colouring_separates_dofs_of_one_patch():
+    """No two dofs of one colour lie in cells around a common row dof (P1: distance 2)."""
+    V, _, _, _ = space(MPI.COMM_SELF)
+    cells = V.dofmap.list
+    n = V.dofmap.index_map.size_local
+    colour = colour_coefficient_dofs(cells, cells, n, n)
+    for i in range(n):
+        patch = np.unique(cells[np.any(cells == i, axis=1)])
+        assert len(set(colour[patch].tolist())) == patch.size
+    assert colour.max() + 1 <= 12
+
+
+@pytest.mark.parametrize("comm", COMMS)
+def test_newton_with_affine_blocks_matches_assembled_blocks(comm):
+    """Enough steps that the state-dependent block forms switch to affine evaluation during
+    the first Newton step: same iterates as with every block assembled."""
+    steps = AFFINE_AFTER + 2
+    a = newton(problem(comm, steps=steps), linear="sweep")
+    b = newton(problem(comm, steps=steps), linear="sweep",
+               petsc_options={"newton_affine_blocks": False})
+    assert_same(b, a, tol=1e-9)
+    st = SpaceTime(problem(comm, steps=steps))
+    for seed in range(3):                              # reach AFFINE_AFTER per form
+        st.vec_to_states(perturbed(st, seed + 1))
+        st.block_grid()
+    live = [k for k, ev in st._affine.items() if ev is not None]
+    assert live and all(isinstance(st._affine[k], AffineForm) for k in live)
