@@ -198,8 +198,9 @@ def test_grouped_product_equals_matnest(comm, scheme):
     assert bool(op.derived) == (scheme == CN)
     plan = op.product.plan()
     batched = [p for p in plan if p[0] == "batch"]
-    # per level at most P_n, P_nᵀ, A_n one product each; shared matrices batched
-    assert batched and len(plan) <= 3 * 5 + len(batched) + 2 < nest_blocks
+    # per level at most P_n, P_nᵀ, A_n one product each; the shared matrices (congestion
+    # blocks τG''θ²M, τG''θ(1−θ)M and E = M/θ, G = ρ²/2) merged into one batched product
+    assert len(batched) == 1 and len(plan) <= 3 * 5 + 1 + 2 < nest_blocks
     op.destroy()
 
 

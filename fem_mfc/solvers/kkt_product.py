@@ -33,6 +33,9 @@ import numpy as np
 from petsc4py import PETSc
 
 SYMMETRY_RTOL = 1e-14           # a shared transposed base within round-off of symmetric
+MULTIPLE_RTOL = 1e-11           # a shared base within round-off of a multiple of another: E of
+                                # KKTOperator is a difference B_n − αP_n and carries P_n's
+                                # round-off (5e-12 of ‖E‖ at 60k dofs; kkt_pc.DERIVE_RTOL)
 
 
 class KKTProduct:
@@ -82,6 +85,7 @@ class KKTProduct:
         groups = {}
         for base, t, r, c, a in self.terms():
             groups.setdefault((base.handle, t), (base, t, []))[2].append((r, c, a))
+        groups = self._merge_shared(groups)
         plan, buffers = [], {}
         for base, t, uses in groups.values():
             rows = {r for r, _, _ in uses}
@@ -91,8 +95,6 @@ class KKTProduct:
             elif len(rows) == 1:
                 plan.append(("row", base, t, rows.pop(), [(c, a) for _, c, a in uses]))
             else:
-                if t and self._symmetric(base):
-                    t = False
                 if cols not in buffers:       # groups with one column set share one copy
                     buffers[cols] = self._dense(len(cols))
                 index = {c: j for j, c in enumerate(cols)}
@@ -103,8 +105,51 @@ class KKTProduct:
         self.products = sum(1 if p[0] != "batch" else len(p[3]) for p in plan)
         return plan
 
+    def _merge_shared(self, groups: dict) -> dict:
+        """Shared matrices (groups with several rows and columns: the state-independent
+        blocks of all levels) become one group per matrix up to a scalar factor: a symmetric
+        transposed matrix joins its untransposed group, and a matrix equal to s·B joins B's
+        group with its coefficients times s (e.g. the congestion blocks τG''θ(1−θ)M, τG''θ²M
+        and E = M/θ: one sparse × dense product for all of them).  Checked once, to
+        round-off."""
+        shared = [k for k, (_, _, uses) in groups.items()
+                  if len({u[0] for u in uses}) > 1 and len({u[1] for u in uses}) > 1]
+        out = {k: g for k, g in groups.items() if k not in shared}
+        families = []                         # [(B, t, uses)] of the shared groups
+        for k in shared:
+            base, t, uses = groups[k]
+            if t and self._symmetric(base):
+                t = False
+            for fam in families:
+                s = fam[1] == t and self._multiple(base, fam[0])
+                if s:
+                    fam[2].extend((r, c, a * s) for r, c, a in uses)
+                    break
+            else:
+                families.append((base, t, list(uses)))
+        for base, t, uses in families:
+            out[(base.handle, t, "shared")] = (base, t, uses)
+        return out
+
     def _symmetric(self, A: PETSc.Mat) -> bool:
         return A.isSymmetric(tol=SYMMETRY_RTOL * A.norm(PETSc.NormType.INFINITY))
+
+    @staticmethod
+    def _multiple(A: PETSc.Mat, B: PETSc.Mat):
+        """s with A = s·B to round-off (same sizes), else None."""
+        if A.getSizes() != B.getSizes():
+            return None
+        na, nb = A.norm(PETSc.NormType.FROBENIUS), B.norm(PETSc.NormType.FROBENIUS)
+        if nb == 0.0 or na == 0.0:
+            return None
+        for s in (na / nb, -na / nb):
+            W = A.copy()
+            W.axpy(-s, B, structure=PETSc.Mat.Structure.UNKNOWN_NONZERO_PATTERN)
+            small = W.norm(PETSc.NormType.FROBENIUS) <= MULTIPLE_RTOL * na
+            W.destroy()
+            if small:
+                return s
+        return None
 
     def _dense(self, m: int):
         """Input buffer (m columns of nl rows, column-major) and its dense Mat."""
