@@ -30,7 +30,10 @@ import scipy.sparse as sp
 from mpi4py import MPI
 from petsc4py import PETSc
 
+from .assembly import scalar_multiple
+
 CHECK_RTOL = 1e-12
+MULTIPLE_RTOL = 1e-14           # Tᵢ = s·Tⱼ: both from the same kernel (exact here)
 
 
 def _cell_dofs(V, ncells: int) -> np.ndarray:
@@ -129,6 +132,18 @@ class AffineForm:
                        for w in self.inputs]
         self._d0vec = PETSc.Vec().createWithArray(self.d0, comm=MPI.COMM_SELF)
         self._dvec = PETSc.Vec().createWithArray(csr.data, comm=MPI.COMM_SELF)
+        # Tᵢ = s·Tⱼ (e.g. ρ̄ = (ρⁿ + ρ^{n+1})/2 enters through both states alike): one
+        # product with the combined input wⱼ + s·wᵢ
+        self.groups = []                      # [(T, [(input index, s)])]
+        for i, T in enumerate(self.T):
+            for Tj, members in self.groups:
+                s = scalar_multiple(T, Tj, MULTIPLE_RTOL)
+                if s is not None:
+                    members.append((i, s))
+                    break
+            else:
+                self.groups.append((T, [(i, 1.0)]))
+        self._comb = self._wvecs[0].duplicate() if len(self.groups) < len(self.T) else None
 
     def _assemble(self) -> np.ndarray:
         self.csr.set_value(0.0)
@@ -146,9 +161,20 @@ class AffineForm:
 
     def evaluate(self) -> np.ndarray:
         """csr.data ← d₀ + Σᵢ Tᵢ wᵢ at the current values of the inputs."""
-        self._d0vec.copy(self._dvec)
-        for T, wv in zip(self.T, self._wvecs):
-            T.multAdd(wv, self._dvec, self._dvec)
+        acc = self._d0vec
+        for T, members in self.groups:
+            if len(members) == 1:
+                w = self._wvecs[members[0][0]]
+            else:
+                w = self._comb
+                c = w.array
+                np.copyto(c, self.inputs[members[0][0]].x.array)
+                for i, s in members[1:]:
+                    c += s * self.inputs[i].x.array
+            T.multAdd(w, acc, self._dvec)     # d = acc + T w (first: acc = d₀)
+            acc = self._dvec
+        if acc is self._d0vec:
+            self._d0vec.copy(self._dvec)
         return self.csr.data
 
     def matches_assembly(self) -> bool:
@@ -159,8 +185,9 @@ class AffineForm:
         return bool(np.abs(got - ref).max() <= CHECK_RTOL * scale) if ref.size else True
 
     def destroy(self):
-        for o in self.T + self._wvecs + [self._d0vec, self._dvec]:
-            o.destroy()
+        for o in self.T + self._wvecs + [self._d0vec, self._dvec, self._comb]:
+            if o is not None:
+                o.destroy()
 
 
 def affine_evaluator(a: dolfinx.fem.Form, csr, inputs: list, structures: dict,

@@ -156,4 +156,21 @@ class CSRAssembler:
         self._patterns = {}
 
 
-__all__ = ["CSRAssembler", "pattern_key"]
+def scalar_multiple(A: PETSc.Mat, B: PETSc.Mat, rtol: float):
+    """s with ‖A − sB‖_F ≤ rtol‖A‖_F (A, B of equal sizes), else None."""
+    if A.getSizes() != B.getSizes():
+        return None
+    na, nb = A.norm(PETSc.NormType.FROBENIUS), B.norm(PETSc.NormType.FROBENIUS)
+    if nb == 0.0 or na == 0.0:
+        return None
+    for s in (na / nb, -na / nb):
+        W = A.copy()
+        W.axpy(-s, B, structure=PETSc.Mat.Structure.UNKNOWN_NONZERO_PATTERN)
+        small = W.norm(PETSc.NormType.FROBENIUS) <= rtol * na
+        W.destroy()
+        if small:
+            return s
+    return None
+
+
+__all__ = ["CSRAssembler", "pattern_key", "scalar_multiple"]

@@ -32,6 +32,8 @@ from __future__ import annotations
 import numpy as np
 from petsc4py import PETSc
 
+from .assembly import scalar_multiple
+
 SYMMETRY_RTOL = 1e-14           # a shared transposed base within round-off of symmetric
 MULTIPLE_RTOL = 1e-11           # a shared base within round-off of a multiple of another: E of
                                 # KKTOperator is a difference B_n − αP_n and carries P_n's
@@ -121,7 +123,7 @@ class KKTProduct:
             if t and self._symmetric(base):
                 t = False
             for fam in families:
-                s = fam[1] == t and self._multiple(base, fam[0])
+                s = fam[1] == t and scalar_multiple(base, fam[0], MULTIPLE_RTOL)
                 if s:
                     fam[2].extend((r, c, a * s) for r, c, a in uses)
                     break
@@ -133,23 +135,6 @@ class KKTProduct:
 
     def _symmetric(self, A: PETSc.Mat) -> bool:
         return A.isSymmetric(tol=SYMMETRY_RTOL * A.norm(PETSc.NormType.INFINITY))
-
-    @staticmethod
-    def _multiple(A: PETSc.Mat, B: PETSc.Mat):
-        """s with A = s·B to round-off (same sizes), else None."""
-        if A.getSizes() != B.getSizes():
-            return None
-        na, nb = A.norm(PETSc.NormType.FROBENIUS), B.norm(PETSc.NormType.FROBENIUS)
-        if nb == 0.0 or na == 0.0:
-            return None
-        for s in (na / nb, -na / nb):
-            W = A.copy()
-            W.axpy(-s, B, structure=PETSc.Mat.Structure.UNKNOWN_NONZERO_PATTERN)
-            small = W.norm(PETSc.NormType.FROBENIUS) <= MULTIPLE_RTOL * na
-            W.destroy()
-            if small:
-                return s
-        return None
 
     def _dense(self, m: int):
         """Input buffer (m columns of nl rows, column-major) and its dense Mat."""
