@@ -92,13 +92,14 @@ class _Structure:
         n0 = V0.dofmap.index_map.size_local + V0.dofmap.index_map.num_ghosts
         nw = W.dofmap.index_map.size_local + W.dofmap.index_map.num_ghosts
         self.colour = colour_coefficient_dofs(r_dofs, k_dofs, n0, nw)
-        # (entry, coefficient dof) pairs, one per cell contribution, made unique
+        # (entry, coefficient dof) pairs, one per cell contribution, made unique (CSR by entry)
         e = np.repeat(entries, k_dofs.shape[1], axis=1).ravel()
         k = np.tile(k_dofs, (1, entries.shape[1])).ravel()
-        pair = np.unique(e.astype(np.int64) * nw + k)
-        self.e, k = pair // nw, pair % nw
-        self.k = k.astype(PETSc.IntType)
-        self.indptr = np.searchsorted(self.e, np.arange(csr.data.size + 1)).astype(PETSc.IntType)
+        P = sp.csr_matrix((np.ones(e.size, dtype=np.int8), (e, k)), shape=(csr.data.size, nw))
+        P.sum_duplicates()                    # sorted, unique columns per row (values unused)
+        self.indptr = P.indptr.astype(PETSc.IntType)
+        self.k = k = P.indices.astype(PETSc.IntType)
+        self.e = np.repeat(np.arange(csr.data.size), np.diff(P.indptr))
         ck = self.colour[k]
         self.by_colour = [np.flatnonzero(ck == c) for c in range(int(self.colour.max()) + 1
                                                                     if nw else 0)]
