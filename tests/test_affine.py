@@ -109,3 +109,17 @@ def test_newton_with_affine_blocks_matches_assembled_blocks(comm):
     assert live and all(isinstance(ev, AffineForm) for ev in live)
     # A_n = −τ∫ρ̄∇·∇ with ρ̄ = (ρⁿ + ρ^{n+1})/2: its two Tᵢ coincide and are applied once
     assert any(len(members) == 2 for ev in live for _, members in ev.groups)
+
+
+@pytest.mark.parametrize("comm", COMMS)
+def test_affine_functionals_equal_assembly(comm):
+    """∫ρ^k and ∫Φρ^N are affine in one state: F(0) + b·ρ equals their assembly at new states
+    (cost and value are not affine and stay assembled)."""
+    st = SpaceTime(problem(comm, steps=4))
+    assert {"mass", "terminal"} <= set(st._affine_func) and "cost" not in st._affine_func
+    st.vec_to_states(perturbed(st, 3))
+    for k in range(st.N + 1):
+        st.load(k)
+        for name in st._affine_func:
+            ref = comm.allreduce(dolfinx.fem.assemble_scalar(st.func[name]), op=MPI.SUM)
+            assert abs(st.scalar(name) - ref) <= 1e-14 * max(abs(ref), 1.0), (name, k)

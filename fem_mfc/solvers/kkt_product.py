@@ -50,6 +50,7 @@ class KKTProduct:
         size = (self.nl, PETSc.DETERMINE)
         self._dummy = np.zeros(self.nl, dtype=PETSc.ScalarType)
         self.xin = PETSc.Vec().createWithArray(self._dummy, size=size, comm=st.comm)
+        self.yout = PETSc.Vec().createWithArray(self._dummy.copy(), size=size, comm=st.comm)
         self.comb = PETSc.Vec().createMPI(size, comm=st.comm)      # combined inputs
         self.w = PETSc.Vec().createMPI(size, comm=st.comm)         # one product
         self._plan, self._key, self._buffers = None, None, {}
@@ -154,6 +155,19 @@ class KKTProduct:
             self.xin.resetArray()
         return self.w.array_r
 
+    def _into(self, base, t: bool, xa: np.ndarray, ya: np.ndarray, accumulate: bool):
+        """ya ← op(base) xa, or ya += op(base) xa (``accumulate``), on owned arrays."""
+        self.xin.placeArray(xa)
+        self.yout.placeArray(ya)
+        try:
+            if accumulate:
+                (base.multTransposeAdd if t else base.multAdd)(self.xin, self.yout, self.yout)
+            else:
+                (base.multTranspose if t else base.mult)(self.xin, self.yout)
+        finally:
+            self.xin.resetArray()
+            self.yout.resetArray()
+
     def mult(self, mat, x: PETSc.Vec, y: PETSc.Vec):
         nl, nf = self.nl, self.nf
         xa = x.getArray(readonly=True)
@@ -173,7 +187,11 @@ class KKTProduct:
             filled[0] = False
         for step in self.plan():
             kind, base, t = step[:3]
-            if kind == "col":
+            if kind == "col" and len(step[4]) == 1 and step[4][0][1] == 1.0:
+                r = step[4][0][0]                 # one row: straight into y
+                self._into(base, t, xs[step[3]], ys[r], not fresh[r])
+                fresh[r] = False
+            elif kind == "col":
                 w = self._apply(base, t, xs[step[3]])
                 for r, a in step[4]:
                     add(r, w, a)
@@ -183,7 +201,9 @@ class KKTProduct:
                 np.multiply(xs[c0], a0, out=comb)
                 for c, a in rest:
                     comb += xs[c] if a == 1.0 else a * xs[c]
-                add(step[3], self._apply(base, t, comb), 1.0)
+                r = step[3]
+                self._into(base, t, comb, ys[r], not fresh[r])
+                fresh[r] = False
             else:
                 cols, uses, buf, X, filled, Y = step[3:]
                 if not filled[0]:
@@ -210,7 +230,7 @@ class KKTProduct:
 
     def destroy(self, mat=None):
         self.destroy_plan()
-        for v in (self.xin, self.comb, self.w):
+        for v in (self.xin, self.yout, self.comb, self.w):
             v.destroy()
 
 

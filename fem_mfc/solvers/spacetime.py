@@ -145,8 +145,10 @@ class SpaceTime:
                             if f in varying] for k, a in jac.items()}
         self.constant_block = {k: not inputs for k, inputs in self._inputs.items()}
         self._memo = {}                       # key → (inputs, Mat, its state) of the last assembly
+        functionals = fm.functionals(self.tm, self.t_cur)
         self.func = {k: (dolfinx.fem.form(f) if f is not None else None)
-                     for k, f in fm.functionals(self.tm, self.t_cur).items()}
+                     for k, f in functionals.items()}
+        self._affine_func = self._affine_functionals(functionals, varying)
         self._vecs = {k: dolfinx.fem.Function(V).x for k in self.res}
         self._mats = {}
         self._assembler = CSRAssembler()      # one sparsity pattern for all the blocks
@@ -357,8 +359,41 @@ class SpaceTime:
         return self.A
 
     # -- diagnostics -------------------------------------------------------------------
+    def _affine_functionals(self, functionals: dict, varying: set) -> dict:
+        """{name: (template, F(0) on this rank, b)} for the functionals of one template whose
+        derivative b = ∂F/∂f is independent of the states and time (F affine in f, e.g.
+        ∫ρ^k and ∫Φρ^N): F(f) = F(0) + b·f, one dot product per level instead of an
+        assembly.  b is assembled once (owned dofs, ghost contributions added)."""
+        out = {}
+        for name, F in functionals.items():
+            if F is None:
+                continue
+            inputs = [f for f in (set(ufl.algorithms.extract_coefficients(F))
+                                  | set(ufl.algorithms.analysis.extract_type(F, ufl.Constant)))
+                      if f in varying]
+            if len(inputs) != 1 or not hasattr(inputs[0], "x"):
+                continue
+            f = inputs[0]
+            dF = H.nonzero(ufl.derivative(F, f, ufl.TestFunction(f.function_space)))
+            if dF is None or set(ufl.algorithms.extract_coefficients(dF)) & varying \
+                    or set(ufl.algorithms.analysis.extract_type(dF, ufl.Constant)) & varying:
+                continue
+            b = dolfinx.fem.petsc.assemble_vector(dolfinx.fem.form(dF))
+            b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+            saved = f.x.array.copy()
+            f.x.array[:] = 0.0
+            F0 = dolfinx.fem.assemble_scalar(self.func[name])
+            f.x.array[:] = saved
+            out[name] = (f, F0, b.array_r[: self.nl].copy())
+            b.destroy()
+        return out
+
     def scalar(self, name: str) -> float:
         """The functional ``name`` at the loaded level (summed over ranks)."""
+        aff = self._affine_func.get(name)
+        if aff is not None:
+            f, F0, b = aff
+            return self.comm.allreduce(F0 + float(b @ f.x.array[: self.nl]), op=MPI.SUM)
         return self.comm.allreduce(dolfinx.fem.assemble_scalar(self.func[name]), op=MPI.SUM)
 
     def min_of(self, fields) -> float:
