@@ -329,3 +329,42 @@ def test_blocks_of_levels_with_equal_states_are_copied_not_reassembled(comm):
     D = A.copy()
     D.axpy(-1.0, B)
     assert D.norm() <= 1e-14 * B.norm()
+
+
+@pytest.mark.parametrize("comm", [MPI.COMM_SELF, pytest.param(MPI.COMM_WORLD,
+                                                               marks=pytest.mark.mpi)])
+def test_residual_rows_of_equal_levels_are_reused(comm):
+    """At the constant initial guess the residual rows of the interior levels coincide: a few
+    assemblies, the same residual as assembling every row; at other states every row is
+    assembled."""
+    st = SpaceTime(problem(comm, steps=6))
+    calls = []
+    asm = dolfinx.fem.assemble_vector
+
+    def counting(*args):
+        calls.append(1)
+        return asm(*args)
+
+    F, R = st.create_vec(), st.create_vec()
+    dolfinx.fem.assemble_vector = counting
+    try:
+        st.residual(None, F)
+        few = len(calls)
+        calls.clear()
+        X = perturbed(st, 4)
+        st.residual(X, R)
+        assert len(calls) == sum(len(st.rows(k)) for k in range(st.N + 1))
+    finally:
+        dolfinx.fem.assemble_vector = asm
+    assert few <= 4
+    ref = SpaceTime(problem(comm, steps=6))
+
+    class Forgetful(dict):                             # remembers nothing: always assemble
+        def __setitem__(self, key, value):
+            pass
+
+    ref._row_memo = Forgetful()
+    G = ref.create_vec()
+    ref.residual(None, G)
+    G.axpy(-1.0, F)
+    assert G.norm() == 0.0
