@@ -46,7 +46,7 @@ from .affine import affine_evaluator
 from .assembly import CSRAssembler
 
 
-AFFINE_AFTER = 16                # block assemblies of a form before it is evaluated affinely
+AFFINE_AFTER = 4                 # block assemblies of a form before it is evaluated affinely
 
 
 def first(k, N):
