@@ -4,9 +4,11 @@ petsc4py SNES with backtracking line search (``bt``).  Two linear solvers for th
 
 * ``linear="lu"``: the Jacobian blocks gathered into a MatNest, converted to AIJ and factorised
   by MUMPS.  Exact and robust, but the space-time KKT matrix factorises like a 3D problem.
-* ``linear="sweep"``: FGMRES on the MatNest of the blocks, preconditioned by one backward
-  (linearised HJB) and one forward (linearised FP) sweep with per-step LU factors
-  (:mod:`fem_mfc.solvers.kkt_pc`); memory and work grow like N 2D problems.
+* ``linear="sweep"``: FGMRES on the blocks (products grouped by matrix,
+  :mod:`fem_mfc.solvers.kkt_product`), preconditioned by one backward (linearised HJB) and
+  one forward (linearised FP) sweep with per-step LU factors (:mod:`fem_mfc.solvers.kkt_pc`;
+  redundant PETSc LU on 2–4 ranks, :func:`fem_mfc.solvers.sweeps.step_solver`); memory and
+  work grow like N 2D problems.
 * ``linear="auto"`` (default): "sweep" for the HJB–FP system from AUTO_SWEEP_UNKNOWNS
   space-time unknowns on, else "lu" (other formulations passed as ``system`` keep LU).
 
