@@ -153,6 +153,10 @@ class KKTOperator:
         work.destroy()
         self._E, self._candidates = E, pairs
 
+    def derivation(self, r: int, c: int):
+        """(P_n, α, E) with the derived block (r, c) = α P_n + E (``(r, c) in derived``)."""
+        return self.grid[r][r + 1], self._alpha, self._E
+
     def _derive(self, check: bool, pairs=None) -> bool:
         """Form B_n = α P_n + E in place, or (``check``) compare it with the assembled B_n of
         ``pairs`` (default: all candidates)."""

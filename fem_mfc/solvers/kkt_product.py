@@ -63,7 +63,8 @@ class KKTProduct:
         """[(base, transposed, coeff)] of the non-mirror block (r, c)."""
         op = self.op
         if (r, c) in op.derived:              # B_n = α P_n + E
-            return [(op.grid[r][r + 1], False, op._alpha), (op._E, False, 1.0)]
+            P, alpha, E = op.derivation(r, c)
+            return [(P, False, alpha), (E, False, 1.0)]
         return [(op.grid[r][c], False, 1.0)]
 
     def terms(self) -> list:
