@@ -143,14 +143,18 @@ class KKTOperator:
         r0, c0 = pairs[0]
         E = g[r0][c0].copy()
         E.axpy(-self._alpha, g[r0][r0 + 1], structure=SAME)
-        work = E.duplicate()
+        work, scratch = E.duplicate(), E.duplicate()
+        same = True
         for r, c in pairs[1:]:                # E must be one matrix for every level
             g[r][c].copy(work, structure=SAME)
             work.axpy(-self._alpha, g[r][r + 1], structure=SAME)
-            if rel_diff(E, work, work.duplicate()) > DERIVE_RTOL:
-                E.destroy(), work.destroy()
-                return
-        work.destroy()
+            if rel_diff(E, work, scratch) > DERIVE_RTOL:
+                same = False
+                break
+        work.destroy(), scratch.destroy()
+        if not same:
+            E.destroy()
+            return
         self._E, self._candidates = E, pairs
 
     def derivation(self, r: int, c: int):
@@ -160,25 +164,25 @@ class KKTOperator:
     def _derive(self, check: bool, pairs=None) -> bool:
         """Form B_n = α P_n + E in place, or (``check``) compare it with the assembled B_n of
         ``pairs`` (default: all candidates)."""
-        g, work = self.grid, None
+        g, work, ok = self.grid, [], True
         for r, c in (pairs if pairs is not None else self._candidates):
             B, P = g[r][c], g[r][r + 1]
             if check:
-                if work is None:
-                    work = B.duplicate()
-                P.copy(work, structure=SAME)
-                work.scale(self._alpha)
-                work.axpy(1.0, self._E, structure=SAME)
-                if rel_diff(B, work, work.duplicate()) > DERIVE_RTOL:
-                    work.destroy()
-                    return False
+                if not work:
+                    work = [B.duplicate(), B.duplicate()]      # αP_n + E, scratch
+                P.copy(work[0], structure=SAME)
+                work[0].scale(self._alpha)
+                work[0].axpy(1.0, self._E, structure=SAME)
+                if rel_diff(B, work[0], work[1]) > DERIVE_RTOL:
+                    ok = False
+                    break
             else:
                 P.copy(B, structure=SAME)
                 B.scale(self._alpha)
                 B.axpy(1.0, self._E, structure=SAME)
-        if work is not None:
-            work.destroy()
-        return True
+        for m in work:
+            m.destroy()
+        return ok
 
     def update(self, X: PETSc.Vec | None = None) -> PETSc.Mat:
         """Reassemble every block at the states X (None: the current states)."""
