@@ -94,21 +94,36 @@ def test_colouring_separates_dofs_of_one_patch():
 
 @pytest.mark.parametrize("comm", COMMS)
 def test_newton_with_affine_blocks_matches_assembled_blocks(comm):
-    """Enough steps that the state-dependent block forms switch to affine evaluation during
-    the first Newton step: same iterates as with every block assembled."""
-    steps = AFFINE_AFTER + 2
+    """Enough steps that one Jacobian repays the set-up: the state-dependent block forms
+    switch to affine evaluation during the first Newton step, with the same iterates as
+    with every block assembled."""
+    steps = 24
     a = newton(problem(comm, steps=steps), linear="sweep")
     b = newton(problem(comm, steps=steps), linear="sweep",
                petsc_options={"newton_affine_blocks": False})
     assert_same(b, a, tol=1e-9)
     st = SpaceTime(problem(comm, steps=steps))
-    for seed in range(3):                              # reach AFFINE_AFTER per form
-        st.vec_to_states(perturbed(st, seed + 1))
-        st.block_grid()
+    st.vec_to_states(perturbed(st, 1))
+    st.block_grid()
     live = [ev for ev in st._affine.values() if ev is not None]
     assert live and all(isinstance(ev, AffineForm) for ev in live)
+    assert all(st._affine_due[k] <= steps for k in st._affine_due)
     # A_n = −τ∫ρ̄∇·∇ with ρ̄ = (ρⁿ + ρ^{n+1})/2: its two Tᵢ coincide and are applied once
     assert any(len(members) == 2 for ev in live for _, members in ev.groups)
+
+
+def test_few_levels_rent_before_buying():
+    """With fewer levels than the set-up costs in assemblies, a form is evaluated affinely
+    only after it has been assembled that often (rent or buy)."""
+    st = SpaceTime(problem(steps=AFFINE_AFTER + 1))
+    rounds = 0
+    while not any(ev is not None for ev in st._affine.values()):
+        rounds += 1
+        st.vec_to_states(perturbed(st, rounds))
+        st.block_grid()
+        assert rounds < 50
+    key = next(k for k, ev in st._affine.items() if ev is not None)
+    assert st.N < st._affine_due[key] <= st._assembled[key]
 
 
 @pytest.mark.parametrize("comm", COMMS)

@@ -127,10 +127,8 @@ class AffineForm:
                 if found is not None:
                     self.groups[found[0]][1].append((i, found[1]))
                 else:
-                    key = (id(csr), id(w.function_space))
-                    if key not in structures:
-                        structures[key] = _Structure(a, csr, w.function_space)
-                    self.T.append(self._derivative(w, structures[key]))
+                    st = _structure(a, csr, w.function_space, structures)
+                    self.T.append(self._derivative(w, st))
                     self.groups.append((self.T[-1], [(i, 1.0)]))
                 w.x.array[:] = 0.0
         finally:
@@ -213,13 +211,32 @@ class AffineForm:
                 o.destroy()
 
 
-def affine_evaluator(a: dolfinx.fem.Form, csr, inputs: list, structures: dict,
-                     comm) -> AffineForm | None:
-    """An :class:`AffineForm` for ``a`` if it applies and matches assembly on every rank."""
+def applicable(a: dolfinx.fem.Form, inputs: list, comm) -> bool:
+    """Cell integrals over the whole mesh, scalar spaces, some inputs (on every rank)."""
     spaces = list(a.function_spaces) + [w.function_space for w in inputs]
     ok = (bool(inputs) and _cell_only(a)
           and all(V.dofmap.index_map_bs == 1 for V in spaces))
-    if not comm.allreduce(ok, op=MPI.LAND):
+    return comm.allreduce(ok, op=MPI.LAND)
+
+
+def _structure(a, csr, W, structures: dict) -> _Structure:
+    key = (id(csr), id(W))
+    if key not in structures:
+        structures[key] = _Structure(a, csr, W)
+    return structures[key]
+
+
+def setup_assemblies(a: dolfinx.fem.Form, csr, inputs: list, structures: dict, comm) -> int:
+    """Assemblies the set-up of an :class:`AffineForm` costs at most: one per colour and
+    input, d₀, the check (max over ranks; colours cached in ``structures``)."""
+    n = sum(len(_structure(a, csr, w.function_space, structures).by_colour) for w in inputs)
+    return comm.allreduce(n + 2, op=MPI.MAX)
+
+
+def affine_evaluator(a: dolfinx.fem.Form, csr, inputs: list, structures: dict,
+                     comm) -> AffineForm | None:
+    """An :class:`AffineForm` for ``a`` if it applies and matches assembly on every rank."""
+    if not applicable(a, inputs, comm):
         return None
     f = AffineForm(a, csr, inputs, structures)
     if comm.allreduce(f.matches_assembly(), op=MPI.LAND):
@@ -228,4 +245,5 @@ def affine_evaluator(a: dolfinx.fem.Form, csr, inputs: list, structures: dict,
     return None
 
 
-__all__ = ["AffineForm", "affine_evaluator", "colour_coefficient_dofs"]
+__all__ = ["AffineForm", "affine_evaluator", "applicable", "colour_coefficient_dofs",
+           "setup_assemblies"]

@@ -42,7 +42,7 @@ from petsc4py import PETSc
 
 from ..errors import SolverError
 from ..forms import hjb_fp as H
-from .affine import affine_evaluator
+from .affine import affine_evaluator, applicable, setup_assemblies
 from .assembly import CSRAssembler
 
 
@@ -158,7 +158,7 @@ class SpaceTime:
         self._mats = {}
         self._assembler = CSRAssembler()      # one sparsity pattern for all the blocks
         self.affine_blocks = True             # evaluate affine blocks (see :meth:`_evaluator`)
-        self._affine, self._colours, self._assembled = {}, {}, {}
+        self._affine, self._colours, self._assembled, self._affine_due = {}, {}, {}, {}
         self.A = None
 
     @cached_property
@@ -309,20 +309,28 @@ class SpaceTime:
         """The affine evaluator of block form ``key`` (solvers/affine.py), or None.
 
         For a quadratic residual every block is affine in the states it depends on; a block
-        form assembled AFFINE_AFTER times (levels × Newton steps) is from then on evaluated
-        as d₀ + Σ Tᵢwᵢ (set-up ≈ 10 assemblies per state it depends on, checked against an
-        assembly) — unless it depends on time (sources) or ``affine_blocks`` is off."""
+        form is evaluated as d₀ + Σ Tᵢwᵢ (checked against an assembly) once it has been
+        assembled AFFINE_AFTER times if one Jacobian (N levels) repays the set-up (≈ one
+        assembly per colour and state: 10 per state for P1 triangles), else once it has been
+        assembled as often as the set-up costs (rent or buy: at most twice the cheaper
+        choice) — unless it depends on time (sources) or ``affine_blocks`` is off."""
         if key in self._affine:
             return self._affine[key]
         n = self._assembled[key] = self._assembled.get(key, 0) + 1
         if n < AFFINE_AFTER or not self.affine_blocks or not self.quadratic:
             return None
-        inputs = self._inputs[key]
-        ev = None
-        if all(hasattr(f, "x") for f in inputs):              # no time Constants
-            csr = self._assembler.scratch(self.jac[key])
-            if csr is not None:
-                ev = affine_evaluator(self.jac[key], csr, inputs, self._colours, self.comm)
+        a, inputs = self.jac[key], self._inputs[key]
+        csr = self._assembler.scratch(a)
+        if csr is None or not all(hasattr(f, "x") for f in inputs) \
+                or not applicable(a, inputs, self.comm):              # time Constants etc.
+            self._affine[key] = None
+            return None
+        if key not in self._affine_due:
+            self._affine_due[key] = setup_assemblies(a, csr, inputs, self._colours, self.comm)
+        due = self._affine_due[key]
+        if self.N < due and n < due:
+            return None
+        ev = affine_evaluator(a, csr, inputs, self._colours, self.comm)
         self._affine[key] = ev
         return ev
 
