@@ -7,7 +7,8 @@ For every rank count the script relaunches itself (``mpirun -n r`` for r > 1) an
 
 * heat reference: one backward-Euler heat step (M + τεK) xⁿ⁺¹ = M xⁿ with a reused LU
   factorisation (factorisation excluded), P1 on the same mesh — with MUMPS (the issue's
-  reference) and with the LU that Cole–Hopf uses (PETSc LU on one rank, MUMPS on more);
+  reference) and with the LU that Cole–Hopf uses (PETSc LU on one rank, the same on every
+  rank on 2–4 ranks ("redundant"), MUMPS on more);
 * Cole–Hopf (congestion-free): DOF·steps/s counting *both* sweeps, 2·ndofs·steps / time, for
   the solver (assembly, factorisation, sweeps, output fields) and for the wall time of
   ``solve`` (which adds the set-up of the HJB–FP functionals and J, mass diagnostics), and
@@ -58,9 +59,11 @@ def heat_rate(p, factor_solver):
         mats[-1].assemble()
     A, B = mats
     opts = PETSc.Options()
-    opts["bench_heat_pc_factor_mat_solver_type"] = factor_solver
+    key = "bench_heat_" + ("pc_type" if factor_solver == "redundant"
+                           else "pc_factor_mat_solver_type")
+    opts[key] = factor_solver                 # "redundant": PETSc LU on every rank
     ksp = step_solver(A, "bench_heat_")
-    opts.delValue("bench_heat_pc_factor_mat_solver_type")
+    opts.delValue(key)
     x, b = A.createVecs()
     y = x.duplicate()
     x.set(1.0)
@@ -115,7 +118,9 @@ def child(a):
 
     p = problem(a.cells, a.steps, False)
     n, N = ndofs(p), p.steps
-    ch_solver = "petsc" if comm.size == 1 else "mumps"
+    from fem_mfc.solvers.sweeps import REDUNDANT_MAX_RANKS
+    ch_solver = ("petsc" if comm.size == 1 else
+                 "redundant" if comm.size <= REDUNDANT_MAX_RANKS else "mumps")
     ref = {s: heat_rate(p, s) for s in dict.fromkeys(("mumps", ch_solver))}
     for s, rate in ref.items():
         say(f"heat step (LU {s}, factorisation reused)  dofs={n} steps={N}  "
