@@ -180,23 +180,30 @@ class AffineForm:
             vals[sel] = self._assemble()[st.e[sel]] - self.d0[st.e[sel]]
         return PETSc.Mat().createAIJ(st.shape, csr=(st.indptr, st.k, vals), comm=MPI.COMM_SELF)
 
-    def evaluate(self) -> np.ndarray:
-        """csr.data ← d₀ + Σᵢ Tᵢ wᵢ at the current values of the inputs."""
-        acc = self._d0vec
-        for T, members in self.groups:
-            if len(members) == 1:
-                w = self._wvecs[members[0][0]]
-            else:
-                w = self._comb
-                c = w.array
-                np.copyto(c, self.inputs[members[0][0]].x.array)
-                for i, s in members[1:]:
-                    c += s * self.inputs[i].x.array
-            T.multAdd(w, acc, self._dvec)     # d = acc + T w (first: acc = d₀)
-            acc = self._dvec
-        if acc is self._d0vec:
-            self._d0vec.copy(self._dvec)
-        return self.csr.data
+    def evaluate(self, out: np.ndarray | None = None) -> np.ndarray:
+        """csr.data (or ``out``, an array of its layout) ← d₀ + Σᵢ Tᵢ wᵢ at the current values
+        of the inputs."""
+        if out is not None:
+            self._dvec.placeArray(out)
+        try:
+            acc = self._d0vec
+            for T, members in self.groups:
+                if len(members) == 1:
+                    w = self._wvecs[members[0][0]]
+                else:
+                    w = self._comb
+                    c = w.array
+                    np.copyto(c, self.inputs[members[0][0]].x.array)
+                    for i, s in members[1:]:
+                        c += s * self.inputs[i].x.array
+                T.multAdd(w, acc, self._dvec)     # d = acc + T w (first: acc = d₀)
+                acc = self._dvec
+            if acc is self._d0vec:
+                self._d0vec.copy(self._dvec)
+        finally:
+            if out is not None:
+                self._dvec.resetArray()
+        return self.csr.data if out is None else out
 
     def matches_assembly(self) -> bool:
         """Does :meth:`evaluate` agree with an assembly at the current inputs (round-off)?"""

@@ -136,6 +136,11 @@ class CSRAssembler:
             A.assemble()
             return A
         p = self._pattern(a)
+        values = A.getAttr(VALUES)
+        if evaluator is not None and values is not None and values.size == p.csr.data.size:
+            evaluator.evaluate(out=values)     # one rank, no ghost rows: the Mat's own array
+            A.assemble()
+            return A
         if evaluator is not None:
             evaluator.evaluate()
         else:
