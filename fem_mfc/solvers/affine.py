@@ -12,7 +12,7 @@ coefficient dofs are coloured so that no two dofs of one colour touch a common m
 through their cells (distance-2 for P1–P1); assembling with wᵢ = the indicator of one colour
 then gives, in every entry, the contribution of the unique dof of that colour among its
 dofs: one assembly per colour and coefficient (≈ 10 on a 2D triangle mesh) gives Tᵢ
-exactly.  Evaluating the block is then one sparse product per coefficient (≈ 2 ms at 60k P1
+exactly up to the round-off of a difference of two assemblies.  Evaluating the block is then one sparse product per coefficient (≈ 2 ms at 60k P1
 dofs, 0.4M entries) instead of an assembly (≈ 15 ms; element kernels and coefficient
 packing).
 
