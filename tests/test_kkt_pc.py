@@ -204,6 +204,30 @@ def test_grouped_product_equals_matnest(comm, scheme):
     op.destroy()
 
 
+def test_failed_derivation_check_assembles_every_block(monkeypatch):
+    """If B_n = αP_n + E does not hold at the first new state, the B_n skipped for the check
+    are assembled (and nothing else twice) and the operator equals a fully assembled one."""
+    from fem_mfc.solvers import kkt_pc
+    st = SpaceTime(problem(steps=5))
+    op = KKTOperator(st, derive=True)
+    assert len(op._candidates) > 2
+    monkeypatch.setattr(kkt_pc, "DERIVE_RTOL", -1.0)          # the check at X fails
+    X = perturbed(st, 3)
+    calls = []
+    asm = st._assembler.assemble
+    st._assembler.assemble = lambda A, a, ev=None: calls.append(A.handle) or asm(A, a, ev)
+    op.update(X)
+    assert not op.derived
+    assert len(calls) == len(set(calls))                       # no block assembled twice
+    ref = KKTOperator(SpaceTime(problem(steps=5)), derive=False)
+    ref.update(X)
+    for r, c in op._candidates:
+        D = op.grid[r][c].copy()
+        D.axpy(-1.0, ref.grid[r][c])
+        assert D.norm() <= 1e-12 * ref.grid[r][c].norm(), (r, c)
+    op.destroy(), ref.destroy()
+
+
 def test_reuse_coinciding_pivots_and_lagging():
     """Exact reuse: the first Newton step (constant guess, all pivots equal) factorises once
     and the Krylov counts are those without reuse; a loose tolerance lags factors (fewer

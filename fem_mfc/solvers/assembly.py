@@ -136,22 +136,20 @@ class CSRAssembler:
             A.assemble()
             return A
         p = self._pattern(a)
-        values = A.getAttr(VALUES)
-        if evaluator is not None and values is not None and values.size == p.csr.data.size:
-            evaluator.evaluate(out=values)     # one rank, no ghost rows: the Mat's own array
-            A.assemble()
-            return A
-        if evaluator is not None:
-            evaluator.evaluate()
+        values = A.getAttr(VALUES)             # the Mat's own value array (one rank, no ghosts)
+        if evaluator is not None and values is not None:
+            evaluator.evaluate(out=values)     # the local CSR data is the Mat's array
         else:
-            p.csr.set_value(0.0)
-            dolfinx.fem.assemble_matrix(p.csr, a)
-        p.csr.scatter_reverse()
-        values = A.getAttr(VALUES)
-        if values is not None:                 # the Mat's own value array (one rank)
-            np.copyto(values, p.csr.data[: p.nnz])
-        else:
-            A.setValuesCSR(p.indptr, p.cols, p.csr.data[: p.nnz])
+            if evaluator is not None:
+                evaluator.evaluate()
+            else:
+                p.csr.set_value(0.0)
+                dolfinx.fem.assemble_matrix(p.csr, a)
+            p.csr.scatter_reverse()
+            if values is not None:
+                np.copyto(values, p.csr.data[: p.nnz])
+            else:
+                A.setValuesCSR(p.indptr, p.cols, p.csr.data[: p.nnz])
         A.assemble()
         return A
 

@@ -210,7 +210,8 @@ class KKTOperator:
             if self._derive(check=True, pairs=ends):
                 self.derived = set(self._candidates)
             else:                             # assemble the B_n skipped above
-                self.st.block_grid(self.mirror)
+                middle = set(self._candidates[1:-1])
+                self.st.block_grid(set(self.st.block_keys) - middle)
         if self.derived:
             self._derive(check=False)
         self.mat.assemble()                   # new state: the PC sees a changed operator

@@ -106,6 +106,18 @@ def hjb_fp(problem) -> Formulation:
                        guess={"rho": problem.rho0, "u": phi})
 
 
+def varying_inputs(form, varying: set) -> list:
+    """The coefficients and Constants of a UFL form or expression that are in ``varying``."""
+    return [f for f in (set(ufl.algorithms.extract_coefficients(form))
+                        | set(ufl.algorithms.analysis.extract_type(form, ufl.Constant)))
+            if f in varying]
+
+
+def input_values(inputs: list) -> list:
+    """The current values of Functions and Constants (views, not copies)."""
+    return [f.x.array if hasattr(f, "x") else np.asarray(f.value) for f in inputs]
+
+
 def jacobian_blocks(res: dict, tm: dict) -> dict:
     """{(row, template): ∂F_row/∂template} for the non-vanishing derivatives."""
     dtrial = ufl.TrialFunction(next(iter(tm.values())).function_space)
@@ -140,14 +152,9 @@ class SpaceTime:
         self.res = {k: dolfinx.fem.form(F) for k, F in res.items()}
         self.jac = {k: dolfinx.fem.form(a) for k, a in jac.items()}
         varying = set(self.tm.values()) | {self.t_prev, self.t_cur}
-        self._inputs = {k: [f for f in (set(ufl.algorithms.extract_coefficients(a))
-                                       | set(ufl.algorithms.analysis.extract_type(a, ufl.Constant)))
-                            if f in varying] for k, a in jac.items()}
+        self._inputs = {k: varying_inputs(a, varying) for k, a in jac.items()}
         self.constant_block = {k: not inputs for k, inputs in self._inputs.items()}
-        self._row_inputs = {k: [f for f in (set(ufl.algorithms.extract_coefficients(F))
-                                            | set(ufl.algorithms.analysis.extract_type(
-                                                F, ufl.Constant)))
-                                if f in varying] for k, F in res.items()}
+        self._row_inputs = {k: varying_inputs(F, varying) for k, F in res.items()}
         self._row_memo = {}                   # row → (inputs, owned residual) of the last assembly
         self._memo = {}                       # key → (inputs, Mat, its state) of the last assembly
         functionals = fm.functionals(self.tm, self.t_cur)
@@ -172,7 +179,7 @@ class SpaceTime:
         for a in self._jac_ufl.values():
             for t in templates:
                 d = H.nonzero(ufl.derivative(a, t, w))
-                if d is not None and set(ufl.algorithms.extract_coefficients(d)) & templates:
+                if d is not None and varying_inputs(d, templates):
                     return False
         return True
 
@@ -251,11 +258,9 @@ class SpaceTime:
         inputs (templates and times its form uses) hold the values of its last assembly is
         that result (levels with equal states, e.g. the constant initial guess: a few
         assemblies instead of N; the decision is collective)."""
-        values = [f.x.array if hasattr(f, "x") else np.asarray(f.value)
-                  for f in self._row_inputs[row]]
+        values = input_values(self._row_inputs[row])
         memo = self._row_memo.get(row)
-        same = memo is not None and all(np.array_equal(a, b) for a, b in zip(memo[0], values))
-        if self.comm.allreduce(same, op=MPI.LAND):
+        if self._unchanged(memo, values):
             return memo[1]
         b = self._vecs[row]
         b.array[:] = 0.0
@@ -288,12 +293,10 @@ class SpaceTime:
         A = self._mats.get(mkey)
         if A is not None and const:
             return A
-        values = [f.x.array if hasattr(f, "x") else np.asarray(f.value)
-                  for f in self._inputs[key]]
+        values = input_values(self._inputs[key])
         memo = self._memo.get(key)                # (inputs, Mat, its state when memoised)
-        same = memo is not None and memo[1] is not A and memo[1].stateGet() == memo[2] and all(
-            np.array_equal(a, b) for a, b in zip(memo[0], values))
-        if self.comm.allreduce(same, op=MPI.LAND):            # one decision on every rank
+        valid = memo is not None and memo[1] is not A and memo[1].stateGet() == memo[2]
+        if self._unchanged(memo if valid else None, values):
             if A is None:
                 A = self._mats[mkey] = self._assembler.create_copy(self.jac[key], memo[1])
             else:
@@ -304,6 +307,12 @@ class SpaceTime:
         self._assembler.assemble(A, self.jac[key], self._evaluator(key))
         self._memo[key] = ([v.copy() for v in values], A, A.stateGet())
         return A
+
+    def _unchanged(self, memo, values: list) -> bool:
+        """Do the input values equal those memoised in ``memo[0]`` on every rank?  (One
+        collective decision: the callers assemble, which may communicate, otherwise.)"""
+        same = memo is not None and all(np.array_equal(a, b) for a, b in zip(memo[0], values))
+        return self.comm.allreduce(same, op=MPI.LAND)
 
     def _evaluator(self, key):
         """The affine evaluator of block form ``key`` (solvers/affine.py), or None.
@@ -321,11 +330,11 @@ class SpaceTime:
             return None
         a, inputs = self.jac[key], self._inputs[key]
         csr = self._assembler.scratch(a)
-        if csr is None or not all(hasattr(f, "x") for f in inputs) \
-                or not applicable(a, inputs, self.comm):              # time Constants etc.
-            self._affine[key] = None
-            return None
-        if key not in self._affine_due:
+        if key not in self._affine_due:                          # decided once per form
+            if csr is None or not all(hasattr(f, "x") for f in inputs) \
+                    or not applicable(a, inputs, self.comm):      # time Constants etc.
+                self._affine[key] = None
+                return None
             self._affine_due[key] = setup_assemblies(a, csr, inputs, self._colours, self.comm)
         due = self._affine_due[key]
         if self.N < due and n < due:
@@ -391,15 +400,12 @@ class SpaceTime:
         for name, F in functionals.items():
             if F is None:
                 continue
-            inputs = [f for f in (set(ufl.algorithms.extract_coefficients(F))
-                                  | set(ufl.algorithms.analysis.extract_type(F, ufl.Constant)))
-                      if f in varying]
+            inputs = varying_inputs(F, varying)
             if len(inputs) != 1 or not hasattr(inputs[0], "x"):
                 continue
             f = inputs[0]
             dF = H.nonzero(ufl.derivative(F, f, ufl.TestFunction(f.function_space)))
-            if dF is None or set(ufl.algorithms.extract_coefficients(dF)) & varying \
-                    or set(ufl.algorithms.analysis.extract_type(dF, ufl.Constant)) & varying:
+            if dF is None or varying_inputs(dF, varying):
                 continue
             b = dolfinx.fem.petsc.assemble_vector(dolfinx.fem.form(dF))
             b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
