@@ -50,7 +50,7 @@ def heat_rate(p, factor_solver):
     import ufl
     from petsc4py import PETSc
 
-    from fem_mfc.solvers.sweeps import step_solver
+    from fem_mfc.solvers.steps import step_solver
     u, v = ufl.TrialFunction(p.space), ufl.TestFunction(p.space)
     m = u * v * ufl.dx
     mats = []
@@ -118,7 +118,7 @@ def child(a):
 
     p = problem(a.cells, a.steps, False)
     n, N = ndofs(p), p.steps
-    from fem_mfc.solvers.sweeps import REDUNDANT_MAX_RANKS
+    from fem_mfc.solvers.steps import REDUNDANT_MAX_RANKS
     ch_solver = ("petsc" if comm.size == 1 else
                  "redundant" if comm.size <= REDUNDANT_MAX_RANKS else "mumps")
     ref = {s: heat_rate(p, s) for s in dict.fromkeys(("mumps", ch_solver))}

@@ -98,9 +98,10 @@ class ControlProblem:
         """The data of the per-step Lagrangian density (forms/hjb_fp.py)."""
         # τ and ε as Constants: one compiled form serves every step count and noise level
         return StepData(tau=dolfinx.fem.Constant(self.mesh, self.tau),
-                        eps=dolfinx.fem.Constant(self.mesh, self.eps), theta=self.theta, V=self.V, Phi=self.Phi,
-                        G=self.G, coupling=self.coupling,
-                        sources=getattr(self.exact, "sources", None))
+                        eps=dolfinx.fem.Constant(self.mesh, self.eps), theta=self.theta,
+                        V=self.V, Phi=self.Phi, G0=self.G, coupling=self.coupling,
+                        sources=getattr(self.exact, "sources", None),
+                        scale=dolfinx.fem.Constant(self.mesh, 1.0))
 
     def rho_time(self, n: int) -> float:
         """Time of ρⁿ."""

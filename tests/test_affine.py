@@ -11,7 +11,8 @@ from mpi4py import MPI
 from fem_mfc.solvers import newton
 from fem_mfc.solvers.affine import AffineForm, affine_evaluator, colour_coefficient_dofs
 from fem_mfc.solvers.assembly import CSRAssembler
-from fem_mfc.solvers.spacetime import AFFINE_AFTER, SpaceTime
+from fem_mfc.solvers.assemblers import AFFINE_AFTER
+from fem_mfc.solvers.spacetime import SpaceTime
 from test_kkt_pc import assert_same, perturbed, problem
 
 COMMS = [MPI.COMM_SELF, pytest.param(MPI.COMM_WORLD, marks=pytest.mark.mpi)]
@@ -105,9 +106,10 @@ def test_newton_with_affine_blocks_matches_assembled_blocks(comm):
     st = SpaceTime(problem(comm, steps=steps))
     st.vec_to_states(perturbed(st, 1))
     st.block_grid()
-    live = [ev for ev in st._affine.values() if ev is not None]
+    asm = st.assembler
+    live = [ev for ev in asm._affine.values() if ev is not None]
     assert live and all(isinstance(ev, AffineForm) for ev in live)
-    assert all(st._affine_due[k] <= steps for k in st._affine_due)
+    assert all(asm._due[k] <= steps for k in asm._due)
     # A_n = −τ∫ρ̄∇·∇ with ρ̄ = (ρⁿ + ρ^{n+1})/2: its two Tᵢ coincide and are applied once
     assert any(len(members) == 2 for ev in live for _, members in ev.groups)
 
@@ -116,14 +118,15 @@ def test_few_levels_rent_before_buying():
     """With fewer levels than the set-up costs in assemblies, a form is evaluated affinely
     only after it has been assembled that often (rent or buy)."""
     st = SpaceTime(problem(steps=AFFINE_AFTER + 1))
+    asm = st.assembler
     rounds = 0
-    while not any(ev is not None for ev in st._affine.values()):
+    while not any(ev is not None for ev in asm._affine.values()):
         rounds += 1
         st.vec_to_states(perturbed(st, rounds))
         st.block_grid()
         assert rounds < 50
-    key = next(k for k, ev in st._affine.items() if ev is not None)
-    assert st.N < st._affine_due[key] <= st._assembled[key]
+    key = next(k for k, ev in asm._affine.items() if ev is not None)
+    assert st.N < asm._due[key] <= asm._count[key]
 
 
 @pytest.mark.parametrize("comm", COMMS)
@@ -131,10 +134,11 @@ def test_affine_functionals_equal_assembly(comm):
     """∫ρ^k and ∫Φρ^N are affine in one state: F(0) + b·ρ equals their assembly at new states
     (cost and value are not affine and stay assembled)."""
     st = SpaceTime(problem(comm, steps=4))
-    assert {"mass", "terminal"} <= set(st._affine_func) and "cost" not in st._affine_func
+    aff = st.assembler._affine_func
+    assert {"mass", "terminal"} <= set(aff) and "cost" not in aff
     st.vec_to_states(perturbed(st, 3))
     for k in range(st.N + 1):
         st.load(k)
-        for name in st._affine_func:
+        for name in aff:
             ref = comm.allreduce(dolfinx.fem.assemble_scalar(st.func[name]), op=MPI.SUM)
             assert abs(st.scalar(name) - ref) <= 1e-14 * max(abs(ref), 1.0), (name, k)

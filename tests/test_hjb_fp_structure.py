@@ -155,12 +155,14 @@ def test_bad_rho0(rho0, what):
 def test_divergent_solve_raises():
     p = congested_2d(nx=4, steps=2, kappa=1e8)
     with pytest.raises(SolverError) as e:
-        solve(p, "newton", max_it=2)
+        solve(p, "newton", max_it=2, continuation=False)
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError):
         cole_hopf_solve(p)            # the linear path needs a congestion-free problem
     with pytest.raises(SolverError):
         solve(p, "cole-hopf", max_it=2)   # with congestion: the cubic pair, divergent here
+    r = solve(p, "newton", max_it=2, strict=False, continuation=False)
+    assert not r.converged and r.reason == "DIVERGED_MAX_IT"
 
 
 def test_from_config():

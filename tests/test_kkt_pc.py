@@ -1,4 +1,5 @@
-"""The sweep-preconditioned Krylov Newton step (solvers/kkt_pc.py) against LU.
+"""The sweep-preconditioned Krylov Newton step (solvers/kkt.py, kkt_pc.py) against LU, and
+the declared structure of the space-time Jacobian against assembly.
 
 Serial: ``python3 -m pytest tests/test_kkt_pc.py``; the ``mpi`` test runs under
 ``mpirun -n 2 python3 -m pytest --with-mpi -m mpi tests/test_kkt_pc.py``."""
@@ -9,12 +10,15 @@ import ufl
 from mpi4py import MPI
 from petsc4py import PETSc
 
+import dataclasses
+
 from fem_mfc.errors import ConfigError
 from fem_mfc.problem import ControlProblem
-from fem_mfc.solvers import newton
-from fem_mfc.solvers.kkt_pc import KKTOperator, SweepPC
+from fem_mfc.solvers import auto, newton
+from fem_mfc.solvers.kkt import KKTOperator, TrapezoidResidual
+from fem_mfc.solvers.kkt_pc import PYTHON_TYPE, SweepPC
 from fem_mfc.solvers.newton import ETA_MAX, KSP_RTOL, Forcing, linear_mode
-from fem_mfc.solvers.spacetime import SpaceTime
+from fem_mfc.solvers.spacetime import SpaceTime, hjb_fp, symbolic_quadratic
 
 CN, BE = "crank-nicolson", "backward-euler"
 
@@ -48,42 +52,75 @@ def test_sweep_matches_lu(scheme, coupling):
     assert len(its) == sw.iterations and all(1 <= n < 60 for n in its)
 
 
+class CountingSweepPC(SweepPC):
+    """The sweep preconditioner, counting its applications (selected by options below)."""
+
+    applications = 0
+
+    def apply(self, pc, x, y):
+        CountingSweepPC.applications += 1
+        super().apply(pc, x, y)
+
+
 def test_sweep_selected_by_petsc_options():
+    """-mfc_linear selects the path; inside the sweep path the preconditioner is a PETSc
+    python PC that options name (here a subclass from this module: same iterates)."""
     lu = newton(problem(), linear="lu")
-    for opts in ({"linear": "sweep"}, {"ksp_type": "fgmres", "pc_type": "shell"}):
-        sw = newton(problem(), petsc_options=opts)
-        assert sw.history[0]["ksp_its"] > 1          # Krylov, not preonly LU
-        assert_same(lu, sw)
+    sw = newton(problem(), petsc_options={"linear": "sweep"})
+    assert sw.path["linear"] == "sweep" and sw.path["preconditioner"] == PYTHON_TYPE
+    assert sw.history[0]["ksp_its"] > 1 and lu.path["linear"] == "lu"
+    assert_same(lu, sw)
+    mine = f"{__name__}.CountingSweepPC"
+    other = newton(problem(), linear="sweep", petsc_options={"pc_python_type": mine})
+    assert other.path["preconditioner"] == mine and CountingSweepPC.applications > 0
+    assert_same(lu, other)
 
 
-def test_auto_chooses_by_size():
-    small, big = SpaceTime(problem(nx=4, steps=2)), SpaceTime(problem(nx=40, steps=30))
-    assert linear_mode(small, "auto", "t_auto_") == "lu"
-    assert linear_mode(big, "auto", "t_auto_") == "sweep"
-    assert linear_mode(big, "auto", "t_auto_", hjb_fp=False) == "lu"   # QHD, pair: LU
-    assert linear_mode(big, "sweep", "t_auto_", hjb_fp=False) == "sweep"
+def test_auto_follows_the_estimates():
+    """auto takes the path with the smaller estimated cost per Newton step (never an LU whose
+    factors would not fit), and LU for formulations without an effective sweep."""
+    for nx, steps in ((4, 2), (40, 30)):
+        st = SpaceTime(problem(nx=nx, steps=steps))
+        mode, rule = linear_mode(st, "auto", "t_auto_")
+        est = auto.estimates(st.V.dofmap.index_map.size_global, steps, 2)
+        assert mode == ("lu" if est["lu_s"] < est["sweep_s"] else "sweep"), (nx, rule)
+        assert linear_mode(st, "sweep", "t_auto_")[0] == "sweep"
+    p = problem(nx=40, steps=30)
+    st = SpaceTime(p, formulation=dataclasses.replace(hjb_fp(p), sweep=False))
+    assert linear_mode(st, "auto", "t_auto_")[0] == "lu"
     with pytest.raises(ConfigError):
-        linear_mode(small, "cholesky", "t_auto_")
+        linear_mode(st, "cholesky", "t_auto_")
 
 
-@pytest.mark.parametrize("mirror", [True, False])
-def test_pc_is_exact_without_congestion(mirror):
-    """G = 0: the ρ–ρ blocks vanish and one forward–backward sweep inverts the Jacobian."""
-    st = SpaceTime(problem(congested=False, steps=3))
-    rng = np.random.default_rng(0)
-    for f in st.rho[1:] + st.u:                      # a generic (non-solution) state
-        f.x.array[:] += 0.1 * rng.standard_normal(f.x.array.size)
-    op = KKTOperator(st, mirror=mirror)
-    assert bool(op.mirror) == mirror
-    pc = PETSc.PC().create(st.comm)
+def system(p, mirrored=True, cache=True):
+    fm = hjb_fp(p)
+    return SpaceTime(p, formulation=dataclasses.replace(fm, mirrored=mirrored), cache=cache)
+
+
+def sweep_pc(op):
+    pc = PETSc.PC().create(op.st.comm)
     pc.setType("python")
     ctx = SweepPC(op)
     pc.setPythonContext(ctx)
-    pc.setOperators(op.mat)
+    pc.setOperators(op.product.mat, op.product.mat)
     pc.setUp()
+    return pc, ctx
+
+
+@pytest.mark.parametrize("mirrored", [True, False])
+def test_pc_is_exact_without_congestion(mirrored):
+    """G = 0: the ρ–ρ blocks vanish and one forward–backward sweep inverts the Jacobian (with
+    the HJB pivots as transposes of the FP pivots, or factorised on their own)."""
+    st = system(problem(congested=False, steps=3), mirrored)
+    rng = np.random.default_rng(0)
+    for f in st.rho[1:] + st.u:                      # a generic (non-solution) state
+        f.x.array[:] += 0.1 * rng.standard_normal(f.x.array.size)
+    op = KKTOperator(st)
+    assert bool(op.mirror) == mirrored
+    pc, ctx = sweep_pc(op)
     x, y, z = st.create_vec(), st.create_vec(), st.create_vec()
     x.setArray(rng.standard_normal(x.getLocalSize()))
-    op.mat.mult(x, y)
+    op.product.mat.mult(x, y)
     pc.apply(y, z)
     z.axpy(-1.0, x)
     assert z.norm() < 1e-10 * x.norm()
@@ -155,77 +192,90 @@ def perturbed(st, seed=1, scale=0.1):
     return X
 
 
-@pytest.mark.parametrize("scheme", [CN, BE])
-def test_derived_blocks_equal_assembled(scheme):
-    """B_n = ∂FP_n/∂ρⁿ formed as αP_n + E equals its assembly at new states."""
-    st = SpaceTime(problem(scheme=scheme, steps=4))
-    op = KKTOperator(st, derive=True)
-    X0 = st.create_vec()
-    st.states_to_vec(X0)
-    assert op.update(X0) is op.mat and op.assemblies == 1     # unchanged: no reassembly
-    op.update(perturbed(st, 1))                                # verification at a new state
-    assert bool(op.derived) == (scheme == CN)                  # BE: ∂FP/∂ρⁿ = M is constant
-    X = perturbed(st, 2)
-    op.update(X)
-    ref = KKTOperator(SpaceTime(problem(scheme=scheme, steps=4)), derive=False)
-    ref.update(X)
-    for r, row in enumerate(op.grid):
-        for c, A in enumerate(row):
-            if A is not None and (r, c) not in op.mirror:
-                D = A.copy()
-                D.axpy(-1.0, ref.grid[r][c])
-                assert D.norm() <= 1e-12 * max(A.norm(), 1.0), (r, c)
-    op.destroy(), ref.destroy()
+def assembled_grid(p, X):
+    """Every Jacobian block assembled (plain assembler) at the states X."""
+    ref = SpaceTime(p, cache=False)
+    ref.vec_to_states(X)
+    return ref, ref.block_grid()
+
+
+def block_of(op, r, c):
+    """Block (r, c) of the operator from its terms, as a new matrix."""
+    terms = op.terms(r, c)
+    out = None
+    for base, t, a in terms:
+        M = base.transpose(PETSc.Mat()) if t else base.copy()
+        M.scale(a)
+        if out is None:
+            out = M
+        else:
+            out.axpy(1.0, M, structure=PETSc.Mat.Structure.DIFFERENT_NONZERO_PATTERN)
+            M.destroy()
+    return out
+
+
+@pytest.mark.parametrize("scheme,coupling", [(CN, "mftc"), (BE, "mftc"), (CN, "mfg")])
+def test_declared_structure_equals_assembly(scheme, coupling):
+    """The structure facts the HJB–FP formulation declares hold numerically at generic
+    states: every block the operator forms from terms (mirrors as transposes, B_n = αP_n + E)
+    equals its assembly, the declared dependencies miss no nonzero block, and 'quadratic'
+    (every block affine in the states) holds: K((x + y)/2) = (K(x) + K(y))/2."""
+    p = problem(scheme=scheme, coupling=coupling, steps=4)
+    st = SpaceTime(p)
+    assert st.quadratic                              # G = ρ²/2: c = ρ (mftc) or ρ/2 (mfg)
+    X, Y, Z = perturbed(st, 7), perturbed(st, 8), st.create_vec()
+    Z.axpy(0.5, X), Z.axpy(0.5, Y)
+    (rx, gx), (ry, gy), (rz, gz) = (assembled_grid(p, V) for V in (X, Y, Z))
+    for r, c in st.block_keys:
+        D = gx[r][c].copy()
+        D.axpy(1.0, gy[r][c])
+        D.axpy(-2.0, gz[r][c])
+        assert D.norm() <= 1e-12 * max(gz[r][c].norm(), 1.0), (r, c)
+    full = SpaceTime(p, formulation=dataclasses.replace(hjb_fp(p), depends=None))
+    assert set(full.jac_ufl) == set(st.jac_ufl)
+    op = KKTOperator(st)
+    assert op.mirror and bool(op.derived) == (scheme == CN)
+    for seed in (1, 2):
+        X = perturbed(st, seed)
+        op.update(X)
+        ref, grid = assembled_grid(p, X)
+        for r, c in op.blocks():
+            D = block_of(op, r, c)
+            D.axpy(-1.0, grid[r][c], structure=PETSc.Mat.Structure.DIFFERENT_NONZERO_PATTERN)
+            assert D.norm() <= 1e-12 * max(grid[r][c].norm(), 1.0), (r, c)
+            D.destroy()
+        ref.destroy()
+    op.destroy()
 
 
 @pytest.mark.parametrize("comm,scheme", [(MPI.COMM_SELF, CN), (MPI.COMM_SELF, BE),
                                          pytest.param(MPI.COMM_WORLD, CN, marks=pytest.mark.mpi)])
-def test_grouped_product_equals_matnest(comm, scheme):
+def test_grouped_product_equals_assembled_operator(comm, scheme):
     """KKTProduct (terms grouped by matrix: one product per P_n, P_nᵀ, A_n, shared matrices
-    over all their columns at once) multiplies like the MatNest, before and after the B_n
-    are derived, and makes fewer products than the MatNest has blocks."""
-    st = SpaceTime(problem(comm, steps=5, scheme=scheme))
+    over all their columns at once) multiplies like the MatNest of every assembled block, and
+    makes fewer products than the MatNest has blocks."""
+    p = problem(comm, steps=5, scheme=scheme)
+    st = SpaceTime(p)
     op = KKTOperator(st)
     x, y, z = st.create_vec(), st.create_vec(), st.create_vec()
     x.setRandom()
-    nest_blocks = sum(A is not None for row in op.grid for A in row)
-    for seed in (1, 2):                                # states of the construction, then new
-        op.update(perturbed(st, seed))
-        op.mat.mult(x, y)
+    for seed in (1, 2):
+        X = perturbed(st, seed)
+        op.update(X)
+        ref, grid = assembled_grid(p, X)
+        nest = PETSc.Mat().createNest(grid, comm=comm)
+        nest.mult(x, y)
         op.product.mat.mult(x, z)
         z.axpy(-1.0, y)
-        assert z.norm() <= 1e-14 * y.norm(), (seed, z.norm())
-    assert bool(op.derived) == (scheme == CN)
+        assert z.norm() <= 1e-13 * y.norm(), (seed, z.norm())
+        nest_blocks = sum(A is not None for row in grid for A in row)
+        nest.destroy(), ref.destroy()
     plan = op.product.plan()
-    batched = [p for p in plan if p[0] == "batch"]
+    batched = [q for q in plan if q[0] == "batch"]
     # per level at most P_n, P_nᵀ, A_n one product each; the shared matrices (congestion
     # blocks τG''θ²M, τG''θ(1−θ)M and E = M/θ, G = ρ²/2) merged into one batched product
     assert len(batched) == 1 and len(plan) <= 3 * 5 + 1 + 2 < nest_blocks
     op.destroy()
-
-
-def test_failed_derivation_check_assembles_every_block(monkeypatch):
-    """If B_n = αP_n + E does not hold at the first new state, the B_n skipped for the check
-    are assembled (and nothing else twice) and the operator equals a fully assembled one."""
-    from fem_mfc.solvers import kkt_pc
-    st = SpaceTime(problem(steps=5))
-    op = KKTOperator(st, derive=True)
-    assert len(op._candidates) > 2
-    monkeypatch.setattr(kkt_pc, "DERIVE_RTOL", -1.0)          # the check at X fails
-    X = perturbed(st, 3)
-    calls = []
-    asm = st._assembler.assemble
-    st._assembler.assemble = lambda A, a, ev=None: calls.append(A.handle) or asm(A, a, ev)
-    op.update(X)
-    assert not op.derived
-    assert len(calls) == len(set(calls))                       # no block assembled twice
-    ref = KKTOperator(SpaceTime(problem(steps=5)), derive=False)
-    ref.update(X)
-    for r, c in op._candidates:
-        D = op.grid[r][c].copy()
-        D.axpy(-1.0, ref.grid[r][c])
-        assert D.norm() <= 1e-12 * ref.grid[r][c].norm(), (r, c)
-    op.destroy(), ref.destroy()
 
 
 def test_reuse_coinciding_pivots_and_lagging():
@@ -246,10 +296,17 @@ def test_reuse_coinciding_pivots_and_lagging():
 
 
 def test_transpose_factors():
-    """Explicit factors of P_nᵀ for the HJB sweep (with lagged factors): same iterates."""
+    """Explicit factors of P_nᵀ for the HJB sweep (default) or transposed solves with the
+    factors of P_n: the same iterates, twice the factorisations."""
     lu = newton(problem(), linear="lu")
-    opts = {"sweep_reuse_rtol": 0.01, "sweep_transpose_factors": True}
-    assert_same(lu, newton(problem(), linear="sweep", petsc_options=opts))
+    base = {"sweep_reuse_rtol": 1e-13}
+    on = newton(problem(), linear="sweep",
+                petsc_options={**base, "sweep_transpose_factors": True})
+    off = newton(problem(), linear="sweep",
+                 petsc_options={**base, "sweep_transpose_factors": False})
+    assert_same(lu, on) and assert_same(lu, off)
+    f_on, f_off = on.history[-2]["factorisations"], off.history[-2]["factorisations"]
+    assert f_on == 2 * f_off
 
 
 @pytest.mark.mpi
@@ -289,11 +346,9 @@ def test_cole_hopf_initial_guess():
 
 def test_trapezoid_residual_is_exact_for_quadratic_systems():
     """F(y) = F(x) + ½(K(x) + K(y))(y − x) reproduces the assembled residual at unrelated states
-    when the residual is quadratic (G = ρ²/2, mftc; both schemes).  The check is symbolic and
-    conservative (mfg's c = G/ρ as UFL writes it is not recognised); G = ρ³/3 (c = ρ²) is
-    quadratic, G = ρ⁴/4 is not."""
-    from fem_mfc.solvers.kkt_pc import TrapezoidResidual
-    assert not SpaceTime(problem(steps=2, coupling="mfg")).quadratic
+    when the residual is quadratic (G = ρ²/2, mftc; both schemes).  The declared fact agrees
+    with the symbolic check: G = ρ³/3 (c = ρ²) is quadratic, G = ρ⁴/4 is not."""
+    assert SpaceTime(problem(steps=2, coupling="mfg")).quadratic       # c = G/ρ = ρ/2
     for scheme in (CN, BE):
         st = SpaceTime(problem(steps=4, scheme=scheme))
         assert st.quadratic
@@ -312,7 +367,8 @@ def test_trapezoid_residual_is_exact_for_quadratic_systems():
     for power, quadratic in ((3, True), (4, False)):
         p = ControlProblem(mesh=mesh, T=1.0, sigma=0.5, steps=2, rho0=1.0,
                            G=lambda r, k=power: r ** k / k)
-        assert SpaceTime(p).quadratic == quadratic
+        st = SpaceTime(p)
+        assert st.quadratic == quadratic == symbolic_quadratic(st.jac_ufl, st.tm)
 
 
 def test_newton_with_trapezoid_residuals_matches_assembled_residuals():
@@ -330,26 +386,23 @@ def test_blocks_of_levels_with_equal_states_are_copied_not_reassembled(comm):
     the copies equal assemblies, and a memoised matrix changed since is not copied (the
     decision is collective)."""
     st = SpaceTime(problem(comm, steps=5))
-    calls = []
-    asm = st._assembler.assemble
-    st._assembler.assemble = lambda A, a, ev=None: calls.append(1) or asm(A, a, ev)
+    asm = st.assembler
     grid = st.block_grid()
     n_blocks = sum(A is not None for row in grid for A in row)
-    assert len(calls) < n_blocks // 3
-    ref = SpaceTime(problem(comm, steps=5))
+    assert asm.assemblies < n_blocks // 3
+    ref = SpaceTime(problem(comm, steps=5), cache=False)
     for (r, c), (key, k) in st.block_keys.items():
         ref.load(k)
-        B = ref._assembler.create(ref.jac[key])
-        ref._assembler.assemble(B, ref.jac[key])
+        B = ref.assembler.fresh(ref.jac[key])
         D = grid[r][c].copy()
         D.axpy(-1.0, B)
         assert D.norm() <= 1e-14 * max(B.norm(), 1.0), (r, c)
     key = ("u", "rho_next")                            # P_n, one matrix per level
-    assert st._memo[key][1] is not st._mats[(key, 3)]
-    st._memo[key][1].scale(2.0)                        # changed since it was memoised
+    assert asm._memo[key][1] is not asm._mats[(key, 3)]
+    asm._memo[key][1].scale(2.0)                       # changed since it was memoised
     st.load(3)
-    A = st.block(key, 3)
-    st._assembler.assemble(B := A.duplicate(), st.jac[key])
+    A = asm.block(key, 3)
+    B = asm.fresh(st.jac[key])
     D = A.copy()
     D.axpy(-1.0, B)
     assert D.norm() <= 1e-14 * B.norm()
@@ -359,7 +412,7 @@ def test_blocks_of_levels_with_equal_states_are_copied_not_reassembled(comm):
                                                                marks=pytest.mark.mpi)])
 def test_residual_rows_of_equal_levels_are_reused(comm):
     """At the constant initial guess the residual rows of the interior levels coincide: a few
-    assemblies, the same residual as assembling every row; at other states every row is
+    assemblies, the same residual as the plain assembler's; at other states every row is
     assembled."""
     st = SpaceTime(problem(comm, steps=6))
     calls = []
@@ -381,14 +434,33 @@ def test_residual_rows_of_equal_levels_are_reused(comm):
     finally:
         dolfinx.fem.assemble_vector = asm
     assert few <= 4
-    ref = SpaceTime(problem(comm, steps=6))
-
-    class Forgetful(dict):                             # remembers nothing: always assemble
-        def __setitem__(self, key, value):
-            pass
-
-    ref._row_memo = Forgetful()
+    ref = SpaceTime(problem(comm, steps=6), cache=False)
     G = ref.create_vec()
     ref.residual(None, G)
     G.axpy(-1.0, F)
     assert G.norm() == 0.0
+
+
+@pytest.mark.parametrize("comm", [MPI.COMM_SELF, pytest.param(MPI.COMM_WORLD,
+                                                               marks=pytest.mark.mpi)])
+def test_parameter_change_drops_cached_evaluations(comm):
+    """A continuation parameter (the coupling strength s in s·G) changes the residual and
+    the blocks: the caching assembler gives what the plain one gives after the change."""
+    st = SpaceTime(problem(comm, steps=4))
+    ref = SpaceTime(problem(comm, steps=4), cache=False)
+    X = perturbed(st, 5)
+    F, R = st.create_vec(), st.create_vec()
+    st.residual(X, F)
+    st.block_grid()
+    for s in (0.3, 0.0):
+        st.set_parameter("coupling", s)
+        ref.set_parameter("coupling", s)
+        st.residual(X, F)
+        ref.residual(X, R)
+        R.axpy(-1.0, F)
+        assert R.norm() <= 1e-14 * F.norm()
+        grid, rgrid = st.block_grid(), ref.block_grid()
+        for (r, c) in st.block_keys:
+            D = grid[r][c].copy()
+            D.axpy(-1.0, rgrid[r][c])
+            assert D.norm() <= 1e-14 * max(rgrid[r][c].norm(), 1.0), (s, r, c)

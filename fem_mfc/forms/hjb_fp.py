@@ -33,22 +33,88 @@ import ufl
 
 THETA = {"backward-euler": 1.0, "crank-nicolson": 0.5}
 
-# Template coefficients of one time level k (see ``level_forms``).
+# Template coefficients of one time level k (see ``level_residuals``).
 RHO_PREV, RHO_CUR, RHO_NEXT, U_PREV, U_CUR = "rho_prev", "rho_cur", "rho_next", "u_prev", "u_cur"
 
 
 @dataclass
 class StepData:
-    """Everything the per-step density needs (UFL expressions in x; ``sources(t)`` in x, t)."""
+    """Everything the per-step density needs (UFL expressions in x; ``sources(t)`` in x, t).
+
+    ``G`` is the congestion as the problem defines it; the forms use ``s·G`` with ``scale`` =
+    s a Constant (1 unless a continuation in the coupling strength changes it)."""
 
     tau: float
     eps: float
     theta: float
     V: object
     Phi: object
-    G: Optional[Callable] = None          # rho ↦ UFL expression, None = no congestion
+    G0: Optional[Callable] = None         # rho ↦ UFL expression, None = no congestion
     coupling: str = "mftc"
     sources: Optional[Callable] = None    # t ↦ dict(f_H=, b_H=, f_F=, b_F=) (entries may be None)
+    scale: object = None                  # Constant s: the forms use s·G (continuation)
+
+    @property
+    def G(self) -> Optional[Callable]:
+        if self.G0 is None:
+            return None
+        if self.scale is None:
+            return self.G0
+        return lambda rho: self.scale * self.G0(rho)
+
+    @property
+    def parameters(self) -> dict:
+        """The Constants a continuation may change: the coupling strength s and ε."""
+        out = {"eps": self.eps} if hasattr(self.eps, "value") else {}
+        if self.scale is not None and self.G0 is not None:
+            out["coupling"] = self.scale
+        return out
+
+
+SAMPLES = (0.37, 1.3, 4.1)          # densities at which c', c'' are sampled (see structure)
+
+
+def coupling_shape(G0: Optional[Callable], coupling: str) -> tuple[bool | None, bool]:
+    """(c varies with ρ, c is at most quadratic in ρ) for the coupling c of ``G0``, from the
+    derivatives c′ and c‴ evaluated at SAMPLES (exact for the polynomial couplings of
+    practice; a G that depends on x cannot be evaluated: (None, False), unknown)."""
+    if G0 is None:
+        return False, True
+    d1, d3 = [], []
+    try:
+        for s in SAMPLES:
+            r = ufl.variable(ufl.as_ufl(s))
+            c1 = ufl.diff(coupling_value(G0, coupling, r), r)
+            c3 = ufl.diff(ufl.diff(c1, r), r)
+            d1.append(float(ufl.algorithms.expand_derivatives(c1)))
+            d3.append(float(ufl.algorithms.expand_derivatives(c3)))
+    except (ValueError, TypeError, ArithmeticError, AttributeError, NotImplementedError):
+        return None, False
+    scale = max(max(map(abs, d1)), 1e-300)
+    varies = any(abs(v) > 0.0 for v in d1)
+    quadratic = all(abs(v) <= 1e-10 * scale for v in d3)
+    return varies, quadratic
+
+
+def row_dependencies(theta: float, coupled: bool) -> dict:
+    """The templates each residual row of :func:`level_residuals` involves (the nonzero
+    Jacobian blocks): the ρ–ρ blocks exist only where the coupling c varies with ρ
+    (``coupled``), ρ^{k±1} enter the HJB rows only through midpoint means (θ < 1)."""
+    mid = theta < 1.0
+    rho = [U_PREV, U_CUR]
+    last = [U_PREV]
+    if coupled:
+        rho += [RHO_CUR] + ([RHO_PREV, RHO_NEXT] if mid else [])
+        last += [RHO_CUR] + ([RHO_PREV] if mid else [])
+    return {"u": (RHO_CUR, RHO_NEXT, U_CUR), "rho": tuple(rho), "rho_last": tuple(last)}
+
+
+def is_quadratic(d: "StepData") -> bool:
+    """Is the residual quadratic in the unknowns (every Jacobian block affine in the
+    states)?  The Lagrangian is cubic in (ρ, u) apart from the congestion, whose residual
+    term is c(ρ̄): iff c is at most quadratic in ρ (e.g. G = κρ²/2 or κρ³/3 for mftc,
+    G = κρ² for mfg, or no G)."""
+    return coupling_shape(d.G0, d.coupling)[1]
 
 
 def rho_bar(rho_old, rho_new, theta: float):
@@ -80,7 +146,7 @@ def step_lagrangian(rho_old, rho_new, u, t, d: StepData, congestion: bool = True
     L = (tau * (d.V * rb - 0.5 * rb * ufl.inner(ufl.grad(u), ufl.grad(u))) * ufl.dx
          - u * (rho_new - rho_old) * ufl.dx
          - tau * eps * ufl.inner(ufl.grad(u), ufl.grad(rb)) * ufl.dx)
-    if congestion and d.G is not None:
+    if congestion and d.G is not None and not _zero(d.G(rb)):
         L += tau * d.G(rb) * ufl.dx
     s = _sources(d, t)
     if s["f_H"] is not None:
@@ -94,9 +160,14 @@ def step_lagrangian(rho_old, rho_new, u, t, d: StepData, congestion: bool = True
     return L
 
 
+def _zero(expr) -> bool:
+    return isinstance(expr, ufl.constantvalue.Zero) or (isinstance(expr, (int, float))
+                                                       and expr == 0)
+
+
 def coupling_residual(rho_old, rho_new, wrt, q, d: StepData):
     """τ∫c(ρ̄) ∂ρ̄/∂(wrt)[q]: the congestion part of the ρ-residual of one step."""
-    if d.G is None:
+    if d.G is None or _zero(d.G(rho_bar(rho_old, rho_new, d.theta))):
         return None
     rb = rho_bar(rho_old, rho_new, d.theta)
     return d.tau * coupling_value(d.G, d.coupling, rb) * ufl.derivative(rb, wrt, q) * ufl.dx
@@ -120,36 +191,25 @@ def nonzero(form):
     return None if f.empty() else f
 
 
-def level_forms(tm: dict, t_prev, t_cur, d: StepData) -> dict:
-    """UFL residuals and Jacobian blocks of time level k on template coefficients ``tm``.
+def level_residuals(tm: dict, t_prev, t_cur, d: StepData) -> dict:
+    """UFL residual rows of time level k on template coefficients ``tm``.
 
     ``tm`` maps RHO_PREV, RHO_CUR, RHO_NEXT, U_PREV, U_CUR to Functions holding ρ^{k−1}, ρ^k,
-    ρ^{k+1}, u^{k−1}, u^k.  Returns {"res": {row: F}, "jac": {(row, col): a}} with rows
+    ρ^{k+1}, u^{k−1}, u^k.  Rows (the equation of the field each is a derivative for):
       "u":        ∂L_k/∂u^k                       (FP step k → k+1),
       "rho":      ∂(L_{k−1} + L_k)/∂ρ^k + coupling (HJB step for u^{k−1}, 1 ≤ k < N),
-      "rho_last": ∂(L_{N−1} + ∫Φρ^N)/∂ρ^N + coupling,
-    and Jacobian blocks (row, template) = derivative of the row w.r.t. that template
-    (vanishing blocks omitted).
+      "rho_last": ∂(L_{N−1} + ∫Φρ^N)/∂ρ^N + coupling.
+    The Jacobian blocks are their derivatives (:func:`row_dependencies` lists the nonzero
+    ones).
     """
-    V = tm[RHO_CUR].function_space
-    q, dtrial = ufl.TestFunction(V), ufl.TrialFunction(V)
+    q = ufl.TestFunction(tm[RHO_CUR].function_space)
     rp, rc, rn, up, uc = (tm[k] for k in (RHO_PREV, RHO_CUR, RHO_NEXT, U_PREV, U_CUR))
-    res = {
+    previous = rho_residual(rp, rc, up, t_prev, rc, q, d)
+    return {
         "u": ufl.derivative(step_lagrangian(rc, rn, uc, t_cur, d), uc, q),
-        "rho": rho_residual(rp, rc, up, t_prev, rc, q, d) + rho_residual(rc, rn, uc, t_cur, rc, q, d),
-        "rho_last": rho_residual(rp, rc, up, t_prev, rc, q, d)
-        + ufl.derivative(terminal(rc, d), rc, q),
+        "rho": previous + rho_residual(rc, rn, uc, t_cur, rc, q, d),
+        "rho_last": previous + ufl.derivative(terminal(rc, d), rc, q),
     }
-    depends = {"u": (RHO_CUR, U_CUR, RHO_NEXT),
-               "rho": (RHO_PREV, U_PREV, RHO_CUR, U_CUR, RHO_NEXT),
-               "rho_last": (RHO_PREV, U_PREV, RHO_CUR)}
-    jac = {}
-    for row, F in res.items():
-        for col in depends[row]:
-            a = nonzero(ufl.derivative(F, tm[col], dtrial))
-            if a is not None:
-                jac[(row, col)] = a
-    return {"res": res, "jac": jac}
 
 
 def level_functionals(tm: dict, t_cur, d: StepData) -> dict:
@@ -166,7 +226,7 @@ def level_functionals(tm: dict, t_cur, d: StepData) -> dict:
     rb = rho_bar(rc, rn, d.theta)
     cost = d.tau * (0.5 * ufl.inner(ufl.grad(uc), ufl.grad(uc)) + d.V) * rb * ufl.dx
     value = None
-    if d.G is not None:
+    if d.G is not None and not _zero(d.G(rb)):
         cost += d.tau * d.G(rb) * ufl.dx
         value = d.tau * (d.G(rb) - rb * coupling_value(d.G, d.coupling, rb)) * ufl.dx
     s = _sources(d, t_cur)

@@ -26,13 +26,17 @@ def choose_method(problem, method: str = "auto") -> str:
 
 def solve(problem, method: str = "auto", rtol=1e-10, atol=1e-12, max_it=50,
           picard_max_it=500, relaxation=0.5, petsc_options=None,
-          initial_guess: str = "trivial") -> Result:
+          initial_guess: str = "trivial", linear: str = "auto", continuation: bool = True,
+          strict: bool = True) -> Result:
     """Solve ``problem`` (a :class:`~fem_mfc.problem.ControlProblem`) with ``method``
-    (``initial_guess``: Newton's start, "trivial" or "cole-hopf")."""
+    (``initial_guess``: Newton's start, "trivial", "cole-hopf" or "coarse"; ``linear``:
+    Newton's linear path).  ``strict``: raise SolverError when the solve does not meet its
+    tolerance (else return the flagged result, ``converged`` False)."""
     m = choose_method(problem, method)
     if m == "newton":
-        return newton(problem, rtol=rtol, atol=atol, max_it=max_it, petsc_options=petsc_options,
-                      guess=initial_guess)
+        r = newton(problem, rtol=rtol, atol=atol, max_it=max_it, petsc_options=petsc_options,
+                   guess=initial_guess, linear=linear, continuation=continuation)
+        return r.check() if strict else r
     if m == "picard":
         return picard(problem, rtol=rtol, atol=atol, max_it=picard_max_it,
                       relaxation=relaxation)

@@ -52,7 +52,7 @@ def cole_hopf_pair(problem) -> Formulation:
                        functionals=lambda tm, tc: forms.level_functionals(tm, d),
                        data={"rho": gamma0, "u": chi_T}, guess={"rho": gamma0, "u": chi_T},
                        rows=PAIR_ROWS, diagnostics=PAIR_DIAGNOSTICS, names=("Gamma", "chi"),
-                       params={"shift": shift}, finish=finish)
+                       params={"shift": shift}, finish=finish, sweep=False)
 
 
 def fields(st: SpaceTime):
@@ -115,7 +115,7 @@ def solve_pair(problem, rtol=1e-10, atol=1e-12, max_it=50, petsc_options=None,
     """Solve the (cubic) pair all-at-once by Newton (G = 0: two Newton steps)."""
     st = PairSystem(problem)
     res = newton(problem, rtol=rtol, atol=atol, max_it=max_it, prefix=prefix,
-                 petsc_options=petsc_options, system=st)
+                 petsc_options=petsc_options, system=st).check()
     st.rho[0].interpolate(dolfinx.fem.Expression(problem.rho0 / st.u[0],
                                                  problem.space.element.interpolation_points()))
     if res.min_rho <= 0:

@@ -1,10 +1,10 @@
 """Products with the space-time Jacobian that read every distinct matrix as rarely as possible.
 
-The MatNest of :class:`~fem_mfc.solvers.kkt_pc.KKTOperator` multiplies block by block: about
-eleven sparse products per time level, although most blocks are the same few matrices —
-with B_n = αP_n + E (derived FP blocks), the HJB/u blocks the transposes of the FP/ρ blocks
-(mirrors) and the state-independent blocks (mass-like congestion blocks, E) shared by all
-levels.  Every Krylov iteration and every trapezoid residual multiplies with the whole
+A block-by-block product (a MatNest of the blocks of
+:class:`~fem_mfc.solvers.kkt.KKTOperator`) makes about eleven sparse products per time level,
+although most blocks are the same few matrices — with B_n = αP_n + E (derived FP blocks), the
+HJB/u blocks the transposes of the FP/ρ blocks (mirrors) and the state-independent blocks
+(mass-like congestion blocks, E) shared by all levels.  Every Krylov iteration and every trapezoid residual multiplies with the whole
 operator, so these products are memory-bound reads of the same matrices over and over.
 
 :class:`KKTProduct` writes the operator as a sum of terms
@@ -22,10 +22,10 @@ its shape allows:
   one sparse × dense product over all its input columns (``MatMatMult``, which reads the
   sparse matrix once per few columns instead of once per column).
 
-The result equals the MatNest product to round-off (tests/test_kkt_pc.py); it is the
-operator the Newton–Krylov solver multiplies with, the MatNest stays the matrix the
-preconditioner is built from.  Per level: 3 sparse products of state-dependent matrices
-(P_n, P_nᵀ, A_n) instead of ≈ 11.
+The result equals the product with the assembled blocks to round-off (tests/test_kkt_pc.py);
+it is the operator the Newton–Krylov solver multiplies with (and the matrix its preconditioner
+finds the operator through).  Per level: 3 sparse products of state-dependent matrices (P_n,
+P_nᵀ, A_n) instead of ≈ 11.
 """
 from __future__ import annotations
 
@@ -53,39 +53,25 @@ class KKTProduct:
         self.yout = PETSc.Vec().createWithArray(self._dummy.copy(), size=size, comm=st.comm)
         self.comb = PETSc.Vec().createMPI(size, comm=st.comm)      # combined inputs
         self.w = PETSc.Vec().createMPI(size, comm=st.comm)         # one product
-        self._plan, self._key, self._buffers = None, None, {}
-        self.mat = PETSc.Mat().createPython(op.mat.getSizes(), context=self, comm=st.comm)
+        self._plan, self._buffers = None, {}
+        n = st.nfields * st.nl
+        self.mat = PETSc.Mat().createPython(((n, PETSc.DETERMINE), (n, PETSc.DETERMINE)),
+                                            context=self, comm=st.comm)
         self.mat.setUp()
         self.products = 0                     # sparse products of the last plan (for reports)
 
     # -- the operator as terms coeff·op(base) --------------------------------------------
-    def _own_terms(self, r: int, c: int) -> list:
-        """[(base, transposed, coeff)] of the non-mirror block (r, c)."""
-        op = self.op
-        if (r, c) in op.derived:              # B_n = α P_n + E
-            P, alpha, E = op.derivation(r, c)
-            return [(P, False, alpha), (E, False, 1.0)]
-        return [(op.grid[r][c], False, 1.0)]
-
     def terms(self) -> list:
         """[(base, transposed, r, c, coeff)] whose sum is the operator."""
         op, out = self.op, []
-        for r, row in enumerate(op.grid):
-            for c, K in enumerate(row):
-                if K is None:
-                    continue
-                if (r, c) in op.mirror:
-                    out += [(b, not t, r, c, a) for b, t, a in self._own_terms(c, r)]
-                else:
-                    out += [(b, t, r, c, a) for b, t, a in self._own_terms(r, c)]
+        for r, c in op.blocks():
+            out += [(b, t, r, c, a) for b, t, a in op.terms(r, c)]
         return out
 
     def plan(self) -> list:
-        """The grouped products (rebuilt when the set of derived blocks changes)."""
-        key = frozenset(self.op.derived)
-        if self._plan is not None and key == self._key:
+        """The grouped products (built once: the operator's structure is fixed)."""
+        if self._plan is not None:
             return self._plan
-        self.destroy_plan()
         groups = {}
         for base, t, r, c, a in self.terms():
             groups.setdefault((base.handle, t), (base, t, []))[2].append((r, c, a))
@@ -104,7 +90,7 @@ class KKTProduct:
                 index = {c: j for j, c in enumerate(cols)}
                 plan.append(("batch", base, t, cols, [(r, index[c], a) for r, c, a in uses],
                              *buffers[cols], [None]))
-        self._plan, self._key = plan, key
+        self._plan = plan
         self._buffers = buffers
         self.products = sum(1 if p[0] != "batch" else len(p[3]) for p in plan)
         return plan
@@ -230,9 +216,16 @@ class KKTProduct:
         self._plan, self._buffers = None, {}
 
     def destroy(self, mat=None):
+        """Free the work objects (also called by PETSc when ``mat`` is destroyed)."""
+        if self.xin is None:
+            return
         self.destroy_plan()
         for v in (self.xin, self.yout, self.comb, self.w):
             v.destroy()
+        self.xin = None
+        if mat is None and self.mat is not None:
+            m, self.mat = self.mat, None
+            m.destroy()
 
 
 __all__ = ["KKTProduct"]

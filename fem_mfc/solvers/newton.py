@@ -1,75 +1,64 @@
 """All-at-once Newton for the space-time optimality system ∂L/∂(ρ, u) = 0 (forms/hjb_fp.py).
 
-petsc4py SNES with backtracking line search (``bt``).  Two linear solvers for the Newton step:
+petsc4py SNES (``newtonls``) on a :class:`~fem_mfc.solvers.spacetime.SpaceTime`, with one of
+two solvers for the Newton step (the *linear path*):
 
-* ``linear="lu"``: the Jacobian blocks gathered into a MatNest, converted to AIJ and factorised
-  by MUMPS.  Exact and robust, but the space-time KKT matrix factorises like a 3D problem.
-* ``linear="sweep"``: FGMRES on the blocks (products grouped by matrix,
-  :mod:`fem_mfc.solvers.kkt_product`), preconditioned by one backward (linearised HJB) and
-  one forward (linearised FP) sweep with per-step LU factors (:mod:`fem_mfc.solvers.kkt_pc`;
-  redundant PETSc LU on 2–4 ranks, :func:`fem_mfc.solvers.sweeps.step_solver`); memory and
-  work grow like N 2D problems.
-* ``linear="auto"`` (default): "sweep" for the HJB–FP system from AUTO_SWEEP_UNKNOWNS
-  space-time unknowns on, else "lu" (other formulations passed as ``system`` keep LU).
+* ``"lu"``: the Jacobian blocks gathered into a MatNest, converted to AIJ and factorised by
+  MUMPS.  Exact and robust, but the space-time KKT matrix factorises like a problem of one
+  dimension more than the mesh.
+* ``"sweep"``: FGMRES on the blocks (:class:`~fem_mfc.solvers.kkt.KKTOperator`, products
+  grouped by matrix) preconditioned by one backward (linearised HJB) and one forward
+  (linearised FP) sweep of per-step solves (:class:`~fem_mfc.solvers.kkt_pc.SweepPC`, a
+  PETSc python PC); memory and work grow like N problems of the mesh's dimension.  The Newton
+  steps are *inexact* (:class:`Forcing`, Eisenstat–Walker; ``-{prefix}newton_forcing exact``
+  solves every step to KSP_RTOL, as does a user ``-{prefix}ksp_rtol`` or ``-{prefix}snes_ksp_ew``).
+  For a quadratic residual (``Formulation.quadratic``) the residual after the first one comes
+  from the exact trapezoid identity (:class:`~fem_mfc.solvers.kkt.TrapezoidResidual`;
+  ``-{prefix}newton_trapezoid false`` assembles every residual).
+* ``"auto"`` (default) chooses by the estimated cost of both (:mod:`fem_mfc.solvers.auto`).
 
-On the sweep path the Newton steps are *inexact* by default (``-mfc_newton_forcing
-adaptive``, :class:`Forcing`): FGMRES stops at ‖F + Jδ‖ ≤ ηₖ‖F‖ with the Eisenstat–Walker
-forcing term (choice 2) capped at ETA_MAX (``-mfc_newton_eta_max``) and never below what the
-Newton tolerance still needs; ``-mfc_newton_forcing exact`` solves every step to KSP_RTOL
-(1e-12: the iterates of the LU path to solver tolerance), as does a user ``-mfc_ksp_rtol`` or
-PETSc's own ``-mfc_snes_ksp_ew``.  60k P1 dofs × 50 CN steps, congested: Krylov 2/2/3/4/6
-instead of 15/14/13/11/7, the same Newton residuals to 2 digits, J to 1e-12 (ETA_MAX = 1e-2
-gave 3/3/3/4/5, one sweep more; 0.3 stalled: 8 Newton steps).
+Every option is read from PETSc's options database under the prefix (default ``mfc_``), and
+the options of one call (``petsc_options``, relative to the prefix) and this module's defaults
+are inserted only for the duration of the call (:func:`fem_mfc.options.inserted`): e.g.
+``-mfc_snes_monitor``, ``-mfc_snes_linesearch_type``, ``-mfc_ksp_rtol``,
+``-mfc_sweep_reuse_rtol δ``, ``-mfc_sweep_pc_type gamg``, ``-mfc_newton_affine_blocks false``.
 
-When the residual is quadratic in the unknowns (``SpaceTime.quadratic``, e.g. G = κρ²/2) the
-sweep path evaluates it after the first one by the exact trapezoid identity of
-:class:`~fem_mfc.solvers.kkt_pc.TrapezoidResidual` from the Jacobian blocks, which it then
-reuses for the Jacobian at that point (``-mfc_newton_trapezoid false``: assemble every
-residual), and its state-dependent Jacobian blocks, affine in the states, are evaluated as
-d₀ + Σ Tᵢwᵢ once each form has been assembled a few times (:mod:`fem_mfc.solvers.affine`;
-``-mfc_newton_affine_blocks false``: assemble every block).  The sweep path multiplies with
-the Jacobian through :class:`~fem_mfc.solvers.kkt_product.KKTProduct` (terms grouped by
-matrix).
-
-The choice can also be made with PETSc options: ``-mfc_linear sweep`` or ``-mfc_pc_type shell``
-select the sweep path.  Every PETSc option can be overridden through the options prefix
-(default ``mfc_``), e.g. ``-mfc_snes_monitor``, ``-mfc_ksp_rtol``, ``-mfc_snes_lag_preconditioner
-2`` (reuse the sweep factors for two Newton steps), ``-mfc_sweep_pc_factor_mat_solver_type
-mumps`` (per-step LU of the sweep), ``-mfc_pc_factor_mat_solver_type superlu_dist`` (LU path).
-Sweep-path options (kkt_pc.py): ``-mfc_sweep_reuse_rtol δ`` (reuse per-step factors of pivots
-within δ, across Newton steps and time steps), ``-mfc_sweep_pc_type gamg`` (inexact per-step
-solves), ``-mfc_kkt_derive false`` (assemble every block).  The history records the Krylov
-iterations and, on the sweep path, the cumulative per-step factorisations.
+Globalisation: the line search (default ``bt`` on the residual norm) and, when Newton fails
+from the initial guess, continuation in the coupling strength and the noise
+(:mod:`fem_mfc.solvers.continuation`).  A solve that does not meet its tolerance returns its
+best iterate with ``converged = False`` — never a silent success.
 """
 from __future__ import annotations
 
 import time
 
+import numpy as np
 from petsc4py import PETSc
 
+from .. import options
 from ..errors import ConfigError, SolverError
-from .kkt_pc import KKTOperator, TrapezoidResidual, sweep_ksp
 from .result import Result
 from .spacetime import SpaceTime
-from .sweeps import cole_hopf_fields, cole_hopf_obstacles
 
+LU_DEFAULTS = {"mat_mumps_icntl_14": 100, "mat_mumps_icntl_6": 5}
 # The KKT matrix has zero diagonal blocks (saddle point).  MUMPS' automatic column permutation
 # gave inaccurate factors (true residual > right-hand side, P2, 1D); the maximum-product
 # transversal with scaling (ICNTL(6) = 5) is accurate without extra fill (ICNTL(6) = 1 tripled
 # the fill in 2D); delayed pivots need extra workspace (ICNTL(14)).
-DEFAULTS = {"snes_linesearch_type": "bt", "mat_mumps_icntl_14": 100, "mat_mumps_icntl_6": 5}
-REASONS = {v: k for k, v in PETSc.SNES.ConvergedReason.__dict__.items() if not k.startswith("_")}
+DEFAULTS = {"snes_linesearch_type": "bt"}
+REASONS = options.REASONS
 LINEAR = ("auto", "lu", "sweep")
-AUTO_SWEEP_UNKNOWNS = 100_000      # LU of the space-time matrix is fine below (≈ 2 s, < 1 GB)
 KSP_RTOL, KSP_ATOL = 1e-12, 1e-14
 FORCING = ("adaptive", "exact")
-GUESSES = ("trivial", "cole-hopf")
+GUESSES = ("trivial", "cole-hopf", "coarse")
 ETA_MAX, ETA_GAMMA, ETA_ALPHA = 3e-2, 0.9, 2.0   # EW choice 2; 0.3 stalled here
 ETA_SAFETY = 0.5                                 # of the tolerance still to be gained
+CONVERGED = ("CONVERGED_FNORM_ABS", "CONVERGED_FNORM_RELATIVE")
 
 
 def check_cole_hopf_guess(p):
     """The Cole–Hopf guess drops the congestion; it needs the rest of the linear path."""
+    from .sweeps import cole_hopf_obstacles
     if set(cole_hopf_obstacles(p)) - {"congestion"}:
         raise ConfigError("solver.initial_guess", "'trivial' (the Cole–Hopf guess needs σ > 0 "
                           "and no source terms)", "cole-hopf")
@@ -80,11 +69,10 @@ def cole_hopf_guess(st: SpaceTime, residual=None) -> bool:
     without congestion — a continuation start for congested problems — if its residual is
     smaller than that of the current states (on coarse meshes with Crank–Nicolson, χ can turn
     negative and the guess is useless); returns whether it was taken.  ``residual(x, f)``
-    evaluates F (default: assembly; Newton passes its trapezoid residual, for which the
-    comparison is one assembly plus two operator products).  60k P1 dofs × 50 CN steps,
-    G = ρ²/2: the initial residual is 19× smaller and Newton needs 4 steps instead of 5."""
+    evaluates F (default: assembly; Newton passes its trapezoid residual)."""
     import dataclasses
 
+    from .sweeps import cole_hopf_fields
     p = st.problem
     check_cole_hopf_guess(p)
     residual = residual or st.residual
@@ -134,141 +122,255 @@ class Forcing:
         return self.eta
 
 
-def linear_mode(st: SpaceTime, linear: str, prefix: str, hjb_fp: bool = True) -> str:
-    """"lu" or "sweep": the keyword, else ``-{prefix}linear``, else ``-{prefix}pc_type shell``,
-    else by the number of space-time unknowns — for the HJB–FP system only (``hjb_fp``); other
-    formulations (QHD, the Cole–Hopf pair) keep LU unless asked for the sweep."""
-    opts = PETSc.Options()
-    if linear == "auto" and opts.hasName(prefix + "linear"):
-        linear = opts.getString(prefix + "linear")
+def linear_mode(st: SpaceTime, linear: str, prefix: str) -> tuple[str, dict]:
+    """("lu" | "sweep", the auto rule's record): the keyword, else ``-{prefix}linear``, else
+    the cheaper path by the estimates of :func:`fem_mfc.solvers.auto.choose`."""
+    from . import auto
+    if linear == "auto":
+        linear = options.get("linear", "auto", prefix=prefix)
     if linear not in LINEAR:
         raise ConfigError("solver.linear", "one of " + ", ".join(LINEAR), linear)
     if linear != "auto":
-        return linear
-    if opts.getString(prefix + "pc_type", "") in ("shell", "python"):
-        return "sweep"
-    size = st.nfields * st.V.dofmap.index_map.size_global * st.V.dofmap.index_map_bs
-    return "sweep" if hjb_fp and size >= AUTO_SWEEP_UNKNOWNS else "lu"
+        return linear, {"rule": "requested"}
+    return auto.choose(st)
+
+
+class NewtonSolver:
+    """A SNES on ``st`` with the linear path ``mode``; :meth:`solve` may be called repeatedly
+    (continuation stages).  Build and use it inside :func:`fem_mfc.options.inserted`."""
+
+    def __init__(self, st: SpaceTime, mode: str, prefix: str, rtol: float, atol: float,
+                 max_it: int, forcing: str = "adaptive", user_linesearch: bool = False):
+        from .kkt import KKTOperator, TrapezoidResidual
+        from .kkt_pc import PYTHON_TYPE
+        self.st, self.mode, self.prefix = st, mode, prefix
+        self.rtol, self.atol, self.max_it = rtol, atol, max_it
+        self.user_linesearch = user_linesearch
+        self.X, self.F = st.create_vec(), st.create_vec()
+        self.best = None
+        self.trap = self.op = None
+        self.history = []
+        if hasattr(st.assembler, "affine_blocks"):
+            st.assembler.affine_blocks = options.get_bool("newton_affine_blocks", True, prefix)
+        forcing = options.get("newton_forcing", forcing, prefix)
+        if forcing not in FORCING:
+            raise ConfigError(f"-{prefix}newton_forcing", "one of " + ", ".join(FORCING),
+                              forcing)
+        if options.get("ksp_rtol", None, prefix) is not None \
+                or options.get_bool("snes_ksp_ew", False, prefix):
+            forcing = "exact"                 # the user's Krylov tolerance wins
+        self.forcing = (Forcing(rtol, atol, options.get_real("newton_eta_max", ETA_MAX, prefix))
+                        if mode == "sweep" and forcing == "adaptive" else None)
+        snes = self.snes = options.make_snes(st.comm, prefix, rtol, atol, max_it)
+        snes.setFunction(self._residual, self.F)
+        snes.setMonitor(self._monitor)
+        ksp = snes.getKSP()
+        if mode == "lu":
+            A = st.jacobian(None)
+            snes.setJacobian(lambda snes, x, J, P: st.jacobian(x), A, A)
+            ksp.setType("preonly")
+            ksp.getPC().setType("lu")
+            ksp.getPC().setFactorSolverType("mumps")
+            self._lu_defaults = options.inserted(defaults=LU_DEFAULTS, prefix=prefix)
+            self._lu_defaults.__enter__()
+        else:
+            self._lu_defaults = None
+            op = self.op = KKTOperator(st)
+            if st.quadratic and options.get_bool("newton_trapezoid", True, prefix):
+                self.trap = TrapezoidResidual(op)
+            snes.setJacobian(self._jacobian, op.product.mat, op.product.mat)
+            ksp.setType("fgmres")
+            ksp.setPCSide(PETSc.PC.Side.RIGHT)
+            ksp.setTolerances(rtol=KSP_RTOL, atol=KSP_ATOL, max_it=300)
+            ksp.setGMRESRestart(100)
+            pc = ksp.getPC()
+            pc.setType("python")
+            pc.setPythonType(PYTHON_TYPE)
+        snes.setFromOptions()
+        self.path = self._describe()
+
+    def _describe(self) -> dict:
+        ksp = self.snes.getKSP()
+        path = {"method": "newton", "linear": self.mode, "krylov": ksp.getType(),
+                "preconditioner": (ksp.getPC().getType() if self.mode == "lu"
+                                   else ksp.getPC().getPythonType()
+                                   if ksp.getPC().getType() == "python"
+                                   else ksp.getPC().getType()),
+                "line_search": options.get("snes_linesearch_type", "bt", self.prefix),
+                "forcing": "adaptive" if self.forcing is not None else "exact",
+                "ranks": self.st.comm.size}
+        if self.mode == "lu":
+            path["factorisation"] = ksp.getPC().getFactorSolverType()
+        else:
+            from .steps import describe
+            path["step_solver"] = describe(self.st.comm, self.prefix + "sweep_")
+            path["trapezoid_residual"] = self.trap is not None
+            path["affine_blocks"] = bool(getattr(self.st.assembler, "affine_blocks", False)
+                                         and self.st.quadratic)
+            path["reuse_rtol"] = options.get_real("sweep_reuse_rtol", 2e-3, self.prefix)
+        return path
+
+    # -- SNES callbacks ------------------------------------------------------------------------
+    def _residual(self, snes, x, f):
+        if self.trap is not None:
+            self.trap(x, f)
+        else:
+            self.st.residual(x, f)
+
+    def _jacobian(self, snes, x, J, P):
+        if self.trap is None or not self.trap.current(x):   # else: assembled with F(x)
+            self.op.update(x)
+
+    def _monitor(self, snes, it, fnorm):
+        h = self.history
+        if h:
+            h[-1]["ksp_its"] = snes.getKSP().getIterationNumber()
+            pc = self._pc_context()
+            if pc is not None:                    # cumulative per-step factorisations
+                h[-1]["factorisations"] = pc.factorisations
+        h.append({"residual": fnorm})
+        if np.isfinite(fnorm) and (self._best_f is None or fnorm < self._best_f):
+            self._best_f = fnorm
+            if self.best is None:
+                self.best = self.X.duplicate()
+            snes.getSolution().copy(self.best)
+        if self.forcing is not None:
+            eta = self.forcing.rtol_for(it, fnorm)
+            snes.getKSP().setTolerances(rtol=eta)
+            h[-1]["ksp_rtol"] = eta
+
+    def _pc_context(self):
+        if self.mode != "sweep":
+            return None
+        pc = self.snes.getKSP().getPC()
+        return pc.getPythonContext() if pc.getType() == "python" else None
+
+    # -- solve ---------------------------------------------------------------------------------
+    def residual_norm(self) -> float:
+        """‖F‖ at the current states."""
+        self.st.states_to_vec(self.X)
+        self._residual(None, self.X, self.F)
+        return self.F.norm()
+
+    def set_linesearch(self, kind: str | None):
+        """Use line search ``kind`` from now on (None: the one of the options database)."""
+        with options.inserted(settings={"snes_linesearch_type": kind} if kind else None,
+                              prefix=self.prefix):
+            self.snes.setFromOptions()
+
+    def parameters_changed(self):
+        """The system changed (a continuation parameter): drop the residual memory."""
+        if self.trap is not None:
+            self.trap.reset()
+
+    def solve(self, rtol: float | None = None, atol: float | None = None,
+              max_it: int | None = None) -> dict:
+        """Newton from the current states of ``st``; the states end at the solution or, if
+        the tolerance was not met, at the best iterate.  Returns {converged, reason,
+        iterations, residual, first_residual, target, history}."""
+        snes, st = self.snes, self.st
+        rtol = self.rtol if rtol is None else rtol
+        atol = self.atol if atol is None else atol
+        snes.setTolerances(rtol=rtol, atol=atol, stol=1e-14,
+                           max_it=self.max_it if max_it is None else max_it)
+        if self.forcing is not None:
+            self.forcing.rtol, self.forcing.atol = rtol, atol
+            self.forcing.prev = None
+        self.history = []
+        self._best_f = None
+        st.states_to_vec(self.X)
+        try:
+            snes.solve(None, self.X)
+            failed = None
+        except (PETSc.Error, SolverError) as e:      # PETSc error or a failed callback
+            failed = str(e).splitlines()[0] if str(e) else "PETSc error"
+        reason = snes.getConvergedReason()
+        its = snes.getIterationNumber()
+        fnorm = snes.getFunctionNorm()
+        if self.history:
+            self.history[-1]["ksp_its_total"] = snes.getLinearSolveIterations()
+        f0 = self.history[0]["residual"] if self.history else fnorm
+        target = max(atol, rtol * f0)
+        name = REASONS.get(reason, str(reason)) if failed is None else f"ERROR ({failed})"
+        converged = failed is None and np.isfinite(fnorm) and (
+            name in CONVERGED or (reason > 0 and fnorm <= 10 * target))
+        if converged:
+            st.vec_to_states(self.X)
+        elif self.best is not None:
+            st.vec_to_states(self.best)            # the best iterate reached
+            fnorm = self._best_f
+        return {"converged": bool(converged), "reason": name, "iterations": its,
+                "residual": float(fnorm), "first_residual": float(f0), "target": target,
+                "history": self.history}
+
+    def destroy(self):
+        self.snes.destroy()
+        for o in (self.trap, self.op):
+            if o is not None:
+                o.destroy()
+        for v in (self.X, self.F, self.best):
+            if v is not None:
+                v.destroy()
+        if self._lu_defaults is not None:
+            self._lu_defaults.__exit__(None, None, None)
+            self._lu_defaults = None
 
 
 def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_options=None,
            system: SpaceTime | None = None, linear: str = "auto",
-           forcing: str = "adaptive", guess: str = "trivial") -> Result:
+           forcing: str = "adaptive", guess: str = "trivial",
+           continuation: bool = True) -> Result:
     """Solve the discrete system by Newton from the trivial guess ρⁿ = ρ_0, uⁿ = Φ, from the
-    Cole–Hopf solution of the problem without congestion (``guess="cole-hopf"``,
-    :func:`cole_hopf_guess`), or from the states already in ``system``; ``linear`` chooses
-    the Newton-step solver and ``forcing`` the Krylov tolerance of the sweep path (see above;
-    ``-{prefix}newton_forcing`` overrides).  ``history`` holds the residual and the Krylov iterations (and their
-    tolerance ``ksp_rtol``) of the step that followed."""
+    Cole–Hopf solution of the problem without congestion (``guess="cole-hopf"``), from the
+    solution on a coarser grid (``guess="coarse"``, :mod:`fem_mfc.solvers.nested`), or from
+    the states already in ``system``; ``linear`` chooses the linear path and ``forcing`` the
+    Krylov tolerance of the sweep path (see the module docstring).  If Newton does not
+    converge from there and ``continuation`` is on, a continuation in the coupling strength
+    (and the noise) is tried.  Returns a :class:`Result` (``converged`` False: the best
+    iterate reached)."""
     t0 = time.perf_counter()
     if guess not in GUESSES:
         raise ConfigError("solver.initial_guess", "one of " + ", ".join(GUESSES), guess)
-    st = system or SpaceTime(problem)
-    if system is not None:
-        guess = "the given states"
-    elif guess == "cole-hopf":
-        check_cole_hopf_guess(problem)
-    hjb_fp = system is None or type(system) is SpaceTime
-    opts = PETSc.Options()
-    ours = [f"{prefix}{k.lstrip('-')}" for k in (petsc_options or {})]
-    for name, v in zip(ours, (petsc_options or {}).values()):
-        opts[name] = v
-    try:
-        st.affine_blocks = opts.getBool(prefix + "newton_affine_blocks", True)
-        mode = linear_mode(st, linear, prefix, hjb_fp)
-        forcing = opts.getString(prefix + "newton_forcing", forcing)
-        if forcing not in FORCING:
-            raise ConfigError(f"-{prefix}newton_forcing", "one of " + ", ".join(FORCING), forcing)
-        if opts.hasName(prefix + "ksp_rtol") or opts.getBool(prefix + "snes_ksp_ew", False):
-            forcing = "exact"                 # the user's Krylov tolerance wins
-        return _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0,
-                      Forcing(rtol, atol, opts.getReal(prefix + "newton_eta_max", ETA_MAX))
-                      if mode == "sweep" and forcing == "adaptive" else None, guess)
-    finally:                      # options of this call only: later solves start clean
-        for name in ours:
-            opts.delValue(name)
+    user_ls = (options.get("snes_linesearch_type", None, prefix) is not None
+               or prefix + "snes_linesearch_type" in options.normalise(petsc_options, prefix))
+    with options.inserted(settings=petsc_options, defaults=DEFAULTS, prefix=prefix):
+        st = system or SpaceTime(problem)
+        if system is not None:
+            guess = "the given states"
+        elif guess == "cole-hopf":
+            check_cole_hopf_guess(st.problem)
+        mode, rule = linear_mode(st, linear, prefix)
+        solver = NewtonSolver(st, mode, prefix, rtol, atol, max_it, forcing, user_ls)
+        X0 = st.create_vec()
+        try:
+            if guess == "cole-hopf" and not cole_hopf_guess(st, solver.trap):
+                guess = "trivial (the Cole-Hopf guess had the larger residual)"
+            elif guess == "coarse":
+                from .nested import coarse_guess
+                guess = coarse_guess(st, rtol=rtol, atol=atol, max_it=max_it,
+                                     prefix=prefix)
+            st.states_to_vec(X0)
+            out = solver.solve()
+            stages = []
+            if not out["converged"] and continuation:
+                from .continuation import continue_to
+                out, stages = continue_to(solver, out, X0)
+            history = out["history"]
+            if history:
+                history[0]["guess"] = guess
+            if solver.trap is not None and history:
+                history[-1]["residuals"] = {"assembled": solver.trap.assembled,
+                                            "trapezoid": solver.trap.derived}
+            path = dict(solver.path, auto=rule)
+        finally:
+            solver.destroy()
+            X0.destroy()
+        if not st.finite():
+            raise SolverError("Newton: the solution contains NaN or inf (diverged)")
+        return Result.from_system(st, method="newton", iterations=out["iterations"],
+                                  history=history, seconds=time.perf_counter() - t0,
+                                  converged=out["converged"], reason=out["reason"],
+                                  residual=out["residual"], path=path, continuation=stages)
 
 
-def _solve(st, mode, rtol, atol, max_it, prefix, opts, ours, t0, forcing=None,
-           guess="trivial") -> Result:
-    """SNES on ``st`` with the Newton-step solver ``mode`` (inexact steps with ``forcing``)
-    from ``guess``; appends the option names it sets to ``ours``."""
-    X, F = st.create_vec(), st.create_vec()
-    history = []
-    ctx = {}                                      # the sweep PC, for its counters
-
-    trap = None                                   # the trapezoid residual (sweep path)
-
-    def residual(snes, x, f):
-        if trap is not None:
-            trap(x, f)
-        else:
-            st.residual(x, f)
-
-    def monitor(snes, it, fnorm):
-        if history:
-            history[-1]["ksp_its"] = snes.getKSP().getIterationNumber()
-            if "pc" in ctx:                       # cumulative per-step factorisations
-                history[-1]["factorisations"] = ctx["pc"].factorisations
-        history.append({"residual": fnorm})
-        if forcing is not None:
-            eta = forcing.rtol_for(it, fnorm)
-            snes.getKSP().setTolerances(rtol=eta)
-            history[-1]["ksp_rtol"] = eta
-
-    snes = PETSc.SNES().create(st.comm)
-    snes.setOptionsPrefix(prefix)
-    snes.setFunction(residual, F)
-    snes.setTolerances(rtol=rtol, atol=atol, stol=1e-14, max_it=max_it)
-    snes.setMonitor(monitor)
-    for k, v in DEFAULTS.items():                         # defaults; the user's choice wins
-        if not opts.hasName(prefix + k) and (mode == "lu" or "mumps" not in k):
-            opts[prefix + k] = v
-            ours.append(prefix + k)
-    ksp = snes.getKSP()
-    pc_ctx = None
-    if mode == "lu":
-        A = st.jacobian(None)
-        snes.setJacobian(lambda snes, x, J, P: st.jacobian(x), A, A)
-        ksp.setType("preonly")
-        ksp.getPC().setType("lu")
-        ksp.getPC().setFactorSolverType("mumps")
-    else:
-        op = KKTOperator(st, prefix=prefix)
-        if st.quadratic and opts.getBool(prefix + "newton_trapezoid", True):
-            trap = TrapezoidResidual(op)
-
-        def jacobian(snes, x, J, P):
-            if trap is None or not trap.current(x):   # else: assembled with F(x)
-                op.update(x)
-        snes.setJacobian(jacobian, op.product.mat, op.mat)
-        pc_ctx = ctx["pc"] = sweep_ksp(ksp, op, KSP_RTOL, KSP_ATOL, prefix)
-        if opts.getString(prefix + "pc_type", "") == "shell":
-            opts.delValue(prefix + "pc_type")             # "shell" names the sweep PC here
-    snes.setFromOptions()
-    if guess == "cole-hopf" and not cole_hopf_guess(st, trap):
-        guess = "trivial (the Cole-Hopf guess had the larger residual)"
-    st.states_to_vec(X)
-    try:
-        snes.solve(None, X)
-    except ImportError as e:
-        raise SolverError(f"Newton (SNES): PETSc error {e.ierr} during the solve "
-                          "(singular Jacobian or NaN)") from None
-    reason, its = snes.getConvergedReason(), snes.getIterationNumber()
-    fnorm = snes.getFunctionNorm()
-    st.vec_to_states(X)
-    snes.destroy()
-    if history:
-        history[0]["guess"] = guess
-    if trap is not None:
-        history[-1]["residuals"] = {"assembled": trap.assembled, "trapezoid": trap.derived}
-        trap.destroy()
-    if pc_ctx is not None:
-        pc_ctx.destroy()
-        op.destroy()
-    if reason < 0 or fnorm != fnorm:
-        raise SolverError(f"Newton (SNES) did not converge: {REASONS.get(reason, reason)} after "
-                          f"{its} iterations (residual {fnorm:.3e})")
-    st.check_finite("Newton")
-    return Result.from_system(st, method="newton", iterations=its, history=history,
-                              seconds=time.perf_counter() - t0)
+__all__ = ["newton", "NewtonSolver", "Forcing", "linear_mode", "cole_hopf_guess"]

@@ -61,12 +61,12 @@ def hjb_sweep(st: SpaceTime, lin: _StepSolver, tol=1e-12, max_it=30):
         st.load(k)
         ref = None
         for it in range(max_it):
-            F = st.assemble_row(row)
+            F = st.assembler.row(row)
             r = _norm(st.comm, F)
             ref = r if ref is None else ref
             if r <= tol * max(1.0, ref) or (it > 0 and r <= 1e-14):
                 break
-            A = st.block((row, H.U_PREV), k)
+            A = st.assembler.block((row, H.U_PREV), k)
             du = lin.solve(A, F)
             u = st.u[k - 1]
             u.x.array[:nl] -= du
@@ -82,8 +82,8 @@ def fp_sweep(st: SpaceTime, lin: _StepSolver):
     nl = st.nl
     for k in range(st.N):
         st.load(k)
-        F = st.assemble_row("u")
-        d = lin.solve(st.block(("u", H.RHO_NEXT), k), F)
+        F = st.assembler.row("u")
+        d = lin.solve(st.assembler.block(("u", H.RHO_NEXT), k), F)
         r = st.rho[k + 1]
         r.x.array[:nl] -= d
         r.x.scatter_forward()

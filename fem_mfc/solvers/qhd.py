@@ -25,7 +25,7 @@ from ..errors import ConfigError, SolverError
 from ..forms import qhd as forms
 from ..problem import interpolate
 from .newton import REASONS, newton
-from .spacetime import HJB_DIAGNOSTICS, Formulation, SpaceTime, before_last
+from .spacetime import HJB_DIAGNOSTICS, ForwardSplit, Formulation, SpaceTime, before_last
 
 # the HJB–FP diagnostics plus the Hamiltonian and the Fisher term at (ρ^k, S^k), k < N
 QHD_DIAGNOSTICS = {**HJB_DIAGNOSTICS, "energy": ("list", (("energy", before_last),)),
@@ -53,11 +53,16 @@ def qhd_control(problem, quadrature_degree=None) -> Formulation:
     d = forms.QHDData.control(problem, quadrature_degree)
     S_guess = interpolate(-problem.Phi - problem.eps * ufl.ln(problem.rho0) if problem.eps > 0
                           else -problem.Phi, problem.space)
+    theta = problem.theta
     return Formulation(build=lambda tm, tp, tc: forms.level_forms(tm, tp, tc, d),
                        functionals=lambda tm, tc: forms.level_functionals(tm, tc, d),
                        data={"rho": problem.rho0, "u": None},
                        guess={"rho": problem.rho0, "u": S_guess},
-                       diagnostics=QHD_DIAGNOSTICS, names=("rho", "S"))
+                       diagnostics=QHD_DIAGNOSTICS, names=("rho", "S"),
+                       mirrored=True, sweep=False,
+                       forward_split=(ForwardSplit("u", forms.RHO_CUR, forms.RHO_NEXT,
+                                                   (1.0 - theta) / theta)
+                                      if 0.0 < theta < 1.0 else None))
 
 
 class QHDControlSystem(SpaceTime):
@@ -118,7 +123,7 @@ def solve_control(problem, rtol=1e-10, atol=1e-12, max_it=50, petsc_options=None
     ``Result.u`` holds S⁰..S^{N−1} (Sⁿ pairs with ρ̄ⁿ of step n → n+1)."""
     st = system or QHDControlSystem(problem)
     res = newton(problem, rtol=rtol, atol=atol, max_it=max_it, prefix=prefix,
-                 petsc_options=petsc_options, system=st)
+                 petsc_options=petsc_options, system=st).check()
     res.method = "qhd-newton"
     if res.min_rho <= 0:
         raise SolverError(f"QHD control solve: the density lost positivity (min rho "

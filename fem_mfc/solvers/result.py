@@ -1,4 +1,5 @@
-"""The outcome of a solve: fields at every layer, cost two ways, mass, iterations."""
+"""The outcome of a solve: fields at every layer, cost two ways, mass, iterations, and whether
+the solve met its tolerance."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,6 +12,10 @@ class Result:
 
     ``J`` is the direct evaluation ∫Φρ^N + Σ τ∫[(½|∇uⁿ|² + V)ρ̄ⁿ + G(ρ̄ⁿ)]; ``J_value`` the
     discrete value identity ∫u(0)ρ_0 + Σ τ∫(G(ρ̄) − ρ̄c(ρ̄)) (equal at a discrete solution).
+    ``converged`` says whether the nonlinear solve met its tolerance (``reason`` says how it
+    stopped); an unconverged result holds the best iterate reached.  ``path`` records how it
+    was solved (method, linear path, per-step solver, forcing, caches, ranks) and
+    ``continuation`` the stages of a continuation, if one ran.
     """
 
     problem: Any
@@ -25,16 +30,35 @@ class Result:
     iterations: int
     history: list = field(default_factory=list)
     seconds: float = 0.0
+    converged: bool = True
+    reason: str = ""
+    residual: float = 0.0
+    path: dict = field(default_factory=dict)
+    continuation: list = field(default_factory=list)
 
     @classmethod
-    def from_system(cls, st, method, iterations, history, seconds):
+    def from_system(cls, st, method, iterations, history, seconds, **kw):
         d = st.diagnostics()
         return cls(problem=st.problem, method=method, rho=st.rho, u=st.u, J=d["J"],
                    J_value=d["J_value"], mass=d["mass"], mass_error=d["mass_error"],
                    min_rho=d["min_rho"], iterations=iterations, history=history,
-                   seconds=seconds)
+                   seconds=seconds, **kw)
+
+    def check(self) -> "Result":
+        """This result, or SolverError (one line) if the solve did not meet its tolerance."""
+        if not self.converged:
+            from ..errors import SolverError
+            raise SolverError(f"{self.method} did not converge: {self.reason} after "
+                              f"{self.iterations} iterations (residual {self.residual:.3e})")
+        return self
 
     def summary(self) -> dict:
-        return {"method": self.method, "J": self.J, "J_value_identity": self.J_value,
-                "mass_error": self.mass_error, "min_rho": self.min_rho,
-                "iterations": self.iterations, "seconds": self.seconds}
+        out = {"method": self.method, "J": self.J, "J_value_identity": self.J_value,
+               "mass_error": self.mass_error, "min_rho": self.min_rho,
+               "iterations": self.iterations, "seconds": self.seconds,
+               "converged": self.converged, "reason": self.reason, "residual": self.residual}
+        if self.path:
+            out["solver_path"] = dict(self.path)
+        if self.continuation:
+            out["continuation"] = list(self.continuation)
+        return out

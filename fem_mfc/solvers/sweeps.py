@@ -3,10 +3,8 @@
   backward:  (M + θτA) χⁿ = (M − (1−θ)τA) χ^{n+1},  χ^N = exp(−Φ/2ε)
   forward:   (M + θτA) Γ^{n+1} = (M − (1−θ)τA) Γⁿ,   Γ⁰ = ρ_0/χ⁰,   ρⁿ = χⁿΓⁿ (at the dofs)
   u = −2ε log χ.
-One LU factorisation (KSP preonly + LU, operators set once) serves every step of both sweeps:
-PETSc's own LU with nested-dissection ordering (its triangular solves are ~3× faster than
-MUMPS' at 60k P1 dofs), on every rank redundantly up to REDUNDANT_MAX_RANKS ranks, MUMPS
-beyond (:func:`step_solver`); ``-mfc_ch_pc_type`` / ``-mfc_ch_pc_factor_mat_solver_type``
+One per-step solver (:func:`fem_mfc.solvers.steps.step_solver`, operators set once) serves
+every step of both sweeps; ``-mfc_ch_pc_type`` / ``-mfc_ch_pc_factor_mat_solver_type``
 override.  The sweeps run on PETSc Vecs that are views of rows of one (N+1) × n_local array,
 so a step is one mat-vec, one solve and one global max, with no per-step allocation.
 Log-scaling: χⁿ = exp(sₙ) χ̃ⁿ and Γⁿ = exp(rₙ − sₙ) Γ̂ⁿ with max|χ̃ⁿ| = max|Γ̂ⁿ| = 1, so
@@ -30,40 +28,14 @@ from petsc4py import PETSc
 from ..errors import ConfigError, SolverError
 from ..forms import cole_hopf
 from .result import Result
+from .steps import step_solver
 
 TINY = 1e-300
 EXP_MAX = 700.0          # e^{r} is finite and accurate for r < EXP_MAX
-REDUNDANT_MAX_RANKS = 4  # per-step LU solved redundantly up to this many ranks
 
 
 def _gmax(comm, a):
     return comm.allreduce(float(np.abs(a).max()) if a.size else 0.0, op=MPI.MAX)
-
-
-def step_solver(A: PETSc.Mat, prefix: str) -> PETSc.KSP:
-    """KSP preonly + LU of A: PETSc's LU (default nested-dissection ordering) on one rank; on 2
-    to REDUNDANT_MAX_RANKS ranks the same LU on every rank (PCREDUNDANT: a per-step system is
-    a 2D problem; 4.8 ms per solve at 60k P1 dofs on 2 ranks against 9–11 ms for distributed
-    MUMPS and 15 ms for SuperLU_dist); MUMPS on more ranks.  PETSc options under ``prefix``
-    override (a user ``pc_type`` or ``pc_factor_mat_solver_type`` keeps plain LU).  No
-    ordering is set here: an explicit PCFactor ordering reaches MUMPS as a user permutation
-    and made its factorisation and solves 10–30× slower."""
-    size = A.getComm().getSize()
-    opts = PETSc.Options()
-    user = any(opts.hasName(prefix + k) for k in ("pc_type", "pc_factor_mat_solver_type"))
-    ksp = PETSc.KSP().create(A.getComm())
-    ksp.setOptionsPrefix(prefix)
-    ksp.setOperators(A)
-    ksp.setType("preonly")
-    pc = ksp.getPC()
-    if 1 < size <= REDUNDANT_MAX_RANKS and not user:
-        pc.setType("redundant")               # inner: preonly + PETSc LU on a full copy
-    else:
-        pc.setType("lu")
-        pc.setFactorSolverType("petsc" if size == 1 else "mumps")
-    ksp.setFromOptions()
-    ksp.setUp()
-    return ksp
 
 
 def _check(ksp, what):

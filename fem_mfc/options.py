@@ -1,0 +1,119 @@
+"""PETSc options, scoped to the run or solve that sets them.
+
+PETSc reads its solver settings from one global options database.  fem_mfc never leaves its
+own entries behind there: every set of options is inserted by :func:`inserted` for the
+duration of a ``with`` block and removed (earlier values restored) when the block ends — the
+idea of Firedrake's ``OptionsManager.inserted_options``.  Two kinds of entries:
+
+* **settings** (the user's: a run's ``[solver] petsc_options`` and command-line options, or a
+  solver call's ``petsc_options``) overwrite what is there;
+* **defaults** (a solver's choices, e.g. the line search) are inserted only where the name is
+  not already set, so the user's choice always wins.
+
+:func:`make_ksp` and :func:`make_snes` create the solver objects of the package (prefix,
+operators, type, defaults); their ``setFromOptions`` runs inside :func:`inserted` so the
+defaults are seen, and callers keep solving inside the same block where a setting is read at
+set-up time (e.g. MUMPS' ICNTL values at factorisation).
+"""
+from __future__ import annotations
+
+import contextlib
+
+from petsc4py import PETSc
+
+
+def normalise(options: dict | None, prefix: str = "") -> dict:
+    """{name without leading '-', with ``prefix``: value as a string} ("" for flags)."""
+    out = {}
+    for k, v in (options or {}).items():
+        name = str(k).lstrip("-")
+        if prefix and not name.startswith(prefix):
+            name = prefix + name
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        out[name] = "" if v is None else str(v)
+    return out
+
+
+@contextlib.contextmanager
+def inserted(settings: dict | None = None, defaults: dict | None = None, prefix: str = ""):
+    """Insert ``settings`` (overwriting) and ``defaults`` (only where unset) under ``prefix``
+    into PETSc's options database for the ``with`` block; on exit remove what was inserted
+    and restore overwritten values.  Yields the names inserted."""
+    db = PETSc.Options()
+    saved = {}                                  # name -> previous value (None: was unset)
+    try:
+        for name, v in normalise(settings, prefix).items():
+            if name not in saved:
+                saved[name] = db.getString(name) if db.hasName(name) else None
+            db.setValue(name, v)
+        for name, v in normalise(defaults, prefix).items():
+            if not db.hasName(name):
+                saved.setdefault(name, None)
+                db.setValue(name, v)
+        yield list(saved)
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                db.delValue(name)
+            else:
+                db.setValue(name, old)
+
+
+def get(name: str, default=None, prefix: str = ""):
+    """The option ``prefix + name`` as a string, or ``default`` when unset."""
+    db = PETSc.Options(prefix)
+    return db.getString(name) if db.hasName(name) else default
+
+
+def get_bool(name: str, default: bool, prefix: str = "") -> bool:
+    return PETSc.Options(prefix).getBool(name, default)
+
+
+def get_real(name: str, default: float, prefix: str = "") -> float:
+    return PETSc.Options(prefix).getReal(name, default)
+
+
+def make_ksp(comm, prefix: str, A=None, ksp_type: str = "preonly", pc_type: str = "lu",
+             factor: str | None = "mumps", defaults: dict | None = None,
+             rtol: float | None = None, atol: float | None = None,
+             max_it: int | None = None) -> PETSc.KSP:
+    """A KSP with options prefix ``prefix`` on operator ``A``: ``ksp_type`` + ``pc_type``
+    (with ``factor`` as the factorisation package for LU), then the options database
+    (``defaults`` inserted where unset)."""
+    ksp = PETSc.KSP().create(comm)
+    ksp.setOptionsPrefix(prefix)
+    if A is not None:
+        ksp.setOperators(A)
+    ksp.setType(ksp_type)
+    pc = ksp.getPC()
+    pc.setType(pc_type)
+    if pc_type in ("lu", "cholesky") and factor:
+        pc.setFactorSolverType(factor)
+    if rtol is not None or atol is not None or max_it is not None:
+        ksp.setTolerances(rtol=rtol, atol=atol, max_it=max_it)
+    with inserted(defaults=defaults, prefix=prefix):
+        ksp.setFromOptions()
+    return ksp
+
+
+def make_snes(comm, prefix: str, rtol: float, atol: float, max_it: int,
+              stol: float = 1e-14, defaults: dict | None = None) -> PETSc.SNES:
+    """A Newton SNES (``newtonls``) with options prefix ``prefix`` and tolerances; the caller
+    sets function, Jacobian and KSP and then calls :func:`configure` inside its
+    :func:`inserted` block."""
+    snes = PETSc.SNES().create(comm)
+    snes.setOptionsPrefix(prefix)
+    snes.setType("newtonls")
+    snes.setTolerances(rtol=rtol, atol=atol, stol=stol, max_it=max_it)
+    return snes
+
+
+REASONS = {v: k for k, v in PETSc.SNES.ConvergedReason.__dict__.items()
+           if not k.startswith("_")}
+KSP_REASONS = {v: k for k, v in PETSc.KSP.ConvergedReason.__dict__.items()
+               if not k.startswith("_")}
+
+
+__all__ = ["inserted", "normalise", "get", "get_bool", "get_real", "make_ksp", "make_snes",
+           "REASONS", "KSP_REASONS"]

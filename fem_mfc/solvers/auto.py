@@ -1,0 +1,105 @@
+"""Which linear path Newton takes (``[solver] linear = "auto"``): the cheaper of
+
+* ``"lu"``: one sparse LU of the whole space-time Jacobian per Newton step (MUMPS), and
+* ``"sweep"``: a few Krylov iterations, each one backward and one forward sweep of per-step
+  solves with reused per-step LU factors,
+
+by estimates of their cost per Newton step.  The space-time matrix of a d-dimensional mesh
+factorises like a (d+1)-dimensional problem: nested dissection cuts it along its longest
+side, and the separators of a (d+1)-dimensional grid make the fill grow like n^{2d/(d+1)}
+and the flops like n^{3d/(d+1)} (n unknowns) — fast in 1D, 3D-like in 2D, 4D-like in 3D.
+:func:`nd_cost` estimates flops and factor entries of a box-shaped grid by the recursion of
+nested dissection with dense fronts; the mesh is modelled as a box with n^{1/d} vertices per
+side (and the degree's extra dofs per cell).  Time per flop, per factor entry and per level
+come from the benchmark matrix (``benchmarks/bench_matrix.py``, constants below, with the
+command that reproduces them in docs/performance.md).  The LU path is never chosen when its
+factors are estimated to need more than LU_MEMORY_FRACTION of the machine's memory.
+
+The sweep path is the only path for formulations whose declared structure does not make the
+sweep preconditioner effective (``Formulation.sweep`` False: QHD, the Cole–Hopf pair keep
+LU unless asked).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+# -- constants of the cost model (seconds), fitted on the benchmark matrix ------------------
+FLOP_TIME = 1.0e-9             # s per flop of a sparse LU (MUMPS, dense fronts)
+ENTRY_TIME = 3.0e-9            # s per factor entry and triangular solve (read L and U once)
+LEVEL_TIME = 4.0e-4            # s of fixed (Python, set-up) work per time level per Newton step
+DOF_STEP_TIME = 2.0e-7         # s per unknown and level: assembly, products, vector work
+KRYLOV_ITERATIONS = 4          # sweeps per Newton step (typical: 2–6)
+FACTOR_SHARE = 0.3             # per-step factorisations per level per Newton step (reuse)
+LU_MEMORY_FRACTION = 0.5       # of the physical memory: above this, never LU
+BYTES_PER_ENTRY = 12           # a factor entry (value + index, MUMPS)
+
+
+def nd_cost(sides: tuple, unknowns_per_node: float = 1.0) -> tuple[float, float]:
+    """(flops, factor entries) of the nested-dissection LU of a grid with ``sides`` vertices
+    per side (nearest-neighbour coupling incl. diagonals), ``unknowns_per_node`` unknowns at
+    each vertex: cut the longest side by a one-vertex-thick separator, factor its dense front
+    (the separator and the boundary it inherits, ≈ 2× the separator), recurse."""
+    flops = entries = 0.0
+    stack = [(tuple(float(s) for s in sides), 1.0)]
+    while stack:
+        dims, count = stack.pop()
+        n = math.prod(dims) * unknowns_per_node
+        if n <= 64.0 or max(dims) <= 2.0:
+            flops += count * n ** 3 / 3.0
+            entries += count * n * n
+            continue
+        i = max(range(len(dims)), key=lambda j: dims[j])
+        sep = unknowns_per_node * math.prod(d for j, d in enumerate(dims) if j != i)
+        front = 2.0 * sep
+        flops += count * (front ** 3 / 3.0)
+        entries += count * front * sep
+        half = list(dims)
+        half[i] = max((dims[i] - 1.0) / 2.0, 1.0)
+        stack.append((tuple(half), 2.0 * count))
+    return flops, entries
+
+
+def mesh_sides(ndofs: int, dim: int) -> tuple:
+    """A box of ``ndofs`` vertices in ``dim`` dimensions."""
+    side = max(ndofs, 1) ** (1.0 / dim)
+    return (side,) * dim
+
+
+def estimates(ndofs: int, N: int, dim: int, ranks: int = 1) -> dict:
+    """Estimated seconds per Newton step of both paths and the LU's factor memory."""
+    st_flops, st_entries = nd_cost(mesh_sides(ndofs, dim) + (N,), 2.0)
+    step_flops, step_entries = nd_cost(mesh_sides(ndofs, dim), 1.0)
+    lu = (FLOP_TIME * st_flops + ENTRY_TIME * st_entries
+          + DOF_STEP_TIME * 2 * ndofs * N + LEVEL_TIME * N)
+    sweep = (FACTOR_SHARE * N * 2 * (FLOP_TIME * step_flops)
+             + KRYLOV_ITERATIONS * 2 * N * 2 * ENTRY_TIME * step_entries
+             + (KRYLOV_ITERATIONS + 3) * DOF_STEP_TIME * 2 * ndofs * N
+             + LEVEL_TIME * N * (1 + 0.1 * KRYLOV_ITERATIONS))
+    return {"lu_s": lu / ranks ** 0.5, "sweep_s": sweep / ranks,
+            "lu_bytes": BYTES_PER_ENTRY * st_entries, "lu_flops": st_flops}
+
+
+def memory_bytes() -> float:
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8e9
+
+
+def choose(st) -> tuple[str, dict]:
+    """("lu" | "sweep", record of the estimates) for the space-time system ``st``."""
+    V = st.V
+    ndofs = V.dofmap.index_map.size_global * V.dofmap.index_map_bs
+    dim = V.mesh.topology.dim
+    est = estimates(ndofs, st.N, dim, st.comm.size)
+    record = {"rule": "estimated cost per Newton step",
+              **{k: float(f"{v:.3g}") for k, v in est.items()}}
+    if not getattr(st.formulation, "sweep", True):
+        return "lu", dict(record, rule="formulation without an effective sweep")
+    if est["lu_bytes"] > LU_MEMORY_FRACTION * memory_bytes():
+        return "sweep", dict(record, rule="LU factors would not fit in memory")
+    return ("lu" if est["lu_s"] < est["sweep_s"] else "sweep"), record
+
+
+__all__ = ["choose", "estimates", "nd_cost"]

@@ -1,0 +1,146 @@
+"""Continuation (homotopy) for problems Newton does not solve from its initial guess.
+
+Attractive (non-monotone) couplings — G = cρ² with c < 0, the aggregation games of the MFG
+literature — and very small noise make the space-time system strongly nonlinear: Newton from
+the trivial guess ends at a non-zero local minimum of ‖F‖ (DIVERGED_LINE_SEARCH).  Their
+solutions are connected to an easy problem by a path: the same problem without the coupling
+(s = 0 in s·G), and, if that one is hard too, with a larger noise.  :func:`continue_to`
+follows the path λ ∈ [0, 1],
+
+    coupling strength s(λ) = λ,      noise ε(λ) = ε·(ε₀/ε)^{1−λ}   (ε₀ = ε: noise fixed),
+
+with adaptive steps (doubled after an easy stage, halved after a failed one, from the last
+solution), a secant predictor from the last two solutions, loose intermediate tolerances and
+the full one at λ = 1.  The stages use the affine-invariant line search of Deuflhard's
+NLEQ-ERR (``nleqerr``: the natural monotonicity test ‖J⁻¹F(x + λδ)‖ ≤ (1 − λ/2)‖δ‖), which
+does not assume that the residual norm — or the cost, non-convex here — decreases along
+Newton's direction; the residual-norm backtracking of the direct attempt rejected full Newton
+steps near attractive solutions.  The user's ``-{prefix}snes_linesearch_type`` is kept.
+
+The stages are recorded (parameter values, Newton iterations, residuals) and returned with the
+result; if the path stalls (step below MIN_STEP) the last stage reached is reported and the
+best iterate of the final attempt is returned unconverged.
+"""
+from __future__ import annotations
+
+FIRST_STEP = 0.25
+MIN_STEP = 1.0 / 512
+EASY_ITERATIONS = 4            # a stage this quick doubles the step
+STAGE_RTOL = 1e-6              # intermediate stages: relative to their own first residual
+STAGE_MAX_IT = 25
+NOISE_FACTORS = (4.0, 16.0)    # ε₀/ε tried when the uncoupled problem fails too
+
+
+def _set(st, lam: float, eps0: float | None, eps: float):
+    if "coupling" in st.parameters:
+        st.set_parameter("coupling", lam)
+    if eps0 is not None:
+        st.set_parameter("eps", eps * (eps0 / eps) ** (1.0 - lam))
+
+
+def _stage(solver, lam, eps0, eps, rtol, atol, max_it):
+    _set(solver.st, lam, eps0, eps)
+    solver.parameters_changed()
+    return solver.solve(rtol=rtol, atol=atol, max_it=max_it)
+
+
+def _path(solver, X0, eps0, eps, f0, rtol, atol, stages) -> dict | None:
+    """Follow λ: 0 → 1 from the states X0; the final stage's result, or None if it stalls."""
+    st = solver.st
+    st.vec_to_states(X0)
+    final_target = max(atol, rtol * f0)        # what the direct attempt had to reach
+    out = _stage(solver, 0.0, eps0, eps, STAGE_RTOL, final_target, STAGE_MAX_IT)
+    stages.append(_record(0.0, eps0, eps, out, st))
+    if not out["converged"]:
+        return None
+    lam, step = 0.0, FIRST_STEP
+    Xl, Xp, lam_p = st.create_vec(), None, None
+    pred = st.create_vec()
+    st.states_to_vec(Xl)
+    try:
+        while lam < 1.0:
+            trial = min(1.0, lam + step)
+            if Xp is not None:                # secant predictor Xl + r(Xl − Xp)
+                ratio = (trial - lam) / (lam - lam_p)
+                Xl.copy(pred)
+                pred.scale(1.0 + ratio)
+                pred.axpy(-ratio, Xp)
+                st.vec_to_states(pred)
+            else:
+                st.vec_to_states(Xl)
+            final = trial >= 1.0
+            out = _stage(solver, trial, eps0, eps, 0.0 if final else STAGE_RTOL, final_target,
+                         STAGE_MAX_IT)
+            stages.append(_record(trial, eps0, eps, out, st))
+            if out["converged"]:
+                if Xp is None:
+                    Xp = Xl.duplicate()
+                Xl.copy(Xp)
+                lam_p, lam = lam, trial
+                st.states_to_vec(Xl)
+                if out["iterations"] <= EASY_ITERATIONS:
+                    step = min(2.0 * step, 1.0)
+                if final:
+                    return out
+            else:
+                step /= 2.0
+                if step < MIN_STEP:
+                    st.vec_to_states(Xl)
+                    out["stalled_at"] = lam
+                    return dict(out, converged=False)
+    finally:
+        for v in (Xl, Xp, pred):
+            if v is not None:
+                v.destroy()
+    return out
+
+
+def _record(lam, eps0, eps, out, st) -> dict:
+    r = {"lambda": lam, "converged": out["converged"], "iterations": out["iterations"],
+         "residual": out["residual"]}
+    if "coupling" in st.parameters:
+        r["coupling"] = st.parameter("coupling")
+    if eps0 is not None:
+        r["sigma"] = (2.0 * st.parameter("eps")) ** 0.5
+    return r
+
+
+def continue_to(solver, direct: dict, X0) -> tuple[dict, list]:
+    """Continuation after the unconverged ``direct`` attempt of ``solver`` (a
+    :class:`~fem_mfc.solvers.newton.NewtonSolver`) from the initial states X0: first in the
+    coupling strength alone, then together with the noise from NOISE_FACTORS × ε.  Returns
+    (the final attempt's result, the recorded stages); the states end at the solution or at
+    the last converged stage."""
+    st = solver.st
+    stages = [{"lambda": 1.0, "stage": "direct", "converged": False,
+               "iterations": direct["iterations"], "residual": direct["residual"],
+               "reason": direct["reason"]}]
+    if not ("coupling" in st.parameters or "eps" in st.parameters):
+        return direct, stages
+    f0, rtol, atol = direct["first_residual"], solver.rtol, solver.atol
+    eps = st.parameter("eps") if "eps" in st.parameters else 0.0
+    user_ls = solver.user_linesearch
+    if not user_ls:
+        solver.set_linesearch("nleqerr")
+    tries = ([None] if "coupling" in st.parameters else []) \
+        + ([eps * k for k in NOISE_FACTORS] if eps > 0 and "eps" in st.parameters else [])
+    out = direct
+    try:
+        for eps0 in tries:
+            result = _path(solver, X0, eps0, eps, f0, rtol, atol, stages)
+            if result is not None and result["converged"]:
+                return dict(result, reason=result["reason"]), stages
+            if result is not None:
+                out = result
+    finally:
+        if not user_ls:
+            solver.set_linesearch(None)
+        _set(st, 1.0, eps if "eps" in st.parameters and eps > 0 else None, eps)
+        solver.parameters_changed()
+    reached = max((s["lambda"] for s in stages[1:] if s["converged"]), default=None)
+    what = ("no stage converged" if reached is None
+            else f"the continuation reached lambda = {reached:.4g} of 1")
+    return dict(out, converged=False, reason=f"{direct['reason']}; {what}"), stages
+
+
+__all__ = ["continue_to"]

@@ -1,0 +1,191 @@
+"""The space-time Jacobian (the KKT matrix of the discrete Lagrangian) for Krylov methods.
+
+Write the Jacobian of the HJB–FP system in the fields of
+:class:`~fem_mfc.solvers.layout.SpaceTimeLayout` as
+
+      K = [ A  P ]   rows: equations of u (FP steps),  columns: u, ρ
+          [ Q  C ]   rows: equations of ρ (HJB steps)
+
+with P block lower bidiagonal in time (pivots P_n = ∂FP_n/∂ρ^{n+1}, off-diagonal
+B_n = ∂FP_n/∂ρⁿ), Q block upper bidiagonal, A block diagonal (−τ∫ρ̄∇·∇), C the ρ–ρ
+(congestion) blocks.  :class:`KKTOperator` stores only what the formulation's declared
+structure (:class:`~fem_mfc.solvers.spacetime.Formulation`) does not give for free:
+
+* mirrored formulations (the rows are the gradient of one Lagrangian): Q = Pᵀ block by block,
+  the Q blocks are the transposes of stored P blocks, never assembled;
+* a forward split (FP step linear in ρⁿ, ρ^{n+1} through θ-means and the difference):
+  B_n = αP_n + E with E = M/θ assembled once, B_n never stored.
+
+Every block is a short list of terms coeff·op(base), op ∈ {identity, transpose}
+(:meth:`KKTOperator.terms`); the Krylov operator multiplies with them grouped by matrix
+(:class:`~fem_mfc.solvers.kkt_product.KKTProduct`) and the sweep preconditioner
+(:mod:`~fem_mfc.solvers.kkt_pc`) applies them row by row.  The tests compare both with the
+fully assembled Jacobian.
+"""
+from __future__ import annotations
+
+from petsc4py import PETSc
+
+from .kkt_product import KKTProduct
+
+SAME = PETSc.Mat.Structure.SAME_NONZERO_PATTERN
+
+
+class KKTOperator:
+    """The Jacobian blocks of ``st`` at its current states, reassembled in place by
+    :meth:`update`; ``product.mat`` is the operator as a PETSc (python) Mat."""
+
+    def __init__(self, st):
+        self.st = st
+        L, keys, fm = st.layout, st.block_keys, st.formulation
+        self.mirror = ({(r, c) for (r, c) in keys
+                        if L.is_forward(r) and not L.is_forward(c) and (c, r) in keys}
+                       if fm.mirrored else set())
+        self.derived = {}                     # (r, c) of B_n -> (r, c') of its P_n
+        self.E = None
+        if st.split is not None:
+            split, E_form = st.split
+            for (r, c), (key, k) in keys.items():
+                if key == (split.row, split.prev):
+                    nxt = st.field(split.next, k)
+                    if (r, nxt) in keys:
+                        self.derived[(r, c)] = (r, nxt)
+            if self.derived:
+                self.alpha = split.alpha
+                self.E = st.assembler.fresh(E_form)
+        self.stored = set(keys) - self.mirror - set(self.derived)
+        self.grid = st.block_grid(self.mirror | set(self.derived))
+        self.assemblies = 1
+        self._fresh = st.create_vec()         # states of the grid, until the first update
+        st.states_to_vec(self._fresh)
+        self.product = KKTProduct(self)
+
+    # -- the operator as terms ---------------------------------------------------------------
+    def own_terms(self, r: int, c: int) -> list:
+        """[(base, transposed, coeff)] of a non-mirror block (r, c)."""
+        if (r, c) in self.derived:            # B_n = α P_n + E
+            rp, cp = self.derived[(r, c)]
+            return [(self.grid[rp][cp], False, self.alpha), (self.E, False, 1.0)]
+        return [(self.grid[r][c], False, 1.0)]
+
+    def terms(self, r: int, c: int) -> list:
+        """[(base, transposed, coeff)] whose sum is block (r, c)."""
+        if (r, c) in self.mirror:
+            return [(b, not t, a) for b, t, a in self.own_terms(c, r)]
+        return self.own_terms(r, c)
+
+    def blocks(self):
+        """The (r, c) of the nonzero blocks, row by row."""
+        return sorted(self.st.block_keys)
+
+    def row_blocks(self, r: int) -> list:
+        """The columns c of the nonzero blocks of row r."""
+        rows = getattr(self, "_rows", None)
+        if rows is None:
+            rows = self._rows = {}
+            for (i, j) in self.st.block_keys:
+                rows.setdefault(i, []).append(j)
+            for v in rows.values():
+                v.sort()
+        return rows.get(r, [])
+
+    def mult_add(self, r: int, c: int, x: PETSc.Vec, y: PETSc.Vec, work: PETSc.Vec,
+                 scale: float = 1.0):
+        """y += scale·K_rc x (``work``: a vector of one field)."""
+        for base, t, a in self.terms(r, c):
+            (base.multTranspose if t else base.mult)(x, work)
+            y.axpy(scale * a, work)
+
+    def pivot_matrix(self, r: int):
+        """(matrix, transposed) of the pivot block of equation r (the block solved for in
+        the sweeps): a stored matrix, or the transpose of its stored mirror."""
+        c = self.st.layout.pivot(r)
+        if (r, c) in self.mirror:
+            return self.grid[c][r], True
+        return self.grid[r][c], False
+
+    # -- states -> blocks ----------------------------------------------------------------------
+    def update(self, X: PETSc.Vec | None = None):
+        """Reassemble the stored blocks at the states X (None: the current states); the
+        first call at the states of the construction reuses its blocks."""
+        if X is not None:
+            self.st.vec_to_states(X)
+        if self._fresh is not None:
+            unchanged = X is not None and X.equal(self._fresh)
+            self._fresh.destroy()
+            self._fresh = None
+            if unchanged:
+                return
+        grid = self.st.block_grid(self.mirror | set(self.derived))
+        for ra, rb in zip(grid, self.grid):
+            for a, b in zip(ra, rb):
+                if a is not b:
+                    raise RuntimeError("KKTOperator: the assembler returned new block "
+                                       "matrices (expected in-place reassembly)")
+        self.assemblies += 1
+        self.product.mat.assemble()           # a new state: the preconditioner sets up again
+
+    def destroy(self):
+        self.product.destroy()
+        for m in (self.E, self._fresh):
+            if m is not None:
+                m.destroy()
+        self.E = self._fresh = None
+
+
+class TrapezoidResidual:
+    """The residual of a system *quadratic* in its unknowns (``Formulation.quadratic``) from
+    the Jacobian operator, which Newton assembles anyway: with K affine in the state,
+
+        F(y) = F(x) + ½(K(x) + K(y))(y − x)          (trapezoidal rule, exact),
+
+    so after one assembled F(x₀) every residual costs two operator products instead of an
+    assembly of all rows, and the blocks assembled at y serve the Jacobian at y that SNES
+    asks for next.  ``current(x)``: are the operator's blocks those at x?"""
+
+    def __init__(self, op: KKTOperator):
+        self.op = op
+        st = op.st
+        self.x = self.F = None
+        self.d, self.w = st.create_vec(), st.create_vec()
+        self.assembled = self.derived = 0     # residuals by assembly / by the identity
+
+    def current(self, x: PETSc.Vec) -> bool:
+        return self.x is not None and x.equal(self.x)
+
+    def reset(self):
+        """Forget the last point (the system changed: e.g. a continuation parameter)."""
+        for v in (self.x, self.F):
+            if v is not None:
+                v.destroy()
+        self.x = self.F = None
+
+    def __call__(self, x: PETSc.Vec, f: PETSc.Vec):
+        if self.x is None:
+            self.op.update(x)                 # no reassembly at the construction states
+            self.op.st.residual(None, f)      # the states were set by update
+            self.x, self.F = x.copy(), f.copy()
+            self.assembled += 1
+            return
+        if x.equal(self.x):
+            self.F.copy(f)
+            return
+        x.copy(self.d)
+        self.d.axpy(-1.0, self.x)             # d = y − x
+        K = self.op.product.mat
+        K.mult(self.d, self.w)                # K(x) d
+        self.op.update(x)                     # the blocks (and states) at y
+        K.mult(self.d, f)                     # K(y) d
+        f.axpy(1.0, self.w)
+        f.aypx(0.5, self.F)                   # F(y) = F(x) + ½(K(x) + K(y)) d
+        x.copy(self.x)
+        f.copy(self.F)
+        self.derived += 1
+
+    def destroy(self):
+        self.reset()
+        for v in (self.d, self.w):
+            v.destroy()
+
+
+__all__ = ["KKTOperator", "TrapezoidResidual"]
