@@ -13,6 +13,7 @@ The schema is documented for users in ``docs/config.md`` (generated from this mo
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -374,6 +375,73 @@ def _cross_checks(cfg: dict, source):
     for k, v in cfg["solver"]["petsc_options"].items():
         if not isinstance(v, (str, int, float, bool)):
             raise ConfigError(f"solver.petsc_options.{k}", "a string, number or boolean", v, source)
+        check_petsc_option(k, v, source)
+
+
+# -- PETSc options from a config file: no files, no processes ---------------------------------
+# Options given on the command line are the user's own and stay free; options in a config file
+# (which may come from someone else) must not write or read files, open windows or sockets,
+# start debuggers or load Python modules outside fem_mfc.
+PETSC_VIEWER_TYPES = ("ascii", "binary", "draw", "hdf5", "vtk", "vtu", "socket", "saws",
+                      "glvis", "adios", "adios2", "matlab", "mathematica", "exodusii", "cgns",
+                      "python", "pythonviewer", "image", "stdout", "stderr")
+PETSC_FORBIDDEN_NAMES = (
+    "log_view", "log_trace", "log_all", "log_summary", "log_mpe", "log_perfstubs",
+    "log_view_memory", "log_view_gpu_time", "options_monitor", "options_file",
+    "options_file_yaml", "options_string_yaml", "history", "malloc_dump", "malloc_view",
+    "malloc_log", "objects_dump", "memory_view", "on_error_attach_debugger",
+    "start_in_debugger", "stop_for_debugger", "debugger", "debugger_pause", "debugger_ranks",
+    "on_error_emacs", "display", "viewer_binary_filename", "viewer_socket_machine",
+    "viewer_socket_port", "viewer_draw", "x_virtual", "python", "saws_port",
+    "saws_root", "saws_options", "mpiuni_allow_multiprocess_launch", "draw_save",
+    "draw_save_movie", "draw_save_final_image", "vec_view_draw",
+)
+_PETSC_NAME = re.compile(r"^-?[A-Za-z0-9_]+$")
+
+
+def check_petsc_option(name: str, value, source=None) -> None:
+    """Refuse a config-file PETSc option that names a file, a window, a socket, a debugger or
+    a Python module outside ``fem_mfc.`` (ConfigError naming ``solver.petsc_options.NAME``).
+
+    Allowed: solver settings (``snes_type = "newtonls"``, ``ksp_rtol = 1e-8``) and monitors
+    or views to standard output (``snes_monitor = ""``, ``ksp_view = "::ascii_info"``).
+    """
+    key = f"solver.petsc_options.{name}"
+    if not isinstance(name, str) or not _PETSC_NAME.match(name):
+        raise ConfigError(key, "an option name of letters, digits and '_'", name, source)
+    n = name.lstrip("-").lower()
+    if n in PETSC_FORBIDDEN_NAMES or any(n.endswith("_" + f) for f in PETSC_FORBIDDEN_NAMES
+                                         if f not in ("python", "history", "display")) \
+            or "draw" in n or "debugger" in n or n.endswith("_lg") or "_lg_" in n:
+        raise ConfigError(key, "no option that writes files, opens windows or starts other "
+                          "programs in a config file (give it on the command line if you "
+                          "mean it)", value, source)
+    if not isinstance(value, str):
+        return
+    v = value.strip()
+    if n.endswith("python_type") or n.endswith("_python"):
+        if not v.startswith("fem_mfc."):
+            raise ConfigError(key, "a Python type inside fem_mfc ('fem_mfc.module.Class')",
+                              value, source)
+        return
+    if n == "info" and v and not v.startswith(":"):
+        raise ConfigError(key, "'' or ':classes' (no file name) in a config file", value,
+                          source)
+    low = v.lower()
+    parts = low.split(":")
+    bad = None
+    if "/" in v or "\\" in v or "\x00" in v:
+        bad = "a path"
+    elif parts[0] in PETSC_VIEWER_TYPES and parts[0] not in ("ascii", "stdout"):
+        bad = f"a '{parts[0]}' viewer"
+    elif len(parts) > 1 and parts[1].strip():
+        bad = f"the file '{v.split(':')[1]}'"
+    elif len(parts) > 4:
+        bad = "a malformed viewer"
+    if bad:
+        raise ConfigError(key, "a value that writes nowhere but standard output in a config "
+                          f"file (this one names {bad}; viewers may be '', 'ascii' or "
+                          "'::format')", value, source)
 
 
 def load(path: str | Path) -> dict:
@@ -437,3 +505,4 @@ def schema_markdown() -> str:
             out.append(f"| `{k}` | {_typename(spec.type)} | `{d}` | {doc} |")
         out.append("")
     return "\n".join(out)
+
