@@ -33,11 +33,54 @@ def gaussian_mean(rcfg: dict, gdim: int) -> list:
     return mean
 
 
+# A Gaussian narrower than h/STD_MIN_PER_H is not resolved by the mesh (its interpolant is a
+# spike at one vertex or zero); one wider than STD_MAX_PER_DIAMETER domain diameters is a
+# constant (and its normalisation overflows for huge stds).
+STD_MIN_PER_H = 10.0
+STD_MAX_PER_DIAMETER = 100.0
+
+
+def mesh_scales(mesh) -> tuple[float, float]:
+    """(largest cell diameter h, diameter of the bounding box) of ``mesh``, global."""
+    tdim = mesh.topology.dim
+    n = mesh.topology.index_map(tdim).size_local
+    hloc = float(mesh.h(tdim, np.arange(n, dtype=np.int32)).max()) if n else 0.0
+    xs = mesh.geometry.x[:, :mesh.geometry.dim]
+    lo = xs.min(axis=0) if xs.size else np.full(mesh.geometry.dim, np.inf)
+    hi = xs.max(axis=0) if xs.size else np.full(mesh.geometry.dim, -np.inf)
+    lo = mesh.comm.allreduce(lo, op=MPI.MIN)
+    hi = mesh.comm.allreduce(hi, op=MPI.MAX)
+    return mesh.comm.allreduce(hloc, op=MPI.MAX), float(np.linalg.norm(hi - lo))
+
+
+def check_scale(rcfg: dict, mesh) -> None:
+    """Refuse a Gaussian (or mixture component) whose std is far below the mesh size h or far
+    above the domain: ConfigError naming ``rho0.std`` (``rho0.stds``) with the numbers."""
+    kind = rcfg.get("kind")
+    if kind == "gaussian":
+        stds = [("rho0.std", rcfg["std"])]
+    elif kind == "mixture":
+        stds = [(f"rho0.stds[{i}]", s) for i, s in enumerate(rcfg.get("stds", []))]
+    else:
+        return
+    h, diam = mesh_scales(mesh)
+    for key, s in stds:
+        if s < h / STD_MIN_PER_H:
+            raise ConfigError(key, f"a standard deviation of at least h/{STD_MIN_PER_H:g} = "
+                              f"{h / STD_MIN_PER_H:.3g} (the mesh size is h = {h:.3g}; refine "
+                              "the mesh or widen the Gaussian)", s)
+        if s > STD_MAX_PER_DIAMETER * diam:
+            raise ConfigError(key, f"a standard deviation of at most {STD_MAX_PER_DIAMETER:g} x "
+                              f"the domain diameter {diam:.3g} = {STD_MAX_PER_DIAMETER * diam:.3g}"
+                              " (wider is a constant: use kind = 'formula', formula = '1')", s)
+
+
 def density_ufl(rcfg: dict, mesh, params: dict | None = None):
     """The unnormalised ρ_0 of config section ``rcfg`` as a UFL expression on ``mesh``."""
     x = ufl.SpatialCoordinate(mesh)
     d = mesh.geometry.dim
     kind = rcfg["kind"]
+    check_scale(rcfg, mesh)
     if kind == "gaussian":
         return gaussian_ufl(x, gaussian_mean(rcfg, d), rcfg["std"])
     if kind == "mixture":

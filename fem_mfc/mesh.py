@@ -144,6 +144,28 @@ def read_file(path: str | Path, comm=MPI.COMM_WORLD, gdim: int | None = None) ->
             os.unlink(tmp)
 
 
+def check_size(mcfg: dict, level: int, limit_bytes: float | None = None) -> float:
+    """Refuse (ConfigError naming ``mesh.refine``, or ``mesh.cells``/``mesh.h``) a mesh whose
+    vertices alone would not fit in the memory available, before gmsh or DOLFINx allocate
+    anything.  Returns the estimated number of vertices."""
+    from . import config
+    m = dict(mcfg)
+    m.setdefault("cells", 16)
+    if m["kind"] in ("disk", "annulus", "lshape", "ball"):
+        for k, d in (("radius", 1.0), ("inner_radius", 0.5), ("h", 0.2)):
+            m.setdefault(k, d)
+    nv = config.estimate_dofs({"mesh": m, "discretisation": {"degree": 1}}, refine=level)
+    need = nv * config.BYTES_PER_DOF
+    limit = config.available_memory() if limit_bytes is None else limit_bytes
+    if need > limit:
+        key = "mesh.refine" if level else ("mesh.cells" if m["kind"] in
+                                           ("interval", "rectangle", "box") else "mesh.h")
+        raise ConfigError(key, f"a mesh that fits in memory: ~{nv:.3g} vertices need "
+                          f"{config._fmt_bytes(need)} > {config._fmt_bytes(limit)} available",
+                          level if key == "mesh.refine" else m.get(key.split(".")[1]))
+    return nv
+
+
 def build(mcfg: dict, comm=MPI.COMM_WORLD, refine: int | None = None) -> MeshData:
     """Build the mesh described by the validated ``[mesh]`` config section.
 
@@ -152,6 +174,7 @@ def build(mcfg: dict, comm=MPI.COMM_WORLD, refine: int | None = None) -> MeshDat
     import dolfinx.mesh as dm
     level = mcfg.get("refine", 0) if refine is None else refine
     kind = mcfg["kind"]
+    check_size(mcfg, level)
     n = int(mcfg.get("cells", 16)) * 2 ** level
     if kind == "interval":
         lo, hi = mcfg["lower"], mcfg["upper"]
