@@ -121,9 +121,7 @@ def initial_density(rcfg: dict, V, params: dict | None = None, name: str = "rho0
     mesh = V.mesh
     rho = dolfinx.fem.Function(V, name=name)
     if rcfg["kind"] == "file":
-        from .io import load_checkpoint
-        from pathlib import Path
-        _, src = load_checkpoint(Path(rcfg["file"]), mesh.comm, "rho0")
+        src = read_checkpoint_density(rcfg["file"], mesh)
         rho.interpolate_nonmatching(src, *_nonmatching_data(V, src)) \
             if src.function_space.mesh is not mesh else rho.interpolate(src)
     else:
@@ -133,6 +131,42 @@ def initial_density(rcfg: dict, V, params: dict | None = None, name: str = "rho0
         else:
             rho.interpolate(dolfinx.fem.Expression(expr, V.element.interpolation_points()))
     return normalise(rho)
+
+
+def _bbox(mesh):
+    xs = mesh.geometry.x[:, :mesh.geometry.dim]
+    d = mesh.geometry.dim
+    lo = xs.min(axis=0) if xs.size else np.full(d, np.inf)
+    hi = xs.max(axis=0) if xs.size else np.full(d, -np.inf)
+    return mesh.comm.allreduce(lo, op=MPI.MIN), mesh.comm.allreduce(hi, op=MPI.MAX)
+
+
+def read_checkpoint_density(path, mesh, name: str = "rho0"):
+    """The function ``name`` of checkpoint ``path`` (config key ``rho0.file``), refused with a
+    ConfigError unless its mesh has the dimensions of ``mesh`` and covers its domain."""
+    from pathlib import Path
+    from .errors import UserError
+    from .io import load_checkpoint
+    key = "rho0.file"
+    try:
+        src_mesh, src = load_checkpoint(Path(path), mesh.comm, name)
+    except ConfigError:
+        raise
+    except UserError as e:
+        raise ConfigError(key, f"a fem_mfc checkpoint ({e})") from None
+    gd, td = mesh.geometry.dim, mesh.topology.dim
+    sgd, std_ = src_mesh.geometry.dim, src_mesh.topology.dim
+    if (sgd, std_) != (gd, td):
+        raise ConfigError(key, f"a checkpoint on a {td}D mesh in {gd}D like this run's mesh",
+                          f"{path} holds a {std_}D mesh in {sgd}D")
+    lo, hi = _bbox(mesh)
+    slo, shi = _bbox(src_mesh)
+    tol = 1e-6 * max(float(np.linalg.norm(shi - slo)), 1e-300)
+    if np.any(lo < slo - tol) or np.any(hi > shi + tol):
+        fmt = lambda a, b: "[" + ", ".join(f"{x:.3g}..{y:.3g}" for x, y in zip(a, b)) + "]"
+        raise ConfigError(key, f"a checkpoint whose mesh covers this run's domain {fmt(lo, hi)}",
+                          f"{path} covers {fmt(slo, shi)}")
+    return src
 
 
 def _nonmatching_data(V, src):

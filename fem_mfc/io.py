@@ -263,12 +263,53 @@ def save_checkpoint(path: Path, mesh, functions: dict, time_value: float = 0.0):
         adios4dolfinx.write_function(path, f, time=time_value, name=name)
 
 
+def checkpoint_function_names(path: Path) -> list[str] | None:
+    """Names of the functions stored in an adios4dolfinx checkpoint (None if unknown)."""
+    try:
+        import adios2
+        with adios2.FileReader(str(path)) as f:
+            variables = f.available_variables()
+    except Exception:        # noqa: BLE001 (best effort: only used for the error message)
+        return None
+    return sorted({v[:-len("_values")] for v in variables if v.endswith("_values")})
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0][:100] if text else "") or type(e).__name__
+
+
 def load_checkpoint(path: Path, comm, name: str, element=("Lagrange", 1), time_value=0.0):
-    """Read back a mesh and one function written by :func:`save_checkpoint`."""
+    """Read back a mesh and one function written by :func:`save_checkpoint`.
+
+    Every failure is a one-line :class:`UserError` naming the file and what was expected (a
+    .bp folder written by fem_mfc, a function of that name and element)."""
     import adios4dolfinx
     import dolfinx
-    mesh = adios4dolfinx.read_mesh(path, comm)
+    path = Path(path)
+    expected = "an adios4dolfinx checkpoint folder (.bp) written by fem_mfc"
+    if not path.exists():
+        raise UserError(f"{path}: checkpoint not found (expected {expected})")
+    if not path.is_dir() or not (path / "md.idx").exists():
+        raise UserError(f"{path}: not a checkpoint (expected {expected})")
+    try:
+        mesh = adios4dolfinx.read_mesh(path, comm)
+    except Exception as e:  # noqa: BLE001 (adios2 and adios4dolfinx raise many kinds)
+        raise UserError(f"{path}: holds no readable mesh (expected {expected}; "
+                        f"{_first_line(e)})") from None
+    names = checkpoint_function_names(path)
+    if names is not None and name not in names:
+        raise UserError(f"{path}: holds no function named '{name}' (it holds "
+                        f"{', '.join(repr(n) for n in names) or 'no function'}; expected a "
+                        f"function saved as '{name}')")
     V = dolfinx.fem.functionspace(mesh, element)
     f = dolfinx.fem.Function(V, name=name)
-    adios4dolfinx.read_function(path, f, time=time_value, name=name)
+    try:
+        adios4dolfinx.read_function(path, f, time=time_value, name=name)
+    except KeyError:
+        raise UserError(f"{path}: holds no function named '{name}' at time {time_value:g} "
+                        f"(expected a function saved as '{name}')") from None
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{path}: cannot read function '{name}' as {element[0]} degree "
+                        f"{element[1]} ({_first_line(e)})") from None
     return mesh, f
