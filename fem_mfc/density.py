@@ -48,8 +48,8 @@ def mesh_scales(mesh) -> tuple[float, float]:
     xs = mesh.geometry.x[:, :mesh.geometry.dim]
     lo = xs.min(axis=0) if xs.size else np.full(mesh.geometry.dim, np.inf)
     hi = xs.max(axis=0) if xs.size else np.full(mesh.geometry.dim, -np.inf)
-    lo = mesh.comm.allreduce(lo, op=MPI.MIN)
-    hi = mesh.comm.allreduce(hi, op=MPI.MAX)
+    lo = np.min(mesh.comm.allgather(lo), axis=0)       # elementwise over ranks
+    hi = np.max(mesh.comm.allgather(hi), axis=0)
     return mesh.comm.allreduce(hloc, op=MPI.MAX), float(np.linalg.norm(hi - lo))
 
 
@@ -138,7 +138,7 @@ def _bbox(mesh):
     d = mesh.geometry.dim
     lo = xs.min(axis=0) if xs.size else np.full(d, np.inf)
     hi = xs.max(axis=0) if xs.size else np.full(d, -np.inf)
-    return mesh.comm.allreduce(lo, op=MPI.MIN), mesh.comm.allreduce(hi, op=MPI.MAX)
+    return np.min(mesh.comm.allgather(lo), axis=0), np.max(mesh.comm.allgather(hi), axis=0)
 
 
 def read_checkpoint_density(path, mesh, name: str = "rho0"):
