@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import math
+import warnings
 
 import ufl
 
@@ -53,6 +54,7 @@ def parse(text: str, key: str, *, x=None, gdim: int = 0, variables: dict | None 
         if isinstance(node, ast.Name):
             n = node.id
             if n in variables:
+                used.add(n)
                 return variables[n]
             if n in params:
                 return float(params[n])
@@ -97,8 +99,17 @@ def parse(text: str, key: str, *, x=None, gdim: int = 0, variables: dict | None 
                 fail(f"wrong number of arguments to '{node.func.id}'")
         fail(f"'{ast.unparse(node)}' is not allowed")
 
+    used = set()
     try:
         expr = visit(tree)
+        if not used and isinstance(expr, ufl.core.expr.Expr) \
+                and ufl.domain.extract_unique_domain(expr) is None:
+            try:                   # constant-valued, e.g. min(1, 2): a number, as 1 + 2 is
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")      # UFL warns before it gives up
+                    expr = float(expr)
+            except TypeError:      # UFL cannot fold it to a real number (sqrt of a negative)
+                raise ConfigError(key, "a real-valued formula", _short(text)) from None
     except ZeroDivisionError:
         raise ConfigError(key, "a formula without division by zero", _short(text)) from None
     except OverflowError:
@@ -191,7 +202,9 @@ def evaluate_on_mesh(expr, mesh, degree: int = 2):
     import numpy as np
     if isinstance(expr, (int, float)):
         return np.array([float(expr)])
-    if isinstance(expr, ufl.constantvalue.ScalarValue) or isinstance(expr, ufl.constantvalue.Zero):
+    from ufl.algorithms import expand_derivatives
+    expr = expand_derivatives(expr)          # dG/drho of a G without rho is Zero
+    if ufl.domain.extract_unique_domain(expr) is None:      # no mesh in it: a number
         return np.array([float(expr)])
     tdim = mesh.topology.dim
     n = mesh.topology.index_map(tdim).size_local

@@ -19,7 +19,7 @@ PARSE_FAILURES = ["1/0", "10.0**400", "exp(1000)", "log(0)", "sqrt(-1)", "x0**1e
                   "x0**-100", "0**-1", "(-8)**(1/3)", "x0/0", "rho/0", "1/(2-2)",
                   " + ".join(["x0"] * 20000), "(" * 300 + "x0" + ")" * 300,
                   "+".join(f"x0*{i}" for i in range(300)), "-" * 100 + "x0",
-                  "exp(exp(exp(exp(10))))"]
+                  "exp(exp(exp(exp(10))))", "sqrt(min(-1, 0))"]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,9 @@ def test_check_formulas_refuses(over, key, mesh1d):
                                   {"problem": {"G": "kappa*rho**2/2", "params": {"kappa": 2.0},
                                                "coupling": "mfg"}},
                                   {"rho0": {"kind": "formula", "formula": "exp(-x0**2)"}},
-                                  {"rho0": {"std": 0.05}}])
+                                  {"rho0": {"std": 0.05}},
+                                  {"problem": {"V": "min(1, 1)", "Phi": "max(x0, 0)"}},
+                                  {"problem": {"G": "x0**2"}}])          # G without rho
 def test_check_formulas_accepts(over, mesh1d):
     expressions.check_formulas(_cfg(**over), mesh1d)
 
