@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import textwrap
 
 import dolfinx
@@ -30,6 +31,12 @@ from fem_mfc import config, expressions
 from fem_mfc.errors import UserError
 
 from conftest import read_summary, run_cli
+
+try:       # hypothesis caches Unicode tables in ./.hypothesis: keep the work tree clean
+    from hypothesis.configuration import set_hypothesis_home_dir
+    set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "fem_mfc-hypothesis"))
+except ImportError:
+    pass
 
 LONG = os.environ.get("FEM_MFC_FUZZ_LONG") == "1"
 FAST = settings(max_examples=150, deadline=None, database=None, derandomize=True,
