@@ -24,7 +24,7 @@ import textwrap
 import dolfinx
 import pytest
 import ufl
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 from mpi4py import MPI
 
 from fem_mfc import config, expressions
@@ -288,6 +288,9 @@ def _run_mutated(mutations, earlier):
 @settings(max_examples=5, deadline=None, database=None, derandomize=True,
           suppress_health_check=list(HealthCheck))
 @given(_mutation(st))
+@example([(("problem", "V"), "1/0")])                  # explicit cases of issue 14 that
+@example([(("rho0", "std"), 1e-300)])                  # were tracebacks (exit 1) on main
+@example([(("problem", "Phi"), "exp(1000)"), (("mesh", "refine"), 60)])
 def test_fuzz_cli_runs(earlier, mutations):
     _run_mutated(mutations, earlier)
 
