@@ -13,6 +13,8 @@ The schema is documented for users in ``docs/config.md`` (generated from this mo
 from __future__ import annotations
 
 import math
+import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -374,6 +376,93 @@ def _cross_checks(cfg: dict, source):
     for k, v in cfg["solver"]["petsc_options"].items():
         if not isinstance(v, (str, int, float, bool)):
             raise ConfigError(f"solver.petsc_options.{k}", "a string, number or boolean", v, source)
+        check_petsc_option(k, v, source)
+    _check_sigma(cfg, source)
+
+
+def _check_sigma(cfg: dict, source):
+    """σ = 0 where the formulation divides by ε = σ²/2 (Cole–Hopf χ = e^{−u/2ε}, the QHD
+    control signature's Bohm coefficient σ⁴/2)."""
+    if cfg["problem"]["sigma"] > 0:
+        return
+    f, s = cfg["run"]["formulation"], cfg["solver"]
+    why = None
+    if f == "cole-hopf":
+        why = "formulation 'cole-hopf' (chi = exp(-u/2eps))"
+    elif f == "qhd" and cfg["qhd"]["signature"] == "control":
+        why = "the QHD control signature (Bohm coefficient sigma^4/2)"
+    elif f == "hjb-fp" and (s["method"] in ("cole-hopf", "auto")
+                            or s["initial_guess"] == "cole-hopf"):
+        why = ("solver.method = '" + s["method"] + "'" if s["initial_guess"] != "cole-hopf"
+               else "solver.initial_guess = 'cole-hopf'") + " (Cole-Hopf divides by eps)"
+    if why:
+        raise ConfigError("problem.sigma", f"a positive number for {why}", 0.0, source)
+
+
+# -- PETSc options from a config file: no files, no processes ---------------------------------
+# Options given on the command line are the user's own and stay free; options in a config file
+# (which may come from someone else) must not write or read files, open windows or sockets,
+# start debuggers or load Python modules outside fem_mfc.
+PETSC_VIEWER_TYPES = ("ascii", "binary", "draw", "hdf5", "vtk", "vtu", "socket", "saws",
+                      "glvis", "adios", "adios2", "matlab", "mathematica", "exodusii", "cgns",
+                      "python", "pythonviewer", "image", "stdout", "stderr")
+PETSC_FORBIDDEN_NAMES = (
+    "log_view", "log_trace", "log_all", "log_summary", "log_mpe", "log_perfstubs",
+    "log_view_memory", "log_view_gpu_time", "options_monitor", "options_file",
+    "options_file_yaml", "options_string_yaml", "history", "malloc_dump", "malloc_view",
+    "malloc_log", "objects_dump", "memory_view", "on_error_attach_debugger",
+    "start_in_debugger", "stop_for_debugger", "debugger", "debugger_pause", "debugger_ranks",
+    "on_error_emacs", "display", "viewer_binary_filename", "viewer_socket_machine",
+    "viewer_socket_port", "viewer_draw", "x_virtual", "python", "saws_port",
+    "saws_root", "saws_options", "mpiuni_allow_multiprocess_launch", "draw_save",
+    "draw_save_movie", "draw_save_final_image", "vec_view_draw",
+)
+_PETSC_NAME = re.compile(r"^-?[A-Za-z0-9_]+$")
+
+
+def check_petsc_option(name: str, value, source=None) -> None:
+    """Refuse a config-file PETSc option that names a file, a window, a socket, a debugger or
+    a Python module outside ``fem_mfc.`` (ConfigError naming ``solver.petsc_options.NAME``).
+
+    Allowed: solver settings (``snes_type = "newtonls"``, ``ksp_rtol = 1e-8``) and monitors
+    or views to standard output (``snes_monitor = ""``, ``ksp_view = "::ascii_info"``).
+    """
+    key = f"solver.petsc_options.{name}"
+    if not isinstance(name, str) or not _PETSC_NAME.match(name):
+        raise ConfigError(key, "an option name of letters, digits and '_'", name, source)
+    n = name.lstrip("-").lower()
+    if n in PETSC_FORBIDDEN_NAMES or any(n.endswith("_" + f) for f in PETSC_FORBIDDEN_NAMES
+                                         if f not in ("python", "history", "display")) \
+            or "draw" in n or "debugger" in n or n.endswith("_lg") or "_lg_" in n:
+        raise ConfigError(key, "no option that writes files, opens windows or starts other "
+                          "programs in a config file (give it on the command line if you "
+                          "mean it)", value, source)
+    if not isinstance(value, str):
+        return
+    v = value.strip()
+    if n.endswith("python_type") or n.endswith("_python"):
+        if not v.startswith("fem_mfc."):
+            raise ConfigError(key, "a Python type inside fem_mfc ('fem_mfc.module.Class')",
+                              value, source)
+        return
+    if n == "info" and v and not v.startswith(":"):
+        raise ConfigError(key, "'' or ':classes' (no file name) in a config file", value,
+                          source)
+    low = v.lower()
+    parts = low.split(":")
+    bad = None
+    if "/" in v or "\\" in v or "\x00" in v:
+        bad = "a path"
+    elif parts[0] in PETSC_VIEWER_TYPES and parts[0] not in ("ascii", "stdout"):
+        bad = f"a '{parts[0]}' viewer"
+    elif len(parts) > 1 and parts[1].strip():
+        bad = f"the file '{v.split(':')[1]}'"
+    elif len(parts) > 4:
+        bad = "a malformed viewer"
+    if bad:
+        raise ConfigError(key, "a value that writes nowhere but standard output in a config "
+                          f"file (this one names {bad}; viewers may be '', 'ascii' or "
+                          "'::format')", value, source)
 
 
 def load(path: str | Path) -> dict:
@@ -437,3 +526,111 @@ def schema_markdown() -> str:
             out.append(f"| `{k}` | {_typename(spec.type)} | `{d}` | {doc} |")
         out.append("")
     return "\n".join(out)
+
+
+# -- resources: an estimate before anything is allocated ----------------------------------------
+# Memory per DOF and per time step of the run paths: measured with the all-at-once Newton path
+# (the largest: every layer's rho and u, the space-time Jacobian, the sweep preconditioner's
+# per-step LU factors) on a congested 2D P1 problem, 40 steps, peak RSS growth from 2401 to
+# 9409 to 16641 DOFs: 1.93-1.97 KB per DOF-step.  Below 100k space-time unknowns Newton takes
+# a direct LU of the whole system instead (up to ~9 KB per DOF-step, < 1 GB in all).
+BYTES_PER_DOF_STEP = 2048
+BYTES_PER_DOF = 4096            # mesh, function spaces, per-step-independent matrices
+_GMSH_MEASURE = {  # kind -> (measure of the domain, vertices per (measure / h^d))
+    "disk": (lambda m: math.pi * m["radius"] ** 2, 1.16),
+    "annulus": (lambda m: math.pi * (m["radius"] ** 2 - min(m["inner_radius"], m["radius"]) ** 2),
+                1.16),
+    "lshape": (lambda m: 3.0 * m["radius"] ** 2, 1.16),
+    "ball": (lambda m: 4.0 / 3.0 * math.pi * m["radius"] ** 3, 1.5),
+}
+
+
+def estimate_dofs(cfg: dict, refine: int | None = None) -> float:
+    """Estimated number of scalar Lagrange DOFs of the configured mesh and degree (a float:
+    may be ``inf`` for absurd inputs; nothing is allocated)."""
+    m = cfg["mesh"]
+    k = cfg.get("discretisation", {}).get("degree", 1)
+    level = m.get("refine", 0) if refine is None else refine
+    scale = 2.0 ** min(level, 1000) if level < 1000 else math.inf
+    kind = m["kind"]
+    if kind in ("interval", "rectangle", "box"):
+        d = {"interval": 1, "rectangle": 2, "box": 3}[kind]
+        n = float(m.get("cells", 16)) * scale
+        return (n * k + 1.0) ** d if n < 1e300 else math.inf
+    if kind in _GMSH_MEASURE:
+        measure, per = _GMSH_MEASURE[kind]
+        d = 3 if kind == "ball" else 2
+        h = m["h"] / scale
+        try:
+            return per * measure(m) / h ** d * k ** d + 1.0
+        except (OverflowError, ZeroDivisionError):
+            return math.inf
+    if kind == "file" and m.get("file"):
+        try:       # a node line of a text mesh file holds ~40 bytes: a rough upper bound
+            size = os.path.getsize(m["file"]) if os.path.isfile(m["file"]) else 0
+        except OSError:
+            size = 0
+        return max(size / 40.0, 1.0) * k ** gdim(cfg)
+    return 1.0
+
+
+def estimate_resources(cfg: dict) -> dict:
+    """Memory estimate of a run before anything is allocated:
+    ``{"bytes": B, "dofs": N, "steps": S, "bytes_per_dof_step": C}`` with
+    B = N·S·C + N·BYTES_PER_DOF (floats; ``inf`` when the numbers overflow)."""
+    dofs = estimate_dofs(cfg)
+    steps = cfg["problem"]["steps"]
+    try:
+        b = float(dofs) * float(steps) * BYTES_PER_DOF_STEP + float(dofs) * BYTES_PER_DOF
+    except OverflowError:
+        b = math.inf
+    return {"bytes": b, "dofs": dofs, "steps": steps, "bytes_per_dof_step": BYTES_PER_DOF_STEP}
+
+
+def available_memory() -> int:
+    """Bytes of memory available on this machine (MemAvailable; physical memory otherwise)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _fmt_bytes(b: float) -> str:
+    if not math.isfinite(b):
+        return "an unbounded amount"
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB", "EB"):
+        if b < 1024 or unit == "EB":
+            return f"{b:.3g} {unit}"
+        b /= 1024
+    return f"{b:.3g} EB"
+
+
+def check_resources(cfg: dict, limit_bytes: float | None = None, force: bool = False) -> dict:
+    """Refuse a run whose memory estimate exceeds ``limit_bytes`` (default: the memory
+    available now) with a ConfigError naming the dominant key and the estimate; returns the
+    estimate.  ``force=True`` (the CLI's ``--force``) skips the refusal."""
+    est = estimate_resources(cfg)
+    limit = available_memory() if limit_bytes is None else limit_bytes
+    if force or est["bytes"] <= limit:
+        return est
+    m = cfg["mesh"]
+    if est["steps"] >= est["dofs"]:
+        key = "problem.steps"
+    elif m.get("refine", 0) > 0:
+        key = "mesh.refine"
+    else:
+        key = {"file": "mesh.file"}.get(m["kind"], "mesh.cells" if m["kind"] in
+                                        ("interval", "rectangle", "box") else "mesh.h")
+    dofs = est["dofs"]
+    raise ConfigError(key, f"a problem that fits in memory: estimate {_fmt_bytes(est['bytes'])}"
+                      f" = {dofs:.3g} DOFs x {est['steps']:.3g} steps x "
+                      f"{BYTES_PER_DOF_STEP} B > limit {_fmt_bytes(limit)} "
+                      "(use --force to run anyway)", cfg["problem"]["steps"] if key ==
+                      "problem.steps" else m.get(key.split(".")[1]))

@@ -33,11 +33,54 @@ def gaussian_mean(rcfg: dict, gdim: int) -> list:
     return mean
 
 
+# A Gaussian narrower than h/STD_MIN_PER_H is not resolved by the mesh (its interpolant is a
+# spike at one vertex or zero); one wider than STD_MAX_PER_DIAMETER domain diameters is a
+# constant (and its normalisation overflows for huge stds).
+STD_MIN_PER_H = 10.0
+STD_MAX_PER_DIAMETER = 100.0
+
+
+def mesh_scales(mesh) -> tuple[float, float]:
+    """(largest cell diameter h, diameter of the bounding box) of ``mesh``, global."""
+    tdim = mesh.topology.dim
+    n = mesh.topology.index_map(tdim).size_local
+    hloc = float(mesh.h(tdim, np.arange(n, dtype=np.int32)).max()) if n else 0.0
+    xs = mesh.geometry.x[:, :mesh.geometry.dim]
+    lo = xs.min(axis=0) if xs.size else np.full(mesh.geometry.dim, np.inf)
+    hi = xs.max(axis=0) if xs.size else np.full(mesh.geometry.dim, -np.inf)
+    lo = np.min(mesh.comm.allgather(lo), axis=0)       # elementwise over ranks
+    hi = np.max(mesh.comm.allgather(hi), axis=0)
+    return mesh.comm.allreduce(hloc, op=MPI.MAX), float(np.linalg.norm(hi - lo))
+
+
+def check_scale(rcfg: dict, mesh) -> None:
+    """Refuse a Gaussian (or mixture component) whose std is far below the mesh size h or far
+    above the domain: ConfigError naming ``rho0.std`` (``rho0.stds``) with the numbers."""
+    kind = rcfg.get("kind")
+    if kind == "gaussian":
+        stds = [("rho0.std", rcfg["std"])]
+    elif kind == "mixture":
+        stds = [(f"rho0.stds[{i}]", s) for i, s in enumerate(rcfg.get("stds", []))]
+    else:
+        return
+    h, diam = mesh_scales(mesh)
+    for key, s in stds:
+        if s < h / STD_MIN_PER_H:
+            raise ConfigError(key, f"a standard deviation of at least h/{STD_MIN_PER_H:g} = "
+                              f"{h / STD_MIN_PER_H:.3g} (the mesh size is h = {h:.3g}; refine "
+                              "the mesh or widen the Gaussian)", s)
+        if s > STD_MAX_PER_DIAMETER * diam:
+            raise ConfigError(key, f"a standard deviation of at most {STD_MAX_PER_DIAMETER:g} x "
+                              f"the domain diameter {diam:.3g} = {STD_MAX_PER_DIAMETER * diam:.3g}"
+                              " (wider is a constant: use kind = 'formula', formula = '1')", s)
+
+
 def density_ufl(rcfg: dict, mesh, params: dict | None = None):
     """The unnormalised ρ_0 of config section ``rcfg`` as a UFL expression on ``mesh``."""
     x = ufl.SpatialCoordinate(mesh)
     d = mesh.geometry.dim
     kind = rcfg["kind"]
+    check_scale(rcfg, mesh)
     if kind == "gaussian":
         return gaussian_ufl(x, gaussian_mean(rcfg, d), rcfg["std"])
     if kind == "mixture":
@@ -78,9 +121,7 @@ def initial_density(rcfg: dict, V, params: dict | None = None, name: str = "rho0
     mesh = V.mesh
     rho = dolfinx.fem.Function(V, name=name)
     if rcfg["kind"] == "file":
-        from .io import load_checkpoint
-        from pathlib import Path
-        _, src = load_checkpoint(Path(rcfg["file"]), mesh.comm, "rho0")
+        src = read_checkpoint_density(rcfg["file"], mesh)
         rho.interpolate_nonmatching(src, *_nonmatching_data(V, src)) \
             if src.function_space.mesh is not mesh else rho.interpolate(src)
     else:
@@ -90,6 +131,42 @@ def initial_density(rcfg: dict, V, params: dict | None = None, name: str = "rho0
         else:
             rho.interpolate(dolfinx.fem.Expression(expr, V.element.interpolation_points()))
     return normalise(rho)
+
+
+def _bbox(mesh):
+    xs = mesh.geometry.x[:, :mesh.geometry.dim]
+    d = mesh.geometry.dim
+    lo = xs.min(axis=0) if xs.size else np.full(d, np.inf)
+    hi = xs.max(axis=0) if xs.size else np.full(d, -np.inf)
+    return np.min(mesh.comm.allgather(lo), axis=0), np.max(mesh.comm.allgather(hi), axis=0)
+
+
+def read_checkpoint_density(path, mesh, name: str = "rho0"):
+    """The function ``name`` of checkpoint ``path`` (config key ``rho0.file``), refused with a
+    ConfigError unless its mesh has the dimensions of ``mesh`` and covers its domain."""
+    from pathlib import Path
+    from .errors import UserError
+    from .io import load_checkpoint
+    key = "rho0.file"
+    try:
+        src_mesh, src = load_checkpoint(Path(path), mesh.comm, name)
+    except ConfigError:
+        raise
+    except UserError as e:
+        raise ConfigError(key, f"a fem_mfc checkpoint ({e})") from None
+    gd, td = mesh.geometry.dim, mesh.topology.dim
+    sgd, std_ = src_mesh.geometry.dim, src_mesh.topology.dim
+    if (sgd, std_) != (gd, td):
+        raise ConfigError(key, f"a checkpoint on a {td}D mesh in {gd}D like this run's mesh",
+                          f"{path} holds a {std_}D mesh in {sgd}D")
+    lo, hi = _bbox(mesh)
+    slo, shi = _bbox(src_mesh)
+    tol = 1e-6 * max(float(np.linalg.norm(shi - slo)), 1e-300)
+    if np.any(lo < slo - tol) or np.any(hi > shi + tol):
+        fmt = lambda a, b: "[" + ", ".join(f"{x:.3g}..{y:.3g}" for x, y in zip(a, b)) + "]"
+        raise ConfigError(key, f"a checkpoint whose mesh covers this run's domain {fmt(lo, hi)}",
+                          f"{path} covers {fmt(slo, shi)}")
+    return src
 
 
 def _nonmatching_data(V, src):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import math
+import warnings
 
 import ufl
 
@@ -37,11 +38,7 @@ def parse(text: str, key: str, *, x=None, gdim: int = 0, variables: dict | None 
     params = dict(params or {})
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(key, "a non-empty formula", text)
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as e:
-        raise ConfigError(key, f"a valid formula (syntax error at column {e.offset})", text) \
-            from None
+    tree = _parse_limited(text, key)
 
     def fail(what):
         raise ConfigError(key, f"a formula using only arithmetic, x0..x{max(gdim - 1, 0)}, "
@@ -57,6 +54,7 @@ def parse(text: str, key: str, *, x=None, gdim: int = 0, variables: dict | None 
         if isinstance(node, ast.Name):
             n = node.id
             if n in variables:
+                used.add(n)
                 return variables[n]
             if n in params:
                 return float(params[n])
@@ -71,6 +69,11 @@ def parse(text: str, key: str, *, x=None, gdim: int = 0, variables: dict | None 
             fail(f"unknown name '{n}'")
         if isinstance(node, ast.BinOp):
             a, b = visit(node.left), visit(node.right)
+            if isinstance(node.op, ast.Pow) and isinstance(b, float) \
+                    and abs(b) > MAX_EXPONENT:
+                raise ConfigError(key, f"a formula whose constant exponents are at most "
+                                  f"{MAX_EXPONENT:g} in magnitude (this one has {b:g})",
+                                  _short(text))
             ops = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b,
                    ast.Div: lambda: a / b, ast.Pow: lambda: a ** b}
             for t, f in ops.items():
@@ -96,10 +99,207 @@ def parse(text: str, key: str, *, x=None, gdim: int = 0, variables: dict | None 
                 fail(f"wrong number of arguments to '{node.func.id}'")
         fail(f"'{ast.unparse(node)}' is not allowed")
 
-    expr = visit(tree)
+    used = set()
+    try:
+        expr = visit(tree)
+        if not used and isinstance(expr, ufl.core.expr.Expr) \
+                and ufl.domain.extract_unique_domain(expr) is None:
+            try:                   # constant-valued, e.g. min(1, 2): a number, as 1 + 2 is
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")      # UFL warns before it gives up
+                    expr = float(expr)
+            except TypeError:      # UFL cannot fold it to a real number (sqrt of a negative)
+                raise ConfigError(key, "a real-valued formula", _short(text)) from None
+    except ZeroDivisionError:
+        raise ConfigError(key, "a formula without division by zero", _short(text)) from None
+    except OverflowError:
+        raise ConfigError(key, "a formula whose numbers stay finite (overflow)",
+                          _short(text)) from None
+    except (ValueError, ArithmeticError) as e:
+        # UFL folds constant subexpressions: log(0), sqrt of a negative, x/0 ...
+        what = str(e).splitlines()[0][:60] if str(e) else type(e).__name__
+        raise ConfigError(key, f"a formula that can be evaluated ({what})", _short(text)) \
+            from None
+    except RecursionError:
+        raise ConfigError(key, f"a formula nested at most {MAX_DEPTH} deep", _short(text)) \
+            from None
+    if isinstance(expr, complex) or _is_complex_constant(expr):
+        raise ConfigError(key, "a real-valued formula (this one is complex, e.g. the root of a "
+                          "negative number)", _short(text))
     if isinstance(expr, float) and not math.isfinite(expr):
-        raise ConfigError(key, "a finite value", text)
+        raise ConfigError(key, "a finite value", _short(text))
     return expr
+
+
+# -- size and complexity limits, checked before anything is translated ------------------------
+MAX_LENGTH = 2000          # characters
+MAX_NODES = 400            # AST nodes
+MAX_DEPTH = 40             # AST nesting depth
+MAX_EXPONENT = 64.0        # |b| of a constant exponent in a**b
+
+
+def _short(text, n=80):
+    text = text if isinstance(text, str) else repr(text)
+    return text if len(text) <= n else text[:n] + f"... ({len(text)} characters)"
+
+
+def _parse_limited(text: str, key: str):
+    """ast.parse ``text`` after and with the size limits (ConfigError naming ``key``)."""
+    t = text.strip()
+    if len(t) > MAX_LENGTH:
+        raise ConfigError(key, f"a formula of at most {MAX_LENGTH} characters",
+                          f"{len(t)} characters")
+    # Python's own parser nests ~200 brackets deep at most; count them first (cheap)
+    depth = best = 0
+    for c in t:
+        depth += c in "([{"
+        depth -= c in ")]}"
+        best = max(best, depth)
+    if best > MAX_DEPTH:
+        raise ConfigError(key, f"a formula nested at most {MAX_DEPTH} deep", _short(t))
+    try:
+        tree = ast.parse(t, mode="eval")
+    except SyntaxError as e:
+        raise ConfigError(key, f"a valid formula (syntax error at column {e.offset})",
+                          _short(t)) from None
+    except (MemoryError, RecursionError, ValueError):
+        raise ConfigError(key, "a valid formula", _short(t)) from None
+    count = 0
+    stack = [(tree, 0)]
+    while stack:
+        node, d = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise ConfigError(key, f"a formula of at most {MAX_NODES} terms and operators",
+                              _short(t))
+        if d > MAX_DEPTH:
+            raise ConfigError(key, f"a formula nested at most {MAX_DEPTH} deep", _short(t))
+        stack.extend((c, d + 1) for c in ast.iter_child_nodes(node))
+    return tree
+
+
+def _is_complex_constant(expr) -> bool:
+    return isinstance(expr, ufl.constantvalue.ComplexValue)
+
+
+# -- evaluation on the mesh before the solve ---------------------------------------------------
+def _points(mesh, degree: int):
+    """Reference points: the Lagrange(degree) DOF points and a quadrature rule of 2*degree."""
+    import basix
+    import numpy as np
+    from dolfinx.mesh import to_string
+    cell = getattr(basix.CellType, to_string(mesh.topology.cell_type))
+    lag = basix.create_element(basix.ElementFamily.P, cell, max(degree, 1),
+                               basix.LagrangeVariant.equispaced).points
+    q, _ = basix.make_quadrature(cell, max(2 * degree, 2))
+    return np.vstack([lag, q])
+
+
+def evaluate_on_mesh(expr, mesh, degree: int = 2):
+    """Values of a scalar UFL expression (or number) at the DOF and quadrature points of every
+    local cell of ``mesh`` (an array; empty on a rank without cells)."""
+    import dolfinx
+    import numpy as np
+    if isinstance(expr, (int, float)):
+        return np.array([float(expr)])
+    from ufl.algorithms import expand_derivatives
+    expr = expand_derivatives(expr)          # dG/drho of a G without rho is Zero
+    if ufl.domain.extract_unique_domain(expr) is None:      # no mesh in it: a number
+        return np.array([float(expr)])
+    tdim = mesh.topology.dim
+    n = mesh.topology.index_map(tdim).size_local
+    e = dolfinx.fem.Expression(expr, _points(mesh, degree))
+    cells = np.arange(n, dtype=np.int32)
+    with np.errstate(all="ignore"):
+        vals = e.eval(mesh, cells) if n else np.zeros((0, 1))
+    return np.asarray(vals).ravel()
+
+
+def check_finite_on_mesh(expr, key: str, mesh, degree: int = 2, text: str | None = None,
+                         what: str = "") -> "np.ndarray":
+    """Raise ConfigError naming ``key`` if ``expr`` is NaN or infinite at a DOF or quadrature
+    point of ``mesh`` (collective over the mesh's communicator); return the local values."""
+    import numpy as np
+    from mpi4py import MPI
+    try:
+        vals = evaluate_on_mesh(expr, mesh, degree)
+    except (ZeroDivisionError, OverflowError, ValueError, ArithmeticError) as e:
+        vals = None
+        err = str(e).splitlines()[0][:60] if str(e) else type(e).__name__
+    else:
+        err = None
+    bad = 0
+    where = None
+    if vals is not None and vals.size:
+        finite = np.isfinite(vals)
+        bad = int((~finite).sum())
+    bad = mesh.comm.allreduce(bad + (1 if err else 0), op=MPI.SUM)
+    if bad:
+        if err is None and vals is not None:
+            where = f"{bad} non-finite values"
+        raise ConfigError(key, "a formula with finite values at the mesh points"
+                          + (f" {what}" if what else "")
+                          + f": {err or where}", _short(text) if text else None)
+    return vals
+
+
+# ρ values at which G (and its derivative) is checked: ρ >= 0 in the solves, but ρ = 0 itself is
+# left out because congestions such as rho*log(rho) are meant as their limit there.
+RHO_PROBES = (1e-6, 1.0, 100.0)
+
+
+def check_formulas(cfg: dict, mesh) -> None:
+    """Check every formula of a validated config on ``mesh`` before the solve: parse errors,
+    size limits, and NaN/inf at the DOF and quadrature points (V, Phi, qhd.S0, rho0.formula;
+    G, dG/drho and, for coupling 'mfg', G/rho at rho in RHO_PROBES); the initial density's
+    scale against the mesh (:func:`fem_mfc.density.check_scale`).  Raises ConfigError naming the
+    key; collective over ``mesh.comm``."""
+    import dolfinx
+    import numpy as np
+    from mpi4py import MPI
+    pr = cfg["problem"]
+    params = pr.get("params", {})
+    gdim = mesh.geometry.dim
+    deg = cfg.get("discretisation", {}).get("degree", 1)
+    x = ufl.SpatialCoordinate(mesh)
+    exact = cfg.get("exact", {}).get("solution", "none") != "none"
+    if not exact:
+        for k in ("V", "Phi"):
+            text = pr[k]
+            check_finite_on_mesh(parse(text, f"problem.{k}", x=x, gdim=gdim, params=params),
+                                 f"problem.{k}", mesh, deg, text)
+    g = pr["G"]
+    rho_c = dolfinx.fem.Constant(mesh, 1.0)
+    rv = ufl.variable(rho_c)
+    G = parse(g, "problem.G", x=x, gdim=gdim, variables={"rho": rv}, params=params)
+    if not (isinstance(G, float) and G == 0.0):
+        G = ufl.as_ufl(G)
+        exprs = {"G": G, "dG/drho": ufl.diff(G, rv)}
+        if pr.get("coupling") == "mfg":
+            exprs["G/rho"] = G / rv
+        for rho in RHO_PROBES:
+            rho_c.value = rho
+            for name, e in exprs.items():
+                check_finite_on_mesh(e, "problem.G", mesh, deg, g,
+                                     what=f"for rho = {rho:g} ({name})")
+    f = cfg["run"]["formulation"]
+    if f == "qhd" and cfg.get("qhd", {}).get("signature") == "quantum":
+        text = cfg["qhd"]["S0"]
+        check_finite_on_mesh(parse(text, "qhd.S0", x=x, gdim=gdim, params=params), "qhd.S0",
+                             mesh, deg, text)
+    r = cfg.get("rho0", {})
+    if not exact and r.get("kind") == "formula" and f not in ("classifier", "generative", "nls"):
+        text = r["formula"]
+        vals = check_finite_on_mesh(parse(text, "rho0.formula", x=x, gdim=gdim, params=params),
+                                    "rho0.formula", mesh, deg, text)
+        vmax = mesh.comm.allreduce(float(np.max(vals)) if vals.size else -np.inf, op=MPI.MAX)
+        if not vmax > 0:
+            raise ConfigError("rho0.formula", "a density that is positive somewhere on the mesh",
+                              f"{_short(text)} (largest value {vmax:.3g})")
+    if not exact and r.get("kind") in ("gaussian", "mixture") \
+            and f not in ("classifier", "generative", "nls"):
+        from .density import check_scale
+        check_scale(r, mesh)
 
 
 def as_ufl(expr, mesh):

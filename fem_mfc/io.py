@@ -1,18 +1,36 @@
 """Outputs of a run: atomic files, summary.json, ParaView time series, checkpoints, the log.
 
-A run writes into an output folder ``DIR/``.  Every file is written atomically (to a temporary
-name in the same folder, then ``os.replace``) by rank 0 only, so an interrupted or crashed run
-never leaves a half-written ``summary.json`` and never destroys an earlier result.  Field time
-series (VTX ``.bp`` for ParaView, optionally XDMF) are written collectively by all ranks into a
-staging folder ``DIR/.staging-<pid>/`` and moved into place when the run succeeds.
+A run writes into an output folder ``DIR/`` that is always exactly one run:
+
+* Everything (fields, figures, ``run.log``, ``config.toml``, ``summary.json``) is written by all
+  ranks into a staging folder ``.staging-<DIR name>-<pid>-<random>/`` *beside* ``DIR`` (same
+  file system), and only a successful run swaps it in with one atomic rename
+  (``renameat2(RENAME_EXCHANGE)``; where the file system cannot exchange, two renames).  A run
+  that fails, is interrupted or killed leaves ``DIR`` exactly as it was.
+* The run that was in ``DIR`` before is kept as ``DIR.previous`` (one generation; an older
+  ``DIR.previous`` is deleted), so no file of an earlier run ever sits beside a new summary.
+* A lock file ``.<DIR name>.lock`` beside ``DIR`` (``flock``, released by the kernel when the
+  process dies) makes a second concurrent run into the same ``DIR`` refuse with one line.
+* Staging folders of dead runs (SIGKILL, power loss) are deleted by the next run into ``DIR``;
+  SIGINT/SIGTERM delete their own staging folder and exit with 130/143.
+* ``DIR`` must be new, empty or an earlier output folder (it holds ``summary.json``,
+  ``config.toml`` or ``run.log``): a folder of other files is refused rather than moved away.
+
+Single files outside run folders (``convergence.json`` of a refinement study) are written with
+:func:`write_text_atomic` (temporary name in the same folder, then ``os.replace``).
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import fcntl
 import json
 import logging
 import os
 import shutil
+import signal
+import socket
 import sys
 import tempfile
 import time
@@ -159,13 +177,222 @@ class TimeSeries:
             self._xdmf.close()
 
 
+# -- test hook: sleep at named points so a test can kill the process there --------------------
+def _pause(point: str) -> None:
+    """With ``FEM_MFC_TEST_PAUSE=point1,point2`` (or ``*``) in the environment, append ``point``
+    to the file ``FEM_MFC_TEST_PAUSE_FILE`` and sleep ``FEM_MFC_TEST_PAUSE_S`` seconds (default
+    60) there.  Used only by tests that kill a run at that point."""
+    spec = os.environ.get("FEM_MFC_TEST_PAUSE")
+    if not spec:
+        return
+    names = spec.split(",")
+    if point not in names and "*" not in names:
+        return
+    f = os.environ.get("FEM_MFC_TEST_PAUSE_FILE")
+    if f:
+        with open(f, "a") as fh:
+            fh.write(point + "\n")
+    time.sleep(float(os.environ.get("FEM_MFC_TEST_PAUSE_S", "60")))
+
+
+# -- an atomic exchange of two paths -------------------------------------------------------------
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange the paths ``a`` and ``b`` (Linux ``renameat2(RENAME_EXCHANGE)``);
+    False where the kernel or file system cannot (the caller falls back to two renames)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = getattr(libc, "renameat2", None)
+    except OSError:
+        return False
+    if fn is None:
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    r = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if r == 0:
+        return True
+    e = ctypes.get_errno()
+    if e in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(e, os.strerror(e), str(a))
+
+
+RUN_MARKERS = ("summary.json", "config.toml", "run.log")
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _staging_prefix(name: str) -> str:
+    return f".staging-{name}-"
+
+
+def _is_staging_of(entry: str, name: str) -> bool:
+    """``.staging-<name>-<pid>-<random>`` (random has no '-': tempfile's alphabet)."""
+    if not entry.startswith(".staging-"):
+        return False
+    parts = entry[len(".staging-"):].rsplit("-", 2)
+    return len(parts) == 3 and parts[0] == name and parts[1].isdigit()
+
+
+class _FolderLock:
+    """An exclusive, non-blocking ``flock`` on ``.<name>.lock`` beside the output folder."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = None
+
+    def acquire(self) -> str | None:
+        """None on success, else a description of the holder."""
+        for _ in range(5):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+                try:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                finally:
+                    os.close(fd)
+                return holder or "another process"
+            # the file may have been unlinked by its previous holder between open and flock
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            self.fd = fd
+            return None
+        return "another process"
+
+    def release(self):
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.fd = None
+
+
+def _prepare_run_folder(outdir: Path) -> tuple[Path, "_FolderLock", Path]:
+    """Rank 0: check ``outdir``, take its lock, clean stale staging, make a new staging folder.
+    Raises UserError (one line) when the folder cannot hold a run."""
+    target = Path(os.path.abspath(outdir))
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{target}: output path exists and is not a folder")
+    if target.parent == target:
+        raise UserError(f"{target}: cannot write a run into the root folder")
+    parent, name = target.parent, target.name
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{target}: cannot create output folder ({e.strerror})") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{target}: its parent folder {parent} is not writable (a run is staged "
+                        "beside its output folder and swapped in)")
+    if target.is_dir():
+        if os.path.ismount(target):
+            raise UserError(f"{target}: is a mount point; write the run into a subfolder of it")
+        if not os.access(target, os.W_OK):
+            raise UserError(f"{target}: output folder is not writable")
+        try:
+            entries = [e for e in os.listdir(target)
+                       if not e.startswith((".staging-", ".old-"))]
+        except OSError as e:
+            raise UserError(f"{target}: cannot read the output folder ({e.strerror})") from None
+        if entries and not any(m in entries for m in RUN_MARKERS):
+            raise UserError(f"{target}: exists and is not a fem_mfc output folder (it has no "
+                            f"{', '.join(RUN_MARKERS)}): choose a new or empty folder")
+    lock = _FolderLock(parent / f".{name}.lock")
+    try:
+        holder = lock.acquire()
+    except OSError as e:
+        raise UserError(f"{target}: cannot lock the output folder ({e.strerror})") from None
+    if holder is not None:
+        raise UserError(f"{target}: another run is writing this folder ({holder}); wait for it "
+                        "or choose another --out")
+    try:
+        for e in os.listdir(parent):   # staging of dead runs (we hold the lock: none is live)
+            if _is_staging_of(e, name):
+                shutil.rmtree(parent / e, ignore_errors=True)
+        if target.is_dir():            # leftovers of the per-file moves of earlier versions
+            for e in os.listdir(target):
+                if e.startswith((".staging-", ".old-")):
+                    shutil.rmtree(target / e, ignore_errors=True)
+        _pause("create:locked")
+        staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(name)}{os.getpid()}-",
+                                        dir=parent))
+        os.chmod(staging, 0o755)
+    except OSError as e:
+        lock.release()
+        raise UserError(f"{target}: cannot create a staging folder beside it ({e.strerror})") \
+            from None
+    except BaseException:
+        lock.release()
+        raise
+    return target, lock, staging
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Make ``staging`` the folder ``target`` in one atomic step; keep the earlier run as
+    ``target.previous``.  Signals are blocked meanwhile (SIGKILL cannot be: an exchange is one
+    system call, so a kill leaves either the old or the new folder at ``target``)."""
+    previous = target.with_name(target.name + ".previous")
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
+        _pause("swap:before")
+        if not target.exists():
+            os.rename(staging, target)
+            _pause("swap:renamed")
+            return
+        if _exchange(staging, target):
+            # target is the new run; ``staging`` now holds the earlier one
+            _pause("swap:exchanged")
+            earlier = staging
+        else:          # no RENAME_EXCHANGE: two renames, target briefly absent
+            earlier = staging.with_name(staging.name + "x")
+            os.rename(target, earlier)
+            _pause("swap:moved-old")
+            os.rename(staging, target)
+            _pause("swap:renamed")
+        try:       # the new run is in place: what follows only tidies the earlier one
+            if not os.listdir(earlier):
+                os.rmdir(earlier)
+                return
+            if previous.exists() or previous.is_symlink():
+                trash = staging.with_name(staging.name + "p")  # a staging name: cleaned if killed
+                os.rename(previous, trash)
+                _pause("swap:previous-moved")
+                os.rename(earlier, previous)
+                _pause("swap:previous-kept")
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.rename(earlier, previous)
+                _pause("swap:previous-kept")
+        except OSError:
+            pass
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 @dataclass
 class RunContext:
     """Everything a runner needs besides the config: where and how to write, PETSc options.
 
     Runners call ``ctx.series(...)`` for ParaView output, ``ctx.figure(name)`` for the path of a
     PNG (rank 0 renders), ``ctx.progress(iterable, desc)`` for a progress bar, ``ctx.log``.
-    Files go to the staging folder and appear in ``outdir`` only when the run succeeds.
+    Files go to the staging folder and appear in ``outdir`` only when the run succeeds, all at
+    once (see the module docstring).
     """
 
     comm: object
@@ -179,22 +406,62 @@ class RunContext:
     staging: Path = None
     _series: list = field(default_factory=list)
     t0: float = field(default_factory=time.perf_counter)
+    _lock: object = None
+    _old_handlers: dict = field(default_factory=dict)
+    _done: bool = False
 
     @classmethod
     def create(cls, outdir, comm=MPI.COMM_WORLD, petsc_options=None, cfg=None, quiet=False):
-        outdir = prepare_outdir(outdir, comm)
-        staging = None
+        err = target = lock = staging = None
         if comm.rank == 0:
-            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=outdir))
+            try:
+                target, lock, staging = _prepare_run_folder(Path(outdir))
+            except UserError as e:
+                err = str(e)
+        err = comm.bcast(err, root=0)
+        if err:
+            raise UserError(err)
+        target = Path(comm.bcast(str(target) if target else None, root=0))
         staging = Path(comm.bcast(str(staging) if staging else None, root=0))
         out = cfg.get("output", {}) if cfg else {}
-        ctx = cls(comm=comm, outdir=outdir, petsc_options=dict(petsc_options or {}),
+        ctx = cls(comm=comm, outdir=target, petsc_options=dict(petsc_options or {}),
                   show_progress=out.get("progress", True) and not quiet,
                   figures=out.get("figures", True), vtx=out.get("vtx", True),
-                  xdmf=out.get("xdmf", False), staging=staging)
+                  xdmf=out.get("xdmf", False), staging=staging, _lock=lock)
+        ctx._install_signal_handlers()
         ctx.log = make_logger("run", staging / "run.log" if comm.rank == 0 else None, comm,
                               quiet=quiet)
+        _pause("create:staged")
         return ctx
+
+    # -- signals -------------------------------------------------------------------------------
+    def _install_signal_handlers(self):
+        def handler(signum, frame):
+            self._remove_staging()
+            if self.comm.rank == 0:
+                with contextlib.suppress(Exception):
+                    sys.stderr.write(f"fem-mfc: interrupted ({signal.Signals(signum).name}); "
+                                     f"{self.outdir} left as it was\n")
+                    sys.stderr.flush()
+            os._exit(128 + signum)
+        try:
+            for s in _SIGNALS:
+                self._old_handlers[s] = signal.signal(s, handler)
+        except ValueError:          # not the main thread: no handlers (abort() still cleans)
+            self._old_handlers.clear()
+
+    def _restore_signal_handlers(self):
+        for s, h in self._old_handlers.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(s, h if h is not None else signal.SIG_DFL)
+        self._old_handlers.clear()
+
+    def _remove_staging(self):
+        if self.comm.rank == 0:
+            if self.staging is not None and self.staging.exists() and not self._done:
+                shutil.rmtree(self.staging, ignore_errors=True)
+            if self._lock is not None:
+                self._lock.release()
 
     # -- outputs -------------------------------------------------------------------------------
     def series(self, name: str, functions) -> TimeSeries:
@@ -218,29 +485,36 @@ class RunContext:
 
     # -- finishing -----------------------------------------------------------------------------
     def commit(self, summary: dict | None = None):
-        """Close series, write summary.json, and move every staged file into ``outdir``."""
+        """Close series, write summary.json, and swap the staging folder in as ``outdir``
+        (the earlier run becomes ``outdir.previous``)."""
         for ts in self._series:
             ts.close()
         self._series.clear()
         self.comm.barrier()
+        err = None
         if self.comm.rank == 0:
-            for h in list(self.log.handlers):
-                if isinstance(h, logging.FileHandler):
-                    h.flush()
-            if summary is not None:
-                write_json_atomic(self.staging / "summary.json", summary)
-            names = sorted(os.listdir(self.staging), key=lambda n: n == "summary.json")
-            for name in names:  # summary.json last: its presence means the run is complete
-                src, dst = self.staging / name, self.outdir / name
-                if dst.is_dir() and not dst.is_symlink():
-                    old = self.outdir / f".old-{name}-{os.getpid()}"
-                    os.replace(dst, old)
-                    os.replace(src, dst)
-                    shutil.rmtree(old, ignore_errors=True)
-                else:
-                    os.replace(src, dst)
-            shutil.rmtree(self.staging, ignore_errors=True)
+            _pause("commit:begin")
+            try:
+                for h in list(self.log.handlers):
+                    if isinstance(h, logging.FileHandler):
+                        h.flush()
+                if summary is not None:
+                    write_json_atomic(self.staging / "summary.json", summary)
+                _pause("commit:summary")
+                _swap_in(self.staging, self.outdir)
+                self._done = True
+                _pause("commit:swapped")
+            except OSError as e:
+                err = f"{self.outdir}: cannot move the finished run into place ({e.strerror})"
+            finally:
+                if self._done and self._lock is not None:
+                    self._lock.release()
+        err = self.comm.bcast(err, root=0)
         self.comm.barrier()
+        if err:
+            self.abort()
+            raise UserError(err)
+        self._restore_signal_handlers()
 
     def abort(self):
         """Discard staged files; earlier results in ``outdir`` are untouched."""
@@ -248,11 +522,12 @@ class RunContext:
             with contextlib.suppress(Exception):
                 ts.close()
         self._series.clear()
-        if self.comm.rank == 0 and self.staging is not None:
+        if self.comm.rank == 0 and self.log is not None:
             for h in list(self.log.handlers):
                 with contextlib.suppress(Exception):
                     h.close()
-            shutil.rmtree(self.staging, ignore_errors=True)
+        self._remove_staging()
+        self._restore_signal_handlers()
 
 
 def save_checkpoint(path: Path, mesh, functions: dict, time_value: float = 0.0):
@@ -263,12 +538,53 @@ def save_checkpoint(path: Path, mesh, functions: dict, time_value: float = 0.0):
         adios4dolfinx.write_function(path, f, time=time_value, name=name)
 
 
+def checkpoint_function_names(path: Path) -> list[str] | None:
+    """Names of the functions stored in an adios4dolfinx checkpoint (None if unknown)."""
+    try:
+        import adios2
+        with adios2.FileReader(str(path)) as f:
+            variables = f.available_variables()
+    except Exception:        # noqa: BLE001 (best effort: only used for the error message)
+        return None
+    return sorted({v[:-len("_values")] for v in variables if v.endswith("_values")})
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0][:100] if text else "") or type(e).__name__
+
+
 def load_checkpoint(path: Path, comm, name: str, element=("Lagrange", 1), time_value=0.0):
-    """Read back a mesh and one function written by :func:`save_checkpoint`."""
+    """Read back a mesh and one function written by :func:`save_checkpoint`.
+
+    Every failure is a one-line :class:`UserError` naming the file and what was expected (a
+    .bp folder written by fem_mfc, a function of that name and element)."""
     import adios4dolfinx
     import dolfinx
-    mesh = adios4dolfinx.read_mesh(path, comm)
+    path = Path(path)
+    expected = "an adios4dolfinx checkpoint folder (.bp) written by fem_mfc"
+    if not path.exists():
+        raise UserError(f"{path}: checkpoint not found (expected {expected})")
+    if not path.is_dir() or not (path / "md.idx").exists():
+        raise UserError(f"{path}: not a checkpoint (expected {expected})")
+    try:
+        mesh = adios4dolfinx.read_mesh(path, comm)
+    except Exception as e:  # noqa: BLE001 (adios2 and adios4dolfinx raise many kinds)
+        raise UserError(f"{path}: holds no readable mesh (expected {expected}; "
+                        f"{_first_line(e)})") from None
+    names = checkpoint_function_names(path)
+    if names is not None and name not in names:
+        raise UserError(f"{path}: holds no function named '{name}' (it holds "
+                        f"{', '.join(repr(n) for n in names) or 'no function'}; expected a "
+                        f"function saved as '{name}')")
     V = dolfinx.fem.functionspace(mesh, element)
     f = dolfinx.fem.Function(V, name=name)
-    adios4dolfinx.read_function(path, f, time=time_value, name=name)
+    try:
+        adios4dolfinx.read_function(path, f, time=time_value, name=name)
+    except KeyError:
+        raise UserError(f"{path}: holds no function named '{name}' at time {time_value:g} "
+                        f"(expected a function saved as '{name}')") from None
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{path}: cannot read function '{name}' as {element[0]} degree "
+                        f"{element[1]} ({_first_line(e)})") from None
     return mesh, f

@@ -90,12 +90,21 @@ def read_file(path: str | Path, comm=MPI.COMM_WORLD, gdim: int | None = None) ->
     """Read a mesh file: ``.msh`` through DOLFINx's gmsh reader, others through meshio."""
     from dolfinx.io import gmshio
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder (an output .bp series?), expected a mesh file "
+                        "(a gmsh .msh or a meshio-readable file such as .vtu, .xdmf)")
     if not path.is_file():
         raise UserError(f"{path}: mesh file not found")
     if path.suffix == ".msh":
         err = None
         if comm.rank == 0:
             try:
+                with open(path, "rb") as fh:
+                    head = fh.read(64).lstrip()
+                if not head.startswith(b"$"):
+                    # not gmsh's mesh format: gmsh would try its .geo parser, whose error state
+                    # outlives gmsh.finalize() and breaks later gmsh calls in this process
+                    raise ValueError("expected a gmsh .msh file starting with $MeshFormat")
                 import gmsh
                 gmsh.initialize(interruptible=False)
                 gmsh.option.setNumber("General.Terminal", 0)
@@ -111,20 +120,35 @@ def read_file(path: str | Path, comm=MPI.COMM_WORLD, gdim: int | None = None) ->
         try:
             if err:
                 raise UserError(err)
-            mesh, ct, ft = gmshio.model_to_mesh(gmsh.model if comm.rank == 0 else None, comm, 0,
-                                                gdim=gdim)
+            try:
+                mesh, ct, ft = gmshio.model_to_mesh(gmsh.model if comm.rank == 0 else None, comm,
+                                                    0, gdim=gdim)
+            except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as e:
+                raise UserError(f"{path}: not a usable mesh (expected cells of one type in "
+                                f"{gdim}D; {str(e).splitlines()[0][:80] if str(e) else type(e).__name__})") \
+                    from None
         finally:
             if comm.rank == 0:
                 import gmsh
-                gmsh.finalize()
+                if gmsh.isInitialized():
+                    gmsh.finalize()
         return MeshData(mesh, ct, ft)
     # Anything else: meshio reads it, writes gmsh 2.2 with physical tags, and we read that.
     tmp = None
     err = None
     if comm.rank == 0:
         try:
+            import contextlib
+            import io as _io
             import meshio
-            m = meshio.read(path)
+            chatter = _io.StringIO()
+            try:   # meshio prints and calls sys.exit(1) on files it cannot read
+                with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+                    m = meshio.read(path)
+            except SystemExit:
+                raise ValueError(f"meshio cannot read it as {path.suffix or 'a mesh'}") from None
+            if not m.cells or not len(m.points):
+                raise ValueError("no cells")
             fd, tmp = tempfile.mkstemp(suffix=".msh")
             os.close(fd)
             if "gmsh:physical" not in m.cell_data:
@@ -132,16 +156,45 @@ def read_file(path: str | Path, comm=MPI.COMM_WORLD, gdim: int | None = None) ->
                 m.cell_data["gmsh:geometrical"] = [np.ones(len(c.data), dtype=int) for c in m.cells]
             meshio.write(tmp, m, file_format="gmsh22", binary=False)
         except Exception as e:
-            err = f"{path}: not a readable mesh file ({type(e).__name__}: {str(e)[:80]})"
+            first = str(e).strip().splitlines()[0][:80] if str(e).strip() else ""
+            err = (f"{path}: not a readable mesh file (expected a gmsh .msh or a meshio-readable "
+                   f"mesh such as .vtu or .xdmf; {type(e).__name__}{': ' + first if first else ''})")
+            if tmp:
+                os.unlink(tmp)
+                tmp = None
     err = comm.bcast(err, root=0)
     if err:
         raise UserError(err)
     tmp = comm.bcast(tmp, root=0)
     try:
         return read_file(tmp, comm, gdim)
+    except UserError as e:
+        raise UserError(str(e).replace(str(tmp), str(path))) from None
     finally:
         if comm.rank == 0:
             os.unlink(tmp)
+
+
+def check_size(mcfg: dict, level: int, limit_bytes: float | None = None) -> float:
+    """Refuse (ConfigError naming ``mesh.refine``, or ``mesh.cells``/``mesh.h``) a mesh whose
+    vertices alone would not fit in the memory available, before gmsh or DOLFINx allocate
+    anything.  Returns the estimated number of vertices."""
+    from . import config
+    m = dict(mcfg)
+    m.setdefault("cells", 16)
+    if m["kind"] in ("disk", "annulus", "lshape", "ball"):
+        for k, d in (("radius", 1.0), ("inner_radius", 0.5), ("h", 0.2)):
+            m.setdefault(k, d)
+    nv = config.estimate_dofs({"mesh": m, "discretisation": {"degree": 1}}, refine=level)
+    need = nv * config.BYTES_PER_DOF
+    limit = config.available_memory() if limit_bytes is None else limit_bytes
+    if need > limit:
+        key = "mesh.refine" if level else ("mesh.cells" if m["kind"] in
+                                           ("interval", "rectangle", "box") else "mesh.h")
+        raise ConfigError(key, f"a mesh that fits in memory: ~{nv:.3g} vertices need "
+                          f"{config._fmt_bytes(need)} > {config._fmt_bytes(limit)} available",
+                          level if key == "mesh.refine" else m.get(key.split(".")[1]))
+    return nv
 
 
 def build(mcfg: dict, comm=MPI.COMM_WORLD, refine: int | None = None) -> MeshData:
@@ -152,6 +205,7 @@ def build(mcfg: dict, comm=MPI.COMM_WORLD, refine: int | None = None) -> MeshDat
     import dolfinx.mesh as dm
     level = mcfg.get("refine", 0) if refine is None else refine
     kind = mcfg["kind"]
+    check_size(mcfg, level)
     n = int(mcfg.get("cells", 16)) * 2 ** level
     if kind == "interval":
         lo, hi = mcfg["lower"], mcfg["upper"]

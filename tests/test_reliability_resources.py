@@ -1,0 +1,116 @@
+"""Item 3 of issue 14: validation by effect.  A memory estimate before anything is allocated
+(``config.estimate_resources`` / ``config.check_resources``), a refinement level refused before
+the mesh is built, sigma = 0 refused where the formulation divides by it."""
+from __future__ import annotations
+
+import resource
+import time
+
+import pytest
+from mpi4py import MPI
+
+from fem_mfc import config, mesh
+from fem_mfc.errors import ConfigError
+
+from conftest import run_python
+
+
+def _cfg(**over):
+    raw = {"run": {"formulation": "hjb-fp"},
+           "mesh": {"kind": "interval", "cells": 16, "lower": [-3.0], "upper": [3.0]},
+           "rho0": {"mean": [0.0]}}
+    for sec, kv in over.items():
+        raw.setdefault(sec, {}).update(kv)
+    return config.from_dict(raw)
+
+
+@pytest.mark.parametrize("over,dofs", [
+    ({}, 17),                                                              # 16 P1 cells: 17 nodes
+    ({"discretisation": {"degree": 2}}, 33),
+    ({"mesh": {"refine": 2}}, 65),
+    ({"mesh": {"kind": "rectangle", "cells": 8, "lower": [0.0, 0.0], "upper": [1.0, 1.0]},
+      "rho0": {"mean": []}}, 81),
+    ({"mesh": {"kind": "box", "cells": 4, "lower": [0.0] * 3, "upper": [1.0] * 3},
+      "rho0": {"mean": []}}, 125),
+])
+def test_estimate_counts_structured_dofs(over, dofs):
+    est = config.estimate_resources(_cfg(**over))
+    assert est["dofs"] == dofs
+    assert est["steps"] == 20
+    assert est["bytes"] >= dofs * 20 * est["bytes_per_dof_step"]
+
+
+def test_estimate_of_a_gmsh_disk_is_close_to_the_mesh(tmp_path):
+    cfg = _cfg(mesh={"kind": "disk", "radius": 1.0, "h": 0.2}, rho0={"mean": []})
+    est = config.estimate_resources(cfg)
+    md = mesh.build(cfg["mesh"], MPI.COMM_SELF)
+    nv = md.mesh.geometry.index_map().size_global
+    assert 0.5 * nv <= est["dofs"] <= 2.0 * nv, (est["dofs"], nv)
+
+
+HUGE = [({"problem": {"steps": 1_000_000_000}}, "problem.steps"),
+        ({"problem": {"steps": 2 ** 63 - 1}}, "problem.steps"),
+        ({"mesh": {"kind": "rectangle", "cells": 10_000_000, "lower": [0.0, 0.0],
+                   "upper": [1.0, 1.0]}, "rho0": {"mean": []}}, "mesh.cells"),
+        ({"mesh": {"refine": 60}}, "mesh.refine"),
+        ({"mesh": {"refine": 1000000}}, "mesh.refine"),
+        ({"mesh": {"kind": "disk", "h": 1e-6}, "rho0": {"mean": []}}, "mesh.h")]
+
+
+@pytest.mark.parametrize("over,key", HUGE, ids=[k + str(i) for i, (_, k) in enumerate(HUGE)])
+def test_check_resources_refuses_fast(over, key):
+    cfg = _cfg(**over)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError) as e:
+        config.check_resources(cfg, limit_bytes=8 << 30)
+    assert time.perf_counter() - t0 < 1.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 50_000   # KB
+    msg = str(e.value)
+    assert f"'{key}'" in msg and "estimate" in msg and "--force" in msg and "\n" not in msg
+    est = config.check_resources(cfg, limit_bytes=8 << 30, force=True)
+    assert est["bytes"] > 8 << 30
+
+
+def test_check_resources_passes_a_small_run():
+    est = config.check_resources(_cfg(), limit_bytes=1 << 30)
+    assert 0 < est["bytes"] < 1 << 30
+
+
+def test_limit_is_compared_with_the_estimate():
+    cfg = _cfg()
+    b = config.estimate_resources(cfg)["bytes"]
+    config.check_resources(cfg, limit_bytes=b)
+    with pytest.raises(ConfigError):
+        config.check_resources(cfg, limit_bytes=b / 2)
+
+
+def test_mesh_build_refuses_refinement_beyond_memory():
+    """Without any wiring: mesh.build itself refuses a level whose vertices cannot fit, in a
+    subprocess limited to 6 GB of address space (before the change it allocates or hangs)."""
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))\n"
+            "from mpi4py import MPI\nfrom fem_mfc import mesh\n"
+            "from fem_mfc.errors import ConfigError\n"
+            "for m in ({'kind': 'rectangle', 'cells': 16, 'lower': [0, 0], 'upper': [1, 1], "
+            "'refine': 40}, {'kind': 'disk', 'radius': 1.0, 'h': 0.2, 'refine': 60}):\n"
+            "    try:\n        mesh.build(m, MPI.COMM_SELF)\n"
+            "    except ConfigError as e:\n        print('REFUSED', e)\n")
+    p = run_python(["-c", code], timeout=120)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("REFUSED")]
+    assert len(lines) == 2 and all("mesh.refine" in ln for ln in lines), p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("over", [
+    {"run": {"formulation": "qhd"}},
+    {"run": {"formulation": "cole-hopf"}},
+    {"solver": {"method": "cole-hopf"}},
+    {"solver": {"method": "newton", "initial_guess": "cole-hopf"}},
+])
+def test_sigma_zero_refused_where_it_divides(over):
+    with pytest.raises(ConfigError, match="problem.sigma"):
+        _cfg(problem={"sigma": 0.0}, **over)
+
+
+def test_sigma_zero_allowed_elsewhere():
+    _cfg(problem={"sigma": 0.0}, solver={"method": "newton"})
+    _cfg(problem={"sigma": 0.0}, run={"formulation": "heat"})
