@@ -60,7 +60,7 @@ RUNS = {
 
 # %%
 from mpi4py import MPI  # noqa: E402
-from fem_mfc.cli import run_config  # noqa: E402
+from fem_mfc.pipeline import run_config  # noqa: E402
 
 results = {}
 for name, over in RUNS.items():

@@ -56,7 +56,7 @@ cfg = demo.load_config(HERE / "generative.toml", QUICK if args.quick else None)
 
 # %%
 from mpi4py import MPI  # noqa: E402
-from fem_mfc.cli import run_config  # noqa: E402
+from fem_mfc.pipeline import run_config  # noqa: E402
 
 s = run_config(cfg, args.out, config_path="demos/generative.toml" + (" --quick" if args.quick
                                                                      else ""))

@@ -37,7 +37,7 @@ from mpi4py import MPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fem_mfc import config  # noqa: E402
-from fem_mfc.cli import run_config  # noqa: E402
+from fem_mfc.pipeline import run_config  # noqa: E402
 from fem_mfc.refine import refinement_study  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__)
@@ -90,4 +90,4 @@ if comm.rank == 0:
 # The figures are in the output folder: `solve/rho_layers.png` (the density moving to the
 # origin and contracting), `solve/rho_exact.png` (computed vs exact $\rho(T)$),
 # `solve/rho_profile.png` (the two overlaid through the peak), `solve/history.png` (Newton's quadratic convergence), `refine/convergence.png`; the ParaView
-# files `solve/rho_u.bp` and `solve/velocity.bp` hold every layer.
+# files `solve/rho.bp`, `solve/u.bp` and `solve/velocity.bp` hold every layer.

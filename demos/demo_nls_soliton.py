@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from fem_mfc import config  # noqa: E402
-from fem_mfc.cli import run_config  # noqa: E402
+from fem_mfc.pipeline import run_config  # noqa: E402
 from fem_mfc.nls_invariants import NLSInvariants, l2_norm_complex, relative_drift  # noqa: E402
 from fem_mfc.runs.nls import soliton  # noqa: E402
 from fem_mfc.solvers.nls import MidpointStepper, NLSProblem, RK4Stepper  # noqa: E402

@@ -1,16 +1,20 @@
 """The ``fem-mfc`` command line: ``info``, ``run``, ``refine``, ``schema``.
 
-User errors (bad config, missing file, divergent solve) print one line and exit with status 2;
-arguments that start with ``-`` and are not ours are PETSc options (``-snes_monitor``,
-``-ksp_type preonly``), inserted into PETSc's options database before the solve.
+Exit status: 0 success; 2 bad input (a bad config, a missing or unreadable file, a run that
+would not fit in memory, a PETSc error from an option: one line naming the key or file and
+what was expected, no traceback, earlier results untouched); 3 the run finished but its solve
+did not meet its tolerance or its checks (results written, summary.json flagged
+``"converged": false``); 130/143 interrupted.
+
+Arguments that start with ``-`` and are not ours are PETSc options (``-mfc_snes_monitor``,
+``-ksp_type gmres``), scoped to the run (:mod:`fem_mfc.pipeline`); ``-help`` prints PETSc's
+help for the solvers the run creates.  Options that nothing read are reported at the end
+(misspelt names).
 """
 from __future__ import annotations
 
 import argparse
-import copy
-import os
 import sys
-import time
 from pathlib import Path
 
 from .errors import UserError
@@ -43,34 +47,11 @@ def _is_number(s):
         return False
 
 
-def apply_petsc_options(opts: dict) -> None:
-    """Insert options into PETSc's global options database."""
-    from petsc4py import PETSc
-    db = PETSc.Options()
-    for k, v in opts.items():
-        if isinstance(v, bool):
-            v = "true" if v else "false"
-        db.setValue(k, "" if v is None else str(v))
-
-
-def versions() -> dict:
-    import dolfinx
-    import pyvista
-    from mpi4py import MPI
-    from petsc4py import PETSc
-    import ufl
-    from . import __version__
-    return {"fem_mfc": __version__, "dolfinx": dolfinx.__version__,
-            "ufl": ufl.__version__,
-            "petsc": ".".join(map(str, PETSc.Sys.getVersion())),
-            "mpi": MPI.Get_library_version().splitlines()[0].strip().strip("\x00").split(",")[0],
-            "mpi4py": __import__("mpi4py").__version__, "pyvista": pyvista.__version__,
-            "python": sys.version.split()[0], "ranks": MPI.COMM_WORLD.size}
-
-
 def cmd_info(args) -> int:
     from mpi4py import MPI
-    v = versions()
+
+    from .pipeline import versions
+    v = versions(full=True)
     if MPI.COMM_WORLD.rank == 0:
         width = max(map(len, v))
         for k, x in v.items():
@@ -78,64 +59,84 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _common_summary(cfg, config_path, ctx, t0):
+def _report_unused(user_options: dict) -> None:
+    """A warning line for every user option no solver read (like PETSc's -options_left)."""
     from mpi4py import MPI
-    return {"formulation": cfg["run"]["formulation"], "title": cfg["run"]["title"],
-            "config": str(config_path), "ranks": MPI.COMM_WORLD.size,
-            "wall_time_s": time.perf_counter() - t0, "versions": versions()}
+
+    from .compat import unused_petsc_options
+    if not user_options or MPI.COMM_WORLD.rank != 0:
+        return
+    left = unused_petsc_options()
+    if left is None:
+        return
+    names = [n for n in user_options if n in left and n not in ("help", "options_left")]
+    for n in names:
+        print(f"{PROG}: warning: PETSc option -{n} was not used (misspelt, or not for this "
+              "formulation's solvers?)", file=sys.stderr)
 
 
-def run_config(cfg: dict, outdir, petsc_options: dict | None = None, config_path="<dict>",
-               quiet: bool = False, comm=None) -> dict:
-    """Run a validated config into ``outdir``; return the summary (also written as JSON)."""
-    from mpi4py import MPI
-    from . import config as config_mod
-    from . import runners
-    from .io import RunContext
-    comm = comm or MPI.COMM_WORLD
-    t0 = time.perf_counter()
-    opts = dict(cfg["solver"]["petsc_options"])
-    opts.update(petsc_options or {})
-    apply_petsc_options(opts)
-    try:
-        runner = runners.get(cfg["run"]["formulation"])
-    except (ImportError, AttributeError) as e:
-        raise UserError(f"formulation '{cfg['run']['formulation']}' is not available in this "
-                        f"build ({e})") from None
-    ctx = RunContext.create(outdir, comm=comm, petsc_options=opts, cfg=cfg, quiet=quiet)
-    try:
-        ctx.log.info("fem-mfc run: %s -> %s (%d ranks)", config_path, ctx.outdir, comm.size)
-        result = runner(cfg, ctx)
-        summary = _common_summary(cfg, config_path, ctx, t0)
-        summary.update(result)
-        summary["wall_time_s"] = time.perf_counter() - t0
-        if comm.rank == 0:
-            from .io import write_text_atomic
-            write_text_atomic(ctx.path("config.toml"), config_mod.dumps(cfg))
-        ctx.log.info("done in %.2f s", summary["wall_time_s"])
-        ctx.commit(summary)
-    except BaseException:
-        ctx.abort()
-        raise
-    return summary
+# Options that act on the whole process (at PetscFinalize or on every object) rather than on a
+# solver: inserted for the process, not scoped to the run.
+PROCESS_OPTIONS = ("log_view", "log_view_memory", "log_view_gpu_time", "log_trace", "log_all",
+                   "help", "options_left", "options_view", "info", "malloc_debug",
+                   "malloc_dump", "malloc_view", "memory_view", "objects_dump", "history")
+
+
+def process_options(opts: dict) -> dict:
+    """Insert the process-wide options among ``opts`` for the rest of the process (starting
+    PETSc's logging when -log_view asks for it); return the others."""
+    from petsc4py import PETSc
+    db = PETSc.Options()
+    rest = {}
+    for k, v in opts.items():
+        if k in PROCESS_OPTIONS:
+            db.setValue(k, "" if v is None else str(v))
+            if k.startswith("log_"):
+                PETSc.Log.begin()
+        else:
+            rest[k] = v
+    return rest
 
 
 def cmd_run(args, petsc_tokens) -> int:
     from . import config
+    from .pipeline import EXIT_OK, EXIT_UNCONVERGED, run_config
     cfg = config.load(args.config)
     out = args.out or str(Path("results") / Path(args.config).stem)
-    run_config(cfg, out, split_petsc_options(petsc_tokens), args.config, quiet=args.quiet)
-    return 0
+    opts = process_options(split_petsc_options(petsc_tokens))
+    summary = run_config(cfg, out, opts, args.config, quiet=args.quiet, force=args.force,
+                         on_finish=lambda: _report_unused(opts))
+    if not summary.get("converged", True):
+        _flagged(summary, out)
+        return EXIT_UNCONVERGED
+    return EXIT_OK
+
+
+def _flagged(summary: dict, out) -> None:
+    from mpi4py import MPI
+    if MPI.COMM_WORLD.rank == 0:
+        for line in summary.get("flags", ["the run did not converge"]):
+            print(f"{PROG}: warning: {line}", file=sys.stderr)
+        print(f"{PROG}: results written to {out} and flagged \"converged\": false "
+              "(exit status 3)", file=sys.stderr, flush=True)
 
 
 def cmd_refine(args, petsc_tokens) -> int:
     from . import config
-    from .refine import refinement_study
+    from .pipeline import EXIT_OK, EXIT_UNCONVERGED
+    from .refine import level_config, refinement_study
     cfg = config.load(args.config)
+    config.check_resources(level_config(cfg, args.levels - 1, args.where), force=args.force)
     out = args.out or str(Path("results") / (Path(args.config).stem + "_refine"))
-    refinement_study(cfg, out, levels=args.levels, where=args.where,
-                     petsc_options=split_petsc_options(petsc_tokens), config_path=args.config)
-    return 0
+    opts = process_options(split_petsc_options(petsc_tokens))
+    result = refinement_study(cfg, out, levels=args.levels, where=args.where,
+                              petsc_options=opts, config_path=args.config, force=args.force)
+    _report_unused(opts)
+    bad = [r for r in result["levels"] if not r.get("converged", True)]
+    if bad:
+        _flagged({"flags": [f"level {r['level']} did not converge" for r in bad]}, out)
+        return EXIT_UNCONVERGED
+    return EXIT_OK
 
 
 def cmd_schema(args) -> int:
@@ -145,21 +146,35 @@ def cmd_schema(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Deep learning as mean-field control, "
-                                "solved as PDEs with DOLFINx/PETSc. Unknown -options are passed "
-                                "to PETSc.")
+    # No "-h": a PETSc option such as -heat_ksp_view must not be read as -h + "eat...";
+    # --help is ours, -help is PETSc's.
+    p = argparse.ArgumentParser(prog=PROG, add_help=False, allow_abbrev=False,
+                                description="Deep learning as mean-field control, solved as "
+                                "PDEs with DOLFINx/PETSc. Unknown -options are passed to "
+                                "PETSc.")
+    p.add_argument("--help", action="help", help="show this help message and exit")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="versions of DOLFINx, PETSc, MPI, PyVista; number of ranks")
-    r = sub.add_parser("run", help="run a configured problem")
+
+    def command(name, **kw):
+        c = sub.add_parser(name, add_help=False, allow_abbrev=False, **kw)
+        c.add_argument("--help", action="help", help="show this help message and exit")
+        return c
+
+    command("info", help="versions of DOLFINx, PETSc, MPI, PyVista; number of ranks")
+    r = command("run", help="run a configured problem")
     r.add_argument("config", help="TOML config file")
     r.add_argument("--out", help="output folder (default results/<config name>)")
     r.add_argument("--quiet", action="store_true", help="no progress output")
-    f = sub.add_parser("refine", help="mesh/time refinement study against the exact solution")
+    r.add_argument("--force", action="store_true",
+                   help="run even if the memory estimate exceeds the available memory")
+    f = command("refine", help="mesh/time refinement study against the exact solution")
     f.add_argument("config")
     f.add_argument("--levels", type=int, default=3)
     f.add_argument("--in", dest="where", choices=("space", "time", "both"), default="both")
     f.add_argument("--out")
-    sub.add_parser("schema", help="print the config reference (Markdown)")
+    f.add_argument("--force", action="store_true",
+                   help="run even if the memory estimate exceeds the available memory")
+    command("schema", help="print the config reference (Markdown)")
     return p
 
 
@@ -181,11 +196,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "refine":
             return cmd_refine(args, rest)
     except UserError as e:
-        from mpi4py import MPI
-        if MPI.COMM_WORLD.rank == 0:
-            print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
+        _error(str(e))
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; earlier results left intact", file=sys.stderr)
         return 130
+    except Exception as e:                  # PETSc errors from user options are input errors
+        from petsc4py import PETSc
+        if isinstance(e, PETSc.Error):
+            _error(f"PETSc error {getattr(e, 'ierr', '')} (check the PETSc options: an "
+                   f"unknown solver type or an invalid value?)")
+            return 2
+        raise
     return 0
+
+
+def _error(message: str) -> None:
+    from mpi4py import MPI
+    if MPI.COMM_WORLD.rank == 0:
+        print(f"{PROG}: error: {message.splitlines()[0] if message else 'failed'}",
+              file=sys.stderr, flush=True)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import registry
 from .errors import ConfigError, UserError
 
 
@@ -51,7 +52,9 @@ def _unit_interval(x):
     return 0 < x <= 1
 
 
-FORMULATIONS = ("heat", "hjb-fp", "qhd", "cole-hopf", "nls", "classifier", "generative")
+FORMULATIONS = registry.NAMES
+# Names a formula already gives a meaning to: parameters may not shadow them.
+RESERVED_NAMES = ("x0", "x1", "x2", "x", "y", "z", "rho", "t", "pi", "e")
 MESH_KINDS = ("interval", "rectangle", "box", "disk", "annulus", "lshape", "ball", "file")
 
 # Section -> key -> Key.  A value of dict type (``Key(dict, ...)``) is a free table (e.g. PETSc
@@ -111,9 +114,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "rtol": Key(float, 1e-10, "relative residual tolerance", positive, "a positive number"),
         "atol": Key(float, 1e-12, "absolute residual tolerance", positive, "a positive number"),
         "max_it": Key(int, 50, "maximum Newton iterations", positive, "a positive integer"),
-        "initial_guess": Key(str, "trivial", "Newton's start: rho = rho0, u = Phi ('trivial') or "
-                             "the Cole-Hopf solution without congestion ('cole-hopf')",
-                             choices=("trivial", "cole-hopf")),
+        "initial_guess": Key(str, "trivial", "Newton's start: rho = rho0, u = Phi ('trivial'), "
+                             "the Cole-Hopf solution without congestion ('cole-hopf') or the "
+                             "solution on a grid coarser in space and time ('coarse')",
+                             choices=("trivial", "cole-hopf", "coarse")),
+        "linear": Key(str, "auto", "Newton's linear path: 'lu' (LU of the space-time matrix), "
+                      "'sweep' (Krylov + forward-backward sweep preconditioner) or 'auto' "
+                      "(the cheaper by estimated cost)", choices=("auto", "lu", "sweep")),
+        "continuation": Key(bool, True, "if Newton fails from its initial guess, continue in "
+                            "the coupling strength (and the noise) from the uncoupled problem"),
         "picard_max_it": Key(int, 500, "maximum Picard iterations", positive, "a positive integer"),
         "relaxation": Key(float, 0.5, "Picard damping in (0, 1]", _unit_interval,
                           "a number in (0, 1]"),
@@ -351,8 +360,17 @@ def _cross_checks(cfg: dict, source):
     if m["kind"] == "annulus" and not m["inner_radius"] < m["radius"]:
         raise ConfigError("mesh.inner_radius", "less than mesh.radius", m["inner_radius"], source)
     for k, v in cfg["problem"]["params"].items():
+        if k in RESERVED_NAMES or k in _function_names():
+            raise ConfigError(f"problem.params.{k}", "a name that does not shadow a coordinate, "
+                              "variable, constant or function of the formulas ("
+                              + ", ".join(RESERVED_NAMES) + ", exp, log, ...)", k, source)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
             raise ConfigError(f"problem.params.{k}", "a finite number", v, source)
+    entry = registry.get(cfg["run"]["formulation"])
+    ex = cfg["exact"]["solution"]
+    if ex != "none" and ex not in entry.exact:
+        raise ConfigError("exact.solution", "'none'" + "".join(f" or '{e}'" for e in entry.exact)
+                          + f" for formulation '{entry.name}'", ex, source)
     r = cfg["rho0"]
     if r["kind"] != "file" and m["kind"] != "file":
         if r["kind"] == "gaussian" and r["mean"]:
@@ -378,6 +396,11 @@ def _cross_checks(cfg: dict, source):
             raise ConfigError(f"solver.petsc_options.{k}", "a string, number or boolean", v, source)
         check_petsc_option(k, v, source)
     _check_sigma(cfg, source)
+
+
+def _function_names() -> tuple:
+    from .expressions import FUNCTIONS
+    return tuple(FUNCTIONS)
 
 
 def _check_sigma(cfg: dict, source):

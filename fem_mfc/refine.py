@@ -52,14 +52,15 @@ def rates(levels: list[dict], where: str) -> dict:
 
 def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
                      petsc_options: dict | None = None, config_path="<dict>",
-                     comm=MPI.COMM_WORLD) -> dict:
-    """Run ``levels`` refinement levels of ``cfg`` and write the convergence table."""
-    from . import runners
-    from .cli import run_config
+                     comm=MPI.COMM_WORLD, force: bool = False) -> dict:
+    """Run ``levels`` refinement levels of ``cfg`` and write the convergence table (each
+    level's row says whether its run converged)."""
+    from . import registry
+    from .pipeline import run_config
     if cfg["exact"]["solution"] == "none":
         raise UserError(f"{config_path}: no exact solution to measure errors against "
                         "(set [exact] solution, e.g. 'lq-gaussian' or 'manufactured')")
-    if cfg["run"]["formulation"] not in runners.REFINABLE:
+    if not registry.get(cfg["run"]["formulation"]).refinable:
         raise UserError(f"formulation '{cfg['run']['formulation']}' has no refinement support")
     if cfg["mesh"]["kind"] == "file" and where != "time":
         raise UserError("mesh.kind = 'file' has one resolution: use --in time, or a generated "
@@ -68,13 +69,13 @@ def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
     rows = []
     for k in range(levels):
         s = run_config(level_config(cfg, k, where), outdir / f"level_{k}", petsc_options,
-                       config_path, quiet=True, comm=comm)
+                       config_path, quiet=True, comm=comm, force=force)
         errs = {key: v for key, v in s.items() if key.startswith("err_")}
         if not errs:
             raise UserError(f"{config_path}: the run reports no error norms for exact solution "
                             f"'{cfg['exact']['solution']}'")
         rows.append({"level": k, "h": s["h"], "tau": s["tau"], "ndofs": s["ndofs"],
-                     "nsteps": s["nsteps"], **errs})
+                     "nsteps": s["nsteps"], "converged": s.get("converged", True), **errs})
     result = {"where": where, "config": str(config_path), "levels": rows,
               "rates": rates(rows, where)}
     if comm.rank == 0:

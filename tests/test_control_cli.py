@@ -47,7 +47,7 @@ def test_congested_disk_serial_equals_two_ranks(tmp_path):
     assert a["mass_error"] < 1e-10 and a["iterations"] <= 8
     # with congestion the value identity has the extra term ∫∫(G − ρG'): J ≠ ∫u(0)ρ_0 alone
     assert abs(a["J"] - a["J_value_identity"]) < 1e-8 * abs(a["J"])
-    for f in ("rho_u.bp", "velocity.bp", "rho_layers.png", "history.png", "config.toml"):
+    for f in ("rho.bp", "u.bp", "velocity.bp", "rho_layers.png", "history.png", "config.toml"):
         assert (s1 / f).exists() and (s2 / f).exists(), f
 
 
@@ -60,17 +60,21 @@ def test_petsc_options_reach_snes(tmp_path):
     assert "SNES Function norm" in p.stdout + p.stderr
 
 
-def test_divergent_newton_is_a_one_line_error(tmp_path):
+def test_divergent_newton_is_written_flagged_exit_3(tmp_path):
+    """A solve that does not meet its tolerance is not a success: exit 3, warning lines
+    naming the figures (no traceback), results written with "converged": false."""
     cfg = tmp_path / "c.toml"
     bad = CONGESTED.replace("kappa = 2.0", "kappa = 1e12").replace(
         'method = "newton"', 'method = "newton"\nmax_it = 2')
     cfg.write_text(bad)
     out = tmp_path / "o"
     p = run_cli(["run", str(cfg), "--out", str(out), "--quiet"])
-    assert p.returncode == 2, p.stderr
+    assert p.returncode == 3, p.stderr
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
-    assert not (out / "summary.json").exists()
+    assert "Traceback" not in p.stderr and all(ln.startswith("fem-mfc: ") for ln in lines)
+    assert any("did not converge" in ln for ln in lines), p.stderr
+    s = read_summary(out)
+    assert s["converged"] is False and s["flags"] and "continuation" in s
 
 
 def test_refine_lq_1d_space_rates(tmp_path):

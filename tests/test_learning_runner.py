@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from fem_mfc import config
-from fem_mfc.cli import run_config
+from fem_mfc.pipeline import run_config
 from fem_mfc.learning import data
 
 

@@ -8,7 +8,7 @@ import pytest
 from mpi4py import MPI
 
 from fem_mfc import config
-from fem_mfc.cli import run_config
+from fem_mfc.pipeline import run_config
 
 CFG = {
     "run": {"formulation": "heat"},

@@ -33,7 +33,7 @@ def load_config(toml: str | Path, overrides: dict | None = None) -> dict:
 def run(cfg: dict, out: str | Path, name: str) -> dict:
     """Run a validated classifier config into ``out`` and print the headline numbers."""
     from mpi4py import MPI
-    from ..cli import run_config
+    from ..pipeline import run_config
     s = run_config(cfg, out, config_path=name)
     if MPI.COMM_WORLD.rank == 0:
         b = s.get("baseline", {})

@@ -44,7 +44,7 @@ import numpy as np
 import ufl
 from mpi4py import MPI
 
-from .. import mesh as meshmod
+from ..pipeline import build_mesh
 from ..errors import ConfigError, SolverError
 from ..solvers.linear import LinearStepper
 from . import data
@@ -212,7 +212,7 @@ def gaussian_log_likelihood(X_train, X) -> np.ndarray:
 
 def run_generative(cfg: dict, ctx) -> dict:
     """Runner of ``formulation = "generative"`` (data → KDE → train → likelihoods → samples)."""
-    md = meshmod.build(cfg["mesh"], ctx.comm)
+    md = build_mesh(cfg, ctx.comm)
     msh = md.mesh
     dim = msh.geometry.dim
     dcfg, ncfg, tcfg, gcfg, p = (cfg["data"], cfg["network"], cfg["training"],

@@ -16,7 +16,7 @@ import time
 import dolfinx
 import numpy as np
 
-from .. import mesh as meshmod
+from ..pipeline import build_mesh
 from ..io import write_text_atomic
 from . import data, infer, report
 from .dictionary import DictionaryFlow, DictionaryNetwork
@@ -27,7 +27,7 @@ from .generative import run_generative  # noqa: F401  (the "generative" runner)
 def build_model(cfg: dict, comm):
     """Mesh, data set, KDE class densities and the (untrained) network of a classifier config:
     returns (MeshData, DataSet, bandwidths, FeedbackClassifier or DictionaryNetwork)."""
-    md = meshmod.build(cfg["mesh"], comm)
+    md = build_mesh(cfg, comm)
     dim = md.mesh.geometry.dim
     ds = data.load(cfg["data"], dim)
     V = dolfinx.fem.functionspace(md.mesh, ("Lagrange", 1))

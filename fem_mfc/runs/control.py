@@ -2,10 +2,16 @@
 system of MODEL §2 (backward HJB, forward Fokker–Planck), solved by Newton, Picard or the
 Cole–Hopf sweeps (``[solver] method``; ``cole-hopf`` forces the linear path).
 
-Writes the ParaView series ``rho_u.bp`` (ρⁿ and uⁿ at every layer) and ``velocity.bp``
-(a = −∇u), figures of ρ at several layers and of the solver history, and a summary with the
-cost two ways (direct evaluation and the value identity), mass error, min ρ, iterations and —
-with an ``[exact]`` solution — the error norms ``err_u_L2``, ``err_rho_L2``, ``err_J``.
+Writes the ParaView series ``rho.bp`` (ρⁿ at t_n), ``u.bp`` (uⁿ at the time it
+approximates: t_n for backward Euler, t_{n+½} for Crank–Nicolson; u^N = Φ at T) and
+``velocity.bp`` (a = −∇uⁿ, at the times of u), figures of ρ at several layers and of the
+solver history, and a summary with the cost two ways (direct evaluation and the value
+identity), mass error, min ρ, iterations, the solver path and — with an ``[exact]`` solution
+— the error norms ``err_u_L2``, ``err_rho_L2``, ``err_J``.
+
+The summary's ``checks`` decide whether the run is a success (:func:`checks`): the value
+identity, mass conservation and the sign of ρ; a failed check or an unconverged solve flags
+the run (exit status 3).
 """
 from __future__ import annotations
 
@@ -14,14 +20,24 @@ import numpy as np
 import ufl
 from mpi4py import MPI
 
-from .. import mesh as meshmod
+from ..pipeline import build_mesh
 from ..problem import ControlProblem
 
 
+# A computed J and its value identity agree to solver tolerance at a discrete solution of the
+# HJB–FP scheme (Newton, Picard); the Cole–Hopf paths solve another discretisation of the same
+# problem, whose J differs from the HJB–FP value identity by the discretisation error.
+IDENTITY_RTOL = {"newton": 1e-6, "picard": 1e-6}
+IDENTITY_RTOL_OTHER = 5e-2
+MASS_TOL = 1e-8                 # discrete mass conservation (Newton, Picard)
+NEGATIVE_RHO = 0.1              # min ρ below −NEGATIVE_RHO·max ρ: an unusable density
+
+
 def solve_config(cfg: dict, ctx, md=None):
-    """Build the problem of ``cfg`` and solve it with the configured method; return Result."""
+    """Build the problem of ``cfg`` and solve it with the configured method; return Result
+    (unconverged results are returned flagged, not raised)."""
     from ..solvers import solve
-    md = md or meshmod.build(cfg["mesh"], ctx.comm)
+    md = md or build_mesh(cfg, ctx.comm)
     problem = ControlProblem.from_config(cfg, md.mesh, md.cell_tags, md.facet_tags)
     s = cfg["solver"]
     method = "cole-hopf" if cfg["run"]["formulation"] == "cole-hopf" else s["method"]
@@ -29,23 +45,51 @@ def solve_config(cfg: dict, ctx, md=None):
                  problem.space.dofmap.index_map.size_global, problem.steps, method)
     result = solve(problem, method=method, rtol=s["rtol"], atol=s["atol"], max_it=s["max_it"],
                    relaxation=s["relaxation"], picard_max_it=s["picard_max_it"],
-                   initial_guess=s["initial_guess"])
+                   initial_guess=s["initial_guess"], linear=s["linear"],
+                   continuation=s["continuation"], strict=False)
     return md, problem, result
+
+
+def checks(result, max_rho: float) -> dict:
+    """The figures that decide whether a solve is usable: {name: {value, limit, relation, ok,
+    hint}}."""
+    scale = max(abs(result.J), abs(result.J_value), 1e-300)
+    rtol = IDENTITY_RTOL.get(result.method, IDENTITY_RTOL_OTHER)
+    gap = abs(result.J - result.J_value) / scale
+    out = {"value_identity": {"value": gap, "limit": rtol, "relation": "<=",
+                              "ok": bool(gap <= rtol),
+                              "hint": "|J - J_value| / |J|: the solve is not a discrete "
+                                      "solution"}}
+    if result.method in IDENTITY_RTOL:
+        out["mass"] = {"value": result.mass_error, "limit": MASS_TOL, "relation": "<=",
+                       "ok": bool(result.mass_error <= MASS_TOL), "hint": "max |mass - 1|"}
+    floor = -NEGATIVE_RHO * max_rho
+    out["min_rho"] = {"value": result.min_rho, "limit": floor, "relation": ">=",
+                      "ok": bool(result.min_rho >= floor),
+                      "hint": "negative density; refine the mesh or use "
+                              "[discretisation] stabilisation = 'monotone'"}
+    return out
 
 
 def run(cfg: dict, ctx) -> dict:
     md, problem, result = solve_config(cfg, ctx)
     V = problem.space
     N = problem.steps
+    max_rho = ctx.comm.allreduce(max(float(f.x.array.max()) if f.x.array.size else 0.0
+                                     for f in result.rho), op=MPI.MAX)
     summary = {
         "method": result.method, "J": result.J, "J_value_identity": result.J_value,
-        "mass_error": result.mass_error, "min_rho": result.min_rho,
-        "iterations": result.iterations,
-        "residual": result.history[-1]["residual"] if result.history else 0.0,
+        "mass_error": result.mass_error, "min_rho": result.min_rho, "max_rho": max_rho,
+        "iterations": result.iterations, "converged": result.converged,
+        "reason": result.reason, "residual": result.residual,
         "history": list(result.history),
         "ndofs": V.dofmap.index_map.size_global, "nsteps": N, "h": md.h, "tau": problem.tau,
-        "solve_time_s": result.seconds,
+        "solve_time_s": result.seconds, "checks": checks(result, max_rho),
     }
+    if result.path:
+        summary["solver_path"] = result.path
+    if result.continuation:
+        summary["continuation"] = result.continuation
     if problem.exact is not None:
         from ..exact import ErrorNorms
         errs = ErrorNorms(problem.exact, V)(result)
@@ -70,11 +114,13 @@ def velocity_field(u, name="a"):
 
 
 def _write_fields(problem, result, ctx, every):
+    """ρⁿ at t_n; uⁿ and a = −∇uⁿ at the time uⁿ approximates (problem.u_time), u^N = Φ."""
     V = problem.space
     rho = dolfinx.fem.Function(V, name="rho")
     u = dolfinx.fem.Function(V, name="u")
     a, expr = velocity_field(u)
-    series = ctx.series("rho_u", [rho, u])
+    rho_series = ctx.series("rho", [rho])
+    u_series = ctx.series("u", [u])
     vel = ctx.series("velocity", [a])
     phi = dolfinx.fem.Expression(problem.Phi, V.element.interpolation_points())
     N = problem.steps
@@ -82,13 +128,16 @@ def _write_fields(problem, result, ctx, every):
         if n % every and n != N:
             continue
         rho.x.array[:] = result.rho[n].x.array
+        rho_series.write(problem.rho_time(n))
         if n < N:
             u.x.array[:] = result.u[n].x.array
+            t_u = problem.u_time(n)
         else:
             u.interpolate(phi)
+            t_u = problem.T
         a.interpolate(expr)
-        series.write(problem.rho_time(n))
-        vel.write(problem.rho_time(n))
+        u_series.write(t_u)
+        vel.write(t_u)
 
 
 def _figures(problem, result, ctx, cfg):

@@ -14,7 +14,7 @@ import numpy as np
 import ufl
 from mpi4py import MPI
 
-from .. import mesh as meshmod
+from ..pipeline import build_mesh
 from ..density import gaussian_mean, gaussian_ufl, initial_density
 from ..errors import ConfigError
 from ..forms.heat import THETA, heat_step
@@ -23,7 +23,7 @@ from ..solvers.linear import LinearStepper
 
 
 def run(cfg: dict, ctx) -> dict:
-    md = meshmod.build(cfg["mesh"], ctx.comm)
+    md = build_mesh(cfg, ctx.comm)
     msh = md.mesh
     p, dcfg = cfg["problem"], cfg["discretisation"]
     T, N = p["T"], p["steps"]

@@ -16,7 +16,7 @@ import dolfinx
 import numpy as np
 import ufl
 
-from .. import mesh as meshmod
+from ..pipeline import build_mesh
 from ..errors import ConfigError
 from ..expressions import as_ufl, parse
 from ..nls_invariants import NLSInvariants, l2_norm_complex, l2_norm_density, relative_drift
@@ -131,7 +131,7 @@ def build_problem(cfg: dict, msh, opts: dict) -> NLSProblem:
 
 
 def run(cfg: dict, ctx) -> dict:
-    md = meshmod.build(cfg["mesh"], ctx.comm)
+    md = build_mesh(cfg, ctx.comm)
     msh = md.mesh
     gdim = msh.geometry.dim
     opts = check(cfg, gdim)

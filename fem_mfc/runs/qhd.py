@@ -22,7 +22,7 @@ import dolfinx
 import numpy as np
 import ufl
 
-from .. import mesh as meshmod
+from ..pipeline import build_mesh
 from ..errors import ConfigError
 from ..expressions import parse
 from ..problem import ControlProblem, interpolate
@@ -66,7 +66,7 @@ def build_problem(cfg: dict, md) -> ControlProblem:
 
 def run(cfg: dict, ctx) -> dict:
     check(cfg)
-    md = meshmod.build(cfg["mesh"], ctx.comm)
+    md = build_mesh(cfg, ctx.comm)
     problem = build_problem(cfg, md)
     check_positive(problem.rho0)
     common = {"ndofs": problem.space.dofmap.index_map.size_global, "nsteps": problem.steps,

@@ -38,8 +38,8 @@ def solve(problem, method: str = "auto", rtol=1e-10, atol=1e-12, max_it=50,
                    guess=initial_guess, linear=linear, continuation=continuation)
         return r.check() if strict else r
     if m == "picard":
-        return picard(problem, rtol=rtol, atol=atol, max_it=picard_max_it,
-                      relaxation=relaxation)
+        r = picard(problem, rtol=rtol, atol=atol, max_it=picard_max_it, relaxation=relaxation)
+        return r.check() if strict else r
     if problem.G is not None:
         from .cole_hopf_pair import solve_pair
         return solve_pair(problem, rtol=rtol, atol=atol, max_it=max_it,

@@ -9,20 +9,14 @@ import dolfinx.fem.petsc
 import numpy as np
 from petsc4py import PETSc
 
+from .. import options
 from ..errors import SolverError
 
 
 def make_ksp(comm, A, prefix: str, ksp_type: str = "preonly", pc_type: str = "lu"):
-    """A KSP on operator A with options prefix ``prefix`` (user options override defaults)."""
-    ksp = PETSc.KSP().create(comm)
-    ksp.setOptionsPrefix(prefix)
-    ksp.setOperators(A)
-    ksp.setType(ksp_type)
-    ksp.getPC().setType(pc_type)
-    if pc_type == "lu":
-        ksp.getPC().setFactorSolverType("mumps")
-    ksp.setFromOptions()
-    return ksp
+    """A KSP on operator A with options prefix ``prefix`` (user options override defaults;
+    :func:`fem_mfc.options.make_ksp`)."""
+    return options.make_ksp(comm, prefix, A, ksp_type=ksp_type, pc_type=pc_type)
 
 
 def assemble_rhs(b, L_form) -> None:

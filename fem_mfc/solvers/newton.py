@@ -54,6 +54,8 @@ GUESSES = ("trivial", "cole-hopf", "coarse")
 ETA_MAX, ETA_GAMMA, ETA_ALPHA = 3e-2, 0.9, 2.0   # EW choice 2; 0.3 stalled here
 ETA_SAFETY = 0.5                                 # of the tolerance still to be gained
 CONVERGED = ("CONVERGED_FNORM_ABS", "CONVERGED_FNORM_RELATIVE")
+ROUNDOFF_FACTOR = 1e3           # a residual that stagnates this close to the target ...
+STAGNATION = 3                  # ... for this many iterations has reached its round-off floor
 
 
 def check_cole_hopf_guess(p):
@@ -294,6 +296,8 @@ class NewtonSolver:
         name = REASONS.get(reason, str(reason)) if failed is None else f"ERROR ({failed})"
         converged = failed is None and np.isfinite(fnorm) and (
             name in CONVERGED or (reason > 0 and fnorm <= 10 * target))
+        if not converged and failed is None and self._at_roundoff_floor(target):
+            converged, name = True, "CONVERGED_ROUNDOFF_FLOOR"
         if converged:
             st.vec_to_states(self.X)
         elif self.best is not None:
@@ -302,6 +306,18 @@ class NewtonSolver:
         return {"converged": bool(converged), "reason": name, "iterations": its,
                 "residual": float(fnorm), "first_residual": float(f0), "target": target,
                 "history": self.history}
+
+    def _at_roundoff_floor(self, target: float) -> bool:
+        """Has the residual stagnated within ROUNDOFF_FACTOR of the target?  Near a steep or
+        badly scaled solution ‖F‖ cannot fall below the round-off of its terms; Newton then
+        stops reducing it (the value identity check of the runner still verifies the
+        solution)."""
+        r = [h["residual"] for h in self.history]
+        if len(r) < STAGNATION + 1 or self._best_f is None:
+            return False
+        last = r[-(STAGNATION + 1):]
+        return (self._best_f <= ROUNDOFF_FACTOR * target
+                and all(b > 0.5 * a for a, b in zip(last, last[1:])))
 
     def destroy(self):
         self.snes.destroy()

@@ -23,6 +23,7 @@ import ufl
 from mpi4py import MPI
 from petsc4py import PETSc
 
+from .. import options
 from ..errors import SolverError
 from .linear import make_ksp
 from ..forms import nls as forms
@@ -72,6 +73,9 @@ class NLSProblem:
         return 0.0 if self.linear else self.g(forms.density(z))
 
 
+DEFAULTS = {"snes_linesearch_type": "basic"}
+
+
 class MidpointStepper:
     """One implicit-midpoint step zⁿ → zⁿ⁺¹ per :meth:`step`, solved with SNES Newton."""
 
@@ -97,20 +101,16 @@ class MidpointStepper:
         self.J = dolfinx.fem.form(ufl.derivative(R, z, ufl.TrialFunction(P.W)))
         self.b = dolfinx.fem.petsc.create_vector(self.R)
         self.A = dolfinx.fem.petsc.create_matrix(self.J)
-        snes = PETSc.SNES().create(P.mesh.comm)
-        snes.setOptionsPrefix(prefix)
-        snes.setType("newtonls")
-        opts = PETSc.Options(prefix)
-        if not opts.hasName("snes_linesearch_type"):     # plain Newton unless the user asks
-            opts["snes_linesearch_type"] = "basic"
-        snes.setTolerances(rtol=rtol, atol=atol, max_it=max_it)
+        snes = options.make_snes(P.mesh.comm, prefix, rtol, atol, max_it)
         ksp = snes.getKSP()
         ksp.setType("preonly")
         ksp.getPC().setType("lu")
         ksp.getPC().setFactorSolverType("mumps")
         snes.setFunction(self._residual, self.b)
         snes.setJacobian(self._jacobian, self.A)
-        snes.setFromOptions()
+        self.prefix = prefix
+        with self._options():
+            snes.setFromOptions()
         self.snes = snes
         self.steps = 0
         self.newton_iterations = 0
@@ -128,13 +128,18 @@ class MidpointStepper:
         dolfinx.fem.petsc.assemble_matrix(A, self.J)
         A.assemble()
 
+    def _options(self):
+        """Plain Newton steps (no line search) unless the user's options say otherwise."""
+        return options.inserted(defaults=DEFAULTS, prefix=self.prefix)
+
     def step(self) -> int:
         """Advance z by one step; return the number of Newton iterations."""
         z, zo, zp = self.z.x.array, self.z_old.x.array, self.z_prev.x.array
         zp[:] = zo if self.steps else z
         zo[:] = z
         z[:] = 2 * zo - zp                       # linear extrapolation as Newton's first guess
-        self.snes.solve(None, self.z.x.petsc_vec)
+        with self._options():
+            self.snes.solve(None, self.z.x.petsc_vec)
         self.z.x.scatter_forward()
         reason = self.snes.getConvergedReason()
         its = self.snes.getIterationNumber()

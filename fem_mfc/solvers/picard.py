@@ -17,6 +17,7 @@ import numpy as np
 from mpi4py import MPI
 from petsc4py import PETSc
 
+from .. import options
 from ..errors import SolverError
 from ..forms import hjb_fp as H
 from .result import Result
@@ -27,12 +28,7 @@ class _StepSolver:
     """LU (MUMPS) solves of one per-step Jacobian block, with PETSc options ``prefix``."""
 
     def __init__(self, comm, prefix):
-        self.ksp = PETSc.KSP().create(comm)
-        self.ksp.setOptionsPrefix(prefix)
-        self.ksp.setType("preonly")
-        self.ksp.getPC().setType("lu")
-        self.ksp.getPC().setFactorSolverType("mumps")
-        self.ksp.setFromOptions()
+        self.ksp = options.make_ksp(comm, prefix)
         self.x = self.b = None
 
     def solve(self, A, rhs: np.ndarray) -> np.ndarray:
@@ -51,24 +47,31 @@ def _norm(comm, a):
     return math.sqrt(comm.allreduce(float(a @ a), op=MPI.SUM))
 
 
+ROUNDOFF = 1e-13                 # a Newton correction this small (relative to u) is round-off
+
+
 def hjb_sweep(st: SpaceTime, lin: _StepSolver, tol=1e-12, max_it=30):
-    """Backward sweep: u^{k−1} from row "rho" of level k, k = N…1, given ρ and u^k."""
+    """Backward sweep: u^{k−1} from row "rho" of level k, k = N…1, given ρ and u^k.  Each step
+    is solved by Newton to ``tol`` relative to its first residual, or until the correction is
+    at round-off level (a residual floor above ``tol`` is then the assembly's round-off)."""
     N, nl = st.N, st.nl
     for k in range(N, 0, -1):
         row = "rho" if k < N else "rho_last"
         if k < N:
             st.u[k - 1].x.array[:] = st.u[k].x.array      # initial guess
         st.load(k)
-        ref = None
+        ref, step = None, np.inf
         for it in range(max_it):
             F = st.assembler.row(row)
             r = _norm(st.comm, F)
             ref = r if ref is None else ref
-            if r <= tol * max(1.0, ref) or (it > 0 and r <= 1e-14):
+            u = st.u[k - 1]
+            if r <= tol * max(1.0, ref) or (it > 0 and r <= 1e-14) \
+                    or step <= ROUNDOFF * max(1.0, _norm(st.comm, u.x.array[:nl])):
                 break
             A = st.assembler.block((row, H.U_PREV), k)
             du = lin.solve(A, F)
-            u = st.u[k - 1]
+            step = _norm(st.comm, du)
             u.x.array[:nl] -= du
             u.x.scatter_forward()
             st.tm[H.U_PREV].x.array[:] = u.x.array
@@ -89,33 +92,49 @@ def fp_sweep(st: SpaceTime, lin: _StepSolver):
         r.x.scatter_forward()
 
 
+MIN_RELAXATION = 1.0 / 64
+
+
 def picard(problem, rtol=1e-10, atol=1e-12, max_it=500, relaxation=0.5, prefix="mfc_picard_",
            system: SpaceTime | None = None) -> Result:
     """Fictitious play with relaxation ω on ρ from ρⁿ = ρ_0, uⁿ = Φ; stops when the residual of
-    the full system ≤ max(atol, rtol·(first residual))."""
+    the full system ≤ max(atol, rtol·(first residual)).  ω is halved whenever the residual
+    grows (down to MIN_RELAXATION) and grows back by 5/4 while it falls (up to
+    ``relaxation``).  A run that does not reach the tolerance in ``max_it`` iterations returns
+    its last iterate with ``converged`` False."""
     t0 = time.perf_counter()
     st = system or SpaceTime(problem)
     lin = _StepSolver(st.comm, prefix)
     F = st.create_vec()
-    nl, history, first = st.nl, [], None
+    history, first, prev, omega = [], None, None, relaxation
+    converged = False
     for it in range(max_it + 1):
         hjb_sweep(st, lin)
         st.residual(None, F)
         res = F.norm()
         d = st.diagnostics()
-        history.append({"residual": res, "J": d["J"]})
+        history.append({"residual": res, "J": d["J"], "relaxation": omega})
         if not np.isfinite(res):
             raise SolverError(f"Picard diverged: residual {res} at iteration {it}")
         first = res if first is None else first
         if res <= max(atol, rtol * first):
+            converged = True
             break
         if it == max_it:
-            raise SolverError(f"Picard did not converge in {max_it} iterations "
-                              f"(residual {res:.3e}, target {max(atol, rtol * first):.1e})")
+            break
+        if prev is not None:
+            omega = (max(omega / 2, MIN_RELAXATION) if res > prev
+                     else min(1.25 * omega, relaxation))
+        prev = res
         old = [r.x.array.copy() for r in st.rho[1:]]
         fp_sweep(st, lin)
         for r, o in zip(st.rho[1:], old):
-            r.x.array[:] = o + relaxation * (r.x.array - o)
+            r.x.array[:] = o + omega * (r.x.array - o)
     st.check_finite("Picard")
+    target = max(atol, rtol * first)
     return Result.from_system(st, method="picard", iterations=it, history=history,
-                              seconds=time.perf_counter() - t0)
+                              seconds=time.perf_counter() - t0, converged=converged,
+                              reason=("CONVERGED" if converged else
+                                      f"DIVERGED_MAX_IT (target {target:.1e})"),
+                              residual=res, path={"method": "picard", "relaxation": relaxation,
+                                                  "ranks": st.comm.size})

@@ -21,6 +21,8 @@ import ufl
 from mpi4py import MPI
 from petsc4py import PETSc
 
+from .. import options
+from ..compat import create_vector, nonlinear_residual_jacobian
 from ..errors import ConfigError, SolverError
 from ..forms import qhd as forms
 from ..problem import interpolate
@@ -167,7 +169,7 @@ class QuantumStepper:
         self.z_old = dolfinx.fem.Function(self.W)
         w = ufl.TestFunction(self.W)
         F = forms.quantum_step_residual(self.z_old, self.z, w, self.d)
-        self.problem = dolfinx.fem.petsc.NonlinearProblem(F, self.z)
+        self.problem = nonlinear_residual_jacobian(F, self.z)
         self.comm = mesh.comm
         V0, dofs = self.W.sub(0).collapse()
         self._rho_dofs = np.asarray(dofs[: V0.dofmap.index_map.size_local])
@@ -175,21 +177,18 @@ class QuantumStepper:
                       for k, f in forms.quantum_functionals(self.z, self.d).items()}
         self._snes(prefix, rtol, atol, max_it, petsc_options or {})
 
-    def _snes(self, prefix, rtol, atol, max_it, opts_in):
-        opts = PETSc.Options()
-        for k, v in opts_in.items():
-            opts[f"{prefix}{k.lstrip('-')}"] = v
-        self.b = dolfinx.fem.petsc.create_vector(self.problem.L)
+    def _snes(self, prefix, rtol, atol, max_it, settings):
+        self.b = create_vector(self.problem.L)
         self.A = dolfinx.fem.petsc.create_matrix(self.problem.a)
-        snes = PETSc.SNES().create(self.comm)
-        snes.setOptionsPrefix(prefix)
+        snes = options.make_snes(self.comm, prefix, rtol, atol, max_it)
         snes.setFunction(self._residual, self.b)
         snes.setJacobian(self._jacobian, self.A)
-        snes.setTolerances(rtol=rtol, atol=atol, max_it=max_it)
         snes.getKSP().setType("preonly")
         snes.getKSP().getPC().setType("lu")
         snes.getKSP().getPC().setFactorSolverType("mumps")
-        snes.setFromOptions()
+        self._settings, self._prefix = settings, prefix
+        with options.inserted(settings=settings, prefix=prefix):
+            snes.setFromOptions()
         self.snes = snes
 
     def _update(self, x):
@@ -229,7 +228,8 @@ class QuantumStepper:
         self.z_old.x.array[:] = self.z.x.array
         x = self.z.x.petsc_vec.copy()
         try:
-            self.snes.solve(None, x)
+            with options.inserted(settings=self._settings, prefix=self._prefix):
+                self.snes.solve(None, x)
         except PETSc.Error as e:
             raise SolverError(f"QHD quantum step {n}: PETSc error {e.ierr}") from None
         self._update(x)

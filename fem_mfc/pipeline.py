@@ -1,0 +1,129 @@
+"""One run, whatever the formulation: validated config → resource estimate → PETSc options
+scoped to the run → runner → verdict → outputs.
+
+:func:`run_config` is what ``fem-mfc run`` and ``fem-mfc refine`` (one call per level) do:
+
+1. refuse a run whose memory estimate exceeds the memory available (``force`` overrides;
+   :func:`fem_mfc.config.check_resources`);
+2. insert the run's PETSc options — the config's ``[solver] petsc_options`` and the command
+   line's, the latter winning — into PETSc's options database for the duration of the run
+   only (:func:`fem_mfc.options.inserted`): a second run in the same process starts clean;
+3. stage the output folder (:class:`fem_mfc.io.RunContext`), call the formulation's runner
+   (:mod:`fem_mfc.registry`);
+4. the verdict: a runner reports ``converged`` and named ``checks``; a run whose solve did not
+   meet its tolerance or whose checks failed is written as usual but flagged
+   ``"converged": false`` in summary.json, with a warning line naming the figure, and the
+   command exits with status 3 (:data:`EXIT_UNCONVERGED`);
+5. write summary.json and config.toml (which reproduces the run) and swap the folder in.
+
+Runners build their mesh with :func:`build_mesh`, which checks every formula of the config on
+it before anything is assembled.
+"""
+from __future__ import annotations
+
+import time
+
+from .errors import UserError
+
+EXIT_OK, EXIT_INPUT, EXIT_UNCONVERGED = 0, 2, 3
+
+
+def build_mesh(cfg: dict, comm):
+    """The config's mesh (:func:`fem_mfc.mesh.build`) with every formula of the config checked
+    on it (:func:`fem_mfc.expressions.check_formulas`; ConfigError naming the key)."""
+    from . import mesh as meshmod
+    from .expressions import check_formulas
+    md = meshmod.build(cfg["mesh"], comm)
+    check_formulas(cfg, md.mesh)
+    return md
+
+
+def versions(full: bool = False) -> dict:
+    """Versions of the stack (``full``: also PyVista, which is slow to import)."""
+    import sys
+
+    import dolfinx
+    import ufl
+    from mpi4py import MPI
+    from petsc4py import PETSc
+
+    from . import __version__
+    out = {"fem_mfc": __version__, "dolfinx": dolfinx.__version__, "ufl": ufl.__version__,
+           "petsc": ".".join(map(str, PETSc.Sys.getVersion())),
+           "mpi": MPI.Get_library_version().splitlines()[0].strip().strip("\x00").split(",")[0],
+           "mpi4py": __import__("mpi4py").__version__,
+           "python": sys.version.split()[0], "ranks": MPI.COMM_WORLD.size}
+    if full:
+        import pyvista
+        out["pyvista"] = pyvista.__version__
+    return out
+
+
+def verdict(summary: dict) -> list[str]:
+    """Why a run is not a success: one line per failed figure (empty: success)."""
+    out = []
+    if summary.get("converged") is False:
+        why = summary.get("reason") or "the solve did not meet its tolerance"
+        out.append(f"the solve did not converge ({why}; residual "
+                   f"{summary.get('residual', float('nan')):.3g})")
+    for name, c in (summary.get("checks") or {}).items():
+        if not c.get("ok", True):
+            out.append(f"check '{name}' failed: {c.get('value'):.4g} "
+                       f"{c.get('relation', 'vs')} {c.get('limit'):.4g}"
+                       + (f" ({c['hint']})" if c.get("hint") else ""))
+    return out
+
+
+def run_config(cfg: dict, outdir, petsc_options: dict | None = None, config_path="<dict>",
+               quiet: bool = False, comm=None, force: bool = False, on_finish=None) -> dict:
+    """Run a validated config into ``outdir``; return the summary (also written as JSON).
+    ``summary["converged"]`` is False when the run is flagged (exit status 3 for the CLI).
+    ``on_finish()`` is called while the run's PETSc options are still inserted."""
+    from mpi4py import MPI
+
+    from . import config as config_mod
+    from . import options, registry
+    from .io import RunContext, write_text_atomic
+    comm = comm or MPI.COMM_WORLD
+    t0 = time.perf_counter()
+    config_mod.check_resources(cfg, force=force)
+    try:
+        runner = registry.runner(cfg["run"]["formulation"])
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"formulation '{cfg['run']['formulation']}' is not available in this "
+                        f"build ({e})") from None
+    settings = options.normalise(cfg["solver"]["petsc_options"])
+    settings.update(options.normalise(petsc_options))
+    with options.inserted(settings=settings):
+        ctx = RunContext.create(outdir, comm=comm, petsc_options=settings, cfg=cfg,
+                                quiet=quiet)
+        try:
+            ctx.log.info("fem-mfc run: %s -> %s (%d ranks)", config_path, ctx.outdir,
+                         comm.size)
+            result = runner(cfg, ctx)
+            summary = {"formulation": cfg["run"]["formulation"], "title": cfg["run"]["title"],
+                       "config": str(config_path), "ranks": comm.size}
+            summary.update(result)
+            problems = verdict(summary)
+            summary["converged"] = not problems
+            if problems:
+                summary["flags"] = problems
+                for line in problems:
+                    ctx.log.info("warning: %s", line)
+            summary["wall_time_s"] = time.perf_counter() - t0
+            summary["versions"] = versions()
+            if comm.rank == 0:
+                write_text_atomic(ctx.path("config.toml"), config_mod.dumps(cfg))
+            ctx.log.info("done in %.2f s%s", summary["wall_time_s"],
+                         "" if not problems else " (flagged: converged = false)")
+            ctx.commit(summary)
+        except BaseException:
+            ctx.abort()
+            raise
+        if on_finish is not None:
+            on_finish()
+    return summary
+
+
+__all__ = ["run_config", "build_mesh", "verdict", "versions", "EXIT_OK", "EXIT_INPUT",
+           "EXIT_UNCONVERGED"]

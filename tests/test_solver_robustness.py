@@ -1,0 +1,199 @@
+"""Problems other people bring: attractive couplings, a zero coupling, an inaccurate solve, an
+unreachable inner tolerance, shadowed names, Crank–Nicolson time labels, options that must not
+leak between runs.  Each of these failed on 9b9ea59."""
+from __future__ import annotations
+
+import textwrap
+
+import dolfinx
+import numpy as np
+import pytest
+import ufl
+from mpi4py import MPI
+
+from conftest import read_summary, run_cli
+
+ATTRACTIVE = textwrap.dedent("""
+    [run]
+    formulation = "hjb-fp"
+    [mesh]
+    kind = "interval"
+    cells = {cells}
+    lower = [0.0]
+    upper = [1.0]
+    [problem]
+    T = 1.0
+    sigma = 0.1
+    steps = 20
+    Phi = "(x0 - 0.5)**2"
+    G = "c*rho**2"
+    coupling = "mfg"
+    params = {{ c = {c} }}
+    [rho0]
+    kind = "formula"
+    formula = "exp(-50*(x0 - 0.5)**2)"
+    [solver]
+    method = "{method}"
+    [output]
+    figures = false
+    vtx = false
+    progress = false
+""")
+
+
+def write(tmp_path, text, name="c.toml"):
+    cfg = tmp_path / name
+    cfg.write_text(text)
+    return cfg
+
+
+def test_zero_coupling_is_the_uncoupled_problem(tmp_path):
+    """G = c*rho**2 with c = 0 runs (it crashed: "missing an integration domain") and gives
+    the J of the problem without G."""
+    out = {}
+    for name, G in (("zero", "c*rho**2"), ("none", "0")):
+        text = ATTRACTIVE.format(cells=40, c=0.0, method="newton").replace(
+            'G = "c*rho**2"', f'G = "{G}"')
+        p = run_cli(["run", str(write(tmp_path, text, f"{name}.toml")), "--out",
+                     str(tmp_path / name), "--quiet"])
+        assert p.returncode == 0, p.stderr
+        out[name] = read_summary(tmp_path / name)["J"]
+    assert out["zero"] == pytest.approx(out["none"], rel=1e-10)
+
+
+@pytest.mark.slow
+def test_attractive_coupling_converges_by_continuation_and_matches_picard(tmp_path):
+    """An aggregation game (mfg, G = cρ², c < 0): Newton from the trivial guess stalls at a
+    non-zero minimum of ‖F‖; the continuation in the coupling strength converges to rtol,
+    records its path, and damped fictitious play (an independent iteration) reaches the same
+    discrete solution."""
+    newton = write(tmp_path, ATTRACTIVE.format(cells=100, c=-0.02, method="newton"), "n.toml")
+    p = run_cli(["run", str(newton), "--out", str(tmp_path / "n"), "--quiet"])
+    assert p.returncode == 0, p.stderr
+    s = read_summary(tmp_path / "n")
+    stages = s["continuation"]
+    assert stages[0]["stage"] == "direct" and not stages[0]["converged"]
+    assert stages[-1]["converged"] and stages[-1]["coupling"] == 1.0
+    assert abs(s["J"] - s["J_value_identity"]) <= 1e-9 * abs(s["J"])
+    picard = write(tmp_path, ATTRACTIVE.format(cells=100, c=-0.02, method="picard"), "p.toml")
+    run_cli(["run", str(picard), "--out", str(tmp_path / "p"), "--quiet"])
+    q = read_summary(tmp_path / "p")
+    assert q["iterations"] > 100                     # slow, but heading the same way
+    assert q["J"] == pytest.approx(s["J"], rel=1e-8)
+    assert q["max_rho"] == pytest.approx(s["max_rho"], rel=1e-6)
+
+
+def test_inaccurate_solve_is_flagged_exit_3(tmp_path):
+    """σ = 1e-4, T = 50, two steps, G = 100ρ⁴: SNES stops 'converged' relative to a huge
+    first residual while J and its value identity disagree: exit 3, results written and
+    flagged, the failed figure named."""
+    text = textwrap.dedent("""
+        [run]
+        formulation = "hjb-fp"
+        [mesh]
+        kind = "interval"
+        cells = 16
+        lower = [-2.0]
+        upper = [2.0]
+        [problem]
+        T = 50.0
+        sigma = 1e-4
+        steps = 2
+        G = "100*rho**4"
+        Phi = "100*x0**4"
+        [solver]
+        method = "newton"
+        [output]
+        figures = false
+        vtx = false
+    """)
+    p = run_cli(["run", str(write(tmp_path, text)), "--out", str(tmp_path / "o"), "--quiet"])
+    assert p.returncode == 3, p.stderr
+    assert "value_identity" in p.stderr and "Traceback" not in p.stderr
+    s = read_summary(tmp_path / "o")
+    assert s["converged"] is False and not s["checks"]["value_identity"]["ok"]
+
+
+def test_params_may_not_shadow_coordinates(tmp_path):
+    text = ATTRACTIVE.format(cells=10, c=0.1, method="newton").replace(
+        "params = { c = 0.1 }", "params = { c = 0.1, x0 = 5 }")
+    p = run_cli(["run", str(write(tmp_path, text)), "--out", str(tmp_path / "o")])
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "problem.params.x0" in lines[0], p.stderr
+
+
+def test_crank_nicolson_u_is_labelled_with_its_midpoint_time(tmp_path):
+    """uⁿ of the midpoint scheme approximates u(t_{n+½}): the ParaView series of u carries
+    those times (ρⁿ: t_n)."""
+    import adios2
+    text = ATTRACTIVE.format(cells=10, c=0.1, method="newton").replace(
+        "vtx = false", "vtx = true").replace("[solver]",
+                                             '[discretisation]\nscheme = "crank-nicolson"'
+                                             "\n[solver]")
+    p = run_cli(["run", str(write(tmp_path, text)), "--out", str(tmp_path / "o"), "--quiet"])
+    assert p.returncode == 0, p.stderr
+    tau = 1.0 / 20
+
+    def times(name):
+        out = []
+        with adios2.FileReader(str(tmp_path / "o" / name)) as f:
+            for step in range(f.num_steps()):
+                out.append(float(f.read("step", step_selection=[step, 1])[0]))
+        return np.array(out)
+    assert np.allclose(times("u.bp")[:-1], (np.arange(20) + 0.5) * tau)
+    assert times("u.bp")[-1] == pytest.approx(1.0)
+    assert np.allclose(times("rho.bp"), np.arange(21) * tau)
+
+
+def test_picard_inner_newton_stops_at_round_off():
+    """An inner tolerance below round-off (the HJB step's residual floor) ends the inner
+    Newton when its correction is at round-off level instead of failing the solve."""
+    from fem_mfc.problem import ControlProblem
+    from fem_mfc.solvers.picard import _StepSolver, hjb_sweep
+    from fem_mfc.solvers.spacetime import SpaceTime
+    mesh = dolfinx.mesh.create_interval(MPI.COMM_SELF, 40, [0.0, 1.0])
+    x = ufl.SpatialCoordinate(mesh)
+    p = ControlProblem(mesh=mesh, T=1.0, sigma=0.1, steps=8, Phi=(x[0] - 0.5) ** 2,
+                       G=lambda r: 0.5 * r ** 2, coupling="mfg",
+                       rho0=ufl.exp(-50 * (x[0] - 0.5) ** 2))
+    st = SpaceTime(p)
+    hjb_sweep(st, _StepSolver(st.comm, "t_picard_"), tol=1e-30, max_it=30)
+    assert st.finite()
+
+
+def test_a_second_run_does_not_inherit_the_first_runs_options(tmp_path):
+    """PETSc options of a run (config and command line) live only as long as the run."""
+    from petsc4py import PETSc
+
+    from fem_mfc import config
+    from fem_mfc.pipeline import run_config
+    cfg = config.from_dict({"run": {"formulation": "hjb-fp"},
+                            "mesh": {"kind": "interval", "cells": 12, "lower": [0.0],
+                                     "upper": [1.0]},
+                            "problem": {"T": 0.5, "sigma": 0.3, "steps": 4, "G": "rho**2/2",
+                                        "Phi": "(x0 - 0.5)**2"},
+                            "rho0": {"mean": [0.5], "std": 0.15},
+                            "solver": {"method": "newton",
+                                       "petsc_options": {"mfc_snes_linesearch_type": "basic"}},
+                            "output": {"figures": False, "vtx": False, "progress": False}})
+    before = set(PETSc.Options().getAll())
+    a = run_config(cfg, tmp_path / "a", {"mfc_newton_forcing": "exact"}, quiet=True)
+    assert set(PETSc.Options().getAll()) == before
+    cfg["solver"]["petsc_options"] = {}
+    b = run_config(cfg, tmp_path / "b", quiet=True)
+    assert a["solver_path"]["line_search"] == "basic"
+    assert b["solver_path"]["line_search"] == "bt"
+    assert a["J"] == pytest.approx(b["J"], rel=1e-10)
+
+
+def test_misspelt_options_are_reported_and_help_reaches_petsc(tmp_path):
+    text = ATTRACTIVE.format(cells=10, c=0.1, method="newton")
+    cfg = write(tmp_path, text)
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet",
+                 "-mfc_snes_monitr"])
+    assert p.returncode == 0, p.stderr
+    assert "-mfc_snes_monitr was not used" in p.stderr
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "h"), "--quiet", "-help"])
+    assert p.returncode == 0, p.stderr
+    assert "-mfc_snes_type" in p.stdout + p.stderr          # PETSc's help for our SNES
