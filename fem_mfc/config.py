@@ -121,6 +121,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "linear": Key(str, "auto", "Newton's linear path: 'lu' (LU of the space-time matrix), "
                       "'sweep' (Krylov + forward-backward sweep preconditioner) or 'auto' "
                       "(the cheaper by estimated cost)", choices=("auto", "lu", "sweep")),
+        "step_solver": Key(str, "auto", "per-step solver of the sweeps (Newton's sweep "
+                           "preconditioner, Cole-Hopf): 'lu', 'ilu' (GMRES + ILU(0)), 'amg' "
+                           "(GMRES + BoomerAMG) or 'auto' (LU in 1D/2D, ILU in 3D)",
+                           choices=("auto", "lu", "ilu", "amg")),
         "continuation": Key(bool, True, "if Newton fails from its initial guess, continue in "
                             "the coupling strength (and the noise) from the uncoupled problem"),
         "picard_max_it": Key(int, 500, "maximum Picard iterations", positive, "a positive integer"),

@@ -200,13 +200,14 @@ def check_size(mcfg: dict, level: int, limit_bytes: float | None = None) -> floa
 def build(mcfg: dict, comm=MPI.COMM_WORLD, refine: int | None = None) -> MeshData:
     """Build the mesh described by the validated ``[mesh]`` config section.
 
-    ``refine`` overrides ``mesh.refine`` (refinement studies build each level directly).
+    ``refine`` overrides ``mesh.refine`` (refinement studies build each level directly; a
+    negative level coarsens: cells / 2^|level| per axis, h · 2^|level|).
     """
     import dolfinx.mesh as dm
     level = mcfg.get("refine", 0) if refine is None else refine
     kind = mcfg["kind"]
     check_size(mcfg, level)
-    n = int(mcfg.get("cells", 16)) * 2 ** level
+    n = max(int(int(mcfg.get("cells", 16)) * 2.0 ** level), 1)
     if kind == "interval":
         lo, hi = mcfg["lower"], mcfg["upper"]
         return MeshData(dm.create_interval(comm, n, [lo[0], hi[0]]))

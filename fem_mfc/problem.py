@@ -54,6 +54,7 @@ class ControlProblem:
     exact: Any = None
     cell_tags: Any = None
     facet_tags: Any = None
+    coarse: Optional[Callable] = None           # () -> the problem on a coarser grid, or None
     space: Any = field(init=False, default=None)
 
     def __post_init__(self):
@@ -145,7 +146,8 @@ class ControlProblem:
                 return formula("problem.G", _text, variables={"rho": rho})
         common = dict(mesh=mesh, T=pr["T"], sigma=pr["sigma"], steps=pr["steps"],
                       degree=disc["degree"], scheme=disc["scheme"], coupling=pr["coupling"],
-                      cell_tags=cell_tags, facet_tags=facet_tags)
+                      cell_tags=cell_tags, facet_tags=facet_tags,
+                      coarse=coarse_factory(cfg, mesh.comm))
         kind = cfg.get("exact", {}).get("solution", "none")
         if kind != "none":
             ex = exact_mod.from_config(kind, cfg, mesh, G)
@@ -160,9 +162,40 @@ class ControlProblem:
                    G=G, **common)
 
 
+def coarse_config(cfg: dict) -> dict | None:
+    """The config of the next coarser grid for nested iteration: half the cells per axis (or
+    twice h) and half the steps (rounded up); None where there is none (a mesh file, a mesh
+    that would have fewer than 4 cells per axis, fewer than 4 steps)."""
+    import copy
+    m = cfg["mesh"]
+    if m["kind"] == "file" or cfg["problem"]["steps"] < 4:
+        return None
+    if m["kind"] in ("interval", "rectangle", "box") and m["cells"] * 2 ** m["refine"] < 8:
+        return None
+    c = copy.deepcopy(cfg)
+    c["mesh"]["refine"] = m["refine"] - 1
+    c["problem"]["steps"] = (cfg["problem"]["steps"] + 1) // 2
+    return c
+
+
+def coarse_factory(cfg: dict, comm):
+    """A callable building the problem of :func:`coarse_config` (None if there is none)."""
+    c = coarse_config(cfg)
+    if c is None:
+        return None
+
+    def build():
+        from . import mesh as meshmod
+        md = meshmod.build(c["mesh"], comm)
+        return ControlProblem.from_config(c, md.mesh, md.cell_tags, md.facet_tags)
+    return build
+
+
 def _is_nonzero_G(text, formula) -> bool:
+    """Is G not identically zero (a literal 0, or 0 times something, e.g. c*rho**2, c = 0)?"""
     probe = formula("problem.G", text, variables={"rho": ufl.variable(ufl.as_ufl(1.0))})
-    return not (isinstance(probe, float) and probe == 0.0)
+    return not ((isinstance(probe, float) and probe == 0.0)
+                or isinstance(probe, ufl.constantvalue.Zero))
 
 
 def _as_ufl(expr, mesh):

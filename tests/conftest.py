@@ -77,3 +77,21 @@ def run_demo(name: str, out, timeout=600):
                    timeout=timeout)
     assert p.returncode == 0, p.stderr[-3000:]
     return p
+
+
+# Under mpirun a test that fails on one rank only (or hangs in a collective) must not hang the
+# whole run: every test gets a deadline after which the process dumps its stack and exits
+# (mpirun then ends the other ranks).
+MPI_TEST_DEADLINE = 600
+
+
+@pytest.fixture(autouse=True)
+def _mpi_deadline():
+    import faulthandler
+    from mpi4py import MPI
+    if MPI.COMM_WORLD.size > 1:
+        faulthandler.dump_traceback_later(MPI_TEST_DEADLINE, exit=True)
+        yield
+        faulthandler.cancel_dump_traceback_later()
+    else:
+        yield

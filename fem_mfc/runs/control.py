@@ -46,7 +46,7 @@ def solve_config(cfg: dict, ctx, md=None):
     result = solve(problem, method=method, rtol=s["rtol"], atol=s["atol"], max_it=s["max_it"],
                    relaxation=s["relaxation"], picard_max_it=s["picard_max_it"],
                    initial_guess=s["initial_guess"], linear=s["linear"],
-                   continuation=s["continuation"], strict=False)
+                   continuation=s["continuation"], strict=False, step=s["step_solver"])
     return md, problem, result
 
 

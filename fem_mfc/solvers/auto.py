@@ -80,6 +80,13 @@ def estimates(ndofs: int, N: int, dim: int, ranks: int = 1) -> dict:
             "lu_bytes": BYTES_PER_ENTRY * st_entries, "lu_flops": st_flops}
 
 
+def step_kind(ndofs: int, dim: int, ranks: int = 1, solves: float = 10.0) -> str:
+    """The per-step solver kind (fem_mfc.solvers.steps): LU where its factorisation is cheap
+    (1D, 2D), GMRES + ILU(0) in 3D, where the fill of a factorisation grows like n^{4/3} and
+    its time like n² while ILU iterations stay at 8–20 (mass-dominated systems)."""
+    return "lu" if dim <= 2 else "ilu"
+
+
 def memory_bytes() -> float:
     try:
         return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))

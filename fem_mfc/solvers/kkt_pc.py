@@ -26,11 +26,13 @@ steps and time steps), explicit factors of P_nᵀ for the HJB sweep.
 """
 from __future__ import annotations
 
+import time
+
 from mpi4py import MPI
 from petsc4py import PETSc
 
 from ..errors import SolverError
-from .steps import step_solver
+from .steps import is_direct, step_kind, step_solver
 
 REUSE_RTOL = 2e-3               # reuse factors of pivots within 0.2 % (Frobenius)
 EXACT_RTOL = 1e-13              # reuse factors of coinciding pivots only (M unchanged)
@@ -80,9 +82,12 @@ class SweepPC:
         self.kspT, self.matT = {}, {}         # equation → solver / matrix of its pivotᵀ
         self.setups = 0                       # set-up passes (for reports)
         self.factorisations = 0               # per-step numeric factorisations (for reports)
+        self.seconds = {"setup": 0.0, "apply": 0.0}   # cumulative (for reports)
         self._work = None
         self.prefix = None
         self._vecs = None
+        self.kind = None                      # per-step solver kind (fem_mfc.solvers.steps)
+        self.it, self._T, self._due = {}, None, {}   # iterative kinds: one KSP per direction
 
     # -- PETSc python PC interface ----------------------------------------------------------
     def create(self, pc):
@@ -98,6 +103,9 @@ class SweepPC:
             opts = PETSc.Options(self.prefix)
             self.reuse_rtol = opts.getReal("reuse_rtol", REUSE_RTOL)
             self.tfactor = opts.getBool("transpose_factors", True)
+        if self.kind is None:
+            A0 = self.op.pivot_matrix(self.op.st.layout.forward_rows()[0])[0]
+            self.kind = step_kind(A0, self.prefix, self.op.st.V.mesh.topology.dim)
         if self._vecs is None:
             st = self.op.st
             nl = st.nl
@@ -112,8 +120,8 @@ class SweepPC:
         pass
 
     def view(self, pc, viewer):
-        viewer.printfASCII(f"  sweep preconditioner: {self.factorisations} per-step "
-                           f"factorisations, reuse_rtol {self.reuse_rtol:g}\n")
+        viewer.printfASCII(f"  sweep preconditioner: per-step {self.kind}, "
+                           f"{self.factorisations} set-ups, reuse_rtol {self.reuse_rtol:g}\n")
 
     # -- factors -------------------------------------------------------------------------------
     def _factor(self, r: int):
@@ -171,7 +179,7 @@ class SweepPC:
 
     def _shareable(self, f: int) -> bool:
         ksp = self.ksp.get(f)
-        return ksp is not None and ksp.getType() == PETSc.KSP.Type.PREONLY
+        return ksp is not None and is_direct(ksp)
 
     def _transposed(self, r: int) -> bool:
         """Is the pivot of equation r the transpose of a stored pivot (HJB rows)?"""
@@ -179,9 +187,20 @@ class SweepPC:
 
     def setUp(self, pc=None):
         """Factorise the stored pivots (the HJB pivots Q_n = P_nᵀ use P_n's factors),
-        reusing factors within reuse_rtol."""
+        reusing factors within reuse_rtol; iterative per-step kinds set up per solve."""
+        t0 = time.perf_counter()
+        try:
+            self._setup(pc)
+        finally:
+            self.seconds["setup"] += time.perf_counter() - t0
+
+    def _setup(self, pc):
         if pc is not None:
             self._bind(pc)
+        if self.kind != "lu":
+            self._due = {"fw": True, "bw": True}      # AMG: a new hierarchy per Newton step
+            self.setups += 1
+            return
         L = self.op.st.layout
         prev = {}                             # kind → owner used by the previous equation
         for r in range(self.op.st.nfields):
@@ -199,8 +218,37 @@ class SweepPC:
         self.setups += 1
 
     # -- application -----------------------------------------------------------------------------
+    def _solve_iterative(self, r: int, b: PETSc.Vec, x: PETSc.Vec):
+        """One iterative per-step solve with the current pivot (explicit transpose for the
+        HJB steps); ILU is rebuilt for every pivot (O(nnz)), AMG once per set-up and
+        direction."""
+        A, transposed = self.op.pivot_matrix(r)
+        key = "bw" if self.op.st.layout.is_forward(r) else "fw"     # HJB / FP steps
+        if transposed:                        # one buffer for every level (one pattern)
+            if self._T is None:
+                self._T = A.transpose(PETSc.Mat())
+            else:
+                A.setTransposePrecursor(self._T)
+                A.transpose(self._T)
+            A = self._T
+        ksp = self.it.get(key)
+        if ksp is None:
+            ksp = self.it[key] = step_solver(A, self.prefix, self.kind)
+            self.factorisations += 1
+        else:
+            reuse = self.kind == "amg" and not self._due.get(key, True)
+            ksp.getPC().setReusePreconditioner(reuse)
+            ksp.setOperators(A)
+            if not reuse:
+                self.factorisations += 1
+        self._due[key] = False
+        ksp.solve(b, x)
+        return ksp
+
     def _solve(self, r: int, b: PETSc.Vec, x: PETSc.Vec):
-        if self._transposed(r):
+        if self.kind != "lu":
+            ksp = self._solve_iterative(r, b, x)
+        elif self._transposed(r):
             o = self.owner[self.op.st.layout.pivot(r)]       # the mirror's owner
             if o in self.kspT:
                 ksp = self.kspT[o]
@@ -227,6 +275,11 @@ class SweepPC:
     def apply(self, pc, x: PETSc.Vec, y: PETSc.Vec):
         """y = M⁻¹ x: backward sweep over the HJB equations for δu, forward over the FP
         equations for δρ."""
+        t0 = time.perf_counter()
+        self._apply(x, y)
+        self.seconds["apply"] += time.perf_counter() - t0
+
+    def _apply(self, x: PETSc.Vec, y: PETSc.Vec):
         L = self.op.st.layout
         b, z = self.views
         x.copy(self.work[0])
@@ -240,9 +293,9 @@ class SweepPC:
 
     def destroy(self, pc=None):
         for k in [*self.ksp.values(), *self.snap.values(), *self.kspT.values(),
-                  *self.matT.values()]:
+                  *self.matT.values(), *self.it.values()] + ([self._T] if self._T else []):
             k.destroy()
-        self.ksp, self.snap, self.kspT, self.matT = {}, {}, {}, {}
+        self.ksp, self.snap, self.kspT, self.matT, self.it, self._T = {}, {}, {}, {}, {}, None
         if self._work is not None:
             self._work.destroy()
             self._work = None

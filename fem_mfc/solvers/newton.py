@@ -152,6 +152,7 @@ class NewtonSolver:
         self.best = None
         self.trap = self.op = None
         self.history = []
+        self.seconds = {"residual": 0.0, "jacobian": 0.0}
         if hasattr(st.assembler, "affine_blocks"):
             st.assembler.affine_blocks = options.get_bool("newton_affine_blocks", True, prefix)
         forcing = options.get("newton_forcing", forcing, prefix)
@@ -189,9 +190,9 @@ class NewtonSolver:
             pc.setType("python")
             pc.setPythonType(PYTHON_TYPE)
         snes.setFromOptions()
-        self.path = self._describe()
 
-    def _describe(self) -> dict:
+    def describe(self) -> dict:
+        """The resolved solver path (after a solve: the per-step solver is known)."""
         ksp = self.snes.getKSP()
         path = {"method": "newton", "linear": self.mode, "krylov": ksp.getType(),
                 "preconditioner": (ksp.getPC().getType() if self.mode == "lu"
@@ -205,7 +206,10 @@ class NewtonSolver:
             path["factorisation"] = ksp.getPC().getFactorSolverType()
         else:
             from .steps import describe
-            path["step_solver"] = describe(self.st.comm, self.prefix + "sweep_")
+            pc = self._pc_context()
+            kind = getattr(pc, "kind", None) or "lu"
+            path["step_solver"] = describe(self.st.comm, self.prefix + "sweep_", kind)
+            path["step_kind"] = kind
             path["trapezoid_residual"] = self.trap is not None
             path["affine_blocks"] = bool(getattr(self.st.assembler, "affine_blocks", False)
                                          and self.st.quadratic)
@@ -214,14 +218,18 @@ class NewtonSolver:
 
     # -- SNES callbacks ------------------------------------------------------------------------
     def _residual(self, snes, x, f):
+        t0 = time.perf_counter()
         if self.trap is not None:
             self.trap(x, f)
         else:
             self.st.residual(x, f)
+        self.seconds["residual"] += time.perf_counter() - t0
 
     def _jacobian(self, snes, x, J, P):
+        t0 = time.perf_counter()
         if self.trap is None or not self.trap.current(x):   # else: assembled with F(x)
             self.op.update(x)
+        self.seconds["jacobian"] += time.perf_counter() - t0
 
     def _monitor(self, snes, it, fnorm):
         h = self.history
@@ -230,7 +238,11 @@ class NewtonSolver:
             pc = self._pc_context()
             if pc is not None:                    # cumulative per-step factorisations
                 h[-1]["factorisations"] = pc.factorisations
-        h.append({"residual": fnorm})
+                h[-1]["pc_seconds"] = {k: round(v, 4) for k, v in pc.seconds.items()}
+            h[-1]["callback_seconds"] = {k: round(v, 4) for k, v in self.seconds.items()}
+        now = time.perf_counter()
+        h.append({"residual": fnorm, "seconds": now - self._t_last})
+        self._t_last = now
         if np.isfinite(fnorm) and (self._best_f is None or fnorm < self._best_f):
             self._best_f = fnorm
             if self.best is None:
@@ -280,6 +292,7 @@ class NewtonSolver:
             self.forcing.prev = None
         self.history = []
         self._best_f = None
+        self._t_last = time.perf_counter()
         st.states_to_vec(self.X)
         try:
             snes.solve(None, self.X)
@@ -300,7 +313,7 @@ class NewtonSolver:
             converged, name = True, "CONVERGED_ROUNDOFF_FLOOR"
         if converged:
             st.vec_to_states(self.X)
-        elif self.best is not None:
+        elif self.best is not None and self._best_f is not None:
             st.vec_to_states(self.best)            # the best iterate reached
             fnorm = self._best_f
         return {"converged": bool(converged), "reason": name, "iterations": its,
@@ -377,7 +390,7 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
             if solver.trap is not None and history:
                 history[-1]["residuals"] = {"assembled": solver.trap.assembled,
                                             "trapezoid": solver.trap.derived}
-            path = dict(solver.path, auto=rule)
+            path = dict(solver.describe(), auto=rule)
         finally:
             solver.destroy()
             X0.destroy()

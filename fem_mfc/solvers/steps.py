@@ -1,13 +1,24 @@
 """Per-step linear solvers of the time sweeps (Cole–Hopf sweeps, the sweep preconditioner).
 
-A per-step system is a d-dimensional problem (mass + τ(diffusion + drift)).  By default it is
-factorised: PETSc's own LU with its nested-dissection ordering on one rank (its triangular
-solves are ≈ 3× faster than MUMPS' at 60k P1 dofs); on 2 to REDUNDANT_MAX_RANKS ranks the same
-LU on every rank (PCREDUNDANT: 4.8 ms per solve at 60k P1 dofs on 2 ranks against 9–11 ms for
-distributed MUMPS); MUMPS on more ranks.  PETSc options under the solver's prefix override
-(a user ``pc_type`` or ``pc_factor_mat_solver_type`` keeps plain LU).  No ordering is set
-here: an explicit PCFactor ordering reaches MUMPS as a user permutation and made its
-factorisation and solves 10–30× slower.
+A per-step system is a d-dimensional problem, mass + τ(diffusion + drift), solved once per
+time step and sweep.  Three kinds (``-{prefix}step lu|ilu|amg|auto``, default ``auto``):
+
+* ``lu``: factorised, the factors reused for many solves.  PETSc's own LU with its
+  nested-dissection ordering on one rank (its triangular solves are ≈ 3× faster than MUMPS');
+  on 2 to REDUNDANT_MAX_RANKS ranks the same LU on every rank (PCREDUNDANT); MUMPS on more.
+  Fill and factorisation time grow like a d-dimensional nested dissection: cheap in 1D and
+  2D, prohibitive in 3D (117k P1 dofs: 150 s per factorisation here).
+* ``ilu``: GMRES with ILU(0) (block Jacobi + ILU(0) per rank in parallel) to a relative
+  tolerance STEP_RTOL.  The system is mass-dominated (κ ≈ 1 + τε/h²): 8–20 iterations in 3D,
+  no fill, set-up O(nnz), parallel without redundancy.
+* ``amg``: GMRES with algebraic multigrid (hypre BoomerAMG) — iteration counts independent
+  of h and τ, for the largest problems.
+
+``auto`` takes LU in 1D and 2D and ILU in 3D (:func:`fem_mfc.solvers.auto.step_kind`, fitted
+on the benchmark matrix).  PETSc options under the solver's prefix override everything
+(``-mfc_sweep_pc_type gamg``, ``-mfc_sweep_ksp_rtol 1e-10``…; a user ``pc_type`` or
+``pc_factor_mat_solver_type`` is kept as given).  No ordering is set for LU: an explicit
+PCFactor ordering reaches MUMPS as a user permutation and made it 10–30× slower.
 """
 from __future__ import annotations
 
@@ -16,41 +27,77 @@ from petsc4py import PETSc
 from .. import options
 
 REDUNDANT_MAX_RANKS = 4  # per-step LU solved redundantly up to this many ranks
+KINDS = ("lu", "ilu", "amg")
+STEP_RTOL = 1e-9         # relative tolerance of iterative per-step solves
+STEP_MAX_IT = 500
 
 
-def step_solver(A: PETSc.Mat, prefix: str) -> PETSc.KSP:
-    """A set-up KSP for the per-step matrix A with options prefix ``prefix`` (see the module
-    docstring)."""
+def step_kind(A: PETSc.Mat, prefix: str, dim: int | None = None, solves: float = 10.0) -> str:
+    """The per-step solver kind for A under ``prefix``: the option ``{prefix}step`` or the
+    automatic rule (:func:`fem_mfc.solvers.auto.step_kind`)."""
+    kind = options.get("step", "auto", prefix)
+    if kind == "auto":
+        from .auto import step_kind as rule
+        kind = rule(A.getSize()[0], dim or 2, A.getComm().getSize(), solves)
+    if kind not in KINDS:
+        from ..errors import ConfigError
+        raise ConfigError(f"-{prefix}step", "one of auto, " + ", ".join(KINDS), kind)
+    return kind
+
+
+def step_solver(A: PETSc.Mat, prefix: str, kind: str = "lu",
+                rtol: float = STEP_RTOL) -> PETSc.KSP:
+    """A set-up KSP of ``kind`` for the per-step matrix A with options prefix ``prefix``
+    (``rtol``: the relative tolerance of the iterative kinds)."""
     size = A.getComm().getSize()
     user = any(options.get(k, prefix=prefix) is not None
                for k in ("pc_type", "pc_factor_mat_solver_type"))
     ksp = PETSc.KSP().create(A.getComm())
     ksp.setOptionsPrefix(prefix)
     ksp.setOperators(A)
-    ksp.setType("preonly")
     pc = ksp.getPC()
-    if 1 < size <= REDUNDANT_MAX_RANKS and not user:
-        pc.setType("redundant")               # inner: preonly + PETSc LU on a full copy
+    if kind == "lu":
+        ksp.setType("preonly")
+        if 1 < size <= REDUNDANT_MAX_RANKS and not user:
+            pc.setType("redundant")           # inner: preonly + PETSc LU on a full copy
+        else:
+            pc.setType("lu")
+            pc.setFactorSolverType("petsc" if size == 1 else "mumps")
     else:
-        pc.setType("lu")
-        pc.setFactorSolverType("petsc" if size == 1 else "mumps")
+        ksp.setType("gmres")
+        ksp.setTolerances(rtol=rtol, atol=0.0, max_it=STEP_MAX_IT)
+        if kind == "ilu":
+            pc.setType("bjacobi" if size > 1 else "ilu")
+        else:
+            pc.setType("hypre")
+            pc.setHYPREType("boomeramg")
     ksp.setFromOptions()
     ksp.setUp()
     return ksp
 
 
-def describe(comm, prefix: str) -> str:
+def is_direct(ksp: PETSc.KSP) -> bool:
+    """Does one application of ``ksp`` solve exactly (preonly + a factorisation)?"""
+    return ksp.getType() == PETSc.KSP.Type.PREONLY
+
+
+def describe(comm, prefix: str, kind: str = "lu") -> str:
     """What :func:`step_solver` builds under ``prefix`` on ``comm`` (for summaries)."""
     pc = options.get("pc_type", None, prefix)
+    ksp = options.get("ksp_type", None, prefix)
     if pc is None:
+        if kind == "ilu":
+            return "gmres+" + ("bjacobi/ilu(0)" if comm.size > 1 else "ilu(0)")
+        if kind == "amg":
+            return "gmres+boomeramg"
         size = comm.size
         if 1 < size <= REDUNDANT_MAX_RANKS:
             return "lu:petsc (redundant)"
         return "lu:" + ("petsc" if size == 1 else "mumps")
-    ksp = options.get("ksp_type", "preonly", prefix)
     if pc in ("lu", "cholesky"):
         return f"{pc}:" + options.get("pc_factor_mat_solver_type", "petsc", prefix)
-    return f"{ksp}+{pc}"
+    return f"{ksp or ('gmres' if kind != 'lu' else 'preonly')}+{pc}"
 
 
-__all__ = ["step_solver", "describe", "REDUNDANT_MAX_RANKS"]
+__all__ = ["step_solver", "step_kind", "is_direct", "describe", "KINDS",
+           "REDUNDANT_MAX_RANKS"]

@@ -28,9 +28,10 @@ from petsc4py import PETSc
 from ..errors import ConfigError, SolverError
 from ..forms import cole_hopf
 from .result import Result
-from .steps import step_solver
+from .steps import step_kind, step_solver
 
 TINY = 1e-300
+CH_STEP_RTOL = 1e-14
 EXP_MAX = 700.0          # e^{r} is finite and accurate for r < EXP_MAX
 
 
@@ -46,9 +47,12 @@ def _check(ksp, what):
 class _Sweeper:
     """x_{next} = (M + θτA)⁻¹ (M − (1−θ)τA) x on rows of a stored (N+1) × n_local array."""
 
-    def __init__(self, A, B, prefix, N, nl):
+    def __init__(self, A, B, prefix, N, nl, dim):
         self.A, self.B, self.comm = A, B, A.getComm().tompi4py()
-        self.ksp = step_solver(A, prefix)
+        self.kind = step_kind(A, prefix, dim, solves=2 * N)
+        # the sweeps carry exp(−u/2ε) over many orders of magnitude: iterative per-step
+        # solves to near round-off (a looser tolerance shows in ρ = χΓ where χ is small)
+        self.ksp = step_solver(A, prefix, self.kind, rtol=CH_STEP_RTOL)
         self.rhs = A.createVecLeft()
         self.store = np.zeros((N + 1, nl))
         self.views = [self._wrap(row) for row in self.store]
@@ -121,7 +125,7 @@ def cole_hopf_fields(problem, rho: list, u: list, prefix="mfc_ch_"):
     A.assemble()
     B = dolfinx.fem.petsc.assemble_matrix(dolfinx.fem.form(b_form))
     B.assemble()
-    sw = _Sweeper(A, B, prefix, N, nl)
+    sw = _Sweeper(A, B, prefix, N, nl, p.mesh.topology.dim)
     chi = sw.store
 
     # backward sweep for χ̃ⁿ, sₙ (n = N … 0)
