@@ -107,6 +107,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "degree": Key(int, 1, "Lagrange degree", lambda k: k in (1, 2, 3), "1, 2 or 3"),
         "scheme": Key(str, "backward-euler", "time scheme",
                       choices=("backward-euler", "crank-nicolson")),
+        "stabilisation": Key(str, "none", "'monotone': the positivity-preserving P1 scheme "
+                             "(lumped mass, upwind Hamiltonian on the mesh edges, minimal "
+                             "artificial diffusion; backward Euler, degree 1; first order)",
+                             choices=("none", "monotone")),
     },
     "solver": {
         "method": Key(str, "auto", "nonlinear solver",

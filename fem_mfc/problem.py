@@ -55,6 +55,7 @@ class ControlProblem:
     cell_tags: Any = None
     facet_tags: Any = None
     coarse: Optional[Callable] = None           # () -> the problem on a coarser grid, or None
+    stabilisation: str = "none"                 # "none" (Galerkin) or "monotone" (P1, BE)
     space: Any = field(init=False, default=None)
 
     def __post_init__(self):
@@ -71,6 +72,9 @@ class ControlProblem:
             raise ConfigError("discretisation.scheme", "one of " + ", ".join(THETA), self.scheme)
         if self.coupling not in ("mftc", "mfg"):
             raise ConfigError("problem.coupling", "'mftc' or 'mfg'", self.coupling)
+        if self.stabilisation not in ("none", "monotone"):
+            raise ConfigError("discretisation.stabilisation", "'none' or 'monotone'",
+                              self.stabilisation)
         self.T, self.sigma = float(self.T), float(self.sigma)
         self.space = dolfinx.fem.functionspace(self.mesh, ("Lagrange", self.degree))
         self.x = ufl.SpatialCoordinate(self.mesh)
@@ -147,7 +151,8 @@ class ControlProblem:
         common = dict(mesh=mesh, T=pr["T"], sigma=pr["sigma"], steps=pr["steps"],
                       degree=disc["degree"], scheme=disc["scheme"], coupling=pr["coupling"],
                       cell_tags=cell_tags, facet_tags=facet_tags,
-                      coarse=coarse_factory(cfg, mesh.comm))
+                      coarse=coarse_factory(cfg, mesh.comm),
+                      stabilisation=disc.get("stabilisation", "none"))
         kind = cfg.get("exact", {}).get("solution", "none")
         if kind != "none":
             ex = exact_mod.from_config(kind, cfg, mesh, G)

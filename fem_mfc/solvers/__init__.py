@@ -20,7 +20,12 @@ def choose_method(problem, method: str = "auto") -> str:
     if method not in METHODS:
         raise ConfigError("solver.method", "one of " + ", ".join(METHODS), method)
     if method != "auto":
+        if method == "cole-hopf" and getattr(problem, "stabilisation", "none") == "monotone":
+            raise ConfigError("solver.method", "'newton' or 'picard' with the monotone scheme "
+                              "(Cole-Hopf solves the Galerkin one)", method)
         return method
+    if getattr(problem, "stabilisation", "none") == "monotone":
+        return "newton"
     return "newton" if cole_hopf_obstacles(problem) else "cole-hopf"
 
 

@@ -101,7 +101,10 @@ class SweepPC:
         if self.prefix is None:
             self.prefix = (pc.getOptionsPrefix() or "") + "sweep_"
             opts = PETSc.Options(self.prefix)
-            self.reuse_rtol = opts.getReal("reuse_rtol", REUSE_RTOL)
+            # in 1D a per-step factorisation costs a few solves: refactorise every pivot
+            # (exact M); in 2D/3D reuse factors of pivots within REUSE_RTOL
+            dim = self.op.st.V.mesh.topology.dim
+            self.reuse_rtol = opts.getReal("reuse_rtol", REUSE_RTOL if dim > 1 else -1.0)
             self.tfactor = opts.getBool("transpose_factors", True)
         if self.kind is None:
             A0 = self.op.pivot_matrix(self.op.st.layout.forward_rows()[0])[0]

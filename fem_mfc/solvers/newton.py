@@ -55,7 +55,7 @@ ETA_MAX, ETA_GAMMA, ETA_ALPHA = 3e-2, 0.9, 2.0   # EW choice 2; 0.3 stalled here
 ETA_SAFETY = 0.5                                 # of the tolerance still to be gained
 CONVERGED = ("CONVERGED_FNORM_ABS", "CONVERGED_FNORM_RELATIVE")
 ROUNDOFF_FACTOR = 1e3           # a residual that stagnates this close to the target ...
-STAGNATION = 3                  # ... for this many iterations has reached its round-off floor
+STAGNATION = 2                  # ... for this many iterations has reached its round-off floor
 
 
 def check_cole_hopf_guess(p):
@@ -124,6 +124,15 @@ class Forcing:
         return self.eta
 
 
+def make_system(problem) -> SpaceTime:
+    """The space-time system of ``problem``'s discretisation (Galerkin, or the monotone P1
+    scheme of :mod:`fem_mfc.solvers.monotone`)."""
+    if getattr(problem, "stabilisation", "none") == "monotone":
+        from .monotone import MonotoneSpaceTime
+        return MonotoneSpaceTime(problem)
+    return SpaceTime(problem)
+
+
 def linear_mode(st: SpaceTime, linear: str, prefix: str) -> tuple[str, dict]:
     """("lu" | "sweep", the auto rule's record): the keyword, else ``-{prefix}linear``, else
     the cheaper path by the estimates of :func:`fem_mfc.solvers.auto.choose`."""
@@ -167,6 +176,7 @@ class NewtonSolver:
         snes = self.snes = options.make_snes(st.comm, prefix, rtol, atol, max_it)
         snes.setFunction(self._residual, self.F)
         snes.setMonitor(self._monitor)
+        snes.setConvergenceTest(self._converged)
         ksp = snes.getKSP()
         if mode == "lu":
             A = st.jacobian(None)
@@ -253,6 +263,31 @@ class NewtonSolver:
             snes.getKSP().setTolerances(rtol=eta)
             h[-1]["ksp_rtol"] = eta
 
+    def _converged(self, snes, it, norms):
+        """PETSc's default test (absolute, relative to the first residual, step length,
+        iteration count, NaN) plus the round-off floor: a residual stagnating within
+        ROUNDOFF_FACTOR of the target for STAGNATION steps ends the solve at once."""
+        R = PETSc.SNES.ConvergedReason
+        xnorm, ynorm, fnorm = norms
+        rtol, atol, stol, max_it = snes.getTolerances()
+        if it == 0:
+            self._f0_test = fnorm
+            self._floor = False
+        if not np.isfinite(fnorm):
+            return R.DIVERGED_FNORM_NAN
+        if fnorm <= atol:
+            return R.CONVERGED_FNORM_ABS
+        if fnorm <= rtol * self._f0_test:
+            return R.CONVERGED_FNORM_RELATIVE
+        if it > 0 and ynorm <= stol * xnorm:
+            return R.CONVERGED_SNORM_RELATIVE
+        if it > 0 and self._at_roundoff_floor(max(atol, rtol * self._f0_test)):
+            self._floor = True
+            return R.CONVERGED_ITS
+        if it >= max_it:
+            return R.DIVERGED_MAX_IT
+        return R.ITERATING
+
     def _pc_context(self):
         if self.mode != "sweep":
             return None
@@ -292,6 +327,7 @@ class NewtonSolver:
             self.forcing.prev = None
         self.history = []
         self._best_f = None
+        self._floor = False
         self._t_last = time.perf_counter()
         st.states_to_vec(self.X)
         try:
@@ -309,7 +345,8 @@ class NewtonSolver:
         name = REASONS.get(reason, str(reason)) if failed is None else f"ERROR ({failed})"
         converged = failed is None and np.isfinite(fnorm) and (
             name in CONVERGED or (reason > 0 and fnorm <= 10 * target))
-        if not converged and failed is None and self._at_roundoff_floor(target):
+        if failed is None and (getattr(self, "_floor", False)
+                               or (not converged and self._at_roundoff_floor(target))):
             converged, name = True, "CONVERGED_ROUNDOFF_FLOOR"
         if converged:
             st.vec_to_states(self.X)
@@ -363,7 +400,7 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
     user_ls = (options.get("snes_linesearch_type", None, prefix) is not None
                or prefix + "snes_linesearch_type" in options.normalise(petsc_options, prefix))
     with options.inserted(settings=petsc_options, defaults=DEFAULTS, prefix=prefix):
-        st = system or SpaceTime(problem)
+        st = system or make_system(problem)
         if system is not None:
             guess = "the given states"
         elif guess == "cole-hopf":

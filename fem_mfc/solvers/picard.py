@@ -103,7 +103,8 @@ def picard(problem, rtol=1e-10, atol=1e-12, max_it=500, relaxation=0.5, prefix="
     ``relaxation``).  A run that does not reach the tolerance in ``max_it`` iterations returns
     its last iterate with ``converged`` False."""
     t0 = time.perf_counter()
-    st = system or SpaceTime(problem)
+    from .newton import make_system
+    st = system or make_system(problem)
     lin = _StepSolver(st.comm, prefix)
     F = st.create_vec()
     history, first, prev, omega = [], None, None, relaxation

@@ -179,7 +179,6 @@ class SpaceTime:
 
     def __init__(self, problem, formulation: Formulation | None = None, cache: bool = True,
                  **options):
-        from .assemblers import Assembler, CachingAssembler
         self.problem = p = problem
         self.formulation = fm = formulation or self.describe(problem, **options)
         self.V = V = p.space
@@ -199,6 +198,14 @@ class SpaceTime:
         self.t_prev = dolfinx.fem.Constant(p.mesh, 0.0)
         self.t_cur = dolfinx.fem.Constant(p.mesh, 0.0)
         self.parameters = dict(fm.parameters)
+        self._compile(cache)
+        self.A = None
+
+    def _compile(self, cache: bool):
+        """The compiled residual rows, Jacobian blocks and functionals of the formulation, and
+        the assembler that evaluates them."""
+        from .assemblers import Assembler, CachingAssembler
+        fm = self.formulation
         res = {k: ufl.algorithms.expand_derivatives(F)
                for k, F in fm.build(self.tm, self.t_prev, self.t_cur).items()}
         self.jac_ufl = jacobian_blocks(res, self.tm, fm.depends)
@@ -213,7 +220,6 @@ class SpaceTime:
         self.func = {k: dolfinx.fem.form(f) for k, f in self.func_ufl.items()}
         self.split = self._split_forms(fm.forward_split)
         self.assembler = (CachingAssembler if cache else Assembler)(self)
-        self.A = None
 
     @classmethod
     def describe(cls, problem, **options) -> Formulation:
