@@ -78,13 +78,25 @@ def test_sweep_selected_by_petsc_options():
 
 def test_auto_follows_the_estimates():
     """auto takes the path with the smaller estimated cost per Newton step (never an LU whose
-    factors would not fit), and LU for formulations without an effective sweep."""
-    for nx, steps in ((4, 2), (40, 30)):
-        st = SpaceTime(problem(nx=nx, steps=steps))
+    factors would not fit), the per-step kind by dimension, and LU for formulations without an
+    effective sweep."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent.parent / "benchmarks"))
+    from bench_matrix import problem as bench_problem
+    # the benchmark matrix measured the sweep faster at every point (1D–3D, 300–66k dofs)
+    for dim, cells, steps, expect in ((1, 8, 2, "sweep"), (1, 300, 20, "sweep"),
+                                      (2, 16, 20, "sweep"), (3, 6, 20, "sweep")):
+        st = SpaceTime(bench_problem(dim, 1, cells, steps, "mftc"))
         mode, rule = linear_mode(st, "auto", "t_auto_")
-        est = auto.estimates(st.V.dofmap.index_map.size_global, steps, 2)
-        assert mode == ("lu" if est["lu_s"] < est["sweep_s"] else "sweep"), (nx, rule)
+        n = st.V.dofmap.index_map.size_global
+        est = auto.estimates(n, steps, dim)
+        assert mode == ("lu" if est["lu_s"] < est["sweep_s"] else "sweep") == expect, \
+            (dim, cells, rule)
+        assert rule["lu_s"] == pytest.approx(est["lu_s"], rel=1e-2)
+        assert auto.step_kind(n, dim) == ("ilu" if dim == 3 else "lu")
         assert linear_mode(st, "sweep", "t_auto_")[0] == "sweep"
+    big = auto.estimates(10 ** 6, 100, 3)                 # would not fit: never LU
+    assert big["lu_bytes"] > auto.LU_MEMORY_FRACTION * auto.memory_bytes()
     p = problem(nx=40, steps=30)
     st = SpaceTime(p, formulation=dataclasses.replace(hjb_fp(p), sweep=False))
     assert linear_mode(st, "auto", "t_auto_")[0] == "lu"
