@@ -162,7 +162,7 @@ def test_divergent_solve_raises():
     with pytest.raises(SolverError):
         solve(p, "cole-hopf", max_it=2)   # with congestion: the cubic pair, divergent here
     r = solve(p, "newton", max_it=2, strict=False, continuation=False)
-    assert not r.converged and r.reason == "DIVERGED_MAX_IT"
+    assert not r.converged and r.reason.startswith("DIVERGED")
 
 
 def test_from_config():

@@ -11,7 +11,8 @@ follows the path λ ∈ [0, 1],
 
 with adaptive steps (doubled after an easy stage, halved after a failed one, from the last
 solution), a secant predictor from the last two solutions, loose intermediate tolerances and
-the full one at λ = 1.  The stages use the affine-invariant line search of Deuflhard's
+the full one at λ = 1.  The stages solve every Newton step exactly (no inexact forcing: near a fold the Jacobian is
+nearly singular and inexact steps stall) with the affine-invariant line search of Deuflhard's
 NLEQ-ERR (``nleqerr``: the natural monotonicity test ‖J⁻¹F(x + λδ)‖ ≤ (1 − λ/2)‖δ‖), which
 does not assume that the residual norm — or the cost, non-convex here — decreases along
 Newton's direction; the residual-norm backtracking of the direct attempt rejected full Newton
@@ -41,7 +42,7 @@ def _set(st, lam: float, eps0: float | None, eps: float):
 def _stage(solver, lam, eps0, eps, rtol, atol, max_it):
     _set(solver.st, lam, eps0, eps)
     solver.parameters_changed()
-    return solver.solve(rtol=rtol, atol=atol, max_it=max_it)
+    return solver.solve(rtol=rtol, atol=atol, max_it=max_it, exact=True)
 
 
 def _path(solver, X0, eps0, eps, f0, rtol, atol, stages) -> dict | None:

@@ -313,10 +313,21 @@ class NewtonSolver:
             self.trap.reset()
 
     def solve(self, rtol: float | None = None, atol: float | None = None,
-              max_it: int | None = None) -> dict:
+              max_it: int | None = None, exact: bool = False) -> dict:
         """Newton from the current states of ``st``; the states end at the solution or, if
-        the tolerance was not met, at the best iterate.  Returns {converged, reason,
-        iterations, residual, first_residual, target, history}."""
+        the tolerance was not met, at the best iterate (``exact``: every Newton step solved to
+        KSP_RTOL, no inexact forcing).  Returns {converged, reason, iterations, residual,
+        first_residual, target, history}."""
+        forcing = self.forcing
+        if exact and forcing is not None:
+            self.forcing = None
+            self.snes.getKSP().setTolerances(rtol=KSP_RTOL)
+        try:
+            return self._solve(rtol, atol, max_it)
+        finally:
+            self.forcing = forcing
+
+    def _solve(self, rtol, atol, max_it) -> dict:
         snes, st = self.snes, self.st
         rtol = self.rtol if rtol is None else rtol
         atol = self.atol if atol is None else atol
