@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 from mpi4py import MPI
 from petsc4py import PETSc
 
@@ -36,6 +37,7 @@ from .steps import is_direct, step_kind, step_solver
 
 REUSE_RTOL = 2e-3               # reuse factors of pivots within 0.2 % (Frobenius)
 EXACT_RTOL = 1e-13              # reuse factors of coinciding pivots only (M unchanged)
+TRANSPOSE_FACTORS_BELOW = 20_000   # explicit Pᵀ factors for pivots with fewer dofs
 FRO = PETSc.NormType.FROBENIUS
 SAME = PETSc.Mat.Structure.SAME_NONZERO_PATTERN
 
@@ -105,18 +107,25 @@ class SweepPC:
             # (exact M); in 2D/3D reuse factors of pivots within REUSE_RTOL
             dim = self.op.st.V.mesh.topology.dim
             self.reuse_rtol = opts.getReal("reuse_rtol", REUSE_RTOL if dim > 1 else -1.0)
-            self.tfactor = opts.getBool("transpose_factors", True)
+            # explicit factors of P_nᵀ double the factor memory; they pay where factorising
+            # is cheap relative to the transposed solves they replace (small pivots)
+            n = self.op.st.V.dofmap.index_map.size_global
+            self.tfactor = opts.getBool("transpose_factors", n < TRANSPOSE_FACTORS_BELOW)
         if self.kind is None:
             A0 = self.op.pivot_matrix(self.op.st.layout.forward_rows()[0])[0]
             self.kind = step_kind(A0, self.prefix, self.op.st.V.mesh.topology.dim)
         if self._vecs is None:
             st = self.op.st
             nl = st.nl
-            self.work = [st.create_vec() for _ in range(2)]
-            self.views = [[PETSc.Vec().createWithArray(w.getArray()[st.layout.slice(f)],
-                                                       size=(nl, PETSc.DETERMINE), comm=st.comm)
-                           for f in range(st.nfields)] for w in self.work]
-            self.rhs, self.tmp = self.views[0][0].duplicate(), self.views[0][0].duplicate()
+            # per-field views, placed on the input and output arrays of each application
+            # (no space-time work vectors)
+            self._dummy = np.zeros(nl, dtype=PETSc.ScalarType)
+            self.views = [None, [PETSc.Vec().createWithArray(self._dummy,
+                                                             size=(nl, PETSc.DETERMINE),
+                                                             comm=st.comm)
+                                 for f in range(st.nfields)]]
+            self.rhs = PETSc.Vec().createMPI((nl, PETSc.DETERMINE), comm=st.comm)
+            self.tmp = self.rhs.duplicate()
             self._vecs = True
 
     def setFromOptions(self, pc):
@@ -266,10 +275,10 @@ class SweepPC:
             raise SolverError(f"sweep preconditioner: the per-step solve of equation {r} "
                               f"failed (KSP reason {ksp.getConvergedReason()})")
 
-    def _rhs(self, r: int, b: PETSc.Vec, z: list, known) -> PETSc.Vec:
-        """b_r − Σ_{c ≠ pivot, known(c)} K_rc z_c."""
+    def _rhs(self, r: int, b, z: list, known) -> PETSc.Vec:
+        """b_r − Σ_{c ≠ pivot, known(c)} K_rc z_c (b_r: the owned array of equation r)."""
         op, piv = self.op, self.op.st.layout.pivot(r)
-        self.rhs.array[:] = b.array_r
+        self.rhs.array[:] = b
         for c in op.row_blocks(r):
             if c != piv and known(c, r):
                 op.mult_add(r, c, z[c], self.rhs, self.tmp, -1.0)
@@ -284,15 +293,22 @@ class SweepPC:
 
     def _apply(self, x: PETSc.Vec, y: PETSc.Vec):
         L = self.op.st.layout
-        b, z = self.views
-        x.copy(self.work[0])
-        self.work[1].zeroEntries()
-        for r in L.backward_rows():           # equations of ρ^N … ρ¹ → δu^{N−1} … δu⁰
-            self._solve(r, self._rhs(r, b[r], z, L.before_in_backward_sweep), z[L.pivot(r)])
-        for r in L.forward_rows():            # equations of u⁰ … u^{N−1} → δρ¹ … δρ^N
-            self._solve(r, self._rhs(r, b[r], z, L.before_in_forward_sweep), z[L.pivot(r)])
-        self.work[1].stateIncrease()          # written through the views: drop cached norms
-        self.work[1].copy(y)
+        z = self.views[1]
+        y.zeroEntries()
+        xa, ya = x.getArray(readonly=True), y.getArray()
+        for f in range(L.nfields):
+            z[f].placeArray(ya[L.slice(f)])
+        try:
+            for r in L.backward_rows():       # equations of ρ^N … ρ¹ → δu^{N−1} … δu⁰
+                self._solve(r, self._rhs(r, xa[L.slice(r)], z, L.before_in_backward_sweep),
+                            z[L.pivot(r)])
+            for r in L.forward_rows():        # equations of u⁰ … u^{N−1} → δρ¹ … δρ^N
+                self._solve(r, self._rhs(r, xa[L.slice(r)], z, L.before_in_forward_sweep),
+                            z[L.pivot(r)])
+        finally:
+            for f in range(L.nfields):
+                z[f].resetArray()
+        y.stateIncrease()                     # written through the views: drop cached norms
 
     def destroy(self, pc=None):
         for k in [*self.ksp.values(), *self.snap.values(), *self.kspT.values(),
@@ -303,7 +319,7 @@ class SweepPC:
             self._work.destroy()
             self._work = None
         if self._vecs:
-            for v in [self.rhs, self.tmp] + [v for vs in self.views for v in vs] + self.work:
+            for v in [self.rhs, self.tmp] + self.views[1]:
                 v.destroy()
             self._vecs = None
 

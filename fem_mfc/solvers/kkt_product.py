@@ -35,6 +35,7 @@ from petsc4py import PETSc
 from .assembly import scalar_multiple
 
 SYMMETRY_RTOL = 1e-14           # a shared transposed base within round-off of symmetric
+BATCH = 16                      # columns per sparse × dense product (bounds its buffers)
 MULTIPLE_RTOL = 1e-11           # a shared base within round-off of a multiple of another: E of
                                 # KKTOperator is a difference B_n − αP_n and carries P_n's
                                 # round-off (5e-12 of ‖E‖ at 60k dofs; kkt_pc.DERIVE_RTOL)
@@ -84,12 +85,16 @@ class KKTProduct:
                 plan.append(("col", base, t, cols[0], [(r, a) for r, _, a in uses]))
             elif len(rows) == 1:
                 plan.append(("row", base, t, rows.pop(), [(c, a) for _, c, a in uses]))
-            else:
-                if cols not in buffers:       # groups with one column set share one copy
-                    buffers[cols] = self._dense(len(cols))
-                index = {c: j for j, c in enumerate(cols)}
-                plan.append(("batch", base, t, cols, [(r, index[c], a) for r, c, a in uses],
-                             *buffers[cols], [None]))
+            else:                             # in chunks of ≤ BATCH columns: one input
+                y_of = {}                     # buffer per chunk width, one output per base
+                for i in range(0, len(cols), BATCH):
+                    chunk = cols[i:i + BATCH]
+                    if len(chunk) not in buffers:
+                        buffers[len(chunk)] = self._dense(len(chunk))
+                    index = {c: j for j, c in enumerate(chunk)}
+                    mine = [(r, index[c], a) for r, c, a in uses if c in index]
+                    Y = y_of.setdefault(len(chunk), [None])
+                    plan.append(("batch", base, t, chunk, mine, *buffers[len(chunk)], Y))
         self._plan = plan
         self._buffers = buffers
         self.products = sum(1 if p[0] != "batch" else len(p[3]) for p in plan)
@@ -130,7 +135,7 @@ class KKTProduct:
         X = PETSc.Mat().createDense(((self.nl, PETSc.DETERMINE), (PETSc.DECIDE, m)),
                                     array=buf.reshape(-1), comm=self.comm)
         X.assemble()
-        return buf, X, [False]                # [filled by the current product?]
+        return buf, X, [None]                 # [the columns it holds in this product]
 
     # -- y = K x ---------------------------------------------------------------------------
     def _apply(self, base, t: bool, xa: np.ndarray) -> np.ndarray:
@@ -171,7 +176,7 @@ class KKTProduct:
                 ys[r] += w if a == 1.0 else a * w
 
         for buf, X, filled in self._buffers.values():
-            filled[0] = False
+            filled[0] = None
         for step in self.plan():
             kind, base, t = step[:3]
             if kind == "col" and len(step[4]) == 1 and step[4][0][1] == 1.0:
@@ -193,11 +198,11 @@ class KKTProduct:
                 fresh[r] = False
             else:
                 cols, uses, buf, X, filled, Y = step[3:]
-                if not filled[0]:
+                if filled[0] != cols:             # the shared input holds another chunk
                     for j, c in enumerate(cols):
                         buf[j] = xs[c]
                     X.stateIncrease()
-                    filled[0] = True
+                    filled[0] = cols
                 Y[0] = (base.transposeMatMult if t else base.matMult)(X, Y[0])
                 out = Y[0].getDenseArray(readonly=True)
                 for r, j, a in uses:
@@ -208,9 +213,11 @@ class KKTProduct:
         y.stateIncrease()
 
     def destroy_plan(self):
-        for step in self._plan or ():
-            if step[0] == "batch" and step[8][0] is not None:
-                step[8][0].destroy()
+        holders = {id(step[8]): step[8] for step in self._plan or () if step[0] == "batch"}
+        for Y in holders.values():
+            if Y[0] is not None:
+                Y[0].destroy()
+                Y[0] = None
         for buf, X, filled in getattr(self, "_buffers", {}).values():
             X.destroy()
         self._plan, self._buffers = None, {}

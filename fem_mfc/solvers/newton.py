@@ -49,6 +49,8 @@ DEFAULTS = {"snes_linesearch_type": "bt"}
 REASONS = options.REASONS
 LINEAR = ("auto", "lu", "sweep")
 KSP_RTOL, KSP_ATOL = 1e-12, 1e-14
+KRYLOV_RESTART = 8              # FGMRES keeps 2 space-time vectors per iteration (16 B per
+                                # DOF·step each): inexact Newton steps take 2–6 iterations
 FORCING = ("adaptive", "exact")
 GUESSES = ("trivial", "cole-hopf", "coarse")
 ETA_MAX, ETA_GAMMA, ETA_ALPHA = 3e-2, 0.9, 2.0   # EW choice 2; 0.3 stalled here
@@ -195,7 +197,7 @@ class NewtonSolver:
             ksp.setType("fgmres")
             ksp.setPCSide(PETSc.PC.Side.RIGHT)
             ksp.setTolerances(rtol=KSP_RTOL, atol=KSP_ATOL, max_it=300)
-            ksp.setGMRESRestart(100)
+            ksp.setGMRESRestart(KRYLOV_RESTART)
             pc = ksp.getPC()
             pc.setType("python")
             pc.setPythonType(PYTHON_TYPE)
