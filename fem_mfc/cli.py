@@ -105,7 +105,7 @@ def cmd_run(args, petsc_tokens) -> int:
     out = args.out or str(Path("results") / Path(args.config).stem)
     opts = process_options(split_petsc_options(petsc_tokens))
     summary = run_config(cfg, out, opts, args.config, quiet=args.quiet, force=args.force,
-                         on_finish=lambda: _report_unused(opts))
+                         on_finish=lambda: _report_unused(opts), restart=args.restart)
     if not summary.get("converged", True):
         _flagged(summary, out)
         return EXIT_UNCONVERGED
@@ -167,6 +167,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress output")
     r.add_argument("--force", action="store_true",
                    help="run even if the memory estimate exceeds the available memory")
+    r.add_argument("--restart", metavar="DIR",
+                   help="continue from the checkpoint in DIR (or beside output folder DIR)")
     f = command("refine", help="mesh/time refinement study against the exact solution")
     f.add_argument("config")
     f.add_argument("--levels", type=int, default=3)

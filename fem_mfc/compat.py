@@ -98,3 +98,12 @@ def unused_petsc_options() -> list[str] | None:
 
 __all__ = ["interpolation_points", "create_vector", "nonlinear_residual_jacobian",
            "vtx_writer", "unused_petsc_options", "DOLFINX"]
+
+
+def adios2():
+    """ADIOS2's Python module in its MPI flavour.  Debian ships a serial and an MPI build;
+    whichever ``import adios2`` loads first stays, and adios4dolfinx refuses the serial one
+    ("ADIOS2 must be built with MPI support"): let adios4dolfinx choose."""
+    import adios4dolfinx  # noqa: F401  (imports the MPI build)
+    import adios2 as module
+    return module

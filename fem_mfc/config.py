@@ -272,6 +272,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "animation": Key(bool, False, "render an animated GIF of the density"),
         "every": Key(int, 1, "write fields every N steps", positive, "a positive integer"),
         "progress": Key(bool, True, "show progress bars"),
+        "checkpoint_every": Key(int, 0, "write a restartable checkpoint (OUT.checkpoint/) every "
+                                "k Newton iterations and after every continuation stage; 0: "
+                                "off (hjb-fp Newton)", nonnegative, "a non-negative integer"),
     },
 }
 

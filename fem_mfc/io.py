@@ -407,6 +407,7 @@ class RunContext:
     _series: list = field(default_factory=list)
     t0: float = field(default_factory=time.perf_counter)
     _lock: object = None
+    restart: Path = None                       # a checkpoint folder to continue from
     _old_handlers: dict = field(default_factory=dict)
     _done: bool = False
 
@@ -541,8 +542,8 @@ def save_checkpoint(path: Path, mesh, functions: dict, time_value: float = 0.0):
 def checkpoint_function_names(path: Path) -> list[str] | None:
     """Names of the functions stored in an adios4dolfinx checkpoint (None if unknown)."""
     try:
-        import adios2
-        with adios2.FileReader(str(path)) as f:
+        from .compat import adios2
+        with adios2().FileReader(str(path)) as f:
             variables = f.available_variables()
     except Exception:        # noqa: BLE001 (best effort: only used for the error message)
         return None

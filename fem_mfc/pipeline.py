@@ -75,10 +75,12 @@ def verdict(summary: dict) -> list[str]:
 
 
 def run_config(cfg: dict, outdir, petsc_options: dict | None = None, config_path="<dict>",
-               quiet: bool = False, comm=None, force: bool = False, on_finish=None) -> dict:
+               quiet: bool = False, comm=None, force: bool = False, on_finish=None,
+               restart=None) -> dict:
     """Run a validated config into ``outdir``; return the summary (also written as JSON).
     ``summary["converged"]`` is False when the run is flagged (exit status 3 for the CLI).
-    ``on_finish()`` is called while the run's PETSc options are still inserted."""
+    ``on_finish()`` is called while the run's PETSc options are still inserted; ``restart``:
+    a checkpoint folder to continue from (:mod:`fem_mfc.checkpoint`)."""
     from mpi4py import MPI
 
     from . import config as config_mod
@@ -95,8 +97,13 @@ def run_config(cfg: dict, outdir, petsc_options: dict | None = None, config_path
     settings = options.normalise(cfg["solver"]["petsc_options"])
     settings.update(options.normalise(petsc_options))
     with options.inserted(settings=settings):
+        if restart is not None:
+            from . import checkpoint
+            restart = checkpoint.resolve(restart)
+            checkpoint.read_meta(restart, cfg)     # refused before anything runs
         ctx = RunContext.create(outdir, comm=comm, petsc_options=settings, cfg=cfg,
                                 quiet=quiet)
+        ctx.restart = restart
         try:
             ctx.log.info("fem-mfc run: %s -> %s (%d ranks)", config_path, ctx.outdir,
                          comm.size)

@@ -126,7 +126,8 @@ def test_params_may_not_shadow_coordinates(tmp_path):
 def test_crank_nicolson_u_is_labelled_with_its_midpoint_time(tmp_path):
     """uⁿ of the midpoint scheme approximates u(t_{n+½}): the ParaView series of u carries
     those times (ρⁿ: t_n)."""
-    import adios2
+    from fem_mfc.compat import adios2
+    adios2 = adios2()
     text = ATTRACTIVE.format(cells=10, c=0.1, method="newton").replace(
         "vtx = false", "vtx = true").replace("[solver]",
                                              '[discretisation]\nscheme = "crank-nicolson"'

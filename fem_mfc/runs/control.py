@@ -35,18 +35,42 @@ NEGATIVE_RHO = 0.1              # min ρ below −NEGATIVE_RHO·max ρ: an unusa
 
 def solve_config(cfg: dict, ctx, md=None):
     """Build the problem of ``cfg`` and solve it with the configured method; return Result
-    (unconverged results are returned flagged, not raised)."""
+    (unconverged results are returned flagged, not raised).  With ``[output]
+    checkpoint_every`` the Newton solve writes checkpoints beside the output folder; with a
+    restart (``ctx.restart``) it starts from the checkpoint's mesh and states."""
+    from .. import checkpoint
+    from ..mesh import MeshData
     from ..solvers import solve
+    from ..solvers.newton import make_system
+    restart = getattr(ctx, "restart", None)
+    resume = system = writer = None
+    if restart is not None:
+        resume = checkpoint.read_meta(restart, cfg)
+        md = MeshData(checkpoint.read_mesh(restart, ctx.comm))
+        from ..expressions import check_formulas
+        check_formulas(cfg, md.mesh)
     md = md or build_mesh(cfg, ctx.comm)
     problem = ControlProblem.from_config(cfg, md.mesh, md.cell_tags, md.facet_tags)
     s = cfg["solver"]
     method = "cole-hopf" if cfg["run"]["formulation"] == "cole-hopf" else s["method"]
+    every = cfg["output"].get("checkpoint_every", 0)
+    if restart is not None or (every and method in ("newton", "auto")):
+        system = make_system(problem)
+        if restart is not None:
+            checkpoint.load_states(restart, system)
+            ctx.log.info("restarting from %s (iteration %s, lambda %s)", restart,
+                         resume.get("iteration"), resume.get("lambda"))
+        if every:
+            writer = checkpoint.Writer(checkpoint.folder_for(ctx.outdir), system, cfg, every)
     ctx.log.info("solving %s: %d dofs x %d steps, method %s", cfg["run"]["formulation"],
                  problem.space.dofmap.index_map.size_global, problem.steps, method)
     result = solve(problem, method=method, rtol=s["rtol"], atol=s["atol"], max_it=s["max_it"],
                    relaxation=s["relaxation"], picard_max_it=s["picard_max_it"],
                    initial_guess=s["initial_guess"], linear=s["linear"],
-                   continuation=s["continuation"], strict=False, step=s["step_solver"])
+                   continuation=s["continuation"], strict=False, step=s["step_solver"],
+                   system=system, checkpoint=writer, resume=resume)
+    if writer is not None and writer.written and result.converged:
+        checkpoint.remove(writer.folder, ctx.comm)       # the run is complete
     return md, problem, result
 
 

@@ -32,25 +32,32 @@ def choose_method(problem, method: str = "auto") -> str:
 def solve(problem, method: str = "auto", rtol=1e-10, atol=1e-12, max_it=50,
           picard_max_it=500, relaxation=0.5, petsc_options=None,
           initial_guess: str = "trivial", linear: str = "auto", continuation: bool = True,
-          strict: bool = True, step: str = "auto") -> Result:
+          strict: bool = True, step: str = "auto", system=None, checkpoint=None,
+          resume: dict | None = None) -> Result:
     """Solve ``problem`` (a :class:`~fem_mfc.problem.ControlProblem`) with ``method``
     (``initial_guess``: Newton's start, "trivial", "cole-hopf" or "coarse"; ``linear``:
     Newton's linear path; ``step``: the per-step solver of the sweeps, see
     :mod:`fem_mfc.solvers.steps`).  ``strict``: raise SolverError when the solve does not meet
-    its tolerance (else return the flagged result, ``converged`` False)."""
+    its tolerance (else return the flagged result, ``converged`` False).  Newton only:
+    ``system`` (a space-time system holding the start), ``checkpoint`` and ``resume`` (see
+    :func:`fem_mfc.solvers.newton.newton`)."""
     from .. import options
     settings = {} if step == "auto" else {"mfc_sweep_step": step, "mfc_ch_step": step}
     with options.inserted(defaults=settings):
         return _solve(problem, method, rtol, atol, max_it, picard_max_it, relaxation,
-                      petsc_options, initial_guess, linear, continuation, strict)
+                      petsc_options, initial_guess, linear, continuation, strict,
+                      dict(system=system, checkpoint=checkpoint, resume=resume))
 
 
 def _solve(problem, method, rtol, atol, max_it, picard_max_it, relaxation, petsc_options,
-           initial_guess, linear, continuation, strict) -> Result:
+           initial_guess, linear, continuation, strict, newton_kw) -> Result:
     m = choose_method(problem, method)
+    if newton_kw.get("resume") is not None and m != "newton":
+        m = "newton"                      # a checkpoint holds a Newton iterate
     if m == "newton":
         r = newton(problem, rtol=rtol, atol=atol, max_it=max_it, petsc_options=petsc_options,
-                   guess=initial_guess, linear=linear, continuation=continuation)
+                   guess=initial_guess, linear=linear, continuation=continuation,
+                   **newton_kw)
         return r.check() if strict else r
     if m == "picard":
         r = picard(problem, rtol=rtol, atol=atol, max_it=picard_max_it, relaxation=relaxation)

@@ -42,19 +42,27 @@ def _set(st, lam: float, eps0: float | None, eps: float):
 def _stage(solver, lam, eps0, eps, rtol, atol, max_it):
     _set(solver.st, lam, eps0, eps)
     solver.parameters_changed()
-    return solver.solve(rtol=rtol, atol=atol, max_it=max_it, exact=True)
+    solver.stage = {"lambda": lam, "eps0": eps0,
+                    "first_residual": solver.stage.get("first_residual")}
+    out = solver.solve(rtol=rtol, atol=atol, max_it=max_it, exact=True)
+    if out["converged"] and lam < 1.0 and solver.checkpoint is not None:
+        solver.checkpoint.write(phase="continuation", iteration=out["iterations"],
+                                residual=out["residual"], **solver.stage)
+    return out
 
 
-def _path(solver, X0, eps0, eps, f0, rtol, atol, stages) -> dict | None:
-    """Follow λ: 0 → 1 from the states X0; the final stage's result, or None if it stalls."""
+def _path(solver, X0, eps0, eps, f0, rtol, atol, stages, lam0=0.0) -> dict | None:
+    """Follow λ: λ0 → 1 from the states X0 (None: the current states, e.g. a restart at λ0);
+    the final stage's result, or None if it stalls."""
     st = solver.st
-    st.vec_to_states(X0)
+    if X0 is not None:
+        st.vec_to_states(X0)
     final_target = max(atol, rtol * f0)        # what the direct attempt had to reach
-    out = _stage(solver, 0.0, eps0, eps, STAGE_RTOL, final_target, STAGE_MAX_IT)
-    stages.append(_record(0.0, eps0, eps, out, st))
+    out = _stage(solver, lam0, eps0, eps, STAGE_RTOL, final_target, STAGE_MAX_IT)
+    stages.append(_record(lam0, eps0, eps, out, st))
     if not out["converged"]:
         return None
-    lam, step = 0.0, FIRST_STEP
+    lam, step = lam0, FIRST_STEP
     Xl, Xp, lam_p = st.create_vec(), None, None
     pred = st.create_vec()
     st.states_to_vec(Xl)
@@ -106,16 +114,19 @@ def _record(lam, eps0, eps, out, st) -> dict:
     return r
 
 
-def continue_to(solver, direct: dict, X0) -> tuple[dict, list]:
+def continue_to(solver, direct: dict, X0, start: dict | None = None) -> tuple[dict, list]:
     """Continuation after the unconverged ``direct`` attempt of ``solver`` (a
     :class:`~fem_mfc.solvers.newton.NewtonSolver`) from the initial states X0: first in the
-    coupling strength alone, then together with the noise from NOISE_FACTORS × ε.  Returns
-    (the final attempt's result, the recorded stages); the states end at the solution or at
-    the last converged stage."""
+    coupling strength alone, then together with the noise from NOISE_FACTORS × ε.  ``start``
+    ({"lambda", "eps0", "first_residual"}, a restart) resumes the path at that λ from the
+    current states.  Returns (the final attempt's result, the recorded stages); the states end
+    at the solution or at the last converged stage."""
     st = solver.st
     stages = [{"lambda": 1.0, "stage": "direct", "converged": False,
                "iterations": direct["iterations"], "residual": direct["residual"],
                "reason": direct["reason"]}]
+    if start is not None:
+        stages[0].update(stage="restart", lam=start["lambda"])
     if not ("coupling" in st.parameters or "eps" in st.parameters):
         return direct, stages
     f0, rtol, atol = direct["first_residual"], solver.rtol, solver.atol
@@ -125,10 +136,14 @@ def continue_to(solver, direct: dict, X0) -> tuple[dict, list]:
         solver.set_linesearch("nleqerr")
     tries = ([None] if "coupling" in st.parameters else []) \
         + ([eps * k for k in NOISE_FACTORS] if eps > 0 and "eps" in st.parameters else [])
+    if start is not None:                  # resume the path that was running
+        tries = [start.get("eps0")] + [e for e in tries if e != start.get("eps0")]
     out = direct
     try:
-        for eps0 in tries:
-            result = _path(solver, X0, eps0, eps, f0, rtol, atol, stages)
+        for i, eps0 in enumerate(tries):
+            resume = start is not None and i == 0
+            result = _path(solver, None if resume else X0, eps0, eps, f0, rtol, atol, stages,
+                           lam0=start["lambda"] if resume else 0.0)
             if result is not None and result["converged"]:
                 return dict(result, reason=result["reason"]), stages
             if result is not None:

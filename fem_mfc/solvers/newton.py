@@ -159,6 +159,8 @@ class NewtonSolver:
         self.st, self.mode, self.prefix = st, mode, prefix
         self.rtol, self.atol, self.max_it = rtol, atol, max_it
         self.user_linesearch = user_linesearch
+        self.checkpoint = None                # a fem_mfc.checkpoint.Writer, or None
+        self.stage = {"lambda": 1.0, "eps0": None}   # continuation stage being solved
         self.X, self.F = st.create_vec(), st.create_vec()
         self.best = None
         self.trap = self.op = None
@@ -264,6 +266,11 @@ class NewtonSolver:
             eta = self.forcing.rtol_for(it, fnorm)
             snes.getKSP().setTolerances(rtol=eta)
             h[-1]["ksp_rtol"] = eta
+        if it == 0 and "first_residual" not in self.stage:
+            self.stage["first_residual"] = fnorm      # the target of the whole solve
+        if self.checkpoint is not None and self.checkpoint.due(it):
+            self.st.vec_to_states(snes.getSolution())
+            self.checkpoint.write(phase="newton", iteration=it, residual=fnorm, **self.stage)
 
     def _converged(self, snes, it, norms):
         """PETSc's default test (absolute, relative to the first residual, step length,
@@ -398,15 +405,17 @@ class NewtonSolver:
 def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_options=None,
            system: SpaceTime | None = None, linear: str = "auto",
            forcing: str = "adaptive", guess: str = "trivial",
-           continuation: bool = True) -> Result:
+           continuation: bool = True, checkpoint=None, resume: dict | None = None) -> Result:
     """Solve the discrete system by Newton from the trivial guess ρⁿ = ρ_0, uⁿ = Φ, from the
     Cole–Hopf solution of the problem without congestion (``guess="cole-hopf"``), from the
     solution on a coarser grid (``guess="coarse"``, :mod:`fem_mfc.solvers.nested`), or from
     the states already in ``system``; ``linear`` chooses the linear path and ``forcing`` the
     Krylov tolerance of the sweep path (see the module docstring).  If Newton does not
     converge from there and ``continuation`` is on, a continuation in the coupling strength
-    (and the noise) is tried.  Returns a :class:`Result` (``converged`` False: the best
-    iterate reached)."""
+    (and the noise) is tried.  ``checkpoint`` (a :class:`fem_mfc.checkpoint.Writer`) writes
+    the state every few Newton iterations and after every continuation stage; ``resume`` (a
+    checkpoint's meta data, states already in ``system``) continues where it stopped.
+    Returns a :class:`Result` (``converged`` False: the best iterate reached)."""
     t0 = time.perf_counter()
     if guess not in GUESSES:
         raise ConfigError("solver.initial_guess", "one of " + ", ".join(GUESSES), guess)
@@ -420,6 +429,10 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
             check_cole_hopf_guess(st.problem)
         mode, rule = linear_mode(st, linear, prefix)
         solver = NewtonSolver(st, mode, prefix, rtol, atol, max_it, forcing, user_ls)
+        solver.checkpoint = checkpoint
+        if resume is not None:
+            guess = f"restart (iteration {resume.get('iteration')}, lambda " \
+                    f"{resume.get('lambda', 1.0):g})"
         X0 = st.create_vec()
         try:
             if guess == "cole-hopf" and not cole_hopf_guess(st, solver.trap):
@@ -429,11 +442,23 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                 guess = coarse_guess(st, rtol=rtol, atol=atol, max_it=max_it,
                                      prefix=prefix)
             st.states_to_vec(X0)
-            out = solver.solve()
             stages = []
-            if not out["converged"] and continuation:
+            if resume is not None and resume.get("lambda", 1.0) < 1.0 and continuation:
                 from .continuation import continue_to
-                out, stages = continue_to(solver, out, X0)
+                f0 = resume.get("first_residual") or solver.residual_norm()
+                start = {"iterations": 0, "residual": float("nan"), "first_residual": f0,
+                         "reason": "restart", "history": []}
+                out, stages = continue_to(solver, start, X0, start=resume)
+            else:
+                if resume is not None and resume.get("first_residual"):
+                    f0 = resume["first_residual"]      # the original run's target
+                    solver.stage["first_residual"] = f0
+                    out = solver.solve(rtol=0.0, atol=max(atol, rtol * f0))
+                else:
+                    out = solver.solve()
+                if not out["converged"] and continuation:
+                    from .continuation import continue_to
+                    out, stages = continue_to(solver, out, X0)
             history = out["history"]
             if history:
                 history[0]["guess"] = guess

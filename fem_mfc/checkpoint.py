@@ -1,0 +1,156 @@
+"""Checkpoints of a long all-at-once solve, and restarting from them.
+
+With ``[output] checkpoint_every = k`` the Newton solve writes, every k Newton iterations and
+after every converged continuation stage, the full state — the mesh, ρ¹..ρ^N and u⁰..u^{N−1}
+(adios4dolfinx, which stores the mesh's input ordering, so a checkpoint written on N ranks is
+read on M) and ``meta.json`` (iteration, residual, the continuation parameter λ and noise
+start, a hash of the config sections that define the discrete problem) — into
+``OUT.checkpoint/`` beside the output folder ``OUT``.  Each checkpoint is written into a
+temporary folder and renamed over the previous one, so a run killed at any moment leaves the
+last complete checkpoint.
+
+``fem-mfc run CONFIG --restart DIR`` (DIR: the checkpoint folder, or the output folder whose
+``DIR.checkpoint`` it is) builds the problem of CONFIG on the checkpoint's mesh, loads the
+states and continues: Newton from the stored iterate, or the continuation from the stored λ.
+A checkpoint of another problem (hash mismatch) is refused with one line (exit 2).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from mpi4py import MPI
+
+from .errors import ConfigError
+
+SECTIONS = ("run", "mesh", "problem", "rho0", "discretisation", "exact")
+STATE = "state.bp"
+META = "meta.json"
+
+
+def config_hash(cfg: dict) -> str:
+    """A hash of the config sections that define the discrete problem."""
+    data = json.dumps({k: cfg.get(k) for k in SECTIONS}, sort_keys=True, default=str)
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def folder_for(outdir) -> Path:
+    """The checkpoint folder of output folder ``outdir``."""
+    p = Path(outdir).absolute()
+    return p.with_name(p.name + ".checkpoint")
+
+
+def resolve(path) -> Path:
+    """The checkpoint folder named by ``--restart PATH`` (the folder or its output folder)."""
+    p = Path(path).absolute()
+    for cand in (p, folder_for(p)):
+        if (cand / META).is_file() and (cand / STATE).exists():
+            return cand
+    raise ConfigError("--restart", f"a fem_mfc checkpoint folder (with {META} and {STATE}), "
+                      f"or an output folder with one beside it", str(path))
+
+
+class Writer:
+    """Writes checkpoints of the space-time system ``st`` into ``folder`` (atomically)."""
+
+    def __init__(self, folder: Path, st, cfg: dict, every: int):
+        self.folder, self.st, self.every = Path(folder), st, int(every)
+        self.hash = config_hash(cfg)
+        self.written = 0
+
+    def due(self, iteration: int) -> bool:
+        return self.every > 0 and iteration > 0 and iteration % self.every == 0
+
+    def write(self, **meta):
+        """The current states of the system, with ``meta`` (iteration, λ, …)."""
+        import adios4dolfinx
+        st, comm = self.st, self.st.comm
+        tmp = comm.bcast(str(self.folder.with_name(self.folder.name + f".tmp-{os.getpid()}"))
+                         if comm.rank == 0 else None, root=0)
+        tmp = Path(tmp)
+        if comm.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        comm.barrier()
+        bp = tmp / STATE
+        adios4dolfinx.write_mesh(bp, st.problem.mesh)
+        for n in range(1, st.N + 1):
+            adios4dolfinx.write_function(bp, st.rho[n], name=f"rho_{n}")
+        for n in range(st.N):
+            adios4dolfinx.write_function(bp, st.u[n], name=f"u_{n}")
+        comm.barrier()
+        if comm.rank == 0:
+            info = {"config_hash": self.hash, "steps": st.N,
+                    "ndofs": st.V.dofmap.index_map.size_global, "ranks": comm.size, **meta}
+            (tmp / META).write_text(json.dumps(info, indent=1, default=float) + "\n")
+            old = self.folder.with_name(self.folder.name + f".old-{os.getpid()}")
+            if self.folder.exists():
+                os.replace(self.folder, old)
+            os.replace(tmp, self.folder)
+            shutil.rmtree(old, ignore_errors=True)
+        comm.barrier()
+        self.written += 1
+        _test_pause(comm, self.written, meta.get("phase", ""))
+
+
+def _test_pause(comm, count: int, phase: str):
+    """Test hook: with FEM_MFC_TEST_CHECKPOINT_PAUSE=S (or S:PHASE), announce every checkpoint
+    (of that phase, "newton" or "continuation") on stderr (rank 0) and sleep S seconds, so that
+    a test can kill the run right after one."""
+    pause = os.environ.get("FEM_MFC_TEST_CHECKPOINT_PAUSE")
+    if not pause:
+        return
+    seconds, _, only = pause.partition(":")
+    if only and only != phase:
+        return
+    import sys
+    import time
+    if comm.rank == 0:
+        sys.stderr.write(f"CHECKPOINT {count} {phase}\n")
+        sys.stderr.flush()
+    time.sleep(float(seconds))
+
+
+def read_meta(folder: Path, cfg: dict) -> dict:
+    """The checkpoint's meta data, refused if it belongs to another problem."""
+    meta = json.loads((Path(folder) / META).read_text())
+    if meta.get("config_hash") != config_hash(cfg):
+        raise ConfigError("--restart", "a checkpoint of this config's problem (the mesh, "
+                          "problem, rho0, discretisation and exact sections must be those "
+                          "of the run that wrote it)", str(folder))
+    if meta.get("steps") != cfg["problem"]["steps"]:
+        raise ConfigError("--restart", f"a checkpoint with problem.steps = "
+                          f"{cfg['problem']['steps']}", str(folder))
+    return meta
+
+
+def read_mesh(folder: Path, comm=MPI.COMM_WORLD):
+    """The checkpoint's mesh, distributed over ``comm`` (any number of ranks)."""
+    import adios4dolfinx
+    return adios4dolfinx.read_mesh(Path(folder) / STATE, comm)
+
+
+def load_states(folder: Path, st):
+    """States of ``st`` (built on the checkpoint's mesh) ← the checkpoint."""
+    import adios4dolfinx
+    bp = Path(folder) / STATE
+    for n in range(1, st.N + 1):
+        adios4dolfinx.read_function(bp, st.rho[n], name=f"rho_{n}")
+        st.rho[n].x.scatter_forward()
+    for n in range(st.N):
+        adios4dolfinx.read_function(bp, st.u[n], name=f"u_{n}")
+        st.u[n].x.scatter_forward()
+
+
+def remove(folder: Path, comm=MPI.COMM_WORLD):
+    """Delete a checkpoint folder (after the run it belongs to has finished)."""
+    if comm.rank == 0:
+        shutil.rmtree(folder, ignore_errors=True)
+    comm.barrier()
+
+
+__all__ = ["Writer", "config_hash", "folder_for", "resolve", "read_meta", "read_mesh",
+           "load_states", "remove"]

@@ -1,0 +1,176 @@
+"""Checkpoints of the all-at-once Newton solve and restarts from them: a run killed (SIGKILL)
+right after a checkpoint, restarted serially and on 2 ranks (a checkpoint written on N ranks
+read on M), reaches the J of an uninterrupted run to solver tolerance; a checkpoint of another
+problem is refused; a finished run removes its checkpoint."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import REPO, _env, read_summary, run_cli
+
+CONFIG = textwrap.dedent("""
+    [run]
+    formulation = "hjb-fp"
+    [mesh]
+    kind = "rectangle"
+    cells = 20
+    [problem]
+    T = 1.0
+    sigma = 0.5
+    steps = 12
+    G = "{G}"
+    coupling = "mfg"
+    Phi = "(x0 - 0.5)**2 + x1**2"
+    [rho0]
+    mean = [-0.4, 0.0]
+    std = 0.25
+    [solver]
+    method = "newton"
+    [output]
+    figures = false
+    vtx = false
+    progress = false
+    checkpoint_every = 1
+""")
+
+# an aggregation game: Newton from the trivial guess fails, the continuation in λ converges
+ATTRACTIVE = textwrap.dedent("""
+    [run]
+    formulation = "hjb-fp"
+    [mesh]
+    kind = "interval"
+    cells = 100
+    lower = [0.0]
+    upper = [1.0]
+    [problem]
+    T = 1.0
+    sigma = 0.1
+    steps = 20
+    G = "-0.02*rho**2"
+    coupling = "mfg"
+    Phi = "(x0 - 0.5)**2"
+    [rho0]
+    mean = [0.5]
+    std = 0.1
+    [solver]
+    method = "newton"
+    [output]
+    figures = false
+    vtx = false
+    progress = false
+    checkpoint_every = 1000
+""")
+
+
+def kill_marked(marker: str):
+    """SIGKILL every process whose command line contains ``marker``; wait until gone."""
+    for _ in range(100):
+        alive = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmd and int(pid) != os.getpid():
+                alive.append(int(pid))
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+        if not alive:
+            return
+        time.sleep(0.1)
+
+
+def killed_after_checkpoint(cfg, out, ranks, count, phase=""):
+    """Start the run, SIGKILL its whole process group after its checkpoint ``count`` (of
+    ``phase`` only, if given)."""
+    env = dict(_env(), FEM_MFC_TEST_CHECKPOINT_PAUSE="30" + (":" + phase if phase else ""))
+    cmd = [sys.executable, "-m", "fem_mfc", "run", str(cfg), "--out", str(out), "--quiet"]
+    if ranks > 1:
+        cmd = ["mpirun", "-n", str(ranks)] + cmd
+    p = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    deadline = time.monotonic() + 300
+    seen = 0
+    try:
+        for line in p.stderr:
+            seen += line.startswith("CHECKPOINT")
+            if seen == count:
+                break
+            assert time.monotonic() < deadline, "no checkpoint"
+        else:
+            pytest.fail("the run ended before the checkpoint")
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=60)
+        kill_marked(str(out))                # ranks an MPI launcher may have left behind
+    assert p.returncode != 0
+    assert not (out / "summary.json").exists()
+    return out.with_name(out.name + ".checkpoint")
+
+
+@pytest.mark.parametrize("writer_ranks,reader_ranks", [(1, 1), (1, 2), (2, 1)])
+def test_killed_run_restarts_to_the_same_solution(tmp_path, writer_ranks, reader_ranks):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONFIG.format(G="rho**2/2"))
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "full"), "--quiet"])
+    assert p.returncode == 0, p.stderr
+    full = read_summary(tmp_path / "full")
+    assert not (tmp_path / "full.checkpoint").exists()       # removed when complete
+    ck = killed_after_checkpoint(cfg, tmp_path / "cut", writer_ranks, 2)
+    meta = json.loads((ck / "meta.json").read_text())
+    assert meta["iteration"] == 2 and meta["ranks"] == writer_ranks
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "cut"), "--quiet", "--restart",
+                 str(ck)], ranks=reader_ranks)
+    assert p.returncode == 0, p.stderr
+    s = read_summary(tmp_path / "cut")
+    assert s["history"][0]["guess"].startswith("restart")
+    assert s["iterations"] < full["iterations"]
+    assert abs(s["J"] - full["J"]) <= 1e-9 * abs(full["J"])
+    assert abs(s["J_value_identity"] - full["J_value_identity"]) <= 1e-9 * abs(full["J"])
+
+
+def test_restart_resumes_a_continuation(tmp_path):
+    """An attractive coupling (1D, c = -0.02, σ = 0.1) needs the continuation in the coupling
+    strength: killed right after its second converged stage (0 < λ < 1), the restart continues the
+    path from that stage and reaches the uninterrupted J."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(ATTRACTIVE)
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "full"), "--quiet"])
+    assert p.returncode == 0, p.stderr
+    full = read_summary(tmp_path / "full")
+    assert len(full["continuation"]) > 2, "the case must need the continuation"
+    ck = killed_after_checkpoint(cfg, tmp_path / "cut", 1, 2, phase="continuation")
+    cut = json.loads((ck / "meta.json").read_text())
+    assert cut["phase"] == "continuation" and 0.0 < cut["lambda"] < 1.0
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "cut"), "--quiet", "--restart",
+                 str(ck)])
+    assert p.returncode == 0, p.stderr
+    s = read_summary(tmp_path / "cut")
+    assert s["continuation"][0]["stage"] == "restart"
+    assert s["continuation"][1]["lambda"] == cut["lambda"]
+    assert abs(s["J"] - full["J"]) <= 1e-9 * abs(full["J"])
+
+
+def test_checkpoint_of_another_problem_is_refused(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONFIG.format(G="rho**2/2"))
+    ck = killed_after_checkpoint(cfg, tmp_path / "cut", 1, 1)
+    other = tmp_path / "o.toml"
+    other.write_text(CONFIG.format(G="rho**2").replace("steps = 12", "steps = 12"))
+    p = run_cli(["run", str(other), "--out", str(tmp_path / "o"), "--restart", str(ck)])
+    assert p.returncode == 2
+    assert p.stderr.count("\n") == 1 and "--restart" in p.stderr, p.stderr
+    p = run_cli(["run", str(other), "--out", str(tmp_path / "o"), "--restart",
+                 str(tmp_path / "nothing")])
+    assert p.returncode == 2 and "checkpoint" in p.stderr
