@@ -12,7 +12,7 @@ A run writes into an output folder ``DIR/`` that is always exactly one run:
 * A lock file ``.<DIR name>.lock`` beside ``DIR`` (``flock``, released by the kernel when the
   process dies) makes a second concurrent run into the same ``DIR`` refuse with one line.
 * Staging folders of dead runs (SIGKILL, power loss) are deleted by the next run into ``DIR``;
-  SIGINT/SIGTERM delete their own staging folder and exit with 130/143.
+  SIGINT/SIGTERM/SIGHUP delete their own staging folder and exit with 130/143/129.
 * ``DIR`` must be new, empty or an earlier output folder (it holds ``summary.json``,
   ``config.toml`` or ``run.log``): a folder of other files is refused rather than moved away.
 
@@ -221,7 +221,7 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 RUN_MARKERS = ("summary.json", "config.toml", "run.log")
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _staging_prefix(name: str) -> str:
