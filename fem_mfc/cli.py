@@ -1,10 +1,10 @@
 """The ``fem-mfc`` command line: ``info``, ``run``, ``refine``, ``schema``.
 
 Exit status: 0 success; 2 bad input (a bad config, a missing or unreadable file, a run that
-would not fit in memory, a PETSc error from an option: one line naming the key or file and
-what was expected, no traceback, earlier results untouched); 3 the run
+would not fit in memory, a PETSc error from an option, a full disk: one line naming the key,
+file or folder and what was expected, no traceback, earlier results untouched); 3 the run
 finished but its solve did not meet its tolerance or its checks (results written,
-summary.json flagged ``"converged": false``); 130/143/129 interrupted.
+summary.json flagged ``"converged": false``); 130/143/129 interrupted (SIGINT/TERM/HUP).
 
 Under an MPI launcher (``mpirun -n N python3 -m fem_mfc ...``) every rank exits: a user error
 raised on every rank is printed once (rank 0) and every rank exits 2 through MPI_Finalize; one
@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UserError
+from .errors import DiskFullError, UserError
 
 PROG = "fem-mfc"
 
@@ -316,8 +316,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    code = _main(argv)
-    return code
+    return _main(argv)
 
 
 def _main(argv: list[str]) -> int:
@@ -345,6 +344,9 @@ def _main(argv: list[str]) -> int:
             print(f"{PROG}: interrupted; earlier results left intact", file=sys.stderr)
         return 130
     except Exception as e:                  # PETSc errors from user options are input errors
+        full = _disk_full(e, args)
+        if full is not None:
+            return _fail(str(full))
         PETSc = sys.modules.get("petsc4py.PETSc")  # not imported: not a PETSc error (and
         if PETSc is not None and isinstance(e, PETSc.Error):  # importing it is collective)
             return _fail(f"PETSc error {getattr(e, 'ierr', '')} (check the PETSc options: an "
@@ -352,6 +354,19 @@ def _main(argv: list[str]) -> int:
         _fatal()
         raise
     return 0
+
+
+def _disk_full(e: BaseException, args) -> DiskFullError | None:
+    """A write that failed for want of space (ENOSPC, EDQUOT) anywhere in a run -- a figure,
+    config.toml, a ParaView series -- as the one-line error naming the output folder."""
+    from .io import is_disk_full
+    if not is_disk_full(e):
+        return None
+    out = getattr(args, "out", None) or str(
+        Path("results") / (Path(args.config).stem + ("_refine" if args.command == "refine"
+                                                     else "")))
+    name = Path(e.filename).name if isinstance(e, OSError) and e.filename else None
+    return DiskFullError(Path(out).absolute(), name)
 
 
 def _error(message: str, any_rank: bool = False) -> None:
