@@ -65,3 +65,20 @@ def test_empty_config_on_the_command_line_runs_nothing(tmp_path):
     line = _one_error_line(run_cli(["run", f, "--out", out, "--quiet"], timeout=120))
     assert "empty" in line and str(f) in line
     assert not out.exists()
+
+
+@pytest.mark.mpi
+def test_bom_and_empty_config_on_every_rank(tmp_path_factory):
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    d = tmp_path_factory.mktemp(f"rank{comm.rank}")
+    bom, empty = d / "bom.toml", d / "empty.toml"
+    bom.write_bytes(b"\xef\xbb\xbf" + SMALL.encode())
+    empty.write_text("# nothing\n")
+    assert config.load(bom)["mesh"]["cells"] == 8
+    refused = False
+    try:
+        config.load(empty)
+    except UserError as e:
+        refused = "empty" in str(e)
+    assert comm.allgather(refused) == [True] * comm.size

@@ -4,6 +4,8 @@ data set's name (summary.json's ``dataset``: ``csv (classes: 0 = cat, 1 = dog)``
 ``Dataset.classes``.  Numbers and words mixed as labels, or an empty label, are one line."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -75,3 +77,25 @@ def test_word_label_mapping_in_the_summary(tmp_path):
         "output": {"figures": False, "progress": False, "vtx": False}})
     s = run_config(cfg, tmp_path / "out", quiet=True)
     assert s["K"] == 2 and s["dataset"] == "csv (classes: 0 = cat, 1 = dog)"
+
+
+@pytest.mark.mpi
+def test_word_labels_on_every_rank(tmp_path_factory):
+    """Under MPI every rank reads the file and maps the labels alike (run_config on 2 ranks)."""
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    d = tmp_path_factory.mktemp("csv") if comm.rank == 0 else None
+    d = Path(comm.bcast(str(d) if d else None, root=0))
+    f = d / "animals.csv"
+    if comm.rank == 0:
+        _csv(f, ["dog", "cat"] * 40, np.random.default_rng(2))
+    comm.barrier()
+    cfg = config.from_dict({
+        "run": {"formulation": "classifier"},
+        "data": {"dataset": "csv", "file": str(f), "test_fraction": 0.25},
+        "mesh": {"kind": "rectangle", "cells": 8, "lower": [-3.0, -3.0], "upper": [3.0, 3.0]},
+        "problem": {"steps": 3, "sigma": 0.5},
+        "training": {"max_sweeps": 2, "baseline": False, "particles": 50},
+        "output": {"figures": False, "progress": False, "vtx": False}})
+    s = run_config(cfg, d / "out", quiet=True)
+    assert comm.allgather(s["dataset"]) == ["csv (classes: 0 = cat, 1 = dog)"] * comm.size

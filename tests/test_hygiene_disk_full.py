@@ -232,3 +232,47 @@ def test_is_disk_full():
     msg = str(DiskFullError("/data/out", "u.bp"))
     assert msg.startswith("/data/out: no space left on device while writing u.bp")
     assert "\n" not in msg
+
+
+@pytest.mark.mpi
+def test_full_disk_on_every_rank_is_a_disk_full_error(tmp_path_factory, monkeypatch):
+    """In process on 2 ranks: a ParaView series that cannot be written (as ADIOS2 fails) is a
+    DiskFullError naming the output folder on every rank; the earlier result stays."""
+    import dolfinx.io
+    from mpi4py import MPI
+
+    from fem_mfc import config
+    from fem_mfc.errors import DiskFullError
+    from fem_mfc.pipeline import run_config
+    comm = MPI.COMM_WORLD
+
+    class FullVTX:
+        def __init__(self, comm, path, functions, engine=None):
+            self.path = path
+
+        def write(self, t):
+            raise RuntimeError(f"couldn't write to file {self.path}/data.0 : errno = 28: "
+                               "No space left on device")
+
+        def close(self):
+            raise RuntimeError("couldn't close file : errno = 9: Bad file descriptor")
+
+    monkeypatch.setattr(dolfinx.io, "VTXWriter", FullVTX)
+    d = tmp_path_factory.mktemp("full") if comm.rank == 0 else None
+    out = Path(comm.bcast(str(d) if d else None, root=0)) / "out"
+    if comm.rank == 0:
+        _earlier(out)
+    comm.barrier()
+    import tomllib
+    cfg = config.from_dict(tomllib.loads(LQ_1D.format(figures="false", vtx="true")))
+    err = None
+    try:
+        run_config(cfg, out, quiet=True)
+    except DiskFullError as e:
+        err = str(e)
+    errs = comm.allgather(err)
+    assert all(e is not None and e.startswith(f"{out}: no space left on device while writing")
+               for e in errs), errs
+    if comm.rank == 0:
+        assert json.loads((out / "summary.json").read_text()) == EARLIER
+        assert not [e for e in os.listdir(out.parent) if e.startswith(".staging-")]
