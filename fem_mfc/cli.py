@@ -1,10 +1,17 @@
 """The ``fem-mfc`` command line: ``info``, ``run``, ``refine``, ``schema``.
 
 Exit status: 0 success; 2 bad input (a bad config, a missing or unreadable file, a run that
-would not fit in memory, a PETSc error from an option: one line naming the key or file and
-what was expected, no traceback, earlier results untouched); 3 the run finished but its solve
-did not meet its tolerance or its checks (results written, summary.json flagged
-``"converged": false``); 130/143 interrupted.
+would not fit in memory, a PETSc error from an option, a full disk: one line naming the key,
+file or folder and what was expected, no traceback, earlier results untouched); 3 the run
+finished but its solve did not meet its tolerance or its checks (results written,
+summary.json flagged ``"converged": false``); 130/143/129 interrupted (SIGINT/TERM/HUP).
+
+Under an MPI launcher (``mpirun -n N python3 -m fem_mfc ...``) every rank exits: a user error
+raised on every rank is printed once (rank 0) and every rank exits 2 through MPI_Finalize; one
+raised on some ranks only is printed by the rank that has it, which then calls MPI_Abort(2);
+any other exception prints its traceback and calls MPI_Abort(1) (never a rank left waiting in
+a collective).  Each rank also asks the kernel to kill it when its launcher dies
+(``PR_SET_PDEATHSIG``), so that a launcher killed by SIGKILL leaves no rank behind.
 
 Arguments that start with ``-`` and are not ours are PETSc options (``-mfc_snes_monitor``,
 ``-ksp_type gmres``), scoped to the run (:mod:`fem_mfc.pipeline`); ``-help`` prints PETSc's
@@ -14,12 +21,133 @@ help for the solvers the run creates.  Options that nothing read are reported at
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
-from .errors import UserError
+from .errors import DiskFullError, UserError
 
 PROG = "fem-mfc"
+
+# -- MPI hygiene ---------------------------------------------------------------------------------
+# Environment variables an MPI launcher sets in its ranks (Open MPI/PRRTE, PMIx, MPICH Hydra).
+_LAUNCHER_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
+_LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+# How long a rank with a user error waits for the other ranks to report the same error before
+# it concludes that the error is its own and aborts the job (FEM_MFC_ERROR_WAIT_S).
+ERROR_WAIT_S = 5.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _launcher_rank() -> int | None:
+    """This process's rank as its MPI launcher told it (None: not started by a launcher)."""
+    for k in _LAUNCHER_RANK_VARS:
+        v = os.environ.get(k)
+        if v is not None and v.strip().isdigit():
+            return int(v)
+    return None
+
+
+def _launcher_size() -> int:
+    for k in _LAUNCHER_SIZE_VARS:
+        v = os.environ.get(k)
+        if v is not None and v.strip().isdigit():
+            return int(v)
+    return 1
+
+
+def die_with_launcher() -> bool:
+    """Under an MPI launcher, have the kernel SIGKILL this rank when its parent (mpirun/prterun
+    or its daemon) dies: a launcher killed abruptly cannot end its ranks itself, and a rank
+    without its runtime would otherwise run on, re-parented to PID 1, or wait forever in a
+    collective.  (A launcher that gets SIGINT/SIGTERM/SIGHUP ends its ranks by itself, with
+    SIGTERM first, so that they can delete their staging folders.)  Linux only; True if set."""
+    if _launcher_rank() is None or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() == 1:          # the launcher died before we asked: we are an orphan
+        os._exit(128 + int(signal.SIGKILL))
+    return True
+
+
+die_with_launcher()
+
+_error_comm = None      # a duplicate of COMM_WORLD, only for agreeing on errors (see _fail)
+
+
+def _start_error_comm() -> None:
+    """Under a launcher with more than one rank, duplicate COMM_WORLD (collectively, at the
+    same point on every rank) for :func:`_fail`'s agreement: its barrier must never match a
+    collective the run itself has in flight."""
+    global _error_comm
+    if _error_comm is not None or _launcher_rank() is None or _launcher_size() < 2:
+        return
+    from mpi4py import MPI
+    _error_comm = MPI.COMM_WORLD.Dup()
+
+
+def _all_ranks_agree(comm, timeout: float) -> bool:
+    """Do all ranks of ``comm`` reach this point within ``timeout`` seconds?"""
+    req = comm.Ibarrier()
+    end = time.monotonic() + timeout
+    while True:
+        if req.Test():
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+
+
+def _fail(message: str, code: int = 2) -> int:
+    """Report a user error and return ``code``; under MPI make sure every rank ends.
+
+    If every rank has the error (the usual case: errors are decided collectively), rank 0
+    prints it and every rank returns ``code`` and finalizes MPI normally.  If the other ranks
+    do not report an error within :data:`ERROR_WAIT_S` seconds, this rank prints it and aborts
+    the job with MPI_Abort(code) -- the other ranks may be waiting for it in a collective."""
+    comm = _error_comm
+    if comm is None or comm.Get_size() == 1:
+        _error(message)
+        return code
+    wait = float(os.environ.get("FEM_MFC_ERROR_WAIT_S", ERROR_WAIT_S))
+    if _all_ranks_agree(comm, wait):
+        _error(message)
+        return code
+    _error(message, any_rank=True)
+    _abort(code)
+    return code                    # not reached
+
+
+def _abort(code: int) -> None:
+    """Flush and end the whole MPI job (MPI_Abort)."""
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except Exception:  # noqa: BLE001
+            pass
+    from mpi4py import MPI
+    MPI.COMM_WORLD.Abort(code)
+
+
+def _fatal() -> None:
+    """An unexpected exception (a bug): under MPI with more than one rank, print its traceback
+    and abort every rank (a rank that returned would wait forever in MPI_Finalize for the
+    others, which may be waiting for it in a collective)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized() \
+            or mpi.COMM_WORLD.Get_size() == 1:
+        return
+    import traceback
+    traceback.print_exc()
+    _abort(1)
 
 
 def split_petsc_options(tokens: list[str]) -> dict:
@@ -145,10 +273,18 @@ def cmd_schema(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors and --help are printed by rank 0 only under an MPI launcher."""
+
+    def _print_message(self, message, file=None):
+        if (_launcher_rank() or 0) == 0:
+            super()._print_message(message, file)
+
+
 def parser() -> argparse.ArgumentParser:
     # No "-h": a PETSc option such as -heat_ksp_view must not be read as -h + "eat...";
     # --help is ours, -help is PETSc's.
-    p = argparse.ArgumentParser(prog=PROG, add_help=False, allow_abbrev=False,
+    p = _Parser(prog=PROG, add_help=False, allow_abbrev=False,
                                 description="Deep learning as mean-field control, solved as "
                                 "PDEs with DOLFINx/PETSc. Unknown -options are passed to "
                                 "PETSc.")
@@ -182,9 +318,15 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     p = parser()
     args, rest = p.parse_known_args(argv)
     try:
+        if args.command in ("run", "refine"):
+            _start_error_comm()
         if args.command == "info":
             if rest:
                 p.error(f"unrecognised arguments: {' '.join(rest)}")
@@ -198,23 +340,43 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "refine":
             return cmd_refine(args, rest)
     except UserError as e:
-        _error(str(e))
-        return 2
+        return _fail(str(e))
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; earlier results left intact", file=sys.stderr)
+        if (_launcher_rank() or 0) == 0:
+            print(f"{PROG}: interrupted; earlier results left intact", file=sys.stderr)
         return 130
     except Exception as e:                  # PETSc errors from user options are input errors
-        from petsc4py import PETSc
-        if isinstance(e, PETSc.Error):
-            _error(f"PETSc error {getattr(e, 'ierr', '')} (check the PETSc options: an "
-                   f"unknown solver type or an invalid value?)")
-            return 2
+        full = _disk_full(e, args)
+        if full is not None:
+            return _fail(str(full))
+        PETSc = sys.modules.get("petsc4py.PETSc")  # not imported: not a PETSc error (and
+        if PETSc is not None and isinstance(e, PETSc.Error):  # importing it is collective)
+            return _fail(f"PETSc error {getattr(e, 'ierr', '')} (check the PETSc options: an "
+                         f"unknown solver type or an invalid value?)")
+        _fatal()
         raise
     return 0
 
 
-def _error(message: str) -> None:
-    from mpi4py import MPI
-    if MPI.COMM_WORLD.rank == 0:
+def _disk_full(e: BaseException, args) -> DiskFullError | None:
+    """A write that failed for want of space (ENOSPC, EDQUOT) anywhere in a run -- a figure,
+    config.toml, a ParaView series -- as the one-line error naming the output folder."""
+    from .io import is_disk_full
+    if not is_disk_full(e):
+        return None
+    out = getattr(args, "out", None) or str(
+        Path("results") / (Path(args.config).stem + ("_refine" if args.command == "refine"
+                                                     else "")))
+    name = Path(e.filename).name if isinstance(e, OSError) and e.filename else None
+    return DiskFullError(Path(out).absolute(), name)
+
+
+def _error(message: str, any_rank: bool = False) -> None:
+    """Print the one-line error (on rank 0 only, unless ``any_rank``)."""
+    rank = _launcher_rank() or 0
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        rank = mpi.COMM_WORLD.Get_rank()
+    if rank == 0 or any_rank:
         print(f"{PROG}: error: {message.splitlines()[0] if message else 'failed'}",
               file=sys.stderr, flush=True)

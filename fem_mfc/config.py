@@ -500,16 +500,25 @@ def check_petsc_option(name: str, value, source=None) -> None:
 
 
 def load(path: str | Path) -> dict:
-    """Read and validate a TOML config file."""
+    """Read and validate a TOML config file (UTF-8, with or without a byte-order mark).
+
+    A file without any key (empty, or only comments and blank lines) is refused: it would
+    silently run the default problem."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{path}: config file not found (expected a TOML file)")
     try:
-        raw = tomllib.loads(p.read_text())
+        raw = tomllib.loads(p.read_bytes().decode("utf-8-sig"))
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML ({e})") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file (expected TOML)") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the config file ({e.strerror})") from None
+    if not raw:
+        raise UserError(f"{path}: the config file is empty (expected TOML sections such as "
+                        "[run] and [mesh]; `fem-mfc schema` lists them, demos/*.toml are "
+                        "examples)")
     return validate(raw, source=str(path), base_dir=p.resolve().parent)
 
 

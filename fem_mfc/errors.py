@@ -22,3 +22,14 @@ class ConfigError(UserError):
 
 class SolverError(UserError):
     """A solve diverged (NaN, no convergence) or produced an inadmissible state."""
+
+
+class DiskFullError(UserError):
+    """Writing a run's outputs failed for want of space (ENOSPC, EDQUOT): one line naming the
+    output folder.  The run is discarded; an earlier result in the folder is unchanged."""
+
+    def __init__(self, folder, what: str | None = None):
+        self.folder, self.what = folder, what
+        while_ = f" while writing {what}" if what else ""
+        super().__init__(f"{folder}: no space left on device{while_} (the run was discarded; "
+                         "an earlier result in this folder is unchanged)")

@@ -12,7 +12,12 @@ A run writes into an output folder ``DIR/`` that is always exactly one run:
 * A lock file ``.<DIR name>.lock`` beside ``DIR`` (``flock``, released by the kernel when the
   process dies) makes a second concurrent run into the same ``DIR`` refuse with one line.
 * Staging folders of dead runs (SIGKILL, power loss) are deleted by the next run into ``DIR``;
-  SIGINT/SIGTERM delete their own staging folder and exit with 130/143.
+  SIGINT/SIGTERM/SIGHUP delete their own staging folder and exit with 130/143/129.
+* A full disk (ENOSPC, EDQUOT) while writing anything -- a ParaView series, run.log, a figure,
+  config.toml, summary.json -- is a :class:`~fem_mfc.errors.DiskFullError`: one line naming
+  ``DIR`` and "no space left on device", exit 2, staging deleted, ``DIR`` unchanged.  An ADIOS2
+  writer whose write or close failed is never closed or destroyed (its C++ destructor would
+  throw and abort the process with exit 134).
 * ``DIR`` must be new, empty or an earlier output folder (it holds ``summary.json``,
   ``config.toml`` or ``run.log``): a folder of other files is refused rather than moved away.
 
@@ -40,7 +45,42 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from .errors import UserError
+from .errors import DiskFullError, UserError
+
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "errno = 28:", "errno = 122:")
+
+
+def is_disk_full(e: BaseException | None) -> bool:
+    """Did ``e`` (or an exception it was raised from) fail for want of space on a device?
+    OSError ENOSPC/EDQUOT, or ADIOS2's RuntimeError quoting that errno."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, DiskFullError):
+            return True
+        if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS:
+            return True
+        if isinstance(e, RuntimeError) and any(t in str(e) for t in _DISK_FULL_TEXT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+# ADIOS2 writers (C++ objects) whose write or close failed: closing them again throws, and their
+# destructor calls Close, so that destroying one -- when it is garbage-collected or at exit --
+# would throw from a destructor and abort the process (exit 134).  They are leaked instead (one
+# reference more, never released: no destructor runs; the process keeps a few buffers).
+_UNCLOSABLE: list = []
+
+
+def _leak(writer) -> None:
+    """Never destroy ``writer`` (see above)."""
+    _UNCLOSABLE.append(writer)
+    try:
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(writer))
+    except (AttributeError, OSError):   # not CPython: the list keeps it until the module goes
+        pass
 
 
 def _json_default(o):
@@ -67,9 +107,11 @@ def write_text_atomic(path: str | Path, text: str | bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS:
+            e.filename = str(path)          # the file meant, not its temporary name
         raise
 
 
@@ -107,6 +149,36 @@ def prepare_outdir(outdir: str | Path, comm=MPI.COMM_WORLD) -> Path:
     return outdir
 
 
+class _RunLogHandler(logging.FileHandler):
+    """run.log: a write that fails (a full disk) is remembered, not printed as logging's
+    "--- Logging error ---" traceback; the handler then stops writing and RunContext.commit
+    reports the failure as one line."""
+
+    failure: BaseException | None = None
+
+    def handleError(self, record):
+        if self.failure is None:
+            self.failure = sys.exc_info()[1]
+
+    def emit(self, record):
+        if self.failure is None:
+            super().emit(record)
+
+    def flush(self):
+        if self.failure is None:
+            try:
+                super().flush()
+            except OSError as e:
+                self.failure = e
+
+    def close(self):
+        try:
+            super().close()
+        except OSError as e:          # the buffered rest could not be written either
+            if self.failure is None:
+                self.failure = e
+
+
 class _RankFilter(logging.Filter):
     def __init__(self, rank):
         super().__init__()
@@ -129,7 +201,7 @@ def make_logger(name: str, logfile: Path | None, comm=MPI.COMM_WORLD, quiet=Fals
         h.addFilter(_RankFilter(comm.rank))
         log.addHandler(h)
     if logfile is not None and comm.rank == 0:
-        fh = logging.FileHandler(logfile, mode="w")
+        fh = _RunLogHandler(logfile, mode="w")
         fh.setFormatter(fmt)
         log.addHandler(fh)
     return log
@@ -143,38 +215,77 @@ class TimeSeries:
     (VTX supports arbitrary-degree Lagrange), XDMF gets a P1 interpolation.
     """
 
-    def __init__(self, folder: Path, name: str, functions, xdmf=False, vtx=True):
+    def __init__(self, folder: Path, name: str, functions, xdmf=False, vtx=True,
+                 outdir: Path | None = None):
         import dolfinx.io
         self.functions = list(functions)
         mesh = self.functions[0].function_space.mesh
         self.comm = mesh.comm
+        self.name = name
+        self.outdir = outdir or folder       # named in errors (the staging folder is internal)
+        self.folder = folder
         self._vtx = None
         self._xdmf = None
+        self._broken = False
         if vtx:
-            self._vtx = dolfinx.io.VTXWriter(self.comm, str(folder / f"{name}.bp"), self.functions,
-                                             engine="BP4")
+            self._guarded(f"{name}.bp", lambda: setattr(self, "_vtx", dolfinx.io.VTXWriter(
+                self.comm, str(folder / f"{name}.bp"), self.functions, engine="BP4")))
         if xdmf:
-            self._xdmf = dolfinx.io.XDMFFile(self.comm, str(folder / f"{name}.xdmf"), "w")
-            self._xdmf.write_mesh(mesh)
+            def open_xdmf():
+                self._xdmf = dolfinx.io.XDMFFile(self.comm, str(folder / f"{name}.xdmf"), "w")
+                self._xdmf.write_mesh(mesh)
+            self._guarded(f"{name}.xdmf", open_xdmf)
             self._p1 = {}
             for f in self.functions:
                 V1 = dolfinx.fem.functionspace(mesh, ("Lagrange", 1, f.ufl_shape))
                 g = dolfinx.fem.Function(V1, name=f.name)
                 self._p1[f.name] = (f, g)
 
+    def _guarded(self, what: str, fn):
+        """Run a write/close of the writers; on failure never touch them again (a failed ADIOS2
+        engine throws on every further Close, also from its destructor: it is leaked), and
+        report a full disk as a DiskFullError naming the output folder."""
+        try:
+            fn()
+        except Exception as e:
+            self._broken = True
+            for w in (self._vtx, self._xdmf):
+                if w is not None:
+                    _leak(w)
+            self._vtx = self._xdmf = None
+            if is_disk_full(e) or _no_space_left(self.folder):
+                raise DiskFullError(self.outdir, what) from None
+            raise
+
     def write(self, t: float):
+        if self._broken:
+            return
         if self._vtx is not None:
-            self._vtx.write(float(t))
+            self._guarded(f"{self.name}.bp", lambda: self._vtx.write(float(t)))
         if self._xdmf is not None:
-            for f, g in self._p1.values():
-                g.interpolate(f)
-                self._xdmf.write_function(g, float(t))
+            def xdmf():
+                for f, g in self._p1.values():
+                    g.interpolate(f)
+                    self._xdmf.write_function(g, float(t))
+            self._guarded(f"{self.name}.xdmf", xdmf)
 
     def close(self):
-        if self._vtx is not None:
-            self._vtx.close()
-        if self._xdmf is not None:
-            self._xdmf.close()
+        if self._broken:
+            return
+        vtx, xdmf = self._vtx, self._xdmf
+        if vtx is not None:
+            self._guarded(f"{self.name}.bp", vtx.close)
+        if xdmf is not None and not self._broken:
+            self._guarded(f"{self.name}.xdmf", xdmf.close)
+
+
+def _no_space_left(folder: Path) -> bool:
+    """Is the file system holding ``folder`` full (for an error that does not say why)?"""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail == 0 or st.f_favail == 0
 
 
 # -- test hook: sleep at named points so a test can kill the process there --------------------
@@ -221,7 +332,7 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 RUN_MARKERS = ("summary.json", "config.toml", "run.log")
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _staging_prefix(name: str) -> str:
@@ -317,6 +428,8 @@ def _prepare_run_folder(outdir: Path) -> tuple[Path, "_FolderLock", Path]:
     try:
         holder = lock.acquire()
     except OSError as e:
+        if e.errno in _DISK_FULL_ERRNOS:
+            raise DiskFullError(target, f"its lock file {lock.path.name}") from None
         raise UserError(f"{target}: cannot lock the output folder ({e.strerror})") from None
     if holder is not None:
         raise UserError(f"{target}: another run is writing this folder ({holder}); wait for it "
@@ -335,6 +448,8 @@ def _prepare_run_folder(outdir: Path) -> tuple[Path, "_FolderLock", Path]:
         os.chmod(staging, 0o755)
     except OSError as e:
         lock.release()
+        if e.errno in _DISK_FULL_ERRNOS:
+            raise DiskFullError(target, "a staging folder beside it") from None
         raise UserError(f"{target}: cannot create a staging folder beside it ({e.strerror})") \
             from None
     except BaseException:
@@ -466,7 +581,8 @@ class RunContext:
 
     # -- outputs -------------------------------------------------------------------------------
     def series(self, name: str, functions) -> TimeSeries:
-        ts = TimeSeries(self.staging, name, functions, xdmf=self.xdmf, vtx=self.vtx)
+        ts = TimeSeries(self.staging, name, functions, xdmf=self.xdmf, vtx=self.vtx,
+                        outdir=self.outdir)
         self._series.append(ts)
         return ts
 
@@ -499,6 +615,10 @@ class RunContext:
                 for h in list(self.log.handlers):
                     if isinstance(h, logging.FileHandler):
                         h.flush()
+                    if getattr(h, "failure", None) is not None:
+                        f = h.failure
+                        raise f if isinstance(f, OSError) else OSError(
+                            errno.EIO, str(f), "run.log")
                 if summary is not None:
                     write_json_atomic(self.staging / "summary.json", summary)
                 _pause("commit:summary")
@@ -506,7 +626,11 @@ class RunContext:
                 self._done = True
                 _pause("commit:swapped")
             except OSError as e:
-                err = f"{self.outdir}: cannot move the finished run into place ({e.strerror})"
+                if is_disk_full(e):
+                    what = Path(e.filename).name if e.filename else None
+                    err = str(DiskFullError(self.outdir, what))
+                else:
+                    err = f"{self.outdir}: cannot move the finished run into place ({e.strerror})"
             finally:
                 if self._done and self._lock is not None:
                     self._lock.release()

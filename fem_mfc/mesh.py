@@ -7,7 +7,10 @@
 * ``file``: a gmsh ``.msh`` file (read by DOLFINx's gmsh I/O, keeping physical groups as cell
   and facet tags), or any meshio-readable file (converted through meshio).
 
-Generation happens on rank 0; the mesh is distributed to all ranks of the communicator.
+Generation happens on rank 0; the mesh is distributed to all ranks of the communicator.  A mesh
+that leaves a rank without a cell (``cells = 1`` on 2 ranks) is refused on every rank with one
+ConfigError naming the key (:func:`check_every_rank_owns_cells`): fem_mfc's solvers assume
+every rank owns part of the domain.
 """
 from __future__ import annotations
 
@@ -197,14 +200,46 @@ def check_size(mcfg: dict, level: int, limit_bytes: float | None = None) -> floa
     return nv
 
 
+def check_every_rank_owns_cells(md: MeshData, mcfg: dict, level: int = 0) -> MeshData:
+    """Refuse, on every rank alike (a ConfigError naming ``mesh.cells``, ``mesh.h`` or
+    ``mesh.file``), a distributed mesh in which some rank owns no cell: the assembly and the
+    solvers of fem_mfc assume that every rank holds part of the domain, and such a run used to
+    end in a traceback on one rank and a hang on the others.  Collective."""
+    m = md.mesh
+    comm = m.comm
+    if comm.size == 1:
+        return md
+    tdim = m.topology.dim
+    owned = m.topology.index_map(tdim).size_local
+    counts = comm.allgather(int(owned))
+    empty = [r for r, c in enumerate(counts) if c == 0]
+    if not empty:
+        return md
+    kind = mcfg.get("kind", "")
+    key = ("mesh.cells" if kind in ("interval", "rectangle", "box") else
+           "mesh.file" if kind == "file" else "mesh.h")
+    value = mcfg.get(key.split(".")[1])
+    where = f" at refinement level {level}" if level else ""
+    ranks = ", ".join(map(str, empty[:8])) + (" ..." if len(empty) > 8 else "")
+    raise ConfigError(key, f"a mesh with at least one cell on each of the {comm.size} MPI "
+                      f"ranks (its {sum(counts)} cell(s){where} leave rank(s) {ranks} without "
+                      f"any; use a finer mesh or fewer ranks)", value)
+
+
 def build(mcfg: dict, comm=MPI.COMM_WORLD, refine: int | None = None) -> MeshData:
     """Build the mesh described by the validated ``[mesh]`` config section.
 
     ``refine`` overrides ``mesh.refine`` (refinement studies build each level directly; a
-    negative level coarsens: cells / 2^|level| per axis, h · 2^|level|).
+    negative level coarsens: cells / 2^|level| per axis, h · 2^|level|).  Every rank of
+    ``comm`` owns at least one cell of the result (:func:`check_every_rank_owns_cells`).
     """
-    import dolfinx.mesh as dm
     level = mcfg.get("refine", 0) if refine is None else refine
+    md = _build(mcfg, comm, level)
+    return check_every_rank_owns_cells(md, mcfg, level)
+
+
+def _build(mcfg: dict, comm, level: int) -> MeshData:
+    import dolfinx.mesh as dm
     kind = mcfg["kind"]
     check_size(mcfg, level)
     n = max(int(int(mcfg.get("cells", 16)) * 2.0 ** level), 1)

@@ -2,7 +2,10 @@
 
 * Generators: ``moons`` and ``circles`` (scikit-learn), ``spirals`` (two interleaved Archimedean
   spirals), ``gaussians`` (K isotropic blobs with centres on the unit circle), ``csv`` (user data
-  with columns ``x1, x2, label``).  Labels are mapped to 0..K-1.
+  with columns ``x1, x2, label``; labels are integers or words such as ``cat``, ``dog``).
+  Labels are mapped to 0..K-1 in sorted order of the distinct labels; word labels are
+  recorded in the data set's name (``csv (classes: 0 = cat, 1 = dog)``, summary.json's
+  ``dataset``) and in :attr:`Dataset.classes`.
 * Split with :func:`sklearn.model_selection.train_test_split` (stratified, seeded).
 * Features are standardised with the training mean/std (one scalar scale per axis) and padded
   with zeros to the mesh dimension (the augmented flow, e.g. (x, y) ↦ (x, y, 0) on a 3D mesh).
@@ -35,6 +38,7 @@ class Dataset:
     mean: np.ndarray          # of the raw 2D features (training set)
     scale: np.ndarray         # per-axis std of the raw features (training set)
     name: str = ""
+    classes: tuple = ()       # the original label of class k, as text (k = 0..K-1)
 
     @property
     def K(self) -> int:
@@ -100,10 +104,12 @@ def generate(dcfg: dict):
 
 
 def read_csv(path: str | Path):
-    """Read user data: a header ``x1,x2,label`` then one point per row; labels are integers.
+    """Read user data: a header ``x1,x2,label`` then one point per row.  Labels are integers,
+    or words (``cat``, ``dog``: returned as strings, mapped to classes by :func:`load`).
 
-    Every problem (missing/empty file, wrong columns, non-numeric or NaN values, non-integer
-    labels, a single class) raises a one-line :class:`UserError` naming the file and row.
+    Every problem (missing/empty file, wrong columns, non-numeric or NaN features, non-integer
+    numeric labels, empty labels, numbers and words mixed as labels, a single class) raises a
+    one-line :class:`UserError` naming the file and row.
     """
     path = Path(path)
     if not path.is_file():
@@ -122,19 +128,37 @@ def read_csv(path: str | Path):
     if len(rows) == 1:
         raise UserError(f"{path}: no data rows after the header")
     X, y = [], []
+    words = None                   # are the labels words? (decided by the first row)
+    first = None
     for i, r in enumerate(rows[1:], start=2):
         if len(r) != 3:
             raise UserError(f"{path}: row {i}: expected 3 values (x1,x2,label), got {len(r)}")
         try:
-            x1, x2, lab = (float(c) for c in r)
+            x1, x2 = float(r[0]), float(r[1])
         except ValueError:
             raise UserError(f"{path}: row {i}: not a number in {','.join(r)!r}") from None
-        if not (math.isfinite(x1) and math.isfinite(x2) and math.isfinite(lab)):
+        text = r[2].strip()
+        if not text:
+            raise UserError(f"{path}: row {i}: empty label in {','.join(r)!r}")
+        try:
+            lab = float(text)
+        except ValueError:
+            lab = None             # a word: a class name
+        if not (math.isfinite(x1) and math.isfinite(x2)) or (lab is not None
+                                                             and not math.isfinite(lab)):
             raise UserError(f"{path}: row {i}: NaN or infinite value in {','.join(r)!r}")
-        if lab != int(lab):
-            raise UserError(f"{path}: row {i}: the label must be an integer, got {r[2].strip()!r}")
+        if words is None:
+            words, first = lab is None, (i, text)
+        elif words != (lab is None):
+            raise UserError(f"{path}: row {i}: label {text!r} is a "
+                            f"{'number' if words else 'word'} but row {first[0]}'s label "
+                            f"{first[1]!r} is a {'word' if words else 'number'} (expected "
+                            "integer labels or word labels, not both)")
+        if not words and lab != int(lab):
+            raise UserError(f"{path}: row {i}: the label must be an integer or a word, got "
+                            f"{text!r}")
         X.append((x1, x2))
-        y.append(int(lab))
+        y.append(text if words else int(lab))
     y = np.array(y)
     if len(np.unique(y)) < 2:
         raise UserError(f"{path}: only one class ({y[0]}) in the data; a classifier needs at "
@@ -146,7 +170,12 @@ def load(dcfg: dict, dim: int = 2) -> Dataset:
     """Generate/read, relabel to 0..K-1, split (stratified, seeded), standardise, pad to dim."""
     from sklearn.model_selection import train_test_split
     X, y = generate(dcfg)
-    _, y = np.unique(y, return_inverse=True)
+    labels, y = np.unique(y, return_inverse=True)
+    y = y.reshape(-1)
+    classes = tuple(str(c) for c in labels)
+    name = dcfg["dataset"]
+    if labels.dtype.kind in "US":  # word labels: say which class is which
+        name += " (classes: " + ", ".join(f"{k} = {c}" for k, c in enumerate(classes)) + ")"
     counts = np.bincount(y)
     ntest = int(math.ceil(dcfg["test_fraction"] * len(y)))
     if counts.min() < 2 or ntest < len(counts) or len(y) - ntest < len(counts):
@@ -160,7 +189,7 @@ def load(dcfg: dict, dim: int = 2) -> Dataset:
     if not (scale > 0).all():
         raise UserError(f"data set '{dcfg['dataset']}': a feature is constant on the training "
                         f"set (cannot standardise)")
-    ds = Dataset(Xtr, ytr, Xte, yte, mean, scale, dcfg["dataset"])
+    ds = Dataset(Xtr, ytr, Xte, yte, mean, scale, name, classes)
     ds.X_train, ds.X_test = ds.transform(Xtr, dim), ds.transform(Xte, dim)
     return ds
 

@@ -1,0 +1,101 @@
+"""Item 10 of issue 14 (messages): CSV labels that are words (``cat``, ``dog``) are classes --
+the sorted distinct labels are classes 0..K-1 -- instead of being refused; the mapping is in the
+data set's name (summary.json's ``dataset``: ``csv (classes: 0 = cat, 1 = dog)``) and in
+``Dataset.classes``.  Numbers and words mixed as labels, or an empty label, are one line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fem_mfc import config
+from fem_mfc.errors import UserError
+from fem_mfc.learning import data
+from fem_mfc.pipeline import run_config
+
+
+def _csv(path, labels, rng):
+    centre = {lab: (2.0 * i - 1.0, 0.5 * i) for i, lab in enumerate(sorted(set(labels)))}
+    rows = [f"{centre[lab][0] + 0.3 * rng.standard_normal():.6f},"
+            f"{centre[lab][1] + 0.3 * rng.standard_normal():.6f},{lab}" for lab in labels]
+    path.write_text("x1,x2,label\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def dcfg(**kw):
+    return config.from_dict({"run": {"formulation": "classifier"}, "data": kw})["data"]
+
+
+def test_word_labels_are_classes_in_sorted_order(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = ["dog", "cat", " bird"] * 20          # spaces around a label do not count
+    f = _csv(tmp_path / "pets.csv", labels, rng)
+    ds = data.load(dcfg(dataset="csv", file=str(f), test_fraction=0.25))
+    assert ds.K == 3 and ds.classes == ("bird", "cat", "dog")
+    assert ds.name == "csv (classes: 0 = bird, 1 = cat, 2 = dog)"
+    X, y = data.read_csv(f)
+    assert sorted(set(y)) == ["bird", "cat", "dog"] and len(y) == 60
+    assert list(np.bincount(np.r_[ds.y_train, ds.y_test])) == [20, 20, 20]
+    # class k is the points labelled classes[k]: their raw means are the centres of _csv
+    Xall = np.r_[ds.X_train, ds.X_test][:, :2] * ds.scale + ds.mean
+    yall = np.r_[ds.y_train, ds.y_test]
+    for k in range(3):
+        assert abs(Xall[yall == k, 0].mean() - (2.0 * k - 1.0)) < 0.3
+
+
+def test_integer_labels_keep_the_plain_name(tmp_path):
+    f = _csv(tmp_path / "ints.csv", [3, 7] * 10, np.random.default_rng(1))
+    ds = data.load(dcfg(dataset="csv", file=str(f)))
+    assert ds.name == "csv" and ds.classes == ("3", "7") and ds.K == 2
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("x1,x2,label\n0,0,cat\n1,1,1\n", "not both"),
+    ("x1,x2,label\n0,0,1\n1,1,dog\n", "not both"),
+    ("x1,x2,label\n0,0,cat\n1,1, \n", "empty label"),
+    ("x1,x2,label\n0,0,cat\n1,1,cat\n", "only one class"),
+    ("x1,x2,label\n0,0,0\n1,1,0.5\n", "integer or a word"),
+])
+def test_bad_labels_one_line(tmp_path, text, msg):
+    f = tmp_path / "bad.csv"
+    f.write_text(text)
+    with pytest.raises(UserError, match=msg) as e:
+        data.load(dcfg(dataset="csv", file=str(f)))
+    assert "\n" not in str(e.value) and str(f) in str(e.value)
+
+
+def test_word_label_mapping_in_the_summary(tmp_path):
+    rng = np.random.default_rng(2)
+    f = _csv(tmp_path / "animals.csv", ["dog", "cat"] * 40, rng)
+    cfg = config.from_dict({
+        "run": {"formulation": "classifier"},
+        "data": {"dataset": "csv", "file": str(f), "test_fraction": 0.25},
+        "mesh": {"kind": "rectangle", "cells": 8, "lower": [-3.0, -3.0], "upper": [3.0, 3.0]},
+        "problem": {"steps": 3, "sigma": 0.5},
+        "training": {"max_sweeps": 2, "baseline": False, "particles": 50},
+        "output": {"figures": False, "progress": False, "vtx": False}})
+    s = run_config(cfg, tmp_path / "out", quiet=True)
+    assert s["K"] == 2 and s["dataset"] == "csv (classes: 0 = cat, 1 = dog)"
+
+
+@pytest.mark.mpi
+def test_word_labels_on_every_rank(tmp_path_factory):
+    """Under MPI every rank reads the file and maps the labels alike (run_config on 2 ranks)."""
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    d = tmp_path_factory.mktemp("csv") if comm.rank == 0 else None
+    d = Path(comm.bcast(str(d) if d else None, root=0))
+    f = d / "animals.csv"
+    if comm.rank == 0:
+        _csv(f, ["dog", "cat"] * 40, np.random.default_rng(2))
+    comm.barrier()
+    cfg = config.from_dict({
+        "run": {"formulation": "classifier"},
+        "data": {"dataset": "csv", "file": str(f), "test_fraction": 0.25},
+        "mesh": {"kind": "rectangle", "cells": 8, "lower": [-3.0, -3.0], "upper": [3.0, 3.0]},
+        "problem": {"steps": 3, "sigma": 0.5},
+        "training": {"max_sweeps": 2, "baseline": False, "particles": 50},
+        "output": {"figures": False, "progress": False, "vtx": False}})
+    s = run_config(cfg, d / "out", quiet=True)
+    assert comm.allgather(s["dataset"]) == ["csv (classes: 0 = cat, 1 = dog)"] * comm.size

@@ -1,0 +1,149 @@
+"""Item 7 of issue 12 (MPI hygiene) and item 10 of issue 14 (messages): ``bin/fem-env mpirun -n 2
+python3 -m fem_mfc run ...`` -- the documented way to run on 2 ranks.
+
+* SIGTERM, SIGINT or SIGHUP to the launcher (or SIGTERM to its process group, as ``timeout``
+  and Ctrl-C do) ends every rank: the launcher returns only when no process of the job is
+  left, with status 128 + the signal, and the run's staging folder is gone.  Before, the
+  sandbox (bubblewrap) died of the signal and SIGKILLed mpirun, whose ranks ran on forever,
+  re-parented to PID 1.
+* SIGKILL to the launcher leaves no rank behind either (mpirun dies with the launcher and
+  ends its ranks; the ranks die with mpirun).
+* A bad config is exactly one line on stderr and exit 2 -- no Open MPI banner ("prterun
+  detected that one or more processes exited with non-zero status...") after it; a program
+  that is not fem-mfc keeps its banner.
+
+Every job carries a unique marker (its output folder's name) and has a deadline; a process
+left with the marker fails the test (and is killed).  The jobs pause at a named point of
+RunContext.create (FEM_MFC_TEST_PAUSE) so that the signal arrives mid-run.
+
+Two launch paths: ``env`` -- inside the environment, where ``bin/fem-env`` runs the command
+directly (under its guard for MPI launchers); ``sandbox`` -- from the host through bubblewrap
+(``python3 -m pytest tests/test_hygiene_signals.py`` on the host; skipped inside the
+environment, like tests/test_reliability_paths.py).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import REPO, _env
+from test_hygiene_mpi_errors import (HEAT_1D, _mpi_deadline, assert_none_left,  # noqa: F401
+                                     finish, kill_all, launch, marker, paused_env, procs_with,
+                                     wait_for_file)
+
+FEM_ENV = REPO / "bin" / "fem-env"
+IN_ENV = os.environ.get("FEM_MFC_IN_ENV") == "1"
+PATHS = [
+    pytest.param("env", marks=pytest.mark.skipif(not IN_ENV, reason="bin/fem-env inside the environment (skipped on the host)")),
+    pytest.param("sandbox", marks=pytest.mark.skipif(
+        IN_ENV or shutil.which("bwrap") is None,
+        reason="drives bin/fem-env's bubblewrap sandbox from the host")),
+]
+
+
+def _default_signals():
+    """The job starts with default dispositions even if this test runs with SIGINT ignored
+    (a test suite started in the background): fem-env keeps ignored signals ignored."""
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(s, signal.SIG_DFL)
+
+
+def _fem_env_env(path, pause_file=None, point=None):
+    env = _env()
+    if path == "sandbox":
+        env.pop("FEM_MFC_IN_ENV", None)
+        env["FEM_MFC_FORCE_ROOTFS"] = "1"
+    if pause_file is not None:
+        env = paused_env(pause_file, point, env)
+    return env
+
+
+def _start(path, cfg, out, mark, pause_file, point="create:staged", **kw):
+    cmd = [FEM_ENV, "mpirun", "-n", 2, "python3", "-m", "fem_mfc", "run", cfg, "--out", out,
+           "--quiet"]
+    p = launch(cmd, mark, env=_fem_env_env(path, pause_file, point),
+               preexec_fn=_default_signals, **kw)
+    wait_for_file(pause_file, p, mark)
+    end = time.monotonic() + 30            # both ranks are at the pause point
+    while len([ln for ln in pause_file.read_text().splitlines() if ln]) < 2:
+        if time.monotonic() > end:
+            kill_all(mark)
+            pytest.fail("the ranks never both reached the pause point")
+        time.sleep(0.05)
+    return p
+
+
+@pytest.fixture
+def heat_cfg(tmp_path):
+    f = tmp_path / "heat.toml"
+    f.write_text(HEAT_1D.format(cells=8))
+    return f
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP", "group SIGTERM"])
+def test_signal_to_launcher_ends_every_rank(tmp_path, heat_cfg, path, sig):
+    mark = marker()
+    out = tmp_path / mark
+    group = sig.startswith("group")
+    signum = getattr(signal, sig.split()[-1])
+    p = _start(path, heat_cfg, out, mark, tmp_path / "paused", start_new_session=group)
+    try:
+        assert len(procs_with(mark)) >= 4      # launcher, mpirun, 2 ranks (and the sandbox)
+        if group:
+            os.killpg(p.pid, signum)           # what `timeout` and a terminal's Ctrl-C do
+        else:
+            p.send_signal(signum)
+        rc, _, err = finish(p, mark, timeout=60)
+        # the launcher is done: so is every process of the job
+        assert_none_left(mark, timeout=3)
+        assert rc == 128 + signum, (rc, err[-3000:])
+        assert "Traceback" not in err
+        assert not out.exists()
+        assert not [e for e in os.listdir(tmp_path) if e.startswith(f".staging-{mark}")]
+    finally:
+        kill_all(mark)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_sigkill_to_launcher_leaves_no_rank(tmp_path, heat_cfg, path):
+    mark = marker()
+    # rank 0 sleeps holding the folder lock; rank 1 waits for it in an MPI broadcast
+    p = launch([FEM_ENV, "mpirun", "-n", 2, "python3", "-m", "fem_mfc", "run", heat_cfg,
+                "--out", tmp_path / mark, "--quiet"], mark,
+               env=_fem_env_env(path, tmp_path / "paused", "create:locked"),
+               preexec_fn=_default_signals)
+    try:
+        wait_for_file(tmp_path / "paused", p, mark)
+        time.sleep(0.3)
+        p.send_signal(signal.SIGKILL)
+        p.communicate(timeout=30)
+        assert_none_left(mark, timeout=10)
+    finally:
+        kill_all(mark)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_bad_config_under_mpirun_is_one_line(tmp_path, path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[mesh]\nkind = "interval"\ncells = "many"\n')
+    mark = marker()
+    p = launch([FEM_ENV, "mpirun", "-n", 2, "python3", "-m", "fem_mfc", "run", bad, "--out",
+                tmp_path / mark], mark, env=_fem_env_env(path))
+    rc, out, err = finish(p, mark, timeout=120)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2, err[-3000:]
+    assert len(lines) == 1, err[-3000:]
+    assert lines[0].startswith("fem-mfc: error: ") and "mesh.cells" in lines[0]
+    assert_none_left(mark)
+    # a program that is not fem-mfc keeps Open MPI's account of its failure
+    mark = marker()
+    p = launch([FEM_ENV, "mpirun", "-n", 2, "python3", "-c", "import sys; sys.exit(3)", mark],
+               mark, env=_fem_env_env(path))
+    rc, out, err = finish(p, mark, timeout=120)
+    assert rc == 3 and "non-zero status" in err, err[-3000:]
