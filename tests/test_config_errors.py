@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from conftest import read_summary, run_cli
+from helpers import read_summary, run_cli
 
 GOOD = textwrap.dedent("""
     [run]

@@ -1,6 +1,4 @@
 """Manufactured solutions with congestion (mftc and mfg) in 2D: rates and exactness."""
-import math
-
 import dolfinx
 import pytest
 from mpi4py import MPI
@@ -8,6 +6,7 @@ from mpi4py import MPI
 from fem_mfc.exact import ErrorNorms, Manufactured
 from fem_mfc.problem import ControlProblem
 from fem_mfc.solvers import newton
+from helpers import observed_orders
 
 BE, CN = "backward-euler", "crank-nicolson"
 
@@ -25,15 +24,12 @@ def mms(nx, steps, degree, scheme, coupling, time="affine", space="trig"):
     return ErrorNorms(ex, p.space)(r)
 
 
-def rates(errs):
-    return [math.log2(a / b) for a, b in zip(errs, errs[1:])]
-
-
 @pytest.mark.parametrize("coupling", ["mftc", "mfg"])
 def test_exact_in_p2_and_time(coupling):
-    """Quadratic in x, affine in t: the midpoint/P2 discretisation is exact (solver tolerance)."""
+    """Quadratic in x, affine in t: the midpoint/P2 discretisation is exact (solver tolerance:
+    Newton's rtol 1e-10; it stops at its round-off floor, ρ's error is then about 2e-11)."""
     e = mms(3, 2, 2, CN, coupling, time="affine", space="quadratic")
-    assert e["u"] < 1e-11 and e["rho"] < 1e-11
+    assert e["u"] < 1e-10 and e["rho"] < 1e-10
 
 
 @pytest.mark.parametrize("coupling,degree,levels,rate",
@@ -43,14 +39,15 @@ def test_space_rates(coupling, degree, levels, rate):
     """Affine in t + midpoint: no time error, so 2 steps give pure spatial errors."""
     res = [mms(nx, 2, degree, CN, coupling) for nx in levels]
     for key in ("u", "rho"):
-        assert min(rates([e[key] for e in res])) >= rate, (key, rates([e[key] for e in res]))
+        r = observed_orders([e[key] for e in res], [1 / n for n in levels])
+        assert min(r) >= rate, (key, r)
 
 
 @pytest.mark.parametrize("coupling", ["mftc", "mfg"])
 def test_time_rates(coupling):
     """Quadratic in x (P2 exact in space), trigonometric in t: pure time errors."""
-    be = [mms(3, n, 2, BE, coupling, time="smooth", space="quadratic") for n in (16, 32, 64)]
-    cn = [mms(3, n, 2, CN, coupling, time="smooth", space="quadratic") for n in (4, 8, 16)]
-    for key in ("u", "rho"):
-        assert min(rates([e[key] for e in be])) >= 0.8, (key, rates([e[key] for e in be]))
-        assert min(rates([e[key] for e in cn])) >= 1.8, (key, rates([e[key] for e in cn]))
+    for scheme, steps, order in ((BE, (16, 32, 64), 0.8), (CN, (4, 8, 16), 1.8)):
+        res = [mms(3, n, 2, scheme, coupling, time="smooth", space="quadratic") for n in steps]
+        for key in ("u", "rho"):
+            r = observed_orders([e[key] for e in res], [1 / n for n in steps])
+            assert min(r) >= order, (scheme, key, r)

@@ -8,6 +8,7 @@ from fem_mfc.integrators import (GL, LPHJ, SE3, SO, SO3, StochasticLPHJ, get_int
                                  solve_reference)
 from fem_mfc.integrators import examples as ex
 from fem_mfc.integrators.lie_algebras import hat, rotation_matrix
+from helpers import observed_orders
 
 INERTIA = (1.0, 2.0, 3.0)
 M0 = np.array([1.0, 0.5, -0.3])
@@ -20,13 +21,9 @@ def rigid_body_reference(m0, ts, inertia=INERTIA):
     return sol.y.T
 
 
-def fitted_rate(taus, errs):
-    return np.polyfit(np.log(taus), np.log(errs), 1)[0]
-
-
 def order_against(integrator_factory, system, m0, T, ref, ns):
     errs = [np.linalg.norm(integrator_factory(system).run(m0, T / n, n).final - ref) for n in ns]
-    return fitted_rate([T / n for n in ns], errs)
+    return observed_orders(errs, [T / n for n in ns], fit=True)
 
 
 # -- conventions ------------------------------------------------------------------------------

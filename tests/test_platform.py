@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_same_numbers, read_summary, run_cli
+from helpers import REPO, assert_same_numbers, read_summary, run_cli
 
 MESHES = {
     "interval": 'kind = "interval"\ncells = 32\nlower = [-3.0]\nupper = [3.0]',

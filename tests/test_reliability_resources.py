@@ -12,7 +12,7 @@ from mpi4py import MPI
 from fem_mfc import config, mesh
 from fem_mfc.errors import ConfigError
 
-from conftest import run_python
+from helpers import run_python
 
 
 def _cfg(**over):
