@@ -57,6 +57,7 @@ HUGE = [({"problem": {"steps": 1_000_000_000}}, "problem.steps"),
         ({"mesh": {"kind": "disk", "h": 1e-6}, "rho0": {"mean": []}}, "mesh.h")]
 
 
+@pytest.mark.perf
 @pytest.mark.parametrize("over,key", HUGE, ids=[k + str(i) for i, (_, k) in enumerate(HUGE)])
 def test_check_resources_refuses_fast(over, key):
     cfg = _cfg(**over)
