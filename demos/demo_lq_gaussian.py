@@ -367,7 +367,7 @@ if comm.rank == 0:
 # to solver tolerance.
 
 # %%
-run = run_config(cfg, out / "run", config_path="demos/lq_gaussian_disk.toml", quiet=True)
+run = run_config(cfg, out / "solve", config_path="demos/lq_gaussian_disk.toml", quiet=True)
 agreement = {"J_demo": J, "J_run": run["J"], "J_diff": abs(J - run["J"]),
              "J_value_diff": abs(J_value - run["J_value_identity"])}
 agreement.update({f"{k}_diff": abs(errors[k] - run[k]) for k in errors})
@@ -402,11 +402,11 @@ if comm.rank == 0:
         "mass_error": mass_error, **errors,
         "iterations": {"hjb": hjb_solver.iterations + hjb_last_solver.iterations,
                        "fp": fp_solver.iterations},
-        "agreement": agreement, "convergence": conv,
+        "agreement": agreement, "solve": run, "convergence": conv,
         "figures": ["rho.png"], "vtx": ["rho.bp", "u.bp"]})
-    print(f"wrote {out}/ (rho.bp, u.bp, rho.png, summary.json, run/, refine/)")
+    print(f"wrote {out}/ (rho.bp, u.bp, rho.png, summary.json, solve/, refine/)")
 
 # %% [markdown]
-# Also in the output folder: `run/` (what `fem-mfc run` writes: `rho_layers.png`,
+# Also in the output folder: `solve/` (what `fem-mfc run` writes: `rho_layers.png`,
 # `rho_exact.png`, `rho_profile.png`, `history.png`, `rho.bp`, `u.bp`, `velocity.bp`) and
 # `refine/convergence.png`.

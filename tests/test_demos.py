@@ -47,7 +47,8 @@ def check_lq_gaussian(out: Path, stdout: str):
         assert rows[-1][key] < rows[0][key], (key, rows)
     assert rates["err_rho_L2"][-1] > 1.0, rates
     nonempty(out, "rho.png", min_size=1000)
-    nonempty(out, "rho.bp", "u.bp", "run/summary.json", "refine/convergence.json")
+    nonempty(out, "rho.bp", "u.bp", "solve/summary.json", "refine/convergence.json")
+    assert read_summary(out / "solve")["J"] == s["solve"]["J"] == a["J_run"]
     assert "fem-mfc run: J =" in stdout
 
 
