@@ -30,6 +30,7 @@ def l2(a, b):
     return math.sqrt(dolfinx.fem.assemble_scalar(dolfinx.fem.form((a - b) ** 2 * ufl.dx)))
 
 
+@pytest.mark.slow
 def test_without_congestion_the_pair_is_the_linear_sweeps():
     """G = 0: the χ-equations are linear and decoupled, only Γ⁰ = ρ_0/χ⁰ couples back, so
     Newton converges in two steps; u equals the existing sweeps' u to round-off, ρ differs
@@ -63,6 +64,7 @@ def test_congested_pair_conserves_mass_and_solves_its_equations():
     assert F.norm() < 1e-9
 
 
+@pytest.mark.slow
 def test_pair_matches_hjb_fp_with_congestion():
     """ρ = χΓ and u = −2ε log χ against the HJB–FP Newton solution: O(τ + h²) differences."""
     G = lambda r: 0.5 * r ** 2                                    # noqa: E731

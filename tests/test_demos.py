@@ -195,8 +195,8 @@ DEMOS = {
     "demo_circles.py": (check_circles, False, True),
     "demo_dictionary.py": (check_dictionary, False, True),
     "demo_generative.py": (check_generative, False, True),
-    "demo_nls_soliton.py": (check_nls_soliton, False, False),
-    "demo_lie_poisson.py": (check_lie_poisson, False, False),
+    "demo_nls_soliton.py": (check_nls_soliton, False, True),
+    "demo_lie_poisson.py": (check_lie_poisson, False, True),
 }
 
 

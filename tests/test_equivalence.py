@@ -9,6 +9,8 @@ import pytest
 from fem_mfc.equivalence import solve_three
 from helpers import observed_orders
 
+pytestmark = pytest.mark.slow          # a refinement study
+
 
 @pytest.fixture(scope="module")
 def study_1d():

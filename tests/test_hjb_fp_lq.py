@@ -39,6 +39,7 @@ def test_space_rates_p1_1d():
         assert min(r) >= 1.8, (key, r)
 
 
+@pytest.mark.slow
 def test_space_rates_p2_1d():
     """P2 contains the (quadratic) time-discrete u: it is reproduced to round-off; ρ → h³."""
     cells = (24, 48, 96)
@@ -48,6 +49,7 @@ def test_space_rates_p2_1d():
     assert min(r) >= 2.7, r
 
 
+@pytest.mark.slow
 def test_time_rates_1d():
     for scheme, steps, order in ((BE, (4, 8, 16), 0.8), (CN, (8, 16, 32), 1.75)):
         res = [lq_run(160, n, 2, scheme)[1] for n in steps]
@@ -63,6 +65,7 @@ def test_space_rates_p1_2d():
         assert observed_orders([e[key] for e in res], [1 / c for c in cells])[0] >= 1.8, key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", [BE, CN])
 def test_mass_and_value_identity(scheme):
     gaps, naive = [], []

@@ -34,7 +34,8 @@ def test_exact_in_p2_and_time(coupling):
 
 @pytest.mark.parametrize("coupling,degree,levels,rate",
                          [("mftc", 1, (8, 16, 32), 1.8), ("mfg", 1, (8, 16, 32), 1.8),
-                          ("mftc", 2, (4, 8, 16), 2.7), ("mfg", 2, (4, 8, 16), 2.7)])
+                          pytest.param("mftc", 2, (4, 8, 16), 2.7, marks=pytest.mark.slow),
+                          pytest.param("mfg", 2, (4, 8, 16), 2.7, marks=pytest.mark.slow)])
 def test_space_rates(coupling, degree, levels, rate):
     """Affine in t + midpoint: no time error, so 2 steps give pure spatial errors."""
     res = [mms(nx, 2, degree, CN, coupling) for nx in levels]
@@ -43,6 +44,7 @@ def test_space_rates(coupling, degree, levels, rate):
         assert min(r) >= rate, (key, r)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("coupling", ["mftc", "mfg"])
 def test_time_rates(coupling):
     """Quadratic in x (P2 exact in space), trigonometric in t: pure time errors."""

@@ -154,6 +154,7 @@ def test_rk4_is_not_reversible():
     assert np.max(np.abs(integ.step(integ.step(z, 0.3), -0.3) - z)) >= 1e-6
 
 
+@pytest.mark.slow
 def test_energy_bounded_for_midpoint_while_rk4_drifts():
     """10⁵ steps of the pendulum (τ = 0.25, t = 25000): the symplectic midpoint energy error
     oscillates with a constant envelope; RK4's error grows linearly in time."""

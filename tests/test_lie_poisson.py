@@ -154,6 +154,7 @@ def lp_systems():
             ("gl3", ex.quadratic_matrix_system(3), 0.3 * rng.normal(size=9), 0.05)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", lp_systems(), ids=lambda c: c[0])
 @pytest.mark.parametrize("name", ["lphj1", "lphj2"])
 def test_casimirs_to_roundoff_over_1e4_steps(case, name):
@@ -179,6 +180,7 @@ def test_rk4_leaves_the_orbit():
     assert np.corrcoef(tr.t, d)[0, 1] >= 0.99        # linear drift
 
 
+@pytest.mark.slow
 def test_lphj4_casimir_and_energy_long_run():
     tr = get_integrator("lphj4", ex.rigid_body(INERTIA)).run(M0, 0.1, 10_000,
                                                              monitors=["casimirs", "energy"],
@@ -211,6 +213,7 @@ def test_batched_paths_match_single_paths():
 
 
 # -- stochastic ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_stochastic_casimirs_path_by_path_and_seeding():
     rb = ex.rigid_body(INERTIA)
     noise = [0.3 * np.eye(3)[i] for i in range(3)] + [lambda m: 0.1 * m]

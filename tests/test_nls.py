@@ -71,6 +71,7 @@ def test_soliton_rate_in_tau():
     assert r.max() <= 2.3, (errs, r)
 
 
+@pytest.mark.slow
 def test_soliton_shape_and_speed_long_run():
     """Over t = 10 the soliton keeps its mass, peak height and moves at speed ħv = 1."""
     P, z, t, ex = soliton_problem(600, 1, L=30.0, x0=-10.0)
@@ -85,6 +86,7 @@ def test_soliton_shape_and_speed_long_run():
     assert abs(inv.mass() - 2.0) < 1e-2                        # ∫η²sech² = 2η
 
 
+@pytest.mark.slow
 def test_midpoint_conserves_mass_rk4_drifts():
     """1000 steps of the 1D soliton: midpoint mass ≤ 1e-12, energy to solver tolerance (averaged
     g); pure-midpoint g conserves mass but not the quartic energy; RK4 drifts in both."""
@@ -338,6 +340,7 @@ def test_runner_summary(tmp_path):
     assert (tmp_path / "out" / "rho_phase.bp").is_dir()
 
 
+@pytest.mark.slow
 def test_runner_on_unstructured_3d_ball_serial_equals_two_ranks(tmp_path):
     """The NLS runner on a gmsh ball (unstructured tetrahedra), cubic focusing term: mass and
     energy conserved, and the same numbers on 2 ranks."""

@@ -17,6 +17,7 @@ def run(integrator, N, T=1.0, cells=400, degree=3):
     return run_soliton(cells, degree, N, T, integrator=integrator)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("integrator", ["triple-jump", "suzuki"])
 def test_composed_midpoint_is_order_4(integrator):
     """P3 on a fine mesh (spatial error ≪ temporal): composed midpoint error = O(τ⁴)."""

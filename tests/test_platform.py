@@ -52,7 +52,11 @@ def test_info_prints_versions():
     assert re.search(r"^dolfinx\s+0\.9", p.stdout, re.M)
 
 
-@pytest.mark.parametrize("kind", sorted(MESHES))
+FAST_KINDS = ("interval", "disk", "ball")      # the others are slow (make test runs all)
+
+
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=[] if k in FAST_KINDS else
+                                               pytest.mark.slow) for k in sorted(MESHES)])
 def test_heat_smoke_each_mesh_kind(kind, tmp_path):
     cfg = tmp_path / f"{kind}.toml"
     cfg.write_text(heat_config(kind, figures=kind in ("interval", "disk", "ball")))
@@ -71,7 +75,8 @@ def test_heat_smoke_each_mesh_kind(kind, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("kind", sorted(MESHES))
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=[] if k == "rectangle" else pytest.mark.slow)
+                                  for k in sorted(MESHES)])
 def test_heat_serial_equals_two_ranks(kind, tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text(heat_config(kind, figures=kind == "disk"))
@@ -87,6 +92,7 @@ def test_heat_serial_equals_two_ranks(kind, tmp_path):
         assert (s2 / "rho_snapshots.png").is_file()
 
 
+@pytest.mark.slow
 def test_refine_heat_rates(tmp_path):
     """Crank–Nicolson + P1 refined in space and time together: order 2."""
     cfg = tmp_path / "c.toml"

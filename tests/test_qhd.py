@@ -74,6 +74,7 @@ def test_bernoulli_terminal_condition_and_quantum_potential_forms():
     assert err.max() < 2e-2 * np.abs(strong / mass).max()
 
 
+@pytest.mark.slow
 def test_qhd_residuals_of_hjb_fp_solution_converge():
     """Continuity and Bernoulli (with the quantum potential) evaluated on the HJB–FP solution,
     S = −u − ε log ρ, vanish at first order under refinement (τ = h/2·..., H⁻¹ norms)."""

@@ -125,7 +125,11 @@ def new_names(template, tmp_path_factory):
     return _state(out)[1]
 
 
-@pytest.mark.parametrize("point", NAMED)
+FAST_POINTS = ("create:staged", "commit:summary", "swap:exchanged")   # the rest: slow
+
+
+@pytest.mark.parametrize("point", [pytest.param(p, marks=[] if p in FAST_POINTS else
+                                                pytest.mark.slow) for p in NAMED])
 def test_sigkill_at_named_point(point, template, new_names, tmp_path):
     out, script, old = _fresh(template, tmp_path)
     pf = tmp_path / "pause"
@@ -138,6 +142,7 @@ def test_sigkill_at_named_point(point, template, new_names, tmp_path):
     assert which == ("B" if expected_new else "A"), (point, which)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(15))
 def test_sigkill_at_random_moment(seed, template, new_names, tmp_path):
     out, script, old = _fresh(template, tmp_path)
