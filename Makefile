@@ -1,12 +1,16 @@
 # fem_mfc: the two commands of the README.  Both set everything up on a fresh machine
 # (bin/fem-env builds the Debian 13 environment once when DOLFINx 0.9 is not importable).
-#   make demo   -- the flagship demo (two moons trained by mean-field control) -> results/demo/
-#   make test   -- the whole test suite, serial and under mpirun -n 2
+#   make demo       -- the flagship demo (two moons trained by mean-field control) -> results/demo/
+#   make test       -- the whole test suite, serial and under mpirun -n 2 (what CI runs)
+#   make test-fast  -- everyday tier: no slow tests, then a small MPI subset (< 2 min)
+#   make lint       -- ruff (not in the environment: uses a ruff on PATH, e.g. pip install ruff)
 ENV := bin/fem-env
-PYTEST := python3 -m pytest -p no:cacheprovider --color=no
+PYTEST := python3 -m pytest -p no:cacheprovider --color=no --durations=15
 NP ?= 2
+# the MPI tests of test-fast: quick ones that cover the platform, Newton and the learning runner
+FAST_MPI := tests/test_platform_mpi.py tests/test_hjb_fp_mpi.py tests/test_reliability_mpi.py
 
-.PHONY: demo test test-serial test-mpi env bench docs
+.PHONY: demo test test-serial test-mpi test-fast lint env bench docs
 
 demo:
 	$(ENV) python3 demos/demo_moons.py --out results/demo
@@ -18,6 +22,14 @@ test-serial:
 
 test-mpi:
 	$(ENV) mpirun -n $(NP) $(PYTEST) -q --with-mpi -m mpi tests
+
+test-fast:
+	$(ENV) $(PYTEST) -q -m "not slow and not mpi" tests
+	$(ENV) mpirun -n $(NP) $(PYTEST) -q --with-mpi -m "mpi and not slow" $(FAST_MPI)
+
+lint:
+	@command -v ruff >/dev/null || { echo "make lint: ruff not found (pip install ruff)"; exit 2; }
+	ruff check .
 
 env:
 	$(ENV) python3 -m fem_mfc info

@@ -11,16 +11,13 @@
 Run: bin/fem-env python3 benchmarks/bench_integrators.py [--quick]
 """
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from scipy.integrate import solve_ivp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fem_mfc.integrators import get_integrator  # noqa: E402
-from fem_mfc.integrators import examples as ex  # noqa: E402
+from fem_mfc.integrators import get_integrator
+from fem_mfc.integrators import examples as ex
 
 INERTIA = (1.0, 2.0, 3.0)
 M0 = np.array([1.0, 0.5, -0.3])

@@ -42,7 +42,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
 # cells per axis of the size ladder, per (dimension, degree): ≈ 300 … ≥ 250k dofs in 2D,
 # ≥ 100k in 3D

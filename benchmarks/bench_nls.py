@@ -23,7 +23,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def child(cells: int, steps: int, integrator: str) -> dict:
-    sys.path.insert(0, str(REPO))
     import dolfinx
     import ufl
     from mpi4py import MPI

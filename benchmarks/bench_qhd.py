@@ -7,17 +7,12 @@ Run: ``bin/fem-env python3 benchmarks/bench_qhd.py [--quick]``.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "demos"))
-
-from demo_equivalence import make_problem  # noqa: E402
-from fem_mfc.solvers.cole_hopf_pair import solve_pair  # noqa: E402
-from fem_mfc.solvers.newton import newton  # noqa: E402
-from fem_mfc.solvers.qhd import solve_control  # noqa: E402
+from fem_mfc.equivalence import make_problem
+from fem_mfc.solvers.cole_hopf_pair import solve_pair
+from fem_mfc.solvers.newton import newton
+from fem_mfc.solvers.qhd import solve_control
 
 SOLVERS = {"hjb-fp": newton, "qhd": lambda p: solve_control(p)[0], "pair": solve_pair}
 

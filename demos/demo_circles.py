@@ -26,12 +26,10 @@
 
 # %%
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fem_mfc.learning import demo  # noqa: E402
-from fem_mfc.io import write_json_atomic  # noqa: E402
+import _common as demo
+from fem_mfc.io import write_json_atomic
 
 args = demo.parse_args("results/demo_circles")
 HERE = Path(__file__).resolve().parent
@@ -73,7 +71,7 @@ both = {"circles2d": {k: s2[k] for k in keys}, "circles3d": {k: s3[k] for k in k
 for name, s in (("circles2d", s2), ("circles3d", s3)):
     if "baseline" in s:
         both[name]["baseline_test_accuracy"] = s["baseline"]["test_accuracy"]
-from mpi4py import MPI  # noqa: E402
+from mpi4py import MPI
 if MPI.COMM_WORLD.rank == 0:
     write_json_atomic(out / "demo_summary.json", both)
     print(json.dumps(both, indent=1))

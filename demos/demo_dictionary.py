@@ -25,14 +25,13 @@
 # as a plain NumPy ResNet.
 
 # %%
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fem_mfc.learning import data, demo  # noqa: E402
-from fem_mfc.learning.numpy_resnet import NumpyResNet  # noqa: E402
+import _common as demo
+from fem_mfc.learning import data
+from fem_mfc.learning.numpy_resnet import NumpyResNet
 
 args = demo.parse_args("results/demo_dictionary")
 HERE = Path(__file__).resolve().parent
@@ -59,8 +58,8 @@ RUNS = {
 }
 
 # %%
-from mpi4py import MPI  # noqa: E402
-from fem_mfc.pipeline import run_config  # noqa: E402
+from mpi4py import MPI
+from fem_mfc.pipeline import run_config
 
 results = {}
 for name, over in RUNS.items():

@@ -23,11 +23,9 @@
 # adds the KL terminal cost.
 
 # %%
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fem_mfc.learning import demo  # noqa: E402
+import _common as demo
 
 args = demo.parse_args("results/demo_generative")
 HERE = Path(__file__).resolve().parent
@@ -55,8 +53,8 @@ cfg = demo.load_config(HERE / "generative.toml", QUICK if args.quick else None)
 #   fixed-point iteration $x_n = x_{n+1} - \tau v^n(x_n)$.
 
 # %%
-from mpi4py import MPI  # noqa: E402
-from fem_mfc.pipeline import run_config  # noqa: E402
+from mpi4py import MPI
+from fem_mfc.pipeline import run_config
 
 s = run_config(cfg, args.out, config_path="demos/generative.toml" + (" --quick" if args.quick
                                                                      else ""))

@@ -28,7 +28,6 @@
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +39,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fem_mfc.integrators import get_integrator  # noqa: E402
 from fem_mfc.integrators import examples as ex  # noqa: E402
 from fem_mfc.integrators.weight_space import RotationNetwork, make_point_cloud  # noqa: E402

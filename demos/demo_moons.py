@@ -28,11 +28,9 @@
 # forward–backward sweeps.  Run with `--quick` for a small version.
 
 # %%
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fem_mfc.learning import demo  # noqa: E402
+import _common as demo
 
 args = demo.parse_args("results/demo")
 HERE = Path(__file__).resolve().parent

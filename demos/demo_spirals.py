@@ -19,11 +19,9 @@
 # stronger anchor loss (β = 2).
 
 # %%
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fem_mfc.learning import demo  # noqa: E402
+import _common as demo
 
 args = demo.parse_args("results/demo_spirals")
 cfg = demo.load_config(Path(__file__).resolve().parent / "spirals.toml",

@@ -7,10 +7,7 @@ keeping its physical groups (cell and facet tags).
 """
 from pathlib import Path
 
-import sys
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fem_mfc.mesh import generate_gmsh  # noqa: E402
+from fem_mfc.mesh import generate_gmsh
 
 HERE = Path(__file__).resolve().parent
 SIZES = {"disk": (2, 0.25), "annulus": (2, 0.15), "lshape": (2, 0.2), "ball": (3, 0.4)}

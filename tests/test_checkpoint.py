@@ -14,7 +14,7 @@ from fem_mfc import config, mesh
 from fem_mfc.density import initial_density
 from fem_mfc.io import save_checkpoint
 
-from conftest import read_summary, run_cli
+from helpers import read_summary, run_cli
 
 
 def _write(path):

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import REPO, _env, read_summary, run_cli
+from helpers import REPO, env as _env, read_summary, run_cli
 
 CONFIG = textwrap.dedent("""
     [run]
@@ -119,6 +119,7 @@ def killed_after_checkpoint(cfg, out, ranks, count, phase=""):
     return out.with_name(out.name + ".checkpoint")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("writer_ranks,reader_ranks", [(1, 1), (1, 2), (2, 1)])
 def test_killed_run_restarts_to_the_same_solution(tmp_path, writer_ranks, reader_ranks):
     cfg = tmp_path / "c.toml"
@@ -140,6 +141,7 @@ def test_killed_run_restarts_to_the_same_solution(tmp_path, writer_ranks, reader
     assert abs(s["J_value_identity"] - full["J_value_identity"]) <= 1e-9 * abs(full["J"])
 
 
+@pytest.mark.slow
 def test_restart_resumes_a_continuation(tmp_path):
     """An attractive coupling (1D, c = -0.02, σ = 0.1) needs the continuation in the coupling
     strength: killed right after its second converged stage (0 < λ < 1), the restart continues the

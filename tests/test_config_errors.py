@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from conftest import read_summary, run_cli
+from helpers import read_summary, run_cli
 
 GOOD = textwrap.dedent("""
     [run]
@@ -51,11 +51,13 @@ BAD = {
 }
 
 
-@pytest.fixture
-def earlier_result(tmp_path):
-    cfg = tmp_path / "good.toml"
+@pytest.fixture(scope="module")
+def earlier_result(tmp_path_factory):
+    """One good run for all the cases: every bad run into its folder must leave it intact."""
+    tmp = tmp_path_factory.mktemp("earlier")
+    cfg = tmp / "good.toml"
     cfg.write_text(GOOD)
-    out = tmp_path / "out"
+    out = tmp / "out"
     p = run_cli(["run", str(cfg), "--out", str(out), "--quiet"])
     assert p.returncode == 0, p.stderr
     return out, read_summary(out)

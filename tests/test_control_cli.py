@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from conftest import REPO, assert_same_numbers, read_summary, run_cli, run_python
+from helpers import REPO, assert_same_numbers, read_summary, run_cli, run_python
 
 CONGESTED = textwrap.dedent("""
     [run]
@@ -33,6 +33,7 @@ CONGESTED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_congested_disk_serial_equals_two_ranks(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text(CONGESTED)
@@ -60,6 +61,7 @@ def test_petsc_options_reach_snes(tmp_path):
     assert "SNES Function norm" in p.stdout + p.stderr
 
 
+@pytest.mark.slow
 def test_divergent_newton_is_written_flagged_exit_3(tmp_path):
     """A solve that does not meet its tolerance is not a success: exit 3, warning lines
     naming the figures (no traceback), results written with "converged": false."""
@@ -77,6 +79,7 @@ def test_divergent_newton_is_written_flagged_exit_3(tmp_path):
     assert s["converged"] is False and s["flags"] and "continuation" in s
 
 
+@pytest.mark.slow
 def test_refine_lq_1d_space_rates(tmp_path):
     out = tmp_path / "conv"
     p = run_cli(["refine", str(REPO / "demos" / "lq_gaussian_1d.toml"), "--levels", "3",
@@ -87,6 +90,7 @@ def test_refine_lq_1d_space_rates(tmp_path):
         assert conv["rates"][name][-1] > 1.8, (name, conv["rates"])
 
 
+@pytest.mark.slow
 def test_lq_demo_quick(tmp_path):
     p = run_python([REPO / "demos" / "demo_lq_gaussian.py", "--quick", "--out", tmp_path])
     assert p.returncode == 0, p.stderr
@@ -97,6 +101,7 @@ def test_lq_demo_quick(tmp_path):
     assert (tmp_path / "solve" / "rho_profile.png").stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_cole_hopf_formulation_with_congestion_uses_the_pair(tmp_path):
     """formulation = 'cole-hopf' with G ≠ 0 solves the cubic Schrödinger pair (MODEL §4);
     its J agrees with the HJB–FP Newton solution to discretisation error."""
@@ -133,6 +138,7 @@ def test_cole_hopf_formulation_with_congestion_uses_the_pair(tmp_path):
     assert out["cole-hopf"]["mass_error"] < 1e-10
 
 
+@pytest.mark.slow
 def test_cole_hopf_guess_and_inexact_sweep_newton_from_the_cli(tmp_path):
     """`[solver] initial_guess = "cole-hopf"` and the sweep path with adaptive forcing (chosen
     on the command line) reproduce the default run's J; a bad forcing name is one line."""

@@ -21,7 +21,7 @@ def problem(comm):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("method", ["newton", "picard"])
+@pytest.mark.parametrize("method", ["newton", pytest.param("picard", marks=pytest.mark.slow)])
 def test_parallel_matches_serial(method):
     par = solve(problem(MPI.COMM_WORLD), method)
     ser = solve(problem(MPI.COMM_SELF), method)

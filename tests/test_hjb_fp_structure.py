@@ -72,6 +72,7 @@ def test_mftc_coupling_is_the_lagrangian_derivative():
     assert np.abs(a - c).max() > 1e-3 * np.abs(a).max()
 
 
+@pytest.mark.slow
 def test_newton_vs_picard_congested_2d(record_property):
     newton = solve(congested_2d(), "newton")
     picard = solve(congested_2d(), "picard", relaxation=0.5)
@@ -98,6 +99,7 @@ def free_1d(nx, steps, sigma=0.6, shift=0.0, L=2.0, amp=1.0):
                           rho0=ufl.exp(-(x + 0.5) ** 2 / (2 * 0.3 ** 2)))
 
 
+@pytest.mark.slow
 def test_cole_hopf_agrees_with_newton_and_picard():
     assert choose_method(free_1d(8, 2)) == "cole-hopf"
     diffs = []

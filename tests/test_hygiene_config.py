@@ -8,7 +8,7 @@ import pytest
 from fem_mfc import config
 from fem_mfc.errors import UserError
 
-from conftest import run_cli
+from helpers import run_cli
 
 SMALL = """\
 [run]

@@ -12,7 +12,7 @@ import pytest
 
 from test_hygiene_mpi_errors import (assert_none_left, finish, launch,  # noqa: F401
                                      marker, _mpi_deadline)
-from conftest import REPO
+from helpers import REPO
 
 # the LQ Gaussian in 1D on a single cell (solved serially; on 2 ranks it hung)
 ONE_CELL = """\

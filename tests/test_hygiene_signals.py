@@ -31,7 +31,7 @@ import time
 
 import pytest
 
-from conftest import REPO, _env
+from helpers import REPO, env as _env
 from test_hygiene_mpi_errors import (HEAT_1D, _mpi_deadline, assert_none_left,  # noqa: F401
                                      finish, kill_all, launch, marker, paused_env, procs_with,
                                      wait_for_file)

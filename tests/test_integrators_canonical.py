@@ -8,11 +8,7 @@ from fem_mfc.integrators import (CanonicalSystem, GeneratingFunctionIntegrator, 
                                  get_integrator, solve_reference)
 from fem_mfc.integrators import examples as ex
 from fem_mfc.integrators.systems import HamiltonianSystem, canonical_J
-
-
-def fitted_rate(taus, errs):
-    """Least-squares slope of log(err) against log(τ)."""
-    return np.polyfit(np.log(taus), np.log(errs), 1)[0]
+from helpers import observed_orders
 
 
 def observed_order(name, system, z0, T, exact, ns, **kw):
@@ -21,7 +17,7 @@ def observed_order(name, system, z0, T, exact, ns, **kw):
         tr = get_integrator(name, system, **kw).run(z0, T / n, n)
         errs.append(np.linalg.norm(tr.final - exact))
         taus.append(T / n)
-    return fitted_rate(taus, errs)
+    return observed_orders(errs, taus, fit=True)
 
 
 @pytest.mark.parametrize("name,order", [("midpoint", 2), ("gf4", 4), ("triple-jump", 4),
@@ -61,7 +57,7 @@ def test_gf4_coefficient_is_one_over_24():
     def rate(system, c):
         errs = [np.linalg.norm(GeneratingFunctionIntegrator(system, 4, coefficient=c)
                                .run(z0, T / n, n).final - ref) for n in ns]
-        return fitted_rate([T / n for n in ns], errs)
+        return observed_orders(errs, [T / n for n in ns], fit=True)
 
     assert abs(rate(s, 1 / 24) - 4) <= 0.2
     assert abs(rate(pendulum_from_callables(), 1 / 24) - 4) <= 0.2
@@ -158,6 +154,7 @@ def test_rk4_is_not_reversible():
     assert np.max(np.abs(integ.step(integ.step(z, 0.3), -0.3) - z)) >= 1e-6
 
 
+@pytest.mark.slow
 def test_energy_bounded_for_midpoint_while_rk4_drifts():
     """10⁵ steps of the pendulum (τ = 0.25, t = 25000): the symplectic midpoint energy error
     oscillates with a constant envelope; RK4's error grows linearly in time."""

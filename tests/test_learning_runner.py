@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fem_mfc import config
 from fem_mfc.pipeline import run_config
@@ -27,7 +28,18 @@ def test_runner_on_csv_three_classes(tmp_path):
     assert s["J_history"][-1] < s["J_history"][0]
     assert s["mass_error"] < 1e-12 and s["value_identity_gap"] < 1e-10 * abs(s["J"])
     assert s["particles"]["max_mean_error"] < 0.1
-    assert 0 <= s["baseline"]["test_accuracy"] <= 1
+    # the torch baseline of the same depth learns too: far above chance (1/K), and its
+    # figures are consistent with each other and with the data split
+    b = s["baseline"]
+    assert b["test_accuracy"] >= 0.9 and b["train_accuracy"] >= 0.9
+    assert b["depth"] == s["nsteps"]
+    for part, n in (("train", s["n_train"]), ("test", s["n_test"])):
+        for acc in (s[f"{part}_accuracy"], b[f"{part}_accuracy"]):
+            assert abs(acc * n - round(acc * n)) < 1e-9, (part, acc, n)   # correct / n
+        assert b[f"{part}_objective"] == pytest.approx(b[f"{part}_anchor_loss"]
+                                                      + b[f"{part}_kinetic"], rel=1e-12)
+    assert s["empirical_objective"] == pytest.approx(s["train_anchor_loss"]
+                                                     + s["train_kinetic"], rel=1e-12)
     out = tmp_path / "out"
     assert (out / "summary.json").is_file() and (out / "report.md").is_file()
     assert "torch ResNet" in (out / "report.md").read_text()

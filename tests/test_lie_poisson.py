@@ -8,6 +8,7 @@ from fem_mfc.integrators import (GL, LPHJ, SE3, SO, SO3, StochasticLPHJ, get_int
                                  solve_reference)
 from fem_mfc.integrators import examples as ex
 from fem_mfc.integrators.lie_algebras import hat, rotation_matrix
+from helpers import observed_orders
 
 INERTIA = (1.0, 2.0, 3.0)
 M0 = np.array([1.0, 0.5, -0.3])
@@ -20,13 +21,9 @@ def rigid_body_reference(m0, ts, inertia=INERTIA):
     return sol.y.T
 
 
-def fitted_rate(taus, errs):
-    return np.polyfit(np.log(taus), np.log(errs), 1)[0]
-
-
 def order_against(integrator_factory, system, m0, T, ref, ns):
     errs = [np.linalg.norm(integrator_factory(system).run(m0, T / n, n).final - ref) for n in ns]
-    return fitted_rate([T / n for n in ns], errs)
+    return observed_orders(errs, [T / n for n in ns], fit=True)
 
 
 # -- conventions ------------------------------------------------------------------------------
@@ -157,6 +154,7 @@ def lp_systems():
             ("gl3", ex.quadratic_matrix_system(3), 0.3 * rng.normal(size=9), 0.05)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", lp_systems(), ids=lambda c: c[0])
 @pytest.mark.parametrize("name", ["lphj1", "lphj2"])
 def test_casimirs_to_roundoff_over_1e4_steps(case, name):
@@ -182,6 +180,7 @@ def test_rk4_leaves_the_orbit():
     assert np.corrcoef(tr.t, d)[0, 1] >= 0.99        # linear drift
 
 
+@pytest.mark.slow
 def test_lphj4_casimir_and_energy_long_run():
     tr = get_integrator("lphj4", ex.rigid_body(INERTIA)).run(M0, 0.1, 10_000,
                                                              monitors=["casimirs", "energy"],
@@ -214,6 +213,7 @@ def test_batched_paths_match_single_paths():
 
 
 # -- stochastic ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_stochastic_casimirs_path_by_path_and_seeding():
     rb = ex.rigid_body(INERTIA)
     noise = [0.3 * np.eye(3)[i] for i in range(3)] + [lambda m: 0.1 * m]

@@ -34,6 +34,7 @@ def coarse_2d(stab, comm=MPI.COMM_SELF, n=15, G=lambda r: 0.5 * r ** 2, coupling
 
 @pytest.mark.parametrize("comm", [MPI.COMM_SELF, pytest.param(MPI.COMM_WORLD,
                                                                marks=pytest.mark.mpi)])
+@pytest.mark.slow
 def test_monotone_density_stays_nonnegative_and_conserves_mass(comm):
     galerkin = solve(coarse_2d("none", comm), "newton", linear="sweep")
     assert galerkin.min_rho < -0.05                      # the case the scheme is for

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_same_numbers, read_summary, run_cli
+from helpers import REPO, assert_same_numbers, read_summary, run_cli
 
 MESHES = {
     "interval": 'kind = "interval"\ncells = 32\nlower = [-3.0]\nupper = [3.0]',
@@ -52,7 +52,11 @@ def test_info_prints_versions():
     assert re.search(r"^dolfinx\s+0\.9", p.stdout, re.M)
 
 
-@pytest.mark.parametrize("kind", sorted(MESHES))
+FAST_KINDS = ("interval", "disk", "ball")      # the others are slow (make test runs all)
+
+
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=[] if k in FAST_KINDS else
+                                               pytest.mark.slow) for k in sorted(MESHES)])
 def test_heat_smoke_each_mesh_kind(kind, tmp_path):
     cfg = tmp_path / f"{kind}.toml"
     cfg.write_text(heat_config(kind, figures=kind in ("interval", "disk", "ball")))
@@ -71,7 +75,8 @@ def test_heat_smoke_each_mesh_kind(kind, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("kind", sorted(MESHES))
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=[] if k == "rectangle" else pytest.mark.slow)
+                                  for k in sorted(MESHES)])
 def test_heat_serial_equals_two_ranks(kind, tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text(heat_config(kind, figures=kind == "disk"))
@@ -87,6 +92,7 @@ def test_heat_serial_equals_two_ranks(kind, tmp_path):
         assert (s2 / "rho_snapshots.png").is_file()
 
 
+@pytest.mark.slow
 def test_refine_heat_rates(tmp_path):
     """Crank–Nicolson + P1 refined in space and time together: order 2."""
     cfg = tmp_path / "c.toml"
@@ -145,3 +151,33 @@ def test_readme_commands_are_what_ci_runs():
     ci = (REPO / ".ci" / "run").read_text()
     assert "make demo" in readme and "make test" in readme
     assert re.search(r"^make test\b", ci, re.M)
+
+
+def test_package_imports_from_any_folder(tmp_path):
+    """A script in a folder outside the repository imports fem_mfc (bin/fem-env puts the
+    repository on PYTHONPATH, the Docker image installs it with pip install -e): run with this
+    environment as it is, not with the test helpers' PYTHONPATH."""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "where.py"
+    script.write_text("import fem_mfc\nprint(fem_mfc.__file__)\n")
+    p = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=dict(os.environ),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert Path(p.stdout.strip()).resolve().parent == REPO / "fem_mfc"
+
+
+def test_scripts_leave_sys_path_alone_and_tests_import_no_demo():
+    """Demos, benchmarks and mesh scripts import the installed package (no sys.path edits);
+    demos share only demos/_common.py; no test imports a demo module."""
+    scripts = [*(REPO / "demos").glob("*.py"), *(REPO / "benchmarks").glob("*.py"),
+               *(REPO / "meshes").glob("*.py")]
+    assert len(scripts) > 10
+    for f in scripts:
+        assert "sys.path" not in f.read_text(), f.name
+    demos = {f.stem for f in (REPO / "demos").glob("*.py")}
+    for f in (REPO / "tests").glob("*.py"):
+        imported = set(re.findall(r"^\s*(?:from|import)\s+([\w.]+)", f.read_text(), re.M))
+        assert not imported & demos, (f.name, imported & demos)
+    assert not (REPO / "fem_mfc" / "learning" / "demo.py").exists()

@@ -14,6 +14,8 @@ from fem_mfc.refine import refinement_study
 
 NORMS = ("err_rho_L2", "err_S_L2", "err_J")
 
+pytestmark = pytest.mark.slow          # a refinement study
+
 
 def lq_qhd(scheme: str, cells: int, steps: int) -> dict:
     return config.from_dict({

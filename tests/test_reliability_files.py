@@ -14,7 +14,7 @@ from fem_mfc.density import initial_density
 from fem_mfc.errors import ConfigError, UserError
 from fem_mfc.io import load_checkpoint, save_checkpoint
 
-from conftest import read_summary, run_cli
+from helpers import read_summary, run_cli
 
 
 def _garbage(path, n=3000, seed=0):

@@ -30,7 +30,7 @@ from mpi4py import MPI
 from fem_mfc import config, expressions
 from fem_mfc.errors import UserError
 
-from conftest import read_summary, run_cli
+from helpers import read_summary, run_cli
 
 try:       # hypothesis caches Unicode tables in ./.hypothesis: keep the work tree clean
     from hypothesis.configuration import set_hypothesis_home_dir

@@ -9,7 +9,7 @@ import pytest
 from fem_mfc import config
 from fem_mfc.errors import ConfigError
 
-from conftest import read_summary, run_cli
+from helpers import read_summary, run_cli
 
 BASE = {"run": {"formulation": "heat"},
         "mesh": {"kind": "interval", "lower": [-3.0], "upper": [3.0]},

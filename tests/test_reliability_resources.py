@@ -12,7 +12,7 @@ from mpi4py import MPI
 from fem_mfc import config, mesh
 from fem_mfc.errors import ConfigError
 
-from conftest import run_python
+from helpers import run_python
 
 
 def _cfg(**over):
@@ -57,6 +57,7 @@ HUGE = [({"problem": {"steps": 1_000_000_000}}, "problem.steps"),
         ({"mesh": {"kind": "disk", "h": 1e-6}, "rho0": {"mean": []}}, "mesh.h")]
 
 
+@pytest.mark.perf
 @pytest.mark.parametrize("over,key", HUGE, ids=[k + str(i) for i, (_, k) in enumerate(HUGE)])
 def test_check_resources_refuses_fast(over, key):
     cfg = _cfg(**over)

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, _env, read_summary, run_cli
+from helpers import REPO, read_summary, run_cli
+from helpers import env as child_env
 
 WRITER = textwrap.dedent("""
     import sys, time
@@ -52,7 +53,7 @@ NAMED = ["create:locked", "create:staged", "commit:begin", "commit:summary", "sw
 
 
 def _start(script, out, tag, n, pause=None, pause_s=60.0, pause_file=None):
-    env = _env()
+    env = child_env()
     if pause:
         env.update(FEM_MFC_TEST_PAUSE=pause, FEM_MFC_TEST_PAUSE_S=str(pause_s),
                    FEM_MFC_TEST_PAUSE_FILE=str(pause_file))
@@ -124,7 +125,11 @@ def new_names(template, tmp_path_factory):
     return _state(out)[1]
 
 
-@pytest.mark.parametrize("point", NAMED)
+FAST_POINTS = ("create:staged", "commit:summary", "swap:exchanged")   # the rest: slow
+
+
+@pytest.mark.parametrize("point", [pytest.param(p, marks=[] if p in FAST_POINTS else
+                                                pytest.mark.slow) for p in NAMED])
 def test_sigkill_at_named_point(point, template, new_names, tmp_path):
     out, script, old = _fresh(template, tmp_path)
     pf = tmp_path / "pause"
@@ -137,6 +142,7 @@ def test_sigkill_at_named_point(point, template, new_names, tmp_path):
     assert which == ("B" if expected_new else "A"), (point, which)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(15))
 def test_sigkill_at_random_moment(seed, template, new_names, tmp_path):
     out, script, old = _fresh(template, tmp_path)
@@ -221,7 +227,7 @@ def test_cli_killed_during_the_swap_and_terminated(tmp_path):
     assert run_cli(["run", str(cfg), "--out", str(out), "--quiet"]).returncode == 0
     before = read_summary(out), (out / "config.toml").read_text()
     cfg.write_text(CFG.format(steps=3))
-    env = _env()
+    env = child_env()
     pf = tmp_path / "pause"
     for point, sig, code in (("swap:before", signal.SIGKILL, -9),
                              ("create:staged", signal.SIGTERM, 143)):

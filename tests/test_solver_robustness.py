@@ -11,7 +11,7 @@ import pytest
 import ufl
 from mpi4py import MPI
 
-from conftest import read_summary, run_cli
+from helpers import read_summary, run_cli
 
 ATTRACTIVE = textwrap.dedent("""
     [run]
@@ -83,6 +83,7 @@ def test_attractive_coupling_converges_by_continuation_and_matches_picard(tmp_pa
     assert q["max_rho"] == pytest.approx(s["max_rho"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_inaccurate_solve_is_flagged_exit_3(tmp_path):
     """σ = 1e-4, T = 50, two steps, G = 100ρ⁴: SNES stops 'converged' relative to a huge
     first residual while J and its value identity disagree: exit 3, results written and
@@ -188,6 +189,7 @@ def test_a_second_run_does_not_inherit_the_first_runs_options(tmp_path):
     assert a["J"] == pytest.approx(b["J"], rel=1e-10)
 
 
+@pytest.mark.slow
 def test_misspelt_options_are_reported_and_help_reaches_petsc(tmp_path):
     text = ATTRACTIVE.format(cells=10, c=0.1, method="newton")
     cfg = write(tmp_path, text)

@@ -1,4 +1,5 @@
-"""Shared plumbing of the literate classifier demos (``demos/demo_*.py``).
+"""Shared plumbing of the literate classifier demos (``demos/demo_*.py``), not part of the
+fem_mfc package: a demo imports it as ``_common`` from its own folder.
 
 ``--out DIR`` chooses the output folder, ``--quick`` applies a demo's small overrides (coarse
 mesh, few layers and sweeps) so that tests can run the demo end to end in seconds.
@@ -21,7 +22,7 @@ def parse_args(default_out: str, argv=None):
 def load_config(toml: str | Path, overrides: dict | None = None) -> dict:
     """Read a demo config and apply ``{section: {key: value}}`` overrides, then validate."""
     import tomllib
-    from .. import config
+    from fem_mfc import config
     toml = Path(toml)
     raw = tomllib.loads(toml.read_text())
     raw = copy.deepcopy(raw)
@@ -33,7 +34,7 @@ def load_config(toml: str | Path, overrides: dict | None = None) -> dict:
 def run(cfg: dict, out: str | Path, name: str) -> dict:
     """Run a validated classifier config into ``out`` and print the headline numbers."""
     from mpi4py import MPI
-    from ..pipeline import run_config
+    from fem_mfc.pipeline import run_config
     s = run_config(cfg, out, config_path=name)
     if MPI.COMM_WORLD.rank == 0:
         b = s.get("baseline", {})
