@@ -10,7 +10,7 @@ NP ?= 2
 # the MPI tests of test-fast: quick ones that cover the platform, Newton and the learning runner
 FAST_MPI := tests/test_platform_mpi.py tests/test_hjb_fp_mpi.py tests/test_reliability_mpi.py
 
-.PHONY: demo test test-serial test-mpi test-fast lint env bench docs
+.PHONY: demo test test-serial test-mpi test-fast lint env bench bench-matrix bench-scaling docs
 
 demo:
 	$(ENV) python3 demos/demo_moons.py --out results/demo
@@ -39,3 +39,9 @@ docs:
 
 bench:
 	$(ENV) python3 benchmarks/run_all.py
+
+bench-matrix:
+	$(ENV) python3 benchmarks/bench_matrix.py --out results/bench_matrix
+
+bench-scaling:
+	$(ENV) python3 benchmarks/bench_scaling.py --out results/bench_scaling

@@ -106,9 +106,9 @@ def problem(dim, degree, cells, steps, coupling):
                           rho0=ufl.exp(-((x[0] + 0.4) ** 2 + r2) / (2 * 0.28 ** 2)))
 
 
-def heat_proxy(p) -> float:
-    """Seconds for p.steps backward-Euler heat steps with one reused per-step factorisation
-    (the per-step solver of the sweeps: fem_mfc.solvers.steps.step_solver)."""
+def heat_proxy(p, kind: str = "lu") -> float:
+    """Seconds for p.steps backward-Euler heat steps with one reused per-step solver of
+    ``kind`` (default: a factorisation; fem_mfc.solvers.steps.step_solver)."""
     import dolfinx.fem.petsc
     import ufl
     from mpi4py import MPI
@@ -121,7 +121,7 @@ def heat_proxy(p) -> float:
         mats.append(dolfinx.fem.petsc.assemble_matrix(dolfinx.fem.form(form)))
         mats[-1].assemble()
     A, B = mats
-    ksp = step_solver(A, "bench_heat_")
+    ksp = step_solver(A, "bench_heat_", kind)
     x, b = A.createVecs()
     y = x.duplicate()
     x.set(1.0)

@@ -41,7 +41,8 @@ CONFIG = textwrap.dedent("""
     checkpoint_every = 1
 """)
 
-# an aggregation game: Newton from the trivial guess fails, the continuation in λ converges
+# an aggregation game: Newton from the trivial guess fails (in max_it = 10 iterations, to keep
+# the test short), the continuation in λ converges
 ATTRACTIVE = textwrap.dedent("""
     [run]
     formulation = "hjb-fp"
@@ -62,6 +63,7 @@ ATTRACTIVE = textwrap.dedent("""
     std = 0.1
     [solver]
     method = "newton"
+    max_it = 10
     [output]
     figures = false
     vtx = false
@@ -119,15 +121,24 @@ def killed_after_checkpoint(cfg, out, ranks, count, phase=""):
     return out.with_name(out.name + ".checkpoint")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("writer_ranks,reader_ranks", [(1, 1), (1, 2), (2, 1)])
-def test_killed_run_restarts_to_the_same_solution(tmp_path, writer_ranks, reader_ranks):
-    cfg = tmp_path / "c.toml"
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The congested run's config and its uninterrupted summary (computed once)."""
+    d = tmp_path_factory.mktemp("full")
+    cfg = d / "c.toml"
     cfg.write_text(CONFIG.format(G="rho**2/2"))
-    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "full"), "--quiet"])
+    p = run_cli(["run", str(cfg), "--out", str(d / "full"), "--quiet"])
     assert p.returncode == 0, p.stderr
-    full = read_summary(tmp_path / "full")
-    assert not (tmp_path / "full.checkpoint").exists()       # removed when complete
+    assert not (d / "full.checkpoint").exists()               # removed when complete
+    return cfg, read_summary(d / "full")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("writer_ranks,reader_ranks", [(1, 2), (2, 1)])
+def test_killed_run_restarts_to_the_same_solution(tmp_path, uninterrupted, writer_ranks,
+                                                  reader_ranks):
+    """Written on N ranks, read on M (1 → 2, 2 → 1)."""
+    cfg, full = uninterrupted
     ck = killed_after_checkpoint(cfg, tmp_path / "cut", writer_ranks, 2)
     meta = json.loads((ck / "meta.json").read_text())
     assert meta["iteration"] == 2 and meta["ranks"] == writer_ranks
