@@ -251,6 +251,7 @@ def run_generative(cfg: dict, ctx) -> dict:
         "J": model.J, "J_history": h_hist.J, "control_energy": model.energy,
         "residual": model.residual, "residual_history": h_hist.residual,
         "sweeps": model.sweeps, "converged": model.converged,
+        "method": "sweeps", "transport": "galerkin", "iterations": model.sweeps,
         "loglik_flow": float(ll_flow.mean()), "loglik_flow_drift_only": float(ll_drift.mean()),
         "loglik_kde": float(kde_log_likelihood(Xtr, h, Xte).mean()),
         "loglik_gaussian": float(gaussian_log_likelihood(Xtr, Xte).mean()),

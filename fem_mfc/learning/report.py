@@ -101,12 +101,16 @@ def markdown(summary: dict, figures: list[str], title: str) -> str:
                     ["J (PDE objective, incl. regularisation)", s["J"]],
                     ["control energy ∫∫½|a|²ρ", s["control_energy"]],
                     ["empirical objective (train points)", s["empirical_objective"]],
-                    ["sweeps / converged", f"{s['sweeps']} / {s['converged']}"],
+                    ["training method (transport)", f"{s.get('method', 'sweeps')} "
+                     f"({s.get('transport', 'galerkin')})"],
+                    ["outer iterations / converged", f"{s['sweeps']} / {s['converged']}"],
                     ["optimality residual", s["residual"]],
                     ["value identity gap |J − Σ∫u_k(0)ρ_k(0) − …|", s["value_identity_gap"]],
                     ["max class mass error", s["mass_error"]], ["min ρ_k", s["min_rho"]],
                     ["mesh Péclet number max|a|h/(2ε)", s["peclet"]],
-                    ["training wall time [s]", s["train_time_s"]]], ["quantity", "value"]), ""]
+                    ["training wall time [s]", s["train_time_s"]],
+                    ["training CPU time [s]", s.get("train_cpu_s", float("nan"))]],
+                   ["quantity", "value"]), ""]
     if "particles" in s:
         p = s["particles"]
         lines += [f"Particle check (MODEL §7.7): {p['n']} particles per class through the "
@@ -125,7 +129,9 @@ def markdown(summary: dict, figures: list[str], title: str) -> str:
                          ["kinetic energy of the flow (train)", s["train_kinetic"],
                           b["train_kinetic"]],
                          ["objective (test)", s["test_objective"], b["test_objective"]],
-                         ["wall time [s]", s["train_time_s"], b["wall_time_s"]]],
+                         ["training wall time [s]", s["train_time_s"], b["wall_time_s"]],
+                         ["training CPU time [s]", s.get("train_cpu_s", float("nan")),
+                          b.get("cpu_time_s", float("nan"))]],
                         ["", "mean-field PDE network", "torch ResNet"]), ""]
     captions = {"decision_regions.png": "Decision regions (colour = predicted class), test "
                 "points on top.",
@@ -133,7 +139,7 @@ def markdown(summary: dict, figures: list[str], title: str) -> str:
                 "network to the class anchors.",
                 "densities.png": "Class densities ρ_k through the layers (rows: classes).",
                 "densities.gif": "Class densities flowing through the layers (animation).",
-                "history_J.png": "Objective J over the forward–backward sweeps.",
+                "history_J.png": "Objective J over the outer iterations of the trainer.",
                 "history_residual.png": "Relative residual of the optimality condition.",
                 "baseline_loss.png": "Torch baseline: training objective over the epochs."}
     lines += ["## Figures", ""]
