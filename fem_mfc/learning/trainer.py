@@ -24,6 +24,10 @@ Methods (all monotone in J: every accepted step decreases it; the problem is non
   Newton step.  If no step of a direction decreases J, the trainer retries with −p and then
   stops with ``converged = False``.
 
+Round-off: near the optimum the decrease of J predicted by a step, −t∇J·d ≈ r²J, falls below
+the round-off of J (~1e-14 |J|); a step whose predicted decrease is below 1e-13 |J| is accepted
+if J does not grow by more than 1e-13 |J| (otherwise Newton could not pass r ≈ 1e-7).
+
 Stopping: r < tol (converged), ``max_it`` outer iterations, or no descent.  r is the relative
 residual of :mod:`.reduced` (= that of the sweeps of :mod:`.feedback`), evaluated at every
 accepted iterate; ``iterations`` counts outer iterations (one gradient each).
@@ -38,6 +42,7 @@ from ..errors import SolverError
 
 METHODS = ("newton", "lbfgs", "sweeps")
 C1 = 1e-4                 # Armijo constant
+NOISE = 1e-13             # relative round-off level of J (see _Run.line_search)
 
 
 class _Run:
@@ -76,9 +81,15 @@ class _Run:
     def line_search(self, d, gd, t0=1.0, tmin=1e-8):
         """Armijo backtracking along d from t0; (t, J) or (0, J) without descent."""
         t = t0
+        # J is a sum of many terms: its round-off is ~1e-14 |J|; a predicted decrease below
+        # NOISE |J| cannot be verified, so such a step is accepted when J does not increase by
+        # more than NOISE |J| (near the optimum, where Newton's full step is right)
+        noise = NOISE * abs(self.J)
         while t >= tmin:
             Jt = self.trial(self.x + t * d)
             if Jt <= self.J + C1 * t * gd and Jt <= self.J:
+                return t, Jt
+            if -t * gd <= noise and Jt <= self.J + noise:
                 return t, Jt
             # minimiser of the quadratic through J(0), J'(0) = gd, J(t), kept in [0.1t, 0.5t]
             if math.isfinite(Jt):

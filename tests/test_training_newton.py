@@ -1,0 +1,128 @@
+"""The trainers of fem_mfc/learning/trainer.py on a small moons classifier (EAFE transport):
+Newton converges to a tight tolerance in few steps, Newton, L-BFGS and the sweeps reach the
+same J (and the same control), the config refuses combinations that do not exist, the runner
+records the method, and 2 ranks reproduce the serial numbers."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from fem_mfc import config
+from fem_mfc.errors import ConfigError
+from fem_mfc.learning import infer
+from fem_mfc.pipeline import run_config
+from test_training_eafe import build_edge, eafe_cfg
+
+SMALL = {"problem": {"steps": 6}, "mesh": {"h": 0.4}}
+
+
+def train(method, tol, comm=MPI.COMM_WORLD, max_it=300):
+    md, ds, m = build_edge(eafe_cfg(**SMALL), comm)
+    m.train(max_it, 0.5, tol, method=method)
+    return md, ds, m
+
+
+@pytest.fixture(scope="module")
+def newton():
+    return train("newton", 1e-8)
+
+
+def test_newton_converges_to_tolerance_in_few_iterations(newton):
+    _, ds, m = newton
+    assert m.converged and m.residual < 1e-8
+    assert m.train_info["iterations"] <= 12 and m.train_info["reason"] == "converged"
+    J = np.array(m.history.J)
+    assert np.all(np.diff(J) <= 1e-14 * abs(J[0]))          # monotone
+    r = m.history.residual
+    assert r[0] == pytest.approx(1.0) and r[-1] < 1e-3 * r[-3]  # superlinear at the end
+    assert m.min_rho() >= -1e-12
+    assert np.abs(m.masses() - ds.proportions[:, None]).max() < 1e-12
+    assert abs(m.value_identity() - m.J) < 1e-12 * abs(m.J)
+
+
+@pytest.mark.parametrize("method, tol", [("sweeps", 1e-5), ("lbfgs", 1e-7)])
+def test_first_order_trainers_reach_the_same_J_and_control(newton, method, tol):
+    """Tolerance: J within 1e-8 relative (observed 6e-10 for the sweeps at r = 5.6e-5, the
+    same J to 1e-13 for L-BFGS); the controls within 100 r in the sweeps' metric."""
+    _, _, mn = newton
+    _, _, m = train(method, tol)
+    assert m.converged and m.residual < tol
+    assert abs(m.J - mn.J) <= 1e-8 * abs(mn.J), (m.J, mn.J)
+    d = m.x - mn.x
+    Cd = m.apply_metric(d)
+    rel = math.sqrt(m.dot(d, Cd) / m.dot(mn.x, m.apply_metric(mn.x)))
+    assert rel < 100 * tol, rel
+    # more outer iterations than Newton (linear vs superlinear convergence)
+    assert m.train_info["iterations"] > mn.train_info["iterations"]
+    m.destroy()
+
+
+def test_newton_classifies_the_small_moons(newton):
+    _, ds, m = newton
+    flow = infer.TrainedFlow(m)
+    te = infer.evaluate_flow(flow, ds.X_test, ds.y_test)
+    assert te["accuracy"] >= 0.95
+
+
+def test_config_refuses_second_order_training_without_eafe():
+    base = {"run": {"formulation": "classifier"}}
+    with pytest.raises(ConfigError, match="training.method"):
+        config.from_dict({**base, "network": {"transport": "galerkin"},
+                          "training": {"method": "newton"}})
+    with pytest.raises(ConfigError, match="network.transport"):
+        config.from_dict({**base, "network": {"kind": "dictionary", "transport": "eafe"}})
+    with pytest.raises(ConfigError, match="training.method"):
+        config.from_dict({**base, "network": {"kind": "dictionary"},
+                          "training": {"method": "lbfgs"}})
+    with pytest.raises(ConfigError, match="network.velocity"):
+        config.from_dict({**base, "network": {"velocity": "DG0", "transport": "eafe"}})
+    with pytest.raises(ConfigError, match="network.transport"):
+        config.from_dict({"run": {"formulation": "generative"},
+                          "network": {"transport": "eafe"}})
+    assert config.resolve_training(config.from_dict(base)) == ("eafe", "newton")
+    dic = config.from_dict({**base, "network": {"kind": "dictionary"}})
+    assert config.resolve_training(dic) == ("galerkin", "sweeps")
+
+
+def test_runner_records_method_and_convergence(tmp_path):
+    raw = {"run": {"formulation": "classifier"},
+           "mesh": {"kind": "disk", "radius": 3.5, "h": 0.5},
+           "problem": {"T": 1.0, "sigma": 0.45, "steps": 4},
+           "data": {"dataset": "moons", "n_samples": 200, "bandwidth": 0.25},
+           "training": {"max_sweeps": 15, "tol": 1e-6, "baseline": False, "particles": 0},
+           "output": {"figures": False}}
+    s = run_config(config.from_dict(raw), tmp_path / "out", quiet=True)
+    assert s["method"] == "newton" and s["transport"] == "eafe"
+    assert s["converged"] is True and s["residual"] <= 1e-6 and s["iterations"] <= 15
+    assert s["training"]["iterations"] == s["iterations"]
+    assert s["min_rho"] >= -1e-12 and s["train_cpu_s"] > 0
+
+
+def _score(comm):
+    md, ds, m = train("newton", 1e-9, comm)
+    flow = infer.TrainedFlow(m)
+    te = infer.evaluate_flow(flow, ds.X_test, ds.y_test)
+    out = {"J": m.J, "residual": m.residual, "iterations": m.train_info["iterations"],
+           "test": te["accuracy"], "objective": te["objective"], "min_rho": m.min_rho(),
+           "mass": m.masses(), "value": m.value_identity()}
+    m.destroy()
+    return out
+
+
+@pytest.mark.mpi
+def test_newton_two_ranks_match_serial():
+    """Run: bin/fem-env mpirun -n 2 python3 -m pytest --with-mpi -m mpi
+    tests/test_training_newton.py"""
+    comm = MPI.COMM_WORLD
+    par = _score(comm)
+    ser = _score(MPI.COMM_SELF)
+    assert par["iterations"] == ser["iterations"]
+    for k in ("J", "objective", "value"):
+        assert abs(par[k] - ser[k]) <= 1e-10 * abs(ser[k]), (k, par[k], ser[k])
+    assert par["residual"] < 1e-9 and ser["residual"] < 1e-9
+    assert par["test"] == ser["test"] and par["min_rho"] >= -1e-12
+    assert np.allclose(par["mass"], ser["mass"], atol=1e-13)
+    assert comm.allgather(par["J"]) == [par["J"]] * comm.size
