@@ -19,8 +19,8 @@ from test_training_eafe import build_edge, eafe_cfg
 SMALL = {"problem": {"steps": 6}, "mesh": {"h": 0.4}}
 
 
-def train(method, tol, comm=MPI.COMM_WORLD, max_it=300):
-    md, ds, m = build_edge(eafe_cfg(**SMALL), comm)
+def train(method, tol, comm=MPI.COMM_WORLD, max_it=300, small=SMALL):
+    md, ds, m = build_edge(eafe_cfg(**small), comm)
     m.train(max_it, 0.5, tol, method=method)
     return md, ds, m
 
@@ -102,7 +102,7 @@ def test_runner_records_method_and_convergence(tmp_path):
 
 
 def _score(comm):
-    md, ds, m = train("newton", 1e-9, comm)
+    md, ds, m = train("newton", 1e-9, comm, small={})      # h = 0.5, 4 layers: fast
     flow = infer.TrainedFlow(m)
     te = infer.evaluate_flow(flow, ds.X_test, ds.y_test)
     out = {"J": m.J, "residual": m.residual, "iterations": m.train_info["iterations"],

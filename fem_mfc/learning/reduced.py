@@ -26,7 +26,7 @@ Every matrix M + τXₙ is factorised once per forward sweep (KSP per layer, opt
 ``classifier_transport_``; LU by default) and reused for the adjoint (transposed solves) and
 for every Hessian-vector product at that control.  The metric (preconditioner) of the control
 is the one of the sweeps: Cₙ = τ(diag(m(κρ^{n+1} + δ)) + αK) per velocity component (prefix
-``classifier_metric_``), τλI for the dictionary; the relative optimality residual is
+``classifier_metric_``; SPD: Cholesky by default, half the flops of LU), τλI for the dictionary; the relative optimality residual is
   r = ‖C⁻¹∇J‖_C / ‖â‖_C,  â = a − C⁻¹∇J  (the sweep's target â),
 the definition of :mod:`.feedback` (there â is computed from ∂L/∂a = 0 directly).
 """
@@ -162,7 +162,8 @@ class EdgeClassifier:
         self.n_local = self.N * self.nl * self.gdim
         self.C = [self.g.create_matrix() for _ in range(self.N)]
         factor = None if self.comm.size == 1 else "mumps"
-        self.kspC = [options.make_ksp(self.comm, "classifier_metric_", C, factor=factor)
+        self.kspC = [options.make_ksp(self.comm, "classifier_metric_", C, pc_type="cholesky",
+                                      factor=factor)
                      for C in self.C]
 
     def _layer(self, x, n) -> np.ndarray:
