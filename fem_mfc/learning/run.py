@@ -5,7 +5,8 @@
 2. training (``[problem]``, ``[network]``, ``[training]``): the label-blind feedback network of
    MODEL §2 on the EAFE transport as a reduced functional (:mod:`.reduced`) minimised by
    ``[training] method`` (:mod:`.trainer`: truncated Newton–CG by default), or on the Galerkin
-   transport by damped forward–backward sweeps (:mod:`.feedback`, also the dictionary network);
+   transport by damped forward–backward sweeps (:mod:`.feedback`); the dictionary network
+   likewise (:mod:`.dictionary`);
 3. inference (:mod:`.infer`): the ResNet x_{n+1} = x_n + τ aⁿ(x_n) on train/test points;
    accuracy, empirical objective; particles through the stochastic flow vs PDE moments;
 4. baseline (:mod:`.baseline`): a torch ResNet of the same depth on the same objective;
@@ -21,7 +22,7 @@ import numpy as np
 from ..pipeline import build_mesh
 from ..io import write_text_atomic
 from . import data, infer, report
-from .dictionary import DictionaryFlow, DictionaryNetwork
+from .dictionary import DictionaryFlow, DictionaryNetwork, EdgeDictionaryNetwork
 from .feedback import FeedbackClassifier, anchors_from_config
 from .generative import run_generative  # noqa: F401  (the "generative" runner)
 from .reduced import EdgeClassifier
@@ -39,7 +40,7 @@ def build_model(cfg: dict, comm):
     anchors = anchors_from_config(cfg["network"], ds.K, dim)
     transport, _ = resolve_training(cfg)
     if cfg["network"]["kind"] == "dictionary":
-        kind = DictionaryNetwork
+        kind = EdgeDictionaryNetwork if transport == "eafe" else DictionaryNetwork
     else:
         kind = EdgeClassifier if transport == "eafe" else FeedbackClassifier
     return md, ds, hs, kind(rho0, anchors, cfg["problem"], cfg["network"])
