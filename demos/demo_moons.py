@@ -53,8 +53,7 @@ HERE = Path(__file__).resolve().parent
 
 # %%
 # --quick: a coarse mesh and 6 layers, still trained to convergence (Newton needs ~10 steps)
-QUICK = {**demo.QUICK, "training": {**demo.QUICK["training"], "max_sweeps": 15}}
-cfg = demo.load_config(HERE / "moons.toml", QUICK if args.quick else None)
+cfg = demo.load_config(HERE / "moons.toml", demo.QUICK if args.quick else None)
 
 # %% [markdown]
 # ## Train, evaluate, compare

@@ -84,16 +84,18 @@ def test_step_matrix_is_an_m_matrix_that_conserves_mass():
     g.destroy()
 
 
-@pytest.mark.parametrize("G, network", [
-    ("0", {}), ("0.5*rho**2", {}),
-    ("0.5*rho**2", {"kind": "dictionary", "dictionary": "random-tanh", "width": 6}),
-    ("0", {"kind": "dictionary", "dictionary": "affine"})])
-def test_gradient_and_hessian_vector_products_match_finite_differences(G, network):
+@pytest.mark.parametrize("G, network, mesh", [
+    ("0", {}, {}), ("0.5*rho**2", {}, {}),
+    ("0.5*rho**2", {"kind": "dictionary", "dictionary": "random-tanh", "width": 6}, {}),
+    ("0", {"kind": "dictionary", "dictionary": "affine"}, {}),
+    ("0", {}, {"kind": "ball", "radius": 3.0, "h": 1.0})])       # 3D: GMRES/CG solves
+def test_gradient_and_hessian_vector_products_match_finite_differences(G, network, mesh):
     """∇J·v against (J(x+hv) − J(x−hv))/2h and H v against the difference of gradients:
     second-order accurate, so the errors drop 100x from h = 1e-3 to 1e-4 (a wrong term in
     either would leave an O(1) error).  Feedback network (velocities) and dictionary network
     (weights θ)."""
-    _, _, _, m = build_model(eafe_cfg(problem={"G": G}, network=network), MPI.COMM_WORLD)
+    _, _, _, m = build_model(eafe_cfg(problem={"G": G}, network=network, mesh=mesh),
+                             MPI.COMM_WORLD)
     assert type(m).__name__ == ("EdgeDictionaryNetwork" if network else "EdgeClassifier")
     rng = np.random.default_rng(1)
     x = rng.normal(size=m.n_local)

@@ -47,4 +47,4 @@ def run(cfg: dict, out: str | Path, name: str) -> dict:
 
 
 QUICK = {"mesh": {"h": 0.35}, "problem": {"steps": 6},
-         "training": {"max_sweeps": 4, "epochs": 50, "particles": 200}}
+         "training": {"max_sweeps": 15, "epochs": 50, "particles": 200}}   # Newton: ~10 steps
