@@ -183,8 +183,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                          "lumped masses: rho >= 0 and no mesh Peclet limit; needs sigma > 0 and "
                          "P1 velocities; fem_mfc/learning/eafe.py), 'galerkin' (P1 Galerkin from "
                          "ufl.derivative of the step Lagrangian, MODEL par. 2; accurate for mesh "
-                         "Peclet numbers <~ 2) or 'auto' (eafe for the classifier, galerkin for "
-                         "the generative flow)",
+                         "Peclet numbers <~ 2) or 'auto' (= eafe)",
                          choices=("auto", "eafe", "galerkin")),
         "smoothing": Key(float, 1e-3, "alpha: velocity smoothing alpha/2 int |grad a|^2 in J "
                          "(P1 velocity)", nonnegative, "a non-negative number"),
@@ -431,14 +430,13 @@ def resolve_training(cfg: dict, source=None) -> tuple[str, str]:
     combinations that do not exist (see the keys network.transport and training.method)."""
     net, tr = cfg["network"], cfg["training"]
     form = cfg["run"]["formulation"]
-    eafe_ok = form == "classifier"
+    eafe_ok = form in ("classifier", "generative")
     transport = net["transport"]
     if transport == "auto":
         transport = "eafe" if eafe_ok else "galerkin"
     if transport == "eafe" and not eafe_ok:
-        raise ConfigError("network.transport", "'galerkin' or 'auto' for the generative "
-                          "flow: its EAFE transport is not implemented yet", net["transport"],
-                          source)
+        raise ConfigError("network.transport", f"'galerkin' or 'auto' for formulation "
+                          f"'{form}'", net["transport"], source)
     if transport == "eafe":
         if net["velocity"] != "P1":
             raise ConfigError("network.velocity", "'P1' for network.transport = 'eafe' (the "
@@ -453,7 +451,7 @@ def resolve_training(cfg: dict, source=None) -> tuple[str, str]:
     if method != "sweeps" and transport != "eafe":
         raise ConfigError("training.method", "'sweeps' or 'auto' with the Galerkin transport "
                           "(the Newton and L-BFGS trainers work on the reduced functional of "
-                          "the EAFE transport: network.transport = 'eafe', classifier only)", method, source)
+                          "the EAFE transport: network.transport = 'eafe')", method, source)
     return transport, method
 
 
