@@ -176,6 +176,11 @@ def test_runner_records_method_and_convergence(tmp_path):
     assert s["converged"] is True and s["residual"] <= 1e-6 and s["iterations"] <= 15
     assert s["training"]["iterations"] == s["iterations"]
     assert s["min_rho"] >= -1e-12 and s["train_cpu_s"] > 0
+    # the Galerkin transport with the sweeps stays available
+    raw["network"] = {"transport": "galerkin"}
+    raw["training"].update(method="sweeps", max_sweeps=3)
+    s = run_config(config.from_dict(raw), tmp_path / "gal", quiet=True)
+    assert s["method"] == "sweeps" and s["transport"] == "galerkin" and s["iterations"] <= 3
 
 
 def _score(comm):
