@@ -57,7 +57,7 @@ s3 = demo.run(cfg3, out / "circles3d", "demos/circles3d.toml" + (" --quick" if a
 
 # %% [markdown]
 # ## Summary
-# The 2D accuracy stays visibly below 100% (the full run: PDE network 91.8% test, torch
+# The 2D accuracy stays visibly below 100% (the full run: PDE network 89.6% test, torch
 # ResNet 96%): in both decision-region plots the region of the inner class reaches the outside
 # through a channel that cuts the ring — the signature of the obstruction above (the
 # preimage of a half-plane under a homeomorphism is connected to infinity).  The torch network
