@@ -98,6 +98,7 @@ class EdgeClassifier:
         self._rho = [[r.x.array[: self.nl].copy()] + [None] * self.N for r in rho0]
         self._u = [[None] * (self.N + 1) + [None] for _ in range(self.K)]
         self._bern = [None] * self.N
+        self._coef = [None] * self.N
         self._Gd = [None] * self.N
         self._setup_control()
         self.x = np.zeros(self.n_local)
@@ -269,6 +270,7 @@ class EdgeClassifier:
         if x is not None:
             self.x = np.array(x, dtype=float)
         self._views = {}
+        self._coef = [None] * self.N            # edge coefficients: set by backward()
         self.counts["forward"] += 1
         g, tau, eps, m = self.g, self.tau, self.eps, self.g.m
         xp = self._xprep = self._prepare(self.x)
@@ -314,10 +316,15 @@ class EdgeClassifier:
             src = tau * m * (self.Vn + self._Gd[n][0]
                              + (0.5 * (a * a).sum(axis=1) if self.kinetic else 0.0))
             s = 0.0
+            coef = []
             for k in range(self.K):
                 self._u[k][mm] = self._solve(self.ksp[n], m * self._u[k][mm + 1] + src, True,
                                              f"adjoint step {mm}, class {k}")
-                s = s + g.dS(B1, g.ext(self._u[k][mm]), g.ext(self._rho[k][mm]))
+                c = self._edge_coefficients(B1, B2, g.ext(self._u[k][mm]),
+                                            g.ext(self._rho[k][mm]))
+                coef.append(c)
+                s = s + c[4] * c[0]                      # = g.dS(B1, u, ρ)
+            self._coef[n] = coef
             q = -tau * g.to_nodes(s)
             if self.kinetic:
                 q += tau * (m * rho)[:, None] * a
@@ -332,14 +339,31 @@ class EdgeClassifier:
         self.residual = math.sqrt(max(gp, 0.0) / ref) if ref > 0 else math.sqrt(max(gp, 0.0))
         return self.residual
 
+    def _edge_coefficients(self, B1, B2, u_ext, r_ext):
+        """Per-entry coefficients of the derivatives of X at one layer and class, for
+        :meth:`hessp` (gathered once per control instead of once per product):
+        cR = w[(1 + B')ρ_i − B'ρ_j], cXT = w(1 + B')(u_i − u_j), cD2 = w u_i B''(ρ_i − ρ_j),
+        cU = w u_i, u_i; so that (EdgeGraph) dX = εR(δβ cR), dXᵀ = εR(δβ cXT),
+        d2S = δβ cD2, dS(δu, ρ) = δu_i cR, dS(u, δρ) = cU[(1 + B')δρ_i − B'δρ_j]."""
+        g = self.g
+        io, jo, w = g.io, g.jo, g.w
+        r_io = r_ext[io]
+        dr = r_io - r_ext[jo]
+        u_io = u_ext[io]
+        return (w * (r_io + B1 * dr), w * (1.0 + B1) * (u_io - u_ext[jo]),
+                w * u_io * B2 * dr, w * u_io, u_io)
+
     def _set_block(self, vec, n, block):
         s = block.size
         vec[n * s:(n + 1) * s] = block
 
     def hessp(self, v: np.ndarray) -> np.ndarray:
-        """H v: the Hessian of J at the control of the last forward()/backward() times v."""
+        """H v: the Hessian of J at the control of the last forward() and backward() times v."""
+        if self._coef[0] is None:
+            raise RuntimeError("hessp needs backward() at the control of the last forward()")
         self.counts["hessp"] += 1
         g, tau, eps, m, K, N = self.g, self.tau, self.eps, self.g.m, self.K, self.N
+        io, jo = g.io, g.jo
         vp = self._prepare(v)
         drho = [[np.zeros(self.nl)] + [None] * N for _ in range(K)]
         dirs = []
@@ -350,7 +374,7 @@ class EdgeClassifier:
             db = g.beta(da_ext, eps)
             dirs.append((da, da_ext, db))
             for k in range(K):
-                rhs = m * drho[k][n] - tau * g.dX(B1, eps, db, g.ext(self._rho[k][n + 1]))
+                rhs = m * drho[k][n] - (tau * eps) * g.row_sum(db * self._coef[n][k][0])
                 drho[k][n + 1] = self._solve(self.ksp[n], rhs, False, "tangent FP step")
         du = self._terminal_hessian([drho[k][N] for k in range(K)])
         out = np.zeros(self.n_local)
@@ -365,13 +389,14 @@ class EdgeClassifier:
             s = 0.0
             new = []
             for k in range(K):
-                u_ext = g.ext(self._u[k][mm])
-                r_ext = g.ext(self._rho[k][mm])
-                rhs = m * du[k] - tau * g.dXT(B1, eps, db, u_ext) + base
+                cR, cXT, cD2, cU, _ = self._coef[n][k]
+                rhs = m * du[k] - (tau * eps) * g.row_sum(db * cXT) + base
                 duk = self._solve(self.ksp[n], rhs, True, "second-order adjoint step")
                 new.append(duk)
-                s = s + (g.d2S(B2, db, u_ext, r_ext) + g.dS(B1, g.ext(duk), r_ext)
-                         + g.dS(B1, u_ext, g.ext(drho[k][mm])))
+                dr_ext = g.ext(drho[k][mm])
+                dr_io = dr_ext[io]
+                s = s + (db * cD2 + g.ext(duk)[io] * cR
+                         + cU * (dr_io + B1 * (dr_io - dr_ext[jo])))
             du = new
             hq = -tau * g.to_nodes(s)
             if self.kinetic:
