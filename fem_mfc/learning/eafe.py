@@ -49,22 +49,26 @@ def bernoulli(s):
     B(−s) = B(s) + s, B'(−s) = −1 − B'(s), B''(−s) = B''(s); below, the Bernoulli-number series
     (truncation error < 1e-17)."""
     s = np.asarray(s, dtype=float)
-    a = np.abs(s)
-    small = a < _SMALL
-    x = np.where(small, 1.0, a)
+    x = np.abs(s)
+    small = x < _SMALL
+    x = np.maximum(x, _SMALL)              # the small entries are overwritten below
+    d = -np.expm1(-x)                      # 1 − e^{−x}, accurate
     q = np.exp(-x)
-    d = -np.expm1(-x)
-    B = x * q / d
-    B1 = q / d - x * q / (d * d)
-    B2 = -2.0 * q / (d * d) + x * q * (1.0 + q) / (d * d * d)
+    r = q / d
+    t = r / d
+    B = x * r
+    B1 = r - x * t
+    B2 = t * (x * (1.0 + q) / d - 2.0)
     neg = s < 0
-    B = np.where(neg, B + x, B)
+    B += np.where(neg, x, 0.0)
     B1 = np.where(neg, -1.0 - B1, B1)
-    s2 = s * s
-    Bs = 1.0 - s / 2 + s2 / 12 - s2 * s2 / 720 + s2 ** 3 / 30240 - s2 ** 4 / 1209600
-    B1s = -0.5 + s / 6 - s * s2 / 180 + s * s2 * s2 / 5040 - s * s2 ** 3 / 151200
-    B2s = 1.0 / 6 - s2 / 60 + s2 * s2 / 1008 - s2 ** 3 / 21600
-    return np.where(small, Bs, B), np.where(small, B1s, B1), np.where(small, B2s, B2)
+    if small.any():
+        z = s[small]
+        z2 = z * z
+        B[small] = 1.0 - z / 2 + z2 / 12 - z2 * z2 / 720 + z2 ** 3 / 30240 - z2 ** 4 / 1209600
+        B1[small] = -0.5 + z / 6 - z * z2 / 180 + z * z2 * z2 / 5040 - z * z2 ** 3 / 151200
+        B2[small] = 1.0 / 6 - z2 / 60 + z2 * z2 / 1008 - z2 ** 3 / 21600
+    return B, B1, B2
 
 
 class EdgeGraph:
