@@ -39,12 +39,13 @@ def run(cfg: dict, out: str | Path, name: str) -> dict:
     if MPI.COMM_WORLD.rank == 0:
         b = s.get("baseline", {})
         print(f"{name}: train accuracy {s['train_accuracy']:.3f}, test accuracy "
-              f"{s['test_accuracy']:.3f}, J = {s['J']:.4g}, sweeps {s['sweeps']}, "
-              f"residual {s['residual']:.2e}, wall {s['wall_time_s']:.1f} s"
+              f"{s['test_accuracy']:.3f}, J = {s['J']:.4g}, {s.get('method', 'sweeps')} "
+              f"iterations {s['sweeps']}, residual {s['residual']:.2e}, converged "
+              f"{s['converged']}, wall {s['wall_time_s']:.1f} s"
               + (f"; torch baseline test accuracy {b['test_accuracy']:.3f}" if b else ""))
         print(f"report: {Path(out).absolute() / 'report.md'}")
     return s
 
 
 QUICK = {"mesh": {"h": 0.35}, "problem": {"steps": 6},
-         "training": {"max_sweeps": 4, "epochs": 50, "particles": 200}}
+         "training": {"max_sweeps": 15, "epochs": 50, "particles": 200}}   # Newton: ~10 steps

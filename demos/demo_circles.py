@@ -49,13 +49,13 @@ s2 = demo.run(cfg2, out / "circles2d", "demos/circles.toml" + (" --quick" if arg
 
 # %%
 quick3 = {"mesh": {"h": 0.6}, "problem": {"steps": 4},
-          "training": {"max_sweeps": 3, "epochs": 50, "particles": 0}}
+          "training": {"max_sweeps": 15, "epochs": 50, "particles": 0}}
 cfg3 = demo.load_config(HERE / "circles3d.toml", quick3 if args.quick else None)
 s3 = demo.run(cfg3, out / "circles3d", "demos/circles3d.toml" + (" --quick" if args.quick else ""))
 
 # %% [markdown]
 # ## Summary
-# The 2D accuracy stays visibly below 100% (the full run: PDE network 91.8% test, torch
+# The 2D accuracy stays visibly below 100% (the full run: PDE network 89.6% test, torch
 # ResNet 96%): in both decision-region plots the region of the inner class reaches the outside
 # through a channel that cuts the ring — the signature of the obstruction above (the
 # preimage of a half-plane under a homeomorphism is connected to infinity).  The torch network

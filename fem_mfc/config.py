@@ -178,6 +178,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
                            "a positive number"),
         "velocity": Key(str, "P1", "finite element of the per-layer velocity a(t_n, .)",
                         choices=("P1", "DG0")),
+        "transport": Key(str, "auto", "discretisation of the transport terms of the class "
+                         "densities: 'eafe' (edge-averaged finite elements / Scharfetter-Gummel, "
+                         "lumped masses: rho >= 0 and no mesh Peclet limit; needs sigma > 0 and "
+                         "P1 velocities; fem_mfc/learning/eafe.py), 'galerkin' (P1 Galerkin from "
+                         "ufl.derivative of the step Lagrangian, MODEL par. 2; accurate for mesh "
+                         "Peclet numbers <~ 2) or 'auto' (= eafe)",
+                         choices=("auto", "eafe", "galerkin")),
         "smoothing": Key(float, 1e-3, "alpha: velocity smoothing alpha/2 int |grad a|^2 in J "
                          "(P1 velocity)", nonnegative, "a non-negative number"),
         "delta": Key(float, 1e-3, "regularisation rho -> rho + delta in a = -sum rho_k grad u_k "
@@ -197,8 +204,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                "a non-negative integer"),
     },
     "training": {
-        "max_sweeps": Key(int, 60, "maximum forward-backward sweeps", positive,
-                          "a positive integer"),
+        "method": Key(str, "auto", "trainer of the reduced functional J(control): 'newton' "
+                      "(truncated Newton-CG with exact Hessian-vector products, Steihaug "
+                      "truncation, Armijo line search), 'lbfgs' (limited-memory BFGS in the "
+                      "sweeps' metric), 'sweeps' (damped forward-backward sweeps, a "
+                      "preconditioned gradient method) or 'auto' (newton where the transport "
+                      "is 'eafe', sweeps otherwise); newton and lbfgs need the eafe transport",
+                      choices=("auto", "newton", "lbfgs", "sweeps")),
+        "max_sweeps": Key(int, 60, "maximum outer iterations (sweeps, Newton or L-BFGS steps)",
+                          positive, "a positive integer"),
         "relaxation": Key(float, 0.5, "initial relaxation theta of a <- a + theta (a_hat - a)",
                           _unit_interval, "a number in (0, 1]"),
         "tol": Key(float, 1e-3, "stop when the relative optimality residual is below tol",
@@ -407,6 +421,38 @@ def _cross_checks(cfg: dict, source):
             raise ConfigError(f"solver.petsc_options.{k}", "a string, number or boolean", v, source)
         check_petsc_option(k, v, source)
     _check_sigma(cfg, source)
+    if cfg["run"]["formulation"] in ("classifier", "generative"):
+        resolve_training(cfg, source)
+
+
+def resolve_training(cfg: dict, source=None) -> tuple[str, str]:
+    """(transport, method) of a learning config with 'auto' resolved; ConfigError for the
+    combinations that do not exist (see the keys network.transport and training.method)."""
+    net, tr = cfg["network"], cfg["training"]
+    form = cfg["run"]["formulation"]
+    eafe_ok = form in ("classifier", "generative")
+    transport = net["transport"]
+    if transport == "auto":
+        transport = "eafe" if eafe_ok else "galerkin"
+    if transport == "eafe" and not eafe_ok:
+        raise ConfigError("network.transport", f"'galerkin' or 'auto' for formulation "
+                          f"'{form}'", net["transport"], source)
+    if transport == "eafe":
+        if net["velocity"] != "P1":
+            raise ConfigError("network.velocity", "'P1' for network.transport = 'eafe' (the "
+                              "edge fluxes average nodal velocities)", net["velocity"], source)
+        if not cfg["problem"]["sigma"] > 0:
+            raise ConfigError("problem.sigma", "a positive number for network.transport = "
+                              "'eafe' (the Scharfetter-Gummel flux needs diffusion)",
+                              cfg["problem"]["sigma"], source)
+    method = tr["method"]
+    if method == "auto":
+        method = "newton" if transport == "eafe" else "sweeps"
+    if method != "sweeps" and transport != "eafe":
+        raise ConfigError("training.method", "'sweeps' or 'auto' with the Galerkin transport "
+                          "(the Newton and L-BFGS trainers work on the reduced functional of "
+                          "the EAFE transport: network.transport = 'eafe')", method, source)
+    return transport, method
 
 
 def _function_names() -> tuple:

@@ -79,6 +79,11 @@ def check_moons(out: Path, stdout: str):
     assert s["formulation"] == "classifier" and s["dataset"] == "moons"
     assert s["test_accuracy"] > 0.8 and s["baseline"]["test_accuracy"] > 0.6
     assert s["mass_error"] < 1e-12 and s["value_identity_gap"] < 1e-10 * abs(s["J"])
+    # the flagship is trained to convergence by Newton on the EAFE transport (issue 13)
+    assert s["method"] == "newton" and s["transport"] == "eafe"
+    assert s["converged"] is True and s["residual"] <= 1e-6 and s["iterations"] <= 15
+    assert s["min_rho"] >= -1e-12
+    assert "mesh Péclet number" not in (out / "run.log").read_text()
     assert monotone(s["J_history"])
     report = (out / "report.md").read_text()
     assert "test accuracy" in report and "torch ResNet" in report

@@ -15,7 +15,10 @@ from fem_mfc.learning.feedback import FeedbackClassifier, anchors_from_config, d
 
 
 def small_cfg(**over):
+    """A small moons classifier on the Galerkin transport trained by sweeps (the EAFE
+    transport and the Newton trainer are tested in tests/test_training_*.py)."""
     raw = {"run": {"formulation": "classifier"},
+           "network": {"transport": "galerkin"},
            "mesh": {"kind": "disk", "radius": 3.5, "h": 0.25},
            "problem": {"T": 1.0, "sigma": 0.45, "steps": 10},
            "data": {"dataset": "moons", "n_samples": 400, "bandwidth": 0.25},

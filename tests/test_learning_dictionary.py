@@ -17,14 +17,15 @@ from fem_mfc.learning.numpy_resnet import NumpyResNet, dictionary_matrix, n_weig
 
 
 def small_cfg(**over):
-    """Rotated blobs: two Gaussian blobs at ±e_1, anchors at ±2e_2 (a quarter turn is needed)."""
+    """Rotated blobs: two Gaussian blobs at ±e_1, anchors at ±2e_2 (a quarter turn is needed);
+    the Galerkin transport and its sweeps (EAFE + Newton: tests/test_training_*.py)."""
     raw = {"run": {"formulation": "classifier"},
            "mesh": {"kind": "disk", "radius": 3.5, "h": 0.3},
            "problem": {"T": 1.0, "sigma": 0.35, "steps": 8},
            "data": {"dataset": "gaussians", "classes": 2, "noise": 0.4, "n_samples": 400,
                     "bandwidth": 0.2},
            "network": {"kind": "dictionary", "dictionary": "rotation", "weight_decay": 0.1,
-                       "anchors": [[0.0, -2.0], [0.0, 2.0]]}}
+                       "anchors": [[0.0, -2.0], [0.0, 2.0]], "transport": "galerkin"}}
     for s, kv in over.items():
         raw.setdefault(s, {}).update(kv)
     return config.from_dict(raw)

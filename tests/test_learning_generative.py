@@ -21,7 +21,8 @@ from fem_mfc.learning.generative import (FlowMap, GenerativeFlow, gaussian_log_l
 
 
 def small_cfg(**over):
-    raw = {"run": {"formulation": "generative"},
+    """The Galerkin generative flow and its sweeps (EAFE + Newton: tests/test_training_*)."""
+    raw = {"run": {"formulation": "generative"}, "network": {"transport": "galerkin"},
            "mesh": {"kind": "disk", "radius": 4.0, "h": 0.3},
            "problem": {"T": 1.0, "sigma": 0.4, "steps": 8},
            "data": {"dataset": "moons", "n_samples": 600, "bandwidth": 0.25},

@@ -26,7 +26,8 @@ from mpi4py import MPI
 from ..forms.dictionary import DictionaryForms
 from .feedback import FeedbackClassifier
 from .infer import FlowResult, _common_normal
-from .numpy_resnet import NumpyResNet, n_weights, ridges
+from .numpy_resnet import NumpyResNet, dictionary_matrix, n_weights, ridges
+from .reduced import EdgeClassifier
 
 
 class DictionaryNetwork(FeedbackClassifier):
@@ -141,3 +142,92 @@ class DictionaryFlow:
 
     def predict(self, X0) -> np.ndarray:
         return self.net.predict(X0)
+
+
+class EdgeDictionaryNetwork(EdgeClassifier):
+    """The dictionary network on the EAFE transport as a reduced functional J(θ) for the
+    trainers of :mod:`.trainer` (``[network] transport = "eafe"``).
+
+    The Lagrangian of :mod:`.reduced` with κ = 0, no velocity regularisation (δ and α do not
+    enter) and the weight decay W = τλ/2 Σ_n|θⁿ|²; the nodal velocity of layer n is
+    aⁿ_i = B(x_i)θⁿ with the dictionary B of :mod:`.numpy_resnet` at the mesh nodes, so
+      ∂J/∂θⁿ = τλθⁿ + Σ_i B(x_i)ᵀ (∂J/∂aⁿ_i without the regularisation) (MPI-summed),
+    and the same chain rule for the Hessian-vector products.  θ (N × m) is the same on every
+    rank; the metric is τλI, so the relative residual r = ‖θ − θ̂‖/‖θ̂‖ with θ̂ = θ − ∇J/τλ is
+    the one of the Galerkin sweeps of :class:`DictionaryNetwork`.  ``a`` holds the θⁿ as there.
+    """
+
+    kinetic = False
+
+    def __init__(self, rho0, anchors, problem: dict, network: dict):
+        d = rho0[0].function_space.mesh.geometry.dim
+        self.kind = network["dictionary"]
+        self.lam = network["weight_decay"]
+        self.width = network["width"] if self.kind == "random-tanh" else 0
+        self.m = n_weights(self.kind, d, self.width)
+        self.ridge_w, self.ridge_b = (ridges(d, self.width, network["ridge_scale"],
+                                             network["dictionary_seed"])
+                                      if self.kind == "random-tanh" else (None, None))
+        super().__init__(rho0, anchors, problem, network)
+
+    # -- hooks of EdgeClassifier -----------------------------------------------------------
+    def _setup_control(self):
+        self.n_local = self.N * self.m
+        self.Bn = dictionary_matrix(self.kind, self.g.x, self.ridge_w, self.ridge_b)
+
+    def _prepare(self, x):
+        """θ (N·m) → the nodal velocities (N, nl, gdim) of all layers."""
+        return np.einsum("idm,nm->nid", self.Bn, np.asarray(x).reshape(self.N, self.m))
+
+    def velocity(self, n: int, x=None) -> np.ndarray:
+        return (self._prepare(self.x) if x is None else x)[n]
+
+    def _field_cost(self, n, a, a_ext) -> float:
+        return 0.0
+
+    def _control_cost(self) -> float:
+        return 0.5 * self.lam * self.tau * float(self.x @ self.x)
+
+    def _theta_grad(self, q: np.ndarray) -> np.ndarray:
+        return self.comm.allreduce(np.einsum("idm,id->m", self.Bn, q), op=MPI.SUM)
+
+    def _control_grad(self, n, q, a, a_ext, xprep) -> np.ndarray:
+        return self._theta_grad(q) + self.tau * self.lam * self.x[n * self.m:(n + 1) * self.m]
+
+    def _control_hess(self, n, hq, da, da_ext, vprep) -> np.ndarray:
+        return self._theta_grad(hq) + self.tau * self.lam * self._v_layer(vprep, n)
+
+    def hessp(self, v: np.ndarray) -> np.ndarray:
+        self._v = np.asarray(v)
+        return super().hessp(v)
+
+    def _v_layer(self, vprep, n):
+        return self._v[n * self.m:(n + 1) * self.m]
+
+    def _metric_setup(self):
+        pass
+
+    def precondition(self, q: np.ndarray) -> np.ndarray:
+        return q / (self.tau * self.lam)
+
+    def apply_metric(self, x: np.ndarray) -> np.ndarray:
+        return self.tau * self.lam * x
+
+    def dot(self, x: np.ndarray, y: np.ndarray) -> float:
+        return float(x @ y)            # θ is replicated: no reduction
+
+    # -- the interface of DictionaryNetwork ------------------------------------------------
+    @property
+    def a(self):
+        return [t.copy() for t in self.x.reshape(self.N, self.m)]
+
+    def velocity_function(self, n: int):
+        f = dolfinx.fem.Function(self.Va, name="velocity")
+        f.x.array[:] = self._full(self.velocity(n), self.Va)
+        return f
+
+    def numpy_resnet(self) -> NumpyResNet:
+        return NumpyResNet(self.kind, self.x.reshape(self.N, self.m).copy(), self.tau,
+                           self.anchors.copy(), self.ridge_w, self.ridge_b)
+
+    save_weights = DictionaryNetwork.save_weights

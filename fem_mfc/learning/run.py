@@ -3,7 +3,10 @@
 1. data (``[data]``): split, standardise, pad to the mesh dimension; class densities ρ_{k,0} by
    KDE on the mesh (``[mesh]``), normalised to π_k;
 2. training (``[problem]``, ``[network]``, ``[training]``): the label-blind feedback network of
-   MODEL §2 by damped forward–backward sweeps (:mod:`.feedback`);
+   MODEL §2 on the EAFE transport as a reduced functional (:mod:`.reduced`) minimised by
+   ``[training] method`` (:mod:`.trainer`: truncated Newton–CG by default), or on the Galerkin
+   transport by damped forward–backward sweeps (:mod:`.feedback`); the dictionary network
+   likewise (:mod:`.dictionary`);
 3. inference (:mod:`.infer`): the ResNet x_{n+1} = x_n + τ aⁿ(x_n) on train/test points;
    accuracy, empirical objective; particles through the stochastic flow vs PDE moments;
 4. baseline (:mod:`.baseline`): a torch ResNet of the same depth on the same objective;
@@ -19,9 +22,11 @@ import numpy as np
 from ..pipeline import build_mesh
 from ..io import write_text_atomic
 from . import data, infer, report
-from .dictionary import DictionaryFlow, DictionaryNetwork
+from .dictionary import DictionaryFlow, DictionaryNetwork, EdgeDictionaryNetwork
 from .feedback import FeedbackClassifier, anchors_from_config
 from .generative import run_generative  # noqa: F401  (the "generative" runner)
+from .reduced import EdgeClassifier
+from ..config import resolve_training
 
 
 def build_model(cfg: dict, comm):
@@ -33,8 +38,32 @@ def build_model(cfg: dict, comm):
     V = dolfinx.fem.functionspace(md.mesh, ("Lagrange", 1))
     rho0, hs = data.class_densities(ds, V, cfg["data"]["bandwidth"])
     anchors = anchors_from_config(cfg["network"], ds.K, dim)
-    kind = DictionaryNetwork if cfg["network"]["kind"] == "dictionary" else FeedbackClassifier
+    transport, _ = resolve_training(cfg)
+    if cfg["network"]["kind"] == "dictionary":
+        kind = EdgeDictionaryNetwork if transport == "eafe" else DictionaryNetwork
+    else:
+        kind = EdgeClassifier if transport == "eafe" else FeedbackClassifier
     return md, ds, hs, kind(rho0, anchors, cfg["problem"], cfg["network"])
+
+
+def train_model(model, cfg: dict, progress=None, log=None) -> dict:
+    """Train ``model`` by the configured method; returns the trainer's record (method,
+    transport, outer iterations, residual, converged, counts, wall and CPU time)."""
+    tcfg = cfg["training"]
+    transport, method = resolve_training(cfg)
+    t0, c0 = time.perf_counter(), time.process_time()
+    args = (tcfg["max_sweeps"], tcfg["relaxation"], tcfg["tol"])
+    if transport == "eafe":
+        model.train(*args, progress=progress, log=log, method=method)
+        info = dict(model.train_info)
+    else:
+        model.train(*args, progress=progress, log=log)
+        info = {"method": method, "iterations": model.sweeps,
+                "reason": "converged" if model.converged else "maximum iterations or stalled"}
+    info.update(transport=transport, residual=model.residual, converged=model.converged,
+                tol=tcfg["tol"], wall_time_s=time.perf_counter() - t0,
+                cpu_time_s=time.process_time() - c0)
+    return info
 
 
 def run_classifier(cfg: dict, ctx) -> dict:
@@ -46,16 +75,17 @@ def run_classifier(cfg: dict, ctx) -> dict:
                  "%d layers", ds.name, ds.K, len(ds.y_train), len(ds.y_test), dim,
                  V.dofmap.index_map.size_global, p["steps"])
     dictionary = ncfg["kind"] == "dictionary"
-    t0 = time.perf_counter()
-    model.train(tcfg["max_sweeps"], tcfg["relaxation"], tcfg["tol"], progress=ctx.progress,
-                log=ctx.log)
-    train_time = time.perf_counter() - t0
+    info = train_model(model, cfg, progress=ctx.progress, log=ctx.log)
+    ctx.log.info("training (%s, %s transport): %d outer iterations, residual %.3e, "
+                 "converged %s, %.1f s", info["method"], info["transport"], info["iterations"],
+                 info["residual"], info["converged"], info["wall_time_s"])
+    train_time = info["wall_time_s"]
     masses = model.masses()
     flow = DictionaryFlow(model) if dictionary else infer.TrainedFlow(model)
     tr = infer.evaluate_flow(flow, ds.X_train, ds.y_train)
     te = infer.evaluate_flow(flow, ds.X_test, ds.y_test)
     pe = model.peclet(md.h)
-    if pe > 2:
+    if pe > 2 and info["transport"] == "galerkin":
         ctx.log.info("warning: mesh Péclet number %.2g > 2; refine the mesh or raise sigma "
                      "for an accurate Galerkin FP solution", pe)
     h = model.history
@@ -68,12 +98,14 @@ def run_classifier(cfg: dict, ctx) -> dict:
         "J": model.J, "control_energy": model.energy,
         "empirical_objective": tr["objective"], "test_objective": te["objective"],
         "train_anchor_loss": tr["anchor_loss"], "train_kinetic": tr["kinetic"],
+        "method": info["method"], "transport": info["transport"], "training": info,
         "sweeps": model.sweeps, "converged": model.converged, "residual": model.residual,
         "iterations": model.sweeps, "J_history": h.J, "residual_history": h.residual,
         "value_identity_gap": abs(model.J - model.value_identity()),
         "mass_error": float(np.abs(masses - masses[:, :1]).max()),
         "min_rho": model.min_rho(), "peclet": pe, "projected_points": tr["projected"] +
         te["projected"], "train_time_s": train_time,
+        "train_cpu_s": info["cpu_time_s"],
     }
     if tcfg["particles"] > 0:
         summary["particles"] = _particle_check(flow, model, ds, hs, tcfg["particles"],
