@@ -2,13 +2,12 @@
 
 The space-time systems assemble hundreds of Jacobian blocks per Newton step, all on one pair
 of spaces and one sparsity pattern.  ``dolfinx.fem.petsc.assemble_matrix`` inserts cell by cell
-through ``MatSetValuesLocal`` (20 ms for a P1 mass matrix on 120k triangles here) and
-``create_matrix`` builds a sparsity pattern per call (10 ms).  :class:`CSRAssembler` instead
+through ``MatSetValuesLocal`` and ``create_matrix`` builds a sparsity pattern per call.  :class:`CSRAssembler` instead
 
 * assembles into one scratch ``dolfinx.la.MatrixCSR`` per pattern (dolfinx's native CSR
-  assembler, 7.8 ms for the same mass matrix), adds the ghost rows to their owners
+  assembler), adds the ghost rows to their owners
   (``scatter_reverse``) and copies the owned rows into the PETSc matrix with one
-  ``MatSetValuesCSR`` (2.5 ms, global column indices computed once per pattern);
+  ``MatSetValuesCSR`` (global column indices computed once per pattern);
 * creates the first PETSc matrix of a pattern with ``dolfinx.fem.petsc.create_matrix`` and
   every further one by ``MatDuplicate`` of it;
 * on one rank, creates the matrices on arrays instead (``MatCreateSeqAIJWithArrays``): all

@@ -27,7 +27,7 @@ import os
 # -- constants of the cost model (seconds), fitted on the benchmark matrix ------------------
 # (results/calib1: 1D/2D/3D P1, 20 steps, congested; docs/performance.md has the command)
 FLOP_TIME = 3.0e-9             # s per estimated flop of a sparse LU (the estimate is ≈ 1/6 of
-                               # MUMPS' count; measured 2–5e-9 for PETSc and MUMPS LU here)
+                               # MUMPS' count)
 ST_ENTRY_TIME = 7.0e-9         # s per estimated factor entry, MUMPS' space-time solves
 LU_LEVEL_TIME = 3.0e-3         # s per level per Newton step of the LU path besides the LU
                                # (blocks, MatNest → AIJ)
@@ -84,9 +84,9 @@ def estimates(ndofs: int, N: int, dim: int, ranks: int = 1) -> dict:
 
 def step_kind(ndofs: int, dim: int, ranks: int = 1, solves: float = 10.0) -> str:
     """The per-step solver kind (fem_mfc.solvers.steps): LU where its factorisation is cheap
-    (1D, 2D: ILU was 1.5–4.7× slower over 289–66k dofs, its iterations growing like τε/h²),
+    (1D, 2D: ILU was slower at every measured size, its iterations growing like τε/h²),
     GMRES + ILU(0) in 3D, where the fill of a factorisation grows like n^{4/3} and its time
-    like n² while ILU needs 8–20 iterations (LU 2.3× slower at 2197 dofs, 30× at 15k)."""
+    like n² while ILU needs 8–20 iterations (docs/performance.md)."""
     return "lu" if dim <= 2 else "ilu"
 
 

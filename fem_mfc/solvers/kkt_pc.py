@@ -73,8 +73,7 @@ class SweepPC:
     Krylov method stays valid; the Newton iterates are those of LU to the Krylov tolerance).
     ``-{prefix}sweep_reuse_rtol -1``: refactorise every pivot at every set-up.
     ``-{prefix}sweep_transpose_factors`` (default on): factorise P_rᵀ explicitly too for the
-    HJB sweep (forward instead of transposed triangular solves; PETSc's MatSolveTranspose is
-    ≈ 2.5× slower than MatSolve)."""
+    HJB sweep (forward instead of transposed triangular solves, which are slower in PETSc)."""
 
     def __init__(self, op=None):
         self.op = op

@@ -4,10 +4,10 @@ A per-step system is a d-dimensional problem, mass + τ(diffusion + drift), solv
 time step and sweep.  Three kinds (``-{prefix}step lu|ilu|amg|auto``, default ``auto``):
 
 * ``lu``: factorised, the factors reused for many solves.  PETSc's own LU with its
-  nested-dissection ordering on one rank (its triangular solves are ≈ 3× faster than MUMPS');
+  nested-dissection ordering on one rank (its triangular solves are faster than MUMPS');
   on 2 to REDUNDANT_MAX_RANKS ranks the same LU on every rank (PCREDUNDANT); MUMPS on more.
   Fill and factorisation time grow like a d-dimensional nested dissection: cheap in 1D and
-  2D, prohibitive in 3D (117k P1 dofs: 150 s per factorisation here).
+  2D, prohibitive in 3D (docs/performance.md).
 * ``ilu``: GMRES with ILU(0) (block Jacobi + ILU(0) per rank in parallel) to a relative
   tolerance STEP_RTOL.  The system is mass-dominated (κ ≈ 1 + τε/h²): 8–20 iterations in 3D,
   no fill, set-up O(nnz), parallel without redundancy.
@@ -18,7 +18,8 @@ time step and sweep.  Three kinds (``-{prefix}step lu|ilu|amg|auto``, default ``
 on the benchmark matrix).  PETSc options under the solver's prefix override everything
 (``-mfc_sweep_pc_type gamg``, ``-mfc_sweep_ksp_rtol 1e-10``…; a user ``pc_type`` or
 ``pc_factor_mat_solver_type`` is kept as given).  No ordering is set for LU: an explicit
-PCFactor ordering reaches MUMPS as a user permutation and made it 10–30× slower.
+PCFactor ordering reaches MUMPS as a user permutation and made it an order of magnitude
+slower.
 """
 from __future__ import annotations
 
