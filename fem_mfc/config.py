@@ -54,7 +54,9 @@ def _unit_interval(x):
 
 FORMULATIONS = registry.NAMES
 # Names a formula already gives a meaning to: parameters may not shadow them.
-RESERVED_NAMES = ("x0", "x1", "x2", "x", "y", "z", "rho", "t", "pi", "e")
+RESERVED_NAMES = ("x0", "x1", "x2", "x", "y", "z", "rho", "t", "pi", "e", "p0", "p1", "p2",
+                  "pnorm")
+HAMILTONIANS = ("quadratic", "weighted", "power", "anisotropic", "congestion")
 MESH_KINDS = ("interval", "rectangle", "box", "disk", "annulus", "lshape", "ball", "file")
 
 # Section -> key -> Key.  A value of dict type (``Key(dict, ...)``) is a free table (e.g. PETSc
@@ -86,9 +88,34 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "V": Key(str, "0", "running potential V(x), a formula in x0, x1, x2"),
         "Phi": Key(str, "0", "terminal loss Phi(x), a formula in x0, x1, x2"),
         "G": Key(str, "0", "congestion G(rho), a formula in rho (and parameters)"),
-        "coupling": Key(str, "mftc", "congestion coupling: G'(rho) (mftc) or G(rho)/rho (mfg)",
+        "coupling": Key(str, "mftc", "congestion coupling: G'(rho) (mftc) or G(rho)/rho (mfg); "
+                        "for an H that depends on rho, mftc also differentiates H in rho (the "
+                        "mean-field control problem), mfg keeps rho in H fixed (the game)",
                         choices=("mftc", "mfg")),
+        "H": Key(str, "quadratic", "Hamiltonian H(x, p, rho), p = grad u (control a = -dH/dp):"
+                 " 'quadratic' (|p|^2/2, the default), 'weighted' (c(x)|p|^2/2), 'power' "
+                 "(|p|^q/q, regularised at p = 0), 'anisotropic' (p.A(x)p/2), 'congestion' "
+                 "(|p|^2/(2(1+rho)^alpha)) with the parameters in [hamiltonian], or a formula "
+                 "in p0, p1, p2, |p|, x0..x2, rho and params, e.g. '0.5*(p0**2 + 4*p1**2)' or "
+                 "'|p|**2/(2*(1 + rho))' (|p|**b is (p.p)^(b/2), smooth at p = 0 for b >= 2). "
+                 "Other than 'quadratic' only formulation 'hjb-fp' with solver.method 'newton', "
+                 "'picard' or 'auto' (Galerkin, initial_guess 'trivial' or 'coarse')"),
         "params": Key(dict, {}, "named numbers usable in every formula, e.g. {kappa = 1.0}"),
+    },
+    "hamiltonian": {
+        "weight": Key(str, "1", "H = 'weighted': c(x) in c(x)|p|^2/2, a positive formula in "
+                      "x0, x1, x2"),
+        "q": Key(float, 1.5, "H = 'power': the exponent q > 1 of |p|^q/q", lambda q: q > 1,
+                 "a number > 1"),
+        "delta": Key(float, 1e-3, "H = 'power', q != 2: regularisation ((|p|^2 + delta^2)^(q/2)"
+                     " - delta^q)/q, smooth at p = 0 so that Newton's matrix exists there "
+                     "(for q < 2 below |p|^q/q by at most delta^q/q)", nonnegative,
+                     "a non-negative number"),
+        "A": Key(list, [], "H = 'anisotropic': the symmetric positive definite matrix A(x) of "
+                 "p.A(x)p/2 as gdim rows of gdim formulas (or numbers), e.g. "
+                 "[['1', '0'], ['0', '4']]"),
+        "alpha": Key(float, 1.0, "H = 'congestion': the exponent alpha >= 0 of "
+                     "|p|^2/(2(1+rho)^alpha)", nonnegative, "a non-negative number"),
     },
     "rho0": {
         "kind": Key(str, "gaussian", "initial density kind",
@@ -406,7 +433,47 @@ def _cross_checks(cfg: dict, source):
         if not isinstance(v, (str, int, float, bool)):
             raise ConfigError(f"solver.petsc_options.{k}", "a string, number or boolean", v, source)
         check_petsc_option(k, v, source)
+    _check_hamiltonian(cfg, source)
     _check_sigma(cfg, source)
+
+
+def _check_hamiltonian(cfg: dict, source):
+    """A non-quadratic H: only the Galerkin HJB–FP system solved by Newton or Picard (the
+    Cole–Hopf, QHD and NLS equivalences and the monotone scheme need H = |p|^2/2)."""
+    pr = cfg["problem"]
+    h = pr["H"]
+    if not h.strip():
+        raise ConfigError("problem.H", "'quadratic', a named kind or a formula", h, source)
+    if h == "quadratic":
+        return
+    f, s = cfg["run"]["formulation"], cfg["solver"]
+    why = None
+    if f != "hjb-fp":
+        why = f"formulation '{f}'"
+    elif s["method"] == "cole-hopf":
+        why = "solver.method = 'cole-hopf'"
+    elif s["initial_guess"] == "cole-hopf":
+        why = "solver.initial_guess = 'cole-hopf'"
+    elif cfg["discretisation"]["stabilisation"] == "monotone":
+        why = "discretisation.stabilisation = 'monotone'"
+    elif cfg["exact"]["solution"] == "lq-gaussian":
+        why = "exact.solution = 'lq-gaussian'"
+    if why:
+        raise ConfigError("problem.H", f"'quadratic' for {why} (it needs H = |p|^2/2; use "
+                          "formulation 'hjb-fp', solver.method 'newton')", h, source)
+    hc = cfg["hamiltonian"]
+    if h == "power" and hc["q"] != 2 and not hc["delta"] > 0:
+        raise ConfigError("hamiltonian.delta", "a positive number for H = 'power' with q != 2 "
+                          "(d2H/dp2 is singular at p = 0)", hc["delta"], source)
+    if h == "anisotropic" and cfg["mesh"]["kind"] != "file":
+        d = gdim(cfg)
+        A = hc["A"]
+        if not (len(A) == d and all(isinstance(r, list) and len(r) == d
+                                     and all(isinstance(v, (str, int, float))
+                                             and not isinstance(v, bool) for v in r)
+                                     for r in A)):
+            raise ConfigError("hamiltonian.A", f"{d} rows of {d} formulas or numbers for "
+                              "H = 'anisotropic'", A, source)
 
 
 def _function_names() -> tuple:
@@ -425,8 +492,9 @@ def _check_sigma(cfg: dict, source):
         why = "formulation 'cole-hopf' (chi = exp(-u/2eps))"
     elif f == "qhd" and cfg["qhd"]["signature"] == "control":
         why = "the QHD control signature (Bohm coefficient sigma^4/2)"
-    elif f == "hjb-fp" and (s["method"] in ("cole-hopf", "auto")
-                            or s["initial_guess"] == "cole-hopf"):
+    elif f == "hjb-fp" and (s["method"] == "cole-hopf" or s["initial_guess"] == "cole-hopf"
+                            or (s["method"] == "auto"
+                                and cfg["problem"]["H"] == "quadratic")):
         why = ("solver.method = '" + s["method"] + "'" if s["initial_guess"] != "cole-hopf"
                else "solver.initial_guess = 'cole-hopf'") + " (Cole-Hopf divides by eps)"
     if why:

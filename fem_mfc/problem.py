@@ -56,6 +56,7 @@ class ControlProblem:
     facet_tags: Any = None
     coarse: Optional[Callable] = None           # () -> the problem on a coarser grid, or None
     stabilisation: str = "none"                 # "none" (Galerkin) or "monotone" (P1, BE)
+    hamiltonian: Any = None                     # fem_mfc.hamiltonian.Hamiltonian; None: ½|p|²
     space: Any = field(init=False, default=None)
 
     def __post_init__(self):
@@ -106,7 +107,9 @@ class ControlProblem:
                         eps=dolfinx.fem.Constant(self.mesh, self.eps), theta=self.theta,
                         V=self.V, Phi=self.Phi, G0=self.G, coupling=self.coupling,
                         sources=getattr(self.exact, "sources", None),
-                        scale=dolfinx.fem.Constant(self.mesh, 1.0))
+                        scale=dolfinx.fem.Constant(self.mesh, 1.0), H=self.hamiltonian,
+                        quadrature_degree=(None if self.hamiltonian is None
+                                           else 2 * self.degree + 2))
 
     def rho_time(self, n: int) -> float:
         """Time of ρⁿ."""
@@ -132,6 +135,7 @@ class ControlProblem:
         discretisation, exact).  With ``exact.solution`` set, V, Φ, G and ρ_0 are those of the
         exact solution (see :mod:`fem_mfc.exact`)."""
         from . import exact as exact_mod
+        from . import hamiltonian as ham
         from .expressions import parse
 
         pr, disc = cfg["problem"], cfg["discretisation"]
@@ -152,10 +156,11 @@ class ControlProblem:
                       degree=disc["degree"], scheme=disc["scheme"], coupling=pr["coupling"],
                       cell_tags=cell_tags, facet_tags=facet_tags,
                       coarse=coarse_factory(cfg, mesh.comm),
-                      stabilisation=disc.get("stabilisation", "none"))
+                      stabilisation=disc.get("stabilisation", "none"),
+                      hamiltonian=ham.from_config(cfg, mesh))
         kind = cfg.get("exact", {}).get("solution", "none")
         if kind != "none":
-            ex = exact_mod.from_config(kind, cfg, mesh, G)
+            ex = exact_mod.from_config(kind, cfg, mesh, G, common["hamiltonian"])
             return cls(rho0=ex.rho(0.0), V=ex.V, Phi=ex.Phi, G=ex.G, exact=ex, **common)
         if cfg["rho0"]["kind"] == "file":
             rho0 = initial_density(cfg["rho0"], dolfinx.fem.functionspace(

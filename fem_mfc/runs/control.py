@@ -109,6 +109,7 @@ def run(cfg: dict, ctx) -> dict:
         "history": list(result.history),
         "ndofs": V.dofmap.index_map.size_global, "nsteps": N, "h": md.h, "tau": problem.tau,
         "solve_time_s": result.seconds, "checks": checks(result, max_rho),
+        "H": cfg["problem"].get("H", "quadratic"),
     }
     if result.path:
         summary["solver_path"] = result.path

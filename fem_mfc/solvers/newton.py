@@ -63,7 +63,11 @@ STAGNATION = 2                  # ... for this many iterations has reached its r
 def check_cole_hopf_guess(p):
     """The Cole–Hopf guess drops the congestion; it needs the rest of the linear path."""
     from .sweeps import cole_hopf_obstacles
-    if set(cole_hopf_obstacles(p)) - {"congestion"}:
+    obstacles = cole_hopf_obstacles(p)
+    if "hamiltonian" in obstacles:
+        raise ConfigError("problem.H", "'quadratic' for solver.initial_guess = 'cole-hopf' "
+                          "(use 'trivial' or 'coarse')", "non-quadratic H")
+    if set(obstacles) - {"congestion"}:
         raise ConfigError("solver.initial_guess", "'trivial' (the Cole–Hopf guess needs σ > 0 "
                           "and no source terms)", "cole-hopf")
 

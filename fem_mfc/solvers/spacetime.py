@@ -119,7 +119,7 @@ def hjb_fp(problem) -> Formulation:
     phi = dolfinx.fem.Function(V)
     phi.interpolate(dolfinx.fem.Expression(problem.Phi, V.element.interpolation_points()))
     theta = d.theta
-    coupled, quadratic = H.coupling_shape(d.G0, d.coupling)
+    coupled, quadratic = H.structure(d)
     return Formulation(build=lambda tm, tp, tc: H.level_residuals(tm, tp, tc, d),
                        functionals=lambda tm, tc: H.level_functionals(tm, tc, d),
                        data={"rho": problem.rho0, "u": None},
@@ -127,7 +127,7 @@ def hjb_fp(problem) -> Formulation:
                        parameters=dict(d.parameters),
                        depends=None if coupled is None else H.row_dependencies(theta, coupled),
                        quadratic=quadratic,
-                       mirrored=True,
+                       mirrored=H.mirrored(d),
                        forward_split=(ForwardSplit("u", H.RHO_CUR, H.RHO_NEXT,
                                                    (1.0 - theta) / theta)
                                       if 0.0 < theta < 1.0 else None))
