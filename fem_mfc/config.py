@@ -306,6 +306,49 @@ SCHEMA: dict[str, dict[str, Key]] = {
 }
 
 
+# ``[[boundary]]``: an array of tables, one per tagged part of the boundary (facets not named
+# are no-flux walls)
+BOUNDARY_KINDS = ("no-flux", "exit")
+BOUNDARY: dict[str, Key] = {
+    "tag": Key(int, REQUIRED, "the facet tag: a gmsh physical group of the mesh file, or a "
+               "side of an interval/rectangle/box (2i+1 where x_i = lower[i], 2i+2 where "
+               "x_i = upper[i])", nonnegative, "a non-negative integer"),
+    "kind": Key(str, "no-flux", "'no-flux' (a wall: the natural condition, the default "
+                "everywhere) or 'exit' (absorbing: rho = 0 and u = cost there; the mass that "
+                "leaves is reported as mass_exited in summary.json; formulation 'hjb-fp', "
+                "solver.method 'newton' or 'auto')", choices=BOUNDARY_KINDS),
+    "cost": Key(str, "0", "kind = 'exit': the exit cost g(x, t) = u on the exit, a formula in "
+                "x0, x1, x2, t and params"),
+}
+
+
+def _boundary(raw, source) -> list:
+    """Validate the ``[[boundary]]`` tables (a list of tables) against :data:`BOUNDARY`."""
+    if not isinstance(raw, list) or not all(isinstance(b, dict) for b in raw):
+        raise ConfigError("boundary", "an array of tables [[boundary]]", raw, source)
+    out, tags = [], set()
+    for i, b in enumerate(raw):
+        for k in b:
+            if k not in BOUNDARY:
+                raise ConfigError(f"boundary[{i}].{k}", "a known key of [[boundary]]: "
+                                  + ", ".join(BOUNDARY), "unknown key", source)
+        t = {}
+        for k, spec in BOUNDARY.items():
+            key = f"boundary[{i}].{k}"
+            if k in b:
+                t[k] = _coerce(key, spec, b[k], source)
+            elif spec.default is REQUIRED:
+                raise ConfigError(key, "a value (this key is required)", None, source)
+            else:
+                t[k] = spec.default
+        if t["tag"] in tags:
+            raise ConfigError(f"boundary[{i}].tag", "a tag named by one [[boundary]] table "
+                              "only", t["tag"], source)
+        tags.add(t["tag"])
+        out.append(t)
+    return out
+
+
 def _typename(t) -> str:
     if isinstance(t, tuple):
         return " or ".join(_typename(x) for x in t)
@@ -335,9 +378,9 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
     if not isinstance(raw, dict):
         raise ConfigError("<top>", "a TOML table", type(raw).__name__, source)
     for section in raw:
-        if section not in SCHEMA:
-            raise ConfigError(section, "a known section: " + ", ".join(SCHEMA), "unknown section",
-                              source)
+        if section not in SCHEMA and section != "boundary":
+            raise ConfigError(section, "a known section: " + ", ".join(SCHEMA)
+                              + ", boundary", "unknown section", source)
     cfg: dict[str, dict] = {}
     for section, keys in SCHEMA.items():
         given = raw.get(section, {})
@@ -366,6 +409,7 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
                     type(spec.default)(spec.default)
             out[k] = v
         cfg[section] = out
+    cfg["boundary"] = _boundary(raw.get("boundary", []), source)
     _cross_checks(cfg, source)
     return cfg
 
@@ -434,7 +478,29 @@ def _cross_checks(cfg: dict, source):
             raise ConfigError(f"solver.petsc_options.{k}", "a string, number or boolean", v, source)
         check_petsc_option(k, v, source)
     _check_hamiltonian(cfg, source)
+    _check_exits(cfg, source)
     _check_sigma(cfg, source)
+
+
+def _check_exits(cfg: dict, source):
+    """Exits: the Galerkin HJB–FP system by Newton only, no exact solution."""
+    if not any(b["kind"] == "exit" for b in cfg["boundary"]):
+        return
+    f, s = cfg["run"]["formulation"], cfg["solver"]
+    why = None
+    if f != "hjb-fp":
+        why = f"formulation '{f}'"
+    elif s["method"] not in ("newton", "auto"):
+        why = f"solver.method = '{s['method']}'"
+    elif s["initial_guess"] == "cole-hopf":
+        why = "solver.initial_guess = 'cole-hopf'"
+    elif cfg["discretisation"]["stabilisation"] == "monotone":
+        why = "discretisation.stabilisation = 'monotone'"
+    elif cfg["exact"]["solution"] != "none":
+        why = f"exact.solution = '{cfg['exact']['solution']}'"
+    if why:
+        raise ConfigError("boundary.kind", f"'no-flux' with {why} (exits: formulation "
+                          "'hjb-fp', solver.method 'newton' or 'auto')", "exit", source)
 
 
 def _check_hamiltonian(cfg: dict, source):
@@ -606,6 +672,12 @@ def dumps(cfg: dict) -> str:
         raise TypeError(v)
 
     for section, table in cfg.items():
+        if isinstance(table, list):           # [[boundary]]: an array of tables
+            for t in table:
+                lines.append(f"[[{section}]]")
+                lines += [f"{k} = {val(v)}" for k, v in t.items()]
+                lines.append("")
+            continue
         lines.append(f"[{section}]")
         for k, v in table.items():
             lines.append(f"{k} = {val(v)}")
@@ -627,6 +699,15 @@ def schema_markdown() -> str:
                 doc += f" ({spec.expect})"
             out.append(f"| `{k}` | {_typename(spec.type)} | `{d}` | {doc} |")
         out.append("")
+    out += ["## [[boundary]]", "",
+            "An array of tables, one per tagged part of the boundary; facets not named are "
+            "no-flux walls.", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    for k, spec in BOUNDARY.items():
+        d = "required" if spec.default is REQUIRED else repr(spec.default)
+        doc = spec.doc + (" — one of " + ", ".join(f"`{c}`" for c in spec.choices)
+                          if spec.choices else "")
+        out.append(f"| `{k}` | {_typename(spec.type)} | `{d}` | {doc} |")
+    out.append("")
     return "\n".join(out)
 
 

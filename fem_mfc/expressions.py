@@ -293,6 +293,13 @@ def check_formulas(cfg: dict, mesh) -> None:
                                      what=f"for rho = {rho:g} ({name})")
     if pr.get("H", "quadratic") != "quadratic":
         check_hamiltonian(cfg, mesh, deg)
+    for i, b in enumerate(cfg.get("boundary", [])):
+        if b["kind"] == "exit":
+            key = f"boundary[{i}].cost"
+            for t in (0.0, pr["T"]):
+                check_finite_on_mesh(parse(b["cost"], key, x=x, gdim=gdim, params=params,
+                                           variables={"t": t}), key, mesh, deg, b["cost"],
+                                     what=f"at t = {t:g}")
     f = cfg["run"]["formulation"]
     if f == "qhd" and cfg.get("qhd", {}).get("signature") == "quantum":
         text = cfg["qhd"]["S0"]

@@ -23,6 +23,15 @@ from .forms.hjb_fp import THETA, StepData
 ROUNDOFF = 1e-10
 
 
+@dataclass
+class Exit:
+    """An absorbing boundary (solvers/exits.py): the facets tagged ``tag``, where ρ = 0 and
+    u = g(x, t) = ``cost(t)`` (a UFL expression in x, or a number)."""
+
+    tag: int
+    cost: Callable = lambda t: 0.0
+
+
 def interpolate(expr, V, name=None):
     """Interpolate a UFL expression (or number) in x into the space V."""
     f = dolfinx.fem.Function(V, name=name)
@@ -57,6 +66,7 @@ class ControlProblem:
     coarse: Optional[Callable] = None           # () -> the problem on a coarser grid, or None
     stabilisation: str = "none"                 # "none" (Galerkin) or "monotone" (P1, BE)
     hamiltonian: Any = None                     # fem_mfc.hamiltonian.Hamiltonian; None: ½|p|²
+    exits: list = field(default_factory=list)   # [Exit]: absorbing boundaries (by facet tag)
     space: Any = field(init=False, default=None)
 
     def __post_init__(self):
@@ -76,6 +86,9 @@ class ControlProblem:
         if self.stabilisation not in ("none", "monotone"):
             raise ConfigError("discretisation.stabilisation", "'none' or 'monotone'",
                               self.stabilisation)
+        if self.exits and self.stabilisation == "monotone":
+            raise ConfigError("boundary.kind", "'no-flux' with the monotone scheme (exits "
+                              "need the Galerkin scheme)", "exit")
         self.T, self.sigma = float(self.T), float(self.sigma)
         self.space = dolfinx.fem.functionspace(self.mesh, ("Lagrange", self.degree))
         self.x = ufl.SpatialCoordinate(self.mesh)
@@ -157,7 +170,8 @@ class ControlProblem:
                       cell_tags=cell_tags, facet_tags=facet_tags,
                       coarse=coarse_factory(cfg, mesh.comm),
                       stabilisation=disc.get("stabilisation", "none"),
-                      hamiltonian=ham.from_config(cfg, mesh))
+                      hamiltonian=ham.from_config(cfg, mesh),
+                      exits=exits_from_config(cfg, x, gdim, params))
         kind = cfg.get("exact", {}).get("solution", "none")
         if kind != "none":
             ex = exact_mod.from_config(kind, cfg, mesh, G, common["hamiltonian"])
@@ -170,6 +184,22 @@ class ControlProblem:
         return cls(rho0=rho0,
                    V=formula("problem.V", pr["V"]), Phi=formula("problem.Phi", pr["Phi"]),
                    G=G, **common)
+
+
+def exits_from_config(cfg: dict, x, gdim: int, params: dict) -> list:
+    """The [[boundary]] tables of kind 'exit' as :class:`Exit` objects."""
+    from .expressions import parse
+    out = []
+    for i, b in enumerate(cfg.get("boundary", [])):
+        if b["kind"] != "exit":
+            continue
+        text = b["cost"]
+
+        def cost(t, _text=text, _key=f"boundary[{i}].cost"):
+            return parse(_text, _key, x=x, gdim=gdim, params=params,
+                         variables={"t": float(t)})
+        out.append(Exit(int(b["tag"]), cost))
+    return out
 
 
 def coarse_config(cfg: dict) -> dict | None:

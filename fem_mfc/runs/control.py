@@ -111,6 +111,10 @@ def run(cfg: dict, ctx) -> dict:
         "solve_time_s": result.seconds, "checks": checks(result, max_rho),
         "H": cfg["problem"].get("H", "quadratic"),
     }
+    if result.mass_exited:                    # exits: mass through each door, per step
+        summary["mass_exited"] = result.mass_exited["total"]
+        summary["mass_exited_per_step"] = result.mass_exited["per_step"]
+        summary["mass_exited_by_tag"] = result.mass_exited["by_tag"]
     if result.path:
         summary["solver_path"] = result.path
     if result.continuation:

@@ -128,9 +128,11 @@ def hjb_fp(problem) -> Formulation:
                        depends=None if coupled is None else H.row_dependencies(theta, coupled),
                        quadratic=quadratic,
                        mirrored=H.mirrored(d),
+                       # exits replace rows of the FP step: B_n = αP_n + E no longer holds
                        forward_split=(ForwardSplit("u", H.RHO_CUR, H.RHO_NEXT,
                                                    (1.0 - theta) / theta)
-                                      if 0.0 < theta < 1.0 else None))
+                                      if 0.0 < theta < 1.0 and not getattr(problem, "exits",
+                                                                           None) else None))
 
 
 def varying_inputs(form, varying: set) -> list:
@@ -198,6 +200,11 @@ class SpaceTime:
         self.t_prev = dolfinx.fem.Constant(p.mesh, 0.0)
         self.t_cur = dolfinx.fem.Constant(p.mesh, 0.0)
         self.parameters = dict(fm.parameters)
+        self.constraints = None               # exits (solvers/exits.py): Dirichlet rows
+        if getattr(p, "exits", None):
+            from .exits import ExitConstraints
+            self.constraints = ExitConstraints(self)
+            self.constraints.impose()
         self._compile(cache)
         self.A = None
 
@@ -324,7 +331,10 @@ class SpaceTime:
         for k in range(self.N + 1):
             self.load(k)
             for row in self.rows(k):
-                a[L.slice(self.row_field(row, k))] = self.assembler.row(row)
+                s = L.slice(self.row_field(row, k))
+                a[s] = self.assembler.row(row)
+                if self.constraints is not None:
+                    self.constraints.fix_row(row, k, a[s])
 
     @property
     def block_keys(self) -> dict:
@@ -355,13 +365,18 @@ class SpaceTime:
                 self.load(k)
                 loaded = k
             grid[r][c] = self.assembler.block(key, k)
+            if self.constraints is not None:
+                self.constraints.fix_block(key, grid[r][c])
         return grid
 
     def assemble_block(self, r: int, c: int) -> PETSc.Mat:
         """A new matrix holding block (r, c) at the current states (not kept by the system)."""
         key, k = self.block_keys[(r, c)]
         self.load(k)
-        return self.assembler.fresh(self.jac[key])
+        A = self.assembler.fresh(self.jac[key])
+        if self.constraints is not None:
+            self.constraints.fix_block(key, A)
+        return A
 
     def jacobian(self, X: PETSc.Vec | None) -> PETSc.Mat:
         """The space-time Jacobian as AIJ: blocks → MatNest → convert (reusing ``self.A``)."""
@@ -401,10 +416,33 @@ class SpaceTime:
                         out[key] += self.scalar(name)
                     else:
                         out[key].append(self.scalar(name))
-        out["mass_error"] = max(abs(m - 1.0) for m in out["mass"])
+        if self.constraints is not None:
+            self._exit_diagnostics(out)
+        else:
+            out["mass_error"] = max(abs(m - 1.0) for m in out["mass"])
         out["min_rho"] = self.min_of(self.rho)
         fin = self.formulation.finish
         return fin(self, out) if fin else out
+
+    def _exit_diagnostics(self, out: dict):
+        """Mass through the exits per step and tag, the exit cost in J, and the mass balance
+        max_k |∫ρ^k + exited before t_k − 1| as ``mass_error`` (solvers/exits.py)."""
+        c = self.constraints
+        per_step, by_tag, gone, balance = [], {t: [] for t in c.by_tag}, 0.0, []
+        for k in range(self.N + 1):
+            balance.append(abs(out["mass"][k] + gone - 1.0))
+            if k == self.N:
+                break
+            self.load(k)
+            tags, total, cost = c.fluxes(self.assembler.row("u"), k)
+            for t, v in tags.items():
+                by_tag[t].append(v)
+            per_step.append(total)
+            gone += total
+            out["J"] += cost
+        out["mass_error"] = max(balance)
+        out["mass_exited"] = {"total": gone, "per_step": per_step,
+                              "by_tag": {str(t): v for t, v in by_tag.items()}}
 
     def check_finite(self, what: str):
         bad = any(not np.all(np.isfinite(f.x.array)) for f in self.rho[1:] + self.u)
