@@ -371,3 +371,13 @@ def test_parallel_matches_serial(coupling):
     assert abs(par.J - ser.J) < 1e-9 and abs(par.J_value - ser.J_value) < 1e-9
     assert abs(par.min_rho - ser.min_rho) < 1e-9
     assert max(abs(a - b) for a, b in zip(par.mass, ser.mass)) < 1e-12
+
+
+@pytest.mark.parametrize("kind,coupling", [("power-1.5", "mftc"), ("congestion", "mfg")])
+def test_picard_agrees_with_newton(kind, coupling):
+    """Fictitious play (HJB sweeps by per-step Newton, FP sweeps) reaches Newton's solution."""
+    nw = solve(problem(kind, coupling, nx=8, steps=4), "newton")
+    pc = solve(problem(kind, coupling, nx=8, steps=4), "picard")
+    assert abs(nw.J - pc.J) < 1e-8
+    for a, b in zip(nw.rho + nw.u, pc.rho + pc.u):
+        assert np.abs(a.x.array - b.x.array).max() < 1e-8
