@@ -14,7 +14,7 @@ from fem_mfc.mesh import generate_gmsh  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SIZES = {"disk": (2, 0.25), "annulus": (2, 0.15), "lshape": (2, 0.2), "ball": (3, 0.4),
-         "corridor": (2, 0.15)}
+         "corridor": (2, 0.15), "room": (2, 0.2)}
 
 if __name__ == "__main__":
     for name, (dim, h) in SIZES.items():

@@ -89,6 +89,8 @@ class ExitConstraints:
             f.x.array[d] = 0.0
         for n, f in enumerate(st.u):
             f.x.array[d] = self.g[n][d]
+        for f in st.rho[1:] + st.u:           # ghosts on exit facets this rank lacks
+            f.x.scatter_forward()
 
     def fix_row(self, row: str, k: int, F: np.ndarray):
         """Replace the exit entries of the owned residual ``F`` of ``row`` at level k."""
