@@ -308,17 +308,21 @@ SCHEMA: dict[str, dict[str, Key]] = {
 
 # ``[[boundary]]``: an array of tables, one per tagged part of the boundary (facets not named
 # are no-flux walls)
-BOUNDARY_KINDS = ("no-flux", "exit")
+BOUNDARY_KINDS = ("no-flux", "exit", "robin")
 BOUNDARY: dict[str, Key] = {
     "tag": Key(int, REQUIRED, "the facet tag: a gmsh physical group of the mesh file, or a "
                "side of an interval/rectangle/box (2i+1 where x_i = lower[i], 2i+2 where "
                "x_i = upper[i])", nonnegative, "a non-negative integer"),
     "kind": Key(str, "no-flux", "'no-flux' (a wall: the natural condition, the default "
-                "everywhere) or 'exit' (absorbing: rho = 0 and u = cost there; the mass that "
-                "leaves is reported as mass_exited in summary.json; formulation 'hjb-fp', "
-                "solver.method 'newton' or 'auto')", choices=BOUNDARY_KINDS),
-    "cost": Key(str, "0", "kind = 'exit': the exit cost g(x, t) = u on the exit, a formula in "
+                "everywhere), 'exit' (absorbing: rho = 0 and u = cost there; solver.method "
+                "'newton' or 'auto') or 'robin' (a leaky wall: mass leaves at the rate "
+                "rate*rho paying cost, and eps du/dn = rate (cost - u); also 'picard'); the "
+                "mass that leaves is reported as mass_exited in summary.json; formulation "
+                "'hjb-fp' only", choices=BOUNDARY_KINDS),
+    "cost": Key(str, "0", "kind = 'exit' or 'robin': the exit cost g(x, t), a formula in "
                 "x0, x1, x2, t and params"),
+    "rate": Key(float, 1.0, "kind = 'robin': the leak rate kappa (outward flux kappa*rho)",
+                positive, "a positive number"),
 }
 
 
@@ -483,14 +487,17 @@ def _cross_checks(cfg: dict, source):
 
 
 def _check_exits(cfg: dict, source):
-    """Exits: the Galerkin HJB–FP system by Newton only, no exact solution."""
-    if not any(b["kind"] == "exit" for b in cfg["boundary"]):
+    """Exits and leaky walls: the Galerkin HJB–FP system by Newton (exits) or Newton and
+    Picard (leaky walls), no exact solution."""
+    kinds = {b["kind"] for b in cfg["boundary"]} - {"no-flux"}
+    if not kinds:
         return
     f, s = cfg["run"]["formulation"], cfg["solver"]
+    methods = ("newton", "auto") if "exit" in kinds else ("newton", "auto", "picard")
     why = None
     if f != "hjb-fp":
         why = f"formulation '{f}'"
-    elif s["method"] not in ("newton", "auto"):
+    elif s["method"] not in methods:
         why = f"solver.method = '{s['method']}'"
     elif s["initial_guess"] == "cole-hopf":
         why = "solver.initial_guess = 'cole-hopf'"
@@ -499,8 +506,9 @@ def _check_exits(cfg: dict, source):
     elif cfg["exact"]["solution"] != "none":
         why = f"exact.solution = '{cfg['exact']['solution']}'"
     if why:
-        raise ConfigError("boundary.kind", f"'no-flux' with {why} (exits: formulation "
-                          "'hjb-fp', solver.method 'newton' or 'auto')", "exit", source)
+        raise ConfigError("boundary.kind", f"'no-flux' with {why} (exits and leaky walls: "
+                          "formulation 'hjb-fp', solver.method 'newton' or 'auto')",
+                          "/".join(sorted(kinds)), source)
 
 
 def _check_hamiltonian(cfg: dict, source):

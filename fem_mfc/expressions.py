@@ -294,7 +294,7 @@ def check_formulas(cfg: dict, mesh) -> None:
     if pr.get("H", "quadratic") != "quadratic":
         check_hamiltonian(cfg, mesh, deg)
     for i, b in enumerate(cfg.get("boundary", [])):
-        if b["kind"] == "exit":
+        if b["kind"] in ("exit", "robin"):
             key = f"boundary[{i}].cost"
             for t in (0.0, pr["T"]):
                 check_finite_on_mesh(parse(b["cost"], key, x=x, gdim=gdim, params=params,

@@ -24,6 +24,18 @@ ROUNDOFF = 1e-10
 
 
 @dataclass
+class Robin:
+    """A leaky wall (forms/hjb_fp.py): on the facets tagged ``tag`` mass leaves at the rate
+    κ = ``rate`` — the outward flux is κρ, i.e. (ε∇ρ + ρ∂_pH)·n = −κρ — paying the exit cost
+    g = ``cost(t)`` (UFL in x and the time Constant t); the HJB gets the Robin condition
+    ε∂_n u = κ(g − u).  One term τ∫_Γ κρ̄(g − u) of the discrete Lagrangian gives both."""
+
+    tag: int
+    rate: float
+    cost: Callable = lambda t: 0.0
+
+
+@dataclass
 class Exit:
     """An absorbing boundary (solvers/exits.py): the facets tagged ``tag``, where ρ = 0 and
     u = g(x, t) = ``cost(t)`` (a UFL expression in x, or a number)."""
@@ -67,6 +79,7 @@ class ControlProblem:
     stabilisation: str = "none"                 # "none" (Galerkin) or "monotone" (P1, BE)
     hamiltonian: Any = None                     # fem_mfc.hamiltonian.Hamiltonian; None: ½|p|²
     exits: list = field(default_factory=list)   # [Exit]: absorbing boundaries (by facet tag)
+    robins: list = field(default_factory=list)  # [Robin]: leaky walls (by facet tag)
     space: Any = field(init=False, default=None)
 
     def __post_init__(self):
@@ -86,7 +99,7 @@ class ControlProblem:
         if self.stabilisation not in ("none", "monotone"):
             raise ConfigError("discretisation.stabilisation", "'none' or 'monotone'",
                               self.stabilisation)
-        if self.exits and self.stabilisation == "monotone":
+        if (self.exits or self.robins) and self.stabilisation == "monotone":
             raise ConfigError("boundary.kind", "'no-flux' with the monotone scheme (exits "
                               "need the Galerkin scheme)", "exit")
         self.T, self.sigma = float(self.T), float(self.sigma)
@@ -122,7 +135,20 @@ class ControlProblem:
                         sources=getattr(self.exact, "sources", None),
                         scale=dolfinx.fem.Constant(self.mesh, 1.0), H=self.hamiltonian,
                         quadrature_degree=(None if self.hamiltonian is None
-                                           else 2 * self.degree + 2))
+                                           else 2 * self.degree + 2),
+                        robin=self._robin_terms())
+
+    def _robin_terms(self) -> tuple:
+        """((tag, ds(tag), κ, g), …) of the leaky walls (forms/hjb_fp.py)."""
+        if not self.robins:
+            return ()
+        if self.facet_tags is None:
+            raise ConfigError("boundary.tag", "a mesh with tagged boundary facets (gmsh "
+                              "physical groups, or the sides of an interval/rectangle/box)",
+                              None)
+        ds = ufl.Measure("ds", domain=self.mesh, subdomain_data=self.facet_tags)
+        return tuple((r.tag, ds(r.tag), dolfinx.fem.Constant(self.mesh, float(r.rate)),
+                      r.cost) for r in self.robins)
 
     def rho_time(self, n: int) -> float:
         """Time of ρⁿ."""
@@ -171,7 +197,8 @@ class ControlProblem:
                       coarse=coarse_factory(cfg, mesh.comm),
                       stabilisation=disc.get("stabilisation", "none"),
                       hamiltonian=ham.from_config(cfg, mesh),
-                      exits=exits_from_config(cfg, x, gdim, params))
+                      exits=exits_from_config(cfg, x, gdim, params),
+                      robins=robins_from_config(cfg, x, gdim, params))
         kind = cfg.get("exact", {}).get("solution", "none")
         if kind != "none":
             ex = exact_mod.from_config(kind, cfg, mesh, G, common["hamiltonian"])
@@ -199,6 +226,21 @@ def exits_from_config(cfg: dict, x, gdim: int, params: dict) -> list:
             return parse(_text, _key, x=x, gdim=gdim, params=params,
                          variables={"t": float(t)})
         out.append(Exit(int(b["tag"]), cost))
+    return out
+
+
+def robins_from_config(cfg: dict, x, gdim: int, params: dict) -> list:
+    """The [[boundary]] tables of kind 'robin' as :class:`Robin` objects."""
+    from .expressions import parse
+    out = []
+    for i, b in enumerate(cfg.get("boundary", [])):
+        if b["kind"] != "robin":
+            continue
+        text = b["cost"]
+
+        def cost(t, _text=text, _key=f"boundary[{i}].cost"):
+            return parse(_text, _key, x=x, gdim=gdim, params=params, variables={"t": t})
+        out.append(Robin(int(b["tag"]), float(b["rate"]), cost))
     return out
 
 

@@ -17,7 +17,7 @@ from fem_mfc import config
 from fem_mfc import hamiltonian as ham
 from fem_mfc.errors import ConfigError
 from fem_mfc.mesh import side_tags
-from fem_mfc.problem import ControlProblem, Exit
+from fem_mfc.problem import ControlProblem, Exit, Robin
 from fem_mfc.solvers import newton, solve
 from fem_mfc.solvers.spacetime import SpaceTime
 
@@ -112,7 +112,8 @@ def test_corridor_against_finite_differences_cn(reference):
     assert gone[-1] < 2e-5 and errs[-1] < 2e-3
 
 
-def room(nx=8, steps=6, scheme=BE, comm=MPI.COMM_SELF, H=None, coupling="mftc", kappa=0.5):
+def room(nx=8, steps=6, scheme=BE, comm=MPI.COMM_SELF, H=None, coupling="mftc", kappa=0.5,
+         robins=()):
     """[-1, 1]², exits on x0 = 1 (tag 2, cost 0) and x1 = 1 (tag 4, cost 0.2 + 0.1 t)."""
     mesh = dolfinx.mesh.create_rectangle(comm, [[-1, -1], [1, 1]], [nx, nx])
     x = ufl.SpatialCoordinate(mesh)
@@ -122,7 +123,8 @@ def room(nx=8, steps=6, scheme=BE, comm=MPI.COMM_SELF, H=None, coupling="mftc", 
                           coupling=coupling, hamiltonian=H,
                           facet_tags=side_tags(mesh, [-1.0, -1.0], [1.0, 1.0]),
                           rho0=ufl.exp(-((x[0] + 0.3) ** 2 + x[1] ** 2) / (2 * 0.25 ** 2)),
-                          exits=[Exit(2, lambda t: 0.0), Exit(4, lambda t: 0.2 + 0.1 * t)])
+                          exits=[Exit(2, lambda t: 0.0), Exit(4, lambda t: 0.2 + 0.1 * t)],
+                          robins=list(robins))
 
 
 @pytest.mark.parametrize("scheme", [BE, CN])
@@ -210,6 +212,10 @@ def cfg(boundary, **over):
     ([{"tag": 2, "kind": "exit"}], {"solver": {"method": "picard"}}, "boundary.kind"),
     ([{"tag": 2, "kind": "exit"}], {"run": {"formulation": "qhd"}}, "boundary.kind"),
     ([{"tag": 2, "kind": "exit"}], {"solver": {"initial_guess": "cole-hopf"}},
+     "boundary.kind"),
+    ([{"tag": 2, "kind": "robin", "rate": 0.0}], {}, "boundary[0].rate"),
+    ([{"tag": 2, "kind": "robin"}], {"solver": {"method": "cole-hopf"}}, "boundary.kind"),
+    ([{"tag": 2, "kind": "robin"}], {"discretisation": {"stabilisation": "monotone"}},
      "boundary.kind")])
 def test_config_refusals(boundary, over, key):
     with pytest.raises(ConfigError) as e:
@@ -231,8 +237,9 @@ def test_unknown_tag_and_bad_cost():
 
 @pytest.mark.mpi
 def test_parallel_matches_serial():
-    par = newton(room(nx=10, steps=6, comm=MPI.COMM_WORLD))
-    ser = newton(room(nx=10, steps=6, comm=MPI.COMM_SELF))
+    leak = [Robin(1, 2.0, lambda t: 0.3)]                  # and a leaky wall at x0 = −1
+    par = newton(room(nx=10, steps=6, comm=MPI.COMM_WORLD, robins=leak))
+    ser = newton(room(nx=10, steps=6, comm=MPI.COMM_SELF, robins=leak))
     assert par.iterations == ser.iterations
     assert abs(par.J - ser.J) < 1e-9 and abs(par.J_value - ser.J_value) < 1e-9
     assert abs(par.mass_exited["total"] - ser.mass_exited["total"]) < 1e-12
@@ -277,3 +284,45 @@ def test_room_evacuation_config_two_doors(tmp_path):
     assert set(doors) == {"2", "3"} and min(doors.values()) > 0.05
     assert 0.5 < s["mass_exited"] < 1.0
     assert (tmp_path / "room" / "mass.png").is_file()
+
+
+# -- leaky walls (kind = "robin") ---------------------------------------------------------------
+def leaky(rate, nx=32, steps=16, scheme=BE, exits=()):
+    mesh = dolfinx.mesh.create_interval(MPI.COMM_SELF, nx, [-1, 1])
+    x = ufl.SpatialCoordinate(mesh)[0]
+    return ControlProblem(mesh=mesh, T=1.0, sigma=SIGMA, steps=steps, scheme=scheme,
+                          Phi=1.0 - x, G=lambda r: 0.5 * r ** 2,
+                          facet_tags=side_tags(mesh, [-1.0], [1.0]),
+                          rho0=ufl.exp(-(x - MEAN) ** 2 / (2 * STD ** 2)), exits=list(exits),
+                          robins=[Robin(2, rate, lambda t: 0.0)] if rate else [])
+
+
+def test_leaky_wall_balance_identity_and_exit_limit():
+    """A leaky wall (outward flux κρ, ε∂_n u = κ(g − u), one Lagrangian term): mass balance
+    and the value identity at round-off; the mass that leaves grows with κ and tends to that
+    of the exit (ρ = 0, u = g) as κ → ∞."""
+    gone = []
+    for rate in (1.0, 10.0, 1e4):
+        r = newton(leaky(rate))
+        assert r.mass_error < 1e-12 and abs(r.J - r.J_value) < 1e-9 * abs(r.J)
+        assert set(r.mass_exited["by_tag"]) == {"2"}
+        gone.append(r.mass_exited["total"])
+    door = newton(leaky(0.0, exits=[Exit(2)])).mass_exited["total"]
+    print("leaked", gone, "exit", door)
+    assert gone[0] < gone[1] < gone[2] and abs(gone[2] - door) < 1e-3 * door
+
+
+@pytest.mark.parametrize("scheme", [BE, CN])
+def test_leaky_wall_duality(scheme):
+    from test_hamiltonians import kkt_blocks
+    st = SpaceTime(room(nx=4, steps=3, scheme=scheme,
+                        robins=[Robin(1, 5.0, lambda t: 0.1 + t)]))
+    assert st.quadratic
+    M, fp, hjb = kkt_blocks(st)
+    assert np.abs(fp - hjb.T).max() < 1e-13 * np.abs(fp).max()
+    assert np.abs(M - M.T).max() < 1e-13 * np.abs(M).max()
+
+
+def test_leaky_wall_picard_agrees_with_newton():
+    p, n = solve(leaky(5.0), "picard"), solve(leaky(5.0), "newton")
+    assert abs(p.J - n.J) < 1e-8 and p.mass_error < 1e-12

@@ -62,6 +62,7 @@ class StepData:
     scale: object = None                  # Constant s: the forms use s·G (continuation)
     H: object = None                      # fem_mfc.hamiltonian.Hamiltonian; None: ½|p|²
     quadrature_degree: Optional[int] = None   # of every integral with H (None: estimated)
+    robin: tuple = ()                     # ((tag, ds(tag), κ, t ↦ g), …): leaky walls
 
     @property
     def dxH(self):
@@ -193,6 +194,8 @@ def step_lagrangian(rho_old, rho_new, u, t, d: StepData, congestion: bool = True
          - tau * eps * ufl.inner(ufl.grad(u), ufl.grad(rb)) * ufl.dx)
     if congestion and d.G is not None and not _zero(d.G(rb)):
         L += tau * d.G(rb) * ufl.dx
+    for _, ds, kappa, g in d.robin:       # leak at rate κ paying g: ρ-flux κρ, ε∂_n u = κ(g − u)
+        L += tau * kappa * rb * (g(t) - u) * ds
     s = _sources(d, t)
     if s["f_H"] is not None:
         L += tau * s["f_H"] * rb * ufl.dx
@@ -290,6 +293,10 @@ def level_functionals(tm: dict, t_cur, d: StepData) -> dict:
         cost += d.tau * d.G(rb) * ufl.dx
         term = d.tau * (d.G(rb) - rb * coupling_value(d.G, d.coupling, rb)) * ufl.dx
         value = term if value is None else value + term
+    leaks = {}
+    for tag, ds, kappa, g in d.robin:     # mass through a leaky wall and its cost
+        cost += d.tau * kappa * rb * g(t_cur) * ds
+        leaks[f"leak:{tag}"] = d.tau * kappa * rb * ds
     s = _sources(d, t_cur)
     for key, meas in (("f_H", ufl.dx), ("b_H", ufl.ds)):
         if s[key] is not None:
@@ -297,4 +304,4 @@ def level_functionals(tm: dict, t_cur, d: StepData) -> dict:
             value = term if value is None else value + term
     return {"cost": cost, "value": value,
             "u0": rho_residual(rc, rn, uc, t_cur, rc, rc, d),
-            "mass": rc * ufl.dx, "terminal": terminal(rc, d)}
+            "mass": rc * ufl.dx, "terminal": terminal(rc, d), **leaks}

@@ -120,8 +120,12 @@ def hjb_fp(problem) -> Formulation:
     phi.interpolate(dolfinx.fem.Expression(problem.Phi, V.element.interpolation_points()))
     theta = d.theta
     coupled, quadratic = H.structure(d)
+    diagnostics = dict(HJB_DIAGNOSTICS)       # + the mass through each leaky wall per step
+    diagnostics.update({f"leak:{tag}": ("list", ((f"leak:{tag}", before_last),))
+                        for tag, *_ in d.robin})
     return Formulation(build=lambda tm, tp, tc: H.level_residuals(tm, tp, tc, d),
                        functionals=lambda tm, tc: H.level_functionals(tm, tc, d),
+                       diagnostics=diagnostics,
                        data={"rho": problem.rho0, "u": None},
                        guess={"rho": problem.rho0, "u": phi},
                        parameters=dict(d.parameters),
@@ -416,7 +420,7 @@ class SpaceTime:
                         out[key] += self.scalar(name)
                     else:
                         out[key].append(self.scalar(name))
-        if self.constraints is not None:
+        if self.constraints is not None or any(k.startswith("leak:") for k in out):
             self._exit_diagnostics(out)
         else:
             out["mass_error"] = max(abs(m - 1.0) for m in out["mass"])
@@ -428,21 +432,27 @@ class SpaceTime:
         """Mass through the exits per step and tag, the exit cost in J, and the mass balance
         max_k |∫ρ^k + exited before t_k − 1| as ``mass_error`` (solvers/exits.py)."""
         c = self.constraints
-        per_step, by_tag, gone, balance = [], {t: [] for t in c.by_tag}, 0.0, []
+        per_step = [0.0] * self.N
+        by_tag = {str(t): [] for t in (c.by_tag if c is not None else ())}
+        if c is not None:
+            for k in range(self.N):
+                self.load(k)
+                tags, total, cost = c.fluxes(self.assembler.row("u"), k)
+                for t, v in tags.items():
+                    by_tag[str(t)].append(v)
+                per_step[k] += total
+                out["J"] += cost
+        for key in [k for k in out if k.startswith("leak:")]:     # leaky walls (Robin)
+            flux = out.pop(key)
+            by_tag[key[5:]] = flux
+            per_step = [a + b for a, b in zip(per_step, flux)]
+        gone, balance = 0.0, []
         for k in range(self.N + 1):
             balance.append(abs(out["mass"][k] + gone - 1.0))
-            if k == self.N:
-                break
-            self.load(k)
-            tags, total, cost = c.fluxes(self.assembler.row("u"), k)
-            for t, v in tags.items():
-                by_tag[t].append(v)
-            per_step.append(total)
-            gone += total
-            out["J"] += cost
+            if k < self.N:
+                gone += per_step[k]
         out["mass_error"] = max(balance)
-        out["mass_exited"] = {"total": gone, "per_step": per_step,
-                              "by_tag": {str(t): v for t, v in by_tag.items()}}
+        out["mass_exited"] = {"total": gone, "per_step": per_step, "by_tag": by_tag}
 
     def check_finite(self, what: str):
         bad = any(not np.all(np.isfinite(f.x.array)) for f in self.rho[1:] + self.u)

@@ -113,6 +113,9 @@ def cole_hopf_obstacles(problem) -> dict:
     if p.eps <= 0:
         out["noise"] = ConfigError("problem.sigma", "a positive noise for the Cole–Hopf "
                                    "transform", p.sigma)
+    if getattr(p, "robins", None):
+        out["robin"] = ConfigError("solver.method", "'newton' or 'picard' for a problem with "
+                                   "leaky walls ([[boundary]] kind = 'robin')", "cole-hopf")
     if getattr(p, "exits", None):
         out["exits"] = ConfigError("solver.method", "'newton' for a problem with exits "
                                    "([[boundary]] kind = 'exit')", "cole-hopf")
