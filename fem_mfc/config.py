@@ -308,7 +308,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
 
 # ``[[boundary]]``: an array of tables, one per tagged part of the boundary (facets not named
 # are no-flux walls)
-BOUNDARY_KINDS = ("no-flux", "exit", "robin")
+BOUNDARY_KINDS = ("no-flux", "exit", "robin", "dirichlet")
 BOUNDARY: dict[str, Key] = {
     "tag": Key(int, REQUIRED, "the facet tag: a gmsh physical group of the mesh file, or a "
                "side of an interval/rectangle/box (2i+1 where x_i = lower[i], 2i+2 where "
@@ -316,11 +316,15 @@ BOUNDARY: dict[str, Key] = {
     "kind": Key(str, "no-flux", "'no-flux' (a wall: the natural condition, the default "
                 "everywhere), 'exit' (absorbing: rho = 0 and u = cost there; solver.method "
                 "'newton' or 'auto') or 'robin' (a leaky wall: mass leaves at the rate "
-                "rate*rho paying cost, and eps du/dn = rate (cost - u); also 'picard'); the "
+                "rate*rho paying cost, and eps du/dn = rate (cost - u); also 'picard') or "
+                "'dirichlet' (rho = density and u = cost there, e.g. an entrance; as 'exit' "
+                "otherwise); the "
                 "mass that leaves is reported as mass_exited in summary.json; formulation "
                 "'hjb-fp' only", choices=BOUNDARY_KINDS),
-    "cost": Key(str, "0", "kind = 'exit' or 'robin': the exit cost g(x, t), a formula in "
-                "x0, x1, x2, t and params"),
+    "cost": Key(str, "0", "kind = 'exit', 'robin' or 'dirichlet': the exit cost / boundary "
+                "value g(x, t) of u, a formula in x0, x1, x2, t and params"),
+    "density": Key(str, "0", "kind = 'dirichlet': the boundary density rho_D(x, t) >= 0, a "
+                   "formula in x0, x1, x2, t and params"),
     "rate": Key(float, 1.0, "kind = 'robin': the leak rate kappa (outward flux kappa*rho)",
                 positive, "a positive number"),
 }
@@ -493,7 +497,8 @@ def _check_exits(cfg: dict, source):
     if not kinds:
         return
     f, s = cfg["run"]["formulation"], cfg["solver"]
-    methods = ("newton", "auto") if "exit" in kinds else ("newton", "auto", "picard")
+    methods = (("newton", "auto") if kinds & {"exit", "dirichlet"}
+               else ("newton", "auto", "picard"))
     why = None
     if f != "hjb-fp":
         why = f"formulation '{f}'"

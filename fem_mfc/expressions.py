@@ -294,11 +294,12 @@ def check_formulas(cfg: dict, mesh) -> None:
     if pr.get("H", "quadratic") != "quadratic":
         check_hamiltonian(cfg, mesh, deg)
     for i, b in enumerate(cfg.get("boundary", [])):
-        if b["kind"] in ("exit", "robin"):
-            key = f"boundary[{i}].cost"
+        names = {"exit": ("cost",), "robin": ("cost",), "dirichlet": ("cost", "density")}
+        for name in names.get(b["kind"], ()):
+            key = f"boundary[{i}].{name}"
             for t in (0.0, pr["T"]):
-                check_finite_on_mesh(parse(b["cost"], key, x=x, gdim=gdim, params=params,
-                                           variables={"t": t}), key, mesh, deg, b["cost"],
+                check_finite_on_mesh(parse(b[name], key, x=x, gdim=gdim, params=params,
+                                           variables={"t": t}), key, mesh, deg, b[name],
                                      what=f"at t = {t:g}")
     f = cfg["run"]["formulation"]
     if f == "qhd" and cfg.get("qhd", {}).get("signature") == "quantum":

@@ -38,10 +38,12 @@ class Robin:
 @dataclass
 class Exit:
     """An absorbing boundary (solvers/exits.py): the facets tagged ``tag``, where ρ = 0 and
-    u = g(x, t) = ``cost(t)`` (a UFL expression in x, or a number)."""
+    u = g(x, t) = ``cost(t)`` (a UFL expression in x, or a number).  A Dirichlet boundary
+    prescribes ρ = ``density(t)`` ≥ 0 instead of 0 (an entrance where it exceeds the inside)."""
 
     tag: int
     cost: Callable = lambda t: 0.0
+    density: Optional[Callable] = None          # None: ρ = 0 (an exit)
 
 
 def interpolate(expr, V, name=None):
@@ -214,18 +216,22 @@ class ControlProblem:
 
 
 def exits_from_config(cfg: dict, x, gdim: int, params: dict) -> list:
-    """The [[boundary]] tables of kind 'exit' as :class:`Exit` objects."""
+    """The [[boundary]] tables of kind 'exit' and 'dirichlet' as :class:`Exit` objects."""
     from .expressions import parse
     out = []
     for i, b in enumerate(cfg.get("boundary", [])):
-        if b["kind"] != "exit":
+        if b["kind"] not in ("exit", "dirichlet"):
             continue
-        text = b["cost"]
 
-        def cost(t, _text=text, _key=f"boundary[{i}].cost"):
+        def formula(t, _text, _key):
             return parse(_text, _key, x=x, gdim=gdim, params=params,
                          variables={"t": float(t)})
-        out.append(Exit(int(b["tag"]), cost))
+        cost = (lambda t, _t=b["cost"], _k=f"boundary[{i}].cost": formula(t, _t, _k))
+        density = None
+        if b["kind"] == "dirichlet":
+            density = (lambda t, _t=b["density"], _k=f"boundary[{i}].density":
+                       formula(t, _t, _k))
+        out.append(Exit(int(b["tag"]), cost, density))
     return out
 
 

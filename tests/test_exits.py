@@ -326,3 +326,40 @@ def test_leaky_wall_duality(scheme):
 def test_leaky_wall_picard_agrees_with_newton():
     p, n = solve(leaky(5.0), "picard"), solve(leaky(5.0), "newton")
     assert abs(p.J - n.J) < 1e-8 and p.mass_error < 1e-12
+
+
+# -- Dirichlet boundaries (kind = "dirichlet": ρ = ρ_D, u = g) ---------------------------------
+def entrance(scheme=BE, nx=32, steps=16):
+    """[-1, 1]: an entrance at −1 (ρ = 0.3 + 0.2t, u = 2), an exit at +1."""
+    mesh = dolfinx.mesh.create_interval(MPI.COMM_SELF, nx, [-1, 1])
+    x = ufl.SpatialCoordinate(mesh)[0]
+    return ControlProblem(mesh=mesh, T=1.0, sigma=SIGMA, steps=steps, scheme=scheme,
+                          Phi=1.0 - x, G=lambda r: 0.5 * r ** 2,
+                          facet_tags=side_tags(mesh, [-1.0], [1.0]),
+                          rho0=ufl.exp(-(x - MEAN) ** 2 / (2 * STD ** 2)),
+                          exits=[Exit(1, lambda t: 2.0, lambda t: 0.3 + 0.2 * t), Exit(2)])
+
+
+@pytest.mark.parametrize("scheme", [BE, CN])
+def test_dirichlet_entrance(scheme):
+    """Mass flows in through the entrance (negative flux) and out through the exit: the
+    balance ∫ρ + out − in = 1 and the value identity (with Σ ρ_D R of the constrained HJB
+    rows) at round-off, ρ = ρ_D on the entrance, symmetric KKT matrix."""
+    r = newton(entrance(scheme))
+    doors = {k: sum(v) for k, v in r.mass_exited["by_tag"].items()}
+    assert r.converged and r.mass_error < 1e-12
+    assert abs(r.J - r.J_value) < 1e-10 * abs(r.J)
+    assert doors["1"] < -0.1 and doors["2"] > 0.1
+    p = r.problem
+    d = dolfinx.fem.locate_dofs_topological(p.space, 0, p.facet_tags.find(1))
+    for k, f in enumerate(r.rho[1:], start=1):
+        assert abs(f.x.array[d][0] - (0.3 + 0.2 * k * p.tau)) < 1e-14
+    from test_hamiltonians import kkt_blocks
+    M, fp, hjb = kkt_blocks(SpaceTime(entrance(scheme, 6, 3)))
+    assert np.abs(M - M.T).max() < 1e-13 * np.abs(M).max()
+
+
+def test_dirichlet_config_refusal():
+    with pytest.raises(ConfigError, match="boundary.kind"):
+        cfg([{"tag": 1, "kind": "dirichlet", "density": "0.2"}],
+            solver={"method": "picard"})

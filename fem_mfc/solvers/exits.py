@@ -67,26 +67,31 @@ class ExitConstraints:
         self.owned_by_tag = {t: d[d < nl] for t, d in self.by_tag.items()}
         imap = p.space.dofmap.index_map
         self.rows = imap.local_to_global(self.owned.astype(np.int32)).astype(PETSc.IntType)
-        # g at the exit dofs for u^n (time p.u_time(n)); a dof on two exits keeps the last
-        g = dolfinx.fem.Function(p.space)
-        self.g = []
-        for n in range(p.steps):
-            vals = np.zeros(g.x.array.size)
-            for e in p.exits:
-                c, d = e.cost(p.u_time(n)), self.by_tag[e.tag]
-                if isinstance(c, (int, float)):
-                    vals[d] = float(c)
-                else:
-                    g.interpolate(dolfinx.fem.Expression(
-                        c, p.space.element.interpolation_points()))
-                    vals[d] = g.x.array[d]
-            self.g.append(vals)
+        # g at the exit dofs for u^n (time p.u_time(n)), ρ_D for ρ^k (time t_k, 0 on exits);
+        # a dof on two boundaries keeps the last
+        self.g = [self._values(lambda e: e.cost, p.u_time(n)) for n in range(p.steps)]
+        self.rho_d = [None] + [self._values(lambda e: e.density, p.rho_time(k))
+                               for k in range(1, p.steps + 1)]
+
+    def _values(self, which, t: float) -> np.ndarray:
+        p = self.st.problem
+        f = dolfinx.fem.Function(p.space)
+        vals = np.zeros(f.x.array.size)
+        for e in p.exits:
+            fn, d = which(e), self.by_tag[e.tag]
+            c = 0.0 if fn is None else fn(t)
+            if isinstance(c, (int, float)):
+                vals[d] = float(c)
+            else:
+                f.interpolate(dolfinx.fem.Expression(c, p.space.element.interpolation_points()))
+                vals[d] = f.x.array[d]
+        return vals
 
     def impose(self):
         """States ← the constraints: ρ^k = 0 (k ≥ 1) and u^n = g(t_n) at the exit dofs."""
         st, d = self.st, self.dofs
-        for f in st.rho[1:]:
-            f.x.array[d] = 0.0
+        for k, f in enumerate(st.rho[1:], start=1):
+            f.x.array[d] = self.rho_d[k][d]
         for n, f in enumerate(st.u):
             f.x.array[d] = self.g[n][d]
         for f in st.rho[1:] + st.u:           # ghosts on exit facets this rank lacks
@@ -96,13 +101,20 @@ class ExitConstraints:
         """Replace the exit entries of the owned residual ``F`` of ``row`` at level k."""
         o, st = self.owned, self.st
         if row == "u":
-            F[o] = st.rho[k + 1].x.array[o]
+            F[o] = st.rho[k + 1].x.array[o] - self.rho_d[k + 1][o]
         elif row in ("rho", "rho_last"):
             F[o] = st.u[k - 1].x.array[o] - self.g[k - 1][o]
 
     def fix_block(self, key, A: PETSc.Mat):
         """Zero the exit rows and columns of block ``key`` (1 on the diagonal of a pivot)."""
         A.zeroRowsColumns(self.rows, diag=1.0 if key in PIVOTS else 0.0)
+
+    def value_term(self, R: np.ndarray, k: int) -> float:
+        """Σ_i ρ^k_i R_i over the exit dofs, R the unconstrained HJB row of level k (owned):
+        the part of the value identity's Σ_k ∂L/∂ρ^k[ρ^k] that the constrained rows leave
+        (zero on exits, where ρ = 0; the prescribed density of a Dirichlet boundary)."""
+        o = self.owned
+        return self.st.comm.allreduce(float(self.rho_d[k][o] @ R[o]), op=MPI.SUM)
 
     def fluxes(self, F: np.ndarray, k: int) -> tuple[dict, float, float]:
         """({tag: mass leaving through it in step k → k+1}, the total (a dof on two exits

@@ -442,6 +442,10 @@ class SpaceTime:
                     by_tag[str(t)].append(v)
                 per_step[k] += total
                 out["J"] += cost
+            for k in range(1, self.N + 1):    # the prescribed densities (Dirichlet)
+                self.load(k)
+                row = "rho_last" if k == self.N else "rho"
+                out["J_value"] += c.value_term(self.assembler.row(row), k)
         for key in [k for k in out if k.startswith("leak:")]:     # leaky walls (Robin)
             flux = out.pop(key)
             by_tag[key[5:]] = flux
