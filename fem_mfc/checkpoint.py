@@ -33,7 +33,12 @@ META = "meta.json"
 
 def config_hash(cfg: dict) -> str:
     """A hash of the config sections that define the discrete problem."""
-    data = json.dumps({k: cfg.get(k) for k in SECTIONS}, sort_keys=True, default=str)
+    sections = {k: cfg.get(k) for k in SECTIONS}
+    if cfg.get("boundary"):                   # newer sections: only when they matter, so
+        sections["boundary"] = cfg["boundary"]    # older checkpoints keep their hash
+    if cfg.get("problem", {}).get("H", "quadratic") != "quadratic":
+        sections["hamiltonian"] = cfg.get("hamiltonian")
+    data = json.dumps(sections, sort_keys=True, default=str)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 

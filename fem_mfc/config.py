@@ -54,7 +54,9 @@ def _unit_interval(x):
 
 FORMULATIONS = registry.NAMES
 # Names a formula already gives a meaning to: parameters may not shadow them.
-RESERVED_NAMES = ("x0", "x1", "x2", "x", "y", "z", "rho", "t", "pi", "e")
+RESERVED_NAMES = ("x0", "x1", "x2", "x", "y", "z", "rho", "t", "pi", "e", "p0", "p1", "p2",
+                  "pnorm")
+HAMILTONIANS = ("quadratic", "weighted", "power", "anisotropic", "congestion")
 MESH_KINDS = ("interval", "rectangle", "box", "disk", "annulus", "lshape", "ball", "file")
 
 # Section -> key -> Key.  A value of dict type (``Key(dict, ...)``) is a free table (e.g. PETSc
@@ -86,9 +88,34 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "V": Key(str, "0", "running potential V(x), a formula in x0, x1, x2"),
         "Phi": Key(str, "0", "terminal loss Phi(x), a formula in x0, x1, x2"),
         "G": Key(str, "0", "congestion G(rho), a formula in rho (and parameters)"),
-        "coupling": Key(str, "mftc", "congestion coupling: G'(rho) (mftc) or G(rho)/rho (mfg)",
+        "coupling": Key(str, "mftc", "congestion coupling: G'(rho) (mftc) or G(rho)/rho (mfg); "
+                        "for an H that depends on rho, mftc also differentiates H in rho (the "
+                        "mean-field control problem), mfg keeps rho in H fixed (the game)",
                         choices=("mftc", "mfg")),
+        "H": Key(str, "quadratic", "Hamiltonian H(x, p, rho), p = grad u (control a = -dH/dp):"
+                 " 'quadratic' (|p|^2/2, the default), 'weighted' (c(x)|p|^2/2), 'power' "
+                 "(|p|^q/q, regularised at p = 0), 'anisotropic' (p.A(x)p/2), 'congestion' "
+                 "(|p|^2/(2(1+rho)^alpha)) with the parameters in [hamiltonian], or a formula "
+                 "in p0, p1, p2, |p|, x0..x2, rho and params, e.g. '0.5*(p0**2 + 4*p1**2)' or "
+                 "'|p|**2/(2*(1 + rho))' (|p|**b is (p.p)^(b/2), smooth at p = 0 for b >= 2). "
+                 "Other than 'quadratic' only formulation 'hjb-fp' with solver.method 'newton', "
+                 "'picard' or 'auto' (Galerkin, initial_guess 'trivial' or 'coarse')"),
         "params": Key(dict, {}, "named numbers usable in every formula, e.g. {kappa = 1.0}"),
+    },
+    "hamiltonian": {
+        "weight": Key(str, "1", "H = 'weighted': c(x) in c(x)|p|^2/2, a positive formula in "
+                      "x0, x1, x2"),
+        "q": Key(float, 1.5, "H = 'power': the exponent q > 1 of |p|^q/q", lambda q: q > 1,
+                 "a number > 1"),
+        "delta": Key(float, 1e-3, "H = 'power', q != 2: regularisation ((|p|^2 + delta^2)^(q/2)"
+                     " - delta^q)/q, smooth at p = 0 so that Newton's matrix exists there "
+                     "(for q < 2 below |p|^q/q by at most delta^q/q)", nonnegative,
+                     "a non-negative number"),
+        "A": Key(list, [], "H = 'anisotropic': the symmetric positive definite matrix A(x) of "
+                 "p.A(x)p/2 as gdim rows of gdim formulas (or numbers), e.g. "
+                 "[['1', '0'], ['0', '4']]"),
+        "alpha": Key(float, 1.0, "H = 'congestion': the exponent alpha >= 0 of "
+                     "|p|^2/(2(1+rho)^alpha)", nonnegative, "a non-negative number"),
     },
     "rho0": {
         "kind": Key(str, "gaussian", "initial density kind",
@@ -293,6 +320,57 @@ SCHEMA: dict[str, dict[str, Key]] = {
 }
 
 
+# ``[[boundary]]``: an array of tables, one per tagged part of the boundary (facets not named
+# are no-flux walls)
+BOUNDARY_KINDS = ("no-flux", "exit", "robin", "dirichlet")
+BOUNDARY: dict[str, Key] = {
+    "tag": Key(int, REQUIRED, "the facet tag: a gmsh physical group of the mesh file, or a "
+               "side of an interval/rectangle/box (2i+1 where x_i = lower[i], 2i+2 where "
+               "x_i = upper[i])", nonnegative, "a non-negative integer"),
+    "kind": Key(str, "no-flux", "'no-flux' (a wall: the natural condition, the default "
+                "everywhere), 'exit' (absorbing: rho = 0 and u = cost there; solver.method "
+                "'newton' or 'auto') or 'robin' (a leaky wall: mass leaves at the rate "
+                "rate*rho paying cost, and eps du/dn = rate (cost - u); also 'picard') or "
+                "'dirichlet' (rho = density and u = cost there, e.g. an entrance; as 'exit' "
+                "otherwise); the "
+                "mass that leaves is reported as mass_exited in summary.json; formulation "
+                "'hjb-fp' only", choices=BOUNDARY_KINDS),
+    "cost": Key(str, "0", "kind = 'exit', 'robin' or 'dirichlet': the exit cost / boundary "
+                "value g(x, t) of u, a formula in x0, x1, x2, t and params"),
+    "density": Key(str, "0", "kind = 'dirichlet': the boundary density rho_D(x, t) >= 0, a "
+                   "formula in x0, x1, x2, t and params"),
+    "rate": Key(float, 1.0, "kind = 'robin': the leak rate kappa (outward flux kappa*rho)",
+                positive, "a positive number"),
+}
+
+
+def _boundary(raw, source) -> list:
+    """Validate the ``[[boundary]]`` tables (a list of tables) against :data:`BOUNDARY`."""
+    if not isinstance(raw, list) or not all(isinstance(b, dict) for b in raw):
+        raise ConfigError("boundary", "an array of tables [[boundary]]", raw, source)
+    out, tags = [], set()
+    for i, b in enumerate(raw):
+        for k in b:
+            if k not in BOUNDARY:
+                raise ConfigError(f"boundary[{i}].{k}", "a known key of [[boundary]]: "
+                                  + ", ".join(BOUNDARY), "unknown key", source)
+        t = {}
+        for k, spec in BOUNDARY.items():
+            key = f"boundary[{i}].{k}"
+            if k in b:
+                t[k] = _coerce(key, spec, b[k], source)
+            elif spec.default is REQUIRED:
+                raise ConfigError(key, "a value (this key is required)", None, source)
+            else:
+                t[k] = spec.default
+        if t["tag"] in tags:
+            raise ConfigError(f"boundary[{i}].tag", "a tag named by one [[boundary]] table "
+                              "only", t["tag"], source)
+        tags.add(t["tag"])
+        out.append(t)
+    return out
+
+
 def _typename(t) -> str:
     if isinstance(t, tuple):
         return " or ".join(_typename(x) for x in t)
@@ -322,9 +400,9 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
     if not isinstance(raw, dict):
         raise ConfigError("<top>", "a TOML table", type(raw).__name__, source)
     for section in raw:
-        if section not in SCHEMA:
-            raise ConfigError(section, "a known section: " + ", ".join(SCHEMA), "unknown section",
-                              source)
+        if section not in SCHEMA and section != "boundary":
+            raise ConfigError(section, "a known section: " + ", ".join(SCHEMA)
+                              + ", boundary", "unknown section", source)
     cfg: dict[str, dict] = {}
     for section, keys in SCHEMA.items():
         given = raw.get(section, {})
@@ -353,6 +431,7 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
                     type(spec.default)(spec.default)
             out[k] = v
         cfg[section] = out
+    cfg["boundary"] = _boundary(raw.get("boundary", []), source)
     _cross_checks(cfg, source)
     return cfg
 
@@ -420,6 +499,8 @@ def _cross_checks(cfg: dict, source):
         if not isinstance(v, (str, int, float, bool)):
             raise ConfigError(f"solver.petsc_options.{k}", "a string, number or boolean", v, source)
         check_petsc_option(k, v, source)
+    _check_hamiltonian(cfg, source)
+    _check_exits(cfg, source)
     _check_sigma(cfg, source)
     if cfg["run"]["formulation"] in ("classifier", "generative"):
         resolve_training(cfg, source)
@@ -455,6 +536,71 @@ def resolve_training(cfg: dict, source=None) -> tuple[str, str]:
     return transport, method
 
 
+def _check_exits(cfg: dict, source):
+    """Exits and leaky walls: the Galerkin HJB–FP system by Newton (exits) or Newton and
+    Picard (leaky walls), no exact solution."""
+    kinds = {b["kind"] for b in cfg["boundary"]} - {"no-flux"}
+    if not kinds:
+        return
+    f, s = cfg["run"]["formulation"], cfg["solver"]
+    methods = (("newton", "auto") if kinds & {"exit", "dirichlet"}
+               else ("newton", "auto", "picard"))
+    why = None
+    if f != "hjb-fp":
+        why = f"formulation '{f}'"
+    elif s["method"] not in methods:
+        why = f"solver.method = '{s['method']}'"
+    elif s["initial_guess"] == "cole-hopf":
+        why = "solver.initial_guess = 'cole-hopf'"
+    elif cfg["discretisation"]["stabilisation"] == "monotone":
+        why = "discretisation.stabilisation = 'monotone'"
+    elif cfg["exact"]["solution"] != "none":
+        why = f"exact.solution = '{cfg['exact']['solution']}'"
+    if why:
+        raise ConfigError("boundary.kind", f"'no-flux' with {why} (exits and leaky walls: "
+                          "formulation 'hjb-fp', solver.method 'newton' or 'auto')",
+                          "/".join(sorted(kinds)), source)
+
+
+def _check_hamiltonian(cfg: dict, source):
+    """A non-quadratic H: only the Galerkin HJB–FP system solved by Newton or Picard (the
+    Cole–Hopf, QHD and NLS equivalences and the monotone scheme need H = |p|^2/2)."""
+    pr = cfg["problem"]
+    h = pr["H"]
+    if not h.strip():
+        raise ConfigError("problem.H", "'quadratic', a named kind or a formula", h, source)
+    if h == "quadratic":
+        return
+    f, s = cfg["run"]["formulation"], cfg["solver"]
+    why = None
+    if f != "hjb-fp":
+        why = f"formulation '{f}'"
+    elif s["method"] == "cole-hopf":
+        why = "solver.method = 'cole-hopf'"
+    elif s["initial_guess"] == "cole-hopf":
+        why = "solver.initial_guess = 'cole-hopf'"
+    elif cfg["discretisation"]["stabilisation"] == "monotone":
+        why = "discretisation.stabilisation = 'monotone'"
+    elif cfg["exact"]["solution"] == "lq-gaussian":
+        why = "exact.solution = 'lq-gaussian'"
+    if why:
+        raise ConfigError("problem.H", f"'quadratic' for {why} (it needs H = |p|^2/2; use "
+                          "formulation 'hjb-fp', solver.method 'newton')", h, source)
+    hc = cfg["hamiltonian"]
+    if h == "power" and hc["q"] != 2 and not hc["delta"] > 0:
+        raise ConfigError("hamiltonian.delta", "a positive number for H = 'power' with q != 2 "
+                          "(d2H/dp2 is singular at p = 0)", hc["delta"], source)
+    if h == "anisotropic" and cfg["mesh"]["kind"] != "file":
+        d = gdim(cfg)
+        A = hc["A"]
+        if not (len(A) == d and all(isinstance(r, list) and len(r) == d
+                                     and all(isinstance(v, (str, int, float))
+                                             and not isinstance(v, bool) for v in r)
+                                     for r in A)):
+            raise ConfigError("hamiltonian.A", f"{d} rows of {d} formulas or numbers for "
+                              "H = 'anisotropic'", A, source)
+
+
 def _function_names() -> tuple:
     from .expressions import FUNCTIONS
     return tuple(FUNCTIONS)
@@ -471,8 +617,9 @@ def _check_sigma(cfg: dict, source):
         why = "formulation 'cole-hopf' (chi = exp(-u/2eps))"
     elif f == "qhd" and cfg["qhd"]["signature"] == "control":
         why = "the QHD control signature (Bohm coefficient sigma^4/2)"
-    elif f == "hjb-fp" and (s["method"] in ("cole-hopf", "auto")
-                            or s["initial_guess"] == "cole-hopf"):
+    elif f == "hjb-fp" and (s["method"] == "cole-hopf" or s["initial_guess"] == "cole-hopf"
+                            or (s["method"] == "auto"
+                                and cfg["problem"]["H"] == "quadratic")):
         why = ("solver.method = '" + s["method"] + "'" if s["initial_guess"] != "cole-hopf"
                else "solver.initial_guess = 'cole-hopf'") + " (Cole-Hopf divides by eps)"
     if why:
@@ -593,6 +740,12 @@ def dumps(cfg: dict) -> str:
         raise TypeError(v)
 
     for section, table in cfg.items():
+        if isinstance(table, list):           # [[boundary]]: an array of tables
+            for t in table:
+                lines.append(f"[[{section}]]")
+                lines += [f"{k} = {val(v)}" for k, v in t.items()]
+                lines.append("")
+            continue
         lines.append(f"[{section}]")
         for k, v in table.items():
             lines.append(f"{k} = {val(v)}")
@@ -614,6 +767,15 @@ def schema_markdown() -> str:
                 doc += f" ({spec.expect})"
             out.append(f"| `{k}` | {_typename(spec.type)} | `{d}` | {doc} |")
         out.append("")
+    out += ["## [[boundary]]", "",
+            "An array of tables, one per tagged part of the boundary; facets not named are "
+            "no-flux walls.", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    for k, spec in BOUNDARY.items():
+        d = "required" if spec.default is REQUIRED else repr(spec.default)
+        doc = spec.doc + (" — one of " + ", ".join(f"`{c}`" for c in spec.choices)
+                          if spec.choices else "")
+        out.append(f"| `{k}` | {_typename(spec.type)} | `{d}` | {doc} |")
+    out.append("")
     return "\n".join(out)
 
 

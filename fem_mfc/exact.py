@@ -137,12 +137,14 @@ class Manufactured:
     polynomial integrated exactly, so P2 has no spatial error (time rates).
     """
 
-    def __init__(self, mesh, T, sigma, G, coupling="mftc", time="affine", space="trig", V=0.0):
+    def __init__(self, mesh, T, sigma, G, coupling="mftc", time="affine", space="trig", V=0.0,
+                 H=None):
         if time not in ("affine", "smooth") or space not in ("trig", "quadratic"):
             raise ValueError((time, space))
         self.space = space
         self.mesh, self.T, self.eps = mesh, float(T), 0.5 * sigma ** 2
         self.G, self.coupling, self.time = G, coupling, time
+        self.H = H                    # fem_mfc.hamiltonian.Hamiltonian; None: ½|p|²
         self.x = ufl.SpatialCoordinate(mesh)
         self.n = ufl.FacetNormal(mesh)
         self.d = mesh.geometry.dim
@@ -191,16 +193,26 @@ class Manufactured:
         u, rho = self.u(tv), self.rho(tv)
         eps, gu = self.eps, ufl.grad(u)
         c = coupling_value(self.G, self.coupling, rho) if self.G is not None else 0.0
-        f_H = (-ufl.diff(u, tv) - eps * ufl.div(gu) + 0.5 * ufl.inner(gu, gu) - self.V - c)
-        flux = eps * ufl.grad(rho) + rho * gu
+        if self.H is None:
+            f_H = (-ufl.diff(u, tv) - eps * ufl.div(gu) + 0.5 * ufl.inner(gu, gu) - self.V - c)
+            flux = eps * ufl.grad(rho) + rho * gu
+        else:                         # H(x, ∇u, ρ) [+ ρ∂_ρH for mftc], drift −∂_pH
+            h = self.H(gu, rho)
+            if self.H.uses_rho and self.coupling == "mftc":
+                h = h + rho * self.H.rho_derivative(gu, rho)
+            f_H = -ufl.diff(u, tv) - eps * ufl.div(gu) + h - self.V - c
+            flux = eps * ufl.grad(rho) + rho * self.H.gradient(gu, rho)
         f_F = ufl.diff(rho, tv) - ufl.div(flux)
         return {"f_H": f_H, "b_H": eps * ufl.dot(gu, self.n),
                 "f_F": f_F, "b_F": ufl.dot(flux, self.n)}
 
 
-def from_config(kind: str, cfg: dict, mesh, G):
+def from_config(kind: str, cfg: dict, mesh, G, H=None):
     """The exact solution named by ``exact.solution`` for the hjb-fp formulation."""
     pr = cfg["problem"]
+    if kind == "lq-gaussian" and H is not None:
+        raise ConfigError("problem.H", "'quadratic' for exact.solution = 'lq-gaussian'",
+                          pr.get("H"))
     if kind == "lq-gaussian":
         if G is not None:
             raise ConfigError("problem.G", "0 for exact.solution = 'lq-gaussian'", pr["G"])
@@ -208,7 +220,7 @@ def from_config(kind: str, cfg: dict, mesh, G):
         return LQGaussian(mesh, pr["T"], pr["sigma"], a=pr["params"].get("a", 1.0),
                           mean=r["mean"] or None, std=r["std"])
     if kind == "manufactured":
-        return Manufactured(mesh, pr["T"], pr["sigma"], G, pr["coupling"])
+        return Manufactured(mesh, pr["T"], pr["sigma"], G, pr["coupling"], H=H)
     raise ConfigError("exact.solution", "'none', 'lq-gaussian' or 'manufactured' for hjb-fp",
                       kind)
 

@@ -27,14 +27,17 @@ _AXES = {"x0": 0, "x1": 1, "x2": 2, "x": 0, "y": 1, "z": 2}
 
 
 def parse(text: str, key: str, *, x=None, gdim: int = 0, variables: dict | None = None,
-          params: dict | None = None):
+          params: dict | None = None, powers: dict | None = None):
     """Translate formula ``text`` (config key ``key``) into a UFL expression.
 
     ``x`` is ``ufl.SpatialCoordinate(mesh)`` (or None when coordinates are not allowed), ``gdim``
     its length; ``variables`` maps further names (e.g. ``{"rho": rho}``) to UFL expressions;
-    ``params`` maps names to numbers.
+    ``params`` maps names to numbers; ``powers`` maps some of the variables to a callable
+    b ↦ UFL expression used for ``name**b`` with a constant b (e.g. |p|**q as (p·p)^{q/2},
+    smooth where |p| itself is not).
     """
     variables = dict(variables or {})
+    powers = dict(powers or {})
     params = dict(params or {})
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(key, "a non-empty formula", text)
@@ -68,6 +71,12 @@ def parse(text: str, key: str, *, x=None, gdim: int = 0, variables: dict | None 
                 return x[_AXES[n]]
             fail(f"unknown name '{n}'")
         if isinstance(node, ast.BinOp):
+            if isinstance(node.op, ast.Pow) and isinstance(node.left, ast.Name) \
+                    and node.left.id in powers:
+                b = visit(node.right)
+                if isinstance(b, float):
+                    used.add(node.left.id)
+                    return powers[node.left.id](b)
             a, b = visit(node.left), visit(node.right)
             if isinstance(node.op, ast.Pow) and isinstance(b, float) \
                     and abs(b) > MAX_EXPONENT:
@@ -282,6 +291,16 @@ def check_formulas(cfg: dict, mesh) -> None:
             for name, e in exprs.items():
                 check_finite_on_mesh(e, "problem.G", mesh, deg, g,
                                      what=f"for rho = {rho:g} ({name})")
+    if pr.get("H", "quadratic") != "quadratic":
+        check_hamiltonian(cfg, mesh, deg)
+    for i, b in enumerate(cfg.get("boundary", [])):
+        names = {"exit": ("cost",), "robin": ("cost",), "dirichlet": ("cost", "density")}
+        for name in names.get(b["kind"], ()):
+            key = f"boundary[{i}].{name}"
+            for t in (0.0, pr["T"]):
+                check_finite_on_mesh(parse(b[name], key, x=x, gdim=gdim, params=params,
+                                           variables={"t": t}), key, mesh, deg, b[name],
+                                     what=f"at t = {t:g}")
     f = cfg["run"]["formulation"]
     if f == "qhd" and cfg.get("qhd", {}).get("signature") == "quantum":
         text = cfg["qhd"]["S0"]
@@ -300,6 +319,54 @@ def check_formulas(cfg: dict, mesh) -> None:
             and f not in ("classifier", "generative", "nls"):
         from .density import check_scale
         check_scale(r, mesh)
+
+
+# p = ∇u at which H, ∂H/∂p and ∂²H/∂p² are checked (p = 0 included: Newton's matrix must exist
+# where ∇u vanishes, e.g. at the extrema of u)
+P_PROBES = ((0.0, 0.0, 0.0), (0.7, -0.4, 0.3), (-3.0, 2.0, 1.0))
+
+
+def check_hamiltonian(cfg: dict, mesh, deg: int = 1) -> None:
+    """Check ``[problem] H`` on ``mesh``: it parses, H, ∂H/∂p and ∂²H/∂p² are finite at the
+    mesh points for p in P_PROBES and ρ in RHO_PROBES, and the weighted and anisotropic
+    kinds are positive (c(x) > 0, A(x) positive on the probes).  ConfigError naming the key."""
+    import dolfinx
+    import numpy as np
+    from mpi4py import MPI
+    from . import hamiltonian as ham
+    h = ham.from_config(cfg, mesh)
+    if h is None:
+        return
+    text = cfg["problem"]["H"]
+    gdim = mesh.geometry.dim
+    key = {"weighted": "hamiltonian.weight", "anisotropic": "hamiltonian.A"}.get(h.kind,
+                                                                            "problem.H")
+    rho_c = dolfinx.fem.Constant(mesh, 1.0)
+    # p as a cellwise-constant Function (a Constant alone has no mesh to evaluate on)
+    pf = dolfinx.fem.Function(dolfinx.fem.functionspace(mesh, ("DG", 0, (gdim,))))
+    for probe in P_PROBES:
+        pf.x.array[:] = np.tile(np.array(probe[:gdim], dtype=float),
+                                pf.x.array.size // gdim)
+        pv = ufl.variable(pf)
+        value = h(pv, rho_c)
+        grad = ufl.diff(value, pv)
+        one = ufl.conditional(ufl.ge(pf[0], -1.0e300), 1.0, 0.0)   # keeps the mesh in a
+        exprs = {"H": value, "dH/dp": one * grad,                   # constant derivative
+                 "d2H/dp2": one * ufl.diff(grad, pv)}
+        for rho in (RHO_PROBES if h.uses_rho else (1.0,)):
+            rho_c.value = rho
+            where = f"p = {list(probe[:gdim])}" + (f", rho = {rho:g}" if h.uses_rho else "")
+            for name, e in exprs.items():
+                vals = check_finite_on_mesh(e, key, mesh, deg, text,
+                                            what=f"for {where} ({name})")
+                if name == "H" and h.kind in ("weighted", "anisotropic") and any(probe):
+                    low = mesh.comm.allreduce(float(vals.min()) if vals.size else np.inf,
+                                              op=MPI.MIN)
+                    if not low > 0:
+                        raise ConfigError(key, "a positive definite weight (H > 0 for p != 0"
+                                          f" at every mesh point; H = {low:.3g} for {where})",
+                                          _short(str(cfg["hamiltonian"]["weight" if key
+                                                     == "hamiltonian.weight" else "A"])))
 
 
 def as_ufl(expr, mesh):

@@ -23,6 +23,29 @@ from .forms.hjb_fp import THETA, StepData
 ROUNDOFF = 1e-10
 
 
+@dataclass
+class Robin:
+    """A leaky wall (forms/hjb_fp.py): on the facets tagged ``tag`` mass leaves at the rate
+    κ = ``rate`` — the outward flux is κρ, i.e. (ε∇ρ + ρ∂_pH)·n = −κρ — paying the exit cost
+    g = ``cost(t)`` (UFL in x and the time Constant t); the HJB gets the Robin condition
+    ε∂_n u = κ(g − u).  One term τ∫_Γ κρ̄(g − u) of the discrete Lagrangian gives both."""
+
+    tag: int
+    rate: float
+    cost: Callable = lambda t: 0.0
+
+
+@dataclass
+class Exit:
+    """An absorbing boundary (solvers/exits.py): the facets tagged ``tag``, where ρ = 0 and
+    u = g(x, t) = ``cost(t)`` (a UFL expression in x, or a number).  A Dirichlet boundary
+    prescribes ρ = ``density(t)`` ≥ 0 instead of 0 (an entrance where it exceeds the inside)."""
+
+    tag: int
+    cost: Callable = lambda t: 0.0
+    density: Optional[Callable] = None          # None: ρ = 0 (an exit)
+
+
 def interpolate(expr, V, name=None):
     """Interpolate a UFL expression (or number) in x into the space V."""
     f = dolfinx.fem.Function(V, name=name)
@@ -56,6 +79,9 @@ class ControlProblem:
     facet_tags: Any = None
     coarse: Optional[Callable] = None           # () -> the problem on a coarser grid, or None
     stabilisation: str = "none"                 # "none" (Galerkin) or "monotone" (P1, BE)
+    hamiltonian: Any = None                     # fem_mfc.hamiltonian.Hamiltonian; None: ½|p|²
+    exits: list = field(default_factory=list)   # [Exit]: absorbing boundaries (by facet tag)
+    robins: list = field(default_factory=list)  # [Robin]: leaky walls (by facet tag)
     space: Any = field(init=False, default=None)
 
     def __post_init__(self):
@@ -75,6 +101,9 @@ class ControlProblem:
         if self.stabilisation not in ("none", "monotone"):
             raise ConfigError("discretisation.stabilisation", "'none' or 'monotone'",
                               self.stabilisation)
+        if (self.exits or self.robins) and self.stabilisation == "monotone":
+            raise ConfigError("boundary.kind", "'no-flux' with the monotone scheme (exits "
+                              "need the Galerkin scheme)", "exit")
         self.T, self.sigma = float(self.T), float(self.sigma)
         self.space = dolfinx.fem.functionspace(self.mesh, ("Lagrange", self.degree))
         self.x = ufl.SpatialCoordinate(self.mesh)
@@ -106,7 +135,22 @@ class ControlProblem:
                         eps=dolfinx.fem.Constant(self.mesh, self.eps), theta=self.theta,
                         V=self.V, Phi=self.Phi, G0=self.G, coupling=self.coupling,
                         sources=getattr(self.exact, "sources", None),
-                        scale=dolfinx.fem.Constant(self.mesh, 1.0))
+                        scale=dolfinx.fem.Constant(self.mesh, 1.0), H=self.hamiltonian,
+                        quadrature_degree=(None if self.hamiltonian is None
+                                           else 2 * self.degree + 2),
+                        robin=self._robin_terms())
+
+    def _robin_terms(self) -> tuple:
+        """((tag, ds(tag), κ, g), …) of the leaky walls (forms/hjb_fp.py)."""
+        if not self.robins:
+            return ()
+        if self.facet_tags is None:
+            raise ConfigError("boundary.tag", "a mesh with tagged boundary facets (gmsh "
+                              "physical groups, or the sides of an interval/rectangle/box)",
+                              None)
+        ds = ufl.Measure("ds", domain=self.mesh, subdomain_data=self.facet_tags)
+        return tuple((r.tag, ds(r.tag), dolfinx.fem.Constant(self.mesh, float(r.rate)),
+                      r.cost) for r in self.robins)
 
     def rho_time(self, n: int) -> float:
         """Time of ρⁿ."""
@@ -132,6 +176,7 @@ class ControlProblem:
         discretisation, exact).  With ``exact.solution`` set, V, Φ, G and ρ_0 are those of the
         exact solution (see :mod:`fem_mfc.exact`)."""
         from . import exact as exact_mod
+        from . import hamiltonian as ham
         from .expressions import parse
 
         pr, disc = cfg["problem"], cfg["discretisation"]
@@ -152,10 +197,13 @@ class ControlProblem:
                       degree=disc["degree"], scheme=disc["scheme"], coupling=pr["coupling"],
                       cell_tags=cell_tags, facet_tags=facet_tags,
                       coarse=coarse_factory(cfg, mesh.comm),
-                      stabilisation=disc.get("stabilisation", "none"))
+                      stabilisation=disc.get("stabilisation", "none"),
+                      hamiltonian=ham.from_config(cfg, mesh),
+                      exits=exits_from_config(cfg, x, gdim, params),
+                      robins=robins_from_config(cfg, x, gdim, params))
         kind = cfg.get("exact", {}).get("solution", "none")
         if kind != "none":
-            ex = exact_mod.from_config(kind, cfg, mesh, G)
+            ex = exact_mod.from_config(kind, cfg, mesh, G, common["hamiltonian"])
             return cls(rho0=ex.rho(0.0), V=ex.V, Phi=ex.Phi, G=ex.G, exact=ex, **common)
         if cfg["rho0"]["kind"] == "file":
             rho0 = initial_density(cfg["rho0"], dolfinx.fem.functionspace(
@@ -165,6 +213,41 @@ class ControlProblem:
         return cls(rho0=rho0,
                    V=formula("problem.V", pr["V"]), Phi=formula("problem.Phi", pr["Phi"]),
                    G=G, **common)
+
+
+def exits_from_config(cfg: dict, x, gdim: int, params: dict) -> list:
+    """The [[boundary]] tables of kind 'exit' and 'dirichlet' as :class:`Exit` objects."""
+    from .expressions import parse
+    out = []
+    for i, b in enumerate(cfg.get("boundary", [])):
+        if b["kind"] not in ("exit", "dirichlet"):
+            continue
+
+        def formula(t, _text, _key):
+            return parse(_text, _key, x=x, gdim=gdim, params=params,
+                         variables={"t": float(t)})
+        cost = (lambda t, _t=b["cost"], _k=f"boundary[{i}].cost": formula(t, _t, _k))
+        density = None
+        if b["kind"] == "dirichlet":
+            density = (lambda t, _t=b["density"], _k=f"boundary[{i}].density":
+                       formula(t, _t, _k))
+        out.append(Exit(int(b["tag"]), cost, density))
+    return out
+
+
+def robins_from_config(cfg: dict, x, gdim: int, params: dict) -> list:
+    """The [[boundary]] tables of kind 'robin' as :class:`Robin` objects."""
+    from .expressions import parse
+    out = []
+    for i, b in enumerate(cfg.get("boundary", [])):
+        if b["kind"] != "robin":
+            continue
+        text = b["cost"]
+
+        def cost(t, _text=text, _key=f"boundary[{i}].cost"):
+            return parse(_text, _key, x=x, gdim=gdim, params=params, variables={"t": t})
+        out.append(Robin(int(b["tag"]), float(b["rate"]), cost))
+    return out
 
 
 def coarse_config(cfg: dict) -> dict | None:

@@ -23,6 +23,13 @@ the one definition of G.
 Manufactured sources enter L linearly: an HJB forcing f_H and Neumann datum b_H = ε∇u·n as
 τ∫f_H ρ̄ + τ∫_∂ b_H ρ̄, an FP forcing f_F and boundary flux b_F = (ε∇ρ + ρ∇u)·n as
 τ∫f_F u + τ∫_∂ b_F u.
+
+General Hamiltonians (:mod:`fem_mfc.hamiltonian`, ``StepData.H``): the term −½ρ̄|∇uⁿ|² becomes
+−ρ̄H(x, ∇uⁿ, ρ̄), so ∂L/∂uⁿ is the FP step with the drift −∂_pH and ∂L/∂ρ the HJB step with
+H + ρ̄∂_ρH ("mftc": one Lagrangian, symmetric KKT matrix).  For the game ("mfg") the ρ in H is
+held fixed while the HJB rows are differentiated (a placeholder Coefficient replaced by ρ̄
+afterwards): the HJB step then has H(x, ∇u, ρ̄) itself, and the FP rows, still ∂L/∂uⁿ, are
+unchanged.  ``H = None`` is the quadratic default with the original forms, bit for bit.
 """
 from __future__ import annotations
 
@@ -53,6 +60,18 @@ class StepData:
     coupling: str = "mftc"
     sources: Optional[Callable] = None    # t ↦ dict(f_H=, b_H=, f_F=, b_F=) (entries may be None)
     scale: object = None                  # Constant s: the forms use s·G (continuation)
+    H: object = None                      # fem_mfc.hamiltonian.Hamiltonian; None: ½|p|²
+    quadrature_degree: Optional[int] = None   # of every integral with H (None: estimated)
+    robin: tuple = ()                     # ((tag, ds(tag), κ, t ↦ g), …): leaky walls
+
+    @property
+    def dxH(self):
+        """The measure of the integrals with H: one fixed rule for the residual, cost and
+        value forms, so that the discrete value identity holds to round-off also for an H
+        that is not a polynomial (UFL would estimate a different degree for each form)."""
+        if self.quadrature_degree is None:
+            return ufl.dx
+        return ufl.dx(metadata={"quadrature_degree": self.quadrature_degree})
 
     @property
     def G(self) -> Optional[Callable]:
@@ -96,6 +115,27 @@ def coupling_shape(G0: Optional[Callable], coupling: str) -> tuple[bool | None, 
     return varies, quadratic
 
 
+def structure(d: "StepData") -> tuple[bool | None, bool]:
+    """(the HJB rows depend on ρ, the residual is quadratic in the unknowns) from the
+    congestion G (:func:`coupling_shape`) and the Hamiltonian: H(x, p, ρ) adds the ρ
+    dependence, a non-quadratic H (in p, or depending on ρ) the non-quadratic residual."""
+    coupled, quadratic = coupling_shape(d.G0, d.coupling)
+    h = d.H
+    if h is None:
+        return coupled, quadratic
+    if h.uses_rho and coupled is not None:
+        coupled = True
+    return coupled, quadratic and h.quadratic
+
+
+def mirrored(d: "StepData") -> bool:
+    """Is the block of the HJB rows in the u columns the transpose of the FP rows' block in
+    the ρ columns?  Yes when the rows are one Lagrangian's gradient up to ρ-only terms: always
+    except the game coupling with an H that depends on ρ (the FP rows see ∂_ρ(ρ̄∂_pH), the
+    HJB rows, ρ held fixed in H, do not)."""
+    return not (d.H is not None and d.H.uses_rho and d.coupling == "mfg")
+
+
 def row_dependencies(theta: float, coupled: bool) -> dict:
     """The templates each residual row of :func:`level_residuals` involves (the nonzero
     Jacobian blocks): the ρ–ρ blocks exist only where the coupling c varies with ρ
@@ -113,8 +153,8 @@ def is_quadratic(d: "StepData") -> bool:
     """Is the residual quadratic in the unknowns (every Jacobian block affine in the
     states)?  The Lagrangian is cubic in (ρ, u) apart from the congestion, whose residual
     term is c(ρ̄): iff c is at most quadratic in ρ (e.g. G = κρ²/2 or κρ³/3 for mftc,
-    G = κρ² for mfg, or no G)."""
-    return coupling_shape(d.G0, d.coupling)[1]
+    G = κρ² for mfg, or no G), and H is a quadratic form in p free of ρ."""
+    return structure(d)[1]
 
 
 def rho_bar(rho_old, rho_new, theta: float):
@@ -139,15 +179,23 @@ def _sources(d: StepData, t):
     return {k: s.get(k) for k in ("f_H", "b_H", "f_F", "b_F")}
 
 
-def step_lagrangian(rho_old, rho_new, u, t, d: StepData, congestion: bool = True):
-    """L_n(ρⁿ, ρ^{n+1}, uⁿ) at source time t (see module docstring); G only if ``congestion``."""
+def step_lagrangian(rho_old, rho_new, u, t, d: StepData, congestion: bool = True,
+                    rho_H=None):
+    """L_n(ρⁿ, ρ^{n+1}, uⁿ) at source time t (see module docstring); G only if ``congestion``;
+    ``rho_H``: the density in H(x, ∇u, ρ) (default ρ̄)."""
     rb = rho_bar(rho_old, rho_new, d.theta)
     tau, eps = d.tau, d.eps
-    L = (tau * (d.V * rb - 0.5 * rb * ufl.inner(ufl.grad(u), ufl.grad(u))) * ufl.dx
+    if d.H is None:
+        kinetic = d.V * rb - 0.5 * rb * ufl.inner(ufl.grad(u), ufl.grad(u))
+    else:
+        kinetic = d.V * rb - rb * d.H(ufl.grad(u), rb if rho_H is None else rho_H)
+    L = (tau * kinetic * (ufl.dx if d.H is None else d.dxH)
          - u * (rho_new - rho_old) * ufl.dx
          - tau * eps * ufl.inner(ufl.grad(u), ufl.grad(rb)) * ufl.dx)
     if congestion and d.G is not None and not _zero(d.G(rb)):
         L += tau * d.G(rb) * ufl.dx
+    for _, ds, kappa, g in d.robin:       # leak at rate κ paying g: ρ-flux κρ, ε∂_n u = κ(g − u)
+        L += tau * kappa * rb * (g(t) - u) * ds
     s = _sources(d, t)
     if s["f_H"] is not None:
         L += tau * s["f_H"] * rb * ufl.dx
@@ -174,8 +222,17 @@ def coupling_residual(rho_old, rho_new, wrt, q, d: StepData):
 
 
 def rho_residual(rho_old, rho_new, u, t, wrt, q, d: StepData):
-    """∂L_n/∂(wrt)[q] with the congestion replaced by its coupling c (wrt = ρⁿ or ρ^{n+1})."""
-    F = ufl.derivative(step_lagrangian(rho_old, rho_new, u, t, d, congestion=False), wrt, q)
+    """∂L_n/∂(wrt)[q] with the congestion replaced by its coupling c (wrt = ρⁿ or ρ^{n+1});
+    for the game coupling with H(x, p, ρ) the ρ in H is held fixed (module docstring)."""
+    if d.H is not None and d.H.uses_rho and d.coupling == "mfg":
+        frozen = ufl.Coefficient(wrt.ufl_function_space())
+        F = ufl.derivative(step_lagrangian(rho_old, rho_new, u, t, d, congestion=False,
+                                           rho_H=frozen), wrt, q)
+        F = ufl.replace(ufl.algorithms.expand_derivatives(F),
+                        {frozen: rho_bar(rho_old, rho_new, d.theta)})
+    else:
+        F = ufl.derivative(step_lagrangian(rho_old, rho_new, u, t, d, congestion=False),
+                           wrt, q)
     c = coupling_residual(rho_old, rho_new, wrt, q, d)
     return F if c is None else F + c
 
@@ -224,11 +281,22 @@ def level_functionals(tm: dict, t_cur, d: StepData) -> dict:
     """
     rc, rn, uc = tm[RHO_CUR], tm[RHO_NEXT], tm[U_CUR]
     rb = rho_bar(rc, rn, d.theta)
-    cost = d.tau * (0.5 * ufl.inner(ufl.grad(uc), ufl.grad(uc)) + d.V) * rb * ufl.dx
+    if d.H is None:
+        cost = d.tau * (0.5 * ufl.inner(ufl.grad(uc), ufl.grad(uc)) + d.V) * rb * ufl.dx
+    else:                         # the running cost p·∂_pH − H of the control a = −∂_pH
+        cost = d.tau * (d.H.lagrangian(ufl.grad(uc), rb) + d.V) * rb * d.dxH
     value = None
+    if d.H is not None and d.H.uses_rho and d.coupling == "mftc":
+        # the ρ in H differentiated by the HJB rows: f = −ρ̄H gives f − ρ̄f' = ρ̄²∂_ρH
+        value = d.tau * rb ** 2 * d.H.rho_derivative(ufl.grad(uc), rb) * d.dxH
     if d.G is not None and not _zero(d.G(rb)):
         cost += d.tau * d.G(rb) * ufl.dx
-        value = d.tau * (d.G(rb) - rb * coupling_value(d.G, d.coupling, rb)) * ufl.dx
+        term = d.tau * (d.G(rb) - rb * coupling_value(d.G, d.coupling, rb)) * ufl.dx
+        value = term if value is None else value + term
+    leaks = {}
+    for tag, ds, kappa, g in d.robin:     # mass through a leaky wall and its cost
+        cost += d.tau * kappa * rb * g(t_cur) * ds
+        leaks[f"leak:{tag}"] = d.tau * kappa * rb * ds
     s = _sources(d, t_cur)
     for key, meas in (("f_H", ufl.dx), ("b_H", ufl.ds)):
         if s[key] is not None:
@@ -236,4 +304,4 @@ def level_functionals(tm: dict, t_cur, d: StepData) -> dict:
             value = term if value is None else value + term
     return {"cost": cost, "value": value,
             "u0": rho_residual(rc, rn, uc, t_cur, rc, rc, d),
-            "mass": rc * ufl.dx, "terminal": terminal(rc, d)}
+            "mass": rc * ufl.dx, "terminal": terminal(rc, d), **leaks}

@@ -109,7 +109,12 @@ def run(cfg: dict, ctx) -> dict:
         "history": list(result.history),
         "ndofs": V.dofmap.index_map.size_global, "nsteps": N, "h": md.h, "tau": problem.tau,
         "solve_time_s": result.seconds, "checks": checks(result, max_rho),
+        "H": cfg["problem"].get("H", "quadratic"),
     }
+    if result.mass_exited:                    # exits: mass through each door, per step
+        summary["mass_exited"] = result.mass_exited["total"]
+        summary["mass_exited_per_step"] = result.mass_exited["per_step"]
+        summary["mass_exited_by_tag"] = result.mass_exited["by_tag"]
     if result.path:
         summary["solver_path"] = result.path
     if result.continuation:
@@ -179,7 +184,14 @@ def _figures(problem, result, ctx, cfg):
         viz.line_plot(np.arange(len(result.history)), series, ctx.figure("history.png"),
                       xlabel="iteration", ylabel="residual / cost change", logy=True,
                       markers=True, title=f"{result.method} convergence")
-    if ctx.comm.rank == 0:
+    if ctx.comm.rank == 0 and result.mass_exited:     # exits: mass inside, through each door
+        t = problem.tau * np.arange(len(result.mass))
+        series = {"inside (int rho)": np.array(result.mass)}
+        for tag, flux in result.mass_exited["by_tag"].items():
+            series[f"left through tag {tag}"] = np.concatenate([[0.0], np.cumsum(flux)])
+        viz.line_plot(t, series, ctx.figure("mass.png"), xlabel="t", ylabel="mass",
+                      title=f"mass balance error {result.mass_error:.1e}")
+    elif ctx.comm.rank == 0:
         mass = np.array(result.mass) - 1.0
         viz.line_plot(problem.tau * np.arange(len(mass)), {"mass - 1": mass},
                       ctx.figure("mass.png"), xlabel="t", ylabel="mass error")

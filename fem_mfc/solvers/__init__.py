@@ -20,6 +20,12 @@ def choose_method(problem, method: str = "auto") -> str:
     if method not in METHODS:
         raise ConfigError("solver.method", "one of " + ", ".join(METHODS), method)
     if method != "auto":
+        if method in ("cole-hopf", "picard") and getattr(problem, "exits", None):
+            raise ConfigError("solver.method", "'newton' or 'auto' for a problem with exits "
+                              "([[boundary]] kind = 'exit')", method)
+        if method == "cole-hopf" and getattr(problem, "hamiltonian", None) is not None:
+            from .sweeps import hamiltonian_refusal
+            raise hamiltonian_refusal("solver.method = 'cole-hopf'")
         if method == "cole-hopf" and getattr(problem, "stabilisation", "none") == "monotone":
             raise ConfigError("solver.method", "'newton' or 'picard' with the monotone scheme "
                               "(Cole-Hopf solves the Galerkin one)", method)

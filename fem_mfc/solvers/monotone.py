@@ -29,6 +29,10 @@ RHO_CUR, RHO_NEXT, U_PREV, U_CUR = H.RHO_CUR, H.RHO_NEXT, H.U_PREV, H.U_CUR
 
 def monotone(problem) -> Formulation:
     """The monotone scheme's description: the HJB–FP layout, trivial guess ρⁿ = ρ_0, uⁿ = Φ."""
+    if getattr(problem, "hamiltonian", None) is not None:
+        from .sweeps import hamiltonian_refusal
+        raise hamiltonian_refusal("[discretisation] stabilisation = 'monotone' (an upwind "
+                                  "scheme built for the quadratic Hamiltonian)")
     if problem.degree != 1:
         raise ConfigError("discretisation.stabilisation", "degree = 1 for 'monotone' (a "
                           "nodal M-matrix scheme)", problem.degree)

@@ -63,7 +63,14 @@ STAGNATION = 2                  # ... for this many iterations has reached its r
 def check_cole_hopf_guess(p):
     """The Cole–Hopf guess drops the congestion; it needs the rest of the linear path."""
     from .sweeps import cole_hopf_obstacles
-    if set(cole_hopf_obstacles(p)) - {"congestion"}:
+    obstacles = cole_hopf_obstacles(p)
+    if "exits" in obstacles:
+        raise ConfigError("solver.initial_guess", "'trivial' or 'coarse' for a problem with "
+                          "exits", "cole-hopf")
+    if "hamiltonian" in obstacles:
+        raise ConfigError("problem.H", "'quadratic' for solver.initial_guess = 'cole-hopf' "
+                          "(use 'trivial' or 'coarse')", "non-quadratic H")
+    if set(obstacles) - {"congestion"}:
         raise ConfigError("solver.initial_guess", "'trivial' (the Cole–Hopf guess needs σ > 0 "
                           "and no source terms)", "cole-hopf")
 
@@ -441,6 +448,8 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                 from .nested import coarse_guess
                 guess = coarse_guess(st, rtol=rtol, atol=atol, max_it=max_it,
                                      prefix=prefix)
+            if st.constraints is not None:
+                st.constraints.impose()       # exits: Newton starts on the constraints
             st.states_to_vec(X0)
             stages = []
             if resume is not None and resume.get("lambda", 1.0) < 1.0 and continuation:

@@ -35,6 +35,7 @@ class Result:
     residual: float = 0.0
     path: dict = field(default_factory=dict)
     continuation: list = field(default_factory=list)
+    mass_exited: dict = field(default_factory=dict)   # exits: total, per_step, by_tag
 
     @classmethod
     def from_system(cls, st, method, iterations, history, seconds, **kw):
@@ -42,7 +43,7 @@ class Result:
         return cls(problem=st.problem, method=method, rho=st.rho, u=st.u, J=d["J"],
                    J_value=d["J_value"], mass=d["mass"], mass_error=d["mass_error"],
                    min_rho=d["min_rho"], iterations=iterations, history=history,
-                   seconds=seconds, **kw)
+                   seconds=seconds, mass_exited=d.get("mass_exited", {}), **kw)
 
     def check(self) -> "Result":
         """This result, or SolverError (one line) if the solve did not meet its tolerance."""
@@ -61,4 +62,6 @@ class Result:
             out["solver_path"] = dict(self.path)
         if self.continuation:
             out["continuation"] = list(self.continuation)
+        if self.mass_exited:
+            out["mass_exited"] = dict(self.mass_exited)
         return out

@@ -119,18 +119,24 @@ def hjb_fp(problem) -> Formulation:
     phi = dolfinx.fem.Function(V)
     phi.interpolate(dolfinx.fem.Expression(problem.Phi, V.element.interpolation_points()))
     theta = d.theta
-    coupled, quadratic = H.coupling_shape(d.G0, d.coupling)
+    coupled, quadratic = H.structure(d)
+    diagnostics = dict(HJB_DIAGNOSTICS)       # + the mass through each leaky wall per step
+    diagnostics.update({f"leak:{tag}": ("list", ((f"leak:{tag}", before_last),))
+                        for tag, *_ in d.robin})
     return Formulation(build=lambda tm, tp, tc: H.level_residuals(tm, tp, tc, d),
                        functionals=lambda tm, tc: H.level_functionals(tm, tc, d),
+                       diagnostics=diagnostics,
                        data={"rho": problem.rho0, "u": None},
                        guess={"rho": problem.rho0, "u": phi},
                        parameters=dict(d.parameters),
                        depends=None if coupled is None else H.row_dependencies(theta, coupled),
                        quadratic=quadratic,
-                       mirrored=True,
+                       mirrored=H.mirrored(d),
+                       # exits replace rows of the FP step: B_n = αP_n + E no longer holds
                        forward_split=(ForwardSplit("u", H.RHO_CUR, H.RHO_NEXT,
                                                    (1.0 - theta) / theta)
-                                      if 0.0 < theta < 1.0 else None))
+                                      if 0.0 < theta < 1.0 and not getattr(problem, "exits",
+                                                                           None) else None))
 
 
 def varying_inputs(form, varying: set) -> list:
@@ -198,6 +204,11 @@ class SpaceTime:
         self.t_prev = dolfinx.fem.Constant(p.mesh, 0.0)
         self.t_cur = dolfinx.fem.Constant(p.mesh, 0.0)
         self.parameters = dict(fm.parameters)
+        self.constraints = None               # exits (solvers/exits.py): Dirichlet rows
+        if getattr(p, "exits", None):
+            from .exits import ExitConstraints
+            self.constraints = ExitConstraints(self)
+            self.constraints.impose()
         self._compile(cache)
         self.A = None
 
@@ -324,7 +335,10 @@ class SpaceTime:
         for k in range(self.N + 1):
             self.load(k)
             for row in self.rows(k):
-                a[L.slice(self.row_field(row, k))] = self.assembler.row(row)
+                s = L.slice(self.row_field(row, k))
+                a[s] = self.assembler.row(row)
+                if self.constraints is not None:
+                    self.constraints.fix_row(row, k, a[s])
 
     @property
     def block_keys(self) -> dict:
@@ -355,13 +369,18 @@ class SpaceTime:
                 self.load(k)
                 loaded = k
             grid[r][c] = self.assembler.block(key, k)
+            if self.constraints is not None:
+                self.constraints.fix_block(key, grid[r][c])
         return grid
 
     def assemble_block(self, r: int, c: int) -> PETSc.Mat:
         """A new matrix holding block (r, c) at the current states (not kept by the system)."""
         key, k = self.block_keys[(r, c)]
         self.load(k)
-        return self.assembler.fresh(self.jac[key])
+        A = self.assembler.fresh(self.jac[key])
+        if self.constraints is not None:
+            self.constraints.fix_block(key, A)
+        return A
 
     def jacobian(self, X: PETSc.Vec | None) -> PETSc.Mat:
         """The space-time Jacobian as AIJ: blocks → MatNest → convert (reusing ``self.A``)."""
@@ -401,10 +420,43 @@ class SpaceTime:
                         out[key] += self.scalar(name)
                     else:
                         out[key].append(self.scalar(name))
-        out["mass_error"] = max(abs(m - 1.0) for m in out["mass"])
+        if self.constraints is not None or any(k.startswith("leak:") for k in out):
+            self._exit_diagnostics(out)
+        else:
+            out["mass_error"] = max(abs(m - 1.0) for m in out["mass"])
         out["min_rho"] = self.min_of(self.rho)
         fin = self.formulation.finish
         return fin(self, out) if fin else out
+
+    def _exit_diagnostics(self, out: dict):
+        """Mass through the exits per step and tag, the exit cost in J, and the mass balance
+        max_k |∫ρ^k + exited before t_k − 1| as ``mass_error`` (solvers/exits.py)."""
+        c = self.constraints
+        per_step = [0.0] * self.N
+        by_tag = {str(t): [] for t in (c.by_tag if c is not None else ())}
+        if c is not None:
+            for k in range(self.N):
+                self.load(k)
+                tags, total, cost = c.fluxes(self.assembler.row("u"), k)
+                for t, v in tags.items():
+                    by_tag[str(t)].append(v)
+                per_step[k] += total
+                out["J"] += cost
+            for k in range(1, self.N + 1):    # the prescribed densities (Dirichlet)
+                self.load(k)
+                row = "rho_last" if k == self.N else "rho"
+                out["J_value"] += c.value_term(self.assembler.row(row), k)
+        for key in [k for k in out if k.startswith("leak:")]:     # leaky walls (Robin)
+            flux = out.pop(key)
+            by_tag[key[5:]] = flux
+            per_step = [a + b for a, b in zip(per_step, flux)]
+        gone, balance = 0.0, []
+        for k in range(self.N + 1):
+            balance.append(abs(out["mass"][k] + gone - 1.0))
+            if k < self.N:
+                gone += per_step[k]
+        out["mass_error"] = max(balance)
+        out["mass_exited"] = {"total": gone, "per_step": per_step, "by_tag": by_tag}
 
     def check_finite(self, what: str):
         bad = any(not np.all(np.isfinite(f.x.array)) for f in self.rho[1:] + self.u)

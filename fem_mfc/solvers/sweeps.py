@@ -94,6 +94,14 @@ def cole_hopf_solve(problem, prefix="mfc_ch_") -> Result:
     return Result.from_system(st, method="cole-hopf", iterations=0, history=[], seconds=seconds)
 
 
+def hamiltonian_refusal(what: str) -> ConfigError:
+    """The one-line error of a path that needs the quadratic Hamiltonian (Cole–Hopf, QHD,
+    NLS, the monotone scheme)."""
+    return ConfigError("problem.H", f"'quadratic' for {what} (it needs H = |p|^2/2; use "
+                       "formulation 'hjb-fp' with solver.method 'newton' or 'picard')",
+                       "non-quadratic H")
+
+
 def cole_hopf_obstacles(problem) -> dict:
     """What keeps the linear Cole–Hopf path from solving ``problem`` exactly: {name: the
     config error it raises}; empty when it applies (no congestion, σ > 0, no sources)."""
@@ -105,6 +113,14 @@ def cole_hopf_obstacles(problem) -> dict:
     if p.eps <= 0:
         out["noise"] = ConfigError("problem.sigma", "a positive noise for the Cole–Hopf "
                                    "transform", p.sigma)
+    if getattr(p, "robins", None):
+        out["robin"] = ConfigError("solver.method", "'newton' or 'picard' for a problem with "
+                                   "leaky walls ([[boundary]] kind = 'robin')", "cole-hopf")
+    if getattr(p, "exits", None):
+        out["exits"] = ConfigError("solver.method", "'newton' for a problem with exits "
+                                   "([[boundary]] kind = 'exit')", "cole-hopf")
+    if getattr(p, "hamiltonian", None) is not None:
+        out["hamiltonian"] = hamiltonian_refusal("solver.method = 'cole-hopf'")
     if getattr(p.exact, "sources", None) is not None:
         out["sources"] = ConfigError("solver.method", "'newton' or 'picard' for problems with "
                                      "source terms (boundary data of an exact solution)",
