@@ -16,3 +16,4 @@ Physical Surface("walls", 1) = walls();
 Physical Surface("pillar", 2) = pillar();
 Mesh.CharacteristicLengthMin = h;
 Mesh.CharacteristicLengthMax = h;
+Mesh.Algorithm3D = 10;   // HXT: 4-5x faster than the default Delaunay at 50k+ vertices

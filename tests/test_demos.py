@@ -195,9 +195,10 @@ def check_crowd_3d(out: Path, stdout: str):
     """Congested crowd in a 3D room with a pillar: Newton converges on the sweep path with the
     per-step ILU that the automatic choice takes in 3D; J equals its value identity, mass is
     conserved, the monotone scheme keeps rho >= 0, the crowd gets past the pillar; figures,
-    ParaView series and the printed table exist."""
+    ParaView series and the printed table exist (serially and on 2 ranks: the full size is
+    meant for ``mpirun -n 2``)."""
     s = read_summary(out)
-    assert s["quick"] is True and s["ranks"] == 1
+    assert s["quick"] is True and s["ranks"] in (1, 2)
     assert s["converged"] is True and s["method"] == "newton", s["reason"]
     assert 1 <= s["iterations"] <= 15 and s["residual"] < 1e-8
     assert s["solver_path"]["linear"] == "sweep" and s["solver_path"]["step_kind"] == "ilu"
@@ -227,7 +228,7 @@ DEMOS = {
     "demo_generative.py": (check_generative, False, True),
     "demo_nls_soliton.py": (check_nls_soliton, False, True),
     "demo_lie_poisson.py": (check_lie_poisson, False, True),
-    "demo_crowd_3d.py": (check_crowd_3d, False, False),
+    "demo_crowd_3d.py": (check_crowd_3d, True, False),
 }
 
 
