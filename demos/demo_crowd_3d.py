@@ -58,9 +58,11 @@
 # | 0.03 | 111,541 | 25 | 2.79M | 273 s | 10.9 µs | 3.44 GB |
 #
 # Memory fits 0.35 GB + 6 KB per DOF + 870 B per DOF·step: about 13.5 GB serially at full
-# size (13.2M DOF·steps), 14–15 GB on 2 ranks.  Time: 13.2M DOF·steps × 9 iterations × 10–12 µs
-# ≈ 20–24 min on one core, so about 12–15 min on 2 ranks — at the edge of the 15 minutes that
-# issue 12 asks for (not yet measured at full size).  GMRES + BoomerAMG per step
+# size (13.2M DOF·steps), 14–15 GB on 2 ranks.  The full-size mesh alone: 264,133 vertices,
+# 1.51M tetrahedra, 31 s and 0.96 GB (gmsh and distribution, serial).  Time: 13.2M DOF·steps
+# × 9 iterations × 10–12 µs ≈ 22–24 min of solve on one core, so about 13–16 min in all on 2
+# ranks at a speed-up of 1.6–1.8 — at the edge of the 15 minutes that issue 12 asks for (not
+# yet measured at full size).  GMRES + BoomerAMG per step
 # (`-mfc_sweep_step amg`) was more than 4× slower at h = 0.03; a looser per-step tolerance
 # (`-mfc_sweep_ksp_rtol 1e-6`) saved 6 % at h = 0.04; the Cole–Hopf initial guess
 # (`--config` with `initial_guess = "cole-hopf"`) saved no Newton iteration at `--quick`.
