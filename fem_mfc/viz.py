@@ -121,7 +121,7 @@ def _add(plotter, grid, name, title, clim=None, warp=False, cmap="viridis", bar=
         rng = float(np.ptp(grid.point_data[name])) or 1.0
         mesh = grid.warp_by_scalar(name, factor=0.4 * s / rng)
     if dim3:
-        mesh = grid.clip(normal="y", origin=(0, 0, 0))
+        mesh = grid.clip(normal="y", origin=grid.center)   # the half behind the middle
     plotter.add_mesh(mesh, scalars=name, cmap=cmap, clim=clim, show_edges=False,
                      show_scalar_bar=bar,
                      scalar_bar_args={"title": name, "vertical": False, "width": 0.6,

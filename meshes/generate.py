@@ -11,7 +11,8 @@ from fem_mfc.mesh import generate_gmsh
 
 HERE = Path(__file__).resolve().parent
 SIZES = {"disk": (2, 0.25), "annulus": (2, 0.15), "lshape": (2, 0.2), "ball": (3, 0.4),
-         "corridor": (2, 0.15), "room": (2, 0.2)}
+         "corridor": (2, 0.15), "room": (2, 0.2),
+         "room3d": (3, 0.3)}
 
 if __name__ == "__main__":
     for name, (dim, h) in SIZES.items():
