@@ -237,3 +237,40 @@ def test_manufactured_solution_runs_and_refines_with_exit_0(tmp_path):
     p = run_cli(["refine", str(cfg), "--levels", "2", "--in", "space", "--out",
                  str(tmp_path / "conv"), "--quiet"])
     assert p.returncode == 0, p.stderr
+
+
+def test_newton_solves_again_after_a_callback_error():
+    """An error raised inside SNES (here: the residual callback, once, in the middle of the
+    solve) unwinds without popping PETSc's read lock on the solution vector; the next solve
+    (a continuation stage) then failed with "Vec is locked read only".  It must run and
+    converge."""
+    from fem_mfc import options
+    from fem_mfc.errors import SolverError
+    from fem_mfc.problem import ControlProblem
+    from fem_mfc.solvers.newton import NewtonSolver, linear_mode, make_system
+    mesh = dolfinx.mesh.create_unit_square(MPI.COMM_SELF, 6, 6)
+    x = ufl.SpatialCoordinate(mesh)
+    p = ControlProblem(mesh=mesh, T=1.0, sigma=0.5, steps=4, Phi=(x[0] - 0.5) ** 2,
+                       G=lambda r: r ** 2 / 2, rho0=ufl.exp(-10 * ((x[0] - 0.3) ** 2)))
+    with options.inserted(settings={}):
+        st = make_system(p)
+        mode, _ = linear_mode(st, "auto", "mfc_")
+        solver = NewtonSolver(st, mode, "mfc_", 1e-10, 1e-12, 50, "adaptive", None)
+        calls = {"n": 0}
+        original = solver._residual
+
+        def failing(snes, x, f):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise SolverError("injected failure")
+            original(snes, x, f)
+
+        solver._residual = failing
+        solver.snes.setFunction(failing, solver.F)
+        first = solver.solve()
+        assert not first["converged"] and first["reason"].startswith("ERROR")
+        solver._residual = original
+        solver.snes.setFunction(original, solver.F)
+        second = solver.solve()
+        solver.destroy()
+    assert second["converged"], second

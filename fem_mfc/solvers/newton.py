@@ -191,7 +191,8 @@ class NewtonSolver:
         ksp = snes.getKSP()
         if mode == "lu":
             A = st.jacobian(None)
-            snes.setJacobian(lambda snes, x, J, P: st.jacobian(x), A, A)
+            self._jac = (lambda snes, x, J, P: st.jacobian(x), A, A)
+            snes.setJacobian(*self._jac)
             ksp.setType("preonly")
             ksp.getPC().setType("lu")
             ksp.getPC().setFactorSolverType("mumps")
@@ -202,7 +203,8 @@ class NewtonSolver:
             op = self.op = KKTOperator(st)
             if st.quadratic and options.get_bool("newton_trapezoid", True, prefix):
                 self.trap = TrapezoidResidual(op)
-            snes.setJacobian(self._jacobian, op.product.mat, op.product.mat)
+            self._jac = (self._jacobian, op.product.mat, op.product.mat)
+            snes.setJacobian(*self._jac)
             ksp.setType("fgmres")
             ksp.setPCSide(PETSc.PC.Side.RIGHT)
             ksp.setTolerances(rtol=KSP_RTOL, atol=KSP_ATOL, max_it=300)
@@ -362,6 +364,7 @@ class NewtonSolver:
             failed = None
         except (PETSc.Error, SolverError) as e:      # PETSc error or a failed callback
             failed = str(e).splitlines()[0] if str(e) else "PETSc error"
+            self._fresh_vectors()
         reason = snes.getConvergedReason()
         its = snes.getIterationNumber()
         fnorm = snes.getFunctionNorm()
@@ -383,6 +386,20 @@ class NewtonSolver:
         return {"converged": bool(converged), "reason": name, "iterations": its,
                 "residual": float(fnorm), "first_residual": float(f0), "target": target,
                 "history": self.history}
+
+    def _fresh_vectors(self):
+        """After an error unwound through SNES the solution, residual and line-search work
+        vectors may still carry PETSc's read locks (pushed by the interrupted function
+        evaluation or line search; petsc4py cannot pop them): continue with unlocked copies
+        and a line search that allocates new work vectors."""
+        X, F = self.X.duplicate(), self.F.duplicate()
+        self.X.copy(X)
+        for v in (self.X, self.F):
+            v.destroy()
+        self.X, self.F = X, F
+        self.snes.reset()               # frees the line search's and SNES' work vectors
+        self.snes.setFunction(self._residual, self.F)
+        self.snes.setJacobian(*self._jac)
 
     def _at_roundoff_floor(self, target: float) -> bool:
         """Has the residual stagnated within ROUNDOFF_FACTOR of the target?  Near a steep or
