@@ -10,14 +10,22 @@ NP ?= 2
 # the MPI tests of test-fast: quick ones that cover the platform, Newton and the learning runner
 FAST_MPI := tests/test_platform_mpi.py tests/test_hjb_fp_mpi.py tests/test_reliability_mpi.py
 
-.PHONY: demo test test-serial test-mpi test-fast lint env bench bench-matrix bench-scaling docs
+.PHONY: demo test test-serial test-serial-one test-mpi test-fast lint env bench bench-matrix bench-scaling docs
 
 demo:
 	$(ENV) python3 demos/demo_moons.py --out results/demo
 
 test: test-serial test-mpi
 
+# the serial suite as two shards side by side (one per core; FEM_MFC_SHARD in tests/conftest.py),
+# the second's output printed after the first's; fails if either fails
 test-serial:
+	$(ENV) sh -c 'log=$$(mktemp); \
+	  FEM_MFC_SHARD=1/2 $(PYTEST) -q tests > $$log 2>&1 & pid=$$!; \
+	  FEM_MFC_SHARD=0/2 $(PYTEST) -q tests; a=$$?; wait $$pid; b=$$?; \
+	  echo "== second shard"; cat $$log; rm -f $$log; [ $$a -eq 0 ] && [ $$b -eq 0 ]'
+
+test-serial-one:
 	$(ENV) $(PYTEST) -q tests
 
 test-mpi:
