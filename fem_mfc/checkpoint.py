@@ -103,8 +103,9 @@ class Writer:
 
 def _test_pause(comm, count: int, phase: str):
     """Test hook: with FEM_MFC_TEST_CHECKPOINT_PAUSE=S (or S:PHASE), announce every checkpoint
-    (of that phase, "newton" or "continuation") on stderr (rank 0) and sleep S seconds, so that
-    a test can kill the run right after one."""
+    (of that phase, "newton" or "continuation") on stderr (rank 0), and at the
+    FEM_MFC_TEST_CHECKPOINT_AT-th of them (default 1) sleep S seconds, so that a test can kill
+    the run right after it."""
     pause = os.environ.get("FEM_MFC_TEST_CHECKPOINT_PAUSE")
     if not pause:
         return
@@ -113,10 +114,15 @@ def _test_pause(comm, count: int, phase: str):
         return
     import sys
     import time
+    _PAUSE_SEEN[0] += 1
     if comm.rank == 0:
         sys.stderr.write(f"CHECKPOINT {count} {phase}\n")
         sys.stderr.flush()
-    time.sleep(float(seconds))
+    if _PAUSE_SEEN[0] == int(os.environ.get("FEM_MFC_TEST_CHECKPOINT_AT", "1")):
+        time.sleep(float(seconds))
+
+
+_PAUSE_SEEN = [0]          # checkpoints of the selected phase announced in this process
 
 
 def read_meta(folder: Path, cfg: dict) -> dict:

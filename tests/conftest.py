@@ -40,7 +40,7 @@ def pytest_collection_modifyitems(config, items):
     i, n = map(int, shard.split("/"))
     keep, drop = [], []
     for item in items:
-        (keep if zlib.crc32(item.nodeid.split("[")[0].encode()) % n == i else drop).append(item)
+        (keep if zlib.crc32(item.nodeid.encode()) % n == i else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

@@ -96,7 +96,8 @@ def kill_marked(marker: str):
 def killed_after_checkpoint(cfg, out, ranks, count, phase=""):
     """Start the run, SIGKILL its whole process group after its checkpoint ``count`` (of
     ``phase`` only, if given)."""
-    env = dict(_env(), FEM_MFC_TEST_CHECKPOINT_PAUSE="30" + (":" + phase if phase else ""))
+    env = dict(_env(), FEM_MFC_TEST_CHECKPOINT_PAUSE="60" + (":" + phase if phase else ""),
+               FEM_MFC_TEST_CHECKPOINT_AT=str(count))
     cmd = [sys.executable, "-m", "fem_mfc", "run", str(cfg), "--out", str(out), "--quiet"]
     if ranks > 1:
         cmd = ["mpirun", "-n", str(ranks)] + cmd
