@@ -118,9 +118,9 @@ def child(a):
 
     p = problem(a.cells, a.steps, False)
     n, N = ndofs(p), p.steps
-    from fem_mfc.solvers.steps import REDUNDANT_MAX_RANKS
+    from fem_mfc.solvers.steps import redundant
     ch_solver = ("petsc" if comm.size == 1 else
-                 "redundant" if comm.size <= REDUNDANT_MAX_RANKS else "mumps")
+                 "redundant" if redundant(n, comm.size) else "mumps")
     ref = {s: heat_rate(p, s) for s in dict.fromkeys(("mumps", ch_solver))}
     for s, rate in ref.items():
         say(f"heat step (LU {s}, factorisation reused)  dofs={n} steps={N}  "

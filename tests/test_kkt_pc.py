@@ -495,3 +495,13 @@ def test_iterative_per_step_solvers_give_the_lu_solution(comm, step):
     a = solve(problem(comm, nx=12, steps=6, congested=False), "cole-hopf")
     b = solve(problem(comm, nx=12, steps=6, congested=False), "cole-hopf", step=step)
     assert abs(a.J - b.J) < 1e-8 * abs(a.J)
+
+
+def test_per_step_lu_is_redundant_only_for_small_pivots_on_few_ranks():
+    """The rule of fem_mfc.solvers.steps: one rank: PETSc LU; 2–4 ranks: the same LU on every
+    rank below REDUNDANT_MAX_DOFS, MUMPS distributed above (faster at 251k 2D dofs on 2
+    ranks, benchmarks/bench_scaling.py); more ranks: MUMPS."""
+    from fem_mfc.solvers.steps import REDUNDANT_MAX_DOFS, redundant
+    assert not redundant(1000, 1)
+    assert redundant(1000, 2) and redundant(REDUNDANT_MAX_DOFS - 1, 4)
+    assert not redundant(REDUNDANT_MAX_DOFS, 2) and not redundant(1000, 5)

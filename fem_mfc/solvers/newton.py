@@ -231,7 +231,9 @@ class NewtonSolver:
             from .steps import describe
             pc = self._pc_context()
             kind = getattr(pc, "kind", None) or "lu"
-            path["step_solver"] = describe(self.st.comm, self.prefix + "sweep_", kind)
+            V = self.st.V
+            path["step_solver"] = describe(self.st.comm, self.prefix + "sweep_", kind,
+                                           V.dofmap.index_map.size_global * V.dofmap.index_map_bs)
             path["step_kind"] = kind
             path["trapezoid_residual"] = self.trap is not None
             path["affine_blocks"] = bool(getattr(self.st.assembler, "affine_blocks", False)

@@ -5,7 +5,10 @@ time step and sweep.  Three kinds (``-{prefix}step lu|ilu|amg|auto``, default ``
 
 * ``lu``: factorised, the factors reused for many solves.  PETSc's own LU with its
   nested-dissection ordering on one rank (its triangular solves are faster than MUMPS');
-  on 2 to REDUNDANT_MAX_RANKS ranks the same LU on every rank (PCREDUNDANT); MUMPS on more.
+  on 2 to REDUNDANT_MAX_RANKS ranks the same LU on every rank (PCREDUNDANT) for pivots of
+  fewer than REDUNDANT_MAX_DOFS dofs; MUMPS, distributed, on more ranks or larger pivots (on
+  2 ranks at 251k 2D dofs it was faster than the redundant LU for Cole–Hopf and Newton:
+  docs/performance.md).
   Fill and factorisation time grow like a d-dimensional nested dissection: cheap in 1D and
   2D, prohibitive in 3D (docs/performance.md).
 * ``ilu``: GMRES with ILU(0) (block Jacobi + ILU(0) per rank in parallel) to a relative
@@ -28,6 +31,7 @@ from petsc4py import PETSc
 from .. import options
 
 REDUNDANT_MAX_RANKS = 4  # per-step LU solved redundantly up to this many ranks
+REDUNDANT_MAX_DOFS = 100_000   # ... and pivots of fewer dofs; MUMPS (distributed) otherwise
 KINDS = ("lu", "ilu", "amg")
 STEP_RTOL = 1e-9         # relative tolerance of iterative per-step solves
 STEP_MAX_IT = 500
@@ -59,7 +63,7 @@ def step_solver(A: PETSc.Mat, prefix: str, kind: str = "lu",
     pc = ksp.getPC()
     if kind == "lu":
         ksp.setType("preonly")
-        if 1 < size <= REDUNDANT_MAX_RANKS and not user:
+        if redundant(A.getSize()[0], size) and not user:
             pc.setType("redundant")           # inner: preonly + PETSc LU on a full copy
         else:
             pc.setType("lu")
@@ -82,7 +86,12 @@ def is_direct(ksp: PETSc.KSP) -> bool:
     return ksp.getType() == PETSc.KSP.Type.PREONLY
 
 
-def describe(comm, prefix: str, kind: str = "lu") -> str:
+def redundant(ndofs: int, ranks: int) -> bool:
+    """Is a per-step LU of ``ndofs`` unknowns on ``ranks`` ranks solved redundantly?"""
+    return 1 < ranks <= REDUNDANT_MAX_RANKS and ndofs < REDUNDANT_MAX_DOFS
+
+
+def describe(comm, prefix: str, kind: str = "lu", ndofs: int = 0) -> str:
     """What :func:`step_solver` builds under ``prefix`` on ``comm`` (for summaries)."""
     pc = options.get("pc_type", None, prefix)
     ksp = options.get("ksp_type", None, prefix)
@@ -92,7 +101,7 @@ def describe(comm, prefix: str, kind: str = "lu") -> str:
         if kind == "amg":
             return "gmres+boomeramg"
         size = comm.size
-        if 1 < size <= REDUNDANT_MAX_RANKS:
+        if redundant(ndofs, size):
             return "lu:petsc (redundant)"
         return "lu:" + ("petsc" if size == 1 else "mumps")
     if pc in ("lu", "cholesky"):
@@ -100,5 +109,5 @@ def describe(comm, prefix: str, kind: str = "lu") -> str:
     return f"{ksp or ('gmres' if kind != 'lu' else 'preonly')}+{pc}"
 
 
-__all__ = ["step_solver", "step_kind", "is_direct", "describe", "KINDS",
-           "REDUNDANT_MAX_RANKS"]
+__all__ = ["step_solver", "step_kind", "is_direct", "describe", "redundant", "KINDS",
+           "REDUNDANT_MAX_RANKS", "REDUNDANT_MAX_DOFS"]
