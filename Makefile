@@ -32,7 +32,10 @@ test-mpi:
 	$(ENV) mpirun -n $(NP) $(PYTEST) -q --with-mpi -m mpi tests
 
 test-fast:
-	$(ENV) $(PYTEST) -q -m "not slow and not mpi" tests
+	$(ENV) sh -c 'log=$$(mktemp); \
+	  FEM_MFC_SHARD=1/2 $(PYTEST) -q -m "not slow and not mpi" tests > $$log 2>&1 & pid=$$!; \
+	  FEM_MFC_SHARD=0/2 $(PYTEST) -q -m "not slow and not mpi" tests; a=$$?; wait $$pid; b=$$?; \
+	  echo "== second shard"; cat $$log; rm -f $$log; [ $$a -eq 0 ] && [ $$b -eq 0 ]'
 	$(ENV) mpirun -n $(NP) $(PYTEST) -q --with-mpi -m "mpi and not slow" $(FAST_MPI)
 
 lint:

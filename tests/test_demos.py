@@ -228,7 +228,7 @@ DEMOS = {
     "demo_generative.py": (check_generative, False, True),
     "demo_nls_soliton.py": (check_nls_soliton, False, True),
     "demo_lie_poisson.py": (check_lie_poisson, False, True),
-    "demo_crowd_3d.py": (check_crowd_3d, True, False),
+    "demo_crowd_3d.py": (check_crowd_3d, True, True),
 }
 
 

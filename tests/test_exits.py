@@ -95,6 +95,7 @@ def corridor_errors(reference, scheme, levels):
     return errs, rates, gone, rates_gone
 
 
+@pytest.mark.slow
 def test_corridor_against_finite_differences_be(reference):
     """P1 + backward Euler, h and τ halved together, against a fine finite-difference
     Cole–Hopf solution: ρ(T) and the mass that left converge at order 1 (τ)."""
@@ -104,6 +105,7 @@ def test_corridor_against_finite_differences_be(reference):
     assert errs[-1] < 0.015 and gone[-1] < 0.004
 
 
+@pytest.mark.slow
 def test_corridor_against_finite_differences_cn(reference):
     """P1 + Crank–Nicolson: the mass that left converges at order 2."""
     errs, rates, gone, rates_gone = corridor_errors(reference, CN,
@@ -269,6 +271,7 @@ def test_gmsh_corridor_with_obstacle_exit(tmp_path):
     assert set(s["mass_exited_by_tag"]) == {"2"} and s["H"] == "congestion"
 
 
+@pytest.mark.slow
 def test_room_evacuation_config_two_doors(tmp_path):
     """demos/room_evacuation.toml (meshes/room.msh: walls, two doors, three pillars): the
     congested crowd leaves through both doors; mass balance and checks hold; mass.png shows

@@ -61,6 +61,7 @@ def mms(kind, nx, steps, degree=1, scheme=CN, coupling="mftc", time="affine", sp
     return ErrorNorms(ex, p.space)(r)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,coupling", [(k, "mftc") for k in KINDS]
                          + [("congestion", "mfg"), ("formula", "mfg")])
 def test_space_rates_p1(kind, coupling):
@@ -72,6 +73,7 @@ def test_space_rates_p1(kind, coupling):
         assert min(r) >= 1.8, (key, r)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["power-1.5", "congestion"])
 def test_space_rates_p2(kind):
     """P2: O(h³) in L²."""
@@ -82,6 +84,7 @@ def test_space_rates_p2(kind):
         assert min(r) >= 2.7, (key, r)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["anisotropic", "congestion"])
 def test_time_rates(kind):
     """P2 on a solution quadratic in x, trigonometric in t: backward Euler O(τ),
@@ -183,6 +186,7 @@ def quadratic_phase(r):
     return any(b < 10 * a ** 2 and a < 1e-2 for a, b in zip(h, h[1:]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,coupling", [(k, "mftc") for k in KINDS]
                          + [("congestion", "mfg"), ("formula", "mfg")])
 def test_newton_quadratic_convergence_and_value_identity(kind, coupling):
@@ -281,6 +285,7 @@ def cfg(H="quadratic", **over):
     return config.from_dict(raw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("H,table,kind", [
     ("weighted", {"weight": "1 + x0**2"}, "weighted"),
     ("power", {"q": 1.5}, "power"),
@@ -373,6 +378,7 @@ def test_parallel_matches_serial(coupling):
     assert max(abs(a - b) for a, b in zip(par.mass, ser.mass)) < 1e-12
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,coupling", [("power-1.5", "mftc"), ("congestion", "mfg")])
 def test_picard_agrees_with_newton(kind, coupling):
     """Fictitious play (HJB sweeps by per-step Newton, FP sweeps) reaches Newton's solution."""

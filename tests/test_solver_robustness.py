@@ -202,6 +202,7 @@ def test_misspelt_options_are_reported_and_help_reaches_petsc(tmp_path):
     assert "-mfc_snes_type" in p.stdout + p.stderr          # PETSc's help for our SNES
 
 
+@pytest.mark.slow
 def test_manufactured_solution_runs_and_refines_with_exit_0(tmp_path):
     """Manufactured sources enter the Lagrangian linearly, so J and the value identity differ
     by them: the check is recorded as not applicable instead of flagging the run (``fem-mfc
