@@ -108,6 +108,9 @@ def coupling_shape(G0: Optional[Callable], coupling: str) -> tuple[bool | None, 
             d1.append(float(ufl.algorithms.expand_derivatives(c1)))
             d3.append(float(ufl.algorithms.expand_derivatives(c3)))
     except (ValueError, TypeError, ArithmeticError, AttributeError, NotImplementedError):
+        # float() of a derivative that still depends on x (a G with x in it), or UFL refusing
+        # to evaluate it: the shape is unknown, and (None, False) is the safe answer (the
+        # solvers then assume neither a ρ-free HJB nor a quadratic residual)
         return None, False
     scale = max(max(map(abs, d1)), 1e-300)
     varies = any(abs(v) > 0.0 for v in d1)
