@@ -295,11 +295,13 @@ def test_reuse_coinciding_pivots_and_lagging():
     and the Krylov counts are those without reuse; a loose tolerance lags factors (fewer
     factorisations, same solution)."""
     lu = newton(problem(), linear="lu")
-    sw = newton(problem(), linear="sweep", petsc_options={"sweep_reuse_rtol": 1e-13})
+    sw = newton(problem(), linear="sweep", petsc_options={"sweep_reuse_rtol": 1e-13,
+                                                          "sweep_transpose_factors": True})
     assert_same(lu, sw)
     fac = [h["factorisations"] for h in sw.history if "factorisations" in h]
     assert fac[0] == 2 and fac[-1] == 2 * (1 + (sw.iterations - 1) * 4)   # P_n and P_nᵀ
-    full = newton(problem(), linear="sweep", petsc_options={"sweep_reuse_rtol": -1})
+    full = newton(problem(), linear="sweep", petsc_options={"sweep_reuse_rtol": -1,
+                                                            "sweep_transpose_factors": True})
     assert [h["ksp_its"] for h in full.history[:-1]] == [h["ksp_its"] for h in sw.history[:-1]]
     assert full.history[-2]["factorisations"] == full.iterations * 8
     lag = newton(problem(), linear="sweep", petsc_options={"sweep_reuse_rtol": 0.05})
@@ -308,8 +310,8 @@ def test_reuse_coinciding_pivots_and_lagging():
 
 
 def test_transpose_factors():
-    """Explicit factors of P_nᵀ for the HJB sweep (default) or transposed solves with the
-    factors of P_n: the same iterates, twice the factorisations."""
+    """Explicit factors of P_nᵀ for the HJB sweep or transposed solves with the factors of
+    P_n (the default at this size): the same iterates, twice the factorisations."""
     lu = newton(problem(), linear="lu")
     base = {"sweep_reuse_rtol": 1e-13}
     on = newton(problem(), linear="sweep",
@@ -319,6 +321,8 @@ def test_transpose_factors():
     assert_same(lu, on) and assert_same(lu, off)
     f_on, f_off = on.history[-2]["factorisations"], off.history[-2]["factorisations"]
     assert f_on == 2 * f_off
+    default = newton(problem(), linear="sweep", petsc_options=base)
+    assert default.history[-2]["factorisations"] == f_off
 
 
 @pytest.mark.mpi
