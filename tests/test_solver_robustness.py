@@ -84,6 +84,37 @@ def test_attractive_coupling_converges_by_continuation_and_matches_picard(tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("c", [-0.1, -0.5])
+def test_attractive_coupling_monotone_scheme_matches_fictitious_play(tmp_path, c):
+    """Stronger aggregation (c = −0.1, −0.5): the Galerkin density oscillates negative where
+    the coupling concentrates it below the mesh scale, and the continuation stalls; on the
+    positivity-preserving scheme Newton with continuation converges (ρ ≥ 0, J equal to its
+    value identity) and damped fictitious play — an independent iteration, hundreds of
+    best-response sweeps — reaches the same discrete J."""
+    mono = '[discretisation]\nstabilisation = "monotone"\n[solver]'
+    text = ATTRACTIVE.format(cells=50, c=c, method="METHOD").replace(
+        "steps = 20", "steps = 10").replace("[solver]", mono)
+    n = write(tmp_path, text.replace("METHOD", "newton"), "n.toml")
+    p = run_cli(["run", str(n), "--out", str(tmp_path / "n"), "--quiet"])
+    assert p.returncode == 0, p.stderr
+    s = read_summary(tmp_path / "n")
+    stages = s["continuation"]
+    assert not stages[0]["converged"] and stages[-1]["converged"]
+    assert stages[-1]["coupling"] == 1.0 and len(stages) > 3
+    assert s["min_rho"] >= -1e-12 and s["max_rho"] > 20.0        # concentrated, positive
+    assert abs(s["J"] - s["J_value_identity"]) <= 1e-9 * abs(s["J"])
+    fp = write(tmp_path, text.replace("METHOD", "picard").replace(
+        'method = "picard"', 'method = "picard"\nrelaxation = 0.2\npicard_max_it = 1000'),
+        "p.toml")
+    p = run_cli(["run", str(fp), "--out", str(tmp_path / "p"), "--quiet"])
+    assert p.returncode == 0, p.stderr
+    q = read_summary(tmp_path / "p")
+    assert q["iterations"] > 100 and not q.get("continuation")
+    assert q["J"] == pytest.approx(s["J"], rel=1e-9)
+    assert q["max_rho"] == pytest.approx(s["max_rho"], rel=1e-8)
+
+
+@pytest.mark.slow
 def test_inaccurate_solve_is_flagged_exit_3(tmp_path):
     """σ = 1e-4, T = 50, two steps, G = 100ρ⁴: SNES stops 'converged' relative to a huge
     first residual while J and its value identity disagree: exit 3, results written and
@@ -275,3 +306,29 @@ def test_newton_solves_again_after_a_callback_error():
         second = solver.solve()
         solver.destroy()
     assert second["converged"], second
+
+
+def test_stalled_continuation_with_negative_density_says_what_to_do():
+    """When the converged stages' densities went negative (the Galerkin density of an
+    attractive coupling oscillating below the mesh scale), the unconverged reason says so and
+    names the remedies; on the monotone scheme it only suggests refining."""
+    import dataclasses
+
+    from fem_mfc.problem import ControlProblem
+    from fem_mfc.solvers.continuation import _negative_hint
+    from fem_mfc.solvers.spacetime import SpaceTime
+    mesh = dolfinx.mesh.create_interval(MPI.COMM_WORLD, 8, [0.0, 1.0])
+    x = ufl.SpatialCoordinate(mesh)
+    p = ControlProblem(mesh=mesh, T=1.0, sigma=0.3, steps=3, Phi=x[0] ** 2,
+                       rho0=ufl.exp(-(x[0] - 0.5) ** 2))
+    st = SpaceTime(p)
+    st.rho[2].x.array[:] = 50.0
+    direct = {"lambda": 1.0, "stage": "direct", "converged": False}
+    ok = [direct, {"lambda": 0.5, "converged": True, "min_rho": -1e-14}]
+    assert _negative_hint(st, ok) == ""
+    bad = [direct, {"lambda": 0.5, "converged": True, "min_rho": -3.2},
+           {"lambda": 0.75, "converged": False, "min_rho": -9.0}]
+    hint = _negative_hint(st, bad)
+    assert "min rho = -3.2" in hint and "max 50" in hint and "monotone" in hint
+    mono = SpaceTime(dataclasses.replace(p, stabilisation="monotone"))
+    assert "monotone" not in _negative_hint(mono, bad) and "refine" in _negative_hint(mono, bad)

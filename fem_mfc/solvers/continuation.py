@@ -24,12 +24,16 @@ best iterate of the final attempt is returned unconverged.
 """
 from __future__ import annotations
 
+import numpy as np
+from mpi4py import MPI
+
 FIRST_STEP = 0.25
 MIN_STEP = 1.0 / 512
 EASY_ITERATIONS = 4            # a stage this quick doubles the step
 STAGE_RTOL = 1e-6              # intermediate stages: relative to their own first residual
 STAGE_MAX_IT = 25
 NOISE_FACTORS = (4.0, 16.0)    # ε₀/ε tried when the uncoupled problem fails too
+NEGATIVE_HINT = 1e-3           # min ρ < −this·max ρ at a stall: say what to do about it
 
 
 def _set(st, lam: float, eps0: float | None, eps: float):
@@ -106,7 +110,7 @@ def _path(solver, X0, eps0, eps, f0, rtol, atol, stages, lam0=0.0) -> dict | Non
 
 def _record(lam, eps0, eps, out, st) -> dict:
     r = {"lambda": lam, "converged": out["converged"], "iterations": out["iterations"],
-         "residual": out["residual"]}
+         "residual": out["residual"], "min_rho": st.min_of(st.rho[1:])}
     if "coupling" in st.parameters:
         r["coupling"] = st.parameter("coupling")
     if eps0 is not None:
@@ -156,7 +160,28 @@ def continue_to(solver, direct: dict, X0, start: dict | None = None) -> tuple[di
     reached = max((s["lambda"] for s in stages[1:] if s["converged"]), default=None)
     what = ("no stage converged" if reached is None
             else f"the continuation reached lambda = {reached:.4g} of 1")
-    return dict(out, converged=False, reason=f"{direct['reason']}; {what}"), stages
+    return dict(out, converged=False, reason=f"{direct['reason']}; {what}"
+                + _negative_hint(st, stages)), stages
+
+
+def _negative_hint(st, stages) -> str:
+    """Advice when the converged stages' densities went negative: an attractive coupling
+    concentrates the density below the mesh scale, where the Galerkin scheme oscillates."""
+    lows = [s["min_rho"] for s in stages[1:] if s.get("converged") and "min_rho" in s]
+    if not lows:
+        return ""
+    top = st.comm.allreduce(max((f.x.array[: st.nl].max() if st.nl else -np.inf)
+                                for f in st.rho[1:]), op=MPI.MAX)
+    low = min(lows)
+    if low >= -NEGATIVE_HINT * max(top, 1.0):
+        return ""
+    fix = ("refine the mesh or use the positivity-preserving scheme ([discretisation] "
+           "stabilisation = \"monotone\")" if st.V.element.basix_element.degree == 1
+           and st.formulation.names == ("rho", "u")
+           and getattr(st.problem, "stabilisation", "none") != "monotone"
+           else "refine the mesh")
+    return (f"; the density went negative on the way (min rho = {low:.3g}, max {top:.3g}): "
+            f"it concentrates below the mesh scale — {fix}")
 
 
 __all__ = ["continue_to"]
