@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import DiskFullError, UserError
+from .errors import DiskFullError, SolverError, UserError
 
 PROG = "fem-mfc"
 
@@ -339,6 +339,8 @@ def _main(argv: list[str]) -> int:
             return cmd_run(args, rest)
         if args.command == "refine":
             return cmd_refine(args, rest)
+    except SolverError as e:               # the solve ran and broke down: not bad input
+        return _fail(str(e), 3)
     except UserError as e:
         return _fail(str(e))
     except KeyboardInterrupt:

@@ -1,8 +1,9 @@
 """User-facing errors.
 
-Anything raised as :class:`UserError` is the user's to fix (a bad config key, a missing file,
-a divergent solve): the command line reports it as one line and exits with status 2, without
-a traceback.  Everything else is a bug and keeps its traceback.
+Anything raised as :class:`UserError` is the user's to fix (a bad config key, a missing file):
+the command line reports it as one line and exits with status 2, without a traceback; a
+:class:`SolverError` (the solve ran and broke down) likewise with status 3.  Everything else
+is a bug and keeps its traceback.
 """
 
 
@@ -21,7 +22,8 @@ class ConfigError(UserError):
 
 
 class SolverError(UserError):
-    """A solve diverged (NaN, no convergence) or produced an inadmissible state."""
+    """A solve diverged (NaN, no convergence) or produced an inadmissible state: one line,
+    exit code 3 (the solve ran but did not meet its tolerance)."""
 
 
 class DiskFullError(UserError):

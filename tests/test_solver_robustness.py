@@ -146,6 +146,17 @@ def test_inaccurate_solve_is_flagged_exit_3(tmp_path):
     assert s["converged"] is False and not s["checks"]["value_identity"]["ok"]
 
 
+def test_a_solve_that_breaks_down_exits_3_not_2(tmp_path):
+    """Damped fictitious play on a strongly attractive Galerkin problem: its inner HJB step
+    diverges.  That is a solve that ran and failed (exit 3, one line), not bad input (2)."""
+    text = ATTRACTIVE.format(cells=20, c=-0.5, method="picard").replace("steps = 20",
+                                                                       "steps = 6")
+    p = run_cli(["run", str(write(tmp_path, text)), "--out", str(tmp_path / "o"), "--quiet"])
+    assert p.returncode == 3, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Picard" in lines[0] and "Traceback" not in p.stderr
+
+
 def test_params_may_not_shadow_coordinates(tmp_path):
     text = ATTRACTIVE.format(cells=10, c=0.1, method="newton").replace(
         "params = { c = 0.1 }", "params = { c = 0.1, x0 = 5 }")
