@@ -3,10 +3,11 @@ the same discrete solution as a cold Newton solve, serially and on 2 ranks, with
 Newton steps; the transfer between grids is exact for fields in both spaces."""
 from __future__ import annotations
 
+from mpi4py import MPI
+
 import dolfinx
 import numpy as np
 import pytest
-from mpi4py import MPI
 
 from fem_mfc import config
 from fem_mfc.mesh import build
@@ -85,3 +86,28 @@ def test_transfer_is_exact_for_linear_fields(comm):
     for k, (a0, a1, a2) in enumerate(coeffs):
         ref = a0 + a1 * X[:, 0] + a2 * X[:, 1]
         assert np.abs(out[k][inside] - ref[inside]).max() < 1e-12
+
+
+@pytest.mark.parametrize("dim,degree", [(2, 1), (2, 2), (3, 2)])
+def test_fast_transfer_equals_nonmatching_interpolation(dim, degree):
+    """The serial interpolation matrix (fine dof ← coarse basis at its reference point) gives
+    dolfinx's non-matching interpolation to round-off, and is exact for polynomials of the
+    element's degree."""
+    from fem_mfc.solvers.nested import _interpolation_matrix, _transfer_nonmatching
+    box = [[-1.0] * dim, [1.0] * dim]
+    make = (dolfinx.mesh.create_rectangle if dim == 2 else dolfinx.mesh.create_box)
+    Vc, Vf = (dolfinx.fem.functionspace(make(MPI.COMM_SELF, box, [n] * dim),
+                                        ("Lagrange", degree)) for n in (3, 5))
+    assert _interpolation_matrix(Vc, Vf) is not None
+    polys = [lambda x: 1.0 + 2.0 * x[0] - x[1] + (x[0] * x[1] if degree == 2 else 0.0),
+             lambda x: x[dim - 1] ** degree - 0.5 * x[0]]
+    fs = []
+    for q in polys:
+        f = dolfinx.fem.Function(Vc)
+        f.interpolate(q)
+        fs.append(f)
+    fast = transfer_all(fs, Vf)
+    assert np.abs(fast - _transfer_nonmatching(fs, Vf)).max() < 1e-13
+    X = Vf.tabulate_dof_coordinates().T
+    for k, q in enumerate(polys):
+        assert np.abs(fast[k] - q(X)).max() < 1e-13

@@ -22,14 +22,74 @@ COARSE_RTOL = 1e-8              # relative residual of the coarse solves
 
 def transfer_all(sources: list, V_to) -> np.ndarray:
     """The Functions ``sources`` (one space on the coarse mesh) interpolated into V_to (the
-    fine mesh; non-matching): one collision search and one evaluation for all of them, through
-    a blocked space with one component per source.  Returns (len(sources), local size)."""
+    fine mesh; non-matching).  Returns (len(sources), local size).
+
+    Serial, on affine simplex meshes with Lagrange elements needing no dof transformations
+    (degree ≤ 2): one sparse interpolation matrix (fine dof ← coarse cell's basis at its
+    reference coordinates; a point outside the coarse mesh takes the closest cell,
+    extrapolating) applied to all sources at once.  Otherwise dolfinx's non-matching
+    interpolation through a blocked space with one component per source (one collision
+    search and one evaluation for all of them; parallel)."""
+    P = _interpolation_matrix(sources[0].function_space, V_to)
+    if P is not None:
+        return np.ascontiguousarray((P @ np.stack([f.x.array for f in sources], axis=1)).T)
+    return _transfer_nonmatching(sources, V_to)
+
+
+def _interpolation_matrix(V_from, V_to):
+    """The sparse matrix of the fast path of :func:`transfer_all`, or None where it does not
+    apply."""
+    import dolfinx
+    import dolfinx.geometry as geo
+    import scipy.sparse as sp
+    mc = V_from.mesh
+    tdim = mc.topology.dim
+    simplex = mc.topology.cell_type in (dolfinx.mesh.CellType.interval,
+                                        dolfinx.mesh.CellType.triangle,
+                                        dolfinx.mesh.CellType.tetrahedron)
+    if (mc.comm.size > 1 or not simplex or mc.geometry.cmap.degree != 1
+            or V_from.element.needs_dof_transformations
+            or V_from.dofmap.index_map_bs != 1 or V_to.dofmap.index_map_bs != 1):
+        return None
+    X = V_to.tabulate_dof_coordinates()
+    n = X.shape[0]
+    ncells = mc.topology.index_map(tdim).size_local
+    tree = geo.bb_tree(mc, tdim)
+    hits = geo.compute_colliding_cells(mc, geo.compute_collisions_points(tree, X), X)
+    offs = hits.offsets
+    cell = np.full(n, -1, dtype=np.int32)
+    found = np.diff(offs) > 0
+    cell[found] = hits.array[offs[:-1][found]]
+    if not found.all():                       # outside the coarse mesh: the closest cell
+        mid = geo.create_midpoint_tree(mc, tdim, np.arange(ncells, dtype=np.int32))
+        cell[~found] = geo.compute_closest_entity(tree, mid, mc, X[~found])
+    if (cell < 0).any():
+        return None
+    gdim = mc.geometry.dim
+    nodes = mc.geometry.x[mc.geometry.dofmap[cell]][:, :, :gdim]    # (n, tdim+1, gdim)
+    J = np.transpose(nodes[:, 1:, :] - nodes[:, :1, :], (0, 2, 1))  # (n, gdim, tdim)
+    rhs = (X[:, :gdim] - nodes[:, 0, :])[:, :, None]
+    ref = np.linalg.lstsq(J[0], rhs[0], rcond=None)[0] if n == 0 else \
+        np.linalg.solve(J, rhs)[:, :, 0] if gdim == tdim else \
+        np.linalg.pinv(J) @ rhs
+    ref = ref.reshape(n, tdim)
+    phi = V_from.element.basix_element.tabulate(0, ref)[0, :, :, 0]   # (n, dofs per cell)
+    cols = V_from.dofmap.list[cell]
+    rows = np.repeat(np.arange(n), cols.shape[1])
+    n_from = V_from.dofmap.index_map.size_local + V_from.dofmap.index_map.num_ghosts
+    return sp.csr_matrix((phi.ravel(), (rows, cols.ravel())), shape=(n, n_from))
+
+
+def _transfer_nonmatching(sources: list, V_to) -> np.ndarray:
+    """:func:`transfer_all` through dolfinx's non-matching interpolation."""
     import basix.ufl
     import dolfinx
     V_from = sources[0].function_space
     k = len(sources)
-    el = lambda V: basix.ufl.element("Lagrange", V.mesh.basix_cell(),
-                                     V.element.basix_element.degree, shape=(k,))
+
+    def el(V):
+        return basix.ufl.element("Lagrange", V.mesh.basix_cell(),
+                                 V.element.basix_element.degree, shape=(k,))
     W_from = dolfinx.fem.functionspace(V_from.mesh, el(V_from))
     W_to = dolfinx.fem.functionspace(V_to.mesh, el(V_to))
     src = dolfinx.fem.Function(W_from)
