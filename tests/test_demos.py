@@ -218,6 +218,26 @@ def check_crowd_3d(out: Path, stdout: str):
 
 
 # demo -> (check, runs under mpirun -n 2, slow: the longest quick runs, out of test-fast)
+def check_evacuation(out: Path, stdout: str):
+    """A crowd leaves a room through two doors: every level converges with J equal to its
+    value identity and the mass balance ∫ρ + exited = 1 to round-off; both doors are used;
+    the differences between levels are recorded; figures, GIF and ParaView series exist."""
+    s = read_summary(out)
+    rows = s["levels"]
+    assert s["converged"] and len(rows) == 2 and rows[1]["h"] < rows[0]["h"]
+    for r in rows:
+        assert abs(r["J"] - r["J_value_identity"]) <= 1e-8 * abs(r["J"]), r
+        assert r["mass_error"] < 1e-10 and r["min_rho"] > -0.05, r
+        assert 0.3 < r["exited"] < 1.0 and min(r["by_door"].values()) > 0.05, r
+        assert abs(sum(r["by_door"].values()) - r["exited"]) < 1e-12
+        assert 0.0 < r["t_half"] < 3.0
+    assert len(s["rates"]["J"]["differences"]) == 1
+    for f in s["figures"]:
+        nonempty(out, f, min_size=1000)
+    nonempty(out, "rho.bp", "u.bp")
+    assert "| h | steps |" in stdout
+
+
 DEMOS = {
     "demo_lq_gaussian.py": (check_lq_gaussian, True, False),
     "demo_equivalence.py": (check_equivalence, False, True),   # 2 ranks: test_qhd_mpi, hjb_fp_mpi
@@ -229,6 +249,7 @@ DEMOS = {
     "demo_nls_soliton.py": (check_nls_soliton, False, True),
     "demo_lie_poisson.py": (check_lie_poisson, False, True),
     "demo_crowd_3d.py": (check_crowd_3d, True, True),
+    "demo_evacuation.py": (check_evacuation, False, False),   # 2 ranks: test_exits
 }
 
 
