@@ -16,8 +16,8 @@ import time
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from fem_mfc.integrators import get_integrator
 from fem_mfc.integrators import examples as ex
+from fem_mfc.integrators import get_integrator
 
 INERTIA = (1.0, 2.0, 3.0)
 M0 = np.array([1.0, 0.5, -0.3])

@@ -14,11 +14,12 @@ import argparse
 import dataclasses
 import time
 
-import dolfinx
-import numpy as np
 from mpi4py import MPI
 
-from fem_mfc import config, mesh as meshmod
+import dolfinx
+
+from fem_mfc import config
+from fem_mfc import mesh as meshmod
 from fem_mfc.learning import baseline, data
 from fem_mfc.learning.dictionary import DictionaryNetwork, EdgeDictionaryNetwork
 from fem_mfc.learning.feedback import FeedbackClassifier, anchors_from_config

@@ -84,9 +84,10 @@ class PeakRSS:
 
 
 def problem(dim, degree, cells, steps, coupling):
+    from mpi4py import MPI
+
     import dolfinx
     import ufl
-    from mpi4py import MPI
 
     from fem_mfc.problem import ControlProblem
     comm = MPI.COMM_WORLD
@@ -109,9 +110,10 @@ def problem(dim, degree, cells, steps, coupling):
 def heat_proxy(p, kind: str = "lu") -> float:
     """Seconds for p.steps backward-Euler heat steps with one reused per-step solver of
     ``kind`` (default: a factorisation; fem_mfc.solvers.steps.step_solver)."""
+    from mpi4py import MPI
+
     import dolfinx.fem.petsc
     import ufl
-    from mpi4py import MPI
 
     from fem_mfc.solvers.steps import step_solver
     u, v = ufl.TrialFunction(p.space), ufl.TestFunction(p.space)
@@ -218,7 +220,8 @@ def summarise(rows: list) -> list:
     """Fill in, for every "auto" row, the time of the path it chooses and its ratio to the
     fastest path measured at that point."""
     out = []
-    key = lambda r: (r["dim"], r["degree"], r["cells"], r["steps"], r["coupling"], r["ranks"])
+    def key(r):
+        return (r["dim"], r["degree"], r["cells"], r["steps"], r["coupling"], r["ranks"])
     groups = {}
     for r in rows:
         groups.setdefault(key(r), []).append(r)

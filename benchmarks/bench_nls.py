@@ -23,9 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def child(cells: int, steps: int, integrator: str) -> dict:
+    from mpi4py import MPI
+
     import dolfinx
     import ufl
-    from mpi4py import MPI
 
     from fem_mfc.runs.nls import free_gaussian
     from fem_mfc.solvers.nls import MidpointStepper, NLSProblem, RK4Stepper

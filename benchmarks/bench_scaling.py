@@ -52,6 +52,7 @@ def child(a) -> None:
     from petsc4py import PETSc
 
     from bench_matrix import heat_proxy, problem
+
     from fem_mfc import options
     from fem_mfc.solvers import solve
     from fem_mfc.solvers.auto import step_kind

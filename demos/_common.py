@@ -22,6 +22,7 @@ def parse_args(default_out: str, argv=None):
 def load_config(toml: str | Path, overrides: dict | None = None) -> dict:
     """Read a demo config and apply ``{section: {key: value}}`` overrides, then validate."""
     import tomllib
+
     from fem_mfc import config
     toml = Path(toml)
     raw = tomllib.loads(toml.read_text())
@@ -34,6 +35,7 @@ def load_config(toml: str | Path, overrides: dict | None = None) -> dict:
 def run(cfg: dict, out: str | Path, name: str) -> dict:
     """Run a validated classifier config into ``out`` and print the headline numbers."""
     from mpi4py import MPI
+
     from fem_mfc.pipeline import run_config
     s = run_config(cfg, out, config_path=name)
     if MPI.COMM_WORLD.rank == 0:

@@ -72,6 +72,7 @@ for name, s in (("circles2d", s2), ("circles3d", s3)):
     if "baseline" in s:
         both[name]["baseline_test_accuracy"] = s["baseline"]["test_accuracy"]
 from mpi4py import MPI
+
 if MPI.COMM_WORLD.rank == 0:
     write_json_atomic(out / "demo_summary.json", both)
     print(json.dumps(both, indent=1))

@@ -76,10 +76,11 @@ import resource
 import time
 from pathlib import Path
 
+from mpi4py import MPI
+
 import dolfinx
 import numpy as np
 import ufl
-from mpi4py import MPI
 
 from fem_mfc import config, options, viz
 from fem_mfc.cli import split_petsc_options

@@ -63,6 +63,7 @@ RUNS = {
 
 # %%
 from mpi4py import MPI
+
 from fem_mfc.pipeline import run_config
 
 results = {}

@@ -40,11 +40,12 @@ import math
 import time
 from pathlib import Path
 
+from mpi4py import MPI
+from petsc4py import PETSc
+
 import dolfinx
 import numpy as np
 import ufl
-from mpi4py import MPI
-from petsc4py import PETSc
 
 from fem_mfc import config, options, viz
 from fem_mfc.cli import split_petsc_options

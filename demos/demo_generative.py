@@ -59,6 +59,7 @@ cfg = demo.load_config(HERE / "generative.toml", QUICK if args.quick else None)
 
 # %%
 from mpi4py import MPI
+
 from fem_mfc.pipeline import run_config
 
 s = run_config(cfg, args.out, config_path="demos/generative.toml" + (" --quick" if args.quick
@@ -75,6 +76,6 @@ if MPI.COMM_WORLD.rank == 0:
 # ## What to look at
 # `densities.png` / `densities.gif`: the moons density flowing into the Gaussian;
 # `samples.png`: samples (flow run backward) over the held-out data, and data pushed forward;
-# `history_KL.png`: KL(ρ(T) ‖ N) per outer iteration.  Typically the flow's held-out log-likelihood lies
-# close to the KDE's (the flow transports that KDE) and well above the Gaussian fit's; the
-# remaining gap comes from the finite KL weight β, the time step and the mesh.
+# `history_KL.png`: KL(ρ(T) ‖ N) per outer iteration.  Typically the flow's held-out
+# log-likelihood lies close to the KDE's (the flow transports that KDE) and well above the
+# Gaussian fit's; the remaining gap comes from the finite KL weight β, the time step and the mesh.

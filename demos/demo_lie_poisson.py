@@ -39,8 +39,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 
-from fem_mfc.integrators import get_integrator  # noqa: E402
 from fem_mfc.integrators import examples as ex  # noqa: E402
+from fem_mfc.integrators import get_integrator  # noqa: E402
 from fem_mfc.integrators.weight_space import RotationNetwork, make_point_cloud  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__)
@@ -70,7 +70,8 @@ summary["training"] = {
     "terminal_after": res.terminal_after, "shooting_residual": res.residual,
     "shooting_evaluations": res.nfev, "seconds": time.perf_counter() - t0}
 print(f"training: loss {res.loss_before:.4f} -> {res.loss_after:.4f} "
-      f"(terminal {res.terminal_before:.4f} -> {res.terminal_after:.4f}), residual {res.residual:.1e}")
+      f"(terminal {res.terminal_before:.4f} -> {res.terminal_after:.4f}), "
+      f"residual {res.residual:.1e}")
 
 # %% [markdown]
 # **Particles ↔ Lie–Poisson.**  Rotating the particles and their costates by the LPHJ group
@@ -93,7 +94,8 @@ fine = net.forward(Mp[0], 400, "lphj4").M[::10]
 continuous_gap = float(np.max(np.abs(Mp - fine)))
 summary["particles_vs_lie_poisson"] = {"discrete_max_gap": discrete_gap,
                                        "continuous_max_gap": continuous_gap,
-                                       "shooting_fixed_point_gap": float(np.max(np.abs(Mp[0] - res.M0)))}
+                                       "shooting_fixed_point_gap":
+                                           float(np.max(np.abs(Mp[0] - res.M0)))}
 print(f"particles vs Lie–Poisson: discrete {discrete_gap:.1e}, continuous {continuous_gap:.1e}")
 
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -156,7 +158,8 @@ fig.tight_layout()
 fig.savefig(out / "casimir_energy.png", dpi=120)
 plt.close(fig)
 for k, v in summary["long_time"]["methods"].items():
-    print(f"{k:>20}: Casimir {v['max_casimir_rel_error']:.1e}, energy {v['max_energy_rel_error']:.1e}")
+    print(f"{k:>20}: Casimir {v['max_casimir_rel_error']:.1e}, "
+          f"energy {v['max_energy_rel_error']:.1e}")
 
 # %% [markdown]
 # ## 3. Observed orders and the work–precision diagram

@@ -40,12 +40,12 @@ import argparse
 import math
 from pathlib import Path
 
-import dolfinx
-import dolfinx.fem.petsc
-import numpy as np
-import ufl
 from mpi4py import MPI
 from petsc4py import PETSc
+
+import dolfinx
+import dolfinx.fem.petsc
+import ufl
 
 from fem_mfc import config, options, viz
 from fem_mfc.cli import split_petsc_options

@@ -68,8 +68,8 @@ summary = demo.run(cfg, args.out, "demos/moons.toml" + (" --quick" if args.quick
 # `report.md` in the output folder embeds the decision regions of both networks, the class
 # densities flowing through the layers (snapshots and an animation), particle trajectories,
 # the training history and the comparison table (accuracy, objective, energy, wall time).
-# The two networks reach the same accuracy (99.4% test each).  The torch ResNet minimises the empirical
-# objective on the training points directly and ends slightly lower on it; the PDE network
+# The two networks reach the same accuracy (99.4% test each).  The torch ResNet minimises the
+# empirical objective on the training points directly and ends slightly lower on it; the PDE network
 # minimises the population objective J of the KDE-smoothed class densities with noise σ, which
 # acts as a regulariser (its decision boundary follows the gap between the moons).  J also
 # satisfies the discrete value identity $J = \sum_k \int u_k(0)\rho_k(0) + \dots$ to round-off,

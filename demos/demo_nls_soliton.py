@@ -38,11 +38,12 @@ import json
 import time
 from pathlib import Path
 
+from mpi4py import MPI
+
 import dolfinx
 import matplotlib
 import numpy as np
 import ufl
-from mpi4py import MPI
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -50,8 +51,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 from fem_mfc import config  # noqa: E402
+from fem_mfc.nls_invariants import NLSInvariants, l2_norm_complex  # noqa: E402
 from fem_mfc.pipeline import run_config  # noqa: E402
-from fem_mfc.nls_invariants import NLSInvariants, l2_norm_complex, relative_drift  # noqa: E402
 from fem_mfc.runs.nls import soliton  # noqa: E402
 from fem_mfc.solvers.nls import MidpointStepper, NLSProblem, RK4Stepper  # noqa: E402
 

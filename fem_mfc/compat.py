@@ -104,6 +104,7 @@ def adios2():
     """ADIOS2's Python module in its MPI flavour.  Debian ships a serial and an MPI build;
     whichever ``import adios2`` loads first stays, and adios4dolfinx refuses the serial one
     ("ADIOS2 must be built with MPI support"): let adios4dolfinx choose."""
-    import adios4dolfinx  # noqa: F401  (imports the MPI build)
+    import importlib
+    importlib.import_module("adios4dolfinx")     # first: it imports the MPI build
     import adios2 as module
     return module

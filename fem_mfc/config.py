@@ -16,7 +16,7 @@ import math
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -68,12 +68,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "mesh": {
         "kind": Key(str, "rectangle", "mesh kind", choices=MESH_KINDS),
-        "cells": Key(int, 16, "cells per axis (interval/rectangle/box)", positive, "a positive integer"),
+        "cells": Key(int, 16, "cells per axis (interval/rectangle/box)", positive,
+                     "a positive integer"),
         "lower": Key(list, [-1.0, -1.0], "lower corner (interval/rectangle/box)"),
         "upper": Key(list, [1.0, 1.0], "upper corner (interval/rectangle/box)"),
         "diagonal": Key(str, "right", "triangle diagonal of rectangle meshes",
                         choices=("right", "left", "crossed", "right/left", "left/right")),
-        "radius": Key(float, 1.0, "outer radius (disk/annulus/ball)", positive, "a positive number"),
+        "radius": Key(float, 1.0, "outer radius (disk/annulus/ball)", positive,
+                      "a positive number"),
         "inner_radius": Key(float, 0.5, "inner radius (annulus)", positive, "a positive number"),
         "h": Key(float, 0.2, "target cell size (gmsh kinds)", positive, "a positive number"),
         "file": Key(str, "", "a gmsh .msh (or meshio-readable) file (kind = 'file')", path=True),

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 
+from mpi4py import MPI
+
 import numpy as np
 import ufl
-from mpi4py import MPI
 
 from .errors import ConfigError
 from .expressions import parse
@@ -145,6 +146,7 @@ def read_checkpoint_density(path, mesh, name: str = "rho0"):
     """The function ``name`` of checkpoint ``path`` (config key ``rho0.file``), refused with a
     ConfigError unless its mesh has the dimensions of ``mesh`` and covers its domain."""
     from pathlib import Path
+
     from .errors import UserError
     from .io import load_checkpoint
     key = "rho0.file"
@@ -163,7 +165,8 @@ def read_checkpoint_density(path, mesh, name: str = "rho0"):
     slo, shi = _bbox(src_mesh)
     tol = 1e-6 * max(float(np.linalg.norm(shi - slo)), 1e-300)
     if np.any(lo < slo - tol) or np.any(hi > shi + tol):
-        fmt = lambda a, b: "[" + ", ".join(f"{x:.3g}..{y:.3g}" for x, y in zip(a, b)) + "]"
+        def fmt(a, b):
+            return "[" + ", ".join(f"{x:.3g}..{y:.3g}" for x, y in zip(a, b)) + "]"
         raise ConfigError(key, f"a checkpoint whose mesh covers this run's domain {fmt(lo, hi)}",
                           f"{path} covers {fmt(slo, shi)}")
     return src

@@ -14,9 +14,10 @@ from __future__ import annotations
 import math
 import time
 
+from mpi4py import MPI
+
 import dolfinx
 import ufl
-from mpi4py import MPI
 
 from .problem import ControlProblem
 

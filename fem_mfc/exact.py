@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import math
 
+from mpi4py import MPI
+
 import dolfinx
 import numpy as np
 import ufl
-from mpi4py import MPI
 
 from .errors import ConfigError
 from .forms.hjb_fp import coupling_value

@@ -12,6 +12,7 @@ import ast
 import math
 import warnings
 
+import numpy as np
 import ufl
 
 from .errors import ConfigError
@@ -225,10 +226,9 @@ def evaluate_on_mesh(expr, mesh, degree: int = 2):
 
 
 def check_finite_on_mesh(expr, key: str, mesh, degree: int = 2, text: str | None = None,
-                         what: str = "") -> "np.ndarray":
+                         what: str = "") -> np.ndarray:
     """Raise ConfigError naming ``key`` if ``expr`` is NaN or infinite at a DOF or quadrature
     point of ``mesh`` (collective over the mesh's communicator); return the local values."""
-    import numpy as np
     from mpi4py import MPI
     try:
         vals = evaluate_on_mesh(expr, mesh, degree)
@@ -263,9 +263,10 @@ def check_formulas(cfg: dict, mesh) -> None:
     G, dG/drho and, for coupling 'mfg', G/rho at rho in RHO_PROBES); the initial density's
     scale against the mesh (:func:`fem_mfc.density.check_scale`).  Raises ConfigError naming the
     key; collective over ``mesh.comm``."""
+    from mpi4py import MPI
+
     import dolfinx
     import numpy as np
-    from mpi4py import MPI
     pr = cfg["problem"]
     params = pr.get("params", {})
     gdim = mesh.geometry.dim
@@ -330,9 +331,11 @@ def check_hamiltonian(cfg: dict, mesh, deg: int = 1) -> None:
     """Check ``[problem] H`` on ``mesh``: it parses, H, ∂H/∂p and ∂²H/∂p² are finite at the
     mesh points for p in P_PROBES and ρ in RHO_PROBES, and the weighted and anisotropic
     kinds are positive (c(x) > 0, A(x) positive on the probes).  ConfigError naming the key."""
+    from mpi4py import MPI
+
     import dolfinx
     import numpy as np
-    from mpi4py import MPI
+
     from . import hamiltonian as ham
     h = ham.from_config(cfg, mesh)
     if h is None:

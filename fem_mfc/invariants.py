@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import math
 
+from mpi4py import MPI
+
 import dolfinx
 import ufl
-from mpi4py import MPI
 
 
 def assemble(expr_form, comm) -> float:

@@ -42,8 +42,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from mpi4py import MPI
+
+import numpy as np
 
 from .errors import DiskFullError, UserError
 

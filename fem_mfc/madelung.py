@@ -11,12 +11,13 @@ inverse map up to the global phase that a velocity potential cannot see.
 """
 from __future__ import annotations
 
+from mpi4py import MPI
+from petsc4py import PETSc
+
 import dolfinx
 import dolfinx.fem.petsc
 import numpy as np
 import ufl
-from mpi4py import MPI
-from petsc4py import PETSc
 
 from .solvers.linear import make_ksp
 

@@ -21,8 +21,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from mpi4py import MPI
+
+import numpy as np
 
 from .errors import ConfigError, UserError
 
@@ -41,7 +42,6 @@ class MeshData:
     @property
     def h(self) -> float:
         """Largest cell diameter (global)."""
-        import dolfinx
         m = self.mesh
         tdim = m.topology.dim
         n = m.topology.index_map(tdim).size_local
@@ -129,9 +129,9 @@ def read_file(path: str | Path, comm=MPI.COMM_WORLD, gdim: int | None = None) ->
                 mesh, ct, ft = gmshio.model_to_mesh(gmsh.model if comm.rank == 0 else None, comm,
                                                     0, gdim=gdim)
             except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as e:
-                raise UserError(f"{path}: not a usable mesh (expected cells of one type in "
-                                f"{gdim}D; {str(e).splitlines()[0][:80] if str(e) else type(e).__name__})") \
-                    from None
+                raise UserError(
+                    f"{path}: not a usable mesh (expected cells of one type in {gdim}D; "
+                    f"{str(e).splitlines()[0][:80] if str(e) else type(e).__name__})") from None
         finally:
             if comm.rank == 0:
                 import gmsh
@@ -145,6 +145,7 @@ def read_file(path: str | Path, comm=MPI.COMM_WORLD, gdim: int | None = None) ->
         try:
             import contextlib
             import io as _io
+
             import meshio
             chatter = _io.StringIO()
             try:   # meshio prints and calls sys.exit(1) on files it cannot read
@@ -163,7 +164,8 @@ def read_file(path: str | Path, comm=MPI.COMM_WORLD, gdim: int | None = None) ->
         except Exception as e:
             first = str(e).strip().splitlines()[0][:80] if str(e).strip() else ""
             err = (f"{path}: not a readable mesh file (expected a gmsh .msh or a meshio-readable "
-                   f"mesh such as .vtu or .xdmf; {type(e).__name__}{': ' + first if first else ''})")
+                   f"mesh such as .vtu or .xdmf; "
+                   f"{type(e).__name__}{': ' + first if first else ''})")
             if tmp:
                 os.unlink(tmp)
                 tmp = None
@@ -233,7 +235,7 @@ def side_tags(mesh, lower, upper):
     x_i = upper[i] (a facet on two sides, at a corner of a 1D mesh never, keeps the first)."""
     import dolfinx.mesh as dm
     fdim = mesh.topology.dim - 1
-    tol = 1e-10 * max(u - l for l, u in zip(lower, upper))
+    tol = 1e-10 * max(hi - lo for lo, hi in zip(lower, upper))
     found, values = [], []
     seen = set()
     for i in range(mesh.geometry.dim):

@@ -42,10 +42,11 @@ def versions(full: bool = False) -> dict:
     """Versions of the stack (``full``: also PyVista, which is slow to import)."""
     import sys
 
-    import dolfinx
-    import ufl
     from mpi4py import MPI
     from petsc4py import PETSc
+
+    import dolfinx
+    import ufl
 
     from . import __version__
     out = {"fem_mfc": __version__, "dolfinx": dolfinx.__version__, "ufl": ufl.__version__,

@@ -8,8 +8,9 @@ closest cell, minimised over the ranks), nudged slightly into that cell.
 """
 from __future__ import annotations
 
-import numpy as np
 from mpi4py import MPI
+
+import numpy as np
 
 
 class PointEvaluator:

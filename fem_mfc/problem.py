@@ -226,11 +226,12 @@ def exits_from_config(cfg: dict, x, gdim: int, params: dict) -> list:
         def formula(t, _text, _key):
             return parse(_text, _key, x=x, gdim=gdim, params=params,
                          variables={"t": float(t)})
-        cost = (lambda t, _t=b["cost"], _k=f"boundary[{i}].cost": formula(t, _t, _k))
+        def cost(t, _t=b["cost"], _k=f"boundary[{i}].cost"):
+            return formula(t, _t, _k)
         density = None
         if b["kind"] == "dirichlet":
-            density = (lambda t, _t=b["density"], _k=f"boundary[{i}].density":
-                       formula(t, _t, _k))
+            def density(t, _t=b["density"], _k=f"boundary[{i}].density"):
+                return formula(t, _t, _k)
         out.append(Exit(int(b["tag"]), cost, density))
     return out
 

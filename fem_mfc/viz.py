@@ -69,7 +69,6 @@ def gather_p1(f):
     g.interpolate(f)
     cells, types, x = dolfinx.plot.vtk_mesh(V1)
     bs = V1.dofmap.index_map_bs
-    nloc = V1.dofmap.index_map.size_local
     # vtk_mesh numbers points by the local dof numbering (owned first, then ghosts).
     vals = g.x.array.reshape(-1, bs) if bs > 1 else g.x.array
     ncell_loc = mesh.topology.index_map(mesh.topology.dim).size_local

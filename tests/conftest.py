@@ -21,6 +21,7 @@ MPI_TEST_DEADLINE = 600
 @pytest.fixture(autouse=True)
 def _mpi_deadline():
     import faulthandler
+
     from mpi4py import MPI
     if MPI.COMM_WORLD.size > 1:
         faulthandler.dump_traceback_later(MPI_TEST_DEADLINE, exit=True)

@@ -2,16 +2,17 @@
 
 Serial: ``python3 -m pytest tests/test_affine.py``; the ``mpi`` tests run under
 ``mpirun -n 2 python3 -m pytest --with-mpi -m mpi tests/test_affine.py``."""
+from mpi4py import MPI
+
 import dolfinx
 import numpy as np
 import pytest
 import ufl
-from mpi4py import MPI
 
 from fem_mfc.solvers import newton
 from fem_mfc.solvers.affine import AffineForm, affine_evaluator, colour_coefficient_dofs
-from fem_mfc.solvers.assembly import CSRAssembler
 from fem_mfc.solvers.assemblers import AFFINE_AFTER
+from fem_mfc.solvers.assembly import CSRAssembler
 from fem_mfc.solvers.spacetime import SpaceTime
 from test_kkt_pc import assert_same, perturbed, problem
 

@@ -2,12 +2,13 @@
 
 Serial: ``python3 -m pytest tests/test_assembly.py``; the ``mpi`` test runs under
 ``mpirun -n 2 python3 -m pytest --with-mpi -m mpi tests/test_assembly.py``."""
+from mpi4py import MPI
+
 import dolfinx
 import dolfinx.fem.petsc
 import numpy as np
 import pytest
 import ufl
-from mpi4py import MPI
 
 from fem_mfc.solvers.assembly import CSRAssembler, pattern_key
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import textwrap
 
+from mpi4py import MPI
+
 import dolfinx
 import numpy as np
 import pytest
 import ufl
-from mpi4py import MPI
 
-from fem_mfc import config, mesh
+from fem_mfc import mesh
 from fem_mfc.density import initial_density
 from fem_mfc.io import save_checkpoint
-
 from helpers import read_summary, run_cli
 
 

@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from helpers import REPO, env as _env, read_summary, run_cli
+from helpers import REPO, read_summary, run_cli
+from helpers import env as _env
 
 CONFIG = textwrap.dedent("""
     [run]

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import math
 
+from mpi4py import MPI
+
 import dolfinx
 import numpy as np
 import pytest
 import ufl
-from mpi4py import MPI
 
 from fem_mfc.errors import ConfigError
 from fem_mfc.problem import ControlProblem

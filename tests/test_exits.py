@@ -5,13 +5,14 @@ tagged boundary; mass balance with the exit flux, the value identity, discrete d
 MPI: ``mpirun -n 2 python3 -m pytest --with-mpi -m mpi tests/test_exits.py``."""
 import math
 
+from mpi4py import MPI
+
 import dolfinx
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import ufl
-from mpi4py import MPI
 
 from fem_mfc import config
 from fem_mfc import hamiltonian as ham

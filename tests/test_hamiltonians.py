@@ -6,13 +6,14 @@ MPI: ``mpirun -n 2 python3 -m pytest --with-mpi -m mpi tests/test_hamiltonians.p
 import dataclasses
 import math
 
+from mpi4py import MPI
+from petsc4py import PETSc
+
 import dolfinx
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import ufl
-from mpi4py import MPI
-from petsc4py import PETSc
 
 from fem_mfc import config
 from fem_mfc import hamiltonian as ham

@@ -1,10 +1,10 @@
 """LQ Gaussian oracle (MODEL §7.1): convergence rates, mass, value identity of the HJB–FP solver."""
 import math
 
-import dolfinx
-import numpy as np
-import pytest
 from mpi4py import MPI
+
+import dolfinx
+import pytest
 
 from fem_mfc.exact import ErrorNorms, LQGaussian
 from fem_mfc.problem import ControlProblem

@@ -1,7 +1,8 @@
 """Manufactured solutions with congestion (mftc and mfg) in 2D: rates and exactness."""
+from mpi4py import MPI
+
 import dolfinx
 import pytest
-from mpi4py import MPI
 
 from fem_mfc.exact import ErrorNorms, Manufactured
 from fem_mfc.problem import ControlProblem

@@ -2,10 +2,11 @@
 
 The same congested 2D problem is solved on MPI.COMM_WORLD and, on every rank, on
 MPI.COMM_SELF; J, mass and the iteration counts must agree (to solver tolerance)."""
+from mpi4py import MPI
+
 import dolfinx
 import pytest
 import ufl
-from mpi4py import MPI
 
 from fem_mfc.problem import ControlProblem
 from fem_mfc.solvers import solve

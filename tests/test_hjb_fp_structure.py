@@ -1,18 +1,19 @@
 """Discrete duality, one-definition coupling, solver agreement, small noise, bad input."""
 import math
 
+from mpi4py import MPI
+
 import dolfinx
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import ufl
-from mpi4py import MPI
 
 from fem_mfc import config
 from fem_mfc.errors import ConfigError, SolverError, UserError
 from fem_mfc.forms import hjb_fp as H
 from fem_mfc.problem import ControlProblem
-from fem_mfc.solvers import cole_hopf_solve, choose_method, solve
+from fem_mfc.solvers import choose_method, cole_hopf_solve, solve
 from fem_mfc.solvers.spacetime import SpaceTime
 
 CN, BE = "crank-nicolson", "backward-euler"

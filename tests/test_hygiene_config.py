@@ -7,7 +7,6 @@ import pytest
 
 from fem_mfc import config
 from fem_mfc.errors import UserError
-
 from helpers import run_cli
 
 SMALL = """\

@@ -224,7 +224,7 @@ def test_is_disk_full():
         try:
             raise OSError(errno.ENOSPC, "full")
         except OSError:
-            raise ValueError("while saving")
+            raise ValueError("while saving")  # noqa: B904 (tests the implicit __context__ chain)
     except ValueError as e:
         assert io.is_disk_full(e)
     assert not io.is_disk_full(OSError(errno.EACCES, "Permission denied"))
@@ -238,8 +238,9 @@ def test_is_disk_full():
 def test_full_disk_on_every_rank_is_a_disk_full_error(tmp_path_factory, monkeypatch):
     """In process on 2 ranks: a ParaView series that cannot be written (as ADIOS2 fails) is a
     DiskFullError naming the output folder on every rank; the earlier result stays."""
-    import dolfinx.io
     from mpi4py import MPI
+
+    import dolfinx.io
 
     from fem_mfc import config
     from fem_mfc.errors import DiskFullError

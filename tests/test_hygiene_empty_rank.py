@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from test_hygiene_mpi_errors import (assert_none_left, finish, launch,  # noqa: F401
-                                     marker, _mpi_deadline)
 from helpers import REPO
+from test_hygiene_mpi_errors import _mpi_deadline, assert_none_left, finish, launch, marker  # noqa: F401
 
 # the LQ Gaussian in 1D on a single cell (solved serially; on 2 ranks it hung)
 ONE_CELL = """\

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, env as _env
+from helpers import REPO
+from helpers import env as _env
 
 DEADLINE = 120          # seconds a launched job may take before the test fails as a hang
 MPIRUN = shutil.which("mpirun") or "mpirun"

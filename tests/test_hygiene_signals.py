@@ -26,20 +26,30 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import time
 
 import pytest
 
-from helpers import REPO, env as _env
-from test_hygiene_mpi_errors import (HEAT_1D, _mpi_deadline, assert_none_left,  # noqa: F401
-                                     finish, kill_all, launch, marker, paused_env, procs_with,
-                                     wait_for_file)
+from helpers import REPO
+from helpers import env as _env
+from test_hygiene_mpi_errors import (  # noqa: F401
+    HEAT_1D,
+    _mpi_deadline,
+    assert_none_left,
+    finish,
+    kill_all,
+    launch,
+    marker,
+    paused_env,
+    procs_with,
+    wait_for_file,
+)
 
 FEM_ENV = REPO / "bin" / "fem-env"
 IN_ENV = os.environ.get("FEM_MFC_IN_ENV") == "1"
 PATHS = [
-    pytest.param("env", marks=pytest.mark.skipif(not IN_ENV, reason="bin/fem-env inside the environment (skipped on the host)")),
+    pytest.param("env", marks=pytest.mark.skipif(
+        not IN_ENV, reason="bin/fem-env inside the environment (skipped on the host)")),
     pytest.param("sandbox", marks=pytest.mark.skipif(
         IN_ENV or shutil.which("bwrap") is None,
         reason="drives bin/fem-env's bubblewrap sandbox from the host")),

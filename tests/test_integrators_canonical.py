@@ -4,8 +4,13 @@ import pytest
 import scipy.linalg
 
 from fem_mfc.errors import ConfigError, SolverError
-from fem_mfc.integrators import (CanonicalSystem, GeneratingFunctionIntegrator, available_integrators,
-                                 get_integrator, solve_reference)
+from fem_mfc.integrators import (
+    CanonicalSystem,
+    GeneratingFunctionIntegrator,
+    available_integrators,
+    get_integrator,
+    solve_reference,
+)
 from fem_mfc.integrators import examples as ex
 from fem_mfc.integrators.systems import HamiltonianSystem, canonical_J
 from helpers import observed_orders

@@ -3,14 +3,15 @@ the declared structure of the space-time Jacobian against assembly.
 
 Serial: ``python3 -m pytest tests/test_kkt_pc.py``; the ``mpi`` test runs under
 ``mpirun -n 2 python3 -m pytest --with-mpi -m mpi tests/test_kkt_pc.py``."""
+import dataclasses
+
+from mpi4py import MPI
+from petsc4py import PETSc
+
 import dolfinx
 import numpy as np
 import pytest
 import ufl
-from mpi4py import MPI
-from petsc4py import PETSc
-
-import dataclasses
 
 from fem_mfc.errors import ConfigError
 from fem_mfc.problem import ControlProblem

@@ -2,16 +2,17 @@
 accuracy, and particles through the learned flow against the PDE densities."""
 from __future__ import annotations
 
+from mpi4py import MPI
+
 import dolfinx
 import dolfinx.fem.petsc
 import numpy as np
 import pytest
-from mpi4py import MPI
 
+from fem_mfc import config
+from fem_mfc.learning import infer
+from fem_mfc.learning.feedback import default_anchors
 from fem_mfc.learning.run import build_model
-from fem_mfc import config, mesh as meshmod
-from fem_mfc.learning import data, infer
-from fem_mfc.learning.feedback import FeedbackClassifier, anchors_from_config, default_anchors
 
 
 def small_cfg(**over):

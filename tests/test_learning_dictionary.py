@@ -3,17 +3,16 @@ gradient equals finite differences of the discrete J, the NumPy ResNet reloaded 
 ``weights.npz`` reproduces the PDE side's inference exactly, accuracy on an easy task."""
 from __future__ import annotations
 
-import dolfinx
-import numpy as np
-import pytest
 from mpi4py import MPI
 
-from fem_mfc.learning.run import build_model
-from fem_mfc import config, mesh as meshmod
-from fem_mfc.learning import data, infer
-from fem_mfc.learning.dictionary import DictionaryFlow, DictionaryNetwork
-from fem_mfc.learning.feedback import anchors_from_config
+import numpy as np
+import pytest
+
+from fem_mfc import config
+from fem_mfc.learning import infer
+from fem_mfc.learning.dictionary import DictionaryFlow
 from fem_mfc.learning.numpy_resnet import NumpyResNet, dictionary_matrix, n_weights
+from fem_mfc.learning.run import build_model
 
 
 def small_cfg(**over):

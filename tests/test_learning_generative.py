@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import dataclasses
 
+from mpi4py import MPI
+
 import dolfinx
 import numpy as np
 import pytest
 import ufl
-from mpi4py import MPI
 
-from fem_mfc import config, mesh as meshmod
+from fem_mfc import config
+from fem_mfc import mesh as meshmod
 from fem_mfc.learning import data
-from fem_mfc.learning.generative import (FlowMap, GenerativeFlow, gaussian_log_likelihood,
-                                         kde_log_likelihood)
+from fem_mfc.learning.generative import (
+    FlowMap,
+    GenerativeFlow,
+    gaussian_log_likelihood,
+    kde_log_likelihood,
+)
 
 
 def small_cfg(**over):

@@ -5,9 +5,10 @@ Run: bin/fem-env mpirun -n 2 python3 -m pytest --with-mpi -m mpi tests/test_lear
 """
 from __future__ import annotations
 
+from mpi4py import MPI
+
 import numpy as np
 import pytest
-from mpi4py import MPI
 
 from fem_mfc.learning import infer
 from test_learning_classifier import build, small_cfg

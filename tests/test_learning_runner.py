@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from fem_mfc import config
-from fem_mfc.pipeline import run_config
 from fem_mfc.learning import data
+from fem_mfc.pipeline import run_config
 
 
 def test_runner_on_csv_three_classes(tmp_path):

@@ -4,8 +4,16 @@ import pytest
 import scipy.linalg
 from scipy.integrate import solve_ivp
 
-from fem_mfc.integrators import (GL, LPHJ, SE3, SO, SO3, StochasticLPHJ, get_integrator,
-                                 solve_reference)
+from fem_mfc.integrators import (
+    GL,
+    LPHJ,
+    SE3,
+    SO,
+    SO3,
+    StochasticLPHJ,
+    get_integrator,
+    solve_reference,
+)
 from fem_mfc.integrators import examples as ex
 from fem_mfc.integrators.lie_algebras import hat, rotation_matrix
 from helpers import observed_orders
@@ -189,7 +197,8 @@ def test_lphj4_casimir_and_energy_long_run():
     assert tr.drift("energy").max() <= 1e-12
 
 
-@pytest.mark.parametrize("name,kw", [("lphj2", {}), ("lphj4", {}), ("lphj2", {"retraction": "cayley"})])
+@pytest.mark.parametrize("name,kw",
+                         [("lphj2", {}), ("lphj4", {}), ("lphj2", {"retraction": "cayley"})])
 def test_time_reversibility(name, kw):
     for system, m0 in [(ex.rigid_body(INERTIA), M0),
                        (ex.heavy_top(INERTIA), np.array([0.3, 1.0, -0.4, 0.2, 0.1, 0.97]))]:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import math
 
+from mpi4py import MPI
+from petsc4py import PETSc
+
 import dolfinx
 import numpy as np
 import pytest
 import ufl
-from mpi4py import MPI
-from petsc4py import PETSc
 
 from fem_mfc.errors import ConfigError
 from fem_mfc.exact import LQGaussian
@@ -90,7 +91,6 @@ def lq_errors(n, steps, sigma=0.5):
     p = ControlProblem(mesh=mesh, T=1.0, sigma=sigma, steps=steps, scheme=BE, V=0.0,
                        Phi=ex.Phi, rho0=ex.rho(0.0), stabilisation="monotone")
     r = solve(p, "newton", linear="sweep")
-    V = p.space
     err = dolfinx.fem.form((r.rho[-1] - ex.rho(1.0)) ** 2 * ufl.dx(degree=6))
     return math.sqrt(dolfinx.fem.assemble_scalar(err)), abs(r.J - ex.J)
 

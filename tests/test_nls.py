@@ -8,21 +8,27 @@ from __future__ import annotations
 
 import math
 
+from mpi4py import MPI
+
 import dolfinx
 import numpy as np
 import pytest
 import ufl
-from mpi4py import MPI
 
 from fem_mfc import config
 from fem_mfc.errors import ConfigError
 from fem_mfc.forms import nls as forms
-from fem_mfc.madelung import (align_global_phase, density, from_madelung, phase,
-                              phase_from_gradient, phase_gradient)
+from fem_mfc.madelung import (
+    align_global_phase,
+    density,
+    from_madelung,
+    phase,
+    phase_from_gradient,
+    phase_gradient,
+)
 from fem_mfc.nls_invariants import NLSInvariants, l2_norm_complex, relative_drift
 from fem_mfc.runs.nls import check, free_gaussian, free_gaussian_width2, soliton
-from fem_mfc.solvers.nls import (MidpointStepper, NLSProblem, RK4Stepper, ground_state,
-                                 make_stepper)
+from fem_mfc.solvers.nls import MidpointStepper, NLSProblem, RK4Stepper, ground_state, make_stepper
 from helpers import observed_orders
 
 TIGHT = {"rtol": 1e-13, "atol": 1e-15}

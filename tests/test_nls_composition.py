@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fem_mfc.integrators.composition import triple_jump_coefficients
 from fem_mfc.nls_invariants import NLSInvariants
 from fem_mfc.solvers.nls import ComposedStepper
-from fem_mfc.integrators.composition import triple_jump_coefficients
-
 from helpers import observed_orders
 from test_nls import TIGHT, run_soliton, soliton_problem
 

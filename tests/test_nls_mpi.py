@@ -5,11 +5,12 @@ Run with  bin/fem-env mpirun -n 2 python3 -m pytest --with-mpi -m mpi tests/test
 """
 from __future__ import annotations
 
+from mpi4py import MPI
+
 import dolfinx
 import numpy as np
 import pytest
 import ufl
-from mpi4py import MPI
 
 from fem_mfc.madelung import density, phase_from_gradient, phase_gradient
 from fem_mfc.nls_invariants import NLSInvariants, l2_norm_complex

@@ -75,8 +75,9 @@ def test_heat_smoke_each_mesh_kind(kind, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=[] if k == "rectangle" else pytest.mark.slow)
-                                  for k in sorted(MESHES)])
+@pytest.mark.parametrize("kind", [
+    pytest.param(k, marks=[] if k == "rectangle" else pytest.mark.slow)
+    for k in sorted(MESHES)])
 def test_heat_serial_equals_two_ranks(kind, tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text(heat_config(kind, figures=kind == "disk"))

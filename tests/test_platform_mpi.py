@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from mpi4py import MPI
+
+import pytest
 
 from fem_mfc import config
 from fem_mfc.pipeline import run_config

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
+from mpi4py import MPI
+
 import dolfinx
 import numpy as np
 import pytest
 import ufl
-from mpi4py import MPI
 
 from fem_mfc import config
 from fem_mfc.errors import ConfigError
@@ -221,10 +222,12 @@ def test_cli_reports_vacuum_in_one_line(tmp_path):
 def test_bohm_potential_mixed_form_converges_to_gaussian_formula():
     """For ρ = N(0, s²) in 1D, Δ√ρ/√ρ = x²/(4s⁴) − 1/(2s²): the mixed-form field Q converges
     (ρ-weighted L² error) under refinement (MODEL §3)."""
+    from mpi4py import MPI
+
     import dolfinx
     import numpy as np
     import ufl
-    from mpi4py import MPI
+
     from fem_mfc.solvers.qhd import bohm_potential
 
     s, kappa = 0.7, 0.3

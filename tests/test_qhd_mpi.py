@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 
+from mpi4py import MPI
+
 import dolfinx
 import pytest
 import ufl
-from mpi4py import MPI
 
 from fem_mfc.problem import ControlProblem
 from fem_mfc.solvers.cole_hopf_pair import solve_pair

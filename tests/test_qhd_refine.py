@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 
-import pytest
 from mpi4py import MPI
+
+import pytest
 
 from fem_mfc import config
 from fem_mfc.refine import refinement_study

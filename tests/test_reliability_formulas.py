@@ -4,13 +4,12 @@ the mesh's DOF/quadrature points (and of G over a range of rho) are ConfigErrors
 ``expressions.check_formulas(cfg, mesh)``; every message is one line naming the key."""
 from __future__ import annotations
 
-import copy
+from mpi4py import MPI
 
 import dolfinx
 import numpy as np
 import pytest
 import ufl
-from mpi4py import MPI
 
 from fem_mfc import config, expressions
 from fem_mfc.errors import ConfigError
@@ -55,7 +54,8 @@ def test_check_finite_on_mesh(mesh1d):
     xs = mesh1d.geometry.x[:, 0]
     # the values lie in the range of the exact function over the domain
     assert vals.min() >= 1 / 13 - 1e-12 and vals.max() <= 1 / 7 + 1e-12
-    assert np.isclose(vals.min(), 1 / (xs.max() + 10)) and np.isclose(vals.max(), 1 / (xs.min() + 10))
+    assert (np.isclose(vals.min(), 1 / (xs.max() + 10))
+            and np.isclose(vals.max(), 1 / (xs.min() + 10)))
 
 
 def _cfg(**over):

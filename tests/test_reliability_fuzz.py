@@ -19,17 +19,17 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import textwrap
+
+from mpi4py import MPI
 
 import dolfinx
 import pytest
 import ufl
-from hypothesis import HealthCheck, example, given, settings, strategies as st
-from mpi4py import MPI
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from fem_mfc import config, expressions
 from fem_mfc.errors import UserError
-
 from helpers import read_summary, run_cli
 
 try:       # hypothesis caches Unicode tables in ./.hypothesis: keep the work tree clean
@@ -54,7 +54,8 @@ FUNCS = ["exp", "log", "sqrt", "sin", "abs", "tanh", "atan", "erf", "cosh"]
 FORMULAS = st.one_of(
     st.sampled_from(FAILURES),
     st.recursive(ATOMS, lambda c: st.one_of(
-        st.tuples(c, st.sampled_from(["+", "-", "*", "/"]), c).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+        st.tuples(c, st.sampled_from(["+", "-", "*", "/"]), c).map(
+            lambda t: f"({t[0]} {t[1]} {t[2]})"),
         st.tuples(c, st.sampled_from(["2", "0.5", "-1", "3", "1e6", "400", "x0"])).map(
             lambda t: f"({t[0]})**{t[1]}"),
         st.tuples(st.sampled_from(FUNCS), c).map(lambda t: f"{t[0]}({t[1]})"),

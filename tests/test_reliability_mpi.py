@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mpi4py import MPI
+
 import dolfinx
 import pytest
-from mpi4py import MPI
 
 from fem_mfc import config, expressions
 from fem_mfc.density import mesh_scales

@@ -8,7 +8,6 @@ import pytest
 
 from fem_mfc import config
 from fem_mfc.errors import ConfigError
-
 from helpers import read_summary, run_cli
 
 BASE = {"run": {"formulation": "heat"},

@@ -6,12 +6,12 @@ from __future__ import annotations
 import resource
 import time
 
-import pytest
 from mpi4py import MPI
+
+import pytest
 
 from fem_mfc import config, mesh
 from fem_mfc.errors import ConfigError
-
 from helpers import run_python
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import math
 
+from mpi4py import MPI
+
 import dolfinx
 import numpy as np
 import pytest
-from mpi4py import MPI
 
 from fem_mfc import config
 from fem_mfc.learning import data

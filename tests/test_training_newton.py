@@ -7,19 +7,19 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from mpi4py import MPI
+
 import dolfinx
 import numpy as np
 import pytest
-from mpi4py import MPI
 
 from fem_mfc import config
 from fem_mfc.errors import ConfigError
 from fem_mfc.learning import data, infer
-from fem_mfc.learning.generative import EdgeGenerativeFlow, FlowMap
-from fem_mfc.pipeline import build_mesh
 from fem_mfc.learning.dictionary import DictionaryFlow
+from fem_mfc.learning.generative import EdgeGenerativeFlow, FlowMap
 from fem_mfc.learning.run import build_model
-from fem_mfc.pipeline import run_config
+from fem_mfc.pipeline import build_mesh, run_config
 from test_training_eafe import build_edge, eafe_cfg
 
 SMALL = {"problem": {"steps": 6}, "mesh": {"h": 0.4}}

@@ -1,12 +1,11 @@
 """Unit tests of the platform modules: formulas, config schema, meshes, atomic writes."""
 from __future__ import annotations
 
-import os
+from mpi4py import MPI
 
 import numpy as np
 import pytest
 import ufl
-from mpi4py import MPI
 
 from fem_mfc import config, expressions, mesh
 from fem_mfc.errors import ConfigError, UserError

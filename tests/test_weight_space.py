@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from fem_mfc.integrators import solve_reference
 from fem_mfc.integrators import examples as ex
+from fem_mfc.integrators import solve_reference
 from fem_mfc.integrators.lie_algebras import hat
 from fem_mfc.integrators.weight_space import RotationNetwork, make_point_cloud
 

@@ -46,8 +46,16 @@ from typing import Callable, Optional
 import dolfinx
 import ufl
 
-from .hjb_fp import (RHO_CUR, RHO_NEXT, RHO_PREV, U_CUR, U_PREV, coupling_residual,
-                     coupling_value, rho_bar)
+from .hjb_fp import (
+    RHO_CUR,
+    RHO_NEXT,
+    RHO_PREV,
+    U_CUR,
+    U_PREV,
+    coupling_residual,
+    coupling_value,
+    rho_bar,
+)
 from .nls import averaged_nonlinearity
 
 SIGNATURES = ("control", "quantum")

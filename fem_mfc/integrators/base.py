@@ -27,7 +27,8 @@ ROUNDOFF_TOL = 4e-15
 
 
 class Counted:
-    """Mix-in giving a system the counters ``nfev`` and ``njev`` (reset with :meth:`reset_counts`)."""
+    """Mix-in giving a system the counters ``nfev`` and ``njev`` (reset with
+    :meth:`reset_counts`)."""
 
     nfev: int = 0
     njev: int = 0
@@ -121,7 +122,8 @@ class Integrator(ABC):
 
     def run(self, z0, tau: float, nsteps: int, monitors: MonitorSpec = None,
             store_every: int = 1) -> Trajectory:
-        """Take ``nsteps`` steps of size ``tau`` from ``z0``; store every ``store_every``-th state."""
+        """Take ``nsteps`` steps of size ``tau`` from ``z0``; store every ``store_every``-th
+        state."""
         if nsteps < 0 or store_every < 1:
             raise ValueError("nsteps must be >= 0 and store_every >= 1")
         mons = resolve_monitors(self.system, monitors)

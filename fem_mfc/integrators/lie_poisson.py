@@ -100,8 +100,8 @@ class LPHJ(Integrator):
     The order-2 equation x = G(x) := Ad*_{g(τ∂h/∂μ((μ_n + x)/2))} μ_n is solved to round-off,
     started from the order-1 step, by
 
-    * ``solver="newton"`` (needs ∂²h/∂μ²; pays off for large τ|∂²h||μ|): quasi-Newton on x − G(x) with
-      the matrix I − (τ/2) B(G(x)) ∂²h/∂μ²(m), B the Lie–Poisson tensor (it drops the
+    * ``solver="newton"`` (needs ∂²h/∂μ²; pays off for large τ|∂²h||μ|): quasi-Newton on x − G(x)
+      with the matrix I − (τ/2) B(G(x)) ∂²h/∂μ²(m), B the Lie–Poisson tensor (it drops the
       O(τ|ξ|) terms of dexp, so the iteration contracts like O(τ²) per step instead of O(τ));
     * ``solver="fixed-point"`` (default, cheapest per iteration): x ← G(x), contraction
       ≈ (τ/2)|∂²h||μ|.

@@ -175,7 +175,8 @@ class RotationNetwork:
                        p=None if p is None else np.array(ps), R=R)
 
     def initial_costates(self, fw: Forward) -> np.ndarray:
-        """p_i(0) = Rᵀ p_i(T) with p_i(T) = w_i ∇Φ_i(x_i(T)) (costates rotate with the particles)."""
+        """p_i(0) = Rᵀ p_i(T) with p_i(T) = w_i ∇Φ_i(x_i(T)) (costates rotate with the
+        particles)."""
         return self.terminal_costate(fw.x[-1]) @ fw.R
 
     def shooting_residual(self, M0, nsteps: int, integrator: str = "lphj2"):
@@ -198,7 +199,8 @@ class RotationNetwork:
                    method="hybr", tol=tol)
         res, fw = self.shooting_residual(sol.x, nsteps, integrator)
         after = self.terminal_loss(fw.x[-1])
-        return TrainResult(M0=sol.x, loss_before=before, loss_after=after + self.control_cost(sol.x),
+        return TrainResult(M0=sol.x, loss_before=before,
+                           loss_after=after + self.control_cost(sol.x),
                            terminal_before=term_before, terminal_after=after,
                            residual=float(np.max(np.abs(res))), nfev=int(sol.nfev), forward=fw)
 

@@ -58,8 +58,9 @@ def train_resnet(X_train, y_train, X_test, y_test, anchors, beta, T, depth, widt
         opt.step()
         hist.append(float(loss))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    out = {"wall_time_s": wall, "cpu_time_s": cpu, "history": hist, "epochs": epochs, "width": width,
-           "depth": depth, "parameters": sum(p.numel() for p in blocks.parameters())}
+    out = {"wall_time_s": wall, "cpu_time_s": cpu, "history": hist, "epochs": epochs,
+           "width": width, "depth": depth,
+           "parameters": sum(p.numel() for p in blocks.parameters())}
     with torch.no_grad():
         for name, X, y in (("train", Xtr, y_train), ("test", Xte, y_test)):
             xN, kin, path = _flow(blocks, X, tau)

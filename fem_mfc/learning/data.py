@@ -232,6 +232,7 @@ def class_densities(ds: Dataset, V, rule="scott", names=None):
     on the mesh (its data lie outside the domain).
     """
     import dolfinx
+
     from ..invariants import integrate
     x = V.tabulate_dof_coordinates()[:, :V.mesh.geometry.dim]
     data_dim = ds.mean.shape[0]

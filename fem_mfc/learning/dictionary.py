@@ -19,9 +19,10 @@ so the PDE side and the reloaded NumPy ResNet agree exactly).
 """
 from __future__ import annotations
 
+from mpi4py import MPI
+
 import dolfinx
 import numpy as np
-from mpi4py import MPI
 
 from ..forms.dictionary import DictionaryForms
 from .feedback import FeedbackClassifier

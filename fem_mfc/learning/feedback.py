@@ -22,12 +22,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from mpi4py import MPI
+from petsc4py import PETSc
+
 import dolfinx
 import dolfinx.fem.petsc
 import numpy as np
 import ufl
-from mpi4py import MPI
-from petsc4py import PETSc
 
 from ..errors import ConfigError, SolverError
 from ..expressions import parse

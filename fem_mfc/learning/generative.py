@@ -2,7 +2,8 @@
 
 Training minimises, over the feedback velocity a (the label-blind network with K = 1),
 
-  J(a) = ∫_0^T∫_Ω ½|a|² ρ + β KL_η(ρ(T) ‖ N_Ω),   ∂_t ρ + ∇·(ρa) = εΔρ,  ρ(0) = ρ_0 (KDE of the data),
+  J(a) = ∫_0^T∫_Ω ½|a|² ρ + β KL_η(ρ(T) ‖ N_Ω),
+  ∂_t ρ + ∇·(ρa) = εΔρ,  ρ(0) = ρ_0 (KDE of the data),
 
   KL_η(ρ ‖ N_Ω) = ∫_Ω (ρ + η) log((ρ + η)/N_Ω) dx,   N_Ω = N(0, s²I)/Z_Ω (Z_Ω = ∫_Ω N(0, s²I)),
 
@@ -44,19 +45,20 @@ import dataclasses
 import math
 import time
 
+from mpi4py import MPI
+
 import dolfinx
 import numpy as np
 import ufl
-from mpi4py import MPI
 
 from ..config import resolve_training
-from ..pipeline import build_mesh
 from ..errors import ConfigError, SolverError
+from ..pipeline import build_mesh
+from ..pointeval import PointEvaluator
 from ..solvers.linear import LinearStepper
 from . import data
 from .feedback import FeedbackClassifier
 from .reduced import EdgeClassifier
-from ..pointeval import PointEvaluator
 
 
 class GenerativeFlow(FeedbackClassifier):
@@ -227,7 +229,7 @@ class FlowMap:
         path = [X.copy()] if record else None
         for n in range(self.model.N - 1, -1, -1):
             Y = X.copy()
-            for it in range(max_it):
+            for _it in range(max_it):
                 Xn = Y - tau * self._eval(self.v[n], X)
                 err = float(np.abs(Xn - X).max()) if len(X) else 0.0
                 X = Xn
@@ -368,10 +370,10 @@ def _figures(ctx, model, fm, ds, samples) -> list[str]:
         h = model.history
         it = np.arange(len(h.terminal))
         viz.line_plot(it, {"KL(rho(T) || N(0, I))": np.array(h.terminal)},
-                      ctx.figure("history_KL.png"), xlabel="outer iteration", ylabel="KL", logy=True,
-                      markers=True)
-        viz.line_plot(it, {"J": np.array(h.J)}, ctx.figure("history_J.png"), xlabel="outer iteration",
-                      ylabel="J", markers=True)
+                      ctx.figure("history_KL.png"), xlabel="outer iteration", ylabel="KL",
+                      logy=True, markers=True)
+        viz.line_plot(it, {"J": np.array(h.J)}, ctx.figure("history_J.png"),
+                      xlabel="outer iteration", ylabel="J", markers=True)
     return ["densities.png", "densities.gif", "samples.png", "history_KL.png", "history_J.png"]
 
 

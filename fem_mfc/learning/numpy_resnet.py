@@ -47,7 +47,7 @@ def columns(kind: str, x, w=None, beta=None, tanh=np.tanh) -> list:
     d = len(x)
     unit = [[1.0 if r == i else 0 for r in range(d)] for i in range(d)]
     if kind == "affine":
-        return ([[x[l] if r == i else 0 for r in range(d)] for i in range(d) for l in range(d)]
+        return ([[x[k] if r == i else 0 for r in range(d)] for i in range(d) for k in range(d)]
                 + unit)
     if kind == "rotation":
         cols = []
@@ -58,7 +58,7 @@ def columns(kind: str, x, w=None, beta=None, tanh=np.tanh) -> list:
     if kind == "random-tanh":
         cols = []
         for j in range(len(beta) if not hasattr(beta, "ufl_shape") else beta.ufl_shape[0]):
-            s = tanh(sum(w[j, l] * x[l] for l in range(d)) + beta[j])
+            s = tanh(sum(w[j, k] * x[k] for k in range(d)) + beta[j])
             cols += [[s if r == i else 0 for r in range(d)] for i in range(d)]
         return cols
     raise ValueError(f"unknown dictionary '{kind}' (expected one of {', '.join(KINDS)})")

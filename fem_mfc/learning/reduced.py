@@ -23,9 +23,10 @@ T = Σ_k Σ_i m_i Φ_{k,i} ρ_{k,i}^N (anchor losses) or β KL_η (generative). 
   δu^{N+1} = T''δρ^N / m, and H δa = L_aa δa + L_aρ δρ + L_au δu.
 
 Every matrix M + τXₙ is factorised once per forward sweep (KSP per layer, options prefix
-``classifier_transport_``; LU by default in 2D, GMRES/block-Jacobi-ILU(0) in 3D) and reused for the adjoint (transposed solves) and
-for every Hessian-vector product at that control.  The metric (preconditioner) of the control
-is the one of the sweeps: Cₙ = τ(diag(m(κρ^{n+1} + δ)) + αK) per velocity component (prefix
+``classifier_transport_``; LU by default in 2D, GMRES/block-Jacobi-ILU(0) in 3D) and reused
+for the adjoint (transposed solves) and for every Hessian-vector product at that control.  The
+metric (preconditioner) of the control is the one of the sweeps:
+Cₙ = τ(diag(m(κρ^{n+1} + δ)) + αK) per velocity component (prefix
 ``classifier_metric_``; SPD: Cholesky by default in 2D, half the flops of LU; CG/block
 Jacobi in 3D), τλI for the dictionary; the relative optimality residual is
   r = ‖C⁻¹∇J‖_C / ‖â‖_C,  â = a − C⁻¹∇J  (the sweep's target â),
@@ -35,10 +36,11 @@ from __future__ import annotations
 
 import math
 
+from mpi4py import MPI
+
 import dolfinx
 import numpy as np
 import ufl
-from mpi4py import MPI
 
 from .. import options
 from ..errors import ConfigError, SolverError
@@ -303,7 +305,7 @@ class EdgeClassifier:
         """Adjoint sweep and ∇J (``grad``) at the control of the last forward(); returns the
         relative optimality residual (and factorises the metric for :meth:`precondition`)."""
         self.counts["backward"] += 1
-        g, tau, eps, m = self.g, self.tau, self.eps, self.g.m
+        g, tau, m = self.g, self.tau, self.g.m
         xp = self._xprep
         uT = self._terminal_adjoint()
         for k in range(self.K):
@@ -412,7 +414,7 @@ class EdgeClassifier:
     def value_identity(self) -> float:
         """Σ_k m·u_k^1ρ_k^0 + Σ_n[τΣm(G − ρG')(ρ^{n+1}) + R(aⁿ)] + T − Σ_k m·ρ_k^N u_k^{N+1}
         + W: equals J for ANY control (discrete duality; module doc)."""
-        g, m, N = self.g, self.g.m, self.N
+        m, N = self.g.m, self.N
         val = sum(float(m @ (self._u[k][1] * self._rho[k][0])) for k in range(self.K))
         for n in range(N):
             B, B1, B2, a, a_ext = self._bern[n]

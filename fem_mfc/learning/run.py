@@ -19,14 +19,14 @@ import time
 import dolfinx
 import numpy as np
 
-from ..pipeline import build_mesh
+from ..config import resolve_training
 from ..io import write_text_atomic
+from ..pipeline import build_mesh
 from . import data, infer, report
 from .dictionary import DictionaryFlow, DictionaryNetwork, EdgeDictionaryNetwork
 from .feedback import FeedbackClassifier, anchors_from_config
 from .generative import run_generative  # noqa: F401  (the "generative" runner)
 from .reduced import EdgeClassifier
-from ..config import resolve_training
 
 
 def build_model(cfg: dict, comm):

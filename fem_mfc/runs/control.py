@@ -15,14 +15,14 @@ the run (exit status 3).
 """
 from __future__ import annotations
 
+from mpi4py import MPI
+
 import dolfinx
 import numpy as np
 import ufl
-from mpi4py import MPI
 
 from ..pipeline import build_mesh
 from ..problem import ControlProblem
-
 
 # A computed J and its value identity agree to solver tolerance at a discrete solution of the
 # HJB–FP scheme (Newton, Picard); the Cole–Hopf paths solve another discretisation of the same

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import math
 
+from mpi4py import MPI
+
 import dolfinx
 import numpy as np
 import ufl
-from mpi4py import MPI
 
-from ..pipeline import build_mesh
 from ..density import gaussian_mean, gaussian_ufl, initial_density
 from ..errors import ConfigError
 from ..forms.heat import THETA, heat_step
 from ..invariants import integrate, l2_error
+from ..pipeline import build_mesh
 from ..solvers.linear import LinearStepper
 
 

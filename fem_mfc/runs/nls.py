@@ -16,10 +16,10 @@ import dolfinx
 import numpy as np
 import ufl
 
-from ..pipeline import build_mesh
 from ..errors import ConfigError
 from ..expressions import as_ufl, parse
 from ..nls_invariants import NLSInvariants, l2_norm_complex, l2_norm_density, relative_drift
+from ..pipeline import build_mesh
 from ..solvers.nls import NLSProblem, ground_state, make_stepper
 
 

@@ -17,17 +17,21 @@ Fisher term over t).
 """
 from __future__ import annotations
 
-
 import dolfinx
 import numpy as np
 import ufl
 
-from ..pipeline import build_mesh
 from ..errors import ConfigError
 from ..expressions import parse
+from ..pipeline import build_mesh
 from ..problem import ControlProblem, interpolate
-from ..solvers.qhd import (QuantumStepper, bohm_potential, check_positive, solve_control,
-                           solve_quantum)
+from ..solvers.qhd import (
+    QuantumStepper,
+    bohm_potential,
+    check_positive,
+    solve_control,
+    solve_quantum,
+)
 
 
 def check(cfg: dict) -> None:

@@ -12,9 +12,9 @@ coefficient dofs are coloured so that no two dofs of one colour touch a common m
 through their cells (distance-2 for P1–P1); assembling with wᵢ = the indicator of one colour
 then gives, in every entry, the contribution of the unique dof of that colour among its
 dofs: one assembly per colour and coefficient (≈ 10 on a 2D triangle mesh) gives Tᵢ
-exactly up to the round-off of a difference of two assemblies.  Evaluating the block is then one sparse product per coefficient (≈ 2 ms at 60k P1
-dofs, 0.4M entries) instead of an assembly (≈ 15 ms; element kernels and coefficient
-packing).
+exactly up to the round-off of a difference of two assemblies.  Evaluating the block is then
+one sparse product per coefficient (≈ 2 ms at 60k P1 dofs, 0.4M entries) instead of an
+assembly (≈ 15 ms; element kernels and coefficient packing).
 
 The result is checked against an assembly at the states of the set-up: a form that is not
 affine in w, or any mismatch above round-off, makes :func:`affine_evaluator` return None and
@@ -24,12 +24,12 @@ result enters the usual ghost-row scatter.
 """
 from __future__ import annotations
 
-import dolfinx
-import numpy as np
-import scipy.sparse as sp
 from mpi4py import MPI
 from petsc4py import PETSc
 
+import dolfinx
+import numpy as np
+import scipy.sparse as sp
 
 CHECK_RTOL = 1e-12
 PROBE_RTOL = 1e-13              # Tᵢ = s·Tⱼ: both from the same kernel (exact here)

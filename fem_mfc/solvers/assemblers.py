@@ -22,12 +22,13 @@ Both drop what depends on the formulation's parameters when :meth:`invalidate` i
 """
 from __future__ import annotations
 
+from mpi4py import MPI
+from petsc4py import PETSc
+
 import dolfinx
 import dolfinx.fem.petsc
 import numpy as np
 import ufl
-from mpi4py import MPI
-from petsc4py import PETSc
 
 from ..forms.hjb_fp import nonzero
 from .affine import affine_evaluator, applicable, setup_assemblies

@@ -2,7 +2,8 @@
 
 The space-time systems assemble hundreds of Jacobian blocks per Newton step, all on one pair
 of spaces and one sparsity pattern.  ``dolfinx.fem.petsc.assemble_matrix`` inserts cell by cell
-through ``MatSetValuesLocal`` and ``create_matrix`` builds a sparsity pattern per call.  :class:`CSRAssembler` instead
+through ``MatSetValuesLocal`` and ``create_matrix`` builds a sparsity pattern per
+call.  :class:`CSRAssembler` instead
 
 * assembles into one scratch ``dolfinx.la.MatrixCSR`` per pattern (dolfinx's native CSR
   assembler), adds the ghost rows to their owners
@@ -22,10 +23,11 @@ assembly to round-off in serial and in parallel (tests/test_assembly.py).
 """
 from __future__ import annotations
 
+from petsc4py import PETSc
+
 import dolfinx
 import dolfinx.fem.petsc
 import numpy as np
-from petsc4py import PETSc
 
 
 def pattern_key(a: dolfinx.fem.Form) -> tuple:

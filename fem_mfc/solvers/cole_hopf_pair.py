@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from mpi4py import MPI
+
 import dolfinx
 import ufl
-from mpi4py import MPI
 
 from ..errors import ConfigError, SolverError
 from ..forms import cole_hopf_pair as forms

@@ -11,12 +11,13 @@ follows the path λ ∈ [0, 1],
 
 with adaptive steps (doubled after an easy stage, halved after a failed one, from the last
 solution), a secant predictor from the last two solutions, loose intermediate tolerances and
-the full one at λ = 1.  The stages solve every Newton step exactly (no inexact forcing: near a fold the Jacobian is
-nearly singular and inexact steps stall) with the affine-invariant line search of Deuflhard's
-NLEQ-ERR (``nleqerr``: the natural monotonicity test ‖J⁻¹F(x + λδ)‖ ≤ (1 − λ/2)‖δ‖), which
-does not assume that the residual norm — or the cost, non-convex here — decreases along
-Newton's direction; the residual-norm backtracking of the direct attempt rejected full Newton
-steps near attractive solutions.  The user's ``-{prefix}snes_linesearch_type`` is kept.
+the full one at λ = 1.  The stages solve every Newton step exactly (no inexact forcing:
+near a fold the Jacobian is nearly singular and inexact steps stall) with the
+affine-invariant line search of Deuflhard's NLEQ-ERR (``nleqerr``: the natural monotonicity
+test ‖J⁻¹F(x + λδ)‖ ≤ (1 − λ/2)‖δ‖), which does not assume that the residual norm — or the
+cost, non-convex here — decreases along Newton's direction; the residual-norm backtracking of
+the direct attempt rejected full Newton steps near attractive solutions.  The user's
+``-{prefix}snes_linesearch_type`` is kept.
 
 The stages are recorded (parameter values, Newton iterations, residuals) and returned with the
 result; if the path stalls (step below MIN_STEP) the last stage reached is reported and the
@@ -24,8 +25,9 @@ best iterate of the final attempt is returned unconverged.
 """
 from __future__ import annotations
 
-import numpy as np
 from mpi4py import MPI
+
+import numpy as np
 
 FIRST_STEP = 0.25
 MIN_STEP = 1.0 / 512

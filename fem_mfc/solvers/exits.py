@@ -19,10 +19,11 @@ discrete value identity J = ∫u(0)ρ_0 + Σ value still holds exactly.
 """
 from __future__ import annotations
 
-import dolfinx
-import numpy as np
 from mpi4py import MPI
 from petsc4py import PETSc
+
+import dolfinx
+import numpy as np
 
 from ..errors import ConfigError
 from ..forms import hjb_fp as H

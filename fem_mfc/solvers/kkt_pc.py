@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from mpi4py import MPI
 from petsc4py import PETSc
+
+import numpy as np
 
 from ..errors import SolverError
 from .steps import is_direct, step_kind, step_solver

@@ -4,8 +4,9 @@ A block-by-block product (a MatNest of the blocks of
 :class:`~fem_mfc.solvers.kkt.KKTOperator`) makes about eleven sparse products per time level,
 although most blocks are the same few matrices — with B_n = αP_n + E (derived FP blocks), the
 HJB/u blocks the transposes of the FP/ρ blocks (mirrors) and the state-independent blocks
-(mass-like congestion blocks, E) shared by all levels.  Every Krylov iteration and every trapezoid residual multiplies with the whole
-operator, so these products are memory-bound reads of the same matrices over and over.
+(mass-like congestion blocks, E) shared by all levels.  Every Krylov iteration and every
+trapezoid residual multiplies with the whole operator, so these products are memory-bound
+reads of the same matrices over and over.
 
 :class:`KKTProduct` writes the operator as a sum of terms
 
@@ -29,8 +30,9 @@ P_nᵀ, A_n) instead of ≈ 11.
 """
 from __future__ import annotations
 
-import numpy as np
 from petsc4py import PETSc
+
+import numpy as np
 
 from .assembly import scalar_multiple
 
@@ -175,7 +177,7 @@ class KKTProduct:
             else:
                 ys[r] += w if a == 1.0 else a * w
 
-        for buf, X, filled in self._buffers.values():
+        for _buf, _X, filled in self._buffers.values():
             filled[0] = None
         for step in self.plan():
             kind, base, t = step[:3]
@@ -218,7 +220,7 @@ class KKTProduct:
             if Y[0] is not None:
                 Y[0].destroy()
                 Y[0] = None
-        for buf, X, filled in getattr(self, "_buffers", {}).values():
+        for _buf, X, _filled in getattr(self, "_buffers", {}).values():
             X.destroy()
         self._plan, self._buffers = None, {}
 

@@ -4,10 +4,11 @@ assembles the right-hand side, solves, updates ghosts and rejects NaN or a faile
 """
 from __future__ import annotations
 
+from petsc4py import PETSc
+
 import dolfinx
 import dolfinx.fem.petsc
 import numpy as np
-from petsc4py import PETSc
 
 from .. import options
 from ..errors import SolverError

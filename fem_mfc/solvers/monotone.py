@@ -11,12 +11,13 @@ no nodal M-matrix structure).
 """
 from __future__ import annotations
 
+from mpi4py import MPI
+from petsc4py import PETSc
+
 import dolfinx
 import dolfinx.fem.petsc
 import numpy as np
 import ufl
-from mpi4py import MPI
-from petsc4py import PETSc
 
 from ..errors import ConfigError
 from ..forms import hjb_fp as H
@@ -67,7 +68,7 @@ class MonotoneSpaceTime(SpaceTime):
     describe = staticmethod(monotone)
 
     def _compile(self, cache: bool):
-        fm, p, V = self.formulation, self.problem, self.V
+        fm = self.formulation
         d = fm.params["step_data"]
         self.step_data = d
         self.jac_ufl = {}
@@ -205,7 +206,8 @@ class MonotoneAssembler(Assembler):
         """Entries of block ``key`` on the owned rows of the pattern."""
         tm, g = self.st.tm, self.graph
         tau, eps = self._params()
-        diag = lambda d: _diagonal(g, d)
+        def diag(d):
+            return _diagonal(g, d)
         row, col = key
         if key == ("u", RHO_CUR):             # ∂FP/∂ρ^k = M
             return diag(g.m)

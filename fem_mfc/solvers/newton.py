@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from petsc4py import PETSc
+
+import numpy as np
 
 from .. import options
 from ..errors import ConfigError, SolverError

@@ -15,18 +15,19 @@
 """
 from __future__ import annotations
 
+from mpi4py import MPI
+from petsc4py import PETSc
+
 import basix.ufl
 import dolfinx
 import dolfinx.fem.petsc
 import numpy as np
 import ufl
-from mpi4py import MPI
-from petsc4py import PETSc
 
 from .. import options
 from ..errors import SolverError
-from .linear import make_ksp
 from ..forms import nls as forms
+from .linear import make_ksp
 
 NONLINEARITIES = ("energy-conserving", "midpoint")
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
 from mpi4py import MPI
-from petsc4py import PETSc
+
+import numpy as np
 
 from .. import options
 from ..errors import SolverError

@@ -13,13 +13,14 @@ import math
 import time
 from dataclasses import dataclass
 
+from mpi4py import MPI
+from petsc4py import PETSc
+
 import basix.ufl
 import dolfinx
 import dolfinx.fem.petsc
 import numpy as np
 import ufl
-from mpi4py import MPI
-from petsc4py import PETSc
 
 from .. import options
 from ..compat import create_vector, nonlinear_residual_jacobian
@@ -27,7 +28,7 @@ from ..errors import ConfigError, SolverError
 from ..forms import qhd as forms
 from ..problem import interpolate
 from .newton import REASONS, newton
-from .spacetime import HJB_DIAGNOSTICS, ForwardSplit, Formulation, SpaceTime, before_last
+from .spacetime import HJB_DIAGNOSTICS, Formulation, ForwardSplit, SpaceTime, before_last
 
 # the HJB–FP diagnostics plus the Hamiltonian and the Fisher term at (ρ^k, S^k), k < N
 QHD_DIAGNOSTICS = {**HJB_DIAGNOSTICS, "energy": ("list", (("energy", before_last),)),

@@ -37,12 +37,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from mpi4py import MPI
+from petsc4py import PETSc
+
 import dolfinx
 import dolfinx.fem.petsc
 import numpy as np
 import ufl
-from mpi4py import MPI
-from petsc4py import PETSc
 
 from ..errors import SolverError
 from ..forms import hjb_fp as H

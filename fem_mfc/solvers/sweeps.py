@@ -19,11 +19,12 @@ from __future__ import annotations
 import math
 import time
 
+from mpi4py import MPI
+from petsc4py import PETSc
+
 import dolfinx
 import dolfinx.fem.petsc
 import numpy as np
-from mpi4py import MPI
-from petsc4py import PETSc
 
 from ..errors import ConfigError, SolverError
 from ..forms import cole_hopf
