@@ -82,7 +82,7 @@ import dolfinx
 import numpy as np
 import ufl
 
-from fem_mfc import config, options, viz
+from fem_mfc import config, io, options, viz
 from fem_mfc.cli import split_petsc_options
 from fem_mfc.mesh import MESH_DIR, from_geo
 from fem_mfc.problem import ControlProblem
@@ -190,16 +190,7 @@ say(f"Newton: {result.iterations} iterations, {result.reason}, residual {result.
 
 # %%
 t = time.perf_counter()
-rho_out = dolfinx.fem.Function(V, name="rho")
-u_out = dolfinx.fem.Function(V, name="u")
-with dolfinx.io.VTXWriter(comm, str(out / "rho.bp"), [rho_out], engine="BP4") as vr, \
-        dolfinx.io.VTXWriter(comm, str(out / "u.bp"), [u_out], engine="BP4") as vu:
-    for n in range(problem.steps + 1):
-        rho_out.x.array[:] = result.rho[n].x.array
-        vr.write(problem.rho_time(n))
-        if n < problem.steps:
-            u_out.x.array[:] = result.u[n].x.array
-            vu.write(problem.u_time(n))
+io.write_trajectories(out, problem, result, comm)
 clock["vtx_s"] = time.perf_counter() - t
 
 # %% [markdown]

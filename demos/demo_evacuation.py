@@ -56,10 +56,9 @@ from pathlib import Path
 
 from mpi4py import MPI
 
-import dolfinx
 import numpy as np
 
-from fem_mfc import config, options, viz
+from fem_mfc import config, io, options, viz
 from fem_mfc.cli import split_petsc_options
 from fem_mfc.mesh import MESH_DIR, from_geo
 from fem_mfc.problem import ControlProblem
@@ -183,16 +182,7 @@ for key in ("J", "t_half", "left_inside_T"):
 
 # %%
 problem, result, doors = finest
-rho_out = dolfinx.fem.Function(problem.space, name="rho")
-u_out = dolfinx.fem.Function(problem.space, name="u")
-with dolfinx.io.VTXWriter(comm, str(out / "rho.bp"), [rho_out], engine="BP4") as vr, \
-        dolfinx.io.VTXWriter(comm, str(out / "u.bp"), [u_out], engine="BP4") as vu:
-    for n in range(problem.steps + 1):
-        rho_out.x.array[:] = result.rho[n].x.array
-        vr.write(problem.rho_time(n))
-        if n < problem.steps:
-            u_out.x.array[:] = result.u[n].x.array
-            vu.write(problem.u_time(n))
+io.write_trajectories(out, problem, result, comm)
 figures = []
 if not args.no_figures:
     N = problem.steps
