@@ -56,6 +56,7 @@ from pathlib import Path
 
 from mpi4py import MPI
 
+import dolfinx
 import numpy as np
 
 from fem_mfc import config, io, options, viz
@@ -175,8 +176,8 @@ for key in ("J", "t_half", "left_inside_T"):
 # %% [markdown]
 # ## 4. ParaView series, figures and a GIF (finest level)
 #
-# `rho.bp` and `u.bp` (VTX) for ParaView; `rho_snapshots.png` (ρ at t = 0, T/3, 2T/3, T, each
-# on its own colour scale: the crowd thins out), `rho.gif` (every step, one scale),
+# `rho.bp` and `u.bp` (VTX) for ParaView; `rho_snapshots.png` (ρ/max ρ at t = 0, T/3, 2T/3,
+# T: the crowd thins out as it leaves), `rho.gif` (ρ at every step, one scale),
 # `exit_flux.png` (mass leaving per unit time through each door) and `refinement.png` (J and
 # t½ against h).
 
@@ -188,9 +189,15 @@ if not args.no_figures:
     N = problem.steps
     snaps = sorted({round(N * k / 3) for k in range(4)})
     viz.ensure_display()
-    viz.plot_snapshots([result.rho[n] for n in snaps],
-                       [f"t = {problem.rho_time(n):.2f}" for n in snaps],
-                       out / "rho_snapshots.png", shared_clim=False)
+    tops = [comm.allreduce(float(result.rho[n].x.array.max()), op=MPI.MAX) for n in snaps]
+    scaled = []
+    for n, top in zip(snaps, tops):            # each snapshot relative to its own maximum
+        f = dolfinx.fem.Function(problem.space, name="rho/max")
+        f.x.array[:] = result.rho[n].x.array / top
+        scaled.append(f)
+    viz.plot_snapshots(scaled, [f"t = {problem.rho_time(n):.2f}, max {top:.3g}"
+                                for n, top in zip(snaps, tops)],
+                       out / "rho_snapshots.png", name="rho/max")
     viz.animate(result.rho, [f"t = {problem.rho_time(n):.2f}" for n in range(N + 1)],
                 out / "rho.gif")
     if comm.rank == 0:
