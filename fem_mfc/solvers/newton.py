@@ -59,6 +59,8 @@ ETA_SAFETY = 0.5                                 # of the tolerance still to be 
 CONVERGED = ("CONVERGED_FNORM_ABS", "CONVERGED_FNORM_RELATIVE")
 ROUNDOFF_FACTOR = 1e3           # a residual that stagnates this close to the target ...
 STAGNATION = 2                  # ... for this many iterations has reached its round-off floor
+STALL_RATIO, STALL_STEPS = 0.95, 2   # a direct attempt whose residual fell by less than 5 %
+                                     # in each of 2 steps has stalled: continuation takes over
 
 
 def check_cole_hopf_guess(p):
@@ -167,6 +169,7 @@ class NewtonSolver:
         self.st, self.mode, self.prefix = st, mode, prefix
         self.rtol, self.atol, self.max_it = rtol, atol, max_it
         self.user_linesearch = user_linesearch
+        self.stall_exit = False               # end a stalled attempt early (see _stalled)
         self.checkpoint = None                # a fem_mfc.checkpoint.Writer, or None
         self.stage = {"lambda": 1.0, "eps0": None}   # continuation stage being solved
         self.X, self.F = st.create_vec(), st.create_vec()
@@ -307,7 +310,22 @@ class NewtonSolver:
             return R.CONVERGED_ITS
         if it >= max_it:
             return R.DIVERGED_MAX_IT
+        if self.stall_exit and self._stalled():
+            self._stall = True
+            return R.DIVERGED_LINE_SEARCH
         return R.ITERATING
+
+    def _stalled(self) -> bool:
+        """Has the residual fallen by less than 1 − STALL_RATIO in each of the last
+        STALL_STEPS steps?  Newton far from a solution it cannot reach (an attractive
+        coupling, a running cost that bends the paths, small noise) creeps along with damped
+        steps while its Krylov solves grow to hundreds of iterations; the continuation,
+        which follows the solution from an easy problem, is the better use of the time."""
+        r = [h["residual"] for h in self.history]
+        if len(r) < STALL_STEPS + 1:
+            return False
+        last = r[-(STALL_STEPS + 1):]
+        return all(b > STALL_RATIO * a for a, b in zip(last, last[1:]))
 
     def _pc_context(self):
         if self.mode != "sweep":
@@ -359,7 +377,7 @@ class NewtonSolver:
             self.forcing.prev = None
         self.history = []
         self._best_f = None
-        self._floor = False
+        self._floor = self._stall = False
         self._t_last = time.perf_counter()
         st.states_to_vec(self.X)
         try:
@@ -376,6 +394,8 @@ class NewtonSolver:
         f0 = self.history[0]["residual"] if self.history else fnorm
         target = max(atol, rtol * f0)
         name = REASONS.get(reason, str(reason)) if failed is None else f"ERROR ({failed})"
+        if failed is None and self._stall:
+            name = "DIVERGED_STALLED"
         converged = failed is None and np.isfinite(fnorm) and (
             name in CONVERGED or (reason > 0 and fnorm <= 10 * target))
         if failed is None and (getattr(self, "_floor", False)
@@ -484,7 +504,9 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                     solver.stage["first_residual"] = f0
                     out = solver.solve(rtol=0.0, atol=max(atol, rtol * f0))
                 else:
+                    solver.stall_exit = continuation and bool(st.parameters)
                     out = solver.solve()
+                    solver.stall_exit = False
                 if not out["converged"] and continuation:
                     from .continuation import continue_to
                     out, stages = continue_to(solver, out, X0)
