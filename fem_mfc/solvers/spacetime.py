@@ -218,20 +218,35 @@ class SpaceTime:
         the assembler that evaluates them."""
         from .assemblers import Assembler, CachingAssembler
         fm = self.formulation
-        res = {k: ufl.algorithms.expand_derivatives(F)
-               for k, F in fm.build(self.tm, self.t_prev, self.t_cur).items()}
-        self.jac_ufl = jacobian_blocks(res, self.tm, fm.depends)
+        self._res_ufl = res = {k: ufl.algorithms.expand_derivatives(F)
+                               for k, F in fm.build(self.tm, self.t_prev, self.t_cur).items()}
         self.res = {k: dolfinx.fem.form(F) for k, F in res.items()}
-        self.jac = {k: dolfinx.fem.form(a) for k, a in self.jac_ufl.items()}
         varying = set(self.tm.values()) | {self.t_prev, self.t_cur}
-        self.block_inputs = {k: varying_inputs(a, varying) for k, a in self.jac_ufl.items()}
         self.row_inputs = {k: varying_inputs(F, varying) for k, F in res.items()}
-        self.constant_block = {k: not inputs for k, inputs in self.block_inputs.items()}
         self.func_ufl = {k: f for k, f in fm.functionals(self.tm, self.t_cur).items()
                          if f is not None}
         self.func = {k: dolfinx.fem.form(f) for k, f in self.func_ufl.items()}
-        self.split = self._split_forms(fm.forward_split)
         self.assembler = (CachingAssembler if cache else Assembler)(self)
+
+    JACOBIAN = ("jac_ufl", "jac", "block_inputs", "constant_block", "split")
+
+    def __getattr__(self, name):
+        """The Jacobian blocks (``JACOBIAN``) are derived and compiled when first asked for:
+        a system used only for its residual and diagnostics (the Cole–Hopf sweeps' J and
+        value identity) never pays for them."""
+        if name in SpaceTime.JACOBIAN and "_res_ufl" in self.__dict__:
+            self._compile_jacobian()
+            return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _compile_jacobian(self):
+        fm = self.formulation
+        self.jac_ufl = jacobian_blocks(self._res_ufl, self.tm, fm.depends)
+        self.jac = {k: dolfinx.fem.form(a) for k, a in self.jac_ufl.items()}
+        varying = set(self.tm.values()) | {self.t_prev, self.t_cur}
+        self.block_inputs = {k: varying_inputs(a, varying) for k, a in self.jac_ufl.items()}
+        self.constant_block = {k: not inputs for k, inputs in self.block_inputs.items()}
+        self.split = self._split_forms(fm.forward_split)
 
     @classmethod
     def describe(cls, problem, **options) -> Formulation:
