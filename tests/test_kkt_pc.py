@@ -510,3 +510,17 @@ def test_per_step_lu_is_redundant_only_for_small_pivots_on_few_ranks():
     assert not redundant(1000, 1)
     assert redundant(1000, 2) and redundant(REDUNDANT_MAX_DOFS - 1, 4)
     assert not redundant(REDUNDANT_MAX_DOFS, 2) and not redundant(1000, 5)
+
+
+def test_ilu_steps_solve_1d_p2():
+    """Per-step GMRES + ILU(0) on 1D P2 (3001 dofs): in dolfinx's dof numbering ILU(0) drops
+    the fill it needs and GMRES stagnated (500 iterations, the Newton solve failed); in the
+    RCM ordering the sweep reaches the LU path's solution."""
+    mesh = dolfinx.mesh.create_interval(MPI.COMM_SELF, 1500, [-1.0, 1.0])
+    x = ufl.SpatialCoordinate(mesh)
+    p = ControlProblem(mesh=mesh, T=1.0, sigma=0.6, steps=20, degree=2, Phi=(x[0] - 0.5) ** 2,
+                       G=lambda r: 0.5 * r ** 2, rho0=ufl.exp(-((x[0] + 0.4) ** 2) / 0.16))
+    ilu = newton(p, linear="sweep", petsc_options={"sweep_step": "ilu"})
+    lu = newton(dataclasses.replace(p), linear="sweep", petsc_options={"sweep_step": "lu"})
+    assert ilu.converged and ilu.path["step_kind"] == "ilu"
+    assert abs(ilu.J - lu.J) < 1e-9 * abs(lu.J)

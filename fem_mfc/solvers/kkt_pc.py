@@ -253,7 +253,8 @@ class SweepPC:
             A = self._T
         ksp = self.it.get(key)
         if ksp is None:
-            ksp = self.it[key] = step_solver(A, self.prefix, self.kind)
+            ksp = self.it[key] = step_solver(A, self.prefix, self.kind,
+                                             dim=self.op.st.V.mesh.topology.dim)
             self.factorisations += 1
         else:
             reuse = self.kind == "amg" and not self._due.get(key, True)
