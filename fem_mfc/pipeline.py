@@ -30,9 +30,9 @@ EXIT_OK, EXIT_INPUT, EXIT_UNCONVERGED = 0, 2, 3
 
 def build_mesh(cfg: dict, comm):
     """The config's mesh (:func:`fem_mfc.mesh.build`) with every formula of the config checked
-    on it (:func:`fem_mfc.expressions.check_formulas`; ConfigError naming the key)."""
+    on it (:func:`fem_mfc.checks.check_formulas`; ConfigError naming the key)."""
     from . import mesh as meshmod
-    from .expressions import check_formulas
+    from .checks import check_formulas
     md = meshmod.build(cfg["mesh"], comm)
     check_formulas(cfg, md.mesh)
     return md

@@ -296,7 +296,7 @@ def cfg(H="quadratic", **over):
 def test_config_kinds_solve(H, table, kind):
     c = cfg(H, hamiltonian=table)
     mesh = dolfinx.mesh.create_interval(MPI.COMM_SELF, 16, [-1, 1])
-    from fem_mfc.expressions import check_formulas
+    from fem_mfc.checks import check_formulas
     check_formulas(c, mesh)
     p = ControlProblem.from_config(c, mesh)
     assert p.hamiltonian.kind == kind
@@ -335,7 +335,7 @@ def test_config_refusals(over, key):
     ("p0 + q0", {}, "problem.H"),                               # unknown name
     ("x0**2", {}, "problem.H")])                                # no p at all
 def test_bad_hamiltonians(H, table, key):
-    from fem_mfc.expressions import check_formulas
+    from fem_mfc.checks import check_formulas
     with pytest.raises(ConfigError) as e:
         c = cfg(H, hamiltonian=table)
         check_formulas(c, dolfinx.mesh.create_interval(MPI.COMM_SELF, 8, [-1, 1]))

@@ -1,7 +1,7 @@
 """Item 2 of issue 14: formulas are checked before the solve.  Math errors in constant
 subexpressions and size/complexity limits are ConfigErrors at parse time; non-finite values at
 the mesh's DOF/quadrature points (and of G over a range of rho) are ConfigErrors from
-``expressions.check_formulas(cfg, mesh)``; every message is one line naming the key."""
+``checks.check_formulas(cfg, mesh)``; every message is one line naming the key."""
 from __future__ import annotations
 
 from mpi4py import MPI
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import ufl
 
-from fem_mfc import config, expressions
+from fem_mfc import checks, config, expressions
 from fem_mfc.errors import ConfigError
 
 PARSE_FAILURES = ["1/0", "10.0**400", "exp(1000)", "log(0)", "sqrt(-1)", "x0**1e6",
@@ -89,7 +89,7 @@ ON_MESH_FAILURES = [
 def test_check_formulas_refuses(over, key, mesh1d):
     cfg = _cfg(**over)
     with pytest.raises(ConfigError) as e:
-        expressions.check_formulas(cfg, mesh1d)
+        checks.check_formulas(cfg, mesh1d)
     msg = str(e.value)
     assert f"'{key}'" in msg and "\n" not in msg, msg
 
@@ -103,12 +103,12 @@ def test_check_formulas_refuses(over, key, mesh1d):
                                   {"problem": {"V": "min(1, 1)", "Phi": "max(x0, 0)"}},
                                   {"problem": {"G": "x0**2"}}])          # G without rho
 def test_check_formulas_accepts(over, mesh1d):
-    expressions.check_formulas(_cfg(**over), mesh1d)
+    checks.check_formulas(_cfg(**over), mesh1d)
 
 
 def test_rho0_std_message_has_the_numbers(mesh1d):
     h = 6.0 / 16                 # cell size of the mesh, computed here from its definition
     with pytest.raises(ConfigError) as e:
-        expressions.check_formulas(_cfg(rho0={"std": h / 1000}), mesh1d)
+        checks.check_formulas(_cfg(rho0={"std": h / 1000}), mesh1d)
     msg = str(e.value)
     assert "rho0.std" in msg and f"{h:.3g}" in msg and f"{h / 1000!r}" in msg

@@ -5,7 +5,7 @@ Fast profile (part of the suite, < 60 s, derandomised so that CI is reproducible
   keys and sections, random formulas from a small grammar including the known failure cases --
   go through ``config.from_dict``, ``config.check_resources`` and ``expressions.parse``: each is
   accepted or raises a UserError/ConfigError with a one-line message, never another exception;
-* random formulas through ``expressions.check_formulas`` on a small mesh (values at the mesh
+* random formulas through ``checks.check_formulas`` on a small mesh (values at the mesh
   points, G over a range of rho);
 * a few generated configs run by ``python3 -m fem_mfc run`` on tiny meshes: exit 0, 2 or 3, no
   traceback, one line on failure, and an earlier result in the same folder is unchanged when
@@ -28,7 +28,7 @@ import ufl
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fem_mfc import config, expressions
+from fem_mfc import checks, config, expressions
 from fem_mfc.errors import UserError
 from helpers import read_summary, run_cli
 
@@ -187,7 +187,7 @@ def _check_on_mesh(case):
     if key == "formula":
         raw["rho0"]["kind"] = "formula"
     try:
-        expressions.check_formulas(config.from_dict(raw), _mesh(2))
+        checks.check_formulas(config.from_dict(raw), _mesh(2))
     except UserError as e:
         _one_line(e)
 

@@ -10,7 +10,7 @@ from mpi4py import MPI
 import dolfinx
 import pytest
 
-from fem_mfc import config, expressions
+from fem_mfc import checks, config
 from fem_mfc.density import mesh_scales
 from fem_mfc.errors import ConfigError
 
@@ -26,9 +26,9 @@ def test_checks_are_collective(tmp_path_factory):
            "mesh": {"kind": "rectangle", "lower": [-3.0, -2.0], "upper": [3.0, 2.0]},
            "rho0": {"mean": [0.0, 0.0]}, "problem": {"V": "1/(x0 - 3)"}}
     with pytest.raises(ConfigError, match="problem.V"):      # infinite only on one boundary
-        expressions.check_formulas(config.from_dict(raw), m)
+        checks.check_formulas(config.from_dict(raw), m)
     raw["problem"]["V"] = "x0**2"
-    expressions.check_formulas(config.from_dict(raw), m)
+    checks.check_formulas(config.from_dict(raw), m)
 
 
 @pytest.mark.mpi

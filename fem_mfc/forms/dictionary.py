@@ -1,7 +1,7 @@
 """The dictionary network (MODEL §2, E–Han–Li maximum principle) as a per-step Lagrangian.
 
 The velocity of layer n is aⁿ = B(x) θⁿ with the dictionary B of
-:func:`fem_mfc.learning.numpy_resnet.columns` (written in UFL here) and θⁿ ∈ R^m a
+:func:`fem_mfc.dictionaries.columns` (written in UFL here) and θⁿ ∈ R^m a
 ``dolfinx.fem.Constant``.  The weight decay (λ/2)∫|θ|²dt is not a field integral; it is added
 to J outside the forms (τλ/2 Σ_n |θⁿ|²).  The step Lagrangian composes the classifier's FP step:
 
@@ -22,7 +22,7 @@ import dolfinx
 import numpy as np
 import ufl
 
-from ..learning.numpy_resnet import columns
+from ..dictionaries import columns
 from .classifier import SweepForms, fp_residual
 
 

@@ -7,9 +7,9 @@ A dictionary network has the velocity a(t, x) = B(x) θ(t) = Σ_j θ_j(t) b_j(x)
 * ``random-tanh``: b = e_i tanh(w_j·x + β_j), j = 1..width  (m = d·width; θ index j·d + i), the
   ridges (w_j, β_j) ~ N(0, s²) drawn once from a seed and then frozen.
 
-:func:`columns` writes the dictionary ONCE, generic in the arithmetic: with NumPy arrays it is the
-inference network below, with UFL coordinates it is the velocity inside the PDE forms
-(:mod:`fem_mfc.forms.dictionary`), so both sides evaluate the same B(x).
+:func:`fem_mfc.dictionaries.columns` writes the dictionary ONCE, generic in the arithmetic: with
+NumPy arrays it is the inference network below, with UFL coordinates it is the velocity inside
+the PDE forms (:mod:`fem_mfc.forms.dictionary`), so both sides evaluate the same B(x).
 
 The ResNet is x_{n+1} = x_n + τ B(x_n) θⁿ, n = 0..N−1 (defined on all of R^d), predicted class
 argmin_k |x_N − c_k|.  ``weights.npz`` stores kind, θ (N × m), τ, the ridges and the anchors.
@@ -24,44 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-KINDS = ("affine", "rotation", "random-tanh")
-
-
-def n_weights(kind: str, d: int, width: int = 0) -> int:
-    """m = the number of dictionary columns."""
-    return {"affine": d * d + d, "rotation": d * (d - 1) // 2, "random-tanh": d * width}[kind]
-
-
-def ridges(d: int, width: int, scale: float, seed: int):
-    """The frozen random ridges (w (width × d), β (width,)) ~ N(0, scale²)."""
-    rng = np.random.default_rng(seed)
-    return scale * rng.standard_normal((width, d)), scale * rng.standard_normal(width)
-
-
-def columns(kind: str, x, w=None, beta=None, tanh=np.tanh) -> list:
-    """The columns b_1..b_m at x, each a list of d components (0 for structural zeros).
-
-    ``x``: a list of d coordinates (NumPy arrays or UFL expressions); ``w``, ``beta``: the ridges
-    (NumPy arrays or UFL Constants, indexed as w[j, l], beta[j]); ``tanh``: np.tanh or ufl.tanh.
-    """
-    d = len(x)
-    unit = [[1.0 if r == i else 0 for r in range(d)] for i in range(d)]
-    if kind == "affine":
-        return ([[x[k] if r == i else 0 for r in range(d)] for i in range(d) for k in range(d)]
-                + unit)
-    if kind == "rotation":
-        cols = []
-        for p in range(d):
-            for q in range(p + 1, d):
-                cols.append([x[q] if r == p else (-x[p] if r == q else 0) for r in range(d)])
-        return cols
-    if kind == "random-tanh":
-        cols = []
-        for j in range(len(beta) if not hasattr(beta, "ufl_shape") else beta.ufl_shape[0]):
-            s = tanh(sum(w[j, k] * x[k] for k in range(d)) + beta[j])
-            cols += [[s if r == i else 0 for r in range(d)] for i in range(d)]
-        return cols
-    raise ValueError(f"unknown dictionary '{kind}' (expected one of {', '.join(KINDS)})")
+from ..dictionaries import KINDS, columns, n_weights, ridges  # noqa: F401 (re-exported)
 
 
 def dictionary_matrix(kind: str, X: np.ndarray, w=None, beta=None) -> np.ndarray:

@@ -47,7 +47,7 @@ def solve_config(cfg: dict, ctx, md=None):
     if restart is not None:
         resume = checkpoint.read_meta(restart, cfg)
         md = MeshData(checkpoint.read_mesh(restart, ctx.comm))
-        from ..expressions import check_formulas
+        from ..checks import check_formulas
         check_formulas(cfg, md.mesh)
     md = md or build_mesh(cfg, ctx.comm)
     problem = ControlProblem.from_config(cfg, md.mesh, md.cell_tags, md.facet_tags)

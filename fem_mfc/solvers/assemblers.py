@@ -34,6 +34,19 @@ from ..forms.hjb_fp import nonzero
 from .affine import affine_evaluator, applicable, setup_assemblies
 from .assembly import CSRAssembler
 
+
+def varying_inputs(form, varying: set) -> list:
+    """The coefficients and Constants of a UFL form or expression that are in ``varying``."""
+    return [f for f in (set(ufl.algorithms.extract_coefficients(form))
+                        | set(ufl.algorithms.analysis.extract_type(form, ufl.Constant)))
+            if f in varying]
+
+
+def input_values(inputs: list) -> list:
+    """The current values of Functions and Constants (views, not copies)."""
+    return [f.x.array if hasattr(f, "x") else np.asarray(f.value) for f in inputs]
+
+
 AFFINE_AFTER = 4                 # block assemblies of a form before it is evaluated affinely
 
 
@@ -124,7 +137,6 @@ class CachingAssembler(Assembler):
         return self.st.comm.allreduce(same, op=MPI.LAND)
 
     def row(self, row: str) -> np.ndarray:
-        from .spacetime import input_values
         values = input_values(self.st.row_inputs[row])
         memo = self._row_memo.get(row)
         if self._unchanged(memo, values):
@@ -136,7 +148,6 @@ class CachingAssembler(Assembler):
     def block(self, key, k: int) -> PETSc.Mat:
         """As :meth:`Assembler.block`; a block whose inputs hold the values of the last
         assembly of its form is copied from that matrix (unless it changed since)."""
-        from .spacetime import input_values
         st = self.st
         if st.constant_block[key]:
             return super().block(key, k)
@@ -181,7 +192,6 @@ class CachingAssembler(Assembler):
         """{name: (template, F(0) on this rank, b)} for the functionals of one template whose
         derivative b = ∂F/∂f is independent of the states and time (F affine in f, e.g.
         ∫ρ^k and ∫Φρ^N).  b is assembled once (owned dofs, ghost contributions added)."""
-        from .spacetime import varying_inputs
         st = self.st
         varying = set(st.tm.values()) | {st.t_prev, st.t_cur}
         out = {}
@@ -228,4 +238,4 @@ class CachingAssembler(Assembler):
         super().destroy()
 
 
-__all__ = ["Assembler", "CachingAssembler", "AFFINE_AFTER"]
+__all__ = ["Assembler", "CachingAssembler", "AFFINE_AFTER", "input_values", "varying_inputs"]

@@ -139,12 +139,12 @@ def transfer(coarse, st, rho_c: list, u_c: list):
         st.u[n].x.array[:] = (1 - w) * u[i] + w * u[j]
 
 
-def coarse_guess(st, rtol: float, atol: float, max_it: int, prefix: str) -> str:
+def coarse_guess(st, solve, rtol: float, atol: float, max_it: int, prefix: str) -> str:
     """States of ``st`` ← the interpolated solution of ``st.problem.coarse()`` (solved by
-    :func:`fem_mfc.solvers.newton.newton`, itself nested while large) if it exists, converged
+    ``solve`` — :func:`fem_mfc.solvers.newton.newton`, passed in by it —, itself nested while
+    large) if it exists, converged
     and gives a smaller residual than the trivial guess; returns a description for the
     history."""
-    from .newton import newton
     p = st.problem
     make = getattr(p, "coarse", None)
     if make is None:
@@ -154,7 +154,7 @@ def coarse_guess(st, rtol: float, atol: float, max_it: int, prefix: str) -> str:
     if nc >= st.V.dofmap.index_map.size_global * st.N * 2:
         return "trivial (the coarser problem is not smaller)"
     inner = "coarse" if nc >= MIN_UNKNOWNS and getattr(coarse, "coarse", None) else "trivial"
-    r = newton(coarse, rtol=COARSE_RTOL, atol=atol, max_it=max_it, prefix=prefix, guess=inner)
+    r = solve(coarse, rtol=COARSE_RTOL, atol=atol, max_it=max_it, prefix=prefix, guess=inner)
     if not r.converged:
         return f"trivial (the coarse solve did not converge: {r.reason})"
     transfer(coarse, st, r.rho, r.u)

@@ -486,7 +486,7 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                 guess = "trivial (the Cole-Hopf guess had the larger residual)"
             elif guess == "coarse":
                 from .nested import coarse_guess
-                guess = coarse_guess(st, rtol=rtol, atol=atol, max_it=max_it,
+                guess = coarse_guess(st, newton, rtol=rtol, atol=atol, max_it=max_it,
                                      prefix=prefix)
             if st.constraints is not None:
                 st.constraints.impose()       # exits: Newton starts on the constraints

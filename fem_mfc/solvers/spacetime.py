@@ -47,6 +47,7 @@ import ufl
 
 from ..errors import SolverError
 from ..forms import hjb_fp as H
+from .assemblers import Assembler, CachingAssembler, input_values, varying_inputs  # noqa: F401
 from .layout import BACKWARD, FORWARD, SpaceTimeLayout
 
 
@@ -140,18 +141,6 @@ def hjb_fp(problem) -> Formulation:
                                                                            None) else None))
 
 
-def varying_inputs(form, varying: set) -> list:
-    """The coefficients and Constants of a UFL form or expression that are in ``varying``."""
-    return [f for f in (set(ufl.algorithms.extract_coefficients(form))
-                        | set(ufl.algorithms.analysis.extract_type(form, ufl.Constant)))
-            if f in varying]
-
-
-def input_values(inputs: list) -> list:
-    """The current values of Functions and Constants (views, not copies)."""
-    return [f.x.array if hasattr(f, "x") else np.asarray(f.value) for f in inputs]
-
-
 def jacobian_blocks(res: dict, tm: dict, depends: dict | None = None) -> dict:
     """{(row, template): ∂F_row/∂template}, derivatives expanded, for the templates each row
     depends on (``depends``: declared; None: every template), vanishing ones dropped.  The
@@ -216,7 +205,6 @@ class SpaceTime:
     def _compile(self, cache: bool):
         """The compiled residual rows, Jacobian blocks and functionals of the formulation, and
         the assembler that evaluates them."""
-        from .assemblers import Assembler, CachingAssembler
         fm = self.formulation
         self._res_ufl = res = {k: ufl.algorithms.expand_derivatives(F)
                                for k, F in fm.build(self.tm, self.t_prev, self.t_cur).items()}

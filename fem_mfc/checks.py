@@ -1,0 +1,133 @@
+"""The checks of a validated config on its mesh, before any solve: every formula parses and is
+finite where the solver will evaluate it, the congestion and the Hamiltonian at probe values of
+ρ and ∇u, the initial density's scale against the mesh.  ConfigError naming the key (exit 2);
+collective over the mesh's communicator.  (Apart from :mod:`fem_mfc.expressions`, which parses,
+so that the parser needs nothing from the density and Hamiltonian modules that use it.)"""
+from __future__ import annotations
+
+import ufl
+
+from .errors import ConfigError
+from .expressions import _short, check_finite_on_mesh, parse
+
+# ρ values at which G (and its derivative) is checked: ρ >= 0 in the solves, but ρ = 0 itself is
+# left out because congestions such as rho*log(rho) are meant as their limit there.
+RHO_PROBES = (1e-6, 1.0, 100.0)
+
+
+def check_formulas(cfg: dict, mesh) -> None:
+    """Check every formula of a validated config on ``mesh`` before the solve: parse errors,
+    size limits, and NaN/inf at the DOF and quadrature points (V, Phi, qhd.S0, rho0.formula;
+    G, dG/drho and, for coupling 'mfg', G/rho at rho in RHO_PROBES); the initial density's
+    scale against the mesh (:func:`fem_mfc.density.check_scale`).  Raises ConfigError naming the
+    key; collective over ``mesh.comm``."""
+    from mpi4py import MPI
+
+    import dolfinx
+    import numpy as np
+    pr = cfg["problem"]
+    params = pr.get("params", {})
+    gdim = mesh.geometry.dim
+    deg = cfg.get("discretisation", {}).get("degree", 1)
+    x = ufl.SpatialCoordinate(mesh)
+    exact = cfg.get("exact", {}).get("solution", "none") != "none"
+    if not exact:
+        for k in ("V", "Phi"):
+            text = pr[k]
+            check_finite_on_mesh(parse(text, f"problem.{k}", x=x, gdim=gdim, params=params),
+                                 f"problem.{k}", mesh, deg, text)
+    g = pr["G"]
+    rho_c = dolfinx.fem.Constant(mesh, 1.0)
+    rv = ufl.variable(rho_c)
+    G = parse(g, "problem.G", x=x, gdim=gdim, variables={"rho": rv}, params=params)
+    if not (isinstance(G, float) and G == 0.0):
+        G = ufl.as_ufl(G)
+        exprs = {"G": G, "dG/drho": ufl.diff(G, rv)}
+        if pr.get("coupling") == "mfg":
+            exprs["G/rho"] = G / rv
+        for rho in RHO_PROBES:
+            rho_c.value = rho
+            for name, e in exprs.items():
+                check_finite_on_mesh(e, "problem.G", mesh, deg, g,
+                                     what=f"for rho = {rho:g} ({name})")
+    if pr.get("H", "quadratic") != "quadratic":
+        check_hamiltonian(cfg, mesh, deg)
+    for i, b in enumerate(cfg.get("boundary", [])):
+        names = {"exit": ("cost",), "robin": ("cost",), "dirichlet": ("cost", "density")}
+        for name in names.get(b["kind"], ()):
+            key = f"boundary[{i}].{name}"
+            for t in (0.0, pr["T"]):
+                check_finite_on_mesh(parse(b[name], key, x=x, gdim=gdim, params=params,
+                                           variables={"t": t}), key, mesh, deg, b[name],
+                                     what=f"at t = {t:g}")
+    f = cfg["run"]["formulation"]
+    if f == "qhd" and cfg.get("qhd", {}).get("signature") == "quantum":
+        text = cfg["qhd"]["S0"]
+        check_finite_on_mesh(parse(text, "qhd.S0", x=x, gdim=gdim, params=params), "qhd.S0",
+                             mesh, deg, text)
+    r = cfg.get("rho0", {})
+    if not exact and r.get("kind") == "formula" and f not in ("classifier", "generative", "nls"):
+        text = r["formula"]
+        vals = check_finite_on_mesh(parse(text, "rho0.formula", x=x, gdim=gdim, params=params),
+                                    "rho0.formula", mesh, deg, text)
+        vmax = mesh.comm.allreduce(float(np.max(vals)) if vals.size else -np.inf, op=MPI.MAX)
+        if not vmax > 0:
+            raise ConfigError("rho0.formula", "a density that is positive somewhere on the mesh",
+                              f"{_short(text)} (largest value {vmax:.3g})")
+    if not exact and r.get("kind") in ("gaussian", "mixture") \
+            and f not in ("classifier", "generative", "nls"):
+        from .density import check_scale
+        check_scale(r, mesh)
+
+
+# p = ∇u at which H, ∂H/∂p and ∂²H/∂p² are checked (p = 0 included: Newton's matrix must exist
+# where ∇u vanishes, e.g. at the extrema of u)
+P_PROBES = ((0.0, 0.0, 0.0), (0.7, -0.4, 0.3), (-3.0, 2.0, 1.0))
+
+
+def check_hamiltonian(cfg: dict, mesh, deg: int = 1) -> None:
+    """Check ``[problem] H`` on ``mesh``: it parses, H, ∂H/∂p and ∂²H/∂p² are finite at the
+    mesh points for p in P_PROBES and ρ in RHO_PROBES, and the weighted and anisotropic
+    kinds are positive (c(x) > 0, A(x) positive on the probes).  ConfigError naming the key."""
+    from mpi4py import MPI
+
+    import dolfinx
+    import numpy as np
+
+    from . import hamiltonian as ham
+    h = ham.from_config(cfg, mesh)
+    if h is None:
+        return
+    text = cfg["problem"]["H"]
+    gdim = mesh.geometry.dim
+    key = {"weighted": "hamiltonian.weight", "anisotropic": "hamiltonian.A"}.get(h.kind,
+                                                                            "problem.H")
+    rho_c = dolfinx.fem.Constant(mesh, 1.0)
+    # p as a cellwise-constant Function (a Constant alone has no mesh to evaluate on)
+    pf = dolfinx.fem.Function(dolfinx.fem.functionspace(mesh, ("DG", 0, (gdim,))))
+    for probe in P_PROBES:
+        pf.x.array[:] = np.tile(np.array(probe[:gdim], dtype=float),
+                                pf.x.array.size // gdim)
+        pv = ufl.variable(pf)
+        value = h(pv, rho_c)
+        grad = ufl.diff(value, pv)
+        one = ufl.conditional(ufl.ge(pf[0], -1.0e300), 1.0, 0.0)   # keeps the mesh in a
+        exprs = {"H": value, "dH/dp": one * grad,                   # constant derivative
+                 "d2H/dp2": one * ufl.diff(grad, pv)}
+        for rho in (RHO_PROBES if h.uses_rho else (1.0,)):
+            rho_c.value = rho
+            where = f"p = {list(probe[:gdim])}" + (f", rho = {rho:g}" if h.uses_rho else "")
+            for name, e in exprs.items():
+                vals = check_finite_on_mesh(e, key, mesh, deg, text,
+                                            what=f"for {where} ({name})")
+                if name == "H" and h.kind in ("weighted", "anisotropic") and any(probe):
+                    low = mesh.comm.allreduce(float(vals.min()) if vals.size else np.inf,
+                                              op=MPI.MIN)
+                    if not low > 0:
+                        raise ConfigError(key, "a positive definite weight (H > 0 for p != 0"
+                                          f" at every mesh point; H = {low:.3g} for {where})",
+                                          _short(str(cfg["hamiltonian"]["weight" if key
+                                                     == "hamiltonian.weight" else "A"])))
+
+
+__all__ = ["check_formulas", "check_hamiltonian", "RHO_PROBES", "P_PROBES"]
