@@ -227,7 +227,7 @@ def test_config_refusals(boundary, over, key):
 
 
 def test_unknown_tag_and_bad_cost():
-    from fem_mfc.expressions import check_formulas
+    from fem_mfc.checks import check_formulas
     mesh = dolfinx.mesh.create_interval(MPI.COMM_SELF, 8, [-1, 1])
     ft = side_tags(mesh, [-1.0], [1.0])
     c = cfg([{"tag": 7, "kind": "exit"}])
