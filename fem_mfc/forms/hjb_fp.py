@@ -93,6 +93,17 @@ class StepData:
 SAMPLES = (0.37, 1.3, 4.1)          # densities at which c', c'' are sampled (see structure)
 
 
+def _number(expr) -> float | None:
+    """The value of a UFL expression built from literal numbers (and variables of them)
+    only, else None (it depends on x or on a Constant)."""
+    from ufl.corealg.traversal import traverse_unique_terminals
+    from ufl.variable import Label  # the name of a ufl.variable of a number
+    if not all(isinstance(t, (ufl.constantvalue.ConstantValue, Label))
+               for t in traverse_unique_terminals(expr)):
+        return None
+    return float(expr)
+
+
 def coupling_shape(G0: Optional[Callable], coupling: str) -> tuple[bool | None, bool]:
     """(c varies with ρ, c is at most quadratic in ρ) for the coupling c of ``G0``, from the
     derivatives c′ and c‴ evaluated at SAMPLES (exact for the polynomial couplings of
@@ -100,18 +111,19 @@ def coupling_shape(G0: Optional[Callable], coupling: str) -> tuple[bool | None, 
     if G0 is None:
         return False, True
     d1, d3 = [], []
-    try:
-        for s in SAMPLES:
-            r = ufl.variable(ufl.as_ufl(s))
-            c1 = ufl.diff(coupling_value(G0, coupling, r), r)
-            c3 = ufl.diff(ufl.diff(c1, r), r)
-            d1.append(float(ufl.algorithms.expand_derivatives(c1)))
-            d3.append(float(ufl.algorithms.expand_derivatives(c3)))
-    except (ValueError, TypeError, ArithmeticError, AttributeError, NotImplementedError):
-        # float() of a derivative that still depends on x (a G with x in it), or UFL refusing
-        # to evaluate it: the shape is unknown, and (None, False) is the safe answer (the
-        # solvers then assume neither a ρ-free HJB nor a quadratic residual)
-        return None, False
+    for s in SAMPLES:
+        r = ufl.variable(ufl.as_ufl(s))
+        c1 = ufl.diff(coupling_value(G0, coupling, r), r)
+        c3 = ufl.diff(ufl.diff(c1, r), r)
+        v1, v3 = (_number(ufl.algorithms.expand_derivatives(c)) for c in (c1, c3))
+        if v1 is None or v3 is None:
+            # the derivative still depends on x or on a Constant (a G with x in it, a
+            # parameter held as a Constant): the shape is unknown, and (None, False) is the
+            # safe answer (the solvers then assume neither a ρ-free HJB nor a quadratic
+            # residual)
+            return None, False
+        d1.append(v1)
+        d3.append(v3)
     scale = max(max(map(abs, d1)), 1e-300)
     varies = any(abs(v) > 0.0 for v in d1)
     quadratic = all(abs(v) <= 1e-10 * scale for v in d3)
