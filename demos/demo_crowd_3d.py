@@ -34,8 +34,8 @@
 # `demos/crowd_3d.toml` supplies the data as formulas, parsed into UFL → Newton solves the
 # HJB–FP system of all time levels at once (the automatic linear path takes FGMRES with the
 # forward–backward sweep preconditioner and, in 3D, GMRES + ILU(0) per time step) → `VTXWriter`
-# writes the ParaView series `rho.bp`, `u.bp` → PyVista draws slices and iso-surfaces of ρ at
-# several times, off-screen.
+# writes the ParaView series `rho.bp`, `u.bp`, `velocity.bp` → PyVista draws slices and
+# iso-surfaces of ρ at several times, off-screen.
 #
 # We use the positivity-preserving P1 scheme (`[discretisation] stabilisation = "monotone"`:
 # lumped mass, upwind Hamiltonian on the mesh edges, minimal artificial diffusion): a crowd
@@ -83,10 +83,11 @@ import dolfinx
 import numpy as np
 import ufl
 
-from fem_mfc import config, io, options, viz
+from fem_mfc import config, options, viz
 from fem_mfc.cli import split_petsc_options
 from fem_mfc.mesh import MESH_DIR, from_geo
 from fem_mfc.problem import ControlProblem
+from fem_mfc.runs.control import write_series
 from fem_mfc.solvers import solve
 
 HERE = Path(__file__).resolve().parent
@@ -186,12 +187,13 @@ say(f"Newton: {result.iterations} iterations, {result.reason}, residual {result.
 # %% [markdown]
 # ## 4. ParaView series
 #
-# ρⁿ at tₙ into `rho.bp` and uⁿ (backward Euler: at tₙ) into `u.bp`, one VTX (ADIOS2) series
+# ρⁿ at tₙ into `rho.bp`, uⁿ (backward Euler: at tₙ) into `u.bp` and the control a = −∇uⁿ into
+# `velocity.bp` (`write_series`, the runner's own writer), one VTX (ADIOS2) series
 # each; open them in ParaView and play the time steps.
 
 # %%
 t = time.perf_counter()
-io.write_trajectories(out, problem, result, comm)
+series = write_series(out, problem, result)
 clock["vtx_s"] = time.perf_counter() - t
 
 # %% [markdown]
@@ -316,7 +318,7 @@ summary = {
     "wall_time_s": wall, **clock,
     "peak_memory_bytes": float(sum(peaks)), "peak_memory_bytes_per_rank": peaks,
     "bytes_per_dof_step": float(sum(peaks)) / (ndofs * problem.steps),
-    "figures": figs, "series": ["rho.bp", "u.bp"], "history": list(result.history),
+    "figures": figs, "series": series, "history": list(result.history),
 }
 if comm.rank == 0:
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
@@ -336,4 +338,4 @@ rows = [("P1 DOFs x steps", f"{ndofs} x {problem.steps} ({ndofs * problem.steps:
         ("peak memory", f"{mem / 1e9:.2f} GB over {comm.size} rank(s) "
                         f"({mem / (ndofs * problem.steps):.0f} B per DOF-step)")]
 say("\n| figure | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows) + "\n")
-say(f"wrote {out}/ (rho.bp, u.bp, {', '.join(figs + ['summary.json'])})")
+say(f"wrote {out}/ ({', '.join(series)}, {', '.join(figs + ['summary.json'])})")

@@ -59,10 +59,11 @@ from mpi4py import MPI
 import dolfinx
 import numpy as np
 
-from fem_mfc import config, io, options, viz
+from fem_mfc import config, options, viz
 from fem_mfc.cli import split_petsc_options
 from fem_mfc.mesh import MESH_DIR, from_geo
 from fem_mfc.problem import ControlProblem
+from fem_mfc.runs.control import write_series
 from fem_mfc.solvers import solve
 
 HERE = Path(__file__).resolve().parent
@@ -184,14 +185,14 @@ for key in ("J", "t_half", "left_inside_T"):
 # %% [markdown]
 # ## 4. ParaView series, figures and a GIF (finest level)
 #
-# `rho.bp` and `u.bp` (VTX) for ParaView; `rho_snapshots.png` (ρ/max ρ at t = 0, T/3, 2T/3,
-# T: the crowd thins out as it leaves), `rho.gif` (ρ at every step, one scale),
+# `rho.bp`, `u.bp` and `velocity.bp` (VTX) for ParaView; `rho_snapshots.png` (ρ/max ρ at
+# t = 0, T/3, 2T/3, T: the crowd thins out as it leaves), `rho.gif` (ρ at every step, one scale),
 # `exit_flux.png` (mass leaving per unit time through each door) and `refinement.png` (J and
 # t½ against h).
 
 # %%
 problem, result, doors = finest
-io.write_trajectories(out, problem, result, comm)
+series = write_series(out, problem, result)
 figures = []
 if not args.no_figures:
     N = problem.steps
@@ -227,7 +228,7 @@ if not args.no_figures:
 
 # %%
 summary = {"quick": args.quick, "ranks": comm.size, "levels": rows, "rates": rates,
-           "wet_patch": WET, "figures": figures, "series": ["rho.bp", "u.bp"],
+           "wet_patch": WET, "figures": figures, "series": series,
            "converged": all(r["converged"] for r in rows),
            "wall_time_s": time.perf_counter() - T0}
 if comm.rank == 0:

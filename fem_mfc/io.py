@@ -715,23 +715,3 @@ def load_checkpoint(path: Path, comm, name: str, element=("Lagrange", 1), time_v
                         f"{element[1]} ({_first_line(e)})") from None
     return mesh, f
 
-
-def write_trajectories(folder, problem, result, comm=MPI.COMM_WORLD) -> list[str]:
-    """The ParaView series of an HJB–FP result: ``rho.bp`` (ρⁿ at tₙ) and ``u.bp`` (uⁿ at
-    the time it approximates, ``problem.u_time(n)``), one VTX (ADIOS2) series each, in
-    ``folder``.  Returns the names written."""
-    import dolfinx
-
-    from .compat import vtx_writer
-    folder = Path(folder)
-    rho_out = dolfinx.fem.Function(problem.space, name="rho")
-    u_out = dolfinx.fem.Function(problem.space, name="u")
-    with vtx_writer(comm, str(folder / "rho.bp"), [rho_out]) as vr, \
-            vtx_writer(comm, str(folder / "u.bp"), [u_out]) as vu:
-        for n in range(problem.steps + 1):
-            rho_out.x.array[:] = result.rho[n].x.array
-            vr.write(problem.rho_time(n))
-            if n < problem.steps:
-                u_out.x.array[:] = result.u[n].x.array
-                vu.write(problem.u_time(n))
-    return ["rho.bp", "u.bp"]

@@ -130,7 +130,7 @@ def run(cfg: dict, ctx) -> dict:
         summary.update({f"err_{k}_L2" if k != "J" else "err_J": v for k, v in errs.items()})
         if hasattr(problem.exact, "J"):
             summary["J_exact"] = problem.exact.J
-    _write_fields(problem, result, ctx, cfg["output"]["every"])
+    write_fields(problem, result, ctx.series, cfg["output"]["every"])
     if ctx.figures:
         _figures(problem, result, ctx, cfg)
     return summary
@@ -147,15 +147,17 @@ def velocity_field(u, name="a"):
     return a, expr
 
 
-def _write_fields(problem, result, ctx, every):
-    """ρⁿ at t_n; uⁿ and a = −∇uⁿ at the time uⁿ approximates (problem.u_time), u^N = Φ."""
+def write_fields(problem, result, series, every: int = 1) -> list:
+    """ParaView series of an HJB–FP result: ρⁿ at t_n (``rho``); uⁿ and a = −∇uⁿ at the time
+    uⁿ approximates (``u``, ``velocity``; problem.u_time), u^N = Φ at T; every ``every``-th
+    level and the last.  ``series(name, functions)`` opens one series (an object with
+    ``write(t)``); returns the series opened."""
     V = problem.space
     rho = dolfinx.fem.Function(V, name="rho")
     u = dolfinx.fem.Function(V, name="u")
     a, expr = velocity_field(u)
-    rho_series = ctx.series("rho", [rho])
-    u_series = ctx.series("u", [u])
-    vel = ctx.series("velocity", [a])
+    out = [series("rho", [rho]), series("u", [u]), series("velocity", [a])]
+    rho_series, u_series, vel = out
     phi = dolfinx.fem.Expression(problem.Phi, V.element.interpolation_points())
     N = problem.steps
     for n in range(N + 1):
@@ -172,6 +174,20 @@ def _write_fields(problem, result, ctx, every):
         a.interpolate(expr)
         u_series.write(t_u)
         vel.write(t_u)
+    return out
+
+
+def write_series(folder, problem, result, every: int = 1) -> list[str]:
+    """:func:`write_fields` into ``folder`` outside a run (a demo's own output folder):
+    ``rho.bp``, ``u.bp``, ``velocity.bp``; returns their names."""
+    from pathlib import Path
+
+    from ..io import TimeSeries
+    opened = write_fields(problem, result,
+                          lambda name, fs: TimeSeries(Path(folder), name, fs), every)
+    for ts in opened:
+        ts.close()
+    return [f"{ts.name}.bp" for ts in opened]
 
 
 def _figures(problem, result, ctx, cfg):
