@@ -53,6 +53,9 @@ def _interpolation_matrix(V_from, V_to):
         return None
     X = V_to.tabulate_dof_coordinates()
     n = X.shape[0]
+    n_from = V_from.dofmap.index_map.size_local + V_from.dofmap.index_map.num_ghosts
+    if n == 0:
+        return sp.csr_matrix((0, n_from))
     ncells = mc.topology.index_map(tdim).size_local
     tree = geo.bb_tree(mc, tdim)
     hits = geo.compute_colliding_cells(mc, geo.compute_collisions_points(tree, X), X)
@@ -69,14 +72,11 @@ def _interpolation_matrix(V_from, V_to):
     nodes = mc.geometry.x[mc.geometry.dofmap[cell]][:, :, :gdim]    # (n, tdim+1, gdim)
     J = np.transpose(nodes[:, 1:, :] - nodes[:, :1, :], (0, 2, 1))  # (n, gdim, tdim)
     rhs = (X[:, :gdim] - nodes[:, 0, :])[:, :, None]
-    ref = np.linalg.lstsq(J[0], rhs[0], rcond=None)[0] if n == 0 else \
-        np.linalg.solve(J, rhs)[:, :, 0] if gdim == tdim else \
-        np.linalg.pinv(J) @ rhs
-    ref = ref.reshape(n, tdim)
+    # reference coordinates: J X = x − x₀ (a manifold mesh, gdim > tdim: least squares)
+    ref = (np.linalg.solve(J, rhs) if gdim == tdim else np.linalg.pinv(J) @ rhs).reshape(n, tdim)
     phi = V_from.element.basix_element.tabulate(0, ref)[0, :, :, 0]   # (n, dofs per cell)
     cols = V_from.dofmap.list[cell]
     rows = np.repeat(np.arange(n), cols.shape[1])
-    n_from = V_from.dofmap.index_map.size_local + V_from.dofmap.index_map.num_ghosts
     return sp.csr_matrix((phi.ravel(), (rows, cols.ravel())), shape=(n, n_from))
 
 
