@@ -10,7 +10,11 @@ file:
 * ``nonlinear_residual_jacobian(F, u)``: ``dolfinx.fem.petsc.NonlinearProblem`` (0.9) is a
   residual/Jacobian holder; from 0.10 it is a SNES wrapper — fem_mfc only needs F and J;
 * ``vtx_writer``: the ``engine`` keyword;
-* ``unused_petsc_options()``: ``PetscOptionsLeftGet``, which petsc4py does not wrap.
+* ``unused_petsc_options()``: ``PetscOptionsLeftGet``, which petsc4py does not wrap;
+* ``fast_jit_lookup()``: FFCx 0.9 finds a cached form module by listing the whole JIT cache
+  folder (``importlib.machinery.FileFinder``) on every ``dolfinx.fem.form`` call — 5 ms per
+  form with 2,400 cached modules, growing with every form ever compiled; fem_mfc loads the
+  module's shared object by its path and remembers it for the process.
 """
 from __future__ import annotations
 
@@ -96,8 +100,50 @@ def unused_petsc_options() -> list[str] | None:
     return out
 
 
+def fast_jit_lookup() -> bool:
+    """Make FFCx's look-up of an already compiled form module O(1) (see the module's
+    docstring): the module is loaded from ``<cache>/<name><EXT_SUFFIX>`` once its
+    ``.c.cached`` marker exists (FFCx writes it after the compilation) and kept for the
+    process; anything else — not compiled yet, being compiled by another process, another
+    FFCx — goes to FFCx's own function.  Idempotent; returns whether it is installed."""
+    try:
+        from ffcx.codegeneration import jit
+    except ImportError:                                          # pragma: no cover
+        return False
+    original = jit.get_cached_module
+    if getattr(original, "_fem_mfc", False):
+        return True
+    if original.__code__.co_varnames[:4] != ("module_name", "object_names", "cache_dir",
+                                             "timeout"):
+        return False                                             # pragma: no cover
+    import importlib.machinery
+    import importlib.util
+    import os
+    loaded = {}
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+
+    def get_cached_module(module_name, object_names, cache_dir, timeout):
+        key = (str(cache_dir), module_name)
+        module = loaded.get(key)
+        if module is None:
+            base = os.path.join(str(cache_dir), module_name)
+            if not (os.path.exists(base + ".c.cached") and os.path.exists(base + suffix)):
+                return original(module_name, object_names, cache_dir, timeout)
+            spec = importlib.util.spec_from_file_location(
+                module_name, base + suffix,
+                loader=importlib.machinery.ExtensionFileLoader(module_name, base + suffix))
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            loaded[key] = module
+        return [getattr(module.lib, name) for name in object_names], module
+
+    get_cached_module._fem_mfc = True
+    jit.get_cached_module = get_cached_module
+    return True
+
+
 __all__ = ["interpolation_points", "create_vector", "nonlinear_residual_jacobian",
-           "vtx_writer", "unused_petsc_options", "DOLFINX"]
+           "vtx_writer", "unused_petsc_options", "fast_jit_lookup", "DOLFINX"]
 
 
 def adios2():

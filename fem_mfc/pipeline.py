@@ -84,11 +84,12 @@ def run_config(cfg: dict, outdir, petsc_options: dict | None = None, config_path
     a checkpoint folder to continue from (:mod:`fem_mfc.checkpoint`)."""
     from mpi4py import MPI
 
+    from . import compat, options, registry
     from . import config as config_mod
-    from . import options, registry
     from .io import RunContext, write_text_atomic
     comm = comm or MPI.COMM_WORLD
     t0 = time.perf_counter()
+    compat.fast_jit_lookup()
     config_mod.check_resources(cfg, force=force)
     try:
         runner = registry.runner(cfg["run"]["formulation"])

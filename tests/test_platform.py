@@ -182,3 +182,30 @@ def test_scripts_leave_sys_path_alone_and_tests_import_no_demo():
         imported = set(re.findall(r"^\s*(?:from|import)\s+([\w.]+)", f.read_text(), re.M))
         assert not imported & demos, (f.name, imported & demos)
     assert not (REPO / "fem_mfc" / "learning" / "demo.py").exists()
+
+
+def test_form_lookup_reads_the_cached_module_without_listing_the_cache(monkeypatch):
+    """compat.fast_jit_lookup: a form compiled before is found by its path (FFCx 0.9 lists
+    the whole JIT cache folder per form), and assembles to the same value."""
+    import importlib.machinery
+
+    from mpi4py import MPI
+
+    import dolfinx
+    import ufl
+
+    from fem_mfc import compat
+    assert compat.fast_jit_lookup()
+    mesh = dolfinx.mesh.create_unit_square(MPI.COMM_SELF, 3, 3)
+    x = ufl.SpatialCoordinate(mesh)
+    form = (x[0] ** 2 + 7.25 * x[1]) * ufl.dx          # compiled (or found) once here
+    first = dolfinx.fem.assemble_scalar(dolfinx.fem.form(form))
+
+    def no_listing(*args, **kwargs):
+        raise AssertionError("the JIT cache folder was listed")
+    monkeypatch.setattr(importlib.machinery, "FileFinder", no_listing)
+    mesh2 = dolfinx.mesh.create_unit_square(MPI.COMM_SELF, 5, 2)
+    x2 = ufl.SpatialCoordinate(mesh2)
+    again = dolfinx.fem.assemble_scalar(dolfinx.fem.form((x2[0] ** 2 + 7.25 * x2[1]) * ufl.dx))
+    assert abs(first - (1 / 3 + 7.25 / 2)) < 1e-12
+    assert abs(again - first) < 1e-12

@@ -7,6 +7,7 @@ path when G = 0 and the problem has no source terms, else Newton).
 """
 from __future__ import annotations
 
+from .. import compat
 from ..errors import ConfigError
 from .newton import newton
 from .picard import picard
@@ -14,6 +15,7 @@ from .result import Result
 from .sweeps import cole_hopf_obstacles, cole_hopf_solve
 
 METHODS = ("auto", "newton", "picard", "cole-hopf")
+compat.fast_jit_lookup()            # every solve compiles (looks up) its forms
 
 
 def choose_method(problem, method: str = "auto") -> str:
