@@ -140,6 +140,26 @@ def test_pc_is_exact_without_congestion(mirrored):
     ctx.destroy()
 
 
+def test_factors_no_equation_uses_are_freed():
+    """Reuse keeps only the factors in use: pivots that differ get their own factors; once
+    the states make them coincide, every equation shares the first one's and the others'
+    factors (and snapshots) are freed, not kept for the rest of the solve."""
+    st = system(problem(steps=4))
+    rng = np.random.default_rng(1)
+    for f in st.u:                                   # pivots differ from level to level
+        f.x.array[:] = rng.standard_normal(f.x.array.size)
+    op = KKTOperator(st)
+    pc, ctx = sweep_pc(op)
+    assert len(ctx.ksp) == len(st.layout.forward_rows()) > 1
+    for f in st.u[1:]:                               # now they coincide
+        f.x.array[:] = st.u[0].x.array
+    op.update()
+    ctx.setUp(pc)
+    assert set(ctx.ksp) == set(ctx.owner.values()) == set(ctx.snap)
+    assert len(ctx.ksp) == 1
+    ctx.destroy()
+
+
 def test_newton_without_congestion_one_krylov_iteration():
     """With exact per-step factors (no lagging) M = K for G = 0."""
     sw = newton(problem(congested=False), linear="sweep",

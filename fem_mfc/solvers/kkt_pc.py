@@ -235,7 +235,19 @@ class SweepPC:
             else:
                 self._factor(r)
             prev[kind] = self.owner[r]
+        self._release_unused()
         self.setups += 1
+
+    def _release_unused(self):
+        """Free the factors (and their snapshots, explicit transposes) that no equation
+        uses any more: an equation that now shares its predecessor's factors, or lags
+        another's, would otherwise keep its own old ones for the rest of the solve."""
+        used = set(self.owner.values())
+        for r in [r for r in self.ksp if r not in used]:
+            for store in (self.ksp, self.snap, self.kspT, self.matT):
+                obj = store.pop(r, None)
+                if obj is not None:
+                    obj.destroy()
 
     # -- application -----------------------------------------------------------------------------
     def _solve_iterative(self, r: int, b: PETSc.Vec, x: PETSc.Vec):
