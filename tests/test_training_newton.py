@@ -189,7 +189,8 @@ def _score(comm):
     te = infer.evaluate_flow(flow, ds.X_test, ds.y_test)
     out = {"J": m.J, "residual": m.residual, "iterations": m.train_info["iterations"],
            "test": te["accuracy"], "objective": te["objective"], "min_rho": m.min_rho(),
-           "mass": m.masses(), "value": m.value_identity()}
+           "mass": m.masses(), "value": m.value_identity(),
+           "layers": (m.transport.mode, m.metric.mode)}
     m.destroy()
     return out
 
@@ -208,6 +209,7 @@ def test_newton_two_ranks_match_serial():
     assert par["test"] == ser["test"] and par["min_rho"] >= -1e-12
     assert np.allclose(par["mass"], ser["mass"], atol=1e-13)
     assert comm.allgather(par["J"]) == [par["J"]] * comm.size
+    assert par["layers"] == ("layers", "layers")     # each layer factorised on one rank
 
 
 def _score_other(kind, comm):

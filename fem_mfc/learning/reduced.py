@@ -23,7 +23,8 @@ T = Σ_k Σ_i m_i Φ_{k,i} ρ_{k,i}^N (anchor losses) or β KL_η (generative). 
   δu^{N+1} = T''δρ^N / m, and H δa = L_aa δa + L_aρ δρ + L_au δu.
 
 Every matrix M + τXₙ is factorised once per forward sweep (KSP per layer, options prefix
-``classifier_transport_``; LU by default in 2D, GMRES/block-Jacobi-ILU(0) in 3D) and reused
+``classifier_transport_``; LU by default in 2D — on several ranks layer n on rank n mod size
+(:mod:`fem_mfc.solvers.layers`) —, GMRES/block-Jacobi-ILU(0) in 3D) and reused
 for the adjoint (transposed solves) and for every Hessian-vector product at that control.  The
 metric (preconditioner) of the control is the one of the sweeps:
 Cₙ = τ(diag(m(κρ^{n+1} + δ)) + αK) per velocity component (prefix
@@ -45,6 +46,7 @@ import ufl
 from .. import options
 from ..errors import ConfigError, SolverError
 from ..expressions import parse
+from ..solvers.layers import LayerFactors
 from .eafe import EdgeGraph, bernoulli
 from .feedback import History
 
@@ -105,9 +107,7 @@ class EdgeClassifier:
         self._setup_control()
         self.x = np.zeros(self.n_local)
         self.A = [self.g.create_matrix() for _ in range(self.N)]
-        self.ksp = [self._make_ksp("classifier_transport_", A, symmetric=False)
-                    for A in self.A]
-        self._b, self._y = self.A[0].createVecs()
+        self.transport = self._layer_factors("classifier_transport_", self.A, symmetric=False)
         self.history = History()
         self.counts = {"forward": 0, "backward": 0, "hessp": 0}
         self.J = self.energy = self.terminal = math.nan
@@ -118,20 +118,29 @@ class EdgeClassifier:
         self.neg_tol = 1e-10 * self.comm.allreduce(nmax, op=MPI.MAX)
         self._views = {}
 
-    def _make_ksp(self, prefix, A, symmetric: bool):
+    def _make_ksp(self, prefix, A, symmetric: bool, comm=None):
         """The default solver of a transport (M + τXₙ) or metric (Cₙ, SPD) matrix: in 2D a
-        factorisation (LU / Cholesky; MUMPS on several ranks), reused for all solves at one
-        control; in 3D, where the factors fill in, GMRES / CG with block Jacobi–ILU(0) to a
-        relative residual of 1e-13 / 1e-12 (the matrices are mass-dominated M-matrices: a few
-        iterations; 4x less CPU on demos/circles3d.toml, the same iterates to 1e-13).  The
-        PETSc options of ``prefix`` override both."""
+        factorisation (LU / Cholesky; MUMPS on a distributed matrix), reused for all solves at
+        one control; in 3D, where the factors fill in, GMRES / CG with block Jacobi–ILU(0) to
+        a relative residual of 1e-13 / 1e-12 (the matrices are mass-dominated M-matrices: a
+        few iterations; 4x less CPU on demos/circles3d.toml, the same iterates to 1e-13).
+        The PETSc options of ``prefix`` override both."""
+        comm = comm or self.comm
         if self.gdim == 3:
-            return options.make_ksp(self.comm, prefix, A, ksp_type="cg" if symmetric else "gmres",
+            return options.make_ksp(comm, prefix, A, ksp_type="cg" if symmetric else "gmres",
                                     pc_type="bjacobi", rtol=1e-13 if not symmetric else 1e-12,
                                     atol=1e-50, max_it=1000)
-        factor = None if self.comm.size == 1 else "mumps"
-        return options.make_ksp(self.comm, prefix, A, pc_type="cholesky" if symmetric else "lu",
+        factor = None if comm.size == 1 else "mumps"
+        return options.make_ksp(comm, prefix, A, pc_type="cholesky" if symmetric else "lu",
                                 factor=factor)
+
+    def _layer_factors(self, prefix, mats, symmetric: bool) -> LayerFactors:
+        """The per-layer solvers of ``mats``: in 2D each layer factorised on one rank
+        (:mod:`fem_mfc.solvers.layers`; ``-{prefix}layers spatial`` distributes every
+        factorisation instead), in 3D the iterative solvers on the distributed matrices."""
+        return LayerFactors(mats, prefix,
+                            lambda comm, A: self._make_ksp(prefix, A, symmetric, comm),
+                            direct=self.gdim != 3)
 
     # -- nodal data ------------------------------------------------------------------------------
     def _nodal(self, expr) -> np.ndarray:
@@ -179,7 +188,7 @@ class EdgeClassifier:
     def _setup_control(self):
         self.n_local = self.N * self.nl * self.gdim
         self.C = [self.g.create_matrix() for _ in range(self.N)]
-        self.kspC = [self._make_ksp("classifier_metric_", C, symmetric=True) for C in self.C]
+        self.metric = self._layer_factors("classifier_metric_", self.C, symmetric=True)
 
     def _layer(self, x, n) -> np.ndarray:
         s = self.nl * self.gdim
@@ -215,7 +224,7 @@ class EdgeClassifier:
             rho = sum(self._rho[k][n + 1] for k in range(self.K))
             g.fill(self.C[n], g.smoothing_values(self.tau * g.m * (rho + self.delta),
                                                  self.tau * self.alpha))
-            self.kspC[n].setOperators(self.C[n])
+        self.metric.update()
 
     def precondition(self, q: np.ndarray) -> np.ndarray:
         """C⁻¹q (per layer and velocity component) at the control of the last backward()."""
@@ -224,7 +233,7 @@ class EdgeClassifier:
             qn = self._layer(q, n)
             on = self._layer(out, n)
             for c in range(self.gdim):
-                on[:, c] = self._solve(self.kspC[n], qn[:, c], False, "metric solve")
+                on[:, c] = self.metric.solve(n, qn[:, c], False, "metric solve")
         return out
 
     def apply_metric(self, x: np.ndarray) -> np.ndarray:
@@ -254,18 +263,6 @@ class EdgeClassifier:
     def _terminal_hessian(self, drho: list) -> list:
         return [np.zeros(self.nl) for _ in range(self.K)]
 
-    # -- linear algebra ------------------------------------------------------------------------
-    def _solve(self, ksp, rhs, transpose: bool, what: str) -> np.ndarray:
-        self._b.array[:] = rhs
-        (ksp.solveTranspose if transpose else ksp.solve)(self._b, self._y)
-        if ksp.getConvergedReason() < 0:
-            raise SolverError(f"{what}: linear solve failed (KSP reason "
-                              f"{ksp.getConvergedReason()})")
-        out = self._y.array.copy()
-        if not np.isfinite(out).all():
-            raise SolverError(f"{what}: NaN/inf in the solution")
-        return out
-
     # -- the passes ----------------------------------------------------------------------------
     def forward(self, x=None) -> float:
         """FP sweep for the control ``x`` (default: the current one); returns J."""
@@ -277,17 +274,19 @@ class EdgeClassifier:
         g, tau, eps, m = self.g, self.tau, self.eps, self.g.m
         xp = self._xprep = self._prepare(self.x)
         local = np.zeros(3)
-        for n in range(self.N):
+        for n in range(self.N):               # the layers' matrices: the control only
             a = self.velocity(n, xp)
             a_ext = g.ext_vec(a)
             beta = g.beta(a_ext, eps)
             B, B1, B2 = bernoulli(beta)
             self._bern[n] = (B, B1, B2, a, a_ext)
             g.fill(self.A[n], g.step_values(B, beta, eps, tau))
-            self.ksp[n].setOperators(self.A[n])
+        self.transport.update()
+        for n in range(self.N):
+            a, a_ext = self._bern[n][3:]
             for k in range(self.K):
-                self._rho[k][n + 1] = self._solve(self.ksp[n], m * self._rho[k][n], False,
-                                                  f"FP step {n + 1}, class {k}")
+                self._rho[k][n + 1] = self.transport.solve(n, m * self._rho[k][n], False,
+                                                           f"FP step {n + 1}, class {k}")
             rho = sum(self._rho[k][n + 1] for k in range(self.K))
             G, G1, G2 = self._G(rho)
             self._Gd[n] = (G1, G2)
@@ -320,8 +319,8 @@ class EdgeClassifier:
             s = 0.0
             coef = []
             for k in range(self.K):
-                self._u[k][mm] = self._solve(self.ksp[n], m * self._u[k][mm + 1] + src, True,
-                                             f"adjoint step {mm}, class {k}")
+                self._u[k][mm] = self.transport.solve(n, m * self._u[k][mm + 1] + src, True,
+                                                      f"adjoint step {mm}, class {k}")
                 c = self._edge_coefficients(B1, B2, g.ext(self._u[k][mm]),
                                             g.ext(self._rho[k][mm]))
                 coef.append(c)
@@ -377,7 +376,7 @@ class EdgeClassifier:
             dirs.append((da, da_ext, db))
             for k in range(K):
                 rhs = m * drho[k][n] - (tau * eps) * g.row_sum(db * self._coef[n][k][0])
-                drho[k][n + 1] = self._solve(self.ksp[n], rhs, False, "tangent FP step")
+                drho[k][n + 1] = self.transport.solve(n, rhs, False, "tangent FP step")
         du = self._terminal_hessian([drho[k][N] for k in range(K)])
         out = np.zeros(self.n_local)
         for mm in range(N, 0, -1):
@@ -393,7 +392,7 @@ class EdgeClassifier:
             for k in range(K):
                 cR, cXT, cD2, cU, _ = self._coef[n][k]
                 rhs = m * du[k] - (tau * eps) * g.row_sum(db * cXT) + base
-                duk = self._solve(self.ksp[n], rhs, True, "second-order adjoint step")
+                duk = self.transport.solve(n, rhs, True, "second-order adjoint step")
                 new.append(duk)
                 dr_ext = g.ext(drho[k][mm])
                 dr_io = dr_ext[io]
@@ -500,9 +499,10 @@ class EdgeClassifier:
         return self.comm.allreduce(m1, op=MPI.SUM), self.comm.allreduce(m2, op=MPI.SUM)
 
     def destroy(self):
-        for o in self.ksp + self.A + [self._b, self._y]:
-            o.destroy()
-        for o in getattr(self, "kspC", []) + getattr(self, "C", []):
+        self.transport.destroy()
+        if getattr(self, "metric", None) is not None:
+            self.metric.destroy()
+        for o in self.A + getattr(self, "C", []):
             o.destroy()
         self.g.destroy()
 

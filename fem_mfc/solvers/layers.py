@@ -1,0 +1,155 @@
+"""Per-layer factorisations distributed over the ranks by layer, not by space.
+
+A sweep over N layers (time steps) solves with N matrices A₀ … A_{N−1} that are all known
+before it starts — in the reduced functionals of the learning problems they depend on the
+control only (M + τXₙ for the transport, Cₙ for the metric) — and its cost is their
+factorisation (the solves reuse the factors many times).  Distributing each factorisation
+over the ranks (MUMPS) gains little on the meshes of such problems (2D, 3k–100k dofs: on 2
+ranks the flagship classifier was 1.5× *slower* than serial, a 50k-dof mesh no faster), and
+redundant factors on every rank gain nothing.  Here layer n is factorised on rank
+``owner(n) = n mod size`` from a full copy of Aₙ gathered there (``MatCreateSubMatrices``),
+all ranks factorising their layers at the same time; a solve gathers the right-hand side on
+the owner, solves there and scatters the solution back (two messages of one vector).  The
+sweep itself stays sequential — its solves are cheap beside the factorisations.
+
+:class:`LayerFactors` is that; on one rank (or with ``-{prefix}layers spatial``) it is the
+plain per-layer KSP on the distributed matrix, factorised at the first solve after
+:meth:`LayerFactors.update`.  Same factors, same solution (to round-off) either way.
+"""
+from __future__ import annotations
+
+from mpi4py import MPI
+from petsc4py import PETSc
+
+import numpy as np
+
+from .. import options
+from ..errors import SolverError
+
+MODES = ("auto", "layers", "spatial")
+NOT_FINITE = -1000                    # a "reason": the solution has NaN/inf
+
+
+class LayerFactors:
+    """Solvers of the per-layer matrices ``mats`` (distributed, filled by the caller).
+
+    ``make_ksp(comm, A) -> KSP`` builds one layer's solver on ``comm`` (its options prefix
+    ``prefix``); ``mode``: "layers" (factorise layer n on rank n mod size), "spatial" (the
+    KSP on the distributed matrix) or "auto" (layers on more than one rank when
+    ``direct``, i.e. the solver is a factorisation; option ``-{prefix}layers``)."""
+
+    def __init__(self, mats: list, prefix: str, make_ksp, direct: bool = True,
+                 mode: str = "auto"):
+        self.mats = mats
+        self.comm = mats[0].getComm().tompi4py()
+        self.size, self.rank = self.comm.size, self.comm.rank
+        mode = options.get("layers", mode, prefix)
+        if mode not in MODES:
+            from ..errors import ConfigError
+            raise ConfigError(f"-{prefix}layers", "one of " + ", ".join(MODES), mode)
+        if mode == "auto":
+            mode = "layers" if self.size > 1 and direct and len(mats) > 1 else "spatial"
+        self.mode = "spatial" if self.size == 1 else mode
+        self.N = len(mats)
+        if self.mode == "spatial":
+            self.ksp = [make_ksp(self.comm, A) for A in mats]
+            self.b, self.y = mats[0].createVecs()
+            return
+        n_glob = mats[0].getSize()[0]
+        self.owned = [n for n in range(self.N) if n % self.size == self.rank]
+        mine = PETSc.IS().createStride(n_glob, 0, 1, comm=PETSc.COMM_SELF)
+        none = PETSc.IS().createStride(0, 0, 1, comm=PETSc.COMM_SELF)
+        self._is = (mine, none)
+        self.sub = {}                         # layer -> sequential copy (empty off its owner)
+        self.ksp = {}
+        self.b, self.y = mats[0].createVecs()
+        self.full = PETSc.Vec().createSeq(n_glob, comm=PETSc.COMM_SELF)
+        self.fullx = self.full.duplicate()
+        self.empty = PETSc.Vec().createSeq(0, comm=PETSc.COMM_SELF)
+        self.scatter = []                     # owner rank -> gather to it / scatter back
+        for o in range(self.size):
+            to = self.full if o == self.rank else self.empty
+            idx = mine if o == self.rank else none
+            self.scatter.append(PETSc.Scatter().create(self.b, idx, to, idx))
+        self._make = make_ksp
+        self._due = True
+
+    def owner(self, n: int) -> int:
+        return n % self.size
+
+    # -- factors ---------------------------------------------------------------------------
+    def update(self):
+        """The matrices were refilled: gather each layer's copy on its owner and factorise
+        (spatial mode: at the next solve).  Collective."""
+        if self.mode == "spatial":
+            for ksp, A in zip(self.ksp, self.mats):
+                ksp.setOperators(A)
+            return
+        mine, none = self._is
+        for n, A in enumerate(self.mats):     # collective gathers first (every rank keeps
+            idx = mine if self.owner(n) == self.rank else none   # its part, empty or full,
+            old = self.sub.get(n)                                 # so all reuse together)
+            if old is None:
+                self.sub[n] = A.createSubMatrices(idx, idx)[0]
+            else:
+                A.createSubMatrices(idx, idx, submats=[old])
+        reason = 0
+        for n in self.owned:                  # ... then every rank factorises its layers
+            ksp = self.ksp.get(n)
+            if ksp is None:
+                ksp = self.ksp[n] = self._make(MPI.COMM_SELF, self.sub[n])
+            ksp.setOperators(self.sub[n])
+            try:
+                ksp.setUp()
+                if ksp.getPC().getFailedReason() != 0:        # e.g. a zero pivot
+                    reason = -1
+            except PETSc.Error:
+                reason = -1
+        if self.comm.allreduce(reason, op=MPI.MIN) < 0:
+            raise SolverError("a per-layer factorisation failed")
+
+    # -- solves ------------------------------------------------------------------------------
+    def solve(self, n: int, rhs: np.ndarray, transpose: bool = False,
+              what: str = "layer solve") -> np.ndarray:
+        """Aₙ⁻¹ rhs (or Aₙ⁻ᵀ rhs) for the owned part ``rhs``; owned part of the solution.
+        Collective."""
+        self.b.array[:] = rhs
+        if self.mode == "spatial":
+            ksp = self.ksp[n]
+            (ksp.solveTranspose if transpose else ksp.solve)(self.b, self.y)
+            reason = ksp.getConvergedReason()
+        else:
+            o = self.owner(n)
+            sc = self.scatter[o]
+            to = self.full if o == self.rank else self.empty
+            sc.scatter(self.b, to, PETSc.InsertMode.INSERT, PETSc.ScatterMode.FORWARD)
+            reason = 0
+            if o == self.rank:
+                ksp = self.ksp[n]
+                (ksp.solveTranspose if transpose else ksp.solve)(self.full, self.fullx)
+                reason = ksp.getConvergedReason()
+                if reason >= 0 and not np.isfinite(self.fullx.array_r).all():
+                    reason = NOT_FINITE
+                self.fullx.copy(self.full)
+            sc.scatter(to, self.y, PETSc.InsertMode.INSERT, PETSc.ScatterMode.REVERSE)
+            reason = self.comm.bcast(reason, root=o)
+        if reason == NOT_FINITE or (self.mode == "spatial" and not self.comm.allreduce(
+                bool(np.isfinite(self.y.array_r).all()), op=MPI.LAND)):
+            raise SolverError(f"{what}: NaN/inf in the solution")
+        if reason < 0:
+            raise SolverError(f"{what}: linear solve failed (KSP reason {reason})")
+        return self.y.array.copy()
+
+    def destroy(self):
+        objs = [self.b, self.y]
+        if self.mode == "spatial":
+            objs += self.ksp
+        else:
+            objs += list(self.ksp.values()) + list(self.sub.values()) + self.scatter
+            objs += [self.full, self.fullx, self.empty, *self._is]
+        for o in objs:
+            o.destroy()
+        self.ksp = {} if self.mode != "spatial" else []
+
+
+__all__ = ["LayerFactors", "MODES"]
