@@ -12,7 +12,7 @@ from fem_mfc import config
 from fem_mfc.learning import infer
 from fem_mfc.learning.dictionary import DictionaryFlow
 from fem_mfc.learning.numpy_resnet import NumpyResNet, dictionary_matrix, n_weights
-from fem_mfc.learning.run import build_model
+from fem_mfc.runs.classifier import build_model
 
 
 def small_cfg(**over):

@@ -17,8 +17,8 @@ from fem_mfc.learning import data
 from fem_mfc.learning.eafe import EdgeGraph, bernoulli
 from fem_mfc.learning.feedback import anchors_from_config
 from fem_mfc.learning.reduced import EdgeClassifier
-from fem_mfc.learning.run import build_model
 from fem_mfc.pipeline import build_mesh
+from fem_mfc.runs.classifier import build_model
 
 
 def eafe_cfg(**over):

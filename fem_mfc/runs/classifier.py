@@ -1,16 +1,23 @@
 """Runner for ``formulation = "classifier"``: train, evaluate, compare, report.
 
+The mathematics and the networks are in :mod:`fem_mfc.learning`; this module wires them
+into a run:
+
 1. data (``[data]``): split, standardise, pad to the mesh dimension; class densities ρ_{k,0} by
    KDE on the mesh (``[mesh]``), normalised to π_k;
 2. training (``[problem]``, ``[network]``, ``[training]``): the label-blind feedback network of
-   MODEL §2 on the EAFE transport as a reduced functional (:mod:`.reduced`) minimised by
-   ``[training] method`` (:mod:`.trainer`: truncated Newton–CG by default), or on the Galerkin
-   transport by damped forward–backward sweeps (:mod:`.feedback`); the dictionary network
-   likewise (:mod:`.dictionary`);
-3. inference (:mod:`.infer`): the ResNet x_{n+1} = x_n + τ aⁿ(x_n) on train/test points;
-   accuracy, empirical objective; particles through the stochastic flow vs PDE moments;
-4. baseline (:mod:`.baseline`): a torch ResNet of the same depth on the same objective;
-5. output: ParaView series of ρ_k and a, figures, ``report.md`` (:mod:`.report`).
+   MODEL §2 on the EAFE transport as a reduced functional (:mod:`~fem_mfc.learning.reduced`)
+   minimised by ``[training] method`` (:mod:`~fem_mfc.learning.trainer`: truncated
+   Newton–CG by default), or on the Galerkin transport by damped forward–backward sweeps
+   (:mod:`~fem_mfc.learning.feedback`); the dictionary network likewise
+   (:mod:`~fem_mfc.learning.dictionary`);
+3. inference (:mod:`~fem_mfc.learning.infer`): the ResNet x_{n+1} = x_n + τ aⁿ(x_n) on
+   train/test points; accuracy, empirical objective; particles through the stochastic flow
+   vs PDE moments;
+4. baseline (:mod:`~fem_mfc.learning.baseline`): a torch ResNet of the same depth on the
+   same objective;
+5. output: ParaView series of ρ_k and a, figures, ``report.md``
+   (:mod:`~fem_mfc.learning.report`).
 """
 from __future__ import annotations
 
@@ -21,12 +28,11 @@ import numpy as np
 
 from ..config import resolve_training
 from ..io import write_text_atomic
+from ..learning import data, infer, report
+from ..learning.dictionary import DictionaryFlow, DictionaryNetwork, EdgeDictionaryNetwork
+from ..learning.feedback import FeedbackClassifier, anchors_from_config
+from ..learning.reduced import EdgeClassifier
 from ..pipeline import build_mesh
-from . import data, infer, report
-from .dictionary import DictionaryFlow, DictionaryNetwork, EdgeDictionaryNetwork
-from .feedback import FeedbackClassifier, anchors_from_config
-from .generative import run_generative  # noqa: F401  (the "generative" runner)
-from .reduced import EdgeClassifier
 
 
 def build_model(cfg: dict, comm):
@@ -66,7 +72,7 @@ def train_model(model, cfg: dict, progress=None, log=None) -> dict:
     return info
 
 
-def run_classifier(cfg: dict, ctx) -> dict:
+def run(cfg: dict, ctx) -> dict:
     md, ds, hs, model = build_model(cfg, ctx.comm)
     dim = md.mesh.geometry.dim
     dcfg, ncfg, tcfg, p = cfg["data"], cfg["network"], cfg["training"], cfg["problem"]
@@ -112,7 +118,7 @@ def run_classifier(cfg: dict, ctx) -> dict:
                                                p["sigma"], dcfg["seed"])
     base = None
     if tcfg["baseline"]:
-        from . import baseline
+        from ..learning import baseline
         ctx.log.info("training the torch baseline (%d epochs)", tcfg["epochs"])
         base = baseline.train_resnet(ds.X_train, ds.y_train, ds.X_test, ds.y_test, anchors,
                                      model.beta, model.T, model.N, tcfg["width"],
@@ -168,7 +174,7 @@ def _write_series(ctx, model, every):
 
 def _figures(ctx, model, flow, ds, base) -> list[str]:
     from .. import viz
-    from . import baseline as bl
+    from ..learning import baseline as bl
     figs = []
     dim, K, N = model.mesh.geometry.dim, model.K, model.N
     gx, gy, P = report.grid(ds, dim)
