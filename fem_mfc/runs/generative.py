@@ -6,6 +6,8 @@ data (``[data]``, labels dropped) → KDE density ρ_0 on the mesh → training 
 sweeps) → held-out log-likelihoods of the learned map
 (:class:`~fem_mfc.learning.generative.FlowMap`) against a KDE and a Gaussian fit → samples
 by running the flow backward from the target → ParaView series of ρ, figures, summary.
+The run is described by a :class:`~fem_mfc.learning.problem.GenerativeProblem` built once
+from the config.
 """
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ import time
 import dolfinx
 import numpy as np
 
-from ..config import resolve_training
 from ..learning import data
 from ..learning.generative import (
     EdgeGenerativeFlow,
@@ -24,50 +25,52 @@ from ..learning.generative import (
     gaussian_log_likelihood,
     kde_log_likelihood,
 )
+from ..learning.problem import GenerativeProblem
 from ..pipeline import build_mesh
 
 
 def run(cfg: dict, ctx) -> dict:
     """Runner of ``formulation = "generative"`` (data → KDE → train → likelihoods → samples)."""
+    prob = GenerativeProblem.from_config(cfg)
+    gen, training = prob.generative, prob.training
     md = build_mesh(cfg, ctx.comm)
     msh = md.mesh
     dim = msh.geometry.dim
-    dcfg, ncfg, tcfg, gcfg, p = (cfg["data"], cfg["network"], cfg["training"],
-                                 cfg["generative"], cfg["problem"])
-    ds = data.load(dcfg, dim)
+    ds = data.load(prob.data, dim)
     # one population: the labels are dropped (K = 1)
     one = dataclasses.replace(ds, y_train=np.zeros_like(ds.y_train),
                               y_test=np.zeros_like(ds.y_test))
     V = dolfinx.fem.functionspace(msh, ("Lagrange", 1))
-    (rho0,), (h,) = data.class_densities(one, V, dcfg["bandwidth"], names=["rho"])
-    transport, method = resolve_training(cfg)
-    model = (EdgeGenerativeFlow if transport == "eafe" else GenerativeFlow)(rho0, p, ncfg, gcfg)
+    (rho0,), (h,) = data.class_densities(one, V, prob.bandwidth, names=["rho"])
+    transport, method = training.transport, training.method
+    flow = EdgeGenerativeFlow if transport == "eafe" else GenerativeFlow
+    model = flow(rho0, prob.equation, prob.network, gen.options())
     ctx.log.info("generative flow: %s, %d train / %d test points, %d dofs, %d layers",
                  ds.name, len(ds.y_train), len(ds.y_test), V.dofmap.index_map.size_global,
                  model.N)
     kl0 = model.kl_of(0)
     t0, c0 = time.perf_counter(), time.process_time()
-    model.train(tcfg["max_sweeps"], tcfg["relaxation"], tcfg["tol"], progress=ctx.progress,
-                log=ctx.log, **({"method": method} if transport == "eafe" else {}))
+    model.train(*training.args, progress=ctx.progress, log=ctx.log,
+                **({"method": method} if transport == "eafe" else {}))
     train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     ctx.log.info("training (%s, %s transport): %d outer iterations, residual %.3e, converged "
                  "%s, %.1f s", method, transport, model.sweeps, model.residual, model.converged,
                  train_time)
     masses = model.masses()
-    fm = FlowMap(model, gcfg["score"])
+    fm = FlowMap(model, gen.score)
     d = ds.mean.shape[0]
     Xtr, Xte = ds.X_train[:, :d], ds.X_test[:, :d]
     ll_flow = fm.log_likelihood(ds.X_test)
     ll_drift = FlowMap(model, False).log_likelihood(ds.X_test)
-    rng = np.random.default_rng(dcfg["seed"] + 1)
-    samples, Z = fm.sample(gcfg["samples"], rng, gcfg["target_std"])
+    rng = np.random.default_rng(prob.seed + 1)
+    samples, Z = fm.sample(gen.samples, rng, gen.target_std)
     back, _, _ = fm.forward(samples)
     h_hist = model.history
     summary = {
         "dataset": ds.name, "n_train": len(ds.y_train), "n_test": len(ds.y_test), "dim": dim,
         "ndofs": V.dofmap.index_map.size_global, "nsteps": model.N, "h": md.h,
-        "tau": model.tau, "sigma": p["sigma"], "bandwidth": h, "kl_weight": model.kl_weight,
-        "kl_floor": model.eta, "score": gcfg["score"],
+        "tau": model.tau, "sigma": prob.sigma, "bandwidth": h, "kl_weight": model.kl_weight,
+        "kl_floor": model.eta, "score": gen.score,
         "KL_initial": kl0, "KL_final": model.kl, "KL_history": h_hist.terminal,
         "J": model.J, "J_history": h_hist.J, "control_energy": model.energy,
         "residual": model.residual, "residual_history": h_hist.residual,
@@ -88,7 +91,7 @@ def run(cfg: dict, ctx) -> dict:
     ctx.log.info("KL %.4g -> %.4g in %d sweeps; held-out log-likelihood: flow %.4f, KDE %.4f, "
                  "Gaussian fit %.4f", kl0, model.kl, model.sweeps, summary["loglik_flow"],
                  summary["loglik_kde"], summary["loglik_gaussian"])
-    _write_series(ctx, model, cfg["output"]["every"])
+    _write_series(ctx, model, prob.every)
     summary["figures"] = _figures(ctx, model, fm, ds, samples) if ctx.figures else []
     model.destroy()
     return summary
