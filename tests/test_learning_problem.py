@@ -27,7 +27,7 @@ def test_classifier_problem_reads_the_config_once():
     t = cfg["training"]
     assert prob.training.args == (t["max_sweeps"], t["relaxation"], t["tol"])
     assert (prob.baseline.epochs, prob.baseline.lr, prob.baseline.hidden) == (
-        t["epochs"], t["lr"], t["width"])
+        t["epochs"], t["lr"], t["hidden"])
     assert dict(prob.network) == cfg["network"] and dict(prob.equation) == cfg["problem"]
     assert dict(prob.data) == cfg["data"]
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -212,7 +212,7 @@ def test_newton_two_ranks_match_serial():
 
 def _score_other(kind, comm):
     if kind == "dictionary":
-        cfg = eafe_cfg(network={"kind": "dictionary", "dictionary": "random-tanh", "width": 4})
+        cfg = eafe_cfg(network={"kind": "dictionary", "dictionary": "random-tanh", "ridges": 4})
         _, ds, _, m = build_model(cfg, comm)
     else:
         raw = {"run": {"formulation": "generative"},

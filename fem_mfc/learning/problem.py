@@ -94,7 +94,7 @@ class ClassifierProblem(LearningProblem):
     @classmethod
     def from_config(cls, cfg: dict) -> "ClassifierProblem":
         t = cfg["training"]
-        base = Baseline(t["epochs"], t["lr"], t["width"]) if t["baseline"] else None
+        base = Baseline(t["epochs"], t["lr"], t["hidden"]) if t["baseline"] else None
         return cls(**cls._fields(cfg), dictionary=cfg["network"]["kind"] == "dictionary",
                    particles=t["particles"], baseline=base)
 
