@@ -75,6 +75,7 @@ def train_model(model, training: Training, progress=None, log=None) -> dict:
 
 
 def run(cfg: dict, ctx) -> dict:
+    """Runner of ``formulation = "classifier"`` (data → KDE → train → evaluate → report)."""
     prob = ClassifierProblem.from_config(cfg)
     md, ds, hs, model = build_model(cfg, ctx.comm, prob)
     dim = md.mesh.geometry.dim
