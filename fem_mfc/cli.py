@@ -27,27 +27,14 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import DiskFullError, SolverError, UserError
-
-PROG = "fem-mfc"
+from .errors import PROG, DiskFullError, SolverError, UserError, launcher_rank, process_rank
 
 # -- MPI hygiene ---------------------------------------------------------------------------------
-# Environment variables an MPI launcher sets in its ranks (Open MPI/PRRTE, PMIx, MPICH Hydra).
-_LAUNCHER_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
 _LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 # How long a rank with a user error waits for the other ranks to report the same error before
 # it concludes that the error is its own and aborts the job (FEM_MFC_ERROR_WAIT_S).
 ERROR_WAIT_S = 5.0
 _PR_SET_PDEATHSIG = 1
-
-
-def _launcher_rank() -> int | None:
-    """This process's rank as its MPI launcher told it (None: not started by a launcher)."""
-    for k in _LAUNCHER_RANK_VARS:
-        v = os.environ.get(k)
-        if v is not None and v.strip().isdigit():
-            return int(v)
-    return None
 
 
 def _launcher_size() -> int:
@@ -64,7 +51,7 @@ def die_with_launcher() -> bool:
     without its runtime would otherwise run on, re-parented to PID 1, or wait forever in a
     collective.  (A launcher that gets SIGINT/SIGTERM/SIGHUP ends its ranks by itself, with
     SIGTERM first, so that they can delete their staging folders.)  Linux only; True if set."""
-    if _launcher_rank() is None or not sys.platform.startswith("linux"):
+    if launcher_rank() is None or not sys.platform.startswith("linux"):
         return False
     try:
         import ctypes
@@ -88,7 +75,7 @@ def _start_error_comm() -> None:
     same point on every rank) for :func:`_fail`'s agreement: its barrier must never match a
     collective the run itself has in flight."""
     global _error_comm
-    if _error_comm is not None or _launcher_rank() is None or _launcher_size() < 2:
+    if _error_comm is not None or launcher_rank() is None or _launcher_size() < 2:
         return
     from mpi4py import MPI
     _error_comm = MPI.COMM_WORLD.Dup()
@@ -277,7 +264,7 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors and --help are printed by rank 0 only under an MPI launcher."""
 
     def _print_message(self, message, file=None):
-        if (_launcher_rank() or 0) == 0:
+        if (launcher_rank() or 0) == 0:
             super()._print_message(message, file)
 
 
@@ -344,7 +331,7 @@ def _main(argv: list[str]) -> int:
     except UserError as e:
         return _fail(str(e))
     except KeyboardInterrupt:
-        if (_launcher_rank() or 0) == 0:
+        if (launcher_rank() or 0) == 0:
             print(f"{PROG}: interrupted; earlier results left intact", file=sys.stderr)
         return 130
     except Exception as e:                  # PETSc errors from user options are input errors
@@ -375,10 +362,6 @@ def _disk_full(e: BaseException, args) -> DiskFullError | None:
 
 def _error(message: str, any_rank: bool = False) -> None:
     """Print the one-line error (on rank 0 only, unless ``any_rank``)."""
-    rank = _launcher_rank() or 0
-    mpi = sys.modules.get("mpi4py.MPI")
-    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
-        rank = mpi.COMM_WORLD.Get_rank()
-    if rank == 0 or any_rank:
+    if process_rank() == 0 or any_rank:
         print(f"{PROG}: error: {message.splitlines()[0] if message else 'failed'}",
               file=sys.stderr, flush=True)

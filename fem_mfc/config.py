@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import registry
-from .errors import ConfigError, UserError
+from .errors import ConfigError, UserError, warning
 
 
 @dataclass
@@ -223,8 +223,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                           "(a = W x + c), rotation (a = Omega x, Omega in so(d)) or random-tanh "
                           "ridges b = e_i tanh(w_j . x + beta_j)",
                           choices=("affine", "rotation", "random-tanh")),
-        "width": Key(int, 8, "kind = 'dictionary', random-tanh: number of ridges m (then "
-                     "d*m weights per layer)", positive, "a positive integer"),
+        "ridges": Key(int, 8, "kind = 'dictionary', random-tanh: number of ridges m (then "
+                      "d*m weights per layer)", positive, "a positive integer"),
         "weight_decay": Key(float, 1e-2, "kind = 'dictionary': lambda in the weight decay "
                             "lambda/2 int |theta|^2 dt", positive, "a positive number"),
         "ridge_scale": Key(float, 1.5, "random-tanh: std of the ridge directions w_j and offsets "
@@ -250,8 +250,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "epochs": Key(int, 600, "baseline: full-batch Adam epochs", positive,
                       "a positive integer"),
         "lr": Key(float, 0.01, "baseline: Adam learning rate", positive, "a positive number"),
-        "width": Key(int, 16, "baseline: hidden width of each residual block", positive,
-                     "a positive integer"),
+        "hidden": Key(int, 16, "baseline: hidden width of each residual block", positive,
+                      "a positive integer"),
         "particles": Key(int, 4000, "particles pushed through the learned stochastic flow to "
                          "check the PDE moments (0: skip)", nonnegative,
                          "a non-negative integer"),
@@ -280,8 +280,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                    "a positive number"),
         "velocity": Key(float, 0.0, "soliton wave number v (speed hbar*v)"),
         "x0": Key(list, [0.0], "soliton/Gaussian centre (gdim numbers)"),
-        "width": Key(float, 0.5, "Gaussian width s0 (per-axis std of |Psi|^2)", positive,
-                     "a positive number"),
+        "s0": Key(float, 0.5, "Gaussian width s0 (per-axis std of |Psi|^2)", positive,
+                  "a positive number"),
         "k0": Key(list, [0.0], "Gaussian mean wave vector k0 (gdim numbers)"),
         "integrator": Key(str, "midpoint", "time stepper: implicit midpoint (SNES Newton), its "
                           "order-4 symmetric compositions, or explicit RK4 (a contrast)",
@@ -319,6 +319,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                 "k Newton iterations and after every continuation stage; 0: "
                                 "off (hjb-fp Newton)", nonnegative, "a non-negative integer"),
     },
+}
+
+# Keys renamed since they were first published: section -> {old name: new name}.  A config
+# that uses an old name still loads: the value goes to the new key, with one deprecation line
+# on stderr (rank 0); giving the old and the new name in one section is an error.
+RENAMED: dict[str, dict[str, str]] = {
+    "network": {"width": "ridges"},       # three meanings of 'width' (issue 15)
+    "training": {"width": "hidden"},
+    "nls": {"width": "s0"},
 }
 
 
@@ -410,6 +419,7 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
         given = raw.get(section, {})
         if not isinstance(given, dict):
             raise ConfigError(section, "a table [" + section + "]", given, source)
+        given = _renamed(section, given, source)
         for k in given:
             if k not in keys:
                 raise ConfigError(f"{section}.{k}", "a known key of [" + section + "]: "
@@ -436,6 +446,23 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
     cfg["boundary"] = _boundary(raw.get("boundary", []), source)
     _cross_checks(cfg, source)
     return cfg
+
+
+def _renamed(section: str, given: dict, source) -> dict:
+    """``given`` (the keys of one section) with the old names of :data:`RENAMED` mapped to the
+    new ones, one deprecation line per old name; ConfigError if both names are given."""
+    renamed = {old: new for old, new in RENAMED.get(section, {}).items() if old in given}
+    if not renamed:
+        return given
+    out = dict(given)
+    for old, new in renamed.items():
+        if new in given:
+            raise ConfigError(f"{section}.{old}", f"either '{old}' (deprecated) or '{new}' (its "
+                              f"new name) in [{section}], not both", None, source)
+        warning(f"{source + ': ' if source else ''}[{section}] {old} is deprecated: use {new} "
+                "(same meaning)")
+        out[new] = out.pop(old)
+    return out
 
 
 def _check_vector(key, v, source, n=None):
@@ -761,12 +788,15 @@ def schema_markdown() -> str:
            "Generated from `fem_mfc/config.py` by `python3 -m fem_mfc schema`.", ""]
     for section, keys in SCHEMA.items():
         out += [f"## [{section}]", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        formerly = {new: old for old, new in RENAMED.get(section, {}).items()}
         for k, spec in keys.items():
             d = "required" if spec.default is REQUIRED else repr(spec.default)
             doc = spec.doc + (" — one of " + ", ".join(f"`{c}`" for c in spec.choices)
                               if spec.choices else "")
             if spec.expect:
                 doc += f" ({spec.expect})"
+            if k in formerly:
+                doc += f"; formerly `{formerly[k]}` (deprecated, still accepted)"
             out.append(f"| `{k}` | {_typename(spec.type)} | `{d}` | {doc} |")
         out.append("")
     out += ["## [[boundary]]", "",
@@ -777,6 +807,12 @@ def schema_markdown() -> str:
         doc = spec.doc + (" — one of " + ", ".join(f"`{c}`" for c in spec.choices)
                           if spec.choices else "")
         out.append(f"| `{k}` | {_typename(spec.type)} | `{d}` | {doc} |")
+    out += ["", "## Renamed keys", "",
+            "Old names that still load, with a deprecation warning on stderr: the value goes to "
+            "the new key (same meaning). Giving both names in one section is an error.", "",
+            "| section | old name | new name |", "|---|---|---|"]
+    out += [f"| `[{section}]` | `{old}` | `{new}` |"
+            for section, names in RENAMED.items() for old, new in names.items()]
     out.append("")
     return "\n".join(out)
 

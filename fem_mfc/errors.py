@@ -3,8 +3,40 @@
 Anything raised as :class:`UserError` is the user's to fix (a bad config key, a missing file):
 the command line reports it as one line and exits with status 2, without a traceback; a
 :class:`SolverError` (the solve ran and broke down) likewise with status 3.  Everything else
-is a bug and keeps its traceback.
+is a bug and keeps its traceback.  A :func:`warning` is one line on stderr, from rank 0 only.
 """
+from __future__ import annotations
+
+import os
+import sys
+
+PROG = "fem-mfc"
+# Environment variables an MPI launcher sets in its ranks (Open MPI/PRRTE, PMIx, MPICH Hydra).
+LAUNCHER_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
+
+
+def launcher_rank() -> int | None:
+    """This process's rank as its MPI launcher told it (None: not started by a launcher)."""
+    for k in LAUNCHER_RANK_VARS:
+        v = os.environ.get(k)
+        if v is not None and v.strip().isdigit():
+            return int(v)
+    return None
+
+
+def process_rank() -> int:
+    """This process's rank in COMM_WORLD without starting MPI: mpi4py's while MPI runs, else
+    the launcher's (0 without a launcher)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        return mpi.COMM_WORLD.Get_rank()
+    return launcher_rank() or 0
+
+
+def warning(message: str) -> None:
+    """Print ``fem-mfc: warning: MESSAGE`` on stderr, on rank 0 only."""
+    if process_rank() == 0:
+        print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
 
 class UserError(Exception):

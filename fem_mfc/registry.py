@@ -54,10 +54,10 @@ ENTRIES = (
     Entry("nls", "fem_mfc.runs.nls:run",
           "MODEL 4: real-time NLS / Gross-Pitaevskii, Psi = q + ip",
           ("problem", "discretisation", "exact", "nls"), ("soliton", "free-gaussian")),
-    Entry("classifier", "fem_mfc.learning.run:run_classifier",
+    Entry("classifier", "fem_mfc.runs.classifier:run",
           "MODEL 2/8: label-blind K-class network trained on a data set",
           ("problem", "data", "network", "training")),
-    Entry("generative", "fem_mfc.learning.run:run_generative",
+    Entry("generative", "fem_mfc.runs.generative:run",
           "MODEL 8: flow to N(0, I) with the KL terminal cost",
           ("problem", "data", "network", "training", "generative")),
 )

@@ -52,6 +52,8 @@ BAD = {
     "bool for int": ("cells = 16", "cells = true", "mesh.cells"),
     "relaxation out of range": ("[output]", "[solver]\nrelaxation = 1.5\n[output]",
                                 "solver.relaxation"),
+    "old and new name of a key": ("[output]", "[nls]\nwidth = 0.5\ns0 = 0.5\n[output]",
+                                  "nls.width"),
 }
 
 

@@ -62,3 +62,25 @@ def test_no_two_modules_import_each_other():
                    if a < b and a in g.get(b, set())
                    and not (b.startswith(a + ".") or a.startswith(b + ".")))   # package/member
     assert not pairs, pairs
+
+
+def test_learning_needs_no_runner():
+    """The mathematics of learning (networks, trainers, data) is used by the runners of
+    ``fem_mfc.runs``, never the other way round, and knows nothing of the pipeline."""
+    g = graph()
+    bad = {m: sorted(d for d in deps if d.startswith(("fem_mfc.runs", "fem_mfc.pipeline",
+                                                      "fem_mfc.cli")))
+           for m, deps in g.items() if m.startswith("fem_mfc.learning")}
+    assert not any(bad.values()), bad
+
+
+def test_every_formulation_is_run_from_runs():
+    """Each registry entry's runner lives in ``fem_mfc.runs`` (resolved without importing)."""
+    from fem_mfc import registry
+    for e in registry.ENTRIES:
+        mod, fn = e.runner.split(":")
+        assert mod.startswith("fem_mfc.runs."), e
+        path = REPO / (mod.replace(".", "/") + ".py")
+        assert path.is_file(), e
+        assert any(isinstance(n, ast.FunctionDef) and n.name == fn
+                   for n in ast.parse(path.read_text()).body), e

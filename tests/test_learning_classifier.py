@@ -12,7 +12,7 @@ import pytest
 from fem_mfc import config
 from fem_mfc.learning import infer
 from fem_mfc.learning.feedback import default_anchors
-from fem_mfc.learning.run import build_model
+from fem_mfc.runs.classifier import build_model
 
 
 def small_cfg(**over):

@@ -12,7 +12,7 @@ from fem_mfc import config
 from fem_mfc.learning import infer
 from fem_mfc.learning.dictionary import DictionaryFlow
 from fem_mfc.learning.numpy_resnet import NumpyResNet, dictionary_matrix, n_weights
-from fem_mfc.learning.run import build_model
+from fem_mfc.runs.classifier import build_model
 
 
 def small_cfg(**over):
@@ -76,7 +76,7 @@ def test_accuracy_rotated_blobs(trained):
 @pytest.mark.parametrize("kind", ["random-tanh", "affine"])
 def test_adjoint_gradient_matches_finite_differences(kind):
     ds, model = build(small_cfg(mesh={"h": 0.6}, problem={"steps": 3},
-                                network={"dictionary": kind, "width": 2}))
+                                network={"dictionary": kind, "ridges": 2}))
     rng = np.random.default_rng(1)
     theta = [0.2 * rng.standard_normal(model.m) for _ in range(model.N)]
     d = [rng.standard_normal(model.m) for _ in range(model.N)]
@@ -109,7 +109,7 @@ def test_numpy_resnet_reproduces_pde_inference(trained, tmp_path):
 
 def test_ufl_random_tanh_dictionary_matches_numpy():
     _, model = build(small_cfg(mesh={"h": 0.6}, problem={"steps": 2},
-                               network={"dictionary": "random-tanh", "width": 3}))
+                               network={"dictionary": "random-tanh", "ridges": 3}))
     rng = np.random.default_rng(4)
     model.a = [rng.standard_normal(model.m) for _ in range(model.N)]
     net = model.numpy_resnet()

@@ -355,7 +355,7 @@ def test_runner_on_unstructured_3d_ball_serial_equals_two_ranks(tmp_path):
     cfg.write_text("\n".join([
         '[run]', 'formulation = "nls"', '[mesh]', 'kind = "ball"', 'radius = 3.0', 'h = 0.7',
         '[problem]', 'T = 0.2', 'steps = 4', '[nls]', 'kappa = -0.5', 'initial = "gaussian"',
-        'width = 0.8', 'k0 = [1.0, 0.0, 0.0]', 'x0 = [0.0, 0.0, 0.0]',
+        's0 = 0.8', 'k0 = [1.0, 0.0, 0.0]', 'x0 = [0.0, 0.0, 0.0]',
         '[solver]', 'rtol = 1e-12', 'atol = 1e-14', '[output]', 'figures = false']))
     out = {}
     for ranks in (1, 2):

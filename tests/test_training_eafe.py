@@ -17,8 +17,8 @@ from fem_mfc.learning import data
 from fem_mfc.learning.eafe import EdgeGraph, bernoulli
 from fem_mfc.learning.feedback import anchors_from_config
 from fem_mfc.learning.reduced import EdgeClassifier
-from fem_mfc.learning.run import build_model
 from fem_mfc.pipeline import build_mesh
+from fem_mfc.runs.classifier import build_model
 
 
 def eafe_cfg(**over):
@@ -87,7 +87,7 @@ def test_step_matrix_is_an_m_matrix_that_conserves_mass():
 
 @pytest.mark.parametrize("G, network, mesh", [
     ("0", {}, {}), ("0.5*rho**2", {}, {}),
-    ("0.5*rho**2", {"kind": "dictionary", "dictionary": "random-tanh", "width": 6}, {}),
+    ("0.5*rho**2", {"kind": "dictionary", "dictionary": "random-tanh", "ridges": 6}, {}),
     ("0", {"kind": "dictionary", "dictionary": "affine"}, {}),
     ("0", {}, {"kind": "ball", "radius": 3.0, "h": 1.0})])       # 3D: GMRES/CG solves
 def test_gradient_and_hessian_vector_products_match_finite_differences(G, network, mesh):

@@ -18,8 +18,8 @@ from fem_mfc.errors import ConfigError
 from fem_mfc.learning import data, infer
 from fem_mfc.learning.dictionary import DictionaryFlow
 from fem_mfc.learning.generative import EdgeGenerativeFlow, FlowMap
-from fem_mfc.learning.run import build_model
 from fem_mfc.pipeline import build_mesh, run_config
+from fem_mfc.runs.classifier import build_model
 from test_training_eafe import build_edge, eafe_cfg
 
 SMALL = {"problem": {"steps": 6}, "mesh": {"h": 0.4}}
@@ -214,7 +214,7 @@ def test_newton_two_ranks_match_serial():
 
 def _score_other(kind, comm):
     if kind == "dictionary":
-        cfg = eafe_cfg(network={"kind": "dictionary", "dictionary": "random-tanh", "width": 4})
+        cfg = eafe_cfg(network={"kind": "dictionary", "dictionary": "random-tanh", "ridges": 4})
         _, ds, _, m = build_model(cfg, comm)
     else:
         raw = {"run": {"formulation": "generative"},

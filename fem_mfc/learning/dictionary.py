@@ -38,7 +38,7 @@ class DictionaryNetwork(FeedbackClassifier):
         d = rho0[0].function_space.mesh.geometry.dim
         self.kind = network["dictionary"]
         self.lam = network["weight_decay"]
-        self.width = network["width"] if self.kind == "random-tanh" else 0
+        self.width = network["ridges"] if self.kind == "random-tanh" else 0
         self.m = n_weights(self.kind, d, self.width)
         self.ridge_w, self.ridge_b = (ridges(d, self.width, network["ridge_scale"],
                                              network["dictionary_seed"])
@@ -164,7 +164,7 @@ class EdgeDictionaryNetwork(EdgeClassifier):
         d = rho0[0].function_space.mesh.geometry.dim
         self.kind = network["dictionary"]
         self.lam = network["weight_decay"]
-        self.width = network["width"] if self.kind == "random-tanh" else 0
+        self.width = network["ridges"] if self.kind == "random-tanh" else 0
         self.m = n_weights(self.kind, d, self.width)
         self.ridge_w, self.ridge_b = (ridges(d, self.width, network["ridge_scale"],
                                              network["dictionary_seed"])

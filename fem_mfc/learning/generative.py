@@ -41,9 +41,7 @@ trained by the sweeps (``transport = "galerkin"``, ``method = "sweeps"``);
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-import time
 
 from mpi4py import MPI
 
@@ -51,9 +49,7 @@ import dolfinx
 import numpy as np
 import ufl
 
-from ..config import resolve_training
 from ..errors import ConfigError, SolverError
-from ..pipeline import build_mesh
 from ..pointeval import PointEvaluator
 from ..solvers.linear import LinearStepper
 from . import data
@@ -272,129 +268,3 @@ def gaussian_log_likelihood(X_train, X) -> np.ndarray:
     mu = X_train.mean(axis=0)
     C = np.cov(X_train.T, bias=True)
     return multivariate_normal(mu, C).logpdf(X)
-
-
-def run_generative(cfg: dict, ctx) -> dict:
-    """Runner of ``formulation = "generative"`` (data → KDE → train → likelihoods → samples)."""
-    md = build_mesh(cfg, ctx.comm)
-    msh = md.mesh
-    dim = msh.geometry.dim
-    dcfg, ncfg, tcfg, gcfg, p = (cfg["data"], cfg["network"], cfg["training"],
-                                 cfg["generative"], cfg["problem"])
-    ds = data.load(dcfg, dim)
-    # one population: the labels are dropped (K = 1)
-    one = dataclasses.replace(ds, y_train=np.zeros_like(ds.y_train),
-                              y_test=np.zeros_like(ds.y_test))
-    V = dolfinx.fem.functionspace(msh, ("Lagrange", 1))
-    (rho0,), (h,) = data.class_densities(one, V, dcfg["bandwidth"], names=["rho"])
-    transport, method = resolve_training(cfg)
-    model = (EdgeGenerativeFlow if transport == "eafe" else GenerativeFlow)(rho0, p, ncfg, gcfg)
-    ctx.log.info("generative flow: %s, %d train / %d test points, %d dofs, %d layers",
-                 ds.name, len(ds.y_train), len(ds.y_test), V.dofmap.index_map.size_global,
-                 model.N)
-    kl0 = model.kl_of(0)
-    t0, c0 = time.perf_counter(), time.process_time()
-    model.train(tcfg["max_sweeps"], tcfg["relaxation"], tcfg["tol"], progress=ctx.progress,
-                log=ctx.log, **({"method": method} if transport == "eafe" else {}))
-    train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
-    ctx.log.info("training (%s, %s transport): %d outer iterations, residual %.3e, converged "
-                 "%s, %.1f s", method, transport, model.sweeps, model.residual, model.converged,
-                 train_time)
-    masses = model.masses()
-    fm = FlowMap(model, gcfg["score"])
-    d = ds.mean.shape[0]
-    Xtr, Xte = ds.X_train[:, :d], ds.X_test[:, :d]
-    ll_flow = fm.log_likelihood(ds.X_test)
-    ll_drift = FlowMap(model, False).log_likelihood(ds.X_test)
-    rng = np.random.default_rng(dcfg["seed"] + 1)
-    samples, Z = fm.sample(gcfg["samples"], rng, gcfg["target_std"])
-    back, _, _ = fm.forward(samples)
-    h_hist = model.history
-    summary = {
-        "dataset": ds.name, "n_train": len(ds.y_train), "n_test": len(ds.y_test), "dim": dim,
-        "ndofs": V.dofmap.index_map.size_global, "nsteps": model.N, "h": md.h,
-        "tau": model.tau, "sigma": p["sigma"], "bandwidth": h, "kl_weight": model.kl_weight,
-        "kl_floor": model.eta, "score": gcfg["score"],
-        "KL_initial": kl0, "KL_final": model.kl, "KL_history": h_hist.terminal,
-        "J": model.J, "J_history": h_hist.J, "control_energy": model.energy,
-        "residual": model.residual, "residual_history": h_hist.residual,
-        "sweeps": model.sweeps, "converged": model.converged,
-        "method": method, "transport": transport, "iterations": model.sweeps,
-        "training": getattr(model, "train_info", {"method": method}),
-        "loglik_flow": float(ll_flow.mean()), "loglik_flow_drift_only": float(ll_drift.mean()),
-        "loglik_kde": float(kde_log_likelihood(Xtr, h, Xte).mean()),
-        "loglik_gaussian": float(gaussian_log_likelihood(Xtr, Xte).mean()),
-        "loglik_units": "nats per point, standardised data coordinates",
-        "sample_roundtrip_error": float(np.abs(back - Z).max()),
-        "sample_mean": samples.mean(axis=0), "sample_cov": np.cov(samples[:, :d].T),
-        "data_mean": Xtr.mean(axis=0), "data_cov": np.cov(Xtr.T),
-        "mass_error": float(np.abs(masses - masses[:, :1]).max()),
-        "min_rho": model.min_rho(), "peclet": model.peclet(md.h), "target_mass_on_mesh": model.Z,
-        "train_time_s": train_time, "train_cpu_s": train_cpu,
-    }
-    ctx.log.info("KL %.4g -> %.4g in %d sweeps; held-out log-likelihood: flow %.4f, KDE %.4f, "
-                 "Gaussian fit %.4f", kl0, model.kl, model.sweeps, summary["loglik_flow"],
-                 summary["loglik_kde"], summary["loglik_gaussian"])
-    _write_series(ctx, model, cfg["output"]["every"])
-    summary["figures"] = _figures(ctx, model, fm, ds, samples) if ctx.figures else []
-    model.destroy()
-    return summary
-
-
-def _write_series(ctx, model, every):
-    r = dolfinx.fem.Function(model.V, name="rho")
-    s = ctx.series("density", [r])
-    for n in range(model.N + 1):
-        if n % every == 0 or n == model.N:
-            r.x.array[:] = model.rho[0][n]
-            s.write(n * model.tau)
-
-
-def _figures(ctx, model, fm, ds, samples) -> list[str]:
-    from .. import viz
-    N = model.N
-    layers = sorted(set(np.linspace(0, N, 4).round().astype(int).tolist()))
-    target = dolfinx.fem.Function(model.V, name="rho")
-    target.interpolate(lambda X: np.exp(model.log_target(X[:model.mesh.geometry.dim].T)))
-    snaps = [model.function(model.rho[0][n], name="rho") for n in layers] + [target]
-    labels = [f"layer {n} (t = {n * model.tau:.2f})" for n in layers] + ["target N(0, I)"]
-    viz.plot_snapshots(snaps, labels, ctx.figure("densities.png"), name="rho")
-    viz.animate([model.function(model.rho[0][n], name="rho") for n in range(N + 1)],
-                [f"layer {n} (t = {n * model.tau:.2f})" for n in range(N + 1)],
-                ctx.figure("densities.gif"), name="rho")
-    sub = ds.X_train[np.random.default_rng(2).choice(len(ds.X_train),
-                                                     min(300, len(ds.X_train)), replace=False)]
-    _, _, path = fm.forward(sub, record=True)
-    if ctx.comm.rank == 0:
-        _scatter(ctx.figure("samples.png"), ds.X_test, samples, path)
-        h = model.history
-        it = np.arange(len(h.terminal))
-        viz.line_plot(it, {"KL(rho(T) || N(0, I))": np.array(h.terminal)},
-                      ctx.figure("history_KL.png"), xlabel="outer iteration", ylabel="KL",
-                      logy=True, markers=True)
-        viz.line_plot(it, {"J": np.array(h.J)}, ctx.figure("history_J.png"),
-                      xlabel="outer iteration", ylabel="J", markers=True)
-    return ["densities.png", "densities.gif", "samples.png", "history_KL.png", "history_J.png"]
-
-
-def _scatter(path, X_data, samples, paths):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 2, figsize=(11, 5))
-    ax[0].scatter(X_data[:, 0], X_data[:, 1], s=6, alpha=0.6, label="held-out data")
-    ax[0].scatter(samples[:, 0], samples[:, 1], s=6, alpha=0.6, label="samples (flow backward "
-                  "from N(0, I))")
-    ax[0].set_title("samples vs data")
-    P = np.stack(paths)
-    for i in range(P.shape[1]):
-        ax[1].plot(P[:, i, 0], P[:, i, 1], "-", lw=0.4, color="0.6")
-    ax[1].scatter(P[0, :, 0], P[0, :, 1], s=5, label="data x_0")
-    ax[1].scatter(P[-1, :, 0], P[-1, :, 1], s=5, label="x_N (should look N(0, I))")
-    ax[1].set_title("data pushed forward through the flow")
-    for a in ax:
-        a.set_aspect("equal")
-        a.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

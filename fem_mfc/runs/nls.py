@@ -147,7 +147,7 @@ def run(cfg: dict, ctx) -> dict:
         exact = soliton(x, t_c, hbar, n["kappa"], n["eta"], n["velocity"], opts["x0"])
         P.interpolate(z, *exact)
     elif n["initial"] == "gaussian":
-        exact = free_gaussian(x, t_c, hbar, n["width"], opts["k0"], opts["x0"])
+        exact = free_gaussian(x, t_c, hbar, n["s0"], opts["k0"], opts["x0"])
         P.interpolate(z, *exact)
     else:
         exact = None
@@ -206,7 +206,7 @@ def run(cfg: dict, ctx) -> dict:
         summary["err_psi_L2"] = l2_norm_complex(z, *exact)
         summary["err_rho_L2"] = l2_norm_density(z, exact[0] ** 2 + exact[1] ** 2)
         if cfg["exact"]["solution"] == "free-gaussian":
-            summary["width2_exact"] = free_gaussian_width2(T, hbar, n["width"])
+            summary["width2_exact"] = free_gaussian_width2(T, hbar, n["s0"])
     if ctx.figures:
         _figures(ctx, snaps, sorted(snap_at), T, N, hist, S_f)
     return summary

@@ -1,16 +1,26 @@
 """Runner for ``formulation = "classifier"``: train, evaluate, compare, report.
 
+The mathematics and the networks are in :mod:`fem_mfc.learning`; this module wires them
+into a run:
+
 1. data (``[data]``): split, standardise, pad to the mesh dimension; class densities ρ_{k,0} by
    KDE on the mesh (``[mesh]``), normalised to π_k;
 2. training (``[problem]``, ``[network]``, ``[training]``): the label-blind feedback network of
-   MODEL §2 on the EAFE transport as a reduced functional (:mod:`.reduced`) minimised by
-   ``[training] method`` (:mod:`.trainer`: truncated Newton–CG by default), or on the Galerkin
-   transport by damped forward–backward sweeps (:mod:`.feedback`); the dictionary network
-   likewise (:mod:`.dictionary`);
-3. inference (:mod:`.infer`): the ResNet x_{n+1} = x_n + τ aⁿ(x_n) on train/test points;
-   accuracy, empirical objective; particles through the stochastic flow vs PDE moments;
-4. baseline (:mod:`.baseline`): a torch ResNet of the same depth on the same objective;
-5. output: ParaView series of ρ_k and a, figures, ``report.md`` (:mod:`.report`).
+   MODEL §2 on the EAFE transport as a reduced functional (:mod:`~fem_mfc.learning.reduced`)
+   minimised by ``[training] method`` (:mod:`~fem_mfc.learning.trainer`: truncated
+   Newton–CG by default), or on the Galerkin transport by damped forward–backward sweeps
+   (:mod:`~fem_mfc.learning.feedback`); the dictionary network likewise
+   (:mod:`~fem_mfc.learning.dictionary`);
+3. inference (:mod:`~fem_mfc.learning.infer`): the ResNet x_{n+1} = x_n + τ aⁿ(x_n) on
+   train/test points; accuracy, empirical objective; particles through the stochastic flow
+   vs PDE moments;
+4. baseline (:mod:`~fem_mfc.learning.baseline`): a torch ResNet of the same depth on the
+   same objective;
+5. output: ParaView series of ρ_k and a, figures, ``report.md``
+   (:mod:`~fem_mfc.learning.report`).
+
+The run is described by a :class:`~fem_mfc.learning.problem.ClassifierProblem` built once
+from the config; the steps read its fields.
 """
 from __future__ import annotations
 
@@ -19,69 +29,67 @@ import time
 import dolfinx
 import numpy as np
 
-from ..config import resolve_training
 from ..io import write_text_atomic
+from ..learning import data, infer, report
+from ..learning.dictionary import DictionaryFlow, DictionaryNetwork, EdgeDictionaryNetwork
+from ..learning.feedback import FeedbackClassifier, anchors_from_config
+from ..learning.problem import ClassifierProblem, Training
+from ..learning.reduced import EdgeClassifier
 from ..pipeline import build_mesh
-from . import data, infer, report
-from .dictionary import DictionaryFlow, DictionaryNetwork, EdgeDictionaryNetwork
-from .feedback import FeedbackClassifier, anchors_from_config
-from .generative import run_generative  # noqa: F401  (the "generative" runner)
-from .reduced import EdgeClassifier
 
 
-def build_model(cfg: dict, comm):
+def build_model(cfg: dict, comm, problem: ClassifierProblem | None = None):
     """Mesh, data set, KDE class densities and the (untrained) network of a classifier config:
-    returns (MeshData, DataSet, bandwidths, FeedbackClassifier or DictionaryNetwork)."""
+    returns (MeshData, DataSet, bandwidths, FeedbackClassifier or DictionaryNetwork).
+    ``problem``: the config's :class:`ClassifierProblem` if already built."""
+    prob = problem or ClassifierProblem.from_config(cfg)
     md = build_mesh(cfg, comm)
     dim = md.mesh.geometry.dim
-    ds = data.load(cfg["data"], dim)
+    ds = data.load(prob.data, dim)
     V = dolfinx.fem.functionspace(md.mesh, ("Lagrange", 1))
-    rho0, hs = data.class_densities(ds, V, cfg["data"]["bandwidth"])
-    anchors = anchors_from_config(cfg["network"], ds.K, dim)
-    transport, _ = resolve_training(cfg)
-    if cfg["network"]["kind"] == "dictionary":
-        kind = EdgeDictionaryNetwork if transport == "eafe" else DictionaryNetwork
+    rho0, hs = data.class_densities(ds, V, prob.bandwidth)
+    anchors = anchors_from_config(prob.network, ds.K, dim)
+    eafe = prob.transport == "eafe"
+    if prob.dictionary:
+        kind = EdgeDictionaryNetwork if eafe else DictionaryNetwork
     else:
-        kind = EdgeClassifier if transport == "eafe" else FeedbackClassifier
-    return md, ds, hs, kind(rho0, anchors, cfg["problem"], cfg["network"])
+        kind = EdgeClassifier if eafe else FeedbackClassifier
+    return md, ds, hs, kind(rho0, anchors, prob.equation, prob.network)
 
 
-def train_model(model, cfg: dict, progress=None, log=None) -> dict:
+def train_model(model, training: Training, progress=None, log=None) -> dict:
     """Train ``model`` by the configured method; returns the trainer's record (method,
     transport, outer iterations, residual, converged, counts, wall and CPU time)."""
-    tcfg = cfg["training"]
-    transport, method = resolve_training(cfg)
     t0, c0 = time.perf_counter(), time.process_time()
-    args = (tcfg["max_sweeps"], tcfg["relaxation"], tcfg["tol"])
-    if transport == "eafe":
-        model.train(*args, progress=progress, log=log, method=method)
+    if training.transport == "eafe":
+        model.train(*training.args, progress=progress, log=log, method=training.method)
         info = dict(model.train_info)
     else:
-        model.train(*args, progress=progress, log=log)
-        info = {"method": method, "iterations": model.sweeps,
+        model.train(*training.args, progress=progress, log=log)
+        info = {"method": training.method, "iterations": model.sweeps,
                 "reason": "converged" if model.converged else "maximum iterations or stalled"}
-    info.update(transport=transport, residual=model.residual, converged=model.converged,
-                tol=tcfg["tol"], wall_time_s=time.perf_counter() - t0,
-                cpu_time_s=time.process_time() - c0)
+    info.update(transport=training.transport, residual=model.residual,
+                converged=model.converged, tol=training.tol,
+                wall_time_s=time.perf_counter() - t0, cpu_time_s=time.process_time() - c0)
     return info
 
 
-def run_classifier(cfg: dict, ctx) -> dict:
-    md, ds, hs, model = build_model(cfg, ctx.comm)
+def run(cfg: dict, ctx) -> dict:
+    """Runner of ``formulation = "classifier"`` (data → KDE → train → evaluate → report)."""
+    prob = ClassifierProblem.from_config(cfg)
+    md, ds, hs, model = build_model(cfg, ctx.comm, prob)
     dim = md.mesh.geometry.dim
-    dcfg, ncfg, tcfg, p = cfg["data"], cfg["network"], cfg["training"], cfg["problem"]
     V, anchors = model.V, model.anchors
     ctx.log.info("classifier: %s, K = %d, %d train / %d test points, %dD mesh with %d dofs, "
                  "%d layers", ds.name, ds.K, len(ds.y_train), len(ds.y_test), dim,
-                 V.dofmap.index_map.size_global, p["steps"])
-    dictionary = ncfg["kind"] == "dictionary"
-    info = train_model(model, cfg, progress=ctx.progress, log=ctx.log)
+                 V.dofmap.index_map.size_global, model.N)
+    info = train_model(model, prob.training, progress=ctx.progress, log=ctx.log)
     ctx.log.info("training (%s, %s transport): %d outer iterations, residual %.3e, "
                  "converged %s, %.1f s", info["method"], info["transport"], info["iterations"],
                  info["residual"], info["converged"], info["wall_time_s"])
     train_time = info["wall_time_s"]
     masses = model.masses()
-    flow = DictionaryFlow(model) if dictionary else infer.TrainedFlow(model)
+    flow = DictionaryFlow(model) if prob.dictionary else infer.TrainedFlow(model)
     tr = infer.evaluate_flow(flow, ds.X_train, ds.y_train)
     te = infer.evaluate_flow(flow, ds.X_test, ds.y_test)
     pe = model.peclet(md.h)
@@ -92,8 +100,8 @@ def run_classifier(cfg: dict, ctx) -> dict:
     summary = {
         "dataset": ds.name, "K": ds.K, "n_train": len(ds.y_train), "n_test": len(ds.y_test),
         "dim": dim, "ndofs": V.dofmap.index_map.size_global, "nsteps": model.N, "h": md.h,
-        "tau": model.tau, "sigma": p["sigma"], "anchors": anchors,
-        "bandwidths": hs, "velocity": ncfg["velocity"],
+        "tau": model.tau, "sigma": prob.sigma, "anchors": anchors,
+        "bandwidths": hs, "velocity": prob.velocity,
         "train_accuracy": tr["accuracy"], "test_accuracy": te["accuracy"],
         "J": model.J, "control_energy": model.energy,
         "empirical_objective": tr["objective"], "test_objective": te["objective"],
@@ -107,28 +115,29 @@ def run_classifier(cfg: dict, ctx) -> dict:
         te["projected"], "train_time_s": train_time,
         "train_cpu_s": info["cpu_time_s"],
     }
-    if tcfg["particles"] > 0:
-        summary["particles"] = _particle_check(flow, model, ds, hs, tcfg["particles"],
-                                               p["sigma"], dcfg["seed"])
+    if prob.particles > 0:
+        summary["particles"] = _particle_check(flow, model, ds, hs, prob.particles, prob.sigma,
+                                               prob.seed)
     base = None
-    if tcfg["baseline"]:
-        from . import baseline
-        ctx.log.info("training the torch baseline (%d epochs)", tcfg["epochs"])
+    if prob.baseline is not None:
+        from ..learning import baseline
+        b = prob.baseline
+        ctx.log.info("training the torch baseline (%d epochs)", b.epochs)
         base = baseline.train_resnet(ds.X_train, ds.y_train, ds.X_test, ds.y_test, anchors,
-                                     model.beta, model.T, model.N, tcfg["width"],
-                                     tcfg["epochs"], tcfg["lr"], dcfg["seed"], ctx.comm)
+                                     model.beta, model.T, model.N, b.hidden, b.epochs, b.lr,
+                                     prob.seed, ctx.comm)
         summary["baseline"] = {k: v for k, v in base.items()
                                if k not in ("history", "train_paths", "state")}
-    if dictionary:
+    if prob.dictionary:
         model.save_weights(ctx.path("weights.npz"))
         summary.update(dictionary=model.kind, weights_per_layer=model.m,
                        weight_decay_cost=model._control_cost(), theta=np.array(model.a))
-    _write_series(ctx, model, cfg["output"]["every"])
+    _write_series(ctx, model, prob.every)
     figures = _figures(ctx, model, flow, ds, base) if ctx.figures else []
     summary["figures"] = figures
     if ctx.comm.rank == 0:
         write_text_atomic(ctx.path("report.md"),
-                          report.markdown(summary, figures, cfg["run"]["title"]))
+                          report.markdown(summary, figures, prob.title))
     model.destroy()
     return summary
 
@@ -168,7 +177,7 @@ def _write_series(ctx, model, every):
 
 def _figures(ctx, model, flow, ds, base) -> list[str]:
     from .. import viz
-    from . import baseline as bl
+    from ..learning import baseline as bl
     figs = []
     dim, K, N = model.mesh.geometry.dim, model.K, model.N
     gx, gy, P = report.grid(ds, dim)

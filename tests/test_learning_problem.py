@@ -1,0 +1,49 @@
+"""The typed learning problems (fem_mfc/learning/problem.py): built once from a validated
+config, frozen, 'auto' resolved, the sections the networks read passed on read-only."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fem_mfc import config
+from fem_mfc.learning.problem import ClassifierProblem, GenerativeProblem
+
+
+def _cfg(formulation, **sections):
+    return config.from_dict({"run": {"formulation": formulation, "title": "t"}, **sections})
+
+
+def test_classifier_problem_reads_the_config_once():
+    cfg = _cfg("classifier", network={"kind": "dictionary"},
+               training={"particles": 7, "epochs": 3})
+    prob = ClassifierProblem.from_config(cfg)
+    assert (prob.title, prob.seed, prob.sigma, prob.every) == (
+        cfg["run"]["title"], cfg["data"]["seed"], cfg["problem"]["sigma"],
+        cfg["output"]["every"])
+    assert prob.dictionary and prob.particles == cfg["training"]["particles"]
+    assert (prob.training.transport, prob.training.method) == config.resolve_training(cfg)
+    assert "auto" not in (prob.training.transport, prob.training.method)
+    t = cfg["training"]
+    assert prob.training.args == (t["max_sweeps"], t["relaxation"], t["tol"])
+    assert (prob.baseline.epochs, prob.baseline.lr, prob.baseline.hidden) == (
+        t["epochs"], t["lr"], t["hidden"])
+    assert dict(prob.network) == cfg["network"] and dict(prob.equation) == cfg["problem"]
+    assert dict(prob.data) == cfg["data"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        prob.sigma = 0.0
+    with pytest.raises(TypeError):
+        prob.network["kind"] = "feedback"                       # read-only view
+
+
+def test_classifier_problem_without_baseline():
+    prob = ClassifierProblem.from_config(_cfg("classifier", training={"baseline": False}))
+    assert prob.baseline is None and not prob.dictionary
+
+
+def test_generative_problem_options_are_the_section():
+    cfg = _cfg("generative", generative={"samples": 11, "score": False})
+    prob = GenerativeProblem.from_config(cfg)
+    assert prob.generative.options() == cfg["generative"]
+    assert prob.generative.samples == cfg["generative"]["samples"]
+    assert prob.generative.score is cfg["generative"]["score"]
