@@ -244,8 +244,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
                           positive, "a positive integer"),
         "relaxation": Key(float, 0.5, "initial relaxation theta of a <- a + theta (a_hat - a)",
                           _unit_interval, "a number in (0, 1]"),
-        "tol": Key(float, 1e-3, "stop when the relative optimality residual is below tol",
-                   positive, "a positive number"),
+        "tol": Key((str, float), "auto", "stop when the relative optimality residual is below "
+                   "tol; 'auto': 1e-6 for the second-order trainers (newton, lbfgs: a few "
+                   "more iterations), 1e-3 for the sweeps (linear convergence)",
+                   lambda t: t == "auto" or (not isinstance(t, (str, bool))
+                                            and math.isfinite(t) and t > 0),
+                   "'auto' or a positive number"),
         "baseline": Key(bool, True, "also train the torch ResNet baseline"),
         "epochs": Key(int, 600, "baseline: full-batch Adam epochs", positive,
                       "a positive integer"),

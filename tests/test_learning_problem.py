@@ -7,7 +7,12 @@ import dataclasses
 import pytest
 
 from fem_mfc import config
-from fem_mfc.learning.problem import ClassifierProblem, GenerativeProblem
+from fem_mfc.learning.problem import (
+    TOL_SECOND_ORDER,
+    TOL_SWEEPS,
+    ClassifierProblem,
+    GenerativeProblem,
+)
 
 
 def _cfg(formulation, **sections):
@@ -25,7 +30,7 @@ def test_classifier_problem_reads_the_config_once():
     assert (prob.training.transport, prob.training.method) == config.resolve_training(cfg)
     assert "auto" not in (prob.training.transport, prob.training.method)
     t = cfg["training"]
-    assert prob.training.args == (t["max_sweeps"], t["relaxation"], t["tol"])
+    assert prob.training.args[:2] == (t["max_sweeps"], t["relaxation"])
     assert (prob.baseline.epochs, prob.baseline.lr, prob.baseline.hidden) == (
         t["epochs"], t["lr"], t["hidden"])
     assert dict(prob.network) == cfg["network"] and dict(prob.equation) == cfg["problem"]
@@ -47,3 +52,23 @@ def test_generative_problem_options_are_the_section():
     assert prob.generative.options() == cfg["generative"]
     assert prob.generative.samples == cfg["generative"]["samples"]
     assert prob.generative.score is cfg["generative"]["score"]
+
+
+@pytest.mark.parametrize("transport,method,expected", [
+    ("eafe", "auto", TOL_SECOND_ORDER), ("eafe", "lbfgs", TOL_SECOND_ORDER),
+    ("galerkin", "auto", TOL_SWEEPS), ("eafe", "sweeps", TOL_SWEEPS)])
+def test_default_tolerance_follows_the_trainer(transport, method, expected):
+    """[training] tol = 'auto' (the default): 1e-6 where the trainer converges
+    superlinearly, 1e-3 for the linearly converging sweeps; a number is kept."""
+    cfg = _cfg("classifier", network={"transport": transport}, training={"method": method})
+    assert cfg["training"]["tol"] == "auto"
+    assert ClassifierProblem.from_config(cfg).training.tol == expected
+    cfg = _cfg("classifier", network={"transport": transport},
+               training={"method": method, "tol": 2.5e-4})
+    assert ClassifierProblem.from_config(cfg).training.tol == 2.5e-4
+
+
+@pytest.mark.parametrize("bad", ["tight", 0.0, -1e-3, True])
+def test_bad_tolerance_is_bad_input(bad):
+    with pytest.raises(config.ConfigError, match="training.tol"):
+        _cfg("classifier", training={"tol": bad})

@@ -18,6 +18,9 @@ from typing import Any, Mapping, Optional
 
 from ..config import resolve_training
 
+TOL_SECOND_ORDER = 1e-6   # [training] tol = 'auto' for newton / lbfgs (quadratic, superlinear)
+TOL_SWEEPS = 1e-3         # ... and for the sweeps (a gradient method: linear convergence)
+
 
 def _frozen(section: dict) -> Mapping[str, Any]:
     return MappingProxyType(dict(section))
@@ -46,7 +49,10 @@ class Training:
     def from_config(cls, cfg: dict) -> "Training":
         t = cfg["training"]
         transport, method = resolve_training(cfg)
-        return cls(transport, method, t["max_sweeps"], t["relaxation"], t["tol"])
+        tol = t["tol"]
+        if tol == "auto":
+            tol = TOL_SWEEPS if method == "sweeps" else TOL_SECOND_ORDER
+        return cls(transport, method, t["max_sweeps"], t["relaxation"], float(tol))
 
     @property
     def args(self) -> tuple:
