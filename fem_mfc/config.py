@@ -282,7 +282,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                        choices=("soliton", "gaussian", "ground-state")),
         "eta": Key(float, 1.0, "soliton amplitude/inverse width eta", positive,
                    "a positive number"),
-        "velocity": Key(float, 0.0, "soliton wave number v (speed hbar*v)"),
+        "wavenumber": Key(float, 0.0, "soliton wave number v (speed hbar*v)"),
         "x0": Key(list, [0.0], "soliton/Gaussian centre (gdim numbers)"),
         "s0": Key(float, 0.5, "Gaussian width s0 (per-axis std of |Psi|^2)", positive,
                   "a positive number"),
@@ -331,7 +331,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
 RENAMED: dict[str, dict[str, str]] = {
     "network": {"width": "ridges"},       # three meanings of 'width' (issue 15)
     "training": {"width": "hidden"},
-    "nls": {"width": "s0"},
+    "nls": {"width": "s0",
+            "velocity": "wavenumber"},      # [network] velocity is an element
 }
 
 

@@ -18,7 +18,7 @@ IDS = [f"{s}.{old}" for s, old, _ in CASES]
 def _value(section, new):
     """A valid value other than the default (so that the test sees where it went)."""
     default = config.SCHEMA[section][new].default
-    return 2 * default
+    return 2 * default if default else 1.5
 
 
 def _raw(section, keys):

@@ -330,7 +330,7 @@ def test_bad_integrator_rejected_by_schema():
 def test_runner_summary(tmp_path):
     """The runner end to end (1D soliton, no figures): the documented summary keys."""
     from fem_mfc.pipeline import run_config
-    raw = _cfg(velocity=1.0, x0=[-2.0])
+    raw = _cfg(wavenumber=1.0, x0=[-2.0])
     raw["mesh"].update(cells=200, lower=[-20.0], upper=[20.0])
     raw["problem"] = {"T": 1.0, "steps": 50}
     raw["exact"] = {"solution": "soliton"}

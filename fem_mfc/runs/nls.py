@@ -144,7 +144,7 @@ def run(cfg: dict, ctx) -> dict:
     t_c = dolfinx.fem.Constant(msh, 0.0)
     summary = {}
     if n["initial"] == "soliton":
-        exact = soliton(x, t_c, hbar, n["kappa"], n["eta"], n["velocity"], opts["x0"])
+        exact = soliton(x, t_c, hbar, n["kappa"], n["eta"], n["wavenumber"], opts["x0"])
         P.interpolate(z, *exact)
     elif n["initial"] == "gaussian":
         exact = free_gaussian(x, t_c, hbar, n["s0"], opts["k0"], opts["x0"])
