@@ -56,10 +56,13 @@ def compare(mats, mode):
             A.scale(refill)
         a.update()
         b.update()
-        for n in range(len(mats)):
-            for t in (False, True):
-                x, y = a.solve(n, rhs, t), b.solve(n, rhs, t)
-                worst = max(worst, np.abs(x - y).max() / np.abs(y).max())
+        for t in (False, True):
+            items = [(n, (1 + n) * rhs) for n in range(len(mats))] + [(0, -rhs)]
+            many = a.solve_many(items, t)                  # owners solve concurrently
+            for (n, r), z in zip(items, many):
+                x, y = a.solve(n, r, t), b.solve(n, r, t)
+                worst = max(worst, np.abs(x - y).max() / np.abs(y).max(),
+                            np.abs(z - y).max() / np.abs(y).max())
     modes = a.mode
     a.destroy()
     b.destroy()

@@ -229,11 +229,12 @@ class EdgeClassifier:
     def precondition(self, q: np.ndarray) -> np.ndarray:
         """C⁻¹q (per layer and velocity component) at the control of the last backward()."""
         out = np.empty_like(q)
-        for n in range(self.N):
-            qn = self._layer(q, n)
-            on = self._layer(out, n)
-            for c in range(self.gdim):
-                on[:, c] = self.metric.solve(n, qn[:, c], False, "metric solve")
+        items = [(n, np.ascontiguousarray(self._layer(q, n)[:, c]))
+                 for n in range(self.N) for c in range(self.gdim)]
+        sols = self.metric.solve_many(items, False, "metric solve")
+        for (n, _), c, x in zip(items, [c for _ in range(self.N) for c in range(self.gdim)],
+                                sols):
+            self._layer(out, n)[:, c] = x
         return out
 
     def apply_metric(self, x: np.ndarray) -> np.ndarray:

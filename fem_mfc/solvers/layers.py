@@ -140,6 +140,46 @@ class LayerFactors:
             raise SolverError(f"{what}: linear solve failed (KSP reason {reason})")
         return self.y.array.copy()
 
+    def solve_many(self, items: list, transpose: bool = False,
+                   what: str = "layer solve") -> list:
+        """[Aₙ⁻¹ rhs for (n, rhs) in items]: independent solves, each owner solving its
+        layers' at the same time as the others (gather all, solve, scatter all back).
+        Collective; the same ``items`` layers on every rank."""
+        if self.mode == "spatial" or not items:
+            return [self.solve(n, r, transpose, what) for n, r in items]
+        full, outs, reason = {}, [], 0
+        for i, (n, rhs) in enumerate(items):          # gather every right-hand side
+            o = self.owner(n)
+            self.b.array[:] = rhs
+            if o == self.rank:
+                full[i] = self.full.duplicate()
+                self.scatter[o].scatter(self.b, full[i], PETSc.InsertMode.INSERT,
+                                        PETSc.ScatterMode.FORWARD)
+            else:
+                self.scatter[o].scatter(self.b, self.empty, PETSc.InsertMode.INSERT,
+                                        PETSc.ScatterMode.FORWARD)
+        for i, v in full.items():                     # solve the own ones (concurrently)
+            ksp = self.ksp[items[i][0]]
+            (ksp.solveTranspose if transpose else ksp.solve)(v, self.fullx)
+            r = ksp.getConvergedReason()
+            if r >= 0 and not np.isfinite(self.fullx.array_r).all():
+                r = NOT_FINITE
+            reason = min(reason, r)
+            self.fullx.copy(v)
+        for i, (n, _) in enumerate(items):            # scatter every solution back
+            o = self.owner(n)
+            self.scatter[o].scatter(full[i] if o == self.rank else self.empty, self.y,
+                                    PETSc.InsertMode.INSERT, PETSc.ScatterMode.REVERSE)
+            outs.append(self.y.array.copy())
+        for v in full.values():
+            v.destroy()
+        reason = self.comm.allreduce(reason, op=MPI.MIN)
+        if reason == NOT_FINITE:
+            raise SolverError(f"{what}: NaN/inf in the solution")
+        if reason < 0:
+            raise SolverError(f"{what}: linear solve failed (KSP reason {reason})")
+        return outs
+
     def destroy(self):
         objs = [self.b, self.y]
         if self.mode == "spatial":
