@@ -9,7 +9,9 @@
    likewise (:mod:`.dictionary`);
 3. inference (:mod:`.infer`): the ResNet x_{n+1} = x_n + τ aⁿ(x_n) on train/test points;
    accuracy, empirical objective; particles through the stochastic flow vs PDE moments;
-4. baseline (:mod:`.baseline`): a torch ResNet of the same depth on the same objective;
+4. comparison (:mod:`.compare`): accuracy on a fresh generator sample, the Bayes ceiling, and
+   the torch baselines (:mod:`.baseline`: a ResNet of the same depth and a neural ODE on the
+   same objective, early stopping, several seeds);
 5. output: ParaView series of ρ_k and a, figures, ``report.md`` (:mod:`.report`).
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from ..config import resolve_training
 from ..io import write_text_atomic
 from ..pipeline import build_mesh
-from . import data, infer, report
+from . import compare, data, infer, report
 from .dictionary import DictionaryFlow, DictionaryNetwork, EdgeDictionaryNetwork
 from .feedback import FeedbackClassifier, anchors_from_config
 from .generative import run_generative  # noqa: F401  (the "generative" runner)
@@ -110,15 +112,7 @@ def run_classifier(cfg: dict, ctx) -> dict:
     if tcfg["particles"] > 0:
         summary["particles"] = _particle_check(flow, model, ds, hs, tcfg["particles"],
                                                p["sigma"], dcfg["seed"])
-    base = None
-    if tcfg["baseline"]:
-        from . import baseline
-        ctx.log.info("training the torch baseline (%d epochs)", tcfg["epochs"])
-        base = baseline.train_resnet(ds.X_train, ds.y_train, ds.X_test, ds.y_test, anchors,
-                                     model.beta, model.T, model.N, tcfg["width"],
-                                     tcfg["epochs"], tcfg["lr"], dcfg["seed"], ctx.comm)
-        summary["baseline"] = {k: v for k, v in base.items()
-                               if k not in ("history", "train_paths", "state")}
+    base = compare.compare(summary, cfg, ds, model, flow, ctx.comm, ctx.log)
     if dictionary:
         model.save_weights(ctx.path("weights.npz"))
         summary.update(dictionary=model.kind, weights_per_layer=model.m,
