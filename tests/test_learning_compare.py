@@ -146,3 +146,24 @@ def test_runner_comparison_table_three_gaussians(tmp_path):
     assert s["baseline"]["seeds"] == [0, 1] and len(s["node"]["runs"]) == 2
     assert c["rows"][0]["fresh_accuracy"] > 1 / 3
     check_comparison_table((tmp_path / "out" / "report.md").read_text(), seeds=2)
+
+
+@pytest.mark.slow
+def test_bench_comparison_quick(tmp_path):
+    """benchmarks/bench_comparison.py --quick on one data set writes the JSON, CSV and
+    Markdown table with every column for every model."""
+    import csv
+    import json
+
+    from helpers import REPO, run_python
+    out = tmp_path / "bench"
+    p = run_python([REPO / "benchmarks" / "bench_comparison.py", "--quick", "--only",
+                    "gauss3", "--seeds", "2", "--fresh", "2000", "--out", out], timeout=300,
+                   check=True)
+    res = json.loads((out / "comparison.json").read_text())
+    assert list(res) == ["gauss3"] and res["gauss3"]["K"] == 3
+    rows = list(csv.DictReader(open(out / "comparison.csv")))
+    assert len(rows) == len(res["gauss3"]["comparison"]["rows"]) == 6
+    assert set(rows[0]) == {"dataset"} | {k for k, _ in compare.COLUMNS}
+    md = (out / "comparison.md").read_text()
+    assert md.strip() in p.stdout and md.count("\n| gauss3 |") == 6

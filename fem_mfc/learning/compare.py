@@ -198,7 +198,7 @@ def compare(summary: dict, cfg: dict, ds, model, flow, comm, log=None) -> dict |
 
 
 def _value(x):
-    return x[0] if isinstance(x, tuple) else x
+    return x[0] if isinstance(x, (tuple, list)) else x
 
 
 def verdict(rows: list[dict], bayes=None) -> list[str]:
@@ -251,8 +251,9 @@ def table_cells(row: dict) -> list:
         v = row.get(key)
         if v is None:
             cells.append("n/a")
-        elif isinstance(v, tuple):
-            cells.append(f"{v[0]:.4g} ± {v[1]:.2g}")
+        elif isinstance(v, (tuple, list)):
+            spread = v[1] if abs(v[1]) > 1e-12 * abs(v[0]) else 0.0
+            cells.append(f"{v[0]:.4g} ± {spread:.2g}")
         else:
             cells.append(v)
     return cells
