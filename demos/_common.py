@@ -50,4 +50,4 @@ def run(cfg: dict, out: str | Path, name: str) -> dict:
 
 
 QUICK = {"mesh": {"h": 0.35}, "problem": {"steps": 6},
-         "training": {"max_sweeps": 15, "epochs": 50, "particles": 200}}   # Newton: ~10 steps
+         "training": {"max_sweeps": 15, "epochs": 50, "seeds": 2, "particles": 200}}  # ~10 Newton

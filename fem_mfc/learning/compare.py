@@ -229,6 +229,9 @@ def verdict(rows: list[dict], bayes=None) -> list[str]:
             out.append(f"It beats the {name} on " + ", ".join(win) + ".")
         if not lose and not win:
             out.append(f"The PDE network and the {name} tie.")
+        if r.get("converged") is False:
+            out.append(f"(The {name} stopped at the epoch cap before its objective reached a "
+                       f"plateau: its figures are not converged; raise [training] epochs.)")
     if bayes is not None and pde.get("fresh_accuracy") is not None:
         acc = pde["fresh_accuracy"]
         if acc < bayes:
