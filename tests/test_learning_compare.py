@@ -145,6 +145,10 @@ def test_runner_comparison_table_three_gaussians(tmp_path):
     assert c["fresh_n"] == 4000 and 1 / 3 < c["bayes_ceiling"] <= 1
     assert s["baseline"]["seeds"] == [0, 1] and len(s["node"]["runs"]) == 2
     assert c["rows"][0]["fresh_accuracy"] > 1 / 3
+    # J of the baselines' fields on the PDE problem; the model went back to its own control
+    best = [r for r in c["rows"] if " best of " in r["model"]]
+    assert len(best) == 2 and all(math.isfinite(r["J"]) for r in best)
+    assert s["J"] == s["J_history"][-1]
     check_comparison_table((tmp_path / "out" / "report.md").read_text(), seeds=2)
 
 

@@ -15,8 +15,9 @@ baselines trained to convergence of their own objective, and the Bayes-optimal c
 * Baselines (:mod:`.baseline`): the torch ResNet of the same depth and the neural ODE, each over
   ``[training] seeds`` seeds with early stopping on a plateau (``patience``).
 * :func:`compare` gathers the rows of the table (one per model: test accuracy, fresh-sample
-  accuracy, kinetic energy, empirical objective, PDE objective J, CPU and wall time, iterations
-  or epochs, converged) and :func:`verdict` the sentences that say where the PDE network loses.
+  accuracy, kinetic energy, empirical objective, PDE objective J — for a baseline the J of its
+  velocity field on the mesh (:func:`pde_objective`) —, CPU and wall time, iterations or epochs,
+  converged) and :func:`verdict` the sentences that say where the PDE network loses.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import math
 
 import numpy as np
 
+from ..errors import SolverError
 from . import baseline, data
 
 FRESH_SEED_OFFSET = 1_000_003       # the fresh sample's seed = the data seed + this (mod 2³¹)
@@ -130,12 +132,35 @@ def _pde_row(summary, flow, fresh):
     return row
 
 
-def _baseline_rows(name, res) -> list[dict]:
-    """Rows of a baseline over its seeds: the best run, then mean ± spread."""
+def pde_objective(model, kind, run) -> float | None:
+    """J of a baseline's velocity field on the PDE's problem: its velocity at the mesh nodes
+    at the PDE's layer times (the ResNet's f_n, the neural ODE's a(·, t_n)) as the P1 control
+    of the trained model, one FP sweep; the model is then put back at its own control.
+    None where the control is not a nodal velocity (dictionary network, Galerkin transport)."""
+    from .dictionary import EdgeDictionaryNetwork
+    from .reduced import EdgeClassifier
+    if not isinstance(model, EdgeClassifier) or isinstance(model, EdgeDictionaryNetwork):
+        return None
+    X = model.g.x[:model.nl, :model.gdim]
+    times = [n * model.tau for n in range(model.N)]
+    fields = baseline.velocities(kind, run["state"], X, model.T, model.N, times)
+    own = model.control()
+    try:
+        J = float(model.forward(np.concatenate([f.ravel() for f in fields])))
+    except SolverError:
+        J = None
+    model.forward(own)
+    model.backward()
+    return J
+
+
+def _baseline_rows(name, res, J=None) -> list[dict]:
+    """Rows of a baseline over its seeds: the best run (with ``J``, the PDE objective of its
+    velocity field), then mean ± spread."""
     b, mean, spread = res["best"], res["mean"], res["spread"]
     best = {"model": f"{name}, best of {len(res['seeds'])} seeds (seed {b['seed']})",
             "test_accuracy": b["test_accuracy"], "fresh_accuracy": b.get("fresh_accuracy"),
-            "kinetic": b["train_kinetic"], "objective": b["train_objective"], "J": None,
+            "kinetic": b["train_kinetic"], "objective": b["train_objective"], "J": J,
             "cpu_time_s": b["cpu_time_s"], "wall_time_s": b["wall_time_s"],
             "iterations": b["epochs"], "converged": b["converged"]}
     rows = [best]
@@ -187,7 +212,7 @@ def compare(summary: dict, cfg: dict, ds, model, flow, comm, log=None) -> dict |
                                 runs=res["runs"])
             if kind == "resnet":
                 base = res["best"]
-            rows += _baseline_rows(name, res)
+            rows += _baseline_rows(name, res, pde_objective(model, kind, res["best"]))
     if bayes is not None:
         rows.append({"model": "Bayes-optimal classifier (generator's model)",
                      "test_accuracy": None, "fresh_accuracy": bayes})
@@ -211,7 +236,8 @@ def verdict(rows: list[dict], bayes=None) -> list[str]:
             continue
         name = r["model"].split(",")[0]
         lose, win = [], []
-        for key, what, higher_better in (("test_accuracy", "test accuracy", True),
+        for key, what, higher_better in (("J", "the PDE objective J", False),
+                                         ("test_accuracy", "test accuracy", True),
                                          ("fresh_accuracy", "fresh-sample accuracy", True),
                                          ("objective", "empirical objective", False),
                                          ("kinetic", "kinetic energy", False),
@@ -226,7 +252,8 @@ def verdict(rows: list[dict], bayes=None) -> list[str]:
         if lose:
             out.append(f"The PDE network loses to the {name} on " + ", ".join(lose) + ".")
         if win:
-            out.append(f"It beats the {name} on " + ", ".join(win) + ".")
+            out.append(f"{'It' if lose else 'The PDE network'} beats the {name} on "
+                       + ", ".join(win) + ".")
         if not lose and not win:
             out.append(f"The PDE network and the {name} tie.")
         if r.get("converged") is False:

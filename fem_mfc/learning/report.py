@@ -117,8 +117,10 @@ def comparison_section(s: dict) -> list[str]:
                           f"width {n['width']}, {n['parameters']} parameters.")
     lines[-1] += (" The kinetic energy and the empirical objective of every model are "
                   "evaluated on the training points (for the PDE network: its ResNet "
-                  "x_{n+1} = x_n + τ aⁿ(x_n)), i.e. on the baselines' own problem; J is defined "
-                  "for the PDE network only.")
+                  "x_{n+1} = x_n + τ aⁿ(x_n)), i.e. on the baselines' own problem; conversely "
+                  "the J of a baseline (best run) is that of its velocity field put into the "
+                  "PDE problem (the field at the mesh nodes and the layer times t_n as the P1 "
+                  "control, one Fokker–Planck sweep), i.e. the baseline on the PDE's problem.")
     if c["fresh_n"]:
         lines[-1] += (f" 'fresh acc.' is the accuracy on {c['fresh_n']} new points of the "
                       f"data generator (standard error ≤ {0.5 / c['fresh_n'] ** 0.5:.1g}).")
