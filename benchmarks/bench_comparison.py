@@ -54,7 +54,7 @@ DATASETS = {
                               "network": GAUSS}),
 }
 QUICK3D = {"mesh": {"h": 0.6}, "problem": {"steps": 4},    # demos/demo_circles.py --quick
-           "training": {"max_sweeps": 15, "epochs": 50}}
+           "training": {"max_sweeps": 15, "epochs": 50, "fresh": 4000}}
 
 
 def build(name: str, quick: bool, seeds: int, epochs: int, patience: int, fresh: int) -> dict:
