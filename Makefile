@@ -58,6 +58,6 @@ bench-scaling:
 	$(ENV) python3 benchmarks/bench_scaling.py --out results/bench_scaling
 
 # the fair comparison table of the classifier (issue 13): PDE network vs converged torch
-# ResNet / neural ODE over seeds, Bayes ceiling, 7 data sets (~30 min on 2 cores; --quick: 1 min)
+# ResNet / neural ODE over seeds, Bayes ceiling, 7 data sets (~37 min on 2 cores; --quick: 1 min)
 bench-comparison:
 	$(ENV) python3 benchmarks/bench_comparison.py --out results/bench_comparison
