@@ -158,7 +158,8 @@ def _baseline_rows(name, res, J=None) -> list[dict]:
     """Rows of a baseline over its seeds: the best run (with ``J``, the PDE objective of its
     velocity field), then mean ± spread."""
     b, mean, spread = res["best"], res["mean"], res["spread"]
-    best = {"model": f"{name}, best of {len(res['seeds'])} seeds (seed {b['seed']})",
+    n = len(res["seeds"])
+    best = {"model": f"{name}, best of {n} seed{'s' if n > 1 else ''} (seed {b['seed']})",
             "test_accuracy": b["test_accuracy"], "fresh_accuracy": b.get("fresh_accuracy"),
             "kinetic": b["train_kinetic"], "objective": b["train_objective"], "J": J,
             "cpu_time_s": b["cpu_time_s"], "wall_time_s": b["wall_time_s"],
@@ -202,8 +203,8 @@ def compare(summary: dict, cfg: dict, ds, model, flow, comm, log=None) -> dict |
         kinds = [("resnet", "torch ResNet")] + ([("node", "neural ODE")] if tcfg["node"] else [])
         for kind, name in kinds:
             if log is not None:
-                log.info("training the %s baseline (%d seeds, at most %d epochs, patience %d)",
-                         name, tcfg["seeds"], tcfg["epochs"], tcfg["patience"])
+                log.info("training the %s baseline (%d seed(s), at most %d epochs, patience "
+                         "%d)", name, tcfg["seeds"], tcfg["epochs"], tcfg["patience"])
             res = baseline.train_seeds(kind, seeds, *args, **kw)
             key = "baseline" if kind == "resnet" else "node"
             summary[key] = {k: v for k, v in res["best"].items()
