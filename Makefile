@@ -10,7 +10,7 @@ NP ?= 2
 # the MPI tests of test-fast: quick ones that cover the platform, Newton and the learning runner
 FAST_MPI := tests/test_platform_mpi.py tests/test_hjb_fp_mpi.py tests/test_reliability_mpi.py
 
-.PHONY: demo test test-serial test-serial-one test-mpi test-fast lint env bench bench-matrix bench-scaling docs
+.PHONY: demo test test-serial test-serial-one test-mpi test-fast lint env bench bench-matrix bench-scaling bench-comparison docs
 
 demo:
 	$(ENV) python3 demos/demo_moons.py --out results/demo
@@ -56,3 +56,8 @@ bench-matrix:
 
 bench-scaling:
 	$(ENV) python3 benchmarks/bench_scaling.py --out results/bench_scaling
+
+# the fair comparison table of the classifier (issue 13): PDE network vs converged torch
+# ResNet / neural ODE over seeds, Bayes ceiling, 7 data sets (~37 min on 2 cores; --quick: 1 min)
+bench-comparison:
+	$(ENV) python3 benchmarks/bench_comparison.py --out results/bench_comparison

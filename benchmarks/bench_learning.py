@@ -9,6 +9,12 @@ products, wall and CPU time); and the PDE vs torch wall/CPU time on the same spl
 
 A "pass" is one forward (FP, K solves per layer) or backward (adjoint, K solves per layer)
 sweep, line-search trials included; DOF·steps/s = ndofs · N · K · passes / time.
+
+The torch baseline here runs a fixed number of epochs (--epochs) for timing.  The fair
+comparison table (accuracy on the split and on a fresh 20k sample, kinetic energy, empirical
+objective, J, CPU time; ResNet and neural ODE trained to a plateau of their own objective over
+several seeds; the Bayes ceiling) across moons, circles (2D, 3D), spirals (1 and 1.5 turns) and
+3 and 5 noisy Gaussian classes is benchmarks/bench_comparison.py (``make bench-comparison``).
 """
 import argparse
 import dataclasses

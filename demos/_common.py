@@ -49,5 +49,7 @@ def run(cfg: dict, out: str | Path, name: str) -> dict:
     return s
 
 
+# --quick: Newton still converges (~10 steps); two baseline seeds, a 4000-point fresh sample
 QUICK = {"mesh": {"h": 0.35}, "problem": {"steps": 6},
-         "training": {"max_sweeps": 15, "epochs": 50, "particles": 200}}   # Newton: ~10 steps
+         "training": {"max_sweeps": 15, "epochs": 50, "seeds": 2, "particles": 200,
+                      "fresh": 4000}}

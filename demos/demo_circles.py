@@ -49,7 +49,8 @@ s2 = demo.run(cfg2, out / "circles2d", "demos/circles.toml" + (" --quick" if arg
 
 # %%
 quick3 = {"mesh": {"h": 0.6}, "problem": {"steps": 4},
-          "training": {"max_sweeps": 15, "epochs": 50, "particles": 0}}
+          "training": {"max_sweeps": 15, "epochs": 50, "seeds": 2, "particles": 0,
+                       "fresh": 4000}}
 cfg3 = demo.load_config(HERE / "circles3d.toml", quick3 if args.quick else None)
 s3 = demo.run(cfg3, out / "circles3d", "demos/circles3d.toml" + (" --quick" if args.quick else ""))
 

@@ -250,9 +250,22 @@ SCHEMA: dict[str, dict[str, Key]] = {
                    lambda t: t == "auto" or (not isinstance(t, (str, bool))
                                             and math.isfinite(t) and t > 0),
                    "'auto' or a positive number"),
-        "baseline": Key(bool, True, "also train the torch ResNet baseline"),
-        "epochs": Key(int, 600, "baseline: full-batch Adam epochs", positive,
+        "baseline": Key(bool, True, "also train the torch baselines (ResNet of the same "
+                        "depth, and the neural ODE if node = true) on the empirical objective"),
+        "node": Key(bool, True, "baseline = true: also train the neural ODE baseline"),
+        "epochs": Key(int, 600, "baselines: maximum full-batch Adam epochs (early stopping on "
+                      "a plateau ends them sooner, see patience)", positive,
                       "a positive integer"),
+        "patience": Key(int, 100, "baselines: a plateau is `patience` epochs without a relative "
+                        "improvement of 1e-4 of the objective (the learning rate is divided by "
+                        "4 at the first two, training stops at the third); 0: exactly `epochs` "
+                        "epochs", nonnegative, "a non-negative integer"),
+        "seeds": Key(int, 3, "baselines: number of seeds (data seed, data seed + 1, ...); the "
+                     "report gives the best run and the mean +- std", positive,
+                     "a positive integer"),
+        "fresh": Key(int, 20000, "size of the fresh sample from the data generator on which "
+                     "every model's accuracy and the Bayes ceiling are measured (0: skip)",
+                     nonnegative, "a non-negative integer"),
         "lr": Key(float, 0.01, "baseline: Adam learning rate", positive, "a positive number"),
         "hidden": Key(int, 16, "baseline: hidden width of each residual block", positive,
                       "a positive integer"),

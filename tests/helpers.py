@@ -8,6 +8,7 @@ pytest --with-mpi -m mpi``, and serial tests that launch ``mpirun -n 2`` as a su
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -89,3 +90,40 @@ def assert_same_numbers(a: dict, b: dict, keys, rtol=1e-8, atol=1e-12):
             assert va == vb, f"{k}: {va} != {vb}"
         else:
             assert abs(va - vb) <= atol + rtol * abs(va), f"{k}: {va} != {vb}"
+
+
+def comparison_table(report: str) -> list[list[str]]:
+    """The rows (header first) of the comparison table of a report.md."""
+    part = report.split("## Comparison with torch baselines", 1)[1].split("\n## ", 1)[0]
+    rows = [ln for ln in part.splitlines() if ln.startswith("|")]
+    return [[c.strip() for c in ln.strip("|").split(" | ")] for ln in rows if "---" not in ln]
+
+
+def check_comparison_table(report: str, seeds: int, node: bool = True, bayes: bool = True):
+    """Every column for every model: numbers (or 'mean ± std'), 'n/a' only where undefined
+    (J of the baselines; the Bayes row's columns but fresh accuracy)."""
+    from fem_mfc.learning.compare import COLUMNS
+    rows = comparison_table(report)
+    assert rows[0] == [h for _, h in COLUMNS]
+    models = [r[0] for r in rows[1:]]
+    want = ["mean-field PDE network", "torch ResNet, best", "torch ResNet, mean"]
+    if node:
+        want += ["neural ODE, best", "neural ODE, mean"]
+    if bayes:
+        want.append("Bayes-optimal")
+    assert len(models) == len(want) and all(m.startswith(w) for m, w in zip(models, want))
+    for r in rows[1:]:
+        assert len(r) == len(COLUMNS), r
+        for (key, _), cell in zip(COLUMNS[1:], r[1:]):
+            if cell == "n/a":
+                assert key == "J" and "PDE" not in r[0] or r[0].startswith("Bayes"), (key, r)
+                continue
+            if key == "converged":
+                assert cell in ("True", "False") or cell.endswith(f"/{seeds}"), cell
+            else:
+                for part in cell.split(" ± "):
+                    assert math.isfinite(float(part)), (key, cell)
+    bayes_row = rows[-1] if bayes else None
+    if bayes_row:
+        assert 0 < float(bayes_row[2]) <= 1
+    assert "The PDE network" in report and "minimises J" in report

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import REPO, read_summary, run_demo
+from helpers import REPO, check_comparison_table, read_summary, run_demo
 
 
 def nonempty(out: Path, *names, min_size: int = 1):
@@ -22,6 +22,18 @@ def nonempty(out: Path, *names, min_size: int = 1):
         assert f.exists(), name
         if f.is_file():
             assert f.stat().st_size >= min_size, name
+
+
+def comparison(out: Path):
+    """The fair comparison of a classifier run (issue 13): the report's table has every column
+    for the PDE network, the ResNet and the neural ODE (best and mean ± std over the seeds)
+    and the Bayes ceiling; the summary has the fresh-sample accuracies."""
+    s = read_summary(out)
+    c = s["comparison"]
+    check_comparison_table((out / "report.md").read_text(), seeds=c["seeds"])
+    assert c["fresh_n"] > 0 and 0 < c["bayes_ceiling"] <= 1
+    for r in c["rows"][:-1]:
+        assert r["fresh_accuracy"] is not None, r["model"]
 
 
 def monotone(J):
@@ -87,6 +99,7 @@ def check_moons(out: Path, stdout: str):
     assert monotone(s["J_history"])
     report = (out / "report.md").read_text()
     assert "test accuracy" in report and "torch ResNet" in report
+    comparison(out)
     for f in s["figures"]:
         assert f"]({f})" in report
         nonempty(out, f, min_size=1000)
@@ -102,6 +115,7 @@ def check_spirals(out: Path, stdout: str):
     J = s["J_history"]
     assert J[-1] < J[0] and monotone(J)
     nonempty(out, "report.md", "decision_regions.png")
+    comparison(out)
 
 
 def check_circles(out: Path, stdout: str):
@@ -115,6 +129,8 @@ def check_circles(out: Path, stdout: str):
     assert s3["test_accuracy"] > s2["test_accuracy"]
     assert s3["mass_error"] < 1e-12 and s2["mass_error"] < 1e-12
     nonempty(out, "circles2d/report.md", "circles3d/report.md")
+    comparison(out / "circles2d")
+    comparison(out / "circles3d")
 
 
 def check_dictionary(out: Path, stdout: str):

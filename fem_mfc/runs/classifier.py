@@ -14,8 +14,9 @@ into a run:
 3. inference (:mod:`~fem_mfc.learning.infer`): the ResNet x_{n+1} = x_n + τ aⁿ(x_n) on
    train/test points; accuracy, empirical objective; particles through the stochastic flow
    vs PDE moments;
-4. baseline (:mod:`~fem_mfc.learning.baseline`): a torch ResNet of the same depth on the
-   same objective;
+4. comparison (:mod:`~fem_mfc.learning.compare`): accuracy on a fresh generator sample, the
+   Bayes ceiling, and the torch baselines (:mod:`~fem_mfc.learning.baseline`: a ResNet of
+   the same depth and a neural ODE on the same objective, early stopping, several seeds);
 5. output: ParaView series of ρ_k and a, figures, ``report.md``
    (:mod:`~fem_mfc.learning.report`).
 
@@ -30,7 +31,7 @@ import dolfinx
 import numpy as np
 
 from ..io import write_text_atomic
-from ..learning import data, infer, report
+from ..learning import compare, data, infer, report
 from ..learning.dictionary import DictionaryFlow, DictionaryNetwork, EdgeDictionaryNetwork
 from ..learning.feedback import FeedbackClassifier, anchors_from_config
 from ..learning.problem import ClassifierProblem, Training
@@ -118,16 +119,7 @@ def run(cfg: dict, ctx) -> dict:
     if prob.particles > 0:
         summary["particles"] = _particle_check(flow, model, ds, hs, prob.particles, prob.sigma,
                                                prob.seed)
-    base = None
-    if prob.baseline is not None:
-        from ..learning import baseline
-        b = prob.baseline
-        ctx.log.info("training the torch baseline (%d epochs)", b.epochs)
-        base = baseline.train_resnet(ds.X_train, ds.y_train, ds.X_test, ds.y_test, anchors,
-                                     model.beta, model.T, model.N, b.hidden, b.epochs, b.lr,
-                                     prob.seed, ctx.comm)
-        summary["baseline"] = {k: v for k, v in base.items()
-                               if k not in ("history", "train_paths", "state")}
+    base = compare.compare(summary, cfg, ds, model, flow, ctx.comm, ctx.log)
     if prob.dictionary:
         model.save_weights(ctx.path("weights.npz"))
         summary.update(dictionary=model.kind, weights_per_layer=model.m,
