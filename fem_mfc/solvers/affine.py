@@ -13,8 +13,8 @@ through their cells (distance-2 for P1–P1); assembling with wᵢ = the indicat
 then gives, in every entry, the contribution of the unique dof of that colour among its
 dofs: one assembly per colour and coefficient (≈ 10 on a 2D triangle mesh) gives Tᵢ
 exactly up to the round-off of a difference of two assemblies.  Evaluating the block is then
-one sparse product per coefficient (≈ 2 ms at 60k P1 dofs, 0.4M entries) instead of an
-assembly (≈ 15 ms; element kernels and coefficient packing).
+one sparse product per coefficient instead of an assembly (element kernels and coefficient
+packing): several times cheaper (docs/performance.md).
 
 The result is checked against an assembly at the states of the set-up: a form that is not
 affine in w, or any mismatch above round-off, makes :func:`affine_evaluator` return None and

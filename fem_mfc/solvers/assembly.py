@@ -13,7 +13,7 @@ call.  :class:`CSRAssembler` instead
   every further one by ``MatDuplicate`` of it;
 * on one rank, creates the matrices on arrays instead (``MatCreateSeqAIJWithArrays``): all
   matrices of a pattern share one row-pointer/column array and each owns a value array, into
-  which the scratch values are copied (0.5 ms instead of ``MatSetValuesCSR``; a third of the
+  which the scratch values are copied (a copy instead of ``MatSetValuesCSR``; a third of the
   memory of separate AIJ matrices).
 
 A pattern is keyed by the form's spaces and its integral types and subdomain ids, so forms

@@ -74,14 +74,11 @@ class SweepPC:
     Krylov method stays valid; the Newton iterates are those of LU to the Krylov tolerance).
     ``-{prefix}sweep_reuse_rtol -1``: refactorise every pivot at every set-up.
     ``-{prefix}sweep_transpose_factors``: factorise P_rᵀ explicitly too for the HJB sweep.
-    PETSc's transposed triangular solves (column-oriented) take 2.2× a forward solve with the
-    same factors (2D P1, 60k dofs: 8.6 ms against 3.9 ms; factorisation 0.3 s), so explicit
-    factors of P_rᵀ repay themselves after ≈ 60 HJB solves with them.  Default: on where
-    factors are reused (reuse_rtol ≥ 0) and the pivot has TRANSPOSE_FACTORS_FROM dofs or
-    more.  Measured (whole Newton solve, congested 2D P1, CN, best of 3, on / off):
-    4225 × 20: 0.64 / 0.57 s; 16641 × 20: 2.55 / 2.27 s; 16641 × 50: 4.46 / 4.24 s;
-    60025 × 20: 9.68 / 9.71 s; 60025 × 50: 21.0 / 22.4 s (121 HJB solves per set of factors);
-    1D 3001 × 20 (every pivot refactorised at every set-up): 0.36 / 0.33 s."""
+    PETSc's transposed triangular solves (column-oriented) are about twice as slow as forward
+    solves with the same factors, so explicit factors of P_rᵀ repay their factorisation after
+    some tens of HJB solves with them.  Default: on where factors are reused (reuse_rtol ≥ 0)
+    and the pivot has TRANSPOSE_FACTORS_FROM dofs or more (the measurements behind the
+    threshold: docs/performance.md, "Where the Newton time goes")."""
 
     def __init__(self, op=None):
         self.op = op

@@ -4,9 +4,9 @@ A sweep over N layers (time steps) solves with N matrices A₀ … A_{N−1} tha
 before it starts — in the reduced functionals of the learning problems they depend on the
 control only (M + τXₙ for the transport, Cₙ for the metric) — and its cost is their
 factorisation (the solves reuse the factors many times).  Distributing each factorisation
-over the ranks (MUMPS) gains little on the meshes of such problems (2D, 3k–100k dofs: on 2
-ranks the flagship classifier was 1.5× *slower* than serial, a 50k-dof mesh no faster), and
-redundant factors on every rank gain nothing.  Here layer n is factorised on rank
+over the ranks (MUMPS) gains little on the meshes of such problems (2D, 3k–100k dofs; the
+measurements: docs/performance.md, "Learning under MPI"), and redundant factors on every
+rank gain nothing.  Here layer n is factorised on rank
 ``owner(n) = n mod size`` from a full copy of Aₙ gathered there (``MatCreateSubMatrices``),
 all ranks factorising their layers at the same time; a solve gathers the right-hand side on
 the owner, solves there and scatters the solution back (two messages of one vector).  The

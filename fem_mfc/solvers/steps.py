@@ -78,8 +78,8 @@ def step_solver(A: PETSc.Mat, prefix: str, kind: str = "lu",
             if size == 1 and dim is not None and dim <= 2:
                 # dolfinx numbers P2 dofs so that ILU(0) in the natural ordering drops the
                 # fill it needs: 1D P2, 3001 dofs: GMRES stagnates (500 iterations, 1e-4);
-                # RCM makes the 1D band exact and halved 2D P2 (18.1 -> 10.2 s); in 3D it
-                # cost 25 % (7.7 -> 9.5 s), so 3D keeps the natural ordering
+                # RCM makes the 1D band exact and halves 2D P2; in 3D it costs a quarter
+                # more, so 3D keeps the natural ordering (docs/performance.md)
                 pc.setFactorOrdering("rcm")
         else:
             pc.setType("hypre")
