@@ -6,7 +6,9 @@ their own objective over several seeds), with the Bayes-optimal ceiling.
       [--patience 100] [--only moons,spirals1.5] [--out results/bench_comparison]
 
 Data sets: the demo configs (demos/moons.toml, circles.toml, circles3d.toml, spirals.toml) and
-variants of them: spirals with 1.5 turns, 3 and 5 noisy Gaussian classes.  Each runs through
+variants of them: spirals with 1.5 turns (with the 1-turn settings, and with the settings of
+demos/spirals_hard.toml), noisy moons (noise 0.2 and 0.3, demos/moons_noisy.toml), 3 and 5
+noisy Gaussian classes.  Each runs through
 the classifier runner (``fem-mfc run`` without figures, particles or ParaView output beyond
 the runner's own), whose :mod:`fem_mfc.learning.compare` measures every model: test accuracy,
 accuracy on a fresh 20k sample of the generator, kinetic energy and empirical objective on the
@@ -48,6 +50,10 @@ DATASETS = {
     "circles3d": ("circles3d.toml", {}),
     "spirals1": ("spirals.toml", {}),
     "spirals1.5": ("spirals.toml", {"data": {"turns": 1.5}}),
+    "spirals1.5-hard": ("spirals_hard.toml", {}),              # sigma 0.2, KDE bandwidth 0.1
+    "moons-noisy0.2": ("moons.toml", {"data": {"noise": 0.2},
+                                      "network": {"loss_weight": 4.0}}),
+    "moons-noisy0.3": ("moons_noisy.toml", {}),
     "gauss3": ("moons.toml", {"data": {"dataset": "gaussians", "classes": 3, "noise": 0.4},
                               "network": GAUSS}),
     "gauss5": ("moons.toml", {"data": {"dataset": "gaussians", "classes": 5, "noise": 0.3},

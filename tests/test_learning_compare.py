@@ -171,3 +171,26 @@ def test_bench_comparison_quick(tmp_path):
     assert set(rows[0]) == {"dataset"} | {k for k, _ in compare.COLUMNS}
     md = (out / "comparison.md").read_text()
     assert md.strip() in p.stdout and md.count("\n| gauss3 |") == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("demo,target", [("spirals_hard.toml", "absolute"),
+                                         ("moons_noisy.toml", "ceiling")])
+def test_harder_data_reach_their_targets(demo, target, tmp_path):
+    """Issue 13's harder data, measured on a fresh 20k sample of the generator (seeded: the
+    figures are reproducible): spirals of 1.5 turns ≥ 0.98; noisy moons (noise 0.3) within
+    0.5 % of the Bayes ceiling estimated on the same sample."""
+    from fem_mfc.pipeline import run_config
+    from helpers import REPO
+    cfg = config.load(REPO / "demos" / demo)
+    cfg["training"].update(baseline=False, fresh=20000)
+    cfg["output"].update(figures=False, vtx=False, animation=False)
+    s = run_config(cfg, tmp_path / "out", quiet=True)
+    c = s["comparison"]
+    acc, n = c["rows"][0]["fresh_accuracy"], c["fresh_n"]
+    assert s["converged"] and s["min_rho"] >= -1e-12
+    assert n == 20000
+    if target == "absolute":
+        assert acc >= 0.98, acc
+    else:
+        assert acc >= c["bayes_ceiling"] - 0.005, (acc, c["bayes_ceiling"])
