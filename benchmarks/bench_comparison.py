@@ -50,7 +50,7 @@ DATASETS = {
     "circles3d": ("circles3d.toml", {}),
     "spirals1": ("spirals.toml", {}),
     "spirals1.5": ("spirals.toml", {"data": {"turns": 1.5}}),
-    "spirals1.5-hard": ("spirals_hard.toml", {}),              # sigma 0.2, KDE bandwidth 0.1
+    "spirals1.5-hard": ("spirals_hard.toml", {}),              # sigma 0.25
     "moons-noisy0.2": ("moons.toml", {"data": {"noise": 0.2},
                                       "network": {"loss_weight": 4.0}}),
     "moons-noisy0.3": ("moons_noisy.toml", {}),
