@@ -123,7 +123,8 @@ class EdgeClassifier:
         factorisation (LU / Cholesky; MUMPS on a distributed matrix), reused for all solves at
         one control; in 3D, where the factors fill in, GMRES / CG with block Jacobi–ILU(0) to
         a relative residual of 1e-13 / 1e-12 (the matrices are mass-dominated M-matrices: a
-        few iterations; 4x less CPU on demos/circles3d.toml, the same iterates to 1e-13).
+        few iterations, cheaper than the factorisation on demos/circles3d.toml, the same
+        iterates to 1e-13).
         The PETSc options of ``prefix`` override both."""
         comm = comm or self.comm
         if self.gdim == 3:
