@@ -31,8 +31,9 @@ def test_classifier_problem_reads_the_config_once():
     assert "auto" not in (prob.training.transport, prob.training.method)
     t = cfg["training"]
     assert prob.training.args[:2] == (t["max_sweeps"], t["relaxation"])
-    assert (prob.baseline.epochs, prob.baseline.lr, prob.baseline.hidden) == (
-        t["epochs"], t["lr"], t["hidden"])
+    assert (prob.baseline.epochs, prob.baseline.lr, prob.baseline.hidden, prob.baseline.node,
+            prob.baseline.patience, prob.baseline.seeds, prob.fresh) == (
+        t["epochs"], t["lr"], t["hidden"], t["node"], t["patience"], t["seeds"], t["fresh"])
     assert dict(prob.network) == cfg["network"] and dict(prob.equation) == cfg["problem"]
     assert dict(prob.data) == cfg["data"]
     with pytest.raises(dataclasses.FrozenInstanceError):

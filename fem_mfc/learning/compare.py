@@ -178,33 +178,34 @@ def _baseline_rows(name, res, J=None) -> list[dict]:
     return rows
 
 
-def compare(summary: dict, cfg: dict, ds, model, flow, comm, log=None) -> dict | None:
+def compare(summary: dict, prob, ds, model, flow, comm, log=None) -> dict | None:
     """Fresh-sample accuracy of the PDE network, the Bayes ceiling and the torch baselines of a
-    classifier run; fills ``summary["comparison"]`` (and ``summary["baseline"]``,
-    ``summary["node"]``: the best runs' figures) and returns the best ResNet run (with its
-    history and state, for the figures) or None without baselines."""
-    dcfg, tcfg = cfg["data"], cfg["training"]
+    classifier run (``prob``: its :class:`~fem_mfc.learning.problem.ClassifierProblem`);
+    fills ``summary["comparison"]`` (and ``summary["baseline"]``, ``summary["node"]``: the
+    best runs' figures) and returns the best ResNet run (with its history and state, for the
+    figures) or None without baselines."""
+    dcfg, b = prob.data, prob.baseline
     dim = model.mesh.geometry.dim
-    fresh = fresh_sample(dcfg, ds, dim, tcfg["fresh"])
+    fresh = fresh_sample(dcfg, ds, dim, prob.fresh)
     rows = [_pde_row(summary, flow, fresh)]
     bayes = None
     if fresh is not None:
         bayes = comm.bcast(bayes_ceiling(dcfg, fresh[2], fresh[1]) if comm.rank == 0 else None,
                            root=0)
     base = None
-    out = {"fresh_n": 0 if fresh is None else len(fresh[1]), "bayes_ceiling": bayes,
-           "seeds": tcfg["seeds"], "patience": tcfg["patience"], "max_epochs": tcfg["epochs"]}
-    if tcfg["baseline"]:
-        seeds = [dcfg["seed"] + i for i in range(tcfg["seeds"])]
+    out = {"fresh_n": 0 if fresh is None else len(fresh[1]), "bayes_ceiling": bayes}
+    if b is not None:
+        out.update(seeds=b.seeds, patience=b.patience, max_epochs=b.epochs)
+        seeds = [dcfg["seed"] + i for i in range(b.seeds)]
         args = (ds.X_train, ds.y_train, ds.X_test, ds.y_test, model.anchors, model.beta,
-                model.T, model.N, tcfg["hidden"], tcfg["epochs"], tcfg["lr"])
-        kw = {"comm": comm, "patience": tcfg["patience"],
+                model.T, model.N, b.hidden, b.epochs, b.lr)
+        kw = {"comm": comm, "patience": b.patience,
               "fresh": None if fresh is None else fresh[:2]}
-        kinds = [("resnet", "torch ResNet")] + ([("node", "neural ODE")] if tcfg["node"] else [])
+        kinds = [("resnet", "torch ResNet")] + ([("node", "neural ODE")] if b.node else [])
         for kind, name in kinds:
             if log is not None:
                 log.info("training the %s baseline (%d seed(s), at most %d epochs, patience "
-                         "%d)", name, tcfg["seeds"], tcfg["epochs"], tcfg["patience"])
+                         "%d)", name, b.seeds, b.epochs, b.patience)
             res = baseline.train_seeds(kind, seeds, *args, **kw)
             key = "baseline" if kind == "resnet" else "node"
             summary[key] = {k: v for k, v in res["best"].items()

@@ -28,11 +28,15 @@ def _frozen(section: dict) -> Mapping[str, Any]:
 
 @dataclass(frozen=True)
 class Baseline:
-    """The torch ResNet trained beside the PDE network (``[training]`` baseline keys)."""
+    """The torch baselines trained beside the PDE network (``[training]`` baseline keys):
+    the ResNet of the same depth and, with ``node``, the neural ODE."""
 
-    epochs: int
+    epochs: int                  # at most; early stopping after ``patience``
     lr: float
     hidden: int                  # hidden width of each residual block
+    node: bool                   # also the neural ODE
+    patience: int                # epochs without improvement that make a plateau (0: none)
+    seeds: int                   # runs per baseline (data seed, data seed + 1, ...)
 
 
 @dataclass(frozen=True)
@@ -96,13 +100,15 @@ class ClassifierProblem(LearningProblem):
     dictionary: bool             # [network] kind = 'dictionary'
     particles: int               # particles through the learned flow (0: no check)
     baseline: Optional[Baseline]  # None: no baseline
+    fresh: int                   # fresh generator sample for accuracies (0: none)
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ClassifierProblem":
         t = cfg["training"]
-        base = Baseline(t["epochs"], t["lr"], t["hidden"]) if t["baseline"] else None
+        base = (Baseline(t["epochs"], t["lr"], t["hidden"], t["node"], t["patience"],
+                         t["seeds"]) if t["baseline"] else None)
         return cls(**cls._fields(cfg), dictionary=cfg["network"]["kind"] == "dictionary",
-                   particles=t["particles"], baseline=base)
+                   particles=t["particles"], baseline=base, fresh=t["fresh"])
 
 
 @dataclass(frozen=True)

@@ -119,7 +119,7 @@ def run(cfg: dict, ctx) -> dict:
     if prob.particles > 0:
         summary["particles"] = _particle_check(flow, model, ds, hs, prob.particles, prob.sigma,
                                                prob.seed)
-    base = compare.compare(summary, cfg, ds, model, flow, ctx.comm, ctx.log)
+    base = compare.compare(summary, prob, ds, model, flow, ctx.comm, ctx.log)
     if prob.dictionary:
         model.save_weights(ctx.path("weights.npz"))
         summary.update(dictionary=model.kind, weights_per_layer=model.m,
