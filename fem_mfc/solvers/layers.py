@@ -30,6 +30,14 @@ MODES = ("auto", "layers", "spatial")
 NOT_FINITE = -1000                    # a "reason": the solution has NaN/inf
 
 
+def _check(reason: int, what: str):
+    """Raise for a failed (reason < 0) or non-finite (NOT_FINITE) solve."""
+    if reason == NOT_FINITE:
+        raise SolverError(f"{what}: NaN/inf in the solution")
+    if reason < 0:
+        raise SolverError(f"{what}: linear solve failed (KSP reason {reason})")
+
+
 class LayerFactors:
     """Solvers of the per-layer matrices ``mats`` (distributed, filled by the caller).
 
@@ -72,7 +80,7 @@ class LayerFactors:
             idx = mine if o == self.rank else none
             self.scatter.append(PETSc.Scatter().create(self.b, idx, to, idx))
         self._make = make_ksp
-        self._due = True
+        self._pool = []                       # full vectors of the owned right-hand sides
 
     def owner(self, n: int) -> int:
         return n % self.size
@@ -115,69 +123,60 @@ class LayerFactors:
         Collective."""
         self.b.array[:] = rhs
         if self.mode == "spatial":
-            ksp = self.ksp[n]
-            (ksp.solveTranspose if transpose else ksp.solve)(self.b, self.y)
-            reason = ksp.getConvergedReason()
-        else:
+            reason = self._own_solve(self.ksp[n], transpose, self.b, self.y)
+            reason = self.comm.allreduce(reason, op=MPI.MIN)
+        else:                  # the hot path of the sweeps: one vector, one broadcast
             o = self.owner(n)
-            sc = self.scatter[o]
-            to = self.full if o == self.rank else self.empty
-            sc.scatter(self.b, to, PETSc.InsertMode.INSERT, PETSc.ScatterMode.FORWARD)
-            reason = 0
-            if o == self.rank:
-                ksp = self.ksp[n]
-                (ksp.solveTranspose if transpose else ksp.solve)(self.full, self.fullx)
-                reason = ksp.getConvergedReason()
-                if reason >= 0 and not np.isfinite(self.fullx.array_r).all():
-                    reason = NOT_FINITE
-                self.fullx.copy(self.full)
-            sc.scatter(to, self.y, PETSc.InsertMode.INSERT, PETSc.ScatterMode.REVERSE)
+            v = self.full if o == self.rank else self.empty
+            self.scatter[o].scatter(self.b, v, PETSc.InsertMode.INSERT,
+                                    PETSc.ScatterMode.FORWARD)
+            reason = self._own_solve(self.ksp[n], transpose, v) if o == self.rank else 0
+            self.scatter[o].scatter(v, self.y, PETSc.InsertMode.INSERT,
+                                    PETSc.ScatterMode.REVERSE)
             reason = self.comm.bcast(reason, root=o)
-        if reason == NOT_FINITE or (self.mode == "spatial" and not self.comm.allreduce(
-                bool(np.isfinite(self.y.array_r).all()), op=MPI.LAND)):
-            raise SolverError(f"{what}: NaN/inf in the solution")
-        if reason < 0:
-            raise SolverError(f"{what}: linear solve failed (KSP reason {reason})")
+        _check(reason, what)
         return self.y.array.copy()
+
+    def _own_solve(self, ksp, transpose: bool, b: PETSc.Vec, x: PETSc.Vec | None = None) -> int:
+        """Solve on this rank into x (None: in place in b, through ``fullx``); the KSP reason,
+        or NOT_FINITE."""
+        out = self.fullx if x is None else x
+        (ksp.solveTranspose if transpose else ksp.solve)(b, out)
+        reason = ksp.getConvergedReason()
+        if reason >= 0 and not np.isfinite(out.array_r).all():
+            reason = NOT_FINITE
+        if x is None:
+            out.copy(b)
+        return reason
 
     def solve_many(self, items: list, transpose: bool = False,
                    what: str = "layer solve") -> list:
         """[Aₙ⁻¹ rhs for (n, rhs) in items]: independent solves, each owner solving its
         layers' at the same time as the others (gather all, solve, scatter all back).
         Collective; the same ``items`` layers on every rank."""
-        if self.mode == "spatial" or not items:
+        if self.mode == "spatial":
             return [self.solve(n, r, transpose, what) for n, r in items]
-        full, outs, reason = {}, [], 0
+        while len(self._pool) < len(items):           # full vectors, kept for the next call
+            self._pool.append(self.full.duplicate())
+        mine, reason = [], 0
         for i, (n, rhs) in enumerate(items):          # gather every right-hand side
             o = self.owner(n)
             self.b.array[:] = rhs
+            to = self._pool[i] if o == self.rank else self.empty
+            self.scatter[o].scatter(self.b, to, PETSc.InsertMode.INSERT,
+                                    PETSc.ScatterMode.FORWARD)
             if o == self.rank:
-                full[i] = self.full.duplicate()
-                self.scatter[o].scatter(self.b, full[i], PETSc.InsertMode.INSERT,
-                                        PETSc.ScatterMode.FORWARD)
-            else:
-                self.scatter[o].scatter(self.b, self.empty, PETSc.InsertMode.INSERT,
-                                        PETSc.ScatterMode.FORWARD)
-        for i, v in full.items():                     # solve the own ones (concurrently)
-            ksp = self.ksp[items[i][0]]
-            (ksp.solveTranspose if transpose else ksp.solve)(v, self.fullx)
-            r = ksp.getConvergedReason()
-            if r >= 0 and not np.isfinite(self.fullx.array_r).all():
-                r = NOT_FINITE
-            reason = min(reason, r)
-            self.fullx.copy(v)
+                mine.append(i)
+        for i in mine:                                # solve the own ones (concurrently)
+            reason = min(reason, self._own_solve(self.ksp[items[i][0]], transpose,
+                                                 self._pool[i]))
+        outs = []
         for i, (n, _) in enumerate(items):            # scatter every solution back
             o = self.owner(n)
-            self.scatter[o].scatter(full[i] if o == self.rank else self.empty, self.y,
+            self.scatter[o].scatter(self._pool[i] if o == self.rank else self.empty, self.y,
                                     PETSc.InsertMode.INSERT, PETSc.ScatterMode.REVERSE)
             outs.append(self.y.array.copy())
-        for v in full.values():
-            v.destroy()
-        reason = self.comm.allreduce(reason, op=MPI.MIN)
-        if reason == NOT_FINITE:
-            raise SolverError(f"{what}: NaN/inf in the solution")
-        if reason < 0:
-            raise SolverError(f"{what}: linear solve failed (KSP reason {reason})")
+        _check(self.comm.allreduce(reason, op=MPI.MIN), what)
         return outs
 
     def destroy(self):
@@ -186,7 +185,7 @@ class LayerFactors:
             objs += self.ksp
         else:
             objs += list(self.ksp.values()) + list(self.sub.values()) + self.scatter
-            objs += [self.full, self.fullx, self.empty, *self._is]
+            objs += [self.full, self.fullx, self.empty, *self._is, *self._pool]
         for o in objs:
             o.destroy()
         self.ksp = {} if self.mode != "spatial" else []
