@@ -230,11 +230,10 @@ class EdgeClassifier:
     def precondition(self, q: np.ndarray) -> np.ndarray:
         """C⁻¹q (per layer and velocity component) at the control of the last backward()."""
         out = np.empty_like(q)
-        items = [(n, np.ascontiguousarray(self._layer(q, n)[:, c]))
-                 for n in range(self.N) for c in range(self.gdim)]
-        sols = self.metric.solve_many(items, False, "metric solve")
-        for (n, _), c, x in zip(items, [c for _ in range(self.N) for c in range(self.gdim)],
-                                sols):
+        keys = [(n, c) for n in range(self.N) for c in range(self.gdim)]
+        sols = self.metric.solve_many([(n, self._layer(q, n)[:, c]) for n, c in keys],
+                                      False, "metric solve")
+        for (n, c), x in zip(keys, sols):
             self._layer(out, n)[:, c] = x
         return out
 
