@@ -60,7 +60,8 @@ cfg = demo.load_config(HERE / "moons.toml", demo.QUICK if args.quick else None)
 # held-out points, pushes particles through the stochastic flow to check the PDE densities,
 # and trains torch baselines on the same objective with the same anchor head: a ResNet of the
 # same depth (20 blocks, width 16) and a neural ODE (an MLP a(x, t) through 5 RK4 steps), with
-# early stopping on a plateau of their objective (capped at `epochs`).  Every model is also
+# early stopping on a plateau of their objective (reached well before the cap `epochs`; the
+# two train side by side in worker processes, one per core).  Every model is also
 # measured on a fresh 20k-point sample of the generator, next to the Bayes-optimal ceiling.
 
 # %%

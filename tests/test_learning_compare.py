@@ -194,3 +194,28 @@ def test_harder_data_reach_their_targets(demo, target, tmp_path):
         assert acc >= 0.98, acc
     else:
         assert acc >= c["bayes_ceiling"] - 0.005, (acc, c["bayes_ceiling"])
+
+
+def test_baselines_side_by_side_in_workers_equal_in_process(monkeypatch):
+    """The independent baseline runs (kind × seed) in worker processes give the in-process
+    results bit for bit; a failing run names its kind and seed."""
+    ds = _moons(60)
+    A = default_anchors(2, 2, 2.0)
+    args = (ds.X_train, ds.y_train, ds.X_test, ds.y_test, A, 1.0, 1.0, 3, 4, 15, 0.01)
+    calls = []
+    real = baseline._in_workers
+    monkeypatch.setattr(baseline, "_in_workers",
+                        lambda jobs, workers: calls.append(len(jobs)) or real(jobs, workers))
+    seq = baseline.train_all(["resnet", "node"], [0, 1], *args, workers=1, patience=5)
+    assert calls == []
+    par = baseline.train_all(["resnet", "node"], [0, 1], *args, workers=2, patience=5)
+    assert calls == [4]
+    for kind in ("resnet", "node"):
+        assert [r["train_objective"] for r in par[kind]["runs"]] == \
+               [r["train_objective"] for r in seq[kind]["runs"]]
+        assert par[kind]["best"]["history"] == seq[kind]["best"]["history"]
+        for k, v in seq[kind]["best"]["state"].items():
+            assert np.array_equal(par[kind]["best"]["state"][k], v)
+    with pytest.raises(RuntimeError,
+                       match=r"(?s)baseline worker for mlp \(seed 0\).*unknown baseline"):
+        baseline.train_all(["mlp"], [0, 1], *args, workers=2)

@@ -27,8 +27,15 @@ ranks).  Only rank 0 trains; the result is broadcast.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -227,12 +234,72 @@ def train_resnet(X_train, y_train, X_test, y_test, anchors, beta, T, depth, widt
                           width, epochs, lr, seed, comm, **kw)
 
 
-def train_seeds(kind, seeds, *args, **kw) -> dict:
+def train_seeds(kind, seeds, *args, workers=1, **kw) -> dict:
     """:func:`train_baseline` for each seed in ``seeds``; returns ``runs`` (without histories,
     paths and states), ``mean`` and ``spread`` (sample std; 0 for one seed) of the figures
     :data:`FIGURES`, and ``best``: the full result of the run with the lowest training
-    objective (the baseline's own criterion)."""
-    full = [train_baseline(kind, *args, seed=s, **kw) for s in seeds]
+    objective (the baseline's own criterion).  ``workers``: see :func:`train_all`."""
+    return train_all([kind], seeds, *args, workers=workers, **kw)[kind]
+
+
+def train_all(kinds, seeds, *args, workers=None, comm=None, **kw) -> dict:
+    """:func:`train_seeds` for every baseline kind in ``kinds``: ``{kind: result}``.
+
+    The runs (kind × seed) are independent: with ``workers`` > 1 (None: one per core this
+    process may use) they run side by side in worker processes
+    (:mod:`fem_mfc.learning.baseline_worker`), each on one thread — the same results as in
+    process, bit for bit, since each run seeds its own generator.  Under MPI (more than one
+    rank) they run in turn on rank 0, as the other ranks' cores are busy waiting."""
+    jobs = [(kind, s) for kind in kinds for s in seeds]
+    if comm is not None and comm.size > 1:
+        workers = 1
+    elif workers is None:
+        workers = len(os.sched_getaffinity(0))
+    if comm is not None and comm.rank != 0:
+        full = comm.bcast(None, root=0)
+    else:
+        if min(workers, len(jobs)) > 1:
+            full = _in_workers([dict(kind=kind, seed=s, args=args, kw=kw) for kind, s in jobs],
+                               workers)
+        else:
+            full = [train_baseline(kind, *args, seed=s, **kw) for kind, s in jobs]
+        if comm is not None and comm.size > 1:
+            comm.bcast(full, root=0)
+    return {kind: _summarise(kind, seeds, [r for (k, _), r in zip(jobs, full) if k == kind])
+            for kind in kinds}
+
+
+def _in_workers(jobs: list[dict], workers: int) -> list[dict]:
+    """Run :func:`train_baseline` for each job in at most ``workers`` worker processes at a
+    time (``python3 -m fem_mfc.learning.baseline_worker``: job in, result out, pickled on its
+    standard streams).  The workers get no MPI environment, and the kernel ends them if the
+    thread that started them dies (PR_SET_PDEATHSIG), so no run outlives this process."""
+    root = str(Path(__file__).resolve().parents[2])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_"))}
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+
+    def run(job):
+        p = subprocess.run([sys.executable, "-m", "fem_mfc.learning.baseline_worker"],
+                           input=pickle.dumps(job), capture_output=True, env=env,
+                           preexec_fn=_die_with_parent)
+        if p.returncode != 0 or not p.stdout:
+            raise RuntimeError(f"baseline worker for {job['kind']} (seed {job['seed']}) "
+                               f"failed:\n{p.stderr.decode(errors='replace')[-2000:]}")
+        return pickle.loads(p.stdout)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(run, jobs))
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _summarise(kind, seeds, full) -> dict:
     best = min(full, key=lambda r: r["train_objective"])
     runs = [{k: v for k, v in r.items() if k not in ("history", "train_paths", "state")}
             for r in full]

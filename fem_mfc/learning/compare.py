@@ -178,6 +178,10 @@ def _baseline_rows(name, res, J=None) -> list[dict]:
     return rows
 
 
+# baselines capped at this many epochs or more train in worker processes (baseline.train_all)
+WORKERS_FROM_EPOCHS = 500
+
+
 def compare(summary: dict, prob, ds, model, flow, comm, log=None) -> dict | None:
     """Fresh-sample accuracy of the PDE network, the Bayes ceiling and the torch baselines of a
     classifier run (``prob``: its :class:`~fem_mfc.learning.problem.ClassifierProblem`);
@@ -202,11 +206,17 @@ def compare(summary: dict, prob, ds, model, flow, comm, log=None) -> dict | None
         kw = {"comm": comm, "patience": b.patience,
               "fresh": None if fresh is None else fresh[:2]}
         kinds = [("resnet", "torch ResNet")] + ([("node", "neural ODE")] if b.node else [])
+        if log is not None:
+            log.info("training the baselines (%s; %d seed(s) each, at most %d epochs, patience "
+                     "%d; independent runs side by side on the free cores)",
+                     ", ".join(name for _, name in kinds), b.seeds, b.epochs, b.patience)
+        # side by side in worker processes when the runs are long enough to pay for their
+        # start-up (importing torch, ≈ 1–2 s each)
+        workers = None if b.epochs >= WORKERS_FROM_EPOCHS else 1
+        results = baseline.train_all([kind for kind, _ in kinds], seeds, *args,
+                                     workers=workers, **kw)
         for kind, name in kinds:
-            if log is not None:
-                log.info("training the %s baseline (%d seed(s), at most %d epochs, patience "
-                         "%d)", name, b.seeds, b.epochs, b.patience)
-            res = baseline.train_seeds(kind, seeds, *args, **kw)
+            res = results[kind]
             key = "baseline" if kind == "resnet" else "node"
             summary[key] = {k: v for k, v in res["best"].items()
                             if k not in ("history", "train_paths", "state")}
