@@ -220,3 +220,30 @@ def test_bad_input():
         solve(pp, "picard")
     with pytest.raises(ConfigError, match="initial_guess"):
         solve(pp, "newton", initial_guess="cole-hopf")
+
+
+def test_sweep_path_equals_lu_path():
+    """The sweep preconditioner's declared structure (mirror Q = Pᵀ, B_n = αP_n + E) holds
+    for the K-valued system: the sweep path reaches the LU path's solution."""
+    lu = solve(crossing(corridor(16, 6), steps=6), "newton", rtol=1e-12, linear="lu")
+    sw = solve(crossing(corridor(16, 6), steps=6), "newton", rtol=1e-12, linear="sweep")
+    assert sw.path["linear"] == "sweep" and lu.path["linear"] == "lu"
+    assert abs(lu.J - sw.J) < 1e-10 * abs(lu.J)
+    assert max(np.abs(a.x.array - b.x.array).max() for a, b in zip(lu.rho, sw.rho)) < 1e-8
+
+
+def test_coupling_strength_scales_every_interaction():
+    """The continuation parameter s multiplies every G_k and C: at s = 0 the crowds are the
+    uncoupled, uncongested problem."""
+    from fem_mfc.solvers.newton import newton
+    pp = crossing(corridor(12, 4), steps=4)
+    st = SpaceTime(pp)
+    assert set(st.parameters) == {"coupling"}
+    st.set_parameter("coupling", 0.0)
+    a = newton(pp, system=st, rtol=1e-12, continuation=False)
+    free = crossing(corridor(12, 4), C=((0.0, 0.0), (0.0, 0.0)), steps=4)
+    for p in free.populations:
+        p.G = None
+    b = solve(free, "newton", rtol=1e-12)
+    assert "coupling" not in SpaceTime(free).parameters
+    assert abs(a.J - b.J) < 1e-10 * abs(b.J)
