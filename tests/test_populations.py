@@ -222,11 +222,16 @@ def test_bad_input():
         solve(pp, "newton", initial_guess="cole-hopf")
 
 
-def test_sweep_path_equals_lu_path():
+@pytest.mark.parametrize("coupling,C", [("mftc", ((1.0, 0.6), (0.6, 1.0))),
+                                        ("mfg", ((1.0, 0.9), (0.2, 1.0)))])
+def test_sweep_path_equals_lu_path(coupling, C):
     """The sweep preconditioner's declared structure (mirror Q = Pᵀ, B_n = αP_n + E) holds
-    for the K-valued system: the sweep path reaches the LU path's solution."""
-    lu = solve(crossing(corridor(16, 6), steps=6), "newton", rtol=1e-12, linear="lu")
-    sw = solve(crossing(corridor(16, 6), steps=6), "newton", rtol=1e-12, linear="sweep")
+    for the K-valued system, also with a non-symmetric game C (the asymmetry is in the ρ–ρ
+    blocks only): the sweep path reaches the LU path's solution."""
+    lu = solve(crossing(corridor(16, 6), C, coupling, steps=6), "newton", rtol=1e-12,
+               linear="lu")
+    sw = solve(crossing(corridor(16, 6), C, coupling, steps=6), "newton", rtol=1e-12,
+               linear="sweep")
     assert sw.path["linear"] == "sweep" and lu.path["linear"] == "lu"
     assert abs(lu.J - sw.J) < 1e-10 * abs(lu.J)
     assert max(np.abs(a.x.array - b.x.array).max() for a, b in zip(lu.rho, sw.rho)) < 1e-8
