@@ -23,7 +23,6 @@ def check_formulas(cfg: dict, mesh) -> None:
     key; collective over ``mesh.comm``."""
     from mpi4py import MPI
 
-    import dolfinx
     import numpy as np
     pr = cfg["problem"]
     params = pr.get("params", {})
@@ -36,20 +35,14 @@ def check_formulas(cfg: dict, mesh) -> None:
             text = pr[k]
             check_finite_on_mesh(parse(text, f"problem.{k}", x=x, gdim=gdim, params=params),
                                  f"problem.{k}", mesh, deg, text)
-    g = pr["G"]
-    rho_c = dolfinx.fem.Constant(mesh, 1.0)
-    rv = ufl.variable(rho_c)
-    G = parse(g, "problem.G", x=x, gdim=gdim, variables={"rho": rv}, params=params)
-    if not (isinstance(G, float) and G == 0.0):
-        G = ufl.as_ufl(G)
-        exprs = {"G": G, "dG/drho": ufl.diff(G, rv)}
-        if pr.get("coupling") == "mfg":
-            exprs["G/rho"] = G / rv
-        for rho in RHO_PROBES:
-            rho_c.value = rho
-            for name, e in exprs.items():
-                check_finite_on_mesh(e, "problem.G", mesh, deg, g,
-                                     what=f"for rho = {rho:g} ({name})")
+    _check_G(pr["G"], "problem.G", pr, mesh, deg)
+    for i, t in enumerate(cfg.get("population", [])):    # [[population]] tables
+        pre = f"population[{i}]"
+        for k in ("V", "Phi"):
+            check_finite_on_mesh(parse(t[k], f"{pre}.{k}", x=x, gdim=gdim, params=params),
+                                 f"{pre}.{k}", mesh, deg, t[k])
+        _check_G(t["G"], f"{pre}.G", pr, mesh, deg)
+        _check_rho0(t["rho0"], f"{pre}.rho0", mesh, deg, x, gdim, params)
     if pr.get("H", "quadratic") != "quadratic":
         check_hamiltonian(cfg, mesh, deg)
     for i, b in enumerate(cfg.get("boundary", [])):
@@ -65,7 +58,7 @@ def check_formulas(cfg: dict, mesh) -> None:
         text = cfg["qhd"]["S0"]
         check_finite_on_mesh(parse(text, "qhd.S0", x=x, gdim=gdim, params=params), "qhd.S0",
                              mesh, deg, text)
-    r = cfg.get("rho0", {})
+    r = cfg.get("rho0", {}) if "population" not in cfg else {}
     if not exact and r.get("kind") == "formula" and f not in ("classifier", "generative", "nls"):
         text = r["formula"]
         vals = check_finite_on_mesh(parse(text, "rho0.formula", x=x, gdim=gdim, params=params),
@@ -78,6 +71,46 @@ def check_formulas(cfg: dict, mesh) -> None:
             and f not in ("classifier", "generative", "nls"):
         from .density import check_scale
         check_scale(r, mesh)
+
+
+def _check_G(g: str, key: str, pr: dict, mesh, deg: int) -> None:
+    """G, dG/drho (and G/rho for mfg) finite at the mesh points for rho in RHO_PROBES."""
+    import dolfinx
+    params = pr.get("params", {})
+    x = ufl.SpatialCoordinate(mesh)
+    rho_c = dolfinx.fem.Constant(mesh, 1.0)
+    rv = ufl.variable(rho_c)
+    G = parse(g, key, x=x, gdim=mesh.geometry.dim, variables={"rho": rv}, params=params)
+    if isinstance(G, float) and G == 0.0:
+        return
+    G = ufl.as_ufl(G)
+    exprs = {"G": G, "dG/drho": ufl.diff(G, rv)}
+    if pr.get("coupling") == "mfg":
+        exprs["G/rho"] = G / rv
+    for rho in RHO_PROBES:
+        rho_c.value = rho
+        for name, e in exprs.items():
+            check_finite_on_mesh(e, key, mesh, deg, g, what=f"for rho = {rho:g} ({name})")
+
+
+def _check_rho0(r: dict, pre: str, mesh, deg, x, gdim, params) -> None:
+    """A population's rho0: its formula finite and positive somewhere, a Gaussian's scale."""
+    from mpi4py import MPI
+
+    import numpy as np
+    if r["kind"] == "formula":
+        text = r["formula"]
+        vals = check_finite_on_mesh(parse(text, f"{pre}.formula", x=x, gdim=gdim,
+                                          params=params), f"{pre}.formula", mesh, deg, text)
+        vmax = mesh.comm.allreduce(float(np.max(vals)) if vals.size else -np.inf, op=MPI.MAX)
+        if not vmax > 0:
+            raise ConfigError(f"{pre}.formula", "a density that is positive somewhere on the "
+                              "mesh", f"{_short(text)} (largest value {vmax:.3g})")
+    elif r["kind"] in ("gaussian", "mixture"):
+        from .density import check_scale
+        from .populations import prefixed
+        with prefixed(pre[: -len("rho0")]):
+            check_scale(r, mesh)
 
 
 # p = ∇u at which H, ∂H/∂p and ∂²H/∂p² are checked (p = 0 included: Newton's matrix must exist

@@ -400,6 +400,145 @@ def _boundary(raw, source) -> list:
     return out
 
 
+# ``[[population]]``: an array of tables, one per population (fem_mfc/populations.py, MODEL
+# §2b).  Without them the problem has one population, given by [problem] and [rho0].
+INHERIT = object()
+POPULATION: dict[str, Key] = {
+    "name": Key(str, "", "the population's name in outputs (fields rho_NAME, u_NAME, "
+                "velocity_NAME; summary.json); letters, digits, '_' and '-' (default "
+                "'popK', K its index from 0)"),
+    "rho0": Key(dict, REQUIRED, "its initial density: an inline table with the keys of "
+                "[rho0] (kind 'gaussian', 'mixture' or 'formula'), e.g. {kind = 'gaussian', "
+                "mean = [-1.5, 0.0], std = 0.3}; normalised to `mass`"),
+    "mass": Key(float, 1.0, "its mass (the integral of rho0 after normalisation)", positive,
+                "a positive number"),
+    "sigma": Key(float, INHERIT, "its noise sigma (default: [problem] sigma)", nonnegative,
+                 "a non-negative number"),
+    "Phi": Key(str, INHERIT, "its terminal cost Phi(x) (default: [problem] Phi)"),
+    "V": Key(str, INHERIT, "its running potential V(x) (default: [problem] V)"),
+    "G": Key(str, "0", "its own congestion G(rho) in its own density rho (coupling as "
+             "[problem] coupling: G' for mftc, G/rho for mfg)"),
+    "interaction": Key(list, [], "row k of the coupling matrix C: K numbers, C[k][l] the "
+                       "cost per unit density of population l that population k pays "
+                       "(c_k = sum_l C[k][l] rho_l in its HJB); empty: zeros.  C must be "
+                       "symmetric for coupling 'mftc' (the planner's cost 1/2 rho.C rho)"),
+}
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _populations(raw, cfg: dict, source) -> list:
+    """Validate the ``[[population]]`` tables against :data:`POPULATION` and what they can be
+    combined with (one line naming the key otherwise)."""
+    if not isinstance(raw, list) or not raw or not all(isinstance(b, dict) for b in raw):
+        raise ConfigError("population", "a non-empty array of tables [[population]]", raw,
+                          source)
+    pr = cfg["problem"]
+    out = []
+    for i, b in enumerate(raw):
+        for k in b:
+            if k not in POPULATION:
+                raise ConfigError(f"population[{i}].{k}", "a known key of [[population]]: "
+                                  + ", ".join(POPULATION), "unknown key", source)
+        t = {}
+        for k, spec in POPULATION.items():
+            key = f"population[{i}].{k}"
+            if k in b:
+                t[k] = _coerce(key, spec, b[k], source)
+            elif spec.default is REQUIRED:
+                raise ConfigError(key, "a value (this key is required)", None, source)
+            elif spec.default is INHERIT:
+                t[k] = pr[k]
+            else:
+                t[k] = type(spec.default)(spec.default) if isinstance(
+                    spec.default, (list, dict)) else spec.default
+        t["name"] = t["name"] or f"pop{i}"
+        if not _NAME.match(t["name"]):
+            raise ConfigError(f"population[{i}].name", "letters, digits, '_' and '-' only",
+                              t["name"], source)
+        t["rho0"] = _population_rho0(t["rho0"], f"population[{i}].rho0", cfg, source)
+        out.append(t)
+    names = [t["name"] for t in out]
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            raise ConfigError(f"population[{i}].name", "a name no other population has", n,
+                              source)
+    K = len(out)
+    for i, t in enumerate(out):
+        row = t["interaction"]
+        if row:
+            _check_vector(f"population[{i}].interaction", row, source, K)
+            t["interaction"] = [float(v) for v in row]
+    if pr["coupling"] == "mftc":
+        C = [t["interaction"] or [0.0] * K for t in out]
+        for i in range(K):
+            for j in range(i):
+                if C[i][j] != C[j][i]:
+                    raise ConfigError(f"population[{i}].interaction", "a symmetric coupling "
+                                      f"matrix for coupling 'mftc' (C[{i}][{j}] = C[{j}][{i}]; "
+                                      "coupling 'mfg' allows a non-symmetric game)",
+                                      out[i]["interaction"], source)
+    _refuse_with_populations(cfg, source)
+    return out
+
+
+def _population_rho0(given: dict, prefix: str, cfg: dict, source) -> dict:
+    keys = SCHEMA["rho0"]
+    for k in given:
+        if k not in keys:
+            raise ConfigError(f"{prefix}.{k}", "a known key of [rho0]: " + ", ".join(keys),
+                              "unknown key", source)
+    r = {}
+    for k, spec in keys.items():
+        if k in given:
+            r[k] = _coerce(f"{prefix}.{k}", spec, given[k], source)
+        else:
+            r[k] = type(spec.default)(spec.default) if isinstance(
+                spec.default, (list, dict)) else spec.default
+    if r["kind"] == "file":
+        raise ConfigError(f"{prefix}.kind", "'gaussian', 'mixture' or 'formula' for a "
+                          "population", "file", source)
+    _check_rho0(r, cfg, source, prefix)
+    return r
+
+
+def _defaults(section: str) -> dict:
+    return {k: type(spec.default)(spec.default) if isinstance(spec.default, (list, dict))
+            else spec.default for k, spec in SCHEMA[section].items()}
+
+
+def _refuse_with_populations(cfg: dict, source):
+    """What [[population]] tables do not combine with: one ConfigError naming the key."""
+    s, pr = cfg["solver"], cfg["problem"]
+    checks = (
+        ("run.formulation", cfg["run"]["formulation"] != "hjb-fp",
+         "'hjb-fp' with [[population]] tables", cfg["run"]["formulation"]),
+        ("rho0", cfg["rho0"] != _defaults("rho0"), "no [rho0] section (or only its "
+         "defaults, as in a written config.toml) with [[population]] tables (each population "
+         "has its rho0)", "[rho0]"),
+        ("problem.G", pr["G"] != "0", "'0' with [[population]] tables (give each population "
+         "its G and its row of the interaction matrix)", pr["G"]),
+        ("problem.H", pr["H"] != "quadratic", "'quadratic' with [[population]] tables",
+         pr["H"]),
+        ("solver.method", s["method"] not in ("auto", "newton"), "'newton' or 'auto' with "
+         "[[population]] tables (the joint all-at-once Newton)", s["method"]),
+        ("solver.initial_guess", s["initial_guess"] != "trivial", "'trivial' with "
+         "[[population]] tables", s["initial_guess"]),
+        ("discretisation.stabilisation", cfg["discretisation"]["stabilisation"] != "none",
+         "'none' with [[population]] tables", cfg["discretisation"]["stabilisation"]),
+        ("boundary.kind", any(b["kind"] != "no-flux" for b in cfg["boundary"]),
+         "'no-flux' with [[population]] tables", "/".join(sorted(
+             {b["kind"] for b in cfg["boundary"]} - {"no-flux"}))),
+        ("exact.solution", cfg["exact"]["solution"] != "none", "'none' with [[population]] "
+         "tables (the manufactured K-population solution is a Python API: "
+         "fem_mfc.populations.ManufacturedPopulations)", cfg["exact"]["solution"]),
+        ("output.checkpoint_every", cfg["output"]["checkpoint_every"] != 0,
+         "0 with [[population]] tables", cfg["output"]["checkpoint_every"]),
+    )
+    for key, bad, expected, got in checks:
+        if bad:
+            raise ConfigError(key, expected, got, source)
+
+
 def _typename(t) -> str:
     if isinstance(t, tuple):
         return " or ".join(_typename(x) for x in t)
@@ -429,9 +568,9 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
     if not isinstance(raw, dict):
         raise ConfigError("<top>", "a TOML table", type(raw).__name__, source)
     for section in raw:
-        if section not in SCHEMA and section != "boundary":
+        if section not in SCHEMA and section not in ("boundary", "population"):
             raise ConfigError(section, "a known section: " + ", ".join(SCHEMA)
-                              + ", boundary", "unknown section", source)
+                              + ", boundary, population", "unknown section", source)
     cfg: dict[str, dict] = {}
     for section, keys in SCHEMA.items():
         given = raw.get(section, {})
@@ -463,6 +602,8 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
         cfg[section] = out
     cfg["boundary"] = _boundary(raw.get("boundary", []), source)
     _cross_checks(cfg, source)
+    if "population" in raw:           # absent: one population, the config as before
+        cfg["population"] = _populations(raw["population"], cfg, source)
     return cfg
 
 
@@ -522,26 +663,7 @@ def _cross_checks(cfg: dict, source):
     if ex != "none" and ex not in entry.exact:
         raise ConfigError("exact.solution", "'none'" + "".join(f" or '{e}'" for e in entry.exact)
                           + f" for formulation '{entry.name}'", ex, source)
-    r = cfg["rho0"]
-    if r["kind"] != "file" and m["kind"] != "file":
-        if r["kind"] == "gaussian" and r["mean"]:
-            _check_vector("rho0.mean", r["mean"], source, gdim(cfg))
-    if r["kind"] == "mixture":
-        if not r["means"]:
-            raise ConfigError("rho0.means", "a non-empty list of means for a mixture", None, source)
-        n = len(r["means"])
-        for i, mu in enumerate(r["means"]):
-            if not isinstance(mu, list):
-                raise ConfigError(f"rho0.means[{i}]", "an array of numbers", mu, source)
-            _check_vector(f"rho0.means[{i}]", mu, source)
-        for k in ("stds", "weights"):
-            _check_vector(f"rho0.{k}", r[k], source, n)
-            if any(x <= 0 for x in r[k]):
-                raise ConfigError(f"rho0.{k}", "positive numbers", r[k], source)
-    if r["kind"] == "formula" and not r["formula"].strip():
-        raise ConfigError("rho0.formula", "a formula when rho0.kind = 'formula'", None, source)
-    if r["kind"] == "file" and not r["file"]:
-        raise ConfigError("rho0.file", "a file when rho0.kind = 'file'", None, source)
+    _check_rho0(cfg["rho0"], cfg, source)
     for k, v in cfg["solver"]["petsc_options"].items():
         if not isinstance(v, (str, int, float, bool)):
             raise ConfigError(f"solver.petsc_options.{k}", "a string, number or boolean", v, source)
@@ -551,6 +673,31 @@ def _cross_checks(cfg: dict, source):
     _check_sigma(cfg, source)
     if cfg["run"]["formulation"] in ("classifier", "generative"):
         resolve_training(cfg, source)
+
+
+def _check_rho0(r: dict, cfg: dict, source, pre: str = "rho0"):
+    """The cross checks of a [rho0] table (also a population's rho0, keys under ``pre``)."""
+    if r["kind"] != "file" and cfg["mesh"]["kind"] != "file":
+        if r["kind"] == "gaussian" and r["mean"]:
+            _check_vector(f"{pre}.mean", r["mean"], source, gdim(cfg))
+    if r["kind"] == "mixture":
+        if not r["means"]:
+            raise ConfigError(f"{pre}.means", "a non-empty list of means for a mixture", None,
+                              source)
+        n = len(r["means"])
+        for i, mu in enumerate(r["means"]):
+            if not isinstance(mu, list):
+                raise ConfigError(f"{pre}.means[{i}]", "an array of numbers", mu, source)
+            _check_vector(f"{pre}.means[{i}]", mu, source)
+        for k in ("stds", "weights"):
+            _check_vector(f"{pre}.{k}", r[k], source, n)
+            if any(x <= 0 for x in r[k]):
+                raise ConfigError(f"{pre}.{k}", "positive numbers", r[k], source)
+    if r["kind"] == "formula" and not r["formula"].strip():
+        raise ConfigError(f"{pre}.formula", "a formula when rho0.kind = 'formula'", None,
+                          source)
+    if r["kind"] == "file" and not r["file"]:
+        raise ConfigError(f"{pre}.file", "a file when rho0.kind = 'file'", None, source)
 
 
 def resolve_training(cfg: dict, source=None) -> tuple[str, str]:
@@ -825,6 +972,19 @@ def schema_markdown() -> str:
         doc = spec.doc + (" — one of " + ", ".join(f"`{c}`" for c in spec.choices)
                           if spec.choices else "")
         out.append(f"| `{k}` | {_typename(spec.type)} | `{d}` | {doc} |")
+    out += ["", "## [[population]]", "",
+            "An array of tables, one per population (several interacting populations, e.g. two "
+            "crowds crossing; MODEL §2b). Without them the problem has one population, given by "
+            "[problem] and [rho0]. With them: formulation 'hjb-fp', solver.method 'newton' or "
+            "'auto', initial_guess 'trivial', quadratic H, no [rho0] section, [problem] G = "
+            "'0', no exits, no stabilisation, no exact solution, no checkpoints (each refused "
+            "with exit status 2). [problem] T, steps, coupling and params apply to all; the "
+            "rows `interaction` form the coupling matrix C.", "",
+            "| key | type | default | meaning |", "|---|---|---|---|"]
+    for k, spec in POPULATION.items():
+        d = ("required" if spec.default is REQUIRED else "[problem] " + k
+             if spec.default is INHERIT else repr(spec.default))
+        out.append(f"| `{k}` | {_typename(spec.type)} | `{d}` | {spec.doc} |")
     out += ["", "## Renamed keys", "",
             "Old names that still load, with a deprecation warning on stderr: the value goes to "
             "the new key (same meaning). Giving both names in one section is an error.", "",

@@ -136,10 +136,12 @@ class Manufactured:
     u = γ(t)(½|x − c|² + 0.2 sin(π Σx_i)).  ``space = "quadratic"``: ψ = Σ((x_i − c_i)²/L_i² −
     1/12), u = γ(t)(½|x − c|² + 0.2 Σx_i + 0.3 x_0x_1): both lie in P2 and every source is a
     polynomial integrated exactly, so P2 has no spatial error (time rates).
+    ``variant = k`` > 0 (another population, fem_mfc/populations.py): ψ → (−1)^k ψ and the
+    centre of u moved by 0.1k along x_0 (polynomial still).
     """
 
     def __init__(self, mesh, T, sigma, G, coupling="mftc", time="affine", space="trig", V=0.0,
-                 H=None):
+                 H=None, variant: int = 0):
         if time not in ("affine", "smooth") or space not in ("trig", "quadratic"):
             raise ValueError((time, space))
         self.space = space
@@ -155,6 +157,7 @@ class Manufactured:
         self.hi = comm.allreduce(X.max(axis=0), op=MPI.MAX)
         self.volume = float(np.prod(self.hi - self.lo))
         self.V = V
+        self.variant = int(variant)
         self.Phi = self.u(self.T)
 
     def _beta(self, t):
@@ -177,10 +180,14 @@ class Manufactured:
             psi = 1.0
             for i in range(self.d):
                 psi = psi * ufl.cos(math.pi * (self.x[i] - self.lo[i]) / L[i])
+        if self.variant % 2:
+            psi = -psi
         return (1.0 + self._beta(t) * psi) / self.volume
 
     def u(self, t):
         c = 0.5 * (self.lo + self.hi)
+        if self.variant:
+            c = c + 0.1 * self.variant * np.eye(self.d)[0]
         phi = 0.5 * sum((self.x[i] - c[i]) ** 2 for i in range(self.d))
         if self.space == "quadratic":
             phi = phi + 0.2 * sum(self.x[i] for i in range(self.d)) \

@@ -100,6 +100,9 @@ def checks(result, max_rho: float, identity: bool = True) -> dict:
 
 
 def run(cfg: dict, ctx) -> dict:
+    if cfg.get("population"):             # several populations: their own runner
+        from .populations import run as run_populations
+        return run_populations(cfg, ctx)
     md, problem, result = solve_config(cfg, ctx)
     V = problem.space
     N = problem.steps

@@ -21,6 +21,11 @@ compat.fast_jit_lookup()            # every solve compiles (looks up) its forms
 def choose_method(problem, method: str = "auto") -> str:
     if method not in METHODS:
         raise ConfigError("solver.method", "one of " + ", ".join(METHODS), method)
+    if getattr(problem, "populations", None):
+        if method not in ("auto", "newton"):  # several populations: the joint Newton only
+            raise ConfigError("solver.method", "'newton' or 'auto' with [[population]] "
+                              "tables", method)
+        return "newton"
     if method != "auto":
         if method in ("cole-hopf", "picard") and getattr(problem, "exits", None):
             raise ConfigError("solver.method", "'newton' or 'auto' for a problem with exits "

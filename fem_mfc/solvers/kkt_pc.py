@@ -111,7 +111,8 @@ class SweepPC:
             # (exact M); in 2D/3D reuse factors of pivots within REUSE_RTOL
             dim = self.op.st.V.mesh.topology.dim
             self.reuse_rtol = opts.getReal("reuse_rtol", REUSE_RTOL if dim > 1 else -1.0)
-            n = self.op.st.V.dofmap.index_map.size_global
+            im = self.op.st.V.dofmap
+            n = im.index_map.size_global * im.index_map_bs   # a pivot's rows (K populations)
             self.tfactor = opts.getBool("transpose_factors", self.reuse_rtol >= 0
                                         and n >= TRANSPOSE_FACTORS_FROM)
         if self.kind is None:

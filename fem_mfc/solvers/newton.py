@@ -66,6 +66,9 @@ STALL_RATIO, STALL_STEPS = 0.95, 2   # a direct attempt whose residual fell by l
 def check_cole_hopf_guess(p):
     """The Cole–Hopf guess drops the congestion; it needs the rest of the linear path."""
     from .sweeps import cole_hopf_obstacles
+    if getattr(p, "populations", None):
+        raise ConfigError("solver.initial_guess", "'trivial' with [[population]] tables",
+                          "cole-hopf")
     obstacles = cole_hopf_obstacles(p)
     if "exits" in obstacles:
         raise ConfigError("solver.initial_guess", "'trivial' or 'coarse' for a problem with "

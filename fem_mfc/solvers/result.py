@@ -36,6 +36,7 @@ class Result:
     path: dict = field(default_factory=dict)
     continuation: list = field(default_factory=list)
     mass_exited: dict = field(default_factory=dict)   # exits: total, per_step, by_tag
+    populations: dict = field(default_factory=dict)   # several populations: names, masses
 
     @classmethod
     def from_system(cls, st, method, iterations, history, seconds, **kw):
@@ -43,7 +44,8 @@ class Result:
         return cls(problem=st.problem, method=method, rho=st.rho, u=st.u, J=d["J"],
                    J_value=d["J_value"], mass=d["mass"], mass_error=d["mass_error"],
                    min_rho=d["min_rho"], iterations=iterations, history=history,
-                   seconds=seconds, mass_exited=d.get("mass_exited", {}), **kw)
+                   seconds=seconds, mass_exited=d.get("mass_exited", {}),
+                   populations=d.get("populations", {}), **kw)
 
     def check(self) -> "Result":
         """This result, or SolverError (one line) if the solve did not meet its tolerance."""

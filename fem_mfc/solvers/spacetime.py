@@ -115,7 +115,10 @@ class Formulation:
 
 
 def hjb_fp(problem) -> Formulation:
-    """The discrete HJB–FP Lagrangian (forms/hjb_fp.py); trivial guess ρⁿ = ρ_0, uⁿ = Φ."""
+    """The discrete HJB–FP Lagrangian (forms/hjb_fp.py); trivial guess ρⁿ = ρ_0, uⁿ = Φ.
+    A problem of several populations (fem_mfc/populations.py) gets :func:`populations`."""
+    if getattr(problem, "populations", None):
+        return populations(problem)
     d = problem.step_data()
     V = problem.space
     phi = dolfinx.fem.Function(V)
@@ -139,6 +142,45 @@ def hjb_fp(problem) -> Formulation:
                                                    (1.0 - theta) / theta)
                                       if 0.0 < theta < 1.0 and not getattr(problem, "exits",
                                                                            None) else None))
+
+
+def populations(problem) -> Formulation:
+    """The K-population Lagrangian (forms/populations.py) on K-valued level fields; the
+    HJB–FP layout, guess ρⁿ = ρ_0, uⁿ = Φ, with ∫ρ_k per level and population
+    (``mass:k``), the total as ``mass``, and ``mass_error`` = max_k,n |∫ρ_kⁿ − m_k|."""
+    from ..forms import populations as P
+    d = problem.step_data()
+    V = problem.space
+    phi = dolfinx.fem.Function(V)
+    phi.interpolate(dolfinx.fem.Expression(problem.Phi, V.element.interpolation_points()))
+    theta = d.theta
+    coupled, quadratic = P.coupling_shape(d)
+    diagnostics = dict(HJB_DIAGNOSTICS)
+    diagnostics.update({f"mass:{k}": ("list", ((f"mass:{k}", every),)) for k in range(d.K)})
+    names, masses = list(problem.names), list(problem.masses)
+
+    def finish(st, out):
+        per = [out.pop(f"mass:{k}") for k in range(len(names))]
+        errs = [max(abs(m - m0) for m in ms) for ms, m0 in zip(per, masses)]
+        out["mass_error"] = max(errs)
+        out["populations"] = {"names": names, "mass0": masses, "mass": per,
+                              "mass_error": errs,
+                              "min_rho": [st.comm.allreduce(
+                                  min((float(f.x.array[:st.nl][k::len(names)].min())
+                                       if st.nl else np.inf) for f in st.rho), op=MPI.MIN)
+                                  for k in range(len(names))]}
+        return out
+    return Formulation(build=lambda tm, tp, tc: P.level_residuals(tm, tp, tc, d),
+                       functionals=lambda tm, tc: P.level_functionals(tm, tc, d),
+                       diagnostics=diagnostics, finish=finish,
+                       data={"rho": problem.rho0, "u": None},
+                       guess={"rho": problem.rho0, "u": phi},
+                       parameters=dict(d.parameters),
+                       depends=None if coupled is None else H.row_dependencies(theta, coupled),
+                       quadratic=quadratic, mirrored=True,
+                       forward_split=(ForwardSplit("u", H.RHO_CUR, H.RHO_NEXT,
+                                                   (1.0 - theta) / theta)
+                                      if 0.0 < theta < 1.0 else None))
 
 
 def jacobian_blocks(res: dict, tm: dict, depends: dict | None = None) -> dict:
