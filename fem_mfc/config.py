@@ -373,25 +373,36 @@ BOUNDARY: dict[str, Key] = {
 }
 
 
+def _array_table(name: str, i: int, b: dict, keys: dict, source, inherit=None) -> dict:
+    """Table i of the array of tables ``[[name]]`` validated against ``keys``: unknown keys
+    refused, values coerced, defaults filled in (:data:`INHERIT`: the value of the same key in
+    ``inherit``, a section; lists and dicts copied)."""
+    for k in b:
+        if k not in keys:
+            raise ConfigError(f"{name}[{i}].{k}", f"a known key of [[{name}]]: "
+                              + ", ".join(keys), "unknown key", source)
+    t = {}
+    for k, spec in keys.items():
+        key = f"{name}[{i}].{k}"
+        if k in b:
+            t[k] = _coerce(key, spec, b[k], source)
+        elif spec.default is REQUIRED:
+            raise ConfigError(key, "a value (this key is required)", None, source)
+        elif spec.default is INHERIT:
+            t[k] = inherit[k]
+        else:
+            t[k] = type(spec.default)(spec.default) if isinstance(
+                spec.default, (list, dict)) else spec.default
+    return t
+
+
 def _boundary(raw, source) -> list:
     """Validate the ``[[boundary]]`` tables (a list of tables) against :data:`BOUNDARY`."""
     if not isinstance(raw, list) or not all(isinstance(b, dict) for b in raw):
         raise ConfigError("boundary", "an array of tables [[boundary]]", raw, source)
     out, tags = [], set()
     for i, b in enumerate(raw):
-        for k in b:
-            if k not in BOUNDARY:
-                raise ConfigError(f"boundary[{i}].{k}", "a known key of [[boundary]]: "
-                                  + ", ".join(BOUNDARY), "unknown key", source)
-        t = {}
-        for k, spec in BOUNDARY.items():
-            key = f"boundary[{i}].{k}"
-            if k in b:
-                t[k] = _coerce(key, spec, b[k], source)
-            elif spec.default is REQUIRED:
-                raise ConfigError(key, "a value (this key is required)", None, source)
-            else:
-                t[k] = spec.default
+        t = _array_table("boundary", i, b, BOUNDARY, source)
         if t["tag"] in tags:
             raise ConfigError(f"boundary[{i}].tag", "a tag named by one [[boundary]] table "
                               "only", t["tag"], source)
@@ -435,22 +446,7 @@ def _populations(raw, cfg: dict, source) -> list:
     pr = cfg["problem"]
     out = []
     for i, b in enumerate(raw):
-        for k in b:
-            if k not in POPULATION:
-                raise ConfigError(f"population[{i}].{k}", "a known key of [[population]]: "
-                                  + ", ".join(POPULATION), "unknown key", source)
-        t = {}
-        for k, spec in POPULATION.items():
-            key = f"population[{i}].{k}"
-            if k in b:
-                t[k] = _coerce(key, spec, b[k], source)
-            elif spec.default is REQUIRED:
-                raise ConfigError(key, "a value (this key is required)", None, source)
-            elif spec.default is INHERIT:
-                t[k] = pr[k]
-            else:
-                t[k] = type(spec.default)(spec.default) if isinstance(
-                    spec.default, (list, dict)) else spec.default
+        t = _array_table("population", i, b, POPULATION, source, inherit=pr)
         t["name"] = t["name"] or f"pop{i}"
         if not _NAME.match(t["name"]):
             raise ConfigError(f"population[{i}].name", "letters, digits, '_' and '-' only",

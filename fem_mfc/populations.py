@@ -28,6 +28,7 @@ import ufl
 from .errors import ConfigError
 from .forms.hjb_fp import THETA, StepData
 from .forms.populations import PopulationsData
+from .problem import check_common
 
 ROUNDOFF = 1e-10
 
@@ -87,16 +88,7 @@ class PopulationProblem:
         K = len(self.populations)
         if K < 1:
             raise ConfigError("population", "at least one [[population]] table", K)
-        if not (isinstance(self.T, (int, float)) and math.isfinite(self.T) and self.T > 0):
-            raise ConfigError("problem.T", "a positive number", self.T)
-        if not (isinstance(self.steps, int) and self.steps > 0):
-            raise ConfigError("problem.steps", "a positive integer", self.steps)
-        if self.degree not in (1, 2, 3):
-            raise ConfigError("discretisation.degree", "1, 2 or 3", self.degree)
-        if self.scheme not in THETA:
-            raise ConfigError("discretisation.scheme", "one of " + ", ".join(THETA), self.scheme)
-        if self.coupling not in ("mftc", "mfg"):
-            raise ConfigError("problem.coupling", "'mftc' or 'mfg'", self.coupling)
+        check_common(self)
         self.interaction = check_interaction(self.interaction, K, self.coupling)
         for i, p in enumerate(self.populations):
             if not p.name:

@@ -23,6 +23,21 @@ from .forms.hjb_fp import THETA, StepData
 ROUNDOFF = 1e-10
 
 
+def check_common(p) -> None:
+    """The checks every control problem's data share (one line naming the key otherwise):
+    horizon T, steps, degree, time scheme and coupling mode."""
+    if not (isinstance(p.T, (int, float)) and math.isfinite(p.T) and p.T > 0):
+        raise ConfigError("problem.T", "a positive number", p.T)
+    if not (isinstance(p.steps, int) and p.steps > 0):
+        raise ConfigError("problem.steps", "a positive integer", p.steps)
+    if p.degree not in (1, 2, 3):
+        raise ConfigError("discretisation.degree", "1, 2 or 3", p.degree)
+    if p.scheme not in THETA:
+        raise ConfigError("discretisation.scheme", "one of " + ", ".join(THETA), p.scheme)
+    if p.coupling not in ("mftc", "mfg"):
+        raise ConfigError("problem.coupling", "'mftc' or 'mfg'", p.coupling)
+
+
 @dataclass
 class Robin:
     """A leaky wall (forms/hjb_fp.py): on the facets tagged ``tag`` mass leaves at the rate
@@ -85,19 +100,10 @@ class ControlProblem:
     space: Any = field(init=False, default=None)
 
     def __post_init__(self):
-        if not (isinstance(self.T, (int, float)) and math.isfinite(self.T) and self.T > 0):
-            raise ConfigError("problem.T", "a positive number", self.T)
+        check_common(self)
         if not (isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma)
                 and self.sigma >= 0):
             raise ConfigError("problem.sigma", "a non-negative number", self.sigma)
-        if not (isinstance(self.steps, int) and self.steps > 0):
-            raise ConfigError("problem.steps", "a positive integer", self.steps)
-        if self.degree not in (1, 2, 3):
-            raise ConfigError("discretisation.degree", "1, 2 or 3", self.degree)
-        if self.scheme not in THETA:
-            raise ConfigError("discretisation.scheme", "one of " + ", ".join(THETA), self.scheme)
-        if self.coupling not in ("mftc", "mfg"):
-            raise ConfigError("problem.coupling", "'mftc' or 'mfg'", self.coupling)
         if self.stabilisation not in ("none", "monotone"):
             raise ConfigError("discretisation.stabilisation", "'none' or 'monotone'",
                               self.stabilisation)
