@@ -194,16 +194,24 @@ class CachingAssembler(Assembler):
         ∫ρ^k and ∫Φρ^N).  b is assembled once (owned dofs, ghost contributions added)."""
         st = self.st
         varying = set(st.tm.values()) | {st.t_prev, st.t_cur}
-        out = {}
-        for name, F in st.func_ufl.items():
+
+        def derive(F):
             inputs = varying_inputs(F, varying)
             if len(inputs) != 1 or not hasattr(inputs[0], "x"):
-                continue
+                return None, []
             f = inputs[0]
             dF = nonzero(ufl.derivative(F, f, ufl.TestFunction(f.function_space)))
             if dF is None or varying_inputs(dF, varying):
+                return None, []
+            return dF, [f]
+
+        out = {}
+        for name, F in st.func_ufl.items():
+            form, inputs = st.derived(("dfunc", name), lambda F=F: derive(F))
+            if form is None:
                 continue
-            b = dolfinx.fem.petsc.assemble_vector(dolfinx.fem.form(dF))
+            f = inputs[0]
+            b = dolfinx.fem.petsc.assemble_vector(form)
             b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
             saved = f.x.array.copy()
             f.x.array[:] = 0.0
