@@ -13,8 +13,8 @@ are evaluated at its loaded level.
     initial guess: a few assemblies instead of N; the decision is collective);
   - blocks of quadratic systems, affine in their states, are evaluated as d₀ + Σ Tᵢwᵢ
     (:mod:`fem_mfc.solvers.affine`) once a form has been assembled AFFINE_AFTER times and
-    one Jacobian (N levels) repays the set-up, else once it has been assembled as often as
-    the set-up costs (rent or buy: at most twice the cheaper choice);
+    REPAY_JACOBIANS Jacobians (N levels each) repay the set-up, else once it has been
+    assembled as often as the set-up costs (rent or buy);
   - functionals affine in one state (∫ρ^k, ∫Φρ^N) are F(0) + b·f, one dot product per level.
 
 Both drop what depends on the formulation's parameters when :meth:`invalidate` is called
@@ -48,6 +48,8 @@ def input_values(inputs: list) -> list:
 
 
 AFFINE_AFTER = 4                 # block assemblies of a form before it is evaluated affinely
+REPAY_JACOBIANS = 2              # ... when this many Jacobians (N levels each) repay the set-up:
+                                 # Newton assembles at least three (the trivial guess, two steps)
 
 
 class Assembler:
@@ -183,7 +185,7 @@ class CachingAssembler(Assembler):
                 return None
             self._due[key] = setup_assemblies(a, csr, inputs, self._colours, st.comm)
         due = self._due[key]
-        if st.N < due and n < due:
+        if REPAY_JACOBIANS * st.N < due and n < due:
             return None
         ev = self._affine[key] = affine_evaluator(a, csr, inputs, self._colours, st.comm)
         return ev
