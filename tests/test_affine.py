@@ -147,6 +147,11 @@ def test_two_jacobians_repay_the_set_up():
     key = next(k for k, d in asm._due.items() if d == due)
     assert isinstance(asm._affine.get(key), AffineForm)
     assert asm._count[key] == AFFINE_AFTER
+    # from then on the form is evaluated at every level without comparing (and copying)
+    # its inputs against a memo
+    st.vec_to_states(perturbed(st, 2))
+    st.block_grid()
+    assert key not in asm._memo
 
 
 @pytest.mark.parametrize("comm", COMMS)

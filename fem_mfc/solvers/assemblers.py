@@ -149,11 +149,17 @@ class CachingAssembler(Assembler):
 
     def block(self, key, k: int) -> PETSc.Mat:
         """As :meth:`Assembler.block`; a block whose inputs hold the values of the last
-        assembly of its form is copied from that matrix (unless it changed since)."""
+        assembly of its form is copied from that matrix (unless it changed since).  A form
+        evaluated affinely skips that comparison: its evaluation costs about as much as the
+        comparison and the copy of the inputs it would save."""
         st = self.st
         if st.constant_block[key]:
             return super().block(key, k)
         mkey, A = self._storage(key, k)
+        ev = self._affine.get(key)
+        if ev is not None and A is not None:
+            self._memo.pop(key, None)
+            return self._assemble_block(A, key, ev)
         values = input_values(st.block_inputs[key])
         memo = self._memo.get(key)                # (inputs, Mat, its state when memoised)
         valid = memo is not None and memo[1] is not A and memo[1].stateGet() == memo[2]
