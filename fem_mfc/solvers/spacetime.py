@@ -402,13 +402,22 @@ class SpaceTime:
         return self.u_data if n == self.N else None
 
     def load(self, k: int):
-        """Copy level k's states into the templates and set the source times."""
-        for name, t in self.tm.items():
-            f = self.source(name, k)
-            if f is not None:
-                t.x.array[:] = f.x.array
-        self.t_prev.value = self.problem.source_time(k - 1)
-        self.t_cur.value = self.problem.source_time(k)
+        """Copy level k's states into the templates and set the source times (the arrays
+        and times of every level listed once: loads run per level, block and residual)."""
+        plan = self.__dict__.get("_load_plan")
+        if plan is None:
+            plan = self._load_plan = {}
+        step = plan.get(k)
+        if step is None:
+            pairs = [(t.x.array, f.x.array) for name, t in self.tm.items()
+                     if (f := self.source(name, k)) is not None]
+            step = plan[k] = (pairs, self.problem.source_time(k - 1),
+                              self.problem.source_time(k))
+        pairs, t_prev, t_cur = step
+        for dst, src in pairs:
+            dst[:] = src
+        self.t_prev.value = t_prev
+        self.t_cur.value = t_cur
 
     # -- global vector <-> states ------------------------------------------------------
     def create_vec(self) -> PETSc.Vec:
