@@ -25,11 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-
 
 def child(a):
-    sys.path.insert(0, str(HERE))
+    # bench_matrix sits next to this script: the script's folder is on the import path
     import bench_matrix as bm
 
     import fem_mfc
