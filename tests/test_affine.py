@@ -11,7 +11,7 @@ import ufl
 
 from fem_mfc.solvers import newton
 from fem_mfc.solvers.affine import AffineForm, affine_evaluator, colour_coefficient_dofs
-from fem_mfc.solvers.assemblers import AFFINE_AFTER
+from fem_mfc.solvers.assemblers import AFFINE_AFTER, REPAY_JACOBIANS
 from fem_mfc.solvers.assembly import CSRAssembler
 from fem_mfc.solvers.spacetime import SpaceTime
 from test_kkt_pc import assert_same, perturbed, problem
@@ -128,6 +128,30 @@ def test_few_levels_rent_before_buying():
         assert rounds < 50
     key = next(k for k, ev in asm._affine.items() if ev is not None)
     assert st.N < asm._due[key] <= asm._count[key]
+
+
+def test_two_jacobians_repay_the_set_up():
+    """A form whose set-up costs more assemblies than one Jacobian's N levels but no more
+    than REPAY_JACOBIANS Jacobians' is evaluated affinely from its first Jacobian on (after
+    AFFINE_AFTER assemblies): Newton assembles at least that many."""
+    probe = SpaceTime(problem(steps=AFFINE_AFTER + 1))
+    probe.vec_to_states(perturbed(probe, 1))
+    probe.block_grid()
+    due = min(probe.assembler._due.values())
+    steps = max(AFFINE_AFTER + 1, -(-due // REPAY_JACOBIANS))    # N < due <= REPAY·N
+    assert steps < due <= REPAY_JACOBIANS * steps
+    st = SpaceTime(problem(steps=steps))
+    st.vec_to_states(perturbed(st, 1))
+    st.block_grid()                                    # the first Jacobian
+    asm = st.assembler
+    key = next(k for k, d in asm._due.items() if d == due)
+    assert isinstance(asm._affine.get(key), AffineForm)
+    assert asm._count[key] == AFFINE_AFTER
+    # from then on the form is evaluated at every level without comparing (and copying)
+    # its inputs against a memo
+    st.vec_to_states(perturbed(st, 2))
+    st.block_grid()
+    assert key not in asm._memo
 
 
 @pytest.mark.parametrize("comm", COMMS)

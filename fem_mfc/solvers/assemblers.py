@@ -13,8 +13,8 @@ are evaluated at its loaded level.
     initial guess: a few assemblies instead of N; the decision is collective);
   - blocks of quadratic systems, affine in their states, are evaluated as d₀ + Σ Tᵢwᵢ
     (:mod:`fem_mfc.solvers.affine`) once a form has been assembled AFFINE_AFTER times and
-    one Jacobian (N levels) repays the set-up, else once it has been assembled as often as
-    the set-up costs (rent or buy: at most twice the cheaper choice);
+    REPAY_JACOBIANS Jacobians (N levels each) repay the set-up, else once it has been
+    assembled as often as the set-up costs (rent or buy);
   - functionals affine in one state (∫ρ^k, ∫Φρ^N) are F(0) + b·f, one dot product per level.
 
 Both drop what depends on the formulation's parameters when :meth:`invalidate` is called
@@ -48,6 +48,8 @@ def input_values(inputs: list) -> list:
 
 
 AFFINE_AFTER = 4                 # block assemblies of a form before it is evaluated affinely
+REPAY_JACOBIANS = 2              # ... when this many Jacobians (N levels each) repay the set-up:
+                                 # Newton assembles at least three (the trivial guess, two steps)
 
 
 class Assembler:
@@ -147,11 +149,17 @@ class CachingAssembler(Assembler):
 
     def block(self, key, k: int) -> PETSc.Mat:
         """As :meth:`Assembler.block`; a block whose inputs hold the values of the last
-        assembly of its form is copied from that matrix (unless it changed since)."""
+        assembly of its form is copied from that matrix (unless it changed since).  A form
+        evaluated affinely skips that comparison: its evaluation costs about as much as the
+        comparison and the copy of the inputs it would save."""
         st = self.st
         if st.constant_block[key]:
             return super().block(key, k)
         mkey, A = self._storage(key, k)
+        ev = self._affine.get(key)
+        if ev is not None and A is not None:
+            self._memo.pop(key, None)
+            return self._assemble_block(A, key, ev)
         values = input_values(st.block_inputs[key])
         memo = self._memo.get(key)                # (inputs, Mat, its state when memoised)
         valid = memo is not None and memo[1] is not A and memo[1].stateGet() == memo[2]
@@ -183,7 +191,7 @@ class CachingAssembler(Assembler):
                 return None
             self._due[key] = setup_assemblies(a, csr, inputs, self._colours, st.comm)
         due = self._due[key]
-        if st.N < due and n < due:
+        if REPAY_JACOBIANS * st.N < due and n < due:
             return None
         ev = self._affine[key] = affine_evaluator(a, csr, inputs, self._colours, st.comm)
         return ev
@@ -194,16 +202,24 @@ class CachingAssembler(Assembler):
         ∫ρ^k and ∫Φρ^N).  b is assembled once (owned dofs, ghost contributions added)."""
         st = self.st
         varying = set(st.tm.values()) | {st.t_prev, st.t_cur}
-        out = {}
-        for name, F in st.func_ufl.items():
+
+        def derive(F):
             inputs = varying_inputs(F, varying)
             if len(inputs) != 1 or not hasattr(inputs[0], "x"):
-                continue
+                return None, []
             f = inputs[0]
             dF = nonzero(ufl.derivative(F, f, ufl.TestFunction(f.function_space)))
             if dF is None or varying_inputs(dF, varying):
+                return None, []
+            return dF, [f]
+
+        out = {}
+        for name, F in st.func_ufl.items():
+            form, inputs = st.derived(("dfunc", name), lambda F=F: derive(F))
+            if form is None:
                 continue
-            b = dolfinx.fem.petsc.assemble_vector(dolfinx.fem.form(dF))
+            f = inputs[0]
+            b = dolfinx.fem.petsc.assemble_vector(form)
             b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
             saved = f.x.array.copy()
             f.x.array[:] = 0.0

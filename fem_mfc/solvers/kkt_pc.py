@@ -34,9 +34,12 @@ from petsc4py import PETSc
 import numpy as np
 
 from ..errors import SolverError
+from .assembly import VALUES
 from .steps import is_direct, step_kind, step_solver
 
-REUSE_RTOL = 2e-3               # reuse factors of pivots within 0.2 % (Frobenius)
+REUSE_RTOL = 5e-3               # reuse factors of pivots within 0.5 % (Frobenius): against
+                                # 0.2 %, half the factorisations for ≤ 1 more Krylov iteration
+                                # (2D P1/P2 289–66k dofs, docs/performance.md)
 TRANSPOSE_FACTORS_FROM = 40_000  # explicit Pᵀ factors for pivots of this many dofs or more
 EXACT_RTOL = 1e-13              # reuse factors of coinciding pivots only (M unchanged)
 FRO = PETSc.NormType.FROBENIUS
@@ -94,6 +97,8 @@ class SweepPC:
         self._vecs = None
         self.kind = None                      # per-step solver kind (fem_mfc.solvers.steps)
         self.it, self._T, self._due = {}, None, {}   # iterative kinds: one KSP per direction
+        self._terms = {}                      # (equation, sweep) → its right-hand side terms
+        self._norms = {}                      # equation → ‖pivot‖_F in this set-up pass
 
     # -- PETSc python PC interface ----------------------------------------------------------
     def create(self, pc):
@@ -153,7 +158,13 @@ class SweepPC:
             ksp.setUp()                       # numeric refactorisation, same pattern
         ksp.getPC().setReusePreconditioner(True)      # keep these factors until the next setUp
         if self.reuse_rtol >= 0:
-            if r in self.snap:
+            a = A.getAttr(VALUES)
+            if a is not None:                 # one rank, values on an array: a numpy copy
+                if r in self.snap:
+                    np.copyto(self.snap[r], a)
+                else:
+                    self.snap[r] = a.copy()
+            elif r in self.snap:
                 A.copy(self.snap[r], structure=SAME)
             else:
                 self.snap[r] = A.copy()
@@ -189,6 +200,17 @@ class SweepPC:
         if S is None or self.reuse_rtol < 0:
             return False
         A = self.op.pivot_matrix(r)[0]
+        if isinstance(S, np.ndarray):         # values of one pattern (the pivots' form)
+            a = A.getAttr(VALUES)
+            if a is None or a.shape != S.shape:
+                return False
+            na = self._norms.get(r)
+            if na is None:
+                na = self._norms[r] = float(np.linalg.norm(a))
+            if self._work is None or self._work.shape != a.shape:
+                self._work = np.empty_like(a)
+            d = float(np.linalg.norm(np.subtract(a, S, out=self._work)))
+            return d <= self.reuse_rtol * na if na > 0 else d <= self.reuse_rtol
         if f != r and not same_pattern(A, S):
             return False
         if self._work is None:
@@ -220,6 +242,7 @@ class SweepPC:
             self.setups += 1
             return
         L = self.op.st.layout
+        self._norms = {}
         prev = {}                             # kind → owner used by the previous equation
         for r in range(self.op.st.nfields):
             if self._transposed(r):
@@ -244,7 +267,7 @@ class SweepPC:
         for r in [r for r in self.ksp if r not in used]:
             for store in (self.ksp, self.snap, self.kspT, self.matT):
                 obj = store.pop(r, None)
-                if obj is not None:
+                if obj is not None and not isinstance(obj, np.ndarray):
                     obj.destroy()
 
     # -- application -----------------------------------------------------------------------------
@@ -295,13 +318,21 @@ class SweepPC:
                               f"failed (KSP reason {ksp.getConvergedReason()})")
 
     def _rhs(self, r: int, b, z: list, known) -> PETSc.Vec:
-        """b_r − Σ_{c ≠ pivot, known(c)} K_rc z_c (b_r: the owned array of equation r)."""
-        op, piv = self.op, self.op.st.layout.pivot(r)
-        self.rhs.array[:] = b
-        for c in op.row_blocks(r):
-            if c != piv and known(c, r):
-                op.mult_add(r, c, z[c], self.rhs, self.tmp, -1.0)
-        return self.rhs
+        """b_r − Σ_{c ≠ pivot, known(c)} K_rc z_c (b_r: the owned array of equation r); the
+        terms (product, column, −coefficient) of each equation and sweep are listed once."""
+        terms = self._terms.get((r, known))
+        if terms is None:
+            op, piv = self.op, self.op.st.layout.pivot(r)
+            terms = self._terms[(r, known)] = [
+                (base.multTranspose if t else base.mult, c, -a)
+                for c in op.row_blocks(r) if c != piv and known(c, r)
+                for base, t, a in op.terms(r, c)]
+        rhs, tmp = self.rhs, self.tmp
+        rhs.array[:] = b
+        for mult, c, a in terms:
+            mult(z[c], tmp)
+            rhs.axpy(a, tmp)
+        return rhs
 
     def apply(self, pc, x: PETSc.Vec, y: PETSc.Vec):
         """y = M⁻¹ x: backward sweep over the HJB equations for δu, forward over the FP
@@ -332,11 +363,13 @@ class SweepPC:
     def destroy(self, pc=None):
         for k in [*self.ksp.values(), *self.snap.values(), *self.kspT.values(),
                   *self.matT.values(), *self.it.values()] + ([self._T] if self._T else []):
-            k.destroy()
+            if not isinstance(k, np.ndarray):
+                k.destroy()
         self.ksp, self.snap, self.kspT, self.matT, self.it, self._T = {}, {}, {}, {}, {}, None
-        if self._work is not None:
+        if isinstance(self._work, PETSc.Mat):
             self._work.destroy()
-            self._work = None
+        self._work = None
+        self._terms = {}
         if self._vecs:
             for v in [self.rhs, self.tmp] + self.views[1]:
                 v.destroy()

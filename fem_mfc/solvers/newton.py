@@ -235,6 +235,7 @@ class NewtonSolver:
         if self.mode == "lu":
             path["factorisation"] = ksp.getPC().getFactorSolverType()
         else:
+            from .kkt_pc import REUSE_RTOL
             from .steps import describe
             pc = self._pc_context()
             kind = getattr(pc, "kind", None) or "lu"
@@ -245,7 +246,7 @@ class NewtonSolver:
             path["trapezoid_residual"] = self.trap is not None
             path["affine_blocks"] = bool(getattr(self.st.assembler, "affine_blocks", False)
                                          and self.st.quadratic)
-            path["reuse_rtol"] = options.get_real("sweep_reuse_rtol", 2e-3, self.prefix)
+            path["reuse_rtol"] = options.get_real("sweep_reuse_rtol", REUSE_RTOL, self.prefix)
         return path
 
     # -- SNES callbacks ------------------------------------------------------------------------

@@ -47,6 +47,7 @@ import ufl
 
 from ..errors import SolverError
 from ..forms import hjb_fp as H
+from . import formcache
 from .assemblers import Assembler, CachingAssembler, input_values, varying_inputs  # noqa: F401
 from .layout import BACKWARD, FORWARD, SpaceTimeLayout
 
@@ -246,37 +247,139 @@ class SpaceTime:
 
     def _compile(self, cache: bool):
         """The compiled residual rows, Jacobian blocks and functionals of the formulation, and
-        the assembler that evaluates them."""
+        the assembler that evaluates them.  A system of the structure of an earlier one takes
+        that one's derived and compiled forms with its own data (:mod:`.formcache`)."""
         fm = self.formulation
-        self._res_ufl = res = {k: ufl.algorithms.expand_derivatives(F)
-                               for k, F in fm.build(self.tm, self.t_prev, self.t_cur).items()}
-        self.res = {k: dolfinx.fem.form(F) for k, F in res.items()}
-        varying = set(self.tm.values()) | {self.t_prev, self.t_cur}
-        self.row_inputs = {k: varying_inputs(F, varying) for k, F in res.items()}
+        raw = fm.build(self.tm, self.t_prev, self.t_cur)
         self.func_ufl = {k: f for k, f in fm.functionals(self.tm, self.t_cur).items()
                          if f is not None}
-        self.func = {k: dolfinx.fem.form(f) for k, f in self.func_ufl.items()}
+        self._raw = raw
+        self._mesh = self.problem.mesh
+        varying = set(self.tm.values()) | {self.t_prev, self.t_cur}
+        found = formcache.key_of(self._structure_tag(),
+                                 {**{("res", k): F for k, F in raw.items()},
+                                  **{("func", k): F for k, F in self.func_ufl.items()}})
+        self._cache_key, self._canon = found if found is not None else (None, None)
+        entry = formcache.lookup(self._cache_key) if found is not None else None
+        if entry is not None:
+            canon = self._canon
+            self._entry = entry
+            self.res = {k: entry.form(("res", k), canon, self._mesh) for k in raw}
+            self.func = {k: entry.form(("func", k), canon, self._mesh) for k in self.func_ufl}
+            self.row_inputs = {k: [canon[i] for i in entry.data[("row_inputs", k)]]
+                               for k in raw}
+        else:
+            self._entry = None
+            self._res_ufl = {k: ufl.algorithms.expand_derivatives(F) for k, F in raw.items()}
+            self.res = {k: dolfinx.fem.form(F) for k, F in self._res_ufl.items()}
+            self.row_inputs = {k: varying_inputs(F, varying)
+                               for k, F in self._res_ufl.items()}
+            self.func = {k: dolfinx.fem.form(f) for k, f in self.func_ufl.items()}
+            if found is not None:
+                self._new_entry()
         self.assembler = (CachingAssembler if cache else Assembler)(self)
 
-    JACOBIAN = ("jac_ufl", "jac", "block_inputs", "constant_block", "split")
+    def _structure_tag(self) -> tuple:
+        """What besides the forms' signatures the derived forms depend on."""
+        fm = self.formulation
+        depends = (None if fm.depends is None
+                   else tuple(sorted((r, tuple(c)) for r, c in fm.depends.items())))
+        return (type(self).__qualname__, tuple(sorted(fm.templates)), depends,
+                None if fm.forward_split is None else tuple(vars(fm.forward_split).values()))
+
+    def _canon_index(self) -> dict:
+        return {t: i for i, t in enumerate(self._canon)}
+
+    def _new_entry(self):
+        """Store the cache entry of this structure with the residual rows and functionals
+        (the Jacobian joins it when first derived)."""
+        entry, index = formcache.Entry(), self._canon_index()
+        ok = all(entry.add(("res", k), self.res[k], F, index)
+                 for k, F in self._res_ufl.items())
+        ok = ok and all(entry.add(("func", k), self.func[k], F, index)
+                        for k, F in self.func_ufl.items())
+        ok = ok and all(t in index for ts in self.row_inputs.values() for t in ts)
+        if not ok:
+            self._cache_key = None
+            return
+        for k, ts in self.row_inputs.items():
+            entry.data[("row_inputs", k)] = [index[t] for t in ts]
+        formcache.store(self._cache_key, entry)
+        self._entry = entry
+
+    JACOBIAN = ("jac_ufl", "jac", "block_inputs", "constant_block", "split", "_res_ufl")
 
     def __getattr__(self, name):
         """The Jacobian blocks (``JACOBIAN``) are derived and compiled when first asked for:
         a system used only for its residual and diagnostics (the Cole–Hopf sweeps' J and
-        value identity) never pays for them."""
-        if name in SpaceTime.JACOBIAN and "_res_ufl" in self.__dict__:
-            self._compile_jacobian()
-            return self.__dict__[name]
+        value identity) never pays for them.  A system built from the form cache derives
+        UFL (``jac_ufl``, ``_res_ufl``) only if asked (tests)."""
+        d = self.__dict__
+        if name == "_res_ufl" and "_raw" in d:
+            d["_res_ufl"] = {k: ufl.algorithms.expand_derivatives(F)
+                             for k, F in self._raw.items()}
+            return d["_res_ufl"]
+        if name in SpaceTime.JACOBIAN and "_raw" in d:
+            if "jac" not in d:
+                self._compile_jacobian()
+            if name == "jac_ufl" and name not in d:      # built from the cache
+                d["jac_ufl"] = jacobian_blocks(self._res_ufl, self.tm,
+                                               self.formulation.depends)
+            return d[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _compile_jacobian(self):
         fm = self.formulation
+        entry = self.__dict__.get("_entry")
+        if entry is not None and "jac_keys" in entry.data:
+            canon, mesh = self._canon, self._mesh
+            self.jac = {k: entry.form(("jac", k), canon, mesh) for k in entry.data["jac_keys"]}
+            self.block_inputs = {k: [canon[i] for i in entry.data[("block_inputs", k)]]
+                                 for k in self.jac}
+            self.constant_block = {k: not inputs for k, inputs in self.block_inputs.items()}
+            split = entry.data.get("split")
+            self.split = (None if split is None
+                          else (fm.forward_split, entry.form("split", canon, mesh)))
+            return
         self.jac_ufl = jacobian_blocks(self._res_ufl, self.tm, fm.depends)
         self.jac = {k: dolfinx.fem.form(a) for k, a in self.jac_ufl.items()}
         varying = set(self.tm.values()) | {self.t_prev, self.t_cur}
         self.block_inputs = {k: varying_inputs(a, varying) for k, a in self.jac_ufl.items()}
         self.constant_block = {k: not inputs for k, inputs in self.block_inputs.items()}
         self.split = self._split_forms(fm.forward_split)
+        self._store_jacobian()
+
+    def _store_jacobian(self):
+        """Add the Jacobian to the cache entry of this structure."""
+        entry = self.__dict__.get("_entry")
+        if entry is None or "jac_keys" in entry.data:
+            return
+        index = self._canon_index()
+        ok = all(entry.add(("jac", k), self.jac[k], a, index) for k, a in self.jac_ufl.items())
+        ok = ok and all(t in index for ts in self.block_inputs.values() for t in ts)
+        if self.split is not None:
+            ok = ok and entry.add("split", self.split[1], self._split_ufl, index)
+        if not ok:
+            return
+        entry.data["jac_keys"] = list(self.jac)
+        for k, ts in self.block_inputs.items():
+            entry.data[("block_inputs", k)] = [index[t] for t in ts]
+        entry.data["split"] = None if self.split is None else True
+
+    def derived(self, name, derive):
+        """(form or None, its inputs) of a form derived from this system's by ``derive()`` →
+        (UFL form or None, list of its terminals), through the form cache."""
+        entry = self.__dict__.get("_entry")
+        if entry is not None and name in entry.kernels and name in entry.data:
+            canon = self._canon
+            return entry.form(name, canon, self._mesh), [canon[i] for i in entry.data[name]]
+        a, inputs = derive()
+        form = None if a is None else dolfinx.fem.form(a)
+        if entry is not None:
+            index = self._canon_index()
+            if all(t in index for t in inputs) and entry.add(name, form, a, index):
+                entry.data[name] = [index[t] for t in inputs]
+        return form, inputs
 
     @classmethod
     def describe(cls, problem, **options) -> Formulation:
@@ -294,7 +397,7 @@ class SpaceTime:
         keys = ((split.row, split.prev), (split.row, split.next))
         if not all(k in self.jac_ufl for k in keys):
             return None
-        E = self.jac_ufl[keys[0]] - split.alpha * self.jac_ufl[keys[1]]
+        E = self._split_ufl = self.jac_ufl[keys[0]] - split.alpha * self.jac_ufl[keys[1]]
         return split, dolfinx.fem.form(E)
 
     # -- parameters ----------------------------------------------------------------------
@@ -341,13 +444,22 @@ class SpaceTime:
         return self.u_data if n == self.N else None
 
     def load(self, k: int):
-        """Copy level k's states into the templates and set the source times."""
-        for name, t in self.tm.items():
-            f = self.source(name, k)
-            if f is not None:
-                t.x.array[:] = f.x.array
-        self.t_prev.value = self.problem.source_time(k - 1)
-        self.t_cur.value = self.problem.source_time(k)
+        """Copy level k's states into the templates and set the source times (the arrays
+        and times of every level listed once: loads run per level, block and residual)."""
+        plan = self.__dict__.get("_load_plan")
+        if plan is None:
+            plan = self._load_plan = {}
+        step = plan.get(k)
+        if step is None:
+            pairs = [(t.x.array, f.x.array) for name, t in self.tm.items()
+                     if (f := self.source(name, k)) is not None]
+            step = plan[k] = (pairs, self.problem.source_time(k - 1),
+                              self.problem.source_time(k))
+        pairs, t_prev, t_cur = step
+        for dst, src in pairs:
+            dst[:] = src
+        self.t_prev.value = t_prev
+        self.t_cur.value = t_cur
 
     # -- global vector <-> states ------------------------------------------------------
     def create_vec(self) -> PETSc.Vec:
