@@ -120,6 +120,10 @@ def cole_hopf_obstacles(problem) -> dict:
     if getattr(p, "exits", None):
         out["exits"] = ConfigError("solver.method", "'newton' for a problem with exits "
                                    "([[boundary]] kind = 'exit')", "cole-hopf")
+    if getattr(p, "periodic", None):
+        out["periodic"] = ConfigError("solver.method", "'newton' or 'auto' for a problem "
+                                      "with periodic sides ([[boundary]] kind = 'periodic')",
+                                      "cole-hopf")
     if getattr(p, "hamiltonian", None) is not None:
         out["hamiltonian"] = hamiltonian_refusal("solver.method = 'cole-hopf'")
     if getattr(p.exact, "sources", None) is not None:
