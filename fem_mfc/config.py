@@ -365,8 +365,9 @@ BOUNDARY: dict[str, Key] = {
                 "mass that leaves is reported as mass_exited in summary.json; or 'periodic' "
                 "(this side, the slave, takes the values of the opposite side `to`, the "
                 "master: agents leaving through one side re-enter through the other; an "
-                "interval, rectangle or box mesh, solver.method 'newton' or 'auto', beside "
-                "'no-flux' and 'robin' sides only); formulation "
+                "interval, rectangle or box mesh, solver.method 'newton', 'auto' or "
+                "'cole-hopf' (without congestion), beside 'no-flux' and 'robin' sides "
+                "only); formulation "
                 "'hjb-fp' only", choices=BOUNDARY_KINDS),
     "cost": Key(str, "0", "kind = 'exit', 'robin' or 'dirichlet': the exit cost / boundary "
                 "value g(x, t) of u, a formula in x0, x1, x2, t and params"),
@@ -770,10 +771,10 @@ def _check_periodic(cfg: dict, source):
     f, s = cfg["run"]["formulation"], cfg["solver"]
     checks = (
         ("run.formulation", f != "hjb-fp", "'hjb-fp' with periodic sides", f),
-        ("solver.method", s["method"] not in ("newton", "auto"), "'newton' or 'auto' with "
-         "periodic sides", s["method"]),
-        ("solver.initial_guess", s["initial_guess"] == "cole-hopf", "'trivial' or 'coarse' "
-         "with periodic sides", s["initial_guess"]),
+        ("solver.method", s["method"] == "picard" or (s["method"] == "cole-hopf"
+                                                      and cfg["problem"]["G"] != "0"),
+         "'newton' or 'auto' with periodic sides ('cole-hopf' without congestion)",
+         s["method"]),
         ("discretisation.stabilisation", cfg["discretisation"]["stabilisation"] != "none",
          "'none' with periodic sides", cfg["discretisation"]["stabilisation"]),
         ("exact.solution", cfg["exact"]["solution"] != "none", "'none' with periodic sides "

@@ -73,9 +73,6 @@ def check_cole_hopf_guess(p):
     if "exits" in obstacles:
         raise ConfigError("solver.initial_guess", "'trivial' or 'coarse' for a problem with "
                           "exits", "cole-hopf")
-    if "periodic" in obstacles:
-        raise ConfigError("solver.initial_guess", "'trivial' or 'coarse' for a problem with "
-                          "periodic sides", "cole-hopf")
     if "hamiltonian" in obstacles:
         raise ConfigError("problem.H", "'quadratic' for solver.initial_guess = 'cole-hopf' "
                           "(use 'trivial' or 'coarse')", "non-quadratic H")

@@ -161,9 +161,32 @@ class PeriodicMap:
         B.PtAP(self.P, result=C)
         return C
 
+    def identity(self) -> PETSc.Mat:
+        """The diagonal matrix with 1 at the slaves (kept)."""
+        if getattr(self, "_diag", None) is None:
+            lo = self.R.getOwnershipRange()[0]
+            is_slave = np.zeros(self.nl, dtype=bool)
+            is_slave[self.slaves] = True
+            indptr = np.concatenate([[0], np.cumsum(is_slave)]).astype(PETSc.IntType)
+            cols = (np.flatnonzero(is_slave) + lo).astype(PETSc.IntType)
+            self._diag = PETSc.Mat().createAIJ(self.R.getSizes(),
+                                               csr=(indptr, cols, np.ones(cols.size)),
+                                               comm=self.comm)
+            self._diag.assemble()
+        return self._diag
+
+    def constrained(self, B: PETSc.Mat, pivot: bool) -> PETSc.Mat:
+        """A new matrix R B Rᵀ, + 1 on the slave diagonal if ``pivot`` (a step matrix whose
+        solve must return z_s = 0)."""
+        C = self.transform(B)
+        if pivot:
+            C.axpy(1.0, self.identity(), PETSc.Mat.Structure.DIFFERENT_NONZERO_PATTERN)
+        return C
+
     def destroy(self):
-        for o in (self.R, self.P, self._x, self._y):
-            o.destroy()
+        for o in (self.R, self.P, self._x, self._y, getattr(self, "_diag", None)):
+            if o is not None:
+                o.destroy()
 
 
 class PeriodicConstraints:
@@ -178,7 +201,6 @@ class PeriodicConstraints:
         self.nl = st.nl
         self.z = {}                           # field → its slave entries of the last vector
         self._blocks = {}                     # (key, handle of B) → (B state, C0, C)
-        self._diag = None
 
     # -- states ----------------------------------------------------------------------------
     def impose(self):
@@ -213,28 +235,14 @@ class PeriodicConstraints:
         F[self.map.slaves] = 0.0 if z is None else z
 
     def _identity(self) -> PETSc.Mat:
-        """The diagonal matrix with 1 at the slaves (a field's size)."""
-        if self._diag is None:
-            m = self.map
-            lo = m.R.getOwnershipRange()[0]
-            is_slave = np.zeros(m.nl, dtype=bool)
-            is_slave[m.slaves] = True
-            indptr = np.concatenate([[0], np.cumsum(is_slave)]).astype(PETSc.IntType)
-            cols = (np.flatnonzero(is_slave) + lo).astype(PETSc.IntType)
-            self._diag = PETSc.Mat().createAIJ(
-                m.R.getSizes(), csr=(indptr, cols, np.ones(cols.size)), comm=m.comm)
-            self._diag.assemble()
-        return self._diag
+        return self.map.identity()
 
     def fix_block(self, key, A: PETSc.Mat, fresh: bool = False) -> PETSc.Mat:
         """R A Rᵀ (+ 1 on the slave diagonal of a pivot block).  The result of a kept block
         is kept too and updated in place (the same Mat for the same A on every call)."""
         pivot = key in PIVOTS
         if fresh:
-            C = self.map.transform(A)
-            if pivot:
-                C.axpy(1.0, self._identity(), PETSc.Mat.Structure.DIFFERENT_NONZERO_PATTERN)
-            return C
+            return self.map.constrained(A, pivot)
         mkey = (key, A.handle)
         memo = self._blocks.get(mkey)
         state = A.stateGet()
@@ -262,9 +270,6 @@ class PeriodicConstraints:
                 C.destroy()
             C0.destroy()
         self._blocks = {}
-        if self._diag is not None:
-            self._diag.destroy()
-            self._diag = None
 
 
 __all__ = ["PeriodicMap", "PeriodicConstraints", "periodic_pairs", "PIVOTS"]
