@@ -780,8 +780,6 @@ def _check_periodic(cfg: dict, source):
         ("exact.solution", cfg["exact"]["solution"] != "none", "'none' with periodic sides "
          "(the periodic manufactured solution is a Python API: "
          "fem_mfc.exact.PeriodicManufactured)", cfg["exact"]["solution"]),
-        ("output.checkpoint_every", cfg["output"]["checkpoint_every"] != 0,
-         "0 with periodic sides", cfg["output"]["checkpoint_every"]),
         ("boundary.kind", any(b["kind"] in ("exit", "dirichlet") for b in cfg["boundary"]),
          "'no-flux', 'robin' or 'periodic' beside periodic sides", "exit/dirichlet"),
     )
