@@ -330,6 +330,19 @@ def test_config_refusals(boundary, mesh, over, key):
     assert key in str(e.value) and "\n" not in str(e.value)
 
 
+def test_config_refuses_periodic_sides_with_populations():
+    raw = {"mesh": {"kind": "rectangle", "cells": 8, "lower": [0.0, 0.0], "upper": [2.0, 1.0]},
+           "problem": {"params": {"kappa": 1.0}},
+           "population": [{"rho0": {"kind": "gaussian", "mean": [0.5, 0.5], "std": 0.2},
+                           "interaction": [0.0, 1.0]},
+                          {"rho0": {"kind": "gaussian", "mean": [1.5, 0.5], "std": 0.2},
+                           "interaction": [1.0, 0.0]}],
+           "boundary": [P]}
+    with pytest.raises(ConfigError) as e:
+        config.from_dict(raw)
+    assert "boundary.kind" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_config_fills_in_the_opposite_side_and_builds_the_pair():
     c = cfg([P, {"tag": 3, "kind": "robin", "rate": 0.5}])
     assert c["boundary"][0]["to"] == 1
