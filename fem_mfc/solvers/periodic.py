@@ -104,27 +104,28 @@ class PeriodicMap:
         lo = imap.local_range[0]
         hi = lo + nl
         self.nslaves = len(pairs)
-        rows = {i: {i: 1.0} for i in range(lo, hi) if i not in pairs}
-        for s, ms in pairs.items():
-            for m, c in ms.items():
-                if lo <= m < hi:
-                    rows[m][s] = rows[m].get(s, 0.0) + c
-        indptr, indices, values = [0], [], []
-        for i in range(lo, hi):
-            r = rows.get(i, {})
-            cols = sorted(r)
-            indices += cols
-            values += [r[j] for j in cols]
-            indptr.append(len(indices))
+        # R as CSR of the owned rows: 1 on the diagonal of the non-slaves, c_sm at (m, s)
+        sl = np.fromiter(pairs, dtype=np.int64, count=len(pairs))
+        keep = np.ones(nl, dtype=bool)
+        own = sl[(sl >= lo) & (sl < hi)]
+        keep[own - lo] = False
+        diag = np.arange(lo, hi, dtype=np.int64)[keep]
+        links = [(m, s_, cm) for s_, ms in pairs.items() for m, cm in ms.items()
+                 if lo <= m < hi]
+        lr, lc, lv = (np.array(t, dtype=d).reshape(-1) for t, d in zip(
+            zip(*links) if links else ((), (), ()), (np.int64, np.int64, float)))
+        r, c = np.concatenate([diag, lr]), np.concatenate([diag, lc])
+        v = np.concatenate([np.ones(diag.size), lv])
+        order = np.lexsort((c, r))
+        r, c, v = r[order], c[order], v[order]
+        indptr = np.searchsorted(r, np.arange(lo, hi + 1))
         self.R = PETSc.Mat().createAIJ(
             ((nl, PETSc.DETERMINE), (nl, PETSc.DETERMINE)),
-            csr=(np.asarray(indptr, dtype=PETSc.IntType), np.asarray(indices,
-                                                                      dtype=PETSc.IntType),
-                 np.asarray(values, dtype=PETSc.ScalarType)), comm=comm)
+            csr=(indptr.astype(PETSc.IntType), c.astype(PETSc.IntType),
+                 v.astype(PETSc.ScalarType)), comm=comm)
         self.R.assemble()
         self.P = self.R.transpose(PETSc.Mat())         # P = Rᵀ: z ↦ the periodic field
-        self.slaves = np.array(sorted(s - lo for s in pairs if lo <= s < hi), dtype=np.int32)
-        self.rows = (self.slaves + lo).astype(PETSc.IntType)
+        self.slaves = np.sort(own - lo).astype(np.int32)      # owned slaves, local indices
         self._x, self._y = self.R.createVecs()
 
     # -- vectors ---------------------------------------------------------------------------
