@@ -199,7 +199,6 @@ class PeriodicConstraints:
     def __init__(self, st):
         self.st = st
         self.map = st.problem.periodic_map()
-        self.nl = st.nl
         self.z = {}                           # field → its slave entries of the last vector
         self._blocks = {}                     # (key, handle of B) → (B state, C0, C)
 
@@ -235,9 +234,6 @@ class PeriodicConstraints:
         z = self.z.get(piv)
         F[self.map.slaves] = 0.0 if z is None else z
 
-    def _identity(self) -> PETSc.Mat:
-        return self.map.identity()
-
     def fix_block(self, key, A: PETSc.Mat, fresh: bool = False) -> PETSc.Mat:
         """R A Rᵀ (+ 1 on the slave diagonal of a pivot block).  The result of a kept block
         is kept too and updated in place (the same Mat for the same A on every call)."""
@@ -253,7 +249,7 @@ class PeriodicConstraints:
             C0 = self.map.transform(A)
             if pivot:
                 C = C0.duplicate(copy=True)
-                C.axpy(1.0, self._identity(), PETSc.Mat.Structure.DIFFERENT_NONZERO_PATTERN)
+                C.axpy(1.0, self.map.identity(), PETSc.Mat.Structure.DIFFERENT_NONZERO_PATTERN)
             else:
                 C = C0
         else:
@@ -261,7 +257,7 @@ class PeriodicConstraints:
             if pivot:
                 C.zeroEntries()
                 C.axpy(1.0, C0, PETSc.Mat.Structure.SUBSET_NONZERO_PATTERN)
-                C.axpy(1.0, self._identity(), PETSc.Mat.Structure.SUBSET_NONZERO_PATTERN)
+                C.axpy(1.0, self.map.identity(), PETSc.Mat.Structure.SUBSET_NONZERO_PATTERN)
         self._blocks[mkey] = (A.stateGet(), C0, C)
         return C
 
