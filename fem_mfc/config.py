@@ -351,7 +351,7 @@ RENAMED: dict[str, dict[str, str]] = {
 
 # ``[[boundary]]``: an array of tables, one per tagged part of the boundary (facets not named
 # are no-flux walls)
-BOUNDARY_KINDS = ("no-flux", "exit", "robin", "dirichlet")
+BOUNDARY_KINDS = ("no-flux", "exit", "robin", "dirichlet", "periodic")
 BOUNDARY: dict[str, Key] = {
     "tag": Key(int, REQUIRED, "the facet tag: a gmsh physical group of the mesh file, or a "
                "side of an interval/rectangle/box (2i+1 where x_i = lower[i], 2i+2 where "
@@ -362,7 +362,12 @@ BOUNDARY: dict[str, Key] = {
                 "rate*rho paying cost, and eps du/dn = rate (cost - u); also 'picard') or "
                 "'dirichlet' (rho = density and u = cost there, e.g. an entrance; as 'exit' "
                 "otherwise); the "
-                "mass that leaves is reported as mass_exited in summary.json; formulation "
+                "mass that leaves is reported as mass_exited in summary.json; or 'periodic' "
+                "(this side, the slave, takes the values of the opposite side `to`, the "
+                "master: agents leaving through one side re-enter through the other; an "
+                "interval, rectangle or box mesh, solver.method 'newton', 'auto' or "
+                "'cole-hopf' (without congestion), beside 'no-flux' and 'robin' sides "
+                "only); formulation "
                 "'hjb-fp' only", choices=BOUNDARY_KINDS),
     "cost": Key(str, "0", "kind = 'exit', 'robin' or 'dirichlet': the exit cost / boundary "
                 "value g(x, t) of u, a formula in x0, x1, x2, t and params"),
@@ -370,6 +375,10 @@ BOUNDARY: dict[str, Key] = {
                    "formula in x0, x1, x2, t and params"),
     "rate": Key(float, 1.0, "kind = 'robin': the leak rate kappa (outward flux kappa*rho)",
                 positive, "a positive number"),
+    "to": Key(int, 0, "kind = 'periodic': the tag of the master side, the side opposite "
+              "`tag` (2i+1 for 2i+2 and back; 0: that opposite side); the slave side `tag` "
+              "is the master side translated by the box's length along x_i", nonnegative,
+              "a non-negative integer"),
 }
 
 
@@ -665,6 +674,7 @@ def _cross_checks(cfg: dict, source):
             raise ConfigError(f"solver.petsc_options.{k}", "a string, number or boolean", v, source)
         check_petsc_option(k, v, source)
     _check_hamiltonian(cfg, source)
+    _check_periodic(cfg, source)
     _check_exits(cfg, source)
     _check_sigma(cfg, source)
     if cfg["run"]["formulation"] in ("classifier", "generative"):
@@ -726,10 +736,58 @@ def resolve_training(cfg: dict, source=None) -> tuple[str, str]:
     return transport, method
 
 
+def _check_periodic(cfg: dict, source):
+    """Periodic sides: opposite sides of an interval/rectangle/box (``to`` filled in), the
+    Galerkin HJB–FP system by Newton, beside no-flux and leaky walls only."""
+    tables = [(i, b) for i, b in enumerate(cfg["boundary"]) if b["kind"] == "periodic"]
+    if not tables:
+        return
+    kind = cfg["mesh"]["kind"]
+    if kind not in ("interval", "rectangle", "box"):
+        raise ConfigError(f"boundary[{tables[0][0]}].kind", "a kind other than 'periodic' on "
+                          f"mesh.kind = '{kind}' (periodic sides: an interval, rectangle or "
+                          "box)", "periodic", source)
+    d = gdim(cfg)
+    named = {b["tag"] for b in cfg["boundary"]}
+    for i, b in tables:
+        t = b["tag"]
+        if not 1 <= t <= 2 * d:
+            raise ConfigError(f"boundary[{i}].tag", f"a side of the {kind} (1 to {2 * d}) "
+                              "for kind = 'periodic'", t, source)
+        opposite = t + 1 if t % 2 else t - 1
+        if b["to"] == 0:
+            b["to"] = opposite
+        if b["to"] != opposite:
+            raise ConfigError(f"boundary[{i}].to", f"the side opposite tag {t}, {opposite} "
+                              "(periodic sides of a box are opposite sides)", b["to"], source)
+        if opposite in named:
+            raise ConfigError(f"boundary[{i}].to", f"a side no other [[boundary]] table names "
+                              f"(tag {opposite} is the master of the periodic side {t})",
+                              b["to"], source)
+    f, s = cfg["run"]["formulation"], cfg["solver"]
+    checks = (
+        ("run.formulation", f != "hjb-fp", "'hjb-fp' with periodic sides", f),
+        ("solver.method", s["method"] == "picard" or (s["method"] == "cole-hopf"
+                                                      and cfg["problem"]["G"] != "0"),
+         "'newton' or 'auto' with periodic sides ('cole-hopf' without congestion)",
+         s["method"]),
+        ("discretisation.stabilisation", cfg["discretisation"]["stabilisation"] != "none",
+         "'none' with periodic sides", cfg["discretisation"]["stabilisation"]),
+        ("exact.solution", cfg["exact"]["solution"] != "none", "'none' with periodic sides "
+         "(the periodic manufactured solution is a Python API: "
+         "fem_mfc.exact.PeriodicManufactured)", cfg["exact"]["solution"]),
+        ("boundary.kind", any(b["kind"] in ("exit", "dirichlet") for b in cfg["boundary"]),
+         "'no-flux', 'robin' or 'periodic' beside periodic sides", "exit/dirichlet"),
+    )
+    for key, bad, expected, got in checks:
+        if bad:
+            raise ConfigError(key, expected, got, source)
+
+
 def _check_exits(cfg: dict, source):
     """Exits and leaky walls: the Galerkin HJB–FP system by Newton (exits) or Newton and
     Picard (leaky walls), no exact solution."""
-    kinds = {b["kind"] for b in cfg["boundary"]} - {"no-flux"}
+    kinds = {b["kind"] for b in cfg["boundary"]} - {"no-flux", "periodic"}
     if not kinds:
         return
     f, s = cfg["run"]["formulation"], cfg["solver"]

@@ -215,6 +215,63 @@ class Manufactured:
                 "f_F": f_F, "b_F": ufl.dot(flux, self.n)}
 
 
+class PeriodicManufactured(Manufactured):
+    """:class:`Manufactured` fields periodic along the axes ``periodic`` of the box (periodic
+    boundaries, fem_mfc/solvers/periodic.py; the other sides are walls with Neumann data):
+
+      ρ = (1 + β(t)ψ(x))/|Ω|,  ψ = cos(2π(x_0 − l_0)/L_0 − 0.7)·Π_{i≥1} w_i,
+      u = γ(t)(0.3 sin(2π(x_0 − l_0)/L_0 + 0.4 Σ_{i≥1} x_i) + 0.15 cos(4π(x_0 − l_0)/L_0)
+               + ½ Σ_{i non-periodic} (x_i − c_i)²),
+
+    w_i = cos(2π(x_i − l_i)/L_i + 0.3) + 1.5 on a periodic axis i ≥ 1, 1 + 0.5 cos(π(x_i −
+    l_i)/L_i) on a wall axis (axis 0 is periodic; ∫ψ = 0, so the mass is 1).  ∇u·n ≠ 0 and
+    the flux through the periodic sides ≠ 0: a solve with walls there has another solution.
+    The boundary sources act on the wall sides only (the normal components of the wall
+    axes), as the continuous periodic problem has no boundary at the glued sides."""
+
+    def __init__(self, mesh, T, sigma, G, coupling="mftc", time="affine", periodic=(0,),
+                 V=0.0):
+        self.periodic = tuple(periodic)
+        if 0 not in self.periodic:
+            raise ValueError("axis 0 must be periodic")
+        super().__init__(mesh, T, sigma, G, coupling, time=time, space="trig", V=V)
+
+    def _angle(self, i, k=1):
+        L = self.hi - self.lo
+        return 2.0 * math.pi * k * (self.x[i] - self.lo[i]) / L[i]
+
+    def rho(self, t):
+        L = self.hi - self.lo
+        psi = ufl.cos(self._angle(0) - 0.7)
+        for i in range(1, self.d):
+            psi = psi * (ufl.cos(self._angle(i) + 0.3) + 1.5 if i in self.periodic
+                         else 1.0 + 0.5 * ufl.cos(math.pi * (self.x[i] - self.lo[i]) / L[i]))
+        return (1.0 + self._beta(t) * psi / 2.5 ** (self.d - 1)) / self.volume
+
+    def u(self, t):
+        c = 0.5 * (self.lo + self.hi)
+        rest = sum((self.x[i] for i in range(1, self.d)), 0.0)
+        phi = 0.3 * ufl.sin(self._angle(0) + 0.4 * rest) + 0.15 * ufl.cos(self._angle(0, 2))
+        for i in range(1, self.d):
+            if i not in self.periodic:
+                phi = phi + 0.5 * (self.x[i] - c[i]) ** 2
+        return self._gamma(t) * phi
+
+    def sources(self, t):
+        s = super().sources(t)
+        walls = [i for i in range(self.d) if i not in self.periodic]
+        if not walls:
+            s["b_H"] = s["b_F"] = None
+            return s
+        tv = ufl.variable(t)
+        u, rho = self.u(tv), self.rho(tv)
+        gu, eps = ufl.grad(u), self.eps
+        flux = eps * ufl.grad(rho) + rho * gu
+        s["b_H"] = sum(eps * gu[i] * self.n[i] for i in walls)
+        s["b_F"] = sum(flux[i] * self.n[i] for i in walls)
+        return s
+
+
 def from_config(kind: str, cfg: dict, mesh, G, H=None):
     """The exact solution named by ``exact.solution`` for the hjb-fp formulation."""
     pr = cfg["problem"]

@@ -61,6 +61,16 @@ class Exit:
     density: Optional[Callable] = None          # None: ρ = 0 (an exit)
 
 
+@dataclass
+class Periodic:
+    """A periodic pair of sides (solvers/periodic.py): the dofs of the facets tagged ``tag``
+    (the slave side) take the values at x − ``translation``, on the side tagged ``to``."""
+
+    tag: int
+    to: int
+    translation: tuple
+
+
 def interpolate(expr, V, name=None):
     """Interpolate a UFL expression (or number) in x into the space V."""
     f = dolfinx.fem.Function(V, name=name)
@@ -97,6 +107,7 @@ class ControlProblem:
     hamiltonian: Any = None                     # fem_mfc.hamiltonian.Hamiltonian; None: ½|p|²
     exits: list = field(default_factory=list)   # [Exit]: absorbing boundaries (by facet tag)
     robins: list = field(default_factory=list)  # [Robin]: leaky walls (by facet tag)
+    periodic: list = field(default_factory=list)  # [Periodic]: periodic pairs of sides
     space: Any = field(init=False, default=None)
 
     def __post_init__(self):
@@ -107,7 +118,11 @@ class ControlProblem:
         if self.stabilisation not in ("none", "monotone"):
             raise ConfigError("discretisation.stabilisation", "'none' or 'monotone'",
                               self.stabilisation)
-        if (self.exits or self.robins) and self.stabilisation == "monotone":
+        if self.periodic and self.exits:
+            raise ConfigError("boundary.kind", "'no-flux' or 'robin' beside 'periodic' sides "
+                              "(exits and Dirichlet sides with periodic ones are not "
+                              "supported)", "exit")
+        if (self.exits or self.robins or self.periodic) and self.stabilisation == "monotone":
             raise ConfigError("boundary.kind", "'no-flux' with the monotone scheme (exits "
                               "need the Galerkin scheme)", "exit")
         self.T, self.sigma = float(self.T), float(self.sigma)
@@ -170,10 +185,24 @@ class ControlProblem:
         """Time at which the data of step n → n+1 are evaluated: t_n + θτ."""
         return (n + self.theta) * self.tau
 
+    def periodic_map(self):
+        """The periodic map R of the space (solvers/periodic.py), built once; None without
+        periodic sides."""
+        if not self.periodic:
+            return None
+        if getattr(self, "_periodic_map", None) is None:
+            from .solvers.periodic import PeriodicMap
+            self._periodic_map = PeriodicMap(self.space, self.facet_tags, self.periodic)
+        return self._periodic_map
+
     # -- checks ------------------------------------------------------------------------
     def _checked_rho0(self, rho0):
-        """ρ_0 in the solve space: non-negative at the dofs (to round-off), mass 1."""
-        return normalise(interpolate(rho0, self.space, name="rho0"), "rho0", tol=ROUNDOFF)
+        """ρ_0 in the solve space: non-negative at the dofs (to round-off), mass 1 (and
+        periodic: the slave dofs take their masters' values)."""
+        f = interpolate(rho0, self.space, name="rho0")
+        if self.periodic:
+            self.periodic_map().periodise(f)
+        return normalise(f, "rho0", tol=ROUNDOFF)
 
     # -- construction from the config --------------------------------------------------
     @classmethod
@@ -206,7 +235,8 @@ class ControlProblem:
                       stabilisation=disc.get("stabilisation", "none"),
                       hamiltonian=ham.from_config(cfg, mesh),
                       exits=exits_from_config(cfg, x, gdim, params),
-                      robins=robins_from_config(cfg, x, gdim, params))
+                      robins=robins_from_config(cfg, x, gdim, params),
+                      periodic=periodic_from_config(cfg))
         kind = cfg.get("exact", {}).get("solution", "none")
         if kind != "none":
             ex = exact_mod.from_config(kind, cfg, mesh, G, common["hamiltonian"])
@@ -239,6 +269,23 @@ def exits_from_config(cfg: dict, x, gdim: int, params: dict) -> list:
             def density(t, _t=b["density"], _k=f"boundary[{i}].density"):
                 return formula(t, _t, _k)
         out.append(Exit(int(b["tag"]), cost, density))
+    return out
+
+
+def periodic_from_config(cfg: dict) -> list:
+    """The [[boundary]] tables of kind 'periodic' as :class:`Periodic` objects (the sides of
+    an interval/rectangle/box: tag 2i+1 at x_i = lower[i], 2i+2 at x_i = upper[i]; the config
+    checks that ``to`` is the opposite side)."""
+    out = []
+    m = cfg["mesh"]
+    for b in cfg.get("boundary", []):
+        if b["kind"] != "periodic":
+            continue
+        t, to = int(b["tag"]), int(b["to"])
+        i = (t - 1) // 2
+        shift = [0.0] * len(m["lower"])
+        shift[i] = (m["upper"][i] - m["lower"][i]) * (1.0 if t % 2 == 0 else -1.0)
+        out.append(Periodic(t, to, tuple(shift)))
     return out
 
 

@@ -47,6 +47,10 @@ def solve_config(cfg: dict, ctx, md=None):
     if restart is not None:
         resume = checkpoint.read_meta(restart, cfg)
         md = MeshData(checkpoint.read_mesh(restart, ctx.comm))
+        m = cfg["mesh"]
+        if m["kind"] in ("interval", "rectangle", "box"):  # the sides' tags again
+            from ..mesh import side_tags
+            md.facet_tags = side_tags(md.mesh, m["lower"], m["upper"])
         from ..checks import check_formulas
         check_formulas(cfg, md.mesh)
     md = md or build_mesh(cfg, ctx.comm)

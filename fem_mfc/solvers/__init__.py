@@ -30,6 +30,11 @@ def choose_method(problem, method: str = "auto") -> str:
         if method in ("cole-hopf", "picard") and getattr(problem, "exits", None):
             raise ConfigError("solver.method", "'newton' or 'auto' for a problem with exits "
                               "([[boundary]] kind = 'exit')", method)
+        if getattr(problem, "periodic", None) and (
+                method == "picard" or (method == "cole-hopf" and problem.G is not None)):
+            raise ConfigError("solver.method", "'newton' or 'auto' for a problem with "
+                              "periodic sides ([[boundary]] kind = 'periodic'; 'cole-hopf' "
+                              "without congestion)", method)
         if method == "cole-hopf" and getattr(problem, "hamiltonian", None) is not None:
             from .sweeps import hamiltonian_refusal
             raise hamiltonian_refusal("solver.method = 'cole-hopf'")

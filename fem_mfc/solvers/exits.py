@@ -58,6 +58,8 @@ def exit_dofs(problem) -> dict:
 class ExitConstraints:
     """The exit dofs of a space-time system and their constraint values (module docstring)."""
 
+    kind = "exit"
+
     def __init__(self, st):
         p = st.problem
         self.st = st
@@ -106,9 +108,11 @@ class ExitConstraints:
         elif row in ("rho", "rho_last"):
             F[o] = st.u[k - 1].x.array[o] - self.g[k - 1][o]
 
-    def fix_block(self, key, A: PETSc.Mat):
-        """Zero the exit rows and columns of block ``key`` (1 on the diagonal of a pivot)."""
+    def fix_block(self, key, A: PETSc.Mat, fresh: bool = False) -> PETSc.Mat:
+        """Zero the exit rows and columns of block ``key`` (1 on the diagonal of a pivot),
+        in place; returns A."""
         A.zeroRowsColumns(self.rows, diag=1.0 if key in PIVOTS else 0.0)
+        return A
 
     def value_term(self, R: np.ndarray, k: int) -> float:
         """Σ_i ρ^k_i R_i over the exit dofs, R the unconstrained HJB row of level k (owned):

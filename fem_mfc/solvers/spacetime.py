@@ -142,7 +142,8 @@ def hjb_fp(problem) -> Formulation:
                        forward_split=(ForwardSplit("u", H.RHO_CUR, H.RHO_NEXT,
                                                    (1.0 - theta) / theta)
                                       if 0.0 < theta < 1.0 and not getattr(problem, "exits",
-                                                                           None) else None))
+                                                                           None)
+                                      and not getattr(problem, "periodic", None) else None))
 
 
 def populations(problem) -> Formulation:
@@ -241,6 +242,10 @@ class SpaceTime:
         if getattr(p, "exits", None):
             from .exits import ExitConstraints
             self.constraints = ExitConstraints(self)
+            self.constraints.impose()
+        elif getattr(p, "periodic", None):    # solvers/periodic.py: x = Rᵀz
+            from .periodic import PeriodicConstraints
+            self.constraints = PeriodicConstraints(self)
             self.constraints.impose()
         self._compile(cache)
         self.A = None
@@ -471,13 +476,17 @@ class SpaceTime:
         a, L = X.getArray(), self.layout
         for f in range(self.nfields):
             a[L.slice(f)] = self.function(f).x.array[:self.nl]
+        if hasattr(self.constraints, "to_vec"):       # periodic: z = x, slaves 0
+            self.constraints.to_vec(a)
 
     def vec_to_states(self, X: PETSc.Vec):
         a, L = X.getArray(readonly=True), self.layout
         for f in range(self.nfields):
-            fun = self.function(f)
-            fun.x.array[:self.nl] = a[L.slice(f)]
-            fun.x.scatter_forward()
+            self.function(f).x.array[:self.nl] = a[L.slice(f)]
+        if hasattr(self.constraints, "from_vec"):     # periodic: x = Rᵀz
+            self.constraints.from_vec(a)
+        for f in range(self.nfields):
+            self.function(f).x.scatter_forward()
 
     def assign(self, rho, u):
         """States ← the given ρ⁰..ρ^N (ρ⁰ is data and left alone) and u⁰..u^{N−1}."""
@@ -528,7 +537,7 @@ class SpaceTime:
                 loaded = k
             grid[r][c] = self.assembler.block(key, k)
             if self.constraints is not None:
-                self.constraints.fix_block(key, grid[r][c])
+                grid[r][c] = self.constraints.fix_block(key, grid[r][c])
         return grid
 
     def assemble_block(self, r: int, c: int) -> PETSc.Mat:
@@ -537,7 +546,10 @@ class SpaceTime:
         self.load(k)
         A = self.assembler.fresh(self.jac[key])
         if self.constraints is not None:
-            self.constraints.fix_block(key, A)
+            B = self.constraints.fix_block(key, A, fresh=True)
+            if B is not A:
+                A.destroy()
+            A = B
         return A
 
     def jacobian(self, X: PETSc.Vec | None) -> PETSc.Mat:
@@ -578,7 +590,8 @@ class SpaceTime:
                         out[key] += self.scalar(name)
                     else:
                         out[key].append(self.scalar(name))
-        if self.constraints is not None or any(k.startswith("leak:") for k in out):
+        exits = getattr(self.constraints, "kind", None) == "exit"
+        if exits or any(k.startswith("leak:") for k in out):
             self._exit_diagnostics(out)
         else:
             out["mass_error"] = max(abs(m - 1.0) for m in out["mass"])
@@ -589,7 +602,7 @@ class SpaceTime:
     def _exit_diagnostics(self, out: dict):
         """Mass through the exits per step and tag, the exit cost in J, and the mass balance
         max_k |∫ρ^k + exited before t_k − 1| as ``mass_error`` (solvers/exits.py)."""
-        c = self.constraints
+        c = self.constraints if getattr(self.constraints, "kind", None) == "exit" else None
         per_step = [0.0] * self.N
         by_tag = {str(t): [] for t in (c.by_tag if c is not None else ())}
         if c is not None:
@@ -626,6 +639,8 @@ class SpaceTime:
         return not self.comm.allreduce(bad, op=MPI.LOR)
 
     def destroy(self):
+        if hasattr(self.constraints, "destroy"):
+            self.constraints.destroy()
         self.assembler.destroy()
         if self.A is not None:
             self.A.destroy()

@@ -48,8 +48,9 @@ def _check(ksp, what):
 class _Sweeper:
     """x_{next} = (M + θτA)⁻¹ (M − (1−θ)τA) x on rows of a stored (N+1) × n_local array."""
 
-    def __init__(self, A, B, prefix, N, nl, dim):
+    def __init__(self, A, B, prefix, N, nl, dim, periodic=None):
         self.A, self.B, self.comm = A, B, A.getComm().tompi4py()
+        self.periodic = periodic           # PeriodicMap: A, B are R·Rᵀ-transformed
         self.kind = step_kind(A, prefix, dim, solves=2 * N)
         # the sweeps carry exp(−u/2ε) over many orders of magnitude: iterative per-step
         # solves to near round-off (a looser tolerance shows in ρ = χΓ where χ is small)
@@ -68,6 +69,8 @@ class _Sweeper:
         self.ksp.solve(self.rhs, self.views[dst])
         _check(self.ksp, "Cole–Hopf")
         y = self.store[dst]
+        if self.periodic is not None:      # z (slaves 0) → the periodic field Rᵀz
+            self.periodic.extend(y)
         m = _gmax(self.comm, y)
         if not (np.isfinite(m) and m > 0):
             raise SolverError(f"Cole–Hopf: {what} sweep broke down at step {dst} (max = {m})")
@@ -142,12 +145,17 @@ def cole_hopf_fields(problem, rho: list, u: list, prefix="mfc_ch_"):
     A.assemble()
     B = dolfinx.fem.petsc.assemble_matrix(dolfinx.fem.form(b_form))
     B.assemble()
-    sw = _Sweeper(A, B, prefix, N, nl, p.mesh.topology.dim)
+    pm = p.periodic_map() if getattr(p, "periodic", None) else None
+    if pm is not None:     # periodic sides (solvers/periodic.py): R A Rᵀ + I_s, R B Rᵀ
+        A, B = pm.constrained(A, True), pm.constrained(B, False)
+    sw = _Sweeper(A, B, prefix, N, nl, p.mesh.topology.dim, pm)
     chi = sw.store
 
     # backward sweep for χ̃ⁿ, sₙ (n = N … 0)
     phi = dolfinx.fem.Function(V)
     phi.interpolate(dolfinx.fem.Expression(p.Phi, V.element.interpolation_points()))
+    if pm is not None:
+        pm.periodise(phi)
     ph = phi.x.array[:nl]
     phi_min = comm.allreduce(float(ph.min()) if nl else np.inf, op=MPI.MIN)
     s = np.zeros(N + 1)
