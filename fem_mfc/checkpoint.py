@@ -31,6 +31,9 @@ STATE = "state.bp"
 META = "meta.json"
 
 
+TAGS = ("cell_tags", "facet_tags")   # the problem's mesh tags a checkpoint keeps
+
+
 def config_hash(cfg: dict) -> str:
     """A hash of the config sections that define the discrete problem."""
     sections = {k: cfg.get(k) for k in SECTIONS}
@@ -81,14 +84,20 @@ class Writer:
             tmp.mkdir(parents=True)
         comm.barrier()
         bp = tmp / STATE
-        adios4dolfinx.write_mesh(bp, st.problem.mesh)
+        mesh = st.problem.mesh
+        adios4dolfinx.write_mesh(bp, mesh)
+        tags = [name for name in TAGS if getattr(st.problem, name, None) is not None]
+        for name in tags:            # exits, walls, periodic sides and regions by their tags
+            t = getattr(st.problem, name)
+            mesh.topology.create_connectivity(t.dim, 0)
+            adios4dolfinx.write_meshtags(bp, mesh, t, meshtag_name=name)
         for n in range(1, st.N + 1):
             adios4dolfinx.write_function(bp, st.rho[n], name=f"rho_{n}")
         for n in range(st.N):
             adios4dolfinx.write_function(bp, st.u[n], name=f"u_{n}")
         comm.barrier()
         if comm.rank == 0:
-            info = {"config_hash": self.hash, "steps": st.N,
+            info = {"config_hash": self.hash, "steps": st.N, "tags": tags,
                     "ndofs": st.V.dofmap.index_map.size_global, "ranks": comm.size, **meta}
             (tmp / META).write_text(json.dumps(info, indent=1, default=float) + "\n")
             old = self.folder.with_name(self.folder.name + f".old-{os.getpid()}")
@@ -138,10 +147,17 @@ def read_meta(folder: Path, cfg: dict) -> dict:
     return meta
 
 
-def read_mesh(folder: Path, comm=MPI.COMM_WORLD):
-    """The checkpoint's mesh, distributed over ``comm`` (any number of ranks)."""
+def read_mesh(folder: Path, comm=MPI.COMM_WORLD, meta: dict | None = None):
+    """The checkpoint's mesh, distributed over ``comm`` (any number of ranks), and its tags:
+    (mesh, {"cell_tags": …, "facet_tags": …}) with the tags the checkpoint holds."""
     import adios4dolfinx
-    return adios4dolfinx.read_mesh(Path(folder) / STATE, comm)
+    bp = Path(folder) / STATE
+    mesh = adios4dolfinx.read_mesh(bp, comm)
+    tags = {}
+    for name in (meta or {}).get("tags", ()):
+        if name in TAGS:
+            tags[name] = adios4dolfinx.read_meshtags(bp, mesh, meshtag_name=name)
+    return mesh, tags
 
 
 def load_states(folder: Path, st):

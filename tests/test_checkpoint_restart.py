@@ -189,3 +189,27 @@ def test_checkpoint_of_another_problem_is_refused(tmp_path):
     p = run_cli(["run", str(other), "--out", str(tmp_path / "o"), "--restart",
                  str(tmp_path / "nothing")])
     assert p.returncode == 2 and "checkpoint" in p.stderr
+
+
+@pytest.mark.slow
+def test_restart_keeps_the_tags_of_a_gmsh_mesh(tmp_path):
+    """Exits on a gmsh room (physical groups): the checkpoint keeps the mesh's facet and cell
+    tags, so the restart (on 2 ranks) finds its doors and reaches the uninterrupted J and
+    exited mass (before: 'a mesh with tagged boundary facets' expected, exit 2)."""
+    text = (REPO / "demos" / "room_evacuation.toml").read_text()
+    text = text.replace('file = "../meshes/room.msh"', f'file = "{REPO / "meshes" / "room.msh"}"')
+    assert str(REPO / "meshes") in text and "[output]" not in text
+    cfg = tmp_path / "room.toml"
+    cfg.write_text(text + "\n[output]\nfigures = false\nvtx = false\nprogress = false\n"
+                   "checkpoint_every = 1\n")
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "full"), "--quiet"])
+    assert p.returncode == 0, p.stderr
+    full = read_summary(tmp_path / "full")
+    ck = killed_after_checkpoint(cfg, tmp_path / "cut", 1, 1)
+    assert json.loads((ck / "meta.json").read_text())["tags"] == ["cell_tags", "facet_tags"]
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "cut"), "--quiet", "--restart",
+                 str(ck)], ranks=2)
+    assert p.returncode == 0, p.stderr
+    s = read_summary(tmp_path / "cut")
+    assert abs(s["J"] - full["J"]) <= 1e-9 * abs(full["J"])
+    assert abs(s["mass_exited"] - full["mass_exited"]) <= 1e-9

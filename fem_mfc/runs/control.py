@@ -46,9 +46,11 @@ def solve_config(cfg: dict, ctx, md=None):
     resume = system = writer = None
     if restart is not None:
         resume = checkpoint.read_meta(restart, cfg)
-        md = MeshData(checkpoint.read_mesh(restart, ctx.comm))
+        mesh, tags = checkpoint.read_mesh(restart, ctx.comm, resume)
+        md = MeshData(mesh, **tags)
         m = cfg["mesh"]
-        if m["kind"] in ("interval", "rectangle", "box"):  # the sides' tags again
+        if md.facet_tags is None and m["kind"] in ("interval", "rectangle", "box"):
+            # a checkpoint without tags: the sides' tags again
             from ..mesh import side_tags
             md.facet_tags = side_tags(md.mesh, m["lower"], m["upper"])
         from ..checks import check_formulas
