@@ -2,7 +2,7 @@
 torch ResNet of the same depth and a neural ODE (same anchor head, trained to a plateau of
 their own objective over several seeds), with the Bayes-optimal ceiling.
 
-  bin/fem-env python3 benchmarks/bench_comparison.py [--quick] [--seeds 3] [--epochs 6000]
+  bin/fem-env python3 benchmarks/bench_comparison.py [--quick] [--seeds 3] [--epochs 20000]
       [--patience 100] [--only moons,spirals1.5] [--out results/bench_comparison]
 
 Data sets: the demo configs (demos/moons.toml, circles.toml, circles3d.toml, spirals.toml) and
@@ -85,8 +85,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small runs (demo --quick sizes)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per baseline (default 3)")
-    ap.add_argument("--epochs", type=int, default=6000,
-                    help="baselines' maximum epochs (default 6000; --quick: 50)")
+    ap.add_argument("--epochs", type=int, default=20000,
+                    help="baselines' maximum epochs (default 20000; --quick: 50)")
     ap.add_argument("--patience", type=int, default=100, help="plateau window (default 100)")
     ap.add_argument("--fresh", type=int, default=None,
                     help="fresh sample size (default 20000; --quick: 2000)")
