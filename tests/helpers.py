@@ -127,3 +127,29 @@ def check_comparison_table(report: str, seeds: int, node: bool = True, bayes: bo
     if bayes_row:
         assert 0 < float(bayes_row[2]) <= 1
     assert "The PDE network" in report and "minimises J" in report
+
+
+def dense(A) -> np.ndarray:
+    """A serial PETSc AIJ matrix as a dense array."""
+    import scipy.sparse as sp
+    ai, aj, av = A.getValuesCSR()
+    return sp.csr_matrix((av, aj, ai), shape=A.getSize()).toarray()
+
+
+def kkt_blocks(st, seed: int = 1):
+    """The space-time Jacobian of ``st`` at a generic (non-solution) state — the states
+    perturbed randomly, then put back on the constraints if the system has any — as a dense
+    matrix M, with its FP block ∂(equations of u)/∂ρ and its HJB block ∂(equations of ρ)/∂u
+    (fields by role, from the layout)."""
+    rng = np.random.default_rng(seed)
+    for f in st.rho[1:] + st.u:
+        f.x.array[:] += 0.1 * rng.standard_normal(f.x.array.size)
+    if st.constraints is not None:
+        st.constraints.impose()
+    M = dense(st.jacobian(None))
+    lay = st.layout
+
+    def rows(fields):
+        return np.concatenate([np.arange(s.start, s.stop) for s in map(lay.slice, fields)])
+    u_idx, r_idx = rows(lay.backward_fields()), rows(lay.forward_fields())
+    return M, M[np.ix_(u_idx, r_idx)], M[np.ix_(r_idx, u_idx)]

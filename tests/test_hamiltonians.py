@@ -12,7 +12,6 @@ from petsc4py import PETSc
 import dolfinx
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import ufl
 
 from fem_mfc import config
@@ -24,6 +23,7 @@ from fem_mfc.problem import ControlProblem
 from fem_mfc.solvers import newton, solve
 from fem_mfc.solvers.kkt import KKTOperator
 from fem_mfc.solvers.spacetime import SpaceTime, hjb_fp, symbolic_quadratic
+from helpers import dense, kkt_blocks
 
 BE, CN = "backward-euler", "crank-nicolson"
 
@@ -111,22 +111,6 @@ def problem(kind, coupling="mftc", nx=8, steps=4, scheme=CN, comm=MPI.COMM_SELF,
                           G=(lambda r: 0.5 * kappa * r ** 2) if kappa else None,
                           coupling=coupling, hamiltonian=H(mesh) if H else None,
                           rho0=ufl.exp(-((x[0] + 0.4) ** 2 + x[1] ** 2) / (2 * 0.2 ** 2)))
-
-
-def dense(A):
-    ai, aj, av = A.getValuesCSR()
-    return sp.csr_matrix((av, aj, ai), shape=A.getSize()).toarray()
-
-
-def kkt_blocks(st, seed=1):
-    rng = np.random.default_rng(seed)
-    for f in st.rho[1:] + st.u:                       # a generic (non-solution) state
-        f.x.array[:] += 0.1 * rng.standard_normal(f.x.array.size)
-    M = dense(st.jacobian(None))
-    nl, nf = st.nl, st.nfields
-    u_idx = np.concatenate([np.arange(f * nl, (f + 1) * nl) for f in range(0, nf, 2)])
-    r_idx = np.concatenate([np.arange(f * nl, (f + 1) * nl) for f in range(1, nf, 2)])
-    return M, M[np.ix_(u_idx, r_idx)], M[np.ix_(r_idx, u_idx)]
 
 
 @pytest.mark.parametrize("scheme", [BE, CN])

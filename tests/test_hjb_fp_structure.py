@@ -6,7 +6,6 @@ from mpi4py import MPI
 import dolfinx
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import ufl
 
 from fem_mfc import config
@@ -15,6 +14,7 @@ from fem_mfc.forms import hjb_fp as H
 from fem_mfc.problem import ControlProblem
 from fem_mfc.solvers import choose_method, cole_hopf_solve, solve
 from fem_mfc.solvers.spacetime import SpaceTime
+from helpers import kkt_blocks
 
 CN, BE = "crank-nicolson", "backward-euler"
 
@@ -28,26 +28,12 @@ def congested_2d(nx=16, kappa=1.0, coupling="mftc", steps=10, comm=MPI.COMM_SELF
                           rho0=ufl.exp(-((x[0] + 0.4) ** 2 + x[1] ** 2) / (2 * 0.2 ** 2)))
 
 
-def dense(A):
-    ai, aj, av = A.getValuesCSR()
-    return sp.csr_matrix((av, aj, ai), shape=A.getSize()).toarray()
-
-
 @pytest.mark.parametrize("scheme", [BE, CN])
 @pytest.mark.parametrize("coupling", ["mftc", "mfg"])
 def test_fp_matrix_is_transpose_of_linearised_hjb(scheme, coupling):
     p = congested_2d(nx=4, steps=3, coupling=coupling)
     p.scheme = scheme
-    st = SpaceTime(p)
-    rng = np.random.default_rng(1)
-    for f in st.rho[1:] + st.u:                       # a generic (non-solution) state
-        f.x.array[:] += 0.1 * rng.standard_normal(f.x.array.size)
-    M = dense(st.jacobian(None))
-    nl, nf = st.nl, st.nfields
-    u_idx = np.concatenate([np.arange(f * nl, (f + 1) * nl) for f in range(0, nf, 2)])
-    r_idx = np.concatenate([np.arange(f * nl, (f + 1) * nl) for f in range(1, nf, 2)])
-    fp = M[np.ix_(u_idx, r_idx)]                      # ∂(FP rows)/∂ρ
-    hjb = M[np.ix_(r_idx, u_idx)]                     # ∂(HJB rows)/∂u
+    M, fp, hjb = kkt_blocks(SpaceTime(p))             # at a generic (non-solution) state
     assert np.abs(fp).max() > 0.1
     assert np.abs(fp - hjb.T).max() < 1e-13 * np.abs(fp).max()
     assert np.abs(M - M.T).max() < 1e-13 * np.abs(M).max()   # symmetric KKT matrix

@@ -6,7 +6,6 @@ from mpi4py import MPI
 import dolfinx
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import ufl
 
 from fem_mfc.errors import ConfigError
@@ -14,7 +13,7 @@ from fem_mfc.populations import ManufacturedPopulations, Population, PopulationP
 from fem_mfc.problem import ControlProblem
 from fem_mfc.solvers import solve
 from fem_mfc.solvers.spacetime import SpaceTime
-from helpers import observed_orders
+from helpers import kkt_blocks, observed_orders
 
 BE, CN = "backward-euler", "crank-nicolson"
 
@@ -128,11 +127,6 @@ def test_symmetric_crossing(coupling):
     assert gap > 1e-2 * max(np.abs(a.x.array).max() for a in r.rho)
 
 
-def dense(A):
-    ai, aj, av = A.getValuesCSR()
-    return sp.csr_matrix((av, aj, ai), shape=A.getSize()).toarray()
-
-
 @pytest.mark.parametrize("scheme", [BE, CN])
 @pytest.mark.parametrize("coupling,C", [("mftc", ((1.0, 0.6), (0.6, 2.0))),
                                         ("mfg", ((1.0, 0.9), (-0.3, 2.0)))])
@@ -140,15 +134,7 @@ def test_discrete_duality(scheme, coupling, C):
     """The FP rows' ρ-block is the transpose of the HJB rows' u-block (any C); the whole
     KKT matrix is symmetric for mftc (one Lagrangian) and not for a non-symmetric game."""
     pp = crossing(corridor(6, 4), C=C, coupling=coupling, scheme=scheme, steps=3)
-    st = SpaceTime(pp)
-    rng = np.random.default_rng(1)
-    for f in st.rho[1:] + st.u:
-        f.x.array[:] += 0.1 * rng.standard_normal(f.x.array.size)
-    M = dense(st.jacobian(None))
-    nl, nf = st.nl, st.nfields
-    u_idx = np.concatenate([np.arange(f * nl, (f + 1) * nl) for f in range(0, nf, 2)])
-    r_idx = np.concatenate([np.arange(f * nl, (f + 1) * nl) for f in range(1, nf, 2)])
-    fp, hjb = M[np.ix_(u_idx, r_idx)], M[np.ix_(r_idx, u_idx)]
+    M, fp, hjb = kkt_blocks(SpaceTime(pp))
     assert np.abs(fp).max() > 0.1
     assert np.abs(fp - hjb.T).max() < 1e-13 * np.abs(fp).max()
     asym = np.abs(M - M.T).max() / np.abs(M).max()
