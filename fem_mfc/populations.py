@@ -26,9 +26,9 @@ import numpy as np
 import ufl
 
 from .errors import ConfigError
-from .forms.hjb_fp import THETA, StepData
+from .forms.hjb_fp import StepData
 from .forms.populations import PopulationsData
-from .problem import check_common
+from .problem import TimeGrid, check_common
 
 ROUNDOFF = 1e-10
 
@@ -60,7 +60,7 @@ def _as_ufl(expr, mesh):
 
 
 @dataclass
-class PopulationProblem:
+class PopulationProblem(TimeGrid):
     """K populations on one mesh, horizon T, ``steps`` time steps (see the module docstring).
     ``interaction``: the K × K matrix C (None: no interaction); for ``coupling = "mftc"`` it
     must be symmetric."""
@@ -130,24 +130,12 @@ class PopulationProblem:
         return [float(p.mass) for p in self.populations]
 
     @property
-    def tau(self) -> float:
-        return self.T / self.steps
-
-    @property
-    def theta(self) -> float:
-        return THETA[self.scheme]
-
-    @property
     def G(self):
         """Any congestion or interaction (the solvers' ``problem.G is not None``)."""
         if any(p.G is not None for p in self.populations) or any(
                 v != 0.0 for row in self.interaction for v in row):
             return True
         return None
-
-    @property
-    def congested(self) -> bool:
-        return self.G is not None
 
     def step_data(self) -> PopulationsData:
         tau = dolfinx.fem.Constant(self.mesh, self.tau)
@@ -158,15 +146,6 @@ class PopulationProblem:
                       for p in self.populations)
         return PopulationsData(steps=steps, C=tuple(tuple(r) for r in self.interaction),
                                coupling=self.coupling, scale=scale)
-
-    def rho_time(self, n: int) -> float:
-        return n * self.tau
-
-    def u_time(self, n: int) -> float:
-        return (n + 1.0 - self.theta) * self.tau
-
-    def source_time(self, n: int) -> float:
-        return (n + self.theta) * self.tau
 
     # -- components ----------------------------------------------------------------------
     def component(self, f, k: int, out=None):

@@ -23,6 +23,35 @@ from .forms.hjb_fp import THETA, StepData
 ROUNDOFF = 1e-10
 
 
+class TimeGrid:
+    """What every control problem derives from its T, steps, scheme and G: step, θ and the
+    times of the levels (a mixin of the problem dataclasses)."""
+
+    @property
+    def tau(self) -> float:
+        return self.T / self.steps
+
+    @property
+    def theta(self) -> float:
+        return THETA[self.scheme]
+
+    @property
+    def congested(self) -> bool:
+        return self.G is not None
+
+    def rho_time(self, n: int) -> float:
+        """Time of ρⁿ."""
+        return n * self.tau
+
+    def u_time(self, n: int) -> float:
+        """Time approximated by uⁿ: t_n (backward Euler) or t_{n+½} (midpoint)."""
+        return (n + 1.0 - self.theta) * self.tau
+
+    def source_time(self, n: int) -> float:
+        """Time at which the data of step n → n+1 are evaluated: t_n + θτ."""
+        return (n + self.theta) * self.tau
+
+
 def check_common(p) -> None:
     """The checks every control problem's data share (one line naming the key otherwise):
     horizon T, steps, degree, time scheme and coupling mode."""
@@ -85,7 +114,7 @@ def interpolate(expr, V, name=None):
 
 
 @dataclass
-class ControlProblem:
+class ControlProblem(TimeGrid):
     """Data of the single-population control problem; see the module docstring."""
 
     mesh: Any
@@ -137,18 +166,6 @@ class ControlProblem:
     def eps(self) -> float:
         return 0.5 * self.sigma ** 2
 
-    @property
-    def tau(self) -> float:
-        return self.T / self.steps
-
-    @property
-    def theta(self) -> float:
-        return THETA[self.scheme]
-
-    @property
-    def congested(self) -> bool:
-        return self.G is not None
-
     def step_data(self) -> StepData:
         """The data of the per-step Lagrangian density (forms/hjb_fp.py)."""
         # τ and ε as Constants: one compiled form serves every step count and noise level
@@ -172,18 +189,6 @@ class ControlProblem:
         ds = ufl.Measure("ds", domain=self.mesh, subdomain_data=self.facet_tags)
         return tuple((r.tag, ds(r.tag), dolfinx.fem.Constant(self.mesh, float(r.rate)),
                       r.cost) for r in self.robins)
-
-    def rho_time(self, n: int) -> float:
-        """Time of ρⁿ."""
-        return n * self.tau
-
-    def u_time(self, n: int) -> float:
-        """Time approximated by uⁿ: t_n (backward Euler) or t_{n+½} (midpoint)."""
-        return (n + 1.0 - self.theta) * self.tau
-
-    def source_time(self, n: int) -> float:
-        """Time at which the data of step n → n+1 are evaluated: t_n + θτ."""
-        return (n + self.theta) * self.tau
 
     def periodic_map(self):
         """The periodic map R of the space (solvers/periodic.py), built once; None without

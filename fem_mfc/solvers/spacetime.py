@@ -121,9 +121,6 @@ def hjb_fp(problem) -> Formulation:
     if getattr(problem, "populations", None):
         return populations(problem)
     d = problem.step_data()
-    V = problem.space
-    phi = dolfinx.fem.Function(V)
-    phi.interpolate(dolfinx.fem.Expression(problem.Phi, V.element.interpolation_points()))
     theta = d.theta
     coupled, quadratic = H.structure(d)
     diagnostics = dict(HJB_DIAGNOSTICS)       # + the mass through each leaky wall per step
@@ -133,17 +130,29 @@ def hjb_fp(problem) -> Formulation:
                        functionals=lambda tm, tc: H.level_functionals(tm, tc, d),
                        diagnostics=diagnostics,
                        data={"rho": problem.rho0, "u": None},
-                       guess={"rho": problem.rho0, "u": phi},
+                       guess=trivial_guess(problem),
                        parameters=dict(d.parameters),
                        depends=None if coupled is None else H.row_dependencies(theta, coupled),
                        quadratic=quadratic,
                        mirrored=H.mirrored(d),
-                       # exits replace rows of the FP step: B_n = αP_n + E no longer holds
-                       forward_split=(ForwardSplit("u", H.RHO_CUR, H.RHO_NEXT,
-                                                   (1.0 - theta) / theta)
-                                      if 0.0 < theta < 1.0 and not getattr(problem, "exits",
-                                                                           None)
-                                      and not getattr(problem, "periodic", None) else None))
+                       forward_split=forward_split(problem, theta))
+
+
+def trivial_guess(problem) -> dict:
+    """ρⁿ = ρ_0 and uⁿ = Φ (interpolated) on every level."""
+    V = problem.space
+    phi = dolfinx.fem.Function(V)
+    phi.interpolate(dolfinx.fem.Expression(problem.Phi, V.element.interpolation_points()))
+    return {"rho": problem.rho0, "u": phi}
+
+
+def forward_split(problem, theta: float) -> ForwardSplit | None:
+    """The FP rows' B_n = αP_n + E (θ-scheme, 0 < θ < 1) — unless exits or periodic sides
+    replace rows of the FP step, after which it no longer holds."""
+    if not 0.0 < theta < 1.0 or getattr(problem, "exits", None) or getattr(problem,
+                                                                           "periodic", None):
+        return None
+    return ForwardSplit("u", H.RHO_CUR, H.RHO_NEXT, (1.0 - theta) / theta)
 
 
 def populations(problem) -> Formulation:
@@ -152,9 +161,6 @@ def populations(problem) -> Formulation:
     (``mass:k``), the total as ``mass``, and ``mass_error`` = max_k,n |∫ρ_kⁿ − m_k|."""
     from ..forms import populations as P
     d = problem.step_data()
-    V = problem.space
-    phi = dolfinx.fem.Function(V)
-    phi.interpolate(dolfinx.fem.Expression(problem.Phi, V.element.interpolation_points()))
     theta = d.theta
     coupled, quadratic = P.coupling_shape(d)
     diagnostics = dict(HJB_DIAGNOSTICS)
@@ -176,13 +182,11 @@ def populations(problem) -> Formulation:
                        functionals=lambda tm, tc: P.level_functionals(tm, tc, d),
                        diagnostics=diagnostics, finish=finish,
                        data={"rho": problem.rho0, "u": None},
-                       guess={"rho": problem.rho0, "u": phi},
+                       guess=trivial_guess(problem),
                        parameters=dict(d.parameters),
                        depends=None if coupled is None else H.row_dependencies(theta, coupled),
                        quadratic=quadratic, mirrored=True,
-                       forward_split=(ForwardSplit("u", H.RHO_CUR, H.RHO_NEXT,
-                                                   (1.0 - theta) / theta)
-                                      if 0.0 < theta < 1.0 else None))
+                       forward_split=forward_split(problem, theta))
 
 
 def jacobian_blocks(res: dict, tm: dict, depends: dict | None = None) -> dict:
