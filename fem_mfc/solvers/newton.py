@@ -6,8 +6,9 @@ two solvers for the Newton step (the *linear path*):
 * ``"lu"``: the Jacobian blocks gathered into a MatNest, converted to AIJ and factorised by
   MUMPS.  Exact and robust, but the space-time KKT matrix factorises like a problem of one
   dimension more than the mesh.
-* ``"sweep"``: FGMRES on the blocks (:class:`~fem_mfc.solvers.kkt.KKTOperator`, products
-  grouped by matrix) preconditioned by one backward (linearised HJB) and one forward
+* ``"sweep"``: GMRES (FGMRES for iterative per-step solves; ``-{prefix}newton_krylov``) on
+  the blocks (:class:`~fem_mfc.solvers.kkt.KKTOperator`, products grouped by matrix),
+  right-preconditioned by one backward (linearised HJB) and one forward
   (linearised FP) sweep of per-step solves (:class:`~fem_mfc.solvers.kkt_pc.SweepPC`, a
   PETSc python PC); memory and work grow like N problems of the mesh's dimension.  The Newton
   steps are *inexact* (:class:`Forcing`, Eisenstat–Walker; ``-{prefix}newton_forcing exact``
@@ -50,8 +51,13 @@ DEFAULTS = {"snes_linesearch_type": "bt"}
 REASONS = options.REASONS
 LINEAR = ("auto", "lu", "sweep")
 KSP_RTOL, KSP_ATOL = 1e-12, 1e-14
-KRYLOV_RESTART = 8              # FGMRES keeps 2 space-time vectors per iteration (16 B per
-                                # DOF·step each): inexact Newton steps take 2–6 iterations
+KRYLOV_RESTART = 8              # inexact Newton steps take 2–6 Krylov iterations
+KRYLOV = ("auto", "gmres", "fgmres")
+# The Krylov method of the sweep path (-{prefix}newton_krylov): right-preconditioned GMRES
+# where the sweep preconditioner is a fixed linear map (direct per-step solves), FGMRES where
+# it is not (iterative per-step solves).  Same iterates; GMRES keeps no preconditioned
+# directions (13 instead of 24 space-time vectors of 16 B per DOF·step at restart 8) for one
+# more preconditioner application per Newton step (M⁻¹ of the combined directions).
 FORCING = ("adaptive", "exact")
 GUESSES = ("trivial", "cole-hopf", "coarse")
 ETA_MAX, ETA_GAMMA, ETA_ALPHA = 3e-2, 0.9, 2.0   # EW choice 2; 0.3 stalled here
@@ -212,7 +218,7 @@ class NewtonSolver:
                 self.trap = TrapezoidResidual(op)
             self._jac = (self._jacobian, op.product.mat, op.product.mat)
             snes.setJacobian(*self._jac)
-            ksp.setType("fgmres")
+            ksp.setType(self._krylov(op, prefix))
             ksp.setPCSide(PETSc.PC.Side.RIGHT)
             ksp.setTolerances(rtol=KSP_RTOL, atol=KSP_ATOL, max_it=300)
             ksp.setGMRESRestart(KRYLOV_RESTART)
@@ -220,6 +226,23 @@ class NewtonSolver:
             pc.setType("python")
             pc.setPythonType(PYTHON_TYPE)
         snes.setFromOptions()
+
+    def _krylov(self, op, prefix: str) -> str:
+        """The Krylov method of the sweep path (see KRYLOV): ``-{prefix}newton_krylov``, else
+        GMRES for direct per-step solves and FGMRES for iterative ones."""
+        from .steps import step_kind
+        krylov = options.get("newton_krylov", "auto", prefix)
+        if krylov not in KRYLOV:
+            raise ConfigError(f"-{prefix}newton_krylov", "one of " + ", ".join(KRYLOV), krylov)
+        if krylov != "auto":
+            return krylov
+        st, sweep = self.st, prefix + "sweep_"
+        pivot = op.pivot_matrix(st.layout.forward_rows()[0])[0]
+        kind = step_kind(pivot, sweep, st.V.mesh.topology.dim)
+        direct = (kind == "lu"            # a user's per-step Krylov method may vary per solve
+                  and options.get("ksp_type", "preonly", sweep) == "preonly"
+                  and options.get("pc_type", "lu", sweep) in ("lu", "cholesky", "redundant"))
+        return "gmres" if direct else "fgmres"
 
     def describe(self) -> dict:
         """The resolved solver path (after a solve: the per-step solver is known)."""
