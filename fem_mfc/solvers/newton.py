@@ -476,6 +476,16 @@ class NewtonSolver:
             self._lu_defaults = None
 
 
+def initial_states(st: SpaceTime, trivial: bool = False) -> PETSc.Vec:
+    """A new vector of the current states of ``st`` (``trivial``: of its trivial guess; the
+    states are left there)."""
+    if trivial:
+        st.set_guess()
+    X0 = st.create_vec()
+    st.states_to_vec(X0)
+    return X0
+
+
 def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_options=None,
            system: SpaceTime | None = None, linear: str = "auto",
            forcing: str = "adaptive", guess: str = "trivial",
@@ -507,7 +517,7 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
         if resume is not None:
             guess = f"restart (iteration {resume.get('iteration')}, lambda " \
                     f"{resume.get('lambda', 1.0):g})"
-        X0 = st.create_vec()
+        X0 = None
         try:
             if guess == "cole-hopf" and not cole_hopf_guess(st, solver.trap):
                 guess = "trivial (the Cole-Hopf guess had the larger residual)"
@@ -517,7 +527,12 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                                      prefix=prefix)
             if st.constraints is not None:
                 st.constraints.impose()       # exits: Newton starts on the constraints
-            st.states_to_vec(X0)
+            # the start of a continuation: kept unless it is the trivial guess, which is
+            # set again when needed (one space-time vector less during the direct attempt)
+            regenerate = (system is None and resume is None and guess == "trivial"
+                          and st.constraints is None)
+            if not regenerate:
+                X0 = initial_states(st)
             stages = []
             if resume is not None and resume.get("lambda", 1.0) < 1.0 and continuation:
                 from .continuation import continue_to
@@ -536,6 +551,8 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                     solver.stall_exit = False
                 if not out["converged"] and continuation:
                     from .continuation import continue_to
+                    if X0 is None:
+                        X0 = initial_states(st, trivial=True)
                     out, stages = continue_to(solver, out, X0)
             history = out["history"]
             if history:
@@ -546,7 +563,8 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
             path = dict(solver.describe(), auto=rule)
         finally:
             solver.destroy()
-            X0.destroy()
+            if X0 is not None:
+                X0.destroy()
         if not st.finite():
             raise SolverError("Newton: the solution contains NaN or inf (diverged)")
         return Result.from_system(st, method="newton", iterations=out["iterations"],
