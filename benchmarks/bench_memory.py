@@ -100,8 +100,7 @@ def wrap(cls, name, stage, charges, seen=None):
 
 
 def problem(cells, steps):
-    sys.path.insert(0, str(HERE))
-    from bench_hjb_fp import problem as make
+    from bench_hjb_fp import problem as make  # beside this script (its folder is first)
     return make(cells, steps, True)
 
 
