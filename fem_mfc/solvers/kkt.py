@@ -145,10 +145,8 @@ class TrapezoidResidual:
 
     def __init__(self, op: KKTOperator):
         self.op = op
-        st = op.st
-        self.x = self.F = None
-        self.d, self.w = st.create_vec(), st.create_vec()
-        self.assembled = self.derived = 0     # residuals by assembly / by the identity
+        self.x = self.F = None                # the last point and F there (two space-time
+        self.assembled = self.derived = 0     # vectors); residuals by assembly / identity
 
     def current(self, x: PETSc.Vec) -> bool:
         return self.x is not None and x.equal(self.x)
@@ -170,22 +168,23 @@ class TrapezoidResidual:
         if x.equal(self.x):
             self.F.copy(f)
             return
-        x.copy(self.d)
-        self.d.axpy(-1.0, self.x)             # d = y − x
-        K = self.op.product.mat
-        K.mult(self.d, self.w)                # K(x) d
-        self.op.update(x)                     # the blocks (and states) at y
-        K.mult(self.d, f)                     # K(y) d
-        f.axpy(1.0, self.w)
-        f.aypx(0.5, self.F)                   # F(y) = F(x) + ½(K(x) + K(y)) d
+        K, F = self.op.product.mat, self.F
+        try:
+            x.copy(f)
+            f.axpy(-1.0, self.x)
+            f.scale(0.5)                      # f = ½d, d = y − x (f is the work vector)
+            K.multAdd(f, F, F)                # F(x) + ½K(x)d
+            self.op.update(x)                 # the blocks (and states) at y
+            K.multAdd(f, F, F)                # F(y) = F(x) + ½K(x)d + ½K(y)d
+        except BaseException:
+            self.reset()                      # F no longer holds F(x)
+            raise
         x.copy(self.x)
-        f.copy(self.F)
+        F.copy(f)
         self.derived += 1
 
     def destroy(self):
         self.reset()
-        for v in (self.d, self.w):
-            v.destroy()
 
 
 __all__ = ["KKTOperator", "TrapezoidResidual"]

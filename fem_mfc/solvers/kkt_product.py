@@ -163,12 +163,21 @@ class KKTProduct:
             self.yout.resetArray()
 
     def mult(self, mat, x: PETSc.Vec, y: PETSc.Vec):
+        self._mult(x, y, accumulate=False)
+
+    def multAdd(self, mat, x: PETSc.Vec, v: PETSc.Vec, y: PETSc.Vec):
+        """y = v + K x without a work vector (``v`` may be ``y``)."""
+        if v.handle != y.handle:
+            v.copy(y)
+        self._mult(x, y, accumulate=True)
+
+    def _mult(self, x: PETSc.Vec, y: PETSc.Vec, accumulate: bool):
         nl, nf = self.nl, self.nf
         xa = x.getArray(readonly=True)
         xs = [xa[f * nl:(f + 1) * nl] for f in range(nf)]
         ya = y.getArray()
         ys = [ya[f * nl:(f + 1) * nl] for f in range(nf)]
-        fresh = [True] * nf                   # row not yet written (no zeroing pass)
+        fresh = [not accumulate] * nf         # row not yet written (no zeroing pass)
 
         def add(r, w, a):
             if fresh[r]:

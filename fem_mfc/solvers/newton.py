@@ -6,8 +6,9 @@ two solvers for the Newton step (the *linear path*):
 * ``"lu"``: the Jacobian blocks gathered into a MatNest, converted to AIJ and factorised by
   MUMPS.  Exact and robust, but the space-time KKT matrix factorises like a problem of one
   dimension more than the mesh.
-* ``"sweep"``: FGMRES on the blocks (:class:`~fem_mfc.solvers.kkt.KKTOperator`, products
-  grouped by matrix) preconditioned by one backward (linearised HJB) and one forward
+* ``"sweep"``: GMRES (FGMRES for iterative per-step solves; ``-{prefix}newton_krylov``) on
+  the blocks (:class:`~fem_mfc.solvers.kkt.KKTOperator`, products grouped by matrix),
+  right-preconditioned by one backward (linearised HJB) and one forward
   (linearised FP) sweep of per-step solves (:class:`~fem_mfc.solvers.kkt_pc.SweepPC`, a
   PETSc python PC); memory and work grow like N problems of the mesh's dimension.  The Newton
   steps are *inexact* (:class:`Forcing`, Eisenstat–Walker; ``-{prefix}newton_forcing exact``
@@ -50,8 +51,13 @@ DEFAULTS = {"snes_linesearch_type": "bt"}
 REASONS = options.REASONS
 LINEAR = ("auto", "lu", "sweep")
 KSP_RTOL, KSP_ATOL = 1e-12, 1e-14
-KRYLOV_RESTART = 8              # FGMRES keeps 2 space-time vectors per iteration (16 B per
-                                # DOF·step each): inexact Newton steps take 2–6 iterations
+KRYLOV_RESTART = 8              # inexact Newton steps take 2–6 Krylov iterations
+KRYLOV = ("auto", "gmres", "fgmres")
+# The Krylov method of the sweep path (-{prefix}newton_krylov): right-preconditioned GMRES
+# where the sweep preconditioner is a fixed linear map (direct per-step solves), FGMRES where
+# it is not (iterative per-step solves).  Same iterates; GMRES keeps no preconditioned
+# directions (13 instead of 24 space-time vectors of 16 B per DOF·step at restart 8) for one
+# more preconditioner application per Newton step (M⁻¹ of the combined directions).
 FORCING = ("adaptive", "exact")
 GUESSES = ("trivial", "cole-hopf", "coarse")
 ETA_MAX, ETA_GAMMA, ETA_ALPHA = 3e-2, 0.9, 2.0   # EW choice 2; 0.3 stalled here
@@ -212,7 +218,7 @@ class NewtonSolver:
                 self.trap = TrapezoidResidual(op)
             self._jac = (self._jacobian, op.product.mat, op.product.mat)
             snes.setJacobian(*self._jac)
-            ksp.setType("fgmres")
+            ksp.setType(self._krylov(op, prefix))
             ksp.setPCSide(PETSc.PC.Side.RIGHT)
             ksp.setTolerances(rtol=KSP_RTOL, atol=KSP_ATOL, max_it=300)
             ksp.setGMRESRestart(KRYLOV_RESTART)
@@ -220,6 +226,23 @@ class NewtonSolver:
             pc.setType("python")
             pc.setPythonType(PYTHON_TYPE)
         snes.setFromOptions()
+
+    def _krylov(self, op, prefix: str) -> str:
+        """The Krylov method of the sweep path (see KRYLOV): ``-{prefix}newton_krylov``, else
+        GMRES for direct per-step solves and FGMRES for iterative ones."""
+        from .steps import step_kind
+        krylov = options.get("newton_krylov", "auto", prefix)
+        if krylov not in KRYLOV:
+            raise ConfigError(f"-{prefix}newton_krylov", "one of " + ", ".join(KRYLOV), krylov)
+        if krylov != "auto":
+            return krylov
+        st, sweep = self.st, prefix + "sweep_"
+        pivot = op.pivot_matrix(st.layout.forward_rows()[0])[0]
+        kind = step_kind(pivot, sweep, st.V.mesh.topology.dim)
+        direct = (kind == "lu"            # a user's per-step Krylov method may vary per solve
+                  and options.get("ksp_type", "preonly", sweep) == "preonly"
+                  and options.get("pc_type", "lu", sweep) in ("lu", "cholesky", "redundant"))
+        return "gmres" if direct else "fgmres"
 
     def describe(self) -> dict:
         """The resolved solver path (after a solve: the per-step solver is known)."""
@@ -453,6 +476,16 @@ class NewtonSolver:
             self._lu_defaults = None
 
 
+def initial_states(st: SpaceTime, trivial: bool = False) -> PETSc.Vec:
+    """A new vector of the current states of ``st`` (``trivial``: of its trivial guess; the
+    states are left there)."""
+    if trivial:
+        st.set_guess()
+    X0 = st.create_vec()
+    st.states_to_vec(X0)
+    return X0
+
+
 def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_options=None,
            system: SpaceTime | None = None, linear: str = "auto",
            forcing: str = "adaptive", guess: str = "trivial",
@@ -484,7 +517,7 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
         if resume is not None:
             guess = f"restart (iteration {resume.get('iteration')}, lambda " \
                     f"{resume.get('lambda', 1.0):g})"
-        X0 = st.create_vec()
+        X0 = None
         try:
             if guess == "cole-hopf" and not cole_hopf_guess(st, solver.trap):
                 guess = "trivial (the Cole-Hopf guess had the larger residual)"
@@ -494,7 +527,12 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                                      prefix=prefix)
             if st.constraints is not None:
                 st.constraints.impose()       # exits: Newton starts on the constraints
-            st.states_to_vec(X0)
+            # the start of a continuation: kept unless it is the trivial guess, which is
+            # set again when needed (one space-time vector less during the direct attempt)
+            regenerate = (system is None and resume is None and guess == "trivial"
+                          and st.constraints is None)
+            if not regenerate:
+                X0 = initial_states(st)
             stages = []
             if resume is not None and resume.get("lambda", 1.0) < 1.0 and continuation:
                 from .continuation import continue_to
@@ -513,6 +551,8 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                     solver.stall_exit = False
                 if not out["converged"] and continuation:
                     from .continuation import continue_to
+                    if X0 is None:
+                        X0 = initial_states(st, trivial=True)
                     out, stages = continue_to(solver, out, X0)
             history = out["history"]
             if history:
@@ -523,7 +563,8 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
             path = dict(solver.describe(), auto=rule)
         finally:
             solver.destroy()
-            X0.destroy()
+            if X0 is not None:
+                X0.destroy()
         if not st.finite():
             raise SolverError("Newton: the solution contains NaN or inf (diverged)")
         return Result.from_system(st, method="newton", iterations=out["iterations"],

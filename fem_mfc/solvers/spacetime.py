@@ -235,9 +235,7 @@ class SpaceTime:
         self.rho = [fm.data["rho"]] + [dolfinx.fem.Function(V, name=rho_name) for _ in range(N)]
         self.u = [dolfinx.fem.Function(V, name=u_name) for _ in range(N)]
         self.u_data = fm.data.get("u")
-        for fs, g in ((self.rho[1:], fm.guess["rho"]), (self.u, fm.guess["u"])):
-            for f in fs:
-                f.x.array[:] = g.x.array if hasattr(g, "x") else g
+        self.set_guess()
         self.tm = {k: dolfinx.fem.Function(V, name=k) for k in fm.templates}
         self.t_prev = dolfinx.fem.Constant(p.mesh, 0.0)
         self.t_cur = dolfinx.fem.Constant(p.mesh, 0.0)
@@ -253,6 +251,13 @@ class SpaceTime:
             self.constraints.impose()
         self._compile(cache)
         self.A = None
+
+    def set_guess(self):
+        """States ← the formulation's initial guess (before any constraints)."""
+        fm = self.formulation
+        for fs, g in ((self.rho[1:], fm.guess["rho"]), (self.u, fm.guess["u"])):
+            for f in fs:
+                f.x.array[:] = g.x.array if hasattr(g, "x") else g
 
     def _compile(self, cache: bool):
         """The compiled residual rows, Jacobian blocks and functionals of the formulation, and
