@@ -67,7 +67,7 @@ def heat_rate(p, factor_solver):
     key = "bench_heat_" + ("pc_type" if factor_solver == "redundant"
                            else "pc_factor_mat_solver_type")
     opts[key] = factor_solver                 # "redundant": PETSc LU on every rank
-    ksp = step_solver(A, "bench_heat_")
+    ksp = step_solver(A, "bench_heat_", symmetric=True)   # SPD: Cholesky
     opts.delValue(key)
     x, b = A.createVecs()
     y = x.duplicate()

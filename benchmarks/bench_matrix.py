@@ -125,7 +125,7 @@ def heat_proxy(p, kind: str = "lu") -> float:
         mats.append(dolfinx.fem.petsc.assemble_matrix(dolfinx.fem.form(form)))
         mats[-1].assemble()
     A, B = mats
-    ksp = step_solver(A, "bench_heat_", kind)
+    ksp = step_solver(A, "bench_heat_", kind, symmetric=True)   # SPD: Cholesky
     x, b = A.createVecs()
     y = x.duplicate()
     x.set(1.0)

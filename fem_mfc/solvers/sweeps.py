@@ -54,7 +54,10 @@ class _Sweeper:
         self.kind = step_kind(A, prefix, dim, solves=2 * N)
         # the sweeps carry exp(−u/2ε) over many orders of magnitude: iterative per-step
         # solves to near round-off (a looser tolerance shows in ρ = χΓ where χ is small)
-        self.ksp = step_solver(A, prefix, self.kind, rtol=CH_STEP_RTOL, dim=dim)
+        # M + θτ(εK + V M) (and R·Rᵀ + I_s with periodic sides) is symmetric positive
+        # definite: Cholesky where it is factorised
+        self.ksp = step_solver(A, prefix, self.kind, rtol=CH_STEP_RTOL, dim=dim,
+                               symmetric=True)
         self.rhs = A.createVecLeft()
         self.store = np.zeros((N + 1, nl))
         self.views = [self._wrap(row) for row in self.store]
