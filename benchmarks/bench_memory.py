@@ -123,7 +123,8 @@ def child(a):
     before = rss()
     charges[0] = c = Charges()
     t0 = time.perf_counter()
-    r = newton(p, linear="sweep", guess=a.guess)
+    r = newton(p, linear="sweep", guess=a.guess,
+               petsc_options=None if a.krylov == "auto" else {"newton_krylov": a.krylov})
     seconds = time.perf_counter() - t0
     c.stop()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -176,6 +177,7 @@ def main():
     ap.add_argument("--cells", default="128,244")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guess", default="trivial")
+    ap.add_argument("--krylov", default="auto", help="newton_krylov: auto | gmres | fgmres")
     ap.add_argument("--before", help="another tree to measure in the same run")
     ap.add_argument("--json", help="write the results here too")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

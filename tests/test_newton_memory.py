@@ -5,6 +5,7 @@ direct per-step solves keeps no preconditioned directions), SNES' vectors and ou
 resident-memory test runs the solve in a fresh process (benchmarks/bench_memory.py's child)
 so that memory freed by earlier tests cannot hide an allocation.
 """
+import importlib
 import json
 import os
 import subprocess
@@ -23,6 +24,8 @@ from fem_mfc.solvers.kkt import KKTOperator, TrapezoidResidual
 from fem_mfc.solvers.spacetime import SpaceTime
 from test_kkt_pc import assert_same, perturbed, problem
 
+newton_module = importlib.import_module("fem_mfc.solvers.newton")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -30,10 +33,13 @@ def krylov_its(r):
     return [h["ksp_its"] for h in r.history if "ksp_its" in h]
 
 
-def test_gmres_for_direct_per_step_solves_same_iterates_as_fgmres():
-    """Right-preconditioned GMRES (the default with per-step LU: the sweep is a fixed linear
-    map) gives FGMRES' Newton and Krylov iterations and solution; iterative per-step solves
-    keep FGMRES; the option chooses."""
+def test_gmres_for_direct_per_step_solves_same_iterates_as_fgmres(monkeypatch):
+    """Right-preconditioned GMRES (the default with per-step LU on large problems: the sweep
+    is a fixed linear map) gives FGMRES' Newton and Krylov iterations and solution; smaller
+    problems and iterative per-step solves keep FGMRES; the option chooses."""
+    small = newton(problem(nx=8, steps=4), linear="sweep")
+    assert small.path["krylov"] == "fgmres"          # 81 dofs × 4 steps < GMRES_FROM
+    monkeypatch.setattr(newton_module, "GMRES_FROM", 0)
     g = newton(problem(nx=12, steps=8), linear="sweep")
     f = newton(problem(nx=12, steps=8), linear="sweep",
                petsc_options={"newton_krylov": "fgmres"})
@@ -126,10 +132,11 @@ def test_trivial_guess_is_regenerated_for_the_continuation(monkeypatch):
 def test_sweep_path_holds_few_space_time_vectors():
     """Resident memory of a 2D P1 Newton solve (48² cells × 30 CN steps, trivial guess) in a
     fresh process: what is not blocks, factors, assembly or states — the Krylov, SNES and our
-    vectors — is ≤ 22 space-time vectors (20.6; it was 33.7: FGMRES(8) alone kept 24)."""
+    vectors — is ≤ 22 space-time vectors with GMRES (the default from GMRES_FROM DOF·steps;
+    20.6; it was 33.7: FGMRES(8) alone kept 24)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_memory.py"),
-                          "--child", "--cells", "48", "--steps", "30"],
+                          "--child", "--cells", "48", "--steps", "30", "--krylov", "gmres"],
                          env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads([s for s in out.stdout.splitlines() if s.startswith("RESULT ")][-1][7:])

@@ -54,10 +54,13 @@ KSP_RTOL, KSP_ATOL = 1e-12, 1e-14
 KRYLOV_RESTART = 8              # inexact Newton steps take 2–6 Krylov iterations
 KRYLOV = ("auto", "gmres", "fgmres")
 # The Krylov method of the sweep path (-{prefix}newton_krylov): right-preconditioned GMRES
-# where the sweep preconditioner is a fixed linear map (direct per-step solves), FGMRES where
-# it is not (iterative per-step solves).  Same iterates; GMRES keeps no preconditioned
-# directions (13 instead of 24 space-time vectors of 16 B per DOF·step at restart 8) for one
-# more preconditioner application per Newton step (M⁻¹ of the combined directions).
+# where the sweep preconditioner is a fixed linear map (direct per-step solves) and the
+# problem has GMRES_FROM DOF·steps or more, FGMRES otherwise.  Same iterates; GMRES keeps no
+# preconditioned directions (13 instead of 24 space-time vectors of 16 B per DOF·step at
+# restart 8) for one more preconditioner application per Newton step (M⁻¹ of the combined
+# directions): 9–10 % more time at 4k–16k 2D dofs × 20 steps, 3–9 % at 60k × 50 — worth it
+# where the 11 vectors are large (docs/performance.md, "Where the Newton memory goes").
+GMRES_FROM = 5_000_000          # DOF·steps: FGMRES's extra vectors ≥ 0.9 GB
 FORCING = ("adaptive", "exact")
 GUESSES = ("trivial", "cole-hopf", "coarse")
 ETA_MAX, ETA_GAMMA, ETA_ALPHA = 3e-2, 0.9, 2.0   # EW choice 2; 0.3 stalled here
@@ -229,7 +232,8 @@ class NewtonSolver:
 
     def _krylov(self, op, prefix: str) -> str:
         """The Krylov method of the sweep path (see KRYLOV): ``-{prefix}newton_krylov``, else
-        GMRES for direct per-step solves and FGMRES for iterative ones."""
+        GMRES for direct per-step solves on problems of GMRES_FROM DOF·steps or more and
+        FGMRES otherwise."""
         from .steps import step_kind
         krylov = options.get("newton_krylov", "auto", prefix)
         if krylov not in KRYLOV:
@@ -242,7 +246,9 @@ class NewtonSolver:
         direct = (kind == "lu"            # a user's per-step Krylov method may vary per solve
                   and options.get("ksp_type", "preonly", sweep) == "preonly"
                   and options.get("pc_type", "lu", sweep) in ("lu", "cholesky", "redundant"))
-        return "gmres" if direct else "fgmres"
+        V = st.V
+        dof_steps = V.dofmap.index_map.size_global * V.dofmap.index_map_bs * st.N
+        return "gmres" if direct and dof_steps >= GMRES_FROM else "fgmres"
 
     def describe(self) -> dict:
         """The resolved solver path (after a solve: the per-step solver is known)."""
