@@ -377,6 +377,7 @@ def test_cole_hopf_initial_guess():
     assert abs(ch.J - triv.J) < 1e-10 and max_diff(ch.rho, triv.rho) < 1e-8
     assert ch.history[0]["residual"] < 0.2 * triv.history[0]["residual"]
     assert ch.iterations <= triv.iterations
+    assert ch.history[0]["target"] == pytest.approx(triv.history[0]["target"], rel=1e-8)
     bad = newton(problem(steps=6), linear="lu", guess="cole-hopf")
     assert bad.history[0]["guess"].startswith("trivial")
     ref = newton(problem(steps=6), linear="lu")

@@ -482,6 +482,17 @@ class NewtonSolver:
             self._lu_defaults = None
 
 
+def trivial_residual(st: SpaceTime) -> float:
+    """‖F‖ at the current states — the trivial guess when called before any other — by
+    assembly (the trapezoid residual would assemble every Jacobian block for it)."""
+    F = st.create_vec()
+    try:
+        st.residual(None, F)
+        return F.norm()
+    finally:
+        F.destroy()
+
+
 def initial_states(st: SpaceTime, trivial: bool = False) -> PETSc.Vec:
     """A new vector of the current states of ``st`` (``trivial``: of its trivial guess; the
     states are left there)."""
@@ -525,6 +536,10 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                     f"{resume.get('lambda', 1.0):g})"
         X0 = None
         try:
+            # the tolerance is relative to the residual of the trivial guess whatever the
+            # start: a better guess must not tighten it (nor cost Krylov iterations for it)
+            f_trivial = (trivial_residual(st) if system is None and resume is None
+                         and guess in ("cole-hopf", "coarse") else None)
             if guess == "cole-hopf" and not cole_hopf_guess(st, solver.trap):
                 guess = "trivial (the Cole-Hopf guess had the larger residual)"
             elif guess == "coarse":
@@ -547,10 +562,13 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                          "reason": "restart", "history": []}
                 out, stages = continue_to(solver, start, X0, start=resume)
             else:
-                if resume is not None and resume.get("first_residual"):
-                    f0 = resume["first_residual"]      # the original run's target
+                f0 = (resume.get("first_residual") if resume is not None   # the original
+                      else f_trivial)                                       # run's target
+                if f0:
                     solver.stage["first_residual"] = f0
+                    solver.stall_exit = resume is None and continuation and bool(st.parameters)
                     out = solver.solve(rtol=0.0, atol=max(atol, rtol * f0))
+                    solver.stall_exit = False
                 else:
                     solver.stall_exit = continuation and bool(st.parameters)
                     out = solver.solve()
@@ -563,6 +581,7 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
             history = out["history"]
             if history:
                 history[0]["guess"] = guess
+                history[0]["target"] = out.get("target")
             if solver.trap is not None and history:
                 history[-1]["residuals"] = {"assembled": solver.trap.assembled,
                                             "trapezoid": solver.trap.derived}
