@@ -556,3 +556,23 @@ def test_ilu_steps_solve_1d_p2():
     lu = newton(dataclasses.replace(p), linear="sweep", petsc_options={"sweep_step": "lu"})
     assert ilu.converged and ilu.path["step_kind"] == "ilu"
     assert abs(ilu.J - lu.J) < 1e-9 * abs(lu.J)
+
+
+def test_sweep_preconditioned_spectrum():
+    """The theory of kkt_pc's docstring, on a dense small system: M⁻¹K = I + M⁻¹[0 0; 0 C] has
+    real eigenvalues ≥ 1 (mftc, C ≥ 0), a spread of them above 1 (a continuum of the
+    congestion's scales, not a few outliers: why the Krylov count is what it is), and a
+    Galerkin coarse space-time correction after the sweep narrows it without collapsing it
+    (benchmarks/bench_spectrum.py; docs/performance.md, "Where the Newton time goes")."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent.parent / "benchmarks"))
+    from bench_spectrum import spectra
+    out = spectra(8, 4)
+    ev, rate = out["sweep M"]
+    # (1 is a multiple, defective eigenvalue: computed to ≈ √ε)
+    assert np.abs(ev.imag).max() < 1e-6 and ev.real.min() > 1 - 1e-4
+    spread = np.abs(ev - 1)
+    assert spread.max() > 0.1 and (spread > 1e-2).sum() >= 10
+    ev2, rate2 = out["sweep + coarse B"]
+    assert np.abs(ev2 - 1).max() < 0.8 * spread.max() and rate2 < rate
+    assert (np.abs(ev2 - 1) > 1e-2).sum() >= 5
