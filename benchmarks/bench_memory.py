@@ -99,7 +99,12 @@ def wrap(cls, name, stage, charges, seen=None):
     setattr(cls, name, wrapped)
 
 
-def problem(cells, steps):
+def problem(cells, steps, coupling=None):
+    """bench_hjb_fp's congested problem, or bench_matrix's with ``coupling`` (mftc, mfg,
+    attractive)."""
+    if coupling:
+        from bench_matrix import problem as matrix_problem
+        return matrix_problem(2, 1, cells, steps, coupling)
     from bench_hjb_fp import problem as make  # beside this script (its folder is first)
     return make(cells, steps, True)
 
@@ -117,7 +122,7 @@ def child(a):
     wrap(spacetime.SpaceTime, "residual", "assembly", charges)
     wrap(spacetime.SpaceTime, "__init__", "states", charges)
     wrap(kkt_pc.SweepPC, "setUp", "factors", charges, pcs)
-    p = problem(a.cells, a.steps)
+    p = problem(a.cells, a.steps, a.coupling)
     n = p.space.dofmap.index_map.size_global
     PETSc.garbage_cleanup()
     before = rss()
@@ -141,7 +146,9 @@ def child(a):
 def run(tree: Path, cells: int, a) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--cells", str(cells),
-           "--steps", str(a.steps), "--guess", a.guess]
+           "--steps", str(a.steps), "--guess", a.guess, "--krylov", a.krylov]
+    if a.coupling:
+        cmd += ["--coupling", a.coupling]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, cwd=tree)
     line = [s for s in out.stdout.splitlines() if s.startswith("RESULT ")][-1]
     return json.loads(line[7:])
@@ -178,6 +185,8 @@ def main():
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guess", default="trivial")
     ap.add_argument("--krylov", default="auto", help="newton_krylov: auto | gmres | fgmres")
+    ap.add_argument("--coupling", help="bench_matrix.py's problem with this coupling "
+                    "(mftc, mfg, attractive) instead of bench_hjb_fp.py's")
     ap.add_argument("--before", help="another tree to measure in the same run")
     ap.add_argument("--json", help="write the results here too")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

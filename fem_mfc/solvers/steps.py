@@ -3,7 +3,8 @@
 A per-step system is a d-dimensional problem, mass + τ(diffusion + drift), solved once per
 time step and sweep.  Three kinds (``-{prefix}step lu|ilu|amg|auto``, default ``auto``):
 
-* ``lu``: factorised, the factors reused for many solves.  PETSc's own LU with its
+* ``lu``: factorised, the factors reused for many solves (Cholesky for the symmetric
+  positive definite Cole–Hopf step matrix: half the factors to read).  PETSc's own LU with its
   nested-dissection ordering on one rank (its triangular solves are faster than MUMPS');
   on 2 to REDUNDANT_MAX_RANKS ranks the same LU on every rank (PCREDUNDANT) for pivots of
   fewer than REDUNDANT_MAX_DOFS dofs; MUMPS, distributed, on more ranks or larger pivots (on
