@@ -125,7 +125,7 @@ def child(a):
     n, N = ndofs(p), p.steps
     from fem_mfc.solvers.steps import redundant
     ch_solver = ("petsc" if comm.size == 1 else
-                 "redundant" if redundant(n, comm.size) else "mumps")
+                 "redundant" if redundant(n, comm.size, 2 * p.steps) else "mumps")
     ref = {s: heat_rate(p, s) for s in dict.fromkeys(("mumps", ch_solver))}
     for s, rate in ref.items():
         say(f"heat step (LU {s}, factorisation reused)  dofs={n} steps={N}  "

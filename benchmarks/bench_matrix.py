@@ -22,7 +22,8 @@ the memory before it (sampled every 5 ms) per DOF·step, and the limit proxy mea
 same process at the same size: ``steps`` backward-Euler heat steps (M + τεK)xⁿ⁺¹ = Mxⁿ with one
 reused per-step factorisation (the cost of two linear sweeps is twice that), and the ratio of
 the solve time to it.  A point is skipped — and the output says so — only when the estimate of
-:mod:`fem_mfc.solvers.auto` puts its time above --budget-s or its memory above --memory-gb.
+:mod:`fem_mfc.solvers.auto` puts its time above --budget-s or its memory (the LU's factors;
+for the sweep path :func:`sweep_bytes`, measured per coupling) above --memory-gb.
 
 Each (dimension, degree, size, steps) group runs in a fresh process (memory is measured per
 group), after one untimed solve of every path on the smallest size of its ladder with 4 steps
@@ -53,6 +54,33 @@ CELLS = {(1, 1): [300, 3000, 30000, 300000], (1, 2): [150, 1500, 15000, 150000],
 COUPLINGS = {"none": (None, "mftc"), "mftc": (0.5, "mftc"), "mfg": (0.5, "mfg"),
              "attractive": (-0.05, "mfg")}
 BASE_MB = None
+
+
+# Peak memory of the Newton sweep path in B per DOF·step (benchmarks/bench_memory.py, 2D P1,
+# CN, fresh process; 16,641 × 50 for every coupling, 66,049 × 100 for mfg: 757 B with GMRES):
+# states 16; Krylov/SNES vectors 481 (30 space-time vectors with FGMRES; GMRES, the default
+# from newton.GMRES_FROM DOF·steps, keeps 11 fewer); level blocks 165 for a congestion block
+# shared by all levels (mftc, G = ρ²/2) and 361 for the game couplings (state-dependent ρ–ρ
+# blocks on three levels); assembly tables 43 / 101 and per-step factors ≈ 60 at 50 steps
+# (both per dof, not per step).  Blocks, tables and factors scale with the nonzeros per row
+# (NNZ_PER_ROW relative to 2D P1); SWEEP_MARGIN covers transients and allocator slack (the
+# mfg solve at 263,169 × 100 was killed at 24.3 GB: ≥ 925 B against 757 at 66k × 100).
+SWEEP_VECTORS_B = {"fgmres": 16 + 481, "gmres": 16 + 481 - 11 * 16}
+SWEEP_BLOCKS_B = {"mftc": 165, "none": 165, "mfg": 361, "attractive": 361}
+SWEEP_PER_DOF_B_50 = {"mftc": 43 + 60, "none": 43 + 60, "mfg": 101 + 60,
+                      "attractive": 101 + 60}
+NNZ_PER_ROW = {(1, 1): 3, (1, 2): 4, (2, 1): 7, (2, 2): 14, (3, 1): 15, (3, 2): 43}
+SWEEP_MARGIN = 1.2
+
+
+def sweep_bytes(dim: int, degree: int, ndofs: int, steps: int, coupling: str) -> float:
+    """Estimated peak bytes of the Newton sweep path above the process's start."""
+    from fem_mfc.solvers.newton import GMRES_FROM
+    dof_steps = ndofs * steps
+    scale = NNZ_PER_ROW[(dim, degree)] / NNZ_PER_ROW[(2, 1)]
+    per = (SWEEP_VECTORS_B["gmres" if dof_steps >= GMRES_FROM else "fgmres"]
+           + scale * (SWEEP_BLOCKS_B[coupling] + SWEEP_PER_DOF_B_50[coupling] * 50 / steps))
+    return SWEEP_MARGIN * per * dof_steps
 
 
 # -- measurement helpers ---------------------------------------------------------------------
@@ -184,6 +212,13 @@ def run_group(a) -> list:
                 row.update(skipped=f"estimate {secs * newton_steps:.3g} s, LU factors "
                                    f"{est['lu_bytes'] / 2 ** 30:.3g} GB")
                 rows.append(row)
+                continue
+            need = sweep_bytes(a.dim, a.degree, ndofs, a.steps, coupling) / 2 ** 30
+            if path.startswith("sweep") and need > a.memory_gb:
+                row.update(skipped=f"estimate {need:.3g} GB > {a.memory_gb:g} GB")
+                rows.append(row)
+                if comm.rank == 0:
+                    print(json.dumps(row), flush=True)
                 continue
             best = None
             for _ in range(a.repeat):

@@ -536,12 +536,22 @@ def test_iterative_per_step_solvers_give_the_lu_solution(comm, step):
 
 def test_per_step_lu_is_redundant_only_for_small_pivots_on_few_ranks():
     """The rule of fem_mfc.solvers.steps: one rank: PETSc LU; 2–4 ranks: the same LU on every
-    rank below REDUNDANT_MAX_DOFS, MUMPS distributed above (faster at 251k 2D dofs on 2
-    ranks, benchmarks/bench_scaling.py); more ranks: MUMPS."""
-    from fem_mfc.solvers.steps import REDUNDANT_MAX_DOFS, redundant
+    rank below REDUNDANT_MAX_DOFS, and up to REDUNDANT_SOLVES_MAX_DOFS for factors serving
+    many solves (the sweeps' factors); MUMPS distributed otherwise (faster at 251k 2D dofs on
+    2 ranks for Cole–Hopf with 20 steps, slower for Newton, benchmarks/bench_scaling.py);
+    more ranks: MUMPS."""
+    from fem_mfc.solvers.steps import (
+        REDUNDANT_MAX_DOFS,
+        REDUNDANT_SOLVES,
+        REDUNDANT_SOLVES_MAX_DOFS,
+        redundant,
+    )
     assert not redundant(1000, 1)
-    assert redundant(1000, 2) and redundant(REDUNDANT_MAX_DOFS - 1, 4)
-    assert not redundant(REDUNDANT_MAX_DOFS, 2) and not redundant(1000, 5)
+    assert redundant(1000, 2) and redundant(REDUNDANT_MAX_DOFS - 1, 4, solves=2)
+    assert not redundant(REDUNDANT_MAX_DOFS, 2, solves=REDUNDANT_SOLVES - 1)
+    assert not redundant(1000, 5)
+    assert redundant(REDUNDANT_MAX_DOFS, 2) and redundant(251_001, 2, REDUNDANT_SOLVES)
+    assert not redundant(REDUNDANT_SOLVES_MAX_DOFS, 2)
 
 
 def test_ilu_steps_solve_1d_p2():

@@ -33,6 +33,7 @@ def step_matrix(p):
 def distributed(monkeypatch):
     """Per-step LUs distributed over the ranks (MUMPS) whatever their size."""
     monkeypatch.setattr(steps, "REDUNDANT_MAX_DOFS", 0)
+    monkeypatch.setattr(steps, "REDUNDANT_SOLVES_MAX_DOFS", 0)
 
 
 def _check_cholesky_equals_lu():

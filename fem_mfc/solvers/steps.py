@@ -7,9 +7,9 @@ time step and sweep.  Three kinds (``-{prefix}step lu|ilu|amg|auto``, default ``
   positive definite Cole–Hopf step matrix: half the factors to read).  PETSc's own LU with its
   nested-dissection ordering on one rank (its triangular solves are faster than MUMPS');
   on 2 to REDUNDANT_MAX_RANKS ranks the same LU on every rank (PCREDUNDANT) for pivots of
-  fewer than REDUNDANT_MAX_DOFS dofs; MUMPS, distributed, on more ranks or larger pivots (on
-  2 ranks at 251k 2D dofs it was faster than the redundant LU for Cole–Hopf and Newton:
-  docs/performance.md).
+  fewer than REDUNDANT_MAX_DOFS dofs, or fewer than REDUNDANT_SOLVES_MAX_DOFS when the
+  factors serve REDUNDANT_SOLVES solves or more (Newton's sweeps); MUMPS, distributed,
+  otherwise (its factorisation is faster, its solves slower: :func:`redundant`).
   Fill and factorisation time grow like a d-dimensional nested dissection: cheap in 1D and
   2D, prohibitive in 3D (docs/performance.md).
 * ``ilu``: GMRES with ILU(0) (block Jacobi + ILU(0) per rank in parallel; serially in 1D and
@@ -33,7 +33,14 @@ from petsc4py import PETSc
 from .. import options
 
 REDUNDANT_MAX_RANKS = 4  # per-step LU solved redundantly up to this many ranks
-REDUNDANT_MAX_DOFS = 100_000   # ... and pivots of fewer dofs; MUMPS (distributed) otherwise
+REDUNDANT_MAX_DOFS = 100_000   # ... and pivots of fewer dofs; MUMPS (distributed) otherwise,
+REDUNDANT_SOLVES = 60          # except for factors serving this many solves or more
+REDUNDANT_SOLVES_MAX_DOFS = 1_000_000   # (and pivots below this: a full copy per rank)
+# At 251k 2D dofs on 2 ranks (docs/performance.md, "Two ranks"): MUMPS factorises in 0.57×
+# and solves in 2× the time of the redundant PETSc LU/Cholesky (20 ms per solve), so it pays
+# for a factorisation serving fewer than ≈ 30 (LU) – 70 (Cholesky) solves — Cole–Hopf with
+# few steps — and loses on the sweeps of Newton, whose factors serve hundreds (2 ranks:
+# 104 s with MUMPS, 59 s redundant, 68 s on one rank).
 KINDS = ("lu", "ilu", "amg")
 STEP_RTOL = 1e-9         # relative tolerance of iterative per-step solves
 STEP_MAX_IT = 500
@@ -54,13 +61,14 @@ def step_kind(A: PETSc.Mat, prefix: str, dim: int | None = None, solves: float =
 
 def step_solver(A: PETSc.Mat, prefix: str, kind: str = "lu",
                 rtol: float = STEP_RTOL, dim: int | None = None,
-                symmetric: bool = False) -> PETSc.KSP:
+                symmetric: bool = False, solves: float = float("inf")) -> PETSc.KSP:
     """A set-up KSP of ``kind`` for the per-step matrix A with options prefix ``prefix``
     (``rtol``: the relative tolerance of the iterative kinds; ``dim``: the mesh's dimension,
     if known — serial ILU in 1D and 2D factorises in the reverse Cuthill–McKee ordering;
     ``symmetric``: A is symmetric positive definite, factorised by Cholesky — half the
     factors to read per solve: at 251k 2D dofs PETSc's solves 17 % and MUMPS' on 2 ranks 22 %
-    faster, MUMPS' factorisation 10–20 % (docs/performance.md, "Two ranks"))."""
+    faster, MUMPS' factorisation 10–20 % (docs/performance.md, "Two ranks"); ``solves``: how
+    many solves the factors serve (:func:`redundant`; the sweeps' factors: many))."""
     size = A.getComm().getSize()
     user = any(options.get(k, prefix=prefix) is not None
                for k in ("pc_type", "pc_factor_mat_solver_type"))
@@ -70,7 +78,7 @@ def step_solver(A: PETSc.Mat, prefix: str, kind: str = "lu",
     pc = ksp.getPC()
     if kind == "lu":
         ksp.setType("preonly")
-        if redundant(A.getSize()[0], size) and not user:
+        if redundant(A.getSize()[0], size, solves) and not user:
             pc.setType("redundant")           # inner: preonly + PETSc LU on a full copy
         else:
             pc.setType("cholesky" if symmetric else "lu")
@@ -99,12 +107,17 @@ def is_direct(ksp: PETSc.KSP) -> bool:
     return ksp.getType() == PETSc.KSP.Type.PREONLY
 
 
-def redundant(ndofs: int, ranks: int) -> bool:
-    """Is a per-step LU of ``ndofs`` unknowns on ``ranks`` ranks solved redundantly?"""
-    return 1 < ranks <= REDUNDANT_MAX_RANKS and ndofs < REDUNDANT_MAX_DOFS
+def redundant(ndofs: int, ranks: int, solves: float = float("inf")) -> bool:
+    """Is a per-step LU of ``ndofs`` unknowns on ``ranks`` ranks, whose factors serve
+    ``solves`` solves, solved redundantly (the same PETSc LU on every rank)?"""
+    if not 1 < ranks <= REDUNDANT_MAX_RANKS:
+        return False
+    return ndofs < REDUNDANT_MAX_DOFS or (solves >= REDUNDANT_SOLVES
+                                          and ndofs < REDUNDANT_SOLVES_MAX_DOFS)
 
 
-def describe(comm, prefix: str, kind: str = "lu", ndofs: int = 0) -> str:
+def describe(comm, prefix: str, kind: str = "lu", ndofs: int = 0,
+             solves: float = float("inf")) -> str:
     """What :func:`step_solver` builds under ``prefix`` on ``comm`` (for summaries)."""
     pc = options.get("pc_type", None, prefix)
     ksp = options.get("ksp_type", None, prefix)
@@ -114,7 +127,7 @@ def describe(comm, prefix: str, kind: str = "lu", ndofs: int = 0) -> str:
         if kind == "amg":
             return "gmres+boomeramg"
         size = comm.size
-        if redundant(ndofs, size):
+        if redundant(ndofs, size, solves):
             return "lu:petsc (redundant)"
         return "lu:" + ("petsc" if size == 1 else "mumps")
     if pc in ("lu", "cholesky"):
@@ -123,4 +136,5 @@ def describe(comm, prefix: str, kind: str = "lu", ndofs: int = 0) -> str:
 
 
 __all__ = ["step_solver", "step_kind", "is_direct", "describe", "redundant", "KINDS",
-           "REDUNDANT_MAX_RANKS", "REDUNDANT_MAX_DOFS"]
+           "REDUNDANT_MAX_RANKS", "REDUNDANT_MAX_DOFS", "REDUNDANT_SOLVES",
+           "REDUNDANT_SOLVES_MAX_DOFS"]

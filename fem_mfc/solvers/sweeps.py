@@ -57,7 +57,7 @@ class _Sweeper:
         # M + θτ(εK + V M) (and R·Rᵀ + I_s with periodic sides) is symmetric positive
         # definite: Cholesky where it is factorised
         self.ksp = step_solver(A, prefix, self.kind, rtol=CH_STEP_RTOL, dim=dim,
-                               symmetric=True)
+                               symmetric=True, solves=2 * N)
         self.rhs = A.createVecLeft()
         self.store = np.zeros((N + 1, nl))
         self.views = [self._wrap(row) for row in self.store]
