@@ -60,13 +60,14 @@ BASE_MB = None
 # CN, fresh process; 16,641 × 50 for every coupling, 66,049 × 100 for mfg: 757 B with GMRES):
 # states 16; Krylov/SNES vectors 481 (30 space-time vectors with FGMRES; GMRES, the default
 # from newton.GMRES_FROM DOF·steps, keeps 11 fewer); level blocks 165 for a congestion block
-# shared by all levels (mftc, G = ρ²/2) and 361 for the game couplings (state-dependent ρ–ρ
-# blocks on three levels); assembly tables 43 / 101 and per-step factors ≈ 60 at 50 steps
+# shared by all levels (mftc, G = ρ²/2) and 226 for the game couplings (state-dependent ρ–ρ
+# blocks, one per time interval with Crank–Nicolson: kkt.py's midpoint coupling; 361 with
+# three per level before it); assembly tables 43 / 101 and per-step factors ≈ 60 at 50 steps
 # (both per dof, not per step).  Blocks, tables and factors scale with the nonzeros per row
 # (NNZ_PER_ROW relative to 2D P1); SWEEP_MARGIN covers transients and allocator slack (the
 # mfg solve at 263,169 × 100 was killed at 24.3 GB: ≥ 925 B against 757 at 66k × 100).
 SWEEP_VECTORS_B = {"fgmres": 16 + 481, "gmres": 16 + 481 - 11 * 16}
-SWEEP_BLOCKS_B = {"mftc": 165, "none": 165, "mfg": 361, "attractive": 361}
+SWEEP_BLOCKS_B = {"mftc": 165, "none": 165, "mfg": 226, "attractive": 226}
 SWEEP_PER_DOF_B_50 = {"mftc": 43 + 60, "none": 43 + 60, "mfg": 101 + 60,
                       "attractive": 101 + 60}
 NNZ_PER_ROW = {(1, 1): 3, (1, 2): 4, (2, 1): 7, (2, 2): 14, (3, 1): 15, (3, 2): 43}

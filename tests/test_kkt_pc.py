@@ -586,3 +586,36 @@ def test_sweep_preconditioned_spectrum():
     ev2, rate2 = out["sweep + coarse B"]
     assert np.abs(ev2 - 1).max() < 0.8 * spread.max() and rate2 < rate
     assert (np.abs(ev2 - 1) > 1e-2).sum() >= 5
+
+
+@pytest.mark.parametrize("coupling", ["mftc", "mfg", "attractive"])
+def test_midpoint_coupling_blocks_are_sums_of_one_per_interval(coupling):
+    """Crank–Nicolson couplings of ρ̄ = (ρⁿ + ρⁿ⁺¹)/2 (Formulation.midpoint_coupling): the
+    KKT operator stores C(n, n+1) and C(1, 1) only, and with the others as sums of them its
+    product equals the assembled Jacobian's at random states; backward Euler has no such
+    blocks."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent.parent / "benchmarks"))
+    from bench_matrix import problem as bench_problem
+
+    from fem_mfc.solvers.kkt import KKTOperator
+    st = SpaceTime(bench_problem(2, 1, 8, 5, coupling))
+    assert st.formulation.midpoint_coupling
+    rng = np.random.default_rng(3)
+    for f in st.rho[1:] + st.u:
+        f.x.array[:] = 1 + 0.3 * rng.random(f.x.array.size)
+    op = KKTOperator(st)
+    L, N = st.layout, st.N
+    rho = set(L.forward_fields())
+    stored_rr = {(r, c) for (r, c) in op.stored if r in rho and c in rho}
+    assert len(stored_rr) == N and len(op.combined) == 2 * N - 2
+    x = st.create_vec()
+    x.setArray(rng.standard_normal(x.getLocalSize()))
+    y, z = st.create_vec(), st.create_vec()
+    op.product.mat.mult(x, y)
+    st.jacobian(None).mult(x, z)
+    z.axpy(-1.0, y)
+    assert z.norm() <= 1e-13 * y.norm()
+    be = SpaceTime(dataclasses.replace(bench_problem(2, 1, 8, 5, coupling),
+                                       scheme="backward-euler"))
+    assert not be.formulation.midpoint_coupling

@@ -14,7 +14,10 @@ structure (:class:`~fem_mfc.solvers.spacetime.Formulation`) does not give for fr
 * mirrored formulations (the rows are the gradient of one Lagrangian): Q = Pᵀ block by block,
   the Q blocks are the transposes of stored P blocks, never assembled;
 * a forward split (FP step linear in ρⁿ, ρ^{n+1} through θ-means and the difference):
-  B_n = αP_n + E with E = M/θ assembled once, B_n never stored.
+  B_n = αP_n + E with E = M/θ assembled once, B_n never stored;
+* a midpoint coupling (Crank–Nicolson, ``Formulation.midpoint_coupling``): of the ρ–ρ
+  blocks only C(n, n+1) (one per time interval) and C(1, 1) are stored, C(n+1, n) = C(n, n+1)
+  and C(n, n) = C(n, n−1) + C(n, n+1) are sums of them (3 matrices per level → 1).
 
 Every block is a short list of terms coeff·op(base), op ∈ {identity, transpose}
 (:meth:`KKTOperator.terms`); the Krylov operator multiplies with them grouped by matrix
@@ -53,12 +56,28 @@ class KKTOperator:
             if self.derived:
                 self.alpha = split.alpha
                 self.E = st.assembler.fresh(E_form)
-        self.stored = set(keys) - self.mirror - set(self.derived)
-        self.grid = st.block_grid(self.mirror | set(self.derived))
+        self.combined = self._midpoint_blocks() if fm.midpoint_coupling else {}
+        self.skip = self.mirror | set(self.derived) | set(self.combined)
+        self.stored = set(keys) - self.skip
+        self.grid = st.block_grid(self.skip)
         self.assemblies = 1
         self._fresh = st.create_vec()         # states of the grid, until the first update
         st.states_to_vec(self._fresh)
         self.product = KKTProduct(self)
+
+    def _midpoint_blocks(self) -> dict:
+        """{(r, c): [(r', c') …]}: the ρ–ρ blocks that are sums of stored C(n, n+1)."""
+        L, keys, N = self.st.layout, self.st.block_keys, self.st.N
+        R = [None] + [L.index("rho", n) for n in range(1, N + 1)]
+        nxt = {n: (R[n], R[n + 1]) for n in range(1, N) if (R[n], R[n + 1]) in keys}
+        if len(nxt) != N - 1:
+            return {}
+        out = {}
+        for n in range(1, N):
+            out[(R[n + 1], R[n])] = [nxt[n]]
+        for n in range(2, N + 1):
+            out[(R[n], R[n])] = [nxt[n - 1]] + ([nxt[n]] if n < N else [])
+        return {k: v for k, v in out.items() if k in keys}
 
     # -- the operator as terms ---------------------------------------------------------------
     def own_terms(self, r: int, c: int) -> list:
@@ -66,6 +85,8 @@ class KKTOperator:
         if (r, c) in self.derived:            # B_n = α P_n + E
             rp, cp = self.derived[(r, c)]
             return [(self.grid[rp][cp], False, self.alpha), (self.E, False, 1.0)]
+        if (r, c) in self.combined:           # midpoint coupling: sums of C(n, n+1)
+            return [(self.grid[a][b], False, 1.0) for a, b in self.combined[(r, c)]]
         return [(self.grid[r][c], False, 1.0)]
 
     def terms(self, r: int, c: int) -> list:
@@ -116,7 +137,7 @@ class KKTOperator:
             self._fresh = None
             if unchanged:
                 return
-        grid = self.st.block_grid(self.mirror | set(self.derived))
+        grid = self.st.block_grid(self.skip)
         for ra, rb in zip(grid, self.grid):
             for a, b in zip(ra, rb):
                 if a is not b:

@@ -24,8 +24,10 @@ mathematics, no solver code:
   free of the backward kind, so the block of the equation of ρ in column u is the transpose
   of the block of the equation of u in column ρ), ``forward_split`` (the forward equation
   is linear in (ρⁿ, ρ^{n+1}) through θ-means and differences: ∂F/∂ρⁿ = α ∂F/∂ρ^{n+1} + E with
-  E independent of the states) and ``sweep`` (the sweep preconditioner, which drops the ρ–ρ
-  blocks, is effective: true for HJB–FP, whose ρ–ρ blocks are the congestion only).
+  E independent of the states), ``sweep`` (the sweep preconditioner, which drops the ρ–ρ
+  blocks, is effective: true for HJB–FP, whose ρ–ρ blocks are the congestion only) and
+  ``midpoint_coupling`` (the ρ–ρ blocks of Crank–Nicolson are those of one matrix per time
+  interval: :func:`midpoint_coupling`).
 
 :class:`SpaceTime` keeps the mathematics only: states ↔ vectors, residual, Jacobian blocks and
 diagnostics.  How a row or block is evaluated is its ``assembler``'s business
@@ -113,6 +115,7 @@ class Formulation:
     mirrored: bool = False
     forward_split: Optional[ForwardSplit] = None
     sweep: bool = True
+    midpoint_coupling: bool = False
 
 
 def hjb_fp(problem) -> Formulation:
@@ -135,7 +138,8 @@ def hjb_fp(problem) -> Formulation:
                        depends=None if coupled is None else H.row_dependencies(theta, coupled),
                        quadratic=quadratic,
                        mirrored=H.mirrored(d),
-                       forward_split=forward_split(problem, theta))
+                       forward_split=forward_split(problem, theta),
+                       midpoint_coupling=midpoint_coupling(problem, theta, coupled))
 
 
 def trivial_guess(problem) -> dict:
@@ -153,6 +157,17 @@ def forward_split(problem, theta: float) -> ForwardSplit | None:
                                                                            "periodic", None):
         return None
     return ForwardSplit("u", H.RHO_CUR, H.RHO_NEXT, (1.0 - theta) / theta)
+
+
+def midpoint_coupling(problem, theta: float, coupled: bool | None) -> bool:
+    """Do the ρ–ρ blocks come from a coupling of the Crank–Nicolson midpoint means
+    ρ̄ = (ρⁿ + ρⁿ⁺¹)/2 only?  Then, with C(m, n) the block of the equation of ρᵐ in column
+    ρⁿ, C(n+1, n) = C(n, n+1) and C(n, n) = C(n, n−1) + C(n, n+1) (C(N, N) = C(N, N−1)): each
+    is ¼τ∫c'(ρ̄)·· over the interval they share (the KKT operator stores one block per
+    interval).  Not with an H that depends on ρ (its ρ–ρ terms), exits or periodic sides (their
+    constraints rewrite rows)."""
+    return (theta == 0.5 and bool(coupled) and getattr(problem, "hamiltonian", None) is None
+            and not getattr(problem, "exits", None) and not getattr(problem, "periodic", None))
 
 
 def populations(problem) -> Formulation:
