@@ -55,6 +55,19 @@ def test_sweep_shares_per_step_factors():
     assert fac <= 55, fac
 
 
+def test_reuse_tolerance_shrinks_with_the_mesh():
+    """The default reuse tolerance: REUSE_RTOL up to REUSE_FULL_DOFS dofs per pivot, ∝ n^{-1/2}
+    above (at 251k 2D dofs 0.5 % tripled the Krylov iterations), refactorise in 1D; the path
+    records the one in use."""
+    from fem_mfc.solvers.kkt_pc import REUSE_FULL_DOFS, REUSE_RTOL, reuse_rtol
+    assert reuse_rtol(1000, 1) == -1.0
+    assert reuse_rtol(REUSE_FULL_DOFS, 2) == REUSE_RTOL == reuse_rtol(289, 3)
+    assert reuse_rtol(4 * REUSE_FULL_DOFS, 2) == pytest.approx(REUSE_RTOL / 2)
+    assert 2.5e-3 < reuse_rtol(251_001, 2) < 2.6e-3
+    r = newton(problem(nx=8, steps=4), linear="sweep")
+    assert r.path["reuse_rtol"] == REUSE_RTOL
+
+
 @pytest.mark.parametrize("scheme,coupling", [(CN, "mftc"), (BE, "mftc"), (CN, "mfg")])
 def test_sweep_matches_lu(scheme, coupling):
     lu = newton(problem(scheme=scheme, coupling=coupling), linear="lu")

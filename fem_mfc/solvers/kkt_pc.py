@@ -39,7 +39,22 @@ from .steps import is_direct, step_kind, step_solver
 
 REUSE_RTOL = 5e-3               # reuse factors of pivots within 0.5 % (Frobenius): against
                                 # 0.2 %, half the factorisations for ≤ 1 more Krylov iteration
-                                # (2D P1/P2 289–66k dofs, docs/performance.md)
+                                # (2D P1/P2 289–66k dofs, docs/performance.md) ...
+REUSE_FULL_DOFS = 66_049        # ... up to this many dofs per pivot; above, δ ∝ n^{-1/2} (∝ h
+                                # in 2D: the Frobenius norm is the mass's and diffusion's, the
+                                # part that changes is the transport, relatively larger on finer
+                                # meshes).  251k 2D dofs × 20: 0.5 % shared the factors of
+                                # whole sweeps (2 factorisations) for 40 Krylov iterations,
+                                # 68 s; 0.256 % 6 and 17, 48 s.
+
+
+def reuse_rtol(ndofs: int, dim: int) -> float:
+    """The default ``-{prefix}sweep_reuse_rtol`` for pivots of ``ndofs`` rows on a mesh of
+    dimension ``dim`` (1D: −1, refactorise every pivot — a factorisation costs a few
+    solves)."""
+    if dim <= 1:
+        return -1.0
+    return REUSE_RTOL * min(1.0, (REUSE_FULL_DOFS / max(ndofs, 1)) ** 0.5)
 TRANSPOSE_FACTORS_FROM = 40_000  # explicit Pᵀ factors for pivots of this many dofs or more
 EXACT_RTOL = 1e-13              # reuse factors of coinciding pivots only (M unchanged)
 FRO = PETSc.NormType.FROBENIUS
@@ -67,8 +82,8 @@ def same_pattern(A: PETSc.Mat, B: PETSc.Mat) -> bool:
 class SweepPC:
     """petsc4py PC context (type "python") applying M⁻¹ of the module docstring.
 
-    Reuse of per-step factors (``-{prefix}sweep_reuse_rtol δ``, default REUSE_RTOL): at every
-    set-up the pivot of equation r keeps the factors it was last solved with if
+    Reuse of per-step factors (``-{prefix}sweep_reuse_rtol δ``, default :func:`reuse_rtol`):
+    at every set-up the pivot of equation r keeps the factors it was last solved with if
     ‖P_r − P_f‖_F ≤ δ‖P_r‖_F (P_f: the matrix those factors were computed from; lagging
     across Newton iterations), else takes those of the previous equation of its kind when
     within δ (across time steps — only for direct per-step solvers, whose solve does not use
@@ -112,12 +127,10 @@ class SweepPC:
         if self.prefix is None:
             self.prefix = (pc.getOptionsPrefix() or "") + "sweep_"
             opts = PETSc.Options(self.prefix)
-            # in 1D a per-step factorisation costs a few solves: refactorise every pivot
-            # (exact M); in 2D/3D reuse factors of pivots within REUSE_RTOL
             dim = self.op.st.V.mesh.topology.dim
-            self.reuse_rtol = opts.getReal("reuse_rtol", REUSE_RTOL if dim > 1 else -1.0)
             im = self.op.st.V.dofmap
             n = im.index_map.size_global * im.index_map_bs   # a pivot's rows (K populations)
+            self.reuse_rtol = opts.getReal("reuse_rtol", reuse_rtol(n, dim))
             self.tfactor = opts.getBool("transpose_factors", self.reuse_rtol >= 0
                                         and n >= TRANSPOSE_FACTORS_FROM)
         if self.kind is None:
@@ -379,4 +392,4 @@ class SweepPC:
 PYTHON_TYPE = f"{SweepPC.__module__}.{SweepPC.__qualname__}"
 
 
-__all__ = ["SweepPC", "PYTHON_TYPE", "REUSE_RTOL", "EXACT_RTOL"]
+__all__ = ["SweepPC", "PYTHON_TYPE", "REUSE_RTOL", "EXACT_RTOL", "reuse_rtol"]

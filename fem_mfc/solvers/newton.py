@@ -264,7 +264,7 @@ class NewtonSolver:
         if self.mode == "lu":
             path["factorisation"] = ksp.getPC().getFactorSolverType()
         else:
-            from .kkt_pc import REUSE_RTOL
+            from .kkt_pc import reuse_rtol
             from .steps import describe
             pc = self._pc_context()
             kind = getattr(pc, "kind", None) or "lu"
@@ -275,7 +275,12 @@ class NewtonSolver:
             path["trapezoid_residual"] = self.trap is not None
             path["affine_blocks"] = bool(getattr(self.st.assembler, "affine_blocks", False)
                                          and self.st.quadratic)
-            path["reuse_rtol"] = options.get_real("sweep_reuse_rtol", REUSE_RTOL, self.prefix)
+            path["reuse_rtol"] = getattr(pc, "reuse_rtol", None)
+            if path["reuse_rtol"] is None:
+                path["reuse_rtol"] = options.get_real(
+                    "sweep_reuse_rtol", reuse_rtol(V.dofmap.index_map.size_global
+                                                   * V.dofmap.index_map_bs,
+                                                   V.mesh.topology.dim), self.prefix)
         return path
 
     # -- SNES callbacks ------------------------------------------------------------------------
