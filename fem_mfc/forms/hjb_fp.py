@@ -274,6 +274,13 @@ def level_residuals(tm: dict, t_prev, t_cur, d: StepData) -> dict:
     The Jacobian blocks are their derivatives (:func:`row_dependencies` lists the nonzero
     ones).
     """
+    return level_rows(tm, t_prev, t_cur, d, step_lagrangian, rho_residual, terminal)
+
+
+def level_rows(tm: dict, t_prev, t_cur, d, step_lagrangian, rho_residual, terminal) -> dict:
+    """The rows of :func:`level_residuals` from a formulation's step Lagrangian, HJB residual
+    and terminal functional (this module's, or the K-population ones of forms/populations.py
+    with their data ``d``)."""
     q = ufl.TestFunction(tm[RHO_CUR].function_space)
     rp, rc, rn, up, uc = (tm[k] for k in (RHO_PREV, RHO_CUR, RHO_NEXT, U_PREV, U_CUR))
     previous = rho_residual(rp, rc, up, t_prev, rc, q, d)

@@ -156,14 +156,7 @@ def level_residuals(tm: dict, t_prev, t_cur, P: PopulationsData) -> dict:
     """The residual rows of time level k (as :func:`fem_mfc.forms.hjb_fp.level_residuals`),
     K-valued: row "u" holds the FP steps of all populations, "rho"/"rho_last" their HJB
     steps."""
-    q = ufl.TestFunction(tm[RHO_CUR].function_space)
-    rp, rc, rn, up, uc = (tm[k] for k in (RHO_PREV, RHO_CUR, RHO_NEXT, U_PREV, U_CUR))
-    previous = rho_residual(rp, rc, up, t_prev, rc, q, P)
-    return {
-        "u": ufl.derivative(step_lagrangian(rc, rn, uc, t_cur, P), uc, q),
-        "rho": previous + rho_residual(rc, rn, uc, t_cur, rc, q, P),
-        "rho_last": previous + ufl.derivative(terminal(rc, P), rc, q),
-    }
+    return H.level_rows(tm, t_prev, t_cur, P, step_lagrangian, rho_residual, terminal)
 
 
 def level_functionals(tm: dict, t_cur, P: PopulationsData) -> dict:
