@@ -24,7 +24,7 @@ import numpy as np
 
 def interpolation(p, pc, Lc):
     """Π: fine space-time increments ← coarse ones (dense, for the small sizes here)."""
-    from fem_mfc.solvers.nested import _interpolation_matrix
+    from fem_mfc.solvers.nested import _interpolation_matrix, _weights
     Ps = _interpolation_matrix(pc.space, p.space).toarray()
     N, Nc, nl, nlc = p.steps, pc.steps, Ps.shape[0], Ps.shape[1]
     Pi = np.zeros((2 * N * nl, 2 * Nc * nlc))
@@ -32,9 +32,8 @@ def interpolation(p, pc, Lc):
     tr = np.array([0.0] + [pc.rho_time(m) for m in range(1, Nc + 1)])  # δρ⁰ = 0 first
 
     def put(f, nodes, t, index):
-        j = int(np.clip(np.searchsorted(nodes, t), 1, len(nodes) - 1))
-        w = np.clip((t - nodes[j - 1]) / (nodes[j] - nodes[j - 1]), 0.0, 1.0)
-        for m, wm in ((j - 1, 1 - w), (j, w)):
+        i, j, w = _weights(nodes, t)                  # the nested-iteration transfer's
+        for m, wm in ((i, 1 - w), (j, w)):
             g = index(m)
             if g is not None and wm:
                 Pi[f * nl:(f + 1) * nl, g * nlc:(g + 1) * nlc] += wm * Ps

@@ -90,12 +90,13 @@ def check_cole_hopf_guess(p):
                           "and no source terms)", "cole-hopf")
 
 
-def cole_hopf_guess(st: SpaceTime, residual=None) -> bool:
+def cole_hopf_guess(st: SpaceTime, residual=None, before: float | None = None) -> bool:
     """States of ``st`` ← the Cole–Hopf solution (two linear sweeps, MODEL §4) of its problem
     without congestion — a continuation start for congested problems — if its residual is
     smaller than that of the current states (on coarse meshes with Crank–Nicolson, χ can turn
     negative and the guess is useless); returns whether it was taken.  ``residual(x, f)``
-    evaluates F (default: assembly; Newton passes its trapezoid residual)."""
+    evaluates F (default: assembly; Newton passes its trapezoid residual); ``before``: ‖F‖ at
+    the current states, if known."""
     import dataclasses
 
     from .sweeps import cole_hopf_fields
@@ -104,8 +105,9 @@ def cole_hopf_guess(st: SpaceTime, residual=None) -> bool:
     residual = residual or st.residual
     X0, X1, F = st.create_vec(), st.create_vec(), st.create_vec()
     st.states_to_vec(X0)
-    residual(X0, F)
-    before = F.norm()
+    if before is None:
+        residual(X0, F)
+        before = F.norm()
     cole_hopf_fields(dataclasses.replace(p, G=None, rho0=p.rho0), st.rho, st.u)
     st.states_to_vec(X1)
     residual(X1, F)
@@ -264,7 +266,6 @@ class NewtonSolver:
         if self.mode == "lu":
             path["factorisation"] = ksp.getPC().getFactorSolverType()
         else:
-            from .kkt_pc import reuse_rtol
             from .steps import describe
             pc = self._pc_context()
             kind = getattr(pc, "kind", None) or "lu"
@@ -275,12 +276,7 @@ class NewtonSolver:
             path["trapezoid_residual"] = self.trap is not None
             path["affine_blocks"] = bool(getattr(self.st.assembler, "affine_blocks", False)
                                          and self.st.quadratic)
-            path["reuse_rtol"] = getattr(pc, "reuse_rtol", None)
-            if path["reuse_rtol"] is None:
-                path["reuse_rtol"] = options.get_real(
-                    "sweep_reuse_rtol", reuse_rtol(V.dofmap.index_map.size_global
-                                                   * V.dofmap.index_map_bs,
-                                                   V.mesh.topology.dim), self.prefix)
+            path["reuse_rtol"] = getattr(pc, "reuse_rtol", None)   # None: no sweep ran
         return path
 
     # -- SNES callbacks ------------------------------------------------------------------------
@@ -545,7 +541,7 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
             # start: a better guess must not tighten it (nor cost Krylov iterations for it)
             f_trivial = (trivial_residual(st) if system is None and resume is None
                          and guess in ("cole-hopf", "coarse") else None)
-            if guess == "cole-hopf" and not cole_hopf_guess(st, solver.trap):
+            if guess == "cole-hopf" and not cole_hopf_guess(st, solver.trap, f_trivial):
                 guess = "trivial (the Cole-Hopf guess had the larger residual)"
             elif guess == "coarse":
                 from .nested import coarse_guess
@@ -569,15 +565,16 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
             else:
                 f0 = (resume.get("first_residual") if resume is not None   # the original
                       else f_trivial)                                       # run's target
+                tolerance = {}
                 if f0:
                     solver.stage["first_residual"] = f0
-                    solver.stall_exit = resume is None and continuation and bool(st.parameters)
-                    out = solver.solve(rtol=0.0, atol=max(atol, rtol * f0))
-                    solver.stall_exit = False
-                else:
-                    solver.stall_exit = continuation and bool(st.parameters)
-                    out = solver.solve()
-                    solver.stall_exit = False
+                    tolerance = {"rtol": 0.0, "atol": max(atol, rtol * f0)}
+                # a stalled attempt ends early when a continuation can take over (not on a
+                # restart at its original target)
+                solver.stall_exit = (continuation and bool(st.parameters)
+                                     and not (resume is not None and f0))
+                out = solver.solve(**tolerance)
+                solver.stall_exit = False
                 if not out["converged"] and continuation:
                     from .continuation import continue_to
                     if X0 is None:

@@ -116,9 +116,9 @@ def redundant(ndofs: int, ranks: int, solves: float = float("inf")) -> bool:
                                           and ndofs < REDUNDANT_SOLVES_MAX_DOFS)
 
 
-def describe(comm, prefix: str, kind: str = "lu", ndofs: int = 0,
-             solves: float = float("inf")) -> str:
-    """What :func:`step_solver` builds under ``prefix`` on ``comm`` (for summaries)."""
+def describe(comm, prefix: str, kind: str = "lu", ndofs: int = 0) -> str:
+    """What :func:`step_solver` builds under ``prefix`` on ``comm`` for factors serving many
+    solves (the sweeps; for summaries)."""
     pc = options.get("pc_type", None, prefix)
     ksp = options.get("ksp_type", None, prefix)
     if pc is None:
@@ -127,7 +127,7 @@ def describe(comm, prefix: str, kind: str = "lu", ndofs: int = 0,
         if kind == "amg":
             return "gmres+boomeramg"
         size = comm.size
-        if redundant(ndofs, size, solves):
+        if redundant(ndofs, size):
             return "lu:petsc (redundant)"
         return "lu:" + ("petsc" if size == 1 else "mumps")
     if pc in ("lu", "cholesky"):
