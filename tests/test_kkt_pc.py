@@ -379,6 +379,26 @@ def test_sweep_parallel_reuse_matches_serial_lu():
     assert abs(par.J - ser.J) < 1e-9 and abs(par.J_value - ser.J_value) < 1e-9
 
 
+@pytest.mark.mpi
+def test_sweep_owned_factors_match_the_redundant_lu():
+    """On 2–4 ranks every per-step LU of the sweeps is factorised and stored by one rank, the
+    ranks in turn (steps.OwnedLU, the default there): the iterates of the redundant LU on
+    every rank (``-mfc_sweep_owned_factors 0``) and of the serial LU path."""
+    comm = MPI.COMM_WORLD
+    owned = newton(problem(comm, nx=12, steps=6), linear="sweep")
+    red = newton(problem(comm, nx=12, steps=6), linear="sweep",
+                 petsc_options={"sweep_owned_factors": False})
+    ser = newton(problem(MPI.COMM_SELF, nx=12, steps=6), linear="lu")
+    assert owned.path["owned_factors"] is (comm.size > 1)
+    assert red.path["owned_factors"] is False
+    for r in (owned, red):
+        assert r.iterations == ser.iterations
+        assert abs(r.J - ser.J) < 1e-9 and abs(r.J_value - ser.J_value) < 1e-9
+    assert [h.get("ksp_its") for h in owned.history] == [h.get("ksp_its") for h in red.history]
+    # owned: explicit transpose factors (on another rank) for the HJB sweep
+    assert owned.history[-2]["factorisations"] == 2 * red.history[-2]["factorisations"]
+
+
 def test_cole_hopf_initial_guess():
     """Newton from the Cole–Hopf solution without congestion: the same discrete solution as
     from the trivial guess, a smaller initial residual, no more Newton steps; a useless guess

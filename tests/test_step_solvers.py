@@ -1,6 +1,7 @@
 """Per-step solvers (fem_mfc.solvers.steps): the Cholesky factorisation of the symmetric
 Cole–Hopf step matrix gives the LU's solution, serially (PETSc) and on 2 ranks (MUMPS)."""
 from mpi4py import MPI
+from petsc4py import PETSc
 
 import dolfinx
 import dolfinx.fem.petsc
@@ -80,3 +81,75 @@ def test_cholesky_equals_lu_mumps(distributed):
 @pytest.mark.mpi
 def test_cole_hopf_cholesky_equals_lu_mumps(distributed):
     _check_cole_hopf_cholesky_equals_lu()
+
+
+def drift_matrix(comm, cells=12):
+    """A non-symmetric per-step matrix: mass + τ(diffusion + drift), and its mesh (dolfinx's
+    matrix needs its mesh alive: A.createVecRight() crashes on 2 ranks after the mesh went)."""
+    mesh = dolfinx.mesh.create_rectangle(comm, [[-1, -1], [1, 1]], [cells, cells])
+    V = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    u, v = ufl.TrialFunction(V), ufl.TestFunction(V)
+    x = ufl.SpatialCoordinate(mesh)
+    b = ufl.as_vector((1.0 + x[1], -x[0]))
+    a = (u * v + 0.05 * (0.3 * ufl.inner(ufl.grad(u), ufl.grad(v))
+                         + ufl.dot(b, ufl.grad(u)) * v)) * ufl.dx
+    A = dolfinx.fem.petsc.assemble_matrix(dolfinx.fem.form(a))
+    A.assemble()
+    return A, mesh
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("owner", [0, 1])
+def test_owned_factors_solve_like_the_redundant_lu(owner):
+    """OwnedLU (the sweeps' per-step LU on 2–4 ranks): the factors of A — or of Aᵀ — held by
+    one rank only give the redundant LU's solutions, A⁻¹b and A⁻ᵀb, on every rank."""
+    comm = MPI.COMM_WORLD
+    owner = owner % comm.size
+    A, mesh = drift_matrix(comm)
+    assert not A.isSymmetric(1e-10)
+    ref = steps.step_solver(A, "test_ref_")
+    assert comm.size == 1 or ref.getPC().getType() == "redundant"
+    own = steps.OwnedLU(A, "test_own_", owner)
+    ownT = steps.OwnedLU(A, "test_own_", (owner + 1) % comm.size, transpose=True)
+    for f in (own, ownT):
+        f.factor()
+        assert f.check() and steps.is_direct(f)
+    # the factors are stored on the owner only
+    assert (own.ksp is not None) == (comm.rank == owner)
+    b, x_ref = A.createVecs()
+    b.setArray(np.random.default_rng(comm.rank).standard_normal(b.getLocalSize()))
+    x = x_ref.duplicate()
+    for solve_ref, solvers in ((ref.solve, (own.solve,)),
+                               (ref.solveTranspose, (own.solveTranspose, ownT.solve))):
+        solve_ref(b, x_ref)
+        for s in solvers:
+            x.zeroEntries()
+            s(b, x)
+            x.axpy(-1.0, x_ref)
+            assert x.norm() <= 1e-12 * x_ref.norm()
+    # refactorisation with a new owner, after the matrix changed
+    A.shift(1.0)
+    own.gather(A, (owner + 1) % comm.size)
+    own.factor()
+    assert own.check()
+    ref.setOperators(A)
+    ref.solve(b, x_ref)
+    own.solve(b, x)
+    x.axpy(-1.0, x_ref)
+    assert x.norm() <= 1e-12 * x_ref.norm()
+    for k in (ref, own, ownT):
+        k.destroy()
+
+
+@pytest.mark.mpi
+def test_owned_factorisation_failure_is_seen_on_every_rank():
+    """A singular pivot fails on its owner only; check() is False on every rank (the sweep
+    preconditioner then raises everywhere: no rank waits for the others)."""
+    comm = MPI.COMM_WORLD
+    A, mesh = drift_matrix(comm)
+    A.zeroRows(A.getOwnershipRange()[0] + np.arange(2, dtype=PETSc.IntType) if comm.rank == 0
+               else np.zeros(0, dtype=PETSc.IntType), diag=0.0)
+    f = steps.OwnedLU(A, "test_fail_", comm.size - 1)
+    f.factor()
+    assert not f.check()
+    f.destroy()

@@ -273,6 +273,9 @@ class NewtonSolver:
             path["step_solver"] = describe(self.st.comm, self.prefix + "sweep_", kind,
                                            V.dofmap.index_map.size_global * V.dofmap.index_map_bs)
             path["step_kind"] = kind
+            path["owned_factors"] = bool(getattr(pc, "owned", False))
+            if path["owned_factors"]:
+                path["step_solver"] = "lu:petsc (each factorisation on one rank)"
             path["trapezoid_residual"] = self.trap is not None
             path["affine_blocks"] = bool(getattr(self.st.assembler, "affine_blocks", False)
                                          and self.st.quadratic)

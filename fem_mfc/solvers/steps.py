@@ -9,7 +9,9 @@ time step and sweep.  Three kinds (``-{prefix}step lu|ilu|amg|auto``, default ``
   on 2 to REDUNDANT_MAX_RANKS ranks the same LU on every rank (PCREDUNDANT) for pivots of
   fewer than REDUNDANT_MAX_DOFS dofs, or fewer than REDUNDANT_SOLVES_MAX_DOFS when the
   factors serve REDUNDANT_SOLVES solves or more (Newton's sweeps); MUMPS, distributed,
-  otherwise (its factorisation is faster, its solves slower: :func:`redundant`).
+  otherwise (its factorisation is faster, its solves slower: :func:`redundant`).  The
+  sweep preconditioner of Newton, which factorises many pivots per set-up, replaces the
+  redundant LU by :class:`OwnedLU`: each factorisation on one rank, the ranks in turn.
   Fill and factorisation time grow like a d-dimensional nested dissection: cheap in 1D and
   2D, prohibitive in 3D (docs/performance.md).
 * ``ilu``: GMRES with ILU(0) (block Jacobi + ILU(0) per rank in parallel; serially in 1D and
@@ -102,9 +104,117 @@ def step_solver(A: PETSc.Mat, prefix: str, kind: str = "lu",
     return ksp
 
 
-def is_direct(ksp: PETSc.KSP) -> bool:
-    """Does one application of ``ksp`` solve exactly (preonly + a factorisation)?"""
+def is_direct(ksp) -> bool:
+    """Does one application of ``ksp`` (a KSP or an :class:`OwnedLU`) solve exactly (preonly
+    + a factorisation)?"""
     return ksp.getType() == PETSc.KSP.Type.PREONLY
+
+
+class OwnedLU:
+    """The LU factors of a distributed per-step matrix held by one rank, ``owner``.
+
+    Where a redundant LU (PCREDUNDANT) factorises the whole pivot on every rank, the sweep
+    preconditioner gives each of its factorisations to one rank, in turn: the ranks
+    factorise *different* pivots at the same time, and each factor is stored once.  A solve
+    gathers the right-hand side to the owner, which solves with PETSc's LU, and scatters the
+    solution back (the sweeps are sequential in time, so the other ranks wait, as they
+    compute the same solve in the redundant LU).
+
+    Two phases, so that the factorisations of one set-up overlap: :meth:`gather`
+    (collective: the pivot, or its transpose with ``transpose``, as a sequential matrix on
+    the owner) and :meth:`factor` (local to the owner; call :meth:`check` after the set-up's
+    last one, collectively, to raise on all ranks if one failed).  The owner's KSP reads
+    the options under ``prefix`` (``-{prefix}pc_factor_…``)."""
+
+    def __init__(self, A: PETSc.Mat, prefix: str, owner: int, transpose: bool = False):
+        self.comm = A.getComm()
+        self.prefix, self.transpose = prefix, transpose
+        self.owner = None
+        self.sub = self.ksp = self.M = None
+        self.failed = False
+        self.gather(A, owner)
+
+    # the KSP-like interface of the sweep preconditioner
+    def getType(self) -> str:
+        return PETSc.KSP.Type.PREONLY
+
+    def getConvergedReason(self) -> int:
+        return PETSc.KSP.ConvergedReason.CONVERGED_ITS
+
+    def gather(self, A: PETSc.Mat, owner: int):
+        """Collective: A (or Aᵀ) to ``owner`` as a sequential matrix; factorise with
+        :meth:`factor`."""
+        if owner != self.owner:               # a new owner: new index set, vectors, scatter
+            self._free_owner_parts()
+            self.owner = owner
+            self.mine = self.comm.getRank() == owner
+            n = A.getSize()[0] if self.mine else 0
+            self.rows = PETSc.IS().createStride(n, 0, 1, comm=PETSc.COMM_SELF)
+            self.b = PETSc.Vec().createSeq(n, comm=PETSc.COMM_SELF)
+            self.x = self.b.duplicate()
+            v = PETSc.Vec().createMPI((A.getLocalSize()[1], PETSc.DETERMINE), comm=self.comm)
+            self.scatter = PETSc.Scatter().create(v, self.rows, self.b, None)
+            v.destroy()
+        self.sub = A.createSubMatrices(
+            self.rows, submats=None if self.sub is None else [self.sub])[0]
+        self.due = True
+
+    def factor(self):
+        """Local: the owner factorises the gathered matrix (a failure is kept for
+        :meth:`check`)."""
+        if not (self.mine and self.due):
+            self.due = False
+            return
+        self.due = False
+        try:
+            M = self.sub
+            if self.transpose:
+                if self.M is not None:
+                    self.M.destroy()
+                M = self.M = self.sub.transpose(PETSc.Mat())
+            if self.ksp is None:
+                ksp = self.ksp = PETSc.KSP().create(PETSc.COMM_SELF)
+                ksp.setOptionsPrefix(self.prefix)
+                ksp.setType("preonly")
+                ksp.getPC().setType("lu")
+                ksp.getPC().setFactorSolverType("petsc")
+                ksp.setOperators(M)
+                ksp.setFromOptions()
+            else:
+                self.ksp.setOperators(M)
+            self.ksp.setUp()
+            self.failed = self.ksp.getPC().getFailedReason() != 0
+        except PETSc.Error:
+            self.failed = True
+
+    def check(self) -> bool:
+        """Collective: did every rank's factorisation succeed?"""
+        from mpi4py import MPI
+        return self.comm.tompi4py().allreduce(not self.failed, op=MPI.LAND)
+
+    def _solve(self, b: PETSc.Vec, x: PETSc.Vec, transposed: bool):
+        fw, rv = PETSc.ScatterMode.FORWARD, PETSc.ScatterMode.REVERSE
+        self.scatter.scatter(b, self.b, PETSc.InsertMode.INSERT_VALUES, fw)
+        if self.mine:
+            (self.ksp.solveTranspose if transposed else self.ksp.solve)(self.b, self.x)
+        self.scatter.scatter(self.x, x, PETSc.InsertMode.INSERT_VALUES, rv)
+
+    def solve(self, b: PETSc.Vec, x: PETSc.Vec):
+        """Collective: x = A⁻¹ b (the owner solves)."""
+        self._solve(b, x, False)
+
+    def solveTranspose(self, b: PETSc.Vec, x: PETSc.Vec):
+        self._solve(b, x, True)
+
+    def _free_owner_parts(self):
+        for k in ("rows", "b", "x", "scatter", "sub", "M", "ksp"):
+            o = getattr(self, k, None)
+            if o is not None:
+                o.destroy()
+            setattr(self, k, None)
+
+    def destroy(self):
+        self._free_owner_parts()
 
 
 def redundant(ndofs: int, ranks: int, solves: float = float("inf")) -> bool:
@@ -135,6 +245,6 @@ def describe(comm, prefix: str, kind: str = "lu", ndofs: int = 0) -> str:
     return f"{ksp or ('gmres' if kind != 'lu' else 'preonly')}+{pc}"
 
 
-__all__ = ["step_solver", "step_kind", "is_direct", "describe", "redundant", "KINDS",
+__all__ = ["step_solver", "step_kind", "is_direct", "OwnedLU", "describe", "redundant", "KINDS",
            "REDUNDANT_MAX_RANKS", "REDUNDANT_MAX_DOFS", "REDUNDANT_SOLVES",
            "REDUNDANT_SOLVES_MAX_DOFS"]
