@@ -2,7 +2,8 @@
 
     bin/fem-env python3 benchmarks/run_all.py [--quick]
 
-Benchmarks print figures (DOF·steps/s, iterations, peak memory, 1 vs 2 ranks); they are never
+``--quick`` reaches the scripts that have that option (smaller sizes); the others run as they
+are.  Benchmarks print figures (DOF·steps/s, iterations, peak memory, 1 vs 2 ranks); they are never
 timed tests.  Timings on shared 2-core machines are noisy: compare ratios within one run.
 """
 import subprocess
@@ -15,7 +16,10 @@ if __name__ == "__main__":
     failed = []
     for script in sorted(HERE.glob("bench_*.py")):
         print(f"\n=== {script.name} ===", flush=True)
-        rc = subprocess.call([sys.executable, str(script), *sys.argv[1:]])
+        args = sys.argv[1:]
+        if '"--quick"' not in script.read_text():
+            args = [a for a in args if a != "--quick"]
+        rc = subprocess.call([sys.executable, str(script), *args])
         if rc:
             failed.append(script.name)
     if failed:

@@ -652,3 +652,24 @@ def test_midpoint_coupling_blocks_are_sums_of_one_per_interval(coupling):
     be = SpaceTime(dataclasses.replace(bench_problem(2, 1, 8, 5, coupling),
                                        scheme="backward-euler"))
     assert not be.formulation.midpoint_coupling
+
+
+def test_time_parallel_sweep_variants_cost_krylov_iterations():
+    """benchmarks/bench_time_parallel.py (the README's "Scaling"): the time-parallel variants
+    of the sweep preconditioner — time chunks without their couplings, the two sweeps
+    independent — stay valid preconditioners (same J) but need more Krylov iterations, the
+    more the more chunks: the measurement behind "time-parallel sweeps do not pay on 2
+    ranks"."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent.parent / "benchmarks"))
+    from bench_time_parallel import rows
+
+    from fem_mfc.solvers import layout
+    before = layout.SpaceTimeLayout.before_in_forward_sweep
+    out = {o["label"]: o for o in rows(12, 8, chunks=(2, 4))}
+    assert layout.SpaceTimeLayout.before_in_forward_sweep is before      # restored
+    k = {label: sum(o["krylov"]) for label, o in out.items()}
+    ref = out["sweep (reference)"]
+    assert all(o["converged"] and abs(o["J"] - ref["J"]) < 1e-9 for o in out.values())
+    assert k["sweep (reference)"] < k["2 time chunks"] < k["4 time chunks"]
+    assert k["concurrent sweeps"] > k["sweep (reference)"]
