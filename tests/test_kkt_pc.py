@@ -673,3 +673,13 @@ def test_time_parallel_sweep_variants_cost_krylov_iterations():
     assert all(o["converged"] and abs(o["J"] - ref["J"]) < 1e-9 for o in out.values())
     assert k["sweep (reference)"] < k["2 time chunks"] < k["4 time chunks"]
     assert k["concurrent sweeps"] > k["sweep (reference)"]
+
+
+def test_a_failed_per_step_solve_is_named_in_the_result():
+    """An exception in the sweep preconditioner reaches PETSc as an error code only; the
+    result names its cause (here per-step GMRES limited to one iteration) instead of
+    "error code -1", and the run is flagged unconverged."""
+    r = newton(problem(), linear="sweep",
+               petsc_options={"sweep_step": "ilu", "sweep_ksp_max_it": 1})
+    assert not r.converged
+    assert "per-step solve of equation" in r.reason and "KSP reason -3" in r.reason

@@ -125,6 +125,7 @@ class SweepPC:
         self.it, self._T, self._due = {}, None, {}   # iterative kinds: one KSP per direction
         self._terms = {}                      # (equation, sweep) → its right-hand side terms
         self._norms = {}                      # equation → ‖pivot‖_F in this set-up pass
+        self.error = None                     # the message of an exception in a callback
 
     # -- PETSc python PC interface ----------------------------------------------------------
     def create(self, pc):
@@ -291,6 +292,9 @@ class SweepPC:
         t0 = time.perf_counter()
         try:
             self._setup(pc)
+        except Exception as e:                # PETSc sees an error code only: keep the cause
+            self.error = str(e) or type(e).__name__
+            raise
         finally:
             self.seconds["setup"] += time.perf_counter() - t0
 
@@ -400,7 +404,11 @@ class SweepPC:
         """y = M⁻¹ x: backward sweep over the HJB equations for δu, forward over the FP
         equations for δρ."""
         t0 = time.perf_counter()
-        self._apply(x, y)
+        try:
+            self._apply(x, y)
+        except Exception as e:
+            self.error = str(e) or type(e).__name__
+            raise
         self.seconds["apply"] += time.perf_counter() - t0
 
     def _apply(self, x: PETSc.Vec, y: PETSc.Vec):

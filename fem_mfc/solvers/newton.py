@@ -285,17 +285,35 @@ class NewtonSolver:
     # -- SNES callbacks ------------------------------------------------------------------------
     def _residual(self, snes, x, f):
         t0 = time.perf_counter()
-        if self.trap is not None:
-            self.trap(x, f)
-        else:
-            self.st.residual(x, f)
+        try:
+            if self.trap is not None:
+                self.trap(x, f)
+            else:
+                self.st.residual(x, f)
+        except Exception as e:                # PETSc sees an error code only: keep the cause
+            self._error = str(e) or type(e).__name__
+            raise
         self.seconds["residual"] += time.perf_counter() - t0
 
     def _jacobian(self, snes, x, J, P):
         t0 = time.perf_counter()
-        if self.trap is None or not self.trap.current(x):   # else: assembled with F(x)
-            self.op.update(x)
+        try:
+            if self.trap is None or not self.trap.current(x):   # else: assembled with F(x)
+                self.op.update(x)
+        except Exception as e:
+            self._error = str(e) or type(e).__name__
+            raise
         self.seconds["jacobian"] += time.perf_counter() - t0
+
+    def _cause(self) -> str | None:
+        """The message of the exception that unwound through SNES from one of our callbacks
+        (PETSc reports "error code -1" only), or None; cleared."""
+        pc = self._pc_context()
+        cause = getattr(self, "_error", None) or getattr(pc, "error", None)
+        self._error = None
+        if pc is not None:
+            pc.error = None
+        return cause.splitlines()[0] if cause else None
 
     def _monitor(self, snes, it, fnorm):
         h = self.history
@@ -413,6 +431,7 @@ class NewtonSolver:
             self.forcing.rtol, self.forcing.atol = rtol, atol
             self.forcing.prev = None
         self.history = []
+        self._cause()                         # drop a cause left by an earlier solve
         self._best_f = None
         self._floor = self._stall = False
         self._t_last = time.perf_counter()
@@ -421,7 +440,7 @@ class NewtonSolver:
             snes.solve(None, self.X)
             failed = None
         except (PETSc.Error, SolverError) as e:      # PETSc error or a failed callback
-            failed = str(e).splitlines()[0] if str(e) else "PETSc error"
+            failed = self._cause() or (str(e).splitlines()[0] if str(e) else "PETSc error")
             self._fresh_vectors()
         reason = snes.getConvergedReason()
         its = snes.getIterationNumber()
