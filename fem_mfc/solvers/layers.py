@@ -10,7 +10,9 @@ rank gain nothing.  Here layer n is factorised on rank
 ``owner(n) = n mod size`` from a full copy of Aₙ gathered there (``MatCreateSubMatrices``),
 all ranks factorising their layers at the same time; a solve gathers the right-hand side on
 the owner, solves there and scatters the solution back (two messages of one vector).  The
-sweep itself stays sequential — its solves are cheap beside the factorisations.
+sweep itself stays sequential — its solves are cheap beside the factorisations.  The data
+movement is :class:`~fem_mfc.solvers.steps.OwnerTransfer`'s, shared with the sweep
+preconditioner's one-rank factors (:class:`~fem_mfc.solvers.steps.OwnedLU`).
 
 :class:`LayerFactors` is that; on one rank (or with ``-{prefix}layers spatial``) it is the
 plain per-layer KSP on the distributed matrix, factorised at the first solve after
@@ -25,6 +27,7 @@ import numpy as np
 
 from .. import options
 from ..errors import SolverError
+from .steps import OwnerTransfer, factorise
 
 MODES = ("auto", "layers", "spatial")
 NOT_FINITE = -1000                    # a "reason": the solution has NaN/inf
@@ -65,20 +68,12 @@ class LayerFactors:
             return
         n_glob = mats[0].getSize()[0]
         self.owned = [n for n in range(self.N) if n % self.size == self.rank]
-        mine = PETSc.IS().createStride(n_glob, 0, 1, comm=PETSc.COMM_SELF)
-        none = PETSc.IS().createStride(0, 0, 1, comm=PETSc.COMM_SELF)
-        self._is = (mine, none)
         self.sub = {}                         # layer -> sequential copy (empty off its owner)
         self.ksp = {}
         self.b, self.y = mats[0].createVecs()
-        self.full = PETSc.Vec().createSeq(n_glob, comm=PETSc.COMM_SELF)
-        self.fullx = self.full.duplicate()
-        self.empty = PETSc.Vec().createSeq(0, comm=PETSc.COMM_SELF)
-        self.scatter = []                     # owner rank -> gather to it / scatter back
-        for o in range(self.size):
-            to = self.full if o == self.rank else self.empty
-            idx = mine if o == self.rank else none
-            self.scatter.append(PETSc.Scatter().create(self.b, idx, to, idx))
+        self.fullx = PETSc.Vec().createSeq(n_glob, comm=PETSc.COMM_SELF)
+        self.io = [OwnerTransfer(mats[0].getComm(), self.b.getLocalSize(), n_glob, o)
+                   for o in range(self.size)]          # owner rank -> gather / scatter back
         self._make = make_ksp
         self._pool = []                       # full vectors of the owned right-hand sides
 
@@ -93,27 +88,15 @@ class LayerFactors:
             for ksp, A in zip(self.ksp, self.mats):
                 ksp.setOperators(A)
             return
-        mine, none = self._is
         for n, A in enumerate(self.mats):     # collective gathers first (every rank keeps
-            idx = mine if self.owner(n) == self.rank else none   # its part, empty or full,
-            old = self.sub.get(n)                                 # so all reuse together)
-            if old is None:
-                self.sub[n] = A.createSubMatrices(idx, idx)[0]
-            else:
-                A.createSubMatrices(idx, idx, submats=[old])
-        reason = 0
+            self.sub[n] = self.io[self.owner(n)].matrix(A, self.sub.get(n))   # its part,
+        ok = True                                       # empty or full, so all reuse together)
         for n in self.owned:                  # ... then every rank factorises its layers
             ksp = self.ksp.get(n)
             if ksp is None:
                 ksp = self.ksp[n] = self._make(MPI.COMM_SELF, self.sub[n])
-            ksp.setOperators(self.sub[n])
-            try:
-                ksp.setUp()
-                if ksp.getPC().getFailedReason() != 0:        # e.g. a zero pivot
-                    reason = -1
-            except PETSc.Error:
-                reason = -1
-        if self.comm.allreduce(reason, op=MPI.MIN) < 0:
+            ok = factorise(ksp, self.sub[n]) and ok         # e.g. a zero pivot
+        if not self.comm.allreduce(ok, op=MPI.LAND):
             raise SolverError("a per-layer factorisation failed")
 
     # -- solves ------------------------------------------------------------------------------
@@ -127,12 +110,9 @@ class LayerFactors:
             reason = self.comm.allreduce(reason, op=MPI.MIN)
         else:                  # the hot path of the sweeps: one vector, one broadcast
             o = self.owner(n)
-            v = self.full if o == self.rank else self.empty
-            self.scatter[o].scatter(self.b, v, PETSc.InsertMode.INSERT,
-                                    PETSc.ScatterMode.FORWARD)
+            v = self.io[o].gather(self.b)
             reason = self._own_solve(self.ksp[n], transpose, v) if o == self.rank else 0
-            self.scatter[o].scatter(v, self.y, PETSc.InsertMode.INSERT,
-                                    PETSc.ScatterMode.REVERSE)
+            self.io[o].scatter_back(v, self.y)
             reason = self.comm.bcast(reason, root=o)
         _check(reason, what)
         return self.y.array.copy()
@@ -157,14 +137,12 @@ class LayerFactors:
         if self.mode == "spatial":
             return [self.solve(n, r, transpose, what) for n, r in items]
         while len(self._pool) < len(items):           # full vectors, kept for the next call
-            self._pool.append(self.full.duplicate())
+            self._pool.append(self.fullx.duplicate())
         mine, reason = [], 0
         for i, (n, rhs) in enumerate(items):          # gather every right-hand side
             o = self.owner(n)
             self.b.array[:] = rhs
-            to = self._pool[i] if o == self.rank else self.empty
-            self.scatter[o].scatter(self.b, to, PETSc.InsertMode.INSERT,
-                                    PETSc.ScatterMode.FORWARD)
+            self.io[o].gather(self.b, self._pool[i] if o == self.rank else None)
             if o == self.rank:
                 mine.append(i)
         for i in mine:                                # solve the own ones (concurrently)
@@ -173,8 +151,8 @@ class LayerFactors:
         outs = []
         for i, (n, _) in enumerate(items):            # scatter every solution back
             o = self.owner(n)
-            self.scatter[o].scatter(self._pool[i] if o == self.rank else self.empty, self.y,
-                                    PETSc.InsertMode.INSERT, PETSc.ScatterMode.REVERSE)
+            self.io[o].scatter_back(self._pool[i] if o == self.rank else self.io[o].full,
+                                    self.y)
             outs.append(self.y.array.copy())
         _check(self.comm.allreduce(reason, op=MPI.MIN), what)
         return outs
@@ -184,8 +162,8 @@ class LayerFactors:
         if self.mode == "spatial":
             objs += self.ksp
         else:
-            objs += list(self.ksp.values()) + list(self.sub.values()) + self.scatter
-            objs += [self.full, self.fullx, self.empty, *self._is, *self._pool]
+            objs += list(self.ksp.values()) + list(self.sub.values()) + self.io
+            objs += [self.fullx, *self._pool]
         for o in objs:
             o.destroy()
         self.ksp = {} if self.mode != "spatial" else []

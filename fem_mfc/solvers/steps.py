@@ -110,113 +110,6 @@ def is_direct(ksp) -> bool:
     return ksp.getType() == PETSc.KSP.Type.PREONLY
 
 
-class OwnedLU:
-    """The LU factors of a distributed per-step matrix held by one rank, ``owner``.
-
-    Where a redundant LU (PCREDUNDANT) factorises the whole pivot on every rank, the sweep
-    preconditioner gives each of its factorisations to one rank, in turn: the ranks
-    factorise *different* pivots at the same time, and each factor is stored once.  A solve
-    gathers the right-hand side to the owner, which solves with PETSc's LU, and scatters the
-    solution back (the sweeps are sequential in time, so the other ranks wait, as they
-    compute the same solve in the redundant LU).
-
-    Two phases, so that the factorisations of one set-up overlap: :meth:`gather`
-    (collective: the pivot, or its transpose with ``transpose``, as a sequential matrix on
-    the owner) and :meth:`factor` (local to the owner; call :meth:`check` after the set-up's
-    last one, collectively, to raise on all ranks if one failed).  The owner's KSP reads
-    the options under ``prefix`` (``-{prefix}pc_factor_…``)."""
-
-    def __init__(self, A: PETSc.Mat, prefix: str, owner: int, transpose: bool = False):
-        self.comm = A.getComm()
-        self.prefix, self.transpose = prefix, transpose
-        self.owner = None
-        self.sub = self.ksp = self.M = None
-        self.failed = False
-        self.gather(A, owner)
-
-    # the KSP-like interface of the sweep preconditioner
-    def getType(self) -> str:
-        return PETSc.KSP.Type.PREONLY
-
-    def getConvergedReason(self) -> int:
-        return PETSc.KSP.ConvergedReason.CONVERGED_ITS
-
-    def gather(self, A: PETSc.Mat, owner: int):
-        """Collective: A (or Aᵀ) to ``owner`` as a sequential matrix; factorise with
-        :meth:`factor`."""
-        if owner != self.owner:               # a new owner: new index set, vectors, scatter
-            self._free_owner_parts()
-            self.owner = owner
-            self.mine = self.comm.getRank() == owner
-            n = A.getSize()[0] if self.mine else 0
-            self.rows = PETSc.IS().createStride(n, 0, 1, comm=PETSc.COMM_SELF)
-            self.b = PETSc.Vec().createSeq(n, comm=PETSc.COMM_SELF)
-            self.x = self.b.duplicate()
-            v = PETSc.Vec().createMPI((A.getLocalSize()[1], PETSc.DETERMINE), comm=self.comm)
-            self.scatter = PETSc.Scatter().create(v, self.rows, self.b, None)
-            v.destroy()
-        self.sub = A.createSubMatrices(
-            self.rows, submats=None if self.sub is None else [self.sub])[0]
-        self.due = True
-
-    def factor(self):
-        """Local: the owner factorises the gathered matrix (a failure is kept for
-        :meth:`check`)."""
-        if not (self.mine and self.due):
-            self.due = False
-            return
-        self.due = False
-        try:
-            M = self.sub
-            if self.transpose:
-                if self.M is not None:
-                    self.M.destroy()
-                M = self.M = self.sub.transpose(PETSc.Mat())
-            if self.ksp is None:
-                ksp = self.ksp = PETSc.KSP().create(PETSc.COMM_SELF)
-                ksp.setOptionsPrefix(self.prefix)
-                ksp.setType("preonly")
-                ksp.getPC().setType("lu")
-                ksp.getPC().setFactorSolverType("petsc")
-                ksp.setOperators(M)
-                ksp.setFromOptions()
-            else:
-                self.ksp.setOperators(M)
-            self.ksp.setUp()
-            self.failed = self.ksp.getPC().getFailedReason() != 0
-        except PETSc.Error:
-            self.failed = True
-
-    def check(self) -> bool:
-        """Collective: did every rank's factorisation succeed?"""
-        from mpi4py import MPI
-        return self.comm.tompi4py().allreduce(not self.failed, op=MPI.LAND)
-
-    def _solve(self, b: PETSc.Vec, x: PETSc.Vec, transposed: bool):
-        fw, rv = PETSc.ScatterMode.FORWARD, PETSc.ScatterMode.REVERSE
-        self.scatter.scatter(b, self.b, PETSc.InsertMode.INSERT_VALUES, fw)
-        if self.mine:
-            (self.ksp.solveTranspose if transposed else self.ksp.solve)(self.b, self.x)
-        self.scatter.scatter(self.x, x, PETSc.InsertMode.INSERT_VALUES, rv)
-
-    def solve(self, b: PETSc.Vec, x: PETSc.Vec):
-        """Collective: x = A⁻¹ b (the owner solves)."""
-        self._solve(b, x, False)
-
-    def solveTranspose(self, b: PETSc.Vec, x: PETSc.Vec):
-        self._solve(b, x, True)
-
-    def _free_owner_parts(self):
-        for k in ("rows", "b", "x", "scatter", "sub", "M", "ksp"):
-            o = getattr(self, k, None)
-            if o is not None:
-                o.destroy()
-            setattr(self, k, None)
-
-    def destroy(self):
-        self._free_owner_parts()
-
-
 def redundant(ndofs: int, ranks: int, solves: float = float("inf")) -> bool:
     """Is a per-step LU of ``ndofs`` unknowns on ``ranks`` ranks, whose factors serve
     ``solves`` solves, solved redundantly (the same PETSc LU on every rank)?"""
@@ -245,6 +138,152 @@ def describe(comm, prefix: str, kind: str = "lu", ndofs: int = 0) -> str:
     return f"{ksp or ('gmres' if kind != 'lu' else 'preonly')}+{pc}"
 
 
-__all__ = ["step_solver", "step_kind", "is_direct", "OwnedLU", "describe", "redundant", "KINDS",
-           "REDUNDANT_MAX_RANKS", "REDUNDANT_MAX_DOFS", "REDUNDANT_SOLVES",
-           "REDUNDANT_SOLVES_MAX_DOFS"]
+class OwnerTransfer:
+    """The entries of a distributed vector (or matrix) gathered to one rank, ``owner``, as a
+    sequential one there (size 0 elsewhere), and back: the data movement of factors held by
+    one rank (:class:`OwnedLU`, :class:`~fem_mfc.solvers.layers.LayerFactors`)."""
+
+    def __init__(self, comm, nlocal: int, nglobal: int, owner: int):
+        self.owner = owner
+        self.mine = comm.getRank() == owner
+        n = nglobal if self.mine else 0
+        self.rows = PETSc.IS().createStride(n, 0, 1, comm=PETSc.COMM_SELF)
+        self.full = PETSc.Vec().createSeq(n, comm=PETSc.COMM_SELF)   # the owner's vector
+        v = PETSc.Vec().createMPI((nlocal, PETSc.DETERMINE), comm=comm)
+        self.scatter = PETSc.Scatter().create(v, self.rows, self.full, None)
+        v.destroy()
+
+    def matrix(self, A: PETSc.Mat, sub: PETSc.Mat | None = None) -> PETSc.Mat:
+        """Collective: the whole of A on the owner (0 × 0 elsewhere); into ``sub`` if given
+        (a matrix this returned for A's pattern)."""
+        return A.createSubMatrices(self.rows, submats=None if sub is None else [sub])[0]
+
+    def gather(self, b: PETSc.Vec, full: PETSc.Vec | None = None) -> PETSc.Vec:
+        """Collective: b on the owner, in ``full`` (default: this transfer's vector)."""
+        full = self.full if full is None else full
+        self.scatter.scatter(b, full, PETSc.InsertMode.INSERT_VALUES,
+                             PETSc.ScatterMode.FORWARD)
+        return full
+
+    def scatter_back(self, full: PETSc.Vec, x: PETSc.Vec):
+        """Collective: the owner's ``full`` into the distributed x."""
+        self.scatter.scatter(full, x, PETSc.InsertMode.INSERT_VALUES,
+                             PETSc.ScatterMode.REVERSE)
+
+    def destroy(self):
+        for o in (self.rows, self.full, self.scatter):
+            o.destroy()
+
+
+def factorise(ksp: PETSc.KSP, M: PETSc.Mat) -> bool:
+    """Set up ``ksp`` (a factorisation) on M; False if it failed (e.g. a zero pivot)."""
+    try:
+        ksp.setOperators(M)
+        ksp.setUp()
+        return ksp.getPC().getFailedReason() == 0
+    except PETSc.Error:
+        return False
+
+
+def owner_lu(prefix: str) -> PETSc.KSP:
+    """A one-rank PETSc LU with the options under ``prefix``."""
+    ksp = PETSc.KSP().create(PETSc.COMM_SELF)
+    ksp.setOptionsPrefix(prefix)
+    ksp.setType("preonly")
+    ksp.getPC().setType("lu")
+    ksp.getPC().setFactorSolverType("petsc")
+    ksp.setFromOptions()
+    return ksp
+
+
+class OwnedLU:
+    """The LU factors of a distributed per-step matrix held by one rank, ``owner``.
+
+    Where a redundant LU (PCREDUNDANT) factorises the whole pivot on every rank, the sweep
+    preconditioner gives each of its factorisations to one rank, in turn: the ranks
+    factorise *different* pivots at the same time, and each factor is stored once.  A solve
+    gathers the right-hand side to the owner, which solves with PETSc's LU, and scatters the
+    solution back (the sweeps are sequential in time, so the other ranks wait, as they
+    compute the same solve in the redundant LU).
+
+    Two phases, so that the factorisations of one set-up overlap: :meth:`gather`
+    (collective: the pivot, or its transpose with ``transpose``, as a sequential matrix on
+    the owner) and :meth:`factor` (local to the owner; call :meth:`check` after the set-up's
+    last one, collectively, to raise on all ranks if one failed).  The owner's KSP reads
+    the options under ``prefix`` (``-{prefix}pc_factor_…``)."""
+
+    def __init__(self, A: PETSc.Mat, prefix: str, owner: int, transpose: bool = False):
+        self.comm = A.getComm()
+        self.prefix, self.transpose = prefix, transpose
+        self.io = self.sub = self.ksp = self.M = None
+        self.failed = False
+        self.gather(A, owner)
+
+    @property
+    def mine(self) -> bool:
+        return self.io.mine
+
+    # the KSP-like interface of the sweep preconditioner
+    def getType(self) -> str:
+        return PETSc.KSP.Type.PREONLY
+
+    def getConvergedReason(self) -> int:
+        return PETSc.KSP.ConvergedReason.CONVERGED_ITS
+
+    def gather(self, A: PETSc.Mat, owner: int):
+        """Collective: A (or Aᵀ) to ``owner`` as a sequential matrix; factorise with
+        :meth:`factor`."""
+        if self.io is None or owner != self.io.owner:     # new owner: new transfer, factors
+            self._free()
+            self.io = OwnerTransfer(self.comm, A.getLocalSize()[0], A.getSize()[0], owner)
+            self.x = self.io.full.duplicate()
+        self.sub = self.io.matrix(A, self.sub)
+        self.due = True
+
+    def factor(self):
+        """Local: the owner factorises the gathered matrix (a failure is kept for
+        :meth:`check`)."""
+        due, self.due = self.due, False
+        if not (self.mine and due):
+            return
+        M = self.sub
+        if self.transpose:
+            if self.M is not None:
+                self.M.destroy()
+            M = self.M = self.sub.transpose(PETSc.Mat())
+        if self.ksp is None:
+            self.ksp = owner_lu(self.prefix)
+        self.failed = not factorise(self.ksp, M)
+
+    def check(self) -> bool:
+        """Collective: did every rank's factorisation succeed?"""
+        from mpi4py import MPI
+        return self.comm.tompi4py().allreduce(not self.failed, op=MPI.LAND)
+
+    def _solve(self, b: PETSc.Vec, x: PETSc.Vec, transposed: bool):
+        full = self.io.gather(b)
+        if self.mine:
+            (self.ksp.solveTranspose if transposed else self.ksp.solve)(full, self.x)
+        self.io.scatter_back(self.x, x)
+
+    def solve(self, b: PETSc.Vec, x: PETSc.Vec):
+        """Collective: x = A⁻¹ b (the owner solves)."""
+        self._solve(b, x, False)
+
+    def solveTranspose(self, b: PETSc.Vec, x: PETSc.Vec):
+        self._solve(b, x, True)
+
+    def _free(self):
+        for k in ("io", "x", "sub", "M", "ksp"):
+            o = getattr(self, k, None)
+            if o is not None:
+                o.destroy()
+            setattr(self, k, None)
+
+    def destroy(self):
+        self._free()
+
+
+__all__ = ["step_solver", "step_kind", "is_direct", "OwnedLU", "OwnerTransfer", "factorise",
+           "owner_lu", "describe", "redundant", "KINDS", "REDUNDANT_MAX_RANKS",
+           "REDUNDANT_MAX_DOFS", "REDUNDANT_SOLVES", "REDUNDANT_SOLVES_MAX_DOFS"]
