@@ -117,13 +117,40 @@ def table(rows: list) -> str:
         sp = [f"{one['time_min'] / g[k]['time_min']:.2f}" if one and k in g else "–"
               for k in ranks[1:]]
         rp = [f"{g[k]['time_min'] / g[k]['proxy_s']:.1f}" if k in g else "–" for k in ranks]
-        agree = all(abs(g[k]["J"] - one["J"]) <= 1e-8 * abs(one["J"]) for k in g) if one \
-            else False
-        lines.append(f"| {dim} | {dofs} | {one['steps'] if one else ''} | {path} | {kind} "
+        if one is None or len(g) < 2:         # a weak-scaling size: nothing to compare
+            agree = "–"
+        else:
+            agree = "yes" if all(abs(g[k]["J"] - one["J"]) <= 1e-8 * abs(one["J"])
+                                 for k in g) else "NO"
+        steps = next(iter(g.values()))["steps"]
+        lines.append(f"| {dim} | {dofs} | {steps} | {path} | {kind} "
                      f"({'/'.join(g[k]['auto_kind'] for k in ranks if k in g)}) | "
                      + " | ".join(ts) + " | " + " | ".join(sp) + " | " + ", ".join(rp)
-                     + f" | {'yes' if agree else 'NO'} |")
+                     + f" | {agree} |")
     return "\n".join(lines)
+
+
+def weak_table(rows: list) -> str:
+    """Markdown: weak scaling — the 1-rank run against the r-rank runs of ≈ r × its dofs
+    (within 10 %), same path and kind: efficiency = time(1) / time(r) (1 is ideal) and
+    DOF·steps/s per rank.  Empty when there are no such pairs."""
+    ones = [r for r in rows if r["ranks"] == 1]
+    lines = []
+    for o in sorted(ones, key=lambda r: (r["dim"], r["dofs"], r["path"], r["kind"])):
+        for r in rows:
+            if (r["ranks"] > 1 and (r["dim"], r["path"], r["kind"]) == (o["dim"], o["path"],
+                                                                          o["kind"])
+                    and abs(r["dofs"] / (r["ranks"] * o["dofs"]) - 1) < 0.1):
+                rate = [x["dofs"] * x["steps"] / x["time_min"] / x["ranks"] for x in (o, r)]
+                lines.append(f"| {o['dim']} | {o['path']} | {o['kind']} | {o['dofs']} → "
+                             f"{r['dofs']} | 1 → {r['ranks']} | {o['time_min']:.2f} → "
+                             f"{r['time_min']:.2f} | {o['time_min'] / r['time_min']:.2f} | "
+                             f"{rate[0]:.3g} → {rate[1]:.3g} |")
+    if not lines:
+        return ""
+    head = ("| dim | path | kind | dofs | ranks | s | weak efficiency | "
+            "DOF·steps/s per rank |")
+    return "\n".join([head, "|" + "---|" * (head.count("|") - 1)] + lines)
 
 
 def main():
@@ -172,6 +199,9 @@ def main():
         res.unlink()
     (out / "scaling.json").write_text(json.dumps(rows, indent=1))
     text = table(rows)
+    weak = weak_table(rows)
+    if weak:
+        text += "\n\nWeak scaling:\n\n" + weak
     (out / "scaling.md").write_text(text + "\n")
     print(text)
 
