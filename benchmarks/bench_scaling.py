@@ -13,7 +13,8 @@ Newton, G = 0 for Cole–Hopf): "2d" = P1 on a 500 × 500 rectangle (251k dofs),
 Per-step solver kinds (:mod:`fem_mfc.solvers.steps`): "auto" (the rule of
 :func:`fem_mfc.solvers.auto.step_kind`, recorded), "lu" (PETSc LU on 1 rank, the same LU on
 every rank on 2–4 ranks), "mumps" (MUMPS LU distributed over the ranks), "ilu" (GMRES +
-block-Jacobi ILU(0)), "amg" (GMRES + hypre BoomerAMG).
+ILU(0), in parallel additive Schwarz with overlap 1), "bjacobi" (GMRES + block-Jacobi ILU(0),
+no overlap), "amg" (GMRES + hypre BoomerAMG).
 
 For every (case, ranks) the script relaunches itself (``mpirun -n r``) and prints, per path
 and kind: the solve time (wall, max over ranks, min and median of --repeat), DOF·steps/s,
@@ -40,6 +41,9 @@ HERE = Path(__file__).resolve().parent
 CASES = {"2d": (2, 500), "3d": (3, 46), "2d-small": (2, 250), "3d-small": (3, 29)}
 KIND_OPTIONS = {"auto": {}, "lu": {"step": "lu"}, "ilu": {"step": "ilu"},
                 "amg": {"step": "amg"},
+                # the parallel ILU before ASM: block Jacobi, ILU(0) per rank without overlap
+                "bjacobi": {"step": "ilu", "mfc_ch_pc_type": "bjacobi",
+                            "mfc_sweep_pc_type": "bjacobi", "bench_heat_pc_type": "bjacobi"},
                 "mumps": {"step": "lu", "mfc_ch_pc_type": "lu", "mfc_sweep_pc_type": "lu",
                           "mfc_ch_pc_factor_mat_solver_type": "mumps",
                           "mfc_sweep_pc_factor_mat_solver_type": "mumps",
