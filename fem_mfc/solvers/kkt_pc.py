@@ -307,6 +307,7 @@ class SweepPC:
             return
         L = self.op.st.layout
         self._norms = {}
+        self._pending, self._turn = [], 0     # (an interrupted set-up leaves none behind)
         prev = {}                             # kind → owner used by the previous equation
         for r in range(self.op.st.nfields):
             if self._transposed(r):
