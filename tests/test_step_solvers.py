@@ -153,3 +153,21 @@ def test_owned_factorisation_failure_is_seen_on_every_rank():
     f.factor()
     assert not f.check()
     f.destroy()
+
+
+@pytest.mark.mpi
+def test_owned_factorisation_exception_is_seen_on_every_rank(monkeypatch):
+    """Any exception of the owner's local factorisation (here from building its solver: an
+    out-of-memory stands for them) is a failure check() reports on every rank — the other
+    ranks are waiting in that collective and must not hang."""
+    comm = MPI.COMM_WORLD
+    A, mesh = drift_matrix(comm)
+
+    def broken(prefix):
+        raise RuntimeError("no memory for the factors")
+
+    monkeypatch.setattr(steps, "owner_lu", broken)
+    f = steps.OwnedLU(A, "test_broken_", 0)
+    f.factor()
+    assert not f.check()
+    f.destroy()

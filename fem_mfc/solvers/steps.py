@@ -184,12 +184,13 @@ class OwnerTransfer:
 
 
 def factorise(ksp: PETSc.KSP, M: PETSc.Mat) -> bool:
-    """Set up ``ksp`` (a factorisation) on M; False if it failed (e.g. a zero pivot)."""
+    """Set up ``ksp`` (a factorisation) on M; False if it failed (a zero pivot, out of
+    memory…: the callers are local to one rank and report collectively)."""
     try:
         ksp.setOperators(M)
         ksp.setUp()
         return ksp.getPC().getFailedReason() == 0
-    except PETSc.Error:
+    except (PETSc.Error, MemoryError):
         return False
 
 
@@ -254,14 +255,17 @@ class OwnedLU:
         due, self.due = self.due, False
         if not (self.mine and due):
             return
-        M = self.sub
-        if self.transpose:
-            if self.M is not None:
-                self.M.destroy()
-            M = self.M = self.sub.transpose(PETSc.Mat())
-        if self.ksp is None:
-            self.ksp = owner_lu(self.prefix)
-        self.failed = not factorise(self.ksp, M)
+        try:                                  # local work: any failure (e.g. out of memory)
+            M = self.sub                      # must reach check() on every rank, not hang it
+            if self.transpose:
+                if self.M is not None:
+                    self.M.destroy()
+                M = self.M = self.sub.transpose(PETSc.Mat())
+            if self.ksp is None:
+                self.ksp = owner_lu(self.prefix)
+            self.failed = not factorise(self.ksp, M)
+        except Exception:
+            self.failed = True
 
     def check(self) -> bool:
         """Collective: did every rank's factorisation succeed?"""
