@@ -92,10 +92,13 @@ class LayerFactors:
             self.sub[n] = self.io[self.owner(n)].matrix(A, self.sub.get(n))   # its part,
         ok = True                                       # empty or full, so all reuse together)
         for n in self.owned:                  # ... then every rank factorises its layers
-            ksp = self.ksp.get(n)
-            if ksp is None:
-                ksp = self.ksp[n] = self._make(MPI.COMM_SELF, self.sub[n])
-            ok = factorise(ksp, self.sub[n]) and ok         # e.g. a zero pivot
+            try:                              # (local: a failure must reach the allreduce)
+                ksp = self.ksp.get(n)
+                if ksp is None:
+                    ksp = self.ksp[n] = self._make(MPI.COMM_SELF, self.sub[n])
+                ok = factorise(ksp, self.sub[n]) and ok     # e.g. a zero pivot
+            except Exception:
+                ok = False
         if not self.comm.allreduce(ok, op=MPI.LAND):
             raise SolverError("a per-layer factorisation failed")
 
