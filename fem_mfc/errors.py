@@ -7,6 +7,7 @@ is a bug and keeps its traceback.  A :func:`warning` is one line on stderr, from
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -37,6 +38,20 @@ def warning(message: str) -> None:
     """Print ``fem-mfc: warning: MESSAGE`` on stderr, on rank 0 only."""
     if process_rank() == 0:
         print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
+
+
+def keeps_cause(method):
+    """Decorate a method PETSc calls back (a residual, a python PC's apply…): an exception in
+    it reaches PETSc as an error code only, so its message is kept on the object as
+    ``self.error`` before it propagates (the solver then reports it)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as e:
+            self.error = str(e) or type(e).__name__
+            raise
+    return wrapper
 
 
 class UserError(Exception):

@@ -98,6 +98,10 @@ def drift_matrix(comm, cells=12):
     return A, mesh
 
 
+def transfer(A, owner):
+    return steps.OwnerTransfer(A.getComm(), A.getLocalSize()[0], A.getSize()[0], owner)
+
+
 @pytest.mark.mpi
 @pytest.mark.parametrize("owner", [0, 1])
 def test_owned_factors_solve_like_the_redundant_lu(owner):
@@ -109,8 +113,9 @@ def test_owned_factors_solve_like_the_redundant_lu(owner):
     assert not A.isSymmetric(1e-10)
     ref = steps.step_solver(A, "test_ref_")
     assert comm.size == 1 or ref.getPC().getType() == "redundant"
-    own = steps.OwnedLU(A, "test_own_", owner)
-    ownT = steps.OwnedLU(A, "test_own_", (owner + 1) % comm.size, transpose=True)
+    io = [transfer(A, o) for o in range(comm.size)]
+    own = steps.OwnedLU(A, "test_own_", io[owner])
+    ownT = steps.OwnedLU(A, "test_own_", io[(owner + 1) % comm.size], transpose=True)
     for f in (own, ownT):
         f.factor()
         assert f.check() and steps.is_direct(f)
@@ -129,7 +134,7 @@ def test_owned_factors_solve_like_the_redundant_lu(owner):
             assert x.norm() <= 1e-12 * x_ref.norm()
     # refactorisation with a new owner, after the matrix changed
     A.shift(1.0)
-    own.gather(A, (owner + 1) % comm.size)
+    own.gather(A, io[(owner + 1) % comm.size])
     own.factor()
     assert own.check()
     ref.setOperators(A)
@@ -137,7 +142,7 @@ def test_owned_factors_solve_like_the_redundant_lu(owner):
     own.solve(b, x)
     x.axpy(-1.0, x_ref)
     assert x.norm() <= 1e-12 * x_ref.norm()
-    for k in (ref, own, ownT):
+    for k in (ref, own, ownT, *io):
         k.destroy()
 
 
@@ -149,10 +154,12 @@ def test_owned_factorisation_failure_is_seen_on_every_rank():
     A, mesh = drift_matrix(comm)
     A.zeroRows(A.getOwnershipRange()[0] + np.arange(2, dtype=PETSc.IntType) if comm.rank == 0
                else np.zeros(0, dtype=PETSc.IntType), diag=0.0)
-    f = steps.OwnedLU(A, "test_fail_", comm.size - 1)
+    io = transfer(A, comm.size - 1)
+    f = steps.OwnedLU(A, "test_fail_", io)
     f.factor()
     assert not f.check()
     f.destroy()
+    io.destroy()
 
 
 @pytest.mark.mpi
@@ -167,7 +174,9 @@ def test_owned_factorisation_exception_is_seen_on_every_rank(monkeypatch):
         raise RuntimeError("no memory for the factors")
 
     monkeypatch.setattr(steps, "owner_lu", broken)
-    f = steps.OwnedLU(A, "test_broken_", 0)
+    io = transfer(A, 0)
+    f = steps.OwnedLU(A, "test_broken_", io)
     f.factor()
     assert not f.check()
     f.destroy()
+    io.destroy()

@@ -33,9 +33,9 @@ from petsc4py import PETSc
 
 import numpy as np
 
-from ..errors import SolverError
+from ..errors import SolverError, keeps_cause
 from .assembly import VALUES
-from .steps import OwnedLU, is_direct, redundant, step_kind, step_solver
+from .steps import OwnedLU, OwnerTransfer, is_direct, redundant, step_kind, step_solver
 
 REUSE_RTOL = 5e-3               # reuse factors of pivots within 0.5 % (Frobenius): against
                                 # 0.2 %, half the factorisations for ≤ 1 more Krylov iteration
@@ -122,6 +122,7 @@ class SweepPC:
         self.kind = None                      # per-step solver kind (fem_mfc.solvers.steps)
         self.owned = False                    # LU factors held by one rank each (OwnedLU)
         self._pending, self._turn = [], 0     # owned factors gathered, not yet factorised
+        self._io = {}                         # owner rank → its OwnerTransfer
         self.it, self._T, self._due = {}, None, {}   # iterative kinds: one KSP per direction
         self._terms = {}                      # (equation, sweep) → its right-hand side terms
         self._norms = {}                      # equation → ‖pivot‖_F in this set-up pass
@@ -219,11 +220,15 @@ class SweepPC:
         set-up's others (:meth:`_factor_pending`)."""
         owner = self._turn % A.getComm().getSize()
         self._turn += 1
+        io = self._io.get(owner)              # one transfer per owner, shared by its factors
+        if io is None:
+            io = self._io[owner] = OwnerTransfer(A.getComm(), A.getLocalSize()[0],
+                                                 A.getSize()[0], owner)
         f = store.get(r)
         if f is None:
-            f = store[r] = OwnedLU(A, self.prefix, owner, transpose=transpose)
+            f = store[r] = OwnedLU(A, self.prefix, io, transpose=transpose)
         else:
-            f.gather(A, owner)
+            f.gather(A, io)
         self._pending.append(f)
 
     def _factor_pending(self):
@@ -286,15 +291,13 @@ class SweepPC:
         """Is the pivot of equation r the transpose of a stored pivot (HJB rows)?"""
         return self.op.pivot_matrix(r)[1]
 
+    @keeps_cause
     def setUp(self, pc=None):
         """Factorise the stored pivots (the HJB pivots Q_n = P_nᵀ use P_n's factors),
         reusing factors within reuse_rtol; iterative per-step kinds set up per solve."""
         t0 = time.perf_counter()
         try:
             self._setup(pc)
-        except Exception as e:                # PETSc sees an error code only: keep the cause
-            self.error = str(e) or type(e).__name__
-            raise
         finally:
             self.seconds["setup"] += time.perf_counter() - t0
 
@@ -405,15 +408,12 @@ class SweepPC:
             rhs.axpy(a, tmp)
         return rhs
 
+    @keeps_cause
     def apply(self, pc, x: PETSc.Vec, y: PETSc.Vec):
         """y = M⁻¹ x: backward sweep over the HJB equations for δu, forward over the FP
         equations for δρ."""
         t0 = time.perf_counter()
-        try:
-            self._apply(x, y)
-        except Exception as e:
-            self.error = str(e) or type(e).__name__
-            raise
+        self._apply(x, y)
         self.seconds["apply"] += time.perf_counter() - t0
 
     def _apply(self, x: PETSc.Vec, y: PETSc.Vec):
@@ -449,6 +449,9 @@ class SweepPC:
             for v in [self.rhs, self.tmp] + self.views[1]:
                 v.destroy()
             self._vecs = None
+        for io in self._io.values():
+            io.destroy()
+        self._io = {}
 
 
 PYTHON_TYPE = f"{SweepPC.__module__}.{SweepPC.__qualname__}"

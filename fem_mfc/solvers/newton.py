@@ -38,7 +38,7 @@ from petsc4py import PETSc
 import numpy as np
 
 from .. import options
-from ..errors import ConfigError, SolverError
+from ..errors import ConfigError, SolverError, keeps_cause
 from .result import Result
 from .spacetime import SpaceTime
 
@@ -270,12 +270,12 @@ class NewtonSolver:
             pc = self._pc_context()
             kind = getattr(pc, "kind", None) or "lu"
             V = self.st.V
+            owned = bool(getattr(pc, "owned", False))
             path["step_solver"] = describe(self.st.comm, self.prefix + "sweep_", kind,
-                                           V.dofmap.index_map.size_global * V.dofmap.index_map_bs)
+                                           V.dofmap.index_map.size_global * V.dofmap.index_map_bs,
+                                           owned=owned)
             path["step_kind"] = kind
-            path["owned_factors"] = bool(getattr(pc, "owned", False))
-            if path["owned_factors"]:
-                path["step_solver"] = "lu:petsc (each factorisation on one rank)"
+            path["owned_factors"] = owned
             path["trapezoid_residual"] = self.trap is not None
             path["affine_blocks"] = bool(getattr(self.st.assembler, "affine_blocks", False)
                                          and self.st.quadratic)
@@ -283,34 +283,28 @@ class NewtonSolver:
         return path
 
     # -- SNES callbacks ------------------------------------------------------------------------
+    @keeps_cause
     def _residual(self, snes, x, f):
         t0 = time.perf_counter()
-        try:
-            if self.trap is not None:
-                self.trap(x, f)
-            else:
-                self.st.residual(x, f)
-        except Exception as e:                # PETSc sees an error code only: keep the cause
-            self._error = str(e) or type(e).__name__
-            raise
+        if self.trap is not None:
+            self.trap(x, f)
+        else:
+            self.st.residual(x, f)
         self.seconds["residual"] += time.perf_counter() - t0
 
+    @keeps_cause
     def _jacobian(self, snes, x, J, P):
         t0 = time.perf_counter()
-        try:
-            if self.trap is None or not self.trap.current(x):   # else: assembled with F(x)
-                self.op.update(x)
-        except Exception as e:
-            self._error = str(e) or type(e).__name__
-            raise
+        if self.trap is None or not self.trap.current(x):   # else: assembled with F(x)
+            self.op.update(x)
         self.seconds["jacobian"] += time.perf_counter() - t0
 
     def _cause(self) -> str | None:
         """The message of the exception that unwound through SNES from one of our callbacks
-        (PETSc reports "error code -1" only), or None; cleared."""
+        (``keeps_cause``: PETSc reports "error code -1" only), or None; cleared."""
         pc = self._pc_context()
-        cause = getattr(self, "_error", None) or getattr(pc, "error", None)
-        self._error = None
+        cause = getattr(self, "error", None) or getattr(pc, "error", None)
+        self.error = None
         if pc is not None:
             pc.error = None
         return cause.splitlines()[0] if cause else None

@@ -127,9 +127,9 @@ def redundant(ndofs: int, ranks: int, solves: float = float("inf")) -> bool:
                                           and ndofs < REDUNDANT_SOLVES_MAX_DOFS)
 
 
-def describe(comm, prefix: str, kind: str = "lu", ndofs: int = 0) -> str:
+def describe(comm, prefix: str, kind: str = "lu", ndofs: int = 0, owned: bool = False) -> str:
     """What :func:`step_solver` builds under ``prefix`` on ``comm`` for factors serving many
-    solves (the sweeps; for summaries)."""
+    solves (the sweeps; for summaries); ``owned``: the sweeps' LUs are :class:`OwnedLU`."""
     pc = options.get("pc_type", None, prefix)
     ksp = options.get("ksp_type", None, prefix)
     if pc is None:
@@ -138,6 +138,8 @@ def describe(comm, prefix: str, kind: str = "lu", ndofs: int = 0) -> str:
         if kind == "amg":
             return "gmres+boomeramg"
         size = comm.size
+        if owned:
+            return "lu:petsc (each factorisation on one rank)"
         if redundant(ndofs, size):
             return "lu:petsc (redundant)"
         return "lu:" + ("petsc" if size == 1 else "mumps")
@@ -157,6 +159,7 @@ class OwnerTransfer:
         n = nglobal if self.mine else 0
         self.rows = PETSc.IS().createStride(n, 0, 1, comm=PETSc.COMM_SELF)
         self.full = PETSc.Vec().createSeq(n, comm=PETSc.COMM_SELF)   # the owner's vector
+        self.out = self.full.duplicate()                              # … and a solution
         v = PETSc.Vec().createMPI((nlocal, PETSc.DETERMINE), comm=comm)
         self.scatter = PETSc.Scatter().create(v, self.rows, self.full, None)
         v.destroy()
@@ -179,7 +182,7 @@ class OwnerTransfer:
                              PETSc.ScatterMode.REVERSE)
 
     def destroy(self):
-        for o in (self.rows, self.full, self.scatter):
+        for o in (self.rows, self.full, self.out, self.scatter):
             o.destroy()
 
 
@@ -206,7 +209,9 @@ def owner_lu(prefix: str) -> PETSc.KSP:
 
 
 class OwnedLU:
-    """The LU factors of a distributed per-step matrix held by one rank, ``owner``.
+    """The LU factors of a distributed per-step matrix held by one rank, the owner of the
+    :class:`OwnerTransfer` ``io`` (one per rank, shared by all the factors it owns: the
+    solves are sequential).
 
     Where a redundant LU (PCREDUNDANT) factorises the whole pivot on every rank, the sweep
     preconditioner gives each of its factorisations to one rank, in turn: the ranks
@@ -217,20 +222,17 @@ class OwnedLU:
 
     Two phases, so that the factorisations of one set-up overlap: :meth:`gather`
     (collective: the pivot, or its transpose with ``transpose``, as a sequential matrix on
-    the owner) and :meth:`factor` (local to the owner; call :meth:`check` after the set-up's
-    last one, collectively, to raise on all ranks if one failed).  The owner's KSP reads
-    the options under ``prefix`` (``-{prefix}pc_factor_…``)."""
+    the owner) and :meth:`factor` (local to the owner; any failure is kept in ``failed``,
+    which the caller reduces over the ranks after the set-up's last one, e.g. with
+    :meth:`check`).  The owner's KSP reads the options under ``prefix``
+    (``-{prefix}pc_factor_…``)."""
 
-    def __init__(self, A: PETSc.Mat, prefix: str, owner: int, transpose: bool = False):
+    def __init__(self, A: PETSc.Mat, prefix: str, io: OwnerTransfer, transpose: bool = False):
         self.comm = A.getComm()
         self.prefix, self.transpose = prefix, transpose
         self.io = self.sub = self.ksp = self.M = None
         self.failed = False
-        self.gather(A, owner)
-
-    @property
-    def mine(self) -> bool:
-        return self.io.mine
+        self.gather(A, io)
 
     # the KSP-like interface of the sweep preconditioner
     def getType(self) -> str:
@@ -239,24 +241,23 @@ class OwnedLU:
     def getConvergedReason(self) -> int:
         return PETSc.KSP.ConvergedReason.CONVERGED_ITS
 
-    def gather(self, A: PETSc.Mat, owner: int):
-        """Collective: A (or Aᵀ) to ``owner`` as a sequential matrix; factorise with
-        :meth:`factor`."""
-        if self.io is None or owner != self.io.owner:     # new owner: new transfer, factors
+    def gather(self, A: PETSc.Mat, io: OwnerTransfer):
+        """Collective: A (or Aᵀ) to the owner of ``io`` as a sequential matrix; factorise
+        with :meth:`factor`."""
+        if io is not self.io:                 # a new owner: the old one's copy and factors go
             self._free()
-            self.io = OwnerTransfer(self.comm, A.getLocalSize()[0], A.getSize()[0], owner)
-            self.x = self.io.full.duplicate()
-        self.sub = self.io.matrix(A, self.sub)
+            self.io = io
+        self.sub = io.matrix(A, self.sub)
         self.due = True
 
     def factor(self):
-        """Local: the owner factorises the gathered matrix (a failure is kept for
-        :meth:`check`)."""
+        """Local: the owner factorises the gathered matrix (a failure is kept in
+        ``failed``)."""
         due, self.due = self.due, False
-        if not (self.mine and due):
+        if not (self.io.mine and due):
             return
         try:                                  # local work: any failure (e.g. out of memory)
-            M = self.sub                      # must reach check() on every rank, not hang it
+            M = self.sub                      # must reach the collective check, not hang it
             if self.transpose:
                 if self.M is not None:
                     self.M.destroy()
@@ -268,15 +269,16 @@ class OwnedLU:
             self.failed = True
 
     def check(self) -> bool:
-        """Collective: did every rank's factorisation succeed?"""
+        """Collective: did the owner's factorisation succeed?"""
         from mpi4py import MPI
         return self.comm.tompi4py().allreduce(not self.failed, op=MPI.LAND)
 
     def _solve(self, b: PETSc.Vec, x: PETSc.Vec, transposed: bool):
-        full = self.io.gather(b)
-        if self.mine:
-            (self.ksp.solveTranspose if transposed else self.ksp.solve)(full, self.x)
-        self.io.scatter_back(self.x, x)
+        io = self.io
+        full = io.gather(b)
+        if io.mine:
+            (self.ksp.solveTranspose if transposed else self.ksp.solve)(full, io.out)
+        io.scatter_back(io.out, x)
 
     def solve(self, b: PETSc.Vec, x: PETSc.Vec):
         """Collective: x = A⁻¹ b (the owner solves)."""
@@ -286,8 +288,8 @@ class OwnedLU:
         self._solve(b, x, True)
 
     def _free(self):
-        for k in ("io", "x", "sub", "M", "ksp"):
-            o = getattr(self, k, None)
+        for k in ("sub", "M", "ksp"):         # not the transfer: it is shared
+            o = getattr(self, k)
             if o is not None:
                 o.destroy()
             setattr(self, k, None)
