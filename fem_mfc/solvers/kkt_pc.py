@@ -182,16 +182,16 @@ class SweepPC:
         """(Re)build equation r's own solver on its current pivot."""
         A, transposed = self.op.pivot_matrix(r)
         assert not transposed
-        ksp = self.ksp.get(r)
-        if self.owned:
+        if self.owned:                        # factorised with the set-up's others
             self._gather(self.ksp, r, A, False)
-        elif ksp is None:
-            ksp = self.ksp[r] = step_solver(A, self.prefix)
         else:
-            ksp.getPC().setReusePreconditioner(False)
-            ksp.setOperators(A)
-            ksp.setUp()                       # numeric refactorisation, same pattern
-        if not self.owned:
+            ksp = self.ksp.get(r)
+            if ksp is None:
+                ksp = self.ksp[r] = step_solver(A, self.prefix)
+            else:
+                ksp.getPC().setReusePreconditioner(False)
+                ksp.setOperators(A)
+                ksp.setUp()                   # numeric refactorisation, same pattern
             ksp.getPC().setReusePreconditioner(True)  # keep these factors until the next setUp
         if self.reuse_rtol >= 0:
             a = A.getAttr(VALUES)
