@@ -344,3 +344,29 @@ def test_stalled_continuation_with_negative_density_says_what_to_do():
     assert "min rho = -3.2" in hint and "max 50" in hint and "monotone" in hint
     mono = SpaceTime(dataclasses.replace(p, stabilisation="monotone"))
     assert "monotone" not in _negative_hint(mono, bad) and "refine" in _negative_hint(mono, bad)
+
+
+def test_a_krylov_solve_that_stops_short_still_gives_a_newton_step():
+    """A Krylov solve of the sweep path that reaches its iteration limit before its tolerance
+    (small noise makes the sweep a weak preconditioner: hundreds of iterations) returns an
+    inexact Newton direction, which the line search judges (``ksp_converged_maxits``).  PETSc's default ended Newton at
+    the first such solve (DIVERGED_LINEAR_SOLVE) and every continuation stage likewise; here,
+    with the limit forced down to 2 iterations, the solve must converge directly to the J of
+    an unrestricted solve, say which steps were inexact, and PETSc's behaviour must stay one
+    option away."""
+    from fem_mfc.problem import ControlProblem
+    from fem_mfc.solvers import solve
+    mesh = dolfinx.mesh.create_rectangle(MPI.COMM_WORLD, [[-1, -1], [1, 1]], [12, 12])
+    x = ufl.SpatialCoordinate(mesh)
+    p = ControlProblem(mesh=mesh, T=1.0, sigma=0.6, steps=10, scheme="crank-nicolson",
+                       Phi=(x[0] - 0.5) ** 2 + x[1] ** 2, G=lambda r: 0.5 * r ** 2,
+                       rho0=ufl.exp(-((x[0] + 0.4) ** 2 + x[1] ** 2) / (2 * 0.28 ** 2)))
+    ref = solve(p, "newton", linear="sweep", strict=False)
+    short = solve(p, "newton", linear="sweep", strict=False, petsc_options={"ksp_max_it": 2})
+    assert ref.converged and short.converged, short.reason
+    assert not short.continuation                       # the direct attempt converged
+    assert "CONVERGED_ITS" in [h.get("ksp_reason") for h in short.history]
+    assert abs(short.J - ref.J) <= 1e-9 * abs(ref.J)
+    petsc = solve(p, "newton", linear="sweep", strict=False,
+                  petsc_options={"ksp_max_it": 2, "ksp_converged_maxits": "false"})
+    assert not petsc.converged and "DIVERGED_LINEAR_SOLVE" in petsc.reason

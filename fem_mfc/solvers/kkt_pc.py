@@ -48,6 +48,10 @@ REUSE_FULL_DOFS = 66_049        # ... up to this many dofs per pivot; above, δ 
                                 # 68 s; 0.256 % 6 and 17, 48 s.
 
 
+class StepFailed(SolverError):
+    """A per-step solve of a sweep failed (reported to PETSc as a failed PC)."""
+
+
 def reuse_rtol(ndofs: int, dim: int) -> float:
     """The default ``-{prefix}sweep_reuse_rtol`` for pivots of ``ndofs`` rows on a mesh of
     dimension ``dim`` (1D: −1, refactorise every pivot — a factorisation costs a few
@@ -296,6 +300,8 @@ class SweepPC:
         """Factorise the stored pivots (the HJB pivots Q_n = P_nᵀ use P_n's factors),
         reusing factors within reuse_rtol; iterative per-step kinds set up per solve."""
         t0 = time.perf_counter()
+        if pc is not None:
+            pc.setFailedReason(PETSc.PC.FailedReason.NOERROR)
         try:
             self._setup(pc)
         finally:
@@ -388,7 +394,7 @@ class SweepPC:
             ksp = self.ksp[self.owner[r]]
             ksp.solve(b, x)
         if ksp.getConvergedReason() < 0:
-            raise SolverError(f"sweep preconditioner: the per-step solve of equation {r} "
+            raise StepFailed(f"sweep preconditioner: the per-step solve of equation {r} "
                               f"failed (KSP reason {ksp.getConvergedReason()})")
 
     def _rhs(self, r: int, b, z: list, known) -> PETSc.Vec:
@@ -413,7 +419,13 @@ class SweepPC:
         """y = M⁻¹ x: backward sweep over the HJB equations for δu, forward over the FP
         equations for δρ."""
         t0 = time.perf_counter()
-        self._apply(x, y)
+        try:
+            self._apply(x, y)
+        except StepFailed as e:               # PETSc's own failure path, not an exception
+            self.error = str(e)               # through its line searches (nleqerr crashed)
+            y.set(np.nan)
+            if pc is not None:
+                pc.setFailedReason(PETSc.PC.FailedReason.SUBPC_ERROR)
         self.seconds["apply"] += time.perf_counter() - t0
 
     def _apply(self, x: PETSc.Vec, y: PETSc.Vec):

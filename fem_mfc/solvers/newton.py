@@ -47,7 +47,14 @@ LU_DEFAULTS = {"mat_mumps_icntl_14": 100, "mat_mumps_icntl_6": 5}
 # gave inaccurate factors (true residual > right-hand side, P2, 1D); the maximum-product
 # transversal with scaling (ICNTL(6) = 5) is accurate without extra fill (ICNTL(6) = 1 tripled
 # the fill in 2D); delayed pivots need extra workspace (ICNTL(14)).
-DEFAULTS = {"snes_linesearch_type": "bt"}
+DEFAULTS = {"snes_linesearch_type": "bt", "ksp_converged_maxits": "true"}
+# ksp_converged_maxits: a Krylov solve that reaches its iteration limit (300) before its
+# tolerance ends "converged" (CONVERGED_ITS) with its last iterate, an inexact Newton direction
+# the line search judges; PETSc's default ended Newton at the first such solve
+# (DIVERGED_LINEAR_SOLVE), and every continuation stage likewise: 2D P1 1,089 × 40, σ = 0.05,
+# congested (the sweep a weak preconditioner, 20–300 iterations per step) took 290 s and 53
+# continuation stages, each failed one a full 300 iterations — with it 65 s, 5 stages, the same
+# J to 5e-12.  Failed per-step solves, breakdowns and NaN still fail.
 REASONS = options.REASONS
 LINEAR = ("auto", "lu", "sweep")
 KSP_RTOL, KSP_ATOL = 1e-12, 1e-14
@@ -312,7 +319,11 @@ class NewtonSolver:
     def _monitor(self, snes, it, fnorm):
         h = self.history
         if h:
-            h[-1]["ksp_its"] = snes.getKSP().getIterationNumber()
+            ksp = snes.getKSP()
+            h[-1]["ksp_its"] = ksp.getIterationNumber()
+            if self.mode == "sweep" and \
+                    ksp.getConvergedReason() == PETSc.KSP.ConvergedReason.CONVERGED_ITS:
+                h[-1]["ksp_reason"] = "CONVERGED_ITS"  # stopped short: an inexact direction
             pc = self._pc_context()
             if pc is not None:                    # cumulative per-step factorisations
                 h[-1]["factorisations"] = pc.factorisations
@@ -432,7 +443,8 @@ class NewtonSolver:
         st.states_to_vec(self.X)
         try:
             snes.solve(None, self.X)
-            failed = None
+            failed = (self._cause() if snes.getConvergedReason()
+                      == PETSc.SNES.ConvergedReason.DIVERGED_LINEAR_SOLVE else None)
         except (PETSc.Error, SolverError) as e:      # PETSc error or a failed callback
             failed = self._cause() or (str(e).splitlines()[0] if str(e) else "PETSc error")
             self._fresh_vectors()
