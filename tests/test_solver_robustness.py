@@ -350,10 +350,10 @@ def test_a_krylov_solve_that_stops_short_still_gives_a_newton_step():
     """A Krylov solve of the sweep path that reaches its iteration limit before its tolerance
     (small noise makes the sweep a weak preconditioner: hundreds of iterations) returns an
     inexact Newton direction, which the line search judges (``ksp_converged_maxits``).
-    PETSc's default ended Newton at the first such solve (DIVERGED_LINEAR_SOLVE) and every continuation stage likewise; here,
-    with the limit forced down to 2 iterations, the solve must converge directly to the J of
-    an unrestricted solve, say which steps were inexact, and PETSc's behaviour must stay one
-    option away."""
+    PETSc's default ended Newton at the first such solve (DIVERGED_LINEAR_SOLVE) and every
+    continuation stage likewise.  With the limit forced down to 2 iterations the solve must
+    converge directly to the J of an unrestricted solve and say which steps were inexact;
+    PETSc's behaviour stays one option away."""
     from fem_mfc.problem import ControlProblem
     from fem_mfc.solvers import solve
     mesh = dolfinx.mesh.create_rectangle(MPI.COMM_WORLD, [[-1, -1], [1, 1]], [12, 12])
