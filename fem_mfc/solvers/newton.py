@@ -357,6 +357,7 @@ class NewtonSolver:
         if it == 0:
             self._f0_test = fnorm
             self._floor = False
+            self._last_fnorm = None
         if not np.isfinite(fnorm):
             return R.DIVERGED_FNORM_NAN
         if fnorm <= atol:
@@ -370,10 +371,24 @@ class NewtonSolver:
             return R.CONVERGED_ITS
         if it >= max_it:
             return R.DIVERGED_MAX_IT
-        if self.stall_exit and self._stalled():
+        prev, self._last_fnorm = self._last_fnorm, fnorm
+        if self.stall_exit and (self._stalled() or self._poor_inexact_step(it, prev, fnorm)):
             self._stall = True
             return R.DIVERGED_LINE_SEARCH
         return R.ITERATING
+
+    def _poor_inexact_step(self, it: int, prev: float | None, fnorm: float) -> bool:
+        """Did a Krylov solve that stopped at its limit (``ksp_converged_maxits``) give a
+        step that did not halve the residual?  Such a direction can still be good (small
+        noise: 300 iterations, then quadratic convergence); a poor one means the problem at
+        this coupling is too hard from here, and another 300 iterations per step would be
+        spent creeping (1D attractive G = −0.1ρ², 100 cells: 117 s against 37 s when the
+        stage fails at once)."""
+        if self.mode != "sweep" or it == 0 or prev is None:
+            return False
+        stopped = (self.snes.getKSP().getConvergedReason()
+                   == PETSc.KSP.ConvergedReason.CONVERGED_ITS)
+        return stopped and fnorm > 0.5 * prev
 
     def _stalled(self) -> bool:
         """Has the residual fallen by less than 1 − STALL_RATIO in each of the last
