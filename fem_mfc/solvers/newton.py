@@ -49,12 +49,13 @@ LU_DEFAULTS = {"mat_mumps_icntl_14": 100, "mat_mumps_icntl_6": 5}
 # the fill in 2D); delayed pivots need extra workspace (ICNTL(14)).
 DEFAULTS = {"snes_linesearch_type": "bt", "ksp_converged_maxits": "true"}
 # ksp_converged_maxits: a Krylov solve that reaches its iteration limit (300) before its
-# tolerance ends "converged" (CONVERGED_ITS) with its last iterate, an inexact Newton direction
-# the line search judges; PETSc's default ended Newton at the first such solve
+# tolerance ends "converged" (CONVERGED_ITS) with its last iterate, an inexact Newton
+# direction the line search judges; PETSc's default ended Newton at the first such solve
 # (DIVERGED_LINEAR_SOLVE), and every continuation stage likewise: 2D P1 1,089 × 40, σ = 0.05,
 # congested (the sweep a weak preconditioner, 20–300 iterations per step) took 290 s and 53
-# continuation stages, each failed one a full 300 iterations — with it 71 s, 5 stages, the same
-# J to 4.6e-12.  Failed per-step solves (NaN on every rank), breakdowns and NaN still fail.
+# continuation stages, each failed one a full 300 iterations — with it 71 s, 5 stages, the
+# same J to 4.6e-12 (56 s with the early end of stalling stages, _poor_inexact_step).  Failed
+# per-step solves (NaN on every rank), breakdowns and NaN still fail.
 REASONS = options.REASONS
 LINEAR = ("auto", "lu", "sweep")
 KSP_RTOL, KSP_ATOL = 1e-12, 1e-14
