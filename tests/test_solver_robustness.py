@@ -410,6 +410,8 @@ def test_a_poor_step_from_a_stopped_short_krylov_solve_ends_a_stalling_attempt()
         assert solver._krylov_limit(ksp, 3, 0.5) is None                       # PETSc's test
         assert solver._krylov_limit(ksp, 5, 0.5) == K.DIVERGED_MAX_IT
         assert solver._krylov_limit(ksp, 5, 1e-3) == K.CONVERGED_ITS
+        ksp.setTolerances(rtol=1e-2, max_it=5)
+        assert solver._krylov_limit(ksp, 5, 1e-3) is None          # met rtol: PETSc's name
         solver.destroy()
 
 

@@ -392,8 +392,9 @@ class NewtonSolver:
         if its == 0:
             self._r0 = rnorm
             return None
-        if its < ksp.getTolerances()[3] or not self._limit_is_step:
-            return None                       # PETSc's test
+        rtol, atol, _, max_it = ksp.getTolerances()
+        if its < max_it or not self._limit_is_step or rnorm <= max(rtol * self._r0, atol):
+            return None                       # PETSc's test (converged at the limit: its name)
         if rnorm > LIMIT_REDUCTION * self._r0 or not np.isfinite(rnorm):
             return PETSc.KSP.ConvergedReason.DIVERGED_MAX_IT
         return PETSc.KSP.ConvergedReason.CONVERGED_ITS
