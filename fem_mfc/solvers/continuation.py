@@ -54,11 +54,7 @@ def _stage(solver, lam, eps0, eps, rtol, atol, max_it):
     # a shorter step is the better use of the time (2D P1 24 × 24, G = −ρ², mfg: with every
     # failed stage running its STAGE_MAX_IT iterations of 300 Krylov iterations 470 s, with
     # this 55 s — 139 s while a Krylov solve at its limit failed the stage at once)
-    solver.stall_exit = True
-    try:
-        out = solver.solve(rtol=rtol, atol=atol, max_it=max_it, exact=True)
-    finally:
-        solver.stall_exit = False
+    out = solver.solve(rtol=rtol, atol=atol, max_it=max_it, exact=True, stall_exit=True)
     if out["converged"] and lam < 1.0 and solver.checkpoint is not None:
         solver.checkpoint.write(phase="continuation", iteration=out["iterations"],
                                 residual=out["residual"], **solver.stage)

@@ -326,8 +326,7 @@ class NewtonSolver:
         if h:
             ksp = snes.getKSP()
             h[-1]["ksp_its"] = ksp.getIterationNumber()
-            if self.mode == "sweep" and \
-                    ksp.getConvergedReason() == PETSc.KSP.ConvergedReason.CONVERGED_ITS:
+            if self._stopped_short():
                 h[-1]["ksp_reason"] = "CONVERGED_ITS"  # stopped short: an inexact direction
             pc = self._pc_context()
             if pc is not None:                    # cumulative per-step factorisations
@@ -406,11 +405,13 @@ class NewtonSolver:
         this coupling is too hard from here, and another 300 iterations per step would be
         spent creeping (1D attractive G = −0.1ρ², 100 cells: 117 s against 37 s when the
         stage fails at once)."""
-        if self.mode != "sweep" or it == 0 or prev is None:
-            return False
-        stopped = (self.snes.getKSP().getConvergedReason()
-                   == PETSc.KSP.ConvergedReason.CONVERGED_ITS)
-        return stopped and fnorm > 0.5 * prev
+        return it > 0 and prev is not None and self._stopped_short() and fnorm > 0.5 * prev
+
+    def _stopped_short(self) -> bool:
+        """Did the last Krylov solve of the sweep path end at its limit (an inexact step,
+        :meth:`_krylov_limit`)?  (A direct solve, ``preonly``, also reports CONVERGED_ITS.)"""
+        return (self.mode == "sweep" and self.snes.getKSP().getConvergedReason()
+                == PETSc.KSP.ConvergedReason.CONVERGED_ITS)
 
     def _stalled(self) -> bool:
         """Has the residual fallen by less than 1 − STALL_RATIO in each of the last
@@ -449,19 +450,23 @@ class NewtonSolver:
             self.trap.reset()
 
     def solve(self, rtol: float | None = None, atol: float | None = None,
-              max_it: int | None = None, exact: bool = False) -> dict:
+              max_it: int | None = None, exact: bool = False,
+              stall_exit: bool = False) -> dict:
         """Newton from the current states of ``st``; the states end at the solution or, if
         the tolerance was not met, at the best iterate (``exact``: every Newton step solved to
-        KSP_RTOL, no inexact forcing).  Returns {converged, reason, iterations, residual,
-        first_residual, target, history}."""
+        KSP_RTOL, no inexact forcing; ``stall_exit``: a stalled attempt ends early, see
+        :meth:`_stalled` and :meth:`_poor_inexact_step`).  Returns {converged, reason,
+        iterations, residual, first_residual, target, history}."""
         forcing = self.forcing
         if exact and forcing is not None:
             self.forcing = None
             self.snes.getKSP().setTolerances(rtol=KSP_RTOL)
+        self.stall_exit = stall_exit
         try:
             return self._solve(rtol, atol, max_it)
         finally:
             self.forcing = forcing
+            self.stall_exit = False
 
     def _solve(self, rtol, atol, max_it) -> dict:
         snes, st = self.snes, self.st
@@ -636,10 +641,8 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                     tolerance = {"rtol": 0.0, "atol": max(atol, rtol * f0)}
                 # a stalled attempt ends early when a continuation can take over (not on a
                 # restart at its original target)
-                solver.stall_exit = (continuation and bool(st.parameters)
-                                     and not (resume is not None and f0))
-                out = solver.solve(**tolerance)
-                solver.stall_exit = False
+                out = solver.solve(**tolerance, stall_exit=(
+                    continuation and bool(st.parameters) and not (resume is not None and f0)))
                 if not out["converged"] and continuation:
                     from .continuation import continue_to
                     if X0 is None:
