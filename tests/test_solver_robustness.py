@@ -394,15 +394,17 @@ def test_a_poor_step_from_a_stopped_short_krylov_solve_ends_a_stalling_attempt()
         solver.history = [{"residual": 1.0}]
         solver._converged(snes, 0, (1.0, 0.0, 1.0))
         solver.stall_exit = True
-        ksp.setConvergedReason(K.CONVERGED_ITS)
+        short, converged = {"its": 300, "short": True}, {"its": 300, "short": False}
+        solver._step = short
         assert solver._converged(snes, 1, (1.0, 1.0, 0.4)) == R.ITERATING     # halved
         assert solver._converged(snes, 2, (1.0, 1.0, 0.3)) == R.DIVERGED_LINE_SEARCH
         solver._converged(snes, 0, (1.0, 0.0, 1.0))
-        ksp.setConvergedReason(K.CONVERGED_RTOL)
+        solver._step = converged
+        ksp.setConvergedReason(K.CONVERGED_ITS)     # (a line search's solve: not the step's)
         assert solver._converged(snes, 1, (1.0, 1.0, 0.9)) == R.ITERATING     # not short
         solver.stall_exit = False
         solver._converged(snes, 0, (1.0, 0.0, 1.0))
-        ksp.setConvergedReason(K.CONVERGED_ITS)
+        solver._step = short
         assert solver._converged(snes, 1, (1.0, 1.0, 0.9)) == R.ITERATING     # no early end
         # at the Krylov limit: a step only if the residual fell by LIMIT_REDUCTION (1e-2)
         ksp.setTolerances(max_it=5)
@@ -413,6 +415,83 @@ def test_a_poor_step_from_a_stopped_short_krylov_solve_ends_a_stalling_attempt()
         ksp.setTolerances(rtol=1e-2, max_it=5)
         assert solver._krylov_limit(ksp, 5, 1e-3) is None          # met rtol: PETSc's name
         solver.destroy()
+
+
+def test_a_stopped_short_step_gets_one_line_search_trial_in_a_stage():
+    """In a continuation stage nleqerr judges a step by solving for its trial points, each
+    solve as long as the step's own.  After a step whose Krylov solve stopped at its limit
+    only the first trial is solved: a second one (the first failed the monotonicity test)
+    is skipped (x = 0, no iterations) and the stage ends stalled — the periodic attractive
+    channel spent 8 × 300 Krylov iterations per such step.  Outside stages, or after a step
+    from a converged Krylov solve, the line search runs as before."""
+    from fem_mfc import options
+    from fem_mfc.problem import ControlProblem
+    from fem_mfc.solvers.newton import NewtonSolver, make_system
+    mesh = dolfinx.mesh.create_unit_square(MPI.COMM_WORLD, 4, 4)
+    x = ufl.SpatialCoordinate(mesh)
+    p = ControlProblem(mesh=mesh, T=1.0, sigma=0.5, steps=3, Phi=(x[0] - 0.5) ** 2,
+                       G=lambda r: r ** 2 / 2, rho0=ufl.exp(-10 * ((x[0] - 0.3) ** 2)))
+    R, K = PETSc.SNES.ConvergedReason, PETSc.KSP.ConvergedReason
+    with options.inserted(settings={}):
+        solver = NewtonSolver(make_system(p), "sweep", "mfc_", 1e-10, 1e-12, 50, "adaptive")
+        snes, ksp = solver.snes, solver.snes.getKSP()
+        b, y = solver.X.duplicate(), solver.X.duplicate()
+
+        def trials(stall_exit, short):
+            solver.history = [{"residual": 1.0}]
+            solver._converged(snes, 0, (1.0, 0.0, 1.0))
+            solver.stall_exit, solver._abandon = stall_exit, False
+            solver._step, solver._step_next = {"its": 300, "short": short}, False
+            skipped = []
+            for _ in range(2):                          # two line-search solves
+                solver._presolve(ksp, b, y)
+                skipped.append(solver._krylov_limit(ksp, 0, 1.0) == K.CONVERGED_ITS)
+            return skipped, solver._converged(snes, 1, (1.0, 1.0, 0.1))
+
+        assert trials(True, True) == ([False, True], R.DIVERGED_LINE_SEARCH)
+        assert trials(True, False) == ([False, False], R.ITERATING)
+        assert trials(False, True) == ([False, False], R.ITERATING)
+        for v in (b, y):
+            v.destroy()
+        solver.destroy()
+
+
+def test_the_line_search_solve_at_the_accepted_point_is_the_next_newton_step():
+    """With the trapezoid residual the blocks are assembled at every point whose residual
+    is evaluated, so nleqerr's simplified Newton correction at the point it accepts solves
+    K(y)δ = F(y): the next Newton step.  That step starts from it and is converged at once
+    (no Krylov iterations); the iterates and J are those of solving it again, which
+    ``-mfc_newton_reuse_trial false`` does."""
+    from fem_mfc import options
+    from fem_mfc.problem import ControlProblem
+    from fem_mfc.solvers.newton import NewtonSolver, make_system
+    mesh = dolfinx.mesh.create_unit_square(MPI.COMM_WORLD, 6, 6)
+    x = ufl.SpatialCoordinate(mesh)
+    p = ControlProblem(mesh=mesh, T=1.0, sigma=0.5, steps=6, Phi=(x[0] - 0.5) ** 2,
+                       G=lambda r: r ** 2 / 2, rho0=ufl.exp(-10 * ((x[0] - 0.3) ** 2)),
+                       scheme="crank-nicolson")
+    runs = {}
+    for reuse in ("true", "false"):
+        with options.inserted(settings={"newton_reuse_trial": reuse}, prefix="mfc_"):
+            st = make_system(p)
+            solver = NewtonSolver(st, "sweep", "mfc_", 1e-10, 1e-12, 50, "adaptive")
+            solver.set_linesearch("nleqerr")
+            out = solver.solve(exact=True)
+            X = st.create_vec()
+            st.states_to_vec(X)
+            runs[reuse] = (out, X)
+            solver.destroy()
+    (new, X), (old, X_old) = runs["true"], runs["false"]
+    assert new["converged"] and old["converged"]
+    assert new["iterations"] == old["iterations"] >= 3
+    its = [h["ksp_its"] for h in new["history"][1:-1]]
+    assert its and all(k == 0 for k in its), its            # every later step: reused
+    assert all(h.get("step_from_line_search") for h in new["history"][1:-1])
+    assert all(h["ksp_its"] > 0 for h in old["history"][:-1])
+    X.axpy(-1.0, X_old)
+    assert X.norm() <= 1e-8 * X_old.norm()
+    for v in (X, X_old):
+        v.destroy()
 
 
 def test_continuation_stages_may_end_early_when_they_stall():

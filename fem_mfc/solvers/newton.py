@@ -22,7 +22,9 @@ Every option is read from PETSc's options database under the prefix (default ``m
 the options of one call (``petsc_options``, relative to the prefix) and this module's defaults
 are inserted only for the duration of the call (:func:`fem_mfc.options.inserted`): e.g.
 ``-mfc_snes_monitor``, ``-mfc_snes_linesearch_type``, ``-mfc_ksp_rtol``,
-``-mfc_sweep_reuse_rtol δ``, ``-mfc_sweep_pc_type gamg``, ``-mfc_newton_affine_blocks false``.
+``-mfc_sweep_reuse_rtol δ``, ``-mfc_sweep_pc_type gamg``, ``-mfc_newton_affine_blocks false``,
+``-mfc_newton_reuse_trial false`` (solve a Newton step again that nleqerr's line search
+solved at its accepted point).
 
 Globalisation: the line search (default ``bt`` on the residual norm) and, when Newton fails
 from the initial guess, continuation in the coupling strength and the noise
@@ -77,6 +79,7 @@ CONVERGED = ("CONVERGED_FNORM_ABS", "CONVERGED_FNORM_RELATIVE")
 ROUNDOFF_FACTOR = 1e3           # a residual that stagnates this close to the target ...
 STAGNATION = 2                  # ... for this many iterations has reached its round-off floor
 LIMIT_REDUCTION = 1e-2          # a Krylov solve at its limit is a step only below this
+LINESEARCH_MAX_IT = 40          # PETSc's (bt, nleqerr)
 STALL_RATIO, STALL_STEPS = 0.95, 2   # a direct attempt whose residual fell by less than 5 %
                                      # in each of 2 steps has stalled: continuation takes over
 
@@ -198,6 +201,10 @@ class NewtonSolver:
         self.X, self.F = st.create_vec(), st.create_vec()
         self.best = None
         self.trap = self.op = None
+        self._step = {"its": 0, "short": False}   # the Newton-step Krylov solve (see _presolve)
+        self._step_next = self._skip = self._abandon = self._solving_step = False
+        self._ls_solves = self._ls_its = 0
+        self._reused = self._cache = self._warm = None
         self.history = []
         self.seconds = {"residual": 0.0, "jacobian": 0.0}
         if hasattr(st.assembler, "affine_blocks"):
@@ -239,6 +246,9 @@ class NewtonSolver:
             # (a python test replaces PETSc's default context: ksp_converged_maxits is ours)
             self._limit_is_step = options.get_bool("ksp_converged_maxits", True, prefix)
             ksp.addConvergenceTest(self._krylov_limit, prepend=True)
+            self._reuse_trial = options.get_bool("newton_reuse_trial", True, prefix)
+            ksp.setPreSolve(self._presolve)
+            ksp.setPostSolve(self._postsolve)
             pc = ksp.getPC()
             pc.setType("python")
             pc.setPythonType(PYTHON_TYPE)
@@ -325,14 +335,21 @@ class NewtonSolver:
         h = self.history
         if h:
             ksp = snes.getKSP()
-            h[-1]["ksp_its"] = ksp.getIterationNumber()
+            h[-1]["ksp_its"] = (self._step["its"] if self.mode == "sweep"
+                                else ksp.getIterationNumber())
             if self._stopped_short():
                 h[-1]["ksp_reason"] = "CONVERGED_ITS"  # stopped short: an inexact direction
+            if self._ls_solves:
+                h[-1]["ksp_its_line_search"] = self._ls_its
+            if self._reused is not None:
+                h[-1]["step_from_line_search"] = True
             pc = self._pc_context()
             if pc is not None:                    # cumulative per-step factorisations
                 h[-1]["factorisations"] = pc.factorisations
                 h[-1]["pc_seconds"] = {k: round(v, 4) for k, v in pc.seconds.items()}
             h[-1]["callback_seconds"] = {k: round(v, 4) for k, v in self.seconds.items()}
+        self._step_next, self._reused = True, None    # the next Krylov solve: the step's
+        self._ls_solves = self._ls_its = 0
         now = time.perf_counter()
         h.append({"residual": fnorm, "seconds": now - self._t_last})
         self._t_last = now
@@ -376,7 +393,8 @@ class NewtonSolver:
         if it >= max_it:
             return R.DIVERGED_MAX_IT
         prev, self._last_fnorm = self._last_fnorm, fnorm
-        if self.stall_exit and (self._stalled() or self._poor_inexact_step(it, prev, fnorm)):
+        if self.stall_exit and (self._abandon or self._stalled()
+                                or self._poor_inexact_step(it, prev, fnorm)):
             self._stall = True
             return R.DIVERGED_LINE_SEARCH
         return R.ITERATING
@@ -389,7 +407,9 @@ class NewtonSolver:
         1,089 × 40: the solves at the limit that the solve needs reached 2e-3 to 1e-11; one
         reached 0.14.  Requiring 1e-4 instead took 182 s against 56 s.)"""
         if its == 0:
-            self._r0 = rnorm
+            self._r0 = rnorm if self._warm is None else self._warm   # (warm: ‖b‖)
+            if self._skip:                    # an abandoned step's line search: x = 0
+                return PETSc.KSP.ConvergedReason.CONVERGED_ITS
             return None
         rtol, atol, _, max_it = ksp.getTolerances()
         if its < max_it or not self._limit_is_step or rnorm <= max(rtol * self._r0, atol):
@@ -408,10 +428,59 @@ class NewtonSolver:
         return it > 0 and prev is not None and self._stopped_short() and fnorm > 0.5 * prev
 
     def _stopped_short(self) -> bool:
-        """Did the last Krylov solve of the sweep path end at its limit (an inexact step,
-        :meth:`_krylov_limit`)?  (A direct solve, ``preonly``, also reports CONVERGED_ITS.)"""
-        return (self.mode == "sweep" and self.snes.getKSP().getConvergedReason()
-                == PETSc.KSP.ConvergedReason.CONVERGED_ITS)
+        """Did the last Newton step's Krylov solve on the sweep path end at its limit (an
+        inexact step, :meth:`_krylov_limit`)?  (Not the KSP's last solve: nleqerr's line
+        search solves for its trial points after it.)"""
+        return self.mode == "sweep" and self._step["short"]
+
+    def _presolve(self, ksp, b, x):
+        """Before each Krylov solve of the sweep path.  The first after the SNES monitor is
+        the Newton step's; it starts from the solution of the line search's last solve if
+        that one had the same right-hand side and operator: with the trapezoid residual a
+        trial point's residual assembles the blocks there, so nleqerr's simplified Newton
+        correction at the accepted point *is* the next Newton step (K(y)⁻¹F(y)), and its
+        solve was repeated in full (periodic channel, G = −0.5ρ², 1,089 × 16: a quarter of
+        all Krylov iterations).  Later solves are the line search's; after a step that
+        stopped short (``stall_exit``: a continuation stage) only one is made: if that trial
+        fails nleqerr's monotonicity test the direction is abandoned at once (x = 0 for the
+        line search, the stage ends stalled) instead of judging it again and again with
+        solves as long as its own (8 × 300 Krylov iterations there)."""
+        self._skip, self._warm = False, None
+        if self._step_next:
+            self._step_next, self._reused = False, None
+            c = self._cache
+            if (c is not None and c["valid"] and self._reuse_trial and self.trap is not None
+                    and self.trap.current(self.snes.getSolution()) and b.equal(c["b"])):
+                c["x"].copy(x)
+                ksp.setInitialGuessNonzero(True)
+                self._reused, self._warm = c["short"], b.norm()
+            if c is not None:
+                c["valid"] = False
+            self._solving_step = True
+            return
+        self._solving_step = False
+        self._ls_solves += 1
+        if self.stall_exit and self._step["short"] and self._ls_solves > 1:
+            self._skip = self._abandon = True
+
+    def _postsolve(self, ksp, b, x):
+        its = ksp.getIterationNumber()
+        if self._solving_step:
+            ksp.setInitialGuessNonzero(False)
+            short = (ksp.getConvergedReason() == PETSc.KSP.ConvergedReason.CONVERGED_ITS
+                     or (self._reused is True and its == 0))
+            self._step = {"its": its, "short": bool(short)}
+            return
+        self._ls_its += its
+        if self.trap is None or self._skip:
+            return                            # (the Jacobian is not assembled at the trial)
+        c = self._cache
+        if c is None:
+            c = self._cache = {"b": b.duplicate(), "x": x.duplicate()}
+        b.copy(c["b"])
+        x.copy(c["x"])
+        c["valid"] = True
+        c["short"] = ksp.getConvergedReason() == PETSc.KSP.ConvergedReason.CONVERGED_ITS
 
     def _stalled(self) -> bool:
         """Has the residual fallen by less than 1 − STALL_RATIO in each of the last
@@ -438,9 +507,11 @@ class NewtonSolver:
         self._residual(None, self.X, self.F)
         return self.F.norm()
 
-    def set_linesearch(self, kind: str | None):
-        """Use line search ``kind`` from now on (None: the one of the options database)."""
+    def set_linesearch(self, kind: str | None, max_it: int = LINESEARCH_MAX_IT):
+        """Use line search ``kind`` from now on (None: the one of the options database) with
+        at most ``max_it`` − 1 trial points (unless ``-{prefix}snes_linesearch_max_it``)."""
         with options.inserted(settings={"snes_linesearch_type": kind} if kind else None,
+                              defaults={"snes_linesearch_max_it": max_it},
                               prefix=self.prefix):
             self.snes.setFromOptions()
 
@@ -448,6 +519,8 @@ class NewtonSolver:
         """The system changed (a continuation parameter): drop the residual memory."""
         if self.trap is not None:
             self.trap.reset()
+        if self._cache is not None:
+            self._cache["valid"] = False
 
     def solve(self, rtol: float | None = None, atol: float | None = None,
               max_it: int | None = None, exact: bool = False,
@@ -480,7 +553,10 @@ class NewtonSolver:
         self.history = []
         self._cause()                         # drop a cause left by an earlier solve
         self._best_f = None
-        self._floor = self._stall = False
+        self._floor = self._stall = self._abandon = False
+        self._step = {"its": 0, "short": False}
+        if self._cache is not None:
+            self._cache["valid"] = False
         self._t_last = time.perf_counter()
         st.states_to_vec(self.X)
         try:
@@ -545,8 +621,8 @@ class NewtonSolver:
         for o in (self.trap, self.op):
             if o is not None:
                 o.destroy()
-        for v in (self.X, self.F, self.best):
-            if v is not None:
+        for v in (self.X, self.F, self.best, *(self._cache or {}).values()):
+            if isinstance(v, PETSc.Vec):
                 v.destroy()
         if self._lu_defaults is not None:
             self._lu_defaults.__exit__(None, None, None)
