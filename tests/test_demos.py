@@ -265,7 +265,7 @@ DEMOS = {
     "demo_nls_soliton.py": (check_nls_soliton, False, True),
     "demo_lie_poisson.py": (check_lie_poisson, False, True),
     "demo_crowd_3d.py": (check_crowd_3d, True, True),
-    "demo_evacuation.py": (check_evacuation, False, False),   # 2 ranks: test_exits
+    "demo_evacuation.py": (check_evacuation, False, True),    # 2 ranks: test_exits
 }
 
 

@@ -196,6 +196,7 @@ def test_harder_data_reach_their_targets(demo, target, tmp_path):
         assert acc >= c["bayes_ceiling"] - 0.005, (acc, c["bayes_ceiling"])
 
 
+@pytest.mark.slow                       # 9 s: worker processes start torch
 def test_baselines_side_by_side_in_workers_equal_in_process(monkeypatch):
     """The independent baseline runs (kind × seed) in worker processes give the in-process
     results bit for bit; a failing run names its kind and seed."""
