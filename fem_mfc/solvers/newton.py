@@ -557,6 +557,8 @@ class NewtonSolver:
         self._step = {"its": 0, "short": False}
         if self._cache is not None:
             self._cache["valid"] = False
+        if self.mode == "sweep":              # (a warm start cut short by an error)
+            snes.getKSP().setInitialGuessNonzero(False)
         self._t_last = time.perf_counter()
         st.states_to_vec(self.X)
         try:
