@@ -494,6 +494,37 @@ def test_the_line_search_solve_at_the_accepted_point_is_the_next_newton_step():
         v.destroy()
 
 
+def test_a_failed_continuation_stage_is_not_tried_again_unchanged(monkeypatch):
+    """A failed stage halves the step that failed.  A step doubled past 1 − λ is clipped to
+    the final stage; halving the unclipped step tried that same stage again, with the same
+    start and the same outcome (the periodic attractive channel: λ = 1 three times in a
+    row)."""
+    import types
+
+    from fem_mfc.solvers import continuation
+
+    def stage(solver, lam, *args):
+        tried.append(lam)
+        return {"converged": lam <= 0.8, "iterations": 2, "residual": 1.0}
+
+    def vec():
+        v = PETSc.Vec().createSeq(1, comm=PETSc.COMM_SELF)
+        v.set(0.0)
+        return v
+
+    st = types.SimpleNamespace(create_vec=vec, states_to_vec=lambda v: None,
+                               vec_to_states=lambda v: None)
+    monkeypatch.setattr(continuation, "_stage", stage)
+    monkeypatch.setattr(continuation, "_record",
+                        lambda lam, eps0, eps, out, st: {"lambda": lam, **out})
+    tried, stages = [], []
+    out = continuation._path(types.SimpleNamespace(st=st), None, None, 0.1, 1.0, 1e-10,
+                             1e-12, stages)
+    assert out["converged"] is False and 0.79 < out["stalled_at"] <= 0.8
+    assert tried[:4] == [0.0, 0.25, 0.75, 1.0] and tried[4] == 0.875
+    assert all(a != b for a, b in zip(tried, tried[1:])), tried
+
+
 def test_continuation_stages_may_end_early_when_they_stall():
     """Every continuation stage runs with the early end of a stalled attempt switched on
     (a failed stage halves the step instead of creeping), and the solver switches it off

@@ -106,7 +106,11 @@ def _path(solver, X0, eps0, eps, f0, rtol, atol, stages, lam0=0.0) -> dict | Non
                 if final:
                     return out
             else:
-                step /= 2.0
+                # half the step that failed: a step doubled past 1 − λ was clipped to the
+                # final stage, and halving it alone repeated that same failed stage (the
+                # periodic attractive channel ran λ = 1 three times in a row, 1,000 Krylov
+                # iterations each, the same residuals every time)
+                step = (trial - lam) / 2.0
                 if step < MIN_STEP:
                     st.vec_to_states(Xl)
                     out["stalled_at"] = lam
