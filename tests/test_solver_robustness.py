@@ -456,7 +456,9 @@ def test_a_stopped_short_step_gets_one_line_search_trial_in_a_stage():
         solver.destroy()
 
 
-def test_the_line_search_solve_at_the_accepted_point_is_the_next_newton_step():
+@pytest.mark.parametrize("comm", [MPI.COMM_SELF, pytest.param(MPI.COMM_WORLD,
+                                                               marks=pytest.mark.mpi)])
+def test_the_line_search_solve_at_the_accepted_point_is_the_next_newton_step(comm):
     """With the trapezoid residual the blocks are assembled at every point whose residual
     is evaluated, so nleqerr's simplified Newton correction at the point it accepts solves
     K(y)δ = F(y): the next Newton step.  That step starts from it and is converged at once
@@ -465,7 +467,7 @@ def test_the_line_search_solve_at_the_accepted_point_is_the_next_newton_step():
     from fem_mfc import options
     from fem_mfc.problem import ControlProblem
     from fem_mfc.solvers.newton import NewtonSolver, make_system
-    mesh = dolfinx.mesh.create_unit_square(MPI.COMM_WORLD, 6, 6)
+    mesh = dolfinx.mesh.create_unit_square(comm, 6, 6)
     x = ufl.SpatialCoordinate(mesh)
     p = ControlProblem(mesh=mesh, T=1.0, sigma=0.5, steps=6, Phi=(x[0] - 0.5) ** 2,
                        G=lambda r: r ** 2 / 2, rho0=ufl.exp(-10 * ((x[0] - 0.3) ** 2)),
