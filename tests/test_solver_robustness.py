@@ -43,6 +43,16 @@ ATTRACTIVE = textwrap.dedent("""
 """)
 
 
+def congested(comm=MPI.COMM_WORLD, n=4, steps=3, **kw):
+    """A small congested problem on the unit square (n × n cells)."""
+    from fem_mfc.problem import ControlProblem
+    mesh = dolfinx.mesh.create_unit_square(comm, n, n)
+    x = ufl.SpatialCoordinate(mesh)
+    return ControlProblem(mesh=mesh, T=1.0, sigma=0.5, steps=steps, Phi=(x[0] - 0.5) ** 2,
+                          G=lambda r: r ** 2 / 2, rho0=ufl.exp(-10 * ((x[0] - 0.3) ** 2)),
+                          **kw)
+
+
 def write(tmp_path, text, name="c.toml"):
     cfg = tmp_path / name
     cfg.write_text(text)
@@ -381,12 +391,8 @@ def test_a_poor_step_from_a_stopped_short_krylov_solve_ends_a_stalling_attempt()
     stopped-short step, or any step of a converged Krylov solve, does not.  A solve at its
     limit that did not reduce its residual by 1e-2 fails at once (before a line search)."""
     from fem_mfc import options
-    from fem_mfc.problem import ControlProblem
     from fem_mfc.solvers.newton import NewtonSolver, make_system
-    mesh = dolfinx.mesh.create_unit_square(MPI.COMM_WORLD, 4, 4)
-    x = ufl.SpatialCoordinate(mesh)
-    p = ControlProblem(mesh=mesh, T=1.0, sigma=0.5, steps=3, Phi=(x[0] - 0.5) ** 2,
-                       G=lambda r: r ** 2 / 2, rho0=ufl.exp(-10 * ((x[0] - 0.3) ** 2)))
+    p = congested()
     R, K = PETSc.SNES.ConvergedReason, PETSc.KSP.ConvergedReason
     with options.inserted(settings={}):
         solver = NewtonSolver(make_system(p), "sweep", "mfc_", 1e-10, 1e-12, 50, "adaptive")
@@ -425,12 +431,8 @@ def test_a_stopped_short_step_gets_one_line_search_trial_in_a_stage():
     channel spent 8 × 300 Krylov iterations per such step.  Outside stages, or after a step
     from a converged Krylov solve, the line search runs as before."""
     from fem_mfc import options
-    from fem_mfc.problem import ControlProblem
     from fem_mfc.solvers.newton import NewtonSolver, make_system
-    mesh = dolfinx.mesh.create_unit_square(MPI.COMM_WORLD, 4, 4)
-    x = ufl.SpatialCoordinate(mesh)
-    p = ControlProblem(mesh=mesh, T=1.0, sigma=0.5, steps=3, Phi=(x[0] - 0.5) ** 2,
-                       G=lambda r: r ** 2 / 2, rho0=ufl.exp(-10 * ((x[0] - 0.3) ** 2)))
+    p = congested()
     R, K = PETSc.SNES.ConvergedReason, PETSc.KSP.ConvergedReason
     with options.inserted(settings={}):
         solver = NewtonSolver(make_system(p), "sweep", "mfc_", 1e-10, 1e-12, 50, "adaptive")
@@ -465,13 +467,8 @@ def test_the_line_search_solve_at_the_accepted_point_is_the_next_newton_step(com
     (no Krylov iterations); the iterates and J are those of solving it again, which
     ``-mfc_newton_reuse_trial false`` does."""
     from fem_mfc import options
-    from fem_mfc.problem import ControlProblem
     from fem_mfc.solvers.newton import NewtonSolver, make_system
-    mesh = dolfinx.mesh.create_unit_square(comm, 6, 6)
-    x = ufl.SpatialCoordinate(mesh)
-    p = ControlProblem(mesh=mesh, T=1.0, sigma=0.5, steps=6, Phi=(x[0] - 0.5) ** 2,
-                       G=lambda r: r ** 2 / 2, rho0=ufl.exp(-10 * ((x[0] - 0.3) ** 2)),
-                       scheme="crank-nicolson")
+    p = congested(comm, 6, steps=6, scheme="crank-nicolson")
     runs = {}
     for reuse in ("true", "false"):
         with options.inserted(settings={"newton_reuse_trial": reuse}, prefix="mfc_"):
