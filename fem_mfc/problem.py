@@ -151,7 +151,7 @@ class ControlProblem(TimeGrid):
             raise ConfigError("boundary.kind", "'no-flux' or 'robin' beside 'periodic' sides "
                               "(exits and Dirichlet sides with periodic ones are not "
                               "supported)", "exit")
-        if (self.exits or self.robins or self.periodic) and self.stabilisation == "monotone":
+        if not self.monotone_sides and self.stabilisation == "monotone":
             raise ConfigError("boundary.kind", "'no-flux' with the monotone scheme (exits "
                               "need the Galerkin scheme)", "exit")
         self.T, self.sigma = float(self.T), float(self.sigma)
@@ -189,6 +189,12 @@ class ControlProblem(TimeGrid):
         ds = ufl.Measure("ds", domain=self.mesh, subdomain_data=self.facet_tags)
         return tuple((r.tag, ds(r.tag), dolfinx.fem.Constant(self.mesh, float(r.rate)),
                       r.cost) for r in self.robins)
+
+    @property
+    def monotone_sides(self) -> bool:
+        """Do the sides allow the monotone scheme (no-flux only: no exits, Robin or periodic
+        sides)?"""
+        return not (self.exits or self.robins or self.periodic)
 
     def periodic_map(self):
         """The periodic map R of the space (solvers/periodic.py), built once; None without

@@ -336,6 +336,7 @@ def test_stalled_continuation_with_negative_density_says_what_to_do():
     attractive coupling oscillating below the mesh scale), the unconverged reason says so and
     names the remedies; on the monotone scheme it only suggests refining."""
     import dataclasses
+    import types
 
     from fem_mfc.problem import ControlProblem
     from fem_mfc.solvers.continuation import _negative_hint
@@ -355,6 +356,17 @@ def test_stalled_continuation_with_negative_density_says_what_to_do():
     assert "min rho = -3.2" in hint and "max 50" in hint and "monotone" in hint
     mono = SpaceTime(dataclasses.replace(p, stabilisation="monotone"))
     assert "monotone" not in _negative_hint(mono, bad) and "refine" in _negative_hint(mono, bad)
+    # where the sides rule the monotone scheme out (periodic, Robin, exits) it is not advised
+    # (the run's min_rho check says the same)
+    st.problem = dataclasses.replace(p, robins=[types.SimpleNamespace(tag=1)])
+    assert "monotone" not in _negative_hint(st, bad) and "refine" in _negative_hint(st, bad)
+    from fem_mfc.runs.control import checks
+    r = types.SimpleNamespace(J=1.0, J_value=1.0, method="newton", mass_error=0.0,
+                              min_rho=-30.0)
+    for monotone in (True, False):
+        c = checks(r, 50.0, monotone=monotone)["min_rho"]
+        assert not c["ok"] and "refine" in c["hint"]
+        assert ("monotone" in c["hint"]) is monotone
 
 
 def test_a_krylov_solve_that_stops_short_still_gives_a_newton_step():

@@ -80,10 +80,12 @@ def solve_config(cfg: dict, ctx, md=None):
     return md, problem, result
 
 
-def checks(result, max_rho: float, identity: bool = True) -> dict:
+def checks(result, max_rho: float, identity: bool = True, monotone: bool = True) -> dict:
     """The figures that decide whether a solve is usable: {name: {value, limit, relation, ok,
     hint}}.  ``identity=False``: the problem has manufactured sources, which enter the
-    Lagrangian linearly, so J and the value identity differ by them (recorded, not checked)."""
+    Lagrangian linearly, so J and the value identity differ by them (recorded, not checked).
+    ``monotone``: may a negative density be fixed by the monotone scheme (P1 Galerkin
+    hjb-fp with no-flux sides)?"""
     scale = max(abs(result.J), abs(result.J_value), 1e-300)
     rtol = IDENTITY_RTOL.get(result.method, IDENTITY_RTOL_OTHER)
     gap = abs(result.J - result.J_value) / scale
@@ -100,8 +102,9 @@ def checks(result, max_rho: float, identity: bool = True) -> dict:
     floor = -NEGATIVE_RHO * max_rho
     out["min_rho"] = {"value": result.min_rho, "limit": floor, "relation": ">=",
                       "ok": bool(result.min_rho >= floor),
-                      "hint": "negative density; refine the mesh or use "
-                              "[discretisation] stabilisation = 'monotone'"}
+                      "hint": "negative density; refine the mesh" + (
+                          " or use [discretisation] stabilisation = 'monotone'"
+                          if monotone else "")}
     return out
 
 
@@ -121,8 +124,11 @@ def run(cfg: dict, ctx) -> dict:
         "reason": result.reason, "residual": result.residual,
         "history": list(result.history),
         "ndofs": V.dofmap.index_map.size_global, "nsteps": N, "h": md.h, "tau": problem.tau,
-        "solve_time_s": result.seconds, "checks": checks(result, max_rho,
-                                                   getattr(problem.exact, "sources", None) is None),
+        "solve_time_s": result.seconds,
+        "checks": checks(result, max_rho, getattr(problem.exact, "sources", None) is None,
+                         monotone=(cfg["run"]["formulation"] == "hjb-fp" and problem.degree == 1
+                                   and problem.stabilisation == "none"
+                                   and problem.monotone_sides)),
         "H": cfg["problem"].get("H", "quadratic"),
     }
     if result.mass_exited:                    # exits: mass through each door, per step

@@ -197,6 +197,7 @@ def _negative_hint(st, stages) -> str:
            "stabilisation = \"monotone\")" if st.V.element.basix_element.degree == 1
            and st.formulation.names == ("rho", "u")
            and getattr(st.problem, "stabilisation", "none") != "monotone"
+           and getattr(st.problem, "monotone_sides", True)
            else "refine the mesh")
     return (f"; the density went negative on the way (min rho = {low:.3g}, max {top:.3g}): "
             f"it concentrates below the mesh scale — {fix}")
