@@ -196,6 +196,16 @@ class ControlProblem(TimeGrid):
         sides)?"""
         return not (self.exits or self.robins or self.periodic)
 
+    def monotone_advice(self) -> str | None:
+        """What to set for the positivity-preserving scheme if it can solve this Galerkin
+        problem (P1, quadratic H, no-flux sides, no manufactured sources; backward Euler),
+        else None — advice for a density gone negative."""
+        if (self.stabilisation != "none" or self.degree != 1 or self.hamiltonian is not None
+                or not self.monotone_sides or getattr(self.exact, "sources", None) is not None):
+            return None
+        return ("[discretisation] stabilisation = \"monotone\""
+                + (", scheme = \"backward-euler\"" if self.theta != 1.0 else ""))
+
     def periodic_map(self):
         """The periodic map R of the space (solvers/periodic.py), built once; None without
         periodic sides."""

@@ -363,10 +363,16 @@ def test_stalled_continuation_with_negative_density_says_what_to_do():
     from fem_mfc.runs.control import checks
     r = types.SimpleNamespace(J=1.0, J_value=1.0, method="newton", mass_error=0.0,
                               min_rho=-30.0)
-    for monotone in (True, False):
+    for monotone in (p.monotone_advice(), st.problem.monotone_advice()):
         c = checks(r, 50.0, monotone=monotone)["min_rho"]
         assert not c["ok"] and "refine" in c["hint"]
-        assert ("monotone" in c["hint"]) is monotone
+        assert ("monotone" in c["hint"]) is (monotone is not None)
+    # P2, a Crank–Nicolson step (advised to switch), populations (no such attribute)
+    assert dataclasses.replace(p, degree=2).monotone_advice() is None
+    assert "backward-euler" in dataclasses.replace(p, scheme="crank-nicolson").monotone_advice()
+    assert "backward-euler" not in p.monotone_advice()
+    st.problem = types.SimpleNamespace(stabilisation="none")
+    assert "monotone" not in _negative_hint(st, bad)
 
 
 def test_a_krylov_solve_that_stops_short_still_gives_a_newton_step():

@@ -80,12 +80,12 @@ def solve_config(cfg: dict, ctx, md=None):
     return md, problem, result
 
 
-def checks(result, max_rho: float, identity: bool = True, monotone: bool = True) -> dict:
+def checks(result, max_rho: float, identity: bool = True, monotone: str | None = None) -> dict:
     """The figures that decide whether a solve is usable: {name: {value, limit, relation, ok,
     hint}}.  ``identity=False``: the problem has manufactured sources, which enter the
     Lagrangian linearly, so J and the value identity differ by them (recorded, not checked).
-    ``monotone``: may a negative density be fixed by the monotone scheme (P1 Galerkin
-    hjb-fp with no-flux sides)?"""
+    ``monotone``: the settings of the monotone scheme where it can fix a negative density
+    (``ControlProblem.monotone_advice``), else None."""
     scale = max(abs(result.J), abs(result.J_value), 1e-300)
     rtol = IDENTITY_RTOL.get(result.method, IDENTITY_RTOL_OTHER)
     gap = abs(result.J - result.J_value) / scale
@@ -102,9 +102,8 @@ def checks(result, max_rho: float, identity: bool = True, monotone: bool = True)
     floor = -NEGATIVE_RHO * max_rho
     out["min_rho"] = {"value": result.min_rho, "limit": floor, "relation": ">=",
                       "ok": bool(result.min_rho >= floor),
-                      "hint": "negative density; refine the mesh" + (
-                          " or use [discretisation] stabilisation = 'monotone'"
-                          if monotone else "")}
+                      "hint": "negative density; refine the mesh"
+                              + (f" or use {monotone}" if monotone else "")}
     return out
 
 
@@ -126,9 +125,8 @@ def run(cfg: dict, ctx) -> dict:
         "ndofs": V.dofmap.index_map.size_global, "nsteps": N, "h": md.h, "tau": problem.tau,
         "solve_time_s": result.seconds,
         "checks": checks(result, max_rho, getattr(problem.exact, "sources", None) is None,
-                         monotone=(cfg["run"]["formulation"] == "hjb-fp" and problem.degree == 1
-                                   and problem.stabilisation == "none"
-                                   and problem.monotone_sides)),
+                         monotone=(problem.monotone_advice()
+                                   if cfg["run"]["formulation"] == "hjb-fp" else None)),
         "H": cfg["problem"].get("H", "quadratic"),
     }
     if result.mass_exited:                    # exits: mass through each door, per step

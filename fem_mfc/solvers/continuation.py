@@ -193,12 +193,10 @@ def _negative_hint(st, stages) -> str:
     low = min(lows)
     if low >= -NEGATIVE_HINT * max(top, 1.0):
         return ""
-    fix = ("refine the mesh or use the positivity-preserving scheme ([discretisation] "
-           "stabilisation = \"monotone\")" if st.V.element.basix_element.degree == 1
-           and st.formulation.names == ("rho", "u")
-           and getattr(st.problem, "stabilisation", "none") != "monotone"
-           and getattr(st.problem, "monotone_sides", True)
-           else "refine the mesh")
+    advice = (st.problem.monotone_advice() if st.formulation.names == ("rho", "u")
+              and hasattr(st.problem, "monotone_advice") else None)
+    fix = ("refine the mesh" if advice is None
+           else f"refine the mesh or use the positivity-preserving scheme ({advice})")
     return (f"; the density went negative on the way (min rho = {low:.3g}, max {top:.3g}): "
             f"it concentrates below the mesh scale — {fix}")
 
