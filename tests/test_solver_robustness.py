@@ -542,6 +542,39 @@ def test_a_failed_continuation_stage_is_not_tried_again_unchanged(monkeypatch):
     assert all(a != b for a, b in zip(tried, tried[1:])), tried
 
 
+@pytest.mark.parametrize("mode, max_it", [("sweep", 4), ("lu", None)])
+def test_continuation_stages_bound_the_line_search_trials_on_the_sweep_path(monkeypatch, mode,
+                                                                            max_it):
+    """On the sweep path each nleqerr trial point is a Krylov solve as long as the step's: a
+    stage's step gets STAGE_TRIALS of them (the line search's max_it = trials + 1).  On the
+    LU path a trial is one more solve with the step's factors: PETSc's limit."""
+    import types
+
+    from fem_mfc.solvers import continuation
+    calls = []
+
+    class Solver:
+        user_linesearch, rtol, atol = False, 1e-10, 1e-12
+        st = types.SimpleNamespace(parameters={"coupling": 1.0}, set_parameter=lambda *a: None,
+                                   parameter=lambda name: 1.0)
+
+        def set_linesearch(self, kind, **kw):
+            calls.append((kind, kw.get("max_it")))
+
+        def parameters_changed(self):
+            pass
+
+    solver = Solver()
+    solver.mode = mode
+    monkeypatch.setattr(continuation, "_path", lambda *a, **k: None)
+    monkeypatch.setattr(continuation, "_negative_hint", lambda st, stages: "")
+    direct = {"iterations": 3, "residual": 1.0, "reason": "DIVERGED_LINE_SEARCH",
+              "first_residual": 1.0}
+    out, stages = continuation.continue_to(solver, direct, None)
+    assert not out["converged"] and calls[0] == ("nleqerr", max_it) and calls[-1][0] is None
+    assert continuation.STAGE_TRIALS + 1 == 4
+
+
 def test_continuation_stages_may_end_early_when_they_stall():
     """Every continuation stage runs with the early end of a stalled attempt switched on
     (a failed stage halves the step instead of creeping), and the solver switches it off

@@ -155,7 +155,9 @@ def continue_to(solver, direct: dict, X0, start: dict | None = None) -> tuple[di
         # point (λ = 1: 80 of 80 steps on the periodic attractive channel); the stages that
         # fail spent up to 36 trials per step, each a Krylov solve as long as the step's.
         # A step that fails STAGE_TRIALS trials fails its stage; the path shortens its step.
-        solver.set_linesearch("nleqerr", max_it=STAGE_TRIALS + 1)
+        # (On the LU path a trial is one more solve with the step's factors: PETSc's limit.)
+        solver.set_linesearch("nleqerr", **({"max_it": STAGE_TRIALS + 1}
+                                            if solver.mode == "sweep" else {}))
     tries = ([None] if "coupling" in st.parameters else []) \
         + ([eps * k for k in NOISE_FACTORS] if eps > 0 and "eps" in st.parameters else [])
     if start is not None:                  # resume the path that was running
