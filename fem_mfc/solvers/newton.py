@@ -202,7 +202,7 @@ class NewtonSolver:
         self.best = None
         self.trap = self.op = None
         self._step = {"its": 0, "short": False}   # the Newton-step Krylov solve (see _presolve)
-        self._step_next = self._skip = self._abandon = self._solving_step = False
+        self._step_next = self._skip = self._abandon = False
         self._ls_solves = self._ls_its = 0
         self._reused = self._cache = self._warm = None
         self.history = []
@@ -456,16 +456,14 @@ class NewtonSolver:
                 self._reused, self._warm = c["short"], b.norm()
             if c is not None:
                 c["valid"] = False
-            self._solving_step = True
             return
-        self._solving_step = False
-        self._ls_solves += 1
+        self._ls_solves += 1                  # (0 until the step's solve has ended)
         if self.stall_exit and self._step["short"] and self._ls_solves > 1:
             self._skip = self._abandon = True
 
     def _postsolve(self, ksp, b, x):
         its = ksp.getIterationNumber()
-        if self._solving_step:
+        if self._ls_solves == 0:              # the Newton step's solve
             ksp.setInitialGuessNonzero(False)
             short = (ksp.getConvergedReason() == PETSc.KSP.ConvergedReason.CONVERGED_ITS
                      or (self._reused is True and its == 0))
