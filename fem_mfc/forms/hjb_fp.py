@@ -104,30 +104,50 @@ def _number(expr) -> float | None:
     return float(expr)
 
 
+def _coupling_derivatives(G0: Callable, coupling: str, orders: tuple) -> list | None:
+    """[[c⁽ᵏ⁾(s) for s in SAMPLES] for k in orders] of the coupling c of ``G0``, or None
+    if a derivative still depends on x or on a Constant (a G with x in it, a parameter
+    held as a Constant): then the shape is unknown."""
+    out = [[] for _ in orders]
+    for s in SAMPLES:
+        r = ufl.variable(ufl.as_ufl(s))
+        c = coupling_value(G0, coupling, r)
+        for k in range(max(orders) + 1):
+            if k in orders:
+                v = _number(ufl.algorithms.expand_derivatives(c))
+                if v is None:
+                    return None
+                out[orders.index(k)].append(v)
+            c = ufl.diff(c, r)
+    return out
+
+
 def coupling_shape(G0: Optional[Callable], coupling: str) -> tuple[bool | None, bool]:
     """(c varies with ρ, c is at most quadratic in ρ) for the coupling c of ``G0``, from the
     derivatives c′ and c‴ evaluated at SAMPLES (exact for the polynomial couplings of
-    practice; a G that depends on x cannot be evaluated: (None, False), unknown)."""
+    practice; a G that depends on x cannot be evaluated: (None, False), unknown — the safe
+    answer: the solvers then assume neither a ρ-free HJB nor a quadratic residual)."""
     if G0 is None:
         return False, True
-    d1, d3 = [], []
-    for s in SAMPLES:
-        r = ufl.variable(ufl.as_ufl(s))
-        c1 = ufl.diff(coupling_value(G0, coupling, r), r)
-        c3 = ufl.diff(ufl.diff(c1, r), r)
-        v1, v3 = (_number(ufl.algorithms.expand_derivatives(c)) for c in (c1, c3))
-        if v1 is None or v3 is None:
-            # the derivative still depends on x or on a Constant (a G with x in it, a
-            # parameter held as a Constant): the shape is unknown, and (None, False) is the
-            # safe answer (the solvers then assume neither a ρ-free HJB nor a quadratic
-            # residual)
-            return None, False
-        d1.append(v1)
-        d3.append(v3)
+    d = _coupling_derivatives(G0, coupling, (1, 3))
+    if d is None:
+        return None, False
+    d1, d3 = d
     scale = max(max(map(abs, d1)), 1e-300)
-    varies = any(abs(v) > 0.0 for v in d1)
-    quadratic = all(abs(v) <= 1e-10 * scale for v in d3)
-    return varies, quadratic
+    return any(abs(v) > 0.0 for v in d1), all(abs(v) <= 1e-10 * scale for v in d3)
+
+
+def coupling_affine(G0: Optional[Callable], coupling: str) -> bool:
+    """Is the coupling c of ``G0`` affine in ρ (c'' = 0 at SAMPLES, e.g. G = κρ²/2 for mftc
+    or κρ² for mfg)?  Then its ρ–ρ Jacobian blocks τ∫c'(ρ̄)·· do not change with the states
+    (their UFL forms may still involve ρ: (G'(ρ)ρ − G(ρ))/ρ² for mfg).  False if unknown."""
+    if G0 is None:
+        return True
+    d = _coupling_derivatives(G0, coupling, (1, 2))
+    if d is None:
+        return False
+    scale = max(max(map(abs, d[0])), 1e-300)
+    return all(abs(v) <= 1e-10 * scale for v in d[1])
 
 
 def structure(d: "StepData") -> tuple[bool | None, bool]:

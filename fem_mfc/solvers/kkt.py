@@ -60,6 +60,11 @@ class KKTOperator:
         self.skip = self.mirror | set(self.derived) | set(self.combined)
         self.stored = set(keys) - self.skip
         self.grid = st.block_grid(self.skip)
+        rho = set(L.forward_fields()) if fm.constant_coupling else set()
+        self.constant = {self.grid[r][c].handle for (r, c) in self.stored
+                         if st.constant_block[keys[(r, c)][0]] or (r in rho and c in rho)}
+        if self.E is not None:                # handles of the matrices whose values change
+            self.constant.add(self.E.handle)  # with the parameters only, not the states
         self.assemblies = 1
         self._fresh = st.create_vec()         # states of the grid, until the first update
         st.states_to_vec(self._fresh)

@@ -56,7 +56,7 @@ class KKTProduct:
         self.yout = PETSc.Vec().createWithArray(self._dummy.copy(), size=size, comm=st.comm)
         self.comb = PETSc.Vec().createMPI(size, comm=st.comm)      # combined inputs
         self.w = PETSc.Vec().createMPI(size, comm=st.comm)         # one product
-        self._plan, self._buffers = None, {}
+        self._plan, self._buffers, self._params = None, {}, None
         n = st.nfields * st.nl
         self.mat = PETSc.Mat().createPython(((n, PETSc.DETERMINE), (n, PETSc.DETERMINE)),
                                             context=self, comm=st.comm)
@@ -72,9 +72,15 @@ class KKTProduct:
         return out
 
     def plan(self) -> list:
-        """The grouped products (built once: the operator's structure is fixed)."""
-        if self._plan is not None:
+        """The grouped products (built once: the operator's structure is fixed — and again
+        after a parameter changed, which scales the merged matrices differently, e.g. the
+        congestion blocks against E in a continuation in the coupling strength)."""
+        params = tuple(float(c.value) for c in self.op.st.parameters.values())
+        if self._plan is not None and params == self._params:
             return self._plan
+        if self._plan is not None:
+            self.destroy_plan()
+        self._params = params
         groups = {}
         for base, t, r, c, a in self.terms():
             groups.setdefault((base.handle, t), (base, t, []))[2].append((r, c, a))
@@ -103,14 +109,17 @@ class KKTProduct:
         return plan
 
     def _merge_shared(self, groups: dict) -> dict:
-        """Shared matrices (groups with several rows and columns: the state-independent
-        blocks of all levels) become one group per matrix up to a scalar factor: a symmetric
-        transposed matrix joins its untransposed group, and a matrix equal to s·B joins B's
-        group with its coefficients times s (e.g. the congestion blocks τG''θ(1−θ)M, τG''θ²M
-        and E = M/θ: one sparse × dense product for all of them).  Checked once, to
-        round-off."""
-        shared = [k for k, (_, _, uses) in groups.items()
-                  if len({u[0] for u in uses}) > 1 and len({u[1] for u in uses}) > 1]
+        """Shared state-independent matrices (groups with several rows and columns: the
+        constant blocks of all levels, ``op.constant``) become one group per matrix up to a
+        scalar factor: a symmetric transposed matrix joins its untransposed group, and a
+        matrix equal to s·B joins B's group with its coefficients times s (e.g. the
+        congestion blocks τG''θ(1−θ)M, τG''θ²M and E = M/θ: one sparse × dense product for
+        all of them).  Checked once, to round-off — so never for a matrix that changes with
+        the states: the Crank–Nicolson coupling blocks C(n, n+1) of a non-quadratic G are
+        shared by four blocks each and all equal at the constant initial guess, not later."""
+        shared = [k for k, (base, _, uses) in groups.items()
+                  if len({u[0] for u in uses}) > 1 and len({u[1] for u in uses}) > 1
+                  and base.handle in self.op.constant]
         out = {k: g for k, g in groups.items() if k not in shared}
         families = []                         # [(B, t, uses)] of the shared groups
         for k in shared:
@@ -231,7 +240,7 @@ class KKTProduct:
                 Y[0] = None
         for _buf, X, _filled in getattr(self, "_buffers", {}).values():
             X.destroy()
-        self._plan, self._buffers = None, {}
+        self._plan, self._buffers, self._params = None, {}, None
 
     def destroy(self, mat=None):
         """Free the work objects (also called by PETSc when ``mat`` is destroyed)."""

@@ -27,7 +27,8 @@ mathematics, no solver code:
   E independent of the states), ``sweep`` (the sweep preconditioner, which drops the ρ–ρ
   blocks, is effective: true for HJB–FP, whose ρ–ρ blocks are the congestion only) and
   ``midpoint_coupling`` (the ρ–ρ blocks of Crank–Nicolson are those of one matrix per time
-  interval: :func:`midpoint_coupling`).
+  interval: :func:`midpoint_coupling`) and ``constant_coupling`` (the ρ–ρ blocks do not change
+  with the states, only with the parameters: a coupling affine in ρ, H free of ρ).
 
 :class:`SpaceTime` keeps the mathematics only: states ↔ vectors, residual, Jacobian blocks and
 diagnostics.  How a row or block is evaluated is its ``assembler``'s business
@@ -116,6 +117,7 @@ class Formulation:
     forward_split: Optional[ForwardSplit] = None
     sweep: bool = True
     midpoint_coupling: bool = False
+    constant_coupling: bool = False
 
 
 def hjb_fp(problem) -> Formulation:
@@ -139,7 +141,9 @@ def hjb_fp(problem) -> Formulation:
                        quadratic=quadratic,
                        mirrored=H.mirrored(d),
                        forward_split=forward_split(problem, theta),
-                       midpoint_coupling=midpoint_coupling(problem, theta, coupled))
+                       midpoint_coupling=midpoint_coupling(problem, theta, coupled),
+                       constant_coupling=(H.coupling_affine(d.G0, d.coupling)
+                                          and not getattr(d.H, "uses_rho", False)))
 
 
 def trivial_guess(problem) -> dict:
