@@ -70,8 +70,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "kind": Key(str, "rectangle", "mesh kind", choices=MESH_KINDS),
         "cells": Key(int, 16, "cells per axis (interval/rectangle/box)", positive,
                      "a positive integer"),
-        "lower": Key(list, [-1.0, -1.0], "lower corner (interval/rectangle/box)"),
-        "upper": Key(list, [1.0, 1.0], "upper corner (interval/rectangle/box)"),
+        "lower": Key(list, [-1.0, -1.0], "lower corner (interval/rectangle/box; not given: -1 in "
+                     "every coordinate)"),
+        "upper": Key(list, [1.0, 1.0], "upper corner (interval/rectangle/box; not given: 1 in "
+                     "every coordinate)"),
         "diagonal": Key(str, "right", "triangle diagonal of rectangle meshes",
                         choices=("right", "left", "crossed", "right/left", "left/right")),
         "radius": Key(float, 1.0, "outer radius (disk/annulus/ball)", positive,
@@ -605,6 +607,11 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
                     type(spec.default)(spec.default)
             out[k] = v
         cfg[section] = out
+    mesh, given = cfg["mesh"], raw.get("mesh", {})
+    if mesh["kind"] in ("interval", "box"):     # corners not given: −1 and 1 in every
+        for k, x in (("lower", -1.0), ("upper", 1.0)):   # coordinate of the mesh's dimension
+            if k not in given:
+                mesh[k] = [x] * gdim(cfg)
     cfg["boundary"] = _boundary(raw.get("boundary", []), source)
     _cross_checks(cfg, source)
     if "population" in raw:           # absent: one population, the config as before

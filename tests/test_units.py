@@ -50,6 +50,19 @@ def test_config_defaults_roundtrip(tmp_path):
     assert config.load(p) == cfg
 
 
+def test_corners_default_to_the_mesh_dimension():
+    """A box or an interval without corners is (−1, 1)^d (the defaults were the 2D ones:
+    "expected an array of 3 numbers" for keys the user did not write); given ones are kept
+    and still checked."""
+    for kind, d in (("interval", 1), ("rectangle", 2), ("box", 3)):
+        m = config.validate({"mesh": {"kind": kind}})["mesh"]
+        assert m["lower"] == [-1.0] * d and m["upper"] == [1.0] * d, kind
+    m = config.validate({"mesh": {"kind": "box", "upper": [2.0, 2.0, 3.0]}})["mesh"]
+    assert m["lower"] == [-1.0] * 3 and m["upper"] == [2.0, 2.0, 3.0]
+    with pytest.raises(ConfigError, match="mesh.lower"):
+        config.validate({"mesh": {"kind": "box", "lower": [0.0, 0.0]}})
+
+
 def test_schema_markdown_lists_every_key():
     md = config.schema_markdown()
     for section, keys in config.SCHEMA.items():
