@@ -597,3 +597,26 @@ def test_continuation_stages_may_end_early_when_they_stall():
 
     continuation._stage(Solver(), 0.5, None, 0.1, 1e-6, 1e-12, 25)
     assert seen == [True]
+
+
+def test_round_off_floor_is_stagnation_not_slow_convergence():
+    """Newton ends at its round-off floor only when the residual stops falling near the
+    target (the monotone 1D attractive case on 1,600 cells: 8.0e-11, 9.1e-11, 8.9e-11 for a
+    target 1.2e-12), not while it falls steadily 0.6–0.75× per step — the history of the
+    wrong Jacobian fixed on 2026-12-07, which the former rule accepted at 1.1e-7 against a
+    1.9e-10 target and reported converged."""
+    import types
+
+    from fem_mfc.solvers.newton import NewtonSolver
+
+    def at_floor(history, target):
+        stub = types.SimpleNamespace(history=[{"residual": r} for r in history],
+                                     _best_f=min(history))
+        return NewtonSolver._at_roundoff_floor(stub, target)
+
+    assert at_floor([20.94, 2.184, 0.1794, 1.175e-3, 4.503e-8, 7.96e-11, 9.146e-11, 8.915e-11],
+                    1.237e-12)
+    slow = [1.9, 0.52, 0.33, 7.3e-2, 2.4e-2, 9.5e-3, 9.4e-3, 8.7e-3, 4.4e-3, 7.4e-4, 5.7e-5,
+            2.1e-5, 1.4e-5, 1.3e-5, 1.2e-5, 7.0e-7, 4.3e-7, 2.8e-7, 2.0e-7, 1.5e-7, 1.1e-7]
+    assert not any(at_floor(slow[:k], 1.9e-10) for k in range(3, len(slow) + 1))
+    assert not at_floor([1.0, 1e-3, 1e-3, 1e-3], 1e-10)     # stagnating far from the target
