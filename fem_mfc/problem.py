@@ -18,7 +18,7 @@ import ufl
 
 from .density import density_ufl, initial_density, normalise
 from .errors import ConfigError
-from .forms.hjb_fp import THETA, StepData
+from .forms.hjb_fp import THETA, StepData, congestion_degree
 
 ROUNDOFF = 1e-10
 
@@ -176,6 +176,8 @@ class ControlProblem(TimeGrid):
                         scale=dolfinx.fem.Constant(self.mesh, 1.0), H=self.hamiltonian,
                         quadrature_degree=(None if self.hamiltonian is None
                                            else 2 * self.degree + 2),
+                        congestion_degree=congestion_degree(self.G, self.coupling,
+                                                            self.space),
                         robin=self._robin_terms())
 
     def _robin_terms(self) -> tuple:

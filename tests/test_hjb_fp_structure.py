@@ -190,3 +190,48 @@ def test_value_identity_needs_the_coupling_for_mfg():
         extra -= p.tau * 0.5 * 2.0 * dolfinx.fem.assemble_scalar(form)
     assert abs(extra) > 1e3 * abs(r.J - r.J_value)     # the spec's formula would be off
     assert d["J"] == pytest.approx(r.J, rel=1e-12)
+
+
+@pytest.mark.parametrize("scheme", [BE, CN])
+def test_value_identity_exact_for_a_non_polynomial_coupling(scheme):
+    """G = exp(ρ): UFL estimates a different quadrature degree for each form with G (the
+    residual's c(ρ̄)q, the cost's G(ρ̄) among other terms, the identity's G − ρ̄c), so the
+    discrete value identity held only to the quadrature error — 1e-4 on 4 × 4 cells, and a
+    converged run exited 3 as "not a discrete solution".  One rule for every cell integral
+    (StepData.dx) makes it exact, as it is for polynomials."""
+    from fem_mfc.solvers import newton
+    p = congested_2d(nx=4, steps=6)
+    p.scheme, p.G = scheme, (lambda r: ufl.exp(r))
+    d = p.step_data()
+    assert d.congestion_degree is not None
+    r = newton(p, linear="lu")
+    assert r.converged and abs(r.J - r.J_value) < 1e-12 * abs(r.J)
+    poly = congested_2d(nx=4, steps=2).step_data()
+    assert poly.congestion_degree is None and poly.dx == ufl.dx      # polynomials: unchanged
+
+
+def test_every_functional_has_one_quadrature_rule():
+    """DOLFINx 0.9's form compiler evaluates a functional whose cell integrals carry
+    different quadrature rules with one rule for all (∫r dx + ∫r² dx(degree 4) as if both
+    were of degree 1), so no functional of the HJB–FP forms may mix rules: a non-quadratic
+    H with a congestion, or a non-polynomial G, gives every cell integral one rule."""
+    from fem_mfc import hamiltonian as ham
+    for G, H_ in ((lambda r: 0.5 * r ** 2, ham.power(1.5)), (lambda r: ufl.exp(r), None),
+                  (lambda r: ufl.exp(r), ham.power(1.5))):
+        p = congested_2d(nx=2, steps=2)
+        p.G, p.hamiltonian = G, H_
+        st = SpaceTime(p)
+        for name, form in st.func_ufl.items():
+            rules = {itg.metadata().get("quadrature_degree") for itg in form.integrals()
+                     if itg.integral_type() == "cell"}
+            assert len(rules) <= 1, (name, rules)
+    mesh = dolfinx.mesh.create_unit_square(MPI.COMM_SELF, 4, 4)
+    V = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    r = dolfinx.fem.Function(V)
+    r.interpolate(lambda x: 1 + x[0])
+    one = dolfinx.fem.assemble_scalar(dolfinx.fem.form(r * r * ufl.dx))
+    mixed = dolfinx.fem.assemble_scalar(dolfinx.fem.form(
+        r * ufl.dx + r * r * ufl.dx(metadata={"quadrature_degree": 4})))
+    alone = dolfinx.fem.assemble_scalar(dolfinx.fem.form(r * ufl.dx))
+    if abs(mixed - alone - one) > 1e-12:
+        print(f"\nthis DOLFINx still mixes the rules: {mixed - alone:.6f} against {one:.6f}")

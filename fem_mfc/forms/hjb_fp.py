@@ -62,16 +62,24 @@ class StepData:
     scale: object = None                  # Constant s: the forms use s·G (continuation)
     H: object = None                      # fem_mfc.hamiltonian.Hamiltonian; None: ½|p|²
     quadrature_degree: Optional[int] = None   # of every integral with H (None: estimated)
+    congestion_degree: Optional[int] = None   # of every integral with G (None: estimated)
     robin: tuple = ()                     # ((tag, ds(tag), κ, t ↦ g), …): leaky walls
 
     @property
-    def dxH(self):
-        """The measure of the integrals with H: one fixed rule for the residual, cost and
-        value forms, so that the discrete value identity holds to round-off also for an H
-        that is not a polynomial (UFL would estimate a different degree for each form)."""
-        if self.quadrature_degree is None:
+    def dx(self):
+        """The measure of every cell integral: one fixed rule for all of them when an
+        integrand is not a polynomial (an H other than ½|p|², :attr:`quadrature_degree`; a
+        non-polynomial coupling, :attr:`congestion_degree`), else UFL's estimates (exact).
+        UFL would estimate a different degree for each form, and the discrete value
+        identity J = ∫u(0)ρ_0 + Σ value would then hold to the quadrature error only.
+        One rule for *all* the integrals, not only those with H or G: DOLFINx 0.9's form
+        compiler evaluates a functional (a rank-0 form) whose integrals carry different
+        rules with one of them for all — ∫r dx + ∫r² dx(degree 4) came out as if both
+        were of degree 1 (vector and matrix forms are right)."""
+        degrees = [q for q in (self.quadrature_degree, self.congestion_degree) if q is not None]
+        if not degrees:
             return ufl.dx
-        return ufl.dx(metadata={"quadrature_degree": self.quadrature_degree})
+        return ufl.dx(metadata={"quadrature_degree": max(degrees)})
 
     @property
     def G(self) -> Optional[Callable]:
@@ -91,6 +99,7 @@ class StepData:
 
 
 SAMPLES = (0.37, 1.3, 4.1)          # densities at which c', c'' are sampled (see structure)
+POLYNOMIAL_ORDER = 8                # c is taken for a polynomial if c⁽ʲ⁾ = 0 for some j ≤ this
 
 
 def _number(expr) -> float | None:
@@ -148,6 +157,27 @@ def coupling_affine(G0: Optional[Callable], coupling: str) -> bool:
         return False
     scale = max(max(map(abs, d[0])), 1e-300)
     return all(abs(v) <= 1e-10 * scale for v in d[1])
+
+
+def congestion_degree(G0: Optional[Callable], coupling: str, space) -> Optional[int]:
+    """The quadrature degree for the integrals with G on ``space`` (the residual's c(ρ̄)q, the
+    cost's G(ρ̄), the value identity's G(ρ̄) − ρ̄c(ρ̄)): None if c is a polynomial in ρ (some
+    derivative up to POLYNOMIAL_ORDER vanishes at SAMPLES; UFL's estimates are then exact
+    for each form), else UFL's estimate for the residual's c(ρ̄)q, shared by all three.
+    UFL estimates each form on its own (exp(ρ̄): degree k + 2, times q or ρ̄ one more, the
+    cost's G inside a sum of other terms), and the discrete value identity then held to
+    the quadrature error only: G = exp(ρ), 4 × 4 P1 cells, a converged solve was 1e-4 off
+    and reported "not a discrete solution" (exit 3)."""
+    if G0 is None:
+        return None
+    d = _coupling_derivatives(G0, coupling, tuple(range(1, POLYNOMIAL_ORDER + 1)))
+    if d is not None:
+        scale = max(max(map(abs, v)) for v in d) or 1.0
+        if any(all(abs(x) <= 1e-12 * scale for x in v) for v in d):
+            return None
+    r, q = ufl.Coefficient(space), ufl.TestFunction(space)
+    integrand = ufl.algorithms.expand_derivatives(coupling_value(G0, coupling, r) * q)
+    return ufl.algorithms.estimate_total_polynomial_degree(integrand)
 
 
 def structure(d: "StepData") -> tuple[bool | None, bool]:
@@ -224,20 +254,20 @@ def step_lagrangian(rho_old, rho_new, u, t, d: StepData, congestion: bool = True
         kinetic = d.V * rb - 0.5 * rb * ufl.inner(ufl.grad(u), ufl.grad(u))
     else:
         kinetic = d.V * rb - rb * d.H(ufl.grad(u), rb if rho_H is None else rho_H)
-    L = (tau * kinetic * (ufl.dx if d.H is None else d.dxH)
-         - u * (rho_new - rho_old) * ufl.dx
-         - tau * eps * ufl.inner(ufl.grad(u), ufl.grad(rb)) * ufl.dx)
+    L = (tau * kinetic * d.dx
+         - u * (rho_new - rho_old) * d.dx
+         - tau * eps * ufl.inner(ufl.grad(u), ufl.grad(rb)) * d.dx)
     if congestion and d.G is not None and not _zero(d.G(rb)):
-        L += tau * d.G(rb) * ufl.dx
+        L += tau * d.G(rb) * d.dx
     for _, ds, kappa, g in d.robin:       # leak at rate κ paying g: ρ-flux κρ, ε∂_n u = κ(g − u)
         L += tau * kappa * rb * (g(t) - u) * ds
     s = _sources(d, t)
     if s["f_H"] is not None:
-        L += tau * s["f_H"] * rb * ufl.dx
+        L += tau * s["f_H"] * rb * d.dx
     if s["b_H"] is not None:
         L += tau * s["b_H"] * rb * ufl.ds
     if s["f_F"] is not None:
-        L += tau * s["f_F"] * u * ufl.dx
+        L += tau * s["f_F"] * u * d.dx
     if s["b_F"] is not None:
         L += tau * s["b_F"] * u * ufl.ds
     return L
@@ -253,7 +283,7 @@ def coupling_residual(rho_old, rho_new, wrt, q, d: StepData):
     if d.G is None or _zero(d.G(rho_bar(rho_old, rho_new, d.theta))):
         return None
     rb = rho_bar(rho_old, rho_new, d.theta)
-    return d.tau * coupling_value(d.G, d.coupling, rb) * ufl.derivative(rb, wrt, q) * ufl.dx
+    return d.tau * coupling_value(d.G, d.coupling, rb) * ufl.derivative(rb, wrt, q) * d.dx
 
 
 def rho_residual(rho_old, rho_new, u, t, wrt, q, d: StepData):
@@ -274,7 +304,7 @@ def rho_residual(rho_old, rho_new, u, t, wrt, q, d: StepData):
 
 def terminal(rho_N, d: StepData):
     """∫Φ ρ^N."""
-    return d.Phi * rho_N * ufl.dx
+    return d.Phi * rho_N * d.dx
 
 
 def nonzero(form):
@@ -324,26 +354,26 @@ def level_functionals(tm: dict, t_cur, d: StepData) -> dict:
     rc, rn, uc = tm[RHO_CUR], tm[RHO_NEXT], tm[U_CUR]
     rb = rho_bar(rc, rn, d.theta)
     if d.H is None:
-        cost = d.tau * (0.5 * ufl.inner(ufl.grad(uc), ufl.grad(uc)) + d.V) * rb * ufl.dx
+        cost = d.tau * (0.5 * ufl.inner(ufl.grad(uc), ufl.grad(uc)) + d.V) * rb * d.dx
     else:                         # the running cost p·∂_pH − H of the control a = −∂_pH
-        cost = d.tau * (d.H.lagrangian(ufl.grad(uc), rb) + d.V) * rb * d.dxH
+        cost = d.tau * (d.H.lagrangian(ufl.grad(uc), rb) + d.V) * rb * d.dx
     value = None
     if d.H is not None and d.H.uses_rho and d.coupling == "mftc":
         # the ρ in H differentiated by the HJB rows: f = −ρ̄H gives f − ρ̄f' = ρ̄²∂_ρH
-        value = d.tau * rb ** 2 * d.H.rho_derivative(ufl.grad(uc), rb) * d.dxH
+        value = d.tau * rb ** 2 * d.H.rho_derivative(ufl.grad(uc), rb) * d.dx
     if d.G is not None and not _zero(d.G(rb)):
-        cost += d.tau * d.G(rb) * ufl.dx
-        term = d.tau * (d.G(rb) - rb * coupling_value(d.G, d.coupling, rb)) * ufl.dx
+        cost += d.tau * d.G(rb) * d.dx
+        term = d.tau * (d.G(rb) - rb * coupling_value(d.G, d.coupling, rb)) * d.dx
         value = term if value is None else value + term
     leaks = {}
     for tag, ds, kappa, g in d.robin:     # mass through a leaky wall and its cost
         cost += d.tau * kappa * rb * g(t_cur) * ds
         leaks[f"leak:{tag}"] = d.tau * kappa * rb * ds
     s = _sources(d, t_cur)
-    for key, meas in (("f_H", ufl.dx), ("b_H", ufl.ds)):
+    for key, meas in (("f_H", d.dx), ("b_H", ufl.ds)):
         if s[key] is not None:
             term = -d.tau * s[key] * rb * meas
             value = term if value is None else value + term
     return {"cost": cost, "value": value,
             "u0": rho_residual(rc, rn, uc, t_cur, rc, rc, d),
-            "mass": rc * ufl.dx, "terminal": terminal(rc, d), **leaks}
+            "mass": rc * d.dx, "terminal": terminal(rc, d), **leaks}

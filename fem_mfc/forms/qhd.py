@@ -95,6 +95,12 @@ class QHDData:
             return ufl.dx
         return ufl.dx(metadata={"quadrature_degree": self.quadrature_degree})
 
+    @property
+    def dx(self):
+        """The measure of the HJB–FP terms shared with forms/hjb_fp.py (the coupling
+        residual): ``dxq``, one rule for residuals and energies."""
+        return self.dxq
+
     @classmethod
     def control(cls, problem, quadrature_degree=None) -> "QHDData":
         """Control signature of a :class:`fem_mfc.problem.ControlProblem`: κ_Q = σ⁴/2; the
