@@ -15,6 +15,13 @@ file:
   folder (``importlib.machinery.FileFinder``) on every ``dolfinx.fem.form`` call — 5 ms per
   form with 2,400 cached modules, growing with every form ever compiled; fem_mfc loads the
   module's shared object by its path and remembers it for the process.
+
+Worked around elsewhere, to recheck on a port: FFCx 0.9 evaluates a functional (rank-0
+form) whose cell integrals carry different quadrature rules with one rule for all of them
+(∫r dx + ∫r² dx(degree 4) as if both were of degree 1; vector and matrix forms are right),
+so no fem_mfc functional mixes rules (``forms.hjb_fp.StepData.dx``; the probe at the end of
+``tests/test_hjb_fp_structure.py::test_every_functional_has_one_quadrature_rule`` prints
+whether the installed version still does it).
 """
 from __future__ import annotations
 
