@@ -26,7 +26,7 @@ import numpy as np
 import ufl
 
 from .errors import ConfigError
-from .forms.hjb_fp import StepData
+from .forms.hjb_fp import StepData, congestion_degree
 from .forms.populations import PopulationsData
 from .problem import TimeGrid, check_common
 
@@ -140,9 +140,13 @@ class PopulationProblem(TimeGrid):
     def step_data(self) -> PopulationsData:
         tau = dolfinx.fem.Constant(self.mesh, self.tau)
         scale = dolfinx.fem.Constant(self.mesh, 1.0)
+        degrees = [q for q in (congestion_degree(p.G, self.coupling, self.scalar_space)
+                               for p in self.populations) if q is not None]
+        q = max(degrees) if degrees else None       # one rule for all (StepData.dx)
         steps = tuple(StepData(tau=tau, eps=dolfinx.fem.Constant(self.mesh, p.eps),
                                theta=self.theta, V=p.V, Phi=p.Phi, G0=p.G,
-                               coupling=self.coupling, sources=p.sources, scale=scale)
+                               coupling=self.coupling, sources=p.sources, scale=scale,
+                               congestion_degree=q)
                       for p in self.populations)
         return PopulationsData(steps=steps, C=tuple(tuple(r) for r in self.interaction),
                                coupling=self.coupling, scale=scale)

@@ -11,7 +11,7 @@ import ufl
 from fem_mfc.errors import ConfigError
 from fem_mfc.populations import ManufacturedPopulations, Population, PopulationProblem, errors
 from fem_mfc.problem import ControlProblem
-from fem_mfc.solvers import solve
+from fem_mfc.solvers import newton, solve
 from fem_mfc.solvers.spacetime import SpaceTime
 from helpers import kkt_blocks, observed_orders
 
@@ -238,3 +238,14 @@ def test_coupling_strength_scales_every_interaction():
     b = solve(free, "newton", rtol=1e-12)
     assert "coupling" not in SpaceTime(free).parameters
     assert abs(a.J - b.J) < 1e-10 * abs(b.J)
+
+
+def test_value_identity_exact_for_a_non_polynomial_self_congestion():
+    """G_k = exp(ρ_k) in one population: the populations' forms share one quadrature rule
+    (PopulationsData.dx, as StepData.dx for one population), so the discrete value identity
+    holds to round-off, not to the quadrature error."""
+    pp = crossing(corridor(8, 4), steps=4)
+    pp.populations[0].G = lambda r: ufl.exp(r)
+    assert pp.step_data().dx != ufl.dx
+    r = newton(pp, linear="lu")
+    assert r.converged and abs(r.J - r.J_value) < 1e-12 * abs(r.J), abs(r.J - r.J_value)

@@ -60,6 +60,12 @@ class PopulationsData:
     def theta(self) -> float:
         return self.steps[0].theta
 
+    @property
+    def dx(self):
+        """The measure of every cell integral (the populations share one rule:
+        :attr:`fem_mfc.forms.hjb_fp.StepData.dx`)."""
+        return self.steps[0].dx
+
     def c_matrix(self) -> list:
         """The matrix of the interaction in the HJB rows: C ("mfg") or ½(C + Cᵀ) ("mftc",
         ∂/∂ρ_k of ½ρᵀCρ; equal to C for the symmetric C that mftc is given)."""
@@ -143,12 +149,12 @@ def rho_residual(rho_old, rho_new, u, t, wrt, q, P: PopulationsData):
         return F
     drb = ufl.derivative(rb, wrt, q)
     terms = [ck * drb[k] for k, ck in enumerate(c) if ck is not None]
-    return F + P.tau * sum(terms[1:], terms[0]) * ufl.dx
+    return F + P.tau * sum(terms[1:], terms[0]) * P.dx
 
 
 def terminal(rho_N, P: PopulationsData):
     """Σ_k ∫Φ_k ρ_k^N."""
-    parts = [d.Phi * rho_N[k] * ufl.dx for k, d in enumerate(P.steps)]
+    parts = [d.Phi * rho_N[k] * P.dx for k, d in enumerate(P.steps)]
     return sum(parts[1:], parts[0])
 
 
@@ -168,22 +174,22 @@ def level_functionals(tm: dict, t_cur, P: PopulationsData) -> dict:
     cost = None
     value = None
     for k, d in enumerate(P.steps):
-        term = tau * (0.5 * ufl.inner(ufl.grad(uc[k]), ufl.grad(uc[k])) + d.V) * rb[k] * ufl.dx
+        term = tau * (0.5 * ufl.inner(ufl.grad(uc[k]), ufl.grad(uc[k])) + d.V) * rb[k] * P.dx
         cost = term if cost is None else cost + term
         s = H._sources(d, t_cur)
-        for key, meas in (("f_H", ufl.dx), ("b_H", ufl.ds)):
+        for key, meas in (("f_H", P.dx), ("b_H", ufl.ds)):
             if s[key] is not None:
                 t = -tau * s[key] * rb[k] * meas
                 value = t if value is None else value + t
     G = total_G(P, rb)
     if G is not None:
-        cost += tau * G * ufl.dx
+        cost += tau * G * P.dx
         c = coupling_vector(P, rb)
         rc_terms = [rb[k] * ck for k, ck in enumerate(c) if ck is not None]
-        term = tau * (G - sum(rc_terms[1:], rc_terms[0])) * ufl.dx
+        term = tau * (G - sum(rc_terms[1:], rc_terms[0])) * P.dx
         value = term if value is None else value + term
-    masses = {f"mass:{k}": rc[k] * ufl.dx for k in range(P.K)}
-    total = sum((rc[k] for k in range(1, P.K)), rc[0]) * ufl.dx
+    masses = {f"mass:{k}": rc[k] * P.dx for k in range(P.K)}
+    total = sum((rc[k] for k in range(1, P.K)), rc[0]) * P.dx
     return {"cost": cost, "value": value, "u0": rho_residual(rc, rn, uc, t_cur, rc, rc, P),
             "mass": total, "terminal": terminal(rc, P), **masses}
 
