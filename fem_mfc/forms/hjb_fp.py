@@ -67,19 +67,29 @@ class StepData:
 
     @property
     def dx(self):
-        """The measure of every cell integral: one fixed rule for all of them when an
-        integrand is not a polynomial (an H other than ½|p|², :attr:`quadrature_degree`; a
-        non-polynomial coupling, :attr:`congestion_degree`), else UFL's estimates (exact).
-        UFL would estimate a different degree for each form, and the discrete value
-        identity J = ∫u(0)ρ_0 + Σ value would then hold to the quadrature error only.
-        One rule for *all* the integrals, not only those with H or G: DOLFINx 0.9's form
-        compiler evaluates a functional (a rank-0 form) whose integrals carry different
-        rules with one of them for all — ∫r dx + ∫r² dx(degree 4) came out as if both
-        were of degree 1 (vector and matrix forms are right)."""
-        degrees = [q for q in (self.quadrature_degree, self.congestion_degree) if q is not None]
-        if not degrees:
+        """The measure of every cell integral but those with H: UFL's estimates (exact for the
+        polynomial integrands) — unless the coupling is not a polynomial in ρ
+        (:attr:`congestion_degree`): then one fixed rule for *every* integral, H's too.
+        UFL estimates a different degree for each form with G (the residual's c(ρ̄)q, the
+        cost's G(ρ̄) among other terms, the identity's G − ρ̄c), and the discrete value
+        identity J = ∫u(0)ρ_0 + Σ value held to the quadrature error only; and DOLFINx
+        0.9's form compiler evaluates a functional (a rank-0 form) whose integrals carry
+        different rules with one of them for all — ∫r dx + ∫r² dx(degree 4) came out as
+        if both were of degree 1 (vector and matrix forms are right)."""
+        if self.congestion_degree is None:
             return ufl.dx
-        return ufl.dx(metadata={"quadrature_degree": max(degrees)})
+        return ufl.dx(metadata={"quadrature_degree": max(self.congestion_degree,
+                                                         self.quadrature_degree or 0)})
+
+    @property
+    def dxH(self):
+        """The measure of the integrals with H: one fixed rule for the residual, cost and
+        value forms, so that the discrete value identity holds to round-off also for an H
+        that is not a polynomial (UFL would estimate a different degree for each form);
+        :attr:`dx` where that is one rule for all."""
+        if self.quadrature_degree is None or self.congestion_degree is not None:
+            return self.dx
+        return ufl.dx(metadata={"quadrature_degree": self.quadrature_degree})
 
     @property
     def G(self) -> Optional[Callable]:
@@ -163,7 +173,8 @@ def congestion_degree(G0: Optional[Callable], coupling: str, space) -> Optional[
     """The quadrature degree for the integrals with G on ``space`` (the residual's c(ρ̄)q, the
     cost's G(ρ̄), the value identity's G(ρ̄) − ρ̄c(ρ̄)): None if c is a polynomial in ρ (some
     derivative up to POLYNOMIAL_ORDER vanishes at SAMPLES; UFL's estimates are then exact
-    for each form), else UFL's estimate for the residual's c(ρ̄)q, shared by all three.
+    for each form), else UFL's estimate for the residual's c(ρ̄)q, at least 3k + 1 (exact
+    for the polynomial terms such as ρ̄|∇u|²q: the rule is every integral's, StepData.dx).
     UFL estimates each form on its own (exp(ρ̄): degree k + 2, times q or ρ̄ one more, the
     cost's G inside a sum of other terms), and the discrete value identity then held to
     the quadrature error only: G = exp(ρ), 4 × 4 P1 cells, a converged solve was 1e-4 off
@@ -177,7 +188,8 @@ def congestion_degree(G0: Optional[Callable], coupling: str, space) -> Optional[
             return None
     r, q = ufl.Coefficient(space), ufl.TestFunction(space)
     integrand = ufl.algorithms.expand_derivatives(coupling_value(G0, coupling, r) * q)
-    return ufl.algorithms.estimate_total_polynomial_degree(integrand)
+    k = space.ufl_element().embedded_superdegree   # the rule is every integral's: at least
+    return max(ufl.algorithms.estimate_total_polynomial_degree(integrand), 3 * k + 1)   # ρ̄|∇u|²q's
 
 
 def structure(d: "StepData") -> tuple[bool | None, bool]:
@@ -254,7 +266,7 @@ def step_lagrangian(rho_old, rho_new, u, t, d: StepData, congestion: bool = True
         kinetic = d.V * rb - 0.5 * rb * ufl.inner(ufl.grad(u), ufl.grad(u))
     else:
         kinetic = d.V * rb - rb * d.H(ufl.grad(u), rb if rho_H is None else rho_H)
-    L = (tau * kinetic * d.dx
+    L = (tau * kinetic * (d.dx if d.H is None else d.dxH)
          - u * (rho_new - rho_old) * d.dx
          - tau * eps * ufl.inner(ufl.grad(u), ufl.grad(rb)) * d.dx)
     if congestion and d.G is not None and not _zero(d.G(rb)):
@@ -356,11 +368,11 @@ def level_functionals(tm: dict, t_cur, d: StepData) -> dict:
     if d.H is None:
         cost = d.tau * (0.5 * ufl.inner(ufl.grad(uc), ufl.grad(uc)) + d.V) * rb * d.dx
     else:                         # the running cost p·∂_pH − H of the control a = −∂_pH
-        cost = d.tau * (d.H.lagrangian(ufl.grad(uc), rb) + d.V) * rb * d.dx
+        cost = d.tau * (d.H.lagrangian(ufl.grad(uc), rb) + d.V) * rb * d.dxH
     value = None
     if d.H is not None and d.H.uses_rho and d.coupling == "mftc":
         # the ρ in H differentiated by the HJB rows: f = −ρ̄H gives f − ρ̄f' = ρ̄²∂_ρH
-        value = d.tau * rb ** 2 * d.H.rho_derivative(ufl.grad(uc), rb) * d.dx
+        value = d.tau * rb ** 2 * d.H.rho_derivative(ufl.grad(uc), rb) * d.dxH
     if d.G is not None and not _zero(d.G(rb)):
         cost += d.tau * d.G(rb) * d.dx
         term = d.tau * (d.G(rb) - rb * coupling_value(d.G, d.coupling, rb)) * d.dx
