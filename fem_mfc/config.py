@@ -861,6 +861,14 @@ def _function_names() -> tuple:
     return tuple(FUNCTIONS)
 
 
+def _no_congestion(cfg: dict) -> bool:
+    """Is the config's congestion G the zero formula (and no [[population]] tables, no
+    monotone scheme: what makes 'auto' choose Cole-Hopf)?"""
+    g = cfg["problem"]["G"].replace(" ", "")
+    return (g in ("", "0", "0.0") and "population" not in cfg
+            and cfg["discretisation"]["stabilisation"] == "none")
+
+
 def _check_sigma(cfg: dict, source):
     """σ = 0 where the formulation divides by ε = σ²/2 (Cole–Hopf χ = e^{−u/2ε}, the QHD
     control signature's Bohm coefficient σ⁴/2)."""
@@ -872,11 +880,15 @@ def _check_sigma(cfg: dict, source):
         why = "formulation 'cole-hopf' (chi = exp(-u/2eps))"
     elif f == "qhd" and cfg["qhd"]["signature"] == "control":
         why = "the QHD control signature (Bohm coefficient sigma^4/2)"
-    elif f == "hjb-fp" and (s["method"] == "cole-hopf" or s["initial_guess"] == "cole-hopf"
-                            or (s["method"] == "auto"
-                                and cfg["problem"]["H"] == "quadratic")):
+    elif f == "hjb-fp" and (s["method"] == "cole-hopf" or s["initial_guess"] == "cole-hopf"):
         why = ("solver.method = '" + s["method"] + "'" if s["initial_guess"] != "cole-hopf"
                else "solver.initial_guess = 'cole-hopf'") + " (Cole-Hopf divides by eps)"
+    elif (f == "hjb-fp" and s["method"] == "auto" and cfg["problem"]["H"] == "quadratic"
+          and _no_congestion(cfg)):
+        # 'auto' solves a congestion-free problem by Cole-Hopf; with a congestion it takes
+        # Newton, which solves sigma = 0 (by continuation in the noise)
+        why = ("solver.method = 'auto' without congestion (Cole-Hopf, which divides by eps;"
+               " method = 'newton' solves sigma = 0)")
     if why:
         raise ConfigError("problem.sigma", f"a positive number for {why}", 0.0, source)
 

@@ -106,6 +106,7 @@ def test_mesh_build_refuses_refinement_beyond_memory():
     {"run": {"formulation": "cole-hopf"}},
     {"solver": {"method": "cole-hopf"}},
     {"solver": {"method": "newton", "initial_guess": "cole-hopf"}},
+    {},                                       # 'auto' without congestion: Cole-Hopf
 ])
 def test_sigma_zero_refused_where_it_divides(over):
     with pytest.raises(ConfigError, match="problem.sigma"):
@@ -114,4 +115,5 @@ def test_sigma_zero_refused_where_it_divides(over):
 
 def test_sigma_zero_allowed_elsewhere():
     _cfg(problem={"sigma": 0.0}, solver={"method": "newton"})
+    _cfg(problem={"sigma": 0.0, "G": "rho**2/2"})     # 'auto' takes Newton with a congestion
     _cfg(problem={"sigma": 0.0}, run={"formulation": "heat"})
