@@ -176,9 +176,18 @@ class ControlProblem(TimeGrid):
                         scale=dolfinx.fem.Constant(self.mesh, 1.0), H=self.hamiltonian,
                         quadrature_degree=(None if self.hamiltonian is None
                                            else 2 * self.degree + 2),
-                        congestion_degree=congestion_degree(self.G, self.coupling,
-                                                            self.space),
+                        congestion_degree=self._congestion_degree(),
                         robin=self._robin_terms())
+
+    def _congestion_degree(self):
+        """forms.hjb_fp.congestion_degree of this problem, once per G and coupling
+        (step_data is called often; the check differentiates G symbolically)."""
+        key = (self.G, self.coupling)
+        memo = self.__dict__.get("_congestion_memo")
+        if memo is None or memo[0] != key:
+            memo = self.__dict__["_congestion_memo"] = (
+                key, congestion_degree(self.G, self.coupling, self.space))
+        return memo[1]
 
     def _robin_terms(self) -> tuple:
         """((tag, ds(tag), κ, g), …) of the leaky walls (forms/hjb_fp.py)."""
