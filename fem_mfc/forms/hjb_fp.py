@@ -33,6 +33,7 @@ unchanged.  ``H = None`` is the quadratic default with the original forms, bit f
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -141,6 +142,22 @@ def _coupling_derivatives(G0: Callable, coupling: str, orders: tuple) -> list | 
     return out
 
 
+_PROFILES = weakref.WeakKeyDictionary()   # G0 → {coupling: c′, c″, c‴ at SAMPLES or None}
+
+
+def _profile(G0: Callable, coupling: str) -> dict | None:
+    """{j: [c⁽ʲ⁾(s) for s in SAMPLES]} for j = 1, 2, 3 (None: unknown), computed once per G0
+    and coupling (the shape questions below ask it for every system a solve builds)."""
+    try:
+        per = _PROFILES.setdefault(G0, {})
+    except TypeError:                           # not weakly referable: no memo
+        per = {}
+    if coupling not in per:
+        d = _coupling_derivatives(G0, coupling, (1, 2, 3))
+        per[coupling] = None if d is None else dict(zip((1, 2, 3), d))
+    return per[coupling]
+
+
 def coupling_shape(G0: Optional[Callable], coupling: str) -> tuple[bool | None, bool]:
     """(c varies with ρ, c is at most quadratic in ρ) for the coupling c of ``G0``, from the
     derivatives c′ and c‴ evaluated at SAMPLES (exact for the polynomial couplings of
@@ -148,10 +165,10 @@ def coupling_shape(G0: Optional[Callable], coupling: str) -> tuple[bool | None, 
     answer: the solvers then assume neither a ρ-free HJB nor a quadratic residual)."""
     if G0 is None:
         return False, True
-    d = _coupling_derivatives(G0, coupling, (1, 3))
+    d = _profile(G0, coupling)
     if d is None:
         return None, False
-    d1, d3 = d
+    d1, d3 = d[1], d[3]
     scale = max(max(map(abs, d1)), 1e-300)
     return any(abs(v) > 0.0 for v in d1), all(abs(v) <= 1e-10 * scale for v in d3)
 
@@ -162,11 +179,11 @@ def coupling_affine(G0: Optional[Callable], coupling: str) -> bool:
     (their UFL forms may still involve ρ: (G'(ρ)ρ − G(ρ))/ρ² for mfg).  False if unknown."""
     if G0 is None:
         return True
-    d = _coupling_derivatives(G0, coupling, (1, 2))
+    d = _profile(G0, coupling)
     if d is None:
         return False
-    scale = max(max(map(abs, d[0])), 1e-300)
-    return all(abs(v) <= 1e-10 * scale for v in d[1])
+    scale = max(max(map(abs, d[1])), 1e-300)
+    return all(abs(v) <= 1e-10 * scale for v in d[2])
 
 
 def congestion_degree(G0: Optional[Callable], coupling: str, space) -> Optional[int]:
@@ -193,8 +210,11 @@ def _polynomial(G0: Callable, coupling: str) -> bool:
     quickly: all eight orders took 0.7 s for G = κρ²/2, mfg).  A polynomial of higher
     degree counts as none: harmless, its forms then share one rule that integrates them
     exactly."""
+    known = _profile(G0, coupling)
+    if known is None:
+        return False
     for j in range(1, POLYNOMIAL_ORDER + 1):
-        d = _coupling_derivatives(G0, coupling, (j,))
+        d = [known[j]] if j in known else _coupling_derivatives(G0, coupling, (j,))
         if d is None:
             return False
         if all(abs(x) <= 1e-12 * max(1.0, *map(abs, d[0])) for x in d[0]):
