@@ -91,6 +91,22 @@ def _check_G(g: str, key: str, pr: dict, mesh, deg: int) -> None:
         rho_c.value = rho
         for name, e in exprs.items():
             check_finite_on_mesh(e, key, mesh, deg, g, what=f"for rho = {rho:g} ({name})")
+    if pr.get("coupling") == "mfg":
+        # the game's cost per agent is G(rho)/rho: G(0) != 0 makes it infinite where the
+        # density vanishes (G = 0.2*exp(rho) in a room with exits: the continuation stopped
+        # at lambda = 0.13, DIVERGED_LINEAR_SOLVE, exit 3)
+        from mpi4py import MPI
+
+        import numpy as np
+        rho_c.value = 1.0
+        one = np.abs(check_finite_on_mesh(G, key, mesh, deg, g)).max(initial=0.0)
+        rho_c.value = 0.0
+        zero = np.abs(check_finite_on_mesh(G, key, mesh, deg, g, what="for rho = 0 (G)"))
+        scale = mesh.comm.allreduce(max(one, 1.0), op=MPI.MAX)
+        g0 = mesh.comm.allreduce(zero.max(initial=0.0), op=MPI.MAX)
+        if g0 > 1e-12 * scale:
+            raise ConfigError(key, "a G with G(0) = 0 for coupling = 'mfg' (the cost per agent "
+                              f"is G(rho)/rho; here |G(0)| reaches {g0:.3g})", _short(g))
 
 
 def _check_rho0(r: dict, pre: str, mesh, deg, x, gdim, params) -> None:
