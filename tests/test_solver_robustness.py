@@ -367,6 +367,10 @@ def test_stalled_continuation_with_negative_density_says_what_to_do():
         c = checks(r, 50.0, monotone=monotone)["min_rho"]
         assert not c["ok"] and "refine" in c["hint"]
         assert ("monotone" in c["hint"]) is (monotone is not None)
+    # no monotone scheme for the sides, Crank–Nicolson: backward Euler is the advice
+    c = checks(r, 50.0, monotone=None, crank_nicolson=True)["min_rho"]
+    assert "backward-euler" in c["hint"] and "monotone" not in c["hint"]
+    assert "backward-euler" not in checks(r, 50.0, monotone=None)["min_rho"]["hint"]
     # P2, a Crank–Nicolson step (advised to switch), populations (no such attribute)
     assert dataclasses.replace(p, degree=2).monotone_advice() is None
     assert "backward-euler" in dataclasses.replace(p, scheme="crank-nicolson").monotone_advice()

@@ -80,12 +80,16 @@ def solve_config(cfg: dict, ctx, md=None):
     return md, problem, result
 
 
-def checks(result, max_rho: float, identity: bool = True, monotone: str | None = None) -> dict:
+def checks(result, max_rho: float, identity: bool = True, monotone: str | None = None,
+           crank_nicolson: bool = False) -> dict:
     """The figures that decide whether a solve is usable: {name: {value, limit, relation, ok,
     hint}}.  ``identity=False``: the problem has manufactured sources, which enter the
     Lagrangian linearly, so J and the value identity differ by them (recorded, not checked).
     ``monotone``: the settings of the monotone scheme where it can fix a negative density
-    (``ControlProblem.monotone_advice``), else None."""
+    (``ControlProblem.monotone_advice``), else None; ``crank_nicolson``: the run's scheme,
+    which does not damp the oscillations of large steps — backward Euler is advised where
+    the monotone scheme is not (room with exits, CN, τ = 0.2: min ρ = −3.3; backward Euler:
+    exit 0)."""
     scale = max(abs(result.J), abs(result.J_value), 1e-300)
     rtol = IDENTITY_RTOL.get(result.method, IDENTITY_RTOL_OTHER)
     gap = abs(result.J - result.J_value) / scale
@@ -103,7 +107,9 @@ def checks(result, max_rho: float, identity: bool = True, monotone: str | None =
     out["min_rho"] = {"value": result.min_rho, "limit": floor, "relation": ">=",
                       "ok": bool(result.min_rho >= floor),
                       "hint": "negative density; refine the mesh"
-                              + (f" or use {monotone}" if monotone else "")}
+                              + (f" or use {monotone}" if monotone else
+                                 " or use [discretisation] scheme = \"backward-euler\""
+                                 if crank_nicolson else "")}
     return out
 
 
@@ -126,7 +132,8 @@ def run(cfg: dict, ctx) -> dict:
         "solve_time_s": result.seconds,
         "checks": checks(result, max_rho, getattr(problem.exact, "sources", None) is None,
                          monotone=(problem.monotone_advice()
-                                   if cfg["run"]["formulation"] == "hjb-fp" else None)),
+                                   if cfg["run"]["formulation"] == "hjb-fp" else None),
+                         crank_nicolson=problem.theta != 1.0),
         "H": cfg["problem"].get("H", "quadratic"),
     }
     if result.mass_exited:                    # exits: mass through each door, per step
