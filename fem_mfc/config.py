@@ -862,10 +862,16 @@ def _function_names() -> tuple:
 
 
 def _no_congestion(cfg: dict) -> bool:
-    """Is the config's congestion G the zero formula (and no [[population]] tables, no
-    monotone scheme: what makes 'auto' choose Cole-Hopf)?"""
-    g = cfg["problem"]["G"].replace(" ", "")
-    return (g in ("", "0", "0.0") and "population" not in cfg
+    """Is the config's congestion G identically zero (and no [[population]] tables, no
+    monotone scheme: what makes 'auto' choose Cole-Hopf)?  A G in x0..x2 counts as a
+    congestion (no mesh here to parse it with)."""
+    from .expressions import vanishes
+    pr = cfg["problem"]
+    try:
+        zero = vanishes(pr["G"], "problem.G", "rho", params=pr["params"])
+    except ConfigError:
+        zero = False
+    return (zero and "population" not in cfg
             and cfg["discretisation"]["stabilisation"] == "none")
 
 

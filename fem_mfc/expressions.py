@@ -150,6 +150,16 @@ def parse(text: str, key: str, *, x=None, gdim: int = 0, variables: dict | None 
 MAX_LENGTH = 2000          # characters
 MAX_NODES = 400            # AST nodes
 MAX_DEPTH = 40             # AST nesting depth
+def vanishes(text: str, key: str, variable: str, *, x=None, gdim: int = 0,
+             params: dict | None = None) -> bool:
+    """Is formula ``text`` identically zero: a literal 0, or 0 times something (e.g.
+    c*rho**2 with c = 0)?  Probed with ``variable`` a UFL variable of value 1."""
+    probe = parse(text, key, x=x, gdim=gdim, params=params,
+                  variables={variable: ufl.variable(ufl.as_ufl(1.0))})
+    return (isinstance(probe, float) and probe == 0.0) or isinstance(
+        probe, ufl.constantvalue.Zero)
+
+
 MAX_EXPONENT = 64.0        # |b| of a constant exponent in a**b
 
 

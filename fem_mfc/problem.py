@@ -176,18 +176,9 @@ class ControlProblem(TimeGrid):
                         scale=dolfinx.fem.Constant(self.mesh, 1.0), H=self.hamiltonian,
                         quadrature_degree=(None if self.hamiltonian is None
                                            else 2 * self.degree + 2),
-                        congestion_degree=self._congestion_degree(),
+                        congestion_degree=congestion_degree(self.G, self.coupling,
+                                                            self.space),
                         robin=self._robin_terms())
-
-    def _congestion_degree(self):
-        """forms.hjb_fp.congestion_degree of this problem, once per G and coupling
-        (step_data is called often; the check differentiates G symbolically)."""
-        key = (self.G, self.coupling)
-        memo = self.__dict__.get("_congestion_memo")
-        if memo is None or memo[0] != key:
-            memo = self.__dict__["_congestion_memo"] = (
-                key, congestion_degree(self.G, self.coupling, self.space))
-        return memo[1]
 
     def _robin_terms(self) -> tuple:
         """((tag, ds(tag), κ, g), …) of the leaky walls (forms/hjb_fp.py)."""
@@ -244,7 +235,7 @@ class ControlProblem(TimeGrid):
         exact solution (see :mod:`fem_mfc.exact`)."""
         from . import exact as exact_mod
         from . import hamiltonian as ham
-        from .expressions import parse
+        from .expressions import parse, vanishes
 
         pr, disc = cfg["problem"], cfg["discretisation"]
         params = pr.get("params", {})
@@ -255,7 +246,7 @@ class ControlProblem(TimeGrid):
             return parse(text, key, x=x, gdim=gdim, params=params, **kw)
 
         G = None
-        if _is_nonzero_G(pr["G"], formula):
+        if not vanishes(pr["G"], "problem.G", "rho", x=x, gdim=gdim, params=params):
             text = pr["G"]
 
             def G(rho, _text=text):
@@ -363,13 +354,6 @@ def coarse_factory(cfg: dict, comm):
         md = meshmod.build(c["mesh"], comm)
         return ControlProblem.from_config(c, md.mesh, md.cell_tags, md.facet_tags)
     return build
-
-
-def _is_nonzero_G(text, formula) -> bool:
-    """Is G not identically zero (a literal 0, or 0 times something, e.g. c*rho**2, c = 0)?"""
-    probe = formula("problem.G", text, variables={"rho": ufl.variable(ufl.as_ufl(1.0))})
-    return not ((isinstance(probe, float) and probe == 0.0)
-                or isinstance(probe, ufl.constantvalue.Zero))
 
 
 def _as_ufl(expr, mesh):

@@ -124,38 +124,32 @@ def _number(expr) -> float | None:
     return float(expr)
 
 
-def _coupling_derivatives(G0: Callable, coupling: str, orders: tuple) -> list | None:
-    """[[c⁽ᵏ⁾(s) for s in SAMPLES] for k in orders] of the coupling c of ``G0``, or None
-    if a derivative still depends on x or on a Constant (a G with x in it, a parameter
-    held as a Constant): then the shape is unknown."""
-    out = [[] for _ in orders]
-    for s in SAMPLES:
-        r = ufl.variable(ufl.as_ufl(s))
-        c = coupling_value(G0, coupling, r)
-        for k in range(max(orders) + 1):
-            if k in orders:
-                v = _number(ufl.algorithms.expand_derivatives(c))
-                if v is None:
-                    return None
-                out[orders.index(k)].append(v)
-            c = ufl.diff(c, r)
-    return out
+_DERIVATIVES = weakref.WeakKeyDictionary()   # G0 → {(coupling, j): c⁽ʲ⁾ at SAMPLES or None}
 
 
-_PROFILES = weakref.WeakKeyDictionary()   # G0 → {coupling: c′, c″, c‴ at SAMPLES or None}
-
-
-def _profile(G0: Callable, coupling: str) -> dict | None:
-    """{j: [c⁽ʲ⁾(s) for s in SAMPLES]} for j = 1, 2, 3 (None: unknown), computed once per G0
-    and coupling (the shape questions below ask it for every system a solve builds)."""
+def _derivative(G0: Callable, coupling: str, j: int) -> list | None:
+    """[c⁽ʲ⁾(s) for s in SAMPLES] of the coupling c of ``G0``, or None if it still depends on
+    x or on a Constant (a G with x in it, a parameter held as a Constant): then the shape is
+    unknown.  Once per G0, coupling and order (the shape questions below are asked for every
+    system a solve builds; the nested derivatives of G/ρ grow quickly)."""
     try:
-        per = _PROFILES.setdefault(G0, {})
+        memo = _DERIVATIVES.setdefault(G0, {})
     except TypeError:                           # not weakly referable: no memo
-        per = {}
-    if coupling not in per:
-        d = _coupling_derivatives(G0, coupling, (1, 2, 3))
-        per[coupling] = None if d is None else dict(zip((1, 2, 3), d))
-    return per[coupling]
+        memo = {}
+    if (coupling, j) not in memo:
+        out = []
+        for s in SAMPLES:
+            r = ufl.variable(ufl.as_ufl(s))
+            c = coupling_value(G0, coupling, r)
+            for _ in range(j):
+                c = ufl.diff(c, r)
+            v = _number(ufl.algorithms.expand_derivatives(c))
+            if v is None:
+                out = None
+                break
+            out.append(v)
+        memo[(coupling, j)] = out
+    return memo[(coupling, j)]
 
 
 def coupling_shape(G0: Optional[Callable], coupling: str) -> tuple[bool | None, bool]:
@@ -165,10 +159,9 @@ def coupling_shape(G0: Optional[Callable], coupling: str) -> tuple[bool | None, 
     answer: the solvers then assume neither a ρ-free HJB nor a quadratic residual)."""
     if G0 is None:
         return False, True
-    d = _profile(G0, coupling)
-    if d is None:
+    d1, d3 = _derivative(G0, coupling, 1), _derivative(G0, coupling, 3)
+    if d1 is None or d3 is None:
         return None, False
-    d1, d3 = d[1], d[3]
     scale = max(max(map(abs, d1)), 1e-300)
     return any(abs(v) > 0.0 for v in d1), all(abs(v) <= 1e-10 * scale for v in d3)
 
@@ -179,11 +172,11 @@ def coupling_affine(G0: Optional[Callable], coupling: str) -> bool:
     (their UFL forms may still involve ρ: (G'(ρ)ρ − G(ρ))/ρ² for mfg).  False if unknown."""
     if G0 is None:
         return True
-    d = _profile(G0, coupling)
-    if d is None:
+    d1, d2 = _derivative(G0, coupling, 1), _derivative(G0, coupling, 2)
+    if d1 is None or d2 is None:
         return False
-    scale = max(max(map(abs, d[1])), 1e-300)
-    return all(abs(v) <= 1e-10 * scale for v in d[2])
+    scale = max(max(map(abs, d1)), 1e-300)
+    return all(abs(v) <= 1e-10 * scale for v in d2)
 
 
 def congestion_degree(G0: Optional[Callable], coupling: str, space) -> Optional[int]:
@@ -206,18 +199,14 @@ def congestion_degree(G0: Optional[Callable], coupling: str, space) -> Optional[
 
 def _polynomial(G0: Callable, coupling: str) -> bool:
     """Does some derivative c⁽ʲ⁾, j ≤ POLYNOMIAL_ORDER, of the coupling vanish at SAMPLES?
-    Order by order, stopping at the first that vanishes (the nested derivatives of G/ρ grow
-    quickly: all eight orders took 0.7 s for G = κρ²/2, mfg).  A polynomial of higher
-    degree counts as none: harmless, its forms then share one rule that integrates them
-    exactly."""
-    known = _profile(G0, coupling)
-    if known is None:
-        return False
+    Order by order, stopping at the first that vanishes (all eight orders of G/ρ took 0.7 s
+    for G = κρ²/2, mfg).  A polynomial of higher degree counts as none: harmless, its forms
+    then share one rule that integrates them exactly."""
     for j in range(1, POLYNOMIAL_ORDER + 1):
-        d = [known[j]] if j in known else _coupling_derivatives(G0, coupling, (j,))
+        d = _derivative(G0, coupling, j)
         if d is None:
             return False
-        if all(abs(x) <= 1e-12 * max(1.0, *map(abs, d[0])) for x in d[0]):
+        if all(abs(x) <= 1e-12 * max(1.0, *map(abs, d)) for x in d):
             return True
     return False
 
