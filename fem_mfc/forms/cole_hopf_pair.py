@@ -45,13 +45,15 @@ class PairData:
     rho0: object
     G: Optional[Callable] = None
     coupling: str = "mftc"
+    scale: object = None                  # Constant s: the forms use s·c (continuation)
 
 
 def potential(rho, d: PairData):
     """W = V + c(ρ)."""
     if d.G is None:
         return d.V
-    return d.V + coupling_value(d.G, d.coupling, rho)
+    c = coupling_value(d.G, d.coupling, rho)
+    return d.V + (c if d.scale is None else d.scale * c)
 
 
 def operator(f, q, W, d: PairData):

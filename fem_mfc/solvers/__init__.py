@@ -2,7 +2,8 @@
 
 ``solve(problem, method)``: "newton" (all-at-once, SNES), "picard" (damped fictitious play),
 "cole-hopf" (two linear sweeps when G = 0; with congestion the imaginary-time cubic
-Schrödinger pair (χ, Γ) of MODEL §4, all-at-once by Newton) or "auto" (the linear Cole–Hopf
+Schrödinger pair (χ, Γ) of MODEL §4, all-at-once by Newton, continued in the coupling
+strength where needed) or "auto" (the linear Cole–Hopf
 path when G = 0 and the problem has no source terms, else Newton).
 """
 from __future__ import annotations

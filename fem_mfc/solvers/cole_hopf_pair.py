@@ -4,9 +4,13 @@ The pair is a space-time description (:func:`cole_hopf_pair`) in the HJB–FP la
 in the ρ-slots, χ⁰..χ^{N−1} in the u-slots, χ^N = exp(−(Φ − Φ_min)/2ε) data) solved by the
 Newton of :mod:`fem_mfc.solvers.newton`.  For G = 0 the χ-equations are linear and decoupled
 and only Γ⁰ = ρ_0/χ⁰ is nonlinear: Newton converges in two steps (the first gives the exact
-χ).  :func:`solve_pair` returns a :class:`PairResult` with ρ^k = χ^kΓ^k and
-u^k = −2ε log χ^k + Φ_min interpolated in the solve space, and J from the HJB–FP
-functionals, so it compares directly with the HJB–FP result.
+χ).  With congestion the forms scale c by a Constant λ (``parameters["coupling"]``): where
+Newton from the G = 0 guess stalls (the 2D benchmark problem, χ(T) down to e⁻⁹), the
+continuation of :mod:`fem_mfc.solvers.continuation` starts at the linear pair (λ = 0) and
+steps to λ = 1, recorded in ``Result.continuation``.
+:func:`solve_pair` returns a :class:`PairResult` with ρ^k = χ^kΓ^k and
+u^k = −2ε log χ^k + Φ_min interpolated in the solve space, and J from the HJB–FP functionals,
+so it compares directly with the HJB–FP result.
 """
 from __future__ import annotations
 
@@ -44,16 +48,17 @@ def cole_hopf_pair(problem) -> Formulation:
     nl = V.dofmap.index_map.size_local
     local = interpolate(problem.Phi, V).x.array[:nl]
     shift = problem.mesh.comm.allreduce(float(local.min()) if nl else math.inf, op=MPI.MIN)
-    tau, eps = constants(problem.mesh, problem.tau, problem.eps)
+    tau, eps, scale = constants(problem.mesh, problem.tau, problem.eps, 1.0)
     d = forms.PairData(tau=tau, eps=eps, V=problem.V, rho0=problem.rho0, G=problem.G,
-                       coupling=problem.coupling)
+                       coupling=problem.coupling, scale=scale if problem.G else None)
     chi_T = interpolate(ufl.exp(-(problem.Phi - shift) / (2 * problem.eps)), V, "chi")
     gamma0 = interpolate(problem.rho0 / chi_T, V, "Gamma")
     return Formulation(build=lambda tm, tp, tc: forms.level_forms(tm, d),
                        functionals=lambda tm, tc: forms.level_functionals(tm, d),
                        data={"rho": gamma0, "u": chi_T}, guess={"rho": gamma0, "u": chi_T},
                        rows=PAIR_ROWS, diagnostics=PAIR_DIAGNOSTICS, names=("Gamma", "chi"),
-                       params={"shift": shift}, finish=finish, sweep=False)
+                       params={"shift": shift}, finish=finish, sweep=False,
+                       parameters={"coupling": scale} if problem.G else {})
 
 
 def fields(st: SpaceTime):
