@@ -616,6 +616,7 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
     _cross_checks(cfg, source)
     if "population" in raw:           # absent: one population, the config as before
         cfg["population"] = _populations(raw["population"], cfg, source)
+    _check_sigma(cfg, source)         # after the populations: 'auto' takes Newton with them
     return cfg
 
 
@@ -683,7 +684,6 @@ def _cross_checks(cfg: dict, source):
     _check_hamiltonian(cfg, source)
     _check_periodic(cfg, source)
     _check_exits(cfg, source)
-    _check_sigma(cfg, source)
     if cfg["run"]["formulation"] in ("classifier", "generative"):
         resolve_training(cfg, source)
 

@@ -91,6 +91,15 @@ def test_formulas_are_checked_on_the_mesh(tmp_path):
         assert not (tmp_path / "out").exists()
 
 
+def test_zero_noise_with_auto_is_newtons():
+    """σ = 0 with solver 'auto': with [[population]] tables 'auto' is the joint Newton (never
+    Cole-Hopf, which divides by ε), so the config is valid — the check used to run before the
+    tables were read and refused it as 'auto without congestion'."""
+    raw = with_change(_set("problem", "sigma", 0.0))
+    raw["solver"]["method"] = "auto"
+    assert config.validate(raw)["problem"]["sigma"] == 0.0
+
+
 def test_single_population_config_is_unchanged():
     cfg = config.load(REPO / "demos" / "congested_square.toml")
     assert "population" not in cfg and "[[population]]" not in config.dumps(cfg)
