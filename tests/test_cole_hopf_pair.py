@@ -53,9 +53,9 @@ def test_without_congestion_the_pair_is_the_linear_sweeps():
 def test_congested_pair_conserves_mass_and_solves_its_equations():
     p = problem(32, 16, G=lambda r: 0.5 * r ** 2)
     res = solve_pair(p)
-    assert res.mass_error < 1e-11
+    assert res.mass_error < 1e-9          # the Newton tolerance (rtol 1e-10)
     assert res.min_rho > 0
-    assert 2 <= res.iterations <= 10                    # genuinely nonlinear now
+    assert 2 <= res.iterations <= 16                    # genuinely nonlinear now
     # χ, Γ satisfy the discrete pair: the space-time residual vanishes
     st = PairSystem(p)
     for a, b in zip(st.u + st.rho[1:], res.chi[:-1] + res.gamma[1:]):
@@ -91,11 +91,12 @@ def test_congested_pair_continues_in_the_coupling_strength():
                        V=0.2 * x[1] ** 2, G=lambda r: 0.5 * r ** 2,
                        rho0=ufl.exp(-((x[0] + 0.4) ** 2 + x[1] ** 2) / (2 * 0.28 ** 2)))
     res = solve_pair(p)
+    assert res.path["linear"] == "sweep"      # the sweep preconditioner serves the pair too
     stages = res.continuation
     assert stages[0]["stage"] == "direct" and not stages[0]["converged"]
     assert stages[1]["lambda"] == 0.0 and stages[1]["iterations"] <= 2
     assert stages[-1]["lambda"] == 1.0 and stages[-1]["converged"]
-    assert res.mass_error < 1e-11 and res.min_rho > 0
+    assert res.mass_error < 1e-9 and res.min_rho > 0
     st = PairSystem(p)
     assert st.parameter("coupling") == 1.0
     for a, b in zip(st.u + st.rho[1:], res.chi[:-1] + res.gamma[1:]):
@@ -118,4 +119,4 @@ def test_large_terminal_loss_does_not_overflow():
                        Phi=250.0 + 0.2 * ufl.cos(math.pi * x[0]), G=lambda r: 0.5 * r ** 2)
     res = solve_pair(p)
     assert all(np.isfinite(f.x.array).all() for f in res.rho + res.u)
-    assert res.mass_error < 1e-11
+    assert res.mass_error < 1e-9          # the Newton tolerance (rtol 1e-10)

@@ -31,7 +31,7 @@ def test_three_solvers_are_consistent_1d(study_1d):
     assert fine["min_rho"] > 0.1
     assert fine["rho_hjb_qhd"] < 1e-2 and fine["rho_hjb_pair"] < 1e-2
     its = fine["iterations"]
-    assert its["hjb"] <= 8 and its["qhd"] <= 8 and its["pair"] <= 10
+    assert its["hjb"] <= 8 and its["qhd"] <= 8 and its["pair"] <= 16   # pair: inexact Newton
 
 
 def test_differences_decrease_2d():

@@ -16,8 +16,9 @@ command that reproduces them in docs/performance.md).  The LU path is never chos
 factors are estimated to need more than LU_MEMORY_FRACTION of the machine's memory.
 
 The sweep path is the only path for formulations whose declared structure does not make the
-sweep preconditioner effective (``Formulation.sweep`` False: QHD, the Cole–Hopf pair keep
-LU unless asked).
+sweep preconditioner effective (``Formulation.sweep`` False: QHD keeps LU unless asked; the
+Cole–Hopf pair takes the sweep, 2–50 Krylov iterations per Newton step, 1D 1,025 × 100:
+1.9 s against LU 20 s, 2D 16² × 16: 2.2 against 18 s).
 """
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ def cole_hopf_pair(problem) -> Formulation:
                        functionals=lambda tm, tc: forms.level_functionals(tm, d),
                        data={"rho": gamma0, "u": chi_T}, guess={"rho": gamma0, "u": chi_T},
                        rows=PAIR_ROWS, diagnostics=PAIR_DIAGNOSTICS, names=("Gamma", "chi"),
-                       params={"shift": shift}, finish=finish, sweep=False,
+                       params={"shift": shift}, finish=finish,
                        parameters={"coupling": scale} if problem.G else {})
 
 

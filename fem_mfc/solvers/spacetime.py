@@ -25,7 +25,8 @@ mathematics, no solver code:
   of the block of the equation of u in column ρ), ``forward_split`` (the forward equation
   is linear in (ρⁿ, ρ^{n+1}) through θ-means and differences: ∂F/∂ρⁿ = α ∂F/∂ρ^{n+1} + E with
   E independent of the states), ``sweep`` (the sweep preconditioner, which drops the ρ–ρ
-  blocks, is effective: true for HJB–FP, whose ρ–ρ blocks are the congestion only) and
+  blocks, is effective: true for HJB–FP, whose ρ–ρ blocks are the congestion only, and for
+  the Cole–Hopf pair; false for QHD) and
   ``midpoint_coupling`` (the ρ–ρ blocks of Crank–Nicolson are those of one matrix per time
   interval: :func:`midpoint_coupling`) and ``constant_coupling`` (the ρ–ρ blocks do not change
   with the states, only with the parameters: a coupling affine in ρ, H free of ρ).
