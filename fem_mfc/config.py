@@ -1122,15 +1122,37 @@ def estimate_dofs(cfg: dict, refine: int | None = None) -> float:
 
 def estimate_resources(cfg: dict) -> dict:
     """Memory estimate of a run before anything is allocated:
-    ``{"bytes": B, "dofs": N, "steps": S, "bytes_per_dof_step": C}`` with
-    B = N·S·C + N·BYTES_PER_DOF (floats; ``inf`` when the numbers overflow)."""
+    ``{"bytes": B, "dofs": N, "steps": S, "bytes_per_dof_step": C, "lu_bytes": L}`` with
+    B = N·S·C + N·BYTES_PER_DOF + L (floats; ``inf`` when the numbers overflow), L the factors
+    of a space-time LU the run takes whatever its size (:func:`_space_time_lu_bytes`)."""
     dofs = estimate_dofs(cfg)
     steps = cfg["problem"]["steps"]
     try:
-        b = float(dofs) * float(steps) * BYTES_PER_DOF_STEP + float(dofs) * BYTES_PER_DOF
+        lu = _space_time_lu_bytes(cfg, dofs, steps)
+        b = float(dofs) * float(steps) * BYTES_PER_DOF_STEP + float(dofs) * BYTES_PER_DOF + lu
     except OverflowError:
-        b = math.inf
-    return {"bytes": b, "dofs": dofs, "steps": steps, "bytes_per_dof_step": BYTES_PER_DOF_STEP}
+        b = lu = math.inf
+    return {"bytes": b, "dofs": dofs, "steps": steps, "bytes_per_dof_step": BYTES_PER_DOF_STEP,
+            "lu_bytes": lu}
+
+
+def _space_time_lu_bytes(cfg: dict, dofs: float, steps: int) -> float:
+    """The factors of the LU of the whole space-time matrix, where a run takes it whatever
+    its size: the QHD control signature (no effective sweep preconditioner) and
+    ``[solver] linear = "lu"``.  It factorises like a problem one dimension higher: 2D
+    4,225 dofs × 50 steps ≈ 3.4 GB of factors, 16,641 × 50 ≈ 19 GB
+    (:func:`fem_mfc.solvers.auto.nd_cost`; 2D 1,089 × 16: 0.10 GB, a QHD run's peak 0.38 GB
+    with 0.25 GB before the solve; at 16,641 × 50 MUMPS asked for 10 GB more than it had)."""
+    f = cfg["run"]["formulation"]
+    lu = ((f == "qhd" and cfg["qhd"]["signature"] == "control")
+          or (f == "hjb-fp" and cfg["solver"]["linear"] == "lu"))
+    if not lu or not (dofs > 0 and steps > 0):
+        return 0.0
+    if float(dofs) * float(steps) > 1e12:
+        raise OverflowError
+    from .solvers.auto import estimates
+    return 2.0 * estimates(int(dofs), int(steps), gdim(cfg))["lu_bytes"]   # + MUMPS' 100 %
+    # workspace relaxation (ICNTL(14), fem_mfc.solvers.newton.LU_DEFAULTS)
 
 
 def available_memory() -> int:
@@ -1177,6 +1199,8 @@ def check_resources(cfg: dict, limit_bytes: float | None = None, force: bool = F
     dofs = est["dofs"]
     raise ConfigError(key, f"a problem that fits in memory: estimate {_fmt_bytes(est['bytes'])}"
                       f" = {dofs:.3g} DOFs x {est['steps']:.3g} steps x "
-                      f"{BYTES_PER_DOF_STEP} B > limit {_fmt_bytes(limit)} "
+                      f"{BYTES_PER_DOF_STEP} B"
+                      + (f" + {_fmt_bytes(est['lu_bytes'])} for the LU of the space-time matrix"
+                         if est["lu_bytes"] else "") + f" > limit {_fmt_bytes(limit)} "
                       "(use --force to run anyway)", cfg["problem"]["steps"] if key ==
                       "problem.steps" else m.get(key.split(".")[1]))

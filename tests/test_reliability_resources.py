@@ -86,6 +86,42 @@ def test_limit_is_compared_with_the_estimate():
         config.check_resources(cfg, limit_bytes=b / 2)
 
 
+def test_space_time_lu_counts_where_a_run_takes_it():
+    """The QHD control signature and ``linear = 'lu'`` factorise the whole space-time matrix
+    whatever its size (2D 16,641 dofs × 50 steps: MUMPS ran out of memory after the estimate
+    of the trajectories alone had passed): its factors enter the estimate, and the refusal
+    names them.  Newton's automatic path never takes an LU that does not fit: no LU there."""
+    square = {"mesh": {"kind": "rectangle", "cells": 128, "lower": [0.0, 0.0],
+                       "upper": [1.0, 1.0]}, "rho0": {"mean": []},
+              "problem": {"steps": 50, "G": "rho**2/2"}}
+    auto = config.estimate_resources(_cfg(**square))
+    assert auto["lu_bytes"] == 0
+    for over in ({"solver": {"linear": "lu"}},
+                 {"run": {"formulation": "qhd"}, "qhd": {"signature": "control"}}):
+        est = config.estimate_resources(_cfg(**square, **over))
+        assert est["lu_bytes"] > 20e9 and est["bytes"] > auto["bytes"] + 20e9
+        with pytest.raises(ConfigError, match="for the LU of the space-time matrix"):
+            config.check_resources(_cfg(**square, **over), limit_bytes=auto["bytes"] * 2)
+
+
+def test_mumps_out_of_memory_is_said_in_words():
+    """A space-time LU that MUMPS cannot fit (here: a 1 MB cap, ICNTL(23)) ends the solve
+    with its reason in words, not PETSc's bare DIVERGED_LINEAR_SOLVE."""
+    import dolfinx
+    import ufl
+
+    from fem_mfc.problem import ControlProblem
+    from fem_mfc.solvers.newton import newton
+    msh = dolfinx.mesh.create_rectangle(MPI.COMM_SELF, [[-1, -1], [1, 1]], [8, 8])
+    x = ufl.SpatialCoordinate(msh)
+    p = ControlProblem(mesh=msh, T=1.0, sigma=0.6, steps=4, Phi=x[0] ** 2,
+                       G=lambda r: 0.5 * r ** 2, rho0=ufl.exp(-4 * (x[0] ** 2 + x[1] ** 2)))
+    r = newton(p, linear="lu", continuation=False,
+               petsc_options={"mfc_mat_mumps_icntl_23": 1})
+    assert not r.converged
+    assert "needs more memory" in r.reason and "INFOG(1) = -" in r.reason, r.reason
+
+
 def test_mesh_build_refuses_refinement_beyond_memory():
     """Without any wiring: mesh.build itself refuses a level whose vertices cannot fit, in a
     subprocess limited to 6 GB of address space (before the change it allocates or hangs)."""

@@ -45,6 +45,7 @@ from .result import Result
 from .spacetime import SpaceTime
 
 LU_DEFAULTS = {"mat_mumps_icntl_14": 100, "mat_mumps_icntl_6": 5}
+MUMPS_MEMORY = (-8, -9, -11, -13, -14, -15, -17, -19, -20, -22)   # INFOG(1): out of memory
 # The KKT matrix has zero diagonal blocks (saddle point).  MUMPS' automatic column permutation
 # gave inaccurate factors (true residual > right-hand side, P2, 1D); the maximum-product
 # transversal with scaling (ICNTL(6) = 5) is accurate without extra fill (ICNTL(6) = 1 tripled
@@ -333,6 +334,27 @@ class NewtonSolver:
             pc.error = None
         return cause.splitlines()[0] if cause else None
 
+    def _lu_failure(self) -> str | None:
+        """Why the LU path's MUMPS factorisation failed (INFOG(1) < 0), in words, or None:
+        PETSc only reports DIVERGED_LINEAR_SOLVE (2D QHD, 16,641 dofs × 50 steps: INFOG(1) =
+        −13, an allocation of 10 GB refused)."""
+        if self.mode != "lu":
+            return None
+        try:
+            F = self.snes.getKSP().getPC().getFactorMatrix()
+            code, extra = F.getMumpsInfog(1), F.getMumpsInfog(2)
+        except PETSc.Error:
+            return None
+        if code >= 0:
+            return None
+        what = (f"the LU of the space-time matrix needs more memory than this machine gives it "
+                f"(MUMPS INFOG(1) = {code}, INFOG(2) = {extra}); use fewer cells or steps"
+                + ("" if getattr(self.st.formulation, "sweep", True) is False
+                   else " or [solver] linear = 'sweep'")
+                if code in MUMPS_MEMORY else f"MUMPS failed: INFOG(1) = {code}, INFOG(2) = "
+                f"{extra} (see the MUMPS users' guide)")
+        return what
+
     def _monitor(self, snes, it, fnorm):
         h = self.history
         if h:
@@ -563,7 +585,7 @@ class NewtonSolver:
         st.states_to_vec(self.X)
         try:
             snes.solve(None, self.X)
-            failed = (self._cause() if snes.getConvergedReason()
+            failed = ((self._cause() or self._lu_failure()) if snes.getConvergedReason()
                       == PETSc.SNES.ConvergedReason.DIVERGED_LINEAR_SOLVE else None)
         except (PETSc.Error, SolverError) as e:      # PETSc error or a failed callback
             failed = self._cause() or (str(e).splitlines()[0] if str(e) else "PETSc error")
