@@ -8,7 +8,7 @@ from __future__ import annotations
 import ufl
 
 from .errors import ConfigError
-from .expressions import _short, check_finite_on_mesh, parse
+from .expressions import _short, check_finite_on_mesh, parameter_constants, parse
 
 # ρ values at which G (and its derivative) is checked: ρ >= 0 in the solves, but ρ = 0 itself is
 # left out because congestions such as rho*log(rho) are meant as their limit there.
@@ -25,7 +25,7 @@ def check_formulas(cfg: dict, mesh) -> None:
 
     import numpy as np
     pr = cfg["problem"]
-    params = pr.get("params", {})
+    params = parameter_constants(pr.get("params", {}), mesh)   # compiled once for all values
     gdim = mesh.geometry.dim
     deg = cfg.get("discretisation", {}).get("degree", 1)
     x = ufl.SpatialCoordinate(mesh)
@@ -76,7 +76,7 @@ def check_formulas(cfg: dict, mesh) -> None:
 def _check_G(g: str, key: str, pr: dict, mesh, deg: int) -> None:
     """G, dG/drho (and G/rho for mfg) finite at the mesh points for rho in RHO_PROBES."""
     import dolfinx
-    params = pr.get("params", {})
+    params = parameter_constants(pr.get("params", {}), mesh)
     x = ufl.SpatialCoordinate(mesh)
     rho_c = dolfinx.fem.Constant(mesh, 1.0)
     rv = ufl.variable(rho_c)

@@ -235,15 +235,16 @@ class ControlProblem(TimeGrid):
         exact solution (see :mod:`fem_mfc.exact`)."""
         from . import exact as exact_mod
         from . import hamiltonian as ham
-        from .expressions import parse, vanishes
+        from .expressions import parameter_constants, parse, vanishes
 
         pr, disc = cfg["problem"], cfg["discretisation"]
         params = pr.get("params", {})
         gdim = mesh.geometry.dim
         x = ufl.SpatialCoordinate(mesh)
+        held = parameter_constants(params, mesh)      # V, Φ and G: one compiled form for
 
-        def formula(key, text, **kw):
-            return parse(text, key, x=x, gdim=gdim, params=params, **kw)
+        def formula(key, text, **kw):                 # every value of the parameters
+            return parse(text, key, x=x, gdim=gdim, params=held, **kw)
 
         G = None
         if not vanishes(pr["G"], "problem.G", "rho", x=x, gdim=gdim, params=params):
@@ -257,8 +258,8 @@ class ControlProblem(TimeGrid):
                       coarse=coarse_factory(cfg, mesh.comm),
                       stabilisation=disc.get("stabilisation", "none"),
                       hamiltonian=ham.from_config(cfg, mesh),
-                      exits=exits_from_config(cfg, x, gdim, params),
-                      robins=robins_from_config(cfg, x, gdim, params),
+                      exits=exits_from_config(cfg, x, gdim, held),
+                      robins=robins_from_config(cfg, x, gdim, held),
                       periodic=periodic_from_config(cfg))
         kind = cfg.get("exact", {}).get("solution", "none")
         if kind != "none":

@@ -56,6 +56,37 @@ def test_integer_exponents_keep_exact_quadrature_degrees():
     assert ufl.algorithms.estimate_total_polynomial_degree(g) == 9    # 2.5: p + 2 = 5 < 9
 
 
+def test_parameters_are_constants_of_one_compiled_form():
+    """``params`` enter V, Φ and G as Constants: two values of κ give forms of one UFL
+    signature (one compiled kernel; a new value used to cost 2–2.5 s of compilation), and
+    the coupling's structure (affine, polynomial) is read off the Constant's value as off a
+    number.  A formula free of x and ρ still folds to a number; exponents stay numbers."""
+    import dolfinx
+
+    from fem_mfc.forms import hjb_fp
+    from fem_mfc.problem import ControlProblem
+    msh = dolfinx.mesh.create_unit_square(MPI.COMM_SELF, 4, 4)
+    V = dolfinx.fem.functionspace(msh, ("Lagrange", 1))
+    rho = dolfinx.fem.Function(V)
+    rho.x.array[:] = 1.5
+    forms, values = [], []
+    for kappa in (0.3, 0.7):
+        cfg = config.from_dict({"mesh": {"kind": "rectangle", "cells": 4}, "rho0": {"mean": []},
+                                "problem": {"G": "kappa*rho**q/2", "V": "kappa*x0**2",
+                                            "params": {"kappa": kappa, "q": 2}}})
+        p = ControlProblem.from_config(cfg, msh)
+        form = (p.G(rho) + p.V) * ufl.dx
+        forms.append(form.signature())
+        values.append(dolfinx.fem.assemble_scalar(dolfinx.fem.form(form)))
+        assert any(isinstance(c, ufl.Constant) for c in form.constants())
+        assert hjb_fp.coupling_affine(p.G, "mftc")                      # c = κρ: affine
+        assert hjb_fp.congestion_degree(p.G, "mftc", V) is None         # a polynomial
+    assert forms[0] == forms[1]
+    assert np.allclose(values, [0.3 * 1.125 + 0.3 / 3, 0.7 * 1.125 + 0.7 / 3], rtol=1e-13)
+    assert expressions.parse("2*kappa", "k", params=expressions.parameter_constants(
+        {"kappa": 0.25}, msh)) == 0.5
+
+
 def test_config_defaults_roundtrip(tmp_path):
     cfg = config.from_dict({"mesh": {"kind": "rectangle"}})
     assert cfg["problem"]["T"] == 1.0 and cfg["solver"]["method"] == "auto"

@@ -114,14 +114,19 @@ POLYNOMIAL_ORDER = 5                # c is taken for a polynomial if c⁽ʲ⁾ =
 
 
 def _number(expr) -> float | None:
-    """The value of a UFL expression built from literal numbers (and variables of them)
-    only, else None (it depends on x or on a Constant)."""
+    """The value of a UFL expression built from numbers (literals, variables of them and
+    scalar Constants at their current values: the config's ``params``) only, else None (it
+    depends on x or on a Function)."""
     from ufl.corealg.traversal import traverse_unique_terminals
     from ufl.variable import Label  # the name of a ufl.variable of a number
-    if not all(isinstance(t, (ufl.constantvalue.ConstantValue, Label))
-               for t in traverse_unique_terminals(expr)):
+    terminals = list(traverse_unique_terminals(expr))
+    held = {t: ufl.as_ufl(float(t.value)) for t in terminals     # a parameter held as a
+            if isinstance(t, ufl.Constant) and getattr(t, "value", None) is not None
+            and t.ufl_shape == ()}                               # Constant: its value
+    if not all(isinstance(t, (ufl.constantvalue.ConstantValue, Label)) or t in held
+               for t in terminals):
         return None
-    return float(expr)
+    return float(ufl.replace(expr, held) if held else expr)
 
 
 _DERIVATIVES = weakref.WeakKeyDictionary()   # G0 → {(coupling, j): c⁽ʲ⁾ at SAMPLES or None}
