@@ -82,14 +82,20 @@ def density_ufl(rcfg: dict, mesh, params: dict | None = None):
     d = mesh.geometry.dim
     kind = rcfg["kind"]
     check_scale(rcfg, mesh)
+    # means, widths and weights as Constants: one compiled interpolation for every value
+    # (a new width cost 0.35 s of compilation on a 1.0 s run)
+    import dolfinx
+
+    def held(v):
+        return dolfinx.fem.Constant(mesh, float(v))
     if kind == "gaussian":
-        return gaussian_ufl(x, gaussian_mean(rcfg, d), rcfg["std"])
+        return gaussian_ufl(x, [held(m) for m in gaussian_mean(rcfg, d)], held(rcfg["std"]))
     if kind == "mixture":
         terms = []
         for i, (m, s, w) in enumerate(zip(rcfg["means"], rcfg["stds"], rcfg["weights"])):
             if len(m) != d:
                 raise ConfigError(f"rho0.means[{i}]", f"an array of {d} numbers", m)
-            terms.append(w * gaussian_ufl(x, m, s))
+            terms.append(held(w) * gaussian_ufl(x, [held(c) for c in m], held(s)))
         return sum(terms[1:], terms[0])
     if kind == "formula":
         return parse(rcfg["formula"], "rho0.formula", x=x, gdim=d, params=params)

@@ -269,7 +269,7 @@ class ControlProblem(TimeGrid):
             rho0 = initial_density(cfg["rho0"], dolfinx.fem.functionspace(
                 mesh, ("Lagrange", disc["degree"])), params)
         else:
-            rho0 = density_ufl(cfg["rho0"], mesh, params)
+            rho0 = density_ufl(cfg["rho0"], mesh, held)
         return cls(rho0=rho0,
                    V=formula("problem.V", pr["V"]), Phi=formula("problem.Phi", pr["Phi"]),
                    G=G, **common)

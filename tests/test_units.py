@@ -85,6 +85,10 @@ def test_parameters_are_constants_of_one_compiled_form():
     assert np.allclose(values, [0.3 * 1.125 + 0.3 / 3, 0.7 * 1.125 + 0.7 / 3], rtol=1e-13)
     assert expressions.parse("2*kappa", "k", params=expressions.parameter_constants(
         {"kappa": 0.25}, msh)) == 0.5
+    from fem_mfc.density import density_ufl
+    sig = {(density_ufl({"kind": "gaussian", "mean": [m, 0.5], "std": s}, msh) * ufl.dx)
+           .signature() for m, s in ((0.4, 0.3), (0.6, 0.35))}
+    assert len(sig) == 1                                    # the same for ρ0's mean, width
 
 
 def test_config_defaults_roundtrip(tmp_path):
