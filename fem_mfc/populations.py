@@ -200,23 +200,24 @@ def check_interaction(C, K: int, coupling: str, key: str = "population.interacti
 def from_config(cfg: dict, mesh, cell_tags=None, facet_tags=None) -> PopulationProblem:
     """The problem of a validated config with ``[[population]]`` tables."""
     from .density import density_ufl
-    from .expressions import parse
+    from .expressions import parameter_constants, parse
     pr, disc = cfg["problem"], cfg["discretisation"]
     params = pr.get("params", {})
+    held = parameter_constants(params, mesh)    # one compiled form for every value
     gdim = mesh.geometry.dim
     x = ufl.SpatialCoordinate(mesh)
     pops = []
     for i, t in enumerate(cfg["population"]):
         pre = f"population[{i}]"
 
-        def formula(k, text, _pre=pre, **kw):
-            return parse(text, f"{_pre}.{k}", x=x, gdim=gdim, params=params, **kw)
+        def formula(k, text, _pre=pre, _params=held, **kw):
+            return parse(text, f"{_pre}.{k}", x=x, gdim=gdim, params=_params, **kw)
         G = None
-        if _nonzero_G(t["G"], formula):
-            def G(rho, _text=t["G"], _f=formula):
-                return _f("G", _text, variables={"rho": rho})
+        if _nonzero_G(t["G"], lambda k, text, **kw: formula(k, text, _params=params, **kw)):
+            def G(rho, _text=t["G"], _f=formula):       # (the zero test with the numbers:
+                return _f("G", _text, variables={"rho": rho})   # c*rho**2 with c = 0)
         with prefixed(f"{pre}."):
-            rho0 = density_ufl(t["rho0"], mesh, params)
+            rho0 = density_ufl(t["rho0"], mesh, held)
         pops.append(Population(rho0=rho0, Phi=formula("Phi", t["Phi"]),
                                V=formula("V", t["V"]), sigma=t["sigma"], G=G,
                                mass=t["mass"], name=t["name"]))
