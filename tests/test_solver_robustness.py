@@ -624,3 +624,30 @@ def test_round_off_floor_is_stagnation_not_slow_convergence():
             2.1e-5, 1.4e-5, 1.3e-5, 1.2e-5, 7.0e-7, 4.3e-7, 2.8e-7, 2.0e-7, 1.5e-7, 1.1e-7]
     assert not any(at_floor(slow[:k], 1.9e-10) for k in range(3, len(slow) + 1))
     assert not at_floor([1.0, 1e-3, 1e-3, 1e-3], 1e-10)     # stagnating far from the target
+
+
+def test_command_line_snes_tolerances_are_the_solves():
+    """-mfc_snes_rtol / _max_it set Newton's tolerance (every solve set its own again, so the
+    user's were silently ignored: 6 iterations to 1.7e-12 with -mfc_snes_rtol 1e-4), and the
+    run's checks hold the value identity and the mass to that tolerance, not to the
+    default's: a loosened solve is converged, not flagged."""
+    from fem_mfc.problem import ControlProblem
+    from fem_mfc.runs.control import checks
+    from fem_mfc.solvers.newton import newton
+    msh = dolfinx.mesh.create_rectangle(MPI.COMM_SELF, [[0, 0], [1, 1]], [8, 8])
+    x = ufl.SpatialCoordinate(msh)
+
+    def solve(continuation=True, **opts):
+        p = ControlProblem(mesh=msh, T=1.0, sigma=0.5, steps=8, Phi=(x[0] - 0.5) ** 2,
+                           G=lambda r: 0.5 * r ** 2,
+                           rho0=ufl.exp(-((x[0] - 0.4) ** 2 + (x[1] - 0.5) ** 2) / 0.08))
+        return newton(p, petsc_options=opts, continuation=continuation)
+    tight, loose = solve(), solve(mfc_snes_rtol=1e-4)
+    h0, h1 = tight.history[0], loose.history[0]
+    assert h1["target"] == pytest.approx(1e-4 * h1["residual"], rel=1e-12)
+    assert h0["target"] == pytest.approx(1e-10 * h0["residual"], rel=1e-12)
+    assert loose.converged and loose.iterations < tight.iterations
+    assert loose.residual > 1e-9                      # stopped at its own target
+    assert all(c["ok"] for c in checks(loose, 1.0).values())
+    short = solve(continuation=False, mfc_snes_max_it=2)
+    assert short.iterations == 2 and not short.converged

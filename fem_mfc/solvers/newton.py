@@ -256,6 +256,15 @@ class NewtonSolver:
             pc.setType("python")
             pc.setPythonType(PYTHON_TYPE)
         snes.setFromOptions()
+        # -{prefix}snes_rtol / _atol / _max_it given by the user set the solve's tolerances
+        # (every solve sets them again from these: they were silently overridden)
+        rt, at, _, mi = snes.getTolerances()
+        if options.get("snes_rtol", None, prefix) is not None:
+            self.rtol = rt
+        if options.get("snes_atol", None, prefix) is not None:
+            self.atol = at
+        if options.get("snes_max_it", None, prefix) is not None:
+            self.max_it = mi
 
     def _krylov(self, op, prefix: str) -> str:
         """The Krylov method of the sweep path (see KRYLOV): ``-{prefix}newton_krylov``, else
