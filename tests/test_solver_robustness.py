@@ -651,3 +651,6 @@ def test_command_line_snes_tolerances_are_the_solves():
     assert all(c["ok"] for c in checks(loose, 1.0).values())
     short = solve(continuation=False, mfc_snes_max_it=2)
     assert short.iterations == 2 and not short.converged
+    from fem_mfc.errors import ConfigError
+    with pytest.raises(ConfigError, match="-mfc_snes_type"):   # another SNES type: refused by
+        solve(mfc_snes_type="newtontr")                       # name ("error code -1" before)

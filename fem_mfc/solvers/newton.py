@@ -256,6 +256,11 @@ class NewtonSolver:
             pc.setType("python")
             pc.setPythonType(PYTHON_TYPE)
         snes.setFromOptions()
+        if snes.getType() != "newtonls":      # (newtontr: "error code -1" at its first step)
+            raise ConfigError(f"-{prefix}snes_type", "'newtonls' (the Newton of fem_mfc: its "
+                              "line searches, inexact forcing and continuation are built on "
+                              "it; choose the line search with "
+                              f"-{prefix}snes_linesearch_type)", snes.getType())
         # -{prefix}snes_rtol / _atol / _max_it given by the user set the solve's tolerances
         # (every solve sets them again from these: they were silently overridden)
         rt, at, _, mi = snes.getTolerances()
@@ -364,6 +369,7 @@ class NewtonSolver:
                 f"{extra} (see the MUMPS users' guide)")
         return what
 
+    @keeps_cause
     def _monitor(self, snes, it, fnorm):
         h = self.history
         if h:
@@ -401,6 +407,7 @@ class NewtonSolver:
             self.st.vec_to_states(snes.getSolution())
             self.checkpoint.write(phase="newton", iteration=it, residual=fnorm, **self.stage)
 
+    @keeps_cause
     def _converged(self, snes, it, norms):
         """PETSc's default test (absolute, relative to the first residual, step length,
         iteration count, NaN) plus the round-off floor: a residual stagnating within
@@ -432,6 +439,7 @@ class NewtonSolver:
             return R.DIVERGED_LINE_SEARCH
         return R.ITERATING
 
+    @keeps_cause
     def _krylov_limit(self, ksp, its, rnorm, *args):
         """Runs before PETSc's test: at the iteration limit, a Krylov solve that reduced its
         residual by less than LIMIT_REDUCTION fails (DIVERGED_MAX_IT) instead of ending as an
@@ -466,6 +474,7 @@ class NewtonSolver:
         search solves for its trial points after it.)"""
         return self.mode == "sweep" and self._step["short"]
 
+    @keeps_cause
     def _presolve(self, ksp, b, x):
         """Before each Krylov solve of the sweep path.  The first after the SNES monitor is
         the Newton step's; it starts from the solution of the line search's last solve if
@@ -494,6 +503,7 @@ class NewtonSolver:
         if self.stall_exit and self._step["short"] and self._ls_solves > 1:
             self._skip = self._abandon = True
 
+    @keeps_cause
     def _postsolve(self, ksp, b, x):
         its = ksp.getIterationNumber()
         if self._ls_solves == 0:              # the Newton step's solve
