@@ -219,6 +219,24 @@ def test_cli_reports_vacuum_in_one_line(tmp_path):
     assert len(lines) == 1 and "rho0" in lines[0] and "Traceback" not in p.stderr
 
 
+@pytest.mark.parametrize("cells,warned", [(8, False), (64, True)])
+def test_large_control_runs_say_the_space_time_lu_is_slow(cells, warned, tmp_path):
+    """The control signature has no sweep preconditioner: every Newton step factorises the
+    whole space-time matrix.  A run whose estimate is minutes per step says so before it
+    starts (2D 64² cells × 16 steps: ≈ 3 min; the SNES stopped at once here)."""
+    from helpers import run_cli
+    cfg = tmp_path / "q.toml"
+    cfg.write_text('[run]\nformulation = "qhd"\n[mesh]\nkind = "rectangle"\n'
+                   f'cells = {cells}\n[problem]\nsteps = 16\nsigma = 0.8\n'
+                   'G = "rho**2/2"\n[rho0]\nkind = "formula"\n'
+                   'formula = "1 + 0.5*cos(pi*x0)"\n[output]\nprogress = false\n'
+                   'figures = false\n')
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "out"), "--quiet",
+                 "-qhd_snes_max_it", "0"])
+    assert p.returncode == 3
+    assert ("factorises the whole space-time matrix" in p.stderr) == warned, p.stderr
+
+
 def test_bohm_potential_mixed_form_converges_to_gaussian_formula():
     """For ρ = N(0, s²) in 1D, Δ√ρ/√ρ = x²/(4s⁴) − 1/(2s²): the mixed-form field Q converges
     (ρ-weighted L² error) under refinement (MODEL §3)."""
