@@ -10,6 +10,13 @@ import ufl
 from .errors import ConfigError
 from .expressions import _short, check_finite_on_mesh, parameter_constants, parse
 
+
+def _parse(mesh, text, key, **kw):
+    """:func:`parse` with every number a Constant on ``mesh`` (``literals``): the checks'
+    expressions compile once for all values, as the solve's forms do."""
+    return parse(text, key, literals=mesh, **kw)
+
+
 # ρ values at which G (and its derivative) is checked: ρ >= 0 in the solves, but ρ = 0 itself is
 # left out because congestions such as rho*log(rho) are meant as their limit there.
 RHO_PROBES = (1e-6, 1.0, 100.0)
@@ -33,13 +40,13 @@ def check_formulas(cfg: dict, mesh) -> None:
     if not exact:
         for k in ("V", "Phi"):
             text = pr[k]
-            check_finite_on_mesh(parse(text, f"problem.{k}", x=x, gdim=gdim, params=params),
+            check_finite_on_mesh(_parse(mesh, text, f"problem.{k}", x=x, gdim=gdim, params=params),
                                  f"problem.{k}", mesh, deg, text)
     _check_G(pr["G"], "problem.G", pr, mesh, deg)
     for i, t in enumerate(cfg.get("population", [])):    # [[population]] tables
         pre = f"population[{i}]"
         for k in ("V", "Phi"):
-            check_finite_on_mesh(parse(t[k], f"{pre}.{k}", x=x, gdim=gdim, params=params),
+            check_finite_on_mesh(_parse(mesh, t[k], f"{pre}.{k}", x=x, gdim=gdim, params=params),
                                  f"{pre}.{k}", mesh, deg, t[k])
         _check_G(t["G"], f"{pre}.G", pr, mesh, deg)
         _check_rho0(t["rho0"], f"{pre}.rho0", mesh, deg, x, gdim, params)
@@ -50,19 +57,19 @@ def check_formulas(cfg: dict, mesh) -> None:
         for name in names.get(b["kind"], ()):
             key = f"boundary[{i}].{name}"
             for t in (0.0, pr["T"]):
-                check_finite_on_mesh(parse(b[name], key, x=x, gdim=gdim, params=params,
+                check_finite_on_mesh(_parse(mesh, b[name], key, x=x, gdim=gdim, params=params,
                                            variables={"t": t}), key, mesh, deg, b[name],
                                      what=f"at t = {t:g}")
     f = cfg["run"]["formulation"]
     if f == "qhd" and cfg.get("qhd", {}).get("signature") == "quantum":
         text = cfg["qhd"]["S0"]
-        check_finite_on_mesh(parse(text, "qhd.S0", x=x, gdim=gdim, params=params), "qhd.S0",
+        check_finite_on_mesh(_parse(mesh, text, "qhd.S0", x=x, gdim=gdim, params=params), "qhd.S0",
                              mesh, deg, text)
     r = cfg.get("rho0", {}) if "population" not in cfg else {}
     if not exact and r.get("kind") == "formula" and f not in ("classifier", "generative", "nls"):
         text = r["formula"]
-        vals = check_finite_on_mesh(parse(text, "rho0.formula", x=x, gdim=gdim, params=params),
-                                    "rho0.formula", mesh, deg, text)
+        vals = check_finite_on_mesh(_parse(mesh, text, "rho0.formula", x=x, gdim=gdim,
+                                           params=params), "rho0.formula", mesh, deg, text)
         vmax = mesh.comm.allreduce(float(np.max(vals)) if vals.size else -np.inf, op=MPI.MAX)
         if not vmax > 0:
             raise ConfigError("rho0.formula", "a density that is positive somewhere on the mesh",
@@ -80,7 +87,7 @@ def _check_G(g: str, key: str, pr: dict, mesh, deg: int) -> None:
     x = ufl.SpatialCoordinate(mesh)
     rho_c = dolfinx.fem.Constant(mesh, 1.0)
     rv = ufl.variable(rho_c)
-    G = parse(g, key, x=x, gdim=mesh.geometry.dim, variables={"rho": rv}, params=params)
+    G = _parse(mesh, g, key, x=x, gdim=mesh.geometry.dim, variables={"rho": rv}, params=params)
     if isinstance(G, float) and G == 0.0:
         return
     G = ufl.as_ufl(G)
@@ -117,7 +124,7 @@ def _check_rho0(r: dict, pre: str, mesh, deg, x, gdim, params) -> None:
     import numpy as np
     if r["kind"] == "formula":
         text = r["formula"]
-        vals = check_finite_on_mesh(parse(text, f"{pre}.formula", x=x, gdim=gdim,
+        vals = check_finite_on_mesh(_parse(mesh, text, f"{pre}.formula", x=x, gdim=gdim,
                                           params=params), f"{pre}.formula", mesh, deg, text)
         vmax = mesh.comm.allreduce(float(np.max(vals)) if vals.size else -np.inf, op=MPI.MAX)
         if not vmax > 0:

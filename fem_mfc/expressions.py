@@ -28,14 +28,18 @@ _AXES = {"x0": 0, "x1": 1, "x2": 2, "x": 0, "y": 1, "z": 2}
 
 
 def parse(text: str, key: str, *, x=None, gdim: int = 0, variables: dict | None = None,
-          params: dict | None = None, powers: dict | None = None):
+          params: dict | None = None, powers: dict | None = None, literals=None):
     """Translate formula ``text`` (config key ``key``) into a UFL expression.
 
     ``x`` is ``ufl.SpatialCoordinate(mesh)`` (or None when coordinates are not allowed), ``gdim``
     its length; ``variables`` maps further names (e.g. ``{"rho": rho}``) to UFL expressions;
-    ``params`` maps names to numbers; ``powers`` maps some of the variables to a callable
-    b ↦ UFL expression used for ``name**b`` with a constant b (e.g. |p|**q as (p·p)^{q/2},
-    smooth where |p| itself is not).
+    ``params`` maps names to numbers (or to Constants: :func:`parameter_constants`);
+    ``powers`` maps some of the variables to a callable b ↦ UFL expression used for
+    ``name**b`` with a constant b (e.g. |p|**q as (p·p)^{q/2}, smooth where |p| itself is
+    not).  ``literals``: a mesh on which every number of the formula becomes a Constant of
+    its own, so that the compiled forms serve any numbers (an edited "0.5*x0**2" does not
+    compile again).  Exponents stay numbers (UFL's degree estimates), and so does everything
+    in a formula free of x and of the variables (it folds to a number).
     """
     variables = dict(variables or {})
     powers = dict(powers or {})
@@ -45,6 +49,14 @@ def parse(text: str, key: str, *, x=None, gdim: int = 0, variables: dict | None 
     tree = _parse_limited(text, key)
     if not _mentions(tree, set(variables) | set(_AXES)):
         params = {k: _number(v) for k, v in params.items()}   # a constant formula: a number
+        literals = None
+    plain = [0]                        # > 0 inside an exponent: numbers stay numbers
+
+    def number(v: float):
+        if literals is None or plain[0]:
+            return v
+        import dolfinx
+        return dolfinx.fem.Constant(literals, float(v))
 
     def fail(what):
         raise ConfigError(key, f"a formula using only arithmetic, x0..x{max(gdim - 1, 0)}, "
@@ -56,7 +68,7 @@ def parse(text: str, key: str, *, x=None, gdim: int = 0, variables: dict | None 
             return visit(node.body)
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
                 and not isinstance(node.value, bool):
-            return float(node.value)
+            return number(float(node.value))
         if isinstance(node, ast.Name):
             n = node.id
             if n in variables:
@@ -64,7 +76,7 @@ def parse(text: str, key: str, *, x=None, gdim: int = 0, variables: dict | None 
                 return variables[n]
             if n in params:                  # a number, or a Constant (one compiled form
                 v = params[n]                  # for every value of the parameter)
-                return v if _is_constant(v) else float(v)
+                return _number(v) if plain[0] else v if _is_constant(v) else float(v)
             if n in CONSTANTS:
                 return CONSTANTS[n]
             if n in _AXES:
@@ -77,13 +89,12 @@ def parse(text: str, key: str, *, x=None, gdim: int = 0, variables: dict | None 
         if isinstance(node, ast.BinOp):
             if isinstance(node.op, ast.Pow) and isinstance(node.left, ast.Name) \
                     and node.left.id in powers:
-                b = _number(visit(node.right))
+                b = exponent(node.right)
                 if isinstance(b, float):
                     used.add(node.left.id)
                     return powers[node.left.id](b)
-            a, b = visit(node.left), visit(node.right)
-            if isinstance(node.op, ast.Pow):
-                b = _number(b)                 # exponents are numbers: the degree estimates
+            a = visit(node.left)
+            b = exponent(node.right) if isinstance(node.op, ast.Pow) else visit(node.right)
             if isinstance(node.op, ast.Pow) and isinstance(b, float) \
                     and abs(b) > MAX_EXPONENT:
                 raise ConfigError(key, f"a formula whose constant exponents are at most "
@@ -118,6 +129,14 @@ def parse(text: str, key: str, *, x=None, gdim: int = 0, variables: dict | None 
             except TypeError:
                 fail(f"wrong number of arguments to '{node.func.id}'")
         fail(f"'{ast.unparse(node)}' is not allowed")
+
+    def exponent(node):
+        """An exponent, numbers as numbers (UFL estimates ρ**3 as degree 3p, ρ**c as p + 2)."""
+        plain[0] += 1
+        try:
+            return visit(node)
+        finally:
+            plain[0] -= 1
 
     used = set()
     try:

@@ -211,7 +211,8 @@ def from_config(cfg: dict, mesh, cell_tags=None, facet_tags=None) -> PopulationP
         pre = f"population[{i}]"
 
         def formula(k, text, _pre=pre, _params=held, **kw):
-            return parse(text, f"{_pre}.{k}", x=x, gdim=gdim, params=_params, **kw)
+            return parse(text, f"{_pre}.{k}", x=x, gdim=gdim, params=_params,
+                         literals=mesh if _params is held else None, **kw)
         G = None
         if _nonzero_G(t["G"], lambda k, text, **kw: formula(k, text, _params=params, **kw)):
             def G(rho, _text=t["G"], _f=formula):       # (the zero test with the numbers:

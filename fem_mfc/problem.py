@@ -244,7 +244,7 @@ class ControlProblem(TimeGrid):
         held = parameter_constants(params, mesh)      # V, Φ and G: one compiled form for
 
         def formula(key, text, **kw):                 # every value of the parameters
-            return parse(text, key, x=x, gdim=gdim, params=held, **kw)
+            return parse(text, key, x=x, gdim=gdim, params=held, literals=mesh, **kw)
 
         G = None
         if not vanishes(pr["G"], "problem.G", "rho", x=x, gdim=gdim, params=params):

@@ -83,6 +83,15 @@ def test_parameters_are_constants_of_one_compiled_form():
         assert hjb_fp.congestion_degree(p.G, "mftc", V) is None         # a polynomial
     assert forms[0] == forms[1]
     assert np.allclose(values, [0.3 * 1.125 + 0.3 / 3, 0.7 * 1.125 + 0.7 / 3], rtol=1e-13)
+    literal = []                                   # the numbers of a formula likewise
+    for c in (0.3, 0.7):
+        cfg = config.from_dict({"mesh": {"kind": "rectangle", "cells": 4}, "rho0": {"mean": []},
+                                "problem": {"G": f"{c}*rho**3/2", "Phi": f"{c}*(x0 - 0.5)**2"}})
+        p = ControlProblem.from_config(cfg, msh)
+        literal.append(((p.G(rho) + p.Phi) * ufl.dx).signature())
+        assert hjb_fp.congestion_degree(p.G, "mftc", V) is None         # ρ³ stays degree 3p
+        assert ufl.algorithms.estimate_total_polynomial_degree(p.G(rho)) == 3
+    assert literal[0] == literal[1]
     assert expressions.parse("2*kappa", "k", params=expressions.parameter_constants(
         {"kappa": 0.25}, msh)) == 0.5
     from fem_mfc.density import density_ufl
