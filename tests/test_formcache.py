@@ -113,3 +113,27 @@ def test_tagged_boundaries_are_not_cached():
     b = SpaceTime(problem(robin=True))
     assert formcache.stats == before and a._cache_key is None
     same(evaluate(a), evaluate(b))
+
+
+def test_numbers_held_as_constants_are_each_systems_own():
+    """Formulas whose numbers are Constants (config problems) share one signature across
+    values, so a later system takes the cached kernels: with its own Constants.  κ = 0.7
+    solved after κ = 0.3 equals κ = 0.7 with the number as a literal (fresh forms), and κ = 0.3
+    again equals the first."""
+    from fem_mfc import config
+    from fem_mfc.solvers.newton import newton
+    msh = dolfinx.mesh.create_rectangle(MPI.COMM_SELF, [[0, 0], [1, 1]], [4, 4])
+
+    def from_config(k):
+        cfg = config.from_dict({"mesh": {"kind": "rectangle", "cells": 4},
+                                "rho0": {"mean": [0.4, 0.5], "std": 0.25},
+                                "problem": {"G": f"{k}*rho**2/2", "Phi": f"{2 * k}*(x0 - 0.5)**2",
+                                            "steps": 4}})
+        return ControlProblem.from_config(cfg, msh)
+    J = [newton(from_config(k)).J for k in (0.3, 0.7, 0.3)]
+    p = from_config(0.7)
+    x = ufl.SpatialCoordinate(msh)
+    literal = ControlProblem(mesh=msh, T=p.T, sigma=p.sigma, steps=4, rho0=p.rho0, V=p.V,
+                             Phi=1.4 * (x[0] - 0.5) ** 2, G=lambda r: 0.7 * r ** 2 / 2)
+    assert J[0] == J[2] and abs(J[1] - J[0]) > 1e-2
+    assert newton(literal).J == pytest.approx(J[1], rel=1e-11)
