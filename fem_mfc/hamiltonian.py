@@ -86,18 +86,18 @@ def is_default(h) -> bool:
 def from_config(cfg: dict, mesh):
     """The Hamiltonian of ``[problem] H`` and ``[hamiltonian]`` on ``mesh``: None for the
     quadratic default, else a :class:`Hamiltonian`."""
-    from .expressions import parse
+    from .expressions import parameter_constants, parse
     pr = cfg["problem"]
     text = pr.get("H", "quadratic")
     if text == "quadratic":
         return None
     hc = cfg.get("hamiltonian", {})
-    params = pr.get("params", {})
-    gdim = mesh.geometry.dim
-    x = ufl.SpatialCoordinate(mesh)
+    params = parameter_constants(pr.get("params", {}), mesh)   # numbers as Constants: the
+    gdim = mesh.geometry.dim                                   # forms compile once for all
+    x = ufl.SpatialCoordinate(mesh)                            # values (exponents excepted)
 
     def formula(key, t, **kw):
-        return parse(t, key, x=x, gdim=gdim, params=params, **kw)
+        return parse(t, key, x=x, gdim=gdim, params=params, literals=mesh, **kw)
 
     if text == "weighted":
         c = formula("hamiltonian.weight", hc.get("weight", "1"))
@@ -116,7 +116,7 @@ def from_config(cfg: dict, mesh):
         return anisotropic(M)
     if text == "congestion":
         return congestion(float(hc.get("alpha", 1.0)))
-    return from_formula(text, x, gdim, params)
+    return from_formula(text, x, gdim, params, literals=mesh)
 
 
 def quadratic():
@@ -174,8 +174,10 @@ def formula_names(text: str) -> set:
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
 
 
-def from_formula(text: str, x, gdim: int, params: dict, key: str = "problem.H"):
-    """H as a formula in p0..p{gdim−1}, |p|, x, rho and the params."""
+def from_formula(text: str, x, gdim: int, params: dict, key: str = "problem.H",
+                 literals=None):
+    """H as a formula in p0..p{gdim−1}, |p|, x, rho and the params (``literals``: a mesh on
+    which its numbers become Constants, :func:`fem_mfc.expressions.parse`)."""
     from .expressions import parse
     src = _BARS.sub(_PNORM, text)
     names = formula_names(text)
@@ -191,7 +193,8 @@ def from_formula(text: str, x, gdim: int, params: dict, key: str = "problem.H"):
         if rho is not None:
             variables["rho"] = rho
         return parse(src, key, x=x, gdim=gdim, params=params, variables=variables,
-                     powers={_PNORM: lambda b: ufl.inner(p, p) ** (b / 2.0)})
+                     powers={_PNORM: lambda b: ufl.inner(p, p) ** (b / 2.0)},
+                     literals=literals)
 
     h = Hamiltonian("formula", fn, False, uses_rho, text)
     h.quadratic = (not uses_rho) and _quadratic_in_p(h, gdim)

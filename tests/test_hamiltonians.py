@@ -372,3 +372,22 @@ def test_picard_agrees_with_newton(kind, coupling):
     assert abs(nw.J - pc.J) < 1e-8
     for a, b in zip(nw.rho + nw.u, pc.rho + pc.u):
         assert np.abs(a.x.array - b.x.array).max() < 1e-8
+
+
+def test_numbers_of_an_h_formula_compile_once():
+    """The numbers and params of ``[problem] H`` (and of the weight/anisotropy formulas) are
+    Constants: an edited weight keeps the UFL signature (one compiled kernel; a new value cost
+    5–6 s of compilation on a 1 s run), and a quadratic H is still recognised as one."""
+    from fem_mfc import config
+    msh = dolfinx.mesh.create_unit_square(MPI.COMM_SELF, 2, 2)
+    V = dolfinx.fem.functionspace(msh, ("Lagrange", 1))
+    u = dolfinx.fem.Function(V)
+    sigs = set()
+    for w in (4.0, 5.0):
+        cfg = config.from_dict({"mesh": {"kind": "rectangle", "cells": 2}, "rho0": {"mean": []},
+                                "problem": {"H": f"0.5*(p0**2 + {w}*p1**2) + c*p0",
+                                            "params": {"c": w / 10}}})
+        h = ham.from_config(cfg, msh)
+        assert h.quadratic
+        sigs.add((h(ufl.grad(u)) * ufl.dx).signature())
+    assert len(sigs) == 1
