@@ -367,3 +367,19 @@ def test_dirichlet_config_refusal():
     with pytest.raises(ConfigError, match="boundary.kind"):
         cfg([{"tag": 1, "kind": "dirichlet", "density": "0.2"}],
             solver={"method": "picard"})
+
+
+def test_a_door_cost_that_vanishes_at_some_time_is_zero_there():
+    """cost = "0.1*t*(1 + x1**2)" is UFL's Zero at t = 0 (no mesh in it): the exit values
+    took it for an expression to interpolate and the run ended in a traceback (exit 1)."""
+    from fem_mfc.solvers.exits import ExitConstraints
+    p = room(nx=4, steps=3)
+    x = ufl.SpatialCoordinate(p.mesh)
+    p.exits = [Exit(2, lambda t: 0.1 * t * (1 + x[1] ** 2)), Exit(4, lambda t: 0.0 * t)]
+    st = SpaceTime(p)
+    c = st.constraints
+    assert isinstance(c, ExitConstraints)
+    assert np.all(c.g[0] == 0.0)                            # t_0 = 0: zero on both doors
+    d = np.setdiff1d(c.by_tag[2], c.by_tag[4])             # the corner keeps door 4's 0
+    assert np.allclose(c.g[-1][d], 0.1 * p.u_time(p.steps - 1)
+                       * (1 + p.space.tabulate_dof_coordinates()[d, 1] ** 2))

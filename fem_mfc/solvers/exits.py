@@ -24,6 +24,7 @@ from petsc4py import PETSc
 
 import dolfinx
 import numpy as np
+import ufl
 
 from ..errors import ConfigError
 from ..forms import hjb_fp as H
@@ -83,7 +84,9 @@ class ExitConstraints:
         for e in p.exits:
             fn, d = which(e), self.by_tag[e.tag]
             c = 0.0 if fn is None else fn(t)
-            if isinstance(c, (int, float)):
+            if not isinstance(c, (int, float)) and ufl.domain.extract_unique_domain(c) is None:
+                c = float(c)                  # constant at this t: "0.1*t*(1 + x1**2)" at t = 0
+            if isinstance(c, (int, float)):   # is UFL's Zero, no Expression of it exists
                 vals[d] = float(c)
             else:
                 f.interpolate(dolfinx.fem.Expression(c, p.space.element.interpolation_points()))
