@@ -336,7 +336,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "progress": Key(bool, True, "show progress bars"),
         "checkpoint_every": Key(int, 0, "write a restartable checkpoint (OUT.checkpoint/) every "
                                 "k Newton iterations and after every continuation stage; 0: "
-                                "off (hjb-fp Newton)", nonnegative, "a non-negative integer"),
+                                "off (hjb-fp with solver.method 'newton' or 'auto'; refused "
+                                "elsewhere)", nonnegative, "a non-negative integer"),
     },
 }
 
@@ -684,6 +685,7 @@ def _cross_checks(cfg: dict, source):
     _check_hamiltonian(cfg, source)
     _check_periodic(cfg, source)
     _check_exits(cfg, source)
+    _check_checkpoint(cfg, source)
     if cfg["run"]["formulation"] in ("classifier", "generative"):
         resolve_training(cfg, source)
 
@@ -815,6 +817,22 @@ def _check_exits(cfg: dict, source):
         raise ConfigError("boundary.kind", f"'no-flux' with {why} (exits and leaky walls: "
                           "formulation 'hjb-fp', solver.method 'newton' or 'auto')",
                           "/".join(sorted(kinds)), source)
+
+
+def _check_checkpoint(cfg: dict, source):
+    """``[output] checkpoint_every`` where a run writes no checkpoint: refused by name (the
+    classifier, QHD, Picard and the Cole-Hopf paths ignored it silently, and a killed long run
+    could not resume)."""
+    every = cfg["output"]["checkpoint_every"]
+    if not every:
+        return
+    f, m = cfg["run"]["formulation"], cfg["solver"]["method"]
+    why = (f"formulation '{f}'" if f != "hjb-fp" else
+           f"solver.method = '{m}'" if m not in ("newton", "auto") else None)
+    if why:
+        raise ConfigError("output.checkpoint_every", f"0 for {why} (checkpoints are written by "
+                          "the HJB-FP Newton solve: formulation 'hjb-fp', solver.method "
+                          "'newton' or 'auto')", every, source)
 
 
 def _check_hamiltonian(cfg: dict, source):

@@ -54,6 +54,9 @@ BAD = {
                                 "solver.relaxation"),
     "old and new name of a key": ("[output]", "[nls]\nwidth = 0.5\ns0 = 0.5\n[output]",
                                   "nls.width"),
+    "checkpoints the heat flow does not write": ("progress = false", "progress = false\n"
+                                                 "checkpoint_every = 2",
+                                                 "output.checkpoint_every"),
     "game coupling with G(0) != 0": ("sigma = 0.5", "sigma = 0.5\nG = \"0.2*exp(rho)\"\n"
                                      "coupling = \"mfg\"", "problem.G"),
 }
@@ -109,3 +112,17 @@ def test_config_copy_reproduces_run(tmp_path, earlier_result):
     second = read_summary(again)
     for k in ("mass", "min_rho", "ndofs", "nsteps", "h", "tau"):
         assert second[k] == first[k], k
+
+
+@pytest.mark.parametrize("run,solver", [("classifier", {}), ("qhd", {}),
+                                        ("hjb-fp", {"method": "picard"}),
+                                        ("hjb-fp", {"method": "cole-hopf"})])
+def test_checkpoints_where_none_are_written_are_refused(run, solver):
+    """``checkpoint_every`` where the run writes no checkpoint (it was ignored silently: a
+    killed run then had nothing to restart from); the HJB-FP Newton takes it."""
+    from fem_mfc import config
+    from fem_mfc.errors import ConfigError
+    raw = {"run": {"formulation": run}, "solver": solver, "output": {"checkpoint_every": 2}}
+    with pytest.raises(ConfigError, match="output.checkpoint_every"):
+        config.from_dict(raw)
+    config.from_dict({"run": {"formulation": "hjb-fp"}, "output": {"checkpoint_every": 2}})
