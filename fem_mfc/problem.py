@@ -258,7 +258,7 @@ class ControlProblem(TimeGrid):
                       coarse=coarse_factory(cfg, mesh.comm),
                       stabilisation=disc.get("stabilisation", "none"),
                       hamiltonian=ham.from_config(cfg, mesh),
-                      exits=exits_from_config(cfg, x, gdim, held),
+                      exits=exits_from_config(cfg, x, gdim, held, mesh),
                       robins=robins_from_config(cfg, x, gdim, held),
                       periodic=periodic_from_config(cfg))
         kind = cfg.get("exact", {}).get("solution", "none")
@@ -275,17 +275,21 @@ class ControlProblem(TimeGrid):
                    G=G, **common)
 
 
-def exits_from_config(cfg: dict, x, gdim: int, params: dict) -> list:
+def exits_from_config(cfg: dict, x, gdim: int, params: dict, mesh) -> list:
     """The [[boundary]] tables of kind 'exit' and 'dirichlet' as :class:`Exit` objects."""
     from .expressions import parse
     out = []
     for i, b in enumerate(cfg.get("boundary", [])):
         if b["kind"] not in ("exit", "dirichlet"):
             continue
+        tc = dolfinx.fem.Constant(mesh, 0.0)
 
-        def formula(t, _text, _key):
-            return parse(_text, _key, x=x, gdim=gdim, params=params,
-                         variables={"t": float(t)})
+        def formula(t, _text, _key, _tc=tc):
+            # t as a Constant set to the time asked for (the caller interpolates the result
+            # at once): one compiled interpolation for every step, not one per step
+            _tc.value = float(t)
+            return parse(_text, _key, x=x, gdim=gdim, params=params, variables={"t": _tc},
+                         literals=mesh)
         def cost(t, _t=b["cost"], _k=f"boundary[{i}].cost"):
             return formula(t, _t, _k)
         density = None
