@@ -910,7 +910,8 @@ def _check_sigma(cfg: dict, source):
     elif (f == "hjb-fp" and s["method"] == "auto" and cfg["problem"]["H"] == "quadratic"
           and _no_congestion(cfg)):
         # 'auto' solves a congestion-free problem by Cole-Hopf; with a congestion it takes
-        # Newton, which solves sigma = 0 (by continuation in the noise)
+        # Newton, which takes sigma = 0 as it is (the noise continuation needs sigma > 0; the
+        # coupling's applies; coarse Galerkin meshes oscillate: the monotone scheme solves it)
         why = ("solver.method = 'auto' without congestion (Cole-Hopf, which divides by eps;"
                " method = 'newton' solves sigma = 0)")
     if why:

@@ -171,8 +171,8 @@ def parse(text: str, key: str, *, x=None, gdim: int = 0, variables: dict | None 
 
 
 def _is_constant(v) -> bool:
-    """A UFL Constant holding a number (``dolfinx.fem.Constant``)."""
-    return isinstance(v, ufl.Constant) and hasattr(v, "value")
+    """A UFL Constant holding one number (a scalar ``dolfinx.fem.Constant``)."""
+    return isinstance(v, ufl.Constant) and hasattr(v, "value") and v.ufl_shape == ()
 
 
 def _number(v):
@@ -196,10 +196,6 @@ def parameter_constants(params: dict, mesh) -> dict:
     return {k: dolfinx.fem.Constant(mesh, PETSc.ScalarType(float(v))) for k, v in params.items()}
 
 
-# -- size and complexity limits, checked before anything is translated ------------------------
-MAX_LENGTH = 2000          # characters
-MAX_NODES = 400            # AST nodes
-MAX_DEPTH = 40             # AST nesting depth
 def vanishes(text: str, key: str, variable: str, *, x=None, gdim: int = 0,
              params: dict | None = None) -> bool:
     """Is formula ``text`` identically zero: a literal 0, or 0 times something (e.g.
@@ -210,6 +206,10 @@ def vanishes(text: str, key: str, variable: str, *, x=None, gdim: int = 0,
         probe, ufl.constantvalue.Zero)
 
 
+# -- size and complexity limits, checked before anything is translated ------------------------
+MAX_LENGTH = 2000          # characters
+MAX_NODES = 400            # AST nodes
+MAX_DEPTH = 40             # AST nesting depth
 MAX_EXPONENT = 64.0        # |b| of a constant exponent in a**b
 
 

@@ -200,7 +200,7 @@ def check_interaction(C, K: int, coupling: str, key: str = "population.interacti
 def from_config(cfg: dict, mesh, cell_tags=None, facet_tags=None) -> PopulationProblem:
     """The problem of a validated config with ``[[population]]`` tables."""
     from .density import density_ufl
-    from .expressions import parameter_constants, parse
+    from .expressions import parameter_constants, parse, vanishes
     pr, disc = cfg["problem"], cfg["discretisation"]
     params = pr.get("params", {})
     held = parameter_constants(params, mesh)    # one compiled form for every value
@@ -210,11 +210,10 @@ def from_config(cfg: dict, mesh, cell_tags=None, facet_tags=None) -> PopulationP
     for i, t in enumerate(cfg["population"]):
         pre = f"population[{i}]"
 
-        def formula(k, text, _pre=pre, _params=held, **kw):
-            return parse(text, f"{_pre}.{k}", x=x, gdim=gdim, params=_params,
-                         literals=mesh if _params is held else None, **kw)
+        def formula(k, text, _pre=pre, **kw):
+            return parse(text, f"{_pre}.{k}", x=x, gdim=gdim, params=held, literals=mesh, **kw)
         G = None
-        if _nonzero_G(t["G"], lambda k, text, **kw: formula(k, text, _params=params, **kw)):
+        if not vanishes(t["G"], f"{pre}.G", "rho", x=x, gdim=gdim, params=params):
             def G(rho, _text=t["G"], _f=formula):       # (the zero test with the numbers:
                 return _f("G", _text, variables={"rho": rho})   # c*rho**2 with c = 0)
         with prefixed(f"{pre}."):
@@ -251,12 +250,6 @@ class prefixed:
                 self.prefix):
             raise ConfigError(self.prefix + e.key, e.expected, e.got) from None
         return False
-
-
-def _nonzero_G(text, formula) -> bool:
-    probe = formula("G", text, variables={"rho": ufl.variable(ufl.as_ufl(1.0))})
-    return not ((isinstance(probe, float) and probe == 0.0)
-                or isinstance(probe, ufl.constantvalue.Zero))
 
 
 # -- a manufactured solution ------------------------------------------------------------------

@@ -259,7 +259,7 @@ class ControlProblem(TimeGrid):
                       stabilisation=disc.get("stabilisation", "none"),
                       hamiltonian=ham.from_config(cfg, mesh),
                       exits=exits_from_config(cfg, x, gdim, held, mesh),
-                      robins=robins_from_config(cfg, x, gdim, held),
+                      robins=robins_from_config(cfg, x, gdim, held, mesh),
                       periodic=periodic_from_config(cfg))
         kind = cfg.get("exact", {}).get("solution", "none")
         if kind != "none":
@@ -317,7 +317,7 @@ def periodic_from_config(cfg: dict) -> list:
     return out
 
 
-def robins_from_config(cfg: dict, x, gdim: int, params: dict) -> list:
+def robins_from_config(cfg: dict, x, gdim: int, params: dict, mesh) -> list:
     """The [[boundary]] tables of kind 'robin' as :class:`Robin` objects."""
     from .expressions import parse
     out = []
@@ -327,7 +327,8 @@ def robins_from_config(cfg: dict, x, gdim: int, params: dict) -> list:
         text = b["cost"]
 
         def cost(t, _text=text, _key=f"boundary[{i}].cost"):
-            return parse(_text, _key, x=x, gdim=gdim, params=params, variables={"t": t})
+            return parse(_text, _key, x=x, gdim=gdim, params=params, variables={"t": t},
+                         literals=mesh)
         out.append(Robin(int(b["tag"]), float(b["rate"]), cost))
     return out
 

@@ -119,10 +119,10 @@ def _number(expr) -> float | None:
     depends on x or on a Function)."""
     from ufl.corealg.traversal import traverse_unique_terminals
     from ufl.variable import Label  # the name of a ufl.variable of a number
+
+    from ..expressions import _is_constant
     terminals = list(traverse_unique_terminals(expr))
-    held = {t: ufl.as_ufl(float(t.value)) for t in terminals     # a parameter held as a
-            if isinstance(t, ufl.Constant) and getattr(t, "value", None) is not None
-            and t.ufl_shape == ()}                               # Constant: its value
+    held = {t: ufl.as_ufl(float(t.value)) for t in terminals if _is_constant(t)}
     if not all(isinstance(t, (ufl.constantvalue.ConstantValue, Label)) or t in held
                for t in terminals):
         return None
@@ -134,9 +134,10 @@ _DERIVATIVES = weakref.WeakKeyDictionary()   # G0 → {(coupling, j): c⁽ʲ⁾ 
 
 def _derivative(G0: Callable, coupling: str, j: int) -> list | None:
     """[c⁽ʲ⁾(s) for s in SAMPLES] of the coupling c of ``G0``, or None if it still depends on
-    x or on a Constant (a G with x in it, a parameter held as a Constant): then the shape is
-    unknown.  Once per G0, coupling and order (the shape questions below are asked for every
-    system a solve builds; the nested derivatives of G/ρ grow quickly)."""
+    x or on a Function (a G with x in it): then the shape is unknown.  Parameters held as
+    Constants count at their values (fixed for the life of a G0).  Once per G0, coupling and
+    order (the shape questions below are asked for every system a solve builds; the nested
+    derivatives of G/ρ grow quickly)."""
     try:
         memo = _DERIVATIVES.setdefault(G0, {})
     except TypeError:                           # not weakly referable: no memo
@@ -167,8 +168,7 @@ def coupling_shape(G0: Optional[Callable], coupling: str) -> tuple[bool | None, 
     d1, d3 = _derivative(G0, coupling, 1), _derivative(G0, coupling, 3)
     if d1 is None or d3 is None:
         return None, False
-    scale = max(max(map(abs, d1)), 1e-300)
-    return any(abs(v) > 0.0 for v in d1), all(abs(v) <= 1e-10 * scale for v in d3)
+    return any(abs(v) > 0.0 for v in d1), _negligible(d3, d1)
 
 
 def coupling_affine(G0: Optional[Callable], coupling: str) -> bool:
@@ -180,8 +180,13 @@ def coupling_affine(G0: Optional[Callable], coupling: str) -> bool:
     d1, d2 = _derivative(G0, coupling, 1), _derivative(G0, coupling, 2)
     if d1 is None or d2 is None:
         return False
-    scale = max(max(map(abs, d1)), 1e-300)
-    return all(abs(v) <= 1e-10 * scale for v in d2)
+    return _negligible(d2, d1)
+
+
+def _negligible(d: list, ref: list) -> bool:
+    """Are the sampled derivative values ``d`` round-off against those of c′ (``ref``)?"""
+    scale = max(max(map(abs, ref)), 1e-300)
+    return all(abs(v) <= 1e-10 * scale for v in d)
 
 
 def congestion_degree(G0: Optional[Callable], coupling: str, space) -> Optional[int]:

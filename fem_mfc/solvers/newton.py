@@ -361,13 +361,11 @@ class NewtonSolver:
             return None
         if code >= 0:
             return None
-        what = (f"the LU of the space-time matrix needs more memory than this machine gives it "
+        if code not in MUMPS_MEMORY:
+            return f"MUMPS failed: INFOG(1) = {code}, INFOG(2) = {extra} (see its users' guide)"
+        return (f"the LU of the space-time matrix needs more memory than this machine gives it "
                 f"(MUMPS INFOG(1) = {code}, INFOG(2) = {extra}); use fewer cells or steps"
-                + ("" if getattr(self.st.formulation, "sweep", True) is False
-                   else " or [solver] linear = 'sweep'")
-                if code in MUMPS_MEMORY else f"MUMPS failed: INFOG(1) = {code}, INFOG(2) = "
-                f"{extra} (see the MUMPS users' guide)")
-        return what
+                + (" or [solver] linear = 'sweep'" if self.st.formulation.sweep else ""))
 
     @keeps_cause
     def _monitor(self, snes, it, fnorm):
