@@ -107,7 +107,7 @@ class ClassifierForms(SweepForms):
     ``a`` = a^{m−1} and ``a_ref`` (for the optimality gap).
 
     Compiled forms: those of :class:`SweepForms`, ``ctl_lhs``, ``ctl_rhs``, ``cost`` (τ × running
-    cost), ``energy`` (τ∫½|a|²ρ), ``gap`` (τ∫(ρ+δ)|a − a_ref|²), ``gap_ref`` (τ∫(ρ+δ)|a_ref|²),
+    cost), ``energy`` (τ∫½|a|²ρ), ``gap`` (τ∫(|ρ|+δ)|a − a_ref|²), ``gap_ref`` (τ∫(|ρ|+δ)|a_ref|²),
     ``identity`` (τ∫(G(ρ) − ρG'(ρ)) + R(a), the value-identity correction), and the UFL
     expression ``ctl_residual_ufl`` for tests.
     """
@@ -126,9 +126,13 @@ class ClassifierForms(SweepForms):
         rho = sum(self.rho_cur[1:], self.rho_cur[0])
         self.cost = form(step_cost(self.rho_cur, self.a, tau, Vpot, G, delta, alpha))
         self.energy = form(tau * 0.5 * ufl.inner(self.a, self.a) * rho * ufl.dx)
+        # the gap's weight |ρ| + δ: ρ + δ where the density is non-negative, and a norm where
+        # a Galerkin density dips below −δ (there ρ + δ made the gap negative, which read as a
+        # zero residual: "converged" while â was 1e3 times a)
         d = self.a - self.a_ref
-        self.gap = form(tau * ufl.inner(d, d) * (rho + delta) * ufl.dx)
-        self.gap_ref = form(tau * ufl.inner(self.a_ref, self.a_ref) * (rho + delta) * ufl.dx)
+        w = abs(rho) + delta
+        self.gap = form(tau * ufl.inner(d, d) * w * ufl.dx)
+        self.gap_ref = form(tau * ufl.inner(self.a_ref, self.a_ref) * w * ufl.dx)
         r = ufl.variable(rho)
         Gr = G(r)
         corr = control_regularisation(self.a, tau, delta, alpha)
