@@ -13,6 +13,14 @@ last complete checkpoint.
 ``DIR.checkpoint`` it is) builds the problem of CONFIG on the checkpoint's mesh, loads the
 states and continues: Newton from the stored iterate, or the continuation from the stored λ.
 A checkpoint of another problem (hash mismatch) is refused with one line (exit 2).
+
+The trainers of the learning formulations (``classifier``, ``generative``) write the same kind
+of checkpoint every k outer iterations (:class:`TrainingWriter`): the mesh, the control (one
+velocity function per layer, or the dictionary weights θ, which every rank holds) and the
+trainer's own state — the L-BFGS pairs (controls too), the relaxation of the sweeps, the
+history and the counts (``meta.json``).  A restart rebuilds the densities on the checkpoint's
+mesh, reads the control and continues the outer iterations where they stopped; Newton–CG and
+the sweeps then take the uninterrupted run's steps.
 """
 from __future__ import annotations
 
@@ -20,15 +28,20 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mpi4py import MPI
+
+import numpy as np
 
 from .errors import ConfigError
 
 SECTIONS = ("run", "mesh", "problem", "rho0", "discretisation", "exact")
 STATE = "state.bp"
 META = "meta.json"
+ARRAYS = "replicated.npz"     # controls every rank holds (dictionary weights)
+LEARNING = ("classifier", "generative")
 
 
 TAGS = ("cell_tags", "facet_tags")   # the problem's mesh tags a checkpoint keeps
@@ -41,6 +54,9 @@ def config_hash(cfg: dict) -> str:
         sections["boundary"] = cfg["boundary"]    # older checkpoints keep their hash
     if cfg.get("problem", {}).get("H", "quadratic") != "quadratic":
         sections["hamiltonian"] = cfg.get("hamiltonian")
+    if cfg.get("run", {}).get("formulation") in LEARNING:    # the data, the network, the trainer
+        sections.update({k: cfg.get(k) for k in ("data", "network", "generative")})
+        sections["training"] = {"method": cfg.get("training", {}).get("method")}
     data = json.dumps(sections, sort_keys=True, default=str)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
@@ -75,39 +91,59 @@ class Writer:
     def write(self, **meta):
         """The current states of the system, with ``meta`` (iteration, λ, …)."""
         import adios4dolfinx
-        st, comm = self.st, self.st.comm
-        tmp = comm.bcast(str(self.folder.with_name(self.folder.name + f".tmp-{os.getpid()}"))
-                         if comm.rank == 0 else None, root=0)
-        tmp = Path(tmp)
-        if comm.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        comm.barrier()
-        bp = tmp / STATE
-        mesh = st.problem.mesh
-        adios4dolfinx.write_mesh(bp, mesh)
-        tags = [name for name in TAGS if getattr(st.problem, name, None) is not None]
-        for name in tags:            # exits, walls, periodic sides and regions by their tags
-            t = getattr(st.problem, name)
-            mesh.topology.create_connectivity(t.dim, 0)
-            adios4dolfinx.write_meshtags(bp, mesh, t, meshtag_name=name)
-        for n in range(1, st.N + 1):
-            adios4dolfinx.write_function(bp, st.rho[n], name=f"rho_{n}")
-        for n in range(st.N):
-            adios4dolfinx.write_function(bp, st.u[n], name=f"u_{n}")
-        comm.barrier()
-        if comm.rank == 0:
-            info = {"config_hash": self.hash, "steps": st.N, "tags": tags,
-                    "ndofs": st.V.dofmap.index_map.size_global, "ranks": comm.size, **meta}
-            (tmp / META).write_text(json.dumps(info, indent=1, default=float) + "\n")
-            old = self.folder.with_name(self.folder.name + f".old-{os.getpid()}")
-            if self.folder.exists():
-                os.replace(self.folder, old)
-            os.replace(tmp, self.folder)
-            shutil.rmtree(old, ignore_errors=True)
-        comm.barrier()
+        st = self.st
+
+        def fill(bp):
+            mesh = st.problem.mesh
+            adios4dolfinx.write_mesh(bp, mesh)
+            tags = [name for name in TAGS if getattr(st.problem, name, None) is not None]
+            for name in tags:        # exits, walls, periodic sides and regions by their tags
+                t = getattr(st.problem, name)
+                mesh.topology.create_connectivity(t.dim, 0)
+                adios4dolfinx.write_meshtags(bp, mesh, t, meshtag_name=name)
+            for n in range(1, st.N + 1):
+                adios4dolfinx.write_function(bp, st.rho[n], name=f"rho_{n}")
+            for n in range(st.N):
+                adios4dolfinx.write_function(bp, st.u[n], name=f"u_{n}")
+            return {"tags": tags}
+
+        _commit(self.folder, st.comm, fill, {"config_hash": self.hash, "steps": st.N,
+                                             "ndofs": st.V.dofmap.index_map.size_global,
+                                             **meta})
         self.written += 1
-        _test_pause(comm, self.written, meta.get("phase", ""))
+        _test_pause(st.comm, self.written, meta.get("phase", ""))
+
+
+def _commit(folder: Path, comm, fill, info: dict):
+    """Write a checkpoint atomically: ``fill(bp)`` writes the adios4dolfinx file ``bp``
+    (collectively) and returns more meta data; all of it goes into a temporary folder, which is
+    renamed over ``folder`` (a run killed at any moment leaves the last complete checkpoint)."""
+    tmp = comm.bcast(str(folder.with_name(folder.name + f".tmp-{os.getpid()}"))
+                     if comm.rank == 0 else None, root=0)
+    tmp = Path(tmp)
+    if comm.rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    comm.barrier()
+    more = fill(tmp / STATE) or {}
+    comm.barrier()
+    if comm.rank == 0:
+        arrays = more.pop("arrays", None)
+        if arrays:
+            np.savez(tmp / ARRAYS, **arrays)
+        info = {**info, **more, "ranks": comm.size}
+        (tmp / META).write_text(json.dumps(info, indent=1, default=_plain) + "\n")
+        old = folder.with_name(folder.name + f".old-{os.getpid()}")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    comm.barrier()
+
+
+def _plain(v):
+    """JSON for numpy numbers and arrays in meta data."""
+    return v.tolist() if isinstance(v, np.ndarray) else float(v)
 
 
 def _test_pause(comm, count: int, phase: str):
@@ -172,6 +208,91 @@ def load_states(folder: Path, st):
         st.u[n].x.scatter_forward()
 
 
+def mesh_data(folder: Path, cfg: dict, comm=MPI.COMM_WORLD, meta: dict | None = None):
+    """The :class:`~fem_mfc.mesh.MeshData` of a restart: the checkpoint's mesh and tags (the
+    sides' tags of an interval/rectangle/box again where it holds none), with the config's
+    formulas checked on it."""
+    from .checks import check_formulas
+    from .mesh import MeshData, side_tags
+    mesh, tags = read_mesh(folder, comm, meta)
+    md = MeshData(mesh, **tags)
+    m = cfg["mesh"]
+    if md.facet_tags is None and m["kind"] in ("interval", "rectangle", "box"):
+        md.facet_tags = side_tags(md.mesh, m["lower"], m["upper"])
+    check_formulas(cfg, md.mesh)
+    return md
+
+
+class TrainingWriter:
+    """Checkpoints of a trainer (:mod:`fem_mfc.learning.trainer`, or the Galerkin sweeps of
+    :mod:`fem_mfc.learning.feedback`) every ``every`` outer iterations.  The model converts a
+    control to one function per layer (``control_functions``) or holds it on every rank
+    (``replicated_control``: the dictionary weights)."""
+
+    def __init__(self, folder: Path, model, cfg: dict, every: int):
+        self.folder, self.model, self.every = Path(folder), model, int(every)
+        self.hash = config_hash(cfg)
+        self.written = 0
+
+    due = Writer.due
+
+    def write(self, iteration: int, controls: dict, **meta):
+        """The controls ``{name: control}`` (the iterate and the trainer's vectors) after outer
+        iteration ``iteration``, with the trainer's ``meta`` (JSON: history, counts, …)."""
+        import adios4dolfinx
+        model = self.model
+
+        def fill(bp):
+            adios4dolfinx.write_mesh(bp, model.mesh)
+            arrays = {}
+            for key, c in controls.items():
+                if model.replicated_control:
+                    arrays[key] = np.asarray(c, dtype=float)
+                    continue
+                for n, f in enumerate(model.control_functions(c)):
+                    adios4dolfinx.write_function(bp, f, name=f"{key}_{n}")
+            return {"arrays": arrays}
+
+        _commit(self.folder, model.comm, fill,
+                {"config_hash": self.hash, "steps": model.N, "phase": "training",
+                 "iteration": int(iteration), "controls": list(controls),
+                 "ndofs": model.V.dofmap.index_map.size_global, **meta})
+        self.written += 1
+        _test_pause(model.comm, self.written, "training")
+
+
+@dataclass
+class TrainingState:
+    """A trainer's checkpoint read back: the outer iteration it was written after, the controls
+    by name (in the model's format) and the trainer's meta data."""
+
+    iteration: int
+    controls: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+
+def load_training(folder: Path, model, meta: dict) -> TrainingState:
+    """The training state of checkpoint ``folder`` for ``model`` (built on its mesh)."""
+    import adios4dolfinx
+    if meta.get("phase") != "training":
+        raise ConfigError("--restart", "a checkpoint written by a trainer (this one is of an "
+                          f"HJB-FP solve: phase '{meta.get('phase')}')", str(folder))
+    folder = Path(folder)
+    controls = {}
+    if model.replicated_control:
+        with np.load(folder / ARRAYS) as z:
+            controls = {key: z[key].copy() for key in meta["controls"]}
+    else:
+        bp = folder / STATE
+        for key in meta["controls"]:
+            fs = model.control_functions(None)
+            for n, f in enumerate(fs):
+                adios4dolfinx.read_function(bp, f, name=f"{key}_{n}")
+                f.x.scatter_forward()
+            controls[key] = model.control_from_functions(fs)
+    return TrainingState(int(meta["iteration"]), controls, meta)
+
+
 def remove(folder: Path, comm=MPI.COMM_WORLD):
     """Delete a checkpoint folder (after the run it belongs to has finished)."""
     if comm.rank == 0:
@@ -179,5 +300,5 @@ def remove(folder: Path, comm=MPI.COMM_WORLD):
     comm.barrier()
 
 
-__all__ = ["Writer", "config_hash", "folder_for", "resolve", "read_meta", "read_mesh",
-           "load_states", "remove"]
+__all__ = ["TrainingState", "TrainingWriter", "Writer", "config_hash", "folder_for", "resolve",
+           "read_meta", "read_mesh", "mesh_data", "load_states", "load_training", "remove"]

@@ -335,9 +335,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "every": Key(int, 1, "write fields every N steps", positive, "a positive integer"),
         "progress": Key(bool, True, "show progress bars"),
         "checkpoint_every": Key(int, 0, "write a restartable checkpoint (OUT.checkpoint/) every "
-                                "k Newton iterations and after every continuation stage; 0: "
-                                "off (hjb-fp with solver.method 'newton' or 'auto'; refused "
-                                "elsewhere)", nonnegative, "a non-negative integer"),
+                                "k Newton iterations and after every continuation stage "
+                                "(hjb-fp with solver.method 'newton' or 'auto'), or every k "
+                                "outer training iterations (classifier, generative); 0: off "
+                                "(refused elsewhere)", nonnegative, "a non-negative integer"),
     },
 }
 
@@ -820,19 +821,22 @@ def _check_exits(cfg: dict, source):
 
 
 def _check_checkpoint(cfg: dict, source):
-    """``[output] checkpoint_every`` where a run writes no checkpoint: refused by name (the
-    classifier, QHD, Picard and the Cole-Hopf paths ignored it silently, and a killed long run
-    could not resume)."""
+    """``[output] checkpoint_every`` where a run writes no checkpoint: refused by name (QHD,
+    NLS, Picard and the Cole-Hopf paths ignored it silently, and a killed long run could not
+    resume)."""
     every = cfg["output"]["checkpoint_every"]
     if not every:
         return
     f, m = cfg["run"]["formulation"], cfg["solver"]["method"]
+    if f in ("classifier", "generative"):
+        return                                   # the trainers write them
     why = (f"formulation '{f}'" if f != "hjb-fp" else
            f"solver.method = '{m}'" if m not in ("newton", "auto") else None)
     if why:
         raise ConfigError("output.checkpoint_every", f"0 for {why} (checkpoints are written by "
-                          "the HJB-FP Newton solve: formulation 'hjb-fp', solver.method "
-                          "'newton' or 'auto')", every, source)
+                          "the HJB-FP Newton solve — formulation 'hjb-fp', solver.method "
+                          "'newton' or 'auto' — and by the trainers of 'classifier' and "
+                          "'generative')", every, source)
 
 
 def _check_hamiltonian(cfg: dict, source):

@@ -114,15 +114,16 @@ def test_config_copy_reproduces_run(tmp_path, earlier_result):
         assert second[k] == first[k], k
 
 
-@pytest.mark.parametrize("run,solver", [("classifier", {}), ("qhd", {}),
+@pytest.mark.parametrize("run,solver", [("nls", {}), ("qhd", {}),
                                         ("hjb-fp", {"method": "picard"}),
                                         ("hjb-fp", {"method": "cole-hopf"})])
 def test_checkpoints_where_none_are_written_are_refused(run, solver):
     """``checkpoint_every`` where the run writes no checkpoint (it was ignored silently: a
-    killed run then had nothing to restart from); the HJB-FP Newton takes it."""
+    killed run then had nothing to restart from); the HJB-FP Newton and the trainers take it."""
     from fem_mfc import config
     from fem_mfc.errors import ConfigError
     raw = {"run": {"formulation": run}, "solver": solver, "output": {"checkpoint_every": 2}}
     with pytest.raises(ConfigError, match="output.checkpoint_every"):
         config.from_dict(raw)
-    config.from_dict({"run": {"formulation": "hjb-fp"}, "output": {"checkpoint_every": 2}})
+    for ok in ("hjb-fp", "classifier", "generative"):
+        config.from_dict({"run": {"formulation": ok}, "output": {"checkpoint_every": 2}})

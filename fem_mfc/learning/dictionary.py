@@ -34,6 +34,8 @@ from .reduced import EdgeClassifier
 class DictionaryNetwork(FeedbackClassifier):
     """The K-class dictionary network; ``a[n]`` holds θⁿ (m numbers, the same on every rank)."""
 
+    replicated_control = True       # checkpoints store the θⁿ as an (N, m) array
+
     def __init__(self, rho0, anchors, problem: dict, network: dict):
         d = rho0[0].function_space.mesh.geometry.dim
         self.kind = network["dictionary"]
@@ -159,6 +161,7 @@ class EdgeDictionaryNetwork(EdgeClassifier):
     """
 
     kinetic = False
+    replicated_control = True       # checkpoints store θ (N·m numbers) as an array
 
     def __init__(self, rho0, anchors, problem: dict, network: dict):
         d = rho0[0].function_space.mesh.geometry.dim

@@ -171,6 +171,22 @@ class FeedbackClassifier:
         for o in (self.ksp_ctl, self.C, self.bc):
             o.destroy()
 
+    # -- checkpoints (fem_mfc.checkpoint.TrainingWriter) ---------------------------------------
+    replicated_control = False      # the dictionary network: θ is on every rank
+
+    def control_functions(self, a=None) -> list:
+        """The controls ``a`` (local arrays of Va, or zeros) as functions, one per layer."""
+        out = []
+        for n in range(self.N):
+            f = dolfinx.fem.Function(self.Va, name=f"velocity_{n}")
+            if a is not None:
+                f.x.array[:] = a[n]
+            out.append(f)
+        return out
+
+    def control_from_functions(self, fs) -> list:
+        return [f.x.array.copy() for f in fs]
+
     # -- linear algebra ------------------------------------------------------------------------
     def _setup_solvers(self):
         P = dolfinx.fem.petsc
@@ -279,15 +295,25 @@ class FeedbackClassifier:
         return val + self._control_cost()
 
     # -- training ------------------------------------------------------------------------------
-    def train(self, max_sweeps=60, theta=0.5, tol=1e-3, progress=None, log=None) -> History:
-        """Damped forward–backward sweeps with a monotone line search on θ (see module doc)."""
+    def train(self, max_sweeps=60, theta=0.5, tol=1e-3, progress=None, log=None,
+              checkpoint=None, resume=None) -> History:
+        """Damped forward–backward sweeps with a monotone line search on θ (see module doc).
+        ``checkpoint``: a :class:`fem_mfc.checkpoint.TrainingWriter` (the controls, θ and the
+        history every k sweeps); ``resume``: a :class:`fem_mfc.checkpoint.TrainingState`."""
+        from .trainer import history_lists, restore_history
         h = self.history
+        start = 0
+        if resume is not None:
+            start = resume.iteration
+            self.a = [np.array(t, dtype=float) for t in resume.controls["a"]]
+            restore_history(h, resume.meta["history"])
+            theta = resume.meta["state"]["theta"]
         J = self.forward()
-        sweeps = range(max_sweeps + 1)
+        sweeps = range(start, max_sweeps + 1)
         if progress is not None:
-            sweeps = progress(sweeps, desc="training sweeps", total=max_sweeps + 1)
+            sweeps = progress(sweeps, desc="training sweeps", total=len(sweeps))
         self.converged = False
-        self.sweeps = 0
+        self.sweeps = start
         for s in sweeps:
             r = self.backward()
             h.J.append(J)
@@ -320,6 +346,9 @@ class FeedbackClassifier:
             J = J_new
             theta = min(1.0, 1.5 * theta)
             self.sweeps = s + 1
+            if checkpoint is not None and checkpoint.due(s + 1):
+                checkpoint.write(s + 1, {"a": self.a}, method="sweeps", state={"theta": theta},
+                                 history=history_lists(h))
         return h
 
     # -- diagnostics ---------------------------------------------------------------------------

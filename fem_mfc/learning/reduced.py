@@ -254,6 +254,27 @@ class EdgeClassifier:
     def control(self) -> np.ndarray:
         return self.x.copy()
 
+    # -- checkpoints (fem_mfc.checkpoint.TrainingWriter) -----------------------------------------
+    replicated_control = False     # the dictionary network: θ is on every rank
+
+    def control_functions(self, x=None) -> list:
+        """The control ``x`` (or zeros) as one vector P1 function per layer, for a checkpoint
+        readable on any number of ranks."""
+        s = self.nl * self.gdim
+        out = []
+        for n in range(self.N):
+            f = dolfinx.fem.Function(self.Va, name=f"velocity_{n}")
+            if x is not None:
+                f.x.array[:s] = self._layer(x, n).ravel()
+                f.x.scatter_forward()
+            out.append(f)
+        return out
+
+    def control_from_functions(self, fs) -> np.ndarray:
+        """The inverse of :meth:`control_functions`: the owned values of the layers."""
+        s = self.nl * self.gdim
+        return np.concatenate([f.x.array[:s] for f in fs])
+
     # -- terminal cost (overridden by the generative flow) ---------------------------------------
     def _terminal_value(self) -> float:
         return float(sum(self.g.m @ (self.Phi[k] * self._rho[k][self.N]) for k in range(self.K)))
@@ -427,10 +448,11 @@ class EdgeClassifier:
 
     # -- training --------------------------------------------------------------------------------
     def train(self, max_sweeps=60, theta=0.5, tol=1e-3, progress=None, log=None,
-              method="newton"):
+              method="newton", checkpoint=None, resume=None):
         """Train by ``method`` (:func:`fem_mfc.learning.trainer.train`); returns the history."""
         from .trainer import train
-        return train(self, method, max_sweeps, tol, theta, progress=progress, log=log)
+        return train(self, method, max_sweeps, tol, theta, progress=progress, log=log,
+                     checkpoint=checkpoint, resume=resume)
 
     # -- the interface of FeedbackClassifier -----------------------------------------------------
     def _full(self, owned: np.ndarray, space=None) -> np.ndarray:

@@ -31,6 +31,11 @@ if J does not grow by more than 1e-13 |J| (otherwise Newton could not pass r ≈
 Stopping: r < tol (converged), ``max_it`` outer iterations, or no descent.  r is the relative
 residual of :mod:`.reduced` (= that of the sweeps of :mod:`.feedback`), evaluated at every
 accepted iterate; ``iterations`` counts outer iterations (one gradient each).
+
+Checkpoints (``[output] checkpoint_every``, :class:`fem_mfc.checkpoint.TrainingWriter`): after
+every k-th outer iteration the iterate, the method's state (the L-BFGS pairs, the relaxation θ
+of the sweeps), the history and the counts; ``resume`` continues from such a state, so the
+restarted run takes the same steps as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -113,21 +118,32 @@ class _Run:
 
 
 def train(model, method: str, max_it: int, tol: float, relaxation: float = 0.5,
-          progress=None, log=None):
+          progress=None, log=None, checkpoint=None, resume=None):
     """Minimise J from the model's current control by ``method``; sets ``model.converged``,
-    ``model.sweeps`` (outer iterations), ``model.residual``, ``model.train_info``."""
+    ``model.sweeps`` (outer iterations), ``model.residual``, ``model.train_info``.
+    ``checkpoint``: a :class:`fem_mfc.checkpoint.TrainingWriter`; ``resume``: a
+    :class:`fem_mfc.checkpoint.TrainingState` to continue from."""
     if method not in METHODS:
         raise ValueError(f"unknown training method {method!r} (one of {', '.join(METHODS)})")
+    start, step = 0, 0.0
+    if resume is not None:
+        start, meta = resume.iteration, resume.meta
+        model.x = np.array(resume.controls["x"], dtype=float)
+        restore_history(model.history, meta["history"])
+        step = meta["step"]
     run = _Run(model, tol, log)
-    its = range(max_it + 1)
+    its = range(start, max_it + 1)
     if progress is not None:
-        its = progress(its, desc=f"training ({method})", total=max_it + 1)
+        its = progress(its, desc=f"training ({method})", total=len(its))
     step_fn = {"sweeps": _Sweeps, "lbfgs": _LBFGS, "newton": _Newton}[method](run, relaxation)
+    if resume is not None:
+        step_fn.restore(resume.meta["state"], resume.controls)
+        for k, v in resume.meta["counts"].items():
+            model.counts[k] += v
     model.converged = False
-    model.sweeps = 0
+    model.sweeps = start
     reason = "maximum iterations"
     extra = ""
-    step = 0.0
     for it in its:
         run.record(it, step, extra)
         if run.r < tol:
@@ -144,6 +160,11 @@ def train(model, method: str, max_it: int, tol: float, relaxation: float = 0.5,
                 log.info("training stopped: no step decreases J (residual %.3e)", run.r)
             break
         model.sweeps = it + 1
+        if checkpoint is not None and checkpoint.due(it + 1):
+            scalars, vectors = step_fn.state()
+            checkpoint.write(it + 1, {"x": run.x, **vectors}, method=method, step=step,
+                             state=scalars, counts=dict(model.counts),
+                             history=history_lists(model.history))
     run.restore()
     model.residual = run.r
     model.train_info = {"method": method, "iterations": model.sweeps, "reason": reason,
@@ -153,9 +174,25 @@ def train(model, method: str, max_it: int, tol: float, relaxation: float = 0.5,
     return model.history
 
 
+def history_lists(h) -> dict:
+    """The history's lists (JSON, for a checkpoint)."""
+    return {k: [float(v) for v in getattr(h, k)] for k in h.__dataclass_fields__}
+
+
+def restore_history(h, lists: dict):
+    for k, v in lists.items():
+        getattr(h, k)[:] = v
+
+
 class _Sweeps:
     def __init__(self, run, relaxation):
         self.run, self.theta = run, relaxation
+
+    def state(self):
+        return {"theta": self.theta}, {}
+
+    def restore(self, scalars, vectors):
+        self.theta = scalars["theta"]
 
     def step(self):
         run = self.run
@@ -179,6 +216,17 @@ class _LBFGS:
     def __init__(self, run, relaxation, memory=10):
         self.run, self.memory = run, memory
         self.S, self.Y, self.rho = [], [], []
+
+    def state(self):
+        """(scalars, controls): the pairs (s_i, y_i) as controls."""
+        vectors = {f"s{i}": s for i, s in enumerate(self.S)}
+        vectors.update({f"y{i}": y for i, y in enumerate(self.Y)})
+        return {"rho": list(self.rho)}, vectors
+
+    def restore(self, scalars, vectors):
+        self.rho = list(scalars["rho"])
+        self.S = [np.array(vectors[f"s{i}"], dtype=float) for i in range(len(self.rho))]
+        self.Y = [np.array(vectors[f"y{i}"], dtype=float) for i in range(len(self.rho))]
 
     def direction(self):
         m = self.run.model
@@ -232,6 +280,12 @@ class _Newton:
         self.run, self.max_cg = run, max_cg
         self.cg_total = 0
 
+    def state(self):
+        return {"cg_total": self.cg_total}, {}
+
+    def restore(self, scalars, vectors):
+        self.cg_total = scalars["cg_total"]
+
     def direction(self):
         """Inexact Newton direction by PCG (Steihaug truncation); (d, CG iterations, note)."""
         run = self.run
@@ -281,4 +335,4 @@ class _Newton:
         return t, f"  CG {ncg}{note}"
 
 
-__all__ = ["METHODS", "train"]
+__all__ = ["METHODS", "history_lists", "restore_history", "train"]

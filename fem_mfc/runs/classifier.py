@@ -25,6 +25,7 @@ from the config; the steps read its fields.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import dolfinx
@@ -39,12 +40,13 @@ from ..learning.reduced import EdgeClassifier
 from ..pipeline import build_mesh
 
 
-def build_model(cfg: dict, comm, problem: ClassifierProblem | None = None):
+def build_model(cfg: dict, comm, problem: ClassifierProblem | None = None, md=None):
     """Mesh, data set, KDE class densities and the (untrained) network of a classifier config:
     returns (MeshData, DataSet, bandwidths, FeedbackClassifier or DictionaryNetwork).
-    ``problem``: the config's :class:`ClassifierProblem` if already built."""
+    ``problem``: the config's :class:`ClassifierProblem` if already built; ``md``: the mesh
+    (default: the config's)."""
     prob = problem or ClassifierProblem.from_config(cfg)
-    md = build_mesh(cfg, comm)
+    md = md or build_mesh(cfg, comm)
     dim = md.mesh.geometry.dim
     ds = data.load(prob.data, dim)
     V = dolfinx.fem.functionspace(md.mesh, ("Lagrange", 1))
@@ -58,15 +60,18 @@ def build_model(cfg: dict, comm, problem: ClassifierProblem | None = None):
     return md, ds, hs, kind(rho0, anchors, prob.equation, prob.network)
 
 
-def train_model(model, training: Training, progress=None, log=None) -> dict:
+def train_model(model, training: Training, progress=None, log=None, checkpoint=None,
+                resume=None) -> dict:
     """Train ``model`` by the configured method; returns the trainer's record (method,
-    transport, outer iterations, residual, converged, counts, wall and CPU time)."""
+    transport, outer iterations, residual, converged, counts, wall and CPU time).
+    ``checkpoint``/``resume``: see :func:`fem_mfc.learning.trainer.train`."""
     t0, c0 = time.perf_counter(), time.process_time()
+    kw = dict(progress=progress, log=log, checkpoint=checkpoint, resume=resume)
     if training.transport == "eafe":
-        model.train(*training.args, progress=progress, log=log, method=training.method)
+        model.train(*training.args, method=training.method, **kw)
         info = dict(model.train_info)
     else:
-        model.train(*training.args, progress=progress, log=log)
+        model.train(*training.args, **kw)
         info = {"method": training.method, "iterations": model.sweeps,
                 "reason": "converged" if model.converged else "maximum iterations or stalled"}
     info.update(transport=training.transport, residual=model.residual,
@@ -78,13 +83,16 @@ def train_model(model, training: Training, progress=None, log=None) -> dict:
 def run(cfg: dict, ctx) -> dict:
     """Runner of ``formulation = "classifier"`` (data → KDE → train → evaluate → report)."""
     prob = ClassifierProblem.from_config(cfg)
-    md, ds, hs, model = build_model(cfg, ctx.comm, prob)
+    restart = training_restart(cfg, ctx)
+    md, ds, hs, model = build_model(cfg, ctx.comm, prob, restart.md if restart else None)
     dim = md.mesh.geometry.dim
     V, anchors = model.V, model.anchors
     ctx.log.info("classifier: %s, K = %d, %d train / %d test points, %dD mesh with %d dofs, "
                  "%d layers", ds.name, ds.K, len(ds.y_train), len(ds.y_test), dim,
                  V.dofmap.index_map.size_global, model.N)
-    info = train_model(model, prob.training, progress=ctx.progress, log=ctx.log)
+    with training_checkpoints(cfg, ctx, model, restart) as (writer, resume):
+        info = train_model(model, prob.training, progress=ctx.progress, log=ctx.log,
+                           checkpoint=writer, resume=resume)
     ctx.log.info("training (%s, %s transport): %d outer iterations, residual %.3e, "
                  "converged %s, %.1f s", info["method"], info["transport"], info["iterations"],
                  info["residual"], info["converged"], info["wall_time_s"])
@@ -132,6 +140,43 @@ def run(cfg: dict, ctx) -> dict:
                           report.markdown(summary, figures, prob.title))
     model.destroy()
     return summary
+
+
+class _Restart:
+    """The checkpoint a learning run restarts from: its folder, meta data and mesh."""
+
+    def __init__(self, folder, meta, md):
+        self.folder, self.meta, self.md = folder, meta, md
+
+
+def training_restart(cfg: dict, ctx):
+    """The restart of a learning run (``fem-mfc run --restart``), or None: the checkpoint's
+    meta data and mesh, on which the densities are built again."""
+    from .. import checkpoint
+    folder = getattr(ctx, "restart", None)
+    if folder is None:
+        return None
+    meta = checkpoint.read_meta(folder, cfg)
+    return _Restart(folder, meta, checkpoint.mesh_data(folder, cfg, ctx.comm, meta))
+
+
+@contextlib.contextmanager
+def training_checkpoints(cfg: dict, ctx, model, restart):
+    """(writer, resume) for the trainer: the checkpoint writer of ``[output]
+    checkpoint_every`` (None: off) and the state to resume from (None: a fresh start).  The
+    checkpoint is removed once the training has converged."""
+    from .. import checkpoint
+    resume = None
+    if restart is not None:
+        resume = checkpoint.load_training(restart.folder, model, restart.meta)
+        ctx.log.info("restarting the training from %s (outer iteration %d)", restart.folder,
+                     resume.iteration)
+    every = cfg["output"]["checkpoint_every"]
+    writer = (checkpoint.TrainingWriter(checkpoint.folder_for(ctx.outdir), model, cfg, every)
+              if every else None)
+    yield writer, resume
+    if writer is not None and writer.written and model.converged:
+        checkpoint.remove(writer.folder, ctx.comm)       # the training is complete
 
 
 def _particle_check(flow, model, ds, hs, n, sigma, seed) -> dict:

@@ -42,22 +42,13 @@ def solve_config(cfg: dict, ctx, md=None):
     checkpoint_every`` the Newton solve writes checkpoints beside the output folder; with a
     restart (``ctx.restart``) it starts from the checkpoint's mesh and states."""
     from .. import checkpoint
-    from ..mesh import MeshData
     from ..solvers import solve
     from ..solvers.newton import make_system
     restart = getattr(ctx, "restart", None)
     resume = system = writer = None
     if restart is not None:
         resume = checkpoint.read_meta(restart, cfg)
-        mesh, tags = checkpoint.read_mesh(restart, ctx.comm, resume)
-        md = MeshData(mesh, **tags)
-        m = cfg["mesh"]
-        if md.facet_tags is None and m["kind"] in ("interval", "rectangle", "box"):
-            # a checkpoint without tags: the sides' tags again
-            from ..mesh import side_tags
-            md.facet_tags = side_tags(md.mesh, m["lower"], m["upper"])
-        from ..checks import check_formulas
-        check_formulas(cfg, md.mesh)
+        md = checkpoint.mesh_data(restart, cfg, ctx.comm, resume)
     md = md or build_mesh(cfg, ctx.comm)
     problem = ControlProblem.from_config(cfg, md.mesh, md.cell_tags, md.facet_tags)
     s = cfg["solver"]

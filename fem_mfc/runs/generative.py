@@ -27,13 +27,15 @@ from ..learning.generative import (
 )
 from ..learning.problem import GenerativeProblem
 from ..pipeline import build_mesh
+from .classifier import training_checkpoints, training_restart
 
 
 def run(cfg: dict, ctx) -> dict:
     """Runner of ``formulation = "generative"`` (data → KDE → train → likelihoods → samples)."""
     prob = GenerativeProblem.from_config(cfg)
     gen, training = prob.generative, prob.training
-    md = build_mesh(cfg, ctx.comm)
+    restart = training_restart(cfg, ctx)
+    md = restart.md if restart else build_mesh(cfg, ctx.comm)
     msh = md.mesh
     dim = msh.geometry.dim
     ds = data.load(prob.data, dim)
@@ -50,8 +52,9 @@ def run(cfg: dict, ctx) -> dict:
                  model.N)
     kl0 = model.kl_of(0)
     t0, c0 = time.perf_counter(), time.process_time()
-    model.train(*training.args, progress=ctx.progress, log=ctx.log,
-                **({"method": method} if transport == "eafe" else {}))
+    with training_checkpoints(cfg, ctx, model, restart) as (writer, resume):
+        model.train(*training.args, progress=ctx.progress, log=ctx.log, checkpoint=writer,
+                    resume=resume, **({"method": method} if transport == "eafe" else {}))
     train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     ctx.log.info("training (%s, %s transport): %d outer iterations, residual %.3e, converged "
                  "%s, %.1f s", method, transport, model.sweeps, model.residual, model.converged,
