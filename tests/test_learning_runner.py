@@ -43,3 +43,32 @@ def test_runner_on_csv_three_classes(tmp_path):
     out = tmp_path / "out"
     assert (out / "summary.json").is_file() and (out / "report.md").is_file()
     assert "torch ResNet" in (out / "report.md").read_text()
+
+
+def test_a_training_that_breaks_the_duality_is_flagged(tmp_path):
+    """The trained network's checks: the value identity (the discrete duality holds for any
+    control), the class masses and the sign of ρ.  FP steps solved to 1e-4 instead of 1e-13
+    (`-classifier_fp_ksp_rtol 1e-4`) trained to the same residual and were reported a
+    success with the identity off by 2.7e-5 |J| and the masses by 1.4e-5; now flagged
+    (exit status 3).  The generative flow has the mass and sign checks."""
+    raw = {"run": {"formulation": "classifier"},
+           "mesh": {"kind": "disk", "radius": 3.5, "h": 0.5},
+           "problem": {"T": 1.0, "sigma": 0.45, "steps": 4},
+           "data": {"dataset": "moons", "n_samples": 200, "bandwidth": 0.25},
+           "network": {"transport": "galerkin"},
+           "training": {"method": "sweeps", "baseline": False, "particles": 0},
+           "output": {"figures": False, "vtx": False, "progress": False}}
+    good = run_config(config.from_dict(raw), tmp_path / "good", quiet=True)
+    assert good["converged"] is True and set(good["checks"]) == {"value_identity", "mass",
+                                                                  "min_rho"}
+    assert all(c["ok"] for c in good["checks"].values())
+    bad = run_config(config.from_dict(raw), tmp_path / "bad", quiet=True,
+                     petsc_options={"classifier_fp_ksp_rtol": "1e-4"})
+    assert bad["training"]["converged"] is True                 # the trainer's own verdict
+    assert bad["converged"] is False
+    assert not bad["checks"]["value_identity"]["ok"] and not bad["checks"]["mass"]["ok"]
+    assert any("value_identity" in line for line in bad["flags"])
+    gen = dict(raw, run={"formulation": "generative"}, network={"transport": "eafe"},
+               training={"method": "newton"})
+    s = run_config(config.from_dict(gen), tmp_path / "gen", quiet=True)
+    assert s["converged"] is True and set(s["checks"]) == {"mass", "min_rho"}

@@ -39,6 +39,13 @@ from ..learning.problem import ClassifierProblem, Training
 from ..learning.reduced import EdgeClassifier
 from ..pipeline import build_mesh
 
+# The trained network's figures that decide whether the run is a success (``checks``, as for
+# the HJB-FP runs): the discrete duality J = Σ_k∫u_k(0)ρ_k(0) + … holds for ANY control to
+# the linear solvers' tolerance (observed ≤ 1e-12 |J|), each class keeps its mass to round-off
+# (≤ 1e-13), and a density below −NEGATIVE_RHO·max ρ is unusable.
+IDENTITY_RTOL = 1e-8
+MASS_TOL = 1e-8
+
 
 def build_model(cfg: dict, comm, problem: ClassifierProblem | None = None, md=None):
     """Mesh, data set, KDE class densities and the (untrained) network of a classifier config:
@@ -124,6 +131,7 @@ def run(cfg: dict, ctx) -> dict:
         te["projected"], "train_time_s": train_time,
         "train_cpu_s": info["cpu_time_s"],
     }
+    summary["checks"] = learning_checks(model, masses, identity_gap=summary["value_identity_gap"])
     if prob.particles > 0:
         summary["particles"] = _particle_check(flow, model, ds, hs, prob.particles, prob.sigma,
                                                prob.seed)
@@ -140,6 +148,31 @@ def run(cfg: dict, ctx) -> dict:
                           report.markdown(summary, figures, prob.title))
     model.destroy()
     return summary
+
+
+def learning_checks(model, masses, identity_gap: float | None = None) -> dict:
+    """{name: {value, limit, relation, ok, hint}} of a trained network (see IDENTITY_RTOL):
+    the value identity (where the model has one), the class masses, the sign of the
+    densities; a failed check flags the run (exit status 3)."""
+    from mpi4py import MPI
+
+    from .control import NEGATIVE_RHO
+    out = {}
+    if identity_gap is not None:
+        gap = identity_gap / max(abs(model.J), 1e-300)
+        out["value_identity"] = {"value": gap, "limit": IDENTITY_RTOL, "relation": "<=",
+                                 "ok": bool(gap <= IDENTITY_RTOL),
+                                 "hint": "|J - J_value| / |J|: the discrete duality fails"}
+    mass = float(np.abs(masses - masses[:, :1]).max())
+    out["mass"] = {"value": mass, "limit": MASS_TOL, "relation": "<=",
+                   "ok": bool(mass <= MASS_TOL), "hint": "max |mass(t) - mass(0)| of a class"}
+    top = model.comm.allreduce(max((float(r.max()) for rk in model.rho for r in rk if r.size),
+                                   default=0.0), op=MPI.MAX)
+    floor, low = -NEGATIVE_RHO * top, model.min_rho()
+    out["min_rho"] = {"value": low, "limit": floor, "relation": ">=", "ok": bool(low >= floor),
+                      "hint": "negative density; refine the mesh or use network.transport = "
+                              "'eafe'"}
+    return out
 
 
 class _Restart:

@@ -27,7 +27,7 @@ from ..learning.generative import (
 )
 from ..learning.problem import GenerativeProblem
 from ..pipeline import build_mesh
-from .classifier import training_checkpoints, training_restart
+from .classifier import learning_checks, training_checkpoints, training_restart
 
 
 def run(cfg: dict, ctx) -> dict:
@@ -91,6 +91,7 @@ def run(cfg: dict, ctx) -> dict:
         "min_rho": model.min_rho(), "peclet": model.peclet(md.h), "target_mass_on_mesh": model.Z,
         "train_time_s": train_time, "train_cpu_s": train_cpu,
     }
+    summary["checks"] = learning_checks(model, masses)
     ctx.log.info("KL %.4g -> %.4g in %d sweeps; held-out log-likelihood: flow %.4f, KDE %.4f, "
                  "Gaussian fit %.4f", kl0, model.kl, model.sweeps, summary["loglik_flow"],
                  summary["loglik_kde"], summary["loglik_gaussian"])
