@@ -50,8 +50,9 @@ TAGS = ("cell_tags", "facet_tags")   # the problem's mesh tags a checkpoint keep
 def config_hash(cfg: dict) -> str:
     """A hash of the config sections that define the discrete problem."""
     sections = {k: cfg.get(k) for k in SECTIONS}
-    if cfg.get("boundary"):                   # newer sections: only when they matter, so
-        sections["boundary"] = cfg["boundary"]    # older checkpoints keep their hash
+    for key in ("boundary", "population"):    # newer sections: only when they matter, so
+        if cfg.get(key):                          # older checkpoints keep their hash
+            sections[key] = cfg[key]
     if cfg.get("problem", {}).get("H", "quadratic") != "quadratic":
         sections["hamiltonian"] = cfg.get("hamiltonian")
     if cfg.get("run", {}).get("formulation") in LEARNING:    # the data, the network, the trainer

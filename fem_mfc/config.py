@@ -540,8 +540,6 @@ def _refuse_with_populations(cfg: dict, source):
         ("exact.solution", cfg["exact"]["solution"] != "none", "'none' with [[population]] "
          "tables (the manufactured K-population solution is a Python API: "
          "fem_mfc.populations.ManufacturedPopulations)", cfg["exact"]["solution"]),
-        ("output.checkpoint_every", cfg["output"]["checkpoint_every"] != 0,
-         "0 with [[population]] tables", cfg["output"]["checkpoint_every"]),
     )
     for key, bad, expected, got in checks:
         if bad:

@@ -213,3 +213,32 @@ def test_restart_keeps_the_tags_of_a_gmsh_mesh(tmp_path):
     s = read_summary(tmp_path / "cut")
     assert abs(s["J"] - full["J"]) <= 1e-9 * abs(full["J"])
     assert abs(s["mass_exited"] - full["mass_exited"]) <= 1e-9
+
+
+@pytest.mark.slow
+def test_killed_population_run_restarts_on_two_ranks(tmp_path):
+    """Several populations (the crossing crowds, coarser): the states of both crowds are
+    checkpointed (one blocked function per level) and a run killed on 1 rank after its second
+    checkpoint continues on 2 ranks to the uninterrupted J."""
+    import tomllib
+    raw = tomllib.loads((REPO / "demos" / "crowds_crossing.toml").read_text())
+    raw["mesh"]["cells"] = 20
+    raw["problem"]["steps"] = 8
+    raw["output"] = {"figures": False, "vtx": False, "progress": False, "checkpoint_every": 1}
+    from fem_mfc import config
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(config.dumps(config.from_dict(raw)))
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "full"), "--quiet"])
+    assert p.returncode == 0, p.stderr
+    full = read_summary(tmp_path / "full")
+    ck = killed_after_checkpoint(cfg, tmp_path / "cut", 1, 2)
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "cut"), "--quiet", "--restart",
+                 str(ck)], ranks=2)
+    assert p.returncode == 0, p.stderr
+    s = read_summary(tmp_path / "cut")
+    assert s["history"][0]["guess"].startswith("restart")
+    assert s["iterations"] < full["iterations"]
+    assert abs(s["J"] - full["J"]) <= 1e-9 * abs(full["J"])
+    assert [q["name"] for q in s["populations"]] == ["east", "west"]
+    assert all(q["mass_error"] < 1e-12 for q in s["populations"])
+    assert not ck.exists()

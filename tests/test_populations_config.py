@@ -50,7 +50,6 @@ BAD = {
                  "discretisation.stabilisation"),
     "non-quadratic H": (_set("problem", "H", "0.5*(p0**2 + 4*p1**2)"), "problem.H"),
     "exact solution": (_set("exact", "solution", "manufactured"), "exact.solution"),
-    "checkpoints": (_set("output", "checkpoint_every", 2), "output.checkpoint_every"),
     "exit": (lambda raw: raw.update(boundary=[{"tag": 1, "kind": "exit"}]), "boundary.kind"),
     "formulation": (_set("run", "formulation", "qhd"), "run.formulation"),
     "unknown key": (_pop(0, "colour", "red"), "population[0].colour"),

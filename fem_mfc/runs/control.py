@@ -15,6 +15,8 @@ the run (exit status 3).
 """
 from __future__ import annotations
 
+import contextlib
+
 from mpi4py import MPI
 
 import dolfinx
@@ -41,37 +43,58 @@ def solve_config(cfg: dict, ctx, md=None):
     (unconverged results are returned flagged, not raised).  With ``[output]
     checkpoint_every`` the Newton solve writes checkpoints beside the output folder; with a
     restart (``ctx.restart``) it starts from the checkpoint's mesh and states."""
-    from .. import checkpoint
     from ..solvers import solve
-    from ..solvers.newton import make_system
-    restart = getattr(ctx, "restart", None)
-    resume = system = writer = None
-    if restart is not None:
-        resume = checkpoint.read_meta(restart, cfg)
-        md = checkpoint.mesh_data(restart, cfg, ctx.comm, resume)
-    md = md or build_mesh(cfg, ctx.comm)
+    resume, md = restart_mesh(cfg, ctx, md)
     problem = ControlProblem.from_config(cfg, md.mesh, md.cell_tags, md.facet_tags)
     s = cfg["solver"]
     method = "cole-hopf" if cfg["run"]["formulation"] == "cole-hopf" else s["method"]
+    with newton_checkpoints(cfg, ctx, problem, resume,
+                            method in ("newton", "auto")) as (system, writer):
+        ctx.log.info("solving %s: %d dofs x %d steps, method %s", cfg["run"]["formulation"],
+                     problem.space.dofmap.index_map.size_global, problem.steps, method)
+        result = solve(problem, method=method, rtol=s["rtol"], atol=s["atol"],
+                       max_it=s["max_it"], relaxation=s["relaxation"],
+                       picard_max_it=s["picard_max_it"], initial_guess=s["initial_guess"],
+                       linear=s["linear"], continuation=s["continuation"], strict=False,
+                       step=s["step_solver"], system=system, checkpoint=writer, resume=resume)
+        if writer is not None:
+            writer.converged = result.converged
+    return md, problem, result
+
+
+def restart_mesh(cfg: dict, ctx, md=None):
+    """(the restart's meta data or None, the mesh): the checkpoint's mesh on a restart
+    (``ctx.restart``), else ``md`` or the config's."""
+    from .. import checkpoint
+    restart = getattr(ctx, "restart", None)
+    if restart is None:
+        return None, md or build_mesh(cfg, ctx.comm)
+    resume = checkpoint.read_meta(restart, cfg)
+    return resume, checkpoint.mesh_data(restart, cfg, ctx.comm, resume)
+
+
+@contextlib.contextmanager
+def newton_checkpoints(cfg: dict, ctx, problem, resume, newton: bool):
+    """(system, writer) for a Newton solve of ``problem``: the space-time system holding the
+    checkpoint's states on a restart, and the writer of ``[output] checkpoint_every``
+    (None, None: neither).  The checkpoint is removed when the solve has converged (the
+    caller sets ``writer.converged``)."""
+    from .. import checkpoint
+    from ..solvers.newton import make_system
     every = cfg["output"].get("checkpoint_every", 0)
-    if restart is not None or (every and method in ("newton", "auto")):
+    system = writer = None
+    if resume is not None or (every and newton):
         system = make_system(problem)
-        if restart is not None:
-            checkpoint.load_states(restart, system)
-            ctx.log.info("restarting from %s (iteration %s, lambda %s)", restart,
+        if resume is not None:
+            checkpoint.load_states(ctx.restart, system)
+            ctx.log.info("restarting from %s (iteration %s, lambda %s)", ctx.restart,
                          resume.get("iteration"), resume.get("lambda"))
         if every:
             writer = checkpoint.Writer(checkpoint.folder_for(ctx.outdir), system, cfg, every)
-    ctx.log.info("solving %s: %d dofs x %d steps, method %s", cfg["run"]["formulation"],
-                 problem.space.dofmap.index_map.size_global, problem.steps, method)
-    result = solve(problem, method=method, rtol=s["rtol"], atol=s["atol"], max_it=s["max_it"],
-                   relaxation=s["relaxation"], picard_max_it=s["picard_max_it"],
-                   initial_guess=s["initial_guess"], linear=s["linear"],
-                   continuation=s["continuation"], strict=False, step=s["step_solver"],
-                   system=system, checkpoint=writer, resume=resume)
-    if writer is not None and writer.written and result.converged:
+            writer.converged = False
+    yield system, writer
+    if writer is not None and writer.written and writer.converged:
         checkpoint.remove(writer.folder, ctx.comm)       # the run is complete
-    return md, problem, result
 
 
 def checks(result, max_rho: float, identity: bool = True, monotone: str | None = None,

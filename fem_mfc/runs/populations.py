@@ -17,8 +17,6 @@ import dolfinx
 import numpy as np
 import ufl
 
-from ..pipeline import build_mesh
-
 IDENTITY_RTOL = 1e-6            # |J − J_value| / |J| at a discrete solution (Newton)
 MASS_TOL = 1e-8                 # max_k,n |∫ρ_kⁿ − m_k|
 NEGATIVE_RHO = 0.1              # min ρ_k below −NEGATIVE_RHO·max ρ: an unusable density
@@ -26,18 +24,23 @@ NEGATIVE_RHO = 0.1              # min ρ_k below −NEGATIVE_RHO·max ρ: an unu
 
 def solve_config(cfg: dict, ctx, md=None):
     """Build the K-population problem of ``cfg`` and solve it by Newton (flagged, not
-    raised, when it does not converge)."""
+    raised, when it does not converge); checkpoints and restarts as for one population."""
     from .. import populations
     from ..solvers import solve
-    md = md or build_mesh(cfg, ctx.comm)
+    from .control import newton_checkpoints, restart_mesh
+    resume, md = restart_mesh(cfg, ctx, md)
     problem = populations.from_config(cfg, md.mesh, md.cell_tags, md.facet_tags)
     s = cfg["solver"]
-    ctx.log.info("solving hjb-fp with %d populations (%s): %d dofs x %d steps, method newton",
-                 problem.K, ", ".join(problem.names),
-                 problem.space.dofmap.index_map.size_global * problem.K, problem.steps)
-    result = solve(problem, method="newton", rtol=s["rtol"], atol=s["atol"],
-                   max_it=s["max_it"], initial_guess="trivial", linear=s["linear"],
-                   continuation=s["continuation"], strict=False, step=s["step_solver"])
+    with newton_checkpoints(cfg, ctx, problem, resume, True) as (system, writer):
+        ctx.log.info("solving hjb-fp with %d populations (%s): %d dofs x %d steps, method "
+                     "newton", problem.K, ", ".join(problem.names),
+                     problem.space.dofmap.index_map.size_global * problem.K, problem.steps)
+        result = solve(problem, method="newton", rtol=s["rtol"], atol=s["atol"],
+                       max_it=s["max_it"], initial_guess="trivial", linear=s["linear"],
+                       continuation=s["continuation"], strict=False, step=s["step_solver"],
+                       system=system, checkpoint=writer, resume=resume)
+        if writer is not None:
+            writer.converged = result.converged
     return md, problem, result
 
 
