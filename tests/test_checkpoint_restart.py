@@ -123,6 +123,26 @@ def killed_after_checkpoint(cfg, out, ranks, count, phase=""):
     return out.with_name(out.name + ".checkpoint")
 
 
+def killed_and_restarted(cfg, tmp_path, writer_ranks=1, reader_ranks=2):
+    """(uninterrupted summary, restarted summary): the run of config file ``cfg`` once
+    through, and killed after its second checkpoint on ``writer_ranks`` ranks then restarted on
+    ``reader_ranks``; asserts both succeeded, the restart started from the checkpoint, took
+    fewer Newton iterations, reached the same J (1e-9) and removed the checkpoint."""
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "full"), "--quiet"])
+    assert p.returncode == 0, p.stderr
+    full = read_summary(tmp_path / "full")
+    ck = killed_after_checkpoint(cfg, tmp_path / "cut", writer_ranks, 2)
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "cut"), "--quiet", "--restart",
+                 str(ck)], ranks=reader_ranks)
+    assert p.returncode == 0, p.stderr
+    s = read_summary(tmp_path / "cut")
+    assert s["history"][0]["guess"].startswith("restart")
+    assert s["iterations"] < full["iterations"]
+    assert abs(s["J"] - full["J"]) <= 1e-9 * abs(full["J"])
+    assert not ck.exists()
+    return full, s
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """The congested run's config and its uninterrupted summary (computed once)."""
@@ -228,17 +248,6 @@ def test_killed_population_run_restarts_on_two_ranks(tmp_path):
     from fem_mfc import config
     cfg = tmp_path / "c.toml"
     cfg.write_text(config.dumps(config.from_dict(raw)))
-    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "full"), "--quiet"])
-    assert p.returncode == 0, p.stderr
-    full = read_summary(tmp_path / "full")
-    ck = killed_after_checkpoint(cfg, tmp_path / "cut", 1, 2)
-    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "cut"), "--quiet", "--restart",
-                 str(ck)], ranks=2)
-    assert p.returncode == 0, p.stderr
-    s = read_summary(tmp_path / "cut")
-    assert s["history"][0]["guess"].startswith("restart")
-    assert s["iterations"] < full["iterations"]
-    assert abs(s["J"] - full["J"]) <= 1e-9 * abs(full["J"])
+    _, s = killed_and_restarted(cfg, tmp_path)
     assert [q["name"] for q in s["populations"]] == ["east", "west"]
     assert all(q["mass_error"] < 1e-12 for q in s["populations"])
-    assert not ck.exists()
