@@ -245,7 +245,8 @@ def cmd_refine(args, petsc_tokens) -> int:
     out = args.out or str(Path("results") / (Path(args.config).stem + "_refine"))
     opts = process_options(split_petsc_options(petsc_tokens))
     result = refinement_study(cfg, out, levels=args.levels, where=args.where,
-                              petsc_options=opts, config_path=args.config, force=args.force)
+                              petsc_options=opts, config_path=args.config, force=args.force,
+                              resume=args.resume)
     _report_unused(opts)
     bad = [r for r in result["levels"] if not r.get("converged", True)]
     if bad:
@@ -299,6 +300,9 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--out")
     f.add_argument("--force", action="store_true",
                    help="run even if the memory estimate exceeds the available memory")
+    f.add_argument("--resume", action="store_true",
+                   help="continue a study in --out: reuse its converged levels, restart a "
+                        "level from its checkpoint, run the rest")
     command("schema", help="print the config reference (Markdown)")
     return p
 

@@ -9,10 +9,16 @@ report error norms against the config's exact solution (keys ``err_*``), plus ``
 
 where s is h (space or both) or τ (time).  Writes ``convergence.json``, ``convergence.csv`` and
 a log-log ``convergence.png`` into the output folder (atomically).
+
+A study stopped part of the way (killed, or fewer ``--levels`` first) continues with
+``resume``: a level whose folder holds a converged run of the same level config is reused, a
+level with a checkpoint beside its folder (``[output] checkpoint_every``) restarts from it,
+the others run; each row says which (``run``).
 """
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -50,11 +56,28 @@ def rates(levels: list[dict], where: str) -> dict:
     return out
 
 
+def finished_level(folder: Path, level_cfg: dict, comm=MPI.COMM_WORLD) -> dict | None:
+    """The summary of a converged run of ``level_cfg`` in ``folder`` (its ``config.toml`` is
+    that config), else None."""
+    from . import config as config_mod
+    out = None
+    if comm.rank == 0:
+        try:
+            same = (folder / "config.toml").read_text() == config_mod.dumps(level_cfg)
+            s = json.loads((folder / "summary.json").read_text()) if same else {}
+            out = s if s.get("converged") is True else None
+        except (OSError, ValueError):
+            out = None
+    return comm.bcast(out, root=0)
+
+
 def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
                      petsc_options: dict | None = None, config_path="<dict>",
-                     comm=MPI.COMM_WORLD, force: bool = False) -> dict:
+                     comm=MPI.COMM_WORLD, force: bool = False, resume: bool = False) -> dict:
     """Run ``levels`` refinement levels of ``cfg`` and write the convergence table (each
-    level's row says whether its run converged)."""
+    level's row says whether its run converged and, with ``resume``, whether it was reused,
+    restarted from its checkpoint or run)."""
+    from . import checkpoint
     from . import registry
     from .pipeline import run_config
     if cfg["exact"]["solution"] == "none":
@@ -68,14 +91,22 @@ def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
     outdir = prepare_outdir(outdir, comm)
     rows = []
     for k in range(levels):
-        s = run_config(level_config(cfg, k, where), outdir / f"level_{k}", petsc_options,
-                       config_path, quiet=True, comm=comm, force=force)
+        lc, folder = level_config(cfg, k, where), outdir / f"level_{k}"
+        s = finished_level(folder, lc, comm) if resume else None
+        how = "reused"
+        if s is None:
+            ck = checkpoint.folder_for(folder)
+            restart = ck if resume and comm.bcast((ck / checkpoint.META).is_file()) else None
+            how = "run" if restart is None else "restarted"
+            s = run_config(lc, folder, petsc_options, config_path, quiet=True, comm=comm,
+                           force=force, restart=restart)
         errs = {key: v for key, v in s.items() if key.startswith("err_")}
         if not errs:
             raise UserError(f"{config_path}: the run reports no error norms for exact solution "
                             f"'{cfg['exact']['solution']}'")
         rows.append({"level": k, "h": s["h"], "tau": s["tau"], "ndofs": s["ndofs"],
-                     "nsteps": s["nsteps"], "converged": s.get("converged", True), **errs})
+                     "nsteps": s["nsteps"], "converged": s.get("converged", True), "run": how,
+                     **errs})
     result = {"where": where, "config": str(config_path), "levels": rows,
               "rates": rates(rows, where)}
     if comm.rank == 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import tomllib
 
 import pytest
 
@@ -162,3 +163,32 @@ def test_cole_hopf_guess_and_inexact_sweep_newton_from_the_cli(tmp_path):
                  "-mfc_newton_forcing", "sloppy", "-mfc_linear", "sweep"])
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1 and "newton_forcing" in lines[0], p.stderr
+
+
+def test_refinement_study_resumes(tmp_path):
+    """``refine --resume`` continues a study: converged levels of the same config are reused,
+    a level with a checkpoint restarts from it, the rest run; the table equals the one of a
+    study run at once.  Here the first attempt stops every level's Newton after 2 iterations
+    (flagged, checkpoints kept), the second adds a level."""
+    from fem_mfc import config
+    from fem_mfc.refine import refinement_study
+    raw = tomllib.loads((REPO / "demos" / "lq_gaussian_1d.toml").read_text())
+    raw["problem"]["steps"] = 16
+    raw["solver"]["continuation"] = False       # stop at -mfc_snes_max_it 2 (flagged)
+    raw["output"] = {"checkpoint_every": 1}
+    cfg = config.from_dict(raw)
+    fresh = refinement_study(cfg, tmp_path / "fresh", levels=3)
+    cut = refinement_study(cfg, tmp_path / "conv", levels=2,
+                           petsc_options={"mfc_snes_max_it": "2"})
+    assert [r["converged"] for r in cut["levels"]] == [False, False]
+    assert (tmp_path / "conv" / "level_1.checkpoint" / "meta.json").is_file()
+    again = refinement_study(cfg, tmp_path / "conv", levels=3, resume=True)
+    assert [r["run"] for r in again["levels"]] == ["restarted", "restarted", "run"]
+    assert all(r["converged"] for r in again["levels"])
+    for a, b in zip(again["levels"], fresh["levels"]):
+        for k in ("err_u_L2", "err_rho_L2", "err_J"):
+            assert a[k] == pytest.approx(b[k], rel=1e-8), k
+    assert not (tmp_path / "conv" / "level_1.checkpoint").exists()
+    last = refinement_study(cfg, tmp_path / "conv", levels=3, resume=True)
+    assert [r["run"] for r in last["levels"]] == ["reused"] * 3
+    assert last["rates"] == again["rates"]
