@@ -77,8 +77,7 @@ def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
     """Run ``levels`` refinement levels of ``cfg`` and write the convergence table (each
     level's row says whether its run converged and, with ``resume``, whether it was reused,
     restarted from its checkpoint or run)."""
-    from . import checkpoint
-    from . import registry
+    from . import checkpoint, registry
     from .pipeline import run_config
     if cfg["exact"]["solution"] == "none":
         raise UserError(f"{config_path}: no exact solution to measure errors against "
