@@ -30,7 +30,8 @@ is the pull-back of N_Ω (change of variables along the flow):
   log p(x_0) = log N_Ω(x_N) + Σ_n log|det(I + τ∇vⁿ(x_n))|
 
 (∇vⁿ is cell-wise constant for P1 v).  Sampling runs the flow backward from N_Ω: each step
-x_n = x_{n+1} − τ vⁿ(x_n) is solved by fixed-point iteration (a contraction when τ Lip(vⁿ) < 1).
+x_n + τ vⁿ(x_n) = x_{n+1} is solved by Newton's method (cell-wise Jacobian I + τ∇vⁿ), safeguarded
+by the fixed-point step x_n ← x_{n+1} − τ vⁿ(x_n) (a contraction when τ Lip(vⁿ) < 1).
 Points are evaluated at their projection onto the mesh but not moved, so the forward map is
 exactly the inverse of the sampler.  All log-likelihoods are in standardised data coordinates.
 
@@ -219,21 +220,38 @@ class FlowMap:
         return X, logdet, path
 
     def inverse(self, XN, tol: float = 1e-11, max_it: int = 200, record: bool = False):
-        """x_0 from x_N: x_n = x_{n+1} − τ vⁿ(x_n) by fixed-point iteration, n = N−1..0."""
-        tau = self.model.tau
+        """x_0 from x_N: x_n + τvⁿ(x_n) = x_{n+1} solved for x_n, n = N−1..0, by Newton's
+        method with the cell-wise Jacobian I + τ∇vⁿ (v is piecewise linear: a few steps), a
+        point whose residual a Newton step does not reduce taking the fixed-point step
+        x_n ← x_{n+1} − τvⁿ(x_n) instead.  (The fixed-point iteration alone contracts by
+        τ Lip(vⁿ) per step: at σ = 0.1, τ = 0.75 it stopped at |dx| = 9e-10 after 200 steps and
+        the run ended after its training had converged.)"""
+        tau, d = self.model.tau, self.d
         X = np.array(XN, float)
         path = [X.copy()] if record else None
+        eye = np.eye(d)
         for n in range(self.model.N - 1, -1, -1):
             Y = X.copy()
+            R = X + tau * self._eval(self.v[n], X) - Y          # the residual at x = x_{n+1}
+            err = float(np.abs(R).max()) if len(X) else 0.0
             for _it in range(max_it):
-                Xn = Y - tau * self._eval(self.v[n], X)
-                err = float(np.abs(Xn - X).max()) if len(X) else 0.0
-                X = Xn
                 if err < tol:
                     break
+                Yc, cell, _ = self.ev.clamp(X)
+                A = eye + tau * self.ev.evaluate(self.grad[n], Yc, cell).reshape(-1, d, d)
+                with np.errstate(all="ignore"):
+                    step = np.linalg.solve(A, R[..., None])[..., 0]
+                Xt = X - np.where(np.isfinite(step), step, R)
+                Rt = Xt + tau * self._eval(self.v[n], Xt) - Y
+                worse = np.abs(Rt).max(axis=1) >= np.abs(R).max(axis=1)
+                if worse.any():                                   # fixed-point step there
+                    Xt[worse] = X[worse] - R[worse]
+                    Rt[worse] = Xt[worse] + tau * self._eval(self.v[n], Xt[worse]) - Y[worse]
+                X, R = Xt, Rt
+                err = float(np.abs(R).max())
             else:
-                raise SolverError(f"backward sampling, layer {n}: the fixed-point iteration did "
-                                  f"not converge (|dx| = {err:.2e}); reduce the time step")
+                raise SolverError(f"backward sampling, layer {n}: x + tau v(x) = y not solved "
+                                  f"(|residual| = {err:.2e}); reduce the time step")
             if record:
                 path.append(X.copy())
         return X, (path[::-1] if record else None)
