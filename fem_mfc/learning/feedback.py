@@ -174,18 +174,26 @@ class FeedbackClassifier:
     # -- checkpoints (fem_mfc.checkpoint.TrainingWriter) ---------------------------------------
     replicated_control = False      # the dictionary network: θ is on every rank
 
-    def control_functions(self, a=None) -> list:
-        """The controls ``a`` (local arrays of Va, or zeros) as functions, one per layer."""
-        out = []
-        for n in range(self.N):
-            f = dolfinx.fem.Function(self.Va, name=f"velocity_{n}")
-            if a is not None:
-                f.x.array[:] = a[n]
-            out.append(f)
-        return out
+    def control_nodes(self) -> np.ndarray:
+        """Coordinates of the owned velocity nodes (a checkpoint's key to its values)."""
+        return self.Va.tabulate_dof_coordinates()[: self.Va.dofmap.index_map.size_local]
 
-    def control_from_functions(self, fs) -> list:
-        return [f.x.array.copy() for f in fs]
+    def control_values(self, a) -> np.ndarray:
+        """The controls ``a`` (local arrays of Va) at the owned nodes: (nodes, N·d)."""
+        n, d = self.Va.dofmap.index_map.size_local, self.Va.dofmap.index_map_bs
+        return np.stack([x[: n * d].reshape(n, d) for x in a], axis=1).reshape(n, -1)
+
+    def control_from_values(self, values) -> list:
+        """The inverse of :meth:`control_values` (ghost values from their owners)."""
+        n, d = self.Va.dofmap.index_map.size_local, self.Va.dofmap.index_map_bs
+        v = np.asarray(values).reshape(n, self.N, d)
+        out = []
+        for k in range(self.N):
+            f = dolfinx.fem.Function(self.Va)
+            f.x.array[: n * d] = v[:, k].ravel()
+            f.x.scatter_forward()
+            out.append(f.x.array.copy())
+        return out
 
     # -- linear algebra ------------------------------------------------------------------------
     def _setup_solvers(self):

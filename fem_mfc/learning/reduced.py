@@ -257,23 +257,18 @@ class EdgeClassifier:
     # -- checkpoints (fem_mfc.checkpoint.TrainingWriter) -----------------------------------------
     replicated_control = False     # the dictionary network: θ is on every rank
 
-    def control_functions(self, x=None) -> list:
-        """The control ``x`` (or zeros) as one vector P1 function per layer, for a checkpoint
-        readable on any number of ranks."""
-        s = self.nl * self.gdim
-        out = []
-        for n in range(self.N):
-            f = dolfinx.fem.Function(self.Va, name=f"velocity_{n}")
-            if x is not None:
-                f.x.array[:s] = self._layer(x, n).ravel()
-                f.x.scatter_forward()
-            out.append(f)
-        return out
+    def control_nodes(self) -> np.ndarray:
+        """Coordinates of the owned velocity nodes (a checkpoint's key to its values)."""
+        return self.Va.tabulate_dof_coordinates()[: self.nl]
 
-    def control_from_functions(self, fs) -> np.ndarray:
-        """The inverse of :meth:`control_functions`: the owned values of the layers."""
-        s = self.nl * self.gdim
-        return np.concatenate([f.x.array[:s] for f in fs])
+    def control_values(self, x) -> np.ndarray:
+        """The control ``x`` at the owned nodes: (nodes, N·d), the layers side by side."""
+        return np.stack([self._layer(x, n) for n in range(self.N)], axis=1).reshape(self.nl, -1)
+
+    def control_from_values(self, values) -> np.ndarray:
+        """The inverse of :meth:`control_values`."""
+        a = np.asarray(values).reshape(self.nl, self.N, self.gdim)
+        return np.concatenate([a[:, n].ravel() for n in range(self.N)])
 
     # -- terminal cost (overridden by the generative flow) ---------------------------------------
     def _terminal_value(self) -> float:
