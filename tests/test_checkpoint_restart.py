@@ -251,3 +251,63 @@ def test_killed_population_run_restarts_on_two_ranks(tmp_path):
     _, s = killed_and_restarted(cfg, tmp_path)
     assert [q["name"] for q in s["populations"]] == ["east", "west"]
     assert all(q["mass_error"] < 1e-12 for q in s["populations"])
+
+
+def _system(cells=8, steps=4, mesh_from=None):
+    """A small congested problem's space-time system (on the mesh of checkpoint
+    ``mesh_from``, if given)."""
+    import tomllib
+
+    from mpi4py import MPI
+
+    from fem_mfc import checkpoint, config
+    from fem_mfc.pipeline import build_mesh
+    from fem_mfc.problem import ControlProblem
+    from fem_mfc.solvers.newton import make_system
+    raw = tomllib.loads(CONFIG.format(G="rho**2/2"))
+    raw["mesh"]["cells"], raw["problem"]["steps"] = cells, steps
+    cfg = config.from_dict(raw)
+    md = (build_mesh(cfg, MPI.COMM_WORLD) if mesh_from is None
+          else checkpoint.mesh_data(mesh_from, cfg, MPI.COMM_WORLD))
+    return cfg, make_system(ControlProblem.from_config(cfg, md.mesh, md.cell_tags,
+                                                       md.facet_tags))
+
+
+def test_states_are_stored_at_the_nodes_and_older_checkpoints_still_load(tmp_path):
+    """A checkpoint holds the states as nodal values with the nodes' coordinates (nodal.npz):
+    read back exactly, on a mesh of other nodes refused; a checkpoint of the earlier format
+    (one adios4dolfinx function per state) still loads."""
+    import adios4dolfinx
+    import numpy as np
+
+    from fem_mfc import checkpoint
+    from fem_mfc.errors import ConfigError
+    cfg, st = _system()
+    rng = np.random.default_rng(0)
+    for f in checkpoint._states(st):
+        f.x.array[:] = rng.normal(size=f.x.array.size)
+        f.x.scatter_forward()
+    w = checkpoint.Writer(tmp_path / "new", st, cfg, 1)
+    w.write(phase="newton", iteration=1)
+    assert (tmp_path / "new" / checkpoint.ARRAYS).is_file()
+    _, back = _system()
+    checkpoint.load_states(tmp_path / "new", back)
+    for a, b in zip(checkpoint._states(st), checkpoint._states(back)):
+        assert np.array_equal(a.x.array, b.x.array)
+    _, finer = _system(cells=9)
+    with pytest.raises(ConfigError, match="--restart"):
+        checkpoint.load_states(tmp_path / "new", finer)
+    old = tmp_path / "old"                                   # the format before nodal.npz
+    old.mkdir()
+    bp = old / checkpoint.STATE
+    adios4dolfinx.write_mesh(bp, st.problem.mesh)
+    for n in range(1, st.N + 1):
+        adios4dolfinx.write_function(bp, st.rho[n], name=f"rho_{n}")
+    for n in range(st.N):
+        adios4dolfinx.write_function(bp, st.u[n], name=f"u_{n}")
+    _, legacy = _system(mesh_from=old)                     # as a restart builds it
+    checkpoint.load_states(old, legacy)
+    rows = checkpoint._match_nodes(st.V.tabulate_dof_coordinates(),
+                                   legacy.V.tabulate_dof_coordinates(), old)
+    for a, b in zip(checkpoint._states(st), checkpoint._states(legacy)):
+        assert np.array_equal(a.x.array[rows], b.x.array)
