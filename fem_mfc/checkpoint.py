@@ -27,6 +27,7 @@ where they stopped; Newton–CG and the sweeps then take the uninterrupted run's
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -352,5 +353,74 @@ def remove(folder: Path, comm=MPI.COMM_WORLD):
     comm.barrier()
 
 
+# -- the runners' side: restarts and writers of a run ---------------------------------------
+def restart_mesh(cfg: dict, ctx, md=None):
+    """(the restart's meta data or None, the mesh): the checkpoint's mesh on a restart
+    (``ctx.restart``), else ``md`` (None: the caller builds the config's)."""
+    restart = getattr(ctx, "restart", None)
+    if restart is None:
+        return None, md
+    resume = read_meta(restart, cfg)
+    return resume, mesh_data(restart, cfg, ctx.comm, resume)
+
+
+@contextlib.contextmanager
+def newton_checkpoints(cfg: dict, ctx, problem, resume, newton: bool):
+    """(system, writer) for a Newton solve of ``problem``: the space-time system holding the
+    checkpoint's states on a restart, and the writer of ``[output] checkpoint_every``
+    (None, None: neither).  The checkpoint is removed when the solve has converged (the
+    caller sets ``writer.converged``)."""
+    from .solvers.newton import make_system
+    every = cfg["output"].get("checkpoint_every", 0)
+    system = writer = None
+    if resume is not None or (every and newton):
+        system = make_system(problem)
+        if resume is not None:
+            load_states(ctx.restart, system)
+            ctx.log.info("restarting from %s (iteration %s, lambda %s)", ctx.restart,
+                         resume.get("iteration"), resume.get("lambda"))
+        if every:
+            writer = Writer(folder_for(ctx.outdir), system, cfg, every)
+            writer.converged = False
+    yield system, writer
+    if writer is not None and writer.written and writer.converged:
+        remove(writer.folder, ctx.comm)                  # the run is complete
+
+
+class _Restart:
+    """The checkpoint a learning run restarts from: its folder, meta data and mesh."""
+
+    def __init__(self, folder, meta, md):
+        self.folder, self.meta, self.md = folder, meta, md
+
+
+def training_restart(cfg: dict, ctx):
+    """The restart of a learning run (``fem-mfc run --restart``), or None: the checkpoint's
+    meta data and mesh, on which the densities are built again."""
+    folder = getattr(ctx, "restart", None)
+    if folder is None:
+        return None
+    meta = read_meta(folder, cfg)
+    return _Restart(folder, meta, mesh_data(folder, cfg, ctx.comm, meta))
+
+
+@contextlib.contextmanager
+def training_checkpoints(cfg: dict, ctx, model, restart):
+    """(writer, resume) for the trainer: the checkpoint writer of ``[output]
+    checkpoint_every`` (None: off) and the state to resume from (None: a fresh start).  The
+    checkpoint is removed once the training has converged."""
+    resume = None
+    if restart is not None:
+        resume = load_training(restart.folder, model, restart.meta)
+        ctx.log.info("restarting the training from %s (outer iteration %d)", restart.folder,
+                     resume.iteration)
+    every = cfg["output"]["checkpoint_every"]
+    writer = TrainingWriter(folder_for(ctx.outdir), model, cfg, every) if every else None
+    yield writer, resume
+    if writer is not None and writer.written and model.converged:
+        remove(writer.folder, ctx.comm)                  # the training is complete
+
+
 __all__ = ["TrainingState", "TrainingWriter", "Writer", "config_hash", "folder_for", "resolve",
-           "read_meta", "read_mesh", "mesh_data", "load_states", "load_training", "remove"]
+           "read_meta", "read_mesh", "mesh_data", "load_states", "load_training", "remove",
+           "restart_mesh", "newton_checkpoints", "training_restart", "training_checkpoints"]

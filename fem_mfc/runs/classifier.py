@@ -25,7 +25,6 @@ from the config; the steps read its fields.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 
 import dolfinx
@@ -89,6 +88,7 @@ def train_model(model, training: Training, progress=None, log=None, checkpoint=N
 
 def run(cfg: dict, ctx) -> dict:
     """Runner of ``formulation = "classifier"`` (data → KDE → train → evaluate → report)."""
+    from ..checkpoint import training_checkpoints, training_restart
     prob = ClassifierProblem.from_config(cfg)
     restart = training_restart(cfg, ctx)
     md, ds, hs, model = build_model(cfg, ctx.comm, prob, restart.md if restart else None)
@@ -173,43 +173,6 @@ def learning_checks(model, masses, identity_gap: float | None = None) -> dict:
                       "hint": "negative density; refine the mesh or use network.transport = "
                               "'eafe'"}
     return out
-
-
-class _Restart:
-    """The checkpoint a learning run restarts from: its folder, meta data and mesh."""
-
-    def __init__(self, folder, meta, md):
-        self.folder, self.meta, self.md = folder, meta, md
-
-
-def training_restart(cfg: dict, ctx):
-    """The restart of a learning run (``fem-mfc run --restart``), or None: the checkpoint's
-    meta data and mesh, on which the densities are built again."""
-    from .. import checkpoint
-    folder = getattr(ctx, "restart", None)
-    if folder is None:
-        return None
-    meta = checkpoint.read_meta(folder, cfg)
-    return _Restart(folder, meta, checkpoint.mesh_data(folder, cfg, ctx.comm, meta))
-
-
-@contextlib.contextmanager
-def training_checkpoints(cfg: dict, ctx, model, restart):
-    """(writer, resume) for the trainer: the checkpoint writer of ``[output]
-    checkpoint_every`` (None: off) and the state to resume from (None: a fresh start).  The
-    checkpoint is removed once the training has converged."""
-    from .. import checkpoint
-    resume = None
-    if restart is not None:
-        resume = checkpoint.load_training(restart.folder, model, restart.meta)
-        ctx.log.info("restarting the training from %s (outer iteration %d)", restart.folder,
-                     resume.iteration)
-    every = cfg["output"]["checkpoint_every"]
-    writer = (checkpoint.TrainingWriter(checkpoint.folder_for(ctx.outdir), model, cfg, every)
-              if every else None)
-    yield writer, resume
-    if writer is not None and writer.written and model.converged:
-        checkpoint.remove(writer.folder, ctx.comm)       # the training is complete
 
 
 def _particle_check(flow, model, ds, hs, n, sigma, seed) -> dict:

@@ -15,8 +15,6 @@ the run (exit status 3).
 """
 from __future__ import annotations
 
-import contextlib
-
 from mpi4py import MPI
 
 import dolfinx
@@ -43,8 +41,10 @@ def solve_config(cfg: dict, ctx, md=None):
     (unconverged results are returned flagged, not raised).  With ``[output]
     checkpoint_every`` the Newton solve writes checkpoints beside the output folder; with a
     restart (``ctx.restart``) it starts from the checkpoint's mesh and states."""
+    from ..checkpoint import newton_checkpoints, restart_mesh
     from ..solvers import solve
     resume, md = restart_mesh(cfg, ctx, md)
+    md = md or build_mesh(cfg, ctx.comm)
     problem = ControlProblem.from_config(cfg, md.mesh, md.cell_tags, md.facet_tags)
     s = cfg["solver"]
     method = "cole-hopf" if cfg["run"]["formulation"] == "cole-hopf" else s["method"]
@@ -60,41 +60,6 @@ def solve_config(cfg: dict, ctx, md=None):
         if writer is not None:
             writer.converged = result.converged
     return md, problem, result
-
-
-def restart_mesh(cfg: dict, ctx, md=None):
-    """(the restart's meta data or None, the mesh): the checkpoint's mesh on a restart
-    (``ctx.restart``), else ``md`` or the config's."""
-    from .. import checkpoint
-    restart = getattr(ctx, "restart", None)
-    if restart is None:
-        return None, md or build_mesh(cfg, ctx.comm)
-    resume = checkpoint.read_meta(restart, cfg)
-    return resume, checkpoint.mesh_data(restart, cfg, ctx.comm, resume)
-
-
-@contextlib.contextmanager
-def newton_checkpoints(cfg: dict, ctx, problem, resume, newton: bool):
-    """(system, writer) for a Newton solve of ``problem``: the space-time system holding the
-    checkpoint's states on a restart, and the writer of ``[output] checkpoint_every``
-    (None, None: neither).  The checkpoint is removed when the solve has converged (the
-    caller sets ``writer.converged``)."""
-    from .. import checkpoint
-    from ..solvers.newton import make_system
-    every = cfg["output"].get("checkpoint_every", 0)
-    system = writer = None
-    if resume is not None or (every and newton):
-        system = make_system(problem)
-        if resume is not None:
-            checkpoint.load_states(ctx.restart, system)
-            ctx.log.info("restarting from %s (iteration %s, lambda %s)", ctx.restart,
-                         resume.get("iteration"), resume.get("lambda"))
-        if every:
-            writer = checkpoint.Writer(checkpoint.folder_for(ctx.outdir), system, cfg, every)
-            writer.converged = False
-    yield system, writer
-    if writer is not None and writer.written and writer.converged:
-        checkpoint.remove(writer.folder, ctx.comm)       # the run is complete
 
 
 def checks(result, max_rho: float, identity: bool = True, monotone: str | None = None,

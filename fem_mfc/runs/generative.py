@@ -27,11 +27,12 @@ from ..learning.generative import (
 )
 from ..learning.problem import GenerativeProblem
 from ..pipeline import build_mesh
-from .classifier import learning_checks, training_checkpoints, training_restart
+from .classifier import learning_checks
 
 
 def run(cfg: dict, ctx) -> dict:
     """Runner of ``formulation = "generative"`` (data → KDE → train → likelihoods → samples)."""
+    from ..checkpoint import training_checkpoints, training_restart
     prob = GenerativeProblem.from_config(cfg)
     gen, training = prob.generative, prob.training
     restart = training_restart(cfg, ctx)

@@ -17,6 +17,8 @@ import dolfinx
 import numpy as np
 import ufl
 
+from ..pipeline import build_mesh
+
 IDENTITY_RTOL = 1e-6            # |J − J_value| / |J| at a discrete solution (Newton)
 MASS_TOL = 1e-8                 # max_k,n |∫ρ_kⁿ − m_k|
 NEGATIVE_RHO = 0.1              # min ρ_k below −NEGATIVE_RHO·max ρ: an unusable density
@@ -26,9 +28,10 @@ def solve_config(cfg: dict, ctx, md=None):
     """Build the K-population problem of ``cfg`` and solve it by Newton (flagged, not
     raised, when it does not converge); checkpoints and restarts as for one population."""
     from .. import populations
+    from ..checkpoint import newton_checkpoints, restart_mesh
     from ..solvers import solve
-    from .control import newton_checkpoints, restart_mesh
     resume, md = restart_mesh(cfg, ctx, md)
+    md = md or build_mesh(cfg, ctx.comm)
     problem = populations.from_config(cfg, md.mesh, md.cell_tags, md.facet_tags)
     s = cfg["solver"]
     with newton_checkpoints(cfg, ctx, problem, resume, True) as (system, writer):
