@@ -72,3 +72,23 @@ def test_a_training_that_breaks_the_duality_is_flagged(tmp_path):
                training={"method": "newton"})
     s = run_config(config.from_dict(gen), tmp_path / "gen", quiet=True)
     assert s["converged"] is True and set(s["checks"]) == {"mass", "min_rho"}
+
+
+def test_a_stalled_galerkin_training_says_what_to_change(tmp_path):
+    """Galerkin sweeps that find no descent (σ = 0.1 on a coarse mesh: the densities leave the
+    admissible set) are flagged with the reason and the advice — EAFE — in the verdict line;
+    the EAFE Newton trainer converges on the same problem."""
+    raw = {"run": {"formulation": "classifier"},
+           "mesh": {"kind": "disk", "radius": 3.5, "h": 0.5},
+           "problem": {"T": 1.0, "sigma": 0.1, "steps": 4},
+           "data": {"dataset": "moons", "n_samples": 200, "bandwidth": 0.25},
+           "network": {"transport": "galerkin", "velocity": "DG0"},
+           "training": {"method": "sweeps", "baseline": False, "particles": 0},
+           "output": {"figures": False, "vtx": False, "progress": False}}
+    s = run_config(config.from_dict(raw), tmp_path / "gal", quiet=True)
+    assert s["converged"] is False and s["training"]["reason"] == "no descent"
+    assert "network.transport = 'eafe'" in s["flags"][0]
+    raw["network"] = {"transport": "eafe"}
+    raw["training"]["method"] = "newton"
+    s = run_config(config.from_dict(raw), tmp_path / "eafe", quiet=True)
+    assert s["converged"] is True and s["reason"] == "converged"

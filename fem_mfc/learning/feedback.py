@@ -322,6 +322,7 @@ class FeedbackClassifier:
             sweeps = progress(sweeps, desc="training sweeps", total=len(sweeps))
         self.converged = False
         self.sweeps = start
+        self.stop_reason = "maximum iterations"
         for s in sweeps:
             r = self.backward()
             h.J.append(J)
@@ -333,6 +334,7 @@ class FeedbackClassifier:
                 log.info("sweep %3d  J = %.6g  residual = %.3e  theta = %.3g", s, J, r, theta)
             if r < tol:
                 self.converged = True
+                self.stop_reason = "converged"
                 break
             if s == max_sweeps:
                 break
@@ -350,6 +352,7 @@ class FeedbackClassifier:
             if not ok:
                 self.forward(a_old)     # stalled: keep the last accepted controls
                 self.backward()
+                self.stop_reason = "no descent"
                 break
             J = J_new
             theta = min(1.0, 1.5 * theta)

@@ -27,7 +27,7 @@ from ..learning.generative import (
 )
 from ..learning.problem import GenerativeProblem
 from ..pipeline import build_mesh
-from .classifier import learning_checks
+from .classifier import learning_checks, stop_reason
 
 
 def run(cfg: dict, ctx) -> dict:
@@ -81,6 +81,9 @@ def run(cfg: dict, ctx) -> dict:
         "sweeps": model.sweeps, "converged": model.converged,
         "method": method, "transport": transport, "iterations": model.sweeps,
         "training": getattr(model, "train_info", {"method": method}),
+        "reason": stop_reason(getattr(model, "train_info", None)
+                              or {"reason": model.stop_reason, "iterations": model.sweeps},
+                              transport),
         "loglik_flow": float(ll_flow.mean()), "loglik_flow_drift_only": float(ll_drift.mean()),
         "loglik_kde": float(kde_log_likelihood(Xtr, h, Xte).mean()),
         "loglik_gaussian": float(gaussian_log_likelihood(Xtr, Xte).mean()),
