@@ -60,6 +60,8 @@ def config_hash(cfg: dict) -> str:
             sections[key] = cfg[key]
     if cfg.get("problem", {}).get("H", "quadratic") != "quadratic":
         sections["hamiltonian"] = cfg.get("hamiltonian")
+    if cfg.get("run", {}).get("formulation") == "qhd":
+        sections["qhd"] = cfg.get("qhd")
     if cfg.get("run", {}).get("formulation") in LEARNING:    # the data, the network, the trainer
         sections.update({k: cfg.get(k) for k in ("data", "network", "generative")})
         sections["training"] = {"method": cfg.get("training", {}).get("method")}
@@ -365,16 +367,17 @@ def restart_mesh(cfg: dict, ctx, md=None):
 
 
 @contextlib.contextmanager
-def newton_checkpoints(cfg: dict, ctx, problem, resume, newton: bool):
-    """(system, writer) for a Newton solve of ``problem``: the space-time system holding the
-    checkpoint's states on a restart, and the writer of ``[output] checkpoint_every``
-    (None, None: neither).  The checkpoint is removed when the solve has converged (the
-    caller sets ``writer.converged``)."""
+def newton_checkpoints(cfg: dict, ctx, problem, resume, newton: bool, make=None):
+    """(system, writer) for a Newton solve of ``problem``: the space-time system (``make``,
+    default :func:`~fem_mfc.solvers.newton.make_system`) holding the checkpoint's states on a
+    restart, and the writer of ``[output] checkpoint_every`` (None, None: neither).  The
+    checkpoint is removed when the solve has converged (the caller sets
+    ``writer.converged``)."""
     from .solvers.newton import make_system
     every = cfg["output"].get("checkpoint_every", 0)
     system = writer = None
     if resume is not None or (every and newton):
-        system = make_system(problem)
+        system = (make or make_system)(problem)
         if resume is not None:
             load_states(ctx.restart, system)
             ctx.log.info("restarting from %s (iteration %s, lambda %s)", ctx.restart,

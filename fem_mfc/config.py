@@ -336,9 +336,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "progress": Key(bool, True, "show progress bars"),
         "checkpoint_every": Key(int, 0, "write a restartable checkpoint (OUT.checkpoint/) every "
                                 "k Newton iterations and after every continuation stage "
-                                "(hjb-fp with solver.method 'newton' or 'auto'), or every k "
-                                "outer training iterations (classifier, generative); 0: off "
-                                "(refused elsewhere)", nonnegative, "a non-negative integer"),
+                                "(hjb-fp with solver.method 'newton' or 'auto', qhd with "
+                                "signature 'control'), or every k outer training iterations "
+                                "(classifier, generative); 0: off (refused elsewhere)",
+                                nonnegative, "a non-negative integer"),
     },
 }
 
@@ -826,15 +827,17 @@ def _check_checkpoint(cfg: dict, source):
     if not every:
         return
     f, m = cfg["run"]["formulation"], cfg["solver"]["method"]
-    if f in ("classifier", "generative"):
-        return                                   # the trainers write them
-    why = (f"formulation '{f}'" if f != "hjb-fp" else
+    if f in ("classifier", "generative") or (f == "qhd"
+                                             and cfg["qhd"]["signature"] == "control"):
+        return                          # the trainers and the QHD control Newton write them
+    why = ("qhd.signature = 'quantum'" if f == "qhd" else
+           f"formulation '{f}'" if f != "hjb-fp" else
            f"solver.method = '{m}'" if m not in ("newton", "auto") else None)
     if why:
         raise ConfigError("output.checkpoint_every", f"0 for {why} (checkpoints are written by "
                           "the HJB-FP Newton solve — formulation 'hjb-fp', solver.method "
-                          "'newton' or 'auto' — and by the trainers of 'classifier' and "
-                          "'generative')", every, source)
+                          "'newton' or 'auto' —, the QHD control signature and the trainers "
+                          "of 'classifier' and 'generative')", every, source)
 
 
 def _check_hamiltonian(cfg: dict, source):

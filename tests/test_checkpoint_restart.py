@@ -311,3 +311,17 @@ def test_states_are_stored_at_the_nodes_and_older_checkpoints_still_load(tmp_pat
                                    legacy.V.tabulate_dof_coordinates(), old)
     for a, b in zip(checkpoint._states(st), checkpoint._states(legacy)):
         assert np.array_equal(a.x.array[rows], b.x.array)
+
+
+@pytest.mark.slow
+def test_killed_qhd_control_run_restarts_on_two_ranks(tmp_path):
+    """The QHD control signature (all-at-once Newton on (ρ, S)) checkpoints like the HJB–FP
+    solve: killed on 1 rank after its second checkpoint, it continues on 2 ranks to the
+    uninterrupted J."""
+    text = (REPO / "demos" / "qhd_control_1d.toml").read_text().replace(
+        "cells = 64", "cells = 32").replace("steps = 32", "steps = 16")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text + "\n[output]\nfigures = false\nvtx = false\nprogress = false\n"
+                   "checkpoint_every = 1\n")
+    _, s = killed_and_restarted(cfg, tmp_path)
+    assert s["mass_error"] < 1e-12 and s["checks"]["mass"]["ok"]

@@ -114,7 +114,7 @@ def test_config_copy_reproduces_run(tmp_path, earlier_result):
         assert second[k] == first[k], k
 
 
-@pytest.mark.parametrize("run,solver", [("nls", {}), ("qhd", {}),
+@pytest.mark.parametrize("run,solver", [("nls", {}), ("qhd-quantum", {}),
                                         ("hjb-fp", {"method": "picard"}),
                                         ("hjb-fp", {"method": "cole-hopf"})])
 def test_checkpoints_where_none_are_written_are_refused(run, solver):
@@ -123,7 +123,10 @@ def test_checkpoints_where_none_are_written_are_refused(run, solver):
     from fem_mfc import config
     from fem_mfc.errors import ConfigError
     raw = {"run": {"formulation": run}, "solver": solver, "output": {"checkpoint_every": 2}}
+    if run == "qhd-quantum":
+        raw.update(run={"formulation": "qhd"}, qhd={"signature": "quantum"},
+                   problem={"Phi": "0"})
     with pytest.raises(ConfigError, match="output.checkpoint_every"):
         config.from_dict(raw)
-    for ok in ("hjb-fp", "classifier", "generative"):
+    for ok in ("hjb-fp", "classifier", "generative", "qhd"):
         config.from_dict({"run": {"formulation": ok}, "output": {"checkpoint_every": 2}})

@@ -69,14 +69,16 @@ def build_problem(cfg: dict, md) -> ControlProblem:
 
 
 def run(cfg: dict, ctx) -> dict:
+    from ..checkpoint import restart_mesh
     check(cfg)
-    md = build_mesh(cfg, ctx.comm)
+    resume, md = restart_mesh(cfg, ctx)
+    md = md or build_mesh(cfg, ctx.comm)
     problem = build_problem(cfg, md)
     check_positive(problem.rho0)
     common = {"ndofs": problem.space.dofmap.index_map.size_global, "nsteps": problem.steps,
               "h": md.h, "tau": problem.tau, "signature": cfg["qhd"]["signature"]}
     if cfg["qhd"]["signature"] == "control":
-        out = _run_control(cfg, ctx, problem)
+        out = _run_control(cfg, ctx, problem, resume)
     else:
         out = _run_quantum(cfg, ctx, problem)
     return {**common, **out}
@@ -92,7 +94,7 @@ def _solver_args(cfg, ctx):
     return dict(rtol=s["rtol"], atol=s["atol"], max_it=s["max_it"], petsc_options=opts)
 
 
-def _run_control(cfg, ctx, problem) -> dict:
+def _run_control(cfg, ctx, problem, resume=None) -> dict:
     ctx.log.info("QHD control signature: all-at-once Newton, %d steps", problem.steps)
     from ..solvers.auto import estimates
     V = problem.space
@@ -103,7 +105,14 @@ def _run_control(cfg, ctx, problem) -> dict:
         warning("the QHD control signature factorises the whole space-time matrix: about "
                 f"{est['lu_s'] / 60:.0f} min per Newton step estimated at this size (2D "
                 "1,089 dofs x 16 steps: 5 s); fewer cells or steps run much faster")
-    res, st = solve_control(problem, **_solver_args(cfg, ctx))
+    from ..checkpoint import newton_checkpoints
+    from ..solvers.qhd import QHDControlSystem
+    with newton_checkpoints(cfg, ctx, problem, resume, True,
+                            make=QHDControlSystem) as (system, writer):
+        res, st = solve_control(problem, **_solver_args(cfg, ctx), system=system,
+                                checkpoint=writer, resume=resume)
+        if writer is not None:
+            writer.converged = res.converged
     d = st.diagnostics()
     N, tau = problem.steps, problem.tau
     rho_out = dolfinx.fem.Function(problem.space, name="rho")
@@ -128,7 +137,7 @@ def _run_control(cfg, ctx, problem) -> dict:
                "fisher": float(d["fisher"][0]), "J": d["J"], "J_value_identity": d["J_value"],
                "iterations": res.iterations,
                "residual": res.history[-1]["residual"] if res.history else 0.0,
-               "checks": mass_check(d["mass_error"])}
+               "history": list(res.history), "checks": mass_check(d["mass_error"])}
     if problem.exact is not None:
         summary.update(errors(problem, st, d["J"]))
     if ctx.figures:
