@@ -165,6 +165,7 @@ def test_cole_hopf_guess_and_inexact_sweep_newton_from_the_cli(tmp_path):
     assert p.returncode == 2 and len(lines) == 1 and "newton_forcing" in lines[0], p.stderr
 
 
+@pytest.mark.slow
 def test_refinement_study_resumes(tmp_path):
     """``refine --resume`` continues a study: converged levels of the same config are reused,
     a level with a checkpoint restarts from it, the rest run; the table equals the one of a

@@ -74,6 +74,7 @@ def test_a_training_that_breaks_the_duality_is_flagged(tmp_path):
     assert s["converged"] is True and set(s["checks"]) == {"mass", "min_rho"}
 
 
+@pytest.mark.slow
 def test_a_stalled_galerkin_training_says_what_to_change(tmp_path):
     """Galerkin sweeps that find no descent (σ = 0.1 on a coarse mesh: the densities leave the
     admissible set) are flagged with the reason and the advice — EAFE — in the verdict line;
