@@ -306,8 +306,6 @@ class TrainingWriter:
         _test_pause(model.comm, self.written, "training")
 
 
-
-
 @dataclass
 class TrainingState:
     """A trainer's checkpoint read back: the outer iteration it was written after, the controls
@@ -343,8 +341,8 @@ def _match_nodes(stored: np.ndarray, mine: np.ndarray, folder) -> np.ndarray:
     scale = float(np.abs(stored).max()) if len(stored) else 1.0
     dist, rows = cKDTree(stored).query(mine)
     if len(stored) == 0 or dist.max() > 1e-10 * max(scale, 1.0):
-        raise ConfigError("--restart", "a checkpoint whose velocity nodes are this mesh's",
-                          str(folder))
+        raise ConfigError("--restart", "a checkpoint whose nodes are this run's (the same mesh "
+                          "and elements)", str(folder))
     return rows
 
 
@@ -390,32 +388,16 @@ def newton_checkpoints(cfg: dict, ctx, problem, resume, newton: bool, make=None)
         remove(writer.folder, ctx.comm)                  # the run is complete
 
 
-class _Restart:
-    """The checkpoint a learning run restarts from: its folder, meta data and mesh."""
-
-    def __init__(self, folder, meta, md):
-        self.folder, self.meta, self.md = folder, meta, md
-
-
-def training_restart(cfg: dict, ctx):
-    """The restart of a learning run (``fem-mfc run --restart``), or None: the checkpoint's
-    meta data and mesh, on which the densities are built again."""
-    folder = getattr(ctx, "restart", None)
-    if folder is None:
-        return None
-    meta = read_meta(folder, cfg)
-    return _Restart(folder, meta, mesh_data(folder, cfg, ctx.comm, meta))
-
-
 @contextlib.contextmanager
-def training_checkpoints(cfg: dict, ctx, model, restart):
-    """(writer, resume) for the trainer: the checkpoint writer of ``[output]
-    checkpoint_every`` (None: off) and the state to resume from (None: a fresh start).  The
-    checkpoint is removed once the training has converged."""
+def training_checkpoints(cfg: dict, ctx, model, meta):
+    """(writer, resume) for the trainer of ``model`` (built on the mesh of
+    :func:`restart_mesh`): the checkpoint writer of ``[output] checkpoint_every`` (None: off)
+    and the state to resume from, read from ``ctx.restart`` whose meta data is ``meta``
+    (None: a fresh start).  The checkpoint is removed once the training has converged."""
     resume = None
-    if restart is not None:
-        resume = load_training(restart.folder, model, restart.meta)
-        ctx.log.info("restarting the training from %s (outer iteration %d)", restart.folder,
+    if meta is not None:
+        resume = load_training(ctx.restart, model, meta)
+        ctx.log.info("restarting the training from %s (outer iteration %d)", ctx.restart,
                      resume.iteration)
     every = cfg["output"]["checkpoint_every"]
     writer = TrainingWriter(folder_for(ctx.outdir), model, cfg, every) if every else None
@@ -426,4 +408,4 @@ def training_checkpoints(cfg: dict, ctx, model, restart):
 
 __all__ = ["TrainingState", "TrainingWriter", "Writer", "config_hash", "folder_for", "resolve",
            "read_meta", "read_mesh", "mesh_data", "load_states", "load_training", "remove",
-           "restart_mesh", "newton_checkpoints", "training_restart", "training_checkpoints"]
+           "restart_mesh", "newton_checkpoints", "training_checkpoints"]

@@ -88,16 +88,16 @@ def train_model(model, training: Training, progress=None, log=None, checkpoint=N
 
 def run(cfg: dict, ctx) -> dict:
     """Runner of ``formulation = "classifier"`` (data → KDE → train → evaluate → report)."""
-    from ..checkpoint import training_checkpoints, training_restart
+    from ..checkpoint import restart_mesh, training_checkpoints
     prob = ClassifierProblem.from_config(cfg)
-    restart = training_restart(cfg, ctx)
-    md, ds, hs, model = build_model(cfg, ctx.comm, prob, restart.md if restart else None)
+    meta, md = restart_mesh(cfg, ctx)
+    md, ds, hs, model = build_model(cfg, ctx.comm, prob, md)
     dim = md.mesh.geometry.dim
     V, anchors = model.V, model.anchors
     ctx.log.info("classifier: %s, K = %d, %d train / %d test points, %dD mesh with %d dofs, "
                  "%d layers", ds.name, ds.K, len(ds.y_train), len(ds.y_test), dim,
                  V.dofmap.index_map.size_global, model.N)
-    with training_checkpoints(cfg, ctx, model, restart) as (writer, resume):
+    with training_checkpoints(cfg, ctx, model, meta) as (writer, resume):
         info = train_model(model, prob.training, progress=ctx.progress, log=ctx.log,
                            checkpoint=writer, resume=resume)
     ctx.log.info("training (%s, %s transport): %d outer iterations, residual %.3e, "

@@ -32,11 +32,11 @@ from .classifier import learning_checks, stop_reason
 
 def run(cfg: dict, ctx) -> dict:
     """Runner of ``formulation = "generative"`` (data → KDE → train → likelihoods → samples)."""
-    from ..checkpoint import training_checkpoints, training_restart
+    from ..checkpoint import restart_mesh, training_checkpoints
     prob = GenerativeProblem.from_config(cfg)
     gen, training = prob.generative, prob.training
-    restart = training_restart(cfg, ctx)
-    md = restart.md if restart else build_mesh(cfg, ctx.comm)
+    meta, md = restart_mesh(cfg, ctx)
+    md = md or build_mesh(cfg, ctx.comm)
     msh = md.mesh
     dim = msh.geometry.dim
     ds = data.load(prob.data, dim)
@@ -53,7 +53,7 @@ def run(cfg: dict, ctx) -> dict:
                  model.N)
     kl0 = model.kl_of(0)
     t0, c0 = time.perf_counter(), time.process_time()
-    with training_checkpoints(cfg, ctx, model, restart) as (writer, resume):
+    with training_checkpoints(cfg, ctx, model, meta) as (writer, resume):
         model.train(*training.args, progress=ctx.progress, log=ctx.log, checkpoint=writer,
                     resume=resume, **({"method": method} if transport == "eafe" else {}))
     train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
