@@ -71,6 +71,21 @@ def finished_level(folder: Path, level_cfg: dict, comm=MPI.COMM_WORLD) -> dict |
     return comm.bcast(out, root=0)
 
 
+def _usable(ck: Path, level_cfg: dict, comm) -> bool:
+    """A checkpoint of this level's problem beside its folder (one of an earlier, different
+    study is left alone: the level runs from the start)."""
+    from . import checkpoint
+    from .errors import ConfigError
+    ok = False
+    if comm.rank == 0 and (ck / checkpoint.META).is_file():
+        try:
+            checkpoint.read_meta(ck, level_cfg)
+            ok = True
+        except (ConfigError, OSError, ValueError):
+            ok = False
+    return comm.bcast(ok, root=0)
+
+
 def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
                      petsc_options: dict | None = None, config_path="<dict>",
                      comm=MPI.COMM_WORLD, force: bool = False, resume: bool = False) -> dict:
@@ -95,7 +110,7 @@ def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
         how = "reused"
         if s is None:
             ck = checkpoint.folder_for(folder)
-            restart = ck if resume and comm.bcast((ck / checkpoint.META).is_file()) else None
+            restart = ck if resume and _usable(ck, lc, comm) else None
             how = "run" if restart is None else "restarted"
             s = run_config(lc, folder, petsc_options, config_path, quiet=True, comm=comm,
                            force=force, restart=restart)

@@ -193,3 +193,12 @@ def test_refinement_study_resumes(tmp_path):
     last = refinement_study(cfg, tmp_path / "conv", levels=3, resume=True)
     assert [r["run"] for r in last["levels"]] == ["reused"] * 3
     assert last["rates"] == again["rates"]
+    # a study of another problem in the same folder: nothing reused, its checkpoint ignored
+    raw["problem"]["sigma"] = 0.7
+    refinement_study(config.from_dict(raw), tmp_path / "other", levels=1,
+                     petsc_options={"mfc_snes_max_it": "2"})
+    (tmp_path / "other" / "level_0.checkpoint").rename(tmp_path / "conv" / "level_0.checkpoint")
+    (tmp_path / "conv" / "level_0" / "config.toml").write_text("# edited\n")
+    mixed = refinement_study(cfg, tmp_path / "conv", levels=3, resume=True)
+    assert [r["run"] for r in mixed["levels"]] == ["run", "reused", "reused"]
+    assert mixed["levels"][0]["err_J"] == pytest.approx(fresh["levels"][0]["err_J"], rel=1e-8)
