@@ -201,6 +201,7 @@ def run(cfg: dict, ctx) -> dict:
         "width2": hist["width2"][-1], "centre": hist["centre"][-1],
         "rho_change_L2": _rel_change(rho0, rho_f),
     })
+    summary["checks"] = conservation_checks(summary)
     if exact is not None:
         t_c.value = T
         summary["err_psi_L2"] = l2_norm_complex(z, *exact)
@@ -210,6 +211,30 @@ def run(cfg: dict, ctx) -> dict:
     if ctx.figures:
         _figures(ctx, snaps, sorted(snap_at), T, N, hist, S_f)
     return summary
+
+
+MASS_TOL = 1e-8       # relative mass drift of the mass-conserving integrators (observed ≤ 2e-14;
+                      # with -nls_snes_rtol 1e-4: 5e-10)
+ENERGY_TOL = 1e-6     # … and energy drift with the energy-conserving nonlinearity (observed
+                      # ≤ 2e-14; with -nls_snes_rtol 1e-4: 2e-8)
+
+
+def conservation_checks(summary: dict) -> dict:
+    """The run's checks (``checks``, as for the other runners): the midpoint rule and its
+    compositions conserve the mass (and, with the energy-conserving nonlinearity, the energy)
+    to solver tolerance; a larger drift means a broken solve.  RK4 conserves neither (its
+    drifts are recorded, not checked)."""
+    if summary["integrator"] == "rk4":
+        return {}
+    out = {"mass": {"value": summary["mass_error"], "limit": MASS_TOL, "relation": "<=",
+                    "ok": bool(summary["mass_error"] <= MASS_TOL),
+                    "hint": "relative mass drift of a mass-conserving integrator"}}
+    if summary["nonlinearity"] == "energy-conserving":
+        e = summary["energy_error"]
+        out["energy"] = {"value": e, "limit": ENERGY_TOL, "relation": "<=",
+                         "ok": bool(e <= ENERGY_TOL),
+                         "hint": "relative energy drift of the energy-conserving scheme"}
+    return out
 
 
 def _rel_change(a, b) -> float:
