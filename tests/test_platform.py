@@ -75,6 +75,21 @@ def test_heat_smoke_each_mesh_kind(kind, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_heat_run_that_loses_mass_is_flagged(tmp_path):
+    """The heat steps conserve the mass to the linear solver's tolerance: the run's check.
+    CG + Jacobi to 1e-3 (`-heat_ksp_type cg -heat_pc_type jacobi -heat_ksp_rtol 1e-3`) lost
+    0.33 % of the mass on the heat demo's disk and exited 0; now exit 3, flagged."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(heat_config("rectangle", figures=False))
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "good"), "--quiet"])
+    assert p.returncode == 0 and read_summary(tmp_path / "good")["checks"]["mass"]["ok"]
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "bad"), "--quiet", "-heat_ksp_type",
+                 "cg", "-heat_pc_type", "jacobi", "-heat_ksp_rtol", "1e-2"])
+    s = read_summary(tmp_path / "bad")
+    assert p.returncode == 3 and s["converged"] is False, (p.stderr, s["mass_error"])
+    assert not s["checks"]["mass"]["ok"]
+
+
 @pytest.mark.parametrize("kind", [
     pytest.param(k, marks=[] if k == "rectangle" else pytest.mark.slow)
     for k in sorted(MESHES)])
