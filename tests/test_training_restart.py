@@ -123,3 +123,15 @@ def test_killed_training_restarts_on_other_ranks(tmp_path, name, writer_ranks, r
     assert p.returncode == 0, p.stderr
     same_run(full, read_summary(tmp_path / "cut"), rtol=1e-9)
     assert not ck.exists()                      # the finished run removed it
+
+
+def test_restart_past_max_sweeps_reports_its_iterate(tmp_path):
+    """A restart whose max_sweeps is below the checkpoint's iteration takes no step and reports
+    the checkpoint's iterate (flagged: maximum iterations), its J in the history too."""
+    cut = run_config(config.from_dict(raw_config("newton", max_sweeps=CUT)), tmp_path / "cut",
+                     quiet=True)
+    again = run_config(config.from_dict(raw_config("newton", max_sweeps=1)),
+                       tmp_path / "again", quiet=True, restart=tmp_path / "cut")
+    assert again["converged"] is False and again["iterations"] == CUT
+    assert again["J_history"] == pytest.approx(cut["J_history"], rel=1e-12)
+    assert again["J"] == pytest.approx(cut["J"], rel=1e-12)

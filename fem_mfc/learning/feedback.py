@@ -317,7 +317,7 @@ class FeedbackClassifier:
             restore_history(h, resume.meta["history"])
             theta = resume.meta["state"]["theta"]
         J = self.forward()
-        sweeps = range(start, max_sweeps + 1)
+        sweeps = range(start, max(max_sweeps, start) + 1)
         if progress is not None:
             sweeps = progress(sweeps, desc="training sweeps", total=len(sweeps))
         self.converged = False
@@ -336,7 +336,7 @@ class FeedbackClassifier:
                 self.converged = True
                 self.stop_reason = "converged"
                 break
-            if s == max_sweeps:
+            if s >= max_sweeps:
                 break
             a_old = [x.copy() for x in self.a]
             while True:

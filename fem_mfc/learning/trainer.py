@@ -132,7 +132,7 @@ def train(model, method: str, max_it: int, tol: float, relaxation: float = 0.5,
         restore_history(model.history, meta["history"])
         step = meta["step"]
     run = _Run(model, tol, log)
-    its = range(start, max_it + 1)
+    its = range(start, max(max_it, start) + 1)   # a restart past max_it: its iterate only
     if progress is not None:
         its = progress(its, desc=f"training ({method})", total=len(its))
     step_fn = {"sweeps": _Sweeps, "lbfgs": _LBFGS, "newton": _Newton}[method](run, relaxation)
@@ -150,7 +150,7 @@ def train(model, method: str, max_it: int, tol: float, relaxation: float = 0.5,
             model.converged = True
             reason = "converged"
             break
-        if it == max_it:
+        if it >= max_it:
             break
         step, extra = step_fn.step()
         if step == 0.0:
