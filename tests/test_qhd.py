@@ -175,6 +175,8 @@ def test_runner_summary_and_outputs(make, tmp_path):
         assert k in s, k
     assert s["mass_error"] < 1e-12 and s["nsteps"] == (8 if make is cfg_control else 10)
     assert s["checks"]["mass"]["ok"] and s["checks"]["mass"]["value"] < 1e-12   # the verdict's
+    if make is not cfg_control:
+        assert s["checks"]["energy"]["ok"] and s["checks"]["energy"]["value"] < 1e-10
     if make is cfg_control:
         assert "J" in s and s["J"] > 0
     else:
