@@ -205,25 +205,37 @@ def _states(st) -> list:
     return [st.rho[n] for n in range(1, st.N + 1)] + [st.u[n] for n in range(st.N)]
 
 
-def _gather_nodal(comm, V, functions) -> dict:
-    """{NODES: coordinates, STATES: values} of ``functions`` (of V) at V's nodes, gathered on
-    rank 0 in rank order (empty elsewhere): (nodes, len(functions)·bs)."""
-    n, bs = V.dofmap.index_map.size_local, V.dofmap.index_map_bs
-    vals = np.stack([f.x.array[: n * bs].reshape(n, bs) for f in functions], axis=1)
-    nodes = comm.gather(V.tabulate_dof_coordinates()[:n], root=0)
-    vals = comm.gather(vals.reshape(n, -1), root=0)
+def _gather_rows(comm, nodes, columns: dict) -> dict:
+    """{NODES: coordinates, name: values} gathered on rank 0 in rank order (empty elsewhere):
+    ``nodes`` this rank's owned node coordinates, ``columns`` {name: (nodes, k) values}."""
+    nodes = comm.gather(nodes, root=0)
+    vals = {key: comm.gather(v, root=0) for key, v in columns.items()}
     if comm.rank != 0:
         return {}
-    return {NODES: np.concatenate(nodes), STATES: np.concatenate(vals)}
+    return {NODES: np.concatenate(nodes), **{k: np.concatenate(v) for k, v in vals.items()}}
+
+
+def _read_rows(folder: Path, nodes, names) -> dict:
+    """{name: values at this rank's ``nodes``} of a checkpoint written by :func:`_gather_rows`,
+    the rows found by the nodes' coordinates."""
+    with np.load(Path(folder) / ARRAYS) as z:
+        rows = _match_nodes(z[NODES], nodes, folder)
+        return {key: z[key][rows] for key in names}
+
+
+def _gather_nodal(comm, V, functions) -> dict:
+    """The values of ``functions`` (of V) at V's owned nodes, (nodes, len(functions)·bs), as
+    the column STATES of :func:`_gather_rows`."""
+    n, bs = V.dofmap.index_map.size_local, V.dofmap.index_map_bs
+    vals = np.stack([f.x.array[: n * bs].reshape(n, bs) for f in functions], axis=1)
+    return _gather_rows(comm, V.tabulate_dof_coordinates()[:n], {STATES: vals.reshape(n, -1)})
 
 
 def _scatter_nodal(folder: Path, V, functions):
-    """``functions`` (of V) ← the values of :func:`_gather_nodal` stored in ``folder``, each
-    rank's nodes found by their coordinates."""
+    """``functions`` (of V) ← the values of :func:`_gather_nodal` stored in ``folder``."""
     n, bs = V.dofmap.index_map.size_local, V.dofmap.index_map_bs
-    with np.load(Path(folder) / ARRAYS) as z:
-        rows = _match_nodes(z[NODES], V.tabulate_dof_coordinates()[:n], folder)
-        vals = z[STATES][rows].reshape(n, len(functions), bs)
+    vals = _read_rows(folder, V.tabulate_dof_coordinates()[:n], [STATES])[STATES]
+    vals = vals.reshape(n, len(functions), bs)
     for k, f in enumerate(functions):
         f.x.array[: n * bs] = vals[:, k].ravel()
         f.x.scatter_forward()
@@ -287,16 +299,9 @@ class TrainingWriter:
             adios4dolfinx.write_mesh(bp, model.mesh)
             if model.replicated_control:
                 return {"arrays": {k: np.asarray(c, dtype=float) for k, c in controls.items()}}
-            comm = model.comm
-            nodes = comm.gather(model.control_nodes(), root=0)
-            arrays = {}
-            for key, c in controls.items():
-                vals = comm.gather(model.control_values(c), root=0)
-                if comm.rank == 0:
-                    arrays[key] = np.concatenate(vals)
-            if comm.rank == 0:
-                arrays[NODES] = np.concatenate(nodes)
-            return {"arrays": arrays}
+            return {"arrays": _gather_rows(model.comm, model.control_nodes(),
+                                           {k: model.control_values(c)
+                                            for k, c in controls.items()})}
 
         _commit(self.folder, model.comm, fill,
                 {"config_hash": self.hash, "steps": model.N, "phase": "training",
@@ -322,13 +327,13 @@ def load_training(folder: Path, model, meta: dict) -> TrainingState:
     if meta.get("phase") != "training":
         raise ConfigError("--restart", "a checkpoint written by a trainer (this one is of an "
                           f"HJB-FP solve: phase '{meta.get('phase')}')", str(folder))
-    folder = Path(folder)
-    with np.load(folder / ARRAYS) as z:
-        if model.replicated_control:
-            return TrainingState(int(meta["iteration"]),
-                                 {key: z[key].copy() for key in meta["controls"]}, meta)
-        rows = _match_nodes(z[NODES], model.control_nodes(), folder)
-        controls = {key: model.control_from_values(z[key][rows]) for key in meta["controls"]}
+    names = meta["controls"]
+    if model.replicated_control:
+        with np.load(Path(folder) / ARRAYS) as z:
+            controls = {key: z[key].copy() for key in names}
+    else:
+        controls = {key: model.control_from_values(v)
+                    for key, v in _read_rows(folder, model.control_nodes(), names).items()}
     return TrainingState(int(meta["iteration"]), controls, meta)
 
 

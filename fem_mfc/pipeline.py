@@ -60,6 +60,13 @@ def versions(full: bool = False) -> dict:
     return out
 
 
+def bound(value: float, limit: float, hint: str, relation: str = "<=") -> dict:
+    """One of a run's ``checks``: {value, limit, relation, ok, hint}, ``ok`` when ``value
+    relation limit`` ("<=" an upper bound, ">=" a lower one); :func:`verdict` reads them."""
+    ok = value <= limit if relation == "<=" else value >= limit
+    return {"value": value, "limit": limit, "relation": relation, "ok": bool(ok), "hint": hint}
+
+
 def verdict(summary: dict) -> list[str]:
     """Why a run is not a success: one line per failed figure (empty: success)."""
     out = []

@@ -36,7 +36,7 @@ from ..learning.dictionary import DictionaryFlow, DictionaryNetwork, EdgeDiction
 from ..learning.feedback import FeedbackClassifier, anchors_from_config
 from ..learning.problem import ClassifierProblem, Training
 from ..learning.reduced import EdgeClassifier
-from ..pipeline import build_mesh
+from ..pipeline import bound, build_mesh
 
 # The trained network's figures that decide whether the run is a success (``checks``, as for
 # the HJB-FP runs): the discrete duality J = Σ_k∫u_k(0)ρ_k(0) + … holds for ANY control to
@@ -175,18 +175,14 @@ def learning_checks(model, masses, identity_gap: float | None = None) -> dict:
     out = {}
     if identity_gap is not None:
         gap = identity_gap / max(abs(model.J), 1e-300)
-        out["value_identity"] = {"value": gap, "limit": IDENTITY_RTOL, "relation": "<=",
-                                 "ok": bool(gap <= IDENTITY_RTOL),
-                                 "hint": "|J - J_value| / |J|: the discrete duality fails"}
-    mass = float(np.abs(masses - masses[:, :1]).max())
-    out["mass"] = {"value": mass, "limit": MASS_TOL, "relation": "<=",
-                   "ok": bool(mass <= MASS_TOL), "hint": "max |mass(t) - mass(0)| of a class"}
+        out["value_identity"] = bound(gap, IDENTITY_RTOL,
+                                      "|J - J_value| / |J|: the discrete duality fails")
+    out["mass"] = bound(float(np.abs(masses - masses[:, :1]).max()), MASS_TOL,
+                        "max |mass(t) - mass(0)| of a class")
     top = model.comm.allreduce(max((float(r.max()) for rk in model.rho for r in rk if r.size),
                                    default=0.0), op=MPI.MAX)
-    floor, low = -NEGATIVE_RHO * top, model.min_rho()
-    out["min_rho"] = {"value": low, "limit": floor, "relation": ">=", "ok": bool(low >= floor),
-                      "hint": "negative density; refine the mesh or use network.transport = "
-                              "'eafe'"}
+    out["min_rho"] = bound(model.min_rho(), -NEGATIVE_RHO * top, "negative density; refine "
+                           "the mesh or use network.transport = 'eafe'", ">=")
     return out
 
 

@@ -21,7 +21,7 @@ import dolfinx
 import numpy as np
 import ufl
 
-from ..pipeline import build_mesh
+from ..pipeline import bound, build_mesh
 from ..problem import ControlProblem
 
 # A computed J and its value identity agree to solver tolerance at a discrete solution of the
@@ -83,23 +83,18 @@ def checks(result, max_rho: float, identity: bool = True, monotone: str | None =
         rtol = max(rtol, SOLVER_FACTOR * target / scale)
         mass_tol = max(MASS_TOL, SOLVER_FACTOR * target)
     gap = abs(result.J - result.J_value) / scale
-    out = {"value_identity": {"value": gap, "limit": rtol, "relation": "<=",
-                              "ok": bool(gap <= rtol or not identity),
-                              "hint": "|J - J_value| / |J|: the solve is not a discrete "
-                                      "solution"}}
+    out = {"value_identity": bound(gap, rtol, "|J - J_value| / |J|: the solve is not a "
+                                              "discrete solution")}
     if not identity:
-        out["value_identity"].update(applies=False, hint="not an identity: the problem has "
-                                     "manufactured sources")
+        out["value_identity"].update(ok=True, applies=False, hint="not an identity: the "
+                                     "problem has manufactured sources")
     if result.method in IDENTITY_RTOL:
-        out["mass"] = {"value": result.mass_error, "limit": mass_tol, "relation": "<=",
-                       "ok": bool(result.mass_error <= mass_tol), "hint": "max |mass - 1|"}
-    floor = -NEGATIVE_RHO * max_rho
-    out["min_rho"] = {"value": result.min_rho, "limit": floor, "relation": ">=",
-                      "ok": bool(result.min_rho >= floor),
-                      "hint": "negative density; refine the mesh"
-                              + (f" or use {monotone}" if monotone else
-                                 " or use [discretisation] scheme = \"backward-euler\""
-                                 if crank_nicolson else "")}
+        out["mass"] = bound(result.mass_error, mass_tol, "max |mass - 1|")
+    out["min_rho"] = bound(result.min_rho, -NEGATIVE_RHO * max_rho,
+                           "negative density; refine the mesh"
+                           + (f" or use {monotone}" if monotone else
+                              " or use [discretisation] scheme = \"backward-euler\""
+                              if crank_nicolson else ""), ">=")
     return out
 
 

@@ -17,7 +17,7 @@ import dolfinx
 import numpy as np
 import ufl
 
-from ..pipeline import build_mesh
+from ..pipeline import bound, build_mesh
 
 IDENTITY_RTOL = 1e-6            # |J − J_value| / |J| at a discrete solution (Newton)
 MASS_TOL = 1e-8                 # max_k,n |∫ρ_kⁿ − m_k|
@@ -53,19 +53,13 @@ def checks(result, max_rho: list) -> dict:
     pops = result.populations
     scale = max(abs(result.J), abs(result.J_value), 1e-300)
     gap = abs(result.J - result.J_value) / scale
-    out = {"value_identity": {"value": gap, "limit": IDENTITY_RTOL, "relation": "<=",
-                              "ok": bool(gap <= IDENTITY_RTOL),
-                              "hint": "|J - J_value| / |J|: the solve is not a discrete "
-                                      "solution"}}
+    out = {"value_identity": bound(gap, IDENTITY_RTOL, "|J - J_value| / |J|: the solve is "
+                                                       "not a discrete solution")}
     for name, err, low, top in zip(pops["names"], pops["mass_error"], pops["min_rho"],
                                    max_rho):
-        out[f"mass_{name}"] = {"value": err, "limit": MASS_TOL, "relation": "<=",
-                               "ok": bool(err <= MASS_TOL),
-                               "hint": f"max |mass of {name} - its initial mass|"}
-        floor = -NEGATIVE_RHO * top
-        out[f"min_rho_{name}"] = {"value": low, "limit": floor, "relation": ">=",
-                                  "ok": bool(low >= floor),
-                                  "hint": f"negative density of {name}; refine the mesh"}
+        out[f"mass_{name}"] = bound(err, MASS_TOL, f"max |mass of {name} - its initial mass|")
+        out[f"min_rho_{name}"] = bound(low, -NEGATIVE_RHO * top,
+                                       f"negative density of {name}; refine the mesh", ">=")
     return out
 
 
