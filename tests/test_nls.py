@@ -383,8 +383,17 @@ def test_a_run_that_breaks_conservation_is_flagged(tmp_path):
     raw["output"] = {"figures": False, "vtx": False, "progress": False}
     cfg = config.from_dict(raw)
     good = run_config(cfg, tmp_path / "good", quiet=True)
-    assert good["converged"] is True and set(good["checks"]) == {"mass", "energy"}
+    assert good["converged"] is True
+    assert set(good["checks"]) == {"mass", "energy", "step_solves"}
     assert good["checks"]["mass"]["value"] < 1e-12
+    assert good["checks"]["step_solves"]["value"] < 1e-10
     bad = run_config(cfg, tmp_path / "bad", quiet=True,
                      petsc_options={"nls_snes_atol": "1e-3", "nls_snes_rtol": "1e-2"})
     assert bad["converged"] is False and not bad["checks"]["mass"]["ok"]
+    # an absolute tolerance above the residual's scale accepts every first guess: the state
+    # froze, mass and energy were conserved trivially and the run exited 0 with err_psi 2.0
+    frozen = run_config(cfg, tmp_path / "frozen", quiet=True,
+                        petsc_options={"nls_snes_atol": "10"})
+    assert frozen["newton_iterations"] == 0 and frozen["checks"]["mass"]["ok"]
+    assert frozen["converged"] is False and not frozen["checks"]["step_solves"]["ok"]
+    assert frozen["step_residual_reduction"] == pytest.approx(1.0)

@@ -177,12 +177,26 @@ def test_runner_summary_and_outputs(make, tmp_path):
     assert s["checks"]["mass"]["ok"] and s["checks"]["mass"]["value"] < 1e-12   # the verdict's
     if make is not cfg_control:
         assert s["checks"]["energy"]["ok"] and s["checks"]["energy"]["value"] < 1e-10
+        assert s["checks"]["step_solves"]["ok"] and s["step_residual_reduction"] < 1e-8
     if make is cfg_control:
         assert "J" in s and s["J"] > 0
     else:
         assert s["energy_drift"] < 1e-10
     for f in ("density.png", "phase.png", "invariants.png", "qhd.bp", "summary.json"):
         assert (tmp_path / f).exists(), f
+
+
+def test_quantum_steps_accepted_unsolved_are_flagged(tmp_path):
+    """With an absolute tolerance above the residual's scale every discrete-gradient step
+    accepted its first guess (0 Newton iterations): the state froze, mass and energy were
+    conserved trivially and the run reported success.  The step-solve check flags it."""
+    raw = cfg_quantum()
+    raw.setdefault("solver", {})["atol"] = 10.0
+    s = run_cfg(raw, tmp_path)
+    assert s["iterations"] == 0 and s["checks"]["mass"]["ok"] and s["checks"]["energy"]["ok"]
+    assert not s["checks"]["step_solves"]["ok"] and s["step_residual_reduction"] == 1.0
+    from fem_mfc.pipeline import verdict
+    assert [line for line in verdict(s) if "step_solves" in line]       # → exit status 3
 
 
 BAD = {

@@ -202,6 +202,10 @@ def run(cfg: dict, ctx) -> dict:
         "rho_change_L2": _rel_change(rho0, rho_f),
     })
     summary["checks"] = conservation_checks(summary)
+    if stepper.residuals is not None:
+        r = stepper.residuals
+        summary["step_residual_reduction"] = r.worst()
+        summary["checks"]["step_solves"] = bound(r.worst(), r.limit(), r.HINT)
     if exact is not None:
         t_c.value = T
         summary["err_psi_L2"] = l2_norm_complex(z, *exact)

@@ -208,6 +208,9 @@ def _run_quantum(cfg, ctx, problem) -> dict:
     e = r.drift("energy") / max(abs(r.energy[0]), 1e-300)
     summary["checks"]["energy"] = bound(e, ENERGY_TOL,
                                         "relative energy drift of the discrete gradient")
+    steps = stepper.residuals
+    summary["step_residual_reduction"] = steps.worst()
+    summary["checks"]["step_solves"] = bound(steps.worst(), steps.limit(), steps.HINT)
     if ctx.figures:
         keys = sorted(snaps)
         t = np.asarray(r.times)

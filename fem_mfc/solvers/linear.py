@@ -57,3 +57,48 @@ class LinearStepper:
         self.ksp.destroy()
         self.A.destroy()
         self.b.destroy()
+
+
+class StepResiduals:
+    """How far each time step's Newton solve reduced its residual: the check that a step was
+    solved at all.
+
+    SNES accepts a step when ‖F‖ ≤ max(atol, rtol‖F₀‖), F₀ the residual of the first guess.
+    An absolute tolerance above the residual's scale accepts the first guess: the state
+    freezes (or follows the guess's extrapolation), and mass and energy are then conserved
+    trivially — NLS and QHD runs with ``atol = 10`` made 0 Newton iterations and reported
+    success.  :meth:`record` keeps (‖F₀‖, ‖F‖) after every solve.  The run's check (a
+    runner's ``bound(worst(), limit(), HINT)``): the largest ‖F‖/‖F₀‖ over the steps that had
+    something to solve (‖F₀‖ above round-off, ``AT_REST``) is at most max(rtol,
+    ``REDUCTION``) — the solve's own relative tolerance, or a reduction by 10⁶ for steps that
+    met a small absolute one first."""
+
+    REDUCTION = 1e-6
+    AT_REST = 1e-14         # absolute, or relative to the run's largest first residual: 1e-12
+
+    def __init__(self, snes):
+        """``snes`` after its ``setFromOptions`` (its rtol is the user's)."""
+        snes.setConvergenceHistory(reset=True)
+        self.snes, self.pairs, self.rtol = snes, [], snes.getTolerances()[0]
+
+    def record(self) -> None:
+        hist = self.snes.getConvergenceHistory()[0]
+        final = float(self.snes.getFunctionNorm())
+        self.pairs.append((float(hist[0]) if len(hist) else final, final))
+
+    def worst(self) -> float:
+        """max ‖F‖/‖F₀‖ over the steps not at rest (0 when every step was)."""
+        if not self.pairs:
+            return 0.0
+        first = np.array([p[0] for p in self.pairs])
+        final = np.array([p[1] for p in self.pairs])
+        moving = first > max(self.AT_REST, 1e-12 * float(first.max()))
+        return float((final[moving] / first[moving]).max()) if moving.any() else 0.0
+
+    def limit(self) -> float:
+        """max(the solve's rtol, REDUCTION): what :meth:`worst` may be in a solved run."""
+        return max(self.rtol, self.REDUCTION)
+
+    HINT = ("largest residual a time step's Newton solve left, relative to its first guess's: "
+            "a large atol accepted the guess and the state did not move as the equation says; "
+            "lower the solver's atol")

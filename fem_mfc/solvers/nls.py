@@ -27,7 +27,7 @@ import ufl
 from .. import options
 from ..errors import SolverError
 from ..forms import nls as forms
-from .linear import make_ksp
+from .linear import StepResiduals, make_ksp
 
 NONLINEARITIES = ("energy-conserving", "midpoint")
 
@@ -113,6 +113,7 @@ class MidpointStepper:
         with self._options():
             snes.setFromOptions()
         self.snes = snes
+        self.residuals = StepResiduals(snes)
         self.steps = 0
         self.newton_iterations = 0
 
@@ -148,6 +149,7 @@ class MidpointStepper:
             raise SolverError(f"NLS midpoint step {self.steps + 1}: Newton did not converge "
                               f"(SNES reason {reason} after {its} iterations); reduce the time "
                               f"step or relax the tolerances")
+        self.residuals.record()
         self.steps += 1
         self.newton_iterations += its
         return its
@@ -174,6 +176,7 @@ class RK4Stepper:
         self.b = dolfinx.fem.petsc.create_vector(self.F)
         self.k = self.b.duplicate()
         self.ksp = make_ksp(P.mesh.comm, self.M, prefix)
+        self.residuals = None                   # explicit: no equation to solve per step
         self.steps = 0
         self.newton_iterations = 0
 
@@ -225,6 +228,10 @@ class ComposedStepper:
     @property
     def newton_iterations(self) -> int:
         return self.base.newton_iterations
+
+    @property
+    def residuals(self) -> StepResiduals:
+        return self.base.residuals
 
     def step(self) -> int:
         its = 0

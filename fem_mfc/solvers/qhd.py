@@ -27,6 +27,7 @@ from ..compat import create_vector, nonlinear_residual_jacobian
 from ..errors import ConfigError, SolverError
 from ..forms import qhd as forms
 from ..problem import interpolate
+from .linear import StepResiduals
 from .newton import REASONS, newton
 from .spacetime import HJB_DIAGNOSTICS, Formulation, ForwardSplit, SpaceTime, before_last
 
@@ -194,6 +195,7 @@ class QuantumStepper:
         with options.inserted(settings=settings, prefix=prefix):
             snes.setFromOptions()
         self.snes = snes
+        self.residuals = StepResiduals(snes)
 
     def _update(self, x):
         x.copy(self.z.x.petsc_vec)
@@ -244,6 +246,7 @@ class QuantumStepper:
             raise SolverError(f"QHD quantum step {n}: Newton did not converge "
                               f"({REASONS.get(reason, reason)}, residual {fnorm:.3e}); "
                               "reduce tau or check for vacuum")
+        self.residuals.record()
         return self.snes.getIterationNumber(), fnorm
 
 
