@@ -24,6 +24,11 @@ which every rank holds) and the trainer's own state — the L-BFGS pairs (contro
 relaxation of the sweeps, the history and the counts (``meta.json``).  A restart rebuilds
 the densities on the checkpoint's mesh, reads the control and continues the outer iterations
 where they stopped; Newton–CG and the sweeps then take the uninterrupted run's steps.
+
+The time-stepped runs (``heat``, ``nls``, the QHD quantum signature) write one every k time
+steps (:class:`StepWriter`): the state, what the next step reads, the figures' snapshots and
+the invariants' histories; a restart takes the remaining steps (its ParaView series begins at
+the checkpoint's time).
 """
 from __future__ import annotations
 
@@ -60,8 +65,9 @@ def config_hash(cfg: dict) -> str:
             sections[key] = cfg[key]
     if cfg.get("problem", {}).get("H", "quadratic") != "quadratic":
         sections["hamiltonian"] = cfg.get("hamiltonian")
-    if cfg.get("run", {}).get("formulation") == "qhd":
-        sections["qhd"] = cfg.get("qhd")
+    if cfg.get("run", {}).get("formulation") in ("qhd", "nls"):
+        f = cfg["run"]["formulation"]
+        sections[f] = cfg.get(f)
     if cfg.get("run", {}).get("formulation") in LEARNING:    # the data, the network, the trainer
         sections.update({k: cfg.get(k) for k in ("data", "network", "generative")})
         sections["training"] = {"method": cfg.get("training", {}).get("method")}
@@ -337,6 +343,81 @@ def load_training(folder: Path, model, meta: dict) -> TrainingState:
     return TrainingState(int(meta["iteration"]), controls, meta)
 
 
+class StepWriter:
+    """Checkpoints of a time-stepped run (``heat``, ``nls``, ``qhd`` with signature
+    ``quantum``) every ``every`` steps: the mesh; the fields the next step reads — the state,
+    and for the NLS midpoint rule the previous state its extrapolated first guess needs — and
+    the figures' snapshots so far, as nodal values keyed by the nodes' coordinates (one
+    group per function space); the step and the invariants' histories in ``meta.json``.  A
+    restart continues from the stored step and takes the uninterrupted run's steps."""
+
+    def __init__(self, folder: Path, mesh, cfg: dict, every: int):
+        self.folder, self.mesh, self.every = Path(folder), mesh, int(every)
+        self.hash, self.steps = config_hash(cfg), cfg["problem"]["steps"]
+        self.written = 0
+
+    due = Writer.due
+
+    def write(self, step: int, fields: dict, **meta):
+        """``fields`` {name: Function} after time step ``step``, with ``meta`` (JSON)."""
+        import adios4dolfinx
+        comm = self.mesh.comm
+
+        def fill(bp):
+            adios4dolfinx.write_mesh(bp, self.mesh)
+            arrays, groups = {}, []
+            for g, (V, names) in enumerate(_by_space(fields)):
+                rows = _gather_nodal(comm, V, [fields[k] for k in names])
+                arrays.update({f"{key}{g}": v for key, v in rows.items()})
+                groups.append(names)
+            return {"arrays": arrays, "groups": groups}
+
+        _commit(self.folder, comm, fill, {"config_hash": self.hash, "steps": self.steps,
+                                          "phase": "stepping", "step": int(step), **meta})
+        self.written += 1
+        _test_pause(comm, self.written, "stepping")
+
+
+def _by_space(fields: dict) -> list:
+    """[(space, [names])] of ``fields`` {name: Function}, one entry per function space."""
+    out = []
+    for name, f in fields.items():
+        for V, names in out:
+            if V is f.function_space:
+                names.append(name)
+                break
+        else:
+            out.append((f.function_space, [name]))
+    return out
+
+
+def load_stepping(folder: Path, meta: dict, fields: dict) -> dict:
+    """``fields`` {name: Function} (on the checkpoint's mesh, any number of ranks) ← the
+    stored fields of a :class:`StepWriter` checkpoint; returns its meta data.  Stored names
+    that ``fields`` lacks are skipped; a name the checkpoint lacks is refused."""
+    if meta.get("phase") != "stepping":
+        raise ConfigError("--restart", "a checkpoint of a time-stepped run (this one is of a "
+                          f"'{meta.get('phase')}' solve)", str(folder))
+    for g, names in enumerate(meta["groups"]):
+        wanted = [k for k in names if k in fields]
+        if not wanted:
+            continue
+        V = fields[wanted[0]].function_space
+        n, bs = V.dofmap.index_map.size_local, V.dofmap.index_map_bs
+        with np.load(Path(folder) / ARRAYS) as z:
+            rows = _match_nodes(z[f"{NODES}{g}"], V.tabulate_dof_coordinates()[:n], folder)
+            vals = z[f"{STATES}{g}"][rows].reshape(n, len(names), bs)
+        for k, name in enumerate(names):
+            if name in fields:
+                f = fields[name]
+                f.x.array[: n * bs] = vals[:, k].ravel()
+                f.x.scatter_forward()
+    missing = set(fields) - {k for names in meta["groups"] for k in names}
+    if missing:
+        raise ConfigError("--restart", f"a checkpoint holding {sorted(missing)}", str(folder))
+    return meta
+
+
 def _match_nodes(stored: np.ndarray, mine: np.ndarray, folder) -> np.ndarray:
     """Rows of ``stored`` (node coordinates) at the coordinates ``mine``; refused where a node
     has no stored twin (a checkpoint of another mesh)."""
@@ -394,6 +475,24 @@ def newton_checkpoints(cfg: dict, ctx, problem, resume, newton: bool, make=None)
 
 
 @contextlib.contextmanager
+def stepping_checkpoints(cfg: dict, ctx, mesh, resume):
+    """The checkpoint writer of a time-stepped run on ``mesh`` (None: ``checkpoint_every``
+    off); ``resume``: the restart's meta data (:func:`restart_mesh`), or None.  The checkpoint
+    is removed when the run has taken its last step (the caller sets ``writer.done``)."""
+    every = cfg["output"]["checkpoint_every"]
+    writer = StepWriter(folder_for(ctx.outdir), mesh, cfg, every) if every else None
+    if resume is not None:
+        if resume.get("phase") != "stepping":
+            load_stepping(ctx.restart, resume, {})           # refused with one line
+        ctx.log.info("restarting from %s (step %d)", ctx.restart, resume["step"])
+    if writer is not None:
+        writer.done = False
+    yield writer
+    if writer is not None and writer.written and writer.done:
+        remove(writer.folder, ctx.comm)                  # the run is complete
+
+
+@contextlib.contextmanager
 def training_checkpoints(cfg: dict, ctx, model, meta):
     """(writer, resume) for the trainer of ``model`` (built on the mesh of
     :func:`restart_mesh`): the checkpoint writer of ``[output] checkpoint_every`` (None: off)
@@ -411,6 +510,7 @@ def training_checkpoints(cfg: dict, ctx, model, meta):
         remove(writer.folder, ctx.comm)                  # the training is complete
 
 
-__all__ = ["TrainingState", "TrainingWriter", "Writer", "config_hash", "folder_for", "resolve",
-           "read_meta", "read_mesh", "mesh_data", "load_states", "load_training", "remove",
-           "restart_mesh", "newton_checkpoints", "training_checkpoints"]
+__all__ = ["StepWriter", "TrainingState", "TrainingWriter", "Writer", "config_hash",
+           "folder_for", "resolve", "read_meta", "read_mesh", "mesh_data", "load_states",
+           "load_training", "load_stepping", "remove", "restart_mesh", "newton_checkpoints",
+           "training_checkpoints", "stepping_checkpoints"]

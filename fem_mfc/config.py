@@ -337,8 +337,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "checkpoint_every": Key(int, 0, "write a restartable checkpoint (OUT.checkpoint/) every "
                                 "k Newton iterations and after every continuation stage "
                                 "(hjb-fp with solver.method 'newton' or 'auto', qhd with "
-                                "signature 'control'), or every k outer training iterations "
-                                "(classifier, generative); 0: off (refused elsewhere)",
+                                "signature 'control'), every k outer training iterations "
+                                "(classifier, generative) or every k time steps (heat, nls, "
+                                "qhd with signature 'quantum'); 0: off (refused elsewhere)",
                                 nonnegative, "a non-negative integer"),
     },
 }
@@ -827,17 +828,16 @@ def _check_checkpoint(cfg: dict, source):
     if not every:
         return
     f, m = cfg["run"]["formulation"], cfg["solver"]["method"]
-    if f in ("classifier", "generative") or (f == "qhd"
-                                             and cfg["qhd"]["signature"] == "control"):
-        return                          # the trainers and the QHD control Newton write them
-    why = ("qhd.signature = 'quantum'" if f == "qhd" else
-           f"formulation '{f}'" if f != "hjb-fp" else
+    if f in ("classifier", "generative", "qhd", "heat", "nls"):
+        return      # the trainers, the QHD Newton solve and the time steppers write them
+    why = (f"formulation '{f}'" if f != "hjb-fp" else
            f"solver.method = '{m}'" if m not in ("newton", "auto") else None)
     if why:
         raise ConfigError("output.checkpoint_every", f"0 for {why} (checkpoints are written by "
                           "the HJB-FP Newton solve — formulation 'hjb-fp', solver.method "
-                          "'newton' or 'auto' —, the QHD control signature and the trainers "
-                          "of 'classifier' and 'generative')", every, source)
+                          "'newton' or 'auto' —, the QHD solves, the trainers of "
+                          "'classifier' and 'generative' and the time steppers of 'heat' and "
+                          "'nls')", every, source)
 
 
 def _check_hamiltonian(cfg: dict, source):

@@ -54,9 +54,6 @@ BAD = {
                                 "solver.relaxation"),
     "old and new name of a key": ("[output]", "[nls]\nwidth = 0.5\ns0 = 0.5\n[output]",
                                   "nls.width"),
-    "checkpoints the heat flow does not write": ("progress = false", "progress = false\n"
-                                                 "checkpoint_every = 2",
-                                                 "output.checkpoint_every"),
     "game coupling with G(0) != 0": ("sigma = 0.5", "sigma = 0.5\nG = \"0.2*exp(rho)\"\n"
                                      "coupling = \"mfg\"", "problem.G"),
 }
@@ -114,19 +111,19 @@ def test_config_copy_reproduces_run(tmp_path, earlier_result):
         assert second[k] == first[k], k
 
 
-@pytest.mark.parametrize("run,solver", [("nls", {}), ("qhd-quantum", {}),
+@pytest.mark.parametrize("run,solver", [("cole-hopf", {}),
                                         ("hjb-fp", {"method": "picard"}),
                                         ("hjb-fp", {"method": "cole-hopf"})])
 def test_checkpoints_where_none_are_written_are_refused(run, solver):
     """``checkpoint_every`` where the run writes no checkpoint (it was ignored silently: a
-    killed run then had nothing to restart from); the HJB-FP Newton and the trainers take it."""
+    killed run then had nothing to restart from); the HJB-FP Newton, the QHD solves, the
+    trainers and the time steppers take it."""
     from fem_mfc import config
     from fem_mfc.errors import ConfigError
     raw = {"run": {"formulation": run}, "solver": solver, "output": {"checkpoint_every": 2}}
-    if run == "qhd-quantum":
-        raw.update(run={"formulation": "qhd"}, qhd={"signature": "quantum"},
-                   problem={"Phi": "0"})
     with pytest.raises(ConfigError, match="output.checkpoint_every"):
         config.from_dict(raw)
-    for ok in ("hjb-fp", "classifier", "generative", "qhd"):
+    for ok in ("hjb-fp", "classifier", "generative", "qhd", "heat", "nls"):
         config.from_dict({"run": {"formulation": ok}, "output": {"checkpoint_every": 2}})
+    config.from_dict({"run": {"formulation": "qhd"}, "qhd": {"signature": "quantum"},
+                      "problem": {"Phi": "0"}, "output": {"checkpoint_every": 2}})

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..expressions import as_ufl, parse
 from ..nls_invariants import NLSInvariants, l2_norm_complex, l2_norm_density, relative_drift
 from ..pipeline import bound, build_mesh
-from ..solvers.nls import NLSProblem, ground_state, make_stepper
+from ..solvers.nls import MidpointStepper, NLSProblem, ground_state, make_stepper
 
 
 def soliton(x, t, hbar, kappa, eta, v, x0):
@@ -131,7 +131,9 @@ def build_problem(cfg: dict, msh, opts: dict) -> NLSProblem:
 
 
 def run(cfg: dict, ctx) -> dict:
-    md = build_mesh(cfg, ctx.comm)
+    from ..checkpoint import load_stepping, restart_mesh, stepping_checkpoints
+    resume, md = restart_mesh(cfg, ctx)
+    md = md or build_mesh(cfg, ctx.comm)
     msh = md.mesh
     gdim = msh.geometry.dim
     opts = check(cfg, gdim)
@@ -149,6 +151,9 @@ def run(cfg: dict, ctx) -> dict:
     elif n["initial"] == "gaussian":
         exact = free_gaussian(x, t_c, hbar, n["s0"], opts["k0"], opts["x0"])
         P.interpolate(z, *exact)
+    elif resume is not None:                     # the state comes from the checkpoint
+        exact = None
+        summary.update(resume["ground_state"])
     else:
         exact = None
         gs, mu, its = ground_state(P, n["mass"], n["gs_tau"], n["gs_tol"], n["gs_max_steps"])
@@ -159,34 +164,54 @@ def run(cfg: dict, ctx) -> dict:
         exact = None
 
     from .. import madelung
-    rho_f, S_f = madelung.density(z), madelung.phase(z, hbar)
-    rho0 = rho_f.copy()
-    series = ctx.series("rho_phase", [rho_f, S_f])
-    series.write(0.0)
-
     stepper = make_stepper(n["integrator"], P, z, tau, nonlinearity=n["nonlinearity"],
                            rtol=s["rtol"], atol=s["atol"], max_it=s["max_it"])
+    snap_at = sorted(set(np.linspace(0, N, 5).round().astype(int).tolist()))
+    start = 0
+    if resume is not None:                     # the state, what the next step reads, the
+        start = resume["step"]                 # snapshots and the histories so far
+        rho_space = madelung.density(z).function_space
+        snaps = {k: dolfinx.fem.Function(rho_space) for k in snap_at if k <= start}
+        load_stepping(ctx.restart, resume, {"psi": z, **_previous(stepper),
+                                            **{f"snap_{k}": f for k, f in snaps.items()}})
+        _set_counts(stepper, resume, start)
+        hist = resume["history"]
+    rho_f, S_f = madelung.density(z), madelung.phase(z, hbar)
+    series = ctx.series("rho_phase", [rho_f, S_f])
     inv = NLSInvariants(P, z)
-    hist = {"mass": [inv.mass()], "energy": [inv.energy()], "momentum": [inv.momentum()],
-            "width2": [inv.width2()], "centre": [inv.centre().tolist()]}
+    if resume is None:
+        snaps = {0: rho_f.copy()}
+        series.write(0.0)
+        hist = {"mass": [inv.mass()], "energy": [inv.energy()],
+                "momentum": [inv.momentum()], "width2": [inv.width2()],
+                "centre": [inv.centre().tolist()]}
+    rho0 = snaps[0]
     every = cfg["output"]["every"]
-    snap_at = set(np.linspace(0, N, 5).round().astype(int).tolist())
-    snaps = [rho_f.copy()]
-    for k in ctx.progress(range(1, N + 1), desc="nls", total=N):
-        stepper.step()
-        hist["mass"].append(inv.mass())
-        hist["energy"].append(inv.energy())
-        hist["momentum"].append(inv.momentum())
-        hist["width2"].append(inv.width2())
-        hist["centre"].append(inv.centre().tolist())
-        if k % every == 0 or k == N or k in snap_at:
-            rho_f.x.array[:] = madelung.density(z).x.array
-            S_f.x.array[:] = madelung.phase(z, hbar).x.array
-            if k % every == 0 or k == N:
-                series.write(k * tau)
-            if k in snap_at:
-                snaps.append(rho_f.copy())
+    with stepping_checkpoints(cfg, ctx, msh, resume) as writer:
+        for k in ctx.progress(range(start + 1, N + 1), desc="nls", total=N - start):
+            stepper.step()
+            hist["mass"].append(inv.mass())
+            hist["energy"].append(inv.energy())
+            hist["momentum"].append(inv.momentum())
+            hist["width2"].append(inv.width2())
+            hist["centre"].append(inv.centre().tolist())
+            if k % every == 0 or k == N or k in snap_at:
+                rho_f.x.array[:] = madelung.density(z).x.array
+                S_f.x.array[:] = madelung.phase(z, hbar).x.array
+                if k % every == 0 or k == N:
+                    series.write(k * tau)
+                if k in snap_at:
+                    snaps[k] = rho_f.copy()
+            if writer is not None and writer.due(k) and k < N:
+                writer.write(k, {"psi": z, **_previous(stepper),
+                                 **{f"snap_{j}": f for j, f in snaps.items()}},
+                             history=hist, **_counts(stepper),
+                             ground_state={key: summary[key] for key in
+                                           ("mu", "ground_state_steps") if key in summary})
+        if writer is not None:
+            writer.done = True
     stepper.destroy()
+    snaps = [snaps[k] for k in snap_at]
 
     mom = np.array(hist["momentum"])
     summary.update({
@@ -202,6 +227,8 @@ def run(cfg: dict, ctx) -> dict:
         "rho_change_L2": _rel_change(rho0, rho_f),
     })
     summary["checks"] = conservation_checks(summary)
+    if resume is not None:
+        summary["restarted_at_step"] = start
     if stepper.residuals is not None:
         r = stepper.residuals
         summary["step_residual_reduction"] = r.worst()
@@ -236,6 +263,30 @@ def conservation_checks(summary: dict) -> dict:
         out["energy"] = bound(summary["energy_error"], ENERGY_TOL,
                               "relative energy drift of the energy-conserving scheme")
     return out
+
+
+def _previous(stepper) -> dict:
+    """What the next step reads besides the state: the midpoint rule's previous state (its
+    extrapolated first guess); nothing for the compositions (no extrapolation across their
+    sub-steps) and RK4."""
+    return {"psi_previous": stepper.z_old} if isinstance(stepper, MidpointStepper) else {}
+
+
+def _counts(stepper) -> dict:
+    """The stepper's counts a checkpoint keeps: Newton iterations and the steps' residuals."""
+    r = stepper.residuals
+    return {"newton_iterations": stepper.newton_iterations,
+            "step_residuals": r.pairs if r is not None else []}
+
+
+def _set_counts(stepper, meta: dict, step: int) -> None:
+    """The stepper as after ``step`` steps of the run whose checkpoint ``meta`` is."""
+    base = getattr(stepper, "base", stepper)
+    base.newton_iterations = meta["newton_iterations"]
+    if isinstance(stepper, MidpointStepper):
+        stepper.steps = step                 # extrapolate from the stored previous state
+    if stepper.residuals is not None:
+        stepper.residuals.pairs = [tuple(p) for p in meta["step_residuals"]]
 
 
 def _rel_change(a, b) -> float:

@@ -80,7 +80,7 @@ def run(cfg: dict, ctx) -> dict:
     if cfg["qhd"]["signature"] == "control":
         out = _run_control(cfg, ctx, problem, resume)
     else:
-        out = _run_quantum(cfg, ctx, problem)
+        out = _run_quantum(cfg, ctx, problem, resume)
     return {**common, **out}
 
 
@@ -171,31 +171,55 @@ def errors(problem, st, J: float) -> dict:
             "err_J": abs(J - problem.exact.J), "J_exact": problem.exact.J}
 
 
-def _run_quantum(cfg, ctx, problem) -> dict:
+def _run_quantum(cfg, ctx, problem, resume=None) -> dict:
+    from ..checkpoint import load_stepping, stepping_checkpoints
+    from ..solvers.qhd import HISTORY
     q = cfg["qhd"]
     x = ufl.SpatialCoordinate(problem.mesh)
     S0 = parse(q["S0"], "qhd.S0", x=x, gdim=problem.mesh.geometry.dim,
                params=cfg["problem"]["params"])
     stepper = QuantumStepper(problem.mesh, problem.degree, q["hbar"], problem.tau, problem.V,
                              problem.G, problem.coupling, **_solver_args(cfg, ctx))
-    stepper.set_initial(problem.rho0, S0)
+    every, N = cfg["output"]["every"], problem.steps
+    snap_at = set(np.linspace(0, N, 5).round().astype(int).tolist())
+    snaps, history = {}, None
+    if resume is not None:                 # the state, the snapshots and the histories so far
+        V0 = stepper.scalar_space
+        fields = {"rho": dolfinx.fem.Function(V0), "S": dolfinx.fem.Function(V0)}
+        for k in sorted(j for j in snap_at if j <= resume["step"]):
+            snaps[k] = (dolfinx.fem.Function(V0, name="rho"), dolfinx.fem.Function(V0, name="S"))
+            fields.update({f"snap_rho_{k}": snaps[k][0], f"snap_S_{k}": snaps[k][1]})
+        load_stepping(ctx.restart, resume, fields)
+        stepper.set_initial(fields["rho"], fields["S"])
+        stepper.residuals.pairs = [tuple(p) for p in resume["step_residuals"]]
+        history = resume["history"]
+    else:
+        stepper.set_initial(problem.rho0, S0)
     rho_out, S_out = stepper.rho(), stepper.S()
     series = ctx.series("qhd", [rho_out, S_out])
-    every, N = cfg["output"]["every"], problem.steps
-    snaps = {}
-    snap_at = set(np.linspace(0, N, 5).round().astype(int).tolist())
 
-    def record(n, t):
-        if n % every == 0 or n == N or n in snap_at:
-            rho_out.x.array[:] = stepper.rho().x.array
-            S_out.x.array[:] = stepper.S().x.array
-            if n % every == 0 or n == N:
-                series.write(t)
-            if n in snap_at:
-                snaps[n] = (rho_out.copy(), S_out.copy())
+    with stepping_checkpoints(cfg, ctx, problem.mesh, resume) as writer:
+        def record(n, t, result):
+            due = writer is not None and writer.due(n) and n < N
+            if n % every == 0 or n == N or n in snap_at or due:
+                rho_out.x.array[:] = stepper.rho().x.array
+                S_out.x.array[:] = stepper.S().x.array
+                if n % every == 0 or n == N:
+                    series.write(t)
+                if n in snap_at:
+                    snaps[n] = (rho_out.copy(), S_out.copy())
+            if due:
+                fields = {"rho": rho_out, "S": S_out}
+                for k, (r_k, s_k) in snaps.items():
+                    fields.update({f"snap_rho_{k}": r_k, f"snap_S_{k}": s_k})
+                writer.write(n, fields, history={k: getattr(result, k) for k in HISTORY},
+                             step_residuals=stepper.residuals.pairs)
 
-    ctx.log.info("QHD quantum signature: %d discrete-gradient steps, hbar = %g", N, q["hbar"])
-    r = solve_quantum(stepper, problem.T, N, callback=record)
+        ctx.log.info("QHD quantum signature: %d discrete-gradient steps, hbar = %g", N,
+                     q["hbar"])
+        r = solve_quantum(stepper, problem.T, N, callback=record, history=history)
+        if writer is not None:
+            writer.done = True
     summary = {"mass": r.mass[-1], "mass_error": r.drift("mass"), "min_rho": min(r.min_rho),
                "energy": r.energy[0], "energy_drift": r.drift("energy"),
                "fisher": r.fisher[0], "fisher_final": r.fisher[-1],
@@ -203,6 +227,8 @@ def _run_quantum(cfg, ctx, problem) -> dict:
                "max_iterations_per_step": int(max(r.iterations)),
                "residual": float(max(r.residuals)),
                "checks": mass_check(r.drift("mass") / max(abs(r.mass[0]), 1e-300))}
+    if resume is not None:
+        summary["restarted_at_step"] = resume["step"]
     # the discrete-gradient step conserves the energy H to solver tolerance (observed 3e-14
     # on the disk demo), as the NLS runs' energy-conserving scheme
     e = r.drift("energy") / max(abs(r.energy[0]), 1e-300)

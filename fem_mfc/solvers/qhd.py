@@ -250,17 +250,28 @@ class QuantumStepper:
         return self.snes.getIterationNumber(), fnorm
 
 
-def solve_quantum(stepper: QuantumStepper, T: float, steps: int, callback=None) -> QuantumResult:
+HISTORY = ("times", "mass", "energy", "fisher", "iterations", "residuals", "min_rho")
+
+
+def solve_quantum(stepper: QuantumStepper, T: float, steps: int, callback=None,
+                  history: dict | None = None) -> QuantumResult:
     """Step from the state in ``stepper`` to t = T in ``steps`` steps, recording invariants.
-    ``callback(n, t)`` is called after every step (and at n = 0)."""
+    ``callback(n, t, result)`` is called after every step (and at n = 0) with the result so
+    far.  ``history``: the lists
+    (``HISTORY``) of a run restarted after ``len(history["iterations"])`` steps from the
+    state in ``stepper``."""
     t0 = time.perf_counter()
     tau = T / steps
-    out = QuantumResult(times=[0.0], mass=[stepper.value("mass")],
-                        energy=[stepper.value("energy")], fisher=[stepper.value("fisher")],
-                        iterations=[], residuals=[], min_rho=[_min(stepper)], z=stepper.z)
-    if callback:
-        callback(0, 0.0)
-    for n in range(steps):
+    if history is not None:
+        out = QuantumResult(**{k: list(history[k]) for k in HISTORY}, z=stepper.z)
+    else:
+        out = QuantumResult(times=[0.0], mass=[stepper.value("mass")],
+                            energy=[stepper.value("energy")],
+                            fisher=[stepper.value("fisher")], iterations=[], residuals=[],
+                            min_rho=[_min(stepper)], z=stepper.z)
+        if callback:
+            callback(0, 0.0, out)
+    for n in range(len(out.iterations), steps):
         its, fnorm = stepper.step(n)
         out.iterations.append(its)
         out.residuals.append(fnorm)
@@ -274,7 +285,7 @@ def solve_quantum(stepper: QuantumStepper, T: float, steps: int, callback=None) 
                               f"{out.min_rho[-1]:.3g}); the Madelung form breaks down, use "
                               "formulation = 'nls'")
         if callback:
-            callback(n + 1, (n + 1) * tau)
+            callback(n + 1, (n + 1) * tau, out)
     out.seconds = time.perf_counter() - t0
     return out
 
