@@ -221,11 +221,11 @@ def _gather_rows(comm, nodes, columns: dict) -> dict:
     return {NODES: np.concatenate(nodes), **{k: np.concatenate(v) for k, v in vals.items()}}
 
 
-def _read_rows(folder: Path, nodes, names) -> dict:
+def _read_rows(folder: Path, nodes, names, key: str = NODES) -> dict:
     """{name: values at this rank's ``nodes``} of a checkpoint written by :func:`_gather_rows`,
-    the rows found by the nodes' coordinates."""
+    the rows found by the nodes' coordinates (stored as ``key``)."""
     with np.load(Path(folder) / ARRAYS) as z:
-        rows = _match_nodes(z[NODES], nodes, folder)
+        rows = _match_nodes(z[key], nodes, folder)
         return {key: z[key][rows] for key in names}
 
 
@@ -237,14 +237,17 @@ def _gather_nodal(comm, V, functions) -> dict:
     return _gather_rows(comm, V.tabulate_dof_coordinates()[:n], {STATES: vals.reshape(n, -1)})
 
 
-def _scatter_nodal(folder: Path, V, functions):
-    """``functions`` (of V) ← the values of :func:`_gather_nodal` stored in ``folder``."""
+def _scatter_nodal(folder: Path, V, functions, group: str = ""):
+    """``functions`` (of V; None: skip that column) ← the values of :func:`_gather_nodal`
+    stored in ``folder`` (as columns NODES + group, STATES + group)."""
     n, bs = V.dofmap.index_map.size_local, V.dofmap.index_map_bs
-    vals = _read_rows(folder, V.tabulate_dof_coordinates()[:n], [STATES])[STATES]
+    key = STATES + group
+    vals = _read_rows(folder, V.tabulate_dof_coordinates()[:n], [key], NODES + group)[key]
     vals = vals.reshape(n, len(functions), bs)
     for k, f in enumerate(functions):
-        f.x.array[: n * bs] = vals[:, k].ravel()
-        f.x.scatter_forward()
+        if f is not None:
+            f.x.array[: n * bs] = vals[:, k].ravel()
+            f.x.scatter_forward()
 
 
 def load_states(folder: Path, st):
@@ -400,18 +403,9 @@ def load_stepping(folder: Path, meta: dict, fields: dict) -> dict:
                           f"'{meta.get('phase')}' solve)", str(folder))
     for g, names in enumerate(meta["groups"]):
         wanted = [k for k in names if k in fields]
-        if not wanted:
-            continue
-        V = fields[wanted[0]].function_space
-        n, bs = V.dofmap.index_map.size_local, V.dofmap.index_map_bs
-        with np.load(Path(folder) / ARRAYS) as z:
-            rows = _match_nodes(z[f"{NODES}{g}"], V.tabulate_dof_coordinates()[:n], folder)
-            vals = z[f"{STATES}{g}"][rows].reshape(n, len(names), bs)
-        for k, name in enumerate(names):
-            if name in fields:
-                f = fields[name]
-                f.x.array[: n * bs] = vals[:, k].ravel()
-                f.x.scatter_forward()
+        if wanted:
+            _scatter_nodal(folder, fields[wanted[0]].function_space,
+                           [fields.get(k) for k in names], str(g))
     missing = set(fields) - {k for names in meta["groups"] for k in names}
     if missing:
         raise ConfigError("--restart", f"a checkpoint holding {sorted(missing)}", str(folder))
