@@ -419,10 +419,20 @@ def _match_nodes(stored: np.ndarray, mine: np.ndarray, folder) -> np.ndarray:
     if not len(mine):
         return np.zeros(0, dtype=np.int64)
     scale = float(np.abs(stored).max()) if len(stored) else 1.0
-    dist, rows = cKDTree(stored).query(mine)
-    if len(stored) == 0 or dist.max() > 1e-10 * max(scale, 1.0):
+    tol = 1e-10 * max(scale, 1.0)
+    if len(stored) < 2:
+        dist, rows = cKDTree(stored).query(mine) if len(stored) else (np.array([np.inf]), None)
+        twin = np.full(len(mine), np.inf)
+    else:
+        dist, rows = cKDTree(stored).query(mine, k=2)
+        twin, dist, rows = dist[:, 1], dist[:, 0], rows[:, 0]
+    if dist.max() > tol:
         raise ConfigError("--restart", "a checkpoint whose nodes are this run's (the same mesh "
                           "and elements)", str(folder))
+    if twin.min() <= tol:           # two stored nodes at one point: which is whose is unknown
+        raise ConfigError("--restart", "a mesh whose nodes have distinct coordinates (this "
+                          "checkpoint's mesh has coincident nodes, e.g. a slit; its values "
+                          "cannot be matched to nodes)", str(folder))
     return rows
 
 

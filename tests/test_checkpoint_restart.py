@@ -320,3 +320,19 @@ def test_killed_qhd_control_run_restarts_on_two_ranks(tmp_path):
                    "checkpoint_every = 1\n")
     _, s = killed_and_restarted(cfg, tmp_path)
     assert s["mass_error"] < 1e-12 and s["checks"]["mass"]["ok"]
+
+
+def test_coincident_nodes_are_refused_not_mismatched(tmp_path):
+    """Values are matched to nodes by coordinates; a stored mesh with two nodes at one point
+    (a slit) cannot be matched — refused with one line instead of one value taken twice."""
+    import numpy as np
+
+    from fem_mfc import checkpoint
+    from fem_mfc.errors import ConfigError
+    stored = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, 0.5], [0.5, 0.5]])
+    mine = stored[[2, 0, 1]]
+    assert list(checkpoint._match_nodes(stored[:3], mine, tmp_path)) == [2, 0, 1]
+    with pytest.raises(ConfigError, match="coincident"):
+        checkpoint._match_nodes(stored, mine, tmp_path)
+    with pytest.raises(ConfigError, match="the same mesh"):
+        checkpoint._match_nodes(stored[:3], mine + 0.1, tmp_path)
