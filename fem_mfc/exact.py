@@ -273,8 +273,21 @@ class PeriodicManufactured(Manufactured):
 
 
 def from_config(kind: str, cfg: dict, mesh, G, H=None):
-    """The exact solution named by ``exact.solution`` for the hjb-fp formulation."""
+    """The exact solution named by ``exact.solution`` for the hjb-fp formulation.  It sets V,
+    Φ and ρ_0 itself: a config giving others is refused (they were replaced silently, and the
+    run of another problem than the config's reported success)."""
     pr = cfg["problem"]
+    for key in ("V", "Phi"):
+        if pr[key].strip() not in ("0", "0.0"):
+            raise ConfigError(f"problem.{key}", f"'0' (the default) with exact.solution = "
+                              f"'{kind}', which sets V and Phi itself (MODEL §7; remove "
+                              f"[exact] to solve this {key})", pr[key])
+    r0 = cfg["rho0"]
+    if r0["kind"] != "gaussian":
+        raise ConfigError("rho0.kind", f"'gaussian' with exact.solution = '{kind}' ("
+                          + ("its mean and std are the exact solution's" if kind ==
+                             "lq-gaussian" else "the manufactured solution sets rho0")
+                          + "; remove [exact] to start from this density)", r0["kind"])
     if kind == "lq-gaussian" and H is not None:
         raise ConfigError("problem.H", "'quadratic' for exact.solution = 'lq-gaussian'",
                           pr.get("H"))

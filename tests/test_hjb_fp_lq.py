@@ -81,3 +81,28 @@ def test_mass_and_value_identity(scheme):
         naive.append(abs(u0rho0 - ex.J))
         gaps.append(e["J"])
     assert naive[-1] < naive[0] / 3 and gaps[-1] < gaps[0] / 3
+
+
+@pytest.mark.parametrize("section,key,value,name", [
+    ("problem", "Phi", "10*x0**4", "problem.Phi"), ("problem", "V", "t*x0", "problem.V"),
+    ("rho0", "kind", "formula", "rho0.kind")])
+@pytest.mark.parametrize("solution", ["lq-gaussian", "manufactured"])
+def test_exact_solution_refuses_a_problem_it_would_replace(solution, section, key, value,
+                                                           name, tmp_path):
+    """An exact solution sets V, Φ and ρ_0 itself.  A config that gives others was solved as the
+    exact solution's problem and reported success (the same J for Phi = 10 x⁴ as for 0, and a
+    `config.toml` that did not reproduce the run); now refused with one line naming the key."""
+    import tomllib
+
+    from fem_mfc import config
+    from fem_mfc.errors import ConfigError
+    from fem_mfc.pipeline import run_config
+    from helpers import REPO
+    raw = tomllib.loads((REPO / "demos" / "lq_gaussian_1d.toml").read_text())
+    raw["exact"]["solution"] = solution
+    raw["output"] = {"figures": False, "vtx": False, "progress": False}
+    raw[section][key] = value
+    if key == "kind":
+        raw["rho0"]["formula"] = "4 + x0"
+    with pytest.raises(ConfigError, match=name):
+        run_config(config.from_dict(raw), tmp_path / "out", quiet=True)
