@@ -900,13 +900,16 @@ def _no_congestion(cfg: dict) -> bool:
 
 def _check_sigma(cfg: dict, source):
     """σ = 0 where the formulation divides by ε = σ²/2 (Cole–Hopf χ = e^{−u/2ε}, the QHD
-    control signature's Bohm coefficient σ⁴/2)."""
+    control signature's Bohm coefficient σ⁴/2) or is the noise alone (heat: it crashed in the
+    form, "missing an integration domain")."""
     if cfg["problem"]["sigma"] > 0:
         return
     f, s = cfg["run"]["formulation"], cfg["solver"]
     why = None
     if f == "cole-hopf":
         why = "formulation 'cole-hopf' (chi = exp(-u/2eps))"
+    elif f == "heat":
+        why = "formulation 'heat' (the flow of the noise alone: with sigma = 0 nothing moves)"
     elif f == "qhd" and cfg["qhd"]["signature"] == "control":
         why = "the QHD control signature (Bohm coefficient sigma^4/2)"
     elif f == "hjb-fp" and (s["method"] == "cole-hopf" or s["initial_guess"] == "cole-hopf"):

@@ -154,4 +154,5 @@ def test_sigma_zero_allowed_elsewhere():
     _cfg(problem={"sigma": 0.0, "G": "rho**2/2"})     # 'auto' takes Newton with a congestion
     with pytest.raises(ConfigError, match="problem.sigma"):   # a G that vanishes is none
         _cfg(problem={"sigma": 0.0, "G": "c*rho**2", "params": {"c": 0.0}})
-    _cfg(problem={"sigma": 0.0}, run={"formulation": "heat"})
+    with pytest.raises(ConfigError, match="problem.sigma"):   # heat is the noise alone:
+        _cfg(problem={"sigma": 0.0}, run={"formulation": "heat"})   # it crashed in its form
