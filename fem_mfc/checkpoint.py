@@ -141,7 +141,7 @@ def _commit(folder: Path, comm, fill, info: dict):
         arrays = more.pop("arrays", None)
         if arrays:
             np.savez(tmp / ARRAYS, **arrays)
-        info = {**info, **more, "ranks": comm.size}
+        info = {**info, **more, "ranks": comm.size, "state_files": _sizes(tmp / STATE)}
         (tmp / META).write_text(json.dumps(info, indent=1, default=_plain) + "\n")
         old = folder.with_name(folder.name + f".old-{os.getpid()}")
         if folder.exists():
@@ -149,6 +149,15 @@ def _commit(folder: Path, comm, fill, info: dict):
         os.replace(tmp, folder)
         shutil.rmtree(old, ignore_errors=True)
     comm.barrier()
+
+
+def _sizes(bp: Path) -> dict:
+    """{relative path: size} of the files of the ADIOS2 folder ``bp`` (a checkpoint's
+    integrity record: a reader of a truncated BP file waits for the rest for ever)."""
+    if not bp.is_dir():
+        return {}
+    return {str(f.relative_to(bp)): f.stat().st_size for f in sorted(bp.rglob("*"))
+            if f.is_file()}
 
 
 def _plain(v):
@@ -180,9 +189,26 @@ def _test_pause(comm, count: int, phase: str):
 _PAUSE_SEEN = [0]          # checkpoints of the selected phase announced in this process
 
 
+@contextlib.contextmanager
+def _intact(folder, part: str):
+    """Reading ``part`` of checkpoint ``folder``: a damaged or truncated file (a disk that
+    filled, a copy cut short) is refused with one line (exit 2), not a traceback."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except Exception as e:     # JSON, zip (npz) and ADIOS2 errors, missing arrays or names
+        why = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise ConfigError("--restart", f"an intact checkpoint ({part} cannot be read: {why})",
+                          str(folder)) from None
+
+
 def read_meta(folder: Path, cfg: dict) -> dict:
     """The checkpoint's meta data, refused if it belongs to another problem."""
-    meta = json.loads((Path(folder) / META).read_text())
+    with _intact(folder, META):
+        meta = json.loads((Path(folder) / META).read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
     if meta.get("config_hash") != config_hash(cfg):
         raise ConfigError("--restart", "a checkpoint of this config's problem (the mesh, "
                           "problem, rho0, discretisation and exact sections must be those "
@@ -198,11 +224,17 @@ def read_mesh(folder: Path, comm=MPI.COMM_WORLD, meta: dict | None = None):
     (mesh, {"cell_tags": …, "facet_tags": …}) with the tags the checkpoint holds."""
     import adios4dolfinx
     bp = Path(folder) / STATE
-    mesh = adios4dolfinx.read_mesh(bp, comm)
-    tags = {}
-    for name in (meta or {}).get("tags", ()):
-        if name in TAGS:
-            tags[name] = adios4dolfinx.read_meshtags(bp, mesh, meshtag_name=name)
+    with _intact(folder, STATE):
+        expected, found = (meta or {}).get("state_files"), _sizes(bp)
+        if expected is not None and found != expected:          # ADIOS2 waits for a file
+            raise ValueError("its files are not those written")   # cut short, for ever
+        if not any(k.startswith("md.") and v > 0 for k, v in found.items()):
+            raise ValueError("no metadata")         # a checkpoint older than the record
+        mesh = adios4dolfinx.read_mesh(bp, comm)
+        tags = {}
+        for name in (meta or {}).get("tags", ()):
+            if name in TAGS:
+                tags[name] = adios4dolfinx.read_meshtags(bp, mesh, meshtag_name=name)
     return mesh, tags
 
 
@@ -224,9 +256,9 @@ def _gather_rows(comm, nodes, columns: dict) -> dict:
 def _read_rows(folder: Path, nodes, names, key: str = NODES) -> dict:
     """{name: values at this rank's ``nodes``} of a checkpoint written by :func:`_gather_rows`,
     the rows found by the nodes' coordinates (stored as ``key``)."""
-    with np.load(Path(folder) / ARRAYS) as z:
+    with _intact(folder, ARRAYS), np.load(Path(folder) / ARRAYS) as z:
         rows = _match_nodes(z[key], nodes, folder)
-        return {key: z[key][rows] for key in names}
+        return {name: z[name][rows] for name in names}
 
 
 def _gather_nodal(comm, V, functions) -> dict:
@@ -258,12 +290,13 @@ def load_states(folder: Path, st):
         return
     import adios4dolfinx
     bp = Path(folder) / STATE
-    for n in range(1, st.N + 1):
-        adios4dolfinx.read_function(bp, st.rho[n], name=f"rho_{n}")
-        st.rho[n].x.scatter_forward()
-    for n in range(st.N):
-        adios4dolfinx.read_function(bp, st.u[n], name=f"u_{n}")
-        st.u[n].x.scatter_forward()
+    with _intact(folder, STATE):
+        for n in range(1, st.N + 1):
+            adios4dolfinx.read_function(bp, st.rho[n], name=f"rho_{n}")
+            st.rho[n].x.scatter_forward()
+        for n in range(st.N):
+            adios4dolfinx.read_function(bp, st.u[n], name=f"u_{n}")
+            st.u[n].x.scatter_forward()
 
 
 def mesh_data(folder: Path, cfg: dict, comm=MPI.COMM_WORLD, meta: dict | None = None):
@@ -338,7 +371,7 @@ def load_training(folder: Path, model, meta: dict) -> TrainingState:
                           f"HJB-FP solve: phase '{meta.get('phase')}')", str(folder))
     names = meta["controls"]
     if model.replicated_control:
-        with np.load(Path(folder) / ARRAYS) as z:
+        with _intact(folder, ARRAYS), np.load(Path(folder) / ARRAYS) as z:
             controls = {key: z[key].copy() for key in names}
     else:
         controls = {key: model.control_from_values(v)

@@ -126,3 +126,36 @@ def test_killed_run_restarts_on_other_ranks(name, writer, reader, tmp_path):
     assert cut["restarted_at_step"] == 4
     same_summary(full, cut, 1e-9)
     assert not ck.exists() and math.isfinite(full["energy"])
+
+
+@pytest.mark.parametrize("damage", ["meta.json", "nodal.npz", "state.bp", "state.bp-older"])
+def test_a_damaged_checkpoint_is_refused_with_one_line(damage, tmp_path, monkeypatch):
+    """A checkpoint cut short (garbage meta.json, a truncated nodal.npz, an emptied ADIOS2
+    file) gave a traceback (JSONDecodeError, BadZipFile, RuntimeError; exit 1) — or, for the
+    emptied ADIOS2 file, waited in ADIOS2 for ever, deaf to SIGTERM.  Now a ConfigError naming
+    --restart and the part (exit 2), also for a checkpoint written before meta.json recorded
+    the ADIOS2 files' sizes ("older")."""
+    import shutil
+    cfg = config.from_dict(raw_config("heat"))
+    monkeypatch.setattr(checkpoint, "remove", lambda *a, **k: None)
+    run_config(cfg, tmp_path / "full", quiet=True)
+    ck = tmp_path / "full.checkpoint"
+    if damage == "state.bp-older":
+        meta = json.loads((ck / "meta.json").read_text())
+        del meta["state_files"]
+        (ck / "meta.json").write_text(json.dumps(meta))
+        damage = "state.bp"
+    part = ck / damage
+    if damage == "meta.json":
+        part.write_text("{ not json")
+    elif damage == "nodal.npz":
+        part.write_bytes(part.read_bytes()[:100])
+    else:
+        for f in part.iterdir():
+            if f.is_file():
+                f.write_bytes(b"")
+            else:
+                shutil.rmtree(f)
+    with pytest.raises(ConfigError, match=r"--restart.*intact checkpoint \(" + damage):
+        run_config(cfg, tmp_path / "again", quiet=True, restart=ck)
+
