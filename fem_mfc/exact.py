@@ -35,6 +35,11 @@ def _ln(v):
 class LQGaussian:
     """MODEL §7.1 on a box ≫ the Gaussian width."""
 
+    # its HJB–FP sources are HJB boundary data only: the FP steps conserve the mass exactly.
+    # Its QHD boundary data include the continuity flux b_C: the QHD mass moves with it.
+    moves_mass = False
+    moves_qhd_mass = True
+
     def __init__(self, mesh, T, sigma, a=1.0, mean=None, std=0.5, discrete_time=None):
         self.mesh, self.T, self.a = mesh, float(T), float(a)
         self.eps = 0.5 * sigma ** 2
@@ -139,6 +144,8 @@ class Manufactured:
     ``variant = k`` > 0 (another population, fem_mfc/populations.py): ψ → (−1)^k ψ and the
     centre of u moved by 0.1k along x_0 (polynomial still).
     """
+
+    moves_mass = True       # FP sources f_F, b_F: the discrete mass follows them to O(h^p)
 
     def __init__(self, mesh, T, sigma, G, coupling="mftc", time="affine", space="trig", V=0.0,
                  H=None, variant: int = 0):

@@ -53,3 +53,24 @@ def test_time_rates(coupling):
         for key in ("u", "rho"):
             r = observed_orders([e[key] for e in res], [1 / n for n in steps])
             assert min(r) >= order, (scheme, key, r)
+
+
+def test_manufactured_sources_move_the_mass_and_are_not_a_failure(tmp_path):
+    """The manufactured FP sources change the discrete mass by a discretisation error (1.2e-8
+    on 16 cells, falling with h); the mass check said "failed" (limit 1e-8) and a correct
+    solve exited 3 — a refinement study flagged its coarse levels.  Recorded, not checked."""
+    import tomllib
+
+    from fem_mfc import config
+    from fem_mfc.pipeline import run_config
+    from helpers import REPO
+    raw = tomllib.loads((REPO / "demos" / "lq_gaussian_1d.toml").read_text())
+    raw["mesh"]["cells"], raw["problem"]["steps"] = 16, 8
+    raw["exact"]["solution"] = "manufactured"
+    raw["output"] = {"figures": False, "vtx": False, "progress": False}
+    s = run_config(config.from_dict(raw), tmp_path / "m", quiet=True)
+    assert s["mass_error"] > 1e-9                      # it does move
+    assert s["checks"]["mass"]["applies"] is False and s["converged"] is True
+    raw["exact"]["solution"] = "lq-gaussian"           # no FP sources: checked
+    s = run_config(config.from_dict(raw), tmp_path / "lq", quiet=True)
+    assert "applies" not in s["checks"]["mass"] and s["checks"]["mass"]["value"] < 1e-12

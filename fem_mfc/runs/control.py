@@ -63,10 +63,12 @@ def solve_config(cfg: dict, ctx, md=None):
 
 
 def checks(result, max_rho: float, identity: bool = True, monotone: str | None = None,
-           crank_nicolson: bool = False) -> dict:
+           crank_nicolson: bool = False, mass: bool = True) -> dict:
     """The figures that decide whether a solve is usable: {name: {value, limit, relation, ok,
     hint}}.  ``identity=False``: the problem has manufactured sources, which enter the
     Lagrangian linearly, so J and the value identity differ by them (recorded, not checked).
+    ``mass=False``: sources in the FP rows (a manufactured solution) move the discrete mass by
+    a discretisation error (5.6e-6 on 8 cells, 4e-11 on 32: recorded, not checked).
     ``monotone``: the settings of the monotone scheme where it can fix a negative density
     (``ControlProblem.monotone_advice``), else None; ``crank_nicolson``: the run's scheme,
     which does not damp the oscillations of large steps — backward Euler is advised where
@@ -90,6 +92,9 @@ def checks(result, max_rho: float, identity: bool = True, monotone: str | None =
                                      "problem has manufactured sources")
     if result.method in IDENTITY_RTOL:
         out["mass"] = bound(result.mass_error, mass_tol, "max |mass - 1|")
+        if not mass:
+            out["mass"].update(ok=True, applies=False, hint="not conserved: the problem has "
+                               "manufactured sources in the FP rows")
     out["min_rho"] = bound(result.min_rho, -NEGATIVE_RHO * max_rho,
                            "negative density; refine the mesh"
                            + (f" or use {monotone}" if monotone else
@@ -116,6 +121,7 @@ def run(cfg: dict, ctx) -> dict:
         "ndofs": V.dofmap.index_map.size_global, "nsteps": N, "h": md.h, "tau": problem.tau,
         "solve_time_s": result.seconds,
         "checks": checks(result, max_rho, getattr(problem.exact, "sources", None) is None,
+                         mass=not getattr(problem.exact, "moves_mass", False),
                          monotone=(problem.monotone_advice()
                                    if cfg["run"]["formulation"] == "hjb-fp" else None),
                          crank_nicolson=problem.theta != 1.0),

@@ -138,7 +138,9 @@ def _run_control(cfg, ctx, problem, resume=None) -> dict:
                "fisher": float(d["fisher"][0]), "J": d["J"], "J_value_identity": d["J_value"],
                "iterations": res.iterations,
                "residual": res.history[-1]["residual"] if res.history else 0.0,
-               "history": list(res.history), "checks": mass_check(d["mass_error"])}
+               "history": list(res.history),
+               "checks": mass_check(d["mass_error"],
+                                    not getattr(problem.exact, "moves_qhd_mass", False))}
     if problem.exact is not None:
         summary.update(errors(problem, st, d["J"]))
     if ctx.figures:
@@ -149,13 +151,19 @@ def _run_control(cfg, ctx, problem, resume=None) -> dict:
     return summary
 
 
-def mass_check(error: float) -> dict:
+def mass_check(error: float, applies: bool = True) -> dict:
     """The run's check (``checks``, as for the HJB-FP runs): both signatures conserve the mass
     exactly (observed ≤ 2e-15); a drift above MASS_TOL means a broken solve.  (The control
     signature's value identity holds to the discretisation error only — 1.3 % on the 1D
-    demo — and is recorded, not checked.)"""
+    demo — and is recorded, not checked.)  ``applies=False``: an exact solution's boundary
+    data move the mass (the continuity flux b_C of the LQ Gaussian: 4.2e-6 on its refinement
+    study's coarse level) — recorded, not checked."""
     from .control import MASS_TOL
-    return {"mass": bound(error, MASS_TOL, "relative mass drift")}
+    out = bound(error, MASS_TOL, "relative mass drift")
+    if not applies:
+        out.update(ok=True, applies=False, hint="not conserved: the exact solution's boundary "
+                   "flux moves the mass")
+    return {"mass": out}
 
 
 def errors(problem, st, J: float) -> dict:
