@@ -298,10 +298,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "eta": Key(float, 1.0, "soliton amplitude/inverse width eta", positive,
                    "a positive number"),
         "wavenumber": Key(float, 0.0, "soliton wave number v (speed hbar*v)"),
-        "x0": Key(list, [0.0], "soliton/Gaussian centre (gdim numbers)"),
+        "x0": Key(list, [0.0], "soliton/Gaussian centre (gdim numbers; [0.0]: the origin)"),
         "s0": Key(float, 0.5, "Gaussian width s0 (per-axis std of |Psi|^2)", positive,
                   "a positive number"),
-        "k0": Key(list, [0.0], "Gaussian mean wave vector k0 (gdim numbers)"),
+        "k0": Key(list, [0.0], "Gaussian mean wave vector k0 (gdim numbers; [0.0]: zero)"),
         "integrator": Key(str, "midpoint", "time stepper: implicit midpoint (SNES Newton), its "
                           "order-4 symmetric compositions, or explicit RK4 (a contrast)",
                           choices=("midpoint", "triple-jump", "suzuki", "rk4")),

@@ -321,6 +321,19 @@ def test_inconsistent_combinations_rejected(change, key):
     assert key in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("initial", ["gaussian", "ground-state"])
+def test_default_centre_and_wave_vector_are_the_origin_in_2d(initial):
+    """``nls.x0`` and ``nls.k0`` default to [0.0]: on a 2D mesh they were refused ("an array of
+    2 finite numbers ... got [0.0]"), even for the ground state, which does not read x0."""
+    raw = _cfg()
+    raw["mesh"] = {"kind": "rectangle", "lower": [-1.0, -1.0], "upper": [1.0, 1.0]}
+    raw["rho0"] = {"mean": [0.0, 0.0]}
+    raw["nls"] = {"initial": initial, "kappa": 0.0}
+    cfg = config.from_dict(raw)
+    opts = check(cfg, 2)
+    assert opts["x0"] == [0.0, 0.0] and opts["k0"] == [0.0, 0.0]
+
+
 def test_bad_integrator_rejected_by_schema():
     with pytest.raises(ConfigError) as e:
         config.from_dict(_cfg(integrator="euler"))

@@ -60,6 +60,10 @@ def free_gaussian_width2(t, hbar, s0):
 
 
 def _vector(key, v, gdim):
+    """A point or vector of the mesh's dimension; the default [0.0] is the origin in any
+    dimension (it was refused on 2D and 3D meshes)."""
+    if isinstance(v, list) and len(v) == 1 and v[0] == 0 and not isinstance(v[0], bool):
+        v = [0.0] * gdim
     if not isinstance(v, list) or len(v) != gdim or not all(
             isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)
             for c in v):
@@ -81,7 +85,8 @@ def check(cfg: dict, gdim: int) -> dict:
     if has_G and p["coupling"] != "mftc":
         raise ConfigError("problem.coupling", "'mftc' for the NLS (g = G', the Hamiltonian "
                           "coupling)", p["coupling"])
-    x0 = _vector("nls.x0", n["x0"], gdim)
+    x0 = (_vector("nls.x0", n["x0"], gdim) if n["initial"] in ("soliton", "gaussian")
+          else [0.0] * gdim)                     # the ground state does not read it
     k0 = _vector("nls.k0", n["k0"], gdim) if n["initial"] == "gaussian" else [0.0] * gdim
     if n["initial"] == "soliton":
         if gdim != 1:
