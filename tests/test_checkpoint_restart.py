@@ -336,3 +336,22 @@ def test_coincident_nodes_are_refused_not_mismatched(tmp_path):
         checkpoint._match_nodes(stored, mine, tmp_path)
     with pytest.raises(ConfigError, match="the same mesh"):
         checkpoint._match_nodes(stored[:3], mine + 0.1, tmp_path)
+
+
+def test_auto_taking_cole_hopf_says_no_checkpoint_was_written(tmp_path, capsys):
+    """``checkpoint_every`` with method 'auto' on a problem without congestion: auto solves it
+    by Cole–Hopf, which writes no checkpoint.  That was silent (the README says such settings
+    are refused, not ignored); now one warning line says so."""
+    from fem_mfc import config
+    from fem_mfc.pipeline import run_config
+    raw = {"run": {"formulation": "hjb-fp"},
+           "mesh": {"kind": "interval", "cells": 16, "lower": [-2.0], "upper": [2.0]},
+           "problem": {"T": 0.5, "sigma": 0.6, "steps": 8, "Phi": "x0**2/2"},
+           "solver": {"method": "auto"},
+           "output": {"figures": False, "vtx": False, "progress": False,
+                      "checkpoint_every": 2}}
+    s = run_config(config.from_dict(raw), tmp_path / "o", quiet=True)
+    assert s["method"] == "cole-hopf" and s["converged"] is True
+    err = capsys.readouterr().err
+    assert "checkpoint_every" in err and "Cole-Hopf" in err
+    assert not (tmp_path / "o.checkpoint").exists()

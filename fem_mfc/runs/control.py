@@ -59,6 +59,11 @@ def solve_config(cfg: dict, ctx, md=None):
                        step=s["step_solver"], system=system, checkpoint=writer, resume=resume)
         if writer is not None:
             writer.converged = result.converged
+            if not writer.written and result.method == "cole-hopf":
+                from ..errors import warning
+                warning("output.checkpoint_every: solver.method = 'auto' solved this problem "
+                        "by Cole-Hopf (two linear sweeps, nothing to restart); no checkpoint "
+                        "was written (method = 'newton' writes them)")
     return md, problem, result
 
 
