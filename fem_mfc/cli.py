@@ -174,20 +174,27 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _report_unused(user_options: dict) -> None:
-    """A warning line for every user option no solver read (like PETSc's -options_left)."""
+def _report_unused(user_options: dict, config_options: dict | None = None) -> None:
+    """A warning line for every user option no solver read (like PETSc's -options_left): the
+    command line's, and the config's ``[solver] petsc_options`` (those were silent)."""
     from mpi4py import MPI
 
     from .compat import unused_petsc_options
-    if not user_options or MPI.COMM_WORLD.rank != 0:
+    if not (user_options or config_options) or MPI.COMM_WORLD.rank != 0:
         return
     left = unused_petsc_options()
     if left is None:
         return
-    names = [n for n in user_options if n in left and n not in ("help", "options_left")]
-    for n in names:
-        print(f"{PROG}: warning: PETSc option -{n} was not used (misspelt, or not for this "
-              "formulation's solvers?)", file=sys.stderr)
+    skip = ("help", "options_left")
+    for n in user_options:
+        if n in left and n not in skip:
+            print(f"{PROG}: warning: PETSc option -{n} was not used (misspelt, or not for "
+                  "this formulation's solvers?)", file=sys.stderr)
+    for n in config_options or {}:
+        if n in left and n not in skip and n not in user_options:
+            print(f"{PROG}: warning: [solver] petsc_options: {n} was not used (misspelt, "
+                  "without its solver's prefix, or not for this formulation's solvers?)",
+                  file=sys.stderr)
 
 
 # Options that act on the whole process (at PetscFinalize or on every object) rather than on a
@@ -219,8 +226,11 @@ def cmd_run(args, petsc_tokens) -> int:
     cfg = config.load(args.config)
     out = args.out or str(Path("results") / Path(args.config).stem)
     opts = process_options(split_petsc_options(petsc_tokens))
+    from .options import normalise
+    from_config = normalise(cfg["solver"]["petsc_options"])
     summary = run_config(cfg, out, opts, args.config, quiet=args.quiet, force=args.force,
-                         on_finish=lambda: _report_unused(opts), restart=args.restart)
+                         on_finish=lambda: _report_unused(opts, from_config),
+                         restart=args.restart)
     if not summary.get("converged", True):
         _flagged(summary, out)
         return EXIT_UNCONVERGED

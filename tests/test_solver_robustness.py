@@ -251,6 +251,13 @@ def test_misspelt_options_are_reported_and_help_reaches_petsc(tmp_path):
                  "-mfc_snes_monitr"])
     assert p.returncode == 0, p.stderr
     assert "-mfc_snes_monitr was not used" in p.stderr
+    # the config's own options were not reported (`snes_rtol` without its solver's prefix)
+    cfg.write_text(text.replace("[solver]", "[solver]\npetsc_options = { snes_rtol = 1e-3, "
+                                "mfc_snes_max_it = 40 }", 1))
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "c"), "--quiet"])
+    assert p.returncode == 0, p.stderr
+    assert "petsc_options: snes_rtol was not used" in p.stderr
+    assert "mfc_snes_max_it was not used" not in p.stderr
     p = run_cli(["run", str(cfg), "--out", str(tmp_path / "h"), "--quiet", "-help"])
     assert p.returncode == 0, p.stderr
     assert "-mfc_snes_type" in p.stdout + p.stderr          # PETSc's help for our SNES
