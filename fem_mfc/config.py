@@ -331,7 +331,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "vtx": Key(bool, True, "write ParaView VTX (.bp) time series"),
         "xdmf": Key(bool, False, "also write XDMF time series"),
         "figures": Key(bool, True, "render PNG figures with PyVista (rank 0, off-screen)"),
-        "animation": Key(bool, False, "render an animated GIF of the density"),
+        "animation": Key(bool, False, "render an animated GIF of the density over the "
+                         "series' times (<series>.gif, also with figures off; the learning "
+                         "runs write densities.gif with their figures)"),
         "every": Key(int, 1, "write fields every N steps", positive, "a positive integer"),
         "progress": Key(bool, True, "show progress bars"),
         "checkpoint_every": Key(int, 0, "write a restartable checkpoint (OUT.checkpoint/) every "

@@ -217,9 +217,13 @@ class TimeSeries:
     """
 
     def __init__(self, folder: Path, name: str, functions, xdmf=False, vtx=True,
-                 outdir: Path | None = None):
+                 outdir: Path | None = None, movie: bool = False):
         import dolfinx.io
         self.functions = list(functions)
+        # ``movie``: keep a copy of the density (a first function named "rho") at every write
+        # for the animated GIF of ``[output] animation`` (RunContext.render_animations)
+        f0 = self.functions[0]
+        self.frames = [] if movie and f0.name == "rho" and f0.ufl_shape == () else None
         mesh = self.functions[0].function_space.mesh
         self.comm = mesh.comm
         self.name = name
@@ -259,6 +263,8 @@ class TimeSeries:
             raise
 
     def write(self, t: float):
+        if self.frames is not None:
+            self.frames.append((float(t), self.functions[0].copy()))
         if self._broken:
             return
         if self._vtx is not None:
@@ -518,6 +524,7 @@ class RunContext:
     figures: bool = True
     vtx: bool = True
     xdmf: bool = False
+    animation: bool = False                    # [output] animation: GIFs of the densities
     log: logging.Logger = None
     staging: Path = None
     _series: list = field(default_factory=list)
@@ -544,7 +551,8 @@ class RunContext:
         ctx = cls(comm=comm, outdir=target, petsc_options=dict(petsc_options or {}),
                   show_progress=out.get("progress", True) and not quiet,
                   figures=out.get("figures", True), vtx=out.get("vtx", True),
-                  xdmf=out.get("xdmf", False), staging=staging, _lock=lock)
+                  xdmf=out.get("xdmf", False), animation=out.get("animation", False),
+                  staging=staging, _lock=lock)
         ctx._install_signal_handlers()
         ctx.log = make_logger("run", staging / "run.log" if comm.rank == 0 else None, comm,
                               quiet=quiet)
@@ -583,9 +591,32 @@ class RunContext:
     # -- outputs -------------------------------------------------------------------------------
     def series(self, name: str, functions) -> TimeSeries:
         ts = TimeSeries(self.staging, name, functions, xdmf=self.xdmf, vtx=self.vtx,
-                        outdir=self.outdir)
+                        outdir=self.outdir, movie=self.animation)
         self._series.append(ts)
         return ts
+
+    MAX_FRAMES = 60
+
+    def render_animations(self) -> list:
+        """``[output] animation``: an animated GIF ``<series>.gif`` of the density of every
+        series that has one, from the times it was written (at most MAX_FRAMES, evenly
+        chosen); returns the files' names.  Collective."""
+        from . import viz
+        made = []
+        for ts in self._series:
+            if not ts.frames:
+                continue
+            pick = np.unique(np.linspace(0, len(ts.frames) - 1,
+                                         min(len(ts.frames), self.MAX_FRAMES)).round()
+                             .astype(int))
+            frames = [ts.frames[i] for i in pick]
+            name = f"{ts.name}.gif"
+            viz.animate([f for _, f in frames], [f"t = {t:.3g}" for t, _ in frames],
+                        self.figure(name), name="rho")
+            ts.frames = None
+            if self.comm.rank == 0 and self.figure(name).is_file():
+                made.append(name)
+        return self.comm.bcast(made, root=0)
 
     def figure(self, name: str) -> Path:
         """Path for a figure file (PNG/GIF) in the staging folder."""

@@ -117,6 +117,8 @@ def run_config(cfg: dict, outdir, petsc_options: dict | None = None, config_path
             ctx.log.info("fem-mfc run: %s -> %s (%d ranks)", config_path, ctx.outdir,
                          comm.size)
             result = runner(cfg, ctx)
+            if ctx.animation:
+                result["animations"] = ctx.render_animations()
             summary = {"formulation": cfg["run"]["formulation"], "title": cfg["run"]["title"],
                        "config": str(config_path), "ranks": comm.size}
             summary.update(result)

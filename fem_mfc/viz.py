@@ -179,10 +179,12 @@ def animate(functions, labels, path: str | Path, name: str = "rho", fps: int = 6
     datas = [gather_p1(f) for f in functions]
     if datas[0] is None:
         return
-    if np.ptp(datas[0][0][:, 1]) == 0 and np.ptp(datas[0][0][:, 2]) == 0:
-        return
     import imageio.v2 as imageio
     clim = [min(d[3].min() for d in datas), max(d[3].max() for d in datas)]
+    if np.ptp(datas[0][0][:, 1]) == 0 and np.ptp(datas[0][0][:, 2]) == 0:     # 1D: curves
+        imageio.mimsave(str(path), _curve_frames(datas, labels, name, clim),
+                        duration=1.0 / fps, loop=0)
+        return
     frames = []
     for d, lab in zip(datas, labels):
         p = _plotter(size=(560, 500))
@@ -190,6 +192,29 @@ def animate(functions, labels, path: str | Path, name: str = "rho", fps: int = 6
         frames.append(p.screenshot(return_img=True))
         p.close()
     imageio.mimsave(str(path), frames, duration=1.0 / fps, loop=0)
+
+
+def _curve_frames(datas, labels, name, clim) -> list:
+    """The frames of a 1D animation: the field against x0, one image per (data, label)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    pad = 0.05 * (clim[1] - clim[0] or 1.0)
+    frames = []
+    for d, lab in zip(datas, labels):
+        order = np.argsort(d[0][:, 0])
+        fig, ax = plt.subplots(figsize=(5.6, 3.6), dpi=90)
+        ax.plot(d[0][order, 0], d[3][order])
+        ax.set_ylim(clim[0] - pad, clim[1] + pad)
+        ax.set_xlabel("x0")
+        ax.set_ylabel(name)
+        ax.set_title(lab)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.canvas.draw()
+        frames.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+        plt.close(fig)
+    return frames
 
 
 def line_plot(x, ys: dict, path: str | Path, xlabel="", ylabel="", title="", logx=False,
