@@ -110,20 +110,28 @@ def square_problem(cells: int, steps: int) -> ControlProblem:
 # derives every Jacobian block from them with `ufl.derivative`, assembles the residual of all
 # levels into one PETSc vector and the Jacobian into one matrix.
 
+#
+# One detail of the integrals: Φ here is not a polynomial, so no quadrature rule integrates
+# ∫Φρ^N exactly.  Every form below therefore uses one rule, `dx` (the library's
+# `StepData.dx`): with UFL's estimate per form the HJB row's ∫Φq and the cost's ∫Φρ^N would be
+# summed with different terms and integrated by different rules, and the discrete value
+# identity would hold only to their quadrature difference.
+
 # %%
-def step_lagrangian(rho_old, rho_new, u, tau, eps):
-    return (tau * (G(rho_new) - 0.5 * rho_new * ufl.inner(ufl.grad(u), ufl.grad(u))) * ufl.dx
-            - u * (rho_new - rho_old) * ufl.dx
-            - tau * eps * ufl.inner(ufl.grad(u), ufl.grad(rho_new)) * ufl.dx)
+def step_lagrangian(rho_old, rho_new, u, tau, eps, dx):
+    return (tau * (G(rho_new) - 0.5 * rho_new * ufl.inner(ufl.grad(u), ufl.grad(u))) * dx
+            - u * (rho_new - rho_old) * dx
+            - tau * eps * ufl.inner(ufl.grad(u), ufl.grad(rho_new)) * dx)
 
 
 def hjb_fp_formulation(p: ControlProblem) -> Formulation:
     tau, eps, Phi = p.tau, p.eps, p.Phi
+    dx = p.step_data().dx
     phi = dolfinx.fem.Function(p.space)
     phi.interpolate(dolfinx.fem.Expression(Phi, p.space.element.interpolation_points()))
 
     def L(rho_old, rho_new, u):
-        return step_lagrangian(rho_old, rho_new, u, tau, eps)
+        return step_lagrangian(rho_old, rho_new, u, tau, eps, dx)
 
     def rows(tm, t_prev, t_cur):
         q = ufl.TestFunction(p.space)
@@ -131,16 +139,16 @@ def hjb_fp_formulation(p: ControlProblem) -> Formulation:
                                                "u_prev", "u_cur"))
         return {"u": ufl.derivative(L(rc, rn, uc), uc, q),                     # FP k -> k+1
                 "rho": ufl.derivative(L(rp, rc, up) + L(rc, rn, uc), rc, q),   # HJB for u^{k-1}
-                "rho_last": ufl.derivative(L(rp, rc, up) + Phi * rc * ufl.dx, rc, q)}
+                "rho_last": ufl.derivative(L(rp, rc, up) + Phi * rc * dx, rc, q)}
 
     def functionals(tm, t_cur):
         """Per level: the cost of step k, ∫Φρ^N, the mass, and the two terms of the discrete
         value identity J = ∂L/∂ρ⁰[ρ⁰] + τΣ∫(G(ρ) − ρG'(ρ)) (MODEL §2)."""
         rc, rn, uc = tm["rho_cur"], tm["rho_next"], tm["u_cur"]
-        return {"cost": tau * (0.5 * ufl.inner(ufl.grad(uc), ufl.grad(uc)) * rn + G(rn)) * ufl.dx,
-                "terminal": Phi * rc * ufl.dx, "mass": rc * ufl.dx,
+        return {"cost": tau * (0.5 * ufl.inner(ufl.grad(uc), ufl.grad(uc)) * rn + G(rn)) * dx,
+                "terminal": Phi * rc * dx, "mass": rc * dx,
                 "u0": ufl.derivative(L(rc, rn, uc), rc, rc),
-                "value": tau * (G(rn) - rn * dG(rn)) * ufl.dx}
+                "value": tau * (G(rn) - rn * dG(rn)) * dx}
 
     # data: ρ⁰ = ρ_0; initial guess ρⁿ = ρ_0, uⁿ = Φ
     return Formulation(build=rows, functionals=functionals, data={"rho": p.rho0, "u": None},

@@ -18,7 +18,7 @@ import ufl
 
 from .density import density_ufl, initial_density, normalise
 from .errors import ConfigError
-from .forms.hjb_fp import THETA, StepData, congestion_degree
+from .forms.hjb_fp import THETA, StepData, data_degree
 
 ROUNDOFF = 1e-10
 
@@ -176,8 +176,11 @@ class ControlProblem(TimeGrid):
                         scale=dolfinx.fem.Constant(self.mesh, 1.0), H=self.hamiltonian,
                         quadrature_degree=(None if self.hamiltonian is None
                                            else 2 * self.degree + 2),
-                        congestion_degree=congestion_degree(self.G, self.coupling,
-                                                            self.space),
+                        # with sources (an exact solution's), J and the value identity
+                        # differ by them: its data keep UFL's per-form rules
+                        congestion_degree=data_degree(
+                            self.G, self.coupling, self.space,
+                            (self.Phi, self.V) if self.exact is None else ()),
                         robin=self._robin_terms())
 
     def _robin_terms(self) -> tuple:

@@ -207,6 +207,62 @@ def congestion_degree(G0: Optional[Callable], coupling: str, space) -> Optional[
     return max(ufl.algorithms.estimate_total_polynomial_degree(integrand), 3 * k + 1)   # ρ̄|∇u|²q's
 
 
+def data_degree(G0: Optional[Callable], coupling: str, space, data) -> Optional[int]:
+    """:func:`congestion_degree`, or — where the coupling is a polynomial (or absent) but
+    some data (Φ, V: UFL expressions in x) is not — one rule for every integral too: UFL's
+    estimate for the data's terms Φq, Vρ̄q and the coupling's c(ρ̄)q, at least 3k + 1.  With
+    UFL's per-form estimates the residual's Φq and the cost's ∫Φρ^N, each summed with other
+    terms, were integrated by different rules: Φ = cos πx₀ + cos πx₁ with G = 3ρ³ (P2),
+    a converged solve's value identity was 6e-6 off and the run exited 3."""
+    degree = congestion_degree(G0, coupling, space)
+    if degree is not None or all(polynomial_in_x(e) for e in data):
+        return degree
+    r, q = ufl.Coefficient(space), ufl.TestFunction(space)
+    k = space.ufl_element().embedded_superdegree
+    terms = [e * r * q for e in data] + ([coupling_value(G0, coupling, r) * q]
+                                         if G0 is not None else [])
+    est = [ufl.algorithms.estimate_total_polynomial_degree(
+        ufl.algorithms.expand_derivatives(t)) for t in terms]
+    return max(est + [3 * k + 1])
+
+
+def polynomial_in_x(expr) -> bool:
+    """Is the UFL expression (or number) a polynomial in the coordinates — no elementary
+    function, conditional, |·|, division by a non-constant or non-integer power?"""
+    from ufl.classes import (
+        Abs,
+        BesselFunction,
+        Conditional,
+        Division,
+        MathFunction,
+        MaxValue,
+        MinValue,
+        Power,
+        ScalarValue,
+    )
+    if not isinstance(expr, ufl.core.expr.Expr):
+        return True
+    for node in ufl.corealg.traversal.unique_pre_traversal(expr):
+        if isinstance(node, (MathFunction, BesselFunction, Conditional, Abs, MaxValue,
+                             MinValue)):
+            return False
+        if isinstance(node, Division) and not _constant(node.ufl_operands[1]):
+            return False
+        if isinstance(node, Power):
+            e = node.ufl_operands[1]
+            if not (isinstance(e, ScalarValue) and float(e) >= 0
+                    and float(e) == int(float(e))):
+                return False
+    return True
+
+
+def _constant(expr) -> bool:
+    """Does ``expr`` involve no coordinate (numbers and Constants only)?"""
+    from ufl.classes import SpatialCoordinate
+    return not any(isinstance(n, SpatialCoordinate)
+                   for n in ufl.corealg.traversal.unique_pre_traversal(expr))
+
+
 def _polynomial(G0: Callable, coupling: str) -> bool:
     """Does some derivative c⁽ʲ⁾, j ≤ POLYNOMIAL_ORDER, of the coupling vanish at SAMPLES?
     Order by order, stopping at the first that vanishes (all eight orders of G/ρ took 0.7 s
