@@ -125,11 +125,25 @@ def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
               "rates": rates(rows, where)}
     if comm.rank == 0:
         write_json_atomic(outdir / "convergence.json", result)
-        cols = list(rows[0])
-        csv = [",".join(cols)] + [",".join(repr(r.get(c)) for c in cols) for r in rows]
-        write_text_atomic(outdir / "convergence.csv", "\n".join(csv) + "\n")
+        write_text_atomic(outdir / "convergence.csv", csv_table(rows))
         _plot(rows, where, outdir / "convergence.png")
     return result
+
+
+def csv_table(rows: list) -> str:
+    """The rows as CSV: numbers at full precision (repr), text as it is (quoted only where
+    CSV needs it), a missing value empty.  (Every cell was repr()'d: the run column read
+    'run' with its quotes, a missing value None.)"""
+    import csv
+    import io
+    cols = list(rows[0])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for r in rows:
+        w.writerow(["" if r.get(c) is None else repr(r[c]) if isinstance(r[c], float)
+                    else r[c] for c in cols])
+    return buf.getvalue()
 
 
 def _plot(rows, where, path: Path):

@@ -140,6 +140,11 @@ def test_refine_heat_rates(tmp_path):
         assert {"h", "tau", "ndofs", "nsteps", "err_rho_L2"} <= set(lev)
     assert conv["rates"]["err_rho_L2"][-1] > 1.85
     assert (out / "convergence.csv").read_text().startswith("level,h,tau")
+    import csv
+    with open(out / "convergence.csv", newline="") as f:   # plain cells: run, not 'run'
+        table = list(csv.DictReader(f))
+    assert [r["run"] for r in table] == ["run"] * 4 and table[0]["converged"] == "True"
+    assert float(table[-1]["err_rho_L2"]) == conv["levels"][-1]["err_rho_L2"]
     assert (out / "convergence.png").stat().st_size > 5000
 
 
