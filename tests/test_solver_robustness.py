@@ -661,3 +661,26 @@ def test_command_line_snes_tolerances_are_the_solves():
     from fem_mfc.errors import ConfigError
     with pytest.raises(ConfigError, match="-mfc_snes_type"):   # another SNES type: refused by
         solve(mfc_snes_type="newtontr")                       # name ("error code -1" before)
+
+
+def test_stages_that_fail_on_nan_say_so(tmp_path):
+    """G = ρ^1.5 is undefined where the Galerkin density dips below 0: every stage failed on
+    a residual that is not a number, recorded as residual 0 with no word of why ("no stage
+    converged"; residual 0).  Now the stages carry the reason and the message says what
+    happened and what to do; the monotone scheme then solves it (exit 0)."""
+    from fem_mfc import config
+    from fem_mfc.pipeline import run_config
+    raw = {"run": {"formulation": "hjb-fp"},
+           "mesh": {"kind": "interval", "cells": 16, "lower": [-2.0], "upper": [2.0]},
+           "problem": {"T": 1.0, "sigma": 0.3, "steps": 8, "Phi": "2*(x0 - 1)**2",
+                       "G": "rho**1.5"},
+           "rho0": {"kind": "gaussian", "mean": [-0.8], "std": 0.25},
+           "solver": {"method": "newton"},
+           "output": {"figures": False, "vtx": False, "progress": False}}
+    s = run_config(config.from_dict(raw), tmp_path / "g", quiet=True)
+    assert s["converged"] is False and "not a number" in s["reason"]
+    assert "monotone" in s["reason"]
+    nan = [st for st in s["continuation"] if st.get("reason") == "DIVERGED_FNORM_NAN"]
+    assert nan and all(st["residual"] is None or st["residual"] != 0.0 for st in nan)
+    raw["discretisation"] = {"stabilisation": "monotone"}
+    assert run_config(config.from_dict(raw), tmp_path / "m", quiet=True)["converged"] is True

@@ -125,6 +125,8 @@ def _path(solver, X0, eps0, eps, f0, rtol, atol, stages, lam0=0.0) -> dict | Non
 def _record(lam, eps0, eps, out, st) -> dict:
     r = {"lambda": lam, "converged": out["converged"], "iterations": out["iterations"],
          "residual": out["residual"], "min_rho": st.min_of(st.rho[1:])}
+    if not out["converged"]:
+        r["reason"] = out["reason"]
     if "coupling" in st.parameters:
         r["coupling"] = st.parameter("coupling")
     if eps0 is not None:
@@ -181,7 +183,23 @@ def continue_to(solver, direct: dict, X0, start: dict | None = None) -> tuple[di
     what = ("no stage converged" if reached is None
             else f"the continuation reached lambda = {reached:.4g} of 1")
     return dict(out, converged=False, reason=f"{direct['reason']}; {what}"
-                + _negative_hint(st, stages)), stages
+                + _negative_hint(st, stages) + _nan_hint(st, stages)), stages
+
+
+def _nan_hint(st, stages) -> str:
+    """Advice when stages failed on a residual that was not a number: G (or H) is undefined
+    at some state the steps reached — ρ**1.5 or log ρ where the Galerkin density dips below
+    0 (those stages were recorded with residual 0 and no word of why)."""
+    nan = [s["lambda"] for s in stages[1:] if not s.get("converged")
+           and s.get("reason") == "DIVERGED_FNORM_NAN"]
+    if not nan:
+        return ""
+    advice = (st.problem.monotone_advice() if st.formulation.names == ("rho", "u")
+              and hasattr(st.problem, "monotone_advice") else None)
+    return (f"; {len(nan)} stage(s) failed on a residual that is not a number (first at "
+            f"lambda = {nan[0]:.4g}): the congestion or Hamiltonian is undefined at states the "
+            "steps reached (e.g. rho**1.5 or log(rho) at rho < 0)"
+            + (f" — use the positivity-preserving scheme ({advice})" if advice else ""))
 
 
 def _negative_hint(st, stages) -> str:

@@ -610,6 +610,8 @@ class NewtonSolver:
         reason = snes.getConvergedReason()
         its = snes.getIterationNumber()
         fnorm = snes.getFunctionNorm()
+        if reason == PETSc.SNES.ConvergedReason.DIVERGED_FNORM_NAN:
+            fnorm = float("nan")     # SNES keeps its last finite norm (0 before the first)
         if self.history:
             self.history[-1]["ksp_its_total"] = snes.getLinearSolveIterations()
         f0 = self.history[0]["residual"] if self.history else fnorm
