@@ -816,9 +816,12 @@ def _check_exits(cfg: dict, source):
         why = "discretisation.stabilisation = 'monotone'"
     elif cfg["exact"]["solution"] != "none":
         why = f"exact.solution = '{cfg['exact']['solution']}'"
-    if why:
+    if why:       # the conditions the boundary needs, all of them (the one broken is named)
         raise ConfigError("boundary.kind", f"'no-flux' with {why} (exits and leaky walls: "
-                          "formulation 'hjb-fp', solver.method 'newton' or 'auto')",
+                          "formulation 'hjb-fp', solver.method "
+                          + ("'newton' or 'auto'" if "picard" not in methods
+                             else "'newton', 'auto' or 'picard'")
+                          + ", the Galerkin scheme, no Cole-Hopf guess and no exact solution)",
                           "/".join(sorted(kinds)), source)
 
 
