@@ -354,11 +354,31 @@ def _main(argv: list[str]) -> int:
             return _fail(str(full))
         PETSc = sys.modules.get("petsc4py.PETSc")  # not imported: not a PETSc error (and
         if PETSc is not None and isinstance(e, PETSc.Error):  # importing it is collective)
-            return _fail(f"PETSc error {getattr(e, 'ierr', '')} (check the PETSc options: an "
-                         f"unknown solver type or an invalid value?)")
+            return _fail(_petsc_error_line(e, rest))
         _fatal()
         raise
     return 0
+
+
+def _petsc_error_line(e, tokens) -> str:
+    """One line for a PETSc error that ended a run: PETSc's own message and the command-line
+    option that gave its value (they were reported as "PETSc error 86" only)."""
+    from .compat import petsc_error_message
+    ierr = getattr(e, "ierr", "")
+    msg = petsc_error_message(ierr) if isinstance(ierr, int) else None
+    try:
+        opts = split_petsc_options(tokens)
+    except UserError:
+        opts = {}
+    def gave(k, v) -> bool:         # the option whose value (or missing value) PETSc names
+        if not msg or v is None:
+            return False
+        return str(v) in msg if str(v) else k.rsplit("_", 1)[-1] in msg.lower()
+    culprits = [f"-{k} {v}" if str(v) else f"-{k} (no value)" for k, v in opts.items()
+                if gave(k, v)]
+    return (f"PETSc error {ierr}" + (f": {msg}" if msg else "")
+            + (f" (from {', '.join(culprits)})" if culprits else
+               " (check the PETSc options: an unknown solver type or an invalid value?)"))
 
 
 def _disk_full(e: BaseException, args) -> DiskFullError | None:

@@ -87,6 +87,27 @@ def _libpetsc():
     return None
 
 
+def petsc_error_message(ierr: int) -> str | None:
+    """PETSc's own words for its last error (PetscErrorMessage: the specific message, e.g.
+    "Unknown KSP type given: notakspt", else the text of ``ierr``); None if unavailable."""
+    lib = _libpetsc()
+    if lib is None or not hasattr(lib, "PetscErrorMessage"):
+        return None
+    text, specific = ctypes.c_char_p(), ctypes.c_char_p()
+    try:
+        if lib.PetscErrorMessage(ctypes.c_int(int(ierr)), ctypes.byref(text),
+                                 ctypes.byref(specific)) != 0:
+            return None
+    except (ValueError, TypeError, OSError):
+        return None
+    for s in (specific.value, text.value):
+        if s:
+            msg = " ".join(s.decode(errors="replace").split())
+            if msg:
+                return msg
+    return None
+
+
 def unused_petsc_options() -> list[str] | None:
     """Names (without '-') of the options in PETSc's database that nothing has read
     (PetscOptionsLeftGet); None where the library cannot be reached."""

@@ -120,3 +120,21 @@ def test_cli_options_from_the_command_line_stay_free(tmp_path):
                  "-log_view", f":{target}"])
     assert "solver.petsc_options" not in p.stderr
     assert target.exists()
+
+
+@pytest.mark.parametrize("args,words", [
+    (["-heat_ksp_type", "notakspt"], ["notakspt", "from -heat_ksp_type notakspt"]),
+    (["-heat_ksp_type", "cg", "-heat_ksp_rtol", "abc"], ["abc", "from -heat_ksp_rtol abc"]),
+    (["-heat_ksp_type"], ["KSP type", "-heat_ksp_type (no value)"])])
+def test_a_petsc_error_names_the_option(args, words, tmp_path):
+    """A bad value for a PETSc option ended the run with "PETSc error 86 (check the PETSc
+    options ...)": which option, PETSc did not say.  Now the line carries PETSc's own message
+    and the option that gave the value (one line, exit 2)."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(GOOD)
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet", *args])
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "PETSc error" in lines[0], p.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
