@@ -684,3 +684,27 @@ def test_stages_that_fail_on_nan_say_so(tmp_path):
     assert nan and all(st["residual"] is None or st["residual"] != 0.0 for st in nan)
     raw["discretisation"] = {"stabilisation": "monotone"}
     assert run_config(config.from_dict(raw), tmp_path / "m", quiet=True)["converged"] is True
+
+
+def test_the_users_newton_limit_binds_the_continuation_stages(tmp_path):
+    """-mfc_snes_max_it 1: the direct attempt stopped after 1 iteration, then the continuation
+    stages ran 2–4 iterations each under their own limit and the run ended `converged` with
+    `iterations: 2` of 12 in all.  Now every stage keeps the user's limit, and
+    `iterations_total` counts every Newton iteration of the run."""
+    from fem_mfc import config
+    from fem_mfc.pipeline import run_config
+    raw = {"run": {"formulation": "hjb-fp"},
+           "mesh": {"kind": "rectangle", "cells": 8, "lower": [-2.0, -2.0],
+                    "upper": [2.0, 2.0]},
+           "problem": {"T": 1.0, "sigma": 0.6, "steps": 6, "Phi": "0.5*(x0**2 + x1**2)",
+                       "G": "rho**2/2"},
+           "rho0": {"kind": "gaussian", "mean": [0.6, -0.3], "std": 0.45},
+           "solver": {"method": "newton"},
+           "output": {"figures": False, "vtx": False, "progress": False}}
+    cfg = config.from_dict(raw)
+    s = run_config(cfg, tmp_path / "one", {"mfc_snes_max_it": "1"}, quiet=True)
+    stages = s["continuation"]
+    assert len(stages) > 1 and all(st["iterations"] <= 1 for st in stages)
+    assert s["iterations_total"] == sum(st["iterations"] for st in stages)
+    free = run_config(cfg, tmp_path / "free", quiet=True)
+    assert free["converged"] is True and "continuation" not in free

@@ -140,6 +140,9 @@ def run(cfg: dict, ctx) -> dict:
         summary["solver_path"] = result.path
     if result.continuation:
         summary["continuation"] = result.continuation
+        # "iterations" are the final attempt's; these count every Newton iteration of the run
+        summary["iterations_total"] = sum(int(s.get("iterations") or 0)
+                                          for s in result.continuation)
     if problem.exact is not None:
         from ..exact import ErrorNorms
         errs = ErrorNorms(problem.exact, V)(result)

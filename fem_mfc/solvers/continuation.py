@@ -50,6 +50,9 @@ def _set(st, lam: float, eps0: float | None, eps: float):
 
 
 def _stage(solver, lam, eps0, eps, rtol, atol, max_it):
+    user = getattr(solver, "user_max_it", None)    # -{prefix}snes_max_it binds every stage
+    if user is not None:                           # (it was ignored: -mfc_snes_max_it 1 ran
+        max_it = min(max_it, user)                 # stages of 2–4 iterations, 12 in all)
     _set(solver.st, lam, eps0, eps)
     solver.parameters_changed()
     solver.stage = {"lambda": lam, "eps0": eps0,

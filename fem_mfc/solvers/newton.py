@@ -268,8 +268,9 @@ class NewtonSolver:
             self.rtol = rt
         if options.get("snes_atol", None, prefix) is not None:
             self.atol = at
+        self.user_max_it = None                 # the user's own limit binds the stages too
         if options.get("snes_max_it", None, prefix) is not None:
-            self.max_it = mi
+            self.max_it = self.user_max_it = mi
 
     def _krylov(self, op, prefix: str) -> str:
         """The Krylov method of the sweep path (see KRYLOV): ``-{prefix}newton_krylov``, else
