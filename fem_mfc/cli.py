@@ -278,6 +278,13 @@ class _Parser(argparse.ArgumentParser):
         if (launcher_rank() or 0) == 0:
             super()._print_message(message, file)
 
+    def error(self, message):
+        """Bad command-line input is one line, like every other bad input (the usage text
+        before it made it three); ``--help`` shows the usage."""
+        self._print_message(f"{self.prog}: error: {message} (see {self.prog} --help)\n",
+                            sys.stderr)
+        self.exit(2)
+
 
 def parser() -> argparse.ArgumentParser:
     # No "-h": a PETSc option such as -heat_ksp_view must not be read as -h + "eat...";

@@ -128,3 +128,14 @@ def test_checkpoints_where_none_are_written_are_refused(run, solver):
         config.from_dict({"run": {"formulation": ok}, "output": {"checkpoint_every": 2}})
     config.from_dict({"run": {"formulation": "qhd"}, "qhd": {"signature": "quantum"},
                       "problem": {"Phi": "0"}, "output": {"checkpoint_every": 2}})
+
+
+@pytest.mark.parametrize("argv", [["run", "c.toml", "--out"], ["bogus"], [],
+                                  ["refine", "c.toml", "--in", "bogus"]])
+def test_command_line_errors_are_one_line(argv, tmp_path):
+    """Bad command-line input printed argparse's usage text before the error (three lines);
+    now one line naming the problem and --help, exit 2."""
+    p = run_cli(argv)
+    assert p.returncode == 2
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "error:" in lines[0] and "--help" in lines[0], p.stderr
