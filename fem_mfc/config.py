@@ -691,6 +691,13 @@ def _cross_checks(cfg: dict, source):
     _check_checkpoint(cfg, source)
     if cfg["run"]["formulation"] in ("classifier", "generative"):
         resolve_training(cfg, source)
+        if cfg["mesh"]["kind"] != "file" and gdim(cfg) < 2:   # the data live in the plane
+            raise ConfigError("mesh.kind", "a 2D or 3D mesh for the learning formulations "
+                              "(the data are points of the plane; it crashed in 1D)",
+                              cfg["mesh"]["kind"], source)
+        if cfg["data"]["dataset"] == "csv" and not str(cfg["data"]["file"]).strip():
+            raise ConfigError("data.file", "a CSV file (header x1,x2,label) for "
+                              "data.dataset = 'csv'", None, source)
 
 
 def _check_rho0(r: dict, cfg: dict, source, pre: str = "rho0"):

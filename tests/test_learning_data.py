@@ -98,3 +98,19 @@ def test_kde_class_densities_normalised_to_proportions():
     x = np.stack(np.meshgrid(np.linspace(-6, 6, 241), np.linspace(-6, 6, 241)), -1).reshape(-1, 2)
     k0 = data.kde(ds.X_train[ds.y_train == 0], 0.4, x, 2)
     assert abs(k0.sum() * (12 / 240) ** 2 - 1) < 1e-3
+
+
+@pytest.mark.parametrize("change,key", [
+    ({"mesh": {"kind": "interval", "lower": [-3.0], "upper": [3.0]}}, "mesh.kind"),
+    ({"data": {"dataset": "csv"}}, "data.file")])
+@pytest.mark.parametrize("formulation", ["classifier", "generative"])
+def test_learning_configs_refused_with_one_line(formulation, change, key):
+    """A 1D mesh crashed in the data's padding (a traceback, exit 1); dataset = 'csv' without
+    a file said ".: data file not found".  Both are refused at load naming the key."""
+    from fem_mfc import config
+    from fem_mfc.errors import ConfigError
+    raw = {"run": {"formulation": formulation}}
+    for sec, kv in change.items():
+        raw[sec] = dict(kv)
+    with pytest.raises(ConfigError, match=key):
+        config.from_dict(raw)

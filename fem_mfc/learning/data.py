@@ -55,7 +55,11 @@ class Dataset:
 
 
 def pad(X: np.ndarray, dim: int) -> np.ndarray:
-    """Embed points of R^d into R^dim (dim ≥ d) as (x, 0, ..., 0)."""
+    """Embed points of R^d into R^dim (dim ≥ d) as (x, 0, ..., 0); ConfigError naming
+    mesh.file where the mesh has fewer dimensions than the data."""
+    if dim < X.shape[1]:
+        raise ConfigError("mesh.file", f"a mesh of at least {X.shape[1]} dimensions for "
+                          f"{X.shape[1]}D data", f"a {dim}D mesh")
     out = np.zeros((X.shape[0], dim))
     out[:, :X.shape[1]] = X
     return out
