@@ -160,3 +160,24 @@ def test_two_ranks_match_serial():
         assert abs(par[k] - ser[k]) <= 1e-8 * abs(ser[k]), (k, par[k], ser[k])
     assert np.allclose(par["mass"], ser["mass"], atol=1e-12)
     assert MPI.COMM_WORLD.allgather(par["KL"]) == [par["KL"]] * MPI.COMM_WORLD.size
+
+
+def test_a_mesh_that_misses_the_target_or_the_data_is_flagged(tmp_path):
+    """On a disk of radius 1.2 half of N(0, I) and 69 of 100 held-out points lie off the
+    mesh; the flow's density is normalised on the mesh and those points are clamped onto it,
+    so its held-out log-likelihood beat the KDE's and the run exited 0.  Two checks now flag
+    it (exit 3); radius 3.5 passes them."""
+    from fem_mfc.pipeline import run_config, verdict
+    out = {}
+    for radius in (1.2, 3.5):
+        cfg = small_cfg(mesh={"radius": radius, "h": 0.35}, problem={"steps": 4},
+                        network={"transport": "eafe"}, data={"n_samples": 200},
+                        training={"method": "newton", "max_sweeps": 8, "tol": 1e-6},
+                        output={"figures": False, "vtx": False, "progress": False})
+        out[radius] = run_config(cfg, tmp_path / str(radius), quiet=True,
+                                 comm=MPI.COMM_SELF)
+    small, good = out[1.2], out[3.5]
+    assert not small["checks"]["target_on_mesh"]["ok"] and small["test_points_off_mesh"] > 30
+    assert not small["checks"]["data_on_mesh"]["ok"] and small["converged"] is False
+    assert good["checks"]["target_on_mesh"]["ok"] and good["checks"]["data_on_mesh"]["ok"]
+    assert not [v for v in verdict(good) if "on_mesh" in v]

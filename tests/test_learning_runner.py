@@ -71,7 +71,8 @@ def test_a_training_that_breaks_the_duality_is_flagged(tmp_path):
     gen = dict(raw, run={"formulation": "generative"}, network={"transport": "eafe"},
                training={"method": "newton"})
     s = run_config(config.from_dict(gen), tmp_path / "gen", quiet=True)
-    assert s["converged"] is True and set(s["checks"]) == {"mass", "min_rho"}
+    assert s["converged"] is True and set(s["checks"]) == {"mass", "min_rho", "target_on_mesh",
+                                                    "data_on_mesh"}
 
 
 @pytest.mark.slow
