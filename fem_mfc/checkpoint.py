@@ -470,10 +470,25 @@ def _match_nodes(stored: np.ndarray, mine: np.ndarray, folder) -> np.ndarray:
 
 
 def remove(folder: Path, comm=MPI.COMM_WORLD):
-    """Delete a checkpoint folder (after the run it belongs to has finished)."""
+    """Delete a checkpoint folder (after the run it belongs to has finished), with the
+    temporary and replaced copies a killed write left beside it (``.tmp-PID``, ``.old-PID``)."""
     if comm.rank == 0:
+        folder = Path(folder)
         shutil.rmtree(folder, ignore_errors=True)
+        for kind in (".old-", ".tmp-"):
+            for stale in folder.parent.glob(folder.name + kind + "*"):
+                if stale.name.rsplit("-", 1)[-1].isdigit():
+                    shutil.rmtree(stale, ignore_errors=True)
     comm.barrier()
+
+
+def _obsolete(writer, ctx) -> bool:
+    """Is ``writer``'s checkpoint folder obsolete now that its run has finished: written by
+    this run, or the very checkpoint it restarted from (a restart that converged without
+    another checkpoint left it, 8 MB, behind)?"""
+    restart = getattr(ctx, "restart", None)
+    return bool(writer.written) or (restart is not None
+                                    and Path(restart).absolute() == writer.folder.absolute())
 
 
 # -- the runners' side: restarts and writers of a run ---------------------------------------
@@ -507,7 +522,7 @@ def newton_checkpoints(cfg: dict, ctx, problem, resume, newton: bool, make=None)
             writer = Writer(folder_for(ctx.outdir), system, cfg, every)
             writer.converged = False
     yield system, writer
-    if writer is not None and writer.written and writer.converged:
+    if writer is not None and writer.converged and _obsolete(writer, ctx):
         remove(writer.folder, ctx.comm)                  # the run is complete
 
 
@@ -525,7 +540,7 @@ def stepping_checkpoints(cfg: dict, ctx, mesh, resume):
     if writer is not None:
         writer.done = False
     yield writer
-    if writer is not None and writer.written and writer.done:
+    if writer is not None and writer.done and _obsolete(writer, ctx):
         remove(writer.folder, ctx.comm)                  # the run is complete
 
 
@@ -543,7 +558,7 @@ def training_checkpoints(cfg: dict, ctx, model, meta):
     every = cfg["output"]["checkpoint_every"]
     writer = TrainingWriter(folder_for(ctx.outdir), model, cfg, every) if every else None
     yield writer, resume
-    if writer is not None and writer.written and model.converged:
+    if writer is not None and model.converged and _obsolete(writer, ctx):
         remove(writer.folder, ctx.comm)                  # the training is complete
 
 

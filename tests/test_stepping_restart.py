@@ -159,3 +159,27 @@ def test_a_damaged_checkpoint_is_refused_with_one_line(damage, tmp_path, monkeyp
     with pytest.raises(ConfigError, match=r"--restart.*intact checkpoint \(" + damage):
         run_config(cfg, tmp_path / "again", quiet=True, restart=ck)
 
+
+
+def test_a_restart_that_writes_no_checkpoint_removes_the_one_it_read(tmp_path, monkeypatch):
+    """A restart from OUT.checkpoint that finished before writing a checkpoint of its own
+    (here from step 10 of 12 with one every 5 steps; a Newton restart that converged in 0
+    iterations likewise) left the 8 MB checkpoint behind, and the `.old-PID` copy a killed
+    write leaves beside it stayed too.  Both go when the run is complete."""
+    cfg = config.from_dict(raw_config("heat"))
+    monkeypatch.setattr(checkpoint, "remove", lambda *a, **k: None)
+    run_config(cfg, tmp_path / "out", quiet=True)
+    monkeypatch.undo()
+    ck = tmp_path / "out.checkpoint"
+    stale = tmp_path / "out.checkpoint.old-12345"
+    stale.mkdir()
+    s = run_config(cfg, tmp_path / "out", quiet=True, restart=ck)
+    assert s["restarted_at_step"] == 10 and s["converged"] is True
+    assert not ck.exists() and not stale.exists()
+    elsewhere = tmp_path / "copy.checkpoint"          # a checkpoint of another folder stays
+    run_config(cfg, tmp_path / "copy", quiet=True)
+    monkeypatch.setattr(checkpoint, "remove", lambda *a, **k: None)
+    run_config(cfg, tmp_path / "copy", quiet=True)
+    monkeypatch.undo()
+    run_config(cfg, tmp_path / "third", quiet=True, restart=elsewhere)
+    assert elsewhere.exists()
