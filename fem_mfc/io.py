@@ -220,10 +220,14 @@ class TimeSeries:
                  outdir: Path | None = None, movie: bool = False):
         import dolfinx.io
         self.functions = list(functions)
-        # ``movie``: keep a copy of the density (a first function named "rho") at every write
-        # for the animated GIF of ``[output] animation`` (RunContext.render_animations)
-        f0 = self.functions[0]
-        self.frames = [] if movie and f0.name == "rho" and f0.ufl_shape == () else None
+        # ``movie``: keep a copy of the density at every write for the animated GIF of
+        # ``[output] animation`` (RunContext.render_animations): a series whose first function
+        # is a scalar "rho…" — several populations' rho_k are summed (the total density)
+        self._dens = [f for f in self.functions
+                      if f.name.startswith("rho") and f.ufl_shape == ()
+                      and f.function_space == self.functions[0].function_space]
+        ok = movie and self._dens and self._dens[0] is self.functions[0]
+        self.frames = [] if ok else None
         mesh = self.functions[0].function_space.mesh
         self.comm = mesh.comm
         self.name = name
@@ -264,7 +268,11 @@ class TimeSeries:
 
     def write(self, t: float):
         if self.frames is not None:
-            self.frames.append((float(t), self.functions[0].copy()))
+            frame = self._dens[0].copy()
+            for f in self._dens[1:]:
+                frame.x.array[:] += f.x.array
+            frame.name = "rho"
+            self.frames.append((float(t), frame))
         if self._broken:
             return
         if self._vtx is not None:

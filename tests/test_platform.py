@@ -252,3 +252,18 @@ def test_animation_writes_a_gif_of_the_density(formulation, mesh, tmp_path):
     frames = imageio.mimread(tmp_path / "o" / "rho.gif")
     assert len(frames) == 7 and frames[0].ndim == 3
     assert not np.array_equal(frames[0], frames[-1])          # the density moved
+
+
+def test_animation_of_several_populations_shows_the_total_density(tmp_path):
+    """With [[population]] the density series holds one rho_k per population: no GIF was
+    written (and nothing said).  Now the GIF shows their sum."""
+    import tomllib
+
+    from fem_mfc import config
+    from fem_mfc.pipeline import run_config
+    raw = tomllib.loads((REPO / "demos" / "crowds_crossing.toml").read_text())
+    raw["mesh"]["cells"], raw["problem"]["steps"] = 16, 6
+    raw["discretisation"] = {**raw.get("discretisation", {}), "scheme": "backward-euler"}
+    raw["output"] = {"animation": True, "figures": False, "vtx": False, "progress": False}
+    s = run_config(config.from_dict(raw), tmp_path / "o", quiet=True)
+    assert s["animations"] == ["rho.gif"] and (tmp_path / "o" / "rho.gif").is_file()
