@@ -73,3 +73,14 @@ def test_default_tolerance_follows_the_trainer(transport, method, expected):
 def test_bad_tolerance_is_bad_input(bad):
     with pytest.raises(config.ConfigError, match="training.tol"):
         _cfg("classifier", training={"tol": bad})
+
+
+def test_identical_anchors_are_refused():
+    """Two classes sent to one anchor cannot be told apart: `anchors = [[1, 0], [1, 0]]` was
+    accepted and trained to accuracy 0.5 (exit 0).  Refused naming network.anchors."""
+    from fem_mfc.errors import ConfigError
+    from fem_mfc.learning.feedback import anchors_from_config
+    ok = anchors_from_config({"anchors": [[1.0, 0.0], [-1.0]]}, 2, 2)
+    assert ok.tolist() == [[1.0, 0.0], [-1.0, 0.0]]
+    with pytest.raises(ConfigError, match="network.anchors"):
+        anchors_from_config({"anchors": [[1.0, 0.0], [1.0]]}, 2, 2)

@@ -57,6 +57,11 @@ def anchors_from_config(ncfg: dict, K: int, dim: int) -> np.ndarray:
     out = np.zeros((K, dim))
     for k, c in enumerate(A):
         out[k, :len(c)] = c
+    gap = min((float(np.linalg.norm(out[i] - out[j])) for i in range(K)
+               for j in range(i + 1, K)), default=np.inf)
+    if not gap > 0:          # two classes sent to one point cannot be told apart (acc. 1/K)
+        raise ConfigError("network.anchors", "distinct points, one per class (two classes "
+                          "sent to one anchor cannot be told apart)", A)
     return out
 
 
