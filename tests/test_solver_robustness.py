@@ -708,3 +708,19 @@ def test_the_users_newton_limit_binds_the_continuation_stages(tmp_path):
     assert s["iterations_total"] == sum(st["iterations"] for st in stages)
     free = run_config(cfg, tmp_path / "free", quiet=True)
     assert free["converged"] is True and "continuation" not in free
+
+
+@pytest.mark.parametrize("name", ["mfc_snes_rtol", "mfc_snes_atol", "mfc_snes_max_it"])
+def test_a_negative_newton_tolerance_is_refused(name, tmp_path):
+    """PETSc reads a negative tolerance as "its default": -mfc_snes_rtol -1 ran with PETSc's
+    1e-8 instead of the 1e-10 asked for by the config, without a word.  Refused, one line."""
+    from fem_mfc import config
+    from fem_mfc.errors import ConfigError
+    from fem_mfc.pipeline import run_config
+    raw = {"run": {"formulation": "hjb-fp"},
+           "mesh": {"kind": "interval", "cells": 8, "lower": [-2.0], "upper": [2.0]},
+           "problem": {"T": 0.5, "sigma": 0.6, "steps": 4, "G": "rho**2/2"},
+           "solver": {"method": "newton"},
+           "output": {"figures": False, "vtx": False, "progress": False}}
+    with pytest.raises(ConfigError, match=name):
+        run_config(config.from_dict(raw), tmp_path / "o", {name: "-1"}, quiet=True)

@@ -264,6 +264,15 @@ class NewtonSolver:
         # -{prefix}snes_rtol / _atol / _max_it given by the user set the solve's tolerances
         # (every solve sets them again from these: they were silently overridden)
         rt, at, _, mi = snes.getTolerances()
+        for name in ("snes_rtol", "snes_atol", "snes_max_it"):   # PETSc reads a negative
+            given = options.get(name, None, prefix)                # value as "its default"
+            try:
+                bad = given is not None and float(given) < 0
+            except ValueError:
+                bad = False                                        # PETSc's own error
+            if bad:
+                raise ConfigError(f"-{prefix}{name}", "a non-negative number (a negative one "
+                                  "silently meant PETSc's default)", given)
         if options.get("snes_rtol", None, prefix) is not None:
             self.rtol = rt
         if options.get("snes_atol", None, prefix) is not None:
