@@ -502,6 +502,15 @@ def restart_mesh(cfg: dict, ctx, md=None):
     return resume, mesh_data(restart, cfg, ctx.comm, resume)
 
 
+def restarted_from(resume: dict | None) -> dict | None:
+    """The summary's record of a Newton restart (its ``iterations`` count from there on): the
+    checkpoint's phase, iteration and continuation parameter; None without a restart."""
+    if resume is None:
+        return None
+    return {k: resume.get(k) for k in ("phase", "iteration", "lambda")
+            if resume.get(k) is not None}
+
+
 @contextlib.contextmanager
 def newton_checkpoints(cfg: dict, ctx, problem, resume, newton: bool, make=None):
     """(system, writer) for a Newton solve of ``problem``: the space-time system (``make``,
@@ -565,4 +574,4 @@ def training_checkpoints(cfg: dict, ctx, model, meta):
 __all__ = ["StepWriter", "TrainingState", "TrainingWriter", "Writer", "config_hash",
            "folder_for", "resolve", "read_meta", "read_mesh", "mesh_data", "load_states",
            "load_training", "load_stepping", "remove", "restart_mesh", "newton_checkpoints",
-           "training_checkpoints", "stepping_checkpoints"]
+           "training_checkpoints", "stepping_checkpoints", "restarted_from"]

@@ -141,6 +141,7 @@ def killed_and_restarted(cfg, tmp_path, writer_ranks=1, reader_ranks=2, full=Non
     assert p.returncode == 0, p.stderr
     s = read_summary(tmp_path / "cut")
     assert s["history"][0]["guess"].startswith("restart")
+    assert s["restarted_from"]["iteration"] == 2                # "iterations" count after it
     assert s["iterations"] < full["iterations"]
     assert abs(s["J"] - full["J"]) <= 1e-9 * abs(full["J"])
     assert not ck.exists()

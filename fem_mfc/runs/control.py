@@ -41,7 +41,7 @@ def solve_config(cfg: dict, ctx, md=None):
     (unconverged results are returned flagged, not raised).  With ``[output]
     checkpoint_every`` the Newton solve writes checkpoints beside the output folder; with a
     restart (``ctx.restart``) it starts from the checkpoint's mesh and states."""
-    from ..checkpoint import newton_checkpoints, restart_mesh
+    from ..checkpoint import newton_checkpoints, restart_mesh, restarted_from
     from ..solvers import solve
     resume, md = restart_mesh(cfg, ctx, md)
     md = md or build_mesh(cfg, ctx.comm)
@@ -52,11 +52,14 @@ def solve_config(cfg: dict, ctx, md=None):
                             method in ("newton", "auto")) as (system, writer):
         ctx.log.info("solving %s: %d dofs x %d steps, method %s", cfg["run"]["formulation"],
                      problem.space.dofmap.index_map.size_global, problem.steps, method)
-        result = solve(problem, method=method, rtol=s["rtol"], atol=s["atol"],
-                       max_it=s["max_it"], relaxation=s["relaxation"],
-                       picard_max_it=s["picard_max_it"], initial_guess=s["initial_guess"],
-                       linear=s["linear"], continuation=s["continuation"], strict=False,
-                       step=s["step_solver"], system=system, checkpoint=writer, resume=resume)
+        def solve_by(m, **kw):
+            return solve(problem, method=m, rtol=s["rtol"], atol=s["atol"],
+                         max_it=s["max_it"], relaxation=s["relaxation"],
+                         picard_max_it=s["picard_max_it"], initial_guess=s["initial_guess"],
+                         linear=s["linear"], continuation=s["continuation"], strict=False,
+                         step=s["step_solver"], system=system, checkpoint=writer, **kw)
+
+        result = solve_by(method, resume=resume)
         if method == "auto" and result.method == "cole-hopf" and not _consistent(result):
             # Cole-Hopf's χ = e^{-u/2ε} lost positivity on a coarse Galerkin mesh (its J was
             # 1053 against a value identity of 1.26 on a 16-cell periodic channel): the
@@ -64,12 +67,9 @@ def solve_config(cfg: dict, ctx, md=None):
             gap = _identity_gap(result)
             ctx.log.info("auto: Cole-Hopf's J is %.3g off its value identity on this mesh; "
                          "solving by Newton instead", gap)
-            result = solve(problem, method="newton", rtol=s["rtol"], atol=s["atol"],
-                           max_it=s["max_it"], relaxation=s["relaxation"],
-                           picard_max_it=s["picard_max_it"], initial_guess=s["initial_guess"],
-                           linear=s["linear"], continuation=s["continuation"], strict=False,
-                           step=s["step_solver"], system=system, checkpoint=writer)
+            result = solve_by("newton")
             result.auto_fallback = {"from": "cole-hopf", "identity_gap": gap}
+        result.restarted_from = restarted_from(resume)
         if writer is not None:
             writer.converged = result.converged
             if not writer.written and result.method == "cole-hopf":
@@ -165,8 +165,10 @@ def run(cfg: dict, ctx) -> dict:
         summary["mass_exited_by_tag"] = result.mass_exited["by_tag"]
     if result.path:
         summary["solver_path"] = result.path
-    if getattr(result, "auto_fallback", None):
+    if result.auto_fallback:
         summary["auto_fallback"] = result.auto_fallback
+    if result.restarted_from:
+        summary["restarted_from"] = result.restarted_from
     if result.continuation:
         summary["continuation"] = result.continuation
         # "iterations" are the final attempt's; these count every Newton iteration of the run

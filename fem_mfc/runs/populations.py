@@ -28,7 +28,7 @@ def solve_config(cfg: dict, ctx, md=None):
     """Build the K-population problem of ``cfg`` and solve it by Newton (flagged, not
     raised, when it does not converge); checkpoints and restarts as for one population."""
     from .. import populations
-    from ..checkpoint import newton_checkpoints, restart_mesh
+    from ..checkpoint import newton_checkpoints, restart_mesh, restarted_from
     from ..solvers import solve
     resume, md = restart_mesh(cfg, ctx, md)
     md = md or build_mesh(cfg, ctx.comm)
@@ -42,6 +42,7 @@ def solve_config(cfg: dict, ctx, md=None):
                        max_it=s["max_it"], initial_guess="trivial", linear=s["linear"],
                        continuation=s["continuation"], strict=False, step=s["step_solver"],
                        system=system, checkpoint=writer, resume=resume)
+        result.restarted_from = restarted_from(resume)
         if writer is not None:
             writer.converged = result.converged
     return md, problem, result
@@ -92,6 +93,8 @@ def run(cfg: dict, ctx) -> dict:
         summary["solver_path"] = result.path
     if result.continuation:
         summary["continuation"] = result.continuation
+    if result.restarted_from:
+        summary["restarted_from"] = result.restarted_from
     write_fields(problem, result, ctx.series, cfg["output"]["every"])
     if ctx.figures:
         _figures(problem, result, ctx)

@@ -106,7 +106,7 @@ def _run_control(cfg, ctx, problem, resume=None) -> dict:
         warning("the QHD control signature factorises the whole space-time matrix: about "
                 f"{est['lu_s'] / 60:.0f} min per Newton step estimated at this size (2D "
                 "1,089 dofs x 16 steps: 5 s); fewer cells or steps run much faster")
-    from ..checkpoint import newton_checkpoints
+    from ..checkpoint import newton_checkpoints, restarted_from
     from ..solvers.qhd import QHDControlSystem
     with newton_checkpoints(cfg, ctx, problem, resume, True,
                             make=QHDControlSystem) as (system, writer):
@@ -139,6 +139,7 @@ def _run_control(cfg, ctx, problem, resume=None) -> dict:
                "iterations": res.iterations,
                "residual": res.history[-1]["residual"] if res.history else 0.0,
                "history": list(res.history),
+               **({"restarted_from": restarted_from(resume)} if resume is not None else {}),
                "checks": mass_check(d["mass_error"],
                                     not getattr(problem.exact, "moves_qhd_mass", False))}
     if problem.exact is not None:

@@ -15,7 +15,9 @@ class Result:
     ``converged`` says whether the nonlinear solve met its tolerance (``reason`` says how it
     stopped); an unconverged result holds the best iterate reached.  ``path`` records how it
     was solved (method, linear path, per-step solver, forcing, caches, ranks) and
-    ``continuation`` the stages of a continuation, if one ran.
+    ``continuation`` the stages of a continuation, if one ran.  ``restarted_from``: the
+    checkpoint a restart continued (its ``iterations`` count from there on);
+    ``auto_fallback``: why ``method = "auto"`` solved by Newton after Cole–Hopf.
     """
 
     problem: Any
@@ -37,6 +39,8 @@ class Result:
     continuation: list = field(default_factory=list)
     mass_exited: dict = field(default_factory=dict)   # exits: total, per_step, by_tag
     populations: dict = field(default_factory=dict)   # several populations: names, masses
+    restarted_from: dict | None = None    # a restart: the checkpoint's phase and iteration
+    auto_fallback: dict | None = None     # 'auto' left Cole-Hopf for Newton: why
 
     @classmethod
     def from_system(cls, st, method, iterations, history, seconds, **kw):
