@@ -157,3 +157,25 @@ def test_bad_config_under_mpirun_is_one_line(tmp_path, path):
                mark, env=_fem_env_env(path))
     rc, out, err = finish(p, mark, timeout=120)
     assert rc == 3 and "non-zero status" in err, err[-3000:]
+
+
+@pytest.mark.skipif(not IN_ENV, reason="bin/fem-env inside the environment")
+def test_a_banner_cut_short_after_the_error_line_is_dropped(tmp_path):
+    """Under load prterun once printed only the opening rule of its banner after fem-mfc's
+    error line and exited: the guard held the rule for the line that would say whether a
+    banner follows, got end of file instead and wrote it — two lines where the contract says
+    one (tests/test_hygiene_empty_rank.py failed in CI).  A rule held at the end is dropped;
+    a rule before fem-mfc's line is the program's own and kept."""
+    import subprocess
+    rule = "-" * 74
+    fake = tmp_path / "mpirun"                      # the guard acts on launchers by name
+    fake.write_text("#!/bin/sh\n"
+                    f"echo '{rule}' >&2\n"
+                    "echo \"fem-mfc: error: config key 'mesh.cells': expected more\" >&2\n"
+                    f"echo '{rule}' >&2\n"
+                    "exit 2\n")
+    fake.chmod(0o755)
+    p = subprocess.run([str(FEM_ENV), str(fake)], capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2
+    assert lines == [rule, "fem-mfc: error: config key 'mesh.cells': expected more"], p.stderr
