@@ -414,6 +414,19 @@ class StepWriter:
         _test_pause(comm, self.written, "stepping")
 
 
+def snapshot_fields(snaps: dict) -> dict:
+    """The figures' snapshots {step: Function or tuple of Functions} as checkpoint fields
+    (``snap_<step>``, ``snap_<step>_<i>`` for the i-th of a tuple), for :class:`StepWriter`
+    and :func:`load_stepping` alike."""
+    out = {}
+    for k, f in snaps.items():
+        if isinstance(f, tuple):
+            out.update({f"snap_{k}_{i}": g for i, g in enumerate(f)})
+        else:
+            out[f"snap_{k}"] = f
+    return out
+
+
 def _by_space(fields: dict) -> list:
     """[(space, [names])] of ``fields`` {name: Function}, one entry per function space."""
     out = []
@@ -574,4 +587,5 @@ def training_checkpoints(cfg: dict, ctx, model, meta):
 __all__ = ["StepWriter", "TrainingState", "TrainingWriter", "Writer", "config_hash",
            "folder_for", "resolve", "read_meta", "read_mesh", "mesh_data", "load_states",
            "load_training", "load_stepping", "remove", "restart_mesh", "newton_checkpoints",
-           "training_checkpoints", "stepping_checkpoints", "restarted_from"]
+           "training_checkpoints", "stepping_checkpoints", "restarted_from",
+           "snapshot_fields"]

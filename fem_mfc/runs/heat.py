@@ -26,7 +26,7 @@ MASS_TOL = 1e-8
 
 
 def run(cfg: dict, ctx) -> dict:
-    from ..checkpoint import load_stepping, restart_mesh, stepping_checkpoints
+    from ..checkpoint import load_stepping, restart_mesh, snapshot_fields, stepping_checkpoints
     resume, md = restart_mesh(cfg, ctx)
     md = md or build_mesh(cfg, ctx.comm)
     msh = md.mesh
@@ -63,8 +63,7 @@ def run(cfg: dict, ctx) -> dict:
     if resume is not None:                       # the state, snapshots and histories so far
         start = resume["step"]
         snaps = {k: dolfinx.fem.Function(V) for k in snap_at if k <= start}
-        load_stepping(ctx.restart, resume, {"rho": rho, **{f"snap_{k}": f
-                                                          for k, f in snaps.items()}})
+        load_stepping(ctx.restart, resume, {"rho": rho, **snapshot_fields(snaps)})
         masses, mins = resume["masses"], resume["mins"]
     else:
         series.write(0.0)
@@ -79,7 +78,7 @@ def run(cfg: dict, ctx) -> dict:
             if n in snap_at:
                 snaps[n] = rho.copy()
             if writer is not None and writer.due(n) and n < N:
-                writer.write(n, {"rho": rho, **{f"snap_{k}": f for k, f in snaps.items()}},
+                writer.write(n, {"rho": rho, **snapshot_fields(snaps)},
                              masses=masses, mins=mins)
         if writer is not None:
             writer.done = True

@@ -136,7 +136,7 @@ def build_problem(cfg: dict, msh, opts: dict) -> NLSProblem:
 
 
 def run(cfg: dict, ctx) -> dict:
-    from ..checkpoint import load_stepping, restart_mesh, stepping_checkpoints
+    from ..checkpoint import load_stepping, restart_mesh, snapshot_fields, stepping_checkpoints
     resume, md = restart_mesh(cfg, ctx)
     md = md or build_mesh(cfg, ctx.comm)
     msh = md.mesh
@@ -178,7 +178,7 @@ def run(cfg: dict, ctx) -> dict:
         rho_space = madelung.density(z).function_space
         snaps = {k: dolfinx.fem.Function(rho_space) for k in snap_at if k <= start}
         load_stepping(ctx.restart, resume, {"psi": z, **_previous(stepper),
-                                            **{f"snap_{k}": f for k, f in snaps.items()}})
+                                            **snapshot_fields(snaps)})
         _set_counts(stepper, resume, start)
         hist = resume["history"]
     rho_f, S_f = madelung.density(z), madelung.phase(z, hbar)
@@ -208,8 +208,7 @@ def run(cfg: dict, ctx) -> dict:
                 if k in snap_at:
                     snaps[k] = rho_f.copy()
             if writer is not None and writer.due(k) and k < N:
-                writer.write(k, {"psi": z, **_previous(stepper),
-                                 **{f"snap_{j}": f for j, f in snaps.items()}},
+                writer.write(k, {"psi": z, **_previous(stepper), **snapshot_fields(snaps)},
                              history=hist, **_counts(stepper),
                              ground_state={key: summary[key] for key in
                                            ("mu", "ground_state_steps") if key in summary})
@@ -291,7 +290,7 @@ def _set_counts(stepper, meta: dict, step: int) -> None:
     if isinstance(stepper, MidpointStepper):
         stepper.steps = step                 # extrapolate from the stored previous state
     if stepper.residuals is not None:
-        stepper.residuals.pairs = [tuple(p) for p in meta["step_residuals"]]
+        stepper.residuals.restore(meta["step_residuals"])
 
 
 def _rel_change(a, b) -> float:

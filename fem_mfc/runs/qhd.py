@@ -181,7 +181,7 @@ def errors(problem, st, J: float) -> dict:
 
 
 def _run_quantum(cfg, ctx, problem, resume=None) -> dict:
-    from ..checkpoint import load_stepping, stepping_checkpoints
+    from ..checkpoint import load_stepping, snapshot_fields, stepping_checkpoints
     from ..solvers.qhd import HISTORY
     q = cfg["qhd"]
     x = ufl.SpatialCoordinate(problem.mesh)
@@ -197,10 +197,9 @@ def _run_quantum(cfg, ctx, problem, resume=None) -> dict:
         fields = {"rho": dolfinx.fem.Function(V0), "S": dolfinx.fem.Function(V0)}
         for k in sorted(j for j in snap_at if j <= resume["step"]):
             snaps[k] = (dolfinx.fem.Function(V0, name="rho"), dolfinx.fem.Function(V0, name="S"))
-            fields.update({f"snap_rho_{k}": snaps[k][0], f"snap_S_{k}": snaps[k][1]})
-        load_stepping(ctx.restart, resume, fields)
+        load_stepping(ctx.restart, resume, {**fields, **snapshot_fields(snaps)})
         stepper.set_initial(fields["rho"], fields["S"])
-        stepper.residuals.pairs = [tuple(p) for p in resume["step_residuals"]]
+        stepper.residuals.restore(resume["step_residuals"])
         history = resume["history"]
     else:
         stepper.set_initial(problem.rho0, S0)
@@ -218,10 +217,8 @@ def _run_quantum(cfg, ctx, problem, resume=None) -> dict:
                 if n in snap_at:
                     snaps[n] = (rho_out.copy(), S_out.copy())
             if due:
-                fields = {"rho": rho_out, "S": S_out}
-                for k, (r_k, s_k) in snaps.items():
-                    fields.update({f"snap_rho_{k}": r_k, f"snap_S_{k}": s_k})
-                writer.write(n, fields, history={k: getattr(result, k) for k in HISTORY},
+                writer.write(n, {"rho": rho_out, "S": S_out, **snapshot_fields(snaps)},
+                             history={k: getattr(result, k) for k in HISTORY},
                              step_residuals=stepper.residuals.pairs)
 
         ctx.log.info("QHD quantum signature: %d discrete-gradient steps, hbar = %g", N,

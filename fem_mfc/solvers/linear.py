@@ -86,6 +86,10 @@ class StepResiduals:
         final = float(self.snes.getFunctionNorm())
         self.pairs.append((float(hist[0]) if len(hist) else final, final))
 
+    def restore(self, pairs) -> None:
+        """The pairs of the steps before a restart (from a checkpoint's ``step_residuals``)."""
+        self.pairs = [tuple(p) for p in pairs]
+
     def worst(self) -> float:
         """max ‖F‖/‖F₀‖ over the steps not at rest (0 when every step was)."""
         if not self.pairs:
