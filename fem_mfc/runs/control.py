@@ -23,12 +23,14 @@ import ufl
 
 from ..pipeline import bound, build_mesh
 from ..problem import ControlProblem
+from ..solvers import COLE_HOPF_IDENTITY_RTOL
+from ..solvers.result import identity_gap
 
 # A computed J and its value identity agree to solver tolerance at a discrete solution of the
 # HJB–FP scheme (Newton, Picard); the Cole–Hopf paths solve another discretisation of the same
 # problem, whose J differs from the HJB–FP value identity by the discretisation error.
 IDENTITY_RTOL = {"newton": 1e-6, "picard": 1e-6}
-IDENTITY_RTOL_OTHER = 5e-2
+IDENTITY_RTOL_OTHER = COLE_HOPF_IDENTITY_RTOL
 MASS_TOL = 1e-8                 # discrete mass conservation (Newton, Picard)
 SOLVER_FACTOR = 10.0            # … or 10 × the solve's residual target where that is larger
                                 # (a loosened tolerance: 2D 16² × 20 with rtol 1e-4 reached
@@ -52,23 +54,14 @@ def solve_config(cfg: dict, ctx, md=None):
                             method in ("newton", "auto")) as (system, writer):
         ctx.log.info("solving %s: %d dofs x %d steps, method %s", cfg["run"]["formulation"],
                      problem.space.dofmap.index_map.size_global, problem.steps, method)
-        def solve_by(m, **kw):
-            return solve(problem, method=m, rtol=s["rtol"], atol=s["atol"],
-                         max_it=s["max_it"], relaxation=s["relaxation"],
-                         picard_max_it=s["picard_max_it"], initial_guess=s["initial_guess"],
-                         linear=s["linear"], continuation=s["continuation"], strict=False,
-                         step=s["step_solver"], system=system, checkpoint=writer, **kw)
-
-        result = solve_by(method, resume=resume)
-        if method == "auto" and result.method == "cole-hopf" and not _consistent(result):
-            # Cole-Hopf's χ = e^{-u/2ε} lost positivity on a coarse Galerkin mesh (its J was
-            # 1053 against a value identity of 1.26 on a 16-cell periodic channel): the
-            # automatic choice must not hand that back, Newton solves the same problem
-            gap = _identity_gap(result)
-            ctx.log.info("auto: Cole-Hopf's J is %.3g off its value identity on this mesh; "
-                         "solving by Newton instead", gap)
-            result = solve_by("newton")
-            result.auto_fallback = {"from": "cole-hopf", "identity_gap": gap}
+        result = solve(problem, method=method, rtol=s["rtol"], atol=s["atol"],
+                       max_it=s["max_it"], relaxation=s["relaxation"],
+                       picard_max_it=s["picard_max_it"], initial_guess=s["initial_guess"],
+                       linear=s["linear"], continuation=s["continuation"], strict=False,
+                       step=s["step_solver"], system=system, checkpoint=writer, resume=resume)
+        if result.auto_fallback:
+            ctx.log.info("auto: Cole-Hopf's J was %.3g off its value identity on this mesh; "
+                         "solved by Newton instead", result.auto_fallback["identity_gap"])
         result.restarted_from = restarted_from(resume)
         if writer is not None:
             writer.converged = result.converged
@@ -78,20 +71,6 @@ def solve_config(cfg: dict, ctx, md=None):
                         "by Cole-Hopf (two linear sweeps, nothing to restart); no checkpoint "
                         "was written (method = 'newton' writes them)")
     return md, problem, result
-
-
-def _identity_gap(result) -> float:
-    """|J − J_value| / max(|J|, |J_value|) (inf where either is not a number)."""
-    J, Jv = result.J, result.J_value
-    if not (np.isfinite(J) and np.isfinite(Jv)):
-        return float("inf")
-    return abs(J - Jv) / max(abs(J), abs(Jv), 1e-300)
-
-
-def _consistent(result) -> bool:
-    """Does a Cole-Hopf result's J agree with its value identity to the discretisation error
-    the checks allow (IDENTITY_RTOL_OTHER)?"""
-    return _identity_gap(result) <= IDENTITY_RTOL_OTHER
 
 
 def checks(result, max_rho: float, identity: bool = True, monotone: str | None = None,
@@ -116,7 +95,7 @@ def checks(result, max_rho: float, identity: bool = True, monotone: str | None =
     if result.method in IDENTITY_RTOL and target:
         rtol = max(rtol, SOLVER_FACTOR * target / scale)
         mass_tol = max(MASS_TOL, SOLVER_FACTOR * target)
-    gap = abs(result.J - result.J_value) / scale
+    gap = identity_gap(result.J, result.J_value)
     out = {"value_identity": bound(gap, rtol, "|J - J_value| / |J|: the solve is not a "
                                               "discrete solution")}
     if not identity:

@@ -42,6 +42,12 @@ class Result:
     restarted_from: dict | None = None    # a restart: the checkpoint's phase and iteration
     auto_fallback: dict | None = None     # 'auto' left Cole-Hopf for Newton: why
 
+    @property
+    def identity_gap(self) -> float:
+        """|J − J_value| / max(|J|, |J_value|): 0 at a discrete solution of the HJB–FP scheme
+        (to solver tolerance), the discretisation error for Cole–Hopf; inf if not a number."""
+        return identity_gap(self.J, self.J_value)
+
     @classmethod
     def from_system(cls, st, method, iterations, history, seconds, **kw):
         d = st.diagnostics()
@@ -71,3 +77,12 @@ class Result:
         if self.mass_exited:
             out["mass_exited"] = dict(self.mass_exited)
         return out
+
+
+def identity_gap(J: float, J_value: float) -> float:
+    """|J − J_value| / max(|J|, |J_value|) of a cost and its value identity (inf if either is
+    not a number)."""
+    import math
+    if not (math.isfinite(J) and math.isfinite(J_value)):
+        return math.inf
+    return abs(J - J_value) / max(abs(J), abs(J_value), 1e-300)
