@@ -18,11 +18,36 @@ from .errors import ConfigError
 from .expressions import parse
 
 
-def gaussian_ufl(x, mean, std):
-    """Isotropic normal density N(mean, std² I) as a UFL expression in x."""
+def gaussian_ufl(x, mean, std, periods: dict | None = None, std_value: float | None = None):
+    """Isotropic normal density N(mean, std² I) as a UFL expression in x.
+
+    ``periods`` {direction i: period L_i} wraps it along the periodic directions of the
+    domain (the density of x mod L_i, a function that is periodic itself):
+    Σ_k exp(−(y − kL)²/2s²), y = x_i − m_i, over the images |k| ≤ ⌈9s/L⌉ + 1 for s ≤ L/4
+    (the next ones are below e^−40 of the peak); for wider ones its Poisson sum
+    (√(2π)s/L)(1 + 2Σ_{n≥1} e^{−2π²n²s²/L²} cos(2πny/L)), whose terms fall below 1e-18 by
+    n = ⌈1.45 L/s⌉ ≤ 6.  ``std_value`` is the std as a number (``std`` may be a Constant)."""
     d = len(mean)
-    r2 = sum((x[i] - mean[i]) ** 2 for i in range(d))
-    return ufl.exp(-r2 / (2 * std ** 2)) / (2 * math.pi * std ** 2) ** (d / 2)
+    periods = periods or {}
+
+    def factor(i):
+        y = x[i] - mean[i]
+        L = periods.get(i)
+        if L is None:
+            return ufl.exp(-y ** 2 / (2 * std ** 2))
+        s = float(std) if std_value is None else float(std_value)
+        if s <= L / 4:
+            K = math.ceil(9 * s / L) + 1
+            return sum(ufl.exp(-(y - k * L) ** 2 / (2 * std ** 2)) for k in range(-K, K + 1))
+        N = math.ceil(1.45 * L / s)
+        series = 1 + 2 * sum(ufl.exp(-2 * math.pi ** 2 * n ** 2 * std ** 2 / L ** 2)
+                             * ufl.cos(2 * math.pi * n * y / L) for n in range(1, N + 1))
+        return math.sqrt(2 * math.pi) * std / L * series
+
+    prod = factor(0)
+    for i in range(1, d):
+        prod = prod * factor(i)
+    return prod / (2 * math.pi * std ** 2) ** (d / 2)
 
 
 def gaussian_mean(rcfg: dict, gdim: int) -> list:
@@ -76,8 +101,10 @@ def check_scale(rcfg: dict, mesh) -> None:
                               " (wider is a constant: use kind = 'formula', formula = '1')", s)
 
 
-def density_ufl(rcfg: dict, mesh, params: dict | None = None):
-    """The unnormalised ρ_0 of config section ``rcfg`` as a UFL expression on ``mesh``."""
+def density_ufl(rcfg: dict, mesh, params: dict | None = None, periods: dict | None = None):
+    """The unnormalised ρ_0 of config section ``rcfg`` as a UFL expression on ``mesh``;
+    Gaussians wrapped along the periodic directions ``periods`` {i: L_i} (see
+    :func:`gaussian_ufl`)."""
     x = ufl.SpatialCoordinate(mesh)
     d = mesh.geometry.dim
     kind = rcfg["kind"]
@@ -89,13 +116,14 @@ def density_ufl(rcfg: dict, mesh, params: dict | None = None):
     def held(v):
         return dolfinx.fem.Constant(mesh, float(v))
     if kind == "gaussian":
-        return gaussian_ufl(x, [held(m) for m in gaussian_mean(rcfg, d)], held(rcfg["std"]))
+        return gaussian_ufl(x, [held(m) for m in gaussian_mean(rcfg, d)], held(rcfg["std"]),
+                            periods, rcfg["std"])
     if kind == "mixture":
         terms = []
         for i, (m, s, w) in enumerate(zip(rcfg["means"], rcfg["stds"], rcfg["weights"])):
             if len(m) != d:
                 raise ConfigError(f"rho0.means[{i}]", f"an array of {d} numbers", m)
-            terms.append(held(w) * gaussian_ufl(x, [held(c) for c in m], held(s)))
+            terms.append(held(w) * gaussian_ufl(x, [held(c) for c in m], held(s), periods, s))
         return sum(terms[1:], terms[0])
     if kind == "formula":
         return parse(rcfg["formula"], "rho0.formula", x=x, gdim=d, params=params)

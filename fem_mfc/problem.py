@@ -15,12 +15,16 @@ from typing import Any, Callable, Optional
 
 import dolfinx
 import ufl
+from mpi4py import MPI
 
 from .density import density_ufl, initial_density, normalise
-from .errors import ConfigError
+from .errors import ConfigError, warning
 from .forms.hjb_fp import THETA, StepData, data_degree
 
 ROUNDOFF = 1e-10
+# A ρ0 whose values on two periodic sides differ by more than this fraction of its maximum is
+# reported (its slave side is overwritten by the master side's values).
+RHO0_PERIODIC_RTOL = 1e-6
 
 
 class TimeGrid:
@@ -227,7 +231,15 @@ class ControlProblem(TimeGrid):
         periodic: the slave dofs take their masters' values)."""
         f = interpolate(rho0, self.space, name="rho0")
         if self.periodic:
-            self.periodic_map().periodise(f)
+            pm = self.periodic_map()
+            jump = pm.max_mismatch(f)
+            top = self.mesh.comm.allreduce(float(abs(f.x.array).max(initial=0.0)), op=MPI.MAX)
+            if jump > RHO0_PERIODIC_RTOL * top:
+                warning(f"rho0 is not periodic: its values on the periodic sides differ by up "
+                        f"to {jump / top:.2g} of its maximum; the side tagged "
+                        f"{', '.join(str(p.tag) for p in self.periodic)} takes the values of "
+                        "the opposite one (a Gaussian ρ0 is wrapped around the period)")
+            pm.periodise(f)
         return normalise(f, "rho0", tol=ROUNDOFF)
 
     # -- construction from the config --------------------------------------------------
@@ -272,7 +284,9 @@ class ControlProblem(TimeGrid):
             rho0 = initial_density(cfg["rho0"], dolfinx.fem.functionspace(
                 mesh, ("Lagrange", disc["degree"])), params)
         else:
-            rho0 = density_ufl(cfg["rho0"], mesh, held)
+            rho0 = density_ufl(cfg["rho0"], mesh, held, periods={
+                i: abs(v) for p in common["periodic"] for i, v in enumerate(p.translation)
+                if v})
         return cls(rho0=rho0,
                    V=formula("problem.V", pr["V"]), Phi=formula("problem.Phi", pr["Phi"]),
                    G=G, **common)

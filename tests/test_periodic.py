@@ -354,6 +354,47 @@ def test_cli_exit_status_2_for_a_bad_periodic_side(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
+# -- ρ0 on a periodic domain -----------------------------------------------------------------
+@pytest.mark.parametrize("std", [0.05, 0.3, 0.6, 1.5, 8.0])
+def test_gaussian_rho0_is_wrapped_around_the_period(std):
+    """A Gaussian ρ0 on a domain periodic in x0 is the density of x0 mod L: the image sum
+    (narrow) or its Poisson series (wide) equals a brute-force sum over 401 images to
+    round-off, and its values at x0 = 0 and x0 = L agree."""
+    from fem_mfc.density import gaussian_ufl
+    from fem_mfc.problem import interpolate
+    msh = dolfinx.mesh.create_interval(MPI.COMM_SELF, 64, [0.0, L])
+    V = dolfinx.fem.functionspace(msh, ("Lagrange", 1))
+    m = 1.7
+    f = interpolate(gaussian_ufl(ufl.SpatialCoordinate(msh), [m], std, {0: L}), V)
+    xs = V.tabulate_dof_coordinates()[:, 0]
+    k = np.arange(-200, 201)[:, None]
+    ref = (np.exp(-(xs[None, :] - m - k * L) ** 2 / (2 * std ** 2)).sum(axis=0)
+           / math.sqrt(2 * math.pi * std ** 2))
+    assert np.abs(f.x.array - ref).max() < 1e-13 * ref.max()
+    ends = f.x.array[np.argsort(xs)[[0, -1]]]
+    assert abs(ends[0] - ends[1]) < 1e-13 * ref.max()
+
+
+def test_rho0_that_is_not_periodic_is_reported(tmp_path):
+    """A ρ0 whose values differ on the two glued sides is overwritten on the slave side: the
+    run says so in one warning line (it used to be silent); the channel demo's Gaussian,
+    wrapped around the period, is periodic and gives no warning."""
+    from helpers import REPO, run_cli
+    demo = (REPO / "demos" / "periodic_channel.toml").read_text()
+    short = (demo.replace("steps = 16", "steps = 4").replace("cells = 32", "cells = 16")
+             .replace('"crank-nicolson"', '"backward-euler"'))
+    ok = tmp_path / "ok.toml"
+    ok.write_text(short)
+    r = run_cli(["run", str(ok), "--out", str(tmp_path / "ok"), "--quiet"])
+    assert r.returncode == 0 and "not periodic" not in r.stderr, r.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text(short.replace('kind = "gaussian"', 'kind = "formula"\nformula = "1 + x0"'))
+    r = run_cli(["run", str(bad), "--out", str(tmp_path / "bad"), "--quiet"])
+    lines = [ln for ln in r.stderr.splitlines() if "rho0 is not periodic" in ln]
+    assert r.returncode in (0, 3) and len(lines) == 1, r.stderr
+    assert "0.8 of its maximum" in lines[0] and "tagged 2" in lines[0]
+
+
 @pytest.mark.slow
 def test_killed_periodic_run_restarts_on_two_ranks(tmp_path):
     """A periodic run killed after its second checkpoint restarts on 2 ranks (the sides'
