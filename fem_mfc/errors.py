@@ -54,6 +54,23 @@ def keeps_cause(method):
     return wrapper
 
 
+def toml_value(v) -> str:
+    """``v`` as the user wrote it in TOML (``true``, ``"text"``, ``[1, 2]``, ``inf``), for
+    messages: a config value is not a Python object to the user."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, float):
+        return "nan" if v != v else ("inf" if v == float("inf") else
+                                     "-inf" if v == float("-inf") else repr(v))
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    return str(v)
+
+
 class UserError(Exception):
     """An error in the user's input or an unsuccessful run: one line, exit code 2."""
 
@@ -64,7 +81,7 @@ class ConfigError(UserError):
     def __init__(self, key: str, expected: str, got=None, source: str | None = None):
         self.key, self.expected, self.got = key, expected, got
         where = f"{source}: " if source else ""
-        tail = "" if got is None else f", got {got!r}"
+        tail = "" if got is None else f", got {toml_value(got)}"
         super().__init__(f"{where}config key '{key}': expected {expected}{tail}")
 
 

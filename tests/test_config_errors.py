@@ -139,3 +139,21 @@ def test_command_line_errors_are_one_line(argv, tmp_path):
     assert p.returncode == 2
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "error:" in lines[0] and "--help" in lines[0], p.stderr
+
+
+@pytest.mark.parametrize("value,shown", [
+    (True, "got true"), ("twenty", 'got "twenty"'), ([1, "x"], 'got [1, "x"]'),
+    (float("inf"), "got inf"), ({"a": False}, "got { a = false }")])
+def test_values_in_messages_are_spelt_as_in_toml(value, shown):
+    """The value a message quotes is the one the user wrote, in TOML (``true``, not
+    Python's ``True``; double-quoted strings)."""
+    from fem_mfc.errors import ConfigError
+    assert str(ConfigError("problem.steps", "a positive integer", value)).endswith(shown)
+
+
+def test_a_boolean_for_a_number_is_quoted_as_written(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(GOOD.replace("T = 0.1", "T = true", 1))
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "out"), "--quiet"])
+    assert p.returncode == 2 and "problem.T" in p.stderr and p.stderr.rstrip().endswith(
+        "got true"), p.stderr
