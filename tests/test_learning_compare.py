@@ -244,3 +244,15 @@ def test_flagship_baselines_reach_their_plateau():
         r = res[kind]["best"]
         assert r["converged"] and r["epochs"] < b.epochs, (kind, r["epochs"])
         assert r["test_accuracy"] >= 0.98
+
+
+@pytest.mark.parametrize("patience,advice", [(0, "patience = 0"), (50, "raise [training] epochs")])
+def test_verdict_on_an_unconverged_baseline_names_the_cause(patience, advice):
+    """A baseline that ran to its epoch cap: with patience = 0 no plateau was looked for, so
+    the verdict does not advise more epochs (it used to); with a patience it does."""
+    pde = {"model": "PDE network", "test_accuracy": 0.9, "J": 1.0}
+    base = {"model": "ResNet, best of 1 seed (seed 0)", "test_accuracy": 0.95, "J": 2.0,
+            "converged": False, "patience": patience}
+    lines = [v for v in compare.verdict([pde, base]) if v.startswith("(The ResNet")]
+    assert len(lines) == 1 and advice in lines[0], lines
+    assert (patience == 0) == ("raise" not in lines[0])

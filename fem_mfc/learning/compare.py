@@ -163,7 +163,8 @@ def _baseline_rows(name, res, J=None) -> list[dict]:
             "test_accuracy": b["test_accuracy"], "fresh_accuracy": b.get("fresh_accuracy"),
             "kinetic": b["train_kinetic"], "objective": b["train_objective"], "J": J,
             "cpu_time_s": b["cpu_time_s"], "wall_time_s": b["wall_time_s"],
-            "iterations": b["epochs"], "converged": b["converged"]}
+            "iterations": b["epochs"], "converged": b["converged"],
+            "patience": b.get("patience")}
     rows = [best]
     if len(res["seeds"]) > 1:
         keys = {"test_accuracy": "test_accuracy", "fresh_accuracy": "fresh_accuracy",
@@ -268,7 +269,11 @@ def verdict(rows: list[dict], bayes=None) -> list[str]:
                        + ", ".join(win) + ".")
         if not lose and not win:
             out.append(f"The PDE network and the {name} tie.")
-        if r.get("converged") is False:
+        if r.get("converged") is False and r.get("patience") == 0:
+            out.append(f"(The {name} trained for a fixed number of epochs, [training] "
+                       f"patience = 0: no plateau of its objective was looked for, so its "
+                       f"figures may not be converged.)")
+        elif r.get("converged") is False:
             out.append(f"(The {name} stopped at the epoch cap before its objective reached a "
                        f"plateau: its figures are not converged; raise [training] epochs.)")
     if bayes is not None and pde.get("fresh_accuracy") is not None:
