@@ -27,7 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import PROG, DiskFullError, SolverError, UserError, launcher_rank, process_rank
+from .errors import (PROG, DiskFullError, SolverError, UserError, launcher_rank,
+                     process_rank, warning)
 
 # -- MPI hygiene ---------------------------------------------------------------------------------
 _LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
@@ -258,6 +259,8 @@ def cmd_refine(args, petsc_tokens) -> int:
                               petsc_options=opts, config_path=args.config, force=args.force,
                               resume=args.resume)
     _report_unused(opts)
+    if result.get("warning"):
+        warning(result["warning"])
     bad = [r for r in result["levels"] if not r.get("converged", True)]
     if bad:
         _flagged({"flags": [f"level {r['level']} did not converge" for r in bad]}, out)

@@ -56,6 +56,28 @@ def rates(levels: list[dict], where: str) -> dict:
     return out
 
 
+# An observed order below this between two levels is reported: the error did not fall as a
+# convergent discretisation's does (every scheme here is at least first order in h and τ).
+LOW_ORDER = 0.5
+
+CAUSE = {"time": "the spatial error of the fixed mesh dominates: refine it (more cells or "
+                 "mesh.refine) or use --in both",
+         "space": "the time error of the fixed step dominates: use more steps or --in both",
+         "both": "the levels are not yet in the asymptotic range: start from a finer level"}
+
+
+def low_orders(rates_: dict, where: str) -> str | None:
+    """One line naming the norms whose observed order fell below :data:`LOW_ORDER` between
+    some pair of levels, and the likely cause; None if every order is at least that."""
+    low = {k: r for k, r in rates_.items() if any(v is not None and v < LOW_ORDER for v in r)}
+    if not low:
+        return None
+    shown = "; ".join(f"{k} " + ", ".join("n/a" if v is None else f"{v:.2g}" for v in r)
+                      for k, r in low.items())
+    return (f"refinement in {where}: observed orders below {LOW_ORDER:g} ({shown}); "
+            f"probably {CAUSE[where]}")
+
+
 def finished_level(folder: Path, level_cfg: dict, comm=MPI.COMM_WORLD) -> dict | None:
     """The summary of a converged run of ``level_cfg`` in ``folder`` (its ``config.toml`` is
     that config), else None."""
@@ -123,6 +145,7 @@ def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
                      **errs})
     result = {"where": where, "config": str(config_path), "levels": rows,
               "rates": rates(rows, where)}
+    result["warning"] = low_orders(result["rates"], where)
     if comm.rank == 0:
         write_json_atomic(outdir / "convergence.json", result)
         write_text_atomic(outdir / "convergence.csv", csv_table(rows))

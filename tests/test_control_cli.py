@@ -91,6 +91,28 @@ def test_refine_lq_1d_space_rates(tmp_path):
         assert conv["rates"][name][-1] > 1.8, (name, conv["rates"])
 
 
+def test_refine_in_time_on_a_coarse_mesh_warns(tmp_path):
+    """--in time on the 32-cell LQ demo: the spatial error of the fixed mesh dominates, the
+    observed orders are ≈ 0 (−3e-4 for J).  One warning line names the norms and the cause;
+    convergence.json keeps it.  The study itself succeeds (exit 0)."""
+    out = tmp_path / "conv"
+    p = run_cli(["refine", str(REPO / "demos" / "lq_gaussian_1d.toml"), "--levels", "3",
+                 "--in", "time", "--out", str(out)])
+    assert p.returncode == 0, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if "observed orders below" in ln]
+    assert len(lines) == 1 and "err_J" in lines[0] and "spatial error" in lines[0], p.stderr
+    conv = json.loads((out / "convergence.json").read_text())
+    assert conv["warning"] == lines[0].split("warning: ", 1)[1]
+    assert max(conv["rates"]["err_J"]) < 0.5
+
+
+def test_low_orders_are_named_only_where_they_are_low():
+    from fem_mfc.refine import low_orders
+    assert low_orders({"err_u_L2": [1.98, 2.01], "err_J": [2.0, None]}, "both") is None
+    line = low_orders({"err_u_L2": [1.98, 2.01], "err_J": [0.3, -0.1]}, "space")
+    assert "err_J 0.3, -0.1" in line and "err_u_L2" not in line and "time error" in line
+
+
 @pytest.mark.slow
 def test_lq_demo_quick(tmp_path):
     p = run_python([REPO / "demos" / "demo_lq_gaussian.py", "--quick", "--out", tmp_path])
