@@ -27,8 +27,15 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import (PROG, DiskFullError, SolverError, UserError, launcher_rank,
-                     process_rank, warning)
+from .errors import (
+    PROG,
+    DiskFullError,
+    SolverError,
+    UserError,
+    launcher_rank,
+    process_rank,
+    warning,
+)
 
 # -- MPI hygiene ---------------------------------------------------------------------------------
 _LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")

@@ -13,9 +13,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from mpi4py import MPI
+
 import dolfinx
 import ufl
-from mpi4py import MPI
 
 from .density import density_ufl, initial_density, normalise
 from .errors import ConfigError, warning

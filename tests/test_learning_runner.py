@@ -94,3 +94,30 @@ def test_a_stalled_galerkin_training_says_what_to_change(tmp_path):
     raw["training"]["method"] = "newton"
     s = run_config(config.from_dict(raw), tmp_path / "eafe", quiet=True)
     assert s["converged"] is True and s["reason"] == "converged"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("radius,anchor,warned", [(1.0, 0.6, True), (3.5, 2.0, False)])
+def test_points_that_leave_the_mesh_are_reported(tmp_path, radius, anchor, warned):
+    """Two moons on a disk of radius 1: 7 % of the point-steps leave the mesh and are
+    projected back onto it — said in one warning line (it used to be silent) and recorded as
+    projected_fraction; on the flagship's radius 3.5 none leaves and nothing is said."""
+    from helpers import REPO, read_summary, run_cli
+    text = (REPO / "demos" / "moons.toml").read_text()
+    for old, new in (("radius = 3.5", f"radius = {radius}"),
+                     ("n_samples = 1000", "n_samples = 200"), ("steps = 20", "steps = 10"),
+                     ("h = 0.12", "h = 0.2"),
+                     ("anchor_radius = 2.0", f"anchor_radius = {anchor}"),
+                     ("baseline = true", "baseline = false"), ("particles = 4000", "particles = 0"),
+                     ("animation = true", "animation = false")):
+        assert old in text, old
+        text = text.replace(old, new)
+    cfg = tmp_path / "m.toml"
+    cfg.write_text(text + "figures = false\n")
+    r = run_cli(["run", str(cfg), "--out", str(tmp_path / "out"), "--quiet"])
+    assert r.returncode == 0, r.stderr
+    s = read_summary(tmp_path / "out")
+    lines = [ln for ln in r.stderr.splitlines() if "projected back onto it" in ln]
+    assert len(lines) == int(warned), r.stderr
+    assert s["projected_fraction"] == s["projected_points"] / ((s["n_train"] + s["n_test"]) * 10)
+    assert (s["projected_fraction"] > 0.01) == warned

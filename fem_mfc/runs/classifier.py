@@ -30,6 +30,7 @@ import time
 import dolfinx
 import numpy as np
 
+from ..errors import warning
 from ..io import write_text_atomic
 from ..learning import compare, data, infer, report
 from ..learning.dictionary import DictionaryFlow, DictionaryNetwork, EdgeDictionaryNetwork
@@ -132,6 +133,13 @@ def run(cfg: dict, ctx) -> dict:
         te["projected"], "train_time_s": train_time,
         "train_cpu_s": info["cpu_time_s"],
     }
+    point_steps = (len(ds.y_train) + len(ds.y_test)) * model.N
+    summary["projected_fraction"] = summary["projected_points"] / max(point_steps, 1)
+    if summary["projected_fraction"] > PROJECTED_WARN:
+        warning(f"{summary['projected_points']} of {point_steps} point-steps "
+                f"({summary['projected_fraction']:.1%}) left the mesh and were projected back "
+                "onto it: the trained flow is confined to the domain; a larger domain "
+                "(mesh.radius, or mesh.lower and mesh.upper) leaves the data room")
     summary["checks"] = learning_checks(model, masses, identity_gap=summary["value_identity_gap"])
     if prob.particles > 0:
         summary["particles"] = _particle_check(flow, model, ds, hs, prob.particles, prob.sigma,
@@ -149,6 +157,11 @@ def run(cfg: dict, ctx) -> dict:
                           report.markdown(summary, figures, prob.title))
     model.destroy()
     return summary
+
+
+# More than this fraction of the train and test point-steps projected back onto the mesh is
+# reported (the points of the flagship, on a disk of radius 3.5, never leave it).
+PROJECTED_WARN = 0.01
 
 
 def stop_reason(info: dict, transport: str) -> str:
