@@ -38,6 +38,7 @@ from ..learning.feedback import FeedbackClassifier, anchors_from_config
 from ..learning.problem import ClassifierProblem, Training
 from ..learning.reduced import EdgeClassifier
 from ..pipeline import bound, build_mesh
+from . import snapshot_steps
 
 # The trained network's figures that decide whether the run is a success (``checks``, as for
 # the HJB-FP runs): the discrete duality J = Σ_k∫u_k(0)ρ_k(0) + … holds for ANY control to
@@ -249,7 +250,7 @@ def _figures(ctx, model, flow, ds, base) -> list[str]:
         report.trajectories(ctx.figure("trajectories.png"), paths, ds.y_train[sub],
                             model.anchors, K)
     figs += ["decision_regions.png", "trajectories.png"]
-    layers = sorted(set(np.linspace(0, N, 4).round().astype(int).tolist()))
+    layers = snapshot_steps(N, 4)
     snaps, labels = [], []
     for k in range(K):
         for n in layers:

@@ -25,6 +25,7 @@ from ..pipeline import bound, build_mesh
 from ..problem import ControlProblem
 from ..solvers import COLE_HOPF_IDENTITY_RTOL
 from ..solvers.result import identity_gap
+from . import snapshot_steps
 
 # A computed J and its value identity agree to solver tolerance at a discrete solution of the
 # HJB–FP scheme (Newton, Picard); the Cole–Hopf paths solve another discretisation of the same
@@ -222,7 +223,7 @@ def write_series(folder, problem, result, every: int = 1) -> list[str]:
 def _figures(problem, result, ctx, cfg):
     from .. import viz
     N = problem.steps
-    layers = sorted(set(np.linspace(0, N, 5).round().astype(int).tolist()))
+    layers = snapshot_steps(N)
     viz.plot_snapshots([result.rho[n] for n in layers],
                        [f"layer {n}: t = {problem.rho_time(n):.3g}" for n in layers],
                        ctx.figure("rho_layers.png"), name="rho")

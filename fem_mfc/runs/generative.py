@@ -27,6 +27,7 @@ from ..learning.generative import (
 )
 from ..learning.problem import GenerativeProblem
 from ..pipeline import bound, build_mesh
+from . import snapshot_steps
 from .classifier import learning_checks, stop_reason
 
 
@@ -134,7 +135,7 @@ def _write_series(ctx, model, every):
 def _figures(ctx, model, fm, ds, samples) -> list[str]:
     from .. import viz
     N = model.N
-    layers = sorted(set(np.linspace(0, N, 4).round().astype(int).tolist()))
+    layers = snapshot_steps(N, 4)
     target = dolfinx.fem.Function(model.V, name="rho")
     target.interpolate(lambda X: np.exp(model.log_target(X[:model.mesh.geometry.dim].T)))
     snaps = [model.function(model.rho[0][n], name="rho") for n in layers] + [target]

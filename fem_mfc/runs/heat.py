@@ -21,6 +21,7 @@ from ..forms.heat import THETA, heat_step
 from ..invariants import integrate, l2_error
 from ..pipeline import bound, build_mesh
 from ..solvers.linear import LinearStepper
+from . import snapshot_steps
 
 MASS_TOL = 1e-8
 
@@ -57,7 +58,7 @@ def run(cfg: dict, ctx) -> dict:
     every = cfg["output"]["every"]
     series = ctx.series("rho", [rho])
     masses, mins = [integrate(rho)], [_min(rho)]
-    snap_at = sorted(set(np.linspace(0, N, 5).round().astype(int).tolist()))
+    snap_at = snapshot_steps(N)
     snaps = {0: rho.copy()}
     start = 0
     if resume is not None:                       # the state, snapshots and histories so far

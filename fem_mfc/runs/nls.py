@@ -21,6 +21,7 @@ from ..expressions import as_ufl, parse
 from ..nls_invariants import NLSInvariants, l2_norm_complex, l2_norm_density, relative_drift
 from ..pipeline import bound, build_mesh
 from ..solvers.nls import MidpointStepper, NLSProblem, ground_state, make_stepper
+from . import snapshot_steps
 
 
 def soliton(x, t, hbar, kappa, eta, v, x0):
@@ -171,7 +172,7 @@ def run(cfg: dict, ctx) -> dict:
     from .. import madelung
     stepper = make_stepper(n["integrator"], P, z, tau, nonlinearity=n["nonlinearity"],
                            rtol=s["rtol"], atol=s["atol"], max_it=s["max_it"])
-    snap_at = sorted(set(np.linspace(0, N, 5).round().astype(int).tolist()))
+    snap_at = snapshot_steps(N)
     start = 0
     if resume is not None:                     # the state, what the next step reads, the
         start = resume["step"]                 # snapshots and the histories so far

@@ -18,6 +18,7 @@ import numpy as np
 import ufl
 
 from ..pipeline import bound, build_mesh
+from . import snapshot_steps
 
 IDENTITY_RTOL = 1e-6            # |J − J_value| / |J| at a discrete solution (Newton)
 MASS_TOL = 1e-8                 # max_k,n |∫ρ_kⁿ − m_k|
@@ -138,7 +139,7 @@ def write_fields(problem, result, series, every: int = 1) -> list:
 def _figures(problem, result, ctx):
     from .. import viz
     N, K = problem.steps, problem.K
-    layers = sorted(set(np.linspace(0, N, 5).round().astype(int).tolist()))
+    layers = snapshot_steps(N)
     for k, name in enumerate(problem.names):
         viz.plot_snapshots([problem.component(result.rho[n], k) for n in layers],
                            [f"{name}, layer {n}: t = {problem.rho_time(n):.3g}"

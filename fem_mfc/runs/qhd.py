@@ -32,6 +32,7 @@ from ..solvers.qhd import (
     solve_control,
     solve_quantum,
 )
+from . import snapshot_steps
 
 
 def check(cfg: dict) -> None:
@@ -190,7 +191,7 @@ def _run_quantum(cfg, ctx, problem, resume=None) -> dict:
     stepper = QuantumStepper(problem.mesh, problem.degree, q["hbar"], problem.tau, problem.V,
                              problem.G, problem.coupling, **_solver_args(cfg, ctx))
     every, N = cfg["output"]["every"], problem.steps
-    snap_at = set(np.linspace(0, N, 5).round().astype(int).tolist())
+    snap_at = set(snapshot_steps(N))
     snaps, history = {}, None
     if resume is not None:                 # the state, the snapshots and the histories so far
         V0 = stepper.scalar_space
