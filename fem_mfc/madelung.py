@@ -53,6 +53,30 @@ def phase(z, hbar: float = 1.0, name="S"):
     return S
 
 
+class DensityPhase:
+    """ρ and the wrapped phase S of z, as Functions ``rho`` and ``S`` of the scalar space,
+    refreshed by :meth:`update` — the space collapsed and the interpolations compiled once,
+    for a time stepper that writes them at many steps (the same values as :func:`density`
+    and :func:`phase`)."""
+
+    def __init__(self, z, hbar: float = 1.0):
+        self.hbar = hbar
+        self.space = scalar_space(z)
+        pts = self.space.element.interpolation_points()
+        self._exprs = [dolfinx.fem.Expression(e, pts)
+                       for e in (z[0] ** 2 + z[1] ** 2, z[0], z[1])]
+        self.rho = dolfinx.fem.Function(self.space, name="rho")
+        self.S = dolfinx.fem.Function(self.space, name="S")
+        self._q, self._p = dolfinx.fem.Function(self.space), dolfinx.fem.Function(self.space)
+        self.update()
+
+    def update(self):
+        for f, e in zip((self.rho, self._q, self._p), self._exprs):
+            f.interpolate(e)
+            f.x.scatter_forward()
+        self.S.x.array[:] = self.hbar * np.arctan2(self._p.x.array, self._q.x.array)
+
+
 def phase_gradient(z, hbar: float = 1.0, delta: float = 1e-12, name="grad_S"):
     """∇S = ħ(q∇p − p∇q)/ρ, L²-projected onto vector Lagrange of the degree of z."""
     mesh = z.function_space.mesh

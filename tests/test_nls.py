@@ -252,6 +252,20 @@ def test_madelung_wrapped_phase_round_trip_is_exact_at_nodes():
     assert np.allclose(z2.x.array, z.x.array, atol=1e-13)
 
 
+def test_density_phase_fields_follow_the_state():
+    """DensityPhase (compiled once, refreshed per output step) gives the values of density()
+    and phase() at every update, on the same space."""
+    from fem_mfc.madelung import DensityPhase
+    P, z, t, ex = soliton_problem(60)
+    f = DensityPhase(z, 0.7)
+    for scale in (1.0, -0.3):
+        z.x.array[:] *= scale
+        f.update()
+        assert np.array_equal(f.rho.x.array, density(z).x.array)
+        assert np.array_equal(f.S.x.array, phase(z, 0.7).x.array)
+    assert f.rho.function_space == f.S.function_space
+
+
 def test_momentum_of_a_packet():
     """P = ∫ħ Im(Ψ̄∇Ψ) = ħ k0 M for a Gaussian packet (k0 = (1.5, −1))."""
     msh = dolfinx.mesh.create_rectangle(MPI.COMM_SELF, [[-5.0, -5.0], [5.0, 5.0]], [64, 64])

@@ -176,13 +176,14 @@ def run(cfg: dict, ctx) -> dict:
     start = 0
     if resume is not None:                     # the state, what the next step reads, the
         start = resume["step"]                 # snapshots and the histories so far
-        rho_space = madelung.density(z).function_space
+        rho_space = madelung.scalar_space(z)
         snaps = {k: dolfinx.fem.Function(rho_space) for k in snap_at if k <= start}
         load_stepping(ctx.restart, resume, {"psi": z, **_previous(stepper),
                                             **snapshot_fields(snaps)})
         _set_counts(stepper, resume, start)
         hist = resume["history"]
-    rho_f, S_f = madelung.density(z), madelung.phase(z, hbar)
+    fields = madelung.DensityPhase(z, hbar)
+    rho_f, S_f = fields.rho, fields.S
     series = ctx.series("rho_phase", [rho_f, S_f])
     inv = NLSInvariants(P, z)
     if resume is None:
@@ -202,8 +203,7 @@ def run(cfg: dict, ctx) -> dict:
             hist["width2"].append(inv.width2())
             hist["centre"].append(inv.centre().tolist())
             if k % every == 0 or k == N or k in snap_at:
-                rho_f.x.array[:] = madelung.density(z).x.array
-                S_f.x.array[:] = madelung.phase(z, hbar).x.array
+                fields.update()
                 if k % every == 0 or k == N:
                     series.write(k * tau)
                 if k in snap_at:
