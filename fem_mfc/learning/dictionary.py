@@ -31,20 +31,25 @@ from .numpy_resnet import NumpyResNet, dictionary_matrix, n_weights, ridges
 from .reduced import EdgeClassifier
 
 
+def _set_dictionary(net, d: int, network: dict):
+    """The dictionary of θⁿ ↦ aⁿ on a network (Galerkin or EAFE): its kind, weight decay λ,
+    number m of weights per layer and, for random tanh ridges, their directions and shifts."""
+    net.kind = network["dictionary"]
+    net.lam = network["weight_decay"]
+    net.width = network["ridges"] if net.kind == "random-tanh" else 0
+    net.m = n_weights(net.kind, d, net.width)
+    net.ridge_w, net.ridge_b = (ridges(d, net.width, network["ridge_scale"],
+                                       network["dictionary_seed"])
+                                if net.kind == "random-tanh" else (None, None))
+
+
 class DictionaryNetwork(FeedbackClassifier):
     """The K-class dictionary network; ``a[n]`` holds θⁿ (m numbers, the same on every rank)."""
 
     replicated_control = True       # checkpoints store the θⁿ as an (N, m) array
 
     def __init__(self, rho0, anchors, problem: dict, network: dict):
-        d = rho0[0].function_space.mesh.geometry.dim
-        self.kind = network["dictionary"]
-        self.lam = network["weight_decay"]
-        self.width = network["ridges"] if self.kind == "random-tanh" else 0
-        self.m = n_weights(self.kind, d, self.width)
-        self.ridge_w, self.ridge_b = (ridges(d, self.width, network["ridge_scale"],
-                                             network["dictionary_seed"])
-                                      if self.kind == "random-tanh" else (None, None))
+        _set_dictionary(self, rho0[0].function_space.mesh.geometry.dim, network)
         super().__init__(rho0, anchors, problem, network)
 
     # -- hooks of the sweeps ---------------------------------------------------------------
@@ -164,14 +169,7 @@ class EdgeDictionaryNetwork(EdgeClassifier):
     replicated_control = True       # checkpoints store θ (N·m numbers) as an array
 
     def __init__(self, rho0, anchors, problem: dict, network: dict):
-        d = rho0[0].function_space.mesh.geometry.dim
-        self.kind = network["dictionary"]
-        self.lam = network["weight_decay"]
-        self.width = network["ridges"] if self.kind == "random-tanh" else 0
-        self.m = n_weights(self.kind, d, self.width)
-        self.ridge_w, self.ridge_b = (ridges(d, self.width, network["ridge_scale"],
-                                             network["dictionary_seed"])
-                                      if self.kind == "random-tanh" else (None, None))
+        _set_dictionary(self, rho0[0].function_space.mesh.geometry.dim, network)
         super().__init__(rho0, anchors, problem, network)
 
     # -- hooks of EdgeClassifier -----------------------------------------------------------
