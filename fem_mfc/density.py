@@ -131,7 +131,9 @@ def density_ufl(rcfg: dict, mesh, params: dict | None = None, periods: dict | No
 
 
 def normalise(rho, key: str = "rho0", tol: float = 1e-10):
-    """Check ρ ≥ 0 (to round-off) and ∫ρ > 0, clip round-off negatives, scale to mass 1."""
+    """Check ρ ≥ 0 (to round-off) and ∫ρ > 0, clip round-off negatives, scale to mass 1.
+    Both tests are relative — to max|ρ| and to max|ρ|·|Ω| — so they do not depend on the
+    units (a Gaussian on a domain of size 1e-5 used to be refused with "mass 0.952")."""
     import dolfinx
     comm = rho.function_space.mesh.comm
     a = rho.x.array
@@ -139,12 +141,14 @@ def normalise(rho, key: str = "rho0", tol: float = 1e-10):
     vmin = comm.allreduce(float(np.min(a)) if a.size else 0.0, op=MPI.MIN)
     if not np.isfinite(vmax) or not np.isfinite(vmin):
         raise ConfigError(key, "a finite density", "NaN or inf values")
-    if vmin < -tol * max(vmax, 1.0):
+    if vmin < -tol * vmax:
         raise ConfigError(key, "a non-negative density", f"minimum {vmin:.3g} at a dof")
     a[a < 0] = 0.0
-    mass = comm.allreduce(dolfinx.fem.assemble_scalar(dolfinx.fem.form(rho * ufl.dx)),
-                          op=MPI.SUM)
-    if not mass > tol * max(vmax, 1.0):
+    mesh = rho.function_space.mesh
+    mass, vol = (comm.allreduce(dolfinx.fem.assemble_scalar(dolfinx.fem.form(f * ufl.dx)),
+                                op=MPI.SUM)
+                 for f in (rho, dolfinx.fem.Constant(mesh, 1.0)))
+    if not mass > tol * vmax * vol:
         raise ConfigError(key, "a density of positive mass", f"mass {mass:.3g}")
     a /= mass
     return rho

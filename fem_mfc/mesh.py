@@ -91,6 +91,56 @@ def from_geo(geo: str | Path, dim: int, comm=MPI.COMM_WORLD, **numbers) -> MeshD
     return MeshData(mesh, ct, ft)
 
 
+def _check_gmsh_model(gmsh, path: Path, gdim: int) -> str | None:
+    """What DOLFINx's gmsh reader would get wrong in the open model, as one line naming the
+    file (None: fine).  A partitioned model is unpartitioned and a model without physical
+    groups gets one of all its top-dimensional cells (tag 1, no facet tags), so both read;
+    refused: physical groups that leave out the domain (DOLFINx would mesh the groups' curves
+    or surfaces and solve there), cells of more than one type, duplicate cells (they corrupt
+    DOLFINx's memory: the process aborted), and points off the mesh's coordinate plane or
+    line (DOLFINx would drop the extra coordinate: a tilted square became its shadow)."""
+    model = gmsh.model
+    if model.getNumberOfPartitions() > 0:
+        model.mesh.unpartition()
+    D = model.getDimension()
+    groups = model.getPhysicalGroups()
+    if not groups:
+        model.addPhysicalGroup(D, [t for _, t in model.getEntities(D)], 1)
+        groups = model.getPhysicalGroups()
+    top = max(d for d, _ in groups)
+    if top < D:
+        kind = {1: "Curve", 2: "Surface", 3: "Volume"}[D]
+        return (f"{path}: its physical groups are of dimension {top} at most, none holds the "
+                f"{D}D cells of the domain (add a Physical {kind} for them in gmsh)")
+    types, cells = set(), []
+    for _, tag in model.getPhysicalGroups(top):
+        for e in model.getEntitiesForPhysicalGroup(top, tag):
+            for t, _, nodes in zip(*model.mesh.getElements(top, e)):
+                types.add(int(t))
+                props = model.mesh.getElementProperties(t)
+                cells.append(np.sort(np.asarray(nodes).reshape(-1, props[3])[:, :props[5]],
+                                     axis=1))
+    if len(types) > 1:
+        names = sorted(model.mesh.getElementProperties(t)[0] for t in types)
+        return (f"{path}: cells of {len(types)} types ({', '.join(names)}), expected cells of "
+                "one type")
+    if cells:
+        c = np.concatenate(cells)
+        dup = len(c) - len(np.unique(c, axis=0))
+        if dup:
+            return (f"{path}: {dup} duplicate cell(s) (the same vertices as another cell); "
+                    "remove them (e.g. gmsh's Coherence Mesh)")
+    x = np.asarray(model.mesh.getNodes()[1]).reshape(-1, 3)
+    size = float(np.ptp(x[:, :gdim], axis=0).max()) if len(x) else 0.0
+    for i in range(gdim, 3):
+        lo, hi = float(x[:, i].min()), float(x[:, i].max())
+        if hi - lo > 1e-10 * max(size, 1e-300):
+            return (f"{path}: a {gdim}D mesh whose coordinate x{i} varies ({lo:.3g} to "
+                    f"{hi:.3g}); fem_mfc solves on flat domains in x0{', x1' if gdim > 1 else ''}"
+                    f"{', x2' if gdim > 2 else ''}: map the mesh onto them")
+    return None
+
+
 def read_file(path: str | Path, comm=MPI.COMM_WORLD, gdim: int | None = None) -> MeshData:
     """Read a mesh file: ``.msh`` through DOLFINx's gmsh reader, others through meshio."""
     from dolfinx.io import gmshio
@@ -118,6 +168,8 @@ def read_file(path: str | Path, comm=MPI.COMM_WORLD, gdim: int | None = None) ->
                     gdim = gmsh.model.getDimension()
                 if gmsh.model.getDimension() < 1 or len(gmsh.model.mesh.getNodes()[0]) == 0:
                     err = f"{path}: the file holds no mesh (expected a gmsh .msh with elements)"
+                else:
+                    err = _check_gmsh_model(gmsh, path, gdim)
             except Exception as e:  # gmsh raises plain Exceptions on unreadable files
                 err = f"{path}: not a readable gmsh mesh ({str(e).splitlines()[0]})"
         err = comm.bcast(err, root=0)
