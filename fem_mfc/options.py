@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import contextlib
 
+from mpi4py import MPI
 from petsc4py import PETSc
+
+import numpy as np
 
 
 def normalise(options: dict | None, prefix: str = "") -> dict:
@@ -74,6 +77,23 @@ def get_real(name: str, default: float, prefix: str = "") -> float:
     return PETSc.Options(prefix).getReal(name, default)
 
 
+# PETSc's LU and Cholesky call a pivot below an *absolute* 100 ε a zero pivot; fem_mfc's
+# factors take it relative to the matrix's smallest non-zero diagonal entry instead (not the
+# largest: the rows of constrained dofs hold 1), so the units do not matter — a 2D mesh of
+# size 1e-6, or a 3D one of 1e-4, has mass-matrix entries below 1e-14 and every per-step
+# factorisation failed
+ZERO_PIVOT = 100 * 2.220446049250313e-16
+
+
+def zero_pivot(A: PETSc.Mat) -> float:
+    """The zero-pivot tolerance of a factorisation of A: ZERO_PIVOT × min |A_ii| over the
+    non-zero diagonal entries, at most PETSc's default (collective on A's communicator)."""
+    d = np.abs(A.getDiagonal().getArray())
+    local = float(d[d > 0].min()) if np.any(d > 0) else np.inf
+    low = A.getComm().tompi4py().allreduce(local, op=MPI.MIN)
+    return ZERO_PIVOT * min(low, 1.0) if np.isfinite(low) else ZERO_PIVOT
+
+
 def make_ksp(comm, prefix: str, A=None, ksp_type: str = "preonly", pc_type: str = "lu",
              factor: str | None = "mumps", defaults: dict | None = None,
              rtol: float | None = None, atol: float | None = None,
@@ -90,6 +110,8 @@ def make_ksp(comm, prefix: str, A=None, ksp_type: str = "preonly", pc_type: str 
     pc.setType(pc_type)
     if pc_type in ("lu", "cholesky") and factor:
         pc.setFactorSolverType(factor)
+        if factor == "petsc" and A is not None:
+            pc.setFactorPivot(zeropivot=zero_pivot(A))            # relative to A: any units
     if rtol is not None or atol is not None or max_it is not None:
         ksp.setTolerances(rtol=rtol, atol=atol, max_it=max_it)
     with inserted(defaults=defaults, prefix=prefix):

@@ -33,6 +33,7 @@ from __future__ import annotations
 from petsc4py import PETSc
 
 from .. import options
+from ..options import zero_pivot
 
 REDUNDANT_MAX_RANKS = 4  # per-step LU solved redundantly up to this many ranks
 REDUNDANT_MAX_DOFS = 100_000   # ... and pivots of fewer dofs; MUMPS (distributed) otherwise,
@@ -79,13 +80,17 @@ def step_solver(A: PETSc.Mat, prefix: str, kind: str = "lu",
     ksp.setOptionsPrefix(prefix)
     ksp.setOperators(A)
     pc = ksp.getPC()
+    pivot = {}
     if kind == "lu":
         ksp.setType("preonly")
+        zp = zero_pivot(A)
         if redundant(A.getSize()[0], size, solves) and not user:
             pc.setType("redundant")           # inner: preonly + PETSc LU on a full copy
+            pivot = {"redundant_pc_factor_zeropivot": zp}
         else:
             pc.setType("cholesky" if symmetric else "lu")
             pc.setFactorSolverType("petsc" if size == 1 else "mumps")
+            pc.setFactorPivot(zeropivot=zp)
     else:
         ksp.setType("gmres")
         ksp.setTolerances(rtol=rtol, atol=0.0, max_it=STEP_MAX_IT)
@@ -107,8 +112,9 @@ def step_solver(A: PETSc.Mat, prefix: str, kind: str = "lu",
         else:
             pc.setType("hypre")
             pc.setHYPREType("boomeramg")
-    ksp.setFromOptions()
-    ksp.setUp()
+    with options.inserted(defaults=pivot, prefix=prefix):
+        ksp.setFromOptions()
+        ksp.setUp()
     return ksp
 
 
@@ -191,6 +197,7 @@ def factorise(ksp: PETSc.KSP, M: PETSc.Mat) -> bool:
     memory…: the callers are local to one rank and report collectively)."""
     try:
         ksp.setOperators(M)
+        ksp.getPC().setFactorPivot(zeropivot=zero_pivot(M))
         ksp.setUp()
         return ksp.getPC().getFailedReason() == 0
     except (PETSc.Error, MemoryError):
