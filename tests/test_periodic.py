@@ -375,6 +375,7 @@ def test_gaussian_rho0_is_wrapped_around_the_period(std):
     assert abs(ends[0] - ends[1]) < 1e-13 * ref.max()
 
 
+@pytest.mark.slow
 def test_rho0_that_is_not_periodic_is_reported(tmp_path):
     """A ρ0 whose values differ on the two glued sides is overwritten on the slave side: the
     run says so in one warning line (it used to be silent); the channel demo's Gaussian,
