@@ -12,7 +12,11 @@ A run writes into an output folder ``DIR/`` that is always exactly one run:
 * A lock file ``.<DIR name>.lock`` beside ``DIR`` (``flock``, released by the kernel when the
   process dies) makes a second concurrent run into the same ``DIR`` refuse with one line.
 * Staging folders of dead runs (SIGKILL, power loss) are deleted by the next run into ``DIR``;
-  SIGINT/SIGTERM/SIGHUP delete their own staging folder and exit with 130/143/129.
+  SIGINT/SIGTERM/SIGHUP delete their own staging folder and exit with 130/143/129.  A run
+  inside a long C call that holds the GIL (a factorisation, an ADIOS2 read) cannot run its
+  Python handler until the call returns; a small watchdog process (:data:`WATCHDOG`), woken by
+  the signal through :func:`signal.set_wakeup_fd`, then deletes the staging folder and ends
+  the run with SIGKILL after :data:`SIGNAL_GRACE_S` seconds (exit status 137).
 * A full disk (ENOSPC, EDQUOT) while writing anything -- a ParaView series, run.log, a figure,
   config.toml, summary.json -- is a :class:`~fem_mfc.errors.DiskFullError`: one line naming
   ``DIR`` and "no space left on device", exit 2, staging deleted, ``DIR`` unchanged.  An ADIOS2
@@ -318,7 +322,20 @@ def _pause(point: str) -> None:
     if f:
         with open(f, "a") as fh:
             fh.write(point + "\n")
-    time.sleep(float(os.environ.get("FEM_MFC_TEST_PAUSE_S", "60")))
+    deaf = int(os.environ.get("FEM_MFC_TEST_PAUSE_DEAF", "0"))
+    if deaf:
+        # a C call that holds the GIL and makes no system call a signal would interrupt, as
+        # a long factorisation does: the dense LU of a deaf × deaf matrix (the Python
+        # handler of a signal runs only after it)
+        from petsc4py import PETSc
+        A = PETSc.Mat().createDense((deaf, deaf), comm=PETSc.COMM_SELF)
+        A.setUp()
+        A.getDenseArray()[:] = np.random.default_rng(0).random((deaf, deaf)) + deaf * np.eye(deaf)
+        A.assemble()
+        A.factorLU(*A.getOrdering("natural"))
+        A.destroy()
+    else:
+        time.sleep(float(os.environ.get("FEM_MFC_TEST_PAUSE_S", "60")))
 
 
 # -- an atomic exchange of two paths -------------------------------------------------------------
@@ -348,6 +365,45 @@ def _exchange(a: Path, b: Path) -> bool:
 
 RUN_MARKERS = ("summary.json", "config.toml", "run.log")
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+# A run that has not ended this many seconds after SIGINT/SIGTERM/SIGHUP is in a C call that
+# holds the GIL: its watchdog deletes the staging folder and kills it.
+SIGNAL_GRACE_S = 3.0
+# The watchdog (python3 -S -c WATCHDOG FD PID STAGING GRACE): Python's C-level signal handler
+# writes the signal's number to the run's wakeup fd at once, GIL or not; the watchdog reads
+# it, gives the run's own handler GRACE seconds, then cleans up and kills.  End of file on
+# the fd (the run finished or died: only it holds the write end) ends the watchdog — after a
+# signal, with the staging folder removed if it is still there (an MPI launcher SIGKILLs
+# ranks soon after its SIGTERM).
+WATCHDOG = """
+import os, select, shutil, signal, sys, time
+fd, pid, staging, grace = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # sent to the whole process group
+    signal.signal(s, signal.SIG_IGN)                    # (Ctrl-C, timeout, mpirun): outlive it
+got = 0
+while not got:
+    b = os.read(fd, 64)
+    if not b:
+        sys.exit(0)
+    got = next((x for x in b if x in (1, 2, 15)), 0)
+end = time.monotonic() + grace
+while (left := end - time.monotonic()) > 0:
+    if select.select([fd], [], [], left)[0] and not os.read(fd, 64):
+        # the run ended: its own handler removed the staging folder, or something else
+        # (an MPI launcher's SIGKILL after its SIGTERM) killed it before it could
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)
+        sys.exit(0)
+if staging:
+    shutil.rmtree(staging, ignore_errors=True)
+try:
+    name = signal.Signals(got).name
+    sys.stderr.write(f"fem-mfc: interrupted ({name}) inside a computation that cannot be "
+                     f"interrupted; ended it after {grace:g} s\\n")
+    os.kill(pid, signal.SIGKILL)
+except (ProcessLookupError, ValueError, OSError):
+    pass
+"""
 
 
 def _staging_prefix(name: str) -> str:
@@ -541,6 +597,7 @@ class RunContext:
     restart: Path = None                       # a checkpoint folder to continue from
     _old_handlers: dict = field(default_factory=dict)
     _done: bool = False
+    _watchdog: object = None         # (process, read end, write end, previous wakeup fd)
 
     @classmethod
     def create(cls, outdir, comm=MPI.COMM_WORLD, petsc_options=None, cfg=None, quiet=False):
@@ -582,8 +639,44 @@ class RunContext:
                 self._old_handlers[s] = signal.signal(s, handler)
         except ValueError:          # not the main thread: no handlers (abort() still cleans)
             self._old_handlers.clear()
+            return
+        self._start_watchdog()
+
+    def _start_watchdog(self):
+        """The process that ends this run if a signal's handler cannot run (see WATCHDOG)."""
+        import subprocess
+        r, w = os.pipe()
+        try:
+            os.set_blocking(w, False)
+            staging = str(self.staging) if self.comm.rank == 0 and self.staging else ""
+            proc = subprocess.Popen(
+                [sys.executable, "-S", "-c", WATCHDOG, str(r), str(os.getpid()), staging,
+                 repr(SIGNAL_GRACE_S)], pass_fds=(r,), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, start_new_session=True)   # out of reach of the
+            # signals to the run's process group (an MPI launcher SIGKILLs the group)
+            old = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        except (OSError, ValueError):
+            os.close(w)
+            os.close(r)
+            return
+        # the run keeps its read end open too: a wakeup write with no reader left would raise
+        # SIGPIPE, which PETSc's handler turns into MPI_Abort(59)
+        self._watchdog = (proc, r, w, old)
+
+    def _stop_watchdog(self):
+        if self._watchdog is None:
+            return
+        proc, r, w, old = self._watchdog
+        self._watchdog = None
+        with contextlib.suppress(ValueError, OSError):
+            signal.set_wakeup_fd(old)
+        os.close(w)                 # end of file: the watchdog exits
+        os.close(r)
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=5)
 
     def _restore_signal_handlers(self):
+        self._stop_watchdog()
         for s, h in self._old_handlers.items():
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(s, h if h is not None else signal.SIG_DFL)

@@ -179,3 +179,56 @@ def test_a_banner_cut_short_after_the_error_line_is_dropped(tmp_path):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2
     assert lines == [rule, "fem-mfc: error: config key 'mesh.cells': expected more"], p.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_signal_inside_a_call_that_holds_the_gil(tmp_path, heat_cfg, ranks):
+    """SIGTERM while every rank is inside a C call that holds the GIL (a dense LU that takes
+    ≈ 8 s here, as a long factorisation does): Python's handler cannot run until the call
+    returns, so the run used to go on until then.  The run's watchdog process, woken by the
+    signal through the wakeup fd, deletes the staging folder and ends the rank after
+    SIGNAL_GRACE_S; nothing of the job is left."""
+    from fem_mfc.io import SIGNAL_GRACE_S
+    if not IN_ENV:
+        pytest.skip("inside the environment")
+    mark = marker()
+    out = tmp_path / mark
+    pause = tmp_path / "paused"
+    env = dict(paused_env(pause, "create:staged", _fem_env_env("env")),
+               FEM_MFC_TEST_PAUSE_DEAF="4000")
+    mpi = [FEM_ENV, "mpirun", "-n", 2] if ranks == 2 else [FEM_ENV]
+    p = launch(mpi + ["python3", "-m", "fem_mfc", "run", heat_cfg, "--out", out, "--quiet"],
+               mark, env=env, preexec_fn=_default_signals)
+    try:
+        wait_for_file(pause, p, mark)
+        end = time.monotonic() + 30
+        while len([ln for ln in pause.read_text().splitlines() if ln]) < ranks:
+            assert time.monotonic() < end, "the ranks never reached the pause point"
+            time.sleep(0.05)
+        time.sleep(1.0)                        # inside the LU
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        rc, _, err = finish(p, mark, timeout=60)
+        took = time.monotonic() - t0
+        assert_none_left(mark, timeout=3)
+        assert took < SIGNAL_GRACE_S + 2.5, (took, err[-2000:])
+        if ranks == 1:                         # ended by the watchdog
+            assert rc in (-signal.SIGKILL, 128 + signal.SIGKILL), (rc, err[-2000:])
+            assert "cannot be interrupted" in err, err[-2000:]
+        else:                                  # by the watchdogs, or mpirun's own SIGKILL
+            assert rc != 0, err[-2000:]
+        assert not out.exists()
+        assert not [e for e in os.listdir(tmp_path) if e.startswith(f".staging-{mark}")]
+    finally:
+        kill_all(mark)
+
+
+def test_the_watchdog_ends_with_its_run(tmp_path, heat_cfg):
+    """A run that ends normally leaves no watchdog process behind (end of file on its pipe)."""
+    mark = marker()
+    p = launch([FEM_ENV, "python3", "-m", "fem_mfc", "run", heat_cfg, "--out", tmp_path / mark,
+                "--quiet"], mark, preexec_fn=_default_signals)
+    rc, _, err = finish(p, mark, timeout=120)
+    assert rc == 0, err
+    assert_none_left(mark, timeout=3)
