@@ -1032,6 +1032,18 @@ def from_dict(raw: dict) -> dict:
     return validate(raw, source="<dict>", base_dir=Path.cwd())
 
 
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n",
+                 "\f": "\\f", "\r": "\\r"}
+
+
+def toml_string(v: str) -> str:
+    """A TOML basic string holding ``v``: backslash, quote and every control character
+    escaped (a multi-line title was written with a raw newline, and the config.toml that
+    should reproduce the run was not valid TOML)."""
+    return '"' + "".join(_TOML_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or
+                                                   ord(c) == 0x7F else c) for c in v) + '"'
+
+
 def dumps(cfg: dict) -> str:
     """Serialise a validated config to TOML (the reproducible copy stored with the results)."""
     lines = []
@@ -1040,7 +1052,7 @@ def dumps(cfg: dict) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            return toml_string(v)
         if isinstance(v, float):
             return repr(v)
         if isinstance(v, int):
@@ -1048,7 +1060,7 @@ def dumps(cfg: dict) -> str:
         if isinstance(v, list):
             return "[" + ", ".join(val(x) for x in v) + "]"
         if isinstance(v, dict):
-            return "{" + ", ".join(f'"{k}" = {val(x)}' for k, x in v.items()) + "}"
+            return "{" + ", ".join(f"{toml_string(str(k))} = {val(x)}" for k, x in v.items()) + "}"
         raise TypeError(v)
 
     for section, table in cfg.items():

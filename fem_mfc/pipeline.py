@@ -82,6 +82,25 @@ def verdict(summary: dict) -> list[str]:
     return out
 
 
+def run_settings(cfg: dict, petsc_options: dict | None = None) -> dict:
+    """The PETSc options of a run: the config's ``[solver] petsc_options``, overridden by
+    ``petsc_options`` (the command line's), names without '-' and values as strings."""
+    from . import options
+    settings = options.normalise(cfg["solver"]["petsc_options"])
+    settings.update(options.normalise(petsc_options))
+    return settings
+
+
+def reproducing(cfg: dict, settings: dict) -> dict:
+    """The config that reproduces a run: ``cfg`` with the run's PETSc options — those of its
+    ``[solver] petsc_options`` and of the command line, as inserted (names without '-') — in
+    ``[solver] petsc_options`` (command-line options used to be lost: a run with
+    ``-mfc_snes_rtol 1e-3`` stored rtol 1e-10's config)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg.items()}
+    out["solver"] = dict(cfg["solver"], petsc_options=dict(settings))
+    return out
+
+
 def run_config(cfg: dict, outdir, petsc_options: dict | None = None, config_path="<dict>",
                quiet: bool = False, comm=None, force: bool = False, on_finish=None,
                restart=None) -> dict:
@@ -103,8 +122,7 @@ def run_config(cfg: dict, outdir, petsc_options: dict | None = None, config_path
     except (ImportError, AttributeError) as e:
         raise UserError(f"formulation '{cfg['run']['formulation']}' is not available in this "
                         f"build ({e})") from None
-    settings = options.normalise(cfg["solver"]["petsc_options"])
-    settings.update(options.normalise(petsc_options))
+    settings = run_settings(cfg, petsc_options)
     with options.inserted(settings=settings):
         if restart is not None:
             from . import checkpoint
@@ -130,8 +148,10 @@ def run_config(cfg: dict, outdir, petsc_options: dict | None = None, config_path
                     ctx.log.info("warning: %s", line)
             summary["wall_time_s"] = time.perf_counter() - t0
             summary["versions"] = versions()
+            summary["petsc_options"] = settings
             if comm.rank == 0:
-                write_text_atomic(ctx.path("config.toml"), config_mod.dumps(cfg))
+                write_text_atomic(ctx.path("config.toml"), config_mod.dumps(reproducing(cfg,
+                                                                                  settings)))
             ctx.log.info("done in %.2f s%s", summary["wall_time_s"],
                          "" if not problems else " (flagged: converged = false)")
             ctx.commit(summary)
@@ -143,5 +163,5 @@ def run_config(cfg: dict, outdir, petsc_options: dict | None = None, config_path
     return summary
 
 
-__all__ = ["run_config", "build_mesh", "verdict", "versions", "EXIT_OK", "EXIT_INPUT",
-           "EXIT_UNCONVERGED"]
+__all__ = ["run_config", "reproducing", "run_settings", "build_mesh", "verdict", "versions",
+           "EXIT_OK", "EXIT_INPUT", "EXIT_UNCONVERGED"]

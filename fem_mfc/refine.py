@@ -78,14 +78,17 @@ def low_orders(rates_: dict, where: str) -> str | None:
             f"probably {CAUSE[where]}")
 
 
-def finished_level(folder: Path, level_cfg: dict, comm=MPI.COMM_WORLD) -> dict | None:
-    """The summary of a converged run of ``level_cfg`` in ``folder`` (its ``config.toml`` is
-    that config), else None."""
+def finished_level(folder: Path, level_cfg: dict, comm=MPI.COMM_WORLD,
+                   petsc_options: dict | None = None) -> dict | None:
+    """The summary of a converged run of ``level_cfg`` with ``petsc_options`` in ``folder``
+    (its ``config.toml`` is that config), else None."""
     from . import config as config_mod
+    from .pipeline import reproducing, run_settings
     out = None
     if comm.rank == 0:
         try:
-            same = (folder / "config.toml").read_text() == config_mod.dumps(level_cfg)
+            same = (folder / "config.toml").read_text() == config_mod.dumps(
+                reproducing(level_cfg, run_settings(level_cfg, petsc_options)))
             s = json.loads((folder / "summary.json").read_text()) if same else {}
             out = s if s.get("converged") is True else None
         except (OSError, ValueError):
@@ -128,7 +131,7 @@ def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
     rows = []
     for k in range(levels):
         lc, folder = level_config(cfg, k, where), outdir / f"level_{k}"
-        s = finished_level(folder, lc, comm) if resume else None
+        s = finished_level(folder, lc, comm, petsc_options) if resume else None
         how = "reused"
         if s is None:
             ck = checkpoint.folder_for(folder)

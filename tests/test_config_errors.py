@@ -157,3 +157,25 @@ def test_a_boolean_for_a_number_is_quoted_as_written(tmp_path):
     p = run_cli(["run", str(cfg), "--out", str(tmp_path / "out"), "--quiet"])
     assert p.returncode == 2 and "problem.T" in p.stderr and p.stderr.rstrip().endswith(
         "got true"), p.stderr
+
+
+def test_config_copy_keeps_command_line_options_and_any_title(tmp_path):
+    """config.toml reproduces the run: PETSc options given on the command line are kept in
+    its [solver] petsc_options (they were lost: a run with -mfc_snes_rtol 1e-3 stored the
+    config of rtol 1e-10), and a title with a newline is escaped (the copy was not TOML)."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(GOOD.replace("[run]", '[run]\ntitle = """two\nlines\t"quoted" """'))
+    opts = ["-heat_ksp_type", "cg", "-heat_pc_type", "jacobi", "-heat_ksp_rtol", "1e-4"]
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "a"), "--quiet"] + opts)
+    assert p.returncode in (0, 3), p.stderr
+    first = read_summary(tmp_path / "a")
+    assert first["petsc_options"] == {"heat_ksp_type": "cg", "heat_pc_type": "jacobi",
+                                      "heat_ksp_rtol": "1e-4"}
+    p = run_cli(["run", str(tmp_path / "a" / "config.toml"), "--out", str(tmp_path / "b"),
+                 "--quiet"])
+    assert p.returncode in (0, 3), p.stderr
+    again = read_summary(tmp_path / "b")
+    assert again["title"] == 'two\nlines\t"quoted" '
+    assert again["mass"] == first["mass"] and again["petsc_options"] == first["petsc_options"]
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "c"), "--quiet"])
+    assert read_summary(tmp_path / "c")["mass"] != first["mass"]      # the options mattered
