@@ -22,6 +22,7 @@ it before anything is assembled.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from .errors import UserError
 
@@ -54,9 +55,36 @@ def versions(full: bool = False) -> dict:
            "mpi": MPI.Get_library_version().splitlines()[0].strip().strip("\x00").split(",")[0],
            "mpi4py": __import__("mpi4py").__version__,
            "python": sys.version.split()[0], "ranks": MPI.COMM_WORLD.size}
+    out.update(source())
     if full:
         import pyvista
         out["pyvista"] = pyvista.__version__
+    return out
+
+
+def source() -> dict:
+    """Which code ran: ``fem_mfc_source``, a SHA-256 over the package's Python files (their
+    paths and contents: two runs with the same hash ran the same code), and where the package
+    sits in a git checkout, ``git_commit`` and ``git_dirty`` (uncommitted changes to it).
+    Without them two summaries of one config that disagree could not be told apart."""
+    import hashlib
+    import subprocess
+    pkg = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(pkg.rglob("*.py")):
+        h.update(str(f.relative_to(pkg)).encode() + b"\0" + f.read_bytes() + b"\0")
+    out = {"fem_mfc_source": h.hexdigest()[:16]}
+    try:
+        def git(*args):
+            return subprocess.run(["git", "-C", str(pkg.parent), *args], capture_output=True,
+                                  text=True, timeout=10)
+        head = git("rev-parse", "HEAD")
+        if head.returncode == 0:
+            out["git_commit"] = head.stdout.strip()
+            dirty = git("status", "--porcelain", "--untracked-files=no", "--", str(pkg))
+            out["git_dirty"] = bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
     return out
 
 

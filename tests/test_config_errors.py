@@ -177,5 +177,8 @@ def test_config_copy_keeps_command_line_options_and_any_title(tmp_path):
     again = read_summary(tmp_path / "b")
     assert again["title"] == 'two\nlines\t"quoted" '
     assert again["mass"] == first["mass"] and again["petsc_options"] == first["petsc_options"]
+    # which code ran: a hash of the package's files (and the git commit in a checkout)
+    src = first["versions"]["fem_mfc_source"]
+    assert len(src) == 16 and int(src, 16) >= 0 and again["versions"]["fem_mfc_source"] == src
     p = run_cli(["run", str(cfg), "--out", str(tmp_path / "c"), "--quiet"])
     assert read_summary(tmp_path / "c")["mass"] != first["mass"]      # the options mattered
