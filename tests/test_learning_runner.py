@@ -60,7 +60,7 @@ def test_a_training_that_breaks_the_duality_is_flagged(tmp_path):
            "output": {"figures": False, "vtx": False, "progress": False}}
     good = run_config(config.from_dict(raw), tmp_path / "good", quiet=True)
     assert good["converged"] is True and set(good["checks"]) == {"value_identity", "mass",
-                                                                  "min_rho"}
+                                                                  "min_rho", "data_on_mesh"}
     assert all(c["ok"] for c in good["checks"].values())
     bad = run_config(config.from_dict(raw), tmp_path / "bad", quiet=True,
                      petsc_options={"classifier_fp_ksp_rtol": "1e-4"})
@@ -99,9 +99,10 @@ def test_a_stalled_galerkin_training_says_what_to_change(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("radius,anchor,warned", [(1.0, 0.6, True), (3.5, 2.0, False)])
 def test_points_that_leave_the_mesh_are_reported(tmp_path, radius, anchor, warned):
-    """Two moons on a disk of radius 1: 7 % of the point-steps leave the mesh and are
-    projected back onto it — said in one warning line (it used to be silent) and recorded as
-    projected_fraction; on the flagship's radius 3.5 none leaves and nothing is said."""
+    """Two moons on a disk of radius 1: 73 % of the (standardised) points start outside the
+    mesh — the check data_on_mesh fails, exit 3 (the run used to succeed) — and 7 % of the
+    point-steps are projected back onto it, said in one warning line and recorded as
+    projected_fraction; on the flagship's radius 3.5 no point is off the mesh."""
     from helpers import REPO, read_summary, run_cli
     text = (REPO / "demos" / "moons.toml").read_text()
     for old, new in (("radius = 3.5", f"radius = {radius}"),
@@ -115,9 +116,11 @@ def test_points_that_leave_the_mesh_are_reported(tmp_path, radius, anchor, warne
     cfg = tmp_path / "m.toml"
     cfg.write_text(text + "figures = false\n")
     r = run_cli(["run", str(cfg), "--out", str(tmp_path / "out"), "--quiet"])
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == (3 if warned else 0), r.stderr
     s = read_summary(tmp_path / "out")
     lines = [ln for ln in r.stderr.splitlines() if "projected back onto it" in ln]
     assert len(lines) == int(warned), r.stderr
+    assert s["checks"]["data_on_mesh"]["ok"] != warned and ("data_on_mesh" in r.stderr) == warned
+    assert (s["data_points_off_mesh"] > 0.5 * (s["n_train"] + s["n_test"])) == warned
     assert s["projected_fraction"] == s["projected_points"] / ((s["n_train"] + s["n_test"]) * 10)
     assert (s["projected_fraction"] > 0.01) == warned

@@ -134,6 +134,8 @@ def run(cfg: dict, ctx) -> dict:
         te["projected"], "train_time_s": train_time,
         "train_cpu_s": info["cpu_time_s"],
     }
+    off = data_off_mesh(model.mesh, np.vstack([ds.X_train, ds.X_test]))
+    summary["data_points_off_mesh"] = off
     point_steps = (len(ds.y_train) + len(ds.y_test)) * model.N
     summary["projected_fraction"] = summary["projected_points"] / max(point_steps, 1)
     if summary["projected_fraction"] > PROJECTED_WARN:
@@ -142,6 +144,11 @@ def run(cfg: dict, ctx) -> dict:
                 "onto it: the trained flow is confined to the domain; a larger domain "
                 "(mesh.radius, or mesh.lower and mesh.upper) leaves the data room")
     summary["checks"] = learning_checks(model, masses, identity_gap=summary["value_identity_gap"])
+    summary["checks"]["data_on_mesh"] = bound(
+        off / max(len(ds.y_train) + len(ds.y_test), 1), DATA_OFF_MESH,
+        "fraction of the train and test points outside the mesh at the start, where the class "
+        "densities are cut off: the features are standardised (mean 0, variance 1), so the "
+        "mesh must cover a neighbourhood of the origin")
     if prob.particles > 0:
         summary["particles"] = _particle_check(flow, model, ds, hs, prob.particles, prob.sigma,
                                                prob.seed)
@@ -158,6 +165,18 @@ def run(cfg: dict, ctx) -> dict:
                           report.markdown(summary, figures, prob.title))
     model.destroy()
     return summary
+
+
+# More than this fraction of the train and test points outside the mesh at the start fails the
+# run's checks (exit 3), as for the generative flow: the class densities miss them
+DATA_OFF_MESH = 0.01
+
+
+def data_off_mesh(mesh, X) -> int:
+    """How many rows of X (the same on every rank) lie outside the mesh (collective)."""
+    from ..pointeval import PointEvaluator
+    _, owner = PointEvaluator(mesh).locate(X)
+    return int(np.count_nonzero(owner == mesh.comm.size))
 
 
 # More than this fraction of the train and test point-steps projected back onto the mesh is
