@@ -216,6 +216,22 @@ class ControlProblem(TimeGrid):
         return ("[discretisation] stabilisation = \"monotone\""
                 + (", scheme = \"backward-euler\"" if self.theta != 1.0 else ""))
 
+    def potential_gauge(self) -> float:
+        """(min V + max V)/2 at the nodes: the constant the Cole–Hopf paths take out of V
+        (and give back to u as c·(T − t)), so that their answer does not depend on V's
+        additive constant — their θ-steps are not exact for a constant potential."""
+        if isinstance(self.V, (int, float)):
+            return float(self.V)
+        if getattr(self, "_gauge", None) is None:
+            f = interpolate(self.V, self.space)
+            n = self.space.dofmap.index_map.size_local
+            a = f.x.array[:n]
+            comm = self.mesh.comm
+            lo = comm.allreduce(float(a.min()) if n else math.inf, op=MPI.MIN)
+            hi = comm.allreduce(float(a.max()) if n else -math.inf, op=MPI.MAX)
+            self._gauge = 0.5 * (lo + hi)
+        return self._gauge
+
     def periodic_map(self):
         """The periodic map R of the space (solvers/periodic.py), built once; None without
         periodic sides."""

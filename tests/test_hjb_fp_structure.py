@@ -118,6 +118,36 @@ def test_cole_hopf_small_noise_log_scaling():
     assert abs((b.u[0].x.array - a.u[0].x.array) - 10.0).max() < 1e-6
 
 
+@pytest.mark.parametrize("scheme", [BE, CN])
+def test_cole_hopf_does_not_depend_on_the_constant_of_v(scheme):
+    """V → V + k changes u by k(T − t) and nothing else (ρ, ∇u): so for the Cole–Hopf sweeps,
+    which take the potential's midrange out (their θ-steps are not exact for a constant
+    potential: V + 1 moved J by 1.0061 and u non-uniformly, and 'auto' changed method).
+    ρ equal to round-off, u⁰ shifted by exactly k(T − t₀), the value identity by kT, and J by
+    k times the time integral of the discrete masses; the automatic choice is the same."""
+    m = dolfinx.mesh.create_rectangle(MPI.COMM_SELF, [[-1, -1], [1, 1]], [10, 10],
+                                      dolfinx.mesh.CellType.triangle,
+                                      diagonal=dolfinx.mesh.DiagonalType.crossed)
+    x = ufl.SpatialCoordinate(m)
+
+    def problem(k):
+        return ControlProblem(
+            mesh=m, T=1.0, sigma=0.6, steps=8, scheme=scheme,
+            Phi=0.5 * ((x[0] - 0.3) ** 2 + 2 * (x[1] + 0.2) ** 2) + 0.2 * x[0] * x[1],
+            V=0.3 * x[0] * x[1] + 0.1 * x[0] + 0.2 * x[1] ** 2 + k,
+            rho0=ufl.exp(-((x[0] - 0.2) ** 2 + (x[1] + 0.1) ** 2) / 0.18))
+    a, b = (cole_hopf_solve(problem(k)) for k in (0.0, 1.0))
+    for fa, fb in zip(a.rho, b.rho):
+        assert np.abs(fa.x.array - fb.x.array).max() < 1e-12 * np.abs(fa.x.array).max()
+    p = problem(0.0)
+    for n, (fa, fb) in enumerate(zip(a.u, b.u)):
+        assert np.abs(fb.x.array - fa.x.array - (p.T - p.u_time(n))).max() < 1e-12
+    assert abs((b.J_value - a.J_value) - 1.0) < 1e-12
+    assert 0.99 < b.J - a.J < 1.0
+    assert choose_method(problem(0.0)) == choose_method(problem(1.0)) == "cole-hopf"
+    assert solve(problem(1.0), "auto").method == solve(problem(0.0), "auto").method
+
+
 def interval(n=8):
     return dolfinx.mesh.create_interval(MPI.COMM_SELF, n, [-1, 1])
 

@@ -49,7 +49,9 @@ def cole_hopf_pair(problem) -> Formulation:
     local = interpolate(problem.Phi, V).x.array[:nl]
     shift = problem.mesh.comm.allreduce(float(local.min()) if nl else math.inf, op=MPI.MIN)
     tau, eps, scale = constants(problem.mesh, problem.tau, problem.eps, 1.0)
-    d = forms.PairData(tau=tau, eps=eps, V=problem.V, rho0=problem.rho0, G=problem.G,
+    c = problem.potential_gauge()           # as the linear sweeps (solvers/sweeps.py)
+    d = forms.PairData(tau=tau, eps=eps, V=problem.V - c if c else problem.V,
+                       rho0=problem.rho0, G=problem.G,
                        coupling=problem.coupling, scale=scale if problem.G else None)
     chi_T = interpolate(ufl.exp(-(problem.Phi - shift) / (2 * problem.eps)), V, "chi")
     gamma0 = interpolate(problem.rho0 / chi_T, V, "Gamma")
@@ -67,8 +69,9 @@ def fields(st: SpaceTime):
     p, V = st.problem, st.V
     rho = [p.rho0] + [interpolate(c * g, V, "rho") for c, g in zip(st.u[1:] + [st.u_data],
                                                                      st.rho[1:])]
-    u = [interpolate(-2 * p.eps * ufl.ln(c) + st.formulation.params["shift"], V, "u")
-         for c in st.u]
+    g = p.potential_gauge()
+    u = [interpolate(-2 * p.eps * ufl.ln(c) + st.formulation.params["shift"]
+                     + g * (p.T - k * p.tau), V, "u") for k, c in enumerate(st.u)]
     return rho, u
 
 
