@@ -224,3 +224,22 @@ def test_refinement_study_resumes(tmp_path):
     mixed = refinement_study(cfg, tmp_path / "conv", levels=3, resume=True)
     assert [r["run"] for r in mixed["levels"]] == ["run", "reused", "reused"]
     assert mixed["levels"][0]["err_J"] == pytest.approx(fresh["levels"][0]["err_J"], rel=1e-8)
+
+
+@pytest.mark.parametrize("change,key,words", [
+    (('scheme = "crank-nicolson"', 'scheme = "backward-euler"\nstabilisation = "monotone"'),
+     "discretisation.stabilisation", "exact solution"),
+    (('formulation = "hjb-fp"', 'formulation = "cole-hopf"'), "run.formulation",
+     "'hjb-fp' with solver.method")])
+def test_refusals_of_an_exact_solution_name_the_key_set(tmp_path, change, key, words):
+    """The monotone scheme and the Cole–Hopf formulation cannot take an exact solution's
+    source terms: the message names the key the config set (it named solver.method, unset,
+    and quoted a hard-coded "manufactured")."""
+    text = (REPO / "demos" / "lq_gaussian_1d.toml").read_text()
+    assert change[0] in text
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text.replace(change[0], change[1]))
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet"])
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert f"'{key}'" in lines[0] and words in lines[0] and "manufactured" not in lines[0]

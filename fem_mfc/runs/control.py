@@ -21,6 +21,7 @@ import dolfinx
 import numpy as np
 import ufl
 
+from ..errors import ConfigError
 from ..pipeline import bound, build_mesh
 from ..problem import ControlProblem
 from ..solvers import COLE_HOPF_IDENTITY_RTOL
@@ -55,11 +56,20 @@ def solve_config(cfg: dict, ctx, md=None):
                             method in ("newton", "auto")) as (system, writer):
         ctx.log.info("solving %s: %d dofs x %d steps, method %s", cfg["run"]["formulation"],
                      problem.space.dofmap.index_map.size_global, problem.steps, method)
-        result = solve(problem, method=method, rtol=s["rtol"], atol=s["atol"],
-                       max_it=s["max_it"], relaxation=s["relaxation"],
-                       picard_max_it=s["picard_max_it"], initial_guess=s["initial_guess"],
-                       linear=s["linear"], continuation=s["continuation"], strict=False,
-                       step=s["step_solver"], system=system, checkpoint=writer, resume=resume)
+        try:
+            result = solve(problem, method=method, rtol=s["rtol"], atol=s["atol"],
+                           max_it=s["max_it"], relaxation=s["relaxation"],
+                           picard_max_it=s["picard_max_it"],
+                           initial_guess=s["initial_guess"], linear=s["linear"],
+                           continuation=s["continuation"], strict=False,
+                           step=s["step_solver"], system=system, checkpoint=writer,
+                           resume=resume)
+        except ConfigError as e:
+            if cfg["run"]["formulation"] == "cole-hopf" and e.key == "solver.method":
+                # the config chose Cole–Hopf by its formulation, not by solver.method
+                raise ConfigError("run.formulation", "'hjb-fp' with solver.method "
+                                  + e.expected, "cole-hopf") from None
+            raise
         if result.auto_fallback:
             ctx.log.info("auto: Cole-Hopf's J was %.3g off its value identity on this mesh; "
                          "solved by Newton instead", result.auto_fallback["identity_gap"])
@@ -97,16 +107,29 @@ def checks(result, max_rho: float, identity: bool = True, monotone: str | None =
         rtol = max(rtol, SOLVER_FACTOR * target / scale)
         mass_tol = max(MASS_TOL, SOLVER_FACTOR * target)
     gap = identity_gap(result.J, result.J_value)
+    exact = result.method in IDENTITY_RTOL
     out = {"value_identity": bound(gap, rtol, "|J - J_value| / |J|: the solve is not a "
-                                              "discrete solution")}
+                                              "discrete solution" if exact else
+                                   "|J - J_value| / |J|: the Cole-Hopf discretisation's error "
+                                   "is too large here (refine h and tau, or solver.method = "
+                                   "'newton')")}
     if not identity:
         out["value_identity"].update(ok=True, applies=False, hint="not an identity: the "
                                      "problem has manufactured sources")
-    if result.method in IDENTITY_RTOL:
-        out["mass"] = bound(result.mass_error, mass_tol, "max |mass - 1|")
-        if not mass:
-            out["mass"].update(ok=True, applies=False, hint="not conserved: the problem has "
-                               "manufactured sources in the FP rows")
+    elif result.method == "cole-hopf-pair":
+        # the pair's own discretisation, its fields put into the HJB–FP functionals: the gap
+        # is its discretisation error (congested square: 43, 23, 11 % on 16, 32, 64 cells,
+        # while its J was nearer the limit than the HJB–FP one) — recorded, as QHD's
+        out["value_identity"].update(ok=True, applies=False, hint="the Cole-Hopf pair's "
+                                     "discretisation error (first order in h and tau)")
+    # the Cole–Hopf paths do not conserve the discrete mass exactly (0.5-1.2 % on coarse
+    # 1D meshes, shrinking with h and tau): checked to their tolerance, as their identity
+    out["mass"] = bound(result.mass_error, mass_tol if exact else IDENTITY_RTOL_OTHER,
+                        "max |mass - 1|" if exact else "max |mass - 1| of the Cole-Hopf "
+                        "discretisation (refine h and tau, or solver.method = 'newton')")
+    if not mass:
+        out["mass"].update(ok=True, applies=False, hint="not conserved: the problem has "
+                           "manufactured sources in the FP rows")
     out["min_rho"] = bound(result.min_rho, -NEGATIVE_RHO * max_rho,
                            "negative density; refine the mesh"
                            + (f" or use {monotone}" if monotone else

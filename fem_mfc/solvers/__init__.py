@@ -86,21 +86,24 @@ def _solve(problem, method, rtol, atol, max_it, picard_max_it, relaxation, petsc
         return solve_pair(problem, rtol=rtol, atol=atol, max_it=max_it,
                           petsc_options=petsc_options)
     r = cole_hopf_solve(problem)
-    if method == "auto" and r.identity_gap > COLE_HOPF_IDENTITY_RTOL:
+    if method == "auto" and not (r.identity_gap <= COLE_HOPF_IDENTITY_RTOL
+                                 and r.mass_error <= COLE_HOPF_IDENTITY_RTOL):
         # χ = e^{−u/2ε} lost positivity on a coarse Galerkin mesh (a 16-cell periodic
         # channel: J = 1053 against a value identity of 1.26): the automatic choice must not
         # hand that back — Newton solves the same problem
-        gap = r.identity_gap
+        gap, mass = r.identity_gap, r.mass_error
         r = newton(problem, rtol=rtol, atol=atol, max_it=max_it, petsc_options=petsc_options,
                    guess=initial_guess, linear=linear, continuation=continuation,
                    **newton_kw)
         r = r.check() if strict else r
-        r.auto_fallback = {"from": "cole-hopf", "identity_gap": gap}
+        r.auto_fallback = {"from": "cole-hopf", "identity_gap": gap,
+                           "mass_error": mass}
     return r
 
 
 # Cole-Hopf solves another discretisation of the HJB-FP problem: its J differs from the
-# HJB-FP value identity by the discretisation error, within this (relative) tolerance
+# HJB-FP value identity by the discretisation error, within this (relative) tolerance, and
+# its discrete mass from 1 by at most as much
 COLE_HOPF_IDENTITY_RTOL = 5e-2
 
 

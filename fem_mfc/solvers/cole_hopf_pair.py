@@ -79,10 +79,12 @@ def finish(st: SpaceTime, out: dict) -> dict:
     """J, J_value of the HJB–FP functionals (forms/hjb_fp.py) evaluated on (ρ, u) — the same
     definitions of J as for the HJB–FP solvers — and min ρ = min(χ, Γ) over levels 1..N."""
     hjb = SpaceTime(st.problem)
-    hjb.assign(*fields(st))
+    rho, u = fields(st)
+    hjb.assign(rho, u)
     dh = hjb.diagnostics()
-    out.update(J=dh["J"], J_value=dh["J_value"],
-               min_rho=st.min_of(st.u[1:] + [st.u_data] + st.rho[1:]))
+    # min ρ is ρ's (it was min(χ, Γ), reported as min_rho); χ, Γ > 0 is solve_pair's test
+    out.update(J=dh["J"], J_value=dh["J_value"], min_rho=hjb.min_of(rho[1:]),
+               min_chi_gamma=st.min_of(st.u[1:] + [st.u_data] + st.rho[1:]))
     return out
 
 
@@ -127,9 +129,10 @@ def solve_pair(problem, rtol=1e-10, atol=1e-12, max_it=50, petsc_options=None,
                  petsc_options=petsc_options, system=st).check()
     st.rho[0].interpolate(dolfinx.fem.Expression(problem.rho0 / st.u[0],
                                                  problem.space.element.interpolation_points()))
-    if res.min_rho <= 0:
+    low = st.min_of(st.u[1:] + [st.u_data] + st.rho[1:])
+    if low <= 0:
         raise SolverError(f"Cole-Hopf pair: chi or Gamma lost positivity (min "
-                          f"{res.min_rho:.3g}); refine tau or h")
+                          f"{low:.3g}); refine tau or h")
     rho, u = st.fields()
     return PairResult(**{**vars(res), "rho": rho, "u": u, "method": "cole-hopf-pair"},
                       chi=st.chi, gamma=st.gamma)

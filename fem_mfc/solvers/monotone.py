@@ -42,8 +42,9 @@ def monotone(problem) -> Formulation:
                           "'monotone' (a Crank-Nicolson step is positive only under a "
                           "time-step restriction)", problem.scheme)
     if getattr(problem.exact, "sources", None) is not None:
-        raise ConfigError("discretisation.stabilisation", "a problem without source terms "
-                          "for 'monotone'", "manufactured")
+        raise ConfigError("discretisation.stabilisation", "'none' for a problem with an "
+                          "exact solution (its source terms do not enter the monotone "
+                          "scheme)", "monotone")
     d = problem.step_data()
     V = problem.space
     phi = dolfinx.fem.Function(V)
