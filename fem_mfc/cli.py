@@ -150,6 +150,11 @@ def split_petsc_options(tokens: list[str]) -> dict:
     opts, i = {}, 0
     while i < len(tokens):
         t = tokens[i]
+        if t.startswith("--") and len(t) > 2:
+            # PETSc's options take one dash: this is a misspelt option of ours (--restrat
+            # for --restart ran from scratch and deleted the checkpoint it was to continue)
+            raise UserError(f"unknown option '{t}' (see {PROG} --help; PETSc options start "
+                            "with one dash)")
         if not t.startswith("-") or t in ("-", "--"):
             raise UserError(f"unexpected argument '{t}' (PETSc options look like -name [value])")
         name = t.lstrip("-")
@@ -350,6 +355,8 @@ def _main(argv: list[str]) -> int:
                 p.error(f"unrecognised arguments: {' '.join(rest)}")
             return cmd_info(args)
         if args.command == "schema":
+            if rest:
+                p.error(f"unrecognised arguments: {' '.join(rest)}")
             return cmd_schema(args)
         if args.command == "refine" and args.levels < 2:
             raise UserError("--levels: expected at least 2 levels to measure a rate")

@@ -205,6 +205,20 @@ def test_checkpoint_of_another_problem_is_refused(tmp_path):
     p = run_cli(["run", str(other), "--out", str(tmp_path / "o"), "--restart",
                  str(tmp_path / "nothing")])
     assert p.returncode == 2 and "checkpoint" in p.stderr
+    # the same problem solved by Picard: a Newton checkpoint is not its iterate (it was
+    # continued by Newton under a config that says picard, exit 0)
+    picard = tmp_path / "p.toml"
+    picard.write_text(CONFIG.format(G="rho**2/2").replace(
+        'method = "newton"', 'method = "picard"').replace("checkpoint_every = 1",
+                                                          "checkpoint_every = 0"))
+    p = run_cli(["run", str(picard), "--out", str(tmp_path / "p"), "--quiet", "--restart",
+                 str(ck)])
+    assert p.returncode == 2 and "'--restart'" in p.stderr and "picard" in p.stderr, p.stderr
+    # a misspelt --restart is not a PETSc option: refused before anything runs (it ran from
+    # scratch and deleted the checkpoint)
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "cut"), "--quiet", "--restrat",
+                 str(ck)])
+    assert p.returncode == 2 and "'--restrat'" in p.stderr and ck.is_dir(), p.stderr
 
 
 @pytest.mark.slow

@@ -52,6 +52,11 @@ def solve_config(cfg: dict, ctx, md=None):
     problem = ControlProblem.from_config(cfg, md.mesh, md.cell_tags, md.facet_tags)
     s = cfg["solver"]
     method = "cole-hopf" if cfg["run"]["formulation"] == "cole-hopf" else s["method"]
+    if resume is not None and method not in ("newton", "auto"):
+        # a checkpoint holds a Newton iterate: continuing it by Newton under a config that
+        # says picard ran, and recorded, another method than the config's
+        raise ConfigError("--restart", "a config with solver.method 'newton' or 'auto' (the "
+                          "checkpoint continues a Newton solve)", method)
     with newton_checkpoints(cfg, ctx, problem, resume,
                             method in ("newton", "auto")) as (system, writer):
         ctx.log.info("solving %s: %d dofs x %d steps, method %s", cfg["run"]["formulation"],
