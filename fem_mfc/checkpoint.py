@@ -495,6 +495,18 @@ def remove(folder: Path, comm=MPI.COMM_WORLD):
     comm.barrier()
 
 
+def remove_when_committed(folder: Path, ctx):
+    """Delete a finished run's checkpoint once its results are in place (``ctx.commit``), not
+    when its solve ends: a run killed while it wrote its outputs (figures, series: 10 s after
+    a 2 s solve) used to lose both the results and the checkpoint.  Without a run context
+    that commits (library use), at once."""
+    hooks = getattr(ctx, "after_commit", None)
+    if hooks is None:
+        remove(folder, ctx.comm)
+    else:
+        hooks.append(lambda: remove(folder, ctx.comm))
+
+
 def _obsolete(writer, ctx) -> bool:
     """Is ``writer``'s checkpoint folder obsolete now that its run has finished: written by
     this run, or the very checkpoint it restarted from (a restart that converged without
@@ -545,7 +557,7 @@ def newton_checkpoints(cfg: dict, ctx, problem, resume, newton: bool, make=None)
             writer.converged = False
     yield system, writer
     if writer is not None and writer.converged and _obsolete(writer, ctx):
-        remove(writer.folder, ctx.comm)                  # the run is complete
+        remove_when_committed(writer.folder, ctx)        # the run is complete
 
 
 @contextlib.contextmanager
@@ -563,7 +575,7 @@ def stepping_checkpoints(cfg: dict, ctx, mesh, resume):
         writer.done = False
     yield writer
     if writer is not None and writer.done and _obsolete(writer, ctx):
-        remove(writer.folder, ctx.comm)                  # the run is complete
+        remove_when_committed(writer.folder, ctx)        # the run is complete
 
 
 @contextlib.contextmanager
@@ -581,7 +593,7 @@ def training_checkpoints(cfg: dict, ctx, model, meta):
     writer = TrainingWriter(folder_for(ctx.outdir), model, cfg, every) if every else None
     yield writer, resume
     if writer is not None and model.converged and _obsolete(writer, ctx):
-        remove(writer.folder, ctx.comm)                  # the training is complete
+        remove_when_committed(writer.folder, ctx)        # the training is complete
 
 
 __all__ = ["StepWriter", "TrainingState", "TrainingWriter", "Writer", "config_hash",

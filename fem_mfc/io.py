@@ -598,6 +598,7 @@ class RunContext:
     _old_handlers: dict = field(default_factory=dict)
     _done: bool = False
     _watchdog: object = None         # (process, read end, write end, previous wakeup fd)
+    after_commit: list = field(default_factory=list)   # called once the results are in place
 
     @classmethod
     def create(cls, outdir, comm=MPI.COMM_WORLD, petsc_options=None, cfg=None, quiet=False):
@@ -772,6 +773,9 @@ class RunContext:
         if err:
             self.abort()
             raise UserError(err)
+        for hook in self.after_commit:         # e.g. the finished run's checkpoint removed
+            hook()
+        self.after_commit.clear()
         self._restore_signal_handlers()
 
     def abort(self):

@@ -170,6 +170,35 @@ def test_killed_run_restarts_to_the_same_solution(tmp_path, uninterrupted, write
     assert abs(s["J_value_identity"] - full["J_value_identity"]) <= 1e-9 * abs(full["J"])
 
 
+def test_checkpoint_survives_until_the_results_are_in_place(tmp_path, uninterrupted):
+    """Killed after the solve, while it writes its outputs (paused at the start of the
+    commit): the checkpoint is still there (it was removed when the solve ended, so the
+    run's whole work was lost), and the restart finishes the run with the uninterrupted J."""
+    cfg, full = uninterrupted
+    out = tmp_path / "late"
+    pause = tmp_path / "paused"
+    env = dict(_env(), FEM_MFC_TEST_PAUSE="commit:begin", FEM_MFC_TEST_PAUSE_FILE=str(pause),
+               FEM_MFC_TEST_PAUSE_S="60")
+    p = subprocess.Popen([sys.executable, "-m", "fem_mfc", "run", str(cfg), "--out", str(out),
+                          "--quiet"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        end = time.monotonic() + 120
+        while not pause.exists():
+            assert p.poll() is None and time.monotonic() < end, "never reached the commit"
+            time.sleep(0.05)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=60)
+    ck = out.with_name(out.name + ".checkpoint")
+    assert not (out / "summary.json").exists() and ck.is_dir()
+    r = run_cli(["run", str(cfg), "--out", str(out), "--quiet", "--restart", str(ck)])
+    assert r.returncode == 0, r.stderr
+    s = read_summary(out)
+    assert s["iterations"] == 0 and abs(s["J"] - full["J"]) <= 1e-12 * abs(full["J"])
+    assert not ck.exists()                     # removed once this run's results are in place
+
+
 @pytest.mark.slow
 def test_restart_resumes_a_continuation(tmp_path):
     """An attractive coupling (1D, c = -0.02, σ = 0.1) needs the continuation in the coupling
