@@ -77,7 +77,7 @@ def test_restart_takes_the_uninterrupted_steps(name, tmp_path, monkeypatch):
     """Checkpoints after steps 5 and 10 of 12 (the finished run keeps its last one here);
     the restart from step 10 ends with the uninterrupted run's summary and figures."""
     figures = name == "heat"
-    cfg = config.from_dict(raw_config(name, figures=figures))
+    cfg = config.from_dict(raw_config(name, figures=figures, vtx=True))
     monkeypatch.setattr(checkpoint, "remove", lambda *a, **k: None)
     full = run_config(cfg, tmp_path / "full", quiet=True)
     monkeypatch.undo()
@@ -89,6 +89,17 @@ def test_restart_takes_the_uninterrupted_steps(name, tmp_path, monkeypatch):
     same_summary(full, again, 1e-13)
     if figures:                     # the snapshots before the checkpoint came from it
         assert (tmp_path / "again" / "rho_snapshots.png").is_file()
+    # the restart's series begins at the checkpoint's time (it began a step later), and its
+    # steps are the uninterrupted series' from there
+    from fem_mfc.compat import adios2
+    series = {"heat": "rho.bp", "qhd-quantum": "qhd.bp"}.get(name, "rho_phase.bp")
+
+    def times(run):
+        with adios2().FileReader(str(tmp_path / run / series)) as f:
+            return [float(f.read("step", step_selection=[k, 1])[0]) for k in range(f.num_steps())]
+    tau = cfg["problem"]["T"] / cfg["problem"]["steps"]
+    assert times("again") == pytest.approx(times("full")[10:]) and times("again")[0] == \
+        pytest.approx(10 * tau)
     # a finished run removes its checkpoint
     run_config(cfg, tmp_path / "once", quiet=True)
     assert not (tmp_path / "once.checkpoint").exists()

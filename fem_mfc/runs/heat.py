@@ -66,8 +66,7 @@ def run(cfg: dict, ctx) -> dict:
         snaps = {k: dolfinx.fem.Function(V) for k in snap_at if k <= start}
         load_stepping(ctx.restart, resume, {"rho": rho, **snapshot_fields(snaps)})
         masses, mins = resume["masses"], resume["mins"]
-    else:
-        series.write(0.0)
+    series.write(start * tau)                    # a restart's series begins at its checkpoint
     with stepping_checkpoints(cfg, ctx, msh, resume) as writer:
         for n in ctx.progress(range(start + 1, N + 1), desc="heat", total=N - start):
             rho_old.x.array[:] = rho.x.array

@@ -186,9 +186,9 @@ def run(cfg: dict, ctx) -> dict:
     rho_f, S_f = fields.rho, fields.S
     series = ctx.series("rho_phase", [rho_f, S_f])
     inv = NLSInvariants(P, z)
+    series.write(start * tau)              # a restart's series begins at its checkpoint
     if resume is None:
         snaps = {0: rho_f.copy()}
-        series.write(0.0)
         hist = {"mass": [inv.mass()], "energy": [inv.energy()],
                 "momentum": [inv.momentum()], "width2": [inv.width2()],
                 "centre": [inv.centre().tolist()]}

@@ -206,6 +206,8 @@ def _run_quantum(cfg, ctx, problem, resume=None) -> dict:
         stepper.set_initial(problem.rho0, S0)
     rho_out, S_out = stepper.rho(), stepper.S()
     series = ctx.series("qhd", [rho_out, S_out])
+    if resume is not None:                 # a restart's series begins at its checkpoint
+        series.write(resume["step"] * problem.tau)
 
     with stepping_checkpoints(cfg, ctx, problem.mesh, resume) as writer:
         def record(n, t, result):
