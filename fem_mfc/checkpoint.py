@@ -44,7 +44,7 @@ from mpi4py import MPI
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 
 SECTIONS = ("run", "mesh", "problem", "rho0", "discretisation", "exact")
 STATE = "state.bp"
@@ -124,6 +124,21 @@ class Writer:
         _test_pause(st.comm, self.written, meta.get("phase", ""))
 
 
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (no space, a read-only or busy folder): one line
+    naming it, exit status 2 — an input/environment problem, not a failed solve."""
+
+    def __init__(self, folder, full: bool, reason: str):
+        super().__init__(f"{folder}: cannot write the checkpoint ("
+                         + ("no space left on device" if full else reason)
+                         + "); free space or set [output] checkpoint_every = 0")
+
+
+def is_disk_full_errno(e: OSError) -> bool:
+    import errno
+    return e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
 def _commit(folder: Path, comm, fill, info: dict):
     """Write a checkpoint atomically: ``fill(bp)`` writes the adios4dolfinx file ``bp``
     (collectively) and returns more meta data; all of it goes into a temporary folder, which is
@@ -131,24 +146,38 @@ def _commit(folder: Path, comm, fill, info: dict):
     tmp = comm.bcast(str(folder.with_name(folder.name + f".tmp-{os.getpid()}"))
                      if comm.rank == 0 else None, root=0)
     tmp = Path(tmp)
-    if comm.rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    comm.barrier()
+
+    def on_rank0(action):
+        """``action()`` on rank 0; an OSError there is every rank's CheckpointWriteError
+        (it was a solver failure on rank 0 — 'Device or resource busy' tried the whole
+        continuation and exited 3 — and would have left the other ranks in a barrier)."""
+        err = None
+        if comm.rank == 0:
+            try:
+                action()
+            except OSError as e:
+                shutil.rmtree(tmp, ignore_errors=True)
+                err = (is_disk_full_errno(e), e.strerror or str(e))
+        err = comm.bcast(err, root=0)
+        if err is not None:
+            raise CheckpointWriteError(folder, *err)
+
+    on_rank0(lambda: (shutil.rmtree(tmp, ignore_errors=True), tmp.mkdir(parents=True)))
     more = fill(tmp / STATE) or {}
     comm.barrier()
-    if comm.rank == 0:
+
+    def finish():
         arrays = more.pop("arrays", None)
         if arrays:
             np.savez(tmp / ARRAYS, **arrays)
-        info = {**info, **more, "ranks": comm.size, "state_files": _sizes(tmp / STATE)}
-        (tmp / META).write_text(json.dumps(info, indent=1, default=_plain) + "\n")
+        meta = {**info, **more, "ranks": comm.size, "state_files": _sizes(tmp / STATE)}
+        (tmp / META).write_text(json.dumps(meta, indent=1, default=_plain) + "\n")
         old = folder.with_name(folder.name + f".old-{os.getpid()}")
         if folder.exists():
             os.replace(folder, old)
         os.replace(tmp, folder)
         shutil.rmtree(old, ignore_errors=True)
-    comm.barrier()
+    on_rank0(finish)
 
 
 def _sizes(bp: Path) -> dict:

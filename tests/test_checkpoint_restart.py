@@ -399,3 +399,34 @@ def test_auto_taking_cole_hopf_says_no_checkpoint_was_written(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "checkpoint_every" in err and "Cole-Hopf" in err
     assert not (tmp_path / "o.checkpoint").exists()
+
+
+def test_a_checkpoint_that_cannot_be_written_is_an_input_error(tmp_path, monkeypatch):
+    """A checkpoint folder that cannot be written (read-only, busy, full): one error naming
+    it (UserError: exit 2), raised on every rank; it was a failed Newton step — the run tried
+    its whole continuation and exited 3 with a 'not a discrete solution' flag."""
+    import errno
+
+    from fem_mfc import checkpoint, config
+    from fem_mfc.errors import SolverError, UserError
+    from fem_mfc.pipeline import run_config
+    real = os.replace
+
+    def busy(a, b):
+        if ".checkpoint" in str(b):
+            raise OSError(errno.EBUSY, "Device or resource busy", str(b))
+        return real(a, b)
+    monkeypatch.setattr(checkpoint.os, "replace", busy)
+    cfg = config.load(_config_file(tmp_path))
+    with pytest.raises(UserError) as e:
+        run_config(cfg, tmp_path / "o", quiet=True)
+    assert not isinstance(e.value, SolverError)
+    msg = str(e.value)
+    assert "o.checkpoint" in msg and "Device or resource busy" in msg and "\n" not in msg
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def _config_file(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text(CONFIG.format(G="rho**2/2"))
+    return f

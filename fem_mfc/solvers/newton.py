@@ -40,7 +40,7 @@ from petsc4py import PETSc
 import numpy as np
 
 from .. import options
-from ..errors import ConfigError, SolverError, keeps_cause
+from ..errors import ConfigError, SolverError, UserError, keeps_cause
 from .result import Result
 from .spacetime import SpaceTime
 
@@ -413,7 +413,12 @@ class NewtonSolver:
             self.stage["first_residual"] = fnorm      # the target of the whole solve
         if self.checkpoint is not None and self.checkpoint.due(it):
             self.st.vec_to_states(snes.getSolution())
-            self.checkpoint.write(phase="newton", iteration=it, residual=fnorm, **self.stage)
+            try:
+                self.checkpoint.write(phase="newton", iteration=it, residual=fnorm,
+                                      **self.stage)
+            except UserError as e:          # not the solve's failure: re-raised after it
+                self.fatal = e
+                raise
 
     @keeps_cause
     def _converged(self, snes, it, norms):
@@ -615,6 +620,10 @@ class NewtonSolver:
             failed = ((self._cause() or self._lu_failure()) if snes.getConvergedReason()
                       == PETSc.SNES.ConvergedReason.DIVERGED_LINEAR_SOLVE else None)
         except (PETSc.Error, SolverError) as e:      # PETSc error or a failed callback
+            fatal, self.fatal = getattr(self, "fatal", None), None
+            if fatal is not None:               # a checkpoint that could not be written
+                self._cause()
+                raise fatal from None
             failed = self._cause() or (str(e).splitlines()[0] if str(e) else "PETSc error")
             self._fresh_vectors()
         reason = snes.getConvergedReason()
