@@ -170,6 +170,7 @@ def test_killed_run_restarts_to_the_same_solution(tmp_path, uninterrupted, write
     assert abs(s["J_value_identity"] - full["J_value_identity"]) <= 1e-9 * abs(full["J"])
 
 
+@pytest.mark.slow
 def test_checkpoint_survives_until_the_results_are_in_place(tmp_path, uninterrupted):
     """Killed after the solve, while it writes its outputs (paused at the start of the
     commit): the checkpoint is still there (it was removed when the solve ended, so the

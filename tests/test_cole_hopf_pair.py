@@ -133,6 +133,7 @@ def test_pair_reports_min_rho_of_rho():
                              min(f.x.array.min() for f in res.gamma[1:]))
 
 
+@pytest.mark.slow
 def test_cole_hopf_runs_check_mass_and_record_the_pair_identity(tmp_path):
     """Through the CLI: the Cole–Hopf sweeps' mass is checked, to their tolerance (it was
     not checked: 1.2 % off exited 0 unnoticed); the pair's J against the HJB–FP value

@@ -159,6 +159,7 @@ def test_a_boolean_for_a_number_is_quoted_as_written(tmp_path):
         "got true"), p.stderr
 
 
+@pytest.mark.slow
 def test_config_copy_keeps_command_line_options_and_any_title(tmp_path):
     """config.toml reproduces the run: PETSc options given on the command line are kept in
     its [solver] petsc_options (they were lost: a run with -mfc_snes_rtol 1e-3 stored the

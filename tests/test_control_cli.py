@@ -91,6 +91,7 @@ def test_refine_lq_1d_space_rates(tmp_path):
         assert conv["rates"][name][-1] > 1.8, (name, conv["rates"])
 
 
+@pytest.mark.slow
 def test_refine_in_time_on_a_coarse_mesh_warns(tmp_path):
     """--in time on the 32-cell LQ demo: the spatial error of the fixed mesh dominates, the
     observed orders are ≈ 0 (−3e-4 for J).  One warning line names the norms and the cause;

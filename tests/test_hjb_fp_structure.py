@@ -118,6 +118,7 @@ def test_cole_hopf_small_noise_log_scaling():
     assert abs((b.u[0].x.array - a.u[0].x.array) - 10.0).max() < 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", [BE, CN])
 def test_cole_hopf_does_not_depend_on_the_constant_of_v(scheme):
     """V → V + k changes u by k(T − t) and nothing else (ρ, ∇u): so for the Cole–Hopf sweeps,

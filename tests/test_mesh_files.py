@@ -91,6 +91,7 @@ def refusal(path) -> str:
     return msg
 
 
+@pytest.mark.slow
 def test_curved_cells_keep_the_value_identity(tmp_path):
     """A hole meshed at order 2 (curved cells): every integral takes one quadrature rule, so
     a converged solve meets J = its value identity (it missed it by 2e-5 and exited 3)."""
@@ -192,6 +193,7 @@ def test_units_do_not_matter(tmp_path, s):
     assert s2["mass_exited"] == pytest.approx(s1["mass_exited"], rel=1e-8)
 
 
+@pytest.mark.slow
 def test_xdmf_written_by_dolfinx_reads(tmp_path):
     """An .xdmf mesh (DOLFINx's own, HDF5 heavy data) is read through meshio, which needs
     h5py: it was not in the environment, and every .xdmf that README offers was refused."""
