@@ -227,6 +227,7 @@ def test_refinement_study_resumes(tmp_path):
     assert mixed["levels"][0]["err_J"] == pytest.approx(fresh["levels"][0]["err_J"], rel=1e-8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change,key,words", [
     (('scheme = "crank-nicolson"', 'scheme = "backward-euler"\nstabilisation = "monotone"'),
      "discretisation.stabilisation", "exact solution"),
