@@ -332,6 +332,8 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--out")
     f.add_argument("--force", action="store_true",
                    help="run even if the memory estimate exceeds the available memory")
+    f.add_argument("--quiet", action="store_true",
+                   help="accepted for symmetry with run (the levels run quietly)")
     f.add_argument("--resume", action="store_true",
                    help="continue a study in --out: reuse its converged levels, restart a "
                         "level from its checkpoint, run the rest")
