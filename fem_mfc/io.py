@@ -318,21 +318,25 @@ def _pause(point: str) -> None:
     names = spec.split(",")
     if point not in names and "*" not in names:
         return
-    f = os.environ.get("FEM_MFC_TEST_PAUSE_FILE")
-    if f:
-        with open(f, "a") as fh:
-            fh.write(point + "\n")
     deaf = int(os.environ.get("FEM_MFC_TEST_PAUSE_DEAF", "0"))
+    A = None
     if deaf:
         # a C call that holds the GIL and makes no system call a signal would interrupt, as
         # a long factorisation does: the dense LU of a deaf × deaf matrix (the Python
-        # handler of a signal runs only after it)
+        # handler of a signal runs only after it); set up before the point is announced,
+        # so that a signal sent after the announcement finds the LU running
         from petsc4py import PETSc
         A = PETSc.Mat().createDense((deaf, deaf), comm=PETSc.COMM_SELF)
         A.setUp()
         A.getDenseArray()[:] = np.random.default_rng(0).random((deaf, deaf)) + deaf * np.eye(deaf)
         A.assemble()
-        A.factorLU(*A.getOrdering("natural"))
+        order = A.getOrdering("natural")
+    f = os.environ.get("FEM_MFC_TEST_PAUSE_FILE")
+    if f:
+        with open(f, "a") as fh:
+            fh.write(point + "\n")
+    if A is not None:
+        A.factorLU(*order)
         A.destroy()
     else:
         time.sleep(float(os.environ.get("FEM_MFC_TEST_PAUSE_S", "60")))

@@ -206,7 +206,7 @@ def test_signal_inside_a_call_that_holds_the_gil(tmp_path, heat_cfg, ranks):
         while len([ln for ln in pause.read_text().splitlines() if ln]) < ranks:
             assert time.monotonic() < end, "the ranks never reached the pause point"
             time.sleep(0.05)
-        time.sleep(1.0)                        # inside the LU
+        time.sleep(0.3)                        # inside the LU (set up before the point)
         t0 = time.monotonic()
         p.send_signal(signal.SIGTERM)
         rc, _, err = finish(p, mark, timeout=60)
