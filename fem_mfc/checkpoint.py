@@ -44,7 +44,8 @@ from mpi4py import MPI
 
 import numpy as np
 
-from .errors import ConfigError, UserError
+from .errors import ConfigError, DiskFullError, UserError
+from .io import is_disk_full
 
 SECTIONS = ("run", "mesh", "problem", "rho0", "discretisation", "exact")
 STATE = "state.bp"
@@ -125,18 +126,13 @@ class Writer:
 
 
 class CheckpointWriteError(UserError):
-    """A checkpoint could not be written (no space, a read-only or busy folder): one line
-    naming it, exit status 2 — an input/environment problem, not a failed solve."""
+    """A checkpoint could not be written (a read-only or busy folder): one line naming it,
+    exit status 2 — an input/environment problem, not a failed solve.  (No space left:
+    :class:`~fem_mfc.errors.DiskFullError`, as for every other output.)"""
 
-    def __init__(self, folder, full: bool, reason: str):
-        super().__init__(f"{folder}: cannot write the checkpoint ("
-                         + ("no space left on device" if full else reason)
-                         + "); free space or set [output] checkpoint_every = 0")
-
-
-def is_disk_full_errno(e: OSError) -> bool:
-    import errno
-    return e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+    def __init__(self, folder, reason: str):
+        super().__init__(f"{folder}: cannot write the checkpoint ({reason}); fix the folder "
+                         "or set [output] checkpoint_every = 0")
 
 
 def _commit(folder: Path, comm, fill, info: dict):
@@ -157,10 +153,12 @@ def _commit(folder: Path, comm, fill, info: dict):
                 action()
             except OSError as e:
                 shutil.rmtree(tmp, ignore_errors=True)
-                err = (is_disk_full_errno(e), e.strerror or str(e))
+                err = (is_disk_full(e), e.strerror or str(e))
         err = comm.bcast(err, root=0)
         if err is not None:
-            raise CheckpointWriteError(folder, *err)
+            full, reason = err
+            raise (DiskFullError(folder, "a checkpoint") if full
+                   else CheckpointWriteError(folder, reason))
 
     on_rank0(lambda: (shutil.rmtree(tmp, ignore_errors=True), tmp.mkdir(parents=True)))
     more = fill(tmp / STATE) or {}

@@ -21,6 +21,7 @@ it before anything is assembled.
 """
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -55,13 +56,14 @@ def versions(full: bool = False) -> dict:
            "mpi": MPI.Get_library_version().splitlines()[0].strip().strip("\x00").split(",")[0],
            "mpi4py": __import__("mpi4py").__version__,
            "python": sys.version.split()[0], "ranks": MPI.COMM_WORLD.size}
-    out.update(source())
+    out.update(source())                   # the same for every run of this process
     if full:
         import pyvista
         out["pyvista"] = pyvista.__version__
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def source() -> dict:
     """Which code ran: ``fem_mfc_source``, a SHA-256 over the package's Python files (their
     paths and contents: two runs with the same hash ran the same code), and where the package

@@ -402,7 +402,10 @@ def test_auto_taking_cole_hopf_says_no_checkpoint_was_written(tmp_path, capsys):
     assert not (tmp_path / "o.checkpoint").exists()
 
 
-def test_a_checkpoint_that_cannot_be_written_is_an_input_error(tmp_path, monkeypatch):
+@pytest.mark.parametrize("code,words", [("EBUSY", "Device or resource busy"),
+                                        ("ENOSPC", "no space left on device")])
+def test_a_checkpoint_that_cannot_be_written_is_an_input_error(tmp_path, monkeypatch, code,
+                                                                words):
     """A checkpoint folder that cannot be written (read-only, busy, full): one error naming
     it (UserError: exit 2), raised on every rank; it was a failed Newton step — the run tried
     its whole continuation and exited 3 with a 'not a discrete solution' flag."""
@@ -415,7 +418,7 @@ def test_a_checkpoint_that_cannot_be_written_is_an_input_error(tmp_path, monkeyp
 
     def busy(a, b):
         if ".checkpoint" in str(b):
-            raise OSError(errno.EBUSY, "Device or resource busy", str(b))
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(b))
         return real(a, b)
     monkeypatch.setattr(checkpoint.os, "replace", busy)
     cfg = config.load(_config_file(tmp_path))
@@ -423,7 +426,7 @@ def test_a_checkpoint_that_cannot_be_written_is_an_input_error(tmp_path, monkeyp
         run_config(cfg, tmp_path / "o", quiet=True)
     assert not isinstance(e.value, SolverError)
     msg = str(e.value)
-    assert "o.checkpoint" in msg and "Device or resource busy" in msg and "\n" not in msg
+    assert "o.checkpoint" in msg and words in msg and "\n" not in msg
     assert not (tmp_path / "o" / "summary.json").exists()
 
 

@@ -76,8 +76,10 @@ def solve_config(cfg: dict, ctx, md=None):
                                   + e.expected, "cole-hopf") from None
             raise
         if result.auto_fallback:
-            ctx.log.info("auto: Cole-Hopf's J was %.3g off its value identity on this mesh; "
-                         "solved by Newton instead", result.auto_fallback["identity_gap"])
+            fb = result.auto_fallback
+            ctx.log.info("auto: Cole-Hopf's J was %.3g off its value identity and its mass "
+                         "%.3g off 1 on this mesh (tolerance %g); solved by Newton instead",
+                         fb["identity_gap"], fb["mass_error"], COLE_HOPF_IDENTITY_RTOL)
         result.restarted_from = restarted_from(resume)
         if writer is not None:
             writer.converged = result.converged
