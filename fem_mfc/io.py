@@ -212,6 +212,10 @@ def make_logger(name: str, logfile: Path | None, comm=MPI.COMM_WORLD, quiet=Fals
     return log
 
 
+# An animation ([output] animation) has at most this many frames, evenly chosen
+MAX_FRAMES = 60
+
+
 class TimeSeries:
     """A ParaView time series of one or more dolfinx Functions (VTX .bp, optional XDMF).
 
@@ -232,6 +236,8 @@ class TimeSeries:
                       and f.function_space == self.functions[0].function_space]
         ok = movie and self._dens and self._dens[0] is self.functions[0]
         self.frames = [] if ok else None
+        self._stride, self._writes = 1, 0      # frames kept: every _stride-th write
+        self._last = None
         mesh = self.functions[0].function_space.mesh
         self.comm = mesh.comm
         self.name = name
@@ -276,7 +282,17 @@ class TimeSeries:
             for f in self._dens[1:]:
                 frame.x.array[:] += f.x.array
             frame.name = "rho"
-            self.frames.append((float(t), frame))
+            self._last = None
+            if self._writes % self._stride == 0:
+                self.frames.append((float(t), frame))
+            else:
+                self._last = (float(t), frame)   # the latest, for the animation's end
+            if len(self.frames) > 2 * MAX_FRAMES:
+                # every written density was kept (500 copies for 500 NLS steps, for a GIF
+                # of 60): drop every other frame and keep every other write from now on
+                self.frames = self.frames[::2]
+                self._stride *= 2
+            self._writes += 1
         if self._broken:
             return
         if self._vtx is not None:
@@ -287,6 +303,10 @@ class TimeSeries:
                     g.interpolate(f)
                     self._xdmf.write_function(g, float(t))
             self._guarded(f"{self.name}.xdmf", xdmf)
+
+    def movie_frames(self) -> list:
+        """[(t, density)] for the animation: every kept frame and the last one written."""
+        return self.frames + ([self._last] if self._last is not None else [])
 
     def close(self):
         if self._broken:
@@ -701,7 +721,7 @@ class RunContext:
         self._series.append(ts)
         return ts
 
-    MAX_FRAMES = 60
+    MAX_FRAMES = MAX_FRAMES
 
     def render_animations(self) -> list:
         """``[output] animation``: an animated GIF ``<series>.gif`` of the density of every
@@ -712,10 +732,11 @@ class RunContext:
         for ts in self._series:
             if not ts.frames:
                 continue
-            pick = np.unique(np.linspace(0, len(ts.frames) - 1,
-                                         min(len(ts.frames), self.MAX_FRAMES)).round()
+            movie = ts.movie_frames()
+            pick = np.unique(np.linspace(0, len(movie) - 1,
+                                         min(len(movie), self.MAX_FRAMES)).round()
                              .astype(int))
-            frames = [ts.frames[i] for i in pick]
+            frames = [movie[i] for i in pick]
             name = f"{ts.name}.gif"
             viz.animate([f for _, f in frames], [f"t = {t:.3g}" for t, _ in frames],
                         self.figure(name), name="rho")

@@ -254,6 +254,30 @@ def test_animation_writes_a_gif_of_the_density(formulation, mesh, tmp_path):
     assert not np.array_equal(frames[0], frames[-1])          # the density moved
 
 
+def test_animation_keeps_a_bounded_number_of_frames(tmp_path):
+    """A series of 1000 writes keeps at most 2·MAX_FRAMES copies of the density for its GIF
+    (it kept all of them: 500 copies for a 500-step NLS run), evenly spaced, and the last
+    write's, so the animation still ends at the final time."""
+    from mpi4py import MPI
+
+    import dolfinx
+    import numpy as np
+
+    from fem_mfc.io import MAX_FRAMES, TimeSeries
+    m = dolfinx.mesh.create_interval(MPI.COMM_SELF, 4, [0.0, 1.0])
+    rho = dolfinx.fem.Function(dolfinx.fem.functionspace(m, ("Lagrange", 1)), name="rho")
+    ts = TimeSeries(tmp_path, "rho", [rho], vtx=False, movie=True)
+    for k in range(1000):
+        rho.x.array[:] = k
+        ts.write(0.01 * k)
+    movie = ts.movie_frames()
+    assert MAX_FRAMES <= len(ts.frames) <= 2 * MAX_FRAMES
+    times = [t for t, _ in movie]
+    assert times[0] == 0.0 and times[-1] == pytest.approx(9.99) and np.all(np.diff(times) > 0)
+    assert len(set(np.round(np.diff(times[:-1]), 12))) == 1        # evenly spaced
+    assert all(np.all(f.x.array == round(t / 0.01)) for t, f in movie)
+
+
 def test_animation_of_several_populations_shows_the_total_density(tmp_path):
     """With [[population]] the density series holds one rho_k per population: no GIF was
     written (and nothing said).  Now the GIF shows their sum."""
