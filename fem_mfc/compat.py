@@ -11,6 +11,9 @@ file:
   residual/Jacobian holder; from 0.10 it is a SNES wrapper — fem_mfc only needs F and J;
 * ``vtx_writer``: the ``engine`` keyword;
 * ``unused_petsc_options()``: ``PetscOptionsLeftGet``, which petsc4py does not wrap;
+* ``require_value(name)``: gives an option set without a value an empty but present value
+  (PETSc's API stores "" as no value at all) through the options table's layout (PETSc
+  3.18–3.24, checked on a probe entry before use; elsewhere it does nothing);
 * ``fast_jit_lookup()``: FFCx 0.9 finds a cached form module by listing the whole JIT cache
   folder (``importlib.machinery.FileFinder``) on every ``dolfinx.fem.form`` call — 5 ms per
   form with 2,400 cached modules, growing with every form ever compiled; fem_mfc loads the
@@ -128,6 +131,107 @@ def unused_petsc_options() -> list[str] | None:
     return out
 
 
+class _OptionsTable(ctypes.Structure):
+    """The head of ``struct _n_PetscOptions`` (src/sys/objects/options.c, PETSc 3.18–3.24)."""
+    _fields_ = [("previous", ctypes.c_void_p), ("N", ctypes.c_int), ("Nalloc", ctypes.c_int),
+                ("names", ctypes.POINTER(ctypes.c_char_p)),
+                ("values", ctypes.POINTER(ctypes.c_void_p))]
+
+
+_LAYOUT_VERSIONS = ((3, 18), (3, 24))
+
+
+@functools.lru_cache(maxsize=1)
+def _options_table():
+    """PETSc's default options table, or None where its layout cannot be confirmed (another
+    PETSc, the library not reachable, the probe entry not where the layout says)."""
+    from petsc4py import PETSc
+    lib = _libpetsc()
+    if lib is None or not _LAYOUT_VERSIONS[0] <= tuple(PETSc.Sys.getVersion()[:2]) \
+            <= _LAYOUT_VERSIONS[1] or not all(hasattr(lib, f) for f in (
+                "PetscOptionsCreate", "PetscOptionsPush", "PetscOptionsPop",
+                "PetscOptionsDestroy")):
+        return None
+    fresh = ctypes.c_void_p()
+    if lib.PetscOptionsCreate(ctypes.byref(fresh)) != 0 or not fresh.value:
+        return None
+    try:                                    # a pushed database points to the default one
+        if lib.PetscOptionsPush(fresh) != 0:
+            return None
+        default = ctypes.c_void_p.from_address(fresh.value).value
+        lib.PetscOptionsPop()
+    finally:
+        lib.PetscOptionsDestroy(ctypes.byref(fresh))
+    if not default:
+        return None
+    table = _OptionsTable.from_address(default)
+    db, probe = PETSc.Options(), "fem_mfc_options_layout_probe"
+    db.setValue(probe, "probe-value")
+    try:
+        if not 0 < table.N <= table.Nalloc < 1 << 24:
+            return None
+        for i in range(table.N):
+            if table.names[i] == probe.encode():
+                value = table.values[i]
+                ok = value and ctypes.string_at(value) == b"probe-value"
+                return table if ok else None
+        return None
+    finally:
+        db.delValue(probe)
+
+
+def _libc_malloc():
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    return libc.malloc
+
+
+def require_value(name: str) -> bool:
+    """Give the option ``name`` (without '-'), set without a value, an empty value instead of
+    none, so that PETSc reads it as it would read ``-name ""``: a flag, a boolean (true) or a
+    viewer as before, but a number read from it is an error (``PetscOptionsGetInt`` and
+    ``GetReal`` skip an option without a value silently: ``-snes_max_it`` alone was ignored).
+    True if done; False where the table is not reachable or the option has a value."""
+    table = _options_table()
+    if table is None:
+        return False
+    key = name.lower().encode()
+    for i in range(table.N):
+        if table.names[i] is not None and table.names[i].lower() == key:
+            if table.values[i]:
+                return False
+            empty = _libc_malloc()(1)             # PETSc frees values with free()
+            if not empty:
+                return False
+            ctypes.memset(empty, 0, 1)
+            table.values[i] = empty
+            return True
+    return False
+
+
+def has_empty_value(name: str) -> bool:
+    """Is ``name`` set with an empty but present value (:func:`require_value`)?"""
+    table = _options_table()
+    if table is None:
+        return False
+    key = name.lower().encode()
+    for i in range(table.N):
+        if table.names[i] is not None and table.names[i].lower() == key:
+            return bool(table.values[i]) and ctypes.string_at(table.values[i]) == b""
+    return False
+
+
+def option_used(name: str) -> bool | None:
+    """Has anything read the option ``name`` (PetscOptionsUsed)?  None if unknown."""
+    lib = _libpetsc()
+    if lib is None or not hasattr(lib, "PetscOptionsUsed"):
+        return None
+    flag = ctypes.c_int(0)
+    if lib.PetscOptionsUsed(None, name.encode(), ctypes.byref(flag)) != 0:
+        return None
+    return bool(flag.value)
+
+
 def fast_jit_lookup() -> bool:
     """Make FFCx's look-up of an already compiled form module O(1) (see the module's
     docstring): the module is loaded from ``<cache>/<name><EXT_SUFFIX>`` once its
@@ -171,7 +275,8 @@ def fast_jit_lookup() -> bool:
 
 
 __all__ = ["interpolation_points", "create_vector", "nonlinear_residual_jacobian",
-           "vtx_writer", "unused_petsc_options", "fast_jit_lookup", "DOLFINX"]
+           "vtx_writer", "unused_petsc_options", "require_value",
+           "has_empty_value", "option_used", "fast_jit_lookup", "DOLFINX"]
 
 
 def adios2():

@@ -14,15 +14,30 @@ idea of Firedrake's ``OptionsManager.inserted_options``.  Two kinds of entries:
 operators, type, defaults); their ``setFromOptions`` runs inside :func:`inserted` so the
 defaults are seen, and callers keep solving inside the same block where a setting is read at
 set-up time (e.g. MUMPS' ICNTL values at factorisation).
+
+A setting without a value (``-mfc_snes_max_it`` at the end of the command line, or followed by
+another option) is inserted with an empty value rather than none
+(:func:`fem_mfc.compat.require_value`): flags, booleans (true) and viewers read it as before,
+but PETSc's number readers, which skipped an option without a value silently, now fail, and
+:func:`missing_value` turns that failure into one line naming the option (exit 2).
 """
 from __future__ import annotations
 
 import contextlib
+import re
 
 from mpi4py import MPI
 from petsc4py import PETSc
 
 import numpy as np
+
+from .errors import UserError
+
+# PETSc's words when a number is read from an empty value (PetscOptionsStringToInt/Real)
+NO_NUMBER = "length zero has no numerical value"
+VIEWER_NAME = re.compile(r"(monitor|view|reason)(_|$)")
+_valueless: list[str] = []          # settings without a value, in the blocks now open
+_detected: list[UserError] = []     # the error missing_value found (callbacks swallow it)
 
 
 def normalise(options: dict | None, prefix: str = "") -> dict:
@@ -43,24 +58,85 @@ def inserted(settings: dict | None = None, defaults: dict | None = None, prefix:
     """Insert ``settings`` (overwriting) and ``defaults`` (only where unset) under ``prefix``
     into PETSc's options database for the ``with`` block; on exit remove what was inserted
     and restore overwritten values.  Yields the names inserted."""
+    from .compat import has_empty_value, require_value
     db = PETSc.Options()
-    saved = {}                                  # name -> previous value (None: was unset)
+    saved = {}                      # name -> (previous value (None: was unset), it was empty)
+    valueless = []
     try:
         for name, v in normalise(settings, prefix).items():
             if name not in saved:
-                saved[name] = db.getString(name) if db.hasName(name) else None
+                saved[name] = ((db.getString(name), has_empty_value(name))
+                               if db.hasName(name) else (None, False))
             db.setValue(name, v)
+            if v == "" and require_value(name):
+                valueless.append(name)
         for name, v in normalise(defaults, prefix).items():
             if not db.hasName(name):
-                saved.setdefault(name, None)
+                saved.setdefault(name, (None, False))
                 db.setValue(name, v)
+        if valueless and not _valueless:
+            _forget_petsc_error()
+        _valueless.extend(valueless)
         yield list(saved)
+    except PETSc.Error as e:
+        error = missing_value(e)
+        if error is None:
+            raise
+        raise error from None
     finally:
-        for name, old in saved.items():
+        del _valueless[len(_valueless) - len(valueless):]
+        if not _valueless:
+            _detected.clear()
+        for name, (old, empty) in saved.items():
             if old is None:
                 db.delValue(name)
             else:
                 db.setValue(name, old)
+                if empty:
+                    require_value(name)
+
+
+def missing_value(error: Exception | None = None) -> UserError | None:
+    """The input error behind a failure, when it is PETSc failing to read a number from an
+    option given without a value (see the module docstring): one line naming the option — the
+    one a solver read, among those given without a value — else None.  ``error``: the
+    PETSc.Error just caught; without it, PETSc's last error since the options were inserted
+    (a solver that caught the error and failed, e.g. a factorisation inside a Newton step)."""
+    from .compat import option_used, petsc_error_message
+    if not _valueless:
+        return None
+    if _detected:
+        return _detected[-1]
+    ierr = getattr(error, "ierr", 0)
+    message = petsc_error_message(ierr if isinstance(ierr, int) else 0) or ""
+    if NO_NUMBER not in message.lower():
+        return None
+    names = list(dict.fromkeys(_valueless))
+    read = [n for n in names if option_used(n)] or names
+    # which one failed PETSc does not say: among those read, monitors, views and reasons (by
+    # PETSc's naming; viewers, read before the tolerances in KSPSetFromOptions) were fine
+    read = [n for n in read if not VIEWER_NAME.search(n)] or read
+    if len(read) == 1:
+        line = (f"PETSc option -{read[0]}: expected a value after it (PETSc reads it as a "
+                "number), got none")
+    else:
+        line = (f"PETSc options {', '.join('-' + n for n in read)}: one of them needs a value "
+                "after it (PETSc reads it as a number), got none")
+    _detected.append(UserError(line))
+    return _detected[-1]
+
+
+def _forget_petsc_error() -> None:
+    """Overwrite PETSc's record of its last error with a harmless one of our own, so that
+    :func:`missing_value` sees only the failures after this point."""
+    db, probe = PETSc.Options(), "fem_mfc_forget_error_probe"
+    db.setValue(probe, "x")
+    try:
+        db.getInt(probe)
+    except PETSc.Error:
+        pass
+    finally:
+        db.delValue(probe)
 
 
 def get(name: str, default=None, prefix: str = ""):
@@ -137,5 +213,5 @@ KSP_REASONS = {v: k for k, v in PETSc.KSP.ConvergedReason.__dict__.items()
                if not k.startswith("_")}
 
 
-__all__ = ["inserted", "normalise", "get", "get_bool", "get_real", "make_ksp", "make_snes",
-           "REASONS", "KSP_REASONS"]
+__all__ = ["inserted", "missing_value", "normalise", "get", "get_bool", "get_real", "make_ksp",
+           "make_snes", "REASONS", "KSP_REASONS"]

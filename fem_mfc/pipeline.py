@@ -171,6 +171,8 @@ def run_config(cfg: dict, outdir, petsc_options: dict | None = None, config_path
                        "config": str(config_path), "ranks": comm.size}
             summary.update(result)
             problems = verdict(summary)
+            if problems and options.missing_value() is not None:
+                raise options.missing_value()      # a solver swallowed PETSc's error
             summary["converged"] = not problems
             if problems:
                 summary["flags"] = problems
@@ -185,8 +187,11 @@ def run_config(cfg: dict, outdir, petsc_options: dict | None = None, config_path
             ctx.log.info("done in %.2f s%s", summary["wall_time_s"],
                          "" if not problems else " (flagged: converged = false)")
             ctx.commit(summary)
-        except BaseException:
+        except BaseException as e:
             ctx.abort()
+            missing = options.missing_value() if isinstance(e, Exception) else None
+            if missing is not None and missing is not e:
+                raise missing from None              # the cause of the failure
             raise
         if on_finish is not None:
             on_finish()

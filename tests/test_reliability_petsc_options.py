@@ -138,3 +138,120 @@ def test_a_petsc_error_names_the_option(args, words, tmp_path):
     assert len(lines) == 1 and "PETSc error" in lines[0], p.stderr
     for w in words:
         assert w in lines[0], lines[0]
+
+
+def _ksp(prefix="bare_"):
+    from petsc4py import PETSc
+    A = PETSc.Mat().createAIJ([4, 4], comm=PETSc.COMM_SELF)
+    A.setUp()
+    for i in range(4):
+        A[i, i] = 1.0
+    A.assemble()
+    ksp = PETSc.KSP().create(PETSc.COMM_SELF)
+    ksp.setOptionsPrefix(prefix)
+    ksp.setOperators(A)
+    ksp.setType("gmres")
+    return ksp
+
+
+@pytest.mark.parametrize("name", ["bare_ksp_max_it", "bare_ksp_rtol"])
+def test_a_number_option_without_its_value_is_refused(name):
+    """``-ksp_max_it`` with nothing after it (or another option after it) was skipped by
+    PETSc's number readers without a word, and the run went on with the default.  Now the
+    solver's set-up fails with one line naming the option."""
+    from fem_mfc import options
+    from fem_mfc.errors import UserError
+    ksp = _ksp()
+    with pytest.raises(UserError) as e:
+        with options.inserted(settings={name: "", "bare_ksp_monitor": ""}):
+            ksp.setFromOptions()
+    msg = str(e.value)
+    assert f"-{name}:" in msg and "expected a value" in msg and "bare_ksp_monitor" not in msg
+    assert options.missing_value() is None               # nothing left behind
+
+
+def test_flags_booleans_and_viewers_without_a_value_still_work():
+    from fem_mfc import options
+    ksp = _ksp()
+    with options.inserted(settings={"bare_ksp_initial_guess_nonzero": "",
+                                    "bare_ksp_converged_reason": "", "bare_ksp_view": ""}):
+        ksp.setFromOptions()
+        assert options.missing_value() is None
+    assert ksp.getInitialGuessNonzero()
+
+
+def test_a_swallowed_missing_value_is_still_found():
+    """A solver that catches PETSc's error (a factorisation inside a Newton step) reported a
+    failed solve (exit 3); the pipeline asks :func:`missing_value` for the cause."""
+    from petsc4py import PETSc
+
+    from fem_mfc import options
+    ksp = _ksp()
+    with options.inserted(settings={"bare_ksp_max_it": ""}):
+        with options.inserted(settings={"bare_ksp_max_it": ""}):     # nested: kept empty
+            pass
+        try:
+            ksp.setFromOptions()
+        except PETSc.Error:
+            pass
+        error = options.missing_value()
+    assert error is not None and "-bare_ksp_max_it" in str(error)
+
+
+def test_cli_number_option_without_value_exits_2(tmp_path):
+    """The command line's ``-heat_pc_factor_fill -heat_ksp_converged_reason``: the fill
+    factor has no value; exit 2 naming it, nothing written, the earlier result untouched; the
+    bare viewer alone runs."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(GOOD)
+    out = tmp_path / "o"
+    ok = run_cli(["run", str(cfg), "--out", str(out), "--quiet",
+                  "-heat_ksp_converged_reason"])
+    assert ok.returncode == 0, ok.stderr
+    assert "converged due to" in ok.stdout
+    before = read_summary(out)
+    p = run_cli(["run", str(cfg), "--out", str(out), "--quiet", "-heat_pc_factor_fill",
+                 "-heat_ksp_converged_reason"])
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "-heat_pc_factor_fill: expected a value" in lines[0], p.stderr
+    assert read_summary(out) == before
+
+
+NEWTON = textwrap.dedent("""
+    [run]
+    formulation = "hjb-fp"
+    [mesh]
+    kind = "rectangle"
+    cells = 6
+    lower = [-1.0, -1.0]
+    upper = [1.0, 1.0]
+    [problem]
+    T = 1.0
+    sigma = 0.8
+    steps = 4
+    Phi = "0.4*sin(pi*x0/2) + 0.2*cos(pi*x1)"
+    G = "rho**2/2"
+    [rho0]
+    kind = "formula"
+    formula = "(1 + 0.5*cos(pi*x0))*(1 + 0.5*cos(pi*x1))"
+    [solver]
+    method = "newton"
+    linear = "lu"
+    [output]
+    figures = false
+""")
+
+
+def test_cli_missing_value_read_inside_a_newton_step_exits_2(tmp_path):
+    """MUMPS reads its ICNTL values when it factorises, inside the Newton step, where the
+    solver catches PETSc's error: the run ended as a solve that did not converge (exit 3,
+    "error code 62").  Now it is the input error it is."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(NEWTON)
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet",
+                 "-mfc_mat_mumps_icntl_14", "-mfc_snes_converged_reason"])
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "-mfc_mat_mumps_icntl_14: expected a value" in lines[0], lines
+    assert not (tmp_path / "o").exists()

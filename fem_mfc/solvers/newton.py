@@ -620,6 +620,10 @@ class NewtonSolver:
             failed = ((self._cause() or self._lu_failure()) if snes.getConvergedReason()
                       == PETSc.SNES.ConvergedReason.DIVERGED_LINEAR_SOLVE else None)
         except (PETSc.Error, SolverError) as e:      # PETSc error or a failed callback
+            missing = options.missing_value(e)   # an option without its number: bad input
+            if missing is not None:
+                self._cause()
+                raise missing from None
             fatal, self.fatal = getattr(self, "fatal", None), None
             if fatal is not None:               # a checkpoint that could not be written
                 self._cause()
