@@ -11,6 +11,7 @@ file:
   residual/Jacobian holder; from 0.10 it is a SNES wrapper — fem_mfc only needs F and J;
 * ``vtx_writer``: the ``engine`` keyword;
 * ``unused_petsc_options()``: ``PetscOptionsLeftGet``, which petsc4py does not wrap;
+* ``linesearch_step(snes)``: ``SNESLineSearchGetLambda``, which petsc4py does not wrap;
 * ``require_value(name)``: gives an option set without a value an empty but present value
   (PETSc's API stores "" as no value at all) through the options table's layout (PETSc
   3.18–3.24, checked on a probe entry before use; elsewhere it does nothing);
@@ -129,6 +130,23 @@ def unused_petsc_options() -> list[str] | None:
     lib.PetscOptionsLeftRestore(None, ctypes.byref(n), ctypes.byref(names),
                                 ctypes.byref(values))
     return out
+
+
+def linesearch_step(snes) -> float | None:
+    """The step length λ of ``snes``'s last line search (SNESLineSearchGetLambda, which
+    petsc4py 3.22 does not wrap); None where the library cannot be reached."""
+    lib = _libpetsc()
+    if lib is None or not hasattr(lib, "SNESLineSearchGetLambda"):
+        return None
+    from petsc4py import PETSc
+    if PETSc.RealType().itemsize != ctypes.sizeof(ctypes.c_double):
+        return None                                              # pragma: no cover
+    search, lam = ctypes.c_void_p(), ctypes.c_double()
+    if lib.SNESGetLineSearch(ctypes.c_void_p(snes.handle), ctypes.byref(search)) != 0 \
+            or not search.value \
+            or lib.SNESLineSearchGetLambda(search, ctypes.byref(lam)) != 0:
+        return None
+    return float(lam.value)
 
 
 class _OptionsTable(ctypes.Structure):
@@ -275,7 +293,7 @@ def fast_jit_lookup() -> bool:
 
 
 __all__ = ["interpolation_points", "create_vector", "nonlinear_residual_jacobian",
-           "vtx_writer", "unused_petsc_options", "require_value",
+           "vtx_writer", "unused_petsc_options", "linesearch_step", "require_value",
            "has_empty_value", "option_used", "fast_jit_lookup", "DOLFINX"]
 
 

@@ -62,6 +62,29 @@ def test_petsc_options_reach_snes(tmp_path):
     assert "SNES Function norm" in p.stdout + p.stderr
 
 
+def test_run_log_has_the_newton_steps(tmp_path):
+    """run.log of a Newton run said "solving …" and "done" only: no residuals.  Now it has a
+    line per Newton step (residual, Krylov iterations, line-search step) — the numbers of
+    summary.json's history — and the verdict, with --quiet too."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONGESTED.replace("[output]", "[output]\nfigures = false\nvtx = false"))
+    out = tmp_path / "o"
+    p = run_cli(["run", str(cfg), "--out", str(out), "--quiet"])
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.strip() == ""                              # --quiet: nothing on stderr
+    s = read_summary(out)
+    log = (out / "run.log").read_text().splitlines()
+    steps = [ln.split("newton", 1)[1].split() for ln in log if " newton " in ln]
+    history = s["history"]
+    assert len(steps) == len(history) == s["iterations"] + 1, log
+    for k, (words, h) in enumerate(zip(steps, history)):
+        assert int(words[0]) == k and words[3] == f"{h['residual']:.3e}", (words, h)
+        if k:
+            assert words[7] == str(history[k - 1]["ksp_its"]), (words, history[k - 1])
+            assert float(words[10]) == pytest.approx(history[k - 1]["step"], rel=1e-2)
+    assert any(f"newton: converged after {s['iterations']} iterations" in ln for ln in log)
+
+
 @pytest.mark.slow
 def test_divergent_newton_is_written_flagged_exit_3(tmp_path):
     """A solve that does not meet its tolerance is not a success: exit 3, warning lines

@@ -87,6 +87,19 @@ def test_attractive_coupling_converges_by_continuation_and_matches_picard(tmp_pa
     assert stages[0]["stage"] == "direct" and not stages[0]["converged"]
     assert stages[-1]["converged"] and stages[-1]["coupling"] == 1.0
     assert abs(s["J"] - s["J_value_identity"]) <= 1e-9 * abs(s["J"])
+    # run.log has the path (it had "solving" and "done" only): the direct attempt, then each
+    # stage's λ and verdict, as in summary.json, with the Newton steps between them
+    log = (tmp_path / "n" / "run.log").read_text().splitlines()
+    assert any("newton did not converge from its start" in ln for ln in log), log
+    ends = [ln.split("stage lambda = ", 1)[1] for ln in log
+            if "stage lambda = " in ln and "Newton iterations" in ln]
+    assert len(ends) == len(stages) - 1, log
+    for line, stage in zip(ends, stages[1:]):
+        lam, verdict = line.split(" ", 1)
+        assert float(lam) == pytest.approx(stage["lambda"], rel=1e-5), (line, stage)
+        assert verdict.startswith("converged" if stage["converged"] else "did not"), line
+        assert f"after {stage['iterations']} Newton iterations" in verdict, (line, stage)
+    assert sum(" newton " in ln for ln in log) >= sum(st["iterations"] for st in stages)
     picard = write(tmp_path, ATTRACTIVE.format(cells=100, c=-0.02, method="picard"), "p.toml")
     run_cli(["run", str(picard), "--out", str(tmp_path / "p"), "--quiet"])
     q = read_summary(tmp_path / "p")

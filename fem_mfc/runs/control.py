@@ -68,13 +68,16 @@ def solve_config(cfg: dict, ctx, md=None):
                            initial_guess=s["initial_guess"], linear=s["linear"],
                            continuation=s["continuation"], strict=False,
                            step=s["step_solver"], system=system, checkpoint=writer,
-                           resume=resume)
+                           resume=resume, log=ctx.log)
         except ConfigError as e:
             if cfg["run"]["formulation"] == "cole-hopf" and e.key == "solver.method":
                 # the config chose Cole–Hopf by its formulation, not by solver.method
                 raise ConfigError("run.formulation", "'hjb-fp' with solver.method "
                                   + e.expected, "cole-hopf") from None
             raise
+        ctx.log.info("%s: %s after %d iterations (%s), residual %.3e", result.method,
+                     "converged" if result.converged else "did not converge",
+                     result.iterations or 0, result.reason, result.residual)
         if result.auto_fallback:
             fb = result.auto_fallback
             ctx.log.info("auto: Cole-Hopf's J was %.3g off its value identity and its mass "

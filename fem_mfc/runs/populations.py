@@ -42,7 +42,10 @@ def solve_config(cfg: dict, ctx, md=None):
         result = solve(problem, method="newton", rtol=s["rtol"], atol=s["atol"],
                        max_it=s["max_it"], initial_guess="trivial", linear=s["linear"],
                        continuation=s["continuation"], strict=False, step=s["step_solver"],
-                       system=system, checkpoint=writer, resume=resume)
+                       system=system, checkpoint=writer, resume=resume, log=ctx.log)
+        ctx.log.info("%s: %s after %d iterations (%s), residual %.3e", result.method,
+                     "converged" if result.converged else "did not converge",
+                     result.iterations or 0, result.reason, result.residual)
         result.restarted_from = restarted_from(resume)
         if writer is not None:
             writer.converged = result.converged

@@ -52,20 +52,20 @@ def solve(problem, method: str = "auto", rtol=1e-10, atol=1e-12, max_it=50,
           picard_max_it=500, relaxation=0.5, petsc_options=None,
           initial_guess: str = "trivial", linear: str = "auto", continuation: bool = True,
           strict: bool = True, step: str = "auto", system=None, checkpoint=None,
-          resume: dict | None = None) -> Result:
+          resume: dict | None = None, log=None) -> Result:
     """Solve ``problem`` (a :class:`~fem_mfc.problem.ControlProblem`) with ``method``
     (``initial_guess``: Newton's start, "trivial", "cole-hopf" or "coarse"; ``linear``:
     Newton's linear path; ``step``: the per-step solver of the sweeps, see
     :mod:`fem_mfc.solvers.steps`).  ``strict``: raise SolverError when the solve does not meet
     its tolerance (else return the flagged result, ``converged`` False).  Newton only:
-    ``system`` (a space-time system holding the start), ``checkpoint`` and ``resume`` (see
-    :func:`fem_mfc.solvers.newton.newton`)."""
+    ``system`` (a space-time system holding the start), ``checkpoint``, ``resume`` and
+    ``log`` (see :func:`fem_mfc.solvers.newton.newton`)."""
     from .. import options
     settings = {} if step == "auto" else {"mfc_sweep_step": step, "mfc_ch_step": step}
     with options.inserted(defaults=settings):
         return _solve(problem, method, rtol, atol, max_it, picard_max_it, relaxation,
                       petsc_options, initial_guess, linear, continuation, strict,
-                      dict(system=system, checkpoint=checkpoint, resume=resume))
+                      dict(system=system, checkpoint=checkpoint, resume=resume, log=log))
 
 
 def _solve(problem, method, rtol, atol, max_it, picard_max_it, relaxation, petsc_options,

@@ -42,6 +42,23 @@ NOISE_FACTORS = (4.0, 16.0)    # ε₀/ε tried when the uncoupled problem fails
 NEGATIVE_HINT = 1e-3           # min ρ < −this·max ρ at a stall: say what to do about it
 
 
+def _log(solver, message: str, *args) -> None:
+    """A line in the run's log (``solver.log``; none outside a run)."""
+    log = getattr(solver, "log", None)
+    if log is not None:
+        log.info(message, *args)
+
+
+def _parameters(st) -> str:
+    """The continuation parameters now set, in words ("coupling 0.25, sigma 0.6")."""
+    out = []
+    if "coupling" in st.parameters:
+        out.append(f"coupling {st.parameter('coupling'):.4g}")
+    if "eps" in st.parameters:
+        out.append(f"sigma {(2.0 * st.parameter('eps')) ** 0.5:.4g}")
+    return ", ".join(out)
+
+
 def _set(st, lam: float, eps0: float | None, eps: float):
     if "coupling" in st.parameters:
         st.set_parameter("coupling", lam)
@@ -57,6 +74,7 @@ def _stage(solver, lam, eps0, eps, rtol, atol, max_it):
     solver.parameters_changed()
     solver.stage = {"lambda": lam, "eps0": eps0,
                     "first_residual": solver.stage.get("first_residual")}
+    _log(solver, "continuation: stage lambda = %.6g (%s)", lam, _parameters(solver.st))
     # a stage that creeps (Krylov solves stopping at their limit, damped steps) ends early:
     # a shorter step is the better use of the time (2D P1 24 × 24, G = −ρ², mfg: with every
     # failed stage running its STAGE_MAX_IT iterations of 300 Krylov iterations 470 s, with
@@ -77,6 +95,7 @@ def _path(solver, X0, eps0, eps, f0, rtol, atol, stages, lam0=0.0) -> dict | Non
     final_target = max(atol, rtol * f0)        # what the direct attempt had to reach
     out = _stage(solver, lam0, eps0, eps, STAGE_RTOL, final_target, STAGE_MAX_IT)
     stages.append(_record(lam0, eps0, eps, out, st))
+    _ended(solver, lam0, out)
     if not out["converged"]:
         return None
     lam, step = lam0, FIRST_STEP
@@ -98,6 +117,7 @@ def _path(solver, X0, eps0, eps, f0, rtol, atol, stages, lam0=0.0) -> dict | Non
             out = _stage(solver, trial, eps0, eps, 0.0 if final else STAGE_RTOL, final_target,
                          STAGE_MAX_IT)
             stages.append(_record(trial, eps0, eps, out, st))
+            _ended(solver, trial, out)
             if out["converged"]:
                 if Xp is None:
                     Xp = Xl.duplicate()
@@ -115,6 +135,8 @@ def _path(solver, X0, eps0, eps, f0, rtol, atol, stages, lam0=0.0) -> dict | Non
                 # iterations each, the same residuals every time)
                 step = (trial - lam) / 2.0
                 if step < MIN_STEP:
+                    _log(solver, "continuation: stalled at lambda = %.6g (step below %.3g)",
+                         lam, MIN_STEP)
                     st.vec_to_states(Xl)
                     out["stalled_at"] = lam
                     return dict(out, converged=False)
@@ -123,6 +145,13 @@ def _path(solver, X0, eps0, eps, f0, rtol, atol, stages, lam0=0.0) -> dict | Non
             if v is not None:
                 v.destroy()
     return out
+
+
+def _ended(solver, lam, out) -> None:
+    """The stage's verdict in the log."""
+    _log(solver, "continuation: stage lambda = %.6g %s after %d Newton iterations, residual "
+         "%.3e", lam, "converged" if out["converged"] else
+         f"did not converge ({out.get('reason')})", out["iterations"], out["residual"])
 
 
 def _record(lam, eps0, eps, out, st) -> dict:
@@ -152,6 +181,10 @@ def continue_to(solver, direct: dict, X0, start: dict | None = None) -> tuple[di
         stages[0].update(stage="restart", lam=start["lambda"])
     if not ("coupling" in st.parameters or "eps" in st.parameters):
         return direct, stages
+    _log(solver, "newton did not converge from its start (%s, residual %.3e): continuation "
+         "in the %s", direct["reason"], direct["residual"],
+         " and the ".join(n for n, k in (("coupling strength", "coupling"), ("noise", "eps"))
+                          if k in st.parameters))
     f0, rtol, atol = direct["first_residual"], solver.rtol, solver.atol
     eps = st.parameter("eps") if "eps" in st.parameters else 0.0
     user_ls = solver.user_linesearch
@@ -185,6 +218,7 @@ def continue_to(solver, direct: dict, X0, start: dict | None = None) -> tuple[di
     reached = max((s["lambda"] for s in stages[1:] if s["converged"]), default=None)
     what = ("no stage converged" if reached is None
             else f"the continuation reached lambda = {reached:.4g} of 1")
+    _log(solver, "continuation: %s", what)
     return dict(out, converged=False, reason=f"{direct['reason']}; {what}"
                 + _negative_hint(st, stages) + _nan_hint(st, stages)), stages
 

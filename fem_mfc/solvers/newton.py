@@ -39,7 +39,7 @@ from petsc4py import PETSc
 
 import numpy as np
 
-from .. import options
+from .. import compat, options
 from ..errors import ConfigError, SolverError, UserError, keeps_cause
 from .result import Result
 from .spacetime import SpaceTime
@@ -201,6 +201,7 @@ class NewtonSolver:
         self.stall_exit = False               # end a stalled attempt early (see _stalled)
         self.checkpoint = None                # a fem_mfc.checkpoint.Writer, or None
         self.stage = {"lambda": 1.0, "eps0": None}   # continuation stage being solved
+        self.log = None                       # a logging.Logger for the Newton steps
         self.X, self.F = st.create_vec(), st.create_vec()
         self.best = None
         self.trap = self.op = None
@@ -388,6 +389,9 @@ class NewtonSolver:
                 h[-1]["ksp_reason"] = "CONVERGED_ITS"  # stopped short: an inexact direction
             if self._ls_solves:
                 h[-1]["ksp_its_line_search"] = self._ls_its
+            step = compat.linesearch_step(snes)   # the step length the line search took
+            if step is not None:
+                h[-1]["step"] = step
             if self._reused is not None:
                 h[-1]["step_from_line_search"] = True
             pc = self._pc_context()
@@ -400,6 +404,14 @@ class NewtonSolver:
         now = time.perf_counter()
         h.append({"residual": fnorm, "seconds": now - self._t_last})
         self._t_last = now
+        if self.log is not None:
+            if len(h) == 1:
+                self.log.info("newton %3d  residual = %.3e", it, fnorm)
+            else:
+                last = h[-2]
+                self.log.info("newton %3d  residual = %.3e  ksp its = %d  step = %s", it,
+                              fnorm, last.get("ksp_its", 0),
+                              f"{last['step']:.3g}" if "step" in last else "?")
         if np.isfinite(fnorm) and (self._best_f is None or fnorm < self._best_f):
             self._best_f = fnorm
             if self.best is None:
@@ -722,7 +734,8 @@ def initial_states(st: SpaceTime, trivial: bool = False) -> PETSc.Vec:
 def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_options=None,
            system: SpaceTime | None = None, linear: str = "auto",
            forcing: str = "adaptive", guess: str = "trivial",
-           continuation: bool = True, checkpoint=None, resume: dict | None = None) -> Result:
+           continuation: bool = True, checkpoint=None, resume: dict | None = None,
+           log=None) -> Result:
     """Solve the discrete system by Newton from the trivial guess ρⁿ = ρ_0, uⁿ = Φ, from the
     Cole–Hopf solution of the problem without congestion (``guess="cole-hopf"``), from the
     solution on a coarser grid (``guess="coarse"``, :mod:`fem_mfc.solvers.nested`), or from
@@ -731,7 +744,9 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
     converge from there and ``continuation`` is on, a continuation in the coupling strength
     (and the noise) is tried.  ``checkpoint`` (a :class:`fem_mfc.checkpoint.Writer`) writes
     the state every few Newton iterations and after every continuation stage; ``resume`` (a
-    checkpoint's meta data, states already in ``system``) continues where it stopped.
+    checkpoint's meta data, states already in ``system``) continues where it stopped;
+    ``log`` (a logging.Logger, e.g. the run's) gets a line per Newton step (residual, Krylov
+    iterations, line-search step) and per continuation stage.
     Returns a :class:`Result` (``converged`` False: the best iterate reached)."""
     t0 = time.perf_counter()
     if guess not in GUESSES:
@@ -747,6 +762,7 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
         mode, rule = linear_mode(st, linear, prefix)
         solver = NewtonSolver(st, mode, prefix, rtol, atol, max_it, forcing, user_ls)
         solver.checkpoint = checkpoint
+        solver.log = log
         if resume is not None:
             guess = f"restart (iteration {resume.get('iteration')}, lambda " \
                     f"{resume.get('lambda', 1.0):g})"
