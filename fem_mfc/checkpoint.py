@@ -58,8 +58,13 @@ LEARNING = ("classifier", "generative")
 TAGS = ("cell_tags", "facet_tags")   # the problem's mesh tags a checkpoint keeps
 
 
-def config_hash(cfg: dict) -> str:
-    """A hash of the config sections that define the discrete problem."""
+def problem_sections(cfg: dict) -> dict:
+    """The config sections (and keys) that define the discrete problem, as JSON values: what
+    :func:`config_hash` hashes and a checkpoint's ``meta.json`` keeps as ``config``."""
+    return json.loads(json.dumps(_sections(cfg), sort_keys=True, default=str))
+
+
+def _sections(cfg: dict) -> dict:
     sections = {k: cfg.get(k) for k in SECTIONS}
     for key in ("boundary", "population"):    # newer sections: only when they matter, so
         if cfg.get(key):                          # older checkpoints keep their hash
@@ -72,8 +77,44 @@ def config_hash(cfg: dict) -> str:
     if cfg.get("run", {}).get("formulation") in LEARNING:    # the data, the network, the trainer
         sections.update({k: cfg.get(k) for k in ("data", "network", "generative")})
         sections["training"] = {"method": cfg.get("training", {}).get("method")}
-    data = json.dumps(sections, sort_keys=True, default=str)
+    return sections
+
+
+def config_hash(cfg: dict) -> str:
+    """A hash of the config sections that define the discrete problem."""
+    data = json.dumps(problem_sections(cfg), sort_keys=True, default=str)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def _differences(stored, mine, key: str = "") -> list[str]:
+    """``key: A in the checkpoint, B here`` for every key whose value differs."""
+    from .errors import toml_value
+    if isinstance(stored, dict) and isinstance(mine, dict):
+        out = []
+        for k in sorted(set(stored) | set(mine), key=str):
+            out += _differences(stored.get(k), mine.get(k), f"{key}.{k}" if key else str(k))
+        return out
+    if stored == mine:
+        return []
+    def shown(v):
+        return "unset" if v is None else toml_value(v)
+    return [f"{key}: {shown(stored)} in the checkpoint, {shown(mine)} here"]
+
+
+def _mismatch(meta: dict, cfg: dict) -> str:
+    """What the refusal of a checkpoint of another problem expects: the keys that differ
+    (checkpoints that keep their config), else the sections that must agree."""
+    mine = problem_sections(cfg)
+    stored = meta.get("config")
+    diffs = _differences(stored, mine) if isinstance(stored, dict) else []
+    if diffs:
+        more = f"; and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+        return ("a checkpoint of this config's problem; they differ in "
+                + "; ".join(diffs[:4]) + more)
+    names = [("training.method" if k == "training" else k) for k, v in _sections(cfg).items()
+             if v is not None]
+    return (f"a checkpoint of this config's problem (the {', '.join(names[:-1])} and "
+            f"{names[-1]} sections must be those of the run that wrote it)")
 
 
 def folder_for(outdir) -> Path:
@@ -97,7 +138,7 @@ class Writer:
 
     def __init__(self, folder: Path, st, cfg: dict, every: int):
         self.folder, self.st, self.every = Path(folder), st, int(every)
-        self.hash = config_hash(cfg)
+        self.hash, self.sections = config_hash(cfg), problem_sections(cfg)
         self.written = 0
 
     def due(self, iteration: int) -> bool:
@@ -120,7 +161,7 @@ class Writer:
 
         _commit(self.folder, st.comm, fill, {"config_hash": self.hash, "steps": st.N,
                                              "ndofs": st.V.dofmap.index_map.size_global,
-                                             **meta})
+                                             "config": self.sections, **meta})
         self.written += 1
         _test_pause(st.comm, self.written, meta.get("phase", ""))
 
@@ -237,9 +278,7 @@ def read_meta(folder: Path, cfg: dict) -> dict:
         if not isinstance(meta, dict):
             raise ValueError("not a JSON object")
     if meta.get("config_hash") != config_hash(cfg):
-        raise ConfigError("--restart", "a checkpoint of this config's problem (the mesh, "
-                          "problem, rho0, discretisation and exact sections must be those "
-                          "of the run that wrote it)", str(folder))
+        raise ConfigError("--restart", _mismatch(meta, cfg), str(folder))
     if meta.get("steps") != cfg["problem"]["steps"]:
         raise ConfigError("--restart", f"a checkpoint with problem.steps = "
                           f"{cfg['problem']['steps']}", str(folder))
@@ -353,7 +392,7 @@ class TrainingWriter:
 
     def __init__(self, folder: Path, model, cfg: dict, every: int):
         self.folder, self.model, self.every = Path(folder), model, int(every)
-        self.hash = config_hash(cfg)
+        self.hash, self.sections = config_hash(cfg), problem_sections(cfg)
         self.written = 0
 
     due = Writer.due
@@ -373,7 +412,8 @@ class TrainingWriter:
                                             for k, c in controls.items()})}
 
         _commit(self.folder, model.comm, fill,
-                {"config_hash": self.hash, "steps": model.N, "phase": "training",
+                {"config_hash": self.hash, "config": self.sections, "steps": model.N,
+                 "phase": "training",
                  "iteration": int(iteration), "controls": list(controls),
                  "ndofs": model.V.dofmap.index_map.size_global, **meta})
         self.written += 1
@@ -417,6 +457,7 @@ class StepWriter:
     def __init__(self, folder: Path, mesh, cfg: dict, every: int):
         self.folder, self.mesh, self.every = Path(folder), mesh, int(every)
         self.hash, self.steps = config_hash(cfg), cfg["problem"]["steps"]
+        self.sections = problem_sections(cfg)
         self.written = 0
 
     due = Writer.due
@@ -436,7 +477,8 @@ class StepWriter:
             return {"arrays": arrays, "groups": groups}
 
         _commit(self.folder, comm, fill, {"config_hash": self.hash, "steps": self.steps,
-                                          "phase": "stepping", "step": int(step), **meta})
+                                          "config": self.sections, "phase": "stepping",
+                                          "step": int(step), **meta})
         self.written += 1
         _test_pause(comm, self.written, "stepping")
 
@@ -624,7 +666,7 @@ def training_checkpoints(cfg: dict, ctx, model, meta):
 
 
 __all__ = ["StepWriter", "TrainingState", "TrainingWriter", "Writer", "config_hash",
-           "folder_for", "resolve", "read_meta", "read_mesh", "mesh_data", "load_states",
-           "load_training", "load_stepping", "remove", "restart_mesh", "newton_checkpoints",
-           "training_checkpoints", "stepping_checkpoints", "restarted_from",
-           "snapshot_fields"]
+           "problem_sections", "folder_for", "resolve", "read_meta", "read_mesh", "mesh_data",
+           "load_states", "load_training", "load_stepping", "remove", "restart_mesh",
+           "newton_checkpoints", "training_checkpoints", "stepping_checkpoints",
+           "restarted_from", "snapshot_fields"]

@@ -97,13 +97,32 @@ def test_a_checkpoint_of_another_network_is_refused(tmp_path):
                quiet=True)
     other = raw_config("newton")
     other["network"]["delta"] = 0.5
-    with pytest.raises(ConfigError, match="--restart"):
+    with pytest.raises(ConfigError, match="--restart") as e:
         run_config(config.from_dict(other), tmp_path / "x", quiet=True,
                    restart=tmp_path / "cut")
+    # the refusal names what differs (it named "the mesh, problem, rho0, discretisation and
+    # exact sections", none of which had changed)
+    msg = str(e.value)
+    assert "network.delta:" in msg and "0.5 here" in msg and "rho0" not in msg, msg
     lbfgs = raw_config("lbfgs")
-    with pytest.raises(ConfigError, match="--restart"):
+    with pytest.raises(ConfigError, match="training.method: \"newton\" in the checkpoint, "
+                                          "\"lbfgs\" here"):
         run_config(config.from_dict(lbfgs), tmp_path / "y", quiet=True,
                    restart=tmp_path / "cut")
+    data = raw_config("newton")
+    data["data"]["n_samples"] = 300
+    with pytest.raises(ConfigError, match="data.n_samples: 200 in the checkpoint, 300 here"):
+        run_config(config.from_dict(data), tmp_path / "z", quiet=True,
+                   restart=tmp_path / "cut")
+    # a checkpoint written before meta.json kept its config: the sections of a classifier
+    meta = tmp_path / "cut.checkpoint" / "meta.json"
+    old = json.loads(meta.read_text())
+    del old["config"]
+    meta.write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match="--restart") as e:
+        run_config(config.from_dict(data), tmp_path / "z", quiet=True,
+                   restart=tmp_path / "cut")
+    assert "data, network" in str(e.value) and "training.method sections" in str(e.value)
 
 
 @pytest.mark.slow
