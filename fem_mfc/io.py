@@ -154,6 +154,13 @@ def prepare_outdir(outdir: str | Path, comm=MPI.COMM_WORLD) -> Path:
     return outdir
 
 
+def _terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 class _RunLogHandler(logging.FileHandler):
     """run.log: a write that fails (a full disk) is remembered, not printed as logging's
     "--- Logging error ---" traceback; the handler then stops writing and RunContext.commit
@@ -753,7 +760,10 @@ class RunContext:
         return self.staging / name
 
     def progress(self, iterable, desc: str = "", total=None):
-        if self.comm.rank != 0 or not self.show_progress:
+        """``iterable`` with a progress bar on stderr (rank 0), where stderr is a terminal:
+        into a file or a pipe the bar's redraws were carriage-return junk between the lines
+        of the log."""
+        if self.comm.rank != 0 or not self.show_progress or not _terminal(sys.stderr):
             return iterable
         from tqdm import tqdm
         return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False,

@@ -75,6 +75,17 @@ def test_heat_smoke_each_mesh_kind(kind, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_progress_to_a_file_or_pipe_is_the_log_lines_only(tmp_path):
+    """stderr into a file or a pipe (not --quiet) got the progress bar's redraws: lines of
+    carriage returns and "it/s" between the log lines.  Bars are for terminals."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(heat_config("interval", figures=False).replace("progress = false", ""))
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "o")])
+    assert p.returncode == 0, p.stderr
+    assert "\r" not in p.stderr and "it/s" not in p.stderr, repr(p.stderr)
+    assert "fem-mfc run:" in p.stderr and "done in" in p.stderr
+
+
 def test_heat_run_that_loses_mass_is_flagged(tmp_path):
     """The heat steps conserve the mass to the linear solver's tolerance: the run's check.
     CG + Jacobi to 1e-3 (`-heat_ksp_type cg -heat_pc_type jacobi -heat_ksp_rtol 1e-3`) lost
