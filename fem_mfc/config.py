@@ -1010,6 +1010,8 @@ def load(path: str | Path) -> dict:
     A file without any key (empty, or only comments and blank lines) is refused: it would
     silently run the default problem."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{path}: is a folder (expected a TOML config file)")
     if not p.is_file():
         raise UserError(f"{path}: config file not found (expected a TOML file)")
     try:

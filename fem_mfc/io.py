@@ -134,6 +134,17 @@ def write_json_atomic(path: str | Path, obj) -> None:
                                        indent=2, sort_keys=False) + "\n")
 
 
+def _cannot_create(target: Path, e: OSError) -> str:
+    """Why ``target`` cannot be created, naming the file in its way: EEXIST / ENOTDIR said
+    "File exists" of a folder that did not exist."""
+    for up in (target, *target.parents):
+        if up.exists() or up.is_symlink():
+            if not up.is_dir():
+                return f"{target}: cannot create output folder ({up} is a file, not a folder)"
+            break
+    return f"{target}: cannot create output folder ({e.strerror})"
+
+
 def prepare_outdir(outdir: str | Path, comm=MPI.COMM_WORLD) -> Path:
     """Create ``outdir`` (rank 0) and check it is a writable folder; all ranks agree."""
     outdir = Path(outdir).absolute()
@@ -147,7 +158,7 @@ def prepare_outdir(outdir: str | Path, comm=MPI.COMM_WORLD) -> Path:
                 if not os.access(outdir, os.W_OK):
                     err = f"{outdir}: output folder is not writable"
         except OSError as e:
-            err = f"{outdir}: cannot create output folder ({e.strerror})"
+            err = _cannot_create(outdir, e)
     err = comm.bcast(err, root=0)
     if err:
         raise UserError(err)
@@ -509,7 +520,7 @@ def _prepare_run_folder(outdir: Path) -> tuple[Path, "_FolderLock", Path]:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"{target}: cannot create output folder ({e.strerror})") from None
+        raise UserError(_cannot_create(target, e)) from None
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{target}: its parent folder {parent} is not writable (a run is staged "
                         "beside its output folder and swapped in)")

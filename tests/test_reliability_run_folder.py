@@ -195,6 +195,19 @@ def test_folder_of_other_files_is_refused(template, tmp_path):
     assert os.listdir(out) == ["thesis.tex"] and not (tmp_path / "mine.previous").exists()
 
 
+def test_out_below_a_file_names_the_file(tmp_path):
+    """``--out notes.txt/run``: "cannot create output folder (File exists)" of a folder that
+    did not exist; the file in the way is named."""
+    from fem_mfc.errors import UserError
+    from fem_mfc.io import _prepare_run_folder, prepare_outdir
+    (tmp_path / "notes.txt").write_text("mine")
+    for make in (_prepare_run_folder, prepare_outdir):
+        with pytest.raises(UserError) as e:
+            make(tmp_path / "notes.txt" / "sub" / "run")
+        assert f"({tmp_path / 'notes.txt'} is a file, not a folder)" in str(e.value), e.value
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_previous_run_is_kept_and_stale_files_go(template, tmp_path):
     out, script, old = _fresh(template, tmp_path)
     p = _start(script, out, "B", 2)
