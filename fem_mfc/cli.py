@@ -301,6 +301,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2)
 
 
+RUN_EPILOG = ("Other arguments that start with one '-' are PETSc options, with the prefix of "
+              "their solve (-mfc_snes_monitor, -mfc_ksp_rtol 1e-8; see README); -help prints "
+              "PETSc's help for the run's solvers. Exit status: 0 success; 2 bad input (one "
+              "line, nothing written); 3 the solve ran but did not meet its tolerance or checks "
+              "(results written, \"converged\": false); 130/143 interrupted.")
+REFINE_EPILOG = ("Writes convergence.json, convergence.csv and convergence.png in --out; PETSc "
+                 "options as for run. Exit status as for run (3: a level did not converge).")
+
+
 def parser() -> argparse.ArgumentParser:
     # No "-h": a PETSc option such as -heat_ksp_view must not be read as -h + "eat...";
     # --help is ours, -help is PETSc's.
@@ -317,7 +326,7 @@ def parser() -> argparse.ArgumentParser:
         return c
 
     command("info", help="versions of DOLFINx, PETSc, MPI, PyVista; number of ranks")
-    r = command("run", help="run a configured problem")
+    r = command("run", help="run a configured problem", epilog=RUN_EPILOG)
     r.add_argument("config", help="TOML config file")
     r.add_argument("--out", help="output folder (default results/<config name>)")
     r.add_argument("--quiet", action="store_true", help="no progress output")
@@ -325,11 +334,14 @@ def parser() -> argparse.ArgumentParser:
                    help="run even if the memory estimate exceeds the available memory")
     r.add_argument("--restart", metavar="DIR",
                    help="continue from the checkpoint in DIR (or beside output folder DIR)")
-    f = command("refine", help="mesh/time refinement study against the exact solution")
-    f.add_argument("config")
-    f.add_argument("--levels", type=int, default=3)
-    f.add_argument("--in", dest="where", choices=("space", "time", "both"), default="both")
-    f.add_argument("--out")
+    f = command("refine", help="mesh/time refinement study against the exact solution",
+                epilog=REFINE_EPILOG)
+    f.add_argument("config", help="TOML config file with an [exact] solution")
+    f.add_argument("--levels", type=int, default=3,
+                   help="number of levels, each refined once more (at least 2; default 3)")
+    f.add_argument("--in", dest="where", choices=("space", "time", "both"), default="both",
+                   help="refine the mesh, the time step or both (default both)")
+    f.add_argument("--out", help="output folder (default results/<config name>_refine)")
     f.add_argument("--force", action="store_true",
                    help="run even if the memory estimate exceeds the available memory")
     f.add_argument("--quiet", action="store_true",

@@ -55,6 +55,20 @@ def test_info_prints_versions():
 FAST_KINDS = ("interval", "disk", "ball")      # the others are slow (make test runs all)
 
 
+def test_every_command_line_argument_has_help():
+    """``fem-mfc refine --help`` listed config, --levels, --in and --out without a word, and
+    ``run --help`` did not say that other -options go to PETSc or what the exit codes are."""
+    import argparse
+
+    from fem_mfc.cli import parser
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            assert action.help, (name, action.dest)
+    run = sub.choices["run"].format_help()
+    assert "PETSc options" in run and "Exit status" in run and "3 the solve" in run
+
+
 @pytest.mark.parametrize("kind", [pytest.param(k, marks=[] if k in FAST_KINDS else
                                                pytest.mark.slow) for k in sorted(MESHES)])
 def test_heat_smoke_each_mesh_kind(kind, tmp_path):
