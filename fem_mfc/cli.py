@@ -311,13 +311,16 @@ REFINE_EPILOG = ("Writes convergence.json, convergence.csv and convergence.png i
 
 
 def parser() -> argparse.ArgumentParser:
-    # No "-h": a PETSc option such as -heat_ksp_view must not be read as -h + "eat...";
-    # --help is ours, -help is PETSc's.
+    # No "-h" option: a PETSc option such as -heat_ksp_view must not be read as -h + "eat..."
+    # (a lone "-h" is turned into --help by _main); --help is ours, -help is PETSc's.
     p = _Parser(prog=PROG, add_help=False, allow_abbrev=False,
                                 description="Deep learning as mean-field control, solved as "
                                 "PDEs with DOLFINx/PETSc. Unknown -options are passed to "
                                 "PETSc.")
     p.add_argument("--help", action="help", help="show this help message and exit")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}",
+                   help="print fem_mfc's version and exit (info: the whole stack's)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def command(name, **kw):
@@ -359,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    # "-h" alone is a request for help, not a PETSc option (PETSc's is -help): it ran the
+    # whole run and then said "PETSc option -h was not used"; "fem-mfc -h" said a command
+    # was missing
+    argv = ["--help" if a == "-h" else a for a in argv]
     p = parser()
     args, rest = p.parse_known_args(argv)
     try:

@@ -69,6 +69,23 @@ def test_every_command_line_argument_has_help():
     assert "PETSc options" in run and "Exit status" in run and "3 the solve" in run
 
 
+@pytest.mark.parametrize("argv", [["-h"], ["run", "-h"], ["run", "c.toml", "-h"],
+                                  ["refine", "c.toml", "--levels", "2", "-h"], ["--version"]])
+def test_h_and_version_answer_without_running_anything(argv, tmp_path, monkeypatch, capsys):
+    """``fem-mfc -h`` said "the following arguments are required: command"; ``fem-mfc run
+    c.toml -h`` ran the whole run and then warned "PETSc option -h was not used";
+    ``--version`` was not known."""
+    from fem_mfc import __version__
+    from fem_mfc.cli import main
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert (f"fem-mfc {__version__}" in out) if argv == ["--version"] else "usage:" in out
+    assert not (tmp_path / "results").exists()
+
+
 @pytest.mark.parametrize("kind", [pytest.param(k, marks=[] if k in FAST_KINDS else
                                                pytest.mark.slow) for k in sorted(MESHES)])
 def test_heat_smoke_each_mesh_kind(kind, tmp_path):
