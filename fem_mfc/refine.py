@@ -119,11 +119,15 @@ def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
     restarted from its checkpoint or run)."""
     from . import checkpoint, registry
     from .pipeline import run_config
+    entry = registry.get(cfg["run"]["formulation"])
+    if not entry.refinable:
+        raise UserError(f"formulation '{entry.name}' has no refinement support")
     if cfg["exact"]["solution"] == "none":
-        raise UserError(f"{config_path}: no exact solution to measure errors against "
-                        "(set [exact] solution, e.g. 'lq-gaussian' or 'manufactured')")
-    if not registry.get(cfg["run"]["formulation"]).refinable:
-        raise UserError(f"formulation '{cfg['run']['formulation']}' has no refinement support")
+        # the solutions of this formulation (heat was told to set 'lq-gaussian', which it
+        # refuses)
+        raise UserError(f"{config_path}: no exact solution to measure errors against (set "
+                        f"[exact] solution = " + " or ".join(f"'{x}'" for x in entry.exact)
+                        + f" for formulation '{entry.name}')")
     if cfg["mesh"]["kind"] == "file" and where != "time":
         raise UserError("mesh.kind = 'file' has one resolution: use --in time, or a generated "
                         "mesh kind")

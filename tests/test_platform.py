@@ -151,6 +151,22 @@ def test_heat_serial_equals_two_ranks(kind, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("formulation,advice", [("heat", "'heat-gaussian' for formulation "
+                                                             "'heat'"),
+                                                 ("hjb-fp", "'lq-gaussian' or 'manufactured'")])
+def test_refine_without_an_exact_solution_names_the_formulations_own(formulation, advice):
+    """A heat config without [exact] was told to set 'lq-gaussian' or 'manufactured', which
+    heat refuses; the advice is the formulation's own exact solutions."""
+    from fem_mfc import config
+    from fem_mfc.errors import UserError
+    from fem_mfc.refine import refinement_study
+    cfg = config.from_dict({"run": {"formulation": formulation},
+                            "mesh": {"kind": "interval", "lower": [-1.0], "upper": [1.0]}})
+    with pytest.raises(UserError, match="no exact solution") as e:
+        refinement_study(cfg, "unused", levels=2, config_path="c.toml")
+    assert advice in str(e.value), e.value
+
+
 def test_refine_heat_rates(tmp_path):
     """Crank–Nicolson + P1 refined in space and time together: order 2."""
     cfg = tmp_path / "c.toml"
