@@ -27,6 +27,8 @@ from mpi4py import MPI
 from .errors import UserError
 from .io import prepare_outdir, write_json_atomic, write_text_atomic
 
+TABLES = ("convergence.json", "convergence.csv", "convergence.png")   # the study's own files
+
 
 def level_config(cfg: dict, level: int, where: str) -> dict:
     """The config of refinement level ``level`` (0 = the given config)."""
@@ -132,6 +134,13 @@ def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
         raise UserError("mesh.kind = 'file' has one resolution: use --in time, or a generated "
                         "mesh kind")
     outdir = prepare_outdir(outdir, comm)
+    if comm.rank == 0:
+        # the study's table describes the levels beside it: an earlier one stays no longer
+        # than those (a study stopped half-way kept the earlier convergence.json, with
+        # other runs' numbers, beside its new levels)
+        for name in TABLES:
+            (outdir / name).unlink(missing_ok=True)
+    comm.barrier()
     rows = []
     for k in range(levels):
         lc, folder = level_config(cfg, k, where), outdir / f"level_{k}"
@@ -153,10 +162,10 @@ def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
     result = {"where": where, "config": str(config_path), "levels": rows,
               "rates": rates(rows, where)}
     result["warning"] = low_orders(result["rates"], where)
-    if comm.rank == 0:
-        write_json_atomic(outdir / "convergence.json", result)
+    if comm.rank == 0:            # convergence.json last: where it is, the study is whole
         write_text_atomic(outdir / "convergence.csv", csv_table(rows))
         _plot(rows, where, outdir / "convergence.png")
+        write_json_atomic(outdir / "convergence.json", result)
     return result
 
 

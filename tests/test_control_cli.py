@@ -212,6 +212,43 @@ def test_cole_hopf_guess_and_inexact_sweep_newton_from_the_cli(tmp_path):
 
 
 @pytest.mark.slow
+def test_an_interrupted_study_leaves_no_convergence_table_of_another(tmp_path, monkeypatch):
+    """Ctrl-C in a study over an earlier one left the earlier convergence.json (other runs'
+    numbers) beside the new levels, and Ctrl-C while it plotted left a new convergence.json
+    without its figure.  convergence.json is written last and only beside its own levels."""
+    from fem_mfc import config, pipeline, refine
+    cfg = config.load(REPO / "demos" / "lq_gaussian_1d.toml")
+    done = []
+
+    def fake_run(lc, folder, *args, **kw):
+        if len(done) == stop_at:
+            raise KeyboardInterrupt
+        done.append(folder)
+        return {"h": 1.0 / (len(done)), "tau": 0.1, "ndofs": 10 * len(done), "nsteps": 4,
+                "err_rho_L2": 0.1 / 4 ** len(done), "converged": True}
+
+    monkeypatch.setattr(pipeline, "run_config", fake_run)     # refine imports it per call
+    out = tmp_path / "study"
+    stop_at = 99
+    refine.refinement_study(cfg, out, levels=2)
+    tables = ("convergence.json", "convergence.csv", "convergence.png")
+    assert all((out / name).is_file() for name in tables)
+    done.clear()
+    stop_at = 1                                   # the second level is interrupted
+    with pytest.raises(KeyboardInterrupt):
+        refine.refinement_study(cfg, out, levels=2)
+    assert not any((out / name).exists() for name in tables)
+
+    def interrupted_plot(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(refine, "_plot", interrupted_plot)
+    done.clear()
+    stop_at = 99
+    with pytest.raises(KeyboardInterrupt):
+        refine.refinement_study(cfg, out, levels=2)
+    assert not (out / "convergence.json").exists()
+
+
 def test_refinement_study_resumes(tmp_path):
     """``refine --resume`` continues a study: converged levels of the same config are reused,
     a level with a checkpoint restarts from it, the rest run; the table equals the one of a
