@@ -158,6 +158,12 @@ def split_petsc_options(tokens: list[str]) -> dict:
         if not t.startswith("-") or t in ("-", "--"):
             raise UserError(f"unexpected argument '{t}' (PETSc options look like -name [value])")
         name = t.lstrip("-")
+        if "=" in name:
+            # -ksp_type=cg is the name "ksp_type=cg" to PETSc: nothing read it, the run went
+            # on with the default and exited 0 after a warning
+            key, _, value = name.partition("=")
+            raise UserError(f"PETSc option '{t}': PETSc takes the value after a space "
+                            f"(-{key} {value})")
         val = ""
         if i + 1 < len(tokens) and (not tokens[i + 1].startswith("-") or _is_number(tokens[i + 1])):
             val = tokens[i + 1]
@@ -379,6 +385,9 @@ def _main(argv: list[str]) -> int:
             if rest:
                 p.error(f"unrecognised arguments: {' '.join(rest)}")
             return cmd_schema(args)
+        if args.command in ("run", "refine") and args.out is not None and not args.out.strip():
+            # (an unset shell variable: the run went to results/<config name>)
+            raise UserError("--out: expected a folder, got an empty name")
         if args.command == "refine" and args.levels < 2:
             raise UserError("--levels: expected at least 2 levels to measure a rate")
         if args.command == "run":

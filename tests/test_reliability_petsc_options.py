@@ -255,3 +255,20 @@ def test_cli_missing_value_read_inside_a_newton_step_exits_2(tmp_path):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "-mfc_mat_mumps_icntl_14: expected a value" in lines[0], lines
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args,words", [
+    (["-heat_ksp_type=cg"], ["'-heat_ksp_type=cg'", "(-heat_ksp_type cg)"]),
+    (["--out", ""], ["--out: expected a folder"])])
+def test_cli_option_spelling_refused_before_running(args, words, tmp_path):
+    """``-heat_ksp_type=cg`` ran the default solver (PETSc reads a name "heat_ksp_type=cg")
+    and exited 0 after a warning; ``--out ""`` (an unset variable) wrote to results/."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(GOOD)
+    p = run_cli(["run", str(cfg), "--quiet", *args, *([] if "--out" in args else
+                                                        ["--out", str(tmp_path / "o")])],
+                cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and all(w in lines[0] for w in words), lines
+    assert not (tmp_path / "o").exists() and not (tmp_path / "results").exists()
