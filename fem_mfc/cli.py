@@ -21,6 +21,7 @@ help for the solvers the run creates.  Options that nothing read are reported at
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -181,11 +182,21 @@ def _is_number(s):
         return False
 
 
+def _ignore_sigpipe() -> None:
+    """Once PETSc is initialised: a write to a pipe whose reader is gone raises SIGPIPE, which
+    PETSc's signal handler turns into MPI_Abort(59) with a screenful of banners (fem-mfc info
+    | head -1, a -mfc_snes_monitor run piped into head).  Ignored, the write fails with EPIPE:
+    PETSc's own output drops it, ours ends as :func:`main` says."""
+    with contextlib.suppress(ValueError, OSError, AttributeError):   # (not the main thread)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+
 def cmd_info(args) -> int:
     from mpi4py import MPI
 
     from .pipeline import versions
     v = versions(full=True)
+    _ignore_sigpipe()
     if MPI.COMM_WORLD.rank == 0:
         width = max(map(len, v))
         for k, x in v.items():
@@ -227,6 +238,7 @@ def process_options(opts: dict) -> dict:
     """Insert the process-wide options among ``opts`` for the rest of the process (starting
     PETSc's logging when -log_view asks for it); return the others."""
     from petsc4py import PETSc
+    _ignore_sigpipe()
     db = PETSc.Options()
     rest = {}
     for k, v in opts.items():
@@ -364,7 +376,18 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    return _main(argv)
+    try:
+        try:
+            return _main(argv)
+        finally:                 # (also after --help's SystemExit)
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # stdout's reader is gone (fem-mfc schema | head -1): end as a program killed by
+        # SIGPIPE would, without Python's "Exception ignored ... BrokenPipeError" at exit
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 128 + int(signal.SIGPIPE)
 
 
 def _main(argv: list[str]) -> int:

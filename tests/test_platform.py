@@ -44,6 +44,26 @@ def heat_config(kind: str, figures: bool = True) -> str:
     """).replace("{mesh}", MESHES[kind])
 
 
+@pytest.mark.parametrize("command", ["schema", "info", "--help"])
+def test_output_into_a_closed_pipe_ends_quietly(command):
+    """``fem-mfc schema | head -1``: "Exception ignored on flushing sys.stdout:
+    BrokenPipeError" and exit status 120.  Now no message and 141 (128 + SIGPIPE), as a
+    program killed by SIGPIPE; --help likewise."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import env
+    r, w = os.pipe()
+    os.close(r)                                   # the reader is gone before anything is said
+    try:
+        p = subprocess.run([sys.executable, "-m", "fem_mfc", command], stdout=w,
+                           stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO, timeout=120)
+    finally:
+        os.close(w)
+    assert p.stderr == "" and p.returncode == 141, (p.returncode, p.stderr)
+
+
 def test_info_prints_versions():
     p = run_cli(["info"])
     assert p.returncode == 0, p.stderr
