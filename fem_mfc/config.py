@@ -396,8 +396,8 @@ def _array_table(name: str, i: int, b: dict, keys: dict, source, inherit=None) -
     ``inherit``, a section; lists and dicts copied)."""
     for k in b:
         if k not in keys:
-            raise ConfigError(f"{name}[{i}].{k}", f"a known key of [[{name}]]: "
-                              + ", ".join(keys), "unknown key", source)
+            raise ConfigError(f"{name}[{i}].{k}", _known(f"key of [[{name}]]", keys, k),
+                              "unknown key", source)
     t = {}
     for k, spec in keys.items():
         key = f"{name}[{i}].{k}"
@@ -498,7 +498,7 @@ def _population_rho0(given: dict, prefix: str, cfg: dict, source) -> dict:
     keys = SCHEMA["rho0"]
     for k in given:
         if k not in keys:
-            raise ConfigError(f"{prefix}.{k}", "a known key of [rho0]: " + ", ".join(keys),
+            raise ConfigError(f"{prefix}.{k}", _known("key of [rho0]", keys, k),
                               "unknown key", source)
     r = {}
     for k, spec in keys.items():
@@ -580,8 +580,9 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
         raise ConfigError("<top>", "a TOML table", type(raw).__name__, source)
     for section in raw:
         if section not in SCHEMA and section not in ("boundary", "population"):
-            raise ConfigError(section, "a known section: " + ", ".join(SCHEMA)
-                              + ", boundary, population", "unknown section", source)
+            raise ConfigError(section, _known("section", [*SCHEMA, "boundary",
+                                                          "population"], section),
+                              "unknown section", source)
     cfg: dict[str, dict] = {}
     for section, keys in SCHEMA.items():
         given = raw.get(section, {})
@@ -590,8 +591,8 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
         given = _renamed(section, given, source)
         for k in given:
             if k not in keys:
-                raise ConfigError(f"{section}.{k}", "a known key of [" + section + "]: "
-                                  + ", ".join(keys), "unknown key", source)
+                raise ConfigError(f"{section}.{k}", _known(f"key of [{section}]", keys, k),
+                                  "unknown key", source)
         out = {}
         for k, spec in keys.items():
             key = f"{section}.{k}"
@@ -1002,6 +1003,15 @@ def check_petsc_option(name: str, value, source=None) -> None:
         raise ConfigError(key, "a value that writes nowhere but standard output in a config "
                           f"file (this one names {bad}; viewers may be '', 'ascii' or "
                           "'::format')", value, source)
+
+
+def _known(what: str, names, given: str) -> str:
+    """"a known WHAT: a, b, c" with the likeliest one meant, for a misspelt name."""
+    import difflib
+    names = [str(n) for n in names]
+    close = difflib.get_close_matches(str(given), names, n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"a known {what}{hint}: " + ", ".join(names)
 
 
 def load(path: str | Path) -> dict:

@@ -183,3 +183,18 @@ def test_config_copy_keeps_command_line_options_and_any_title(tmp_path):
     assert len(src) == 16 and int(src, 16) >= 0 and again["versions"]["fem_mfc_source"] == src
     p = run_cli(["run", str(cfg), "--out", str(tmp_path / "c"), "--quiet"])
     assert read_summary(tmp_path / "c")["mass"] != first["mass"]      # the options mattered
+
+
+@pytest.mark.parametrize("raw,key,meant", [
+    ({"problm": {"T": 1.0}}, "problm", "problem"),
+    ({"run": {"formulaton": "heat"}}, "run.formulaton", "formulation"),
+    ({"rho0": {"maen": [0.0]}}, "rho0.maen", "mean"),
+    ({"population": [{"sigam": 0.5}]}, "population[0].sigam", "sigma")])
+def test_a_misspelt_name_gets_the_likeliest_one(raw, key, meant):
+    """An unknown key or section listed every known name; the one meant is now named first
+    ("did you mean 'problem'?"), the list stays."""
+    from fem_mfc import config
+    from fem_mfc.errors import ConfigError
+    with pytest.raises(ConfigError) as e:
+        config.from_dict(raw)
+    assert e.value.key == key and f"(did you mean '{meant}'?)" in str(e.value), e.value
