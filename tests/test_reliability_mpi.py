@@ -47,3 +47,22 @@ def test_run_folder_swap_on_two_ranks(tmp_path_factory):
     assert json.loads((out / "summary.json").read_text())["tag"] == "B"
     assert (out.parent / "run.previous" / "A_rank1.txt").exists()
     assert not [p for p in out.parent.iterdir() if p.name.startswith((".staging-", ".run.lock"))]
+
+
+@pytest.mark.mpi
+def test_a_number_option_without_its_value_is_refused_on_every_rank(tmp_path_factory):
+    """-mfc_snes_max_it without a value: every rank refuses it alike (one line, exit 2 from
+    the CLI), nothing written."""
+    from fem_mfc.errors import UserError
+    from fem_mfc.pipeline import run_config
+    comm = MPI.COMM_WORLD
+    base = comm.bcast(str(tmp_path_factory.mktemp("bare")) if comm.rank == 0 else None, root=0)
+    raw = {"run": {"formulation": "hjb-fp"}, "mesh": {"kind": "rectangle", "cells": 6},
+           "problem": {"steps": 3, "G": "rho**2/2"}, "rho0": {"mean": [0.0, 0.0]},
+           "solver": {"method": "newton"},
+           "output": {"figures": False, "vtx": False, "progress": False}}
+    with pytest.raises(UserError, match="-mfc_snes_max_it: expected a value"):
+        run_config(config.from_dict(raw), Path(base) / "o", quiet=True,
+                   petsc_options={"mfc_snes_converged_reason": "", "mfc_snes_max_it": ""})
+    comm.barrier()
+    assert not (Path(base) / "o").exists()
