@@ -61,7 +61,7 @@ def inserted(settings: dict | None = None, defaults: dict | None = None, prefix:
     from .compat import has_empty_value, require_value
     db = PETSc.Options()
     saved = {}                      # name -> (previous value (None: was unset), it was empty)
-    valueless = []
+    valueless, added = [], 0
     try:
         for name, v in normalise(settings, prefix).items():
             if name not in saved:
@@ -77,6 +77,7 @@ def inserted(settings: dict | None = None, defaults: dict | None = None, prefix:
         if valueless and not _valueless:
             _forget_petsc_error()
         _valueless.extend(valueless)
+        added = len(valueless)
         yield list(saved)
     except PETSc.Error as e:
         error = missing_value(e)
@@ -84,7 +85,7 @@ def inserted(settings: dict | None = None, defaults: dict | None = None, prefix:
             raise
         raise error from None
     finally:
-        del _valueless[len(_valueless) - len(valueless):]
+        del _valueless[len(_valueless) - added:]
         if not _valueless:
             _detected.clear()
         for name, (old, empty) in saved.items():

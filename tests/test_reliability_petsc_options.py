@@ -272,3 +272,26 @@ def test_cli_option_spelling_refused_before_running(args, words, tmp_path):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and all(w in lines[0] for w in words), lines
     assert not (tmp_path / "o").exists() and not (tmp_path / "results").exists()
+
+
+def test_a_failed_inner_insertion_keeps_the_outer_options(monkeypatch):
+    """An inner block whose insertion failed half-way dropped the outer block's record of its
+    options without a value: the outer solver's error was then PETSc's bare error 62."""
+    from fem_mfc import compat, options
+    from fem_mfc.errors import UserError
+    real = compat.require_value
+
+    def failing(name):
+        if name == "inner_b":
+            raise RuntimeError("insertion failed")
+        return real(name)
+
+    ksp = _ksp()
+    with pytest.raises(UserError, match="-bare_ksp_max_it"):
+        with options.inserted(settings={"bare_ksp_max_it": ""}):
+            monkeypatch.setattr(compat, "require_value", failing)
+            with pytest.raises(RuntimeError):
+                with options.inserted(settings={"inner_a": "", "inner_b": ""}):
+                    pass
+            monkeypatch.setattr(compat, "require_value", real)
+            ksp.setFromOptions()
