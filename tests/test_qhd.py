@@ -180,6 +180,10 @@ def test_runner_summary_and_outputs(make, tmp_path):
         assert s["checks"]["step_solves"]["ok"] and s["step_residual_reduction"] < 1e-8
     if make is cfg_control:
         assert "J" in s and s["J"] > 0
+        # run.log has the Newton steps (it had "all-at-once Newton, 8 steps" and "done")
+        log = (tmp_path / "run.log").read_text()
+        assert log.count(" newton ") == s["iterations"] + 1, log
+        assert f"newton: converged after {s['iterations']} iterations" in log, log
     else:
         assert s["energy_drift"] < 1e-10
     for f in ("density.png", "phase.png", "invariants.png", "qhd.bp", "summary.json"):

@@ -112,7 +112,9 @@ def _run_control(cfg, ctx, problem, resume=None) -> dict:
     with newton_checkpoints(cfg, ctx, problem, resume, True,
                             make=QHDControlSystem) as (system, writer):
         res, st = solve_control(problem, **_solver_args(cfg, ctx), system=system,
-                                checkpoint=writer, resume=resume)
+                                checkpoint=writer, resume=resume, log=ctx.log)
+        ctx.log.info("newton: converged after %d iterations (%s), residual %.3e",
+                     res.iterations or 0, res.reason, res.residual)
         if writer is not None:
             writer.converged = res.converged
     d = st.diagnostics()
