@@ -408,6 +408,8 @@ def _main(argv: list[str]) -> int:
             if rest:
                 p.error(f"unrecognised arguments: {' '.join(rest)}")
             return cmd_schema(args)
+        if args.command in ("run", "refine"):
+            _config_first(argv, args, rest)
         if args.command in ("run", "refine") and args.out is not None and not args.out.strip():
             # (an unset shell variable: the run went to results/<config name>)
             raise UserError("--out: expected a folder, got an empty name")
@@ -435,6 +437,21 @@ def _main(argv: list[str]) -> int:
         _fatal()
         raise
     return 0
+
+
+def _config_first(argv: list[str], args, rest: list[str]) -> None:
+    """Refuse a config argument that is the value of a PETSc option before it: ``run
+    -heat_ksp_type cg c.toml`` took "cg" for the config ("cg: config file not found")."""
+    try:
+        i = argv.index(args.config, argv.index(args.command) + 1)
+    except ValueError:
+        return
+    before = argv[i - 1]
+    if (before.startswith("-") and not before.startswith("--") and before in rest
+            and not Path(args.config).is_file()):
+        raise UserError(f"'{args.config}' follows the PETSc option {before} and is not a "
+                        f"config file: give the config first ({PROG} {args.command} "
+                        "CONFIG.toml [options] [PETSc options])")
 
 
 def _petsc_error_line(e, tokens) -> str:

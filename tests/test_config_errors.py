@@ -141,6 +141,19 @@ def test_command_line_errors_are_one_line(argv, tmp_path):
     assert len(lines) == 1 and "error:" in lines[0] and "--help" in lines[0], p.stderr
 
 
+@pytest.mark.parametrize("argv", [["run", "-heat_ksp_type", "cg", "c.toml"],
+                                  ["refine", "-heat_ksp_rtol", "1e-8", "c.toml"]])
+def test_a_petsc_option_before_the_config_is_explained(argv, tmp_path):
+    """``run -heat_ksp_type cg c.toml`` said "cg: config file not found": argparse took the
+    option's value for the config."""
+    (tmp_path / "c.toml").write_text(GOOD)
+    p = run_cli(argv, cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and f"follows the PETSc option {argv[1]}" in lines[0], lines
+    assert "give the config first" in lines[0] and not (tmp_path / "results").exists()
+
+
 @pytest.mark.parametrize("value,shown", [
     (True, "got true"), ("twenty", 'got "twenty"'), ([1, "x"], 'got [1, "x"]'),
     (float("inf"), "got inf"), ({"a": False}, "got { a = false }")])
