@@ -1089,6 +1089,13 @@ def dumps(cfg: dict) -> str:
     return "\n".join(lines)
 
 
+def _shown(default) -> str:
+    """A default as it is written in a TOML file (``true``, ``"auto"``), for the reference:
+    Python's ``True`` and ``'auto'`` copied into a config were a parse error or not TOML's."""
+    from .errors import toml_value
+    return "{}" if default == {} else toml_value(default)
+
+
 def schema_markdown() -> str:
     """The schema as a Markdown reference (docs/config.md)."""
     out = ["# Config reference", "",
@@ -1097,7 +1104,7 @@ def schema_markdown() -> str:
         out += [f"## [{section}]", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         formerly = {new: old for old, new in RENAMED.get(section, {}).items()}
         for k, spec in keys.items():
-            d = "required" if spec.default is REQUIRED else repr(spec.default)
+            d = "required" if spec.default is REQUIRED else _shown(spec.default)
             doc = spec.doc + (" — one of " + ", ".join(f"`{c}`" for c in spec.choices)
                               if spec.choices else "")
             if spec.expect:
@@ -1110,7 +1117,7 @@ def schema_markdown() -> str:
             "An array of tables, one per tagged part of the boundary; facets not named are "
             "no-flux walls.", "", "| key | type | default | meaning |", "|---|---|---|---|"]
     for k, spec in BOUNDARY.items():
-        d = "required" if spec.default is REQUIRED else repr(spec.default)
+        d = "required" if spec.default is REQUIRED else _shown(spec.default)
         doc = spec.doc + (" — one of " + ", ".join(f"`{c}`" for c in spec.choices)
                           if spec.choices else "")
         out.append(f"| `{k}` | {_typename(spec.type)} | `{d}` | {doc} |")
@@ -1126,7 +1133,7 @@ def schema_markdown() -> str:
             "| key | type | default | meaning |", "|---|---|---|---|"]
     for k, spec in POPULATION.items():
         d = ("required" if spec.default is REQUIRED else "[problem] " + k
-             if spec.default is INHERIT else repr(spec.default))
+             if spec.default is INHERIT else _shown(spec.default))
         out.append(f"| `{k}` | {_typename(spec.type)} | `{d}` | {spec.doc} |")
     out += ["", "## Renamed keys", "",
             "Old names that still load, with a deprecation warning on stderr: the value goes to "

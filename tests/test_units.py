@@ -129,6 +129,20 @@ def test_schema_markdown_lists_every_key():
             assert f"| `{k}` |" in md
 
 
+def test_schema_defaults_are_written_as_toml():
+    """The reference showed Python's defaults (`True`, `'auto'`): a user who copied
+    ``continuation = True`` got a TOML parse error.  Every default cell is TOML now."""
+    import re
+    import tomllib
+    rows = re.findall(r"^\| `([a-z_0-9]+)` \| [^|]+ \| `([^`]*)` \|", config.schema_markdown(),
+                      re.M)
+    assert len(rows) > 100
+    for key, default in rows:
+        if default == "required" or default.startswith("[problem] "):
+            continue
+        tomllib.loads(f"{key} = {default}")                 # raises if it is not TOML
+
+
 def test_refined_gmsh_levels_shrink_h_and_keep_tags():
     hs = []
     for level in (0, 1):
