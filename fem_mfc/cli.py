@@ -287,8 +287,12 @@ def cmd_refine(args, petsc_tokens) -> int:
     opts = process_options(split_petsc_options(petsc_tokens))
     result = refinement_study(cfg, out, levels=args.levels, where=args.where,
                               petsc_options=opts, config_path=args.config, force=args.force,
-                              resume=args.resume)
+                              resume=args.resume, report=None if args.quiet else _say)
     _report_unused(opts)
+    if not args.quiet:
+        rates = "; ".join(f"{n} " + ", ".join("-" if r is None else f"{r:.2f}" for r in rs)
+                          for n, rs in result["rates"].items())
+        _say(f"observed orders: {rates}; convergence.json, .csv, .png in {out}")
     if result.get("warning"):
         warning(result["warning"])
     bad = [r for r in result["levels"] if not r.get("converged", True)]
@@ -296,6 +300,12 @@ def cmd_refine(args, petsc_tokens) -> int:
         _flagged({"flags": [f"level {r['level']} did not converge" for r in bad]}, out)
         return EXIT_UNCONVERGED
     return EXIT_OK
+
+
+def _say(line: str) -> None:
+    """A progress line of a command that runs quietly (refine's levels), on rank 0."""
+    if process_rank() == 0:
+        print(f"{PROG}: {line}", file=sys.stderr, flush=True)
 
 
 def cmd_schema(args) -> int:
@@ -366,7 +376,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--force", action="store_true",
                    help="run even if the memory estimate exceeds the available memory")
     f.add_argument("--quiet", action="store_true",
-                   help="accepted for symmetry with run (the levels run quietly)")
+                   help="no line per level (the levels' runs are always quiet)")
     f.add_argument("--resume", action="store_true",
                    help="continue a study in --out: reuse its converged levels, restart a "
                         "level from its checkpoint, run the rest")

@@ -115,10 +115,12 @@ def _usable(ck: Path, level_cfg: dict, comm) -> bool:
 
 def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
                      petsc_options: dict | None = None, config_path="<dict>",
-                     comm=MPI.COMM_WORLD, force: bool = False, resume: bool = False) -> dict:
+                     comm=MPI.COMM_WORLD, force: bool = False, resume: bool = False,
+                     report=None) -> dict:
     """Run ``levels`` refinement levels of ``cfg`` and write the convergence table (each
     level's row says whether its run converged and, with ``resume``, whether it was reused,
-    restarted from its checkpoint or run)."""
+    restarted from its checkpoint or run).  ``report(line)``: told each level's errors as it
+    finishes (the levels run quietly)."""
     from . import checkpoint, registry
     from .pipeline import run_config
     entry = registry.get(cfg["run"]["formulation"])
@@ -159,6 +161,11 @@ def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
         rows.append({"level": k, "h": s["h"], "tau": s["tau"], "ndofs": s["ndofs"],
                      "nsteps": s["nsteps"], "converged": s.get("converged", True), "run": how,
                      **errs})
+        if report is not None:
+            report(f"level {k + 1}/{levels} ({how}): {s['ndofs']} dofs x {s['nsteps']} steps, "
+                   f"h = {s['h']:.4g}, tau = {s['tau']:.4g}: "
+                   + ", ".join(f"{n} = {v:.3e}" for n, v in errs.items() if v is not None)
+                   + ("" if s.get("converged", True) else " (did not converge)"))
     result = {"where": where, "config": str(config_path), "levels": rows,
               "rates": rates(rows, where)}
     result["warning"] = low_orders(result["rates"], where)

@@ -112,6 +112,24 @@ def test_refine_lq_1d_space_rates(tmp_path):
     conv = json.loads((out / "convergence.json").read_text())
     for name in ("err_u_L2", "err_rho_L2", "err_J"):
         assert conv["rates"][name][-1] > 1.8, (name, conv["rates"])
+    # a line per level as it finishes and the orders at the end (the study was silent: the
+    # levels run quietly)
+    lines = p.stderr.splitlines()
+    for k, row in enumerate(conv["levels"]):
+        assert any(ln.startswith(f"fem-mfc: level {k + 1}/3 (run): {row['ndofs']} dofs")
+                   and f"err_J = {row['err_J']:.3e}" in ln for ln in lines), p.stderr
+    assert any(ln.startswith("fem-mfc: observed orders: err_u_L2 ") and str(out) in ln
+               for ln in lines), p.stderr
+
+
+def test_refine_quiet_says_nothing_on_success(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text((REPO / "demos" / "lq_gaussian_1d.toml").read_text()
+                   .replace("cells = 32", "cells = 16").replace("steps = 64", "steps = 8"))
+    p = run_cli(["refine", str(cfg), "--levels", "2", "--in", "both", "--quiet", "--out",
+                 str(tmp_path / "conv")])
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    assert (tmp_path / "conv" / "convergence.json").is_file()
 
 
 @pytest.mark.slow
