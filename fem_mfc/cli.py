@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -390,14 +391,32 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _main(argv)
         finally:                 # (also after --help's SystemExit)
-            sys.stdout.flush()
-    except BrokenPipeError:
-        # stdout's reader is gone (fem-mfc schema | head -1): end as a program killed by
-        # SIGPIPE would, without Python's "Exception ignored ... BrokenPipeError" at exit
-        with contextlib.suppress(OSError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
+            if sys.stdout is not None:        # (None: started with stdout closed)
+                sys.stdout.flush()
+    except BrokenPipeError as e:
+        return _stdout_failed(e)
+    except OSError as e:         # the flush: stdout on a full disk (> /dev/full)
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        return _stdout_failed(e)
+
+
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
+
+
+def _stdout_failed(e: OSError) -> int:
+    """Standard output cannot take what we print.  A reader that is gone (fem-mfc schema |
+    head -1): end as a program killed by SIGPIPE would (141), without Python's "Exception
+    ignored ... BrokenPipeError" at exit; another failure (> /dev/full: a traceback) is one
+    line, exit 2.  Either way stdout is pointed at /dev/null so that nothing fails again at
+    exit."""
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    if isinstance(e, BrokenPipeError):
         return 128 + int(signal.SIGPIPE)
+    _error(f"standard output: cannot write ({e.strerror or e})")
+    return 2
 
 
 def _main(argv: list[str]) -> int:
@@ -438,6 +457,9 @@ def _main(argv: list[str]) -> int:
             print(f"{PROG}: interrupted; earlier results left intact", file=sys.stderr)
         return 130
     except Exception as e:                  # PETSc errors from user options are input errors
+        if args.command in ("info", "schema") and isinstance(e, OSError) \
+                and not isinstance(e, BrokenPipeError):
+            return _stdout_failed(e)            # (they write to stdout only)
         full = _disk_full(e, args)
         if full is not None:
             return _fail(str(full))

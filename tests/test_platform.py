@@ -64,6 +64,29 @@ def test_output_into_a_closed_pipe_ends_quietly(command):
     assert p.stderr == "" and p.returncode == 141, (p.returncode, p.stderr)
 
 
+@pytest.mark.parametrize("command", ["schema", "info", "--help"])
+def test_output_onto_a_full_disk_or_a_closed_stdout(command):
+    """``fem-mfc schema > /dev/full`` ended in a traceback (the disk-full handler asked for
+    the config of a command that has none); ``fem-mfc schema >&-`` in one about
+    ``sys.stdout.flush``.  Now one line, exit 2, and a quiet exit 0."""
+    import subprocess
+    import sys
+
+    from helpers import env
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-m", "fem_mfc", command], stdout=full,
+                           stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO, timeout=120)
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert lines == ["fem-mfc: error: standard output: cannot write (No space left on "
+                     "device)"], p.stderr
+    p = subprocess.run([sys.executable, "-c", "import os, runpy, sys; os.close(1); "
+                        "sys.stdout = None; sys.argv = ['fem_mfc', sys.argv[1]]; "
+                        "runpy.run_module('fem_mfc', run_name='__main__')", command],
+                       stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO, timeout=120)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+
+
 def test_info_prints_versions():
     p = run_cli(["info"])
     assert p.returncode == 0, p.stderr
