@@ -4,7 +4,8 @@ Exit status: 0 success; 2 bad input (a bad config, a missing or unreadable file,
 would not fit in memory, a PETSc error from an option, a full disk: one line naming the key,
 file or folder and what was expected, no traceback, earlier results untouched); 3 the run
 finished but its solve did not meet its tolerance or its checks (results written,
-summary.json flagged ``"converged": false``); 130/143/129 interrupted (SIGINT/TERM/HUP).
+summary.json flagged ``"converged": false``); 130/143/129 interrupted (SIGINT/TERM/HUP);
+141 standard output's reader went away (``fem-mfc schema | head``).
 
 Under an MPI launcher (``mpirun -n N python3 -m fem_mfc ...``) every rank exits: a user error
 raised on every rank is printed once (rank 0) and every rank exits 2 through MPI_Finalize; one
