@@ -1022,6 +1022,8 @@ def load(path: str | Path) -> dict:
     p = Path(path)
     if p.is_dir():
         raise UserError(f"{path}: is a folder (expected a TOML config file)")
+    if p.exists() and not p.is_file():
+        raise UserError(f"{path}: not a regular file (expected a TOML config file)")
     if not p.is_file():
         raise UserError(f"{path}: config file not found (expected a TOML file)")
     try:

@@ -83,8 +83,11 @@ def test_bom_and_empty_config_on_every_rank(tmp_path_factory):
     assert comm.allgather(refused) == [True] * comm.size
 
 
-def test_a_folder_given_as_the_config_is_named_a_folder(tmp_path):
-    """``fem-mfc run results/`` said "config file not found" of a folder that was there."""
+def test_a_folder_or_device_given_as_the_config_is_named_so(tmp_path):
+    """``fem-mfc run results/`` (or /dev/null) said "config file not found" of a path that was
+    there."""
     with pytest.raises(UserError, match="is a folder") as e:
         config.load(tmp_path)
     assert "not found" not in str(e.value) and str(tmp_path) in str(e.value)
+    with pytest.raises(UserError, match="/dev/null: not a regular file"):
+        config.load("/dev/null")
