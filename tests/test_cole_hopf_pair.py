@@ -178,3 +178,7 @@ def test_cole_hopf_runs_check_mass_and_record_the_pair_identity(tmp_path):
     assert pair["value_identity"]["applies"] is False and pair["value_identity"]["ok"]
     assert pair["value_identity"]["value"] > 1e-3          # a discretisation error, recorded
     assert pair["mass"]["value"] < 1e-8
+    # the pair's Newton steps are in its run.log, as hjb-fp's (it had "solving" and "done")
+    log = (tmp_path / "pair" / "run.log").read_text()
+    assert log.count(" newton ") == out["pair"]["iterations"] + 1, log
+    assert f"cole-hopf-pair: converged after {out['pair']['iterations']} iterations" in log

@@ -84,7 +84,7 @@ def _solve(problem, method, rtol, atol, max_it, picard_max_it, relaxation, petsc
     if problem.G is not None:
         from .cole_hopf_pair import solve_pair
         return solve_pair(problem, rtol=rtol, atol=atol, max_it=max_it,
-                          petsc_options=petsc_options)
+                          petsc_options=petsc_options, log=newton_kw.get("log"))
     r = cole_hopf_solve(problem)
     if method == "auto" and not (r.identity_gap <= COLE_HOPF_IDENTITY_RTOL
                                  and r.mass_error <= COLE_HOPF_IDENTITY_RTOL):

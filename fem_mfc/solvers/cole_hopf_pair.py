@@ -122,11 +122,12 @@ class PairResult(Result):
 
 
 def solve_pair(problem, rtol=1e-10, atol=1e-12, max_it=50, petsc_options=None,
-               prefix="chp_") -> PairResult:
-    """Solve the (cubic) pair all-at-once by Newton (G = 0: two Newton steps)."""
+               prefix="chp_", log=None) -> PairResult:
+    """Solve the (cubic) pair all-at-once by Newton (G = 0: two Newton steps); ``log``: the
+    Newton steps and continuation stages, as in :func:`~.newton.newton`."""
     st = PairSystem(problem)
     res = newton(problem, rtol=rtol, atol=atol, max_it=max_it, prefix=prefix,
-                 petsc_options=petsc_options, system=st).check()
+                 petsc_options=petsc_options, system=st, log=log).check()
     st.rho[0].interpolate(dolfinx.fem.Expression(problem.rho0 / st.u[0],
                                                  problem.space.element.interpolation_points()))
     low = st.min_of(st.u[1:] + [st.u_data] + st.rho[1:])
