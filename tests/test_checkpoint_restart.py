@@ -434,3 +434,48 @@ def _config_file(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text(CONFIG.format(G="rho**2/2"))
     return f
+
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused_before_adios2_writes(tmp_path,
+                                                                        monkeypatch):
+    """Free space is checked against the checkpoint's size before ADIOS2 writes (a full
+    disk inside ADIOS2 aborted the process, exit 134): less free than needed is the
+    DiskFullError of every other output, and no ``.tmp-PID`` folder is left; the estimate
+    covers what a checkpoint takes, the first (from the arrays) and the later ones (from the
+    checkpoint before)."""
+    from fem_mfc import checkpoint, config
+    from fem_mfc.errors import DiskFullError
+    from fem_mfc.pipeline import run_config
+    cfg = config.load(_config_file(tmp_path))
+    cfg["solver"]["max_it"] = 2                 # stops (flagged), keeps its checkpoint
+    cfg["solver"]["continuation"] = False
+    sizes = []
+    real = checkpoint._needed
+
+    def needed(folder, data, nodal):
+        sizes.append(real(folder, data, nodal))
+        return sizes[-1]
+    monkeypatch.setattr(checkpoint, "_needed", needed)
+    first = []
+    real_replace = checkpoint._replace
+
+    def replace(tmp, folder):
+        if not first:
+            first.append(_du(tmp))
+        return real_replace(tmp, folder)
+    monkeypatch.setattr(checkpoint, "_replace", replace)
+    s = run_config(cfg, tmp_path / "a", quiet=True)
+    assert s["converged"] is False and len(sizes) == 2, sizes
+    assert sizes[0] >= first[0] and sizes[-1] >= _du(tmp_path / "a.checkpoint"), (sizes, first)
+    monkeypatch.setattr(checkpoint, "_free_bytes", lambda path: sizes[0] - 1)
+    with pytest.raises(DiskFullError) as e:
+        run_config(cfg, tmp_path / "b", quiet=True)
+    assert str(e.value).startswith(f"{tmp_path / 'b.checkpoint'}: no space left on device")
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("b.")]
+
+
+def _du(folder) -> int:
+    """Bytes in the files under ``folder``."""
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)
+
