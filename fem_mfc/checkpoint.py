@@ -198,7 +198,8 @@ def _commit(folder: Path, comm, mesh, tags: dict, arrays, info: dict):
 def _replace(tmp: Path, folder: Path):
     """``tmp`` becomes ``folder`` in one step (``renameat2(RENAME_EXCHANGE)``, then the
     earlier checkpoint is deleted): a kill between the two renames of the fallback (file
-    systems that cannot exchange) leaves ``FOLDER.old-PID``."""
+    systems that cannot exchange) leaves ``FOLDER.old-PID``, which :func:`remove_stale` puts
+    back."""
     if folder.exists():
         if _exchange(tmp, folder):
             shutil.rmtree(tmp, ignore_errors=True)          # now the earlier checkpoint
@@ -649,6 +650,43 @@ def _leftovers(folder: Path) -> list:
     return out
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                 # EPERM: someone else's, alive
+        return True
+    return True
+
+
+def remove_stale(folder: Path, comm=MPI.COMM_WORLD, log=None):
+    """At the start of a run or restart (its output folder locked): delete the temporary and
+    replaced copies beside checkpoint folder ``folder`` whose process no longer exists — a run
+    killed, or ended by a full disk, while it wrote a checkpoint.  They were deleted only when
+    a later run into the folder converged, and a run that could not finish for want of space
+    left one every time.  Where ``folder`` itself is missing (killed between the two renames of
+    :func:`_replace`'s fallback), the complete copy is put back instead: the new one (its
+    ``meta.json`` is written last), else the replaced one."""
+    if comm.rank == 0:
+        folder = Path(folder)
+        dead = [(p, pid) for p, pid in _leftovers(folder) if not _alive(pid)]
+        if not folder.exists():
+            whole = ([p for p, _ in dead if ".tmp-" in p.name and (p / META).is_file()]
+                     + [p for p, _ in dead if ".old-" in p.name and (p / META).is_file()])
+            if whole:
+                with contextlib.suppress(OSError):
+                    os.rename(whole[0], folder)
+                    if log is not None:
+                        log.info("checkpoint %s restored from %s", folder, whole[0].name)
+        for p, _ in dead:
+            if p.exists():
+                shutil.rmtree(p, ignore_errors=True)
+                if log is not None:
+                    log.info("deleted %s (a checkpoint write of a process that ended)", p)
+    comm.barrier()
+
+
 def remove_when_committed(folder: Path, ctx):
     """Delete a finished run's checkpoint once its results are in place (``ctx.commit``), not
     when its solve ends: a run killed while it wrote its outputs (figures, series: 10 s after
@@ -752,7 +790,7 @@ def training_checkpoints(cfg: dict, ctx, model, meta):
 
 __all__ = ["StepWriter", "TrainingState", "TrainingWriter", "Writer", "config_hash",
            "folder_for", "resolve", "read_meta", "read_mesh", "mesh_data", "load_states",
-           "load_training", "load_stepping", "remove", "restart_mesh",
+           "load_training", "load_stepping", "remove", "remove_stale", "restart_mesh",
            "newton_checkpoints",
            "training_checkpoints", "stepping_checkpoints", "restarted_from",
            "snapshot_fields"]

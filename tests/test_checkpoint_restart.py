@@ -479,3 +479,43 @@ def _du(folder) -> int:
     """Bytes in the files under ``folder``."""
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)
 
+
+def test_stale_checkpoint_writes_are_deleted_when_a_run_starts(tmp_path):
+    """A run killed or ended by a full disk while it wrote a checkpoint leaves
+    ``OUT.checkpoint.tmp-PID``; they were deleted only when a later run converged, and a run
+    that could not finish left one every time.  A run into OUT (or a restart) now deletes
+    those of processes that no longer exist at its start, and nothing else: not a live
+    process's, not a name of another form, not another folder's."""
+    import subprocess
+
+    from fem_mfc import checkpoint, config
+    from fem_mfc.pipeline import run_config
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = os.getpid()
+    names = [f"o.checkpoint.tmp-{dead.pid}", f"o.checkpoint.old-{dead.pid}",
+             f"o.checkpoint.tmp-{alive}", "o.checkpoint.tmp-x1", f"p.checkpoint.tmp-{dead.pid}"]
+    for n in names:
+        (tmp_path / n).mkdir()
+        (tmp_path / n / "nodal.npz").write_bytes(b"0" * 1000)
+    raw = {"run": {"formulation": "hjb-fp"},
+           "mesh": {"kind": "interval", "cells": 8, "lower": [-2.0], "upper": [2.0]},
+           "problem": {"T": 0.5, "sigma": 0.6, "steps": 4, "Phi": "x0**2/2",
+                       "G": "rho**2/2"},
+           "solver": {"method": "newton"},
+           "output": {"figures": False, "vtx": False, "progress": False}}
+    s = run_config(config.from_dict(raw), tmp_path / "o", quiet=True)
+    assert s["converged"] is True
+    left = sorted(p for p in os.listdir(tmp_path) if ".checkpoint" in p)
+    assert left == sorted(names[2:]), left
+    assert "a checkpoint write of a process that ended" in (tmp_path / "o" / "run.log").read_text()
+    # killed between the two renames of a write (no RENAME_EXCHANGE): the checkpoint is missing,
+    # its new copy complete (meta.json is written last) -- put back, not deleted
+    ck = tmp_path / "q.checkpoint"
+    for kind, tag in ((".tmp-", "new"), (".old-", "old")):
+        d = tmp_path / f"q.checkpoint{kind}{dead.pid}"
+        d.mkdir()
+        (d / checkpoint.META).write_text(json.dumps({"tag": tag}))
+    checkpoint.remove_stale(ck)
+    assert json.loads((ck / checkpoint.META).read_text()) == {"tag": "new"}
+    assert sorted(p for p in os.listdir(tmp_path) if p.startswith("q.")) == ["q.checkpoint"]
