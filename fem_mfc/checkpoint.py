@@ -102,6 +102,7 @@ class Writer:
         self.folder, self.st, self.every = Path(folder), st, int(every)
         self.hash = config_hash(cfg)
         self.written = 0
+        self.legs = 1                 # the runs that continued each other's checkpoints
 
     def due(self, iteration: int) -> bool:
         return self.every > 0 and iteration > 0 and iteration % self.every == 0
@@ -114,7 +115,8 @@ class Writer:
         _commit(self.folder, st.comm, st.problem.mesh, tags,
                 lambda: _gather_nodal(st.comm, st.V, _states(st)),
                 {"config_hash": self.hash, "steps": st.N,
-                 "ndofs": st.V.dofmap.index_map.size_global, **meta, "tags": list(tags)})
+                 "ndofs": st.V.dofmap.index_map.size_global, "legs": self.legs, **meta,
+                 "tags": list(tags)})
         self.written += 1
         _test_pause(st.comm, self.written, meta.get("phase", ""))
 
@@ -720,12 +722,17 @@ def restart_mesh(cfg: dict, ctx, md=None):
 
 
 def restarted_from(resume: dict | None) -> dict | None:
-    """The summary's record of a Newton restart (its ``iterations`` count from there on): the
-    checkpoint's phase, iteration and continuation parameter; None without a restart."""
+    """The summary's record of a Newton restart: the checkpoint's phase, ``iteration`` (the
+    Newton iterations of its attempt from the attempt's start, across earlier restarts),
+    ``iterations_run`` (every Newton iteration of the run before it) and continuation
+    parameter, and ``leg``, this run's place in the chain of restarts (2: the first restart;
+    a checkpoint older than the count counts as one leg); None without a restart."""
     if resume is None:
         return None
-    return {k: resume.get(k) for k in ("phase", "iteration", "lambda")
-            if resume.get(k) is not None}
+    out = {k: resume.get(k) for k in ("phase", "iteration", "iterations_run", "lambda")
+           if resume.get(k) is not None}
+    out["leg"] = int(resume.get("legs", 1)) + 1
+    return out
 
 
 @contextlib.contextmanager
@@ -747,6 +754,8 @@ def newton_checkpoints(cfg: dict, ctx, problem, resume, newton: bool, make=None)
         if every:
             writer = Writer(folder_for(ctx.outdir), system, cfg, every)
             writer.converged = False
+            if resume is not None:
+                writer.legs = int(resume.get("legs", 1)) + 1
     yield system, writer
     if writer is not None and writer.converged and _obsolete(writer, ctx):
         remove_when_committed(writer.folder, ctx)        # the run is complete

@@ -94,12 +94,14 @@ def kill_marked(marker: str):
         time.sleep(0.1)
 
 
-def killed_after_checkpoint(cfg, out, ranks, count, phase=""):
-    """Start the run, SIGKILL its whole process group after its checkpoint ``count`` (of
-    ``phase`` only, if given)."""
+def killed_after_checkpoint(cfg, out, ranks, count, phase="", restart=None):
+    """Start the run (from checkpoint ``restart``, if given), SIGKILL its whole process group
+    after its checkpoint ``count`` (of ``phase`` only, if given)."""
     env = dict(_env(), FEM_MFC_TEST_CHECKPOINT_PAUSE="60" + (":" + phase if phase else ""),
                FEM_MFC_TEST_CHECKPOINT_AT=str(count))
     cmd = [sys.executable, "-m", "fem_mfc", "run", str(cfg), "--out", str(out), "--quiet"]
+    if restart is not None:
+        cmd += ["--restart", str(restart)]
     if ranks > 1:
         cmd = ["mpirun", "-n", str(ranks)] + cmd
     p = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
@@ -127,8 +129,9 @@ def killed_and_restarted(cfg, tmp_path, writer_ranks=1, reader_ranks=2, full=Non
     """(uninterrupted summary, restarted summary): the run of config file ``cfg`` once
     through (unless its summary ``full`` is given), and killed after its second checkpoint on
     ``writer_ranks`` ranks (the checkpoint says so) then restarted on ``reader_ranks``; asserts
-    both succeeded, the restart started from the checkpoint, took fewer Newton iterations,
-    reached the same J (1e-9) and removed the checkpoint."""
+    both succeeded, the restart started from the checkpoint, took fewer Newton iterations
+    than the whole run, counted with the two before them as many as it, reached the same J
+    (1e-9) and removed the checkpoint."""
     if full is None:
         p = run_cli(["run", str(cfg), "--out", str(tmp_path / "full"), "--quiet"])
         assert p.returncode == 0, p.stderr
@@ -141,8 +144,9 @@ def killed_and_restarted(cfg, tmp_path, writer_ranks=1, reader_ranks=2, full=Non
     assert p.returncode == 0, p.stderr
     s = read_summary(tmp_path / "cut")
     assert s["history"][0]["guess"].startswith("restart")
-    assert s["restarted_from"]["iteration"] == 2                # "iterations" count after it
-    assert s["iterations"] < full["iterations"]
+    assert s["restarted_from"]["iteration"] == 2 and s["restarted_from"]["leg"] == 2
+    assert len(s["history"]) - 1 < full["iterations"]          # this leg's Newton steps
+    assert s["iterations"] == 2 + len(s["history"]) - 1 == full["iterations"]   # the run's
     assert abs(s["J"] - full["J"]) <= 1e-9 * abs(full["J"])
     assert not ck.exists()
     return full, s
@@ -171,6 +175,36 @@ def test_killed_run_restarts_to_the_same_solution(tmp_path, uninterrupted, write
 
 
 @pytest.mark.slow
+def test_chained_restarts_count_the_whole_run(tmp_path, uninterrupted):
+    """Killed after its second checkpoint, restarted, the restart killed after its second,
+    restarted again: summary.json counts the whole run — ``iterations`` (Newton, from the
+    start of the final attempt) and the Krylov ``ksp_its_total`` equal the uninterrupted
+    run's (they counted the last leg only: 2 of 5), ``restarted_from`` says leg 3 from
+    iteration 4.  The inexact-Newton (Eisenstat–Walker) state is checkpointed too: the
+    restart solves its first step to the uninterrupted run's Krylov tolerance (it was reset
+    to 0.03 instead of 2.2e-5, costing a Newton step: 6 in all)."""
+    cfg, full = uninterrupted
+    out = tmp_path / "cut"
+    ck = killed_after_checkpoint(cfg, out, 1, 2)
+    ck = killed_after_checkpoint(cfg, out, 1, 2, restart=ck)
+    meta = json.loads((ck / "meta.json").read_text())
+    assert (meta["iteration"], meta["iterations_run"], meta["legs"]) == (4, 4, 2), meta
+    assert meta["ksp_its"] == sum(h["ksp_its"] for h in full["history"][:4])
+    p = run_cli(["run", str(cfg), "--out", str(out), "--quiet", "--restart", str(ck)])
+    assert p.returncode == 0, p.stderr
+    s = read_summary(out)
+    assert s["restarted_from"] == {"phase": "newton", "iteration": 4, "iterations_run": 4,
+                                   "lambda": 1.0, "leg": 3}
+    assert full["iterations"] > 4 and s["iterations"] == full["iterations"]
+    assert len(s["history"]) == full["iterations"] - 4 + 1        # this leg's own record
+    assert s["history"][-1]["ksp_its_total"] == full["history"][-1]["ksp_its_total"]
+    assert s["history"][0]["ksp_rtol"] == pytest.approx(full["history"][4]["ksp_rtol"],
+                                                        rel=1e-6)
+    assert abs(s["J"] - full["J"]) <= 1e-9 * abs(full["J"])
+    assert not ck.exists()
+
+
+@pytest.mark.slow
 def test_checkpoint_survives_until_the_results_are_in_place(tmp_path, uninterrupted):
     """Killed after the solve, while it writes its outputs (paused at the start of the
     commit): the checkpoint is still there (it was removed when the solve ended, so the
@@ -196,7 +230,8 @@ def test_checkpoint_survives_until_the_results_are_in_place(tmp_path, uninterrup
     r = run_cli(["run", str(cfg), "--out", str(out), "--quiet", "--restart", str(ck)])
     assert r.returncode == 0, r.stderr
     s = read_summary(out)
-    assert s["iterations"] == 0 and abs(s["J"] - full["J"]) <= 1e-12 * abs(full["J"])
+    assert s["iterations"] == full["iterations"] and len(s["history"]) == 1     # no step
+    assert abs(s["J"] - full["J"]) <= 1e-12 * abs(full["J"])
     assert not ck.exists()                     # removed once this run's results are in place
 
 
@@ -221,6 +256,12 @@ def test_restart_resumes_a_continuation(tmp_path):
     assert s["continuation"][0]["stage"] == "restart"
     assert s["continuation"][1]["lambda"] == cut["lambda"]
     assert abs(s["J"] - full["J"]) <= 1e-9 * abs(full["J"])
+    # every Newton iteration of the run: the killed leg's (13) and this one's, whose first
+    # stage continues the checkpointed one (its count starts at the stage's iterations)
+    assert cut["iterations_run"] > cut["iteration"] > 0
+    assert s["iterations_total"] == cut["iterations_run"] - cut["iteration"] + sum(
+        st["iterations"] for st in s["continuation"])
+    assert s["continuation"][1]["iterations"] >= cut["iteration"]
 
 
 def test_checkpoint_of_another_problem_is_refused(tmp_path):
