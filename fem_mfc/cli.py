@@ -271,6 +271,9 @@ def cmd_refine(args, petsc_tokens) -> int:
                               petsc_options=opts, config_path=args.config, force=args.force,
                               resume=args.resume)
     _report_unused(opts)
+    if result.get("moved_aside"):
+        warning(f"{out}: moved {', '.join(result['moved_aside'])} of an earlier study with "
+                f"more levels aside (as {result['moved_aside'][0]}.previous, …)")
     if result.get("warning"):
         warning(result["warning"])
     bad = [r for r in result["levels"] if not r.get("converged", True)]
