@@ -159,9 +159,11 @@ def _commit(folder: Path, comm, mesh, tags: dict, arrays, info: dict):
         if comm.rank == 0:
             try:
                 action()
-            except Exception as e:      # OSError, ADIOS2's RuntimeError
+            except Exception as e:
                 _leak(e)                # its traceback holds a failed ADIOS2 engine, if any
                 shutil.rmtree(tmp, ignore_errors=True)
+                if not isinstance(e, (OSError, RuntimeError)):     # (ADIOS2's errors are
+                    raise                  # RuntimeErrors) a bug: MPI_Abort, see fem_mfc.cli
                 full = is_disk_full(e) or _no_space_left(folder.parent)
                 why = (e.strerror if isinstance(e, OSError) and e.strerror
                        else (str(e).strip().splitlines() or [type(e).__name__])[0][:200])
@@ -635,8 +637,9 @@ def remove(folder: Path, comm=MPI.COMM_WORLD):
     if comm.rank == 0:
         folder = Path(folder)
         shutil.rmtree(folder, ignore_errors=True)
-        for stale, _ in _leftovers(folder):
-            shutil.rmtree(stale, ignore_errors=True)
+        for stale, pid in _leftovers(folder):        # this process's, or a dead one's (not
+            if pid == os.getpid() or not _alive(pid):   # a run that took the folder since)
+                shutil.rmtree(stale, ignore_errors=True)
     comm.barrier()
 
 

@@ -533,7 +533,7 @@ def test_stale_checkpoint_writes_are_deleted_when_a_run_starts(tmp_path):
     from fem_mfc.pipeline import run_config
     dead = subprocess.Popen(["true"])
     dead.wait()
-    alive = os.getpid()
+    alive = os.getppid()                    # another process, alive
     names = [f"o.checkpoint.tmp-{dead.pid}", f"o.checkpoint.old-{dead.pid}",
              f"o.checkpoint.tmp-{alive}", "o.checkpoint.tmp-x1", f"p.checkpoint.tmp-{dead.pid}"]
     for n in names:
@@ -550,6 +550,11 @@ def test_stale_checkpoint_writes_are_deleted_when_a_run_starts(tmp_path):
     left = sorted(p for p in os.listdir(tmp_path) if ".checkpoint" in p)
     assert left == sorted(names[2:]), left
     assert "a checkpoint write of a process that ended" in (tmp_path / "o" / "run.log").read_text()
+    # a finished run's checkpoint goes with this process's copies, not a live one's
+    (tmp_path / f"o.checkpoint.tmp-{os.getpid()}").mkdir()
+    checkpoint.remove(tmp_path / "o.checkpoint")
+    left = sorted(p for p in os.listdir(tmp_path) if ".checkpoint" in p)
+    assert left == sorted(names[2:]), left
     # killed between the two renames of a write (no RENAME_EXCHANGE): the checkpoint is missing,
     # its new copy complete (meta.json is written last) -- put back, not deleted
     ck = tmp_path / "q.checkpoint"
