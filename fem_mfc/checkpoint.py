@@ -96,7 +96,10 @@ def resolve(path) -> Path:
 
 
 class Writer:
-    """Writes checkpoints of the space-time system ``st`` into ``folder`` (atomically)."""
+    """Writes checkpoints of the space-time system ``st`` into ``folder`` (atomically).  A
+    writer with ``every = 0`` is never :meth:`due`: a restart whose config has no
+    ``checkpoint_every`` gets one, so that the checkpoint it read is removed once the run is
+    complete (it stayed)."""
 
     def __init__(self, folder: Path, st, cfg: dict, every: int):
         self.folder, self.st, self.every = Path(folder), st, int(every)
@@ -754,8 +757,8 @@ def newton_checkpoints(cfg: dict, ctx, problem, resume, newton: bool, make=None)
             load_states(ctx.restart, system)
             ctx.log.info("restarting from %s (iteration %s, lambda %s)", ctx.restart,
                          resume.get("iteration"), resume.get("lambda"))
-        if every:
-            writer = Writer(folder_for(ctx.outdir), system, cfg, every)
+        if every or resume is not None:     # (every = 0: writes nothing, removes the
+            writer = Writer(folder_for(ctx.outdir), system, cfg, every)    # one it read)
             writer.converged = False
             if resume is not None:
                 writer.legs = int(resume.get("legs", 1)) + 1
@@ -770,7 +773,8 @@ def stepping_checkpoints(cfg: dict, ctx, mesh, resume):
     off); ``resume``: the restart's meta data (:func:`restart_mesh`), or None.  The checkpoint
     is removed when the run has taken its last step (the caller sets ``writer.done``)."""
     every = cfg["output"]["checkpoint_every"]
-    writer = StepWriter(folder_for(ctx.outdir), mesh, cfg, every) if every else None
+    writer = (StepWriter(folder_for(ctx.outdir), mesh, cfg, every)    # every = 0 on a
+              if every or resume is not None else None)             # restart: see Writer
     if resume is not None:
         if resume.get("phase") != "stepping":
             load_stepping(ctx.restart, resume, {})           # refused with one line
@@ -794,7 +798,8 @@ def training_checkpoints(cfg: dict, ctx, model, meta):
         ctx.log.info("restarting the training from %s (outer iteration %d)", ctx.restart,
                      resume.iteration)
     every = cfg["output"]["checkpoint_every"]
-    writer = TrainingWriter(folder_for(ctx.outdir), model, cfg, every) if every else None
+    writer = (TrainingWriter(folder_for(ctx.outdir), model, cfg, every)   # every = 0 on a
+              if every or meta is not None else None)                   # restart: see Writer
     yield writer, resume
     if writer is not None and model.converged and _obsolete(writer, ctx):
         remove_when_committed(writer.folder, ctx)        # the training is complete

@@ -565,3 +565,22 @@ def test_stale_checkpoint_writes_are_deleted_when_a_run_starts(tmp_path):
     checkpoint.remove_stale(ck)
     assert json.loads((ck / checkpoint.META).read_text()) == {"tag": "new"}
     assert sorted(p for p in os.listdir(tmp_path) if p.startswith("q.")) == ["q.checkpoint"]
+
+
+def test_a_restart_without_checkpoint_every_removes_the_checkpoint_it_read(tmp_path):
+    """``checkpoint_every`` is not part of the problem: a restart may turn it off.  The
+    checkpoint it read stayed beside the finished run (a later ``refine --resume`` would
+    restart that level from it); now it goes once the results are in place."""
+    from fem_mfc import config
+    from fem_mfc.pipeline import run_config
+    cfg = config.load(_config_file(tmp_path))
+    cfg["solver"]["max_it"] = 2                 # stops (flagged), keeps its checkpoint
+    cfg["solver"]["continuation"] = False
+    assert run_config(cfg, tmp_path / "o", quiet=True)["converged"] is False
+    ck = tmp_path / "o.checkpoint"
+    assert ck.is_dir()
+    cfg["solver"]["max_it"] = 50
+    cfg["output"]["checkpoint_every"] = 0
+    s = run_config(cfg, tmp_path / "o", quiet=True, restart=ck)
+    assert s["converged"] is True and s["restarted_from"]["iteration"] == 2
+    assert not ck.exists()

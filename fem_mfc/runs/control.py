@@ -83,7 +83,7 @@ def solve_config(cfg: dict, ctx, md=None):
         result.restarted_from = restarted_from(resume)
         if writer is not None:
             writer.converged = result.converged
-            if not writer.written and result.method == "cole-hopf":
+            if writer.every and not writer.written and result.method == "cole-hopf":
                 from ..errors import warning
                 warning("output.checkpoint_every: solver.method = 'auto' solved this problem "
                         "by Cole-Hopf (two linear sweeps, nothing to restart); no checkpoint "
