@@ -304,6 +304,8 @@ def _free_bytes(path: Path) -> int | None:
         st = os.statvfs(path)
     except OSError:
         return None
+    if st.f_blocks == 0:          # a file system that reports no sizes (some FUSE ones)
+        return None
     return st.f_bavail * st.f_frsize
 
 

@@ -516,6 +516,21 @@ def test_a_checkpoint_that_does_not_fit_is_refused_before_adios2_writes(tmp_path
     assert not [p for p in os.listdir(tmp_path) if p.startswith("b.")]
 
 
+def test_free_space_of_a_file_system_without_sizes_is_unknown(tmp_path, monkeypatch):
+    """A file system that reports no sizes (f_blocks = 0, as some FUSE ones) must not refuse
+    every checkpoint as not fitting: its free space is unknown, the write goes ahead."""
+    from types import SimpleNamespace
+
+    from fem_mfc import checkpoint
+    assert checkpoint._free_bytes(tmp_path) > 0
+    monkeypatch.setattr(checkpoint.os, "statvfs", lambda p: SimpleNamespace(
+        f_blocks=0, f_bavail=0, f_frsize=4096))
+    assert checkpoint._free_bytes(tmp_path) is None
+    monkeypatch.setattr(checkpoint.os, "statvfs", lambda p: SimpleNamespace(
+        f_blocks=100, f_bavail=3, f_frsize=4096))
+    assert checkpoint._free_bytes(tmp_path) == 3 * 4096
+
+
 def _du(folder) -> int:
     """Bytes in the files under ``folder``."""
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)
