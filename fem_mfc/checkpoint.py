@@ -2,15 +2,17 @@
 
 With ``[output] checkpoint_every = k`` the Newton solve writes, every k Newton iterations and
 after every converged continuation stage, the full state — the mesh and its tags
-(adios4dolfinx, ``state.bp``), ρ¹..ρ^N and u⁰..u^{N−1} as their values at the nodes with the
-nodes' coordinates (``nodal.npz``, written by rank 0: a reader on any number of ranks finds its
-nodes by their coordinates, so a checkpoint written on N ranks is read on M; one adios4dolfinx
+(adios4dolfinx's format, ``state.bp``, gathered on and written by rank 0), ρ¹..ρ^N and
+u⁰..u^{N−1} as their values at the nodes with the nodes' coordinates (``nodal.npz``,
+written by rank 0: a reader on any number of ranks finds its nodes by their coordinates, so a
+checkpoint written on N ranks is read on M; one adios4dolfinx
 function per state stored a dofmap each, 127 MB against 13 MB of values at 16,641 dofs × 50
 steps) and ``meta.json`` (iteration, residual, the continuation parameter λ and noise start, a
 hash of the config sections that define the discrete problem) — into
 ``OUT.checkpoint/`` beside the output folder ``OUT``.  Each checkpoint is written into a
 temporary folder and renamed over the previous one, so a run killed at any moment leaves the
-last complete checkpoint.
+last complete checkpoint; a disk too full for it is a one-line error on every rank
+(:func:`_commit`).
 
 ``fem-mfc run CONFIG --restart DIR`` (DIR: the checkpoint folder, or the output folder whose
 ``DIR.checkpoint`` it is) builds the problem of CONFIG on the checkpoint's mesh, loads the
@@ -33,6 +35,7 @@ the checkpoint's time).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -45,7 +48,7 @@ from mpi4py import MPI
 import numpy as np
 
 from .errors import ConfigError, DiskFullError, UserError
-from .io import is_disk_full
+from .io import _exchange, _leak, _no_space_left, is_disk_full
 
 SECTIONS = ("run", "mesh", "problem", "rho0", "discretisation", "exact")
 STATE = "state.bp"
@@ -134,34 +137,31 @@ def resolve(path) -> Path:
 
 
 class Writer:
-    """Writes checkpoints of the space-time system ``st`` into ``folder`` (atomically)."""
+    """Writes checkpoints of the space-time system ``st`` into ``folder`` (atomically).  A
+    writer with ``every = 0`` is never :meth:`due`: a restart whose config has no
+    ``checkpoint_every`` gets one, so that the checkpoint it read is removed once the run is
+    complete (it stayed)."""
 
     def __init__(self, folder: Path, st, cfg: dict, every: int):
         self.folder, self.st, self.every = Path(folder), st, int(every)
         self.hash, self.sections = config_hash(cfg), problem_sections(cfg)
         self.written = 0
+        self.legs = 1                 # the runs that continued each other's checkpoints
 
     def due(self, iteration: int) -> bool:
         return self.every > 0 and iteration > 0 and iteration % self.every == 0
 
     def write(self, **meta):
         """The current states of the system, with ``meta`` (iteration, λ, …)."""
-        import adios4dolfinx
         st = self.st
-
-        def fill(bp):
-            mesh = st.problem.mesh
-            adios4dolfinx.write_mesh(bp, mesh)
-            tags = [name for name in TAGS if getattr(st.problem, name, None) is not None]
-            for name in tags:        # exits, walls, periodic sides and regions by their tags
-                t = getattr(st.problem, name)
-                mesh.topology.create_connectivity(t.dim, 0)
-                adios4dolfinx.write_meshtags(bp, mesh, t, meshtag_name=name)
-            return {"tags": tags, "arrays": _gather_nodal(st.comm, st.V, _states(st))}
-
-        _commit(self.folder, st.comm, fill, {"config_hash": self.hash, "steps": st.N,
-                                             "ndofs": st.V.dofmap.index_map.size_global,
-                                             "config": self.sections, **meta})
+        tags = {name: getattr(st.problem, name) for name in TAGS     # exits, walls, periodic
+                if getattr(st.problem, name, None) is not None}      # sides, regions
+        _commit(self.folder, st.comm, st.problem.mesh, tags,
+                lambda: _gather_nodal(st.comm, st.V, _states(st)),
+                {"config_hash": self.hash, "steps": st.N,
+                 "ndofs": st.V.dofmap.index_map.size_global, "legs": self.legs,
+                  "config": self.sections, **meta,
+                 "tags": list(tags)})
         self.written += 1
         _test_pause(st.comm, self.written, meta.get("phase", ""))
 
@@ -176,47 +176,179 @@ class CheckpointWriteError(UserError):
                          "or set [output] checkpoint_every = 0")
 
 
-def _commit(folder: Path, comm, fill, info: dict):
-    """Write a checkpoint atomically: ``fill(bp)`` writes the adios4dolfinx file ``bp``
-    (collectively) and returns more meta data; all of it goes into a temporary folder, which is
-    renamed over ``folder`` (a run killed at any moment leaves the last complete checkpoint)."""
+def _commit(folder: Path, comm, mesh, tags: dict, arrays, info: dict):
+    """Write a checkpoint atomically into a temporary folder ``FOLDER.tmp-PID`` beside
+    ``folder``, which then takes the place of ``folder`` (a run killed at any moment leaves
+    the last complete checkpoint): the mesh and its ``tags`` {name: MeshTags} (``state.bp``),
+    the nodal values ``arrays()`` returns ({name: array} on rank 0, collective; ``nodal.npz``)
+    and the meta data ``info`` (``meta.json``).
+
+    Everything is written by rank 0 alone: the mesh is gathered there and written by ADIOS2
+    on a communicator of its own.  A full disk is then one rank's Python exception, shared
+    with the others by a broadcast: a collective ADIOS2 write that failed on one rank left the
+    others waiting for ever, and a failed ADIOS2 engine aborts the process (exit 134) when it
+    is destroyed.  Before writing, rank 0 checks the free space against the checkpoint's size
+    (:func:`_needed`); a write that fails all the same (the disk filled meanwhile) leaks the
+    failed engine (:func:`fem_mfc.io._leak`) instead of destroying it.  Either is a
+    :class:`~fem_mfc.errors.DiskFullError` on every rank; the temporary folder is deleted."""
     tmp = comm.bcast(str(folder.with_name(folder.name + f".tmp-{os.getpid()}"))
                      if comm.rank == 0 else None, root=0)
     tmp = Path(tmp)
 
     def on_rank0(action):
-        """``action()`` on rank 0; an OSError there is every rank's CheckpointWriteError
-        (it was a solver failure on rank 0 — 'Device or resource busy' tried the whole
-        continuation and exited 3 — and would have left the other ranks in a barrier)."""
+        """``action()`` on rank 0; its failure is every rank's DiskFullError or
+        CheckpointWriteError (an OSError on rank 0 was a solver failure — 'Device or resource
+        busy' tried the whole continuation and exited 3 — and left the other ranks in a
+        barrier)."""
         err = None
         if comm.rank == 0:
             try:
                 action()
-            except OSError as e:
+            except Exception as e:
+                _leak(e)                # its traceback holds a failed ADIOS2 engine, if any
                 shutil.rmtree(tmp, ignore_errors=True)
-                err = (is_disk_full(e), e.strerror or str(e))
+                if not isinstance(e, (OSError, RuntimeError)):     # (ADIOS2's errors are
+                    raise                  # RuntimeErrors) a bug: MPI_Abort, see fem_mfc.cli
+                full = is_disk_full(e) or _no_space_left(folder.parent)
+                why = (e.strerror if isinstance(e, OSError) and e.strerror
+                       else (str(e).strip().splitlines() or [type(e).__name__])[0][:200])
+                err = (full, why)
         err = comm.bcast(err, root=0)
         if err is not None:
             full, reason = err
             raise (DiskFullError(folder, "a checkpoint") if full
                    else CheckpointWriteError(folder, reason))
 
-    on_rank0(lambda: (shutil.rmtree(tmp, ignore_errors=True), tmp.mkdir(parents=True)))
-    more = fill(tmp / STATE) or {}
-    comm.barrier()
+    for t in tags.values():
+        mesh.topology.create_connectivity(t.dim, 0)
+    data = _gather_mesh(comm, mesh, tags)
+    nodal = arrays() or {}
+
+    def begin():
+        shutil.rmtree(tmp, ignore_errors=True)
+        need = _needed(folder, data, nodal)
+        free = _free_bytes(folder.parent)
+        if free is not None and free < need:
+            raise OSError(errno.ENOSPC, f"No space left on device ({need / 2**20:.1f} MB "
+                          f"needed, {free / 2**20:.1f} MB free)", str(tmp))
+        tmp.mkdir(parents=True)
+        _write_state(tmp / STATE, data)
+    on_rank0(begin)
 
     def finish():
-        arrays = more.pop("arrays", None)
-        if arrays:
-            np.savez(tmp / ARRAYS, **arrays)
-        meta = {**info, **more, "ranks": comm.size, "state_files": _sizes(tmp / STATE)}
+        if nodal:
+            np.savez(tmp / ARRAYS, **nodal)
+        meta = {**info, "ranks": comm.size, "state_files": _sizes(tmp / STATE)}
         (tmp / META).write_text(json.dumps(meta, indent=1, default=_plain) + "\n")
+        _replace(tmp, folder)
+    on_rank0(finish)
+
+
+def _replace(tmp: Path, folder: Path):
+    """``tmp`` becomes ``folder`` in one step (``renameat2(RENAME_EXCHANGE)``, then the
+    earlier checkpoint is deleted): a kill between the two renames of the fallback (file
+    systems that cannot exchange) leaves ``FOLDER.old-PID``, which :func:`remove_stale` puts
+    back."""
+    if folder.exists():
+        if _exchange(tmp, folder):
+            shutil.rmtree(tmp, ignore_errors=True)          # now the earlier checkpoint
+            return
         old = folder.with_name(folder.name + f".old-{os.getpid()}")
-        if folder.exists():
-            os.replace(folder, old)
+        os.replace(folder, old)
         os.replace(tmp, folder)
         shutil.rmtree(old, ignore_errors=True)
-    on_rank0(finish)
+    else:
+        os.replace(tmp, folder)
+
+
+def _gather_mesh(comm, mesh, tags: dict) -> dict | None:
+    """The mesh's geometry (owned nodes, in their global order), its cells (global node
+    numbers) and the ``tags`` {name: MeshTags} (each entity by its global node numbers, as
+    adios4dolfinx writes them) gathered on rank 0, None elsewhere (collective)."""
+    import dolfinx
+    gmap, gdim = mesh.geometry.index_map(), mesh.geometry.dim
+    tdim = mesh.topology.dim
+    cells = mesh.topology.index_map(tdim).size_local
+    x = mesh.geometry.x[:gmap.size_local, :gdim].copy()
+    dofmap = mesh.geometry.dofmap[:cells, :]
+    topo = np.asarray(gmap.local_to_global(dofmap.reshape(-1)), dtype=np.int64).reshape(
+        dofmap.shape)
+    layout = mesh.geometry.cmap.create_dof_layout()
+    local_tags = {}
+    for name, t in tags.items():
+        owned = t.indices[t.indices < mesh.topology.index_map(t.dim).size_local]
+        e2g = dolfinx.cpp.mesh.entities_to_geometry(mesh._cpp_object, t.dim, owned, False)
+        nodes = np.asarray(gmap.local_to_global(e2g.reshape(-1)), dtype=np.int64).reshape(
+            len(owned), layout.num_entity_closure_dofs(t.dim))
+        local_tags[name] = (nodes, t.values[:len(owned)].copy(), t.dim)
+    parts = comm.gather((x, topo, local_tags), root=0)
+    if comm.rank != 0:
+        return None
+    return {"x": np.concatenate([p[0] for p in parts]),
+            "cells": np.concatenate([p[1] for p in parts]),
+            "cell_type": mesh.topology.cell_name(), "degree": mesh.geometry.cmap.degree,
+            "variant": int(mesh.geometry.cmap.variant),
+            "tags": {name: (np.concatenate([p[2][name][0] for p in parts]),
+                            np.concatenate([p[2][name][1] for p in parts]), t.dim)
+                     for name, t in tags.items()}}
+
+
+def _write_state(bp: Path, data: dict):
+    """Write the mesh and tags gathered by :func:`_gather_mesh` as adios4dolfinx does
+    (``read_mesh`` and ``read_meshtags`` read them on any number of ranks), by this rank
+    alone (rank 0)."""
+    from adios4dolfinx.adios2_helpers import ADIOSFile, adios2
+    from adios4dolfinx.structures import MeshData
+    from adios4dolfinx.writers import write_mesh
+    nx, nc = len(data["x"]), len(data["cells"])
+    write_mesh(bp, MPI.COMM_SELF, MeshData(
+        local_geometry=data["x"], local_geometry_pos=(0, nx), num_nodes_global=nx,
+        local_topology=data["cells"], local_topology_pos=(0, nc), num_cells_global=nc,
+        cell_type=data["cell_type"], degree=data["degree"], lagrange_variant=data["variant"],
+        store_partition=False, partition_processes=None, ownership_array=None,
+        ownership_offset=None, partition_range=None, partition_global=None))
+    for name, (nodes, values, dim) in data["tags"].items():
+        adios = adios2.ADIOS(MPI.COMM_SELF)
+        with ADIOSFile(adios=adios, filename=bp, mode=adios2.Mode.Append, engine="BP4",
+                       io_name="MeshTagWriter") as f:
+            f.file.BeginStep()
+            var = f.io.DefineVariable(name + "_topology", nodes, shape=list(nodes.shape),
+                                      start=[0, 0], count=list(nodes.shape))
+            f.file.Put(var, nodes, adios2.Mode.Sync)
+            var = f.io.DefineVariable(name + "_values", values, shape=[len(values)],
+                                      start=[0], count=[len(values)])
+            f.file.Put(var, values, adios2.Mode.Sync)
+            f.io.DefineAttribute(name + "_dim", np.array([dim], dtype=np.uint8))
+            f.file.PerformPuts()
+            f.file.EndStep()
+
+
+STATE_OVERHEAD = 1.1, 256 * 1024   # ADIOS2's file around the mesh's arrays: × 1.1 + 256 kB
+
+
+def _needed(folder: Path, data: dict, nodal: dict) -> int:
+    """The bytes a new checkpoint of ``folder`` will take: its arrays (``nodal.npz``) and the
+    mesh (``state.bp``: as large as the current checkpoint's, else its arrays with
+    :data:`STATE_OVERHEAD`)."""
+    arrays = sum(np.asarray(v).nbytes + 1024 for v in nodal.values())
+    try:
+        state = sum(json.loads((folder / META).read_text())["state_files"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raw = data["x"].nbytes + data["cells"].nbytes + sum(
+            a.nbytes + b.nbytes for a, b, _ in data["tags"].values())
+        state = raw
+    return int(arrays + STATE_OVERHEAD[0] * state + STATE_OVERHEAD[1])
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Bytes free for an unprivileged writer on the file system of ``path`` (None: unknown)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    if st.f_blocks == 0:          # a file system that reports no sizes (some FUSE ones)
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def _sizes(bp: Path) -> dict:
@@ -400,18 +532,15 @@ class TrainingWriter:
     def write(self, iteration: int, controls: dict, **meta):
         """The controls ``{name: control}`` (the iterate and the trainer's vectors) after outer
         iteration ``iteration``, with the trainer's ``meta`` (JSON: history, counts, …)."""
-        import adios4dolfinx
         model = self.model
 
-        def fill(bp):
-            adios4dolfinx.write_mesh(bp, model.mesh)
+        def arrays():
             if model.replicated_control:
-                return {"arrays": {k: np.asarray(c, dtype=float) for k, c in controls.items()}}
-            return {"arrays": _gather_rows(model.comm, model.control_nodes(),
-                                           {k: model.control_values(c)
-                                            for k, c in controls.items()})}
+                return {k: np.asarray(c, dtype=float) for k, c in controls.items()}
+            return _gather_rows(model.comm, model.control_nodes(),
+                                {k: model.control_values(c) for k, c in controls.items()})
 
-        _commit(self.folder, model.comm, fill,
+        _commit(self.folder, model.comm, model.mesh, {}, arrays,
                 {"config_hash": self.hash, "config": self.sections, "steps": model.N,
                  "phase": "training",
                  "iteration": int(iteration), "controls": list(controls),
@@ -464,21 +593,20 @@ class StepWriter:
 
     def write(self, step: int, fields: dict, **meta):
         """``fields`` {name: Function} after time step ``step``, with ``meta`` (JSON)."""
-        import adios4dolfinx
         comm = self.mesh.comm
+        groups = [names for _, names in _by_space(fields)]
 
-        def fill(bp):
-            adios4dolfinx.write_mesh(bp, self.mesh)
-            arrays, groups = {}, []
+        def arrays():
+            out = {}
             for g, (V, names) in enumerate(_by_space(fields)):
                 rows = _gather_nodal(comm, V, [fields[k] for k in names])
-                arrays.update({f"{key}{g}": v for key, v in rows.items()})
-                groups.append(names)
-            return {"arrays": arrays, "groups": groups}
+                out.update({f"{key}{g}": v for key, v in rows.items()})
+            return out
 
-        _commit(self.folder, comm, fill, {"config_hash": self.hash, "steps": self.steps,
-                                          "config": self.sections, "phase": "stepping",
-                                          "step": int(step), **meta})
+        _commit(self.folder, comm, self.mesh, {}, arrays,
+                {"config_hash": self.hash, "steps": self.steps, "config": self.sections,
+                 "phase": "stepping",
+                 "step": int(step), **meta, "groups": groups})
         self.written += 1
         _test_pause(comm, self.written, "stepping")
 
@@ -557,10 +685,58 @@ def remove(folder: Path, comm=MPI.COMM_WORLD):
     if comm.rank == 0:
         folder = Path(folder)
         shutil.rmtree(folder, ignore_errors=True)
-        for kind in (".old-", ".tmp-"):
-            for stale in folder.parent.glob(folder.name + kind + "*"):
-                if stale.name.rsplit("-", 1)[-1].isdigit():
-                    shutil.rmtree(stale, ignore_errors=True)
+        for stale, pid in _leftovers(folder):        # this process's, or a dead one's (not
+            if pid == os.getpid() or not _alive(pid):   # a run that took the folder since)
+                shutil.rmtree(stale, ignore_errors=True)
+    comm.barrier()
+
+
+def _leftovers(folder: Path) -> list:
+    """[(path, pid)] of the copies a checkpoint write leaves beside ``folder`` while it runs
+    (``FOLDER.tmp-PID``, ``FOLDER.old-PID``: only names of that form)."""
+    out = []
+    for kind in (".old-", ".tmp-"):
+        for p in folder.parent.glob(folder.name + kind + "*"):
+            pid = p.name[len(folder.name) + len(kind):]
+            if pid.isdigit() and p.is_dir() and not p.is_symlink():
+                out.append((p, int(pid)))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                 # EPERM: someone else's, alive
+        return True
+    return True
+
+
+def remove_stale(folder: Path, comm=MPI.COMM_WORLD, log=None):
+    """At the start of a run or restart (its output folder locked): delete the temporary and
+    replaced copies beside checkpoint folder ``folder`` whose process no longer exists — a run
+    killed, or ended by a full disk, while it wrote a checkpoint.  They were deleted only when
+    a later run into the folder converged, and a run that could not finish for want of space
+    left one every time.  Where ``folder`` itself is missing (killed between the two renames of
+    :func:`_replace`'s fallback), the complete copy is put back instead: the new one (its
+    ``meta.json`` is written last), else the replaced one."""
+    if comm.rank == 0:
+        folder = Path(folder)
+        dead = [(p, pid) for p, pid in _leftovers(folder) if not _alive(pid)]
+        if not folder.exists():
+            whole = ([p for p, _ in dead if ".tmp-" in p.name and (p / META).is_file()]
+                     + [p for p, _ in dead if ".old-" in p.name and (p / META).is_file()])
+            if whole:
+                with contextlib.suppress(OSError):
+                    os.rename(whole[0], folder)
+                    if log is not None:
+                        log.info("checkpoint %s restored from %s", folder, whole[0].name)
+        for p, _ in dead:
+            if p.exists():
+                shutil.rmtree(p, ignore_errors=True)
+                if log is not None:
+                    log.info("deleted %s (a checkpoint write of a process that ended)", p)
     comm.barrier()
 
 
@@ -597,12 +773,17 @@ def restart_mesh(cfg: dict, ctx, md=None):
 
 
 def restarted_from(resume: dict | None) -> dict | None:
-    """The summary's record of a Newton restart (its ``iterations`` count from there on): the
-    checkpoint's phase, iteration and continuation parameter; None without a restart."""
+    """The summary's record of a Newton restart: the checkpoint's phase, ``iteration`` (the
+    Newton iterations of its attempt from the attempt's start, across earlier restarts),
+    ``iterations_run`` (every Newton iteration of the run before it) and continuation
+    parameter, and ``leg``, this run's place in the chain of restarts (2: the first restart;
+    a checkpoint older than the count counts as one leg); None without a restart."""
     if resume is None:
         return None
-    return {k: resume.get(k) for k in ("phase", "iteration", "lambda")
-            if resume.get(k) is not None}
+    out = {k: resume.get(k) for k in ("phase", "iteration", "iterations_run", "lambda")
+           if resume.get(k) is not None}
+    out["leg"] = int(resume.get("legs", 1)) + 1
+    return out
 
 
 @contextlib.contextmanager
@@ -621,9 +802,11 @@ def newton_checkpoints(cfg: dict, ctx, problem, resume, newton: bool, make=None)
             load_states(ctx.restart, system)
             ctx.log.info("restarting from %s (iteration %s, lambda %s)", ctx.restart,
                          resume.get("iteration"), resume.get("lambda"))
-        if every:
-            writer = Writer(folder_for(ctx.outdir), system, cfg, every)
+        if every or resume is not None:     # (every = 0: writes nothing, removes the
+            writer = Writer(folder_for(ctx.outdir), system, cfg, every)    # one it read)
             writer.converged = False
+            if resume is not None:
+                writer.legs = int(resume.get("legs", 1)) + 1
     yield system, writer
     if writer is not None and writer.converged and _obsolete(writer, ctx):
         remove_when_committed(writer.folder, ctx)        # the run is complete
@@ -635,7 +818,8 @@ def stepping_checkpoints(cfg: dict, ctx, mesh, resume):
     off); ``resume``: the restart's meta data (:func:`restart_mesh`), or None.  The checkpoint
     is removed when the run has taken its last step (the caller sets ``writer.done``)."""
     every = cfg["output"]["checkpoint_every"]
-    writer = StepWriter(folder_for(ctx.outdir), mesh, cfg, every) if every else None
+    writer = (StepWriter(folder_for(ctx.outdir), mesh, cfg, every)    # every = 0 on a
+              if every or resume is not None else None)             # restart: see Writer
     if resume is not None:
         if resume.get("phase") != "stepping":
             load_stepping(ctx.restart, resume, {})           # refused with one line
@@ -659,7 +843,8 @@ def training_checkpoints(cfg: dict, ctx, model, meta):
         ctx.log.info("restarting the training from %s (outer iteration %d)", ctx.restart,
                      resume.iteration)
     every = cfg["output"]["checkpoint_every"]
-    writer = TrainingWriter(folder_for(ctx.outdir), model, cfg, every) if every else None
+    writer = (TrainingWriter(folder_for(ctx.outdir), model, cfg, every)   # every = 0 on a
+              if every or meta is not None else None)                   # restart: see Writer
     yield writer, resume
     if writer is not None and model.converged and _obsolete(writer, ctx):
         remove_when_committed(writer.folder, ctx)        # the training is complete
@@ -667,6 +852,6 @@ def training_checkpoints(cfg: dict, ctx, model, meta):
 
 __all__ = ["StepWriter", "TrainingState", "TrainingWriter", "Writer", "config_hash",
            "problem_sections", "folder_for", "resolve", "read_meta", "read_mesh", "mesh_data",
-           "load_states", "load_training", "load_stepping", "remove", "restart_mesh",
-           "newton_checkpoints", "training_checkpoints", "stepping_checkpoints",
+           "load_states", "load_training", "load_stepping", "remove", "remove_stale",
+           "restart_mesh", "newton_checkpoints", "training_checkpoints", "stepping_checkpoints",
            "restarted_from", "snapshot_fields"]

@@ -295,6 +295,9 @@ def cmd_refine(args, petsc_tokens) -> int:
         rates = "; ".join(f"{n} " + ", ".join("-" if r is None else f"{r:.2f}" for r in rs)
                           for n, rs in result["rates"].items())
         _say(f"observed orders: {rates}; convergence.json, .csv, .png in {out}")
+    if result.get("moved_aside"):
+        warning(f"{out}: moved {', '.join(result['moved_aside'])} of an earlier study with "
+                f"more levels aside (as {result['moved_aside'][0]}.previous, …)")
     if result.get("warning"):
         warning(result["warning"])
     bad = [r for r in result["levels"] if not r.get("converged", True)]

@@ -164,6 +164,9 @@ def run_config(cfg: dict, outdir, petsc_options: dict | None = None, config_path
         try:
             ctx.log.info("fem-mfc run: %s -> %s (%d ranks)", config_path, ctx.outdir,
                          comm.size)
+            from . import checkpoint
+            for ck in {checkpoint.folder_for(ctx.outdir), *([restart] if restart else [])}:
+                checkpoint.remove_stale(ck, comm, ctx.log)   # of killed runs (ours locked)
             result = runner(cfg, ctx)
             if ctx.animation:
                 result["animations"] = ctx.render_animations()

@@ -14,12 +14,21 @@ A study stopped part of the way (killed, or fewer ``--levels`` first) continues 
 ``resume``: a level whose folder holds a converged run of the same level config is reused, a
 level with a checkpoint beside its folder (``[output] checkpoint_every``) restarts from it,
 the others run; each row says which (``run``).
+
+A study with fewer levels than the one before it in the same folder (with or without
+``resume``) moves the folders of the levels it does not have aside as ``level_K.previous``
+once its own levels are done, as ``run`` keeps the run it replaces as ``DIR.previous``: the
+folder then holds one study, whose ``convergence.json`` lists ``moved_aside``.  Their
+checkpoints stay (a later ``resume`` with more levels restarts from them).
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
+import os
+import re
+import shutil
 from pathlib import Path
 
 from mpi4py import MPI
@@ -169,11 +178,48 @@ def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
     result = {"where": where, "config": str(config_path), "levels": rows,
               "rates": rates(rows, where)}
     result["warning"] = low_orders(result["rates"], where)
+    result["moved_aside"] = set_aside(outdir, levels, comm)
     if comm.rank == 0:            # convergence.json last: where it is, the study is whole
         write_text_atomic(outdir / "convergence.csv", csv_table(rows))
         _plot(rows, where, outdir / "convergence.png")
         write_json_atomic(outdir / "convergence.json", result)
     return result
+
+
+def set_aside(outdir: Path, levels: int, comm=MPI.COMM_WORLD) -> list[str]:
+    """Move the folders ``level_K`` (K ≥ ``levels``) of an earlier study with more levels to
+    ``level_K.previous`` (an older one is deleted); returns their names.  A level folder that
+    another run is writing (its lock is held) is refused with one line, nothing moved."""
+    from .io import _FolderLock
+    err, moved = None, []
+    if comm.rank == 0:
+        extra = sorted((e for e in os.listdir(outdir)
+                        if (m := re.fullmatch(r"level_(\d+)", e)) and int(m.group(1)) >= levels
+                        and (outdir / e).is_dir() and not (outdir / e).is_symlink()),
+                       key=lambda e: int(e.split("_")[1]))
+        for name in extra:
+            lock = _FolderLock(outdir / f".{name}.lock")
+            try:
+                holder = lock.acquire()
+                if holder is not None:
+                    err = (f"{outdir / name}: another run is writing this level of an earlier "
+                           f"study ({holder}); wait for it or choose another --out")
+                    break
+                previous = outdir / f"{name}.previous"
+                if previous.exists() or previous.is_symlink():
+                    shutil.rmtree(previous) if previous.is_dir() else previous.unlink()
+                os.rename(outdir / name, previous)
+                moved.append(name)
+            except OSError as e:
+                err = f"{outdir / name}: cannot move this level of an earlier study aside " \
+                      f"({e.strerror})"
+                break
+            finally:
+                lock.release()
+    err = comm.bcast(err, root=0)
+    if err:
+        raise UserError(err)
+    return comm.bcast(moved, root=0)
 
 
 def csv_table(rows: list) -> str:

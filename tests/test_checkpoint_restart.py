@@ -94,12 +94,14 @@ def kill_marked(marker: str):
         time.sleep(0.1)
 
 
-def killed_after_checkpoint(cfg, out, ranks, count, phase=""):
-    """Start the run, SIGKILL its whole process group after its checkpoint ``count`` (of
-    ``phase`` only, if given)."""
+def killed_after_checkpoint(cfg, out, ranks, count, phase="", restart=None):
+    """Start the run (from checkpoint ``restart``, if given), SIGKILL its whole process group
+    after its checkpoint ``count`` (of ``phase`` only, if given)."""
     env = dict(_env(), FEM_MFC_TEST_CHECKPOINT_PAUSE="60" + (":" + phase if phase else ""),
                FEM_MFC_TEST_CHECKPOINT_AT=str(count))
     cmd = [sys.executable, "-m", "fem_mfc", "run", str(cfg), "--out", str(out), "--quiet"]
+    if restart is not None:
+        cmd += ["--restart", str(restart)]
     if ranks > 1:
         cmd = ["mpirun", "-n", str(ranks)] + cmd
     p = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
@@ -127,8 +129,9 @@ def killed_and_restarted(cfg, tmp_path, writer_ranks=1, reader_ranks=2, full=Non
     """(uninterrupted summary, restarted summary): the run of config file ``cfg`` once
     through (unless its summary ``full`` is given), and killed after its second checkpoint on
     ``writer_ranks`` ranks (the checkpoint says so) then restarted on ``reader_ranks``; asserts
-    both succeeded, the restart started from the checkpoint, took fewer Newton iterations,
-    reached the same J (1e-9) and removed the checkpoint."""
+    both succeeded, the restart started from the checkpoint, took fewer Newton iterations
+    than the whole run, counted with the two before them as many as it, reached the same J
+    (1e-9) and removed the checkpoint."""
     if full is None:
         p = run_cli(["run", str(cfg), "--out", str(tmp_path / "full"), "--quiet"])
         assert p.returncode == 0, p.stderr
@@ -141,8 +144,9 @@ def killed_and_restarted(cfg, tmp_path, writer_ranks=1, reader_ranks=2, full=Non
     assert p.returncode == 0, p.stderr
     s = read_summary(tmp_path / "cut")
     assert s["history"][0]["guess"].startswith("restart")
-    assert s["restarted_from"]["iteration"] == 2                # "iterations" count after it
-    assert s["iterations"] < full["iterations"]
+    assert s["restarted_from"]["iteration"] == 2 and s["restarted_from"]["leg"] == 2
+    assert len(s["history"]) - 1 < full["iterations"]          # this leg's Newton steps
+    assert s["iterations"] == 2 + len(s["history"]) - 1 == full["iterations"]   # the run's
     assert abs(s["J"] - full["J"]) <= 1e-9 * abs(full["J"])
     assert not ck.exists()
     return full, s
@@ -171,6 +175,36 @@ def test_killed_run_restarts_to_the_same_solution(tmp_path, uninterrupted, write
 
 
 @pytest.mark.slow
+def test_chained_restarts_count_the_whole_run(tmp_path, uninterrupted):
+    """Killed after its second checkpoint, restarted, the restart killed after its second,
+    restarted again: summary.json counts the whole run — ``iterations`` (Newton, from the
+    start of the final attempt) and the Krylov ``ksp_its_total`` equal the uninterrupted
+    run's (they counted the last leg only: 2 of 5), ``restarted_from`` says leg 3 from
+    iteration 4.  The inexact-Newton (Eisenstat–Walker) state is checkpointed too: the
+    restart solves its first step to the uninterrupted run's Krylov tolerance (it was reset
+    to 0.03 instead of 2.2e-5, costing a Newton step: 6 in all)."""
+    cfg, full = uninterrupted
+    out = tmp_path / "cut"
+    ck = killed_after_checkpoint(cfg, out, 1, 2)
+    ck = killed_after_checkpoint(cfg, out, 1, 2, restart=ck)
+    meta = json.loads((ck / "meta.json").read_text())
+    assert (meta["iteration"], meta["iterations_run"], meta["legs"]) == (4, 4, 2), meta
+    assert meta["ksp_its"] == sum(h["ksp_its"] for h in full["history"][:4])
+    p = run_cli(["run", str(cfg), "--out", str(out), "--quiet", "--restart", str(ck)])
+    assert p.returncode == 0, p.stderr
+    s = read_summary(out)
+    assert s["restarted_from"] == {"phase": "newton", "iteration": 4, "iterations_run": 4,
+                                   "lambda": 1.0, "leg": 3}
+    assert full["iterations"] > 4 and s["iterations"] == full["iterations"]
+    assert len(s["history"]) == full["iterations"] - 4 + 1        # this leg's own record
+    assert s["history"][-1]["ksp_its_total"] == full["history"][-1]["ksp_its_total"]
+    assert s["history"][0]["ksp_rtol"] == pytest.approx(full["history"][4]["ksp_rtol"],
+                                                        rel=1e-6)
+    assert abs(s["J"] - full["J"]) <= 1e-9 * abs(full["J"])
+    assert not ck.exists()
+
+
+@pytest.mark.slow
 def test_checkpoint_survives_until_the_results_are_in_place(tmp_path, uninterrupted):
     """Killed after the solve, while it writes its outputs (paused at the start of the
     commit): the checkpoint is still there (it was removed when the solve ended, so the
@@ -196,7 +230,8 @@ def test_checkpoint_survives_until_the_results_are_in_place(tmp_path, uninterrup
     r = run_cli(["run", str(cfg), "--out", str(out), "--quiet", "--restart", str(ck)])
     assert r.returncode == 0, r.stderr
     s = read_summary(out)
-    assert s["iterations"] == 0 and abs(s["J"] - full["J"]) <= 1e-12 * abs(full["J"])
+    assert s["iterations"] == full["iterations"] and len(s["history"]) == 1     # no step
+    assert abs(s["J"] - full["J"]) <= 1e-12 * abs(full["J"])
     assert not ck.exists()                     # removed once this run's results are in place
 
 
@@ -221,6 +256,12 @@ def test_restart_resumes_a_continuation(tmp_path):
     assert s["continuation"][0]["stage"] == "restart"
     assert s["continuation"][1]["lambda"] == cut["lambda"]
     assert abs(s["J"] - full["J"]) <= 1e-9 * abs(full["J"])
+    # every Newton iteration of the run: the killed leg's (13) and this one's, whose first
+    # stage continues the checkpointed one (its count starts at the stage's iterations)
+    assert cut["iterations_run"] > cut["iteration"] > 0
+    assert s["iterations_total"] == cut["iterations_run"] - cut["iteration"] + sum(
+        st["iterations"] for st in s["continuation"])
+    assert s["continuation"][1]["iterations"] >= cut["iteration"]
 
 
 def test_checkpoint_of_another_problem_is_refused(tmp_path):
@@ -434,3 +475,127 @@ def _config_file(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text(CONFIG.format(G="rho**2/2"))
     return f
+
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused_before_adios2_writes(tmp_path,
+                                                                        monkeypatch):
+    """Free space is checked against the checkpoint's size before ADIOS2 writes (a full
+    disk inside ADIOS2 aborted the process, exit 134): less free than needed is the
+    DiskFullError of every other output, and no ``.tmp-PID`` folder is left; the estimate
+    covers what a checkpoint takes, the first (from the arrays) and the later ones (from the
+    checkpoint before)."""
+    from fem_mfc import checkpoint, config
+    from fem_mfc.errors import DiskFullError
+    from fem_mfc.pipeline import run_config
+    cfg = config.load(_config_file(tmp_path))
+    cfg["solver"]["max_it"] = 2                 # stops (flagged), keeps its checkpoint
+    cfg["solver"]["continuation"] = False
+    sizes = []
+    real = checkpoint._needed
+
+    def needed(folder, data, nodal):
+        sizes.append(real(folder, data, nodal))
+        return sizes[-1]
+    monkeypatch.setattr(checkpoint, "_needed", needed)
+    first = []
+    real_replace = checkpoint._replace
+
+    def replace(tmp, folder):
+        if not first:
+            first.append(_du(tmp))
+        return real_replace(tmp, folder)
+    monkeypatch.setattr(checkpoint, "_replace", replace)
+    s = run_config(cfg, tmp_path / "a", quiet=True)
+    assert s["converged"] is False and len(sizes) == 2, sizes
+    assert sizes[0] >= first[0] and sizes[-1] >= _du(tmp_path / "a.checkpoint"), (sizes, first)
+    monkeypatch.setattr(checkpoint, "_free_bytes", lambda path: sizes[0] - 1)
+    with pytest.raises(DiskFullError) as e:
+        run_config(cfg, tmp_path / "b", quiet=True)
+    assert str(e.value).startswith(f"{tmp_path / 'b.checkpoint'}: no space left on device")
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("b.")]
+
+
+def test_free_space_of_a_file_system_without_sizes_is_unknown(tmp_path, monkeypatch):
+    """A file system that reports no sizes (f_blocks = 0, as some FUSE ones) must not refuse
+    every checkpoint as not fitting: its free space is unknown, the write goes ahead."""
+    from types import SimpleNamespace
+
+    from fem_mfc import checkpoint
+    assert checkpoint._free_bytes(tmp_path) > 0
+    monkeypatch.setattr(checkpoint.os, "statvfs", lambda p: SimpleNamespace(
+        f_blocks=0, f_bavail=0, f_frsize=4096))
+    assert checkpoint._free_bytes(tmp_path) is None
+    monkeypatch.setattr(checkpoint.os, "statvfs", lambda p: SimpleNamespace(
+        f_blocks=100, f_bavail=3, f_frsize=4096))
+    assert checkpoint._free_bytes(tmp_path) == 3 * 4096
+
+
+def _du(folder) -> int:
+    """Bytes in the files under ``folder``."""
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)
+
+
+def test_stale_checkpoint_writes_are_deleted_when_a_run_starts(tmp_path):
+    """A run killed or ended by a full disk while it wrote a checkpoint leaves
+    ``OUT.checkpoint.tmp-PID``; they were deleted only when a later run converged, and a run
+    that could not finish left one every time.  A run into OUT (or a restart) now deletes
+    those of processes that no longer exist at its start, and nothing else: not a live
+    process's, not a name of another form, not another folder's."""
+    import subprocess
+
+    from fem_mfc import checkpoint, config
+    from fem_mfc.pipeline import run_config
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = os.getppid()                    # another process, alive
+    names = [f"o.checkpoint.tmp-{dead.pid}", f"o.checkpoint.old-{dead.pid}",
+             f"o.checkpoint.tmp-{alive}", "o.checkpoint.tmp-x1", f"p.checkpoint.tmp-{dead.pid}"]
+    for n in names:
+        (tmp_path / n).mkdir()
+        (tmp_path / n / "nodal.npz").write_bytes(b"0" * 1000)
+    raw = {"run": {"formulation": "hjb-fp"},
+           "mesh": {"kind": "interval", "cells": 8, "lower": [-2.0], "upper": [2.0]},
+           "problem": {"T": 0.5, "sigma": 0.6, "steps": 4, "Phi": "x0**2/2",
+                       "G": "rho**2/2"},
+           "solver": {"method": "newton"},
+           "output": {"figures": False, "vtx": False, "progress": False}}
+    s = run_config(config.from_dict(raw), tmp_path / "o", quiet=True)
+    assert s["converged"] is True
+    left = sorted(p for p in os.listdir(tmp_path) if ".checkpoint" in p)
+    assert left == sorted(names[2:]), left
+    assert "a checkpoint write of a process that ended" in (tmp_path / "o" / "run.log").read_text()
+    # a finished run's checkpoint goes with this process's copies, not a live one's
+    (tmp_path / f"o.checkpoint.tmp-{os.getpid()}").mkdir()
+    checkpoint.remove(tmp_path / "o.checkpoint")
+    left = sorted(p for p in os.listdir(tmp_path) if ".checkpoint" in p)
+    assert left == sorted(names[2:]), left
+    # killed between the two renames of a write (no RENAME_EXCHANGE): the checkpoint is missing,
+    # its new copy complete (meta.json is written last) -- put back, not deleted
+    ck = tmp_path / "q.checkpoint"
+    for kind, tag in ((".tmp-", "new"), (".old-", "old")):
+        d = tmp_path / f"q.checkpoint{kind}{dead.pid}"
+        d.mkdir()
+        (d / checkpoint.META).write_text(json.dumps({"tag": tag}))
+    checkpoint.remove_stale(ck)
+    assert json.loads((ck / checkpoint.META).read_text()) == {"tag": "new"}
+    assert sorted(p for p in os.listdir(tmp_path) if p.startswith("q.")) == ["q.checkpoint"]
+
+
+def test_a_restart_without_checkpoint_every_removes_the_checkpoint_it_read(tmp_path):
+    """``checkpoint_every`` is not part of the problem: a restart may turn it off.  The
+    checkpoint it read stayed beside the finished run (a later ``refine --resume`` would
+    restart that level from it); now it goes once the results are in place."""
+    from fem_mfc import config
+    from fem_mfc.pipeline import run_config
+    cfg = config.load(_config_file(tmp_path))
+    cfg["solver"]["max_it"] = 2                 # stops (flagged), keeps its checkpoint
+    cfg["solver"]["continuation"] = False
+    assert run_config(cfg, tmp_path / "o", quiet=True)["converged"] is False
+    ck = tmp_path / "o.checkpoint"
+    assert ck.is_dir()
+    cfg["solver"]["max_it"] = 50
+    cfg["output"]["checkpoint_every"] = 0
+    s = run_config(cfg, tmp_path / "o", quiet=True, restart=ck)
+    assert s["converged"] is True and s["restarted_from"]["iteration"] == 2
+    assert not ck.exists()

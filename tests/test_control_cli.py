@@ -305,6 +305,50 @@ def test_refinement_study_resumes(tmp_path):
     assert mixed["levels"][0]["err_J"] == pytest.approx(fresh["levels"][0]["err_J"], rel=1e-8)
 
 
+def test_a_study_with_fewer_levels_moves_the_others_aside(tmp_path, monkeypatch):
+    """A study (``--resume`` or not) with fewer levels than the one before it in its folder
+    left the earlier study's higher levels beside its own, under a convergence.json that does
+    not list them.  They are moved aside as ``level_K.previous`` (an older one replaced), as
+    ``run`` keeps the run it replaces; their checkpoints stay; a level another run is
+    writing is refused with one line."""
+    import fcntl
+    import os
+
+    from fem_mfc import config, pipeline, refine
+    from fem_mfc.errors import UserError
+    from fem_mfc.refine import refinement_study
+
+    def fake_run(cfg, folder, *a, **k):          # a level: its folder and summary
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "summary.json").write_text(json.dumps({"steps": cfg["problem"]["steps"]}))
+        return {"h": 0.1, "tau": 1.0 / cfg["problem"]["steps"], "ndofs": 10,
+                "nsteps": cfg["problem"]["steps"], "err_J": 1.0 / cfg["problem"]["steps"],
+                "converged": True}
+    monkeypatch.setattr(pipeline, "run_config", fake_run)
+    monkeypatch.setattr(refine, "_plot", lambda rows, where, path: path.write_bytes(b""))
+    cfg = config.load(REPO / "demos" / "lq_gaussian_1d.toml")
+    out = tmp_path / "conv"
+    first = refinement_study(cfg, out, levels=4, where="time")
+    assert first["moved_aside"] == []
+    (out / "level_3.previous").mkdir()               # an older generation of level 3
+    (out / "level_3.checkpoint").mkdir()
+    again = refinement_study(cfg, out, levels=2, where="time", resume=True)
+    assert again["moved_aside"] == ["level_2", "level_3"]
+    assert sorted(os.listdir(out)) == ["convergence.csv", "convergence.json",
+                                       "convergence.png", "level_0", "level_1",
+                                       "level_2.previous", "level_3.checkpoint",
+                                       "level_3.previous"]
+    kept = json.loads((out / "level_3.previous" / "summary.json").read_text())
+    assert kept["steps"] == cfg["problem"]["steps"] * 8              # the earlier level 3
+    assert len(json.loads((out / "convergence.json").read_text())["levels"]) == 2
+    refinement_study(cfg, out, levels=3, where="time")
+    with open(out / ".level_2.lock", "w") as f:      # another run writes level 2
+        fcntl.flock(f, fcntl.LOCK_EX)
+        with pytest.raises(UserError, match="level_2: another run is writing"):
+            refinement_study(cfg, out, levels=2, where="time")
+    assert (out / "level_2" / "summary.json").is_file()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("change,key,words", [
     (('scheme = "crank-nicolson"', 'scheme = "backward-euler"\nstabilisation = "monotone"'),

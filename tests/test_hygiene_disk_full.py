@@ -135,6 +135,53 @@ def test_full_tmpfs_is_one_line_and_keeps_the_earlier_result(tmp_path, small_dis
     assert re.search(says, err), err
 
 
+# -- a checkpoint on a full disk -----------------------------------------------------------------
+# free space that passes the check before a checkpoint is written: ADIOS2 itself meets the full
+# disk (the disk filled meanwhile), as before the check existed
+NO_SPACE_CHECK = """
+    from fem_mfc import checkpoint
+    checkpoint._free_bytes = lambda path: None
+"""
+
+
+@pytest.mark.parametrize("ranks,prelude", [
+    pytest.param(1, "", id="checked"),
+    pytest.param(1, NO_SPACE_CHECK, id="adios2-fails"),
+    pytest.param(2, NO_SPACE_CHECK, id="adios2-fails-2-ranks"),
+])
+def test_checkpoint_on_a_full_tmpfs_is_one_line_on_every_rank(tmp_path, small_disk, ranks,
+                                                              prelude):
+    """``checkpoint_every = 1`` with 4 kB left: the first checkpoint cannot be written.  One
+    line naming the checkpoint folder, exit 2, no staging or ``.tmp-PID`` folder left, the
+    earlier result kept — also when the free-space check before the write is passed and
+    ADIOS2 meets the full disk itself (it aborted the process from the failed engine's
+    destructor, exit 134; on 2 ranks the collective write left rank 1 waiting for ever)."""
+    cfg = tmp_path / "lq.toml"
+    cfg.write_text(LQ_1D.format(figures="false", vtx="false") + "checkpoint_every = 1\n")
+    out = small_disk / "out"
+    _earlier(out)
+    script = tmp_path / "wrapped.py"
+    script.write_text(textwrap.dedent(prelude) + textwrap.dedent("""
+        import sys
+        from fem_mfc import cli
+        sys.exit(cli.main(sys.argv[1:]))
+    """))
+    _fill(small_disk, 4096)
+    cmd = [sys.executable, script, "run", cfg, "--out", out, "--quiet"]
+    if ranks > 1:
+        cmd = ["mpirun", "-n", str(ranks)] + cmd
+    p = launch(cmd, str(out))
+    rc, _, err = finish(p, str(out), timeout=300)
+    ours = [ln for ln in err.splitlines() if ln.startswith("fem-mfc")]   # (a plain mpirun
+    assert rc == 2, (rc, err[-3000:])                                  # adds its banner)
+    assert ours == [f"fem-mfc: error: {out}.checkpoint: no space left on device while "
+                    "writing a checkpoint (the run was discarded; an earlier result in this "
+                    "folder is unchanged)"], err[-3000:]
+    assert "Traceback" not in err and "terminate called" not in err
+    assert json.loads((out / "summary.json").read_text()) == EARLIER
+    assert sorted(os.listdir(small_disk)) == ["filler", "out"]     # no .tmp-PID, no staging
+
+
 # -- the same paths without a mount: writers that fail as a full disk makes them fail ------------
 FAIL_VTX = """
     import dolfinx.io

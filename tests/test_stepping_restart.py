@@ -182,7 +182,10 @@ def test_a_restart_that_writes_no_checkpoint_removes_the_one_it_read(tmp_path, m
     run_config(cfg, tmp_path / "out", quiet=True)
     monkeypatch.undo()
     ck = tmp_path / "out.checkpoint"
-    stale = tmp_path / "out.checkpoint.old-12345"
+    import subprocess
+    dead = subprocess.Popen(["true"])     # the killed writer: a process that has ended
+    dead.wait()
+    stale = tmp_path / f"out.checkpoint.old-{dead.pid}"
     stale.mkdir()
     s = run_config(cfg, tmp_path / "out", quiet=True, restart=ck)
     assert s["restarted_at_step"] == 10 and s["converged"] is True
@@ -194,3 +197,13 @@ def test_a_restart_that_writes_no_checkpoint_removes_the_one_it_read(tmp_path, m
     monkeypatch.undo()
     run_config(cfg, tmp_path / "third", quiet=True, restart=elsewhere)
     assert elsewhere.exists()
+    # a restart whose config writes no checkpoints (checkpoint_every = 0, not part of the
+    # problem) removes the one it read all the same (it stayed)
+    monkeypatch.setattr(checkpoint, "remove", lambda *a, **k: None)
+    run_config(cfg, tmp_path / "out", quiet=True)
+    monkeypatch.undo()
+    assert ck.is_dir()
+    off = config.from_dict(dict(raw_config("heat"), output=dict(
+        raw_config("heat")["output"], checkpoint_every=0)))
+    s = run_config(off, tmp_path / "out", quiet=True, restart=ck)
+    assert s["restarted_at_step"] == 10 and not ck.exists()

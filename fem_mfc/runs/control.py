@@ -86,7 +86,7 @@ def solve_config(cfg: dict, ctx, md=None):
         result.restarted_from = restarted_from(resume)
         if writer is not None:
             writer.converged = result.converged
-            if not writer.written and result.method == "cole-hopf":
+            if writer.every and not writer.written and result.method == "cole-hopf":
                 from ..errors import warning
                 warning("output.checkpoint_every: solver.method = 'auto' solved this problem "
                         "by Cole-Hopf (two linear sweeps, nothing to restart); no checkpoint "
@@ -185,8 +185,10 @@ def run(cfg: dict, ctx) -> dict:
     if result.continuation:
         summary["continuation"] = result.continuation
         # "iterations" are the final attempt's; these count every Newton iteration of the run
-        summary["iterations_total"] = sum(int(s.get("iterations") or 0)
-                                          for s in result.continuation)
+        # (of every leg of a restarted one)
+        summary["iterations_total"] = (result.iterations_run if result.iterations_run
+                                       is not None else sum(int(s.get("iterations") or 0)
+                                                            for s in result.continuation))
     if problem.exact is not None:
         from ..exact import ErrorNorms
         errs = ErrorNorms(problem.exact, V)(result)

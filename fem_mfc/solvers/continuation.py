@@ -80,9 +80,10 @@ def _stage(solver, lam, eps0, eps, rtol, atol, max_it):
     # failed stage running its STAGE_MAX_IT iterations of 300 Krylov iterations 470 s, with
     # this 55 s — 139 s while a Krylov solve at its limit failed the stage at once)
     out = solver.solve(rtol=rtol, atol=atol, max_it=max_it, exact=True, stall_exit=True)
-    if out["converged"] and lam < 1.0 and solver.checkpoint is not None:
-        solver.checkpoint.write(phase="continuation", iteration=out["iterations"],
-                                residual=out["residual"], **solver.stage)
+    if out["converged"] and lam < 1.0 and solver.checkpoint is not None \
+            and solver.checkpoint.every > 0:
+        solver.checkpoint.write(phase="continuation", residual=out["residual"],
+                                **solver.counts(), **solver.stage)
     return out
 
 

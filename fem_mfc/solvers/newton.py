@@ -149,8 +149,16 @@ class Forcing:
         self.eta_max, self.gamma, self.alpha = eta_max, gamma, alpha
         self.f0 = self.prev = self.eta = None
 
+    def state(self) -> dict:
+        """What the next :meth:`rtol_for` reads (a checkpoint stores it: a restart reset it,
+        and its first Newton step, solved to η_max, cost 1–3 more steps)."""
+        return {"f0": self.f0, "prev": self.prev, "eta": self.eta}
+
+    def restore(self, state: dict):
+        self.f0, self.prev, self.eta = state["f0"], state["prev"], state["eta"]
+
     def rtol_for(self, k: int, fnorm: float) -> float:
-        if k == 0 or self.prev is None:
+        if self.prev is None:                 # the first call of a solve (k = 0)
             self.f0, eta = fnorm, self.eta_max
         else:
             eta = self.gamma * (fnorm / self.prev) ** self.alpha
@@ -202,6 +210,12 @@ class NewtonSolver:
         self.checkpoint = None                # a fem_mfc.checkpoint.Writer, or None
         self.stage = {"lambda": 1.0, "eps0": None}   # continuation stage being solved
         self.log = None                       # a logging.Logger for the Newton steps
+        # a restart: the counts and the forcing state of the checkpointed attempt, which the
+        # next solve continues (see :meth:`resume_from`); the run's Newton iterations of the
+        # earlier legs and of this one's finished solves
+        self.resumed = None
+        self.iterations_before, self.iterations_done = 0, 0
+        self._offset = self._ksp_offset = 0
         self.X, self.F = st.create_vec(), st.create_vec()
         self.best = None
         self.trap = self.op = None
@@ -417,7 +431,9 @@ class NewtonSolver:
             if self.best is None:
                 self.best = self.X.duplicate()
             snes.getSolution().copy(self.best)
+        forcing = None
         if self.forcing is not None:
+            forcing = self.forcing.state()        # before this step's term (a restart's)
             eta = self.forcing.rtol_for(it, fnorm)
             snes.getKSP().setTolerances(rtol=eta)
             h[-1]["ksp_rtol"] = eta
@@ -426,8 +442,8 @@ class NewtonSolver:
         if self.checkpoint is not None and self.checkpoint.due(it):
             self.st.vec_to_states(snes.getSolution())
             try:
-                self.checkpoint.write(phase="newton", iteration=it, residual=fnorm,
-                                      **self.stage)
+                self.checkpoint.write(phase="newton", residual=fnorm, forcing=forcing,
+                                      **self.counts(it), **self.stage)
             except UserError as e:          # not the solve's failure: re-raised after it
                 self.fatal = e
                 raise
@@ -588,6 +604,31 @@ class NewtonSolver:
         if self._cache is not None:
             self._cache["valid"] = False
 
+    def counts(self, it: int | None = None) -> dict:
+        """A checkpoint's counts: ``iteration``, the Newton iterations of the attempt being
+        solved (from its start, across restarts); ``ksp_its``, its Krylov iterations;
+        ``iterations_run``, every Newton iteration of the run so far (all attempts,
+        continuation stages and legs).  ``it``: the current solve's iteration (None: after
+        it)."""
+        snes = self.snes
+        its = snes.getIterationNumber() if it is None else it
+        done = self.iterations_done + (its if it is not None else 0)
+        return {"iteration": int(its + self._offset),
+                "ksp_its": int(snes.getLinearSolveIterations() + self._ksp_offset),
+                "iterations_run": int(self.iterations_before + done)}
+
+    def resume_from(self, meta: dict):
+        """Continue the attempt of checkpoint meta data ``meta``: the next solve counts its
+        iterations from the checkpoint's, and its inexact Newton steps from the stored
+        Eisenstat–Walker state; the run's count goes on from the checkpoint's."""
+        self.resumed = meta
+        self.iterations_before = int(meta.get("iterations_run", meta.get("iteration")) or 0)
+
+    @property
+    def iterations_run(self) -> int:
+        """Every Newton iteration of the run (all attempts, stages and legs) so far."""
+        return self.iterations_before + self.iterations_done
+
     def solve(self, rtol: float | None = None, atol: float | None = None,
               max_it: int | None = None, exact: bool = False,
               stall_exit: bool = False) -> dict:
@@ -616,6 +657,11 @@ class NewtonSolver:
         if self.forcing is not None:
             self.forcing.rtol, self.forcing.atol = rtol, atol
             self.forcing.prev = None
+        resumed, self.resumed = self.resumed or {}, None     # the first solve of a restart
+        self._offset = int(resumed.get("iteration") or 0)    # continues its attempt
+        self._ksp_offset = int(resumed.get("ksp_its") or 0)
+        if self.forcing is not None and resumed.get("forcing"):
+            self.forcing.restore(resumed["forcing"])
         self.history = []
         self._cause()                         # drop a cause left by an earlier solve
         self._best_f = None
@@ -648,7 +694,9 @@ class NewtonSolver:
         if reason == PETSc.SNES.ConvergedReason.DIVERGED_FNORM_NAN:
             fnorm = float("nan")     # SNES keeps its last finite norm (0 before the first)
         if self.history:
-            self.history[-1]["ksp_its_total"] = snes.getLinearSolveIterations()
+            self.history[-1]["ksp_its_total"] = (snes.getLinearSolveIterations()
+                                                 + self._ksp_offset)
+        self.iterations_done += its
         f0 = self.history[0]["residual"] if self.history else fnorm
         target = max(atol, rtol * f0)
         name = REASONS.get(reason, str(reason)) if failed is None else f"ERROR ({failed})"
@@ -664,7 +712,8 @@ class NewtonSolver:
         elif self.best is not None and self._best_f is not None:
             st.vec_to_states(self.best)            # the best iterate reached
             fnorm = self._best_f
-        return {"converged": bool(converged), "reason": name, "iterations": its,
+        return {"converged": bool(converged), "reason": name,
+                "iterations": its + self._offset,
                 "residual": float(fnorm), "first_residual": float(f0), "target": target,
                 "history": self.history}
 
@@ -764,6 +813,7 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
         solver.checkpoint = checkpoint
         solver.log = log
         if resume is not None:
+            solver.resume_from(resume)
             guess = f"restart (iteration {resume.get('iteration')}, lambda " \
                     f"{resume.get('lambda', 1.0):g})"
         X0 = None
@@ -817,6 +867,7 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                 history[-1]["residuals"] = {"assembled": solver.trap.assembled,
                                             "trapezoid": solver.trap.derived}
             path = dict(solver.describe(), auto=rule)
+            iterations_run = solver.iterations_run
         finally:
             solver.destroy()
             if X0 is not None:
@@ -826,7 +877,8 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
         return Result.from_system(st, method="newton", iterations=out["iterations"],
                                   history=history, seconds=time.perf_counter() - t0,
                                   converged=out["converged"], reason=out["reason"],
-                                  residual=out["residual"], path=path, continuation=stages)
+                                  residual=out["residual"], path=path, continuation=stages,
+                                  iterations_run=iterations_run)
 
 
 __all__ = ["newton", "NewtonSolver", "Forcing", "linear_mode", "cole_hopf_guess"]

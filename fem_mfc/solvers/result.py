@@ -16,7 +16,8 @@ class Result:
     stopped); an unconverged result holds the best iterate reached.  ``path`` records how it
     was solved (method, linear path, per-step solver, forcing, caches, ranks) and
     ``continuation`` the stages of a continuation, if one ran.  ``restarted_from``: the
-    checkpoint a restart continued (its ``iterations`` count from there on);
+    checkpoint a restart continued (``iterations`` count the final attempt's Newton iterations
+    from its start, those of the legs before included);
     ``auto_fallback``: why ``method = "auto"`` solved by Newton after Cole–Hopf.
     """
 
@@ -40,6 +41,8 @@ class Result:
     mass_exited: dict = field(default_factory=dict)   # exits: total, per_step, by_tag
     populations: dict = field(default_factory=dict)   # several populations: names, masses
     restarted_from: dict | None = None    # a restart: the checkpoint's phase and iteration
+    iterations_run: int | None = None     # every Newton iteration of the run (all attempts,
+                                          # continuation stages and restarted legs)
     auto_fallback: dict | None = None     # 'auto' left Cole-Hopf for Newton: why
 
     @property
