@@ -296,31 +296,9 @@ def _gather_mesh(comm, mesh, tags: dict) -> dict | None:
 def _write_state(bp: Path, data: dict):
     """Write the mesh and tags gathered by :func:`_gather_mesh` as adios4dolfinx does
     (``read_mesh`` and ``read_meshtags`` read them on any number of ranks), by this rank
-    alone (rank 0)."""
-    from adios4dolfinx.adios2_helpers import ADIOSFile, adios2
-    from adios4dolfinx.structures import MeshData
-    from adios4dolfinx.writers import write_mesh
-    nx, nc = len(data["x"]), len(data["cells"])
-    write_mesh(bp, MPI.COMM_SELF, MeshData(
-        local_geometry=data["x"], local_geometry_pos=(0, nx), num_nodes_global=nx,
-        local_topology=data["cells"], local_topology_pos=(0, nc), num_cells_global=nc,
-        cell_type=data["cell_type"], degree=data["degree"], lagrange_variant=data["variant"],
-        store_partition=False, partition_processes=None, ownership_array=None,
-        ownership_offset=None, partition_range=None, partition_global=None))
-    for name, (nodes, values, dim) in data["tags"].items():
-        adios = adios2.ADIOS(MPI.COMM_SELF)
-        with ADIOSFile(adios=adios, filename=bp, mode=adios2.Mode.Append, engine="BP4",
-                       io_name="MeshTagWriter") as f:
-            f.file.BeginStep()
-            var = f.io.DefineVariable(name + "_topology", nodes, shape=list(nodes.shape),
-                                      start=[0, 0], count=list(nodes.shape))
-            f.file.Put(var, nodes, adios2.Mode.Sync)
-            var = f.io.DefineVariable(name + "_values", values, shape=[len(values)],
-                                      start=[0], count=[len(values)])
-            f.file.Put(var, values, adios2.Mode.Sync)
-            f.io.DefineAttribute(name + "_dim", np.array([dim], dtype=np.uint8))
-            f.file.PerformPuts()
-            f.file.EndStep()
+    alone (rank 0; :func:`fem_mfc.compat.write_mesh_serially`)."""
+    from .compat import write_mesh_serially
+    write_mesh_serially(bp, data)
 
 
 STATE_OVERHEAD = 1.1, 256 * 1024   # ADIOS2's file around the mesh's arrays: × 1.1 + 256 kB

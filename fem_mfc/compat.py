@@ -15,6 +15,8 @@ file:
 * ``require_value(name)``: gives an option set without a value an empty but present value
   (PETSc's API stores "" as no value at all) through the options table's layout (PETSc
   3.18–3.24, checked on a probe entry before use; elsewhere it does nothing);
+* ``write_mesh_serially(bp, data)``: a mesh gathered on rank 0 written in adios4dolfinx's
+  layout by that rank alone (adios4dolfinx 0.9's writer internals; the checkpoints);
 * ``fast_jit_lookup()``: FFCx 0.9 finds a cached form module by listing the whole JIT cache
   folder (``importlib.machinery.FileFinder``) on every ``dolfinx.fem.form`` call — 5 ms per
   form with 2,400 cached modules, growing with every form ever compiled; fem_mfc loads the
@@ -292,9 +294,49 @@ def fast_jit_lookup() -> bool:
     return True
 
 
+def write_mesh_serially(bp, data: dict):
+    """Write a mesh gathered on this rank — ``data``: ``x`` (nodes in their global order),
+    ``cells`` (global node numbers), ``cell_type``, ``degree``, ``variant`` and ``tags``
+    {name: (entities by global node numbers, values, dim)} — into the adios4dolfinx file
+    ``bp`` on ``MPI.COMM_SELF``, in adios4dolfinx's layout (its ``read_mesh`` and
+    ``read_meshtags`` read it on any number of ranks).  adios4dolfinx 0.9's writer
+    internals (``writers.write_mesh``, ``structures.MeshData``, ``adios2_helpers.ADIOSFile``):
+    its public ``write_mesh`` is collective over the mesh's communicator, and a failed
+    collective ADIOS2 write left the other ranks waiting (fem_mfc.checkpoint._commit)."""
+    from mpi4py import MPI
+
+    import numpy as np
+    from adios4dolfinx.adios2_helpers import ADIOSFile, adios2
+    from adios4dolfinx.structures import MeshData
+    from adios4dolfinx.writers import write_mesh
+
+    nx, nc = len(data["x"]), len(data["cells"])
+    write_mesh(bp, MPI.COMM_SELF, MeshData(
+        local_geometry=data["x"], local_geometry_pos=(0, nx), num_nodes_global=nx,
+        local_topology=data["cells"], local_topology_pos=(0, nc), num_cells_global=nc,
+        cell_type=data["cell_type"], degree=data["degree"], lagrange_variant=data["variant"],
+        store_partition=False, partition_processes=None, ownership_array=None,
+        ownership_offset=None, partition_range=None, partition_global=None))
+    for name, (nodes, values, dim) in data["tags"].items():
+        adios = adios2.ADIOS(MPI.COMM_SELF)
+        with ADIOSFile(adios=adios, filename=bp, mode=adios2.Mode.Append, engine="BP4",
+                       io_name="MeshTagWriter") as f:
+            f.file.BeginStep()
+            var = f.io.DefineVariable(name + "_topology", nodes, shape=list(nodes.shape),
+                                      start=[0, 0], count=list(nodes.shape))
+            f.file.Put(var, nodes, adios2.Mode.Sync)
+            var = f.io.DefineVariable(name + "_values", values, shape=[len(values)],
+                                      start=[0], count=[len(values)])
+            f.file.Put(var, values, adios2.Mode.Sync)
+            f.io.DefineAttribute(name + "_dim", np.array([dim], dtype=np.uint8))
+            f.file.PerformPuts()
+            f.file.EndStep()
+
+
 __all__ = ["interpolation_points", "create_vector", "nonlinear_residual_jacobian",
            "vtx_writer", "unused_petsc_options", "linesearch_step", "require_value",
-           "has_empty_value", "option_used", "fast_jit_lookup", "DOLFINX"]
+           "has_empty_value", "option_used", "fast_jit_lookup", "write_mesh_serially",
+           "DOLFINX"]
 
 
 def adios2():
