@@ -601,9 +601,15 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
                     p = Path(v)
                     if not p.is_absolute() and base_dir is not None:
                         p = (base_dir / p)
-                    if not p.exists():     # a file, or a .bp folder (adios4dolfinx)
+                    try:           # a file, or a .bp folder (adios4dolfinx)
+                        found = p.exists()
+                        v = str(p.resolve()) if found else v
+                    except (OSError, ValueError) as e:   # ENAMETOOLONG, ELOOP, a NUL
+                        raise ConfigError(key, "an existing file (" + (getattr(
+                            e, "strerror", None) or "not a valid path") + ")", v,
+                            source) from None
+                    if not found:
                         raise ConfigError(key, "an existing file", v, source)
-                    v = str(p.resolve())
             elif spec.default is REQUIRED:
                 raise ConfigError(key, "a value (this key is required)", None, source)
             else:
@@ -1010,7 +1016,12 @@ def load(path: str | Path) -> dict:
     A file without any key (empty, or only comments and blank lines) is refused: it would
     silently run the default problem."""
     p = Path(path)
-    if not p.is_file():
+    try:
+        found = p.is_file()
+    except (OSError, ValueError) as e:      # a name too long for the file system, a NUL
+        raise UserError(f"{path}: cannot open the config file ("
+                        f"{getattr(e, 'strerror', None) or 'not a valid path'})") from None
+    if not found:
         raise UserError(f"{path}: config file not found (expected a TOML file)")
     try:
         raw = tomllib.loads(p.read_bytes().decode("utf-8-sig"))

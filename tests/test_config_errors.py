@@ -39,6 +39,10 @@ BAD = {
     "bad choice": ("formulation = \"heat\"", "formulation = \"magic\"", "run.formulation"),
     "missing mesh file": ("kind = \"interval\"", "kind = \"file\"\nfile = \"nope.msh\"",
                           "mesh.file"),
+    "mesh file name too long": ("kind = \"interval\"", "kind = \"file\"\nfile = \""
+                                + "m" * 300 + ".msh\"", "mesh.file"),
+    "rho0 file name too long": ("[rho0]\nmean = [0.0]", "[rho0]\nkind = \"file\"\nfile = \""
+                                + "r" * 300 + "\"\nmean = [0.0]", "rho0.file"),
     "unparsable TOML": ("[problem]", "[problem\n", "not valid TOML"),
     "lower >= upper": ("upper = [3.0]", "upper = [-5.0]", "mesh.upper"),
     "mean of wrong length": ("mean = [0.0]", "mean = [0.0, 1.0]", "rho0.mean"),
@@ -93,6 +97,14 @@ def test_bad_config_one_line_exit_2(case, tmp_path, earlier_result):
 def test_missing_config_file(tmp_path):
     p = run_cli(["run", str(tmp_path / "nope.toml")])
     assert p.returncode == 2 and "nope.toml" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_config_file_name_too_long(tmp_path):
+    """A config path the file system cannot hold (ENAMETOOLONG) was a traceback."""
+    p = run_cli(["run", str(tmp_path / ("c" * 300 + ".toml")), "--out", str(tmp_path / "o")])
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert "too long" in lines[0] and not (tmp_path / "o").exists()
 
 
 def test_refine_without_exact_solution(tmp_path):
