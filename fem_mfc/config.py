@@ -52,6 +52,20 @@ def _unit_interval(x):
     return 0 < x <= 1
 
 
+# sigma enters as epsilon = sigma^2/2: its square must be a finite number (sigma = 1e300
+# overflowed in the exact solutions: OverflowError, exit 1), and a positive sigma must have a
+# positive epsilon (sigma = 1e-300 gave epsilon = 0, and Cole-Hopf divided by it)
+SIGMA_MAX = 1e150
+
+
+def _sigma(s):
+    return s == 0 or (0 < s <= SIGMA_MAX and 0.5 * s * s > 0)
+
+
+SIGMA_EXPECT = (f"0 or a number from 1e-154 to {SIGMA_MAX:g} (epsilon = sigma^2/2 must be a "
+                "finite positive number)")
+
+
 FORMULATIONS = registry.NAMES
 # Names a formula already gives a meaning to: parameters may not shadow them.
 RESERVED_NAMES = ("x0", "x1", "x2", "x", "y", "z", "rho", "t", "pi", "e", "p0", "p1", "p2",
@@ -86,8 +100,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "problem": {
         "T": Key(float, 1.0, "horizon (network depth)", positive, "a positive number"),
-        "sigma": Key(float, 0.5, "noise sigma (epsilon = sigma^2/2)", nonnegative,
-                     "a non-negative number"),
+        "sigma": Key(float, 0.5, "noise sigma (epsilon = sigma^2/2)", _sigma,
+                     SIGMA_EXPECT),
         "steps": Key(int, 20, "number of time steps (layers)", positive, "a positive integer"),
         "V": Key(str, "0", "running potential V(x), a formula in x0, x1, x2"),
         "Phi": Key(str, "0", "terminal loss Phi(x), a formula in x0, x1, x2"),
@@ -440,8 +454,8 @@ POPULATION: dict[str, Key] = {
                 "mean = [-1.5, 0.0], std = 0.3}; normalised to `mass`"),
     "mass": Key(float, 1.0, "its mass (the integral of rho0 after normalisation)", positive,
                 "a positive number"),
-    "sigma": Key(float, INHERIT, "its noise sigma (default: [problem] sigma)", nonnegative,
-                 "a non-negative number"),
+    "sigma": Key(float, INHERIT, "its noise sigma (default: [problem] sigma)", _sigma,
+                 SIGMA_EXPECT),
     "Phi": Key(str, INHERIT, "its terminal cost Phi(x) (default: [problem] Phi)"),
     "V": Key(str, INHERIT, "its running potential V(x) (default: [problem] V)"),
     "G": Key(str, "0", "its own congestion G(rho) in its own density rho (coupling as "

@@ -58,6 +58,8 @@ BAD = {
                                 "solver.relaxation"),
     "old and new name of a key": ("[output]", "[nls]\nwidth = 0.5\ns0 = 0.5\n[output]",
                                   "nls.width"),
+    "sigma whose square overflows": ("sigma = 0.5", "sigma = 1e300", "problem.sigma"),
+    "sigma whose epsilon underflows": ("sigma = 0.5", "sigma = 1e-300", "problem.sigma"),
     "heat without noise": ("sigma = 0.5", "sigma = 0.0", "problem.sigma"),
     "game coupling with G(0) != 0": ("sigma = 0.5", "sigma = 0.5\nG = \"0.2*exp(rho)\"\n"
                                      "coupling = \"mfg\"", "problem.G"),
