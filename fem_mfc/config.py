@@ -722,9 +722,9 @@ def _cross_checks(cfg: dict, source):
 
 def _check_rho0(r: dict, cfg: dict, source, pre: str = "rho0"):
     """The cross checks of a [rho0] table (also a population's rho0, keys under ``pre``)."""
-    if r["kind"] != "file" and cfg["mesh"]["kind"] != "file":
-        if r["kind"] == "gaussian" and r["mean"]:
-            _check_vector(f"{pre}.mean", r["mean"], source, gdim(cfg))
+    if r["kind"] == "gaussian" and r["mean"]:    # its length on a mesh file: at the mesh
+        _check_vector(f"{pre}.mean", r["mean"], source,
+                      gdim(cfg) if cfg["mesh"]["kind"] != "file" else None)
     if r["kind"] == "mixture":
         if not r["means"]:
             raise ConfigError(f"{pre}.means", "a non-empty list of means for a mixture", None,

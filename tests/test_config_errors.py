@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from helpers import read_summary, run_cli
+from helpers import REPO, read_summary, run_cli
 
 GOOD = textwrap.dedent("""
     [run]
@@ -197,3 +197,19 @@ def test_config_copy_keeps_command_line_options_and_any_title(tmp_path):
     assert len(src) == 16 and int(src, 16) >= 0 and again["versions"]["fem_mfc_source"] == src
     p = run_cli(["run", str(cfg), "--out", str(tmp_path / "c"), "--quiet"])
     assert read_summary(tmp_path / "c")["mass"] != first["mass"]      # the options mattered
+
+
+@pytest.mark.parametrize("mean", [["a", "b"], [True, 0.0], [[1.0], 0.0], [float("nan"), 0.0]])
+def test_gaussian_mean_on_a_mesh_file_is_checked(mean):
+    """On a mesh file (dimension unknown at load) rho0.mean was not checked at all: strings or
+    nested arrays were a traceback in the run (exit 1), a boolean ran as the number 1.  Its
+    entries are checked at load now (its length once the mesh is read)."""
+    from fem_mfc import config
+    from fem_mfc.errors import ConfigError
+    mesh = {"kind": "file", "file": "meshes/room.msh"}
+    with pytest.raises(ConfigError, match=r"rho0\.mean"):
+        config.validate({"mesh": mesh, "rho0": {"mean": mean}}, base_dir=REPO)
+    pop = [{"rho0": {"kind": "gaussian", "mean": mean}}, {"rho0": {"kind": "gaussian"}}]
+    with pytest.raises(ConfigError, match=r"population\[0\]\.rho0\.mean"):
+        config.validate({"mesh": mesh, "solver": {"method": "newton"}, "population": pop},
+                        base_dir=REPO)
