@@ -116,7 +116,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                  "(|p|^2/(2(1+rho)^alpha)) with the parameters in [hamiltonian], or a formula "
                  "in p0, p1, p2, |p|, x0..x2, rho and params, e.g. '0.5*(p0**2 + 4*p1**2)' or "
                  "'|p|**2/(2*(1 + rho))' (|p|**b is (p.p)^(b/2), smooth at p = 0 for b >= 2). "
-                 "Other than 'quadratic' only formulation 'hjb-fp' with solver.method 'newton', "
+                 "H must be convex in p (checked on the mesh). Other than 'quadratic' only "
+                 "formulation 'hjb-fp' with solver.method 'newton', "
                  "'picard' or 'auto' (Galerkin, initial_guess 'trivial' or 'coarse')"),
         "params": Key(dict, {}, "named numbers usable in every formula, e.g. {kappa = 1.0}"),
     },

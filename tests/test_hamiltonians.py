@@ -317,7 +317,10 @@ def test_config_refusals(over, key):
     ("anisotropic", {"A": [["1", "0"]]}, "hamiltonian.A"),      # wrong shape
     ("|p|", {}, "problem.H"),                                   # dH/dp NaN at p = 0
     ("p0 + q0", {}, "problem.H"),                               # unknown name
-    ("x0**2", {}, "problem.H")])                                # no p at all
+    ("x0**2", {}, "problem.H"),                                 # no p at all
+    ("-|p|**2/2", {}, "problem.H"),                             # concave: ran to exit 0
+    ("sin(p0)", {}, "problem.H"),                               # concave at p = 0.7
+    ("|p|**2/2 - p0**2", {}, "problem.H")])                     # concave along e_0
 def test_bad_hamiltonians(H, table, key):
     from fem_mfc.checks import check_formulas
     with pytest.raises(ConfigError) as e:
