@@ -716,6 +716,11 @@ def _cross_checks(cfg: dict, source):
             raise ConfigError("mesh.kind", "a 2D or 3D mesh for the learning formulations "
                               "(the data are points of the plane; it crashed in 1D)",
                               cfg["mesh"]["kind"], source)
+        for i, c in enumerate(cfg["network"]["anchors"]):   # the count and length: on the mesh
+            if not isinstance(c, list):
+                raise ConfigError(f"network.anchors[{i}]", "an array of numbers (a point)", c,
+                                  source)
+            _check_vector(f"network.anchors[{i}]", c, source)
         if cfg["data"]["dataset"] == "csv" and not str(cfg["data"]["file"]).strip():
             raise ConfigError("data.file", "a CSV file (header x1,x2,label) for "
                               "data.dataset = 'csv'", None, source)

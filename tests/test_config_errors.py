@@ -213,3 +213,15 @@ def test_gaussian_mean_on_a_mesh_file_is_checked(mean):
     with pytest.raises(ConfigError, match=r"population\[0\]\.rho0\.mean"):
         config.validate({"mesh": mesh, "solver": {"method": "newton"}, "population": pop},
                         base_dir=REPO)
+
+
+@pytest.mark.parametrize("anchors", [[["a", "b"], [1.0, 2.0]], [[True, 0], [0, 1]],
+                                     [[float("inf"), 0.0], [0.0, 0.0]], [1.0, 2.0]])
+def test_anchors_are_points_of_finite_numbers(anchors):
+    """network.anchors with strings was a traceback in the run (exit 1), true ran as 1 and an
+    infinite anchor trained for minutes before NaN; refused at load now."""
+    from fem_mfc import config
+    from fem_mfc.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"network\.anchors\[\d\]"):
+        config.from_dict({"run": {"formulation": "classifier"}, "mesh": {"kind": "disk"},
+                          "network": {"anchors": anchors}})
