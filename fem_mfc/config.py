@@ -593,6 +593,7 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
     """Check a raw TOML table against :data:`SCHEMA`; return it with all defaults filled in."""
     if not isinstance(raw, dict):
         raise ConfigError("<top>", "a TOML table", type(raw).__name__, source)
+    _check_integers(raw, "", source)
     for section in raw:
         if section not in SCHEMA and section not in ("boundary", "population"):
             raise ConfigError(section, "a known section: " + ", ".join(SCHEMA)
@@ -643,6 +644,24 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
         cfg["population"] = _populations(raw["population"], cfg, source)
     _check_sigma(cfg, source)         # after the populations: 'auto' takes Newton with them
     return cfg
+
+
+INT_MIN, INT_MAX = -2 ** 63, 2 ** 63 - 1
+
+
+def _check_integers(value, key: str, source) -> None:
+    """Every integer of the raw config within TOML's 64 bits (tomllib reads any size: T =
+    1e400 written as digits was an OverflowError in float(), exit 1)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_integers(v, f"{key}.{k}" if key else str(k), source)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_integers(v, f"{key}[{i}]", source)
+    elif isinstance(value, int) and not isinstance(value, bool) \
+            and not INT_MIN <= value <= INT_MAX:
+        raise ConfigError(key, "an integer from -2^63 to 2^63 - 1 (TOML integers are 64-bit)",
+                          f"{str(value)[:12]}... ({len(str(abs(value)))} digits)", source)
 
 
 def _renamed(section: str, given: dict, source) -> dict:

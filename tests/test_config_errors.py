@@ -225,3 +225,20 @@ def test_anchors_are_points_of_finite_numbers(anchors):
     with pytest.raises(ConfigError, match=r"network\.anchors\[\d\]"):
         config.from_dict({"run": {"formulation": "classifier"}, "mesh": {"kind": "disk"},
                           "network": {"anchors": anchors}})
+
+
+@pytest.mark.parametrize("line,key", [
+    ("[problem]\nT = 1" + "0" * 400, "problem.T"),
+    ("[mesh]\ncells = 1" + "0" * 400, "mesh.cells"),
+    ("[problem]\nparams = { a = -1" + "0" * 400 + " }", "problem.params.a"),
+    ("[mesh]\nkind = \"interval\"\nlower = [-1" + "0" * 30 + "]", "mesh.lower[0]")])
+def test_integers_beyond_64_bits_are_refused(line, key, tmp_path):
+    """TOML integers are 64-bit but tomllib reads any size: T = 1 followed by 400 zeros was an
+    OverflowError in float() (exit 1 with a traceback)."""
+    from fem_mfc import config
+    from fem_mfc.errors import ConfigError
+    f = tmp_path / "big.toml"
+    f.write_text(line + "\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(f)
+    assert e.value.key == key and "64-bit" in str(e.value)
