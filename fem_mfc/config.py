@@ -574,8 +574,9 @@ def _typename(t) -> str:
 
 def _coerce(key: str, spec: Key, value, source):
     t = spec.type
-    if t is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+    numbers = t is float or (isinstance(t, tuple) and float in t and int not in t)
+    if numbers and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)        # an integer for a number (training.tol = 1 was refused)
     if t is int and isinstance(value, bool):
         raise ConfigError(key, _typename(t), value, source)
     if not isinstance(value, t):

@@ -242,3 +242,12 @@ def test_integers_beyond_64_bits_are_refused(line, key, tmp_path):
     with pytest.raises(ConfigError) as e:
         config.load(f)
     assert e.value.key == key and "64-bit" in str(e.value)
+
+
+def test_an_integer_tolerance_is_a_number():
+    """training.tol = 1 (a TOML integer) was refused as "expected a string or a number, got 1";
+    it is the number 1.0 like every integer given for a number."""
+    from fem_mfc import config
+    cfg = config.from_dict({"run": {"formulation": "classifier"}, "mesh": {"kind": "disk"},
+                            "training": {"tol": 1}})
+    assert cfg["training"]["tol"] == 1.0 and isinstance(cfg["training"]["tol"], float)
