@@ -405,3 +405,12 @@ def test_config_door_costs_in_time_compile_once():
         f.interpolate(dolfinx.fem.Expression(c, V.element.interpolation_points()))
         assert np.allclose(f.x.array, 0.1 * t * (1 + y ** 2), atol=1e-14)
     assert len(sigs) == 1
+
+
+def test_a_negative_boundary_density_is_refused():
+    """[[boundary]] kind = 'dirichlet' with density < 0 (the schema asks rho_D >= 0) ran into
+    a failed solve (negative densities, exit 3): it is bad input, a ConfigError (exit 2)."""
+    p = entrance(BE)
+    p.exits = [Exit(1, lambda t: 2.0, lambda t: 0.3 - 2.0 * t), Exit(2)]
+    with pytest.raises(ConfigError, match="boundary.density"):
+        SpaceTime(p)
