@@ -1235,8 +1235,42 @@ def estimate_resources(cfg: dict) -> dict:
         b = float(dofs) * float(steps) * BYTES_PER_DOF_STEP + float(dofs) * BYTES_PER_DOF + lu
     except OverflowError:
         b = lu = math.inf
-    return {"bytes": b, "dofs": dofs, "steps": steps, "bytes_per_dof_step": BYTES_PER_DOF_STEP,
-            "lu_bytes": lu}
+    learning = _learning_bytes(cfg, dofs, steps)
+    return {"bytes": b + sum(learning.values()), "dofs": dofs, "steps": steps,
+            "bytes_per_dof_step": BYTES_PER_DOF_STEP, "lu_bytes": lu, "learning": learning}
+
+
+# The learning runs' arrays of points: each point of the data set, of the fresh sample, of the
+# particle check and of the generated samples is held at every layer (positions in up to 3D
+# and work arrays: 32 B per point and layer); the torch baselines keep hidden activations of
+# every training point and layer for the backward pass (and Adam's moments of the weights).
+BYTES_PER_POINT_LAYER = 32
+
+
+def _learning_bytes(cfg: dict, dofs: float, steps: int) -> dict:
+    """Memory of the learning formulations' sizes, by key (``{}`` elsewhere): n_samples,
+    fresh, particles and samples points at every layer, the baselines' activations (hidden
+    x n_samples x layers), a dictionary's ridges at the mesh nodes and the data points, the
+    class densities of a 'gaussians' data set.  Points of 10^9 were a MemoryError (exit 1)."""
+    f = cfg["run"]["formulation"]
+    if f not in ("classifier", "generative"):
+        return {}
+    layers = float(steps) + 1.0
+    per_point = BYTES_PER_POINT_LAYER * layers
+    d, t, net = cfg["data"], cfg["training"], cfg["network"]
+    n = float(d["n_samples"])
+    out = {"data.n_samples": n * per_point, "training.fresh": float(t["fresh"]) * per_point,
+           "training.particles": float(t["particles"]) * per_point}
+    if f == "generative":
+        out["generative.samples"] = float(cfg["generative"]["samples"]) * per_point
+    if t["baseline"]:             # named after the factor further above its default
+        key = "training.hidden" if t["hidden"] / 16 > n / 1000 else "data.n_samples"
+        out[key] = out.get(key, 0.0) + float(t["hidden"]) * (n + 3.0 * layers) * per_point
+    if net["kind"] == "dictionary" and net["dictionary"] == "random-tanh":
+        out["network.ridges"] = float(net["ridges"]) * (float(dofs) + n) * 3 * 8.0
+    if d["dataset"] == "gaussians":
+        out["data.classes"] = float(d["classes"]) * float(dofs) * layers * 4 * 8.0
+    return out
 
 
 def _space_time_lu_bytes(cfg: dict, dofs: float, steps: int) -> float:
@@ -1292,6 +1326,14 @@ def check_resources(cfg: dict, limit_bytes: float | None = None, force: bool = F
     if force or est["bytes"] <= limit:
         return est
     m = cfg["mesh"]
+    learning = est.get("learning") or {}
+    big = max(learning, key=learning.get, default=None)
+    if big is not None and learning[big] > est["bytes"] - sum(learning.values()):
+        sec, k = big.split(".")
+        raise ConfigError(big, "sizes of the learning run that fit in memory: estimate "
+                          f"{_fmt_bytes(est['bytes'])}, {_fmt_bytes(learning[big])} of it for "
+                          f"{big} > limit {_fmt_bytes(limit)} (use --force to run anyway)",
+                          cfg[sec][k])
     if est["steps"] >= est["dofs"]:
         key = "problem.steps"
     elif m.get("refine", 0) > 0:
