@@ -202,8 +202,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                        "an integer >= 2"),
         "test_fraction": Key(float, 0.5, "fraction of the points held out for testing",
                              lambda f: 0 < f < 1, "a number in (0, 1)"),
-        "seed": Key(int, 0, "random seed of the generator and of the split", nonnegative,
-                    "a non-negative integer"),
+        "seed": Key(int, 0, "random seed of the generator and of the split",
+                    lambda s: 0 <= s <= 2 ** 32 - 1, "an integer from 0 to 2^32 - 1 (a seed "
+                    "of scikit-learn's generators)"),
         "file": Key(str, "", "dataset = 'csv': a CSV file with the columns x1,x2,label",
                     path=True),
         "bandwidth": Key((str, float, int), "scott", "KDE bandwidth of the class densities: "
@@ -741,6 +742,13 @@ def _cross_checks(cfg: dict, source):
                 raise ConfigError(f"network.anchors[{i}]", "an array of numbers (a point)", c,
                                   source)
             _check_vector(f"network.anchors[{i}]", c, source)
+        dcfg = cfg["data"]
+        if dcfg["dataset"] == "gaussians" and dcfg["classes"] > dcfg["n_samples"] // 2:
+            # a class needs points to train and to test on (2^63 - 1 classes drew empty ones:
+            # a ValueError from scikit-learn, exit 1)
+            raise ConfigError("data.classes", "at most n_samples/2 = "
+                              f"{dcfg['n_samples'] // 2} classes (each needs points to train "
+                              "and to test on)", dcfg["classes"], source)
         if cfg["data"]["dataset"] == "csv" and not str(cfg["data"]["file"]).strip():
             raise ConfigError("data.file", "a CSV file (header x1,x2,label) for "
                               "data.dataset = 'csv'", None, source)

@@ -251,3 +251,22 @@ def test_an_integer_tolerance_is_a_number():
     cfg = config.from_dict({"run": {"formulation": "classifier"}, "mesh": {"kind": "disk"},
                             "training": {"tol": 1}})
     assert cfg["training"]["tol"] == 1.0 and isinstance(cfg["training"]["tol"], float)
+
+
+@pytest.mark.parametrize("data,key", [
+    ({"seed": 2 ** 32}, "data.seed"),                  # scikit-learn: InvalidParameterError
+    ({"seed": 2 ** 63 - 1}, "data.seed"),
+    ({"dataset": "gaussians", "classes": 81, "n_samples": 80}, "data.classes"),
+    ({"dataset": "gaussians", "classes": 2 ** 62, "n_samples": 80}, "data.classes")])
+def test_data_sizes_and_seeds_the_generators_take(data, key):
+    """A data seed of 2^32 or more was a traceback from scikit-learn's generators (exit 1);
+    more 'gaussians' classes than points drew empty classes (a ValueError, exit 1)."""
+    from fem_mfc import config
+    from fem_mfc.errors import ConfigError
+    with pytest.raises(ConfigError) as e:
+        config.from_dict({"run": {"formulation": "classifier"}, "mesh": {"kind": "disk"},
+                          "data": data})
+    assert e.value.key == key
+    config.from_dict({"run": {"formulation": "classifier"}, "mesh": {"kind": "disk"},
+                      "data": {"seed": 2 ** 32 - 1, "dataset": "gaussians", "classes": 40,
+                               "n_samples": 80}})
