@@ -54,16 +54,23 @@ def _unit_interval(x):
 
 # sigma enters as epsilon = sigma^2/2: its square must be a finite number (sigma = 1e300
 # overflowed in the exact solutions: OverflowError, exit 1), and a positive sigma must have a
-# positive epsilon (sigma = 1e-300 gave epsilon = 0, and Cole-Hopf divided by it)
-SIGMA_MAX = 1e150
+# positive epsilon with a finite inverse (sigma = 1e-300 gave epsilon = 0, and Cole-Hopf
+# divided by it).  The same for the Gaussian target's std s of the generative runs (1/2s^2 and
+# s^2 in the KL term: 5e-324 was a ZeroDivisionError, 1e300 an inf the form compiler choked on).
+SQUARE_MIN, SQUARE_MAX = 1e-150, 1e150
+
+
+def _square_ok(s):
+    return SQUARE_MIN <= s <= SQUARE_MAX
 
 
 def _sigma(s):
-    return s == 0 or (0 < s <= SIGMA_MAX and 0.5 * s * s > 0)
+    return s == 0 or _square_ok(s)
 
 
-SIGMA_EXPECT = (f"0 or a number from 1e-154 to {SIGMA_MAX:g} (epsilon = sigma^2/2 must be a "
-                "finite positive number)")
+SQUARE_EXPECT = (f"a number from {SQUARE_MIN:g} to {SQUARE_MAX:g} (its square and the inverse "
+                 "of its square must be finite positive numbers)")
+SIGMA_EXPECT = "0 or " + SQUARE_EXPECT
 
 
 FORMULATIONS = registry.NAMES
@@ -297,8 +304,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "kl_floor": Key(float, 1e-3, "eta: KL is evaluated as int (rho + eta) log((rho + eta)/N) "
                         "so that the logarithm stays finite", nonnegative,
                         "a non-negative number"),
-        "target_std": Key(float, 1.0, "s: standard deviation of the Gaussian target", positive,
-                          "a positive number"),
+        "target_std": Key(float, 1.0, "s: standard deviation of the Gaussian target",
+                          _square_ok, SQUARE_EXPECT),
         "samples": Key(int, 1000, "samples drawn by running the flow backward from the target",
                        positive, "a positive integer"),
         "score": Key(bool, True, "include the diffusion's contribution -eps grad log rho in the "

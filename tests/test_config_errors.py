@@ -60,6 +60,8 @@ BAD = {
                                   "nls.width"),
     "sigma whose square overflows": ("sigma = 0.5", "sigma = 1e300", "problem.sigma"),
     "sigma whose epsilon underflows": ("sigma = 0.5", "sigma = 1e-300", "problem.sigma"),
+    "sigma whose epsilon has no finite inverse": ("sigma = 0.5", "sigma = 1e-160",
+                                                  "problem.sigma"),
     "heat without noise": ("sigma = 0.5", "sigma = 0.0", "problem.sigma"),
     "game coupling with G(0) != 0": ("sigma = 0.5", "sigma = 0.5\nG = \"0.2*exp(rho)\"\n"
                                      "coupling = \"mfg\"", "problem.G"),
@@ -270,3 +272,14 @@ def test_data_sizes_and_seeds_the_generators_take(data, key):
     config.from_dict({"run": {"formulation": "classifier"}, "mesh": {"kind": "disk"},
                       "data": {"seed": 2 ** 32 - 1, "dataset": "gaussians", "classes": 40,
                                "n_samples": 80}})
+
+
+@pytest.mark.parametrize("std", [5e-324, 1e-160, 1e300])
+def test_target_std_whose_square_is_not_a_number(std):
+    """generative.target_std = 5e-324 was a ZeroDivisionError in the KL form and 1e300 an
+    infinite constant the form compiler failed on (exit 1, traceback)."""
+    from fem_mfc import config
+    from fem_mfc.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"generative\.target_std"):
+        config.from_dict({"run": {"formulation": "generative"}, "mesh": {"kind": "disk"},
+                          "generative": {"target_std": std}})
