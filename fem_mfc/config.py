@@ -705,7 +705,16 @@ def gdim(cfg: dict) -> int:
             "box": 3, "ball": 3}.get(kind, len(cfg["mesh"]["lower"]))
 
 
+# the smallest time step T/steps: its inverse must be a finite number (T = 5e-324 made the
+# heat step tau = 0 and its form crashed, exit 1)
+TAU_MIN = 1e-300
+
+
 def _cross_checks(cfg: dict, source):
+    pr = cfg["problem"]
+    if not pr["T"] / pr["steps"] >= TAU_MIN:
+        raise ConfigError("problem.T", f"a horizon whose time step T/steps is at least "
+                          f"{TAU_MIN:g} (here {pr['T'] / pr['steps']:.3g})", pr["T"], source)
     m = cfg["mesh"]
     if m["kind"] in ("interval", "rectangle", "box"):
         d = gdim(cfg)

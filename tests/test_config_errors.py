@@ -62,6 +62,7 @@ BAD = {
     "sigma whose epsilon underflows": ("sigma = 0.5", "sigma = 1e-300", "problem.sigma"),
     "sigma whose epsilon has no finite inverse": ("sigma = 0.5", "sigma = 1e-160",
                                                   "problem.sigma"),
+    "time step that underflows": ("T = 0.1", "T = 5e-324", "problem.T"),
     "heat without noise": ("sigma = 0.5", "sigma = 0.0", "problem.sigma"),
     "game coupling with G(0) != 0": ("sigma = 0.5", "sigma = 0.5\nG = \"0.2*exp(rho)\"\n"
                                      "coupling = \"mfg\"", "problem.G"),
