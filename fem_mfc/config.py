@@ -722,6 +722,12 @@ def _cross_checks(cfg: dict, source):
             _check_vector(f"mesh.{k}", m[k], source, d)
         if any(lo >= hi for lo, hi in zip(m["lower"], m["upper"])):
             raise ConfigError("mesh.upper", "each entry larger than mesh.lower", m["upper"], source)
+        # DOLFINx refuses a side shorter than machine epsilon ("Rectangle seems to have zero
+        # width": a RuntimeError, exit 1), and a side at round-off of its corners has no cells
+        if any(not hi - lo >= 1e-12 * max(1.0, abs(lo), abs(hi))
+               for lo, hi in zip(m["lower"], m["upper"])):
+            raise ConfigError("mesh.upper", "each entry larger than mesh.lower by at least "
+                              "1e-12 x max(1, |lower|, |upper|)", m["upper"], source)
     if m["kind"] == "file" and not m["file"]:
         raise ConfigError("mesh.file", "a mesh file when mesh.kind = 'file'", None, source)
     if m["kind"] == "annulus" and not m["inner_radius"] < m["radius"]:

@@ -45,6 +45,8 @@ BAD = {
                                 + "r" * 300 + "\"\nmean = [0.0]", "rho0.file"),
     "unparsable TOML": ("[problem]", "[problem\n", "not valid TOML"),
     "lower >= upper": ("upper = [3.0]", "upper = [-5.0]", "mesh.upper"),
+    "interval too short for DOLFINx": ("upper = [3.0]", "upper = [-2.999999999999999]",
+                                       "mesh.upper"),
     "mean of wrong length": ("mean = [0.0]", "mean = [0.0, 1.0]", "rho0.mean"),
     "bad formula": ("[rho0]\nmean = [0.0]",
                     "[rho0]\nkind = \"formula\"\nformula = \"__import__('os')\"\nmean = [0.0]",
