@@ -1215,12 +1215,13 @@ def schema_markdown() -> str:
 # a direct LU of the whole system instead (up to ~9 KB per DOF-step, < 1 GB in all).
 BYTES_PER_DOF_STEP = 2048
 BYTES_PER_DOF = 4096            # mesh, function spaces, per-step-independent matrices
-_GMSH_MEASURE = {  # kind -> (measure of the domain, vertices per (measure / h^d))
-    "disk": (lambda m: math.pi * m["radius"] ** 2, 1.16),
-    "annulus": (lambda m: math.pi * (m["radius"] ** 2 - min(m["inner_radius"], m["radius"]) ** 2),
-                1.16),
-    "lshape": (lambda m: 3.0 * m["radius"] ** 2, 1.16),
-    "ball": (lambda m: 4.0 / 3.0 * math.pi * m["radius"] ** 3, 1.5),
+_GMSH_MEASURE = {  # kind -> (measure of the domain / h^d, vertices per (measure / h^d)), in
+    # ratios R/h (R^2 or h^2 alone overflow: h = 1e300 was estimated an unbounded mesh)
+    "disk": (lambda m, h: math.pi * (m["radius"] / h) ** 2, 1.16),
+    "annulus": (lambda m, h: math.pi * ((m["radius"] / h) ** 2
+                                        - (min(m["inner_radius"], m["radius"]) / h) ** 2), 1.16),
+    "lshape": (lambda m, h: 3.0 * (m["radius"] / h) ** 2, 1.16),
+    "ball": (lambda m, h: 4.0 / 3.0 * math.pi * (m["radius"] / h) ** 3, 1.5),
 }
 
 
@@ -1241,7 +1242,7 @@ def estimate_dofs(cfg: dict, refine: int | None = None) -> float:
         d = 3 if kind == "ball" else 2
         h = m["h"] / scale
         try:
-            return per * measure(m) / h ** d * k ** d + 1.0
+            return per * measure(m, h) * k ** d + 1.0
         except (OverflowError, ZeroDivisionError):
             return math.inf
     if kind == "file" and m.get("file"):

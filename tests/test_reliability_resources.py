@@ -189,3 +189,13 @@ def test_learning_demos_fit_easily(demo):
     from helpers import REPO
     est = config.estimate_resources(config.load(REPO / "demos" / f"{demo}.toml"))
     assert est["bytes"] < 1 << 30 and est["learning"]
+
+
+@pytest.mark.parametrize("radius,h,most", [(3.0, 1e300, 10), (1e300, 1e299, 1000),
+                                           (1e-300, 1e-301, 1000)])
+def test_a_coarse_gmsh_mesh_is_not_estimated_unbounded(radius, h, most):
+    """The gmsh estimate took R^2 and h^2 apart: h = 1e300 overflowed and a disk of a few
+    cells was refused as "an unbounded amount" of memory; ratios R/h now."""
+    cfg = _cfg(mesh={"kind": "disk", "radius": radius, "h": h}, rho0={"mean": []})
+    assert config.estimate_resources(cfg)["dofs"] < most
+    config.check_resources(cfg, limit_bytes=1 << 30)
