@@ -313,17 +313,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "nls": {
         "hbar": Key(float, 1.0, "Planck constant hbar of i hbar Psi_t = -(hbar^2/2) Lap Psi + "
-                    "(V + G'(|Psi|^2)) Psi", positive, "a positive number"),
+                    "(V + G'(|Psi|^2)) Psi", _square_ok, SQUARE_EXPECT),
         "kappa": Key(float, 0.0, "cubic nonlinearity G = kappa rho^2/2 (focusing if < 0) when "
                      "problem.G = '0'; otherwise G is problem.G (set kappa = 0)"),
         "initial": Key(str, "soliton", "initial wave function",
                        choices=("soliton", "gaussian", "ground-state")),
-        "eta": Key(float, 1.0, "soliton amplitude/inverse width eta", positive,
-                   "a positive number"),
-        "wavenumber": Key(float, 0.0, "soliton wave number v (speed hbar*v)"),
+        "eta": Key(float, 1.0, "soliton amplitude/inverse width eta", _square_ok,
+                   SQUARE_EXPECT),
+        "wavenumber": Key(float, 0.0, "soliton wave number v (speed hbar*v)",
+                          lambda v: abs(v) <= SQUARE_MAX, f"a number of size at most "
+                          f"{SQUARE_MAX:g} (v^2 enters the phase)"),
         "x0": Key(list, [0.0], "soliton/Gaussian centre (gdim numbers; [0.0]: the origin)"),
-        "s0": Key(float, 0.5, "Gaussian width s0 (per-axis std of |Psi|^2)", positive,
-                  "a positive number"),
+        "s0": Key(float, 0.5, "Gaussian width s0 (per-axis std of |Psi|^2)", _square_ok,
+                  SQUARE_EXPECT),
         "k0": Key(list, [0.0], "Gaussian mean wave vector k0 (gdim numbers; [0.0]: zero)"),
         "integrator": Key(str, "midpoint", "time stepper: implicit midpoint (SNES Newton), its "
                           "order-4 symmetric compositions, or explicit RK4 (a contrast)",
@@ -345,8 +347,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                          "system in imaginary time (two-point problem, all-at-once Newton), "
                          "'quantum' = real-time Madelung fluid (initial-value problem)",
                          choices=("control", "quantum")),
-        "hbar": Key(float, 1.0, "quantum signature: hbar in kappa_Q = -hbar^2/2", positive,
-                    "a positive number"),
+        "hbar": Key(float, 1.0, "quantum signature: hbar in kappa_Q = -hbar^2/2", _square_ok,
+                    SQUARE_EXPECT),
         "S0": Key(str, "0", "quantum signature: initial phase S(0, x), a formula in x0, x1, x2 "
                   "(the control signature determines S(0) itself)"),
     },

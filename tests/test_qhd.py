@@ -220,6 +220,7 @@ def test_quantum_steps_accepted_unsolved_are_flagged(tmp_path):
 BAD = {
     "hbar zero": (cfg_quantum, {"qhd": {"hbar": 0.0}}, "qhd.hbar"),
     "hbar negative": (cfg_quantum, {"qhd": {"hbar": -1.0}}, "qhd.hbar"),
+    "hbar whose square overflows": (cfg_quantum, {"qhd": {"hbar": 1e300}}, "qhd.hbar"),
     "vacuum rho0": (cfg_control, {"rho0": {"formula": "1 + cos(pi*x)"}}, "rho0"),
     "vacuum quantum": (cfg_quantum, {"rho0": {"formula": "x**2"}}, "rho0"),
     "control with S0": (cfg_control, {"qhd": {"S0": "x"}}, "qhd.S0"),
