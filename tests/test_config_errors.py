@@ -286,3 +286,84 @@ def test_target_std_whose_square_is_not_a_number(std):
     with pytest.raises(ConfigError, match=r"generative\.target_std"):
         config.from_dict({"run": {"formulation": "generative"}, "mesh": {"kind": "disk"},
                           "generative": {"target_std": std}})
+
+
+# -- a derandomised property over the validation layer (no mesh, no solve) ---------------------
+def _bad_values(spec):
+    """Values ``spec`` must refuse: of another type, out of its range, not one of its
+    choices, an integer beyond 64 bits, a path that cannot exist."""
+    import math
+    types = spec.type if isinstance(spec.type, tuple) else (spec.type,)
+
+    def typed(v):
+        if isinstance(v, bool):
+            return bool in types
+        if isinstance(v, int) and float in types:
+            return True
+        return isinstance(v, types)
+
+    out = [v for v in ("text", 3, 2.5, True, [1.0], {"a": 1}) if not typed(v)]
+    numbers = [math.nan, math.inf, -math.inf, -1.0, 0.0, 0.5, 1.0, 2.0, 1e-300, 1e300, 5e-324,
+               -1, 0, 1, 2, 2 ** 62]
+    if spec.check is not None:
+        out += [v for v in numbers if typed(v) and (
+            isinstance(v, float) and not math.isfinite(v) or not spec.check(v))]
+    elif float in types:
+        out += [math.nan, math.inf]
+    if spec.choices:
+        out += ["", "nonsense", spec.choices[0].upper() + "!"]
+    if int in types or float in types:
+        out.append(2 ** 64)
+    if spec.path:
+        out += ["x" * 300, "no/such/file.msh"]
+    return out
+
+
+def _bad_cases():
+    from fem_mfc import config
+    cases = []
+    for section, keys in config.SCHEMA.items():
+        for key, spec in keys.items():
+            cases += [((section, key), v) for v in _bad_values(spec)]
+    for key, spec in config.BOUNDARY.items():
+        cases += [(("boundary", key), v) for v in _bad_values(spec)]
+    for key, spec in config.POPULATION.items():
+        cases += [(("population", key), v) for v in _bad_values(spec)]
+    return cases
+
+
+BAD_CASES = _bad_cases()
+
+
+def _raw(where, value):
+    section, key = where
+    if section == "boundary":
+        return {"boundary": [{"tag": 1, key: value}]}, f"boundary[0].{key}"
+    if section == "population":
+        pops = [{"rho0": {"kind": "gaussian", "mean": [-0.5, 0.0]}, key: value},
+                {"rho0": {"kind": "gaussian", "mean": [0.5, 0.0]}}]
+        return {"solver": {"method": "newton"}, "population": pops}, f"population[0].{key}"
+    return {section: {key: value}}, f"{section}.{key}"
+
+
+def test_every_key_refuses_bad_values_by_name_property():
+    """Every key of the schema, [[boundary]] and [[population]]: a value of another type, out
+    of range, not a choice, an integer beyond 64 bits or a path that cannot exist is a
+    ConfigError naming that key in one line -- never another exception (derandomised)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from fem_mfc import config
+    from fem_mfc.errors import ConfigError
+
+    @settings(derandomize=True, max_examples=1000, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(BAD_CASES))
+    def check(case):
+        raw, key = _raw(*case)
+        with pytest.raises(ConfigError) as e:
+            config.validate(raw, source="fuzz.toml", base_dir=REPO)
+        assert e.value.key == key, (case, str(e.value))
+        assert "\n" not in str(e.value)
+
+    check()
