@@ -158,7 +158,7 @@ def _check_convex(hessians, gdim: int, key, mesh, text, where) -> None:
     big = mesh.comm.allreduce(float(np.abs(eig).max()) if eig.size else 0.0, op=MPI.MAX)
     if low < -1e-10 * max(big, 1.0):
         raise ConfigError(key, "a Hamiltonian convex in p (the smallest eigenvalue of "
-                          f"d2H/dp2 is {low:.3g} < 0 for {where})", _short(text))
+                          f"d2H/dp2 is {low:.3g} < 0 for {where})", text)
 
 
 def check_hamiltonian(cfg: dict, mesh, deg: int = 1) -> None:
@@ -179,6 +179,9 @@ def check_hamiltonian(cfg: dict, mesh, deg: int = 1) -> None:
     gdim = mesh.geometry.dim
     key = {"weighted": "hamiltonian.weight", "anisotropic": "hamiltonian.A"}.get(h.kind,
                                                                             "problem.H")
+    # the value a message quotes: the key's own (the matrix A as TOML, not Python's repr)
+    shown = {"hamiltonian.weight": cfg["hamiltonian"]["weight"],
+             "hamiltonian.A": cfg["hamiltonian"]["A"]}.get(key, _short(text))
     rho_c = dolfinx.fem.Constant(mesh, 1.0)
     # p as a cellwise-constant Function (a Constant alone has no mesh to evaluate on)
     pf = dolfinx.fem.Function(dolfinx.fem.functionspace(mesh, ("DG", 0, (gdim,))))
@@ -198,15 +201,14 @@ def check_hamiltonian(cfg: dict, mesh, deg: int = 1) -> None:
                 vals = check_finite_on_mesh(e, key, mesh, deg, text,
                                             what=f"for {where} ({name})")
                 if name == "d2H/dp2":
-                    _check_convex(vals, gdim, key, mesh, text, where)
+                    _check_convex(vals, gdim, key, mesh, shown, where)
                 if name == "H" and h.kind in ("weighted", "anisotropic") and any(probe):
                     low = mesh.comm.allreduce(float(vals.min()) if vals.size else np.inf,
                                               op=MPI.MIN)
                     if not low > 0:
                         raise ConfigError(key, "a positive definite weight (H > 0 for p != 0"
                                           f" at every mesh point; H = {low:.3g} for {where})",
-                                          _short(str(cfg["hamiltonian"]["weight" if key
-                                                     == "hamiltonian.weight" else "A"])))
+                                          shown)
 
 
 __all__ = ["check_formulas", "check_hamiltonian", "RHO_PROBES", "P_PROBES"]
