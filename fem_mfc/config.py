@@ -170,7 +170,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       choices=("auto", "newton", "picard", "cole-hopf")),
         "rtol": Key(float, 1e-10, "relative residual tolerance", positive, "a positive number"),
         "atol": Key(float, 1e-12, "absolute residual tolerance", positive, "a positive number"),
-        "max_it": Key(int, 50, "maximum Newton iterations", positive, "a positive integer"),
+        "max_it": Key(int, 50, "maximum Newton iterations", lambda n: 0 < n <= 2 ** 31 - 1,
+                      "a positive integer of at most 2^31 - 1 (a PETSc integer)"),
         "initial_guess": Key(str, "trivial", "Newton's start: rho = rho0, u = Phi ('trivial'), "
                              "the Cole-Hopf solution without congestion ('cole-hopf') or the "
                              "solution on a grid coarser in space and time ('coarse')",

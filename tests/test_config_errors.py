@@ -65,6 +65,8 @@ BAD = {
     "sigma whose epsilon has no finite inverse": ("sigma = 0.5", "sigma = 1e-160",
                                                   "problem.sigma"),
     "time step that underflows": ("T = 0.1", "T = 5e-324", "problem.T"),
+    "max_it beyond a PETSc integer": ("[output]", "[solver]\nmax_it = 9223372036854775807\n"
+                                      "[output]", "solver.max_it"),
     "heat without noise": ("sigma = 0.5", "sigma = 0.0", "problem.sigma"),
     "game coupling with G(0) != 0": ("sigma = 0.5", "sigma = 0.5\nG = \"0.2*exp(rho)\"\n"
                                      "coupling = \"mfg\"", "problem.G"),
