@@ -594,6 +594,8 @@ def _coerce(key: str, spec: Key, value, source):
         raise ConfigError(key, _typename(t), value, source)
     if t is float and not math.isfinite(value):
         raise ConfigError(key, "a finite number", value, source)
+    if isinstance(value, float):
+        value += 0.0                # -0.0 is 0.0 (numpy's normal(scale=-0.0): "scale < 0")
     if spec.choices is not None and value not in spec.choices:
         raise ConfigError(key, "one of " + ", ".join(repr(c) for c in spec.choices), value, source)
     if spec.check is not None and not spec.check(value):

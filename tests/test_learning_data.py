@@ -114,3 +114,12 @@ def test_learning_configs_refused_with_one_line(formulation, change, key):
         raw[sec] = dict(kv)
     with pytest.raises(ConfigError, match=key):
         config.from_dict(raw)
+
+
+def test_a_negative_zero_noise_is_zero():
+    """data.noise = -0.0 passed 'a non-negative number' and numpy's normal() refused the scale
+    ("scale < 0", exit 1 with a traceback): a number -0.0 is 0.0 once validated."""
+    cfg = config.from_dict({"run": {"formulation": "classifier"}, "mesh": {"kind": "disk"},
+                            "data": {"dataset": "gaussians", "noise": -0.0, "n_samples": 40}})
+    assert math.copysign(1.0, cfg["data"]["noise"]) == 1.0
+    data.load(cfg["data"], 2)
