@@ -52,6 +52,16 @@ def _unit_interval(x):
     return 0 < x <= 1
 
 
+# iteration counts: a PETSc integer (solver.max_it = 2^63 - 1 was an OverflowError in SNES's
+# setTolerances; training.max_sweeps = 2^63 - 1 one in len(range(...)) of the progress bar)
+COUNT_MAX = 2 ** 31 - 1
+COUNT_EXPECT = "a positive integer of at most 2^31 - 1"
+
+
+def _count(n):
+    return 0 < n <= COUNT_MAX
+
+
 # sigma enters as epsilon = sigma^2/2: its square must be a finite number (sigma = 1e300
 # overflowed in the exact solutions: OverflowError, exit 1), and a positive sigma must have a
 # positive epsilon with a finite inverse (sigma = 1e-300 gave epsilon = 0, and Cole-Hopf
@@ -170,8 +180,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       choices=("auto", "newton", "picard", "cole-hopf")),
         "rtol": Key(float, 1e-10, "relative residual tolerance", positive, "a positive number"),
         "atol": Key(float, 1e-12, "absolute residual tolerance", positive, "a positive number"),
-        "max_it": Key(int, 50, "maximum Newton iterations", lambda n: 0 < n <= 2 ** 31 - 1,
-                      "a positive integer of at most 2^31 - 1 (a PETSc integer)"),
+        "max_it": Key(int, 50, "maximum Newton iterations", _count, COUNT_EXPECT),
         "initial_guess": Key(str, "trivial", "Newton's start: rho = rho0, u = Phi ('trivial'), "
                              "the Cole-Hopf solution without congestion ('cole-hopf') or the "
                              "solution on a grid coarser in space and time ('coarse')",
@@ -185,7 +194,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                            choices=("auto", "lu", "ilu", "amg")),
         "continuation": Key(bool, True, "if Newton fails from its initial guess, continue in "
                             "the coupling strength (and the noise) from the uncoupled problem"),
-        "picard_max_it": Key(int, 500, "maximum Picard iterations", positive, "a positive integer"),
+        "picard_max_it": Key(int, 500, "maximum Picard iterations", _count, COUNT_EXPECT),
         "relaxation": Key(float, 0.5, "Picard damping in (0, 1]", _unit_interval,
                           "a number in (0, 1]"),
         "petsc_options": Key(dict, {}, "PETSc options (also accepted on the command line)"),
@@ -267,7 +276,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       "is 'eafe', sweeps otherwise); newton and lbfgs need the eafe transport",
                       choices=("auto", "newton", "lbfgs", "sweeps")),
         "max_sweeps": Key(int, 60, "maximum outer iterations (sweeps, Newton or L-BFGS steps)",
-                          positive, "a positive integer"),
+                          _count, COUNT_EXPECT),
         "relaxation": Key(float, 0.5, "initial relaxation theta of a <- a + theta (a_hat - a)",
                           _unit_interval, "a number in (0, 1]"),
         "tol": Key((str, float), "auto", "stop when the relative optimality residual is below "
@@ -280,15 +289,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
                         "depth, and the neural ODE if node = true) on the empirical objective"),
         "node": Key(bool, True, "baseline = true: also train the neural ODE baseline"),
         "epochs": Key(int, 600, "baselines: maximum full-batch Adam epochs (early stopping on "
-                      "a plateau ends them sooner, see patience)", positive,
-                      "a positive integer"),
+                      "a plateau ends them sooner, see patience)", _count, COUNT_EXPECT),
         "patience": Key(int, 100, "baselines: a plateau is `patience` epochs without a relative "
                         "improvement of 1e-4 of the objective (the learning rate is divided by "
                         "4 at the first two, training stops at the third); 0: exactly `epochs` "
                         "epochs", nonnegative, "a non-negative integer"),
         "seeds": Key(int, 3, "baselines: number of seeds (data seed, data seed + 1, ...); the "
-                     "report gives the best run and the mean +- std", positive,
-                     "a positive integer"),
+                     "report gives the best run and the mean +- std", _count, COUNT_EXPECT),
         "fresh": Key(int, 20000, "size of the fresh sample from the data generator on which "
                      "every model's accuracy and the Bayes ceiling are measured (0: skip)",
                      nonnegative, "a non-negative integer"),
@@ -340,8 +347,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       "a positive number"),
         "gs_tol": Key(float, 1e-10, "ground-state stopping tolerance (relative max change)",
                       positive, "a positive number"),
-        "gs_max_steps": Key(int, 5000, "maximum ground-state iterations", positive,
-                            "a positive integer"),
+        "gs_max_steps": Key(int, 5000, "maximum ground-state iterations", _count,
+                            COUNT_EXPECT),
     },
     "qhd": {
         "signature": Key(str, "control", "QHD signature (MODEL §3): 'control' = the optimality "
@@ -1299,6 +1306,8 @@ def _learning_bytes(cfg: dict, dofs: float, steps: int) -> dict:
            "training.particles": float(t["particles"]) * per_point}
     if f == "generative":
         out["generative.samples"] = float(cfg["generative"]["samples"]) * per_point
+    if t["baseline"]:             # each seed's runs and their records (seeds = 2^63 - 1:
+        out["training.seeds"] = float(t["seeds"]) * 4096.0     # a list of them, MemoryError)
     if t["baseline"]:             # named after the factor further above its default
         key = "training.hidden" if t["hidden"] / 16 > n / 1000 else "data.n_samples"
         out[key] = out.get(key, 0.0) + float(t["hidden"]) * (n + 3.0 * layers) * per_point

@@ -369,3 +369,17 @@ def test_every_key_refuses_bad_values_by_name_property():
         assert "\n" not in str(e.value)
 
     check()
+
+
+@pytest.mark.parametrize("section,key", [("solver", "picard_max_it"), ("training", "max_sweeps"),
+                                         ("training", "epochs"), ("training", "seeds"),
+                                         ("nls", "gs_max_steps")])
+def test_iteration_counts_are_integers_the_loops_take(section, key):
+    """training.max_sweeps = 2^63 - 1 was an OverflowError in the progress bar's len(range())
+    (exit 1); every iteration count is now at most 2^31 - 1, like solver.max_it."""
+    from fem_mfc import config
+    from fem_mfc.errors import ConfigError
+    with pytest.raises(ConfigError) as e:
+        config.from_dict({section: {key: 2 ** 63 - 1}})
+    assert e.value.key == f"{section}.{key}"
+    config.from_dict({section: {key: 2 ** 31 - 1}})

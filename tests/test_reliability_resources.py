@@ -168,7 +168,8 @@ LEARNING = [({"data": {"n_samples": 10 ** 9}}, "data.n_samples"),
             ({"network": {"kind": "dictionary", "dictionary": "random-tanh",
                           "ridges": 10 ** 9}}, "network.ridges"),
             ({"run": {"formulation": "generative"}, "generative": {"samples": 10 ** 10}},
-             "generative.samples")]
+             "generative.samples"),
+            ({"training": {"seeds": 2 ** 31 - 1}}, "training.seeds")]
 
 
 @pytest.mark.parametrize("over,key", LEARNING, ids=[k for _, k in LEARNING])
