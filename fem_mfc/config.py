@@ -178,7 +178,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "solver": {
         "method": Key(str, "auto", "nonlinear solver",
                       choices=("auto", "newton", "picard", "cole-hopf")),
-        "rtol": Key(float, 1e-10, "relative residual tolerance", positive, "a positive number"),
+        "rtol": Key(float, 1e-10, "relative residual tolerance", lambda r: 0 < r < 1,
+                    "a number in (0, 1) (PETSc refuses a relative tolerance of 1 or more)"),
         "atol": Key(float, 1e-12, "absolute residual tolerance", positive, "a positive number"),
         "max_it": Key(int, 50, "maximum Newton iterations", _count, COUNT_EXPECT),
         "initial_guess": Key(str, "trivial", "Newton's start: rho = rho0, u = Phi ('trivial'), "

@@ -67,6 +67,8 @@ BAD = {
     "time step that underflows": ("T = 0.1", "T = 5e-324", "problem.T"),
     "max_it beyond a PETSc integer": ("[output]", "[solver]\nmax_it = 9223372036854775807\n"
                                       "[output]", "solver.max_it"),
+    "relative tolerance of 1 or more": ("[output]", "[solver]\nrtol = 1.0\n[output]",
+                                        "solver.rtol"),
     "heat without noise": ("sigma = 0.5", "sigma = 0.0", "problem.sigma"),
     "game coupling with G(0) != 0": ("sigma = 0.5", "sigma = 0.5\nG = \"0.2*exp(rho)\"\n"
                                      "coupling = \"mfg\"", "problem.G"),
