@@ -393,11 +393,19 @@ RENAMED: dict[str, dict[str, str]] = {
 
 # ``[[boundary]]``: an array of tables, one per tagged part of the boundary (facets not named
 # are no-flux walls)
+# mesh tags are 32-bit in DOLFINx (tag = 2^63 - 1 was a TypeError in MeshTags.find, exit 1)
+TAG_EXPECT = "a non-negative integer of at most 2^31 - 1 (mesh tags are 32-bit)"
+
+
+def _tag(t):
+    return 0 <= t <= 2 ** 31 - 1
+
+
 BOUNDARY_KINDS = ("no-flux", "exit", "robin", "dirichlet", "periodic")
 BOUNDARY: dict[str, Key] = {
     "tag": Key(int, REQUIRED, "the facet tag: a gmsh physical group of the mesh file, or a "
                "side of an interval/rectangle/box (2i+1 where x_i = lower[i], 2i+2 where "
-               "x_i = upper[i])", nonnegative, "a non-negative integer"),
+               "x_i = upper[i])", _tag, TAG_EXPECT),
     "kind": Key(str, "no-flux", "'no-flux' (a wall: the natural condition, the default "
                 "everywhere), 'exit' (absorbing: rho = 0 and u = cost there; solver.method "
                 "'newton' or 'auto') or 'robin' (a leaky wall: mass leaves at the rate "
@@ -419,8 +427,8 @@ BOUNDARY: dict[str, Key] = {
                 positive, "a positive number"),
     "to": Key(int, 0, "kind = 'periodic': the tag of the master side, the side opposite "
               "`tag` (2i+1 for 2i+2 and back; 0: that opposite side); the slave side `tag` "
-              "is the master side translated by the box's length along x_i", nonnegative,
-              "a non-negative integer"),
+              "is the master side translated by the box's length along x_i", _tag,
+              TAG_EXPECT),
 }
 
 

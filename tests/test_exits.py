@@ -217,6 +217,8 @@ def cfg(boundary, **over):
     ([{"tag": 2, "kind": "exit"}], {"solver": {"initial_guess": "cole-hopf"}},
      "boundary.kind"),
     ([{"tag": 2, "kind": "robin", "rate": 0.0}], {}, "boundary[0].rate"),
+    ([{"tag": 2 ** 63 - 1, "kind": "exit"}], {}, "boundary[0].tag"),    # not a 32-bit tag:
+    ([{"tag": 2, "kind": "periodic", "to": 2 ** 31}], {}, "boundary[0].to"),  # a TypeError
     ([{"tag": 2, "kind": "robin"}], {"solver": {"method": "cole-hopf"}}, "boundary.kind"),
     ([{"tag": 2, "kind": "robin"}], {"discretisation": {"stabilisation": "monotone"}},
      "boundary.kind")])
