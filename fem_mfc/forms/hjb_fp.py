@@ -400,7 +400,10 @@ def coupling_residual(rho_old, rho_new, wrt, q, d: StepData):
     if d.G is None or _zero(d.G(rho_bar(rho_old, rho_new, d.theta))):
         return None
     rb = rho_bar(rho_old, rho_new, d.theta)
-    return d.tau * coupling_value(d.G, d.coupling, rb) * ufl.derivative(rb, wrt, q) * d.dx
+    integrand = d.tau * coupling_value(d.G, d.coupling, rb) * ufl.derivative(rb, wrt, q)
+    if _zero(integrand):     # a constant G (G = '1e-320'): c = G' = 0, and Zero*dx is no form
+        return None
+    return integrand * d.dx
 
 
 def rho_residual(rho_old, rho_new, u, t, wrt, q, d: StepData):
