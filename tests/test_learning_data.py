@@ -85,6 +85,20 @@ def test_bandwidth_rules():
     assert data.bandwidth(X, 0.3) == 0.3
 
 
+@pytest.mark.parametrize("b", [5e-324, 1e-300, 1e-3, 1e300])
+def test_a_bandwidth_the_mesh_cannot_hold_names_the_bandwidth(b):
+    """data.bandwidth = 5e-324 or 1e300 gave class densities of no mass on the mesh and the
+    advice to enlarge the domain (mesh.radius): the bandwidth is refused by name, with the
+    mesh's limits, as rho0.std."""
+    msh = dolfinx.mesh.create_rectangle(MPI.COMM_WORLD, [[-4, -4], [4, 4]], [8, 8])
+    V = dolfinx.fem.functionspace(msh, ("Lagrange", 1))
+    ds = data.load(dcfg(dataset="gaussians", n_samples=60, noise=0.3, classes=2))
+    with pytest.raises(ConfigError) as e:
+        data.class_densities(ds, V, b)
+    assert e.value.key == "data.bandwidth"
+    data.class_densities(ds, V, 0.5)
+
+
 def test_kde_class_densities_normalised_to_proportions():
     msh = dolfinx.mesh.create_rectangle(MPI.COMM_WORLD, [[-4, -4], [4, 4]], [24, 24])
     V = dolfinx.fem.functionspace(msh, ("Lagrange", 1))
