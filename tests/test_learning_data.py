@@ -137,3 +137,18 @@ def test_a_negative_zero_noise_is_zero():
                             "data": {"dataset": "gaussians", "noise": -0.0, "n_samples": 40}})
     assert math.copysign(1.0, cfg["data"]["noise"]) == 1.0
     data.load(cfg["data"], 2)
+
+
+@pytest.mark.parametrize("over,key", [({"test_fraction": 1e-12}, "data.test_fraction"),
+                                      ({"test_fraction": 0.999}, "data.test_fraction"),
+                                      ({"dataset": "csv"}, "data.file")])
+def test_a_split_without_every_class_names_the_key(over, key, tmp_path):
+    """'too few points to split' named no key (a UserError about the data set): the fraction,
+    or the file whose class has a single point, is named now."""
+    f = tmp_path / "one.csv"
+    f.write_text("x1,x2,label\n" + "".join(f"{i},{i % 3},0\n" for i in range(9)) + "5,5,1\n")
+    if over.get("dataset") == "csv":
+        over = {**over, "file": str(f)}
+    with pytest.raises(ConfigError) as e:
+        data.load(dcfg(**{"n_samples": 80, **over}))
+    assert e.value.key == key

@@ -183,9 +183,16 @@ def load(dcfg: dict, dim: int = 2) -> Dataset:
     counts = np.bincount(y)
     ntest = int(math.ceil(dcfg["test_fraction"] * len(y)))
     if counts.min() < 2 or ntest < len(counts) or len(y) - ntest < len(counts):
-        raise UserError(f"data set '{dcfg['dataset']}': too few points ({len(y)}, smallest "
-                        f"class {counts.min()}) to split with test_fraction "
-                        f"{dcfg['test_fraction']}")
+        # the key to change: the fraction where it leaves a side without every class, else
+        # the number of points (a CSV file: the file)
+        split = ntest < len(counts) or len(y) - ntest < len(counts)
+        key = ("data.test_fraction" if split else "data.file" if dcfg["dataset"] == "csv"
+               else "data.n_samples")
+        raise ConfigError(key, f"enough points to split data set '{dcfg['dataset']}' into "
+                          f"train and test sets holding every class ({len(y)} points, smallest "
+                          f"class {counts.min()}, test_fraction {dcfg['test_fraction']:g})",
+                          dcfg["test_fraction"] if split else
+                          (dcfg["file"] if dcfg["dataset"] == "csv" else dcfg["n_samples"]))
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=dcfg["test_fraction"],
                                           random_state=dcfg["seed"], stratify=y)
     mean = Xtr.mean(axis=0)
