@@ -142,10 +142,30 @@ def _check_rho0(r: dict, pre: str, mesh, deg, x, gdim, params) -> None:
 P_PROBES = ((0.0, 0.0, 0.0), (0.7, -0.4, 0.3), (-3.0, 2.0, 1.0))
 
 
+def _check_convex(hessians, gdim: int, key, mesh, text, where) -> None:
+    """H convex in p (MODEL §2, General Hamiltonians): the smallest eigenvalue of H''(p) at
+    the mesh points is >= 0 up to round-off.  A concave formula H such as -|p|**2/2 has no
+    running cost L = H* and its stationary point is no optimal control; it ran to exit 0."""
+    from mpi4py import MPI
+
+    import numpy as np
+    h = np.asarray(hessians, dtype=float)
+    if h.size % (gdim * gdim):          # a Hessian that folded to a number: 0 (linear H)
+        h = np.zeros((0, gdim, gdim))
+    h = h.reshape(-1, gdim, gdim)
+    eig = np.linalg.eigvalsh(0.5 * (h + h.transpose(0, 2, 1))) if len(h) else np.zeros((0, 1))
+    low = mesh.comm.allreduce(float(eig.min()) if eig.size else np.inf, op=MPI.MIN)
+    big = mesh.comm.allreduce(float(np.abs(eig).max()) if eig.size else 0.0, op=MPI.MAX)
+    if low < -1e-10 * max(big, 1.0):
+        raise ConfigError(key, "a Hamiltonian convex in p (the smallest eigenvalue of "
+                          f"d2H/dp2 is {low:.3g} < 0 for {where})", text)
+
+
 def check_hamiltonian(cfg: dict, mesh, deg: int = 1) -> None:
     """Check ``[problem] H`` on ``mesh``: it parses, H, ∂H/∂p and ∂²H/∂p² are finite at the
-    mesh points for p in P_PROBES and ρ in RHO_PROBES, and the weighted and anisotropic
-    kinds are positive (c(x) > 0, A(x) positive on the probes).  ConfigError naming the key."""
+    mesh points for p in P_PROBES and ρ in RHO_PROBES, H is convex in p there (d2H/dp2
+    positive semidefinite), and the weighted and anisotropic kinds are positive (c(x) > 0,
+    A(x) positive on the probes).  ConfigError naming the key."""
     from mpi4py import MPI
 
     import dolfinx
@@ -159,6 +179,9 @@ def check_hamiltonian(cfg: dict, mesh, deg: int = 1) -> None:
     gdim = mesh.geometry.dim
     key = {"weighted": "hamiltonian.weight", "anisotropic": "hamiltonian.A"}.get(h.kind,
                                                                             "problem.H")
+    # the value a message quotes: the key's own (the matrix A as TOML, not Python's repr)
+    shown = {"hamiltonian.weight": cfg["hamiltonian"]["weight"],
+             "hamiltonian.A": cfg["hamiltonian"]["A"]}.get(key, _short(text))
     rho_c = dolfinx.fem.Constant(mesh, 1.0)
     # p as a cellwise-constant Function (a Constant alone has no mesh to evaluate on)
     pf = dolfinx.fem.Function(dolfinx.fem.functionspace(mesh, ("DG", 0, (gdim,))))
@@ -177,14 +200,15 @@ def check_hamiltonian(cfg: dict, mesh, deg: int = 1) -> None:
             for name, e in exprs.items():
                 vals = check_finite_on_mesh(e, key, mesh, deg, text,
                                             what=f"for {where} ({name})")
+                if name == "d2H/dp2":
+                    _check_convex(vals, gdim, key, mesh, shown, where)
                 if name == "H" and h.kind in ("weighted", "anisotropic") and any(probe):
                     low = mesh.comm.allreduce(float(vals.min()) if vals.size else np.inf,
                                               op=MPI.MIN)
                     if not low > 0:
                         raise ConfigError(key, "a positive definite weight (H > 0 for p != 0"
                                           f" at every mesh point; H = {low:.3g} for {where})",
-                                          _short(str(cfg["hamiltonian"]["weight" if key
-                                                     == "hamiltonian.weight" else "A"])))
+                                          shown)
 
 
 __all__ = ["check_formulas", "check_hamiltonian", "RHO_PROBES", "P_PROBES"]

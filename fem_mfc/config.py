@@ -52,6 +52,37 @@ def _unit_interval(x):
     return 0 < x <= 1
 
 
+# iteration counts: a PETSc integer (solver.max_it = 2^63 - 1 was an OverflowError in SNES's
+# setTolerances; training.max_sweeps = 2^63 - 1 one in len(range(...)) of the progress bar)
+COUNT_MAX = 2 ** 31 - 1
+COUNT_EXPECT = "a positive integer of at most 2^31 - 1"
+
+
+def _count(n):
+    return 0 < n <= COUNT_MAX
+
+
+# sigma enters as epsilon = sigma^2/2: its square must be a finite number (sigma = 1e300
+# overflowed in the exact solutions: OverflowError, exit 1), and a positive sigma must have a
+# positive epsilon with a finite inverse (sigma = 1e-300 gave epsilon = 0, and Cole-Hopf
+# divided by it).  The same for the Gaussian target's std s of the generative runs (1/2s^2 and
+# s^2 in the KL term: 5e-324 was a ZeroDivisionError, 1e300 an inf the form compiler choked on).
+SQUARE_MIN, SQUARE_MAX = 1e-150, 1e150
+
+
+def _square_ok(s):
+    return SQUARE_MIN <= s <= SQUARE_MAX
+
+
+def _sigma(s):
+    return s == 0 or _square_ok(s)
+
+
+SQUARE_EXPECT = (f"a number from {SQUARE_MIN:g} to {SQUARE_MAX:g} (its square and the inverse "
+                 "of its square must be finite positive numbers)")
+SIGMA_EXPECT = "0 or " + SQUARE_EXPECT
+
+
 FORMULATIONS = registry.NAMES
 # Names a formula already gives a meaning to: parameters may not shadow them.
 RESERVED_NAMES = ("x0", "x1", "x2", "x", "y", "z", "rho", "t", "pi", "e", "p0", "p1", "p2",
@@ -86,8 +117,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "problem": {
         "T": Key(float, 1.0, "horizon (network depth)", positive, "a positive number"),
-        "sigma": Key(float, 0.5, "noise sigma (epsilon = sigma^2/2)", nonnegative,
-                     "a non-negative number"),
+        "sigma": Key(float, 0.5, "noise sigma (epsilon = sigma^2/2)", _sigma,
+                     SIGMA_EXPECT),
         "steps": Key(int, 20, "number of time steps (layers)", positive, "a positive integer"),
         "V": Key(str, "0", "running potential V(x), a formula in x0, x1, x2"),
         "Phi": Key(str, "0", "terminal loss Phi(x), a formula in x0, x1, x2"),
@@ -102,7 +133,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                  "(|p|^2/(2(1+rho)^alpha)) with the parameters in [hamiltonian], or a formula "
                  "in p0, p1, p2, |p|, x0..x2, rho and params, e.g. '0.5*(p0**2 + 4*p1**2)' or "
                  "'|p|**2/(2*(1 + rho))' (|p|**b is (p.p)^(b/2), smooth at p = 0 for b >= 2). "
-                 "Other than 'quadratic' only formulation 'hjb-fp' with solver.method 'newton', "
+                 "H must be convex in p (checked on the mesh). Other than 'quadratic' only "
+                 "formulation 'hjb-fp' with solver.method 'newton', "
                  "'picard' or 'auto' (Galerkin, initial_guess 'trivial' or 'coarse')"),
         "params": Key(dict, {}, "named numbers usable in every formula, e.g. {kappa = 1.0}"),
     },
@@ -146,9 +178,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "solver": {
         "method": Key(str, "auto", "nonlinear solver",
                       choices=("auto", "newton", "picard", "cole-hopf")),
-        "rtol": Key(float, 1e-10, "relative residual tolerance", positive, "a positive number"),
+        "rtol": Key(float, 1e-10, "relative residual tolerance", lambda r: 0 < r < 1,
+                    "a number in (0, 1) (PETSc refuses a relative tolerance of 1 or more)"),
         "atol": Key(float, 1e-12, "absolute residual tolerance", positive, "a positive number"),
-        "max_it": Key(int, 50, "maximum Newton iterations", positive, "a positive integer"),
+        "max_it": Key(int, 50, "maximum Newton iterations", _count, COUNT_EXPECT),
         "initial_guess": Key(str, "trivial", "Newton's start: rho = rho0, u = Phi ('trivial'), "
                              "the Cole-Hopf solution without congestion ('cole-hopf') or the "
                              "solution on a grid coarser in space and time ('coarse')",
@@ -162,7 +195,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                            choices=("auto", "lu", "ilu", "amg")),
         "continuation": Key(bool, True, "if Newton fails from its initial guess, continue in "
                             "the coupling strength (and the noise) from the uncoupled problem"),
-        "picard_max_it": Key(int, 500, "maximum Picard iterations", positive, "a positive integer"),
+        "picard_max_it": Key(int, 500, "maximum Picard iterations", _count, COUNT_EXPECT),
         "relaxation": Key(float, 0.5, "Picard damping in (0, 1]", _unit_interval,
                           "a number in (0, 1]"),
         "petsc_options": Key(dict, {}, "PETSc options (also accepted on the command line)"),
@@ -187,8 +220,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                        "an integer >= 2"),
         "test_fraction": Key(float, 0.5, "fraction of the points held out for testing",
                              lambda f: 0 < f < 1, "a number in (0, 1)"),
-        "seed": Key(int, 0, "random seed of the generator and of the split", nonnegative,
-                    "a non-negative integer"),
+        "seed": Key(int, 0, "random seed of the generator and of the split",
+                    lambda s: 0 <= s <= 2 ** 32 - 1, "an integer from 0 to 2^32 - 1 (a seed "
+                    "of scikit-learn's generators)"),
         "file": Key(str, "", "dataset = 'csv': a CSV file with the columns x1,x2,label",
                     path=True),
         "bandwidth": Key((str, float, int), "scott", "KDE bandwidth of the class densities: "
@@ -243,7 +277,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       "is 'eafe', sweeps otherwise); newton and lbfgs need the eafe transport",
                       choices=("auto", "newton", "lbfgs", "sweeps")),
         "max_sweeps": Key(int, 60, "maximum outer iterations (sweeps, Newton or L-BFGS steps)",
-                          positive, "a positive integer"),
+                          _count, COUNT_EXPECT),
         "relaxation": Key(float, 0.5, "initial relaxation theta of a <- a + theta (a_hat - a)",
                           _unit_interval, "a number in (0, 1]"),
         "tol": Key((str, float), "auto", "stop when the relative optimality residual is below "
@@ -256,15 +290,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
                         "depth, and the neural ODE if node = true) on the empirical objective"),
         "node": Key(bool, True, "baseline = true: also train the neural ODE baseline"),
         "epochs": Key(int, 600, "baselines: maximum full-batch Adam epochs (early stopping on "
-                      "a plateau ends them sooner, see patience)", positive,
-                      "a positive integer"),
+                      "a plateau ends them sooner, see patience)", _count, COUNT_EXPECT),
         "patience": Key(int, 100, "baselines: a plateau is `patience` epochs without a relative "
                         "improvement of 1e-4 of the objective (the learning rate is divided by "
                         "4 at the first two, training stops at the third); 0: exactly `epochs` "
                         "epochs", nonnegative, "a non-negative integer"),
         "seeds": Key(int, 3, "baselines: number of seeds (data seed, data seed + 1, ...); the "
-                     "report gives the best run and the mean +- std", positive,
-                     "a positive integer"),
+                     "report gives the best run and the mean +- std", _count, COUNT_EXPECT),
         "fresh": Key(int, 20000, "size of the fresh sample from the data generator on which "
                      "every model's accuracy and the Bayes ceiling are measured (0: skip)",
                      nonnegative, "a non-negative integer"),
@@ -281,8 +313,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "kl_floor": Key(float, 1e-3, "eta: KL is evaluated as int (rho + eta) log((rho + eta)/N) "
                         "so that the logarithm stays finite", nonnegative,
                         "a non-negative number"),
-        "target_std": Key(float, 1.0, "s: standard deviation of the Gaussian target", positive,
-                          "a positive number"),
+        "target_std": Key(float, 1.0, "s: standard deviation of the Gaussian target",
+                          _square_ok, SQUARE_EXPECT),
         "samples": Key(int, 1000, "samples drawn by running the flow backward from the target",
                        positive, "a positive integer"),
         "score": Key(bool, True, "include the diffusion's contribution -eps grad log rho in the "
@@ -290,17 +322,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "nls": {
         "hbar": Key(float, 1.0, "Planck constant hbar of i hbar Psi_t = -(hbar^2/2) Lap Psi + "
-                    "(V + G'(|Psi|^2)) Psi", positive, "a positive number"),
+                    "(V + G'(|Psi|^2)) Psi", _square_ok, SQUARE_EXPECT),
         "kappa": Key(float, 0.0, "cubic nonlinearity G = kappa rho^2/2 (focusing if < 0) when "
                      "problem.G = '0'; otherwise G is problem.G (set kappa = 0)"),
         "initial": Key(str, "soliton", "initial wave function",
                        choices=("soliton", "gaussian", "ground-state")),
-        "eta": Key(float, 1.0, "soliton amplitude/inverse width eta", positive,
-                   "a positive number"),
-        "wavenumber": Key(float, 0.0, "soliton wave number v (speed hbar*v)"),
+        "eta": Key(float, 1.0, "soliton amplitude/inverse width eta", _square_ok,
+                   SQUARE_EXPECT),
+        "wavenumber": Key(float, 0.0, "soliton wave number v (speed hbar*v)",
+                          lambda v: abs(v) <= SQUARE_MAX, f"a number of size at most "
+                          f"{SQUARE_MAX:g} (v^2 enters the phase)"),
         "x0": Key(list, [0.0], "soliton/Gaussian centre (gdim numbers; [0.0]: the origin)"),
-        "s0": Key(float, 0.5, "Gaussian width s0 (per-axis std of |Psi|^2)", positive,
-                  "a positive number"),
+        "s0": Key(float, 0.5, "Gaussian width s0 (per-axis std of |Psi|^2)", _square_ok,
+                  SQUARE_EXPECT),
         "k0": Key(list, [0.0], "Gaussian mean wave vector k0 (gdim numbers; [0.0]: zero)"),
         "integrator": Key(str, "midpoint", "time stepper: implicit midpoint (SNES Newton), its "
                           "order-4 symmetric compositions, or explicit RK4 (a contrast)",
@@ -314,16 +348,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       "a positive number"),
         "gs_tol": Key(float, 1e-10, "ground-state stopping tolerance (relative max change)",
                       positive, "a positive number"),
-        "gs_max_steps": Key(int, 5000, "maximum ground-state iterations", positive,
-                            "a positive integer"),
+        "gs_max_steps": Key(int, 5000, "maximum ground-state iterations", _count,
+                            COUNT_EXPECT),
     },
     "qhd": {
         "signature": Key(str, "control", "QHD signature (MODEL §3): 'control' = the optimality "
                          "system in imaginary time (two-point problem, all-at-once Newton), "
                          "'quantum' = real-time Madelung fluid (initial-value problem)",
                          choices=("control", "quantum")),
-        "hbar": Key(float, 1.0, "quantum signature: hbar in kappa_Q = -hbar^2/2", positive,
-                    "a positive number"),
+        "hbar": Key(float, 1.0, "quantum signature: hbar in kappa_Q = -hbar^2/2", _square_ok,
+                    SQUARE_EXPECT),
         "S0": Key(str, "0", "quantum signature: initial phase S(0, x), a formula in x0, x1, x2 "
                   "(the control signature determines S(0) itself)"),
     },
@@ -359,11 +393,19 @@ RENAMED: dict[str, dict[str, str]] = {
 
 # ``[[boundary]]``: an array of tables, one per tagged part of the boundary (facets not named
 # are no-flux walls)
+# mesh tags are 32-bit in DOLFINx (tag = 2^63 - 1 was a TypeError in MeshTags.find, exit 1)
+TAG_EXPECT = "a non-negative integer of at most 2^31 - 1 (mesh tags are 32-bit)"
+
+
+def _tag(t):
+    return 0 <= t <= 2 ** 31 - 1
+
+
 BOUNDARY_KINDS = ("no-flux", "exit", "robin", "dirichlet", "periodic")
 BOUNDARY: dict[str, Key] = {
     "tag": Key(int, REQUIRED, "the facet tag: a gmsh physical group of the mesh file, or a "
                "side of an interval/rectangle/box (2i+1 where x_i = lower[i], 2i+2 where "
-               "x_i = upper[i])", nonnegative, "a non-negative integer"),
+               "x_i = upper[i])", _tag, TAG_EXPECT),
     "kind": Key(str, "no-flux", "'no-flux' (a wall: the natural condition, the default "
                 "everywhere), 'exit' (absorbing: rho = 0 and u = cost there; solver.method "
                 "'newton' or 'auto') or 'robin' (a leaky wall: mass leaves at the rate "
@@ -385,8 +427,8 @@ BOUNDARY: dict[str, Key] = {
                 positive, "a positive number"),
     "to": Key(int, 0, "kind = 'periodic': the tag of the master side, the side opposite "
               "`tag` (2i+1 for 2i+2 and back; 0: that opposite side); the slave side `tag` "
-              "is the master side translated by the box's length along x_i", nonnegative,
-              "a non-negative integer"),
+              "is the master side translated by the box's length along x_i", _tag,
+              TAG_EXPECT),
 }
 
 
@@ -440,8 +482,8 @@ POPULATION: dict[str, Key] = {
                 "mean = [-1.5, 0.0], std = 0.3}; normalised to `mass`"),
     "mass": Key(float, 1.0, "its mass (the integral of rho0 after normalisation)", positive,
                 "a positive number"),
-    "sigma": Key(float, INHERIT, "its noise sigma (default: [problem] sigma)", nonnegative,
-                 "a non-negative number"),
+    "sigma": Key(float, INHERIT, "its noise sigma (default: [problem] sigma)", _sigma,
+                 SIGMA_EXPECT),
     "Phi": Key(str, INHERIT, "its terminal cost Phi(x) (default: [problem] Phi)"),
     "V": Key(str, INHERIT, "its running potential V(x) (default: [problem] V)"),
     "G": Key(str, "0", "its own congestion G(rho) in its own density rho (coupling as "
@@ -559,14 +601,17 @@ def _typename(t) -> str:
 
 def _coerce(key: str, spec: Key, value, source):
     t = spec.type
-    if t is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+    numbers = t is float or (isinstance(t, tuple) and float in t and int not in t)
+    if numbers and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)        # an integer for a number (training.tol = 1 was refused)
     if t is int and isinstance(value, bool):
         raise ConfigError(key, _typename(t), value, source)
     if not isinstance(value, t):
         raise ConfigError(key, _typename(t), value, source)
     if t is float and not math.isfinite(value):
         raise ConfigError(key, "a finite number", value, source)
+    if isinstance(value, float):
+        value += 0.0                # -0.0 is 0.0 (numpy's normal(scale=-0.0): "scale < 0")
     if spec.choices is not None and value not in spec.choices:
         raise ConfigError(key, "one of " + ", ".join(repr(c) for c in spec.choices), value, source)
     if spec.check is not None and not spec.check(value):
@@ -578,6 +623,7 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
     """Check a raw TOML table against :data:`SCHEMA`; return it with all defaults filled in."""
     if not isinstance(raw, dict):
         raise ConfigError("<top>", "a TOML table", type(raw).__name__, source)
+    _check_integers(raw, "", source)
     for section in raw:
         if section not in SCHEMA and section not in ("boundary", "population"):
             raise ConfigError(section, _known("section", [*SCHEMA, "boundary",
@@ -602,9 +648,15 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
                     p = Path(v)
                     if not p.is_absolute() and base_dir is not None:
                         p = (base_dir / p)
-                    if not p.exists():     # a file, or a .bp folder (adios4dolfinx)
+                    try:           # a file, or a .bp folder (adios4dolfinx)
+                        found = p.exists()
+                        v = str(p.resolve()) if found else v
+                    except (OSError, ValueError) as e:   # ENAMETOOLONG, ELOOP, a NUL
+                        raise ConfigError(key, "an existing file (" + (getattr(
+                            e, "strerror", None) or "not a valid path") + ")", v,
+                            source) from None
+                    if not found:
                         raise ConfigError(key, "an existing file", v, source)
-                    v = str(p.resolve())
             elif spec.default is REQUIRED:
                 raise ConfigError(key, "a value (this key is required)", None, source)
             else:
@@ -623,6 +675,24 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
         cfg["population"] = _populations(raw["population"], cfg, source)
     _check_sigma(cfg, source)         # after the populations: 'auto' takes Newton with them
     return cfg
+
+
+INT_MIN, INT_MAX = -2 ** 63, 2 ** 63 - 1
+
+
+def _check_integers(value, key: str, source) -> None:
+    """Every integer of the raw config within TOML's 64 bits (tomllib reads any size: T =
+    1e400 written as digits was an OverflowError in float(), exit 1)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_integers(v, f"{key}.{k}" if key else str(k), source)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_integers(v, f"{key}[{i}]", source)
+    elif isinstance(value, int) and not isinstance(value, bool) \
+            and not INT_MIN <= value <= INT_MAX:
+        raise ConfigError(key, "an integer from -2^63 to 2^63 - 1 (TOML integers are 64-bit)",
+                          f"{str(value)[:12]}... ({len(str(abs(value)))} digits)", source)
 
 
 def _renamed(section: str, given: dict, source) -> dict:
@@ -657,7 +727,16 @@ def gdim(cfg: dict) -> int:
             "box": 3, "ball": 3}.get(kind, len(cfg["mesh"]["lower"]))
 
 
+# the smallest time step T/steps: its inverse must be a finite number (T = 5e-324 made the
+# heat step tau = 0 and its form crashed, exit 1)
+TAU_MIN = 1e-300
+
+
 def _cross_checks(cfg: dict, source):
+    pr = cfg["problem"]
+    if not pr["T"] / pr["steps"] >= TAU_MIN:
+        raise ConfigError("problem.T", f"a horizon whose time step T/steps is at least "
+                          f"{TAU_MIN:g} (here {pr['T'] / pr['steps']:.3g})", pr["T"], source)
     m = cfg["mesh"]
     if m["kind"] in ("interval", "rectangle", "box"):
         d = gdim(cfg)
@@ -665,6 +744,12 @@ def _cross_checks(cfg: dict, source):
             _check_vector(f"mesh.{k}", m[k], source, d)
         if any(lo >= hi for lo, hi in zip(m["lower"], m["upper"])):
             raise ConfigError("mesh.upper", "each entry larger than mesh.lower", m["upper"], source)
+        # DOLFINx refuses a side shorter than machine epsilon ("Rectangle seems to have zero
+        # width": a RuntimeError, exit 1), and a side at round-off of its corners has no cells
+        if any(not hi - lo >= 1e-12 * max(1.0, abs(lo), abs(hi))
+               for lo, hi in zip(m["lower"], m["upper"])):
+            raise ConfigError("mesh.upper", "each entry larger than mesh.lower by at least "
+                              "1e-12 x max(1, |lower|, |upper|)", m["upper"], source)
     if m["kind"] == "file" and not m["file"]:
         raise ConfigError("mesh.file", "a mesh file when mesh.kind = 'file'", None, source)
     if m["kind"] == "annulus" and not m["inner_radius"] < m["radius"]:
@@ -696,6 +781,18 @@ def _cross_checks(cfg: dict, source):
             raise ConfigError("mesh.kind", "a 2D or 3D mesh for the learning formulations "
                               "(the data are points of the plane; it crashed in 1D)",
                               cfg["mesh"]["kind"], source)
+        for i, c in enumerate(cfg["network"]["anchors"]):   # the count and length: on the mesh
+            if not isinstance(c, list):
+                raise ConfigError(f"network.anchors[{i}]", "an array of numbers (a point)", c,
+                                  source)
+            _check_vector(f"network.anchors[{i}]", c, source)
+        dcfg = cfg["data"]
+        if dcfg["dataset"] == "gaussians" and dcfg["classes"] > dcfg["n_samples"] // 2:
+            # a class needs points to train and to test on (2^63 - 1 classes drew empty ones:
+            # a ValueError from scikit-learn, exit 1)
+            raise ConfigError("data.classes", "at most n_samples/2 = "
+                              f"{dcfg['n_samples'] // 2} classes (each needs points to train "
+                              "and to test on)", dcfg["classes"], source)
         if cfg["data"]["dataset"] == "csv" and not str(cfg["data"]["file"]).strip():
             raise ConfigError("data.file", "a CSV file (header x1,x2,label) for "
                               "data.dataset = 'csv'", None, source)
@@ -703,9 +800,9 @@ def _cross_checks(cfg: dict, source):
 
 def _check_rho0(r: dict, cfg: dict, source, pre: str = "rho0"):
     """The cross checks of a [rho0] table (also a population's rho0, keys under ``pre``)."""
-    if r["kind"] != "file" and cfg["mesh"]["kind"] != "file":
-        if r["kind"] == "gaussian" and r["mean"]:
-            _check_vector(f"{pre}.mean", r["mean"], source, gdim(cfg))
+    if r["kind"] == "gaussian" and r["mean"]:    # its length on a mesh file: at the mesh
+        _check_vector(f"{pre}.mean", r["mean"], source,
+                      gdim(cfg) if cfg["mesh"]["kind"] != "file" else None)
     if r["kind"] == "mixture":
         if not r["means"]:
             raise ConfigError(f"{pre}.means", "a non-empty list of means for a mixture", None,
@@ -1020,11 +1117,16 @@ def load(path: str | Path) -> dict:
     A file without any key (empty, or only comments and blank lines) is refused: it would
     silently run the default problem."""
     p = Path(path)
-    if p.is_dir():
-        raise UserError(f"{path}: is a folder (expected a TOML config file)")
-    if p.exists() and not p.is_file():
-        raise UserError(f"{path}: not a regular file (expected a TOML config file)")
-    if not p.is_file():
+    try:
+        found = p.is_file()
+        if not found and p.is_dir():
+            raise UserError(f"{path}: is a folder (expected a TOML config file)")
+        if not found and p.exists():
+            raise UserError(f"{path}: not a regular file (expected a TOML config file)")
+    except (OSError, ValueError) as e:      # a name too long for the file system, a NUL
+        raise UserError(f"{path}: cannot open the config file ("
+                        f"{getattr(e, 'strerror', None) or 'not a valid path'})") from None
+    if not found:
         raise UserError(f"{path}: config file not found (expected a TOML file)")
     try:
         raw = tomllib.loads(p.read_bytes().decode("utf-8-sig"))
@@ -1155,12 +1257,13 @@ def schema_markdown() -> str:
 # a direct LU of the whole system instead (up to ~9 KB per DOF-step, < 1 GB in all).
 BYTES_PER_DOF_STEP = 2048
 BYTES_PER_DOF = 4096            # mesh, function spaces, per-step-independent matrices
-_GMSH_MEASURE = {  # kind -> (measure of the domain, vertices per (measure / h^d))
-    "disk": (lambda m: math.pi * m["radius"] ** 2, 1.16),
-    "annulus": (lambda m: math.pi * (m["radius"] ** 2 - min(m["inner_radius"], m["radius"]) ** 2),
-                1.16),
-    "lshape": (lambda m: 3.0 * m["radius"] ** 2, 1.16),
-    "ball": (lambda m: 4.0 / 3.0 * math.pi * m["radius"] ** 3, 1.5),
+_GMSH_MEASURE = {  # kind -> (measure of the domain / h^d, vertices per (measure / h^d)), in
+    # ratios R/h (R^2 or h^2 alone overflow: h = 1e300 was estimated an unbounded mesh)
+    "disk": (lambda m, h: math.pi * (m["radius"] / h) ** 2, 1.16),
+    "annulus": (lambda m, h: math.pi * ((m["radius"] / h) ** 2
+                                        - (min(m["inner_radius"], m["radius"]) / h) ** 2), 1.16),
+    "lshape": (lambda m, h: 3.0 * (m["radius"] / h) ** 2, 1.16),
+    "ball": (lambda m, h: 4.0 / 3.0 * math.pi * (m["radius"] / h) ** 3, 1.5),
 }
 
 
@@ -1181,7 +1284,7 @@ def estimate_dofs(cfg: dict, refine: int | None = None) -> float:
         d = 3 if kind == "ball" else 2
         h = m["h"] / scale
         try:
-            return per * measure(m) / h ** d * k ** d + 1.0
+            return per * measure(m, h) * k ** d + 1.0
         except (OverflowError, ZeroDivisionError):
             return math.inf
     if kind == "file" and m.get("file"):
@@ -1205,8 +1308,44 @@ def estimate_resources(cfg: dict) -> dict:
         b = float(dofs) * float(steps) * BYTES_PER_DOF_STEP + float(dofs) * BYTES_PER_DOF + lu
     except OverflowError:
         b = lu = math.inf
-    return {"bytes": b, "dofs": dofs, "steps": steps, "bytes_per_dof_step": BYTES_PER_DOF_STEP,
-            "lu_bytes": lu}
+    learning = _learning_bytes(cfg, dofs, steps)
+    return {"bytes": b + sum(learning.values()), "dofs": dofs, "steps": steps,
+            "bytes_per_dof_step": BYTES_PER_DOF_STEP, "lu_bytes": lu, "learning": learning}
+
+
+# The learning runs' arrays of points: each point of the data set, of the fresh sample, of the
+# particle check and of the generated samples is held at every layer (positions in up to 3D
+# and work arrays: 32 B per point and layer); the torch baselines keep hidden activations of
+# every training point and layer for the backward pass (and Adam's moments of the weights).
+BYTES_PER_POINT_LAYER = 32
+
+
+def _learning_bytes(cfg: dict, dofs: float, steps: int) -> dict:
+    """Memory of the learning formulations' sizes, by key (``{}`` elsewhere): n_samples,
+    fresh, particles and samples points at every layer, the baselines' activations (hidden
+    x n_samples x layers), a dictionary's ridges at the mesh nodes and the data points, the
+    class densities of a 'gaussians' data set.  Points of 10^9 were a MemoryError (exit 1)."""
+    f = cfg["run"]["formulation"]
+    if f not in ("classifier", "generative"):
+        return {}
+    layers = float(steps) + 1.0
+    per_point = BYTES_PER_POINT_LAYER * layers
+    d, t, net = cfg["data"], cfg["training"], cfg["network"]
+    n = float(d["n_samples"])
+    out = {"data.n_samples": n * per_point, "training.fresh": float(t["fresh"]) * per_point,
+           "training.particles": float(t["particles"]) * per_point}
+    if f == "generative":
+        out["generative.samples"] = float(cfg["generative"]["samples"]) * per_point
+    if t["baseline"]:             # each seed's runs and their records (seeds = 2^63 - 1:
+        out["training.seeds"] = float(t["seeds"]) * 4096.0     # a list of them, MemoryError)
+    if t["baseline"]:             # named after the factor further above its default
+        key = "training.hidden" if t["hidden"] / 16 > n / 1000 else "data.n_samples"
+        out[key] = out.get(key, 0.0) + float(t["hidden"]) * (n + 3.0 * layers) * per_point
+    if net["kind"] == "dictionary" and net["dictionary"] == "random-tanh":
+        out["network.ridges"] = float(net["ridges"]) * (float(dofs) + n) * 3 * 8.0
+    if d["dataset"] == "gaussians":
+        out["data.classes"] = float(d["classes"]) * float(dofs) * layers * 4 * 8.0
+    return out
 
 
 def _space_time_lu_bytes(cfg: dict, dofs: float, steps: int) -> float:
@@ -1262,6 +1401,14 @@ def check_resources(cfg: dict, limit_bytes: float | None = None, force: bool = F
     if force or est["bytes"] <= limit:
         return est
     m = cfg["mesh"]
+    learning = est.get("learning") or {}
+    big = max(learning, key=learning.get, default=None)
+    if big is not None and learning[big] > est["bytes"] - sum(learning.values()):
+        sec, k = big.split(".")
+        raise ConfigError(big, "sizes of the learning run that fit in memory: estimate "
+                          f"{_fmt_bytes(est['bytes'])}, {_fmt_bytes(learning[big])} of it for "
+                          f"{big} > limit {_fmt_bytes(limit)} (use --force to run anyway)",
+                          cfg[sec][k])
     if est["steps"] >= est["dofs"]:
         key = "problem.steps"
     elif m.get("refine", 0) > 0:

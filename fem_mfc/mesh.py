@@ -74,15 +74,38 @@ def generate_gmsh(geo: Path, dim: int, numbers: dict, order: int = 1):
     return gmsh
 
 
+class GmshError(UserError):
+    """gmsh could not mesh a ``.geo`` source with the given numbers (one line)."""
+
+    def __init__(self, geo: Path, numbers: dict, why: str):
+        self.why = why
+        sizes = ", ".join(f"{k} = {float(v):g}" for k, v in numbers.items())
+        super().__init__(f"{geo}: gmsh could not mesh it with {sizes} ({why})")
+
+
 def from_geo(geo: str | Path, dim: int, comm=MPI.COMM_WORLD, **numbers) -> MeshData:
     """Mesh a gmsh ``.geo`` source with parser numbers (e.g. ``h=0.1, R=3``), distribute it."""
     from dolfinx.io import gmshio
     geo = Path(geo)
     if not geo.is_file():
         raise UserError(f"{geo}: gmsh source not found")
-    gmsh = None
+    gmsh, failed = None, None
     if comm.rank == 0:
-        gmsh = generate_gmsh(geo, dim, numbers)
+        try:
+            gmsh = generate_gmsh(geo, dim, numbers)
+            if not any(len(tags) for _, tags, _ in
+                       (gmsh.model.mesh.getElements(dim, e) for _, e in
+                        gmsh.model.getEntities(dim))):
+                failed = "no cells"
+        except Exception as e:  # noqa: BLE001  (gmsh raises plain Exceptions)
+            failed = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if failed:
+            import gmsh as _gmsh
+            if _gmsh.isInitialized():
+                _gmsh.finalize()
+    failed = comm.bcast(failed, root=0)
+    if failed:       # the sizes gmsh cannot mesh (a radius of 1e-300, h above the domain)
+        raise GmshError(geo, numbers, failed)
     try:
         mesh, ct, ft = gmshio.model_to_mesh(gmsh.model if gmsh else None, comm, 0, gdim=dim)
     finally:
@@ -323,6 +346,11 @@ def _build(mcfg: dict, comm, level: int) -> MeshData:
     import dolfinx.mesh as dm
     kind = mcfg["kind"]
     check_size(mcfg, level)
+    if kind == "file":
+        if level:
+            raise ConfigError("mesh.refine", "0 for mesh.kind = 'file' (a file has one "
+                              "resolution; give one file per level)", level)
+        return read_file(mcfg["file"], comm)
     n = max(int(int(mcfg.get("cells", 16)) * 2.0 ** level), 1)
     if kind == "interval":
         lo, hi = mcfg["lower"], mcfg["upper"]
@@ -341,10 +369,12 @@ def _build(mcfg: dict, comm, level: int) -> MeshData:
         numbers = {"h": mcfg["h"] / 2 ** level, "R": mcfg["radius"]}
         if kind == "annulus":
             numbers["r_in"] = mcfg["inner_radius"]
-        return from_geo(MESH_DIR / f"{kind}.geo", GMSH_KINDS[kind], comm, **numbers)
-    if kind == "file":
-        if level:
-            raise ConfigError("mesh.refine", "0 for mesh.kind = 'file' (a file has one "
-                              "resolution; give one file per level)", level)
-        return read_file(mcfg["file"], comm)
+        try:
+            return from_geo(MESH_DIR / f"{kind}.geo", GMSH_KINDS[kind], comm, **numbers)
+        except GmshError as e:
+            given = ", ".join(f"mesh.{k} = {mcfg[k]:g}" for k in
+                              ("radius", "inner_radius", "h") if k in mcfg
+                              and (k != "inner_radius" or kind == "annulus"))
+            raise ConfigError("mesh.h", f"sizes gmsh can mesh a {kind} with (with {given}"
+                              f": {e.why})", mcfg["h"]) from None
     raise ConfigError("mesh.kind", "a known mesh kind", kind)

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from helpers import read_summary, run_cli
+from helpers import REPO, read_summary, run_cli
 
 GOOD = textwrap.dedent("""
     [run]
@@ -39,8 +39,14 @@ BAD = {
     "bad choice": ("formulation = \"heat\"", "formulation = \"magic\"", "run.formulation"),
     "missing mesh file": ("kind = \"interval\"", "kind = \"file\"\nfile = \"nope.msh\"",
                           "mesh.file"),
+    "mesh file name too long": ("kind = \"interval\"", "kind = \"file\"\nfile = \""
+                                + "m" * 300 + ".msh\"", "mesh.file"),
+    "rho0 file name too long": ("[rho0]\nmean = [0.0]", "[rho0]\nkind = \"file\"\nfile = \""
+                                + "r" * 300 + "\"\nmean = [0.0]", "rho0.file"),
     "unparsable TOML": ("[problem]", "[problem\n", "not valid TOML"),
     "lower >= upper": ("upper = [3.0]", "upper = [-5.0]", "mesh.upper"),
+    "interval too short for DOLFINx": ("upper = [3.0]", "upper = [-2.999999999999999]",
+                                       "mesh.upper"),
     "mean of wrong length": ("mean = [0.0]", "mean = [0.0, 1.0]", "rho0.mean"),
     "bad formula": ("[rho0]\nmean = [0.0]",
                     "[rho0]\nkind = \"formula\"\nformula = \"__import__('os')\"\nmean = [0.0]",
@@ -54,6 +60,15 @@ BAD = {
                                 "solver.relaxation"),
     "old and new name of a key": ("[output]", "[nls]\nwidth = 0.5\ns0 = 0.5\n[output]",
                                   "nls.width"),
+    "sigma whose square overflows": ("sigma = 0.5", "sigma = 1e300", "problem.sigma"),
+    "sigma whose epsilon underflows": ("sigma = 0.5", "sigma = 1e-300", "problem.sigma"),
+    "sigma whose epsilon has no finite inverse": ("sigma = 0.5", "sigma = 1e-160",
+                                                  "problem.sigma"),
+    "time step that underflows": ("T = 0.1", "T = 5e-324", "problem.T"),
+    "max_it beyond a PETSc integer": ("[output]", "[solver]\nmax_it = 9223372036854775807\n"
+                                      "[output]", "solver.max_it"),
+    "relative tolerance of 1 or more": ("[output]", "[solver]\nrtol = 1.0\n[output]",
+                                        "solver.rtol"),
     "heat without noise": ("sigma = 0.5", "sigma = 0.0", "problem.sigma"),
     "game coupling with G(0) != 0": ("sigma = 0.5", "sigma = 0.5\nG = \"0.2*exp(rho)\"\n"
                                      "coupling = \"mfg\"", "problem.G"),
@@ -93,6 +108,14 @@ def test_bad_config_one_line_exit_2(case, tmp_path, earlier_result):
 def test_missing_config_file(tmp_path):
     p = run_cli(["run", str(tmp_path / "nope.toml")])
     assert p.returncode == 2 and "nope.toml" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_config_file_name_too_long(tmp_path):
+    """A config path the file system cannot hold (ENAMETOOLONG) was a traceback."""
+    p = run_cli(["run", str(tmp_path / ("c" * 300 + ".toml")), "--out", str(tmp_path / "o")])
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert "too long" in lines[0] and not (tmp_path / "o").exists()
 
 
 def test_refine_without_exact_solution(tmp_path):
@@ -211,3 +234,182 @@ def test_a_misspelt_name_gets_the_likeliest_one(raw, key, meant):
     with pytest.raises(ConfigError) as e:
         config.from_dict(raw)
     assert e.value.key == key and f"(did you mean '{meant}'?)" in str(e.value), e.value
+
+
+@pytest.mark.parametrize("mean", [["a", "b"], [True, 0.0], [[1.0], 0.0], [float("nan"), 0.0]])
+def test_gaussian_mean_on_a_mesh_file_is_checked(mean):
+    """On a mesh file (dimension unknown at load) rho0.mean was not checked at all: strings or
+    nested arrays were a traceback in the run (exit 1), a boolean ran as the number 1.  Its
+    entries are checked at load now (its length once the mesh is read)."""
+    from fem_mfc import config
+    from fem_mfc.errors import ConfigError
+    mesh = {"kind": "file", "file": "meshes/room.msh"}
+    with pytest.raises(ConfigError, match=r"rho0\.mean"):
+        config.validate({"mesh": mesh, "rho0": {"mean": mean}}, base_dir=REPO)
+    pop = [{"rho0": {"kind": "gaussian", "mean": mean}}, {"rho0": {"kind": "gaussian"}}]
+    with pytest.raises(ConfigError, match=r"population\[0\]\.rho0\.mean"):
+        config.validate({"mesh": mesh, "solver": {"method": "newton"}, "population": pop},
+                        base_dir=REPO)
+
+
+@pytest.mark.parametrize("anchors", [[["a", "b"], [1.0, 2.0]], [[True, 0], [0, 1]],
+                                     [[float("inf"), 0.0], [0.0, 0.0]], [1.0, 2.0]])
+def test_anchors_are_points_of_finite_numbers(anchors):
+    """network.anchors with strings was a traceback in the run (exit 1), true ran as 1 and an
+    infinite anchor trained for minutes before NaN; refused at load now."""
+    from fem_mfc import config
+    from fem_mfc.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"network\.anchors\[\d\]"):
+        config.from_dict({"run": {"formulation": "classifier"}, "mesh": {"kind": "disk"},
+                          "network": {"anchors": anchors}})
+
+
+@pytest.mark.parametrize("line,key", [
+    ("[problem]\nT = 1" + "0" * 400, "problem.T"),
+    ("[mesh]\ncells = 1" + "0" * 400, "mesh.cells"),
+    ("[problem]\nparams = { a = -1" + "0" * 400 + " }", "problem.params.a"),
+    ("[mesh]\nkind = \"interval\"\nlower = [-1" + "0" * 30 + "]", "mesh.lower[0]")])
+def test_integers_beyond_64_bits_are_refused(line, key, tmp_path):
+    """TOML integers are 64-bit but tomllib reads any size: T = 1 followed by 400 zeros was an
+    OverflowError in float() (exit 1 with a traceback)."""
+    from fem_mfc import config
+    from fem_mfc.errors import ConfigError
+    f = tmp_path / "big.toml"
+    f.write_text(line + "\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(f)
+    assert e.value.key == key and "64-bit" in str(e.value)
+
+
+def test_an_integer_tolerance_is_a_number():
+    """training.tol = 1 (a TOML integer) was refused as "expected a string or a number, got 1";
+    it is the number 1.0 like every integer given for a number."""
+    from fem_mfc import config
+    cfg = config.from_dict({"run": {"formulation": "classifier"}, "mesh": {"kind": "disk"},
+                            "training": {"tol": 1}})
+    assert cfg["training"]["tol"] == 1.0 and isinstance(cfg["training"]["tol"], float)
+
+
+@pytest.mark.parametrize("data,key", [
+    ({"seed": 2 ** 32}, "data.seed"),                  # scikit-learn: InvalidParameterError
+    ({"seed": 2 ** 63 - 1}, "data.seed"),
+    ({"dataset": "gaussians", "classes": 81, "n_samples": 80}, "data.classes"),
+    ({"dataset": "gaussians", "classes": 2 ** 62, "n_samples": 80}, "data.classes")])
+def test_data_sizes_and_seeds_the_generators_take(data, key):
+    """A data seed of 2^32 or more was a traceback from scikit-learn's generators (exit 1);
+    more 'gaussians' classes than points drew empty classes (a ValueError, exit 1)."""
+    from fem_mfc import config
+    from fem_mfc.errors import ConfigError
+    with pytest.raises(ConfigError) as e:
+        config.from_dict({"run": {"formulation": "classifier"}, "mesh": {"kind": "disk"},
+                          "data": data})
+    assert e.value.key == key
+    config.from_dict({"run": {"formulation": "classifier"}, "mesh": {"kind": "disk"},
+                      "data": {"seed": 2 ** 32 - 1, "dataset": "gaussians", "classes": 40,
+                               "n_samples": 80}})
+
+
+@pytest.mark.parametrize("std", [5e-324, 1e-160, 1e300])
+def test_target_std_whose_square_is_not_a_number(std):
+    """generative.target_std = 5e-324 was a ZeroDivisionError in the KL form and 1e300 an
+    infinite constant the form compiler failed on (exit 1, traceback)."""
+    from fem_mfc import config
+    from fem_mfc.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"generative\.target_std"):
+        config.from_dict({"run": {"formulation": "generative"}, "mesh": {"kind": "disk"},
+                          "generative": {"target_std": std}})
+
+
+# -- a derandomised property over the validation layer (no mesh, no solve) ---------------------
+def _bad_values(spec):
+    """Values ``spec`` must refuse: of another type, out of its range, not one of its
+    choices, an integer beyond 64 bits, a path that cannot exist."""
+    import math
+    types = spec.type if isinstance(spec.type, tuple) else (spec.type,)
+
+    def typed(v):
+        if isinstance(v, bool):
+            return bool in types
+        if isinstance(v, int) and float in types:
+            return True
+        return isinstance(v, types)
+
+    out = [v for v in ("text", 3, 2.5, True, [1.0], {"a": 1}) if not typed(v)]
+    numbers = [math.nan, math.inf, -math.inf, -1.0, 0.0, 0.5, 1.0, 2.0, 1e-300, 1e300, 5e-324,
+               -1, 0, 1, 2, 2 ** 62]
+    if spec.check is not None:
+        out += [v for v in numbers if typed(v) and (
+            isinstance(v, float) and not math.isfinite(v) or not spec.check(v))]
+    elif float in types:
+        out += [math.nan, math.inf]
+    if spec.choices:
+        out += ["", "nonsense", spec.choices[0].upper() + "!"]
+    if int in types or float in types:
+        out.append(2 ** 64)
+    if spec.path:
+        out += ["x" * 300, "no/such/file.msh"]
+    return out
+
+
+def _bad_cases():
+    from fem_mfc import config
+    cases = []
+    for section, keys in config.SCHEMA.items():
+        for key, spec in keys.items():
+            cases += [((section, key), v) for v in _bad_values(spec)]
+    for key, spec in config.BOUNDARY.items():
+        cases += [(("boundary", key), v) for v in _bad_values(spec)]
+    for key, spec in config.POPULATION.items():
+        cases += [(("population", key), v) for v in _bad_values(spec)]
+    return cases
+
+
+BAD_CASES = _bad_cases()
+
+
+def _raw(where, value):
+    section, key = where
+    if section == "boundary":
+        return {"boundary": [{"tag": 1, key: value}]}, f"boundary[0].{key}"
+    if section == "population":
+        pops = [{"rho0": {"kind": "gaussian", "mean": [-0.5, 0.0]}, key: value},
+                {"rho0": {"kind": "gaussian", "mean": [0.5, 0.0]}}]
+        return {"solver": {"method": "newton"}, "population": pops}, f"population[0].{key}"
+    return {section: {key: value}}, f"{section}.{key}"
+
+
+def test_every_key_refuses_bad_values_by_name_property():
+    """Every key of the schema, [[boundary]] and [[population]]: a value of another type, out
+    of range, not a choice, an integer beyond 64 bits or a path that cannot exist is a
+    ConfigError naming that key in one line -- never another exception (derandomised)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from fem_mfc import config
+    from fem_mfc.errors import ConfigError
+
+    @settings(derandomize=True, max_examples=1000, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(BAD_CASES))
+    def check(case):
+        raw, key = _raw(*case)
+        with pytest.raises(ConfigError) as e:
+            config.validate(raw, source="fuzz.toml", base_dir=REPO)
+        assert e.value.key == key, (case, str(e.value))
+        assert "\n" not in str(e.value)
+
+    check()
+
+
+@pytest.mark.parametrize("section,key", [("solver", "picard_max_it"), ("training", "max_sweeps"),
+                                         ("training", "epochs"), ("training", "seeds"),
+                                         ("nls", "gs_max_steps")])
+def test_iteration_counts_are_integers_the_loops_take(section, key):
+    """training.max_sweeps = 2^63 - 1 was an OverflowError in the progress bar's len(range())
+    (exit 1); every iteration count is now at most 2^31 - 1, like solver.max_it."""
+    from fem_mfc import config
+    from fem_mfc.errors import ConfigError
+    with pytest.raises(ConfigError) as e:
+        config.from_dict({section: {key: 2 ** 63 - 1}})
+    assert e.value.key == f"{section}.{key}"
+    config.from_dict({section: {key: 2 ** 31 - 1}})

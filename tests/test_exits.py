@@ -217,6 +217,8 @@ def cfg(boundary, **over):
     ([{"tag": 2, "kind": "exit"}], {"solver": {"initial_guess": "cole-hopf"}},
      "boundary.kind"),
     ([{"tag": 2, "kind": "robin", "rate": 0.0}], {}, "boundary[0].rate"),
+    ([{"tag": 2 ** 63 - 1, "kind": "exit"}], {}, "boundary[0].tag"),    # not a 32-bit tag:
+    ([{"tag": 2, "kind": "periodic", "to": 2 ** 31}], {}, "boundary[0].to"),  # a TypeError
     ([{"tag": 2, "kind": "robin"}], {"solver": {"method": "cole-hopf"}}, "boundary.kind"),
     ([{"tag": 2, "kind": "robin"}], {"discretisation": {"stabilisation": "monotone"}},
      "boundary.kind")])
@@ -405,3 +407,12 @@ def test_config_door_costs_in_time_compile_once():
         f.interpolate(dolfinx.fem.Expression(c, V.element.interpolation_points()))
         assert np.allclose(f.x.array, 0.1 * t * (1 + y ** 2), atol=1e-14)
     assert len(sigs) == 1
+
+
+def test_a_negative_boundary_density_is_refused():
+    """[[boundary]] kind = 'dirichlet' with density < 0 (the schema asks rho_D >= 0) ran into
+    a failed solve (negative densities, exit 3): it is bad input, a ConfigError (exit 2)."""
+    p = entrance(BE)
+    p.exits = [Exit(1, lambda t: 2.0, lambda t: 0.3 - 2.0 * t), Exit(2)]
+    with pytest.raises(ConfigError, match="boundary.density"):
+        SpaceTime(p)

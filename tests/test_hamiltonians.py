@@ -317,7 +317,10 @@ def test_config_refusals(over, key):
     ("anisotropic", {"A": [["1", "0"]]}, "hamiltonian.A"),      # wrong shape
     ("|p|", {}, "problem.H"),                                   # dH/dp NaN at p = 0
     ("p0 + q0", {}, "problem.H"),                               # unknown name
-    ("x0**2", {}, "problem.H")])                                # no p at all
+    ("x0**2", {}, "problem.H"),                                 # no p at all
+    ("-|p|**2/2", {}, "problem.H"),                             # concave: ran to exit 0
+    ("sin(p0)", {}, "problem.H"),                               # concave at p = 0.7
+    ("|p|**2/2 - p0**2", {}, "problem.H")])                     # concave along e_0
 def test_bad_hamiltonians(H, table, key):
     from fem_mfc.checks import check_formulas
     with pytest.raises(ConfigError) as e:
@@ -391,3 +394,12 @@ def test_numbers_of_an_h_formula_compile_once():
         assert h.quadratic
         sigs.add((h(ufl.grad(u)) * ufl.dx).signature())
     assert len(sigs) == 1
+
+
+def test_a_refused_matrix_is_quoted_as_written_in_toml():
+    """hamiltonian.A was quoted as Python's repr ([['x0']]) in the one-line error."""
+    from fem_mfc.checks import check_formulas
+    with pytest.raises(ConfigError) as e:
+        check_formulas(cfg("anisotropic", hamiltonian={"A": [["x0"]]}),
+                       dolfinx.mesh.create_interval(MPI.COMM_SELF, 8, [-1, 1]))
+    assert "hamiltonian.A" in str(e.value) and str(e.value).endswith('got [["x0"]]'), e.value

@@ -106,3 +106,16 @@ def test_exact_solution_refuses_a_problem_it_would_replace(solution, section, ke
         raw["rho0"]["formula"] = "4 + x0"
     with pytest.raises(ConfigError, match=name):
         run_config(config.from_dict(raw), tmp_path / "out", quiet=True)
+
+
+def test_deterministic_lq_with_its_exact_solution():
+    """sigma = 0 (no noise) with the LQ oracle: ε = 0 made the Neumann datum b_H = ε∇u·n UFL's
+    Zero and the form crashed ("This integral is missing an integration domain", exit 1 from
+    ``fem-mfc run`` with exact.solution = 'lq-gaussian'); zero sources are now left out."""
+    mesh = dolfinx.mesh.create_interval(MPI.COMM_SELF, 80, [-4.0, 4.0])
+    ex = LQGaussian(mesh, 1.0, 0.0, a=1.0, mean=[0.5], std=0.5)
+    p = ControlProblem(mesh=mesh, T=1.0, sigma=0.0, steps=16, degree=1, scheme=BE,
+                       V=ex.V, Phi=ex.Phi, rho0=ex.rho(0.0), exact=ex)
+    r = newton(p)
+    assert r.converged
+    assert ErrorNorms(ex, p.space)(r)["J"] < 0.05

@@ -85,6 +85,20 @@ def test_bandwidth_rules():
     assert data.bandwidth(X, 0.3) == 0.3
 
 
+@pytest.mark.parametrize("b", [5e-324, 1e-300, 1e-3, 1e300])
+def test_a_bandwidth_the_mesh_cannot_hold_names_the_bandwidth(b):
+    """data.bandwidth = 5e-324 or 1e300 gave class densities of no mass on the mesh and the
+    advice to enlarge the domain (mesh.radius): the bandwidth is refused by name, with the
+    mesh's limits, as rho0.std."""
+    msh = dolfinx.mesh.create_rectangle(MPI.COMM_WORLD, [[-4, -4], [4, 4]], [8, 8])
+    V = dolfinx.fem.functionspace(msh, ("Lagrange", 1))
+    ds = data.load(dcfg(dataset="gaussians", n_samples=60, noise=0.3, classes=2))
+    with pytest.raises(ConfigError) as e:
+        data.class_densities(ds, V, b)
+    assert e.value.key == "data.bandwidth"
+    data.class_densities(ds, V, 0.5)
+
+
 def test_kde_class_densities_normalised_to_proportions():
     msh = dolfinx.mesh.create_rectangle(MPI.COMM_WORLD, [[-4, -4], [4, 4]], [24, 24])
     V = dolfinx.fem.functionspace(msh, ("Lagrange", 1))
@@ -114,3 +128,27 @@ def test_learning_configs_refused_with_one_line(formulation, change, key):
         raw[sec] = dict(kv)
     with pytest.raises(ConfigError, match=key):
         config.from_dict(raw)
+
+
+def test_a_negative_zero_noise_is_zero():
+    """data.noise = -0.0 passed 'a non-negative number' and numpy's normal() refused the scale
+    ("scale < 0", exit 1 with a traceback): a number -0.0 is 0.0 once validated."""
+    cfg = config.from_dict({"run": {"formulation": "classifier"}, "mesh": {"kind": "disk"},
+                            "data": {"dataset": "gaussians", "noise": -0.0, "n_samples": 40}})
+    assert math.copysign(1.0, cfg["data"]["noise"]) == 1.0
+    data.load(cfg["data"], 2)
+
+
+@pytest.mark.parametrize("over,key", [({"test_fraction": 1e-12}, "data.test_fraction"),
+                                      ({"test_fraction": 0.999}, "data.test_fraction"),
+                                      ({"dataset": "csv"}, "data.file")])
+def test_a_split_without_every_class_names_the_key(over, key, tmp_path):
+    """'too few points to split' named no key (a UserError about the data set): the fraction,
+    or the file whose class has a single point, is named now."""
+    f = tmp_path / "one.csv"
+    f.write_text("x1,x2,label\n" + "".join(f"{i},{i % 3},0\n" for i in range(9)) + "5,5,1\n")
+    if over.get("dataset") == "csv":
+        over = {**over, "file": str(f)}
+    with pytest.raises(ConfigError) as e:
+        data.load(dcfg(**{"n_samples": 80, **over}))
+    assert e.value.key == key

@@ -181,3 +181,23 @@ def test_a_mesh_that_misses_the_target_or_the_data_is_flagged(tmp_path):
     assert not small["checks"]["data_on_mesh"]["ok"] and small["converged"] is False
     assert good["checks"]["target_on_mesh"]["ok"] and good["checks"]["data_on_mesh"]["ok"]
     assert not [v for v in verdict(good) if "on_mesh" in v]
+
+
+@pytest.mark.parametrize("std", [1e18, 1e6])
+def test_sampling_a_target_the_mesh_does_not_hold_ends(trained, std):
+    """generative.target_std far wider than the mesh: the rejection sampling of the target
+    restricted to the mesh drew candidates forever (a hang); now a ConfigError naming
+    generative.target_std once the acceptance rate shows it would not end."""
+    from fem_mfc.errors import ConfigError
+
+    class Draws:                  # a generator that refuses to be asked forever
+        def __init__(self):
+            self.rng, self.calls = np.random.default_rng(0), 0
+
+        def standard_normal(self, shape):
+            self.calls += 1
+            assert self.calls < 1000, "the rejection sampling did not stop"
+            return self.rng.standard_normal(shape)
+
+    with pytest.raises(ConfigError, match="generative.target_std"):
+        FlowMap(trained[2]).sample(50, Draws(), std)

@@ -208,3 +208,19 @@ def test_xdmf_written_by_dolfinx_reads(tmp_path):
     assert md.mesh.geometry.x.shape[0] == 45
     r, s = run(tmp_path, "xdmf", tmp_path / "rect.xdmf", exit=False)
     assert r.returncode == 0 and s["ndofs"] == 45, r.stderr
+
+
+@pytest.mark.parametrize("mcfg,key", [
+    ({"kind": "disk", "radius": 1e-300, "h": 0.5}, "mesh.h"),        # gmsh made no cells
+    ({"kind": "disk", "radius": 5e-324, "h": 0.5}, "mesh.h"),        # OpenCASCADE raised
+    ({"kind": "file", "file": str(mesh.MESH_DIR / "room.msh"), "refine": 10 ** 9},
+     "mesh.refine")])                                                # 2.0**1e9 overflowed
+def test_sizes_that_cannot_be_meshed_are_config_errors(mcfg, key):
+    """Mesh sizes gmsh cannot mesh were a traceback from gmsh or DOLFINx's gmsh reader (exit
+    1), and a huge mesh.refine on a file mesh an OverflowError; now a ConfigError naming the
+    key."""
+    from fem_mfc import config
+    from fem_mfc.errors import ConfigError
+    m = config.from_dict({"run": {"formulation": "heat"}, "mesh": mcfg})["mesh"]
+    with pytest.raises(ConfigError, match=key):
+        mesh.build(m, MPI.COMM_SELF)

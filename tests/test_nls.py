@@ -303,7 +303,7 @@ def _cfg(**nls):
     return raw
 
 
-@pytest.mark.parametrize("hbar", [0.0, -1.0])
+@pytest.mark.parametrize("hbar", [0.0, -1.0, 1e-300, 1e300])
 def test_nonpositive_hbar_rejected(hbar):
     with pytest.raises(ConfigError) as e:
         config.from_dict(_cfg(hbar=hbar))
@@ -424,3 +424,31 @@ def test_a_run_that_breaks_conservation_is_flagged(tmp_path):
     assert frozen["newton_iterations"] == 0 and frozen["checks"]["mass"]["ok"]
     assert frozen["converged"] is False and not frozen["checks"]["step_solves"]["ok"]
     assert frozen["step_residual_reduction"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("nls,key", [({"eta": 1e300}, "nls.eta"),          # OverflowError
+                                     ({"eta": 1e-300}, "nls.eta"),         # mass 0
+                                     ({"wavenumber": 1e300}, "nls.wavenumber"),
+                                     ({"initial": "gaussian", "s0": 1e-300}, "nls.s0")])
+def test_numbers_whose_squares_overflow_or_vanish_are_refused(nls, key):
+    """eta, the wave number and s0 enter squared: 1e300 was an OverflowError, 1e-300 an
+    initial state of mass 0 and a ZeroDivisionError in the invariants (exit 1)."""
+    with pytest.raises(ConfigError) as e:
+        config.from_dict(_cfg(**nls))
+    assert e.value.key == key
+
+
+@pytest.mark.parametrize("initial,x0", [("soliton", 1000.0), ("gaussian", 1e300)])
+def test_an_initial_state_off_the_mesh_is_refused(initial, x0, tmp_path):
+    """A soliton or packet centred far off the mesh had mass 0 there and the invariants
+    divided by it (ZeroDivisionError, exit 1); now exit 2 naming nls.x0, nothing written."""
+    from helpers import run_cli
+    raw = _cfg(initial=initial, x0=[x0])
+    raw["problem"] = {"T": 0.1, "steps": 2}
+    raw["output"] = {"figures": False, "vtx": False}
+    f = tmp_path / "c.toml"
+    f.write_text(config.dumps(raw))
+    p = run_cli(["run", str(f), "--out", str(tmp_path / "o"), "--quiet"])
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and "nls.x0" in lines[0], p.stderr
+    assert not (tmp_path / "o").exists()

@@ -156,3 +156,47 @@ def test_sigma_zero_allowed_elsewhere():
         _cfg(problem={"sigma": 0.0, "G": "c*rho**2", "params": {"c": 0.0}})
     with pytest.raises(ConfigError, match="problem.sigma"):   # heat is the noise alone:
         _cfg(problem={"sigma": 0.0}, run={"formulation": "heat"})   # it crashed in its form
+
+
+LEARNING = [({"data": {"n_samples": 10 ** 9}}, "data.n_samples"),
+            ({"data": {"n_samples": 2 ** 63 - 1}}, "data.n_samples"),
+            ({"training": {"fresh": 10 ** 9}}, "training.fresh"),
+            ({"training": {"particles": 10 ** 9}}, "training.particles"),
+            ({"training": {"hidden": 10 ** 9}}, "training.hidden"),
+            ({"data": {"dataset": "gaussians", "classes": 10 ** 7, "n_samples": 2 * 10 ** 7}},
+             "data.classes"),
+            ({"network": {"kind": "dictionary", "dictionary": "random-tanh",
+                          "ridges": 10 ** 9}}, "network.ridges"),
+            ({"run": {"formulation": "generative"}, "generative": {"samples": 10 ** 10}},
+             "generative.samples"),
+            ({"training": {"seeds": 2 ** 31 - 1}}, "training.seeds")]
+
+
+@pytest.mark.parametrize("over,key", LEARNING, ids=[k for _, k in LEARNING])
+def test_learning_sizes_that_do_not_fit_are_refused(over, key):
+    """The sizes of a learning run (points of the data set, the fresh sample, the particles,
+    the generated samples, the baselines' width, the classes, the ridges) were not estimated:
+    10^9 points was a MemoryError after the data were drawn (exit 1).  Refused by name now."""
+    raw = {"run": {"formulation": "classifier"}, "mesh": {"kind": "disk"}}
+    for sec, kv in over.items():
+        raw.setdefault(sec, {}).update(kv)
+    with pytest.raises(ConfigError) as e:
+        config.check_resources(config.from_dict(raw), limit_bytes=8 << 30)
+    assert e.value.key == key and "--force" in str(e.value)
+
+
+@pytest.mark.parametrize("demo", ["moons", "generative", "dictionary", "circles3d"])
+def test_learning_demos_fit_easily(demo):
+    from helpers import REPO
+    est = config.estimate_resources(config.load(REPO / "demos" / f"{demo}.toml"))
+    assert est["bytes"] < 1 << 30 and est["learning"]
+
+
+@pytest.mark.parametrize("radius,h,most", [(3.0, 1e300, 10), (1e300, 1e299, 1000),
+                                           (1e-300, 1e-301, 1000)])
+def test_a_coarse_gmsh_mesh_is_not_estimated_unbounded(radius, h, most):
+    """The gmsh estimate took R^2 and h^2 apart: h = 1e300 overflowed and a disk of a few
+    cells was refused as "an unbounded amount" of memory; ratios R/h now."""
+    cfg = _cfg(mesh={"kind": "disk", "radius": radius, "h": h}, rho0={"mean": []})
+    assert config.estimate_resources(cfg)["dofs"] < most
+    config.check_resources(cfg, limit_bytes=1 << 30)

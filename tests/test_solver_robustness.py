@@ -702,6 +702,22 @@ def test_command_line_snes_tolerances_are_the_solves():
         solve(mfc_snes_type="newtontr")                       # name ("error code -1" before)
 
 
+def test_a_tolerance_too_loose_for_a_solution_is_not_converged():
+    """[solver] atol = 1e300 stopped Newton at its initial guess (0 iterations) and the
+    identity check, loosened to 10 x the residual target, passed a 115 % gap: converged,
+    exit 0.  The loosening stops at the Cole-Hopf paths' 5 %, with a hint."""
+    import types
+
+    from fem_mfc.runs.control import checks
+
+    def result(gap, target):
+        return types.SimpleNamespace(J=1.0, J_value=1.0 + gap, method="newton", mass_error=0.0,
+                                     min_rho=0.1, history=[{"target": target}])
+    c = checks(result(1.15, 1e300), 1.0)["value_identity"]
+    assert not c["ok"] and c["limit"] == 0.05 and "too loose" in c["hint"]
+    assert checks(result(1e-4, 1e-4), 1.0)["value_identity"]["ok"]    # a loosened solve
+
+
 def test_stages_that_fail_on_nan_say_so(tmp_path):
     """G = ρ^1.5 is undefined where the Galerkin density dips below 0: every stage failed on
     a residual that is not a number, recorded as residual 0 with no word of why ("no stage

@@ -183,9 +183,16 @@ def load(dcfg: dict, dim: int = 2) -> Dataset:
     counts = np.bincount(y)
     ntest = int(math.ceil(dcfg["test_fraction"] * len(y)))
     if counts.min() < 2 or ntest < len(counts) or len(y) - ntest < len(counts):
-        raise UserError(f"data set '{dcfg['dataset']}': too few points ({len(y)}, smallest "
-                        f"class {counts.min()}) to split with test_fraction "
-                        f"{dcfg['test_fraction']}")
+        # the key to change: the fraction where it leaves a side without every class, else
+        # the number of points (a CSV file: the file)
+        split = ntest < len(counts) or len(y) - ntest < len(counts)
+        key = ("data.test_fraction" if split else "data.file" if dcfg["dataset"] == "csv"
+               else "data.n_samples")
+        raise ConfigError(key, f"enough points to split data set '{dcfg['dataset']}' into "
+                          f"train and test sets holding every class ({len(y)} points, smallest "
+                          f"class {counts.min()}, test_fraction {dcfg['test_fraction']:g})",
+                          dcfg["test_fraction"] if split else
+                          (dcfg["file"] if dcfg["dataset"] == "csv" else dcfg["n_samples"]))
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=dcfg["test_fraction"],
                                           random_state=dcfg["seed"], stratify=y)
     mean = Xtr.mean(axis=0)
@@ -229,6 +236,22 @@ def kde(points: np.ndarray, h: float, x: np.ndarray, data_dim: int) -> np.ndarra
     return out / (points.shape[0] * (2 * math.pi * h * h) ** (d / 2))
 
 
+def _check_bandwidth(h: float, mesh) -> None:
+    """A KDE bandwidth the mesh resolves and holds, as rho0.std (fem_mfc.density): one far
+    below the mesh size or far above the domain gave class densities of no mass on the mesh
+    and the advice to enlarge the domain (data.bandwidth = 5e-324 or 1e300).  Collective."""
+    from ..density import STD_MAX_PER_DIAMETER, STD_MIN_PER_H, mesh_scales
+    hmesh, diam = mesh_scales(mesh)
+    if h < hmesh / STD_MIN_PER_H:
+        raise ConfigError("data.bandwidth", f"a bandwidth of at least h/{STD_MIN_PER_H:g} = "
+                          f"{hmesh / STD_MIN_PER_H:.3g} (the mesh size is h = {hmesh:.3g}, in "
+                          "standardised units; refine the mesh or widen the bandwidth)", h)
+    if h > STD_MAX_PER_DIAMETER * diam:
+        raise ConfigError("data.bandwidth", f"a bandwidth of at most {STD_MAX_PER_DIAMETER:g} "
+                          f"x the domain diameter {diam:.3g} = "
+                          f"{STD_MAX_PER_DIAMETER * diam:.3g}", h)
+
+
 def class_densities(ds: Dataset, V, rule="scott", names=None):
     """ρ_{k,0} ∈ V (P1): the KDE of the class-k training points, scaled to ∫ρ_{k,0} = π_k.
 
@@ -241,6 +264,8 @@ def class_densities(ds: Dataset, V, rule="scott", names=None):
     x = V.tabulate_dof_coordinates()[:, :V.mesh.geometry.dim]
     data_dim = ds.mean.shape[0]
     rhos, hs = [], []
+    if isinstance(rule, (int, float)) and not isinstance(rule, bool):
+        _check_bandwidth(float(rule), V.mesh)
     for k, pk in enumerate(ds.proportions):
         pts = ds.X_train[ds.y_train == k]
         h = bandwidth(pts[:, :data_dim], rule)

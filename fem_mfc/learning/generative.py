@@ -264,15 +264,31 @@ class FlowMap:
     def sample(self, n: int, rng, std: float = 1.0):
         """n samples: z ~ N(0, std² I) restricted to the mesh, pulled back through the flow."""
         Z = np.zeros((0, self.d))
+        drawn = 0
         while len(Z) < n:
             cand = std * rng.standard_normal((2 * n, self.d)) if self.model.comm.rank == 0 \
                 else None
             cand = self.model.comm.bcast(cand, root=0)
             _, owner = self.ev.locate(cand)
             Z = np.vstack([Z, cand[owner < self.model.comm.size]])
+            drawn += len(cand)
+            rate = len(Z) / drawn            # the same on every rank (cand is broadcast)
+            if len(Z) < n and drawn >= SAMPLE_PATIENCE * n and (
+                    rate == 0 or (n - len(Z)) / rate > SAMPLE_MAX_DRAWS * n):
+                # a target far wider than the mesh, or narrower than a hole at the origin:
+                # the rejection loop never ended (a hang)
+                raise ConfigError("generative.target_std", "a target N(0, s^2 I) that the "
+                                  f"mesh holds (only {rate:.2g} of its samples fall on the "
+                                  "mesh: sampling it would not end)", std)
         Z = Z[:n]
         X, _ = self.inverse(Z)
         return X, Z
+
+
+# sampling the target restricted to the mesh by rejection: give up (ConfigError) once
+# SAMPLE_PATIENCE * n candidates have been drawn if n samples would need more than
+# SAMPLE_MAX_DRAWS * n candidates at the acceptance rate seen so far
+SAMPLE_PATIENCE, SAMPLE_MAX_DRAWS = 10, 1000
 
 
 def kde_log_likelihood(X_train, h, X) -> np.ndarray:

@@ -60,6 +60,17 @@ def free_gaussian_width2(t, hbar, s0):
     return s0 ** 2 + (hbar * t / (2 * s0)) ** 2
 
 
+def _check_initial_mass(mass: float, n: dict) -> None:
+    """The soliton or Gaussian packet must have a positive finite mass on the mesh (a centre
+    far off the mesh, or an amplitude that underflows, gave mass 0 and a ZeroDivisionError in
+    the invariants: exit 1)."""
+    if not (math.isfinite(mass) and mass > 0):
+        width = "nls.eta" if n["initial"] == "soliton" else "nls.s0"
+        raise ConfigError("nls.x0", f"a centre where the initial {n['initial']} has mass on the "
+                          f"mesh (its mass there is {mass:.3g}; check nls.x0, {width} and "
+                          "nls.hbar)", n["x0"])
+
+
 def _vector(key, v, gdim):
     """A point or vector of the mesh's dimension; the default [0.0] is the origin in any
     dimension (it was refused on 2D and 3D meshes)."""
@@ -67,8 +78,9 @@ def _vector(key, v, gdim):
         v = [0.0] * gdim
     if not isinstance(v, list) or len(v) != gdim or not all(
             isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)
-            for c in v):
-        raise ConfigError(key, f"an array of {gdim} finite numbers (one per axis)", v)
+            and abs(c) <= 1e150 for c in v):       # k0^2 enters the phase (1e300: overflow)
+        raise ConfigError(key, f"an array of {gdim} finite numbers of size at most 1e150 "
+                          "(one per axis)", v)
     return [float(c) for c in v]
 
 
@@ -166,6 +178,8 @@ def run(cfg: dict, ctx) -> dict:
         z.x.array[:] = gs.x.array
         summary.update({"mu": mu, "ground_state_steps": its})
         ctx.log.info("ground state: mu = %.10g after %d imaginary-time steps", mu, its)
+    if resume is None and n["initial"] != "ground-state":
+        _check_initial_mass(NLSInvariants(P, z).mass(), n)
     if cfg["exact"]["solution"] == "none":
         exact = None
 

@@ -76,6 +76,22 @@ class ExitConstraints:
         self.g = [self._values(lambda e: e.cost, p.u_time(n)) for n in range(p.steps)]
         self.rho_d = [None] + [self._values(lambda e: e.density, p.rho_time(k))
                                for k in range(1, p.steps + 1)]
+        self._check_densities()
+
+    def _check_densities(self):
+        """ρ_D ≥ 0 at the dofs of every Dirichlet boundary (collective; ConfigError naming the
+        tag): a negative boundary density is bad input, it ran to a failed solve (exit 3)."""
+        p = self.st.problem
+        for e in p.exits:
+            if e.density is None:
+                continue
+            d = self.by_tag[e.tag]
+            low = min((float(r[d].min()) for r in self.rho_d[1:] if d.size), default=np.inf)
+            low = self.st.comm.allreduce(low, op=MPI.MIN)
+            if low < 0:
+                raise ConfigError("boundary.density", f"a density >= 0 on the Dirichlet "
+                                  f"boundary tag {e.tag} (its smallest value there is "
+                                  f"{low:.3g})")
 
     def _values(self, which, t: float) -> np.ndarray:
         p = self.st.problem
