@@ -189,7 +189,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                              lambda f: 0 < f < 1, "a number in (0, 1)"),
         "seed": Key(int, 0, "random seed of the generator and of the split", nonnegative,
                     "a non-negative integer"),
-        "file": Key(str, "", "dataset = 'csv': a CSV file with the columns x1,x2,label",
+        "file": Key(str, "", "dataset = 'csv': a CSV file with the columns x1,x2,label "
+                     "(x1,...,xd,label for d features on a mesh of at least d dimensions)",
                     path=True),
         "bandwidth": Key((str, float, int), "scott", "KDE bandwidth of the class densities: "
                          "'scott', 'silverman' or a number (standardised units)",
@@ -697,7 +698,7 @@ def _cross_checks(cfg: dict, source):
                               "(the data are points of the plane; it crashed in 1D)",
                               cfg["mesh"]["kind"], source)
         if cfg["data"]["dataset"] == "csv" and not str(cfg["data"]["file"]).strip():
-            raise ConfigError("data.file", "a CSV file (header x1,x2,label) for "
+            raise ConfigError("data.file", "a CSV file (header x1,x2,label or x1,...,xd,label) for "
                               "data.dataset = 'csv'", None, source)
 
 
