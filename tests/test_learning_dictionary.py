@@ -107,6 +107,20 @@ def test_numpy_resnet_reproduces_pde_inference(trained, tmp_path):
         assert np.allclose(v, net.velocity(n, x), atol=1e-13)
 
 
+def test_weights_classify_new_raw_points(trained, tmp_path):
+    """weights.npz applies to new points in the data's own units: it keeps the training
+    standardisation and the class labels (it kept neither, so a user could not apply the
+    network without regenerating the data set from the config)."""
+    ds, model = trained
+    path = tmp_path / "weights.npz"
+    model.save_weights(path, ds)
+    net = NumpyResNet.load(path)
+    X_raw = ds.X_test[:, :2] * ds.scale + ds.mean          # the held-out points, raw units
+    assert np.allclose(net.standardise(X_raw), ds.X_test, atol=1e-12)
+    labels = net.classify(X_raw)
+    assert list(labels) == [ds.classes[k] for k in DictionaryFlow(model).predict(ds.X_test)]
+
+
 def test_ufl_random_tanh_dictionary_matches_numpy():
     _, model = build(small_cfg(mesh={"h": 0.6}, problem={"steps": 2},
                                network={"dictionary": "random-tanh", "ridges": 3}))

@@ -116,10 +116,15 @@ class DictionaryNetwork(FeedbackClassifier):
         return NumpyResNet(self.kind, np.array(self.a), self.tau, self.anchors.copy(),
                            self.ridge_w, self.ridge_b)
 
-    def save_weights(self, path) -> None:
-        """``weights.npz`` (rank 0, atomically)."""
+    def save_weights(self, path, ds=None) -> None:
+        """``weights.npz`` (rank 0, atomically); with the :class:`~.data.Dataset` ``ds``, also
+        its standardisation and class labels (:meth:`NumpyResNet.classify` on raw points)."""
         if self.comm.rank == 0:
-            self.numpy_resnet().save(path)
+            net = self.numpy_resnet()
+            if ds is not None:
+                net.mean, net.scale = np.array(ds.mean), np.array(ds.scale)
+                net.classes = tuple(ds.classes) or None
+            net.save(path)
         self.comm.barrier()
 
 

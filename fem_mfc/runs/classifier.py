@@ -154,7 +154,7 @@ def run(cfg: dict, ctx) -> dict:
                                                prob.seed)
     base = compare.compare(summary, prob, ds, model, flow, ctx.comm, ctx.log)
     if prob.dictionary:
-        model.save_weights(ctx.path("weights.npz"))
+        model.save_weights(ctx.path("weights.npz"), ds)
         summary.update(dictionary=model.kind, weights_per_layer=model.m,
                        weight_decay_cost=model._control_cost(), theta=np.array(model.a))
     _write_series(ctx, model, prob.every)
