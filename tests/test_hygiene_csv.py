@@ -99,3 +99,15 @@ def test_word_labels_on_every_rank(tmp_path_factory):
         "output": {"figures": False, "progress": False, "vtx": False}})
     s = run_config(cfg, d / "out", quiet=True)
     assert comm.allgather(s["dataset"]) == ["csv (classes: 0 = cat, 1 = dog)"] * comm.size
+
+
+def test_excel_csv_with_byte_order_mark_and_crlf(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte-order mark and ends lines with CRLF: the header
+    read as '\\ufeffx1' and the file was refused; it reads as the same data now."""
+    rng = np.random.default_rng(3)
+    plain = _csv(tmp_path / "plain.csv", ["cat", "dog"] * 10, rng)
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes(b"\xef\xbb\xbf" + plain.read_text().replace("\n", "\r\n").encode())
+    X, y = data.read_csv(excel)
+    X0, y0 = data.read_csv(plain)
+    assert np.array_equal(X, X0) and list(y) == list(y0)

@@ -122,7 +122,7 @@ def read_csv(path: str | Path):
     if not path.is_file():
         raise UserError(f"{path}: data file not found")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")   # a byte-order mark (Excel) is not data
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file (expected CSV with x1,x2,label)") from None
     rows = [r for r in csv.reader(text.splitlines()) if any(c.strip() for c in r)]
