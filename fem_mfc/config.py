@@ -249,10 +249,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
                           _unit_interval, "a number in (0, 1]"),
         "tol": Key((str, float), "auto", "stop when the relative optimality residual is below "
                    "tol; 'auto': 1e-6 for the second-order trainers (newton, lbfgs: a few "
-                   "more iterations), 1e-3 for the sweeps (linear convergence)",
+                   "more iterations), 1e-3 for the sweeps (linear convergence); below 1 (the "
+                   "residual of the untrained network is 1)",
                    lambda t: t == "auto" or (not isinstance(t, (str, bool))
-                                            and math.isfinite(t) and t > 0),
-                   "'auto' or a positive number"),
+                                            and math.isfinite(t) and 0 < t < 1),
+                   "'auto' or a number in (0, 1) (the relative residual is 1 before training: "
+                   "a tol of 1 or more stops at once and reports the untrained network as "
+                   "converged)"),
         "baseline": Key(bool, True, "also train the torch baselines (ResNet of the same "
                         "depth, and the neural ODE if node = true) on the empirical objective"),
         "node": Key(bool, True, "baseline = true: also train the neural ODE baseline"),
