@@ -190,7 +190,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seed": Key(int, 0, "random seed of the generator and of the split", nonnegative,
                     "a non-negative integer"),
         "file": Key(str, "", "dataset = 'csv': a CSV file with the columns x1,x2,label "
-                     "(x1,...,xd,label for d features on a mesh of at least d dimensions)",
+                     "(x1,...,xd,label for d features on a mesh of at least d dimensions; "
+                     "the header may be left out)",
                     path=True),
         "bandwidth": Key((str, float, int), "scott", "KDE bandwidth of the class densities: "
                          "'scott', 'silverman' or a number (standardised units)",

@@ -111,3 +111,24 @@ def test_excel_csv_with_byte_order_mark_and_crlf(tmp_path):
     X, y = data.read_csv(excel)
     X0, y0 = data.read_csv(plain)
     assert np.array_equal(X, X0) and list(y) == list(y0)
+
+
+def test_csv_without_a_header_row(tmp_path):
+    """A file of points without the header (numbers in the first row's feature columns) was
+    refused for its header; it reads as the same data, word or integer labels alike.  A
+    header that is neither x1,…,xd,label nor a point is still refused."""
+    rng = np.random.default_rng(4)
+    for labels in (["cat", "dog"] * 10, [0, 1, 2] * 7):
+        plain = _csv(tmp_path / "plain.csv", labels, rng)
+        bare = tmp_path / "bare.csv"
+        bare.write_text(plain.read_text().split("\n", 1)[1])
+        X, y = data.read_csv(bare)
+        X0, y0 = data.read_csv(plain)
+        assert np.array_equal(X, X0) and list(y) == list(y0)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x,y,label\n0,0,a\n1,1,b\n")
+    with pytest.raises(UserError, match="x1,x2,label in the header"):
+        data.read_csv(bad)
+    bad.write_text("0,0,a\n1,b\n")
+    with pytest.raises(UserError, match="row 2: expected 3 values"):
+        data.read_csv(bad)

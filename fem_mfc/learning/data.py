@@ -110,7 +110,8 @@ def generate(dcfg: dict):
 
 def read_csv(path: str | Path):
     """Read user data: a header ``x1,x2,label`` (or ``x1,…,xd,label`` for d features, e.g.
-    ``x1,x2,x3,label`` for 3D data on a 3D mesh) then one point per row.  Labels are
+    ``x1,x2,x3,label`` for 3D data on a 3D mesh) then one point per row.  The header may be
+    left out: a first row whose features are numbers is a point (d = its length − 1).  Labels are
     integers, or words (``cat``, ``dog``: returned as strings, mapped to classes by
     :func:`load`).
 
@@ -128,18 +129,21 @@ def read_csv(path: str | Path):
     rows = [r for r in csv.reader(text.splitlines()) if any(c.strip() for c in r)]
     if not rows:
         raise UserError(f"{path}: the file is empty (expected a header x1,x2,label and rows)")
-    header = [c.strip().lower() for c in rows[0]]
-    d = len(header) - 1
-    if d < 1 or header != [f"x{i + 1}" for i in range(d)] + ["label"]:
-        raise UserError(f"{path}: expected the columns x1,x2,label in the header (x1,…,xd,label "
-                        f"for d features), got {','.join(rows[0])!r}")
-    cols = ",".join(header)
-    if len(rows) == 1:
-        raise UserError(f"{path}: no data rows after the header")
+    if len(rows[0]) >= 2 and all(_is_number(c) for c in rows[0][:-1]):
+        d, start = len(rows[0]) - 1, 1          # no header: the first row is a point
+    else:
+        header = [c.strip().lower() for c in rows[0]]
+        d, start = len(header) - 1, 2
+        if d < 1 or header != [f"x{i + 1}" for i in range(d)] + ["label"]:
+            raise UserError(f"{path}: expected the columns x1,x2,label in the header "
+                            f"(x1,…,xd,label for d features), got {','.join(rows[0])!r}")
+        if len(rows) == 1:
+            raise UserError(f"{path}: no data rows after the header")
+    cols = ",".join([f"x{i + 1}" for i in range(d)] + ["label"])
     X, y = [], []
     words = None                   # are the labels words? (decided by the first row)
     first = None
-    for i, r in enumerate(rows[1:], start=2):
+    for i, r in enumerate(rows[start - 1:], start=start):
         if len(r) != d + 1:
             raise UserError(f"{path}: row {i}: expected {d + 1} values ({cols}), got {len(r)}")
         try:
@@ -173,6 +177,14 @@ def read_csv(path: str | Path):
         raise UserError(f"{path}: only one class ({y[0]}) in the data; a classifier needs at "
                         f"least two")
     return np.array(X, dtype=float).reshape(len(y), d), y
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load(dcfg: dict, dim: int = 2) -> Dataset:
