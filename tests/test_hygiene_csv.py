@@ -77,6 +77,25 @@ def test_word_label_mapping_in_the_summary(tmp_path):
         "output": {"figures": False, "progress": False, "vtx": False}})
     s = run_config(cfg, tmp_path / "out", quiet=True)
     assert s["K"] == 2 and s["dataset"] == "csv (classes: 0 = cat, 1 = dog)"
+    assert s["classes"] == ["cat", "dog"]
+
+
+def test_integer_label_mapping_and_standardisation_in_the_summary(tmp_path):
+    """Integer labels 3 and 7 are classes 0 and 1: the summary said neither that nor the
+    training mean/std the network's coordinates are standardised with, so its anchors,
+    figures and series could not be read back in the data's terms.  It has both now."""
+    f = _csv(tmp_path / "ints.csv", [7, 3] * 40, np.random.default_rng(5))
+    cfg = config.from_dict({
+        "run": {"formulation": "classifier"},
+        "data": {"dataset": "csv", "file": str(f), "test_fraction": 0.25},
+        "mesh": {"kind": "rectangle", "cells": 8, "lower": [-3.0, -3.0], "upper": [3.0, 3.0]},
+        "problem": {"steps": 3, "sigma": 0.5},
+        "training": {"max_sweeps": 2, "baseline": False, "particles": 0},
+        "output": {"figures": False, "progress": False, "vtx": False}})
+    s = run_config(cfg, tmp_path / "out", quiet=True)
+    ds = data.load(cfg["data"], 2)
+    assert s["classes"] == ["3", "7"] and s["dataset"] == "csv"
+    assert np.allclose(s["feature_mean"], ds.mean) and np.allclose(s["feature_scale"], ds.scale)
 
 
 @pytest.mark.mpi

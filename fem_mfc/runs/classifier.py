@@ -116,7 +116,9 @@ def run(cfg: dict, ctx) -> dict:
                      "for an accurate Galerkin FP solution", pe)
     h = model.history
     summary = {
-        "dataset": ds.name, "K": ds.K, "n_train": len(ds.y_train), "n_test": len(ds.y_test),
+        "dataset": ds.name, "K": ds.K, "classes": list(ds.classes),
+        "feature_mean": ds.mean, "feature_scale": ds.scale,
+        "n_train": len(ds.y_train), "n_test": len(ds.y_test),
         "dim": dim, "ndofs": V.dofmap.index_map.size_global, "nsteps": model.N, "h": md.h,
         "tau": model.tau, "sigma": prob.sigma, "anchors": anchors,
         "bandwidths": hs, "velocity": prob.velocity,
