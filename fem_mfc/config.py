@@ -555,6 +555,35 @@ def _refuse_with_populations(cfg: dict, source):
             raise ConfigError(key, expected, got, source)
 
 
+def _refuse_for_learning(cfg: dict, source):
+    """Keys of the control problem that the learning formulations do not read: one ConfigError
+    naming the key (they were ignored, and the run of another problem reported success)."""
+    f, d = cfg["run"]["formulation"], cfg["discretisation"]
+    terminal = ("the anchors' loss beta/2 |x - c_k|^2: [network] anchors, loss_weight"
+                if f == "classifier" else "beta KL(rho(T) || N(0, s^2 I)): [generative] "
+                "kl_weight, target_std")
+    checks = (
+        ("problem.Phi", cfg["problem"]["Phi"] != "0",
+         f"'0' (the default) for formulation '{f}' (its terminal cost is {terminal})",
+         cfg["problem"]["Phi"]),
+        ("rho0", cfg["rho0"] != _defaults("rho0"), f"no [rho0] section (or only its defaults, "
+         f"as in a written config.toml) for formulation '{f}' (the initial densities are the "
+         "kernel density estimates of the data: [data] bandwidth)", "[rho0]"),
+        ("discretisation.degree", d["degree"] != 1, f"1 for formulation '{f}' (P1 densities "
+         "and values)", d["degree"]),
+        ("discretisation.scheme", d["scheme"] != "backward-euler", f"'backward-euler' for "
+         f"formulation '{f}' (its layers are implicit Fokker-Planck steps)", d["scheme"]),
+        ("discretisation.stabilisation", d["stabilisation"] != "none", f"'none' for "
+         f"formulation '{f}' (its positivity-preserving transport is network.transport = "
+         "'eafe')", d["stabilisation"]),
+        ("exact.solution", cfg["exact"]["solution"] != "none", f"'none' for formulation '{f}'",
+         cfg["exact"]["solution"]),
+    )
+    for key, bad, expected, got in checks:
+        if bad:
+            raise ConfigError(key, expected, got, source)
+
+
 def _typename(t) -> str:
     if isinstance(t, tuple):
         return " or ".join(_typename(x) for x in t)
@@ -697,6 +726,7 @@ def _cross_checks(cfg: dict, source):
     _check_checkpoint(cfg, source)
     if cfg["run"]["formulation"] in ("classifier", "generative"):
         resolve_training(cfg, source)
+        _refuse_for_learning(cfg, source)
         if cfg["mesh"]["kind"] != "file" and gdim(cfg) < 2:   # the data live in the plane
             raise ConfigError("mesh.kind", "a 2D or 3D mesh for the learning formulations "
                               "(the data are points of the plane; it crashed in 1D)",

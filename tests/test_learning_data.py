@@ -136,3 +136,25 @@ def test_learning_configs_refused_with_one_line(formulation, change, key):
         raw[sec] = dict(kv)
     with pytest.raises(ConfigError, match=key):
         config.from_dict(raw)
+
+
+@pytest.mark.parametrize("change,key", [
+    ({"problem": {"Phi": "x0**2"}}, "problem.Phi"),
+    ({"rho0": {"kind": "formula", "formula": "1 + x0"}}, "rho0"),
+    ({"discretisation": {"scheme": "crank-nicolson"}}, "discretisation.scheme"),
+    ({"discretisation": {"degree": 2}}, "discretisation.degree"),
+    ({"discretisation": {"stabilisation": "monotone"}}, "discretisation.stabilisation")])
+@pytest.mark.parametrize("formulation", ["classifier", "generative"])
+def test_control_problem_keys_the_learning_runs_ignore_are_refused(formulation, change, key):
+    """[problem] Phi, a [rho0] section and [discretisation] choices are not read by the
+    learning formulations (anchors / KL, the data's KDEs, P1 implicit layers): a classifier
+    with Phi = "x0**2", or with Crank-Nicolson, ran and reported the same J as without it,
+    exit 0.  They are refused at load naming the key; a written config.toml, with every
+    default filled in, still loads."""
+    raw = {"run": {"formulation": formulation}}
+    for sec, kv in change.items():
+        raw[sec] = dict(kv)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        config.from_dict(raw)
+    full = config.from_dict({"run": {"formulation": formulation}})
+    assert config.from_dict(full) == full
