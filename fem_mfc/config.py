@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import registry
-from .errors import ConfigError, UserError, warning
+from .errors import ConfigError, UserError, toml_value, warning
 
 
 @dataclass
@@ -579,6 +579,17 @@ def _refuse_for_learning(cfg: dict, source):
         ("exact.solution", cfg["exact"]["solution"] != "none", f"'none' for formulation '{f}'",
          cfg["exact"]["solution"]),
     )
+    if f == "generative":                # one population, the feedback flow, no anchors
+        n, dn = cfg["network"], _defaults("network")
+        checks += tuple(
+            (f"network.{k}", n[k] != dn[k], f"{toml_value(dn[k])} (the default) for formulation "
+             f"'generative' ({why})", n[k])
+            for k, why in (("kind", "the flow is a feedback network; the dictionary network is "
+                                    "a classifier's"),
+                           ("anchors", "a classifier's class anchors; the flow's target is "
+                                       "[generative] target_std"),
+                           ("loss_weight", "a classifier's anchor loss; the flow's is "
+                                           "[generative] kl_weight")))
     for key, bad, expected, got in checks:
         if bad:
             raise ConfigError(key, expected, got, source)

@@ -158,3 +158,15 @@ def test_control_problem_keys_the_learning_runs_ignore_are_refused(formulation, 
         config.from_dict(raw)
     full = config.from_dict({"run": {"formulation": formulation}})
     assert config.from_dict(full) == full
+
+
+@pytest.mark.parametrize("network", [{"kind": "dictionary"}, {"anchors": [[1.0, 0.0]]},
+                                     {"loss_weight": 3.0}])
+def test_classifier_network_keys_refused_for_the_generative_flow(network):
+    """A generative config with network.kind = "dictionary" (or anchors, loss_weight) trained
+    the feedback flow all the same and reported its J, exit 0; refused naming the key now,
+    and the classifier takes them as before."""
+    key = "network." + next(iter(network))
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        config.from_dict({"run": {"formulation": "generative"}, "network": network})
+    config.from_dict({"run": {"formulation": "classifier"}, "network": network})
