@@ -80,7 +80,18 @@ def _sections(cfg: dict) -> dict:
     if cfg.get("run", {}).get("formulation") in LEARNING:    # the data, the network, the trainer
         sections.update({k: cfg.get(k) for k in ("data", "network", "generative")})
         sections["training"] = {"method": cfg.get("training", {}).get("method")}
+        d = cfg.get("data") or {}
+        if d.get("dataset") == "csv":   # the points are the file's contents, not its name
+            sections["data"] = {**d, "file_sha256": _file_digest(d.get("file"))}
     return sections
+
+
+def _file_digest(path) -> str | None:
+    """The SHA-256 of a file's bytes (the first 16 hex digits), None if it cannot be read."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except (OSError, TypeError, ValueError):
+        return None
 
 
 def config_hash(cfg: dict) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import registry
-from .errors import ConfigError, UserError, warning
+from .errors import ConfigError, UserError, toml_value, warning
 
 
 @dataclass
@@ -223,7 +223,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seed": Key(int, 0, "random seed of the generator and of the split",
                     lambda s: 0 <= s <= 2 ** 32 - 1, "an integer from 0 to 2^32 - 1 (a seed "
                     "of scikit-learn's generators)"),
-        "file": Key(str, "", "dataset = 'csv': a CSV file with the columns x1,x2,label",
+        "file": Key(str, "", "dataset = 'csv': a CSV file with the columns x1,x2,label "
+                     "(x1,...,xd,label for d features on a mesh of at least d dimensions; "
+                     "the header may be left out)",
                     path=True),
         "bandwidth": Key((str, float, int), "scott", "KDE bandwidth of the class densities: "
                          "'scott', 'silverman' or a number (standardised units)",
@@ -282,10 +284,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
                           _unit_interval, "a number in (0, 1]"),
         "tol": Key((str, float), "auto", "stop when the relative optimality residual is below "
                    "tol; 'auto': 1e-6 for the second-order trainers (newton, lbfgs: a few "
-                   "more iterations), 1e-3 for the sweeps (linear convergence)",
+                   "more iterations), 1e-3 for the sweeps (linear convergence); below 1 (the "
+                   "residual of the untrained network is 1)",
                    lambda t: t == "auto" or (not isinstance(t, (str, bool))
-                                            and math.isfinite(t) and t > 0),
-                   "'auto' or a positive number"),
+                                            and math.isfinite(t) and 0 < t < 1),
+                   "'auto' or a number in (0, 1) (the relative residual is 1 before training: "
+                   "a tol of 1 or more stops at once and reports the untrained network as "
+                   "converged)"),
         "baseline": Key(bool, True, "also train the torch baselines (ResNet of the same "
                         "depth, and the neural ODE if node = true) on the empirical objective"),
         "node": Key(bool, True, "baseline = true: also train the neural ODE baseline"),
@@ -592,6 +597,46 @@ def _refuse_with_populations(cfg: dict, source):
             raise ConfigError(key, expected, got, source)
 
 
+def _refuse_for_learning(cfg: dict, source):
+    """Keys of the control problem that the learning formulations do not read: one ConfigError
+    naming the key (they were ignored, and the run of another problem reported success)."""
+    f, d = cfg["run"]["formulation"], cfg["discretisation"]
+    terminal = ("the anchors' loss beta/2 |x - c_k|^2: [network] anchors, loss_weight"
+                if f == "classifier" else "beta KL(rho(T) || N(0, s^2 I)): [generative] "
+                "kl_weight, target_std")
+    checks = (
+        ("problem.Phi", cfg["problem"]["Phi"] != "0",
+         f"'0' (the default) for formulation '{f}' (its terminal cost is {terminal})",
+         cfg["problem"]["Phi"]),
+        ("rho0", cfg["rho0"] != _defaults("rho0"), f"no [rho0] section (or only its defaults, "
+         f"as in a written config.toml) for formulation '{f}' (the initial densities are the "
+         "kernel density estimates of the data: [data] bandwidth)", "[rho0]"),
+        ("discretisation.degree", d["degree"] != 1, f"1 for formulation '{f}' (P1 densities "
+         "and values)", d["degree"]),
+        ("discretisation.scheme", d["scheme"] != "backward-euler", f"'backward-euler' for "
+         f"formulation '{f}' (its layers are implicit Fokker-Planck steps)", d["scheme"]),
+        ("discretisation.stabilisation", d["stabilisation"] != "none", f"'none' for "
+         f"formulation '{f}' (its positivity-preserving transport is network.transport = "
+         "'eafe')", d["stabilisation"]),
+        ("exact.solution", cfg["exact"]["solution"] != "none", f"'none' for formulation '{f}'",
+         cfg["exact"]["solution"]),
+    )
+    if f == "generative":                # one population, the feedback flow, no anchors
+        n, dn = cfg["network"], _defaults("network")
+        checks += tuple(
+            (f"network.{k}", n[k] != dn[k], f"{toml_value(dn[k])} (the default) for formulation "
+             f"'generative' ({why})", n[k])
+            for k, why in (("kind", "the flow is a feedback network; the dictionary network is "
+                                    "a classifier's"),
+                           ("anchors", "a classifier's class anchors; the flow's target is "
+                                       "[generative] target_std"),
+                           ("loss_weight", "a classifier's anchor loss; the flow's is "
+                                           "[generative] kl_weight")))
+    for key, bad, expected, got in checks:
+        if bad:
+            raise ConfigError(key, expected, got, source)
+
+
 def _typename(t) -> str:
     if isinstance(t, tuple):
         return " or ".join(_typename(x) for x in t)
@@ -777,6 +822,7 @@ def _cross_checks(cfg: dict, source):
     _check_checkpoint(cfg, source)
     if cfg["run"]["formulation"] in ("classifier", "generative"):
         resolve_training(cfg, source)
+        _refuse_for_learning(cfg, source)
         if cfg["mesh"]["kind"] != "file" and gdim(cfg) < 2:   # the data live in the plane
             raise ConfigError("mesh.kind", "a 2D or 3D mesh for the learning formulations "
                               "(the data are points of the plane; it crashed in 1D)",
@@ -794,7 +840,7 @@ def _cross_checks(cfg: dict, source):
                               f"{dcfg['n_samples'] // 2} classes (each needs points to train "
                               "and to test on)", dcfg["classes"], source)
         if cfg["data"]["dataset"] == "csv" and not str(cfg["data"]["file"]).strip():
-            raise ConfigError("data.file", "a CSV file (header x1,x2,label) for "
+            raise ConfigError("data.file", "a CSV file (header x1,x2,label or x1,...,xd,label) for "
                               "data.dataset = 'csv'", None, source)
 
 

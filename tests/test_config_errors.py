@@ -283,11 +283,15 @@ def test_integers_beyond_64_bits_are_refused(line, key, tmp_path):
 
 def test_an_integer_tolerance_is_a_number():
     """training.tol = 1 (a TOML integer) was refused as "expected a string or a number, got 1";
-    it is the number 1.0 like every integer given for a number."""
+    it is read as the number 1.0 like every integer given for a number — and then refused for
+    its value (a tol of 1 or more stopped training at once), not for its type."""
     from fem_mfc import config
-    cfg = config.from_dict({"run": {"formulation": "classifier"}, "mesh": {"kind": "disk"},
-                            "training": {"tol": 1}})
-    assert cfg["training"]["tol"] == 1.0 and isinstance(cfg["training"]["tol"], float)
+    from fem_mfc.errors import ConfigError
+    with pytest.raises(ConfigError) as e:
+        config.from_dict({"run": {"formulation": "classifier"}, "mesh": {"kind": "disk"},
+                          "training": {"tol": 1}})
+    assert e.value.key == "training.tol" and "a number in (0, 1)" in str(e.value), e.value
+    assert "a string or a number" not in str(e.value)
 
 
 @pytest.mark.parametrize("data,key", [

@@ -77,6 +77,25 @@ def test_word_label_mapping_in_the_summary(tmp_path):
         "output": {"figures": False, "progress": False, "vtx": False}})
     s = run_config(cfg, tmp_path / "out", quiet=True)
     assert s["K"] == 2 and s["dataset"] == "csv (classes: 0 = cat, 1 = dog)"
+    assert s["classes"] == ["cat", "dog"]
+
+
+def test_integer_label_mapping_and_standardisation_in_the_summary(tmp_path):
+    """Integer labels 3 and 7 are classes 0 and 1: the summary said neither that nor the
+    training mean/std the network's coordinates are standardised with, so its anchors,
+    figures and series could not be read back in the data's terms.  It has both now."""
+    f = _csv(tmp_path / "ints.csv", [7, 3] * 40, np.random.default_rng(5))
+    cfg = config.from_dict({
+        "run": {"formulation": "classifier"},
+        "data": {"dataset": "csv", "file": str(f), "test_fraction": 0.25},
+        "mesh": {"kind": "rectangle", "cells": 8, "lower": [-3.0, -3.0], "upper": [3.0, 3.0]},
+        "problem": {"steps": 3, "sigma": 0.5},
+        "training": {"max_sweeps": 2, "baseline": False, "particles": 0},
+        "output": {"figures": False, "progress": False, "vtx": False}})
+    s = run_config(cfg, tmp_path / "out", quiet=True)
+    ds = data.load(cfg["data"], 2)
+    assert s["classes"] == ["3", "7"] and s["dataset"] == "csv"
+    assert np.allclose(s["feature_mean"], ds.mean) and np.allclose(s["feature_scale"], ds.scale)
 
 
 @pytest.mark.mpi
@@ -99,3 +118,36 @@ def test_word_labels_on_every_rank(tmp_path_factory):
         "output": {"figures": False, "progress": False, "vtx": False}})
     s = run_config(cfg, d / "out", quiet=True)
     assert comm.allgather(s["dataset"]) == ["csv (classes: 0 = cat, 1 = dog)"] * comm.size
+
+
+def test_excel_csv_with_byte_order_mark_and_crlf(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte-order mark and ends lines with CRLF: the header
+    read as '\\ufeffx1' and the file was refused; it reads as the same data now."""
+    rng = np.random.default_rng(3)
+    plain = _csv(tmp_path / "plain.csv", ["cat", "dog"] * 10, rng)
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes(b"\xef\xbb\xbf" + plain.read_text().replace("\n", "\r\n").encode())
+    X, y = data.read_csv(excel)
+    X0, y0 = data.read_csv(plain)
+    assert np.array_equal(X, X0) and list(y) == list(y0)
+
+
+def test_csv_without_a_header_row(tmp_path):
+    """A file of points without the header (numbers in the first row's feature columns) was
+    refused for its header; it reads as the same data, word or integer labels alike.  A
+    header that is neither x1,…,xd,label nor a point is still refused."""
+    rng = np.random.default_rng(4)
+    for labels in (["cat", "dog"] * 10, [0, 1, 2] * 7):
+        plain = _csv(tmp_path / "plain.csv", labels, rng)
+        bare = tmp_path / "bare.csv"
+        bare.write_text(plain.read_text().split("\n", 1)[1])
+        X, y = data.read_csv(bare)
+        X0, y0 = data.read_csv(plain)
+        assert np.array_equal(X, X0) and list(y) == list(y0)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x,y,label\n0,0,a\n1,1,b\n")
+    with pytest.raises(UserError, match="x1,x2,label in the header"):
+        data.read_csv(bad)
+    bad.write_text("0,0,a\n1,b\n")
+    with pytest.raises(UserError, match="row 2: expected 3 values"):
+        data.read_csv(bad)

@@ -67,6 +67,28 @@ def test_good_csv_relabels_standardises_and_splits(tmp_path):
     assert np.allclose(ds.proportions, [0.5, 0.5])
 
 
+def test_csv_with_three_features_on_a_3d_mesh(tmp_path):
+    """x1,x2,x3,label: 3 features (it was refused: only x1,x2,label was read); they are
+    standardised per axis and kept as the 3 coordinates of a 3D mesh; a 2D mesh is refused
+    naming data.file."""
+    rng = np.random.default_rng(2)
+    X = np.r_[rng.normal(-1, 0.3, (20, 3)), rng.normal(1, 0.5, (20, 3))]
+    X[:, 2] *= 4.0
+    y = np.repeat(["a", "b"], 20)
+    f = tmp_path / "three.csv"
+    f.write_text("x1,x2,x3,label\n" + "".join(f"{a},{b},{c},{k}\n" for (a, b, c), k in zip(X, y)))
+    Xr, yr = data.read_csv(f)
+    assert Xr.shape == (40, 3) and np.allclose(Xr, X)
+    ds = data.load(dcfg(dataset="csv", file=str(f)), dim=3)
+    assert ds.mean.shape == (3,) and ds.X_train.shape == (20, 3)
+    assert np.allclose(ds.X_train.std(axis=0), 1) and ds.K == 2
+    with pytest.raises(ConfigError, match="data.file.*3 columns"):
+        data.load(dcfg(dataset="csv", file=str(f)), dim=2)
+    f.write_text("x1,x2,x3,label\n0,0,0,a\n1,1,b\n")
+    with pytest.raises(UserError, match="row 3: expected 4 values"):
+        data.read_csv(f)
+
+
 @pytest.mark.parametrize("kind", ["moons", "circles", "spirals", "gaussians"])
 def test_generators_and_seeded_split(kind):
     a = data.load(dcfg(dataset=kind, n_samples=200, seed=3))
@@ -152,3 +174,37 @@ def test_a_split_without_every_class_names_the_key(over, key, tmp_path):
     with pytest.raises(ConfigError) as e:
         data.load(dcfg(**{"n_samples": 80, **over}))
     assert e.value.key == key
+
+
+@pytest.mark.parametrize("change,key", [
+    ({"problem": {"Phi": "x0**2"}}, "problem.Phi"),
+    ({"rho0": {"kind": "formula", "formula": "1 + x0"}}, "rho0"),
+    ({"discretisation": {"scheme": "crank-nicolson"}}, "discretisation.scheme"),
+    ({"discretisation": {"degree": 2}}, "discretisation.degree"),
+    ({"discretisation": {"stabilisation": "monotone"}}, "discretisation.stabilisation")])
+@pytest.mark.parametrize("formulation", ["classifier", "generative"])
+def test_control_problem_keys_the_learning_runs_ignore_are_refused(formulation, change, key):
+    """[problem] Phi, a [rho0] section and [discretisation] choices are not read by the
+    learning formulations (anchors / KL, the data's KDEs, P1 implicit layers): a classifier
+    with Phi = "x0**2", or with Crank-Nicolson, ran and reported the same J as without it,
+    exit 0.  They are refused at load naming the key; a written config.toml, with every
+    default filled in, still loads."""
+    raw = {"run": {"formulation": formulation}}
+    for sec, kv in change.items():
+        raw[sec] = dict(kv)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        config.from_dict(raw)
+    full = config.from_dict({"run": {"formulation": formulation}})
+    assert config.from_dict(full) == full
+
+
+@pytest.mark.parametrize("network", [{"kind": "dictionary"}, {"anchors": [[1.0, 0.0]]},
+                                     {"loss_weight": 3.0}])
+def test_classifier_network_keys_refused_for_the_generative_flow(network):
+    """A generative config with network.kind = "dictionary" (or anchors, loss_weight) trained
+    the feedback flow all the same and reported its J, exit 0; refused naming the key now,
+    and the classifier takes them as before."""
+    key = "network." + next(iter(network))
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        config.from_dict({"run": {"formulation": "generative"}, "network": network})
+    config.from_dict({"run": {"formulation": "classifier"}, "network": network})

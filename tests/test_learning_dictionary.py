@@ -107,6 +107,37 @@ def test_numpy_resnet_reproduces_pde_inference(trained, tmp_path):
         assert np.allclose(v, net.velocity(n, x), atol=1e-13)
 
 
+def test_weights_classify_new_raw_points(trained, tmp_path):
+    """weights.npz applies to new points in the data's own units: it keeps the training
+    standardisation and the class labels (it kept neither, so a user could not apply the
+    network without regenerating the data set from the config)."""
+    ds, model = trained
+    path = tmp_path / "weights.npz"
+    model.save_weights(path, ds)
+    net = NumpyResNet.load(path)
+    X_raw = ds.X_test[:, :2] * ds.scale + ds.mean          # the held-out points, raw units
+    assert np.allclose(net.standardise(X_raw), ds.X_test, atol=1e-12)
+    labels = net.classify(X_raw)
+    assert list(labels) == [ds.classes[k] for k in DictionaryFlow(model).predict(ds.X_test)]
+
+
+def test_empirical_objective_includes_the_running_potential():
+    """With [problem] V the empirical objective of a dictionary network (summary.json's
+    empirical_objective and test_objective) left out Σ_n τ V(x_n), which the feedback flow
+    counts: it was anchor loss + kinetic energy only."""
+    ds, model = build(small_cfg(problem={"V": "0.5*(x0**2 + x1**2)"}))
+    rng = np.random.default_rng(3)
+    model.a = [0.3 * rng.standard_normal(model.m) for _ in range(model.N)]
+    flow = DictionaryFlow(model)
+    got = infer.evaluate_flow(flow, ds.X_test, ds.y_test)
+    X, path = flow.net.push(ds.X_test, record=True)
+    pot = sum(model.tau * 0.5 * (P ** 2).sum(axis=1) for P in path[:-1])
+    loss = infer.anchor_loss(X, ds.y_test, model.anchors, model.beta)
+    kin = got["kinetic"]
+    assert abs(got["objective"] - (loss.mean() + kin + pot.mean())) < 1e-2 * pot.mean()
+    model.destroy()
+
+
 def test_ufl_random_tanh_dictionary_matches_numpy():
     _, model = build(small_cfg(mesh={"h": 0.6}, problem={"steps": 2},
                                network={"dictionary": "random-tanh", "ridges": 3}))

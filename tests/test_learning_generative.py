@@ -201,3 +201,24 @@ def test_sampling_a_target_the_mesh_does_not_hold_ends(trained, std):
 
     with pytest.raises(ConfigError, match="generative.target_std"):
         FlowMap(trained[2]).sample(50, Draws(), std)
+
+
+def test_samples_are_written_in_the_units_of_the_data(tmp_path):
+    """The backward samples, the generative model's product, were only drawn into a figure
+    and summarised by their standardised moments; now samples.csv holds them in the data's
+    own units (x1,x2 header)."""
+    from fem_mfc.pipeline import run_config
+    cfg = small_cfg(mesh={"radius": 3.5, "h": 0.35}, problem={"steps": 4},
+                    network={"transport": "eafe"}, data={"n_samples": 200},
+                    training={"method": "newton", "max_sweeps": 8, "tol": 1e-6},
+                    generative={"samples": 150},
+                    output={"figures": False, "vtx": False, "progress": False})
+    s = run_config(cfg, tmp_path / "g", quiet=True, comm=MPI.COMM_SELF)
+    text = (tmp_path / "g" / "samples.csv").read_text()
+    assert text.startswith("x1,x2\n") and s["samples_file"] == "samples.csv"
+    X = np.loadtxt(tmp_path / "g" / "samples.csv", delimiter=",", skiprows=1)
+    assert X.shape == (150, 2)
+    ds = data.load(cfg["data"], 2)
+    assert np.allclose(((X - ds.mean) / ds.scale).mean(axis=0), s["sample_mean"], atol=1e-12)
+    # raw units: the moons' own box (x in [-1, 2], y in [-0.5, 1]), not the standardised one
+    assert abs(X.mean(axis=0) - ds.mean).max() < 0.3 and ds.scale.min() < 0.9

@@ -69,8 +69,10 @@ def test_default_tolerance_follows_the_trainer(transport, method, expected):
     assert ClassifierProblem.from_config(cfg).training.tol == 2.5e-4
 
 
-@pytest.mark.parametrize("bad", ["tight", 0.0, -1e-3, True])
+@pytest.mark.parametrize("bad", ["tight", 0.0, -1e-3, True, 1.0, 1.5])
 def test_bad_tolerance_is_bad_input(bad):
+    """tol >= 1 too: the relative residual of the untrained network is 1, so a tol of 1.5
+    stopped at iteration 0 and reported the untrained network as converged (exit 0)."""
     with pytest.raises(config.ConfigError, match="training.tol"):
         _cfg("classifier", training={"tol": bad})
 

@@ -154,3 +154,24 @@ def test_restart_past_max_sweeps_reports_its_iterate(tmp_path):
     assert again["converged"] is False and again["iterations"] == CUT
     assert again["J_history"] == pytest.approx(cut["J_history"], rel=1e-12)
     assert again["J"] == pytest.approx(cut["J"], rel=1e-12)
+
+
+def test_a_checkpoint_of_other_csv_data_is_refused(tmp_path):
+    """[data] names a CSV file, not the points: a restart after the file was edited (same
+    path, other points) continued the checkpoint's training on other data; the checkpoint
+    keeps the file's digest, and a restart from it on changed contents is refused."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    f = tmp_path / "pts.csv"
+    def write(shift):
+        X = np.r_[rng.normal(-1, 0.4, (40, 2)), rng.normal(1 + shift, 0.4, (40, 2))]
+        f.write_text("x1,x2,label\n" + "".join(f"{a},{b},{k}\n" for (a, b), k
+                                                  in zip(X, np.repeat([0, 1], 40))))
+    write(0.0)
+    raw = raw_config("newton", max_sweeps=1)
+    raw["data"] = {"dataset": "csv", "file": str(f), "bandwidth": 0.3}
+    run_config(config.from_dict(raw), tmp_path / "cut", quiet=True)
+    write(0.5)
+    raw["training"]["max_sweeps"] = 60
+    with pytest.raises(ConfigError, match="data.file_sha256: .* in the checkpoint, .* here"):
+        run_config(config.from_dict(raw), tmp_path / "x", quiet=True, restart=tmp_path / "cut")

@@ -2,7 +2,8 @@
 
 * Generators: ``moons`` and ``circles`` (scikit-learn), ``spirals`` (two interleaved Archimedean
   spirals), ``gaussians`` (K isotropic blobs with centres on the unit circle), ``csv`` (user data
-  with columns ``x1, x2, label``; labels are integers or words such as ``cat``, ``dog``).
+  with columns ``x1, x2, label``, or ``x1, …, xd, label`` for d features on a mesh of at least
+  d dimensions; labels are integers or words such as ``cat``, ``dog``).
   Labels are mapped to 0..K-1 in sorted order of the distinct labels; word labels are
   recorded in the data set's name (``csv (classes: 0 = cat, 1 = dog)``, summary.json's
   ``dataset``) and in :attr:`Dataset.classes`.
@@ -35,7 +36,7 @@ class Dataset:
     y_train: np.ndarray
     X_test: np.ndarray
     y_test: np.ndarray
-    mean: np.ndarray          # of the raw 2D features (training set)
+    mean: np.ndarray          # of the raw features (training set; d = the data dimension)
     scale: np.ndarray         # per-axis std of the raw features (training set)
     name: str = ""
     classes: tuple = ()       # the original label of class k, as text (k = 0..K-1)
@@ -50,7 +51,7 @@ class Dataset:
         return np.bincount(self.y_train, minlength=self.K) / len(self.y_train)
 
     def transform(self, X_raw: np.ndarray, dim: int) -> np.ndarray:
-        """Standardise raw 2D features and pad them with zeros to ``dim`` columns."""
+        """Standardise raw features (d columns) and pad them with zeros to ``dim`` columns."""
         return pad((X_raw - self.mean) / self.scale, dim)
 
 
@@ -108,8 +109,11 @@ def generate(dcfg: dict):
 
 
 def read_csv(path: str | Path):
-    """Read user data: a header ``x1,x2,label`` then one point per row.  Labels are integers,
-    or words (``cat``, ``dog``: returned as strings, mapped to classes by :func:`load`).
+    """Read user data: a header ``x1,x2,label`` (or ``x1,…,xd,label`` for d features, e.g.
+    ``x1,x2,x3,label`` for 3D data on a 3D mesh) then one point per row.  The header may be
+    left out: a first row whose features are numbers is a point (d = its length − 1).  Labels are
+    integers, or words (``cat``, ``dog``: returned as strings, mapped to classes by
+    :func:`load`).
 
     Every problem (missing/empty file, wrong columns, non-numeric or NaN features, non-integer
     numeric labels, empty labels, numbers and words mixed as labels, a single class) raises a
@@ -119,37 +123,42 @@ def read_csv(path: str | Path):
     if not path.is_file():
         raise UserError(f"{path}: data file not found")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")   # a byte-order mark (Excel) is not data
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file (expected CSV with x1,x2,label)") from None
     rows = [r for r in csv.reader(text.splitlines()) if any(c.strip() for c in r)]
     if not rows:
         raise UserError(f"{path}: the file is empty (expected a header x1,x2,label and rows)")
-    header = [c.strip().lower() for c in rows[0]]
-    if header != ["x1", "x2", "label"]:
-        raise UserError(f"{path}: expected the columns x1,x2,label in the header, got "
-                        f"{','.join(rows[0])!r}")
-    if len(rows) == 1:
-        raise UserError(f"{path}: no data rows after the header")
+    if len(rows[0]) >= 2 and all(_is_number(c) for c in rows[0][:-1]):
+        d, start = len(rows[0]) - 1, 1          # no header: the first row is a point
+    else:
+        header = [c.strip().lower() for c in rows[0]]
+        d, start = len(header) - 1, 2
+        if d < 1 or header != [f"x{i + 1}" for i in range(d)] + ["label"]:
+            raise UserError(f"{path}: expected the columns x1,x2,label in the header "
+                            f"(x1,…,xd,label for d features), got {','.join(rows[0])!r}")
+        if len(rows) == 1:
+            raise UserError(f"{path}: no data rows after the header")
+    cols = ",".join([f"x{i + 1}" for i in range(d)] + ["label"])
     X, y = [], []
     words = None                   # are the labels words? (decided by the first row)
     first = None
-    for i, r in enumerate(rows[1:], start=2):
-        if len(r) != 3:
-            raise UserError(f"{path}: row {i}: expected 3 values (x1,x2,label), got {len(r)}")
+    for i, r in enumerate(rows[start - 1:], start=start):
+        if len(r) != d + 1:
+            raise UserError(f"{path}: row {i}: expected {d + 1} values ({cols}), got {len(r)}")
         try:
-            x1, x2 = float(r[0]), float(r[1])
+            x = [float(c) for c in r[:d]]
         except ValueError:
             raise UserError(f"{path}: row {i}: not a number in {','.join(r)!r}") from None
-        text = r[2].strip()
+        text = r[d].strip()
         if not text:
             raise UserError(f"{path}: row {i}: empty label in {','.join(r)!r}")
         try:
             lab = float(text)
         except ValueError:
             lab = None             # a word: a class name
-        if not (math.isfinite(x1) and math.isfinite(x2)) or (lab is not None
-                                                             and not math.isfinite(lab)):
+        if not all(math.isfinite(c) for c in x) or (lab is not None
+                                                    and not math.isfinite(lab)):
             raise UserError(f"{path}: row {i}: NaN or infinite value in {','.join(r)!r}")
         if words is None:
             words, first = lab is None, (i, text)
@@ -161,19 +170,31 @@ def read_csv(path: str | Path):
         if not words and lab != int(lab):
             raise UserError(f"{path}: row {i}: the label must be an integer or a word, got "
                             f"{text!r}")
-        X.append((x1, x2))
+        X.append(x)
         y.append(text if words else int(lab))
     y = np.array(y)
     if len(np.unique(y)) < 2:
         raise UserError(f"{path}: only one class ({y[0]}) in the data; a classifier needs at "
                         f"least two")
-    return np.array(X, dtype=float), y
+    return np.array(X, dtype=float).reshape(len(y), d), y
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load(dcfg: dict, dim: int = 2) -> Dataset:
     """Generate/read, relabel to 0..K-1, split (stratified, seeded), standardise, pad to dim."""
     from sklearn.model_selection import train_test_split
     X, y = generate(dcfg)
+    if X.shape[1] > dim:
+        raise ConfigError("data.file", f"at most {dim} feature columns for a {dim}D mesh (or a "
+                          f"mesh of {X.shape[1]} dimensions, e.g. mesh.kind = 'box' or 'ball')",
+                          f"{X.shape[1]} columns x1..x{X.shape[1]}")
     labels, y = np.unique(y, return_inverse=True)
     y = y.reshape(-1)
     classes = tuple(str(c) for c in labels)

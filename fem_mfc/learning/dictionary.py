@@ -116,29 +116,43 @@ class DictionaryNetwork(FeedbackClassifier):
         return NumpyResNet(self.kind, np.array(self.a), self.tau, self.anchors.copy(),
                            self.ridge_w, self.ridge_b)
 
-    def save_weights(self, path) -> None:
-        """``weights.npz`` (rank 0, atomically)."""
+    def save_weights(self, path, ds=None) -> None:
+        """``weights.npz`` (rank 0, atomically); with the :class:`~.data.Dataset` ``ds``, also
+        its standardisation and class labels (:meth:`NumpyResNet.classify` on raw points)."""
         if self.comm.rank == 0:
-            self.numpy_resnet().save(path)
+            net = self.numpy_resnet()
+            if ds is not None:
+                net.mean, net.scale = np.array(ds.mean), np.array(ds.scale)
+                net.classes = tuple(ds.classes) or None
+            net.save(path)
         self.comm.barrier()
 
 
 class DictionaryFlow:
     """Inference with a trained :class:`DictionaryNetwork`: the ResNet x + τB(x)θⁿ (defined on
-    all of R^d, so points are never projected; the potential V is not evaluated), with the
-    interface of
-    :class:`~fem_mfc.learning.infer.TrainedFlow` (``push``, ``predict``, ``model``)."""
+    all of R^d, so points are never projected), with the interface of
+    :class:`~fem_mfc.learning.infer.TrainedFlow` (``push``, ``predict``, ``model``).  The
+    running potential V of the empirical objective is evaluated as the feedback flow does
+    (its P1 interpolant at x_n, n < N; a point off the mesh at its nearest point on it)."""
 
     def __init__(self, model: DictionaryNetwork):
+        from ..pointeval import PointEvaluator
+        from .infer import potential_function
         self.model = model
         self.net = model.numpy_resnet()
+        self.Vh = potential_function(model)
+        self.ev = PointEvaluator(model.mesh) if self.Vh is not None else None
 
     def push(self, X0, sigma: float = 0.0, rng=None, record: bool = False) -> FlowResult:
         m, net = self.model, self.net
         X = np.array(X0, float)
         kin = np.zeros(len(X))
+        pot = np.zeros(len(X))
         path = [X.copy()] if record else None
         for n in range(net.depth):
+            if self.Vh is not None:
+                Xc, cell, _ = self.ev.clamp(X)
+                pot += net.tau * self.ev.evaluate(self.Vh, Xc, cell)
             v = net.velocity(n, X)
             kin += net.tau * 0.5 * (v ** 2).sum(axis=1)
             X = X + net.tau * v
@@ -146,7 +160,7 @@ class DictionaryFlow:
                 X = X + sigma * np.sqrt(net.tau) * _common_normal(rng, X.shape, m.comm)
             if record:
                 path.append(X.copy())
-        return FlowResult(X, kin, np.zeros(len(X)), path, 0)
+        return FlowResult(X, kin, pot, path, 0)
 
     def predict(self, X0) -> np.ndarray:
         return self.net.predict(X0)

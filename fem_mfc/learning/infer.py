@@ -34,11 +34,7 @@ class TrainedFlow:
         self.model = model
         self.ev = PointEvaluator(model.mesh)
         self.a = dolfinx.fem.Function(model.Va, name="a")
-        self.Vh = None
-        V = model.Vpot
-        if not isinstance(V, (int, float)) and not _is_constant_zero(V):
-            self.Vh = dolfinx.fem.Function(model.V)
-            self.Vh.interpolate(dolfinx.fem.Expression(V, model.V.element.interpolation_points()))
+        self.Vh = potential_function(model)
 
     def push(self, X0, sigma: float = 0.0, rng=None, record: bool = False) -> FlowResult:
         """Run the (stochastic if σ > 0) ResNet from the rows of X0 (same on every rank)."""
@@ -69,6 +65,17 @@ class TrainedFlow:
 
     def predict(self, X0) -> np.ndarray:
         return nearest_anchor(self.push(X0).X, self.model.anchors)
+
+
+def potential_function(model):
+    """The running potential V of ``[problem] V`` as a P1 Function of ``model.V`` (evaluated at
+    the points of a flow for its empirical objective), or None where V = 0."""
+    V = model.Vpot
+    if isinstance(V, (int, float)) or _is_constant_zero(V):
+        return None
+    Vh = dolfinx.fem.Function(model.V)
+    Vh.interpolate(dolfinx.fem.Expression(V, model.V.element.interpolation_points()))
+    return Vh
 
 
 def _common_normal(rng, shape, comm):

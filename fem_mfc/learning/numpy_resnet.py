@@ -12,7 +12,10 @@ NumPy arrays it is the inference network below, with UFL coordinates it is the v
 the PDE forms (:mod:`fem_mfc.forms.dictionary`), so both sides evaluate the same B(x).
 
 The ResNet is x_{n+1} = x_n + τ B(x_n) θⁿ, n = 0..N−1 (defined on all of R^d), predicted class
-argmin_k |x_N − c_k|.  ``weights.npz`` stores kind, θ (N × m), τ, the ridges and the anchors.
+argmin_k |x_N − c_k|.  ``weights.npz`` stores kind, θ (N × m), τ, the ridges and the anchors,
+and, from a run, the standardisation of the training features (``mean``, ``scale``) and the
+original labels of the classes (``classes``), so that :meth:`NumpyResNet.classify` takes new
+points in the units of the data file and returns their labels.
 """
 from __future__ import annotations
 
@@ -49,6 +52,9 @@ class NumpyResNet:
     anchors: np.ndarray
     w: np.ndarray | None = None
     beta: np.ndarray | None = None
+    mean: np.ndarray | None = None      # of the raw training features (d columns)
+    scale: np.ndarray | None = None     # their per-axis std
+    classes: tuple | None = None        # the original label of class k, as text
 
     @property
     def depth(self) -> int:
@@ -73,11 +79,31 @@ class NumpyResNet:
         XN = self.push(X)
         return ((XN[:, None, :] - self.anchors[None]) ** 2).sum(axis=2).argmin(axis=1)
 
+    def standardise(self, X_raw) -> np.ndarray:
+        """Raw features (rows, d columns, the units of the data) → the network's coordinates:
+        (x − mean)/scale, padded with zeros to the anchors' dimension."""
+        if self.mean is None:
+            raise ValueError("these weights carry no standardisation (written before it was "
+                             "saved): standardise the points with the training mean and std")
+        Z = (np.atleast_2d(np.asarray(X_raw, float)) - self.mean) / self.scale
+        out = np.zeros((Z.shape[0], self.anchors.shape[1]))
+        out[:, :Z.shape[1]] = Z
+        return out
+
+    def classify(self, X_raw) -> np.ndarray:
+        """The labels (as in the data: integers or words, as text) of raw feature rows."""
+        k = self.predict(self.standardise(X_raw))
+        return np.asarray(self.classes)[k] if self.classes else k
+
     def save(self, path: str | Path) -> None:
         """Write ``weights.npz`` atomically (temporary file in the same folder, then rename)."""
         path = Path(path)
         buf = io.BytesIO()
         extra = {} if self.w is None else {"w": self.w, "beta": self.beta}
+        if self.mean is not None:
+            extra.update(mean=self.mean, scale=self.scale)
+        if self.classes:
+            extra["classes"] = np.array(self.classes, dtype=str)
         np.savez(buf, kind=np.array(self.kind), theta=self.theta, tau=np.array(self.tau),
                  anchors=self.anchors, **extra)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -92,5 +118,8 @@ class NumpyResNet:
     @classmethod
     def load(cls, path: str | Path) -> "NumpyResNet":
         with np.load(path) as z:
-            return cls(str(z["kind"]), z["theta"], float(z["tau"]), z["anchors"],
-                       z["w"] if "w" in z else None, z["beta"] if "beta" in z else None)
+            get = lambda k: z[k] if k in z else None  # noqa: E731
+            classes = get("classes")
+            return cls(str(z["kind"]), z["theta"], float(z["tau"]), z["anchors"], get("w"),
+                       get("beta"), get("mean"), get("scale"),
+                       None if classes is None else tuple(str(c) for c in classes))

@@ -116,7 +116,9 @@ def run(cfg: dict, ctx) -> dict:
                      "for an accurate Galerkin FP solution", pe)
     h = model.history
     summary = {
-        "dataset": ds.name, "K": ds.K, "n_train": len(ds.y_train), "n_test": len(ds.y_test),
+        "dataset": ds.name, "K": ds.K, "classes": list(ds.classes),
+        "feature_mean": ds.mean, "feature_scale": ds.scale,
+        "n_train": len(ds.y_train), "n_test": len(ds.y_test),
         "dim": dim, "ndofs": V.dofmap.index_map.size_global, "nsteps": model.N, "h": md.h,
         "tau": model.tau, "sigma": prob.sigma, "anchors": anchors,
         "bandwidths": hs, "velocity": prob.velocity,
@@ -154,7 +156,7 @@ def run(cfg: dict, ctx) -> dict:
                                                prob.seed)
     base = compare.compare(summary, prob, ds, model, flow, ctx.comm, ctx.log)
     if prob.dictionary:
-        model.save_weights(ctx.path("weights.npz"))
+        model.save_weights(ctx.path("weights.npz"), ds)
         summary.update(dictionary=model.kind, weights_per_layer=model.m,
                        weight_decay_cost=model._control_cost(), theta=np.array(model.a))
     _write_series(ctx, model, prob.every)

@@ -5,7 +5,8 @@ data (``[data]``, labels dropped) → KDE density ρ_0 on the mesh → training 
 ``[training] method``, or :class:`~fem_mfc.learning.generative.GenerativeFlow` by Galerkin
 sweeps) → held-out log-likelihoods of the learned map
 (:class:`~fem_mfc.learning.generative.FlowMap`) against a KDE and a Gaussian fit → samples
-by running the flow backward from the target → ParaView series of ρ, figures, summary.
+by running the flow backward from the target (``samples.csv``, in the data's units) →
+ParaView series of ρ, figures, summary.
 The run is described by a :class:`~fem_mfc.learning.problem.GenerativeProblem` built once
 from the config.
 """
@@ -17,6 +18,7 @@ import time
 import dolfinx
 import numpy as np
 
+from ..io import write_text_atomic
 from ..learning import data
 from ..learning.generative import (
     EdgeGenerativeFlow,
@@ -113,10 +115,22 @@ def run(cfg: dict, ctx) -> dict:
     ctx.log.info("KL %.4g -> %.4g in %d sweeps; held-out log-likelihood: flow %.4f, KDE %.4f, "
                  "Gaussian fit %.4f", kl0, model.kl, model.sweeps, summary["loglik_flow"],
                  summary["loglik_kde"], summary["loglik_gaussian"])
+    if ctx.comm.rank == 0:
+        write_text_atomic(ctx.path("samples.csv"), samples_csv(samples, ds))
+    summary["samples_file"] = "samples.csv"
     _write_series(ctx, model, prob.every)
     summary["figures"] = _figures(ctx, model, fm, ds, samples) if ctx.figures else []
     model.destroy()
     return summary
+
+
+def samples_csv(samples, ds) -> str:
+    """The samples in the units of the data (the training standardisation undone), as CSV with
+    the header x1,…,xd (d = the data's features; the mesh's padded coordinates dropped)."""
+    d = ds.mean.shape[0]
+    X = samples[:, :d] * ds.scale + ds.mean
+    head = ",".join(f"x{i + 1}" for i in range(d))
+    return head + "\n" + "".join(",".join(repr(float(v)) for v in row) + "\n" for row in X)
 
 
 TARGET_ON_MESH = 0.99       # ∫_Ω N(0, I) at least (the KL and samples are of N restricted to Ω)
