@@ -264,6 +264,7 @@ def test_restart_resumes_a_continuation(tmp_path):
     assert s["continuation"][1]["iterations"] >= cut["iteration"]
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_problem_is_refused(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text(CONFIG.format(G="rho**2/2"))

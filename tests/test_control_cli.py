@@ -122,6 +122,7 @@ def test_refine_lq_1d_space_rates(tmp_path):
                for ln in lines), p.stderr
 
 
+@pytest.mark.slow
 def test_refine_quiet_says_nothing_on_success(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text((REPO / "demos" / "lq_gaussian_1d.toml").read_text()
@@ -267,6 +268,7 @@ def test_an_interrupted_study_leaves_no_convergence_table_of_another(tmp_path, m
     assert not (out / "convergence.json").exists()
 
 
+@pytest.mark.slow
 def test_refinement_study_resumes(tmp_path):
     """``refine --resume`` continues a study: converged levels of the same config are reused,
     a level with a checkpoint restarts from it, the rest run; the table equals the one of a

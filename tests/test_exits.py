@@ -253,6 +253,7 @@ def test_parallel_matches_serial():
     assert par.mass_error < 1e-10
 
 
+@pytest.mark.slow
 def test_gmsh_corridor_with_obstacle_exit(tmp_path):
     """meshes/corridor.msh: walls (1), an exit (2), a round obstacle (3) as gmsh physical
     groups; a congested crowd walks around the obstacle and leaves: mass balance, doors,

@@ -613,6 +613,7 @@ def test_ilu_steps_solve_1d_p2():
     assert abs(ilu.J - lu.J) < 1e-9 * abs(lu.J)
 
 
+@pytest.mark.slow
 def test_sweep_preconditioned_spectrum():
     """The theory of kkt_pc's docstring, on a dense small system: M⁻¹K = I + M⁻¹[0 0; 0 C] has
     real eigenvalues ≥ 1 (mftc, C ≥ 0), a spread of them above 1 (a continuum of the

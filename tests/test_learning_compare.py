@@ -77,6 +77,7 @@ def test_no_ceiling_without_a_generator_model():
     assert compare.bayes_ceiling({"dataset": "moons", "noise": 0.0}, X, np.zeros(4)) is None
 
 
+@pytest.mark.slow
 def test_early_stopping_on_a_plateau():
     """Adam on a function with a minimum stops on the plateau well before the cap; a flat
     objective stops after the patience windows (one per learning-rate drop, and the last);
@@ -100,6 +101,7 @@ def _moons(n=120, dim=2):
                       "test_fraction": 0.5}, dim)
 
 
+@pytest.mark.slow
 def test_neural_ode_baseline_learns_a_tiny_set():
     """The neural ODE (RK4 through the solver) classifies a tiny moons split clearly better
     than chance; its objective is anchor loss + kinetic energy and decreased in training."""

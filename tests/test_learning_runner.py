@@ -45,6 +45,7 @@ def test_runner_on_csv_three_classes(tmp_path):
     assert "torch ResNet" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_training_that_breaks_the_duality_is_flagged(tmp_path):
     """The trained network's checks: the value identity (the discrete duality holds for any
     control), the class masses and the sign of ρ.  FP steps solved to 1e-4 instead of 1e-13

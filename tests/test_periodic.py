@@ -192,6 +192,7 @@ def test_duality_and_consistent_jacobian(scheme):
     st.destroy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", [BE, CN])
 def test_sweep_matches_lu_mass_and_identity(scheme):
     """The sweep path (with the slave rows in its pivots) solves what LU solves; ∫ρ = 1 to
@@ -233,6 +234,7 @@ def test_box_periodic_in_two_directions_resolves_corners():
     assert max(pm.max_mismatch(f) for f in r.rho + r.u) < 1e-15
 
 
+@pytest.mark.slow
 def test_cole_hopf_periodic_heat_sweeps_agree_with_newton():
     """Without congestion the Cole–Hopf sweeps (per-step matrices R A Rᵀ + I_s, R B Rᵀ, the
     sweeps' fields extended by Rᵀ) solve the periodic problem: 'auto' picks them, their
@@ -411,6 +413,7 @@ def test_killed_periodic_run_restarts_on_two_ranks(tmp_path):
     assert s["mass_error"] < 1e-12
 
 
+@pytest.mark.slow
 def test_periodic_channel_demo(tmp_path):
     """demos/periodic_channel.toml through the CLI: converged, mass to 1e-12, the value
     identity, and the crowd crossed the glued ends (mass near the target at T)."""

@@ -160,6 +160,7 @@ def test_progress_to_a_file_or_pipe_is_the_log_lines_only(tmp_path):
     assert "fem-mfc run:" in p.stderr and "done in" in p.stderr
 
 
+@pytest.mark.slow
 def test_heat_run_that_loses_mass_is_flagged(tmp_path):
     """The heat steps conserve the mass to the linear solver's tolerance: the run's check.
     CG + Jacobi to 1e-3 (`-heat_ksp_type cg -heat_pc_type jacobi -heat_ksp_rtol 1e-3`) lost
@@ -210,6 +211,7 @@ def test_refine_without_an_exact_solution_names_the_formulations_own(formulation
     assert advice in str(e.value), e.value
 
 
+@pytest.mark.slow
 def test_refine_heat_rates(tmp_path):
     """Crank–Nicolson + P1 refined in space and time together: order 2."""
     cfg = tmp_path / "c.toml"
@@ -332,6 +334,7 @@ def test_form_lookup_reads_the_cached_module_without_listing_the_cache(monkeypat
     assert abs(again - first) < 1e-12
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("formulation,mesh", [
     ("heat", {"kind": "rectangle", "cells": 6, "lower": [-2.0, -2.0], "upper": [2.0, 2.0]}),
     ("hjb-fp", {"kind": "interval", "cells": 16, "lower": [-2.0], "upper": [2.0]})])
@@ -379,6 +382,7 @@ def test_animation_keeps_a_bounded_number_of_frames(tmp_path):
     assert all(np.all(f.x.array == round(t / 0.01)) for t, f in movie)
 
 
+@pytest.mark.slow
 def test_animation_of_several_populations_shows_the_total_density(tmp_path):
     """With [[population]] the density series holds one rho_k per population: no GIF was
     written (and nothing said).  Now the GIF shows their sum."""

@@ -75,6 +75,7 @@ def test_bad_population_configs(case):
     assert key in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
+@pytest.mark.slow
 def test_formulas_are_checked_on_the_mesh(tmp_path):
     """A population's formula that is NaN on the mesh, or a Gaussian below the mesh size:
     exit 2, one line naming the key, nothing written (through the CLI)."""
@@ -117,6 +118,7 @@ def test_defaults_and_reproducible_copy():
     assert config.validate(raw)["population"][0]["name"] == "pop0"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ranks", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_demo_runs(tmp_path, ranks):
     """The demo solves in a few seconds; per-population masses, mirror-symmetric figures,

@@ -105,6 +105,7 @@ CFG = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_cli_bad_files_exit_2_one_line(files, tmp_path):
     out = tmp_path / "out"
     good = tmp_path / "good.toml"

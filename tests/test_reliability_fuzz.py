@@ -286,6 +286,7 @@ def _run_mutated(mutations, earlier):
     assert not [q for q in d.iterdir() if q.name.startswith(".staging-")]
 
 
+@pytest.mark.slow
 @settings(max_examples=5, deadline=None, database=None, derandomize=True,
           suppress_health_check=list(HealthCheck))
 @given(_mutation(st))

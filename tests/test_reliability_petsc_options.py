@@ -198,6 +198,7 @@ def test_a_swallowed_missing_value_is_still_found():
     assert error is not None and "-bare_ksp_max_it" in str(error)
 
 
+@pytest.mark.slow
 def test_cli_number_option_without_value_exits_2(tmp_path):
     """The command line's ``-heat_pc_factor_fill -heat_ksp_converged_reason``: the fill
     factor has no value; exit 2 naming it, nothing written, the earlier result untouched; the

@@ -233,6 +233,7 @@ CFG = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_cli_killed_during_the_swap_and_terminated(tmp_path):
     cfg = tmp_path / "c.toml"
     out = tmp_path / "out"

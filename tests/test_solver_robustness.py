@@ -59,6 +59,7 @@ def write(tmp_path, text, name="c.toml"):
     return cfg
 
 
+@pytest.mark.slow
 def test_zero_coupling_is_the_uncoupled_problem(tmp_path):
     """G = c*rho**2 with c = 0 runs (it crashed: "missing an integration domain") and gives
     the J of the problem without G."""

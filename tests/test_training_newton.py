@@ -164,6 +164,7 @@ def test_config_refuses_second_order_training_without_eafe():
     assert config.resolve_training(gen) == ("eafe", "newton")
 
 
+@pytest.mark.slow
 def test_runner_records_method_and_convergence(tmp_path):
     raw = {"run": {"formulation": "classifier"},
            "mesh": {"kind": "disk", "radius": 3.5, "h": 0.5},

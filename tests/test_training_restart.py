@@ -144,6 +144,7 @@ def test_killed_training_restarts_on_other_ranks(tmp_path, name, writer_ranks, r
     assert not ck.exists()                      # the finished run removed it
 
 
+@pytest.mark.slow
 def test_restart_past_max_sweeps_reports_its_iterate(tmp_path):
     """A restart whose max_sweeps is below the checkpoint's iteration takes no step and reports
     the checkpoint's iterate (flagged: maximum iterations), its J in the history too."""
