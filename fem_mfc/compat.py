@@ -206,39 +206,41 @@ def _libc_malloc():
     return libc.malloc
 
 
+def _option_index(name: str):
+    """(the options table, the index of option ``name`` in it), or (table, None) if it is not
+    set, or (None, None) where the table is not reachable (see :func:`_options_table`)."""
+    table = _options_table()
+    if table is None:
+        return None, None
+    key = name.lower().encode()
+    for i in range(table.N):
+        if table.names[i] is not None and table.names[i].lower() == key:
+            return table, i
+    return table, None
+
+
 def require_value(name: str) -> bool:
     """Give the option ``name`` (without '-'), set without a value, an empty value instead of
     none, so that PETSc reads it as it would read ``-name ""``: a flag, a boolean (true) or a
     viewer as before, but a number read from it is an error (``PetscOptionsGetInt`` and
     ``GetReal`` skip an option without a value silently: ``-snes_max_it`` alone was ignored).
     True if done; False where the table is not reachable or the option has a value."""
-    table = _options_table()
-    if table is None:
+    table, i = _option_index(name)
+    if i is None or table.values[i]:
         return False
-    key = name.lower().encode()
-    for i in range(table.N):
-        if table.names[i] is not None and table.names[i].lower() == key:
-            if table.values[i]:
-                return False
-            empty = _libc_malloc()(1)             # PETSc frees values with free()
-            if not empty:
-                return False
-            ctypes.memset(empty, 0, 1)
-            table.values[i] = empty
-            return True
-    return False
+    empty = _libc_malloc()(1)                     # PETSc frees values with free()
+    if not empty:
+        return False
+    ctypes.memset(empty, 0, 1)
+    table.values[i] = empty
+    return True
 
 
 def has_empty_value(name: str) -> bool:
     """Is ``name`` set with an empty but present value (:func:`require_value`)?"""
-    table = _options_table()
-    if table is None:
-        return False
-    key = name.lower().encode()
-    for i in range(table.N):
-        if table.names[i] is not None and table.names[i].lower() == key:
-            return bool(table.values[i]) and ctypes.string_at(table.values[i]) == b""
-    return False
+    table, i = _option_index(name)
+    return i is not None and bool(table.values[i]) \
+        and ctypes.string_at(table.values[i]) == b""
 
 
 def option_used(name: str) -> bool | None:
