@@ -263,7 +263,7 @@ def cmd_run(args, petsc_tokens) -> int:
     from_config = normalise(cfg["solver"]["petsc_options"])
     summary = run_config(cfg, out, opts, args.config, quiet=args.quiet, force=args.force,
                          on_finish=lambda: _report_unused(opts, from_config),
-                         restart=args.restart)
+                         restart=args.restart, print_flags=False)
     if not summary.get("converged", True):
         _flagged(summary, out)
         return EXIT_UNCONVERGED

@@ -203,12 +203,16 @@ class _RunLogHandler(logging.FileHandler):
 
 
 class _RankFilter(logging.Filter):
+    """The console's records: rank 0's, without those logged ``extra={"console": False}``
+    (run.log only: e.g. the flags, which the CLI prints once as ``fem-mfc: warning:`` lines
+    when the run ends)."""
+
     def __init__(self, rank):
         super().__init__()
         self.rank = rank
 
     def filter(self, record):
-        return self.rank == 0
+        return self.rank == 0 and getattr(record, "console", True)
 
 
 def make_logger(name: str, logfile: Path | None, comm=MPI.COMM_WORLD, quiet=False):

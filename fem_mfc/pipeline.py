@@ -133,11 +133,13 @@ def reproducing(cfg: dict, settings: dict) -> dict:
 
 def run_config(cfg: dict, outdir, petsc_options: dict | None = None, config_path="<dict>",
                quiet: bool = False, comm=None, force: bool = False, on_finish=None,
-               restart=None) -> dict:
+               restart=None, print_flags: bool = True) -> dict:
     """Run a validated config into ``outdir``; return the summary (also written as JSON).
     ``summary["converged"]`` is False when the run is flagged (exit status 3 for the CLI).
     ``on_finish()`` is called while the run's PETSc options are still inserted; ``restart``:
-    a checkpoint folder to continue from (:mod:`fem_mfc.checkpoint`)."""
+    a checkpoint folder to continue from (:mod:`fem_mfc.checkpoint`).  ``print_flags=False``:
+    the flags of a flagged run go to run.log only, not to the console (the CLI prints them
+    itself, once, when the run ends)."""
     from mpi4py import MPI
 
     from . import compat, options, registry
@@ -180,7 +182,7 @@ def run_config(cfg: dict, outdir, petsc_options: dict | None = None, config_path
             if problems:
                 summary["flags"] = problems
                 for line in problems:
-                    ctx.log.info("warning: %s", line)
+                    ctx.log.info("warning: %s", line, extra={"console": print_flags})
             summary["wall_time_s"] = time.perf_counter() - t0
             summary["versions"] = versions()
             summary["petsc_options"] = settings

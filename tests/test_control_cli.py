@@ -103,6 +103,39 @@ def test_divergent_newton_is_written_flagged_exit_3(tmp_path):
     assert s["converged"] is False and s["flags"] and "continuation" in s
 
 
+def test_a_flag_is_one_line_on_the_console_and_kept_in_run_log(tmp_path):
+    """Without --quiet each flag of a flagged run was printed twice: as the run's log line
+    ("HH:MM:SS warning: …") and again as the CLI's "fem-mfc: warning: …" at the end.  Now
+    once on the console (the CLI's line), and the log line in run.log."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('''[run]
+formulation = "hjb-fp"
+[mesh]
+kind = "interval"
+cells = 16
+[problem]
+steps = 4
+G = "rho**2/2"
+[rho0]
+kind = "gaussian"
+mean = [0.5]
+std = 0.1
+[solver]
+method = "newton"
+[output]
+figures = false
+''')
+    out = tmp_path / "o"
+    p = run_cli(["run", str(cfg), "--out", str(out), "-mfc_snes_max_it", "1"])
+    assert p.returncode == 3, p.stderr
+    flags = read_summary(out)["flags"]
+    assert flags
+    for flag in flags:
+        assert p.stderr.count(flag) == 1, p.stderr
+        assert f"fem-mfc: warning: {flag}" in p.stderr
+        assert f"warning: {flag}" in (out / "run.log").read_text()
+
+
 @pytest.mark.slow
 def test_refine_lq_1d_space_rates(tmp_path):
     out = tmp_path / "conv"
