@@ -125,3 +125,15 @@ def test_points_that_leave_the_mesh_are_reported(tmp_path, radius, anchor, warne
     assert (s["data_points_off_mesh"] > 0.5 * (s["n_train"] + s["n_test"])) == warned
     assert s["projected_fraction"] == s["projected_points"] / ((s["n_train"] + s["n_test"]) * 10)
     assert (s["projected_fraction"] > 0.01) == warned
+
+
+def test_report_without_figures_has_no_figures_heading():
+    """report.md of a run with figures = false ended with an empty "## Figures" heading."""
+    from fem_mfc.learning.report import markdown
+    s = dict.fromkeys(["n_train", "n_test", "K", "nsteps", "ndofs", "sweeps", "converged"], 1)
+    s.update(dict.fromkeys(["tau", "sigma", "h", "train_accuracy", "test_accuracy", "J",
+                            "control_energy", "empirical_objective", "residual",
+                            "value_identity_gap", "mass_error", "min_rho", "peclet",
+                            "train_time_s"], 1.0), dataset="moons")
+    assert "## Figures" not in markdown(s, [], "t")
+    assert "## Figures" in markdown(s, ["densities.png"], "t")

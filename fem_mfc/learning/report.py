@@ -174,7 +174,8 @@ def markdown(summary: dict, figures: list[str], title: str) -> str:
                 "history_J.png": "Objective J over the outer iterations of the trainer.",
                 "history_residual.png": "Relative residual of the optimality condition.",
                 "baseline_loss.png": "Torch baseline: training objective over the epochs."}
-    lines += ["## Figures", ""]
+    if figures:                             # (figures = false: no empty heading)
+        lines += ["## Figures", ""]
     for f in figures:
         lines += [f"![{captions.get(f, f)}]({f})", "", f"*{captions.get(f, f)}*", ""]
     return "\n".join(lines)
