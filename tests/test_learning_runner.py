@@ -51,7 +51,8 @@ def test_a_training_that_breaks_the_duality_is_flagged(tmp_path):
     control), the class masses and the sign of ρ.  FP steps solved to 1e-4 instead of 1e-13
     (`-classifier_fp_ksp_rtol 1e-4`) trained to the same residual and were reported a
     success with the identity off by 2.7e-5 |J| and the masses by 1.4e-5; now flagged
-    (exit status 3).  The generative flow has the mass and sign checks."""
+    (exit status 3).  The generative flow has them too (the identity on the EAFE transport,
+    whose reduced model carries the KL terminal term; it was not checked before)."""
     raw = {"run": {"formulation": "classifier"},
            "mesh": {"kind": "disk", "radius": 3.5, "h": 0.5},
            "problem": {"T": 1.0, "sigma": 0.45, "steps": 4},
@@ -72,8 +73,14 @@ def test_a_training_that_breaks_the_duality_is_flagged(tmp_path):
     gen = dict(raw, run={"formulation": "generative"}, network={"transport": "eafe"},
                training={"method": "newton"})
     s = run_config(config.from_dict(gen), tmp_path / "gen", quiet=True)
-    assert s["converged"] is True and set(s["checks"]) == {"mass", "min_rho", "target_on_mesh",
-                                                    "data_on_mesh"}
+    assert s["converged"] is True and set(s["checks"]) == {
+        "value_identity", "mass", "min_rho", "target_on_mesh", "data_on_mesh"}
+    assert s["value_identity_gap"] < 1e-10 * abs(s["J"])
+    bad = run_config(config.from_dict(gen), tmp_path / "gen_bad", quiet=True,
+                     petsc_options={"classifier_transport_ksp_type": "gmres",
+                                    "classifier_transport_pc_type": "jacobi",
+                                    "classifier_transport_ksp_rtol": "1e-4"})
+    assert bad["converged"] is False and not bad["checks"]["value_identity"]["ok"]
 
 
 @pytest.mark.slow
