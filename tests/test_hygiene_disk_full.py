@@ -114,6 +114,7 @@ def small_disk(tmp_path):
         _umount(disk)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("figures,vtx,free,says", [
     pytest.param("false", "true", 24 * 1024, r"while writing \w+\.bp ", id="series"),
     pytest.param("true", "false", 48 * 1024, r"device \(the run", id="figures"),
@@ -144,6 +145,7 @@ NO_SPACE_CHECK = """
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ranks,prelude", [
     pytest.param(1, "", id="checked"),
     pytest.param(1, NO_SPACE_CHECK, id="adios2-fails"),
@@ -224,6 +226,7 @@ FAIL_SUMMARY = """
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prelude,figures,vtx,name", [
     pytest.param(FAIL_VTX, "false", "true", "while writing", id="series"),
     pytest.param(FAIL_FIGURE, "true", "false", "no space left on device", id="figure"),

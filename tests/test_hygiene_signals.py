@@ -95,6 +95,7 @@ def heat_cfg(tmp_path):
     return f
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP", "group SIGTERM"])
 def test_signal_to_launcher_ends_every_rank(tmp_path, heat_cfg, path, sig):

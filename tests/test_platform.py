@@ -64,6 +64,7 @@ def test_output_into_a_closed_pipe_ends_quietly(command):
     assert p.stderr == "" and p.returncode == 141, (p.returncode, p.stderr)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["schema", "info", "--help"])
 def test_output_onto_a_full_disk_or_a_closed_stdout(command):
     """``fem-mfc schema > /dev/full`` ended in a traceback (the disk-full handler asked for
@@ -129,6 +130,7 @@ def test_h_and_version_answer_without_running_anything(argv, tmp_path, monkeypat
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", [pytest.param(k, marks=[] if k in FAST_KINDS else
                                                pytest.mark.slow) for k in sorted(MESHES)])
 def test_heat_smoke_each_mesh_kind(kind, tmp_path):

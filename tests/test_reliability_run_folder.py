@@ -128,6 +128,7 @@ def new_names(template, tmp_path_factory):
 FAST_POINTS = ("create:staged", "commit:summary", "swap:exchanged")   # the rest: slow
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", [pytest.param(p, marks=[] if p in FAST_POINTS else
                                                 pytest.mark.slow) for p in NAMED])
 def test_sigkill_at_named_point(point, template, new_names, tmp_path):
