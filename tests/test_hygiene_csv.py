@@ -65,17 +65,22 @@ def test_bad_labels_one_line(tmp_path, text, msg):
     assert "\n" not in str(e.value) and str(f) in str(e.value)
 
 
-def test_word_label_mapping_in_the_summary(tmp_path):
-    rng = np.random.default_rng(2)
-    f = _csv(tmp_path / "animals.csv", ["dog", "cat"] * 40, rng)
+def _classify(f, tmp_path, particles: int):
+    """(config, summary) of a short classifier run on the CSV file ``f``."""
     cfg = config.from_dict({
         "run": {"formulation": "classifier"},
         "data": {"dataset": "csv", "file": str(f), "test_fraction": 0.25},
         "mesh": {"kind": "rectangle", "cells": 8, "lower": [-3.0, -3.0], "upper": [3.0, 3.0]},
         "problem": {"steps": 3, "sigma": 0.5},
-        "training": {"max_sweeps": 2, "baseline": False, "particles": 50},
+        "training": {"max_sweeps": 2, "baseline": False, "particles": particles},
         "output": {"figures": False, "progress": False, "vtx": False}})
-    s = run_config(cfg, tmp_path / "out", quiet=True)
+    return cfg, run_config(cfg, tmp_path / "out", quiet=True)
+
+
+def test_word_label_mapping_in_the_summary(tmp_path):
+    rng = np.random.default_rng(2)
+    f = _csv(tmp_path / "animals.csv", ["dog", "cat"] * 40, rng)
+    cfg, s = _classify(f, tmp_path, particles=50)
     assert s["K"] == 2 and s["dataset"] == "csv (classes: 0 = cat, 1 = dog)"
     assert s["classes"] == ["cat", "dog"]
 
@@ -85,14 +90,7 @@ def test_integer_label_mapping_and_standardisation_in_the_summary(tmp_path):
     training mean/std the network's coordinates are standardised with, so its anchors,
     figures and series could not be read back in the data's terms.  It has both now."""
     f = _csv(tmp_path / "ints.csv", [7, 3] * 40, np.random.default_rng(5))
-    cfg = config.from_dict({
-        "run": {"formulation": "classifier"},
-        "data": {"dataset": "csv", "file": str(f), "test_fraction": 0.25},
-        "mesh": {"kind": "rectangle", "cells": 8, "lower": [-3.0, -3.0], "upper": [3.0, 3.0]},
-        "problem": {"steps": 3, "sigma": 0.5},
-        "training": {"max_sweeps": 2, "baseline": False, "particles": 0},
-        "output": {"figures": False, "progress": False, "vtx": False}})
-    s = run_config(cfg, tmp_path / "out", quiet=True)
+    cfg, s = _classify(f, tmp_path, particles=0)
     ds = data.load(cfg["data"], 2)
     assert s["classes"] == ["3", "7"] and s["dataset"] == "csv"
     assert np.allclose(s["feature_mean"], ds.mean) and np.allclose(s["feature_scale"], ds.scale)
