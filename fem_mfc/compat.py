@@ -83,13 +83,20 @@ def vtx_writer(comm, path: str, functions, engine: str = "BP4"):
     return dolfinx.io.VTXWriter(comm, path, functions, engine=engine)
 
 
-@functools.lru_cache(maxsize=1)
+_LIBPETSC = []
+
+
 def _libpetsc():
+    """PETSc's shared library as loaded in this process, or None (not loaded yet).  Found in
+    /proc/self/maps once: callers query it per Newton step (the line search's step)."""
+    if _LIBPETSC:
+        return _LIBPETSC[0]
     with open("/proc/self/maps") as f:
         for line in f:
             path = line.split()[-1] if line.split() else ""
             if "libpetsc" in path and ".so" in path:
-                return ctypes.CDLL(path)
+                _LIBPETSC.append(ctypes.CDLL(path))
+                return _LIBPETSC[0]
     return None
 
 
