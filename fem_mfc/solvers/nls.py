@@ -27,7 +27,7 @@ import ufl
 from .. import options
 from ..errors import SolverError
 from ..forms import nls as forms
-from .linear import StepResiduals, make_ksp
+from .linear import StepResiduals, make_ksp, serial_lu
 
 NONLINEARITIES = ("energy-conserving", "midpoint")
 
@@ -106,9 +106,13 @@ class MidpointStepper:
         ksp = snes.getKSP()
         ksp.setType("preonly")
         ksp.getPC().setType("lu")
-        ksp.getPC().setFactorSolverType("mumps")
+        factor = serial_lu(P.mesh.comm)         # PETSc's LU on one rank: faster at every size
+        ksp.getPC().setFactorSolverType(factor)
         snes.setFunction(self._residual, self.b)
         snes.setJacobian(self._jacobian, self.A)
+        if factor == "petsc":                    # its zero pivot relative to the Jacobian
+            self._jacobian(snes, None, self.A, self.A)
+            ksp.getPC().setFactorPivot(zeropivot=options.zero_pivot(self.A))
         self.prefix = prefix
         with self._options():
             snes.setFromOptions()
