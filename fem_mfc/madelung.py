@@ -19,6 +19,7 @@ import dolfinx.fem.petsc
 import numpy as np
 import ufl
 
+from . import options
 from .solvers.linear import make_ksp
 
 
@@ -35,7 +36,9 @@ def _interp(space, expr, name):
 
 
 def _lu(A, comm, prefix):
-    return make_ksp(comm, A, prefix)
+    """MUMPS' LU, whose null-pivot detection (ICNTL(24)) factorises the pure-Neumann
+    Laplacian of :func:`phase_from_gradient`."""
+    return options.make_ksp(comm, prefix, A, factor="mumps")
 
 
 def density(z, name="rho"):
@@ -93,7 +96,7 @@ def phase_gradient(z, hbar: float = 1.0, delta: float = 1e-12, name="grad_S"):
     b = dolfinx.fem.petsc.assemble_vector(dolfinx.fem.form(ufl.inner(w, v) * dxq))
     b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
     out = dolfinx.fem.Function(Vv, name=name)
-    ksp = _lu(A, mesh.comm, "madelung_proj_")
+    ksp = make_ksp(mesh.comm, A, "madelung_proj_", solves=1, symmetric=True)
     ksp.solve(b, out.x.petsc_vec)
     out.x.scatter_forward()
     for o in (ksp, A, b):

@@ -182,26 +182,51 @@ def test_owned_factorisation_exception_is_seen_on_every_rank(monkeypatch):
     io.destroy()
 
 
-def test_reused_factorisations_are_petscs_own_lu_on_one_rank():
-    """A factorisation reused for many solves (the linear steppers of heat, NLS and QHD runs,
-    Picard's per-step blocks) is PETSc's LU on one rank, whose triangular solves take a third
-    of MUMPS' time, and MUMPS on more; Picard's solves equal MUMPS' to round-off."""
+def _check_linear_steppers_take_the_per_step_solver():
+    """The linear steppers (heat runs, NLS mass matrices, projections) factorise with the
+    sweeps' per-step solver: PETSc's LU on one rank (its triangular solves take a third of
+    MUMPS' time), the same LU on every rank of 2–4 for their many solves (MUMPS, which they
+    took before, stepped a heat run of 82k dofs 5× slower on 2 ranks than on 1), GMRES +
+    ILU(0) in 3D; Picard's per-step blocks PETSc's LU on one rank, equal to MUMPS' solves."""
     from fem_mfc.solvers.linear import LinearStepper
     from fem_mfc.solvers.picard import _StepSolver
-    p = free(MPI.COMM_WORLD, cells=6)
+    comm = MPI.COMM_WORLD
+    p = free(comm, cells=6)
     u, v = ufl.TrialFunction(p.space), ufl.TestFunction(p.space)
-    stepper = LinearStepper(u * v * ufl.dx + ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx,
-                            v * ufl.dx, "test_stepper_")
-    want = "petsc" if MPI.COMM_WORLD.size == 1 else "mumps"
-    assert stepper.ksp.getPC().getFactorSolverType() == want
+    a = u * v * ufl.dx + ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx
+    stepper = LinearStepper(a, v * ufl.dx, "test_stepper_", steps=100, symmetric=True)
+    pc = stepper.ksp.getPC()
+    if comm.size == 1:
+        assert (pc.getType(), pc.getFactorSolverType()) == ("cholesky", "petsc")
+    else:
+        assert pc.getType() == "redundant"
+    stepper.destroy()
+    box = dolfinx.mesh.create_unit_cube(comm, 3, 3, 3)
+    V3 = dolfinx.fem.functionspace(box, ("Lagrange", 1))
+    u, v = ufl.TrialFunction(V3), ufl.TestFunction(V3)
+    stepper = LinearStepper(u * v * ufl.dx, v * ufl.dx, "test_stepper3_", steps=100)
+    assert stepper.ksp.getType() == "gmres"
+    target = dolfinx.fem.Function(V3)
+    stepper.step(target)
+    n = V3.dofmap.index_map.size_local
+    assert np.abs(target.x.array[:n] - 1.0).max() <= 1e-12      # M x = M 1
     stepper.destroy()
     A = step_matrix(p)
-    rhs = np.random.default_rng(MPI.COMM_WORLD.rank).standard_normal(A.getLocalSize()[0])
-    lin = _StepSolver(MPI.COMM_WORLD, "test_picard_")
+    rhs = np.random.default_rng(comm.rank).standard_normal(A.getLocalSize()[0])
+    lin = _StepSolver(comm, "test_picard_")
     x = lin.solve(A, rhs).copy()
-    assert lin.ksp.getPC().getFactorSolverType() == want
-    ref = options.make_ksp(MPI.COMM_WORLD, "test_picard_ref_", A, factor="mumps")
+    assert lin.ksp.getPC().getFactorSolverType() == ("petsc" if comm.size == 1 else "mumps")
+    ref = options.make_ksp(comm, "test_picard_ref_", A, factor="mumps")
     b, y = A.createVecs()
     b.getArray()[:] = rhs
     ref.solve(b, y)
     assert np.abs(y.getArray() - x).max() <= 1e-12 * np.abs(x).max()
+
+
+def test_linear_steppers_take_the_per_step_solver():
+    _check_linear_steppers_take_the_per_step_solver()
+
+
+@pytest.mark.mpi
+def test_linear_steppers_take_the_per_step_solver_on_two_ranks():
+    _check_linear_steppers_take_the_per_step_solver()

@@ -39,7 +39,8 @@ def run(cfg: dict, ctx) -> dict:
     rho = dolfinx.fem.Function(V, name="rho")
     rho.x.array[:] = rho0.x.array
     rho_old = dolfinx.fem.Function(V)
-    stepper = LinearStepper(*heat_step(rho_old, tau, eps, THETA[dcfg["scheme"]]), "heat_")
+    stepper = LinearStepper(*heat_step(rho_old, tau, eps, THETA[dcfg["scheme"]]), "heat_",
+                            steps=N, symmetric=True)
 
     exact = None
     if cfg["exact"]["solution"] == "heat-gaussian":

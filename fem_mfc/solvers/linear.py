@@ -10,19 +10,21 @@ import dolfinx
 import dolfinx.fem.petsc
 import numpy as np
 
-from .. import options
 from ..errors import SolverError
 
 
-def make_ksp(comm, A, prefix: str, ksp_type: str = "preonly", pc_type: str = "lu"):
-    """A KSP on operator A with options prefix ``prefix`` (user options override defaults;
-    :func:`fem_mfc.options.make_ksp`).  An LU is PETSc's own on one rank — a factorisation
-    reused for many solves, and PETSc's triangular solves take a third of MUMPS' time
-    (2D P1, factorisation + 20 solves, one process: 4,225 dofs 0.16 against 0.38 ms per
-    solve, 66,049 dofs 4.5 against 14 ms, 251,001 dofs 20 against 59 ms; the factorisations
-    within ±30 %) — and MUMPS on more."""
-    return options.make_ksp(comm, prefix, A, ksp_type=ksp_type, pc_type=pc_type,
-                            factor=serial_lu(comm))
+def make_ksp(comm, A, prefix: str, solves: float = float("inf"), symmetric: bool = False):
+    """A factorisation of A with options prefix ``prefix`` whose factors serve ``solves``
+    solves (user options override; ``symmetric``: A is symmetric positive definite, Cholesky).
+    It is the sweeps' per-step LU (:func:`fem_mfc.solvers.steps.step_solver`): PETSc's own
+    on one rank — its triangular solves take a third of MUMPS' time (2D P1, factorisation +
+    20 solves, one process: 4,225 dofs 0.16 against 0.38 ms per solve, 66,049 dofs 4.5
+    against 14 ms, 251,001 dofs 20 against 59 ms; the factorisations within ±30 %) —, on
+    2–4 ranks the same on every rank or MUMPS by size and number of solves
+    (:func:`~fem_mfc.solvers.steps.redundant`); MUMPS on more.  (It was MUMPS on any number
+    of ranks: a heat run of 82k dofs × 100 steps stepped 5× slower on 2 ranks than on 1.)"""
+    from .steps import step_solver
+    return step_solver(A, prefix, "lu", symmetric=symmetric, solves=solves)
 
 
 def serial_lu(comm) -> str:
@@ -50,14 +52,24 @@ def solve_checked(ksp, b, target, what: str) -> None:
 
 
 class LinearStepper:
-    """x^{n+1} from A x^{n+1} = b(xⁿ) with a constant matrix A, factorised once."""
+    """x^{n+1} from A x^{n+1} = b(xⁿ) with a constant matrix A, solved by the sweeps' per-step
+    solver (:func:`fem_mfc.solvers.steps.step_solver`, ``-{prefix}step lu|ilu|amg|auto``;
+    ``auto``: factorised once in 1D and 2D, GMRES + ILU(0) to STEP_RTOL in 3D, as the
+    Cole–Hopf sweeps of the same heat-step matrices); ``steps``: how many steps it serves,
+    ``symmetric``: A is symmetric positive definite (Cholesky)."""
 
-    def __init__(self, a, L, prefix: str):
+    STEP_RTOL = 1e-14        # iterative kinds: to near round-off, as the Cole–Hopf sweeps
+
+    def __init__(self, a, L, prefix: str, steps: float = float("inf"), symmetric=False):
+        from .steps import step_kind, step_solver
         self.a_form, self.L_form = dolfinx.fem.form(a), dolfinx.fem.form(L)
         self.A = dolfinx.fem.petsc.assemble_matrix(self.a_form)
         self.A.assemble()
         self.b = dolfinx.fem.petsc.create_vector(self.L_form)
-        self.ksp = make_ksp(self.A.getComm(), self.A, prefix)
+        dim = self.a_form.mesh.geometry.dim
+        kind = step_kind(self.A, prefix, dim, solves=steps)
+        self.ksp = step_solver(self.A, prefix, kind, rtol=self.STEP_RTOL, dim=dim,
+                               symmetric=symmetric, solves=steps)
 
     def step(self, target, what: str = "step") -> None:
         assemble_rhs(self.b, self.L_form)

@@ -179,7 +179,7 @@ class RK4Stepper:
         self.M.assemble()
         self.b = dolfinx.fem.petsc.create_vector(self.F)
         self.k = self.b.duplicate()
-        self.ksp = make_ksp(P.mesh.comm, self.M, prefix)
+        self.ksp = make_ksp(P.mesh.comm, self.M, prefix, symmetric=True)
         self.residuals = None                   # explicit: no equation to solve per step
         self.steps = 0
         self.newton_iterations = 0
