@@ -187,7 +187,8 @@ def _check_linear_steppers_take_the_per_step_solver():
     sweeps' per-step solver: PETSc's LU on one rank (its triangular solves take a third of
     MUMPS' time), the same LU on every rank of 2–4 for their many solves (MUMPS, which they
     took before, stepped a heat run of 82k dofs 5× slower on 2 ranks than on 1), GMRES +
-    ILU(0) in 3D; Picard's per-step blocks PETSc's LU on one rank, equal to MUMPS' solves."""
+    ILU(0) in 3D; Picard's per-step blocks the same LU (on 2 ranks MUMPS took 3.8 ms per
+    solve of a 401-dof block, 6.7× the redundant LU), equal to MUMPS' solves."""
     from fem_mfc.solvers.linear import LinearStepper
     from fem_mfc.solvers.picard import _StepSolver
     comm = MPI.COMM_WORLD
@@ -215,7 +216,9 @@ def _check_linear_steppers_take_the_per_step_solver():
     rhs = np.random.default_rng(comm.rank).standard_normal(A.getLocalSize()[0])
     lin = _StepSolver(comm, "test_picard_")
     x = lin.solve(A, rhs).copy()
-    assert lin.ksp.getPC().getFactorSolverType() == ("petsc" if comm.size == 1 else "mumps")
+    pc = lin.ksp.getPC()
+    assert (pc.getFactorSolverType() == "petsc" if comm.size == 1
+            else pc.getType() == "redundant")
     ref = options.make_ksp(comm, "test_picard_ref_", A, factor="mumps")
     b, y = A.createVecs()
     b.getArray()[:] = rhs

@@ -17,20 +17,21 @@ from mpi4py import MPI
 
 import numpy as np
 
-from .. import options
 from ..errors import SolverError
 from ..forms import hjb_fp as H
-from .linear import serial_lu
 from .result import Result
 from .spacetime import SpaceTime
+from .steps import step_solver
 
 
 class _StepSolver:
-    """LU solves of one per-step Jacobian block, with PETSc options ``prefix``: PETSc's own
-    LU on one rank (:func:`.linear.serial_lu`; MUMPS' analysis and set-up cost ≈ 0.2 ms per
-    solve, more than a small pivot's whole factorisation: the Picard run of
-    tests/test_solver_robustness.py's P2 case, 401 dofs × 10 steps, spent 1.27 against
-    0.29 s in 4,566 solves), MUMPS on more."""
+    """LU solves of one per-step Jacobian block each, with PETSc options ``prefix``: the
+    sweeps' per-step LU (:func:`.steps.step_solver`), PETSc's own on one rank and on every
+    rank of 2–4 for pivots below REDUNDANT_MAX_DOFS, MUMPS otherwise.  (It was MUMPS on any
+    number of ranks, whose analysis and set-up cost ≈ 0.2 ms per solve, more than a small
+    pivot's whole factorisation: the Picard run of tests/test_solver_robustness.py's P2 case,
+    401 dofs × 10 steps, spent 1.27 against 0.29 s in 4,566 solves on one rank, and on two
+    ranks 3.8 ms per solve.)"""
 
     def __init__(self, comm, prefix):
         self.comm, self.prefix = comm, prefix
@@ -38,7 +39,7 @@ class _StepSolver:
 
     def solve(self, A, rhs: np.ndarray) -> np.ndarray:
         if self.ksp is None:            # on the first block: the zero pivot relative to it
-            self.ksp = options.make_ksp(self.comm, self.prefix, A, factor=serial_lu(self.comm))
+            self.ksp = step_solver(A, self.prefix, "lu", solves=1)
             self.x, self.b = A.createVecs()
         self.ksp.setOperators(A)
         self.b.getArray()[:] = rhs
