@@ -637,6 +637,32 @@ def _refuse_for_learning(cfg: dict, source):
             raise ConfigError(key, expected, got, source)
 
 
+def _kept(cfg: dict, section: str, keys, why: str) -> tuple:
+    """Checks (key, bad, expected, got) that the keys of ``[section]`` a run does not read
+    keep their defaults: a key equal to its default stays accepted, as in a written
+    config.toml, which holds every key."""
+    d = _defaults(section)
+    return tuple((f"{section}.{k}", cfg[section][k] != d[k],
+                  f"{toml_value(d[k])} (the default) {why}", cfg[section][k]) for k in keys)
+
+
+def _refuse_unread(cfg: dict, source):
+    """Keys the configured run does not read, set to something other than their default: one
+    ConfigError naming the key (each was ignored, and a copied config ran "successfully"
+    with a key that had no effect)."""
+    f = cfg["run"]["formulation"]
+    checks: tuple = ()
+    if f == "heat":               # the uncontrolled flow of rho0: no cost, no congestion
+        why = ("for formulation 'heat' (the uncontrolled Fokker-Planck flow of rho0 reads "
+               "T, sigma, steps and params)")
+        checks += _kept(cfg, "problem", ("V", "Phi", "G", "coupling"), why)
+        checks += _kept(cfg, "discretisation", ("stabilisation",), "for formulation 'heat' "
+                        "(its Galerkin steps read degree and scheme)")
+    for key, bad, expected, got in checks:
+        if bad:
+            raise ConfigError(key, expected, got, source)
+
+
 def _typename(t) -> str:
     if isinstance(t, tuple):
         return " or ".join(_typename(x) for x in t)
@@ -842,6 +868,7 @@ def _cross_checks(cfg: dict, source):
         if cfg["data"]["dataset"] == "csv" and not str(cfg["data"]["file"]).strip():
             raise ConfigError("data.file", "a CSV file (header x1,x2,label or x1,...,xd,label) for "
                               "data.dataset = 'csv'", None, source)
+    _refuse_unread(cfg, source)
 
 
 def _check_rho0(r: dict, cfg: dict, source, pre: str = "rho0"):

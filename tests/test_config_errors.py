@@ -70,8 +70,12 @@ BAD = {
     "relative tolerance of 1 or more": ("[output]", "[solver]\nrtol = 1.0\n[output]",
                                         "solver.rtol"),
     "heat without noise": ("sigma = 0.5", "sigma = 0.0", "problem.sigma"),
-    "game coupling with G(0) != 0": ("sigma = 0.5", "sigma = 0.5\nG = \"0.2*exp(rho)\"\n"
-                                     "coupling = \"mfg\"", "problem.G"),
+    "game coupling with G(0) != 0": (GOOD[GOOD.index("formulation"):GOOD.index("[rho0]")],
+                                     GOOD[GOOD.index("formulation"):GOOD.index("[rho0]")]
+                                     .replace('"heat"', '"hjb-fp"') + 'G = "0.2*exp(rho)"\n'
+                                     'coupling = "mfg"\n', "problem.G"),
+    "heat with a potential it does not read": ("sigma = 0.5", "sigma = 0.5\nV = \"x0**2\"",
+                                               "problem.V"),
 }
 
 
