@@ -642,8 +642,19 @@ def _kept(cfg: dict, section: str, keys, why: str) -> tuple:
     keep their defaults: a key equal to its default stays accepted, as in a written
     config.toml, which holds every key."""
     d = _defaults(section)
-    return tuple((f"{section}.{k}", cfg[section][k] != d[k],
+    return tuple((f"{section}.{k}", not _is_default(f"{section}.{k}", cfg[section][k], d[k]),
                   f"{toml_value(d[k])} (the default) {why}", cfg[section][k]) for k in keys)
+
+
+# points whose default is the origin in any dimension ([] or [0.0]): [0.0, 0.0] is the default
+ORIGIN_KEYS = ("rho0.mean", "nls.x0", "nls.k0")
+
+
+def _is_default(key: str, value, default) -> bool:
+    if key in ORIGIN_KEYS and isinstance(value, list):
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0
+                   for v in value)
+    return value == default
 
 
 def _refuse_unread(cfg: dict, source):
@@ -658,9 +669,36 @@ def _refuse_unread(cfg: dict, source):
         checks += _kept(cfg, "problem", ("V", "Phi", "G", "coupling"), why)
         checks += _kept(cfg, "discretisation", ("stabilisation",), "for formulation 'heat' "
                         "(its Galerkin steps read degree and scheme)")
+    if f == "nls":
+        checks += _nls_unread(cfg)
     for key, bad, expected, got in checks:
         if bad:
             raise ConfigError(key, expected, got, source)
+
+
+# the keys of [nls] each initial wave function reads besides hbar, kappa, the integrator and
+# its nonlinearity (the ground state is the imaginary-time flow's: normalised to `mass`)
+NLS_INITIAL_KEYS = {"soliton": ("eta", "wavenumber", "x0"), "gaussian": ("x0", "s0", "k0"),
+                    "ground-state": ("mass", "gs_tau", "gs_tol", "gs_max_steps")}
+
+
+def _nls_unread(cfg: dict) -> tuple:
+    """What formulation 'nls' does not read: the [nls] keys of the other initial wave
+    functions, [problem] sigma and Phi (its scale is hbar, it has no terminal cost), [rho0]
+    (the initial state is nls.initial's) and the time scheme of the control problem."""
+    initial = cfg["nls"]["initial"]
+    own = NLS_INITIAL_KEYS[initial]
+    other = [k for keys in NLS_INITIAL_KEYS.values() for k in keys if k not in own]
+    checks = _kept(cfg, "nls", dict.fromkeys(other), f"for nls.initial = '{initial}' (it "
+                   f"reads {', '.join(own)})")
+    checks += _kept(cfg, "problem", ("sigma", "Phi"), "for formulation 'nls' (its scale is "
+                    "nls.hbar; an initial-value problem has no terminal cost)")
+    r, d = cfg["rho0"], _defaults("rho0")
+    checks += (("rho0", any(not _is_default(f"rho0.{k}", r[k], d[k]) for k in d),
+                "no [rho0] section (or only its defaults, as in a written config.toml) for "
+                "formulation 'nls' (the initial wave function is nls.initial's)", "[rho0]"),)
+    return checks + _kept(cfg, "discretisation", ("scheme", "stabilisation"), "for "
+                          "formulation 'nls' (its time stepper is nls.integrator)")
 
 
 def _typename(t) -> str:

@@ -37,3 +37,31 @@ def test_heat_refuses_the_control_problem_keys(section, key, value):
     reloads({"run": {"formulation": "hjb-fp"}, section: {key: value}}
             if key != "stabilisation" else {section: {key: value}})
     reloads({**HEAT, "problem": {"V": "0", "G": "0", "Phi": "0", "coupling": "mftc"}})
+
+
+NLS = {"run": {"formulation": "nls"}, "mesh": {"kind": "interval", "lower": [-10.0],
+                                               "upper": [10.0]}}
+
+
+@pytest.mark.parametrize("initial,key,value", [
+    ("soliton", "mass", 2.0), ("soliton", "gs_tol", 1e-6), ("soliton", "s0", 0.3),
+    ("soliton", "k0", [1.0]), ("gaussian", "eta", 2.0), ("gaussian", "mass", 2.0),
+    ("ground-state", "wavenumber", 1.0), ("ground-state", "x0", [1.0])])
+def test_nls_refuses_the_keys_of_another_initial_state(initial, key, value):
+    """An NLS soliton with nls.mass set ran the soliton of amplitude eta all the same."""
+    kappa = -1.0 if initial == "soliton" else 0.0
+    refused({**NLS, "nls": {"initial": initial, "kappa": kappa, key: value}}, f"nls.{key}")
+    own = next(i for i, keys in config.NLS_INITIAL_KEYS.items() if key in keys)
+    reloads({**NLS, "nls": {"initial": own, "kappa": -1.0 if own == "soliton" else 0.0,
+                            key: value}})
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("problem", "sigma", 0.1), ("problem", "Phi", "x0**2"), ("rho0", "std", 0.1),
+    ("discretisation", "scheme", "crank-nicolson")])
+def test_nls_refuses_the_control_problem_keys(section, key, value):
+    raw = {**NLS, "nls": {"initial": "gaussian"}}
+    refused({**raw, section: {key: value}}, "rho0" if section == "rho0" else f"{section}.{key}")
+    # the origin as the mean (an old demo's workaround), zero vectors and written defaults load
+    reloads({**raw, "rho0": {"mean": [0.0]}, "nls": {"initial": "ground-state", "x0": [0.0],
+                                                     "k0": [0.0, 0.0]}})
