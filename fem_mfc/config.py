@@ -657,12 +657,22 @@ def _is_default(key: str, value, default) -> bool:
     return value == default
 
 
+# the [mesh] keys each kind reads (refine: the gmsh and box kinds; a file has one resolution)
+_BOX, _GMSH = ("cells", "lower", "upper", "refine"), ("radius", "h", "refine")
+MESH_KIND_KEYS = {"interval": _BOX, "rectangle": _BOX + ("diagonal",), "box": _BOX,
+                  "disk": _GMSH, "annulus": _GMSH + ("inner_radius",), "lshape": _GMSH,
+                  "ball": _GMSH, "file": ("file", "refine")}
+
+
 def _refuse_unread(cfg: dict, source):
     """Keys the configured run does not read, set to something other than their default: one
     ConfigError naming the key (each was ignored, and a copied config ran "successfully"
     with a key that had no effect)."""
     f = cfg["run"]["formulation"]
-    checks: tuple = ()
+    kind = cfg["mesh"]["kind"]
+    own = MESH_KIND_KEYS[kind]
+    checks = _kept(cfg, "mesh", [k for k in SCHEMA["mesh"] if k != "kind" and k not in own],
+                   f"for mesh.kind = '{kind}' (it reads " + ", ".join(own) + ")")
     if f == "heat":               # the uncontrolled flow of rho0: no cost, no congestion
         why = ("for formulation 'heat' (the uncontrolled Fokker-Planck flow of rho0 reads "
                "T, sigma, steps and params)")

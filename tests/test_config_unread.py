@@ -65,3 +65,15 @@ def test_nls_refuses_the_control_problem_keys(section, key, value):
     # the origin as the mean (an old demo's workaround), zero vectors and written defaults load
     reloads({**raw, "rho0": {"mean": [0.0]}, "nls": {"initial": "ground-state", "x0": [0.0],
                                                      "k0": [0.0, 0.0]}})
+
+
+@pytest.mark.parametrize("kind,key,value", [
+    ("disk", "lower", [-2.0, -2.0]), ("disk", "upper", [2.0, 2.0]), ("ball", "cells", 8),
+    ("lshape", "diagonal", "crossed"), ("disk", "inner_radius", 0.2),
+    ("rectangle", "radius", 2.0), ("interval", "h", 0.1)])
+def test_mesh_keys_of_another_kind_are_refused(kind, key, value):
+    """A disk mesh with rectangle corners ran on the unit disk all the same."""
+    refused({"mesh": {"kind": kind, key: value}}, f"mesh.{key}")
+    own = next(k for k in ("rectangle", "annulus") if key in config.MESH_KIND_KEYS[k])
+    reloads({"mesh": {"kind": own, key: value}})
+    reloads({"mesh": {"kind": kind}})      # the disk's copy holds the default corners
