@@ -673,6 +673,7 @@ def _refuse_unread(cfg: dict, source):
     own = MESH_KIND_KEYS[kind]
     checks = _kept(cfg, "mesh", [k for k in SCHEMA["mesh"] if k != "kind" and k not in own],
                    f"for mesh.kind = '{kind}' (it reads " + ", ".join(own) + ")")
+    checks += _hamiltonian_unread(cfg)
     if f == "heat":               # the uncontrolled flow of rho0: no cost, no congestion
         why = ("for formulation 'heat' (the uncontrolled Fokker-Planck flow of rho0 reads "
                "T, sigma, steps and params)")
@@ -684,6 +685,26 @@ def _refuse_unread(cfg: dict, source):
     for key, bad, expected, got in checks:
         if bad:
             raise ConfigError(key, expected, got, source)
+
+
+# the [hamiltonian] keys each named H reads (delta: the regularisation of q != 2)
+HAMILTONIAN_KEYS = {"weighted": ("weight",), "power": ("q", "delta"), "anisotropic": ("A",),
+                    "congestion": ("alpha",)}
+
+
+def _hamiltonian_unread(cfg: dict) -> tuple:
+    """The [hamiltonian] keys of the Hamiltonians other than [problem] H (the quadratic
+    default and a formula read none)."""
+    h, hc = cfg["problem"]["H"], cfg["hamiltonian"]
+    own = HAMILTONIAN_KEYS.get(h, ())
+    reads = (f"it reads {', '.join(own)}" if own else "the quadratic H reads no [hamiltonian] "
+             "key" if h == "quadratic" else "a formula H reads no [hamiltonian] key; give its "
+             "numbers in [problem] params")
+    if h == "power" and hc["q"] == 2:       # |p|^2/2 itself: delta regularises q != 2 only
+        own, reads = ("q",), "with q = 2 it reads q only: delta regularises q != 2"
+    shown = toml_value(h) if h in HAMILTONIANS else "a formula"
+    return _kept(cfg, "hamiltonian", [k for k in SCHEMA["hamiltonian"] if k not in own],
+                 f"for problem.H = {shown} ({reads})")
 
 
 # the keys of [nls] each initial wave function reads besides hbar, kappa, the integrator and

@@ -77,3 +77,23 @@ def test_mesh_keys_of_another_kind_are_refused(kind, key, value):
     own = next(k for k in ("rectangle", "annulus") if key in config.MESH_KIND_KEYS[k])
     reloads({"mesh": {"kind": own, key: value}})
     reloads({"mesh": {"kind": kind}})      # the disk's copy holds the default corners
+
+
+@pytest.mark.parametrize("H,key,value", [
+    ("weighted", "q", 3.0), ("power", "weight", "2"), ("congestion", "A", [["1"]]),
+    ("anisotropic", "alpha", 2.0), ("quadratic", "weight", "2"), ("|p|**4/4", "alpha", 2.0)])
+def test_hamiltonian_keys_of_another_H_are_refused(H, key, value):
+    """[hamiltonian] q set with [problem] H = 'weighted' solved the weighted H all the same."""
+    def raw(h, table):
+        table = {"A": [["2"]], **table} if h == "anisotropic" else table
+        return {"mesh": {"kind": "interval"}, "problem": {"H": h}, "hamiltonian": table}
+    refused(raw(H, {key: value}), f"hamiltonian.{key}")
+    own = next(h for h, keys in config.HAMILTONIAN_KEYS.items() if key in keys)
+    reloads(raw(own, {key: value}))
+    reloads(raw(H, {}))
+
+
+def test_power_2_does_not_read_delta():
+    refused({"problem": {"H": "power"}, "hamiltonian": {"q": 2.0, "delta": 0.1}},
+            "hamiltonian.delta")
+    reloads({"problem": {"H": "power"}, "hamiltonian": {"q": 2.0}})
