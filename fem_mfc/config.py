@@ -682,9 +682,34 @@ def _refuse_unread(cfg: dict, source):
                         "(its Galerkin steps read degree and scheme)")
     if f == "nls":
         checks += _nls_unread(cfg)
+    if f in ("classifier", "generative"):
+        checks += _network_unread(cfg)
     for key, bad, expected, got in checks:
         if bad:
             raise ConfigError(key, expected, got, source)
+
+
+# the [network] keys of the dictionary network, and of its random-tanh ridges
+DICTIONARY_KEYS = ("dictionary", "ridges", "weight_decay", "ridge_scale", "dictionary_seed")
+RIDGE_KEYS = ("ridges", "ridge_scale", "dictionary_seed")
+
+
+def _network_unread(cfg: dict) -> tuple:
+    """The [network] keys of the other network class: the dictionary's with the feedback
+    network, the feedback velocity's (delta, smoothing, its element) with the dictionary
+    network (a = B(x) theta: P1, no velocity regularisation), the ridges' with a dictionary
+    other than random-tanh."""
+    n = cfg["network"]
+    if n["kind"] == "feedback":
+        return _kept(cfg, "network", DICTIONARY_KEYS, "for network.kind = 'feedback' (a key of "
+                     "the dictionary network, kind = 'dictionary')")
+    checks = _kept(cfg, "network", ("delta", "smoothing", "velocity"), "for network.kind = "
+                   "'dictionary' (a key of the feedback network's velocity: the dictionary's "
+                   "a = B(x) theta is P1 and regularised by weight_decay)")
+    if n["dictionary"] != "random-tanh":
+        checks += _kept(cfg, "network", RIDGE_KEYS, f"for network.dictionary = "
+                        f"'{n['dictionary']}' (a key of the random-tanh ridges)")
+    return checks
 
 
 # the [hamiltonian] keys each named H reads (delta: the regularisation of q != 2)

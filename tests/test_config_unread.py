@@ -97,3 +97,29 @@ def test_power_2_does_not_read_delta():
     refused({"problem": {"H": "power"}, "hamiltonian": {"q": 2.0, "delta": 0.1}},
             "hamiltonian.delta")
     reloads({"problem": {"H": "power"}, "hamiltonian": {"q": 2.0}})
+
+
+CLASSIFIER = {"run": {"formulation": "classifier"}}
+
+
+@pytest.mark.parametrize("network,key", [
+    ({"ridges": 4}, "ridges"), ({"weight_decay": 0.1}, "weight_decay"),
+    ({"dictionary": "rotation"}, "dictionary"), ({"dictionary_seed": 3}, "dictionary_seed"),
+    ({"kind": "dictionary", "smoothing": 0.1}, "smoothing"),
+    ({"kind": "dictionary", "transport": "galerkin", "velocity": "DG0"}, "velocity"),
+    ({"kind": "dictionary", "dictionary": "affine", "ridges": 16}, "ridges"),
+    ({"kind": "dictionary", "dictionary": "rotation", "ridge_scale": 2.0}, "ridge_scale")])
+def test_network_keys_of_another_network_class_are_refused(network, key):
+    """A feedback classifier with [network] ridges or weight_decay trained the feedback
+    network all the same; so did a dictionary network with a velocity smoothing."""
+    refused({**CLASSIFIER, "network": network}, f"network.{key}")
+    if key in config.DICTIONARY_KEYS:
+        reloads({**CLASSIFIER, "network": {**network, "kind": "dictionary",
+                                           "dictionary": "random-tanh"}})
+    else:
+        reloads({**CLASSIFIER, "network": {**network, "kind": "feedback"}})
+
+
+def test_the_generative_flow_refuses_the_dictionary_keys():
+    refused({"run": {"formulation": "generative"}, "network": {"weight_decay": 0.1}},
+            "network.weight_decay")
