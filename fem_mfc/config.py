@@ -684,10 +684,19 @@ def _refuse_unread(cfg: dict, source):
         checks += _nls_unread(cfg)
     if f in ("classifier", "generative"):
         checks += _network_unread(cfg)
+    if f == "generative":         # one population: no accuracies, baselines or particle check
+        checks += _kept(cfg, "training", CLASSIFIER_TRAINING_KEYS, "for formulation "
+                        "'generative' (a classifier's key: the flow trains no torch baseline, "
+                        "measures no accuracy on a fresh sample and pushes no particles)")
     for key, bad, expected, got in checks:
         if bad:
             raise ConfigError(key, expected, got, source)
 
+
+# the [training] keys only the classifier reads: its torch baselines (baseline itself may say
+# false: the generative flow trains none), its fresh sample and its particle check
+CLASSIFIER_TRAINING_KEYS = ("node", "epochs", "patience", "seeds", "lr", "hidden", "fresh",
+                            "particles")
 
 # the [network] keys of the dictionary network, and of its random-tanh ridges
 DICTIONARY_KEYS = ("dictionary", "ridges", "weight_decay", "ridge_scale", "dictionary_seed")
@@ -1499,13 +1508,16 @@ def _learning_bytes(cfg: dict, dofs: float, steps: int) -> dict:
     per_point = BYTES_PER_POINT_LAYER * layers
     d, t, net = cfg["data"], cfg["training"], cfg["network"]
     n = float(d["n_samples"])
-    out = {"data.n_samples": n * per_point, "training.fresh": float(t["fresh"]) * per_point,
-           "training.particles": float(t["particles"]) * per_point}
-    if f == "generative":
+    out = {"data.n_samples": n * per_point}
+    if f == "classifier":         # the generative flow has no fresh sample, particles or
+        out["training.fresh"] = float(t["fresh"]) * per_point      # baselines
+        out["training.particles"] = float(t["particles"]) * per_point
+    else:
         out["generative.samples"] = float(cfg["generative"]["samples"]) * per_point
-    if t["baseline"]:             # each seed's runs and their records (seeds = 2^63 - 1:
+    baseline = t["baseline"] and f == "classifier"
+    if baseline:                  # each seed's runs and their records (seeds = 2^63 - 1:
         out["training.seeds"] = float(t["seeds"]) * 4096.0     # a list of them, MemoryError)
-    if t["baseline"]:             # named after the factor further above its default
+    if baseline:                  # named after the factor further above its default
         key = "training.hidden" if t["hidden"] / 16 > n / 1000 else "data.n_samples"
         out[key] = out.get(key, 0.0) + float(t["hidden"]) * (n + 3.0 * layers) * per_point
     if net["kind"] == "dictionary" and net["dictionary"] == "random-tanh":

@@ -123,3 +123,21 @@ def test_network_keys_of_another_network_class_are_refused(network, key):
 def test_the_generative_flow_refuses_the_dictionary_keys():
     refused({"run": {"formulation": "generative"}, "network": {"weight_decay": 0.1}},
             "network.weight_decay")
+
+
+@pytest.mark.parametrize("key,value", [("epochs", 50), ("hidden", 8), ("seeds", 2),
+                                       ("node", False), ("lr", 0.1), ("patience", 10),
+                                       ("fresh", 0), ("particles", 100)])
+def test_generative_refuses_the_classifier_training_keys(key, value):
+    """A generative config with the torch baselines' epochs (or hidden, seeds, ...) trained
+    the flow and reported success: it trains no baseline, has no fresh sample or particles."""
+    refused({"run": {"formulation": "generative"}, "training": {key: value}}, f"training.{key}")
+    reloads({**CLASSIFIER, "training": {key: value}})
+    # baseline = false says what the flow does: accepted, and so are the written defaults
+    reloads({"run": {"formulation": "generative"}, "training": {"baseline": False}})
+
+
+def test_the_memory_estimate_of_a_generative_run_counts_no_baseline():
+    gen = config.from_dict({"run": {"formulation": "generative"}})
+    assert set(config.estimate_resources(gen)["learning"]) == {"data.n_samples",
+                                                               "generative.samples"}
