@@ -657,6 +657,10 @@ def _is_default(key: str, value, default) -> bool:
     return value == default
 
 
+# the sections every formulation reads ([hamiltonian]: by [problem] H, see below); the others
+# are read by the formulations whose registry entry names them (fem_mfc/registry.py)
+ALWAYS_READ = ("run", "mesh", "solver", "output", "hamiltonian")
+
 # the [mesh] keys each kind reads (refine: the gmsh and box kinds; a file has one resolution)
 _BOX, _GMSH = ("cells", "lower", "upper", "refine"), ("radius", "h", "refine")
 MESH_KIND_KEYS = {"interval": _BOX, "rectangle": _BOX + ("diagonal",), "box": _BOX,
@@ -669,10 +673,16 @@ def _refuse_unread(cfg: dict, source):
     ConfigError naming the key (each was ignored, and a copied config ran "successfully"
     with a key that had no effect)."""
     f = cfg["run"]["formulation"]
+    reads = registry.get(f).sections
+    checks = ()
+    for section in SCHEMA:        # the sections of the other formulations, key by key
+        if section not in ALWAYS_READ and section not in reads:
+            checks += _kept(cfg, section, SCHEMA[section], f"for formulation '{f}' (it reads "
+                            f"no [{section}] section)")
     kind = cfg["mesh"]["kind"]
     own = MESH_KIND_KEYS[kind]
-    checks = _kept(cfg, "mesh", [k for k in SCHEMA["mesh"] if k != "kind" and k not in own],
-                   f"for mesh.kind = '{kind}' (it reads " + ", ".join(own) + ")")
+    checks += _kept(cfg, "mesh", [k for k in SCHEMA["mesh"] if k != "kind" and k not in own],
+                    f"for mesh.kind = '{kind}' (it reads " + ", ".join(own) + ")")
     checks += _hamiltonian_unread(cfg)
     if f == "heat":               # the uncontrolled flow of rho0: no cost, no congestion
         why = ("for formulation 'heat' (the uncontrolled Fokker-Planck flow of rho0 reads "
@@ -748,9 +758,10 @@ NLS_INITIAL_KEYS = {"soliton": ("eta", "wavenumber", "x0"), "gaussian": ("x0", "
 
 
 def _nls_unread(cfg: dict) -> tuple:
-    """What formulation 'nls' does not read: the [nls] keys of the other initial wave
-    functions, [problem] sigma and Phi (its scale is hbar, it has no terminal cost), [rho0]
-    (the initial state is nls.initial's) and the time scheme of the control problem."""
+    """What formulation 'nls' does not read besides the sections of the other formulations
+    ([rho0]: the initial state is nls.initial's): the [nls] keys of the other initial wave
+    functions, [problem] sigma and Phi (its scale is hbar, it has no terminal cost) and the
+    time scheme of the control problem."""
     initial = cfg["nls"]["initial"]
     own = NLS_INITIAL_KEYS[initial]
     other = [k for keys in NLS_INITIAL_KEYS.values() for k in keys if k not in own]
@@ -758,10 +769,6 @@ def _nls_unread(cfg: dict) -> tuple:
                    f"reads {', '.join(own)})")
     checks += _kept(cfg, "problem", ("sigma", "Phi"), "for formulation 'nls' (its scale is "
                     "nls.hbar; an initial-value problem has no terminal cost)")
-    r, d = cfg["rho0"], _defaults("rho0")
-    checks += (("rho0", any(not _is_default(f"rho0.{k}", r[k], d[k]) for k in d),
-                "no [rho0] section (or only its defaults, as in a written config.toml) for "
-                "formulation 'nls' (the initial wave function is nls.initial's)", "[rho0]"),)
     return checks + _kept(cfg, "discretisation", ("scheme", "stabilisation"), "for "
                           "formulation 'nls' (its time stepper is nls.integrator)")
 

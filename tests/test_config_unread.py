@@ -61,7 +61,7 @@ def test_nls_refuses_the_keys_of_another_initial_state(initial, key, value):
     ("discretisation", "scheme", "crank-nicolson")])
 def test_nls_refuses_the_control_problem_keys(section, key, value):
     raw = {**NLS, "nls": {"initial": "gaussian"}}
-    refused({**raw, section: {key: value}}, "rho0" if section == "rho0" else f"{section}.{key}")
+    refused({**raw, section: {key: value}}, f"{section}.{key}")
     # the origin as the mean (an old demo's workaround), zero vectors and written defaults load
     reloads({**raw, "rho0": {"mean": [0.0]}, "nls": {"initial": "ground-state", "x0": [0.0],
                                                      "k0": [0.0, 0.0]}})
@@ -141,3 +141,17 @@ def test_the_memory_estimate_of_a_generative_run_counts_no_baseline():
     gen = config.from_dict({"run": {"formulation": "generative"}})
     assert set(config.estimate_resources(gen)["learning"]) == {"data.n_samples",
                                                                "generative.samples"}
+
+
+@pytest.mark.parametrize("formulation,section,key,value", [
+    ("hjb-fp", "data", "n_samples", 50), ("hjb-fp", "nls", "hbar", 2.0),
+    ("cole-hopf", "qhd", "hbar", 2.0), ("heat", "network", "delta", 0.1),
+    ("qhd", "training", "max_sweeps", 5), ("classifier", "generative", "kl_weight", 1.0),
+    ("generative", "nls", "kappa", -1.0), ("nls", "data", "dataset", "circles")])
+def test_sections_of_other_formulations_are_refused(formulation, section, key, value):
+    """[data] in an HJB-FP config, [nls] hbar in a QHD one...: the run read none of them."""
+    msg = refused({"run": {"formulation": formulation}, "mesh": {"kind": "interval"} if
+                   formulation == "nls" else {}, section: {key: value}}, f"{section}.{key}")
+    assert f"no [{section}] section" in msg
+    reloads({"run": {"formulation": formulation}, "mesh": {"kind": "interval"} if
+             formulation == "nls" else {}, section: {key: config.SCHEMA[section][key].default}})
