@@ -1386,7 +1386,16 @@ def _shown(default) -> str:
 def schema_markdown() -> str:
     """The schema as a Markdown reference (docs/config.md)."""
     out = ["# Config reference", "",
-           "Generated from `fem_mfc/config.py` by `python3 -m fem_mfc schema`.", ""]
+           "Generated from `fem_mfc/config.py` by `python3 -m fem_mfc schema`.", "",
+           "## Sections each formulation reads", "",
+           "Every formulation reads [run], [mesh], [solver] and [output], and [hamiltonian] "
+           "through [problem] H.  A key of a section the formulation does not read, or of "
+           "another kind (mesh kind, H, nls.initial, network kind), is refused unless it keeps "
+           "its default (exit 2: it would have no effect).", "",
+           "| formulation | also reads |", "|---|---|"]
+    out += [f"| `{e.name}` | " + ", ".join(f"[{s}]" for s in e.sections) + " |"
+            for e in registry.ENTRIES]
+    out.append("")
     for section, keys in SCHEMA.items():
         out += [f"## [{section}]", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         formerly = {new: old for old, new in RENAMED.get(section, {}).items()}
