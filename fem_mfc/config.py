@@ -692,6 +692,8 @@ def _refuse_unread(cfg: dict, source):
                         "(its Galerkin steps read degree and scheme)")
     if f == "nls":
         checks += _nls_unread(cfg)
+    if f == "qhd":
+        checks += _qhd_unread(cfg)
     if f in ("classifier", "generative"):
         checks += _network_unread(cfg)
     if f == "generative":         # one population: no accuracies, baselines or particle check
@@ -701,6 +703,22 @@ def _refuse_unread(cfg: dict, source):
     for key, bad, expected, got in checks:
         if bad:
             raise ConfigError(key, expected, got, source)
+
+
+def _qhd_unread(cfg: dict) -> tuple:
+    """What each QHD signature does not read: the control signature's Bohm coefficient is
+    sigma^4/2 (not qhd.hbar), the quantum signature's is -hbar^2/2 (not sigma) and its
+    discrete-gradient steps have no time scheme; neither has the monotone scheme."""
+    signature = cfg["qhd"]["signature"]
+    checks = _kept(cfg, "discretisation", ("stabilisation",), "for formulation 'qhd' (the "
+                   "Galerkin QHD system; the monotone scheme is formulation 'hjb-fp''s)")
+    if signature == "control":
+        return checks + _kept(cfg, "qhd", ("hbar",), "for qhd.signature = 'control' (its "
+                              "Bohm coefficient is sigma^4/2: [problem] sigma)")
+    return checks + _kept(cfg, "problem", ("sigma",), "for qhd.signature = 'quantum' (its "
+                          "Bohm coefficient is -hbar^2/2: [qhd] hbar)") + _kept(
+        cfg, "discretisation", ("scheme",), "for qhd.signature = 'quantum' (its steps are "
+        "the discrete-gradient scheme)")
 
 
 # the [training] keys only the classifier reads: its torch baselines (baseline itself may say

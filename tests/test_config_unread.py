@@ -155,3 +155,21 @@ def test_sections_of_other_formulations_are_refused(formulation, section, key, v
     assert f"no [{section}] section" in msg
     reloads({"run": {"formulation": formulation}, "mesh": {"kind": "interval"} if
              formulation == "nls" else {}, section: {key: config.SCHEMA[section][key].default}})
+
+
+QHD = {"run": {"formulation": "qhd"}}
+
+
+@pytest.mark.parametrize("signature,section,key,value", [
+    ("control", "qhd", "hbar", 2.0), ("quantum", "problem", "sigma", 0.8),
+    ("quantum", "discretisation", "scheme", "crank-nicolson"),
+    ("control", "discretisation", "stabilisation", "monotone")])
+def test_qhd_refuses_the_keys_of_the_other_signature(signature, section, key, value):
+    """The control signature's Bohm coefficient is sigma^4/2 (qhd.hbar had no effect), the
+    quantum one's -hbar^2/2 (sigma had none: the same energy for sigma = 0.5, 0.8 and 0)."""
+    raw = {**QHD, "qhd": {"signature": signature}}
+    refused({**raw, section: {**raw.get(section, {}), key: value}}, f"{section}.{key}")
+    if key != "stabilisation":
+        other = "quantum" if signature == "control" else "control"
+        raw = {**QHD, "qhd": {"signature": other}}
+        reloads({**raw, section: {**raw.get(section, {}), key: value}})
