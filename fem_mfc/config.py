@@ -558,6 +558,9 @@ def _population_rho0(given: dict, prefix: str, cfg: dict, source) -> dict:
         raise ConfigError(f"{prefix}.kind", "'gaussian', 'mixture' or 'formula' for a "
                           "population", "file", source)
     _check_rho0(r, cfg, source, prefix)
+    for key, bad, expected, got in _rho0_unread(r, prefix):
+        if bad:
+            raise ConfigError(key, expected, got, source)
     return r
 
 
@@ -661,6 +664,21 @@ def _is_default(key: str, value, default) -> bool:
 # are read by the formulations whose registry entry names them (fem_mfc/registry.py)
 ALWAYS_READ = ("run", "mesh", "solver", "output", "hamiltonian")
 
+# the [rho0] keys each kind reads (the exact solutions read a Gaussian's mean and std)
+RHO0_KIND_KEYS = {"gaussian": ("mean", "std"), "mixture": ("means", "stds", "weights"),
+                  "formula": ("formula",), "file": ("file",)}
+
+
+def _rho0_unread(r: dict, prefix: str) -> tuple:
+    """The keys of the other kinds of initial density in a [rho0] table ``r`` (also a
+    population's, keys under ``prefix``)."""
+    d, own = _defaults("rho0"), RHO0_KIND_KEYS[r["kind"]]
+    why = f"for {prefix}.kind = '{r['kind']}' (it reads {', '.join(own)})"
+    return tuple((f"{prefix}.{k}", not _is_default(f"rho0.{k}", r[k], d[k]),
+                  f"{toml_value(d[k])} (the default) {why}", r[k])
+                 for k in d if k != "kind" and k not in own)
+
+
 # the [mesh] keys each kind reads (refine: the gmsh and box kinds; a file has one resolution)
 _BOX, _GMSH = ("cells", "lower", "upper", "refine"), ("radius", "h", "refine")
 MESH_KIND_KEYS = {"interval": _BOX, "rectangle": _BOX + ("diagonal",), "box": _BOX,
@@ -679,6 +697,8 @@ def _refuse_unread(cfg: dict, source):
         if section not in ALWAYS_READ and section not in reads:
             checks += _kept(cfg, section, SCHEMA[section], f"for formulation '{f}' (it reads "
                             f"no [{section}] section)")
+    if "rho0" in reads:
+        checks += _rho0_unread(cfg["rho0"], "rho0")
     kind = cfg["mesh"]["kind"]
     own = MESH_KIND_KEYS[kind]
     checks += _kept(cfg, "mesh", [k for k in SCHEMA["mesh"] if k != "kind" and k not in own],

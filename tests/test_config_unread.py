@@ -173,3 +173,19 @@ def test_qhd_refuses_the_keys_of_the_other_signature(signature, section, key, va
         other = "quantum" if signature == "control" else "control"
         raw = {**QHD, "qhd": {"signature": other}}
         reloads({**raw, section: {**raw.get(section, {}), key: value}})
+
+
+@pytest.mark.parametrize("kind,key,value", [
+    ("formula", "std", 0.5), ("formula", "mean", [0.5, 0.0]), ("gaussian", "formula", "1 + x0"),
+    ("gaussian", "weights", [1.0]), ("formula", "means", [[0.0, 0.0]])])
+def test_rho0_keys_of_another_kind_are_refused(kind, key, value):
+    """rho0.kind = 'formula' with a Gaussian's std ran the formula's density all the same."""
+    extra = {"formula": "1 + 0.1*x0"} if kind == "formula" else {}
+    refused({"rho0": {"kind": kind, **extra, key: value}}, f"rho0.{key}")
+    reloads({"rho0": {"kind": kind, **extra, "mean": [0.0, 0.0]}})    # the origin: the default
+
+
+def test_a_population_rho0_refuses_the_keys_of_another_kind():
+    pops = [{"rho0": {"kind": "formula", "formula": "1", "std": 0.2}},
+            {"rho0": {"kind": "gaussian", "mean": [0.5, 0.0]}}]
+    refused({"solver": {"method": "newton"}, "population": pops}, "population[0].rho0.std")
