@@ -715,7 +715,7 @@ def _refuse_unread(cfg: dict, source):
     if f == "qhd":
         checks += _qhd_unread(cfg)
     if f in ("classifier", "generative"):
-        checks += _network_unread(cfg)
+        checks += _data_unread(cfg) + _network_unread(cfg)
     if f == "generative":         # one population: no accuracies, baselines or particle check
         checks += _kept(cfg, "training", CLASSIFIER_TRAINING_KEYS, "for formulation "
                         "'generative' (a classifier's key: the flow trains no torch baseline, "
@@ -739,6 +739,28 @@ def _qhd_unread(cfg: dict) -> tuple:
                           "Bohm coefficient is -hbar^2/2: [qhd] hbar)") + _kept(
         cfg, "discretisation", ("scheme",), "for qhd.signature = 'quantum' (its steps are "
         "the discrete-gradient scheme)")
+
+
+# the [data] keys of one data set (all read dataset, test_fraction, seed and bandwidth)
+DATASET_KEYS = {"moons": ("n_samples", "noise"), "circles": ("n_samples", "noise", "factor"),
+                "spirals": ("n_samples", "noise", "turns"),
+                "gaussians": ("n_samples", "noise", "classes"), "csv": ("file",)}
+
+
+def _data_unread(cfg: dict) -> tuple:
+    """The [data] keys of the other data sets; a CSV file has no generator: no n_samples,
+    noise or fresh sample of it."""
+    name = cfg["data"]["dataset"]
+    own = DATASET_KEYS[name]
+    other = dict.fromkeys(k for keys in DATASET_KEYS.values() for k in keys if k not in own)
+    checks = _kept(cfg, "data", other, f"for data.dataset = '{name}' (it reads "
+                   f"{', '.join(own)} besides test_fraction, seed and bandwidth)")
+    fresh = cfg["training"]["fresh"]
+    if name == "csv" and cfg["run"]["formulation"] == "classifier":
+        checks += (("training.fresh", fresh not in (0, SCHEMA["training"]["fresh"].default),
+                    "0 or the default for data.dataset = 'csv' (a file has no generator to "
+                    "draw a fresh sample from)", fresh),)
+    return checks
 
 
 # the [training] keys only the classifier reads: its torch baselines (baseline itself may say

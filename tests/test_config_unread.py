@@ -189,3 +189,25 @@ def test_a_population_rho0_refuses_the_keys_of_another_kind():
     pops = [{"rho0": {"kind": "formula", "formula": "1", "std": 0.2}},
             {"rho0": {"kind": "gaussian", "mean": [0.5, 0.0]}}]
     refused({"solver": {"method": "newton"}, "population": pops}, "population[0].rho0.std")
+
+
+@pytest.mark.parametrize("dataset,key,value", [
+    ("moons", "factor", 0.3), ("circles", "turns", 2.0), ("spirals", "classes", 4),
+    ("gaussians", "factor", 0.3), ("csv", "n_samples", 200), ("csv", "noise", 0.3)])
+def test_data_keys_of_another_data_set_are_refused(dataset, key, value, tmp_path):
+    """Moons with a circles' factor drew the moons all the same."""
+    f = tmp_path / "d.csv"
+    f.write_text("x1,x2,label\n0,0,0\n1,1,1\n")
+    extra = {"file": str(f)} if dataset == "csv" else {}
+    refused({**CLASSIFIER, "data": {"dataset": dataset, **extra, key: value}}, f"data.{key}")
+    own = next(d for d, keys in config.DATASET_KEYS.items() if key in keys)
+    reloads({**CLASSIFIER, "data": {"dataset": own, key: value}})
+
+
+def test_a_csv_data_set_has_no_fresh_sample(tmp_path):
+    f = tmp_path / "d.csv"
+    f.write_text("x1,x2,label\n0,0,0\n1,1,1\n")
+    data = {"dataset": "csv", "file": str(f)}
+    refused({**CLASSIFIER, "data": data, "training": {"fresh": 100}}, "training.fresh")
+    reloads({**CLASSIFIER, "data": data, "training": {"fresh": 0}})    # 0: none, as it is
+    reloads({**CLASSIFIER, "data": data})
