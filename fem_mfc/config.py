@@ -664,6 +664,48 @@ def _is_default(key: str, value, default) -> bool:
 # are read by the formulations whose registry entry names them (fem_mfc/registry.py)
 ALWAYS_READ = ("run", "mesh", "solver", "output", "hamiltonian")
 
+# the [solver] keys each solve reads ([solver] petsc_options: every run's PETSc options)
+_NEWTON = ("method", "rtol", "atol", "max_it", "initial_guess", "linear", "continuation",
+           "step_solver")
+SOLVER_KEYS = {
+    "heat": (), "classifier": (), "generative": (),
+    "nls": ("rtol", "atol", "max_it"),
+    "qhd": ("method", "rtol", "atol", "max_it"),
+    "cole-hopf": ("method", "rtol", "atol", "max_it", "step_solver"),
+    ("hjb-fp", "auto"): _NEWTON, ("hjb-fp", "newton"): _NEWTON,
+    ("hjb-fp", "picard"): ("method", "rtol", "atol", "picard_max_it", "relaxation"),
+    ("hjb-fp", "cole-hopf"): ("method", "rtol", "atol", "max_it", "step_solver"),
+}
+_SOLVES = {"heat": "its steps are linear solves with PETSc's settings",
+           "classifier": "its layers are linear solves with PETSc's settings; the trainer's "
+           "are [training]'s", "generative": "its layers are linear solves with PETSc's "
+           "settings; the trainer's are [training]'s",
+           "nls": "each time step's Newton reads rtol, atol and max_it",
+           "qhd": "its Newton reads method, rtol, atol and max_it",
+           "cole-hopf": "the Cole-Hopf sweeps, with congestion the Newton of the pair"}
+
+
+def _solver_unread(cfg: dict) -> tuple:
+    """The [solver] keys the configured solve does not read: another formulation's, or (for
+    'hjb-fp' with an explicit method) another method's.  [solver] petsc_options reach every
+    solver through PETSc's options (their prefixes are the runs')."""
+    f, s = cfg["run"]["formulation"], cfg["solver"]
+    m = s["method"]
+    if f == "hjb-fp":
+        own = SOLVER_KEYS[f, m]
+        why = (f"for solver.method = '{m}' (it reads " + ", ".join(own) + ")")
+    else:
+        own = SOLVER_KEYS[f]
+        why = (f"for formulation '{f}' ({_SOLVES[f]}; PETSc options go to "
+               "[solver] petsc_options)")
+    keys = [k for k in SCHEMA["solver"] if k not in own and k != "petsc_options"]
+    if f == "cole-hopf":           # the formulation is the method: 'cole-hopf' says so
+        return ((("solver.method", m not in ("auto", "cole-hopf"), "'auto' or 'cole-hopf' "
+                  "for formulation 'cole-hopf' (it is the Cole-Hopf method; formulation "
+                  "'hjb-fp' takes the others)", m),) + _kept(cfg, "solver", keys, why))
+    return _kept(cfg, "solver", keys, why)
+
+
 # the [rho0] keys each kind reads (the exact solutions read a Gaussian's mean and std)
 RHO0_KIND_KEYS = {"gaussian": ("mean", "std"), "mixture": ("means", "stds", "weights"),
                   "formula": ("formula",), "file": ("file",)}
@@ -699,6 +741,7 @@ def _refuse_unread(cfg: dict, source):
                             f"no [{section}] section)")
     if "rho0" in reads:
         checks += _rho0_unread(cfg["rho0"], "rho0")
+    checks += _solver_unread(cfg)
     kind = cfg["mesh"]["kind"]
     own = MESH_KIND_KEYS[kind]
     checks += _kept(cfg, "mesh", [k for k in SCHEMA["mesh"] if k != "kind" and k not in own],

@@ -419,7 +419,9 @@ def test_iteration_counts_are_integers_the_loops_take(section, key):
     from fem_mfc.errors import ConfigError
     reads = {"training": {"run": {"formulation": "classifier"}},     # a run that reads the key
              "nls": {"run": {"formulation": "nls"}, "mesh": {"kind": "interval"},
-                     "nls": {"initial": "ground-state"}}}.get(section, {})
+                     "nls": {"initial": "ground-state"}},
+             "solver": {"solver": {"method": "picard" if key == "picard_max_it"
+                                   else "newton"}}}.get(section, {})
     with pytest.raises(ConfigError) as e:
         config.from_dict({**reads, section: {**reads.get(section, {}), key: 2 ** 63 - 1}})
     assert e.value.key == f"{section}.{key}"

@@ -211,3 +211,36 @@ def test_a_csv_data_set_has_no_fresh_sample(tmp_path):
     refused({**CLASSIFIER, "data": data, "training": {"fresh": 100}}, "training.fresh")
     reloads({**CLASSIFIER, "data": data, "training": {"fresh": 0}})    # 0: none, as it is
     reloads({**CLASSIFIER, "data": data})
+
+
+@pytest.mark.parametrize("raw,key", [
+    ({**HEAT, "solver": {"rtol": 1e-6}}, "solver.rtol"),
+    ({**HEAT, "solver": {"method": "newton"}}, "solver.method"),
+    ({**CLASSIFIER, "solver": {"max_it": 5}}, "solver.max_it"),
+    ({**NLS, "solver": {"linear": "lu"}}, "solver.linear"),
+    ({**QHD, "solver": {"continuation": False}}, "solver.continuation"),
+    ({"run": {"formulation": "cole-hopf"}, "solver": {"method": "newton"}}, "solver.method"),
+    ({"run": {"formulation": "cole-hopf"}, "solver": {"initial_guess": "coarse"}},
+     "solver.initial_guess"),
+    ({"solver": {"method": "newton", "relaxation": 0.2}}, "solver.relaxation"),
+    ({"solver": {"method": "picard", "max_it": 5}}, "solver.max_it"),
+    ({"solver": {"method": "picard", "linear": "lu"}}, "solver.linear"),
+    ({"solver": {"method": "cole-hopf", "continuation": False}}, "solver.continuation"),
+    ({"solver": {"picard_max_it": 100}}, "solver.picard_max_it")])     # 'auto': never Picard
+def test_solver_keys_the_solve_does_not_read_are_refused(raw, key):
+    """The heat steps read no Newton tolerance; Newton no Picard damping; Picard no Newton
+    iteration count; formulation 'cole-hopf' no other method."""
+    refused(raw, key)
+
+
+@pytest.mark.parametrize("raw", [
+    {"solver": {"method": "picard", "relaxation": 0.2, "picard_max_it": 9, "rtol": 1e-8}},
+    {"solver": {"method": "newton", "linear": "lu", "continuation": False, "max_it": 9,
+                "initial_guess": "coarse", "step_solver": "ilu"}},
+    {"run": {"formulation": "cole-hopf"}, "solver": {"method": "cole-hopf", "max_it": 9,
+                                                     "step_solver": "lu"}},
+    {**NLS, "solver": {"rtol": 1e-12, "atol": 1e-14, "max_it": 9}},
+    {**QHD, "solver": {"method": "newton", "rtol": 1e-8}},
+    {**HEAT, "solver": {"petsc_options": {"heat_ksp_type": "cg"}}}])
+def test_solver_keys_the_solve_reads_load(raw):
+    reloads(raw)
