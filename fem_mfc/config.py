@@ -741,6 +741,10 @@ def _refuse_unread(cfg: dict, source):
                             f"no [{section}] section)")
     if "rho0" in reads:
         checks += _rho0_unread(cfg["rho0"], "rho0")
+        if cfg["exact"]["solution"] == "manufactured":
+            checks += _kept(cfg, "rho0", ("mean", "std"), "for exact.solution = "
+                            "'manufactured' (it sets rho0 itself; remove [exact] to start "
+                            "from this density)")
     checks += _solver_unread(cfg)
     kind = cfg["mesh"]["kind"]
     own = MESH_KIND_KEYS[kind]

@@ -244,3 +244,12 @@ def test_solver_keys_the_solve_does_not_read_are_refused(raw, key):
     {**HEAT, "solver": {"petsc_options": {"heat_ksp_type": "cg"}}}])
 def test_solver_keys_the_solve_reads_load(raw):
     reloads(raw)
+
+
+@pytest.mark.parametrize("key,value", [("mean", [0.5, 0.0]), ("std", 0.5)])
+def test_the_manufactured_solution_refuses_a_gaussian_it_replaces(key, value):
+    """exact.solution = 'manufactured' sets rho0 itself: a Gaussian's mean or std had no
+    effect (the LQ solution reads them)."""
+    refused({"exact": {"solution": "manufactured"}, "rho0": {key: value}}, f"rho0.{key}")
+    reloads({"exact": {"solution": "lq-gaussian"}, "rho0": {key: value}})
+    reloads({"exact": {"solution": "manufactured"}})
