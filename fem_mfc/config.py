@@ -826,12 +826,28 @@ def _network_unread(cfg: dict) -> tuple:
     network (a = B(x) theta: P1, no velocity regularisation), the ridges' with a dictionary
     other than random-tanh."""
     n = cfg["network"]
+    checks = ()
+    if n["anchors"]:               # given anchors: no circle of default ones
+        checks += _kept(cfg, "network", ("anchor_radius",), "with network.anchors given "
+                        "(the radius of the default anchors, used when anchors is empty)")
+    if cfg["run"]["formulation"] == "generative":       # no anchors at all (refused above)
+        checks += _kept(cfg, "network", ("anchor_radius",), "for formulation 'generative' (a "
+                        "classifier's anchors; the flow's target is [generative] target_std)")
+    method = resolve_training(cfg)[1]
+    if method != "sweeps":         # Newton-CG and L-BFGS take their steps by line search
+        checks += _kept(cfg, "training", ("relaxation",), f"for training.method = '{method}' "
+                        "(the relaxation of the sweeps; Newton-CG and L-BFGS take their steps "
+                        "by line search)")
     if n["kind"] == "feedback":
-        return _kept(cfg, "network", DICTIONARY_KEYS, "for network.kind = 'feedback' (a key of "
-                     "the dictionary network, kind = 'dictionary')")
-    checks = _kept(cfg, "network", ("delta", "smoothing", "velocity"), "for network.kind = "
-                   "'dictionary' (a key of the feedback network's velocity: the dictionary's "
-                   "a = B(x) theta is P1 and regularised by weight_decay)")
+        if n["velocity"] == "DG0":      # grad a = 0 for piecewise constant velocities
+            checks += _kept(cfg, "network", ("smoothing",), "for network.velocity = 'DG0' "
+                            "(it smooths P1 velocities: grad a = 0 for DG0)")
+        return checks + _kept(cfg, "network", DICTIONARY_KEYS, "for network.kind = "
+                              "'feedback' (a key of the dictionary network, kind = "
+                              "'dictionary')")
+    checks += _kept(cfg, "network", ("delta", "smoothing", "velocity"), "for network.kind = "
+                    "'dictionary' (a key of the feedback network's velocity: the dictionary's "
+                    "a = B(x) theta is P1 and regularised by weight_decay)")
     if n["dictionary"] != "random-tanh":
         checks += _kept(cfg, "network", RIDGE_KEYS, f"for network.dictionary = "
                         f"'{n['dictionary']}' (a key of the random-tanh ridges)")

@@ -253,3 +253,24 @@ def test_the_manufactured_solution_refuses_a_gaussian_it_replaces(key, value):
     refused({"exact": {"solution": "manufactured"}, "rho0": {key: value}}, f"rho0.{key}")
     reloads({"exact": {"solution": "lq-gaussian"}, "rho0": {key: value}})
     reloads({"exact": {"solution": "manufactured"}})
+
+
+@pytest.mark.parametrize("raw,key", [
+    ({**CLASSIFIER, "network": {"anchors": [[1.0, 0.0], [-1.0, 0.0]], "anchor_radius": 3.0}},
+     "network.anchor_radius"),
+    ({"run": {"formulation": "generative"}, "network": {"anchor_radius": 3.0}},
+     "network.anchor_radius"),
+    ({**CLASSIFIER, "training": {"relaxation": 0.2}}, "training.relaxation"),     # Newton-CG
+    ({**CLASSIFIER, "training": {"method": "lbfgs", "relaxation": 0.2}}, "training.relaxation"),
+    ({**CLASSIFIER, "network": {"transport": "galerkin", "velocity": "DG0", "smoothing": 0.1}},
+     "network.smoothing")])
+def test_learning_keys_the_configured_training_does_not_read(raw, key):
+    """Anchors given make anchor_radius moot; Newton-CG and L-BFGS take no relaxation; a DG0
+    velocity has no gradient to smooth."""
+    refused(raw, key)
+
+
+def test_the_sweeps_read_their_relaxation_and_p1_velocities_their_smoothing():
+    reloads({**CLASSIFIER, "network": {"transport": "galerkin", "smoothing": 0.1},
+             "training": {"relaxation": 0.2}})
+    reloads({**CLASSIFIER, "network": {"anchor_radius": 3.0}})
