@@ -978,7 +978,32 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
     if "population" in raw:           # absent: one population, the config as before
         cfg["population"] = _populations(raw["population"], cfg, source)
     _check_sigma(cfg, source)         # after the populations: 'auto' takes Newton with them
+    _refuse_unread_coupling(cfg, source)
     return cfg
+
+
+def _refuse_unread_coupling(cfg: dict, source):
+    """[problem] coupling where nothing depends on rho: no congestion G, an H free of rho, one
+    population (the NLS's g is G' whatever the coupling; it refuses 'mfg' with a G)."""
+    from .expressions import vanishes
+    pr, f = cfg["problem"], cfg["run"]["formulation"]
+    if pr["coupling"] == "mftc" or f not in ("hjb-fp", "cole-hopf", "qhd", "nls"):
+        return                        # heat: refused with the control keys; learning: mftc
+    try:
+        no_G = vanishes(pr["G"], "problem.G", "rho", params=pr["params"])
+    except ConfigError:
+        no_G = False                  # a G in x0..x2: checked on the mesh
+    h = pr["H"]
+    rho_free = h in ("quadratic", "weighted", "power", "anisotropic") or (
+        h not in HAMILTONIANS and not re.search(r"\brho\b", h))
+    if f == "nls" and pr["G"].strip() in ("0", "0.0", ""):
+        why = "formulation 'nls' (its nonlinearity g = kappa rho is the Hamiltonian coupling)"
+    elif f != "nls" and no_G and rho_free and "population" not in cfg:
+        why = "a problem without congestion (G = 0 and an H free of rho: nothing to couple)"
+    else:
+        return
+    raise ConfigError("problem.coupling", f'"mftc" (the default) for {why}', pr["coupling"],
+                      source)
 
 
 INT_MIN, INT_MAX = -2 ** 63, 2 ** 63 - 1

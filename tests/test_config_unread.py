@@ -34,8 +34,8 @@ def test_heat_refuses_the_control_problem_keys(section, key, value):
     """formulation 'heat' with [problem] V or G ran the uncontrolled flow all the same."""
     msg = refused({**HEAT, section: {key: value}}, f"{section}.{key}")
     assert "'heat'" in msg
-    reloads({"run": {"formulation": "hjb-fp"}, section: {key: value}}
-            if key != "stabilisation" else {section: {key: value}})
+    reloads({"run": {"formulation": "hjb-fp"}, section: {key: value, "G": "rho**2"}}
+            if section == "problem" else {section: {key: value}})
     reloads({**HEAT, "problem": {"V": "0", "G": "0", "Phi": "0", "coupling": "mftc"}})
 
 
@@ -274,3 +274,20 @@ def test_the_sweeps_read_their_relaxation_and_p1_velocities_their_smoothing():
     reloads({**CLASSIFIER, "network": {"transport": "galerkin", "smoothing": 0.1},
              "training": {"relaxation": 0.2}})
     reloads({**CLASSIFIER, "network": {"anchor_radius": 3.0}})
+
+
+@pytest.mark.parametrize("raw", [
+    {"problem": {"coupling": "mfg"}}, {"problem": {"coupling": "mfg", "G": "0*rho"}},
+    {"problem": {"coupling": "mfg", "H": "weighted"}},
+    {**QHD, "problem": {"coupling": "mfg"}},
+    {**NLS, "nls": {"kappa": -1.0}, "problem": {"coupling": "mfg"}}])
+def test_a_coupling_with_nothing_to_couple_is_refused(raw):
+    """coupling = 'mfg' without a congestion (and an H free of rho) solved the same problem
+    as 'mftc'; the NLS's g is G' whatever the coupling."""
+    refused(raw, "problem.coupling")
+
+
+@pytest.mark.parametrize("problem", [{"G": "rho**2/2"}, {"H": "congestion"},
+                                     {"H": "|p|**2/(2*(1 + rho))"}])
+def test_a_coupling_of_a_congestion_loads(problem):
+    reloads({"problem": {**problem, "coupling": "mfg"}})
