@@ -460,6 +460,11 @@ def _array_table(name: str, i: int, b: dict, keys: dict, source, inherit=None) -
     return t
 
 
+# the keys of a [[boundary]] table each kind reads besides its tag
+BOUNDARY_KIND_KEYS = {"no-flux": (), "exit": ("cost",), "robin": ("cost", "rate"),
+                      "dirichlet": ("cost", "density"), "periodic": ("to",)}
+
+
 def _boundary(raw, source) -> list:
     """Validate the ``[[boundary]]`` tables (a list of tables) against :data:`BOUNDARY`."""
     if not isinstance(raw, list) or not all(isinstance(b, dict) for b in raw):
@@ -467,6 +472,12 @@ def _boundary(raw, source) -> list:
     out, tags = [], set()
     for i, b in enumerate(raw):
         t = _array_table("boundary", i, b, BOUNDARY, source)
+        own = BOUNDARY_KIND_KEYS[t["kind"]]
+        for k in ("cost", "density", "rate", "to"):    # another kind's key: it had no effect
+            if k not in own and t[k] != BOUNDARY[k].default:
+                raise ConfigError(f"boundary[{i}].{k}", f"{toml_value(BOUNDARY[k].default)} "
+                                  f"(the default) for kind = '{t['kind']}' (it reads "
+                                  + (", ".join(own) or "no key but tag") + ")", t[k], source)
         if t["tag"] in tags:
             raise ConfigError(f"boundary[{i}].tag", "a tag named by one [[boundary]] table "
                               "only", t["tag"], source)

@@ -291,3 +291,19 @@ def test_a_coupling_with_nothing_to_couple_is_refused(raw):
                                      {"H": "|p|**2/(2*(1 + rho))"}])
 def test_a_coupling_of_a_congestion_loads(problem):
     reloads({"problem": {**problem, "coupling": "mfg"}})
+
+
+@pytest.mark.parametrize("table,key", [
+    ({"kind": "no-flux", "cost": "1"}, "cost"), ({"kind": "exit", "rate": 2.0}, "rate"),
+    ({"kind": "robin", "density": "0.5"}, "density"), ({"kind": "exit", "to": 1}, "to"),
+    ({"cost": "2"}, "cost")])                      # kind: no-flux by default
+def test_boundary_keys_of_another_kind_are_refused(table, key):
+    """An exit with a leak rate, a wall with a cost: the side was what its kind says."""
+    refused({"solver": {"method": "newton"}, "boundary": [{"tag": 2, **table}]},
+            f"boundary[0].{key}")
+
+
+def test_boundary_keys_of_their_own_kind_load():
+    reloads({"solver": {"method": "newton"}, "boundary": [
+        {"tag": 1, "kind": "robin", "cost": "1", "rate": 2.0},
+        {"tag": 2, "kind": "dirichlet", "cost": "1", "density": "0.5"}]})
