@@ -60,7 +60,8 @@ def main():
         "run": {"formulation": "classifier"}, "mesh": {"kind": "disk", "radius": 3.5, "h": a.h},
         "problem": {"T": 1.0, "sigma": 0.35, "steps": a.steps},
         "data": {"dataset": "moons", "n_samples": 1000, "bandwidth": 0.15},
-        "network": {"dictionary": "random-tanh", "ridges": 16, "weight_decay": 0.05}})
+        "network": {"kind": "dictionary", "dictionary": "random-tanh", "ridges": 16,
+                    "weight_decay": 0.05}})     # the feedback models ignore the kind
     md = meshmod.build(cfg["mesh"], comm)
     V = dolfinx.fem.functionspace(md.mesh, ("Lagrange", 1))
     ndofs = V.dofmap.index_map.size_global

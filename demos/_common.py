@@ -20,7 +20,8 @@ def parse_args(default_out: str, argv=None):
 
 
 def load_config(toml: str | Path, overrides: dict | None = None) -> dict:
-    """Read a demo config and apply ``{section: {key: value}}`` overrides, then validate."""
+    """Read a demo config and apply ``{section: {key: value}}`` overrides, then validate (a
+    value None removes the key: the run takes its default)."""
     import tomllib
 
     from fem_mfc import config
@@ -28,7 +29,10 @@ def load_config(toml: str | Path, overrides: dict | None = None) -> dict:
     raw = tomllib.loads(toml.read_text())
     raw = copy.deepcopy(raw)
     for section, keys in (overrides or {}).items():
-        raw.setdefault(section, {}).update(keys)
+        table = raw.setdefault(section, {})
+        table.update(keys)
+        for k in [k for k, v in keys.items() if v is None]:
+            del table[k]
     return config.validate(raw, source=str(toml), base_dir=toml.resolve().parent)
 
 

@@ -54,8 +54,9 @@ QUICK = {"mesh": {"h": 0.35}, "problem": {"steps": 6},
 # %%
 RUNS = {
     "tanh": {},
-    "affine": {"network": {"dictionary": "affine", "weight_decay": 0.5}},
-    "rotation": {"network": {"dictionary": "rotation", "weight_decay": 0.1,
+    # (ridges = None: the affine and rotation dictionaries have no ridges to count)
+    "affine": {"network": {"dictionary": "affine", "weight_decay": 0.5, "ridges": None}},
+    "rotation": {"network": {"dictionary": "rotation", "weight_decay": 0.1, "ridges": None,
                              "anchors": [[0.0, -2.0], [0.0, 2.0]]},
                  "data": {"dataset": "gaussians", "classes": 2, "noise": 0.4},
                  "run": {"title": "Rotated blobs with a rotation dictionary a = omega(t) J x"}},

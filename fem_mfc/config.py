@@ -460,6 +460,11 @@ def _array_table(name: str, i: int, b: dict, keys: dict, source, inherit=None) -
     return t
 
 
+# the keys of a [[boundary]] table each kind reads besides its tag
+BOUNDARY_KIND_KEYS = {"no-flux": (), "exit": ("cost",), "robin": ("cost", "rate"),
+                      "dirichlet": ("cost", "density"), "periodic": ("to",)}
+
+
 def _boundary(raw, source) -> list:
     """Validate the ``[[boundary]]`` tables (a list of tables) against :data:`BOUNDARY`."""
     if not isinstance(raw, list) or not all(isinstance(b, dict) for b in raw):
@@ -467,6 +472,12 @@ def _boundary(raw, source) -> list:
     out, tags = [], set()
     for i, b in enumerate(raw):
         t = _array_table("boundary", i, b, BOUNDARY, source)
+        own = BOUNDARY_KIND_KEYS[t["kind"]]
+        for k in ("cost", "density", "rate", "to"):    # another kind's key: it had no effect
+            if k not in own and t[k] != BOUNDARY[k].default:
+                raise ConfigError(f"boundary[{i}].{k}", f"{toml_value(BOUNDARY[k].default)} "
+                                  f"(the default) for kind = '{t['kind']}' (it reads "
+                                  + (", ".join(own) or "no key but tag") + ")", t[k], source)
         if t["tag"] in tags:
             raise ConfigError(f"boundary[{i}].tag", "a tag named by one [[boundary]] table "
                               "only", t["tag"], source)
@@ -558,6 +569,9 @@ def _population_rho0(given: dict, prefix: str, cfg: dict, source) -> dict:
         raise ConfigError(f"{prefix}.kind", "'gaussian', 'mixture' or 'formula' for a "
                           "population", "file", source)
     _check_rho0(r, cfg, source, prefix)
+    for key, bad, expected, got in _rho0_unread(r, prefix):
+        if bad:
+            raise ConfigError(key, expected, got, source)
     return r
 
 
@@ -635,6 +649,262 @@ def _refuse_for_learning(cfg: dict, source):
     for key, bad, expected, got in checks:
         if bad:
             raise ConfigError(key, expected, got, source)
+
+
+def _kept(cfg: dict, section: str, keys, why: str) -> tuple:
+    """Checks (key, bad, expected, got) that the keys of ``[section]`` a run does not read
+    keep their defaults: a key equal to its default stays accepted, as in a written
+    config.toml, which holds every key."""
+    d = _defaults(section)
+    return tuple((f"{section}.{k}", not _is_default(f"{section}.{k}", cfg[section][k], d[k]),
+                  f"{toml_value(d[k])} (the default) {why}", cfg[section][k]) for k in keys)
+
+
+# points whose default is the origin in any dimension ([] or [0.0]): [0.0, 0.0] is the default
+ORIGIN_KEYS = ("rho0.mean", "nls.x0", "nls.k0")
+
+
+def _is_default(key: str, value, default) -> bool:
+    if key in ORIGIN_KEYS and isinstance(value, list):
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0
+                   for v in value)
+    return value == default
+
+
+# the sections every formulation reads ([hamiltonian]: by [problem] H, see below); the others
+# are read by the formulations whose registry entry names them (fem_mfc/registry.py)
+ALWAYS_READ = ("run", "mesh", "solver", "output", "hamiltonian")
+
+# the [solver] keys each solve reads ([solver] petsc_options: every run's PETSc options)
+_NEWTON = ("method", "rtol", "atol", "max_it", "initial_guess", "linear", "continuation",
+           "step_solver")
+SOLVER_KEYS = {
+    "heat": (), "classifier": (), "generative": (),
+    "nls": ("rtol", "atol", "max_it"),
+    "qhd": ("method", "rtol", "atol", "max_it"),
+    "cole-hopf": ("method", "rtol", "atol", "max_it", "step_solver"),
+    ("hjb-fp", "auto"): _NEWTON, ("hjb-fp", "newton"): _NEWTON,
+    ("hjb-fp", "picard"): ("method", "rtol", "atol", "picard_max_it", "relaxation"),
+    ("hjb-fp", "cole-hopf"): ("method", "rtol", "atol", "max_it", "step_solver"),
+}
+_SOLVES = {"heat": "its steps are linear solves with PETSc's settings",
+           "classifier": "its layers are linear solves with PETSc's settings; the trainer's "
+           "are [training]'s", "generative": "its layers are linear solves with PETSc's "
+           "settings; the trainer's are [training]'s",
+           "nls": "each time step's Newton reads rtol, atol and max_it",
+           "qhd": "its Newton reads method, rtol, atol and max_it",
+           "cole-hopf": "the Cole-Hopf sweeps, with congestion the Newton of the pair"}
+
+
+def _solver_unread(cfg: dict) -> tuple:
+    """The [solver] keys the configured solve does not read: another formulation's, or (for
+    'hjb-fp' with an explicit method) another method's.  [solver] petsc_options reach every
+    solver through PETSc's options (their prefixes are the runs')."""
+    f, s = cfg["run"]["formulation"], cfg["solver"]
+    m = s["method"]
+    if f == "hjb-fp":
+        own = SOLVER_KEYS[f, m]
+        why = (f"for solver.method = '{m}' (it reads " + ", ".join(own) + ")")
+    else:
+        own = SOLVER_KEYS[f]
+        why = (f"for formulation '{f}' ({_SOLVES[f]}; PETSc options go to "
+               "[solver] petsc_options)")
+    keys = [k for k in SCHEMA["solver"] if k not in own and k != "petsc_options"]
+    if f == "cole-hopf":           # the formulation is the method: 'cole-hopf' says so
+        return ((("solver.method", m not in ("auto", "cole-hopf"), "'auto' or 'cole-hopf' "
+                  "for formulation 'cole-hopf' (it is the Cole-Hopf method; formulation "
+                  "'hjb-fp' takes the others)", m),) + _kept(cfg, "solver", keys, why))
+    return _kept(cfg, "solver", keys, why)
+
+
+# the [rho0] keys each kind reads (the exact solutions read a Gaussian's mean and std)
+RHO0_KIND_KEYS = {"gaussian": ("mean", "std"), "mixture": ("means", "stds", "weights"),
+                  "formula": ("formula",), "file": ("file",)}
+
+
+def _rho0_unread(r: dict, prefix: str) -> tuple:
+    """The keys of the other kinds of initial density in a [rho0] table ``r`` (also a
+    population's, keys under ``prefix``)."""
+    d, own = _defaults("rho0"), RHO0_KIND_KEYS[r["kind"]]
+    why = f"for {prefix}.kind = '{r['kind']}' (it reads {', '.join(own)})"
+    return tuple((f"{prefix}.{k}", not _is_default(f"rho0.{k}", r[k], d[k]),
+                  f"{toml_value(d[k])} (the default) {why}", r[k])
+                 for k in d if k != "kind" and k not in own)
+
+
+# the [mesh] keys each kind reads (refine: the gmsh and box kinds; a file has one resolution)
+_BOX, _GMSH = ("cells", "lower", "upper", "refine"), ("radius", "h", "refine")
+MESH_KIND_KEYS = {"interval": _BOX, "rectangle": _BOX + ("diagonal",), "box": _BOX,
+                  "disk": _GMSH, "annulus": _GMSH + ("inner_radius",), "lshape": _GMSH,
+                  "ball": _GMSH, "file": ("file", "refine")}
+
+
+def _refuse_unread(cfg: dict, source):
+    """Keys the configured run does not read, set to something other than their default: one
+    ConfigError naming the key (each was ignored, and a copied config ran "successfully"
+    with a key that had no effect)."""
+    f = cfg["run"]["formulation"]
+    reads = registry.get(f).sections
+    checks = ()
+    for section in SCHEMA:        # the sections of the other formulations, key by key
+        if section not in ALWAYS_READ and section not in reads:
+            checks += _kept(cfg, section, SCHEMA[section], f"for formulation '{f}' (it reads "
+                            f"no [{section}] section)")
+    if "rho0" in reads:
+        checks += _rho0_unread(cfg["rho0"], "rho0")
+        if cfg["exact"]["solution"] == "manufactured":
+            checks += _kept(cfg, "rho0", ("mean", "std"), "for exact.solution = "
+                            "'manufactured' (it sets rho0 itself; remove [exact] to start "
+                            "from this density)")
+    checks += _solver_unread(cfg)
+    kind = cfg["mesh"]["kind"]
+    own = MESH_KIND_KEYS[kind]
+    checks += _kept(cfg, "mesh", [k for k in SCHEMA["mesh"] if k != "kind" and k not in own],
+                    f"for mesh.kind = '{kind}' (it reads " + ", ".join(own) + ")")
+    checks += _hamiltonian_unread(cfg)
+    if f == "heat":               # the uncontrolled flow of rho0: no cost, no congestion
+        why = ("for formulation 'heat' (the uncontrolled Fokker-Planck flow of rho0 reads "
+               "T, sigma, steps and params)")
+        checks += _kept(cfg, "problem", ("V", "Phi", "G", "coupling"), why)
+        checks += _kept(cfg, "discretisation", ("stabilisation",), "for formulation 'heat' "
+                        "(its Galerkin steps read degree and scheme)")
+    if f == "nls":
+        checks += _nls_unread(cfg)
+    if f == "qhd":
+        checks += _qhd_unread(cfg)
+    if f in ("classifier", "generative"):
+        checks += _data_unread(cfg) + _network_unread(cfg)
+    if f == "generative":         # one population: no accuracies, baselines or particle check
+        checks += _kept(cfg, "training", CLASSIFIER_TRAINING_KEYS, "for formulation "
+                        "'generative' (a classifier's key: the flow trains no torch baseline, "
+                        "measures no accuracy on a fresh sample and pushes no particles)")
+    for key, bad, expected, got in checks:
+        if bad:
+            raise ConfigError(key, expected, got, source)
+
+
+def _qhd_unread(cfg: dict) -> tuple:
+    """What each QHD signature does not read: the control signature's Bohm coefficient is
+    sigma^4/2 (not qhd.hbar), the quantum signature's is -hbar^2/2 (not sigma) and its
+    discrete-gradient steps have no time scheme; neither has the monotone scheme."""
+    signature = cfg["qhd"]["signature"]
+    checks = _kept(cfg, "discretisation", ("stabilisation",), "for formulation 'qhd' (the "
+                   "Galerkin QHD system; the monotone scheme is formulation 'hjb-fp''s)")
+    if signature == "control":
+        return checks + _kept(cfg, "qhd", ("hbar",), "for qhd.signature = 'control' (its "
+                              "Bohm coefficient is sigma^4/2: [problem] sigma)")
+    return checks + _kept(cfg, "problem", ("sigma",), "for qhd.signature = 'quantum' (its "
+                          "Bohm coefficient is -hbar^2/2: [qhd] hbar)") + _kept(
+        cfg, "discretisation", ("scheme",), "for qhd.signature = 'quantum' (its steps are "
+        "the discrete-gradient scheme)")
+
+
+# the [data] keys of one data set (all read dataset, test_fraction, seed and bandwidth)
+DATASET_KEYS = {"moons": ("n_samples", "noise"), "circles": ("n_samples", "noise", "factor"),
+                "spirals": ("n_samples", "noise", "turns"),
+                "gaussians": ("n_samples", "noise", "classes"), "csv": ("file",)}
+
+
+def _data_unread(cfg: dict) -> tuple:
+    """The [data] keys of the other data sets; a CSV file has no generator: no n_samples,
+    noise or fresh sample of it."""
+    name = cfg["data"]["dataset"]
+    own = DATASET_KEYS[name]
+    other = dict.fromkeys(k for keys in DATASET_KEYS.values() for k in keys if k not in own)
+    checks = _kept(cfg, "data", other, f"for data.dataset = '{name}' (it reads "
+                   f"{', '.join(own)} besides test_fraction, seed and bandwidth)")
+    fresh = cfg["training"]["fresh"]
+    if name == "csv" and cfg["run"]["formulation"] == "classifier":
+        checks += (("training.fresh", fresh not in (0, SCHEMA["training"]["fresh"].default),
+                    "0 or the default for data.dataset = 'csv' (a file has no generator to "
+                    "draw a fresh sample from)", fresh),)
+    return checks
+
+
+# the [training] keys only the classifier reads: its torch baselines (baseline itself may say
+# false: the generative flow trains none), its fresh sample and its particle check
+CLASSIFIER_TRAINING_KEYS = ("node", "epochs", "patience", "seeds", "lr", "hidden", "fresh",
+                            "particles")
+
+# the [network] keys of the dictionary network, and of its random-tanh ridges
+DICTIONARY_KEYS = ("dictionary", "ridges", "weight_decay", "ridge_scale", "dictionary_seed")
+RIDGE_KEYS = ("ridges", "ridge_scale", "dictionary_seed")
+
+
+def _network_unread(cfg: dict) -> tuple:
+    """The [network] keys of the other network class: the dictionary's with the feedback
+    network, the feedback velocity's (delta, smoothing, its element) with the dictionary
+    network (a = B(x) theta: P1, no velocity regularisation), the ridges' with a dictionary
+    other than random-tanh."""
+    n = cfg["network"]
+    checks = ()
+    if n["anchors"]:               # given anchors: no circle of default ones
+        checks += _kept(cfg, "network", ("anchor_radius",), "with network.anchors given "
+                        "(the radius of the default anchors, used when anchors is empty)")
+    if cfg["run"]["formulation"] == "generative":       # no anchors at all (refused above)
+        checks += _kept(cfg, "network", ("anchor_radius",), "for formulation 'generative' (a "
+                        "classifier's anchors; the flow's target is [generative] target_std)")
+    method = resolve_training(cfg)[1]
+    if method != "sweeps":         # Newton-CG and L-BFGS take their steps by line search
+        checks += _kept(cfg, "training", ("relaxation",), f"for training.method = '{method}' "
+                        "(the relaxation of the sweeps; Newton-CG and L-BFGS take their steps "
+                        "by line search)")
+    if n["kind"] == "feedback":
+        if n["velocity"] == "DG0":      # grad a = 0 for piecewise constant velocities
+            checks += _kept(cfg, "network", ("smoothing",), "for network.velocity = 'DG0' "
+                            "(it smooths P1 velocities: grad a = 0 for DG0)")
+        return checks + _kept(cfg, "network", DICTIONARY_KEYS, "for network.kind = "
+                              "'feedback' (a key of the dictionary network, kind = "
+                              "'dictionary')")
+    checks += _kept(cfg, "network", ("delta", "smoothing", "velocity"), "for network.kind = "
+                    "'dictionary' (a key of the feedback network's velocity: the dictionary's "
+                    "a = B(x) theta is P1 and regularised by weight_decay)")
+    if n["dictionary"] != "random-tanh":
+        checks += _kept(cfg, "network", RIDGE_KEYS, f"for network.dictionary = "
+                        f"'{n['dictionary']}' (a key of the random-tanh ridges)")
+    return checks
+
+
+# the [hamiltonian] keys each named H reads (delta: the regularisation of q != 2)
+HAMILTONIAN_KEYS = {"weighted": ("weight",), "power": ("q", "delta"), "anisotropic": ("A",),
+                    "congestion": ("alpha",)}
+
+
+def _hamiltonian_unread(cfg: dict) -> tuple:
+    """The [hamiltonian] keys of the Hamiltonians other than [problem] H (the quadratic
+    default and a formula read none)."""
+    h, hc = cfg["problem"]["H"], cfg["hamiltonian"]
+    own = HAMILTONIAN_KEYS.get(h, ())
+    reads = (f"it reads {', '.join(own)}" if own else "the quadratic H reads no [hamiltonian] "
+             "key" if h == "quadratic" else "a formula H reads no [hamiltonian] key; give its "
+             "numbers in [problem] params")
+    if h == "power" and hc["q"] == 2:       # |p|^2/2 itself: delta regularises q != 2 only
+        own, reads = ("q",), "with q = 2 it reads q only: delta regularises q != 2"
+    shown = toml_value(h) if h in HAMILTONIANS else "a formula"
+    return _kept(cfg, "hamiltonian", [k for k in SCHEMA["hamiltonian"] if k not in own],
+                 f"for problem.H = {shown} ({reads})")
+
+
+# the keys of [nls] each initial wave function reads besides hbar, kappa, the integrator and
+# its nonlinearity (the ground state is the imaginary-time flow's: normalised to `mass`)
+NLS_INITIAL_KEYS = {"soliton": ("eta", "wavenumber", "x0"), "gaussian": ("x0", "s0", "k0"),
+                    "ground-state": ("mass", "gs_tau", "gs_tol", "gs_max_steps")}
+
+
+def _nls_unread(cfg: dict) -> tuple:
+    """What formulation 'nls' does not read besides the sections of the other formulations
+    ([rho0]: the initial state is nls.initial's): the [nls] keys of the other initial wave
+    functions, [problem] sigma and Phi (its scale is hbar, it has no terminal cost) and the
+    time scheme of the control problem."""
+    initial = cfg["nls"]["initial"]
+    own = NLS_INITIAL_KEYS[initial]
+    other = [k for keys in NLS_INITIAL_KEYS.values() for k in keys if k not in own]
+    checks = _kept(cfg, "nls", dict.fromkeys(other), f"for nls.initial = '{initial}' (it "
+                   f"reads {', '.join(own)})")
+    checks += _kept(cfg, "problem", ("sigma", "Phi"), "for formulation 'nls' (its scale is "
+                    "nls.hbar; an initial-value problem has no terminal cost)")
+    return checks + _kept(cfg, "discretisation", ("scheme", "stabilisation"), "for "
+                          "formulation 'nls' (its time stepper is nls.integrator)")
 
 
 def _typename(t) -> str:
@@ -719,7 +989,32 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
     if "population" in raw:           # absent: one population, the config as before
         cfg["population"] = _populations(raw["population"], cfg, source)
     _check_sigma(cfg, source)         # after the populations: 'auto' takes Newton with them
+    _refuse_unread_coupling(cfg, source)
     return cfg
+
+
+def _refuse_unread_coupling(cfg: dict, source):
+    """[problem] coupling where nothing depends on rho: no congestion G, an H free of rho, one
+    population (the NLS's g is G' whatever the coupling; it refuses 'mfg' with a G)."""
+    from .expressions import vanishes
+    pr, f = cfg["problem"], cfg["run"]["formulation"]
+    if pr["coupling"] == "mftc" or f not in ("hjb-fp", "cole-hopf", "qhd", "nls"):
+        return                        # heat: refused with the control keys; learning: mftc
+    try:
+        no_G = vanishes(pr["G"], "problem.G", "rho", params=pr["params"])
+    except ConfigError:
+        no_G = False                  # a G in x0..x2: checked on the mesh
+    h = pr["H"]
+    rho_free = h in ("quadratic", "weighted", "power", "anisotropic") or (
+        h not in HAMILTONIANS and not re.search(r"\brho\b", h))
+    if f == "nls" and pr["G"].strip() in ("0", "0.0", ""):
+        why = "formulation 'nls' (its nonlinearity g = kappa rho is the Hamiltonian coupling)"
+    elif f != "nls" and no_G and rho_free and "population" not in cfg:
+        why = "a problem without congestion (G = 0 and an H free of rho: nothing to couple)"
+    else:
+        return
+    raise ConfigError("problem.coupling", f'"mftc" (the default) for {why}', pr["coupling"],
+                      source)
 
 
 INT_MIN, INT_MAX = -2 ** 63, 2 ** 63 - 1
@@ -842,6 +1137,7 @@ def _cross_checks(cfg: dict, source):
         if cfg["data"]["dataset"] == "csv" and not str(cfg["data"]["file"]).strip():
             raise ConfigError("data.file", "a CSV file (header x1,x2,label or x1,...,xd,label) for "
                               "data.dataset = 'csv'", None, source)
+    _refuse_unread(cfg, source)
 
 
 def _check_rho0(r: dict, cfg: dict, source, pre: str = "rho0"):
@@ -1249,7 +1545,16 @@ def _shown(default) -> str:
 def schema_markdown() -> str:
     """The schema as a Markdown reference (docs/config.md)."""
     out = ["# Config reference", "",
-           "Generated from `fem_mfc/config.py` by `python3 -m fem_mfc schema`.", ""]
+           "Generated from `fem_mfc/config.py` by `python3 -m fem_mfc schema`.", "",
+           "## Sections each formulation reads", "",
+           "Every formulation reads [run], [mesh], [solver] and [output], and [hamiltonian] "
+           "through [problem] H.  A key of a section the formulation does not read, or of "
+           "another kind (mesh kind, H, nls.initial, network kind), is refused unless it keeps "
+           "its default (exit 2: it would have no effect).", "",
+           "| formulation | also reads |", "|---|---|"]
+    out += [f"| `{e.name}` | " + ", ".join(f"[{s}]" for s in e.sections) + " |"
+            for e in registry.ENTRIES]
+    out.append("")
     for section, keys in SCHEMA.items():
         out += [f"## [{section}]", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         formerly = {new: old for old, new in RENAMED.get(section, {}).items()}
@@ -1378,13 +1683,16 @@ def _learning_bytes(cfg: dict, dofs: float, steps: int) -> dict:
     per_point = BYTES_PER_POINT_LAYER * layers
     d, t, net = cfg["data"], cfg["training"], cfg["network"]
     n = float(d["n_samples"])
-    out = {"data.n_samples": n * per_point, "training.fresh": float(t["fresh"]) * per_point,
-           "training.particles": float(t["particles"]) * per_point}
-    if f == "generative":
+    out = {"data.n_samples": n * per_point}
+    if f == "classifier":         # the generative flow has no fresh sample, particles or
+        out["training.fresh"] = float(t["fresh"]) * per_point      # baselines
+        out["training.particles"] = float(t["particles"]) * per_point
+    else:
         out["generative.samples"] = float(cfg["generative"]["samples"]) * per_point
-    if t["baseline"]:             # each seed's runs and their records (seeds = 2^63 - 1:
+    baseline = t["baseline"] and f == "classifier"
+    if baseline:                  # each seed's runs and their records (seeds = 2^63 - 1:
         out["training.seeds"] = float(t["seeds"]) * 4096.0     # a list of them, MemoryError)
-    if t["baseline"]:             # named after the factor further above its default
+    if baseline:                  # named after the factor further above its default
         key = "training.hidden" if t["hidden"] / 16 > n / 1000 else "data.n_samples"
         out[key] = out.get(key, 0.0) + float(t["hidden"]) * (n + 3.0 * layers) * per_point
     if net["kind"] == "dictionary" and net["dictionary"] == "random-tanh":

@@ -48,12 +48,12 @@ BAD = {
     "interval too short for DOLFINx": ("upper = [3.0]", "upper = [-2.999999999999999]",
                                        "mesh.upper"),
     "mean of wrong length": ("mean = [0.0]", "mean = [0.0, 1.0]", "rho0.mean"),
-    "bad formula": ("[rho0]\nmean = [0.0]",
+    "bad formula": ("[rho0]\nmean = [0.0]\nstd = 0.5",
                     "[rho0]\nkind = \"formula\"\nformula = \"__import__('os')\"\nmean = [0.0]",
                     "rho0.formula"),
-    "negative rho0": ("[rho0]\nmean = [0.0]",
+    "negative rho0": ("[rho0]\nmean = [0.0]\nstd = 0.5",
                       "[rho0]\nkind = \"formula\"\nformula = \"x0\"\nmean = [0.0]", "rho0"),
-    "zero-mass rho0": ("[rho0]\nmean = [0.0]",
+    "zero-mass rho0": ("[rho0]\nmean = [0.0]\nstd = 0.5",
                        "[rho0]\nkind = \"formula\"\nformula = \"0*x0\"\nmean = [0.0]", "rho0"),
     "bool for int": ("cells = 16", "cells = true", "mesh.cells"),
     "relaxation out of range": ("[output]", "[solver]\nrelaxation = 1.5\n[output]",
@@ -70,8 +70,12 @@ BAD = {
     "relative tolerance of 1 or more": ("[output]", "[solver]\nrtol = 1.0\n[output]",
                                         "solver.rtol"),
     "heat without noise": ("sigma = 0.5", "sigma = 0.0", "problem.sigma"),
-    "game coupling with G(0) != 0": ("sigma = 0.5", "sigma = 0.5\nG = \"0.2*exp(rho)\"\n"
-                                     "coupling = \"mfg\"", "problem.G"),
+    "game coupling with G(0) != 0": (GOOD[GOOD.index("formulation"):GOOD.index("[rho0]")],
+                                     GOOD[GOOD.index("formulation"):GOOD.index("[rho0]")]
+                                     .replace('"heat"', '"hjb-fp"') + 'G = "0.2*exp(rho)"\n'
+                                     'coupling = "mfg"\n', "problem.G"),
+    "heat with a potential it does not read": ("sigma = 0.5", "sigma = 0.5\nV = \"x0**2\"",
+                                               "problem.V"),
 }
 
 
@@ -413,7 +417,12 @@ def test_iteration_counts_are_integers_the_loops_take(section, key):
     (exit 1); every iteration count is now at most 2^31 - 1, like solver.max_it."""
     from fem_mfc import config
     from fem_mfc.errors import ConfigError
+    reads = {"training": {"run": {"formulation": "classifier"}},     # a run that reads the key
+             "nls": {"run": {"formulation": "nls"}, "mesh": {"kind": "interval"},
+                     "nls": {"initial": "ground-state"}},
+             "solver": {"solver": {"method": "picard" if key == "picard_max_it"
+                                   else "newton"}}}.get(section, {})
     with pytest.raises(ConfigError) as e:
-        config.from_dict({section: {key: 2 ** 63 - 1}})
+        config.from_dict({**reads, section: {**reads.get(section, {}), key: 2 ** 63 - 1}})
     assert e.value.key == f"{section}.{key}"
-    config.from_dict({section: {key: 2 ** 31 - 1}})
+    config.from_dict({**reads, section: {**reads.get(section, {}), key: 2 ** 31 - 1}})

@@ -102,8 +102,10 @@ def test_exact_solution_refuses_a_problem_it_would_replace(solution, section, ke
     raw["exact"]["solution"] = solution
     raw["output"] = {"figures": False, "vtx": False, "progress": False}
     raw[section][key] = value
-    if key == "kind":
-        raw["rho0"]["formula"] = "4 + x0"
+    if key == "kind":                   # (a formula's density: no Gaussian's mean and std)
+        raw["rho0"] = {"kind": "formula", "formula": "4 + x0"}
+    elif solution == "manufactured":    # it sets rho0 itself: the demo's mean and std go
+        del raw["rho0"]
     with pytest.raises(ConfigError, match=name):
         run_config(config.from_dict(raw), tmp_path / "out", quiet=True)
 

@@ -169,10 +169,12 @@ def test_a_split_without_every_class_names_the_key(over, key, tmp_path):
     or the file whose class has a single point, is named now."""
     f = tmp_path / "one.csv"
     f.write_text("x1,x2,label\n" + "".join(f"{i},{i % 3},0\n" for i in range(9)) + "5,5,1\n")
-    if over.get("dataset") == "csv":
+    if over.get("dataset") == "csv":     # a file: no n_samples
         over = {**over, "file": str(f)}
+    else:
+        over = {"n_samples": 80, **over}
     with pytest.raises(ConfigError) as e:
-        data.load(dcfg(**{"n_samples": 80, **over}))
+        data.load(dcfg(**over))
     assert e.value.key == key
 
 

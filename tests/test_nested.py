@@ -18,7 +18,8 @@ from fem_mfc.solvers.nested import transfer_all
 
 def cfg(cells=16, steps=8, kind="rectangle"):
     raw = {"run": {"formulation": "hjb-fp"},
-           "mesh": {"kind": kind, "cells": cells, "h": 0.35, "radius": 1.5},
+           "mesh": ({"kind": kind, "cells": cells} if kind == "rectangle" else
+                    {"kind": kind, "h": 0.35, "radius": 1.5}),
            "problem": {"T": 1.0, "sigma": 0.6, "steps": steps, "G": "rho**2/2",
                        "Phi": "(x0 - 0.5)**2 + x1**2", "V": "0.2*x1**2"},
            "rho0": {"mean": [-0.3, 0.0], "std": 0.3},

@@ -391,7 +391,9 @@ def test_rho0_that_is_not_periodic_is_reported(tmp_path):
     r = run_cli(["run", str(ok), "--out", str(tmp_path / "ok"), "--quiet"])
     assert r.returncode == 0 and "not periodic" not in r.stderr, r.stderr
     bad = tmp_path / "bad.toml"
-    bad.write_text(short.replace('kind = "gaussian"', 'kind = "formula"\nformula = "1 + x0"'))
+    gaussian = 'kind = "gaussian"\nmean = [3.2, 0.5]\nstd = 0.25'
+    assert gaussian in short
+    bad.write_text(short.replace(gaussian, 'kind = "formula"\nformula = "1 + x0"'))
     r = run_cli(["run", str(bad), "--out", str(tmp_path / "bad"), "--quiet"])
     lines = [ln for ln in r.stderr.splitlines() if "rho0 is not periodic" in ln]
     assert r.returncode in (0, 3) and len(lines) == 1, r.stderr

@@ -145,6 +145,7 @@ def cfg_control(**over):
 def cfg_quantum(**over):
     raw = cfg_control(problem={"Phi": "0", "V": "0.5*x**2", "T": 0.2, "steps": 10},
                       qhd={"signature": "quantum", "hbar": 0.5, "S0": "0.3*sin(pi*x/2)"})
+    del raw["problem"]["sigma"]          # the quantum signature's scale is hbar
     for sec, kv in over.items():
         raw.setdefault(sec, {}).update(kv)
     return raw

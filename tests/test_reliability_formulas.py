@@ -62,6 +62,8 @@ def _cfg(**over):
     raw = {"run": {"formulation": "hjb-fp"},
            "mesh": {"kind": "interval", "cells": 16, "lower": [-3.0], "upper": [3.0]},
            "rho0": {"mean": [0.0], "std": 0.5}}
+    if "kind" in over.get("rho0", {}):       # another kind: none of the Gaussian's keys
+        raw["rho0"] = {}
     for sec, kv in over.items():
         raw.setdefault(sec, {}).update(kv)
     return config.from_dict(raw)

@@ -19,6 +19,8 @@ def _cfg(**over):
     raw = {"run": {"formulation": "hjb-fp"},
            "mesh": {"kind": "interval", "cells": 16, "lower": [-3.0], "upper": [3.0]},
            "rho0": {"mean": [0.0]}}
+    if "kind" in over.get("mesh", {}):       # another kind: none of the interval's keys
+        raw["mesh"] = {}
     for sec, kv in over.items():
         raw.setdefault(sec, {}).update(kv)
     return config.from_dict(raw)

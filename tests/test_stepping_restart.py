@@ -37,7 +37,7 @@ SOLITON = {"run": {"formulation": "nls"},
            "exact": {"solution": "soliton"}}
 QUANTUM = {"run": {"formulation": "qhd"},
            "mesh": {"kind": "interval", "cells": 16, "lower": [-1.0], "upper": [1.0]},
-           "problem": {"T": 0.2, "sigma": 0.8, "steps": 12, "Phi": "0", "V": "0.5*x**2",
+           "problem": {"T": 0.2, "steps": 12, "Phi": "0", "V": "0.5*x**2",
                        "G": "rho**2/2"},
            "rho0": {"kind": "formula", "formula": "1 + 0.5*cos(pi*x)"},
            "qhd": {"signature": "quantum", "hbar": 0.5, "S0": "0.3*sin(pi*x/2)"}}
