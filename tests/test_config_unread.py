@@ -277,7 +277,7 @@ def test_the_sweeps_read_their_relaxation_and_p1_velocities_their_smoothing():
 
 
 @pytest.mark.parametrize("raw", [
-    {"problem": {"coupling": "mfg"}}, {"problem": {"coupling": "mfg", "G": "0*rho"}},
+    {"problem": {"coupling": "mfg"}}, {"problem": {"coupling": "mfg", "G": "0"}},
     {"problem": {"coupling": "mfg", "H": "weighted"}},
     {**QHD, "problem": {"coupling": "mfg"}},
     {**NLS, "nls": {"kappa": -1.0}, "problem": {"coupling": "mfg"}}])
@@ -288,8 +288,10 @@ def test_a_coupling_with_nothing_to_couple_is_refused(raw):
 
 
 @pytest.mark.parametrize("problem", [{"G": "rho**2/2"}, {"H": "congestion"},
-                                     {"H": "|p|**2/(2*(1 + rho))"}])
+                                     {"H": "|p|**2/(2*(1 + rho))"},
+                                     {"G": "c*rho**2", "params": {"c": 0.0}}])
 def test_a_coupling_of_a_congestion_loads(problem):
+    """... also one that vanishes for the parameters of one run of a study (c = 0)."""
     reloads({"problem": {**problem, "coupling": "mfg"}})
 
 
