@@ -1,8 +1,10 @@
 """A trained classifier applied to new points: the run's saved model (``model/`` of a feedback
 network, ``weights.npz`` of a dictionary network) and ``fem-mfc predict RUN POINTS.csv``.
 
-One tiny feedback run (a coarse disk, 4 layers, a running potential V, no baseline or
-figures; ~2 s) is shared by the serial tests; the MPI test trains its own on 2 ranks.
+One tiny feedback run (a coarse disk, 4 layers, a running potential V, no baseline, fresh
+sample or figures; ~1 s once imported) is shared by the serial tests that need a trained
+model; the bad-input cases use a dictionary network's weights.npz written without training;
+the MPI test trains its own on 2 ranks.
 Run the MPI part: bin/fem-env mpirun -n 2 python3 -m pytest --with-mpi -m mpi
 tests/test_predict.py
 """
@@ -24,7 +26,7 @@ RAW = {"run": {"formulation": "classifier"},
        "mesh": {"kind": "disk", "radius": 3.5, "h": 0.5},
        "problem": {"T": 1.0, "sigma": 0.45, "steps": 4, "V": "0.05*x0**2"},
        "data": {"dataset": "moons", "n_samples": 200, "bandwidth": 0.25},
-       "training": {"baseline": False, "particles": 0, "max_sweeps": 8},
+       "training": {"baseline": False, "particles": 0, "max_sweeps": 8, "fresh": 0},
        "output": {"figures": False, "vtx": False, "progress": False}}
 
 
@@ -110,17 +112,22 @@ def test_the_saved_model_reproduces_the_runs_accuracies(tiny, capsys):
     assert cap.err == "" and cap.out == out.read_text()
 
 
+def dictionary_run(folder: Path) -> Path:
+    """A run folder with the weights.npz of an affine dictionary network a = c = (1, 0)
+    (x_N = x_0 + (1, 0)) for features standardised by mean (10, 0), scale (2, 1)."""
+    from fem_mfc.learning.numpy_resnet import NumpyResNet
+    folder.mkdir()
+    theta = np.zeros((3, 6))
+    theta[:, 4] = 1.0
+    NumpyResNet("affine", theta, 1.0 / 3, np.array([[-1.0, 0.0], [1.0, 0.0]]),
+                mean=np.array([10.0, 0.0]), scale=np.array([2.0, 1.0]),
+                classes=("cat", "dog")).save(folder / "weights.npz")
+    return folder
+
+
 def test_a_dictionary_run_is_predicted_from_its_weights(tmp_path, capsys):
     """A dictionary network's weights.npz (NumPy only): labels in the data's own units."""
-    from fem_mfc.learning.numpy_resnet import NumpyResNet
-    run = tmp_path / "dict"
-    run.mkdir()
-    theta = np.zeros((3, 6))
-    theta[:, 4] = 1.0                    # a = c = (1, 0): x_N = x_0 + (1, 0)
-    net = NumpyResNet("affine", theta, 1.0 / 3, np.array([[-1.0, 0.0], [1.0, 0.0]]),
-                      mean=np.array([10.0, 0.0]), scale=np.array([2.0, 1.0]),
-                      classes=("cat", "dog"))
-    net.save(run / "weights.npz")
+    run = dictionary_run(tmp_path / "dict")
     pts = write_points(tmp_path / "p.csv", [[5.0, 0.3], [7.0, 1.0], [13.0, -2.0]],
                        ["cat", "dog", "bird"])
     rc, err = predict([run, pts], capsys)
@@ -169,10 +176,10 @@ def _cases(base: Path, run: Path):
             ([run, good, "--out", good / "o.csv"], "o.csv: cannot write the predictions")]
 
 
-def test_bad_input_is_one_line_and_exit_2(tiny, capsys):
-    base, _, _, _ = tiny
-    (base / "bad").mkdir()
-    for argv, words in _cases(base / "bad", base / "run"):
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    run = dictionary_run(tmp_path / "run")
+    (tmp_path / "bad").mkdir()
+    for argv, words in _cases(tmp_path / "bad", run):
         rc, err = predict(argv, capsys)
         assert rc == 2, (argv, err)
         assert len(err.strip().splitlines()) == 1 and err.startswith("fem-mfc: error: "), err
@@ -181,17 +188,17 @@ def test_bad_input_is_one_line_and_exit_2(tiny, capsys):
 
 
 @pytest.mark.slow
-def test_two_ranks_write_what_one_rank_writes(tiny):
+def test_two_ranks_write_what_one_rank_writes(tiny, capsys):
     """A model written on 1 rank, read on 2 (``mpirun -n 2 fem-mfc predict``): the same
-    file, byte for byte; a bad input is still one line and exit 2."""
+    file, byte for byte, and the same line; a bad input is still one line and exit 2."""
     from helpers import run_cli
     base, _, _, pts = tiny
     ser, par = base / "ser.csv", base / "par.csv"
-    p1 = run_cli(["predict", base / "run", pts, "--out", ser])
+    rc, err = predict([base / "run", pts, "--out", ser], capsys)
     p2 = run_cli(["predict", base / "run", pts, "--out", par], ranks=2)
-    assert p1.returncode == 0 and p2.returncode == 0, p2.stderr
+    assert rc == 0 and p2.returncode == 0, p2.stderr
     assert par.read_bytes() == ser.read_bytes()
-    assert p2.stderr.replace(str(par), str(ser)) == p1.stderr
+    assert p2.stderr.replace(str(par), str(ser)) == err
     bad = run_cli(["predict", base / "run", base / "none.csv"], ranks=2)
     assert bad.returncode == 2 and bad.stderr.splitlines()[0] == \
         f"fem-mfc: error: {base / 'none.csv'}: points file not found"   # (then mpirun's)
