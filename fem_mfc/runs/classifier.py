@@ -30,7 +30,7 @@ import time
 import dolfinx
 import numpy as np
 
-from ..errors import warning
+from ..errors import DiskFullError, warning
 from ..io import write_text_atomic
 from ..learning import compare, data, infer, report, saved
 from ..learning.dictionary import DictionaryFlow, DictionaryNetwork, EdgeDictionaryNetwork
@@ -162,7 +162,10 @@ def run(cfg: dict, ctx) -> dict:
                        model="weights.npz")
     else:
         t0 = time.perf_counter()
-        saved.save_feedback(ctx.path(saved.MODEL_DIR), model, ds, prob)
+        try:
+            saved.save_feedback(ctx.path(saved.MODEL_DIR), model, ds, prob)
+        except DiskFullError:                  # (it named the staging folder)
+            raise DiskFullError(ctx.outdir.absolute(), f"{saved.MODEL_DIR}/") from None
         ctx.log.info("trained network saved to %s/ (%.2f s): fem-mfc predict %s POINTS.csv "
                      "labels new points", saved.MODEL_DIR, time.perf_counter() - t0,
                      ctx.outdir)
