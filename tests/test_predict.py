@@ -149,7 +149,8 @@ def _cases(base: Path, run: Path):
     gen.mkdir(exist_ok=True)
     (gen / "summary.json").write_text('{"formulation": "generative"}')
     f = {name: base / f"{name}.csv" for name in ("three", "word", "empty", "header", "nan",
-                                                 "ragged", "bare_header", "good")}
+                                                 "ragged", "bare_header", "good",
+                                                 "feature3")}
     f["three"].write_text("0.1,0.2,1\n0.3,0.4,0.5,1\n")
     f["word"].write_text("x1,x2\n0.1,0.2\n0.3,abc\n")
     f["empty"].write_text("\n \n")
@@ -158,6 +159,7 @@ def _cases(base: Path, run: Path):
     f["ragged"].write_text("0.1,0.2,0.3,0.4\n")
     f["bare_header"].write_text("x1,x2,label\n")
     f["good"].write_text("0.1,0.2\n")
+    f["feature3"].write_text("0.1,0.2,1\n0.3,0.4,0.37\n")
     good = f["good"]
     return [([base / "missing", good], "missing: run folder not found"),
             ([base, good], "not a fem-mfc run folder"),
@@ -169,6 +171,9 @@ def _cases(base: Path, run: Path):
                                  "trained on 2 features) or 3 (x1,x2,label), got 4"),
             ([run, f["word"]], "word.csv: row 3, column x2: expected a number, got 'abc'"),
             ([run, f["nan"]], "nan.csv: row 1, column x2: expected a finite number"),
+            ([run, f["feature3"]], "feature3.csv: row 2, column label: expected an integer "
+                                   "or a word, got '0.37' (a feature? the model was trained "
+                                   "on 2 features, x1,x2)"),
             ([run, f["empty"]], "empty.csv: the file is empty"),
             ([run, f["header"]], "header.csv: expected the columns x1,x2 (or x1,x2,label)"),
             ([run, f["bare_header"]], "bare_header.csv: no data rows after the header"),

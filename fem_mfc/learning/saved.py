@@ -322,6 +322,11 @@ def read_points(path, d: int):
             lab = r[d].strip()
             if not lab:
                 raise UserError(f"{path}: row {i}, column label: empty label")
+            if _is_number(lab) and not (math.isfinite(float(lab))
+                                        and float(lab) == int(float(lab))):
+                raise UserError(f"{path}: row {i}, column label: expected an integer or a "
+                                f"word, got {lab!r} (a feature? the model was trained on "
+                                f"{d} feature{'s' if d > 1 else ''}, {cols})")
             labels.append(_label_text(lab))
     return X, (None if labels is None else np.array(labels, dtype=str))
 
