@@ -145,6 +145,9 @@ def _cases(base: Path, run: Path):
     other = base / "no_model"
     other.mkdir(exist_ok=True)
     (other / "summary.json").write_text('{"formulation": "classifier"}')
+    broken = base / "broken"
+    (broken / "model").mkdir(parents=True, exist_ok=True)
+    (broken / "model" / "model.json").write_text("{ not json")
     gen = base / "gen"
     gen.mkdir(exist_ok=True)
     (gen / "summary.json").write_text('{"formulation": "generative"}')
@@ -165,6 +168,7 @@ def _cases(base: Path, run: Path):
             ([base, good], "not a fem-mfc run folder"),
             ([other, good], "a classifier run without a saved model"),
             ([gen, good], "a 'generative' run has no classifier to apply"),
+            ([broken, good], "broken/model: the saved model cannot be read (model.json: "),
             ([run, base / "none.csv"], "none.csv: points file not found"),
             ([run, f["three"]], "three.csv: row 2: expected 3 values (x1,x2,label), got 4"),
             ([run, f["ragged"]], "ragged.csv: row 1: expected 2 values (x1,x2: the model was "
