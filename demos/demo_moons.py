@@ -82,3 +82,22 @@ summary = demo.run(cfg, args.out, "demos/moons.toml" + (" --quick" if args.quick
 # a check of the discrete duality between the forward and backward sweeps.  `method =
 # "sweeps"` in `[training]` runs the old damped forward–backward sweeps (a preconditioned
 # gradient method: linear convergence, ~100 sweeps for the same tolerance).
+
+# %% [markdown]
+# ## Apply the trained network to new points
+# The run saves the trained network in `model/` of its output folder (the mesh and the
+# velocity of each layer, the standardisation and the class labels): `fem-mfc predict
+# results/demo POINTS.csv` labels the points of a CSV file given in the data's units, and so
+# does `fem_mfc.learning.saved` from Python, here on a fresh sample of the generator.
+
+# %%
+from mpi4py import MPI
+
+from sklearn.datasets import make_moons
+
+from fem_mfc.learning import saved
+
+X_new, y_new = make_moons(n_samples=500, noise=0.1, random_state=7)
+p = saved.load(args.out).predict(X_new)          # labels as text, final features, …
+if MPI.COMM_WORLD.rank == 0:
+    print(f"saved model on 500 new points: accuracy {(p.labels == y_new.astype(str)).mean():.3f}")

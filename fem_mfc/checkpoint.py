@@ -187,12 +187,14 @@ class CheckpointWriteError(UserError):
                          "or set [output] checkpoint_every = 0")
 
 
-def _commit(folder: Path, comm, mesh, tags: dict, arrays, info: dict):
+def _commit(folder: Path, comm, mesh, tags: dict, arrays, info: dict,
+            files=(STATE, ARRAYS, META), what: str = "a checkpoint"):
     """Write a checkpoint atomically into a temporary folder ``FOLDER.tmp-PID`` beside
     ``folder``, which then takes the place of ``folder`` (a run killed at any moment leaves
     the last complete checkpoint): the mesh and its ``tags`` {name: MeshTags} (``state.bp``),
     the nodal values ``arrays()`` returns ({name: array} on rank 0, collective; ``nodal.npz``)
-    and the meta data ``info`` (``meta.json``).
+    and the meta data ``info`` (``meta.json``).  ``files``: other names for these three
+    (a saved model, :mod:`fem_mfc.learning.saved`), ``what``: the folder in error messages.
 
     Everything is written by rank 0 alone: the mesh is gathered there and written by ADIOS2
     on a communicator of its own.  A full disk is then one rank's Python exception, shared
@@ -227,8 +229,11 @@ def _commit(folder: Path, comm, mesh, tags: dict, arrays, info: dict):
         err = comm.bcast(err, root=0)
         if err is not None:
             full, reason = err
-            raise (DiskFullError(folder, "a checkpoint") if full
-                   else CheckpointWriteError(folder, reason))
+            if full:
+                raise DiskFullError(folder, what)
+            if what != "a checkpoint":
+                raise UserError(f"{folder}: cannot write {what} ({reason})")
+            raise CheckpointWriteError(folder, reason)
 
     for t in tags.values():
         mesh.topology.create_connectivity(t.dim, 0)
@@ -237,20 +242,20 @@ def _commit(folder: Path, comm, mesh, tags: dict, arrays, info: dict):
 
     def begin():
         shutil.rmtree(tmp, ignore_errors=True)
-        need = _needed(folder, data, nodal)
+        need = _needed(folder, data, nodal, files[2])
         free = _free_bytes(folder.parent)
         if free is not None and free < need:
             raise OSError(errno.ENOSPC, f"No space left on device ({need / 2**20:.1f} MB "
                           f"needed, {free / 2**20:.1f} MB free)", str(tmp))
         tmp.mkdir(parents=True)
-        _write_state(tmp / STATE, data)
+        _write_state(tmp / files[0], data)
     on_rank0(begin)
 
     def finish():
         if nodal:
-            np.savez(tmp / ARRAYS, **nodal)
-        meta = {**info, "ranks": comm.size, "state_files": _sizes(tmp / STATE)}
-        (tmp / META).write_text(json.dumps(meta, indent=1, default=_plain) + "\n")
+            np.savez(tmp / files[1], **nodal)
+        meta = {**info, "ranks": comm.size, "state_files": _sizes(tmp / files[0])}
+        (tmp / files[2]).write_text(json.dumps(meta, indent=1, default=_plain) + "\n")
         _replace(tmp, folder)
     on_rank0(finish)
 
@@ -315,13 +320,13 @@ def _write_state(bp: Path, data: dict):
 STATE_OVERHEAD = 1.1, 256 * 1024   # ADIOS2's file around the mesh's arrays: × 1.1 + 256 kB
 
 
-def _needed(folder: Path, data: dict, nodal: dict) -> int:
+def _needed(folder: Path, data: dict, nodal: dict, meta_name: str = META) -> int:
     """The bytes a new checkpoint of ``folder`` will take: its arrays (``nodal.npz``) and the
     mesh (``state.bp``: as large as the current checkpoint's, else its arrays with
     :data:`STATE_OVERHEAD`)."""
     arrays = sum(np.asarray(v).nbytes + 1024 for v in nodal.values())
     try:
-        state = sum(json.loads((folder / META).read_text())["state_files"].values())
+        state = sum(json.loads((folder / meta_name).read_text())["state_files"].values())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raw = data["x"].nbytes + data["cells"].nbytes + sum(
             a.nbytes + b.nbytes for a, b, _ in data["tags"].values())

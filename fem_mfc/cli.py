@@ -1,4 +1,4 @@
-"""The ``fem-mfc`` command line: ``info``, ``run``, ``refine``, ``schema``.
+"""The ``fem-mfc`` command line: ``info``, ``run``, ``refine``, ``predict``, ``schema``.
 
 Exit status: 0 success; 2 bad input (a bad config, a missing or unreadable file, a run that
 would not fit in memory, a PETSc error from an option, a full disk: one line naming the key,
@@ -313,6 +313,55 @@ def _say(line: str) -> None:
         print(f"{PROG}: {line}", file=sys.stderr, flush=True)
 
 
+def cmd_predict(args) -> int:
+    """Label the points of a CSV file with the classifier a run trained (feedback: its
+    ``model/``; dictionary: its ``weights.npz``; :mod:`fem_mfc.learning.saved`): the labels
+    and the final features into ``--out`` (default ``POINTS.predicted.csv``; ``-``: standard
+    output), one line on stderr."""
+    from mpi4py import MPI
+
+    import numpy as np
+
+    from .learning import saved
+    points = Path(args.points)
+    out = args.out if args.out is not None else str(
+        points.with_name(points.stem + ".predicted.csv"))
+    if out != "-" and Path(out).absolute() == points.absolute():
+        raise UserError(f"--out: expected a file other than the points file {points}")
+    comm = MPI.COMM_WORLD
+    model = saved.load(args.run, comm)
+    X, labels = saved.read_points(points, model.data_dim)
+    _ignore_sigpipe()
+    pred = model.predict(X)
+    err = None
+    if comm.rank == 0:
+        try:
+            saved.write_predictions(out, pred)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            err = (f"{'standard output' if out == '-' else out}: cannot write the "
+                   f"predictions ({e.strerror or e})")
+    err = comm.bcast(err, root=0)
+    if err:
+        raise UserError(err)
+    line = (f"{len(X)} point{'s' if len(X) != 1 else ''} labelled by the {model.kind} network "
+            f"of {args.run} ({model.N} layers) into {'standard output' if out == '-' else out}")
+    if labels is not None:
+        right = int(np.count_nonzero(pred.labels == labels))
+        line += f"; accuracy {right / len(X):.4g} ({right}/{len(X)}) against the label column"
+        unknown = sorted(set(labels) - set(model.classes))
+        if unknown:
+            warning(f"{points}: labels {', '.join(unknown[:5])} are not classes of the model "
+                    f"(its classes: {', '.join(model.classes)}); counted as wrong")
+    if pred.off_mesh:
+        line += (f"; {pred.off_mesh} started outside the mesh and were moved onto it "
+                 "(the flow is confined to the training domain)")
+    if not args.quiet:
+        _say(line)
+    return 0
+
+
 def cmd_schema(args) -> int:
     from .config import schema_markdown
     print(schema_markdown())
@@ -339,6 +388,11 @@ RUN_EPILOG = ("Other arguments that start with one '-' are PETSc options, with t
               "PETSc's help for the run's solvers. Exit status: 0 success; 2 bad input (one "
               "line, nothing written); 3 the solve ran but did not meet its tolerance or checks "
               "(results written, \"converged\": false); 130/143 interrupted.")
+PREDICT_EPILOG = ("POINTS.csv: the d feature columns of the training data (header x1,...,xd "
+                  "optional), optionally a label column (then the accuracy is reported). "
+                  "Writes label,final_x1,...: the predicted label (as in the data) and the "
+                  "final features x_N (standardised network coordinates). Exit status: 0 "
+                  "success; 2 bad input (one line).")
 REFINE_EPILOG = ("Writes convergence.json, convergence.csv and convergence.png in --out; PETSc "
                  "options as for run. Exit status as for run (3: a level did not converge).")
 
@@ -385,6 +439,15 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--resume", action="store_true",
                    help="continue a study in --out: reuse its converged levels, restart a "
                         "level from its checkpoint, run the rest")
+    q = command("predict", help="label new points with a trained classifier run",
+                epilog=PREDICT_EPILOG)
+    q.add_argument("run", metavar="RUN_DIR", help="output folder of a classifier run (its "
+                   "model/ or weights.npz)")
+    q.add_argument("points", metavar="POINTS.csv",
+                   help="points in the data's units: columns x1..xd, optionally a label column")
+    q.add_argument("--out", metavar="FILE", help="CSV of the labels and final features "
+                   "(default POINTS.predicted.csv beside POINTS; '-': standard output)")
+    q.add_argument("--quiet", action="store_true", help="no summary line")
     command("schema", help="print the config reference (Markdown)")
     return p
 
@@ -431,7 +494,7 @@ def _main(argv: list[str]) -> int:
     p = parser()
     args, rest = p.parse_known_args(argv)
     try:
-        if args.command in ("run", "refine"):
+        if args.command in ("run", "refine", "predict"):
             _start_error_comm()
         if args.command == "info":
             if rest:
@@ -452,6 +515,12 @@ def _main(argv: list[str]) -> int:
             return cmd_run(args, rest)
         if args.command == "refine":
             return cmd_refine(args, rest)
+        if args.command == "predict":
+            if rest:
+                p.error(f"unrecognised arguments: {' '.join(rest)}")
+            if args.out is not None and not args.out.strip():
+                raise UserError("--out: expected a file name, got an empty name")
+            return cmd_predict(args)
     except SolverError as e:               # the solve ran and broke down: not bad input
         return _fail(str(e), 3)
     except UserError as e:

@@ -153,3 +153,13 @@ def kkt_blocks(st, seed: int = 1):
         return np.concatenate([np.arange(s.start, s.stop) for s in map(lay.slice, fields)])
     u_idx, r_idx = rows(lay.backward_fields()), rows(lay.forward_fields())
     return M, M[np.ix_(u_idx, r_idx)], M[np.ix_(r_idx, u_idx)]
+
+
+def saved_model_prediction(out, cfg: dict, part: str = "train"):
+    """The saved classifier of run folder ``out`` (:mod:`fem_mfc.learning.saved`) applied to
+    the raw ``part`` points of its config ``cfg``: (Prediction, the classes 0..K−1 of the
+    points).  The run's own ``{part}_accuracy`` is ``(prediction.k == y).mean()``."""
+    from fem_mfc.learning import data, saved
+    Xtr, Xte, ytr, yte, _, _ = data.split(cfg["data"])
+    X, y = (Xtr, ytr) if part == "train" else (Xte, yte)
+    return saved.load(out).predict(X), y

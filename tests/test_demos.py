@@ -106,6 +106,10 @@ def check_moons(out: Path, stdout: str):
     assert {"decision_regions.png", "densities.gif", "trajectories.png"} <= set(s["figures"])
     assert (out / "densities.bp").is_dir()
     assert "test accuracy" in stdout
+    # the saved model applied to a fresh sample (demo's last cell)
+    assert s["model"] == "model" and (out / "model" / "model.json").is_file()
+    acc = float(stdout.split("saved model on 500 new points: accuracy ")[1].split()[0])
+    assert acc > 0.8
 
 
 def check_spirals(out: Path, stdout: str):

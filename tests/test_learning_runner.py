@@ -60,14 +60,19 @@ def test_a_training_that_breaks_the_duality_is_flagged(tmp_path):
            "network": {"transport": "galerkin"},
            "training": {"method": "sweeps", "baseline": False, "particles": 0},
            "output": {"figures": False, "vtx": False, "progress": False}}
+    from helpers import saved_model_prediction
     good = run_config(config.from_dict(raw), tmp_path / "good", quiet=True)
     assert good["converged"] is True and set(good["checks"]) == {"value_identity", "mass",
                                                                   "min_rho", "data_on_mesh"}
     assert all(c["ok"] for c in good["checks"].values())
+    # the Galerkin sweeps' network (FeedbackClassifier) saved in model/ and read back
+    p, y = saved_model_prediction(tmp_path / "good", config.from_dict(raw), "test")
+    assert (p.k == y).mean() == good["test_accuracy"]
     bad = run_config(config.from_dict(raw), tmp_path / "bad", quiet=True,
                      petsc_options={"classifier_fp_ksp_rtol": "1e-4"})
     assert bad["training"]["converged"] is True                 # the trainer's own verdict
     assert bad["converged"] is False
+    assert bad["model"] == "model" and (tmp_path / "bad" / "model" / "model.json").is_file()
     assert not bad["checks"]["value_identity"]["ok"] and not bad["checks"]["mass"]["ok"]
     assert any("value_identity" in line for line in bad["flags"])
     gen = dict(raw, run={"formulation": "generative"}, network={"transport": "eafe"},
@@ -97,6 +102,10 @@ def test_a_stalled_galerkin_training_says_what_to_change(tmp_path):
            "output": {"figures": False, "vtx": False, "progress": False}}
     s = run_config(config.from_dict(raw), tmp_path / "gal", quiet=True)
     assert s["converged"] is False and s["training"]["reason"] == "no descent"
+    from helpers import saved_model_prediction
+    # a flagged run's DG0 network, saved
+    p, y = saved_model_prediction(tmp_path / "gal", config.from_dict(raw))
+    assert (p.k == y).mean() == s["train_accuracy"]
     assert "network.transport = 'eafe'" in s["flags"][0]
     raw["network"] = {"transport": "eafe"}
     raw["training"]["method"] = "newton"
@@ -132,6 +141,11 @@ def test_points_that_leave_the_mesh_are_reported(tmp_path, radius, anchor, warne
     assert (s["data_points_off_mesh"] > 0.5 * (s["n_train"] + s["n_test"])) == warned
     assert s["projected_fraction"] == s["projected_points"] / ((s["n_train"] + s["n_test"]) * 10)
     assert (s["projected_fraction"] > 0.01) == warned
+    # the saved model (also of the flagged run) projects as the run did: its accuracies
+    from fem_mfc import config
+    from helpers import saved_model_prediction
+    p, y = saved_model_prediction(tmp_path / "out", config.load(cfg))
+    assert (p.k == y).mean() == s["train_accuracy"] and (p.off_mesh > 0) == warned
 
 
 def test_report_without_figures_has_no_figures_heading():

@@ -9,6 +9,8 @@
 * :mod:`.dictionary`, :mod:`.numpy_resnet` — dictionary networks a = B(x)θ(t).
 * :mod:`.generative` — the flow to N(0, s²I) (MODEL §8) and its invertible map.
 * :mod:`.infer`     — the trained ResNet on held-out points, accuracy, objectives, particles.
+* :mod:`.saved`     — a run's trained classifier saved (``model/``) and applied to new points
+  (``fem-mfc predict``).
 * :mod:`.baseline`  — a discrete torch ResNet trained on the same objective.
 * :mod:`.report`    — figures and ``report.md``.
 

@@ -189,6 +189,21 @@ def _is_number(text: str) -> bool:
 
 def load(dcfg: dict, dim: int = 2) -> Dataset:
     """Generate/read, relabel to 0..K-1, split (stratified, seeded), standardise, pad to dim."""
+    Xtr, Xte, ytr, yte, classes, name = split(dcfg, dim)
+    mean = Xtr.mean(axis=0)
+    scale = Xtr.std(axis=0)
+    if not (scale > 0).all():
+        raise UserError(f"data set '{dcfg['dataset']}': a feature is constant on the training "
+                        f"set (cannot standardise)")
+    ds = Dataset(Xtr, ytr, Xte, yte, mean, scale, name, classes)
+    ds.X_train, ds.X_test = ds.transform(Xtr, dim), ds.transform(Xte, dim)
+    return ds
+
+
+def split(dcfg: dict, dim: int = 2):
+    """The raw train/test split of :func:`load`, in the units of the data: (X_train, X_test,
+    y_train, y_test, classes, name) with y in 0..K−1 and ``classes`` the original label of
+    class k as text (the points a run trained on, e.g. to apply its saved model to them)."""
     from sklearn.model_selection import train_test_split
     X, y = generate(dcfg)
     if X.shape[1] > dim:
@@ -206,24 +221,17 @@ def load(dcfg: dict, dim: int = 2) -> Dataset:
     if counts.min() < 2 or ntest < len(counts) or len(y) - ntest < len(counts):
         # the key to change: the fraction where it leaves a side without every class, else
         # the number of points (a CSV file: the file)
-        split = ntest < len(counts) or len(y) - ntest < len(counts)
-        key = ("data.test_fraction" if split else "data.file" if dcfg["dataset"] == "csv"
+        short = ntest < len(counts) or len(y) - ntest < len(counts)
+        key = ("data.test_fraction" if short else "data.file" if dcfg["dataset"] == "csv"
                else "data.n_samples")
         raise ConfigError(key, f"enough points to split data set '{dcfg['dataset']}' into "
                           f"train and test sets holding every class ({len(y)} points, smallest "
                           f"class {counts.min()}, test_fraction {dcfg['test_fraction']:g})",
-                          dcfg["test_fraction"] if split else
+                          dcfg["test_fraction"] if short else
                           (dcfg["file"] if dcfg["dataset"] == "csv" else dcfg["n_samples"]))
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=dcfg["test_fraction"],
                                           random_state=dcfg["seed"], stratify=y)
-    mean = Xtr.mean(axis=0)
-    scale = Xtr.std(axis=0)
-    if not (scale > 0).all():
-        raise UserError(f"data set '{dcfg['dataset']}': a feature is constant on the training "
-                        f"set (cannot standardise)")
-    ds = Dataset(Xtr, ytr, Xte, yte, mean, scale, name, classes)
-    ds.X_train, ds.X_test = ds.transform(Xtr, dim), ds.transform(Xte, dim)
-    return ds
+    return Xtr, Xte, ytr, yte, classes, name
 
 
 def bandwidth(points: np.ndarray, rule) -> float:

@@ -30,9 +30,9 @@ import time
 import dolfinx
 import numpy as np
 
-from ..errors import warning
+from ..errors import DiskFullError, warning
 from ..io import write_text_atomic
-from ..learning import compare, data, infer, report
+from ..learning import compare, data, infer, report, saved
 from ..learning.dictionary import DictionaryFlow, DictionaryNetwork, EdgeDictionaryNetwork
 from ..learning.feedback import FeedbackClassifier, anchors_from_config
 from ..learning.problem import ClassifierProblem, Training
@@ -158,7 +158,18 @@ def run(cfg: dict, ctx) -> dict:
     if prob.dictionary:
         model.save_weights(ctx.path("weights.npz"), ds)
         summary.update(dictionary=model.kind, weights_per_layer=model.m,
-                       weight_decay_cost=model._control_cost(), theta=np.array(model.a))
+                       weight_decay_cost=model._control_cost(), theta=np.array(model.a),
+                       model="weights.npz")
+    else:
+        t0 = time.perf_counter()
+        try:
+            saved.save_feedback(ctx.path(saved.MODEL_DIR), model, ds, prob)
+        except DiskFullError:                  # (it named the staging folder)
+            raise DiskFullError(ctx.outdir.absolute(), f"{saved.MODEL_DIR}/") from None
+        ctx.log.info("trained network saved to %s/ (%.2f s): fem-mfc predict %s POINTS.csv "
+                     "labels new points", saved.MODEL_DIR, time.perf_counter() - t0,
+                     ctx.outdir)
+        summary["model"] = saved.MODEL_DIR
     _write_series(ctx, model, prob.every)
     figures = _figures(ctx, model, flow, ds, base) if ctx.figures else []
     summary["figures"] = figures
