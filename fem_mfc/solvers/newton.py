@@ -839,6 +839,15 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
             stages = []
             if resume is not None and resume.get("lambda", 1.0) < 1.0 and continuation:
                 from .continuation import continue_to
+                # the start of the paths after the resumed one (if it stalls): the states of
+                # a new system, as in the run that wrote the checkpoint (it had a system of
+                # its own to checkpoint, and started from its states)
+                here, X0 = X0, initial_states(st, trivial=True)
+                if st.constraints is not None:
+                    st.constraints.impose()
+                    st.states_to_vec(X0)
+                st.vec_to_states(here)                 # the checkpoint's states again
+                here.destroy()
                 f0 = resume.get("first_residual") or solver.residual_norm()
                 start = {"iterations": 0, "residual": float("nan"), "first_residual": f0,
                          "reason": "restart", "history": []}
