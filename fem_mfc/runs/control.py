@@ -197,6 +197,9 @@ def run(cfg: dict, ctx) -> dict:
         summary["iterations_total"] = (result.iterations_run if result.iterations_run
                                        is not None else sum(int(s.get("iterations") or 0)
                                                             for s in result.continuation))
+        # and every Krylov iteration (Newton steps' and line searches' solves), likewise
+        if result.krylov_run is not None:
+            summary.update(result.krylov_run)
     if problem.exact is not None:
         from ..exact import ErrorNorms
         errs = ErrorNorms(problem.exact, V)(result)

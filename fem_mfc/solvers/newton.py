@@ -215,6 +215,11 @@ class NewtonSolver:
         # earlier legs and of this one's finished solves
         self.resumed = None
         self.iterations_before, self.iterations_done = 0, 0
+        # the run's Krylov iterations likewise: of the Newton steps' solves (as SNES counts
+        # them) and of the line search's solves (nleqerr's trial points, sweep path), which
+        # SNES does not count
+        self.ksp_before = {"steps": 0, "line_search": 0}
+        self.ksp_done = {"steps": 0, "line_search": 0}
         self._offset = self._ksp_offset = 0
         self.X, self.F = st.create_vec(), st.create_vec()
         self.best = None
@@ -554,6 +559,7 @@ class NewtonSolver:
             self._step = {"its": its, "short": bool(short)}
             return
         self._ls_its += its
+        self.ksp_done["line_search"] += its
         if self.trap is None or self._skip:
             return                            # (the Jacobian is not assembled at the trial)
         c = self._cache
@@ -613,9 +619,21 @@ class NewtonSolver:
         snes = self.snes
         its = snes.getIterationNumber() if it is None else it
         done = self.iterations_done + (its if it is not None else 0)
+        krylov = self.krylov_run(snes.getLinearSolveIterations() if it is not None else 0)
         return {"iteration": int(its + self._offset),
                 "ksp_its": int(snes.getLinearSolveIterations() + self._ksp_offset),
-                "iterations_run": int(self.iterations_before + done)}
+                "iterations_run": int(self.iterations_before + done),
+                "ksp_its_run": krylov["krylov_iterations_total"],
+                "ksp_its_line_search_run": krylov["krylov_iterations_line_search"]}
+
+    def krylov_run(self, current: int = 0) -> dict:
+        """Every Krylov iteration of the run so far (all attempts, continuation stages and
+        legs; ``current``: those of the Newton steps of the solve running now), and of them
+        those of the line search's solves."""
+        steps = self.ksp_before["steps"] + self.ksp_done["steps"] + int(current)
+        ls = self.ksp_before["line_search"] + self.ksp_done["line_search"]
+        return {"krylov_iterations_total": int(steps + ls),
+                "krylov_iterations_line_search": int(ls)}
 
     def resume_from(self, meta: dict):
         """Continue the attempt of checkpoint meta data ``meta``: the next solve counts its
@@ -623,6 +641,9 @@ class NewtonSolver:
         Eisenstat–Walker state; the run's count goes on from the checkpoint's."""
         self.resumed = meta
         self.iterations_before = int(meta.get("iterations_run", meta.get("iteration")) or 0)
+        ls = int(meta.get("ksp_its_line_search_run") or 0)     # (older checkpoints: the
+        self.ksp_before = {"line_search": ls,                    # attempt's Krylov count)
+                           "steps": int(meta.get("ksp_its_run", meta.get("ksp_its")) or 0) - ls}
 
     @property
     def iterations_run(self) -> int:
@@ -697,6 +718,7 @@ class NewtonSolver:
             self.history[-1]["ksp_its_total"] = (snes.getLinearSolveIterations()
                                                  + self._ksp_offset)
         self.iterations_done += its
+        self.ksp_done["steps"] += snes.getLinearSolveIterations()
         f0 = self.history[0]["residual"] if self.history else fnorm
         target = max(atol, rtol * f0)
         name = REASONS.get(reason, str(reason)) if failed is None else f"ERROR ({failed})"
@@ -877,6 +899,7 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                                             "trapezoid": solver.trap.derived}
             path = dict(solver.describe(), auto=rule)
             iterations_run = solver.iterations_run
+            krylov_run = solver.krylov_run()
         finally:
             solver.destroy()
             if X0 is not None:
@@ -887,7 +910,7 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                                   history=history, seconds=time.perf_counter() - t0,
                                   converged=out["converged"], reason=out["reason"],
                                   residual=out["residual"], path=path, continuation=stages,
-                                  iterations_run=iterations_run)
+                                  iterations_run=iterations_run, krylov_run=krylov_run)
 
 
 __all__ = ["newton", "NewtonSolver", "Forcing", "linear_mode", "cole_hopf_guess"]

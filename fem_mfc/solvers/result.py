@@ -43,6 +43,9 @@ class Result:
     restarted_from: dict | None = None    # a restart: the checkpoint's phase and iteration
     iterations_run: int | None = None     # every Newton iteration of the run (all attempts,
                                           # continuation stages and restarted legs)
+    krylov_run: dict | None = None        # every Krylov iteration of the run likewise
+                                          # (krylov_iterations_total), and of them those of
+                                          # line searches (krylov_iterations_line_search)
     auto_fallback: dict | None = None     # 'auto' left Cole-Hopf for Newton: why
 
     @property
