@@ -56,6 +56,7 @@ META = "meta.json"
 ARRAYS = "nodal.npz"          # states or controls at the nodes, with their coordinates
 NODES, STATES = "__nodes__", "__states__"
 PREVIOUS = "__previous__"     # a continuation's previous stage's states (secant predictor)
+LAST = "__last__"             # ... and in the middle of a stage, its last converged stage's
 LEARNING = ("classifier", "generative")
 
 
@@ -164,56 +165,59 @@ class Writer:
     def due(self, iteration: int) -> bool:
         return self.every > 0 and iteration > 0 and iteration % self.every == 0
 
-    def write(self, previous=None, **meta):
+    def write(self, previous=None, last=None, **meta):
         """The current states of the system, with ``meta`` (iteration, λ, …) and, if given,
-        the states of the vector ``previous`` (a continuation's previous stage: its secant
-        predictor's other point; ``nodal.npz`` column PREVIOUS, read by
-        :meth:`read_previous`)."""
+        the states of the vectors ``previous`` (a continuation's previous stage: its secant
+        predictor's other point) and ``last`` (in the middle of a stage: the last converged
+        one's), as ``nodal.npz`` columns PREVIOUS and LAST (read by :meth:`read_states`)."""
         st = self.st
         tags = {name: getattr(st.problem, name) for name in TAGS     # exits, walls, periodic
                 if getattr(st.problem, name, None) is not None}      # sides, regions
+        extra = {k: v for k, v in ((PREVIOUS, previous), (LAST, last)) if v is not None}
 
         def arrays():
             out = _gather_nodal(st.comm, st.V, _states(st))
-            if previous is not None:
+            if extra:
                 now = st.create_vec()
                 st.states_to_vec(now)
                 try:
-                    st.vec_to_states(previous)
-                    prev = _gather_nodal(st.comm, st.V, _states(st))
+                    for key, vec in extra.items():
+                        st.vec_to_states(vec)
+                        more = _gather_nodal(st.comm, st.V, _states(st))
+                        if STATES in more:
+                            out[key] = more[STATES]
                 finally:
                     st.vec_to_states(now)
                     now.destroy()
-                if STATES in prev:
-                    out[PREVIOUS] = prev[STATES]
             return out
 
         _commit(self.folder, st.comm, st.problem.mesh, tags, arrays,
                 {"config_hash": self.hash, "steps": st.N,
                  "ndofs": st.V.dofmap.index_map.size_global, "legs": self.legs,
                  "config": self.sections, **meta, "previous_states": previous is not None,
-                 "tags": list(tags)})
+                 "last_states": last is not None, "tags": list(tags)})
         self.written += 1
         _test_pause(st.comm, self.written, meta.get("phase", ""))
 
-    def read_previous(self, st):
-        """A new vector of the previous stage's states stored with the checkpoint this run
-        continues (:meth:`write`'s ``previous``), for the system ``st`` (the current states
-        are left alone); None if it holds none."""
+    def read_states(self, st, which: str = "previous"):
+        """A new vector of the states ``which`` ("previous" or "last", :meth:`write`) stored
+        with the checkpoint this run continues, for the system ``st`` (its current states are
+        left alone); None if it holds none."""
         if self.restart is None:
             return None
         meta = read_meta(self.restart, None)
-        if not meta.get("previous_states"):
+        if not meta.get(f"{which}_states"):
             return None
-        now, prev = st.create_vec(), st.create_vec()
+        now, vec = st.create_vec(), st.create_vec()
         st.states_to_vec(now)
         try:
-            _scatter_nodal(self.restart, st.V, _states(st), key=PREVIOUS)
-            st.states_to_vec(prev)
+            _scatter_nodal(self.restart, st.V, _states(st),
+                           key={"previous": PREVIOUS, "last": LAST}[which])
+            st.states_to_vec(vec)
         finally:
             st.vec_to_states(now)
             now.destroy()
-        return prev
+        return vec
 
 
 class CheckpointWriteError(UserError):

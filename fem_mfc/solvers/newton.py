@@ -209,6 +209,8 @@ class NewtonSolver:
         self.stall_exit = False               # end a stalled attempt early (see _stalled)
         self.checkpoint = None                # a fem_mfc.checkpoint.Writer, or None
         self.stage = {"lambda": 1.0, "eps0": None}   # continuation stage being solved
+        self.path = None              # the continuation's path around that stage: its meta
+                                      # data and states, for a checkpoint in the stage
         self.log = None                       # a logging.Logger for the Newton steps
         # a restart: the counts and the forcing state of the checkpointed attempt, which the
         # next solve continues (see :meth:`resume_from`); the run's Newton iterations of the
@@ -446,9 +448,12 @@ class NewtonSolver:
             self.stage["first_residual"] = fnorm      # the target of the whole solve
         if self.checkpoint is not None and self.checkpoint.due(it):
             self.st.vec_to_states(snes.getSolution())
+            path = self.path or {}              # in a continuation stage: the path too
             try:
                 self.checkpoint.write(phase="newton", residual=fnorm, forcing=forcing,
-                                      **self.counts(it), **self.stage)
+                                      solve_first_residual=h[0]["residual"],
+                                      **self.counts(it), **self.stage,
+                                      **path.get("meta", {}), **path.get("vectors", {}))
             except UserError as e:          # not the solve's failure: re-raised after it
                 self.fatal = e
                 raise
