@@ -55,6 +55,8 @@ STATE = "state.bp"
 META = "meta.json"
 ARRAYS = "nodal.npz"          # states or controls at the nodes, with their coordinates
 NODES, STATES = "__nodes__", "__states__"
+PREVIOUS = "__previous__"     # a continuation's previous stage's states (secant predictor)
+LAST = "__last__"             # ... and in the middle of a stage, its last converged stage's
 LEARNING = ("classifier", "generative")
 
 
@@ -158,23 +160,64 @@ class Writer:
         self.hash, self.sections = config_hash(cfg), problem_sections(cfg)
         self.written = 0
         self.legs = 1                 # the runs that continued each other's checkpoints
+        self.restart = None           # the checkpoint folder this run continues, if any
 
     def due(self, iteration: int) -> bool:
         return self.every > 0 and iteration > 0 and iteration % self.every == 0
 
-    def write(self, **meta):
-        """The current states of the system, with ``meta`` (iteration, λ, …)."""
+    def write(self, previous=None, last=None, **meta):
+        """The current states of the system, with ``meta`` (iteration, λ, …) and, if given,
+        the states of the vectors ``previous`` (a continuation's previous stage: its secant
+        predictor's other point) and ``last`` (in the middle of a stage: the last converged
+        one's), as ``nodal.npz`` columns PREVIOUS and LAST (read by :meth:`read_states`)."""
         st = self.st
         tags = {name: getattr(st.problem, name) for name in TAGS     # exits, walls, periodic
                 if getattr(st.problem, name, None) is not None}      # sides, regions
-        _commit(self.folder, st.comm, st.problem.mesh, tags,
-                lambda: _gather_nodal(st.comm, st.V, _states(st)),
+        extra = {k: v for k, v in ((PREVIOUS, previous), (LAST, last)) if v is not None}
+
+        def arrays():
+            out = _gather_nodal(st.comm, st.V, _states(st))
+            if extra:
+                now = st.create_vec()
+                st.states_to_vec(now)
+                try:
+                    for key, vec in extra.items():
+                        st.vec_to_states(vec)
+                        more = _gather_nodal(st.comm, st.V, _states(st))
+                        if STATES in more:
+                            out[key] = more[STATES]
+                finally:
+                    st.vec_to_states(now)
+                    now.destroy()
+            return out
+
+        _commit(self.folder, st.comm, st.problem.mesh, tags, arrays,
                 {"config_hash": self.hash, "steps": st.N,
                  "ndofs": st.V.dofmap.index_map.size_global, "legs": self.legs,
-                  "config": self.sections, **meta,
-                 "tags": list(tags)})
+                 "config": self.sections, **meta, "previous_states": previous is not None,
+                 "last_states": last is not None, "tags": list(tags)})
         self.written += 1
         _test_pause(st.comm, self.written, meta.get("phase", ""))
+
+    def read_states(self, st, which: str = "previous"):
+        """A new vector of the states ``which`` ("previous" or "last", :meth:`write`) stored
+        with the checkpoint this run continues, for the system ``st`` (its current states are
+        left alone); None if it holds none."""
+        if self.restart is None:
+            return None
+        meta = read_meta(self.restart, None)
+        if not meta.get(f"{which}_states"):
+            return None
+        now, vec = st.create_vec(), st.create_vec()
+        st.states_to_vec(now)
+        try:
+            _scatter_nodal(self.restart, st.V, _states(st),
+                           key={"previous": PREVIOUS, "last": LAST}[which])
+            st.states_to_vec(vec)
+        finally:
+            st.vec_to_states(now)
+            now.destroy()
+        return vec
 
 
 class CheckpointWriteError(UserError):
@@ -397,12 +440,15 @@ def _intact(folder, part: str):
                           str(folder)) from None
 
 
-def read_meta(folder: Path, cfg: dict) -> dict:
-    """The checkpoint's meta data, refused if it belongs to another problem."""
+def read_meta(folder: Path, cfg: dict | None) -> dict:
+    """The checkpoint's meta data, refused if it belongs to another problem (``cfg`` None:
+    not checked)."""
     with _intact(folder, META):
         meta = json.loads((Path(folder) / META).read_text())
         if not isinstance(meta, dict):
             raise ValueError("not a JSON object")
+    if cfg is None:
+        return meta
     if meta.get("config_hash") != config_hash(cfg):
         raise ConfigError("--restart", _mismatch(meta, cfg), str(folder))
     if meta.get("steps") != cfg["problem"]["steps"]:
@@ -461,11 +507,11 @@ def _gather_nodal(comm, V, functions) -> dict:
     return _gather_rows(comm, V.tabulate_dof_coordinates()[:n], {STATES: vals.reshape(n, -1)})
 
 
-def _scatter_nodal(folder: Path, V, functions, group: str = ""):
+def _scatter_nodal(folder: Path, V, functions, group: str = "", key: str | None = None):
     """``functions`` (of V; None: skip that column) ← the values of :func:`_gather_nodal`
-    stored in ``folder`` (as columns NODES + group, STATES + group)."""
+    stored in ``folder`` (as columns NODES + group, ``key`` or STATES + group)."""
     n, bs = V.dofmap.index_map.size_local, V.dofmap.index_map_bs
-    key = STATES + group
+    key = key or STATES + group
     vals = _read_rows(folder, V.tabulate_dof_coordinates()[:n], [key], NODES + group)[key]
     vals = vals.reshape(n, len(functions), bs)
     for k, f in enumerate(functions):
@@ -801,6 +847,7 @@ def newton_checkpoints(cfg: dict, ctx, problem, resume, newton: bool, make=None)
             writer.converged = False
             if resume is not None:
                 writer.legs = int(resume.get("legs", 1)) + 1
+                writer.restart = ctx.restart
     yield system, writer
     if writer is not None and writer.converged and _obsolete(writer, ctx):
         remove_when_committed(writer.folder, ctx)        # the run is complete

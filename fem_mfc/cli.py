@@ -4,7 +4,8 @@ Exit status: 0 success; 2 bad input (a bad config, a missing or unreadable file,
 would not fit in memory, a PETSc error from an option, a full disk: one line naming the key,
 file or folder and what was expected, no traceback, earlier results untouched); 3 the run
 finished but its solve did not meet its tolerance or its checks (results written,
-summary.json flagged ``"converged": false``); 130/143/129 interrupted (SIGINT/TERM/HUP);
+summary.json flagged ``"converged": false``); 130/143/129 interrupted (SIGINT/TERM/HUP: one
+line, also before the run has started writing, :func:`_early_signals`);
 141 standard output's reader went away (``fem-mfc schema | head``).
 
 Under an MPI launcher (``mpirun -n N python3 -m fem_mfc ...``) every rank exits: a user error
@@ -452,12 +453,49 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _early_signals(command: str | None) -> dict:
+    """SIGTERM and SIGHUP before a run has installed its own handlers (importing DOLFINx,
+    reading the config and the mesh, estimating the memory: seconds) ended the process with
+    143 / 129 and no word; now rank 0 prints one line naming the signal and that nothing was
+    written, the lock and staging folder rank 0 may have made are removed, and every rank
+    exits with the same status at once (``os._exit``, as the run's handler: a rank waiting
+    in a collective for one that exits is ended by its MPI launcher).  Signals ignored at
+    start (``nohup``) stay ignored; after a run (its handlers restored: ours again) the line
+    says no more than the signal.  Returns the handlers replaced ({signal: handler})."""
+    run = command in ("run", "refine")
+
+    def handler(signum, frame):
+        io = sys.modules.get("fem_mfc.io")        # (not imported yet: nothing made)
+        started = bool(io is not None and io.HANDLED[0])
+        if io is not None:
+            with contextlib.suppress(Exception):
+                io.abandon_prepared()
+        if process_rank() == 0:
+            with contextlib.suppress(Exception):
+                sys.stderr.write(f"{PROG}: interrupted ({signal.Signals(signum).name})"
+                                 + ("; nothing was written\n" if run and not started
+                                    else "\n"))
+                sys.stderr.flush()
+        os._exit(128 + signum)
+
+    replaced = {}
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError, OSError):    # (ValueError: not the main thread)
+            if signal.getsignal(s) == signal.SIG_DFL:
+                replaced[s] = signal.signal(s, handler)
+    return replaced
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    replaced = _early_signals(next((a for a in argv if not a.startswith("-")), None))
     try:
         try:
             return _main(argv)
         finally:                 # (also after --help's SystemExit)
+            for s, h in replaced.items():      # (main called in-process: as it was)
+                with contextlib.suppress(ValueError, OSError, TypeError):
+                    signal.signal(s, h)
             if sys.stdout is not None:        # (None: started with stdout closed)
                 sys.stdout.flush()
     except BrokenPipeError as e:

@@ -510,6 +510,21 @@ class _FolderLock:
         self.fd = None
 
 
+# What rank 0 has made of a run folder before the run's signal handlers are installed (the
+# lock, the staging folder): an early signal's handler (fem_mfc.cli) removes it
+PREPARED: dict = {}
+HANDLED = [False]                 # has a run installed its signal handlers in this process?
+
+
+def abandon_prepared() -> None:
+    """Remove what :func:`_prepare_run_folder` made (a signal before the run's handlers)."""
+    staging, lock = PREPARED.pop("staging", None), PREPARED.pop("lock", None)
+    if staging is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+    if lock is not None:
+        lock.release()
+
+
 def _prepare_run_folder(outdir: Path) -> tuple[Path, "_FolderLock", Path]:
     """Rank 0: check ``outdir``, take its lock, clean stale staging, make a new staging folder.
     Raises UserError (one line) when the folder cannot hold a run."""
@@ -544,6 +559,8 @@ def _prepare_run_folder(outdir: Path) -> tuple[Path, "_FolderLock", Path]:
     lock = _FolderLock(parent / f".{name}.lock")
     try:
         holder = lock.acquire()
+        if holder is None:
+            PREPARED["lock"] = lock            # (until the run's own handlers take over)
     except OSError as e:
         if e.errno in _DISK_FULL_ERRNOS:
             raise DiskFullError(target, f"its lock file {lock.path.name}") from None
@@ -562,6 +579,7 @@ def _prepare_run_folder(outdir: Path) -> tuple[Path, "_FolderLock", Path]:
         _pause("create:locked")
         staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(name)}{os.getpid()}-",
                                         dir=parent))
+        PREPARED["staging"] = staging
         os.chmod(staging, 0o755)
     except OSError as e:
         lock.release()
@@ -687,6 +705,8 @@ class RunContext:
         except ValueError:          # not the main thread: no handlers (abort() still cleans)
             self._old_handlers.clear()
             return
+        PREPARED.clear()            # (the run's handler removes them from now on)
+        HANDLED[0] = True
         self._start_watchdog()
 
     def _start_watchdog(self):

@@ -115,6 +115,9 @@ def test_signal_to_launcher_ends_every_rank(tmp_path, heat_cfg, path, sig):
         assert_none_left(mark, timeout=3)
         assert rc == 128 + signum, (rc, err[-3000:])
         assert "Traceback" not in err
+        if not group:          # the ranks' one line (mpirun dropped it: the guard signals
+            lines = [ln for ln in err.splitlines() if ln.strip()]     # the ranks first)
+            assert lines == [f"fem-mfc: interrupted ({sig}); {out} left as it was"], lines
         assert not out.exists()
         assert not [e for e in os.listdir(tmp_path) if e.startswith(f".staging-{mark}")]
     finally:
@@ -233,3 +236,48 @@ def test_the_watchdog_ends_with_its_run(tmp_path, heat_cfg):
     rc, _, err = finish(p, mark, timeout=120)
     assert rc == 0, err
     assert_none_left(mark, timeout=3)
+
+
+def _sigterm_before_writing(tmp_path, cfg, ranks):
+    """SIGTERM to ``bin/fem-env [mpirun -n 2] python3 -m fem_mfc run`` while rank 0 holds the
+    output folder's lock, before the run's handlers and staging folder (create:locked; rank 1
+    waits for it in a broadcast): (status, stderr's non-empty lines); nothing of the job, the
+    folder, its lock or a staging folder is left."""
+    mark = marker()
+    out = tmp_path / mark
+    pause = tmp_path / "paused"
+    mpi = [FEM_ENV, "mpirun", "-n", 2] if ranks == 2 else [FEM_ENV]
+    p = launch(mpi + ["python3", "-m", "fem_mfc", "run", cfg, "--out", out, "--quiet"], mark,
+               env=paused_env(pause, "create:locked", _fem_env_env("env")),
+               preexec_fn=_default_signals)
+    try:
+        wait_for_file(pause, p, mark)
+        p.send_signal(signal.SIGTERM)
+        rc, _, err = finish(p, mark, timeout=60)
+        assert_none_left(mark, timeout=5)
+        assert not out.exists()
+        assert not [e for e in os.listdir(tmp_path) if mark in e], os.listdir(tmp_path)
+        return rc, [ln for ln in err.splitlines() if ln.strip()]
+    finally:
+        kill_all(mark)
+
+
+@pytest.mark.skipif(not IN_ENV, reason="bin/fem-env inside the environment")
+def test_sigterm_before_the_run_writes_is_one_line(tmp_path, heat_cfg):
+    """SIGTERM before the run has installed its handlers (here: rank 0 holds the lock) ended
+    it with 143 and no word, leaving the lock file; now one line names the signal and says
+    that nothing was written, the status is still 143 and the lock is gone."""
+    rc, lines = _sigterm_before_writing(tmp_path, heat_cfg, 1)
+    assert rc == 143 and lines == ["fem-mfc: interrupted (SIGTERM); nothing was written"], \
+        (rc, lines)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not IN_ENV, reason="bin/fem-env inside the environment")
+def test_sigterm_before_the_run_writes_under_mpirun(tmp_path, heat_cfg):
+    """The same under ``mpirun -n 2``: rank 0 prints the line and exits, mpirun ends rank 1
+    (waiting in a broadcast, its handler cannot run), the launcher returns 143 within the
+    timeout and no rank is left."""
+    rc, lines = _sigterm_before_writing(tmp_path, heat_cfg, 2)
+    assert rc == 143 and lines == ["fem-mfc: interrupted (SIGTERM); nothing was written"], \
+        (rc, lines)

@@ -192,11 +192,7 @@ def run(cfg: dict, ctx) -> dict:
         summary["restarted_from"] = result.restarted_from
     if result.continuation:
         summary["continuation"] = result.continuation
-        # "iterations" are the final attempt's; these count every Newton iteration of the run
-        # (of every leg of a restarted one)
-        summary["iterations_total"] = (result.iterations_run if result.iterations_run
-                                       is not None else sum(int(s.get("iterations") or 0)
-                                                            for s in result.continuation))
+        summary.update(result.run_totals())
     if problem.exact is not None:
         from ..exact import ErrorNorms
         errs = ErrorNorms(problem.exact, V)(result)

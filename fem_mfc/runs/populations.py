@@ -97,6 +97,7 @@ def run(cfg: dict, ctx) -> dict:
         summary["solver_path"] = result.path
     if result.continuation:
         summary["continuation"] = result.continuation
+        summary.update(result.run_totals())
     if result.restarted_from:
         summary["restarted_from"] = result.restarted_from
     write_fields(problem, result, ctx.series, cfg["output"]["every"])

@@ -79,7 +79,8 @@ def _solve(problem, method, rtol, atol, max_it, picard_max_it, relaxation, petsc
                    **newton_kw)
         return r.check() if strict else r
     if m == "picard":
-        r = picard(problem, rtol=rtol, atol=atol, max_it=picard_max_it, relaxation=relaxation)
+        r = picard(problem, rtol=rtol, atol=atol, max_it=picard_max_it, relaxation=relaxation,
+                   log=newton_kw.get("log"))
         return r.check() if strict else r
     if problem.G is not None:
         from .cole_hopf_pair import solve_pair

@@ -79,44 +79,108 @@ def _stage(solver, lam, eps0, eps, rtol, atol, max_it):
     # a shorter step is the better use of the time (2D P1 24 × 24, G = −ρ², mfg: with every
     # failed stage running its STAGE_MAX_IT iterations of 300 Krylov iterations 470 s, with
     # this 55 s — 139 s while a Krylov solve at its limit failed the stage at once)
-    out = solver.solve(rtol=rtol, atol=atol, max_it=max_it, exact=True, stall_exit=True)
-    if out["converged"] and lam < 1.0 and solver.checkpoint is not None \
-            and solver.checkpoint.every > 0:
-        solver.checkpoint.write(phase="continuation", residual=out["residual"],
-                                **solver.counts(), **solver.stage)
-    return out
+    return solver.solve(rtol=rtol, atol=atol, max_it=max_it, exact=True, stall_exit=True)
 
 
-def _path(solver, X0, eps0, eps, f0, rtol, atol, stages, lam0=0.0) -> dict | None:
-    """Follow λ: λ0 → 1 from the states X0 (None: the current states, e.g. a restart at λ0);
-    the final stage's result, or None if it stalls."""
+def _checkpoint(solver, out, stages, path, step, lam_p, Xp) -> None:
+    """After a converged stage λ < 1: a checkpoint of everything the path reads next — the
+    states (λ's solution), the next step, the previous stage's λ and states (the secant
+    predictor's other point), which of the paths (``tries``) runs and the stages so far — so
+    that a restart takes the uninterrupted run's stages (it re-solved the stage, from
+    FIRST_STEP without a predictor: 34 Newton iterations against 37, another path)."""
+    ck = getattr(solver, "checkpoint", None)
+    if ck is None or ck.every <= 0:
+        return
+    ck.write(phase="continuation", residual=out["residual"], **solver.counts(),
+             **solver.stage, step=step, lambda_previous=lam_p, path=path,
+             stages=stages, previous=Xp)
+
+
+def _path(solver, X0, eps0, eps, f0, rtol, atol, stages, lam0=0.0, path=0,
+          resume: dict | None = None) -> dict | None:
+    """Follow λ: λ0 → 1 from the states X0 (None: the current states, e.g. a restart in the
+    middle of the stage λ0, which is solved on), or, on a restart, from the checkpoint of
+    meta data ``resume`` (states current): after its converged stage (not solved again), or
+    in the middle of a later stage (solved on from its iterate, to that stage's tolerance),
+    with the path's step, previous λ and, from ``solver.checkpoint``, the previous and last
+    converged stages' states; the final stage's result, or None if it stalls.  ``path``: the
+    index of this path among the tries."""
     st = solver.st
     if X0 is not None:
         st.vec_to_states(X0)
     final_target = max(atol, rtol * f0)        # what the direct attempt had to reach
-    out = _stage(solver, lam0, eps0, eps, STAGE_RTOL, final_target, STAGE_MAX_IT)
-    stages.append(_record(lam0, eps0, eps, out, st))
-    _ended(solver, lam0, out)
-    if not out["converged"]:
-        return None
-    lam, step = lam0, FIRST_STEP
     Xl, Xp, lam_p = st.create_vec(), None, None
     pred = st.create_vec()
-    st.states_to_vec(Xl)
+    within = None                  # a restart in the middle of a stage: {trial, atol, max_it}
+    if resume is not None and resume.get("phase") != "continuation":
+        last = solver.checkpoint.read_states(st, "last") if solver.checkpoint else None
+        if last is None:                       # (a checkpoint without the path's states)
+            resume = None
+        else:
+            Xl.destroy()
+            Xl = last
+            lam, step = resume["lambda_converged"], resume["step"]
+            lam_p = resume.get("lambda_previous")
+            done = int(resume.get("iteration") or 0)
+            f_stage = resume.get("solve_first_residual") or 0.0
+            within = {"trial": resume["lambda"], "max_it": max(1, STAGE_MAX_IT - done),
+                      "atol": max(final_target, (STAGE_RTOL if resume["lambda"] < 1.0
+                                                 else 0.0) * f_stage)}
+    if resume is None:
+        out = _stage(solver, lam0, eps0, eps, STAGE_RTOL, final_target, STAGE_MAX_IT)
+        stages.append(_record(lam0, eps0, eps, out, st))
+        _ended(solver, lam0, out)
+        if not out["converged"]:
+            for v in (Xl, pred):
+                v.destroy()
+            return None
+        lam, step = lam0, FIRST_STEP
+        st.states_to_vec(Xl)
+        _checkpoint(solver, out, stages, path, step, lam_p, Xp)
+    else:
+        if within is None:                     # the checkpointed stage, converged
+            lam, step = resume["lambda"], resume.get("step", FIRST_STEP)
+            lam_p = resume.get("lambda_previous")
+            solver.resumed = None              # the next solve is a new stage's
+            _set(st, lam, eps0, eps)
+            solver.stage = {"lambda": lam, "eps0": eps0,
+                            "first_residual": solver.stage.get("first_residual")}
+            st.states_to_vec(Xl)
+        if lam_p is not None:
+            Xp = solver.checkpoint.read_states(st) if solver.checkpoint is not None else None
+            if Xp is None:                     # (no previous states: no secant predictor)
+                lam_p = None
+        _log(solver, "continuation: resuming %s the converged stage lambda = %.6g (step "
+             "%.6g, %s)", "after" if within is None else
+             f"the stage lambda = {within['trial']:.6g} from its iterate, after", lam, step,
+             "no predictor" if lam_p is None
+             else f"secant predictor from lambda = {lam_p:.6g}")
+        out = {"converged": True}
     try:
         while lam < 1.0:
             trial = min(1.0, lam + step)
-            if Xp is not None:                # secant predictor Xl + r(Xl − Xp)
-                ratio = (trial - lam) / (lam - lam_p)
-                Xl.copy(pred)
-                pred.scale(1.0 + ratio)
-                pred.axpy(-ratio, Xp)
-                st.vec_to_states(pred)
-            else:
-                st.vec_to_states(Xl)
+            if within is not None:
+                trial = within["trial"]        # (lam + step: the same sum, stored)
             final = trial >= 1.0
-            out = _stage(solver, trial, eps0, eps, 0.0 if final else STAGE_RTOL, final_target,
-                         STAGE_MAX_IT)
+            solver.path = {"meta": {"lambda_converged": lam, "step": step,
+                                    "lambda_previous": lam_p, "path": path,
+                                    "stages": stages},
+                           "vectors": {"last": Xl, "previous": Xp}}
+            if within is not None:             # the iterate of the stage, its counts on
+                out = _stage(solver, trial, eps0, eps, 0.0, within["atol"], within["max_it"])
+                within = None
+            else:
+                if Xp is not None:            # secant predictor Xl + r(Xl − Xp)
+                    ratio = (trial - lam) / (lam - lam_p)
+                    Xl.copy(pred)
+                    pred.scale(1.0 + ratio)
+                    pred.axpy(-ratio, Xp)
+                    st.vec_to_states(pred)
+                else:
+                    st.vec_to_states(Xl)
+                out = _stage(solver, trial, eps0, eps, 0.0 if final else STAGE_RTOL,
+                             final_target, STAGE_MAX_IT)
+            solver.path = None
             stages.append(_record(trial, eps0, eps, out, st))
             _ended(solver, trial, out)
             if out["converged"]:
@@ -129,6 +193,7 @@ def _path(solver, X0, eps0, eps, f0, rtol, atol, stages, lam0=0.0) -> dict | Non
                     step = min(2.0 * step, 1.0)
                 if final:
                     return out
+                _checkpoint(solver, out, stages, path, step, lam_p, Xp)
             else:
                 # half the step that failed: a step doubled past 1 − λ was clipped to the
                 # final stage, and halving it alone repeated that same failed stage (the
@@ -142,6 +207,7 @@ def _path(solver, X0, eps0, eps, f0, rtol, atol, stages, lam0=0.0) -> dict | Non
                     out["stalled_at"] = lam
                     return dict(out, converged=False)
     finally:
+        solver.path = None
         for v in (Xl, Xp, pred):
             if v is not None:
                 v.destroy()
@@ -171,21 +237,37 @@ def continue_to(solver, direct: dict, X0, start: dict | None = None) -> tuple[di
     """Continuation after the unconverged ``direct`` attempt of ``solver`` (a
     :class:`~fem_mfc.solvers.newton.NewtonSolver`) from the initial states X0: first in the
     coupling strength alone, then together with the noise from NOISE_FACTORS × ε.  ``start``
-    ({"lambda", "eps0", "first_residual"}, a restart) resumes the path at that λ from the
-    current states.  Returns (the final attempt's result, the recorded stages); the states end
-    at the solution or at the last converged stage."""
+    (a restart: the checkpoint's meta data, states current) resumes the path that was
+    running, with the stored step, predictor and stage records: after the converged stage
+    of a ``continuation`` checkpoint (:func:`_checkpoint`), or in the middle of the stage λ
+    of a ``newton`` checkpoint, whose path states (``solver.path``, written with it) say
+    where the path goes after that stage (it is solved on from the checkpoint's iterate).  A
+    checkpoint in the middle of a path's first stage, or older than these records, continues
+    that stage and follows λ from FIRST_STEP without a predictor.  Returns (the final
+    attempt's result, the recorded stages); the states end at the solution or at the last
+    converged stage."""
     st = solver.st
     stages = [{"lambda": 1.0, "stage": "direct", "converged": False,
                "iterations": direct["iterations"], "residual": direct["residual"],
                "reason": direct["reason"]}]
+    after_stage = start is not None and start.get("phase") == "continuation"
+    on_path = start is not None and (after_stage or bool(start.get("last_states")))
     if start is not None:
-        stages[0].update(stage="restart", lam=start["lambda"])
+        if on_path and start.get("stages"):
+            stages = [dict(r) for r in start["stages"]]       # the earlier legs' stages
+        else:
+            stages[0].update(stage="restart", lam=start["lambda"])
     if not ("coupling" in st.parameters or "eps" in st.parameters):
         return direct, stages
-    _log(solver, "newton did not converge from its start (%s, residual %.3e): continuation "
-         "in the %s", direct["reason"], direct["residual"],
-         " and the ".join(n for n, k in (("coupling strength", "coupling"), ("noise", "eps"))
-                          if k in st.parameters))
+    what = " and the ".join(n for n, k in (("coupling strength", "coupling"), ("noise", "eps"))
+                            if k in st.parameters)
+    if on_path:
+        _log(solver, "continuation in the %s: restarted %s the stage lambda = %.6g", what,
+             "after" if after_stage else "in", start["lambda"])
+    else:
+        _log(solver, "newton did not converge from its start (%s, residual %.3e): "
+             "continuation in the %s", direct["reason"], direct["residual"], what)
+    direct_reason = stages[0].get("reason", direct["reason"])
     f0, rtol, atol = direct["first_residual"], solver.rtol, solver.atol
     eps = st.parameter("eps") if "eps" in st.parameters else 0.0
     user_ls = solver.user_linesearch
@@ -199,14 +281,21 @@ def continue_to(solver, direct: dict, X0, start: dict | None = None) -> tuple[di
                                             if solver.mode == "sweep" else {}))
     tries = ([None] if "coupling" in st.parameters else []) \
         + ([eps * k for k in NOISE_FACTORS] if eps > 0 and "eps" in st.parameters else [])
+    first = 0
     if start is not None:                  # resume the path that was running
-        tries = [start.get("eps0")] + [e for e in tries if e != start.get("eps0")]
+        i = start.get("path")
+        if isinstance(i, int) and 0 <= i < len(tries) and tries[i] == start.get("eps0"):
+            first = i                      # ... and the ones after it, as the run would
+        else:
+            tries = [start.get("eps0")] + [e for e in tries if e != start.get("eps0")]
     out = direct
     try:
-        for i, eps0 in enumerate(tries):
-            resume = start is not None and i == 0
+        for i in range(first, len(tries)):
+            eps0 = tries[i]
+            resume = start is not None and i == first
             result = _path(solver, None if resume else X0, eps0, eps, f0, rtol, atol, stages,
-                           lam0=start["lambda"] if resume else 0.0)
+                           lam0=start["lambda"] if resume else 0.0, path=i,
+                           resume=start if resume and on_path else None)
             if result is not None and result["converged"]:
                 return dict(result, reason=result["reason"]), stages
             if result is not None:
@@ -220,7 +309,7 @@ def continue_to(solver, direct: dict, X0, start: dict | None = None) -> tuple[di
     what = ("no stage converged" if reached is None
             else f"the continuation reached lambda = {reached:.4g} of 1")
     _log(solver, "continuation: %s", what)
-    return dict(out, converged=False, reason=f"{direct['reason']}; {what}"
+    return dict(out, converged=False, reason=f"{direct_reason}; {what}"
                 + _negative_hint(st, stages) + _nan_hint(st, stages)), stages
 
 

@@ -209,12 +209,19 @@ class NewtonSolver:
         self.stall_exit = False               # end a stalled attempt early (see _stalled)
         self.checkpoint = None                # a fem_mfc.checkpoint.Writer, or None
         self.stage = {"lambda": 1.0, "eps0": None}   # continuation stage being solved
+        self.path = None              # the continuation's path around that stage: its meta
+                                      # data and states, for a checkpoint in the stage
         self.log = None                       # a logging.Logger for the Newton steps
         # a restart: the counts and the forcing state of the checkpointed attempt, which the
         # next solve continues (see :meth:`resume_from`); the run's Newton iterations of the
         # earlier legs and of this one's finished solves
         self.resumed = None
         self.iterations_before, self.iterations_done = 0, 0
+        # the run's Krylov iterations likewise: of the Newton steps' solves (as SNES counts
+        # them) and of the line search's solves (nleqerr's trial points, sweep path), which
+        # SNES does not count
+        self.ksp_before = {"steps": 0, "line_search": 0}
+        self.ksp_done = {"steps": 0, "line_search": 0}
         self._offset = self._ksp_offset = 0
         self.X, self.F = st.create_vec(), st.create_vec()
         self.best = None
@@ -441,9 +448,12 @@ class NewtonSolver:
             self.stage["first_residual"] = fnorm      # the target of the whole solve
         if self.checkpoint is not None and self.checkpoint.due(it):
             self.st.vec_to_states(snes.getSolution())
+            path = self.path or {}              # in a continuation stage: the path too
             try:
                 self.checkpoint.write(phase="newton", residual=fnorm, forcing=forcing,
-                                      **self.counts(it), **self.stage)
+                                      solve_first_residual=h[0]["residual"],
+                                      **self.counts(it), **self.stage,
+                                      **path.get("meta", {}), **path.get("vectors", {}))
             except UserError as e:          # not the solve's failure: re-raised after it
                 self.fatal = e
                 raise
@@ -554,6 +564,7 @@ class NewtonSolver:
             self._step = {"its": its, "short": bool(short)}
             return
         self._ls_its += its
+        self.ksp_done["line_search"] += its
         if self.trap is None or self._skip:
             return                            # (the Jacobian is not assembled at the trial)
         c = self._cache
@@ -613,9 +624,21 @@ class NewtonSolver:
         snes = self.snes
         its = snes.getIterationNumber() if it is None else it
         done = self.iterations_done + (its if it is not None else 0)
+        krylov = self.krylov_run(snes.getLinearSolveIterations() if it is not None else 0)
         return {"iteration": int(its + self._offset),
                 "ksp_its": int(snes.getLinearSolveIterations() + self._ksp_offset),
-                "iterations_run": int(self.iterations_before + done)}
+                "iterations_run": int(self.iterations_before + done),
+                "ksp_its_run": krylov["krylov_iterations_total"],
+                "ksp_its_line_search_run": krylov["krylov_iterations_line_search"]}
+
+    def krylov_run(self, current: int = 0) -> dict:
+        """Every Krylov iteration of the run so far (all attempts, continuation stages and
+        legs; ``current``: those of the Newton steps of the solve running now), and of them
+        those of the line search's solves."""
+        steps = self.ksp_before["steps"] + self.ksp_done["steps"] + int(current)
+        ls = self.ksp_before["line_search"] + self.ksp_done["line_search"]
+        return {"krylov_iterations_total": int(steps + ls),
+                "krylov_iterations_line_search": int(ls)}
 
     def resume_from(self, meta: dict):
         """Continue the attempt of checkpoint meta data ``meta``: the next solve counts its
@@ -623,6 +646,9 @@ class NewtonSolver:
         Eisenstat–Walker state; the run's count goes on from the checkpoint's."""
         self.resumed = meta
         self.iterations_before = int(meta.get("iterations_run", meta.get("iteration")) or 0)
+        ls = int(meta.get("ksp_its_line_search_run") or 0)     # (older checkpoints: the
+        self.ksp_before = {"line_search": ls,                    # attempt's Krylov count)
+                           "steps": int(meta.get("ksp_its_run", meta.get("ksp_its")) or 0) - ls}
 
     @property
     def iterations_run(self) -> int:
@@ -697,6 +723,7 @@ class NewtonSolver:
             self.history[-1]["ksp_its_total"] = (snes.getLinearSolveIterations()
                                                  + self._ksp_offset)
         self.iterations_done += its
+        self.ksp_done["steps"] += snes.getLinearSolveIterations()
         f0 = self.history[0]["residual"] if self.history else fnorm
         target = max(atol, rtol * f0)
         name = REASONS.get(reason, str(reason)) if failed is None else f"ERROR ({failed})"
@@ -839,6 +866,15 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
             stages = []
             if resume is not None and resume.get("lambda", 1.0) < 1.0 and continuation:
                 from .continuation import continue_to
+                # the start of the paths after the resumed one (if it stalls): the states of
+                # a new system, as in the run that wrote the checkpoint (it had a system of
+                # its own to checkpoint, and started from its states)
+                here, X0 = X0, initial_states(st, trivial=True)
+                if st.constraints is not None:
+                    st.constraints.impose()
+                    st.states_to_vec(X0)
+                st.vec_to_states(here)                 # the checkpoint's states again
+                here.destroy()
                 f0 = resume.get("first_residual") or solver.residual_norm()
                 start = {"iterations": 0, "residual": float("nan"), "first_residual": f0,
                          "reason": "restart", "history": []}
@@ -868,6 +904,7 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                                             "trapezoid": solver.trap.derived}
             path = dict(solver.describe(), auto=rule)
             iterations_run = solver.iterations_run
+            krylov_run = solver.krylov_run()
         finally:
             solver.destroy()
             if X0 is not None:
@@ -878,7 +915,7 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                                   history=history, seconds=time.perf_counter() - t0,
                                   converged=out["converged"], reason=out["reason"],
                                   residual=out["residual"], path=path, continuation=stages,
-                                  iterations_run=iterations_run)
+                                  iterations_run=iterations_run, krylov_run=krylov_run)
 
 
 __all__ = ["newton", "NewtonSolver", "Forcing", "linear_mode", "cole_hopf_guess"]

@@ -103,25 +103,36 @@ MIN_RELAXATION = 1.0 / 64
 
 
 def picard(problem, rtol=1e-10, atol=1e-12, max_it=500, relaxation=0.5, prefix="mfc_picard_",
-           system: SpaceTime | None = None) -> Result:
+           system: SpaceTime | None = None, log=None) -> Result:
     """Fictitious play with relaxation ω on ρ from ρⁿ = ρ_0, uⁿ = Φ; stops when the residual of
     the full system ≤ max(atol, rtol·(first residual)).  ω is halved whenever the residual
     grows (down to MIN_RELAXATION) and grows back by 5/4 while it falls (up to
     ``relaxation``).  A run that does not reach the tolerance in ``max_it`` iterations returns
-    its last iterate with ``converged`` False."""
+    its last iterate with ``converged`` False.  ``log`` (a logging.Logger, e.g. the run's)
+    gets a line per outer iteration: the residual, the change of ρ by the relaxed FP update
+    before it (‖ρ_new − ρ_old‖ over all levels; also ``history[k]["change"]``) and the
+    relaxation ω of that update, as Newton logs its steps."""
     t0 = time.perf_counter()
     from .newton import make_system
     st = system or make_system(problem)
     lin = _StepSolver(st.comm, prefix)
     F = st.create_vec()
     history, first, prev, omega = [], None, None, relaxation
-    converged = False
+    converged, change = False, None
     for it in range(max_it + 1):
         hjb_sweep(st, lin)
         st.residual(None, F)
         res = F.norm()
         d = st.diagnostics()
         history.append({"residual": res, "J": d["J"], "relaxation": omega})
+        if change is not None:
+            history[-1]["change"] = change
+        if log is not None:
+            if change is None:
+                log.info("picard %3d  residual = %.3e", it, res)
+            else:
+                log.info("picard %3d  residual = %.3e  change = %.3e  relaxation = %.3g", it,
+                         res, change, omega)
         if not np.isfinite(res):
             raise SolverError(f"Picard diverged: residual {res} at iteration {it}")
         first = res if first is None else first
@@ -136,8 +147,11 @@ def picard(problem, rtol=1e-10, atol=1e-12, max_it=500, relaxation=0.5, prefix="
         prev = res
         old = [r.x.array.copy() for r in st.rho[1:]]
         fp_sweep(st, lin)
+        sq = 0.0
         for r, o in zip(st.rho[1:], old):
             r.x.array[:] = o + omega * (r.x.array - o)
+            sq += float(np.sum((r.x.array[:st.nl] - o[:st.nl]) ** 2))
+        change = math.sqrt(st.comm.allreduce(sq, op=MPI.SUM))
     st.check_finite("Picard")
     target = max(atol, rtol * first)
     return Result.from_system(st, method="picard", iterations=it, history=history,

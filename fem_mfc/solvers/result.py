@@ -43,6 +43,9 @@ class Result:
     restarted_from: dict | None = None    # a restart: the checkpoint's phase and iteration
     iterations_run: int | None = None     # every Newton iteration of the run (all attempts,
                                           # continuation stages and restarted legs)
+    krylov_run: dict | None = None        # every Krylov iteration of the run likewise
+                                          # (krylov_iterations_total), and of them those of
+                                          # line searches (krylov_iterations_line_search)
     auto_fallback: dict | None = None     # 'auto' left Cole-Hopf for Newton: why
 
     @property
@@ -59,6 +62,19 @@ class Result:
                    min_rho=d["min_rho"], iterations=iterations, history=history,
                    seconds=seconds, mass_exited=d.get("mass_exited", {}),
                    populations=d.get("populations", {}), **kw)
+
+    def run_totals(self) -> dict:
+        """The summary's counts of a whole Newton run with a continuation (``iterations``
+        are the final attempt's): ``iterations_total``, every Newton iteration of the run (of
+        every leg of a restarted one), ``krylov_iterations_total`` every Krylov iteration
+        likewise (the Newton steps' and the line searches' solves) and
+        ``krylov_iterations_line_search`` the line searches' part."""
+        out = {"iterations_total": (self.iterations_run if self.iterations_run is not None
+                                    else sum(int(s.get("iterations") or 0)
+                                             for s in self.continuation))}
+        if self.krylov_run is not None:
+            out.update(self.krylov_run)
+        return out
 
     def check(self) -> "Result":
         """This result, or SolverError (one line) if the solve did not meet its tolerance."""
