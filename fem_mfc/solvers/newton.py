@@ -831,7 +831,12 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                or prefix + "snes_linesearch_type" in options.normalise(petsc_options, prefix))
     with options.inserted(settings=petsc_options, defaults=DEFAULTS, prefix=prefix):
         st = system or make_system(problem)
-        if system is not None:
+        # a system given with a checkpoint writer and no restart is the runner's own, made to
+        # be checkpointed, holding the trivial guess: the guess still applies (it was ignored:
+        # ``initial_guess = "cole-hopf"`` or "coarse" and ``checkpoint_every > 0`` started
+        # from the trivial guess, one Newton iteration more)
+        given = system is not None and not (checkpoint is not None and resume is None)
+        if given:
             guess = "the given states"
         elif guess == "cole-hopf":
             check_cole_hopf_guess(st.problem)
@@ -847,7 +852,7 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
         try:
             # the tolerance is relative to the residual of the trivial guess whatever the
             # start: a better guess must not tighten it (nor cost Krylov iterations for it)
-            f_trivial = (trivial_residual(st) if system is None and resume is None
+            f_trivial = (trivial_residual(st) if not given and resume is None
                          and guess in ("cole-hopf", "coarse") else None)
             if guess == "cole-hopf" and not cole_hopf_guess(st, solver.trap, f_trivial):
                 guess = "trivial (the Cole-Hopf guess had the larger residual)"
