@@ -90,13 +90,19 @@ def main():
     for r in map(int, a.ranks.split(",")):
         cmd = ["mpirun", "-n", str(r), sys.executable, __file__, "--child", "--points",
                a.points, "--steps", str(a.steps), "--repeat", str(a.repeat)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode:
-            sys.exit(out.stderr[-3000:])
-        rows += [json.loads(ln[7:]) for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+            for ln in proc.stdout:                  # each point as it finishes
+                if ln.startswith("RESULT "):
+                    rows.append(json.loads(ln[7:]))
+                    w = rows[-1]
+                    print(f"{r} rank(s) {w['dim']}D {w['ndofs']} dofs: " + ", ".join(
+                        f"{v} {min(t['steps']):.3f} s" for v, t in w["times"].items()),
+                        flush=True)
+        if proc.returncode:
+            sys.exit(f"mpirun -n {r}: exit {proc.returncode}")
     base = {(w["dim"], w["n"]): min(w["times"]["default"]["steps"]) for w in rows
             if w["ranks"] == 1}
-    one = {(w["dim"], w["n"], v): min(w["times"][v]["steps"] + [])
+    one = {(w["dim"], w["n"], v): min(w["times"][v]["steps"])
            for w in rows if w["ranks"] == 1 for v in VARIANTS}
     print(f"{a.steps} backward-Euler heat steps, P1; seconds min / median of {a.repeat}")
     print("| d | dofs | ranks | variant | PC | set-up s | steps s | DOF·steps/s | × 1-rank "

@@ -454,3 +454,38 @@ def test_an_initial_state_off_the_mesh_is_refused(initial, x0, tmp_path):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1 and "nls.x0" in lines[0], p.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_linear_steps_factorise_once(monkeypatch):
+    """The linear equation's Jacobian M + iτH/2 depends on τ alone: assembled (and factorised)
+    once, not at every step as before (60 factorisations for the 60 steps of
+    demos/nls_packet_disk.toml) — the same states to round-off as reassembling."""
+    import dolfinx.fem.petsc as fp
+
+    def run(reuse):
+        msh = dolfinx.mesh.create_interval(MPI.COMM_SELF, 200, [-10.0, 10.0])
+        P = NLSProblem(msh, 1, 0.8)
+        t = dolfinx.fem.Constant(msh, 0.0)
+        z = P.function()
+        P.interpolate(z, *free_gaussian(ufl.SpatialCoordinate(msh), t, 0.8, 0.5, [1.0],
+                                        [-1.0]))
+        st = MidpointStepper(P, z, 0.02, **TIGHT)
+        calls = []
+        assemble = fp.assemble_matrix
+
+        def counting(*a, **kw):
+            calls.append(len(a) > 1 and a[1] is st.J)
+            return assemble(*a, **kw)
+        monkeypatch.setattr(fp, "assemble_matrix", counting)
+        if not reuse:
+            P.linear = False             # the Jacobian reassembled at every Newton step
+        for _ in range(10):
+            st.step()
+        monkeypatch.setattr(fp, "assemble_matrix", assemble)
+        st.destroy()
+        return z.x.array.copy(), sum(calls)
+
+    z1, n1 = run(True)
+    z0, n0 = run(False)
+    assert n1 <= 1 and n0 >= 10, (n1, n0)
+    assert np.abs(z1 - z0).max() <= 1e-12 * np.abs(z0).max()

@@ -110,6 +110,9 @@ class MidpointStepper:
         ksp.getPC().setFactorSolverType(factor)
         snes.setFunction(self._residual, self.b)
         snes.setJacobian(self._jacobian, self.A)
+        # the linear equation's Jacobian M + iτH/2 depends on τ alone: assembled and factorised
+        # once per τ (a composition's sub-steps change it), not at every step
+        self._jacobian_tau = None
         if factor == "petsc":                    # its zero pivot relative to the Jacobian
             self._jacobian(snes, None, self.A, self.A)
             ksp.getPC().setFactorPivot(zeropivot=options.zero_pivot(self.A))
@@ -130,9 +133,13 @@ class MidpointStepper:
         b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
 
     def _jacobian(self, snes, x, A, P):
+        tau = float(self.tau.value)
+        if self.problem.linear and tau == self._jacobian_tau:
+            return          # the linear equation's Jacobian: unchanged, its factors are kept
         A.zeroEntries()
         dolfinx.fem.petsc.assemble_matrix(A, self.J)
         A.assemble()
+        self._jacobian_tau = tau
 
     def _options(self):
         """Plain Newton steps (no line search) unless the user's options say otherwise."""
