@@ -129,7 +129,7 @@ def read_csv(path: str | Path):
     rows = [r for r in csv.reader(text.splitlines()) if any(c.strip() for c in r)]
     if not rows:
         raise UserError(f"{path}: the file is empty (expected a header x1,x2,label and rows)")
-    if len(rows[0]) >= 2 and all(_is_number(c) for c in rows[0][:-1]):
+    if len(rows[0]) >= 2 and all(is_number(c) for c in rows[0][:-1]):
         d, start = len(rows[0]) - 1, 1          # no header: the first row is a point
     else:
         header = [c.strip().lower() for c in rows[0]]
@@ -179,7 +179,7 @@ def read_csv(path: str | Path):
     return np.array(X, dtype=float).reshape(len(y), d), y
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:

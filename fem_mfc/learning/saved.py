@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .data import is_number
 
 MODEL_DIR = "model"
 MESH, VALUES, META = "mesh.bp", "velocity.npz", "model.json"
@@ -253,14 +254,6 @@ def load(run, comm=None):
 
 
 # -- the points to label -------------------------------------------------------------------------
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def read_points(path, d: int):
     """Read the points to label from CSV file ``path``: d feature columns ``x1,…,xd`` in the
     units of the training data, optionally followed by a ``label`` column (then the accuracy
@@ -287,7 +280,7 @@ def read_points(path, d: int):
                         "optionally with a label column)")
     first = rows[0][1]
     width = None
-    if not all(_is_number(c) for c in first[:d]):       # a header (or a word)
+    if not all(is_number(c) for c in first[:d]):       # a header (or a word)
         header = [c.strip().lower() for c in first]
         if header not in (names, names + ["label"]):
             raise UserError(f"{path}: expected the columns {cols} (or {cols},label) in the "
@@ -322,7 +315,7 @@ def read_points(path, d: int):
             lab = r[d].strip()
             if not lab:
                 raise UserError(f"{path}: row {i}, column label: empty label")
-            if _is_number(lab) and not (math.isfinite(float(lab))
+            if is_number(lab) and not (math.isfinite(float(lab))
                                         and float(lab) == int(float(lab))):
                 raise UserError(f"{path}: row {i}, column label: expected an integer or a "
                                 f"word, got {lab!r} (a feature? the model was trained on "
