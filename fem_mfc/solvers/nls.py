@@ -27,7 +27,8 @@ import ufl
 from .. import options
 from ..errors import SolverError
 from ..forms import nls as forms
-from .linear import StepResiduals, make_ksp, serial_lu
+from .linear import StepResiduals, make_ksp
+from .steps import set_lu
 
 NONLINEARITIES = ("energy-conserving", "midpoint")
 
@@ -103,19 +104,19 @@ class MidpointStepper:
         self.b = dolfinx.fem.petsc.create_vector(self.R)
         self.A = dolfinx.fem.petsc.create_matrix(self.J)
         snes = options.make_snes(P.mesh.comm, prefix, rtol, atol, max_it)
-        ksp = snes.getKSP()
-        ksp.setType("preonly")
-        ksp.getPC().setType("lu")
-        factor = serial_lu(P.mesh.comm)         # PETSc's LU on one rank: faster at every size
-        ksp.getPC().setFactorSolverType(factor)
         snes.setFunction(self._residual, self.b)
         snes.setJacobian(self._jacobian, self.A)
         # the linear equation's Jacobian M + iτH/2 depends on τ alone: assembled and factorised
         # once per τ (a composition's sub-steps change it), not at every step
         self._jacobian_tau = None
-        if factor == "petsc":                    # its zero pivot relative to the Jacobian
-            self._jacobian(snes, None, self.A, self.A)
-            ksp.getPC().setFactorPivot(zeropivot=options.zero_pivot(self.A))
+        self._jacobian(snes, None, self.A, self.A)   # its zero pivot relative to the Jacobian
+        # the per-step factorisation (:func:`~.steps.set_lu`): PETSc's LU on one rank (faster
+        # at every size), on 2–4 ranks the same on every rank — MUMPS refactorising a 40k-dof
+        # 1D Jacobian at each Newton iteration made a 2-rank run 2.4× slower than one rank —
+        # unless the pivot is large; a nonlinear Jacobian's factors serve one solve, the linear
+        # one's every step
+        self._pivot = set_lu(snes.getKSP(), self.A, prefix,
+                             solves=float("inf") if P.linear else 1)
         self.prefix = prefix
         with self._options():
             snes.setFromOptions()
@@ -143,7 +144,7 @@ class MidpointStepper:
 
     def _options(self):
         """Plain Newton steps (no line search) unless the user's options say otherwise."""
-        return options.inserted(defaults=DEFAULTS, prefix=self.prefix)
+        return options.inserted(defaults={**DEFAULTS, **self._pivot}, prefix=self.prefix)
 
     def step(self) -> int:
         """Advance z by one step; return the number of Newton iterations."""

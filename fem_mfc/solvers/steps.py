@@ -74,23 +74,13 @@ def step_solver(A: PETSc.Mat, prefix: str, kind: str = "lu",
     faster, MUMPS' factorisation 10–20 % (docs/performance.md, "Two ranks"); ``solves``: how
     many solves the factors serve (:func:`redundant`; the sweeps' factors: many))."""
     size = A.getComm().getSize()
-    user = any(options.get(k, prefix=prefix) is not None
-               for k in ("pc_type", "pc_factor_mat_solver_type"))
     ksp = PETSc.KSP().create(A.getComm())
     ksp.setOptionsPrefix(prefix)
     ksp.setOperators(A)
     pc = ksp.getPC()
     pivot = {}
     if kind == "lu":
-        ksp.setType("preonly")
-        zp = zero_pivot(A)
-        if redundant(A.getSize()[0], size, solves) and not user:
-            pc.setType("redundant")           # inner: preonly + PETSc LU on a full copy
-            pivot = {"redundant_pc_factor_zeropivot": zp}
-        else:
-            pc.setType("cholesky" if symmetric else "lu")
-            pc.setFactorSolverType("petsc" if size == 1 else "mumps")
-            pc.setFactorPivot(zeropivot=zp)
+        pivot = set_lu(ksp, A, prefix, solves, symmetric)
     else:
         ksp.setType("gmres")
         ksp.setTolerances(rtol=rtol, atol=0.0, max_it=STEP_MAX_IT)
@@ -116,6 +106,31 @@ def step_solver(A: PETSc.Mat, prefix: str, kind: str = "lu",
         ksp.setFromOptions()
         ksp.setUp()
     return ksp
+
+
+def set_lu(ksp: PETSc.KSP, A: PETSc.Mat, prefix: str, solves: float = float("inf"),
+           symmetric: bool = False, zp: float | None = None) -> dict:
+    """Make ``ksp`` (options prefix ``prefix``, not yet set up) a factorisation of A, or of
+    matrices of A's size and pattern (a Newton Jacobian), whose factors serve ``solves``
+    solves: preonly + PETSc's LU/Cholesky on one rank, the same on every rank (PCREDUNDANT)
+    on 2–REDUNDANT_MAX_RANKS ranks by :func:`redundant`, MUMPS otherwise; a user's
+    ``pc_type`` or ``pc_factor_mat_solver_type`` under ``prefix`` keeps the distributed
+    choice for the options database to override.  ``zp``: the zero-pivot tolerance (default
+    :func:`zero_pivot` of A, collective).  Returns the option defaults to insert under
+    ``prefix`` while the KSP is set up (a redundant LU's inner pivot tolerance)."""
+    size = A.getComm().getSize()
+    user = any(options.get(k, prefix=prefix) is not None
+               for k in ("pc_type", "pc_factor_mat_solver_type"))
+    zp = zero_pivot(A) if zp is None else zp
+    ksp.setType("preonly")
+    pc = ksp.getPC()
+    if redundant(A.getSize()[0], size, solves) and not user:
+        pc.setType("redundant")               # inner: preonly + PETSc LU on a full copy
+        return {"redundant_pc_factor_zeropivot": zp}
+    pc.setType("cholesky" if symmetric else "lu")
+    pc.setFactorSolverType("petsc" if size == 1 else "mumps")
+    pc.setFactorPivot(zeropivot=zp)
+    return {}
 
 
 def is_direct(ksp) -> bool:
@@ -305,6 +320,7 @@ class OwnedLU:
         self._free()
 
 
-__all__ = ["step_solver", "step_kind", "is_direct", "OwnedLU", "OwnerTransfer", "factorise",
+__all__ = ["step_solver", "step_kind", "set_lu", "is_direct", "OwnedLU", "OwnerTransfer",
+           "factorise",
            "owner_lu", "describe", "redundant", "KINDS", "REDUNDANT_MAX_RANKS",
            "REDUNDANT_MAX_DOFS", "REDUNDANT_SOLVES", "REDUNDANT_SOLVES_MAX_DOFS"]
