@@ -28,7 +28,7 @@ from .. import options
 from ..errors import SolverError
 from ..forms import nls as forms
 from .linear import StepResiduals, make_ksp
-from .steps import set_lu
+from .steps import set_lu, step_solver
 
 NONLINEARITIES = ("energy-conserving", "midpoint")
 
@@ -111,12 +111,14 @@ class MidpointStepper:
         self._jacobian_tau = None
         self._jacobian(snes, None, self.A, self.A)   # its zero pivot relative to the Jacobian
         # the per-step factorisation (:func:`~.steps.set_lu`): PETSc's LU on one rank (faster
-        # at every size), on 2–4 ranks the same on every rank — MUMPS refactorising a 40k-dof
-        # 1D Jacobian at each Newton iteration made a 2-rank run 2.4× slower than one rank —
-        # unless the pivot is large; a nonlinear Jacobian's factors serve one solve, the linear
-        # one's every step
+        # at every size); on 2–4 ranks the same on every rank for the linear Jacobian (its
+        # factors serve every step) below 1M dofs and for a nonlinear one (one solve per
+        # factorisation) in 1D below 100k — MUMPS refactorising a 40k-dof 1D Jacobian at each
+        # Newton iteration made a 2-rank run 2.4× slower than one rank —, MUMPS otherwise
+        # (it refactorises a 2D Jacobian faster: :func:`~.steps.redundant`)
         self._pivot = set_lu(snes.getKSP(), self.A, prefix,
-                             solves=float("inf") if P.linear else 1)
+                             solves=float("inf") if P.linear else 1,
+                             dim=P.mesh.topology.dim)
         self.prefix = prefix
         with self._options():
             snes.setFromOptions()
@@ -308,7 +310,10 @@ def ground_state(problem: NLSProblem, mass: float = 1.0, tau: float = 0.5, tol: 
     A = dolfinx.fem.petsc.assemble_matrix(a)
     A.assemble()
     b = dolfinx.fem.petsc.create_vector(L)
-    ksp = make_ksp(comm, A, prefix)
+    # refactorised at every step when nonlinear (one solve per factorisation: MUMPS on 2–4
+    # ranks in 2D and 3D, :func:`~.steps.redundant`), factorised once when linear
+    ksp = step_solver(A, prefix, "lu", dim=P.mesh.topology.dim,
+                      solves=max_steps if P.linear else 1)
     steps, change = 0, np.inf
     while steps < max_steps and change >= tol:
         if not P.linear and steps:
