@@ -127,3 +127,17 @@ def test_ground_state_factorisation_choice(monkeypatch, dim, linear, expected):
         kinds.append(made[-1])
     assert kinds[0] == ("lu", "petsc")
     assert kinds[1] == expected
+
+
+@pytest.mark.mpi(min_size=2)
+def test_rk4_mass_solver_choice():
+    """RK4's mass matrix: Cholesky factors on one rank, CG + Jacobi on more (no redundant
+    factorisation: 105k dofs × 100 steps on 2 ranks 18.4 → 11.8 s, 1 rank 19.4 s)."""
+    kinds = {}
+    for comm in (MPI.COMM_SELF, MPI.COMM_WORLD):
+        P = NLSProblem(_mesh(comm, 2), 1, 1.0)
+        st = RK4Stepper(P, P.function(), 0.001)
+        kinds[comm.size] = (st.ksp.getType(), st.ksp.getPC().getType())
+        st.destroy()
+    assert kinds[1] == ("preonly", "cholesky")
+    assert kinds[MPI.COMM_WORLD.size] == ("cg", "jacobi")

@@ -174,6 +174,26 @@ class MidpointStepper:
         self.b.destroy()
 
 
+MASS_RTOL = 1e-14        # relative residual of the distributed mass-matrix solves (CG)
+
+
+def mass_solver(M: PETSc.Mat, prefix: str) -> PETSc.KSP:
+    """The solver of the mass matrix M of an explicit stepper (four solves per RK4 step), with
+    options prefix ``prefix`` (user options override): on one rank its Cholesky factors
+    (:func:`~.linear.make_ksp`), on more CG with Jacobi to MASS_RTOL — D⁻¹M has a condition
+    number independent of h, so a few dozen iterations, no redundant or distributed
+    factorisation, parallel without a serial part (2D disk, 105k dofs × 100 steps, 400
+    solves: 2 ranks 18.4 s with the redundant Cholesky, 11.8 s with CG, 1 rank 19.4 s; the
+    same states to 1e-15)."""
+    comm = M.getComm()
+    if comm.getSize() == 1:
+        return make_ksp(comm.tompi4py(), M, prefix, symmetric=True)
+    ksp = options.make_ksp(comm, prefix, M, ksp_type="cg", pc_type="jacobi",
+                           rtol=MASS_RTOL, atol=0.0, max_it=1000)
+    ksp.setUp()
+    return ksp
+
+
 class RK4Stepper:
     """Classical RK4 on ħ M ż = F(z): kᵢ = M⁻¹F(zᵢ)/ħ, zⁿ⁺¹ = zⁿ + τ(k₁ + 2k₂ + 2k₃ + k₄)/6."""
 
@@ -189,7 +209,7 @@ class RK4Stepper:
         self.M.assemble()
         self.b = dolfinx.fem.petsc.create_vector(self.F)
         self.k = self.b.duplicate()
-        self.ksp = make_ksp(P.mesh.comm, self.M, prefix, symmetric=True)
+        self.ksp = mass_solver(self.M, prefix)
         self.residuals = None                   # explicit: no equation to solve per step
         self.steps = 0
         self.newton_iterations = 0
@@ -203,6 +223,9 @@ class RK4Stepper:
         dolfinx.fem.petsc.assemble_vector(self.b, self.F)
         self.b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
         self.ksp.solve(self.b, self.k)
+        if self.ksp.getConvergedReason() < 0:
+            raise SolverError(f"NLS RK4 step {self.steps + 1}: the mass-matrix solve failed "
+                              f"(KSP reason {self.ksp.getConvergedReason()})")
         return self.k.array_r / self.problem.hbar_value
 
     def step(self) -> int:
