@@ -249,22 +249,24 @@ def train_all(kinds, seeds, *args, workers=None, comm=None, **kw) -> dict:
     process may use) they run side by side in worker processes
     (:mod:`fem_mfc.learning.baseline_worker`), each on one thread — the same results as in
     process, bit for bit, since each run seeds its own generator.  Under MPI (more than one
-    rank) they run in turn on rank 0, as the other ranks' cores are busy waiting."""
+    rank) they are dealt round-robin to the ranks, each training its share in process, and
+    every rank gets all the results (they ran in turn on rank 0, the other ranks waiting:
+    moons at h = 0.06, 3 seeds × 2 kinds, 4 sweeps: 41 s of a 2-rank run's wall time, while
+    one rank trained them in 2 workers)."""
     jobs = [(kind, s) for kind in kinds for s in seeds]
     if comm is not None and comm.size > 1:
-        workers = 1
-    elif workers is None:
-        workers = len(os.sched_getaffinity(0))
-    if comm is not None and comm.rank != 0:
-        full = comm.bcast(None, root=0)
+        mine = [(i, train_baseline(kind, *args, seed=s, **kw))
+                for i, (kind, s) in enumerate(jobs) if i % comm.size == comm.rank]
+        full = [r for _, r in sorted((x for part in comm.allgather(mine) for x in part),
+                                     key=lambda t: t[0])]
     else:
+        if workers is None:
+            workers = len(os.sched_getaffinity(0))
         if min(workers, len(jobs)) > 1:
             full = _in_workers([dict(kind=kind, seed=s, args=args, kw=kw) for kind, s in jobs],
                                workers)
         else:
             full = [train_baseline(kind, *args, seed=s, **kw) for kind, s in jobs]
-        if comm is not None and comm.size > 1:
-            comm.bcast(full, root=0)
     return {kind: _summarise(kind, seeds, [r for (k, _), r in zip(jobs, full) if k == kind])
             for kind in kinds}
 
