@@ -177,6 +177,11 @@ def test_a_mesh_that_misses_the_target_or_the_data_is_flagged(tmp_path):
         out[radius] = run_config(cfg, tmp_path / str(radius), quiet=True,
                                  comm=MPI.COMM_SELF)
     small, good = out[1.2], out[3.5]
+    # the training record is the classifier's: it lacked converged and tol
+    t = good["training"]
+    assert (t["method"], t["transport"], t["tol"]) == ("newton", "eafe", 1e-6)
+    assert t["converged"] is good["converged"] and t["residual"] == good["residual"]
+    assert t["converged"] == (t["residual"] < t["tol"]) and t["wall_time_s"] > 0
     assert not small["checks"]["target_on_mesh"]["ok"] and small["test_points_off_mesh"] > 30
     assert not small["checks"]["data_on_mesh"]["ok"] and small["converged"] is False
     assert good["checks"]["target_on_mesh"]["ok"] and good["checks"]["data_on_mesh"]["ok"]
