@@ -999,13 +999,17 @@ def _refuse_unread_coupling(cfg: dict, source):
     pr, f = cfg["problem"], cfg["run"]["formulation"]
     if pr["coupling"] == "mftc" or f not in ("hjb-fp", "cole-hopf", "qhd", "nls"):
         return                        # heat: refused with the control keys; learning: mftc
-    # G written as 0, not one that vanishes for some parameters: a study of G = c*rho**2
-    # through c = 0 keeps its coupling (tests/test_solver_robustness.py)
-    no_G = pr["G"].strip() in ("0", "0.0", "")
+    # G zero whatever its parameters ("0", "0*rho"), not one that vanishes for some: a
+    # study of G = c*rho**2 through c = 0 keeps its coupling (test_solver_robustness.py)
+    from .expressions import vanishes
+    try:
+        no_G = not pr["G"].strip() or vanishes(pr["G"], "problem.G", "rho")
+    except ConfigError:               # parameters or coordinates in it
+        no_G = False
     h = pr["H"]
     rho_free = h in ("quadratic", "weighted", "power", "anisotropic") or (
         h not in HAMILTONIANS and not re.search(r"\brho\b", h))
-    if f == "nls" and pr["G"].strip() in ("0", "0.0", ""):
+    if f == "nls" and no_G:
         why = "formulation 'nls' (its nonlinearity g = kappa rho is the Hamiltonian coupling)"
     elif f != "nls" and no_G and rho_free and "population" not in cfg:
         why = "a problem without congestion (G = 0 and an H free of rho: nothing to couple)"

@@ -96,7 +96,7 @@ def phase_gradient(z, hbar: float = 1.0, delta: float = 1e-12, name="grad_S"):
     b = dolfinx.fem.petsc.assemble_vector(dolfinx.fem.form(ufl.inner(w, v) * dxq))
     b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
     out = dolfinx.fem.Function(Vv, name=name)
-    ksp = make_ksp(mesh.comm, A, "madelung_proj_", solves=1, symmetric=True)
+    ksp = make_ksp(A, "madelung_proj_", solves=1, symmetric=True)
     ksp.solve(b, out.x.petsc_vec)
     out.x.scatter_forward()
     for o in (ksp, A, b):

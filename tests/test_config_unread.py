@@ -278,6 +278,7 @@ def test_the_sweeps_read_their_relaxation_and_p1_velocities_their_smoothing():
 
 @pytest.mark.parametrize("raw", [
     {"problem": {"coupling": "mfg"}}, {"problem": {"coupling": "mfg", "G": "0"}},
+    {"problem": {"coupling": "mfg", "G": "0*rho"}},
     {"problem": {"coupling": "mfg", "H": "weighted"}},
     {**QHD, "problem": {"coupling": "mfg"}},
     {**NLS, "nls": {"kappa": -1.0}, "problem": {"coupling": "mfg"}}])

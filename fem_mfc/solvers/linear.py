@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import SolverError
 
 
-def make_ksp(comm, A, prefix: str, solves: float = float("inf"), symmetric: bool = False):
+def make_ksp(A, prefix: str, solves: float = float("inf"), symmetric: bool = False):
     """A factorisation of A with options prefix ``prefix`` whose factors serve ``solves``
     solves (user options override; ``symmetric``: A is symmetric positive definite, Cholesky).
     It is the sweeps' per-step LU (:func:`fem_mfc.solvers.steps.step_solver`): PETSc's own
@@ -25,11 +25,6 @@ def make_ksp(comm, A, prefix: str, solves: float = float("inf"), symmetric: bool
     of ranks: a heat run of 82k dofs × 100 steps stepped 5× slower on 2 ranks than on 1.)"""
     from .steps import step_solver
     return step_solver(A, prefix, "lu", symmetric=symmetric, solves=solves)
-
-
-def serial_lu(comm) -> str:
-    """The LU package of a factorisation reused for many solves on ``comm``."""
-    return "petsc" if comm.size == 1 else "mumps"
 
 
 def assemble_rhs(b, L_form) -> None:

@@ -187,7 +187,7 @@ def mass_solver(M: PETSc.Mat, prefix: str) -> PETSc.KSP:
     same states to 1e-15)."""
     comm = M.getComm()
     if comm.getSize() == 1:
-        return make_ksp(comm.tompi4py(), M, prefix, symmetric=True)
+        return make_ksp(M, prefix, symmetric=True)
     ksp = options.make_ksp(comm, prefix, M, ksp_type="cg", pc_type="jacobi",
                            rtol=MASS_RTOL, atol=0.0, max_it=1000)
     ksp.setUp()

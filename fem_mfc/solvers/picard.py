@@ -34,7 +34,7 @@ class _StepSolver:
     ranks 3.8 ms per solve.)"""
 
     def __init__(self, comm, prefix):
-        self.comm, self.prefix = comm, prefix
+        self.prefix = prefix            # (the communicator is the blocks')
         self.ksp = self.x = self.b = None
 
     def solve(self, A, rhs: np.ndarray) -> np.ndarray:
