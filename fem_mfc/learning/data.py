@@ -108,6 +108,27 @@ def generate(dcfg: dict):
     raise ConfigError("data.dataset", "one of " + ", ".join(DATASETS), kind)
 
 
+def csv_rows(path: Path, what: str, expected: str) -> list[tuple[int, list[str]]]:
+    """The non-blank rows of CSV file ``path`` with their row numbers (from 1), a byte-order
+    mark (Excel's "CSV UTF-8") ignored; a one-line :class:`UserError` naming the ``what``
+    file if it is missing, unreadable, not UTF-8 or empty (``expected``: what it should
+    hold).  The reader of training data (:func:`read_csv`) and of points to label
+    (:func:`~.saved.read_points`)."""
+    if not path.is_file():
+        raise UserError(f"{path}: {what} file not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file (expected {expected})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the {what} file ({e.strerror or e})") from None
+    rows = [(i, r) for i, r in enumerate(csv.reader(text.splitlines()), start=1)
+            if any(c.strip() for c in r)]
+    if not rows:
+        raise UserError(f"{path}: the file is empty (expected {expected})")
+    return rows
+
+
 def read_csv(path: str | Path):
     """Read user data: a header ``x1,x2,label`` (or ``x1,…,xd,label`` for d features, e.g.
     ``x1,x2,x3,label`` for 3D data on a 3D mesh) then one point per row.  The header may be
@@ -120,15 +141,7 @@ def read_csv(path: str | Path):
     one-line :class:`UserError` naming the file and row.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: data file not found")
-    try:
-        text = path.read_text(encoding="utf-8-sig")   # a byte-order mark (Excel) is not data
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a UTF-8 text file (expected CSV with x1,x2,label)") from None
-    rows = [r for r in csv.reader(text.splitlines()) if any(c.strip() for c in r)]
-    if not rows:
-        raise UserError(f"{path}: the file is empty (expected a header x1,x2,label and rows)")
+    rows = [r for _, r in csv_rows(path, "data", "a header x1,x2,label and rows")]
     if len(rows[0]) >= 2 and all(is_number(c) for c in rows[0][:-1]):
         d, start = len(rows[0]) - 1, 1          # no header: the first row is a point
     else:

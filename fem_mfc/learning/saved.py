@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .data import is_number
+from .data import csv_rows, is_number
 
 MODEL_DIR = "model"
 MESH, VALUES, META = "mesh.bp", "velocity.npz", "model.json"
@@ -263,21 +263,10 @@ def read_points(path, d: int):
     text or None).  Every problem is a one-line :class:`UserError` naming the file, the row
     and the column."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: points file not found")
     names = [f"x{i + 1}" for i in range(d)]
     cols = ",".join(names)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a UTF-8 text file (expected CSV rows {cols})") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the points ({e.strerror or e})") from None
-    rows = [(i, r) for i, r in enumerate(csv.reader(text.splitlines()), start=1)
-            if any(c.strip() for c in r)]
-    if not rows:
-        raise UserError(f"{path}: the file is empty (expected rows of {d} numbers {cols}, "
-                        "optionally with a label column)")
+    rows = csv_rows(path, "points", f"rows of {d} numbers {cols}, optionally with a label "
+                    "column")
     first = rows[0][1]
     width = None
     if not all(is_number(c) for c in first[:d]):       # a header (or a word)
