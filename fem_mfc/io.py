@@ -415,6 +415,8 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # A run that has not ended this many seconds after SIGINT/SIGTERM/SIGHUP is in a C call that
 # holds the GIL: its watchdog deletes the staging folder and kills it.
 SIGNAL_GRACE_S = 3.0
+# Ranks other than 0 wait this long in their handler before exiting (see handler below).
+RANK_EXIT_DELAY_S = 1.0
 # The watchdog (python3 -S -c WATCHDOG FD PID STAGING GRACE): Python's C-level signal handler
 # writes the signal's number to the run's wakeup fd at once, GIL or not; the watchdog reads
 # it, gives the run's own handler GRACE seconds, then cleans up and kills.  End of file on
@@ -692,12 +694,17 @@ class RunContext:
     # -- signals -------------------------------------------------------------------------------
     def _install_signal_handlers(self):
         def handler(signum, frame):
-            self._remove_staging()
             if self.comm.rank == 0:
                 with contextlib.suppress(Exception):
                     sys.stderr.write(f"fem-mfc: interrupted ({signal.Signals(signum).name}); "
                                      f"{self.outdir} left as it was\n")
                     sys.stderr.flush()
+            elif self.comm.size > 1:
+                # an MPI launcher ends the job when the first rank exits: the others give
+                # rank 0, which got the same signal, the time to say so (the line was lost
+                # once in CI: rank 1 exited first and prterun killed rank 0 before it wrote)
+                time.sleep(RANK_EXIT_DELAY_S)
+            self._remove_staging()
             os._exit(128 + signum)
         try:
             for s in _SIGNALS:

@@ -124,6 +124,50 @@ def test_signal_to_launcher_ends_every_rank(tmp_path, heat_cfg, path, sig):
         kill_all(mark)
 
 
+def _rank_pids(mark):
+    """{rank: pid} of the job's Python ranks (Open MPI puts the rank in their environment)."""
+    ranks = {}
+    for pid in procs_with(mark):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if b"fem_mfc" in cmd and b"OMPI_COMM_WORLD_RANK" in env and b"mpirun" not in cmd:
+            ranks[int(env[b"OMPI_COMM_WORLD_RANK"])] = pid
+    return ranks
+
+
+@pytest.mark.skipif(not IN_ENV, reason="reads the ranks' environment inside the environment")
+def test_rank_zero_line_survives_another_rank_ending_first(tmp_path, heat_cfg):
+    """The signal reaches rank 1 before rank 0 (the order /proc lists them in, or the
+    scheduler's): the launcher ends the job as soon as one rank exits, so rank 1 must not exit
+    before rank 0 has written its line.  CI once lost it this way (SIGHUP: only Open MPI's
+    banner "... Exit code: 129" came out)."""
+    mark = marker()
+    out = tmp_path / mark
+    p = _start("env", heat_cfg, out, mark, tmp_path / "paused")
+    try:
+        ranks = _rank_pids(mark)
+        assert sorted(ranks) == [0, 1], ranks
+        os.kill(ranks[1], signal.SIGHUP)
+        time.sleep(0.3)
+        try:
+            os.kill(ranks[0], signal.SIGHUP)
+        except ProcessLookupError:      # (before: the launcher had already ended it)
+            pass
+        rc, _, err = finish(p, mark, timeout=60)
+        assert_none_left(mark, timeout=3)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert lines == [f"fem-mfc: interrupted (SIGHUP); {out} left as it was"], lines
+        assert rc == 128 + signal.SIGHUP, (rc, err[-3000:])
+        assert not out.exists()
+    finally:
+        kill_all(mark)
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_sigkill_to_launcher_leaves_no_rank(tmp_path, heat_cfg, path):
     mark = marker()
@@ -193,9 +237,9 @@ def test_signal_inside_a_call_that_holds_the_gil(tmp_path, heat_cfg, ranks):
     returns, so the run used to go on until then.  The run's watchdog process, woken by the
     signal through the wakeup fd, deletes the staging folder and ends the rank after
     SIGNAL_GRACE_S; nothing of the job is left."""
-    from fem_mfc.io import SIGNAL_GRACE_S
     if not IN_ENV:
         pytest.skip("inside the environment")
+    from fem_mfc.io import SIGNAL_GRACE_S
     mark = marker()
     out = tmp_path / mark
     pause = tmp_path / "paused"
