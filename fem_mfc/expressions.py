@@ -206,6 +206,59 @@ def vanishes(text: str, key: str, variable: str, *, x=None, gdim: int = 0,
         probe, ufl.constantvalue.Zero)
 
 
+def torch_function(text: str, key: str, gdim: int, params: dict | None = None):
+    """Formula ``text`` of the coordinates (no other variables) as a function of a torch tensor
+    X of points (rows, ``gdim`` columns) returning one value per row, differentiable: the
+    running potential V of the torch baselines, which must minimise the same objective as the
+    PDE network.  The same language as :func:`parse` (a formula :func:`parse` accepts for
+    ``key`` is read the same way here); torch is imported by the caller's process only."""
+    import torch
+    funcs = {"exp": torch.exp, "log": torch.log, "ln": torch.log, "sqrt": torch.sqrt,
+             "sin": torch.sin, "cos": torch.cos, "tan": torch.tan, "tanh": torch.tanh,
+             "sinh": torch.sinh, "cosh": torch.cosh, "atan": torch.atan, "abs": torch.abs,
+             "erf": torch.special.erf}
+    pair = {"min": torch.minimum, "max": torch.maximum}
+    params = {k: float(_number(v)) for k, v in (params or {}).items()}
+    tree = _parse_limited(text, key)
+    binary = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
+              ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b,
+              ast.Pow: lambda a, b: a ** b}
+
+    def visit(node, X):
+        if isinstance(node, ast.Expression):
+            return visit(node.body, X)
+        if isinstance(node, ast.Constant):
+            return float(node.value)
+        if isinstance(node, ast.Name):
+            n = node.id
+            if n in params:
+                return params[n]
+            if n in CONSTANTS:
+                return CONSTANTS[n]
+            if n in _AXES and _AXES[n] < gdim:
+                return X[:, _AXES[n]]
+        elif isinstance(node, ast.BinOp) and type(node.op) in binary:
+            return binary[type(node.op)](visit(node.left, X), visit(node.right, X))
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            v = visit(node.operand, X)
+            return -v if isinstance(node.op, ast.USub) else v
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            args = [visit(a, X) for a in node.args]
+            if node.func.id in pair and len(args) == 2:
+                a, b = (torch.as_tensor(v, dtype=X.dtype) for v in args)
+                return pair[node.func.id](a, b)
+            if node.func.id in funcs and len(args) == 1:
+                return funcs[node.func.id](torch.as_tensor(args[0], dtype=X.dtype))
+        raise ConfigError(key, "a formula of the coordinates that the UFL reader accepts",
+                          _short(text))
+
+    def f(X):
+        v = visit(tree, X)
+        return v if torch.is_tensor(v) and v.shape == X.shape[:1] else \
+            torch.as_tensor(v, dtype=X.dtype).expand(X.shape[0]).clone()
+    return f
+
+
 # -- size and complexity limits, checked before anything is translated ------------------------
 MAX_LENGTH = 2000          # characters
 MAX_NODES = 400            # AST nodes

@@ -10,7 +10,11 @@
 
 Both are trained full-batch by Adam on the same split with the SAME objective as the PDE
 network (the same anchor head: predicted class = nearest anchor):
-  (1/n) Σ_i [ β/2 |x_N^i − c_{y_i}|² + kinetic energy of the path of x^i ].
+  (1/n) Σ_i [ β/2 |x_N^i − c_{y_i}|² + kinetic energy of the path of x^i
+              + ∫ V(x^i(t)) dt ],
+the running potential V of ``[problem] V`` (default 0) read by
+:func:`fem_mfc.expressions.torch_function` — by the ResNet as the PDE network's flow takes it,
+Σ_n τ V(x_n), by the neural ODE integrated along with the kinetic energy.
 
 Training to convergence of *their* objective (:func:`fit`): early stopping on a plateau — when
 the best objective has not improved by a relative ``rel_tol`` within ``patience`` epochs, the
@@ -42,8 +46,8 @@ import numpy as np
 KINDS = ("resnet", "node")
 # the figures of a run that train_seeds averages over the seeds
 FIGURES = ("train_accuracy", "test_accuracy", "fresh_accuracy", "train_objective",
-           "train_anchor_loss", "train_kinetic", "test_objective", "cpu_time_s", "wall_time_s",
-           "epochs")
+           "train_anchor_loss", "train_kinetic", "train_potential", "test_objective",
+           "cpu_time_s", "wall_time_s", "epochs")
 
 
 def _model(torch, dim, width, depth):
@@ -52,16 +56,19 @@ def _model(torch, dim, width, depth):
                           for _ in range(depth)])
 
 
-def _flow(blocks, x, tau):
-    """Returns x_N, Σ_n τ ½|f_n(x_n)|² per point, and the path."""
+def _flow(blocks, x, tau, V=None):
+    """Returns x_N, Σ_n τ ½|f_n(x_n)|² and Σ_n τ V(x_n) per point, and the path."""
     kin = x.new_zeros(x.shape[0])
+    pot = x.new_zeros(x.shape[0])
     path = [x]
     for f in blocks:
         v = f(x)
         kin = kin + tau * 0.5 * (v ** 2).sum(dim=1)
+        if V is not None:
+            pot = pot + tau * V(x)
         x = x + tau * v
         path.append(x)
-    return x, kin, path
+    return x, kin, pot, path
 
 
 class _ODEField:
@@ -83,27 +90,37 @@ def node_steps(depth: int, scheme: str) -> int:
     return max(1, math.ceil(depth / 4)) if scheme == "rk4" else depth
 
 
-def _ode_flow(field, x, T, steps, scheme="rk4"):
-    """Integrate ẋ = a(x, t) and ė = ½|a|² on [0, T] by ``steps`` fixed steps; x_N, e, path."""
+def _ode_flow(field, x, T, steps, scheme="rk4", V=None):
+    """Integrate ẋ = a(x, t), ė = ½|a|² and ṗ = V(x) on [0, T] by ``steps`` fixed steps;
+    x_N, e, p, path."""
     h = T / steps
     kin = x.new_zeros(x.shape[0])
+    pot = x.new_zeros(x.shape[0])
     path = [x]
 
     def e(v):
         return 0.5 * (v ** 2).sum(dim=1)
+
+    def w(y):
+        return V(y) if V is not None else 0.0
     for n in range(steps):
         t = n * h
         k1 = field(x, t)
         if scheme == "euler":
-            x, kin = x + h * k1, kin + h * e(k1)
+            x, kin, pot = x + h * k1, kin + h * e(k1), pot + h * w(x)
         else:
-            k2 = field(x + 0.5 * h * k1, t + 0.5 * h)
-            k3 = field(x + 0.5 * h * k2, t + 0.5 * h)
-            k4 = field(x + h * k3, t + h)
+            x2 = x + 0.5 * h * k1
+            k2 = field(x2, t + 0.5 * h)
+            x3 = x + 0.5 * h * k2
+            k3 = field(x3, t + 0.5 * h)
+            x4 = x + h * k3
+            k4 = field(x4, t + h)
+            if V is not None:
+                pot = pot + h / 6 * (w(x) + 2 * w(x2) + 2 * w(x3) + w(x4))
             x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
             kin = kin + h / 6 * (e(k1) + 2 * e(k2) + 2 * e(k3) + e(k4))
         path.append(x)
-    return x, kin, path
+    return x, kin, pot, path
 
 
 def fit(torch, params, loss_fn, epochs, lr, patience=100, rel_tol=1e-4, lr_drops=2):
@@ -152,26 +169,29 @@ def fit(torch, params, loss_fn, epochs, lr, patience=100, rel_tol=1e-4, lr_drops
 
 
 def _evaluate(out, flow, sets, anchors, beta, C):
-    """Accuracy, anchor loss, kinetic energy and objective of ``flow`` on each labelled set."""
+    """Accuracy, anchor loss, kinetic energy, potential and objective of ``flow`` on each
+    labelled set."""
     for name, (X, y) in sets.items():
-        xN, kin, path = flow(X)
+        xN, kin, pot, path = flow(X)
         d2 = ((xN[:, None, :] - C[None]) ** 2).sum(dim=2)
         pred = d2.argmin(dim=1).numpy()
         anchor = 0.5 * beta * ((xN.numpy() - anchors[y]) ** 2).sum(axis=1)
         out[f"{name}_accuracy"] = float((pred == y).mean())
         out[f"{name}_anchor_loss"] = float(anchor.mean())
         out[f"{name}_kinetic"] = float(kin.mean())
-        out[f"{name}_objective"] = float((anchor + kin.numpy()).mean())
+        out[f"{name}_potential"] = float(pot.mean())
+        out[f"{name}_objective"] = float((anchor + kin.numpy() + pot.numpy()).mean())
         if name == "train":
             out["train_paths"] = np.stack([p.numpy() for p in path])
 
 
 def train_baseline(kind, X_train, y_train, X_test, y_test, anchors, beta, T, depth, width=16,
                    epochs=600, lr=0.01, seed=0, comm=None, patience=0, rel_tol=1e-4,
-                   fresh=None, scheme="rk4") -> dict:
+                   fresh=None, scheme="rk4", potential=None) -> dict:
     """Train one baseline (``kind`` = "resnet" or "node"); return accuracies (train, test and,
     if ``fresh`` = (X, y) is given, on that fresh sample), objective terms, kinetic energy,
-    wall and CPU time, epochs, the history and the trained state."""
+    wall and CPU time, epochs, the history and the trained state.  ``potential``: the running
+    potential V as (formula, params) of ``[problem] V`` (None: V = 0)."""
     if kind not in KINDS:
         raise ValueError(f"unknown baseline {kind!r} (one of {', '.join(KINDS)})")
     if comm is not None and comm.rank != 0:
@@ -185,22 +205,26 @@ def train_baseline(kind, X_train, y_train, X_test, y_test, anchors, beta, T, dep
     ytr = torch.tensor(y_train)
     C = torch.tensor(anchors, dtype=dt)
     dim = Xtr.shape[1]
+    V = None
+    if potential is not None:
+        from ..expressions import torch_function
+        V = torch_function(potential[0], "problem.V", dim, potential[1])
     if kind == "resnet":
         net = _model(torch, dim, width, depth).to(dt)
 
         def flow(X):
-            return _flow(net, X, tau)
+            return _flow(net, X, tau, V)
     else:
         field = _ODEField(torch, dim, width)
         net = field.net.to(dt)
         steps = node_steps(depth, scheme)
 
         def flow(X):
-            return _ode_flow(field, X, T, steps, scheme)
+            return _ode_flow(field, X, T, steps, scheme, V)
 
     def loss_fn():
-        xN, kin, _ = flow(Xtr)
-        return (0.5 * beta * ((xN - C[ytr]) ** 2).sum(dim=1) + kin).mean()
+        xN, kin, pot, _ = flow(Xtr)
+        return (0.5 * beta * ((xN - C[ytr]) ** 2).sum(dim=1) + kin + pot).mean()
     loss_fn().backward()              # warm-up (torch's lazy set-up, the optimiser's first
     net.zero_grad()                   # step imports modules): not timed
     w = torch.zeros(1, requires_grad=True)

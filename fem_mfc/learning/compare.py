@@ -26,7 +26,7 @@ import math
 import numpy as np
 
 from ..errors import SolverError
-from . import baseline, data
+from . import baseline, data, infer
 
 FRESH_SEED_OFFSET = 1_000_003       # the fresh sample's seed = the data seed + this (mod 2³¹)
 # the table: (key of a row, column header)
@@ -183,6 +183,16 @@ def _baseline_rows(name, res, J=None) -> list[dict]:
 WORKERS_FROM_EPOCHS = 500
 
 
+def potential(prob, model):
+    """The running potential V of a classifier problem as the torch baselines take it:
+    (formula, params), or None where it is a constant, which the PDE network's empirical
+    objective leaves out too (:func:`fem_mfc.learning.infer.potential_function`)."""
+    V = model.Vpot
+    if isinstance(V, (int, float)) or infer._is_constant_zero(V):
+        return None
+    return str(prob.equation["V"]), dict(prob.equation["params"])
+
+
 def compare(summary: dict, prob, ds, model, flow, comm, log=None) -> dict | None:
     """Fresh-sample accuracy of the PDE network, the Bayes ceiling and the torch baselines of a
     classifier run (``prob``: its :class:`~fem_mfc.learning.problem.ClassifierProblem`);
@@ -205,7 +215,7 @@ def compare(summary: dict, prob, ds, model, flow, comm, log=None) -> dict | None
         args = (ds.X_train, ds.y_train, ds.X_test, ds.y_test, model.anchors, model.beta,
                 model.T, model.N, b.hidden, b.epochs, b.lr)
         kw = {"comm": comm, "patience": b.patience,
-              "fresh": None if fresh is None else fresh[:2]}
+              "fresh": None if fresh is None else fresh[:2], "potential": potential(prob, model)}
         kinds = [("resnet", "torch ResNet")] + ([("node", "neural ODE")] if b.node else [])
         if log is not None:
             log.info("training the baselines (%s; %d seed(s) each, at most %d epochs, patience "
