@@ -36,6 +36,7 @@ from .errors import (
     DiskFullError,
     SolverError,
     UserError,
+    last_line,
     launcher_rank,
     process_rank,
     warning,
@@ -471,11 +472,8 @@ def _early_signals(command: str | None) -> dict:
             with contextlib.suppress(Exception):
                 io.abandon_prepared()
         if process_rank() == 0:
-            with contextlib.suppress(Exception):
-                sys.stderr.write(f"{PROG}: interrupted ({signal.Signals(signum).name})"
-                                 + ("; nothing was written\n" if run and not started
-                                    else "\n"))
-                sys.stderr.flush()
+            last_line(f"{PROG}: interrupted ({signal.Signals(signum).name})"
+                      + ("; nothing was written" if run and not started else ""))
         os._exit(128 + signum)
 
     replaced = {}
@@ -565,7 +563,7 @@ def _main(argv: list[str]) -> int:
         return _fail(str(e))
     except KeyboardInterrupt:
         if (launcher_rank() or 0) == 0:
-            print(f"{PROG}: interrupted; earlier results left intact", file=sys.stderr)
+            last_line(f"{PROG}: interrupted; earlier results left intact")
         return 130
     except Exception as e:                  # PETSc errors from user options are input errors
         if args.command in ("info", "schema") and isinstance(e, OSError) \

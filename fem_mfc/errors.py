@@ -40,6 +40,34 @@ def warning(message: str) -> None:
         print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
 
+# Set by bin/fem-env's guard around an MPI launcher: a file that gets this process's last line
+# too.  A launcher that receives the signal itself (a process-group signal: a terminal's Ctrl-C,
+# `timeout`) ends its ranks and drops what they print meanwhile; the guard prints the file's
+# lines it did not see on the launcher's stderr.
+LAUNCHER_NOTE = "FEM_MFC_LAUNCHER_NOTE"
+
+
+def last_line(line: str) -> None:
+    """Write ``line`` (the process's last: "fem-mfc: interrupted ...") on stderr and to the
+    launcher's note file if there is one; safe in a signal handler (no exception escapes)."""
+    text = line if line.endswith("\n") else line + "\n"
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except Exception:
+        pass
+    note = os.environ.get(LAUNCHER_NOTE)
+    if note:
+        try:
+            fd = os.open(note, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, text.encode("utf-8", "replace"))
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+
 def keeps_cause(method):
     """Decorate a method PETSc calls back (a residual, a python PC's apply…): an exception in
     it reaches PETSc as an error code only, so its message is kept on the object as

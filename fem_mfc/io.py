@@ -50,7 +50,7 @@ from mpi4py import MPI
 
 import numpy as np
 
-from .errors import DiskFullError, UserError
+from .errors import DiskFullError, UserError, last_line
 
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "errno = 28:", "errno = 122:")
@@ -446,8 +446,15 @@ if staging:
     shutil.rmtree(staging, ignore_errors=True)
 try:
     name = signal.Signals(got).name
-    sys.stderr.write(f"fem-mfc: interrupted ({name}) inside a computation that cannot be "
-                     f"interrupted; ended it after {grace:g} s\\n")
+    line = (f"fem-mfc: interrupted ({name}) inside a computation that cannot be "
+            f"interrupted; ended it after {grace:g} s\\n")
+    sys.stderr.write(line)
+    sys.stderr.flush()
+    note = os.environ.get("FEM_MFC_LAUNCHER_NOTE")      # (errors.last_line)
+    if note and staging:                                  # (rank 0's watchdog)
+        fd = os.open(note, os.O_WRONLY | os.O_APPEND)
+        os.write(fd, line.encode())
+        os.close(fd)
     os.kill(pid, signal.SIGKILL)
 except (ProcessLookupError, ValueError, OSError):
     pass
@@ -694,11 +701,12 @@ class RunContext:
     # -- signals -------------------------------------------------------------------------------
     def _install_signal_handlers(self):
         def handler(signum, frame):
+            for s in _SIGNALS:            # a second signal (the group's, then the launcher's
+                with contextlib.suppress(Exception):           # or the guard's) is no news
+                    signal.signal(s, signal.SIG_IGN)
             if self.comm.rank == 0:
-                with contextlib.suppress(Exception):
-                    sys.stderr.write(f"fem-mfc: interrupted ({signal.Signals(signum).name}); "
-                                     f"{self.outdir} left as it was\n")
-                    sys.stderr.flush()
+                last_line(f"fem-mfc: interrupted ({signal.Signals(signum).name}); "
+                          f"{self.outdir} left as it was")
             elif self.comm.size > 1:
                 # an MPI launcher ends the job when the first rank exits: the others give
                 # rank 0, which got the same signal, the time to say so (the line was lost
