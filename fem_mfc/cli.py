@@ -375,6 +375,7 @@ def cmd_sample(args) -> int:
                                                    "a non-negative integer")
     comm = MPI.COMM_WORLD
     model = saved.load(args.run, comm, formulations=("generative",), use="sample")
+    _samples_fit(n, model.N)
     _ignore_sigpipe()
     X = model.sample(n, seed)
     out = args.out
@@ -384,6 +385,16 @@ def cmd_sample(args) -> int:
              f"{args.run} ({model.N} layers, seed {model.seed if seed is None else seed}) "
              f"into {'standard output' if out == '-' else out}")
     return 0
+
+
+def _samples_fit(n: int, layers: int) -> None:
+    """Refuse N samples whose points would not fit in memory (as a run's
+    ``generative.samples``: every rank holds every point; they were a MemoryError)."""
+    from .config import BYTES_PER_POINT_LAYER, _fmt_bytes, available_memory
+    need, have = float(n) * BYTES_PER_POINT_LAYER * (layers + 1), available_memory()
+    if need > have:
+        raise UserError(f"N: expected a number of samples that fits in memory: {n} samples "
+                        f"need about {_fmt_bytes(need)}, {_fmt_bytes(have)} available")
 
 
 def _integer(text: str, name: str, least: int, expected: str) -> int:

@@ -152,6 +152,7 @@ def _cases(base: Path, run: Path):
             (["sample", run, "many"], "N: expected a positive integer (the number of "
                                       "samples), got 'many'"),
             (["sample", run, "2.5"], "N: expected a positive integer"),
+            (["sample", run, 10 ** 15], "N: expected a number of samples that fits in memory"),
             (["sample", run, 5, "--seed", -1], "--seed: expected a non-negative integer, "
                                                "got '-1'"),
             (["sample", run, 5, "--seed", "x"], "--seed: expected a non-negative integer"),
