@@ -1,4 +1,5 @@
-"""The ``fem-mfc`` command line: ``info``, ``run``, ``refine``, ``predict``, ``schema``.
+"""The ``fem-mfc`` command line: ``info``, ``run``, ``refine``, ``predict``, ``sample``,
+``schema``.
 
 Exit status: 0 success; 2 bad input (a bad config, a missing or unreadable file, a run that
 would not fit in memory, a PETSc error from an option, a full disk: one line naming the key,
@@ -316,10 +317,11 @@ def _say(line: str) -> None:
 
 
 def cmd_predict(args) -> int:
-    """Label the points of a CSV file with the classifier a run trained (feedback: its
-    ``model/``; dictionary: its ``weights.npz``; :mod:`fem_mfc.learning.saved`): the labels
-    and the final features into ``--out`` (default ``POINTS.predicted.csv``; ``-``: standard
-    output), one line on stderr."""
+    """Apply the model a run trained (:mod:`fem_mfc.learning.saved`) to the points of a CSV
+    file: a classifier (feedback: its ``model/``; dictionary: its ``weights.npz``) labels
+    them (the labels and the final features), a generative flow transports them forward to
+    its base (the log-density and the final point), into ``--out`` (default
+    ``POINTS.predicted.csv``; ``-``: standard output), one line on stderr."""
     from mpi4py import MPI
 
     import numpy as np
@@ -335,21 +337,17 @@ def cmd_predict(args) -> int:
     X, labels = saved.read_points(points, model.data_dim)
     _ignore_sigpipe()
     pred = model.predict(X)
-    err = None
-    if comm.rank == 0:
-        try:
-            saved.write_predictions(out, pred)
-        except BrokenPipeError:
-            raise
-        except OSError as e:
-            err = (f"{'standard output' if out == '-' else out}: cannot write the "
-                   f"predictions ({e.strerror or e})")
-    err = comm.bcast(err, root=0)
-    if err:
-        raise UserError(err)
-    line = (f"{len(X)} point{'s' if len(X) != 1 else ''} labelled by the {model.kind} network "
-            f"of {args.run} ({model.N} layers) into {'standard output' if out == '-' else out}")
-    if labels is not None:
+    _write_output(comm, out, lambda: saved.predictions_text(pred), "the predictions")
+    into = "standard output" if out == "-" else out
+    points_ = f"{len(X)} point{'s' if len(X) != 1 else ''}"
+    if model.kind == "generative":
+        line = (f"{points_} transported by the generative flow of {args.run} ({model.N} "
+                f"layers) to its base N(0, s^2 I) into {into}; mean log-density "
+                f"{pred.log_density.mean():.6g} nats per point (the data's units)")
+    else:
+        line = (f"{points_} labelled by the {model.kind} network of {args.run} ({model.N} "
+                f"layers) into {into}")
+    if labels is not None and model.kind != "generative":
         right = int(np.count_nonzero(pred.labels == labels))
         line += f"; accuracy {right / len(X):.4g} ({right}/{len(X)}) against the label column"
         unknown = sorted(set(labels) - set(model.classes))
@@ -357,11 +355,76 @@ def cmd_predict(args) -> int:
             warning(f"{points}: labels {', '.join(unknown[:5])} are not classes of the model "
                     f"(its classes: {', '.join(model.classes)}); counted as wrong")
     if pred.off_mesh:
-        line += (f"; {pred.off_mesh} started outside the mesh and were moved onto it "
-                 "(the flow is confined to the training domain)")
+        line += (f"; {pred.off_mesh} started outside the mesh and were "
+                 + ("evaluated at its nearest point (the flow's density is not defined "
+                    "there)" if model.kind == "generative" else
+                    "moved onto it (the flow is confined to the training domain)"))
     if not args.quiet:
         _say(line)
     return 0
+
+
+def cmd_sample(args) -> int:
+    """Draw N new samples from the generative flow a run trained (its ``model/``): base
+    samples pulled back through the flow, in the data's units, into ``--out`` (default:
+    standard output), one line on stderr."""
+    from mpi4py import MPI
+
+    from .learning import saved
+    n = _integer(args.n, "N", 1, "a positive integer (the number of samples)")
+    seed = None if args.seed is None else _integer(args.seed, "--seed", 0,
+                                                   "a non-negative integer")
+    comm = MPI.COMM_WORLD
+    model = saved.load(args.run, comm, formulations=("generative",), use="sample")
+    _samples_fit(n, model.N)
+    _ignore_sigpipe()
+    X = model.sample(n, seed)
+    out = args.out
+    _write_output(comm, out, lambda: saved.samples_text(X), "the samples")
+    if not args.quiet:
+        _say(f"{n} sample{'s' if n != 1 else ''} drawn from the generative flow of "
+             f"{args.run} ({model.N} layers, seed {model.seed if seed is None else seed}) "
+             f"into {'standard output' if out == '-' else out}")
+    return 0
+
+
+def _samples_fit(n: int, layers: int) -> None:
+    """Refuse N samples whose points would not fit in memory (as a run's
+    ``generative.samples``: every rank holds every point; they were a MemoryError)."""
+    from .config import BYTES_PER_POINT_LAYER, _fmt_bytes, available_memory
+    need, have = float(n) * BYTES_PER_POINT_LAYER * (layers + 1), available_memory()
+    if need > have:
+        raise UserError(f"N: expected a number of samples that fits in memory: {n} samples "
+                        f"need about {_fmt_bytes(need)}, {_fmt_bytes(have)} available")
+
+
+def _integer(text: str, name: str, least: int, expected: str) -> int:
+    """The integer command-line argument ``name`` (at least ``least``), or a UserError."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = None
+    if v is None or v < least:
+        raise UserError(f"{name}: expected {expected}, got {text!r}")
+    return v
+
+
+def _write_output(comm, out: str, text, what: str) -> None:
+    """Rank 0 writes ``text()`` into file ``out`` atomically (``-``: standard output); its
+    failure is every rank's one-line UserError naming the file."""
+    from .learning import saved
+    err = None
+    if comm.rank == 0:
+        try:
+            saved.write_table(out, text())
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            err = (f"{'standard output' if out == '-' else out}: cannot write {what} "
+                   f"({e.strerror or e})")
+    err = comm.bcast(err, root=0)
+    if err:
+        raise UserError(err)
 
 
 def cmd_schema(args) -> int:
@@ -392,9 +455,16 @@ RUN_EPILOG = ("Other arguments that start with one '-' are PETSc options, with t
               "(results written, \"converged\": false); 130/143 interrupted.")
 PREDICT_EPILOG = ("POINTS.csv: the d feature columns of the training data (header x1,...,xd "
                   "optional), optionally a label column (then the accuracy is reported). "
-                  "Writes label,final_x1,...: the predicted label (as in the data) and the "
-                  "final features x_N (standardised network coordinates). Exit status: 0 "
-                  "success; 2 bad input (one line).")
+                  "A classifier run writes label,final_x1,...: the predicted label (as in the "
+                  "data) and the final features x_N (standardised network coordinates); a "
+                  "generative run log_density,final_x1,...: the model's log-density at the "
+                  "point (nats, the data's units) and its image x_N in the base N(0, s^2 I). "
+                  "Exit status: 0 success; 2 bad input (one line).")
+SAMPLE_EPILOG = ("Draws z ~ N(0, s^2 I) on the mesh and runs the trained flow backward from "
+                 "it (the flow was trained from the data to that base). Writes x1,...,xd in "
+                 "the data's units; the run's seed and its number of samples redraw its "
+                 "samples.csv. Exit status: 0 success; 2 bad input (one line); 3 a layer "
+                 "could not be inverted.")
 REFINE_EPILOG = ("Writes convergence.json, convergence.csv and convergence.png in --out; PETSc "
                  "options as for run. Exit status as for run (3: a level did not converge).")
 
@@ -441,15 +511,25 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--resume", action="store_true",
                    help="continue a study in --out: reuse its converged levels, restart a "
                         "level from its checkpoint, run the rest")
-    q = command("predict", help="label new points with a trained classifier run",
-                epilog=PREDICT_EPILOG)
+    q = command("predict", help="label new points with a trained classifier run (or "
+                "transport them through a generative run's flow)", epilog=PREDICT_EPILOG)
     q.add_argument("run", metavar="RUN_DIR", help="output folder of a classifier run (its "
-                   "model/ or weights.npz)")
+                   "model/ or weights.npz) or of a generative run (its model/)")
     q.add_argument("points", metavar="POINTS.csv",
                    help="points in the data's units: columns x1..xd, optionally a label column")
     q.add_argument("--out", metavar="FILE", help="CSV of the labels and final features "
                    "(default POINTS.predicted.csv beside POINTS; '-': standard output)")
     q.add_argument("--quiet", action="store_true", help="no summary line")
+    g = command("sample", help="draw new samples from a trained generative run",
+                epilog=SAMPLE_EPILOG)
+    g.add_argument("run", metavar="RUN_DIR", help="output folder of a generative run (its "
+                   "model/)")
+    g.add_argument("n", metavar="N", help="number of samples (at least 1)")
+    g.add_argument("--seed", help="seed of the base samples (a non-negative integer; default "
+                   "the run's)")
+    g.add_argument("--out", metavar="FILE", default="-", help="CSV of the samples, written "
+                   "atomically (default '-': standard output)")
+    g.add_argument("--quiet", action="store_true", help="no summary line")
     command("schema", help="print the config reference (Markdown)")
     return p
 
@@ -530,7 +610,7 @@ def _main(argv: list[str]) -> int:
     p = parser()
     args, rest = p.parse_known_args(argv)
     try:
-        if args.command in ("run", "refine", "predict"):
+        if args.command in ("run", "refine", "predict", "sample"):
             _start_error_comm()
         if args.command == "info":
             if rest:
@@ -557,6 +637,12 @@ def _main(argv: list[str]) -> int:
             if args.out is not None and not args.out.strip():
                 raise UserError("--out: expected a file name, got an empty name")
             return cmd_predict(args)
+        if args.command == "sample":
+            if rest:
+                p.error(f"unrecognised arguments: {' '.join(rest)}")
+            if not args.out.strip():
+                raise UserError("--out: expected a file name, got an empty name")
+            return cmd_sample(args)
     except SolverError as e:               # the solve ran and broke down: not bad input
         return _fail(str(e), 3)
     except UserError as e:

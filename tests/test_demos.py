@@ -171,6 +171,12 @@ def check_generative(out: Path, stdout: str):
         nonempty(out, f, min_size=1000)
     assert {"densities.png", "densities.gif", "samples.png", "history_KL.png"} <= set(s["figures"])
     assert "log-likelihood" in stdout
+    # the saved flow's new samples, in the data's units: their mean near the data's
+    meta = read_summary(out / "model", "model.json")
+    assert s["model"] == "model" and meta["kind"] == "generative"
+    mean = np.array(re.search(r"400 new samples .* mean \[([-\d. ]+)\]", stdout).group(1)
+                    .split(), float)
+    assert np.all(np.abs(mean - meta["feature_mean"]) < 0.25 * np.array(meta["feature_scale"]))
 
 
 def check_nls_soliton(out: Path, stdout: str):

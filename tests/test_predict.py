@@ -140,17 +140,19 @@ def test_a_dictionary_run_is_predicted_from_its_weights(tmp_path, capsys):
     assert "labels bird are not classes of the model (its classes: cat, dog)" in err
 
 
+def fake_run(folder: Path, files: dict) -> Path:
+    """A folder holding ``files`` {path inside it: text}."""
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return folder
+
+
 def _cases(base: Path, run: Path):
     """(argv, the expected words of the error line) of bad inputs."""
-    other = base / "no_model"
-    other.mkdir(exist_ok=True)
-    (other / "summary.json").write_text('{"formulation": "classifier"}')
-    broken = base / "broken"
-    (broken / "model").mkdir(parents=True, exist_ok=True)
-    (broken / "model" / "model.json").write_text("{ not json")
-    gen = base / "gen"
-    gen.mkdir(exist_ok=True)
-    (gen / "summary.json").write_text('{"formulation": "generative"}')
+    other = fake_run(base / "no_model", {"summary.json": '{"formulation": "classifier"}'})
+    broken = fake_run(base / "broken", {"model/model.json": "{ not json"})
+    gen = fake_run(base / "gen", {"summary.json": '{"formulation": "generative"}'})
     f = {name: base / f"{name}.csv" for name in ("three", "word", "empty", "header", "nan",
                                                  "ragged", "bare_header", "good",
                                                  "feature3")}
@@ -167,7 +169,7 @@ def _cases(base: Path, run: Path):
     return [([base / "missing", good], "missing: run folder not found"),
             ([base, good], "not a fem-mfc run folder"),
             ([other, good], "a classifier run without a saved model"),
-            ([gen, good], "a 'generative' run has no classifier to apply"),
+            ([gen, good], "a generative run without a saved model (model/: "),
             ([broken, good], "broken/model: the saved model cannot be read (model.json: "),
             ([run, base / "none.csv"], "none.csv: points file not found"),
             ([run, f["three"]], "three.csv: row 2: expected 3 values (x1,x2,label), got 4"),
@@ -185,15 +187,23 @@ def _cases(base: Path, run: Path):
             ([run, good, "--out", good / "o.csv"], "o.csv: cannot write the predictions")]
 
 
+def assert_bad_input(argv, words: str, capsys) -> None:
+    """``fem-mfc ARGV`` exits 2 with one line on stderr that holds ``words``."""
+    from fem_mfc.cli import main
+    capsys.readouterr()
+    rc = main(list(map(str, argv)))
+    err = capsys.readouterr().err
+    assert rc == 2, (argv, err)
+    assert len(err.strip().splitlines()) == 1 and err.startswith("fem-mfc: error: "), err
+    assert words in err, (words, err)
+    assert "Traceback" not in err
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     run = dictionary_run(tmp_path / "run")
     (tmp_path / "bad").mkdir()
     for argv, words in _cases(tmp_path / "bad", run):
-        rc, err = predict(argv, capsys)
-        assert rc == 2, (argv, err)
-        assert len(err.strip().splitlines()) == 1 and err.startswith("fem-mfc: error: "), err
-        assert words in err, (words, err)
-        assert "Traceback" not in err
+        assert_bad_input(["predict", *argv], words, capsys)
 
 
 @pytest.mark.slow
@@ -210,16 +220,24 @@ def test_two_ranks_write_what_one_rank_writes(tiny, capsys):
     assert p2.stderr.replace(str(par), str(ser)) == err
 
 
+def train_on_all_ranks(tmp_path_factory, name: str, train):
+    """``train(BASE/run, COMM_WORLD)`` into a folder BASE shared by the ranks, whose saved
+    model says it was written on all of them; (BASE, what ``train`` returned)."""
+    comm = MPI.COMM_WORLD
+    base = Path(comm.bcast(str(tmp_path_factory.mktemp(name)) if comm.rank == 0 else None,
+                           root=0))
+    out = train(base / "run", comm)
+    assert json.loads((base / "run" / "model" / "model.json").read_text())["ranks"] \
+        == comm.size
+    return base, out
+
+
 @pytest.mark.mpi
 def test_a_model_written_on_two_ranks_is_read_on_one(tmp_path_factory):
     """Trained and saved on 2 ranks; read on both ranks together and on each rank alone
     (MPI.COMM_SELF): the run's train accuracy and the same labels and final features."""
     comm = MPI.COMM_WORLD
-    base = Path(comm.bcast(str(tmp_path_factory.mktemp("predict2")) if comm.rank == 0
-                           else None, root=0))
-    s, split = train(base / "run", comm)
-    assert json.loads((base / "run" / "model" / "model.json").read_text())["ranks"] \
-        == comm.size
+    base, (s, split) = train_on_all_ranks(tmp_path_factory, "predict2", train)
     X, y = split["train"]
     both = saved.load(base / "run", comm).predict(X)
     alone = saved.load(base / "run", MPI.COMM_SELF).predict(X)

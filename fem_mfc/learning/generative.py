@@ -58,6 +58,13 @@ from .feedback import FeedbackClassifier
 from .reduced import EdgeClassifier
 
 
+def log_target(s: float, gdim: int, Z: float):
+    """log N_Ω at the rows of X: N(0, s²I) in ``gdim`` dimensions restricted to a mesh that
+    holds the mass Z of it."""
+    c = gdim / 2 * math.log(2 * math.pi * s * s) + math.log(Z)
+    return lambda X: -(X ** 2).sum(axis=1) / (2 * s * s) - c
+
+
 class GenerativeFlow(FeedbackClassifier):
     """The feedback network with K = 1 and the terminal cost β KL_η(ρ(T) ‖ N(0, s²I)).
 
@@ -77,8 +84,7 @@ class GenerativeFlow(FeedbackClassifier):
         r2 = ufl.inner(x, x)
         self.Z = self._sum(dolfinx.fem.form(
             ufl.exp(-r2 / (2 * s * s)) / (2 * math.pi * s * s) ** (gdim / 2) * ufl.dx))
-        self.log_target = lambda X: (-(X ** 2).sum(axis=1) / (2 * s * s)
-                                     - gdim / 2 * math.log(2 * math.pi * s * s) - math.log(self.Z))
+        self.log_target = log_target(s, gdim, self.Z)
         logN = -r2 / (2 * s * s) - gdim / 2 * math.log(2 * math.pi * s * s) - math.log(self.Z)
         rho = self.f.rho_cur[0]
         kl_eta = (rho + self.eta) * (ufl.ln(rho + self.eta) - logN) * ufl.dx
@@ -141,8 +147,7 @@ class EdgeGenerativeFlow(EdgeClassifier):
         self.Z = self.comm.allreduce(dolfinx.fem.assemble_scalar(dolfinx.fem.form(
             ufl.exp(-r2 / (2 * s * s)) / (2 * math.pi * s * s) ** (gdim / 2) * ufl.dx)),
             op=MPI.SUM)
-        self.log_target = lambda X: (-(X ** 2).sum(axis=1) / (2 * s * s)
-                                     - gdim / 2 * math.log(2 * math.pi * s * s) - math.log(self.Z))
+        self.log_target = log_target(s, gdim, self.Z)
         self.logN = self.log_target(self.g.x)
         self.kl = math.nan
 
@@ -173,7 +178,12 @@ class EdgeGenerativeFlow(EdgeClassifier):
 
 
 class FlowMap:
-    """The learned invertible map x_0 ↦ x_N of a trained :class:`GenerativeFlow` (module doc)."""
+    """The learned invertible map x_0 ↦ x_N of a trained :class:`GenerativeFlow` (module doc).
+
+    ``model`` needs ``mesh``, ``Va``, ``a``, ``N``, ``tau``, ``comm`` and ``log_target``, and
+    for the score (``score`` and ε > 0) ``V``, ``eps``, ``eta`` and the densities ``rho``.  A
+    saved flow (:class:`~.saved.GenerativeModel`) holds vⁿ itself as its ``a``: ``score =
+    False``."""
 
     def __init__(self, model: GenerativeFlow, score: bool = True):
         self.model = model
@@ -181,24 +191,27 @@ class FlowMap:
         d = model.mesh.geometry.dim
         self.d = d
         Va = model.Va
-        rho = dolfinx.fem.Function(model.V)
-        b, s = ufl.TestFunction(Va), ufl.TrialFunction(Va)
-        proj = LinearStepper(ufl.inner(s, b) * ufl.dx,
-                             ufl.inner(ufl.grad(rho) / (rho + model.eta), b) * ufl.dx,
-                             "generative_score_")
-        score_fn = dolfinx.fem.Function(Va)
         self.v = [dolfinx.fem.Function(Va, name=f"v_{n}") for n in range(model.N)]
         Vg = dolfinx.fem.functionspace(model.mesh, ("DG", 0, (d, d)))
         self.grad = [dolfinx.fem.Function(Vg, name=f"grad_v_{n}") for n in range(model.N)]
+        proj = None
+        if score and model.eps > 0:
+            rho = dolfinx.fem.Function(model.V)
+            b, s = ufl.TestFunction(Va), ufl.TrialFunction(Va)
+            proj = LinearStepper(ufl.inner(s, b) * ufl.dx,
+                                 ufl.inner(ufl.grad(rho) / (rho + model.eta), b) * ufl.dx,
+                                 "generative_score_")
+            score_fn = dolfinx.fem.Function(Va)
         for n in range(model.N):
             self.v[n].x.array[:] = model.a[n]
-            if score and model.eps > 0:
+            if proj is not None:
                 rho.x.array[:] = model.rho[0][n + 1]
                 proj.step(score_fn, f"score of layer {n + 1}")
                 self.v[n].x.array[:] -= model.eps * score_fn.x.array
             self.grad[n].interpolate(dolfinx.fem.Expression(
                 ufl.grad(self.v[n]), Vg.element.interpolation_points()))
-        proj.destroy()
+        if proj is not None:
+            proj.destroy()
 
     def _eval(self, f, X):
         Y, cell, _ = self.ev.clamp(X)

@@ -49,6 +49,8 @@ MESH, VALUES, META = "mesh.bp", "velocity.npz", "model.json"
 WEIGHTS = "weights.npz"
 FORMAT = 1
 PROJECTION = "nearest point of the mesh"
+GENERATIVE_PROJECTION = ("evaluated at the nearest point of the mesh, not moved (the forward "
+                         "map stays the inverse of the sampler)")
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -56,20 +58,39 @@ def save_feedback(folder, model, ds, problem) -> None:
     """Write the trained feedback network ``model`` (FeedbackClassifier or EdgeClassifier) of
     data set ``ds`` (its standardisation and labels) and :class:`~.problem.ClassifierProblem`
     ``problem`` into ``folder`` (atomically; collective, any number of ranks)."""
+    eq = problem.equation
+    _save(folder, model, model.a, {
+        "kind": "feedback", "velocity": problem.velocity,
+        "anchors": np.asarray(model.anchors, float).tolist(),
+        "loss_weight": float(model.beta), "classes": [str(c) for c in ds.classes],
+        "V": str(eq["V"]), "params": dict(eq["params"]), "projection": PROJECTION}, ds)
+
+
+def save_generative(folder, fm, ds, problem) -> None:
+    """Write the learned map of a trained generative flow, the
+    :class:`~.generative.FlowMap` ``fm`` (its probability-flow velocities vⁿ), of data set
+    ``ds`` and :class:`~.problem.GenerativeProblem` ``problem`` into ``folder`` (atomically;
+    collective)."""
+    model, gen = fm.model, problem.generative
+    _save(folder, model, [v.x.array for v in fm.v], {
+        "kind": "generative", "velocity": "P1", "target_std": float(gen.target_std),
+        "target_mass_on_mesh": float(model.Z), "score": bool(gen.score),
+        "sigma": float(problem.sigma), "seed": int(problem.seed) + 1,
+        "samples": int(gen.samples), "projection": GENERATIVE_PROJECTION}, ds)
+
+
+def _save(folder, model, velocities, info: dict, ds) -> None:
+    """``model``'s mesh and the per-layer ``velocities`` (arrays of ``model.Va``) with
+    ``info``, the layers and the data set's standardisation in model.json (collective)."""
     from ..checkpoint import STATES, _commit, _gather_rows
     Va, comm = model.Va, model.comm
     n, bs = Va.dofmap.index_map.size_local, Va.dofmap.index_map_bs
-    vals = np.stack([np.asarray(a)[: n * bs].reshape(n, bs) for a in model.a], axis=1)
+    vals = np.stack([np.asarray(a)[: n * bs].reshape(n, bs) for a in velocities], axis=1)
     nodes = Va.tabulate_dof_coordinates()[:n]
-    eq = problem.equation
-    info = {"format": FORMAT, "kind": "feedback", "velocity": problem.velocity,
-            "T": float(model.T), "steps": int(model.N), "tau": float(model.tau),
-            "anchors": np.asarray(model.anchors, float).tolist(),
-            "loss_weight": float(model.beta), "classes": [str(c) for c in ds.classes],
-            "feature_mean": [float(v) for v in ds.mean],
-            "feature_scale": [float(v) for v in ds.scale],
-            "V": str(eq["V"]), "params": dict(eq["params"]), "projection": PROJECTION,
-            "dataset": ds.name, "dim": int(model.mesh.geometry.dim)}
+    info = {"format": FORMAT, **info, "T": float(model.T), "steps": int(model.N),
+            "tau": float(model.tau), "feature_mean": [float(v) for v in ds.mean],
+            "feature_scale": [float(v) for v in ds.scale], "dataset": ds.name,
+            "dim": int(model.mesh.geometry.dim)}
     _commit(Path(folder), comm, model.mesh, {},
             lambda: _gather_rows(comm, nodes, {STATES: vals.reshape(n, -1)}), info,
             files=(MESH, VALUES, META), what="the saved model")
@@ -100,42 +121,37 @@ def _readable(folder: Path, part: str):
                         "config.toml of the run again to write it") from None
 
 
-class FeedbackModel:
-    """A feedback network read from a ``model/`` folder, with the attributes of a trained
-    network that :class:`~.infer.TrainedFlow` and :func:`~.infer.evaluate_flow` read
-    (``mesh``, ``V``, ``Va``, ``a``, ``N``, ``tau``, ``comm``, ``anchors``, ``beta``,
-    ``Vpot``)."""
+class _SavedFlow:
+    """A per-layer velocity read from a ``model/`` folder written by :func:`_save`: its
+    ``mesh``, ``V`` (P1), ``Va``, the layers ``a`` (full local arrays of ``Va``), ``N``,
+    ``T``, ``tau``, ``comm``, ``meta`` (model.json) and the features' ``mean`` and
+    ``scale``.  ``kind``: the model.json kind it reads."""
 
-    kind = "feedback"
+    kind = ""
 
     def __init__(self, folder, comm=None):
         from mpi4py import MPI
 
         import adios4dolfinx
         import dolfinx
-        import ufl
 
         from ..checkpoint import NODES, STATES, _match_nodes, _sizes
         from ..errors import ConfigError
-        from ..expressions import parse
         self.folder = folder = Path(folder)
         self.comm = comm = comm or MPI.COMM_WORLD
         with _readable(folder, META):
             meta = json.loads((folder / META).read_text())
-            if not isinstance(meta, dict) or meta.get("kind") != "feedback":
-                raise ValueError("not a feedback network's model.json")
+            if not isinstance(meta, dict) or meta.get("kind") != self.kind:
+                raise ValueError(f"not a {self.kind} network's model.json")
             if int(meta.get("format", 0)) > FORMAT:
                 raise ValueError(f"format {meta['format']} of a newer fem_mfc (this one reads "
                                  f"format {FORMAT})")
             self.meta = meta
             self.N, self.T, self.tau = int(meta["steps"]), float(meta["T"]), float(meta["tau"])
-            self.anchors = np.array(meta["anchors"], float)
-            self.K = len(self.anchors)
-            self.beta = float(meta["loss_weight"])
-            self.classes = tuple(str(c) for c in meta["classes"])
             self.mean = np.array(meta["feature_mean"], float)
             self.scale = np.array(meta["feature_scale"], float)
             velocity = meta["velocity"]
+            self._read_meta(meta)
         bp = folder / MESH
         with _readable(folder, MESH):
             expected, found = meta.get("state_files"), _sizes(bp)
@@ -159,22 +175,14 @@ class FeedbackModel:
             f.x.array[: n * bs] = vals[:, k].ravel()
             f.x.scatter_forward()
             self.a.append(f.x.array.copy())
-        with _readable(folder, META + " V"):
-            self.Vpot = parse(str(meta.get("V", "0")), "problem.V",
-                              x=ufl.SpatialCoordinate(self.mesh), gdim=gdim,
-                              params=meta.get("params") or {})
         self._flow = None
+
+    def _read_meta(self, meta: dict) -> None:
+        """The keys of model.json of this kind (a KeyError or ValueError: unreadable)."""
 
     @property
     def data_dim(self) -> int:
         return len(self.mean)
-
-    @property
-    def flow(self):
-        from .infer import TrainedFlow
-        if self._flow is None:
-            self._flow = TrainedFlow(self)
-        return self._flow
 
     def standardise(self, X_raw) -> np.ndarray:
         """Raw features (d columns) → the network's coordinates, padded to the mesh's."""
@@ -183,15 +191,102 @@ class FeedbackModel:
         out[:, :Z.shape[1]] = Z
         return out
 
+    def off_mesh(self, Z) -> int:
+        """How many rows of Z (network coordinates) lie outside the mesh (collective)."""
+        _, owner = self.flow.ev.locate(Z)
+        return int(np.count_nonzero(owner == self.comm.size))
+
+
+class FeedbackModel(_SavedFlow):
+    """A feedback network read from a ``model/`` folder, with the attributes of a trained
+    network that :class:`~.infer.TrainedFlow` and :func:`~.infer.evaluate_flow` read
+    (``mesh``, ``V``, ``Va``, ``a``, ``N``, ``tau``, ``comm``, ``anchors``, ``beta``,
+    ``Vpot``)."""
+
+    kind = "feedback"
+
+    def __init__(self, folder, comm=None):
+        import ufl
+
+        from ..expressions import parse
+        super().__init__(folder, comm)
+        meta = self.meta
+        with _readable(self.folder, META + " V"):
+            self.Vpot = parse(str(meta.get("V", "0")), "problem.V",
+                              x=ufl.SpatialCoordinate(self.mesh), gdim=self.mesh.geometry.dim,
+                              params=meta.get("params") or {})
+
+    def _read_meta(self, meta: dict) -> None:
+        self.anchors = np.array(meta["anchors"], float)
+        self.K = len(self.anchors)
+        self.beta = float(meta["loss_weight"])
+        self.classes = tuple(str(c) for c in meta["classes"])
+
+    @property
+    def flow(self):
+        from .infer import TrainedFlow
+        if self._flow is None:
+            self._flow = TrainedFlow(self)
+        return self._flow
+
     def predict(self, X_raw) -> Prediction:
         """Push raw feature rows (the same on every rank; collective) through the flow."""
         from .infer import nearest_anchor
         Z = self.standardise(X_raw)
-        _, owner = self.flow.ev.locate(Z)
+        off = self.off_mesh(Z)
         r = self.flow.push(Z)
         k = nearest_anchor(r.X, self.anchors)
-        return Prediction(k, np.asarray(self.classes)[k], r.X, r.projected,
-                          int(np.count_nonzero(owner == self.comm.size)))
+        return Prediction(k, np.asarray(self.classes)[k], r.X, r.projected, off)
+
+
+@dataclass
+class Transport:
+    """What a generative model returns for rows of raw data."""
+
+    latent: np.ndarray       # x_N, the points in the base N(0, s²I) (network coordinates)
+    log_density: np.ndarray  # log p(x_0) in the data's units (nats)
+    off_mesh: int            # rows whose standardised point lies outside the mesh
+
+
+class GenerativeModel(_SavedFlow):
+    """The learned map of a generative run read from its ``model/`` folder: the flow is
+    trained from the data (ρ_0) to the base N(0, s²I) restricted to the mesh, so
+    :meth:`sample` pulls base samples back through it (generation) and :meth:`predict`
+    pushes data forward (its latent point and the model's log-density).  Its ``a`` are the
+    probability-flow velocities vⁿ of :class:`~.generative.FlowMap` (the score included)."""
+
+    kind = "generative"
+
+    def _read_meta(self, meta: dict) -> None:
+        from .generative import log_target
+        self.std = float(meta["target_std"])
+        self.Z = float(meta["target_mass_on_mesh"])
+        self.seed = int(meta["seed"])
+        self.log_target = log_target(self.std, int(meta["dim"]), self.Z)
+
+    @property
+    def flow(self):
+        from .generative import FlowMap
+        if self._flow is None:
+            self._flow = FlowMap(self, score=False)     # (vⁿ holds the score already)
+        return self._flow
+
+    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
+        """n new points in the data's units (n × d; the same on every rank; collective):
+        z ~ N(0, s²I) on the mesh drawn with ``seed`` (default: the run's, which draws the
+        run's own samples.csv for the run's number of samples), pulled back through the
+        flow."""
+        rng = np.random.default_rng(self.seed if seed is None else seed)
+        X, _ = self.flow.sample(n, rng, self.std)
+        return unstandardise(X, self.mean, self.scale)
+
+    def predict(self, X_raw) -> Transport:
+        """Push raw data rows (the same on every rank; collective) forward through the flow:
+        x_N and log p(x_0) = log N_Ω(x_N) + Σ log|det(I + τ∇vⁿ)| − Σ_i log scale_i."""
+        Z = self.standardise(X_raw)
+        off = self.off_mesh(Z)
+        XN, logdet, _ = self.flow.forward(Z)
+        return Transport(XN, self.log_target(XN) + logdet - np.log(self.scale).sum(), off)
 
 
 class DictionaryModel:
@@ -224,33 +319,54 @@ class DictionaryModel:
         return Prediction(k, np.asarray(self.classes)[k], XN, 0, 0)
 
 
-def load(run, comm=None):
-    """The trained classifier of run folder ``run`` (or of its ``model/`` folder): a
-    :class:`FeedbackModel` or a :class:`DictionaryModel`.  A folder that is not a classifier
-    run with a saved model is a one-line :class:`UserError` (collective: every rank reads the
-    same files)."""
+KINDS = {"classifier": {"feedback": FeedbackModel, "dictionary": DictionaryModel},
+         "generative": {"generative": GenerativeModel}}
+
+
+def load(run, comm=None, formulations=("classifier", "generative"), use: str = "apply"):
+    """The trained model of run folder ``run`` (or of its ``model/`` folder) of one of
+    ``formulations``: a :class:`FeedbackModel` or a :class:`DictionaryModel` (classifier), a
+    :class:`GenerativeModel` (generative).  A folder that is not such a run with a saved model
+    is a one-line :class:`UserError` (``use``: what the caller does with the model; collective:
+    every rank reads the same files)."""
     run = Path(run)
+    which = " or ".join(formulations)
+    expected = " or ".join(f'formulation = "{f}"' for f in formulations)
+    kinds = {k: (f, cls) for f in formulations for k, cls in KINDS[f].items()}
+
+    def refuse(formulation):
+        raise UserError(f"{run}: a '{formulation}' run has no trained model to {use} (expected "
+                        f"the output folder of a run with {expected})")
+
     if not run.is_dir():
-        raise UserError(f"{run}: run folder not found (expected the output folder of "
-                        "fem-mfc run with a classifier config)")
-    if (run / META).is_file():
-        return FeedbackModel(run, comm)
-    if (run / MODEL_DIR / META).is_file():
-        return FeedbackModel(run / MODEL_DIR, comm)
+        raise UserError(f"{run}: run folder not found (expected the output folder of fem-mfc "
+                        f"run with a {which} config)")
+    folder = next((f for f in (run, run / MODEL_DIR) if (f / META).is_file()), None)
+    if folder is not None:
+        with _readable(folder, META):
+            meta = json.loads((folder / META).read_text())
+            kind = meta.get("kind") if isinstance(meta, dict) else None
+            if not any(kind in KINDS[f] for f in KINDS):
+                raise ValueError(f"unknown kind {kind!r}")
+        if kind not in kinds:
+            refuse(next(f for f in KINDS if kind in KINDS[f]))
+        return kinds[kind][1](folder, comm)
     if (run / WEIGHTS).is_file():
+        if "dictionary" not in kinds:
+            refuse("classifier")
         return DictionaryModel(run / WEIGHTS)
     summary = {}
     with contextlib.suppress(OSError, ValueError):
         summary = json.loads((run / "summary.json").read_text())
     if not isinstance(summary, dict) or not summary:
         raise UserError(f"{run}: not a fem-mfc run folder (no summary.json, {MODEL_DIR}/ or "
-                        f"{WEIGHTS}; expected the output folder of a classifier run)")
+                        f"{WEIGHTS}; expected the output folder of a {which} run)")
     formulation = summary.get("formulation")
-    if formulation != "classifier":
-        raise UserError(f"{run}: a '{formulation}' run has no classifier to apply (expected "
-                        "the output folder of a run with formulation = \"classifier\")")
-    raise UserError(f"{run}: a classifier run without a saved model ({MODEL_DIR}/ or "
-                    f"{WEIGHTS}: written by an older fem_mfc); run its config.toml again")
+    if formulation not in formulations:
+        refuse(formulation)
+    files = f"{MODEL_DIR}/ or {WEIGHTS}" if formulation == "classifier" else f"{MODEL_DIR}/"
+    raise UserError(f"{run}: a {formulation} run without a saved model ({files}: written by "
+                    "an older fem_mfc); run its config.toml again")
 
 
 # -- the points to label -------------------------------------------------------------------------
@@ -322,23 +438,48 @@ def _label_text(text: str) -> str:
     return str(int(v)) if math.isfinite(v) and v == int(v) else text
 
 
-def write_predictions(path, pred: Prediction) -> None:
-    """The CSV of :func:`predict`: ``label,final_x1,…,final_xD`` (full precision)."""
-    import io
+def unstandardise(X, mean, scale) -> np.ndarray:
+    """Network coordinates → the data's units (the mesh's padded coordinates dropped)."""
+    return X[:, :len(mean)] * scale + mean
 
-    from ..io import write_text_atomic
+
+def samples_text(X_raw) -> str:
+    """Points in the data's units as CSV with the header x1,…,xd (the run's samples.csv and
+    ``fem-mfc sample``'s output)."""
+    return table_text([f"x{i + 1}" for i in range(X_raw.shape[1])],
+                      ([repr(float(v)) for v in x] for x in X_raw))
+
+
+def predictions_text(pred) -> str:
+    """The CSV of ``fem-mfc predict``: a :class:`Prediction`'s ``label,final_x1,…,final_xD``
+    or a :class:`Transport`'s ``log_density,final_x1,…,final_xD`` (full precision)."""
+    first, col = (("label", pred.labels) if isinstance(pred, Prediction)
+                  else ("log_density", [repr(float(v)) for v in pred.log_density]))
+    final = pred.final if isinstance(pred, Prediction) else pred.latent
+    return table_text([first] + [f"final_x{i + 1}" for i in range(final.shape[1])],
+                      ([c] + [repr(float(v)) for v in x] for c, x in zip(col, final)))
+
+
+def table_text(header, rows) -> str:
+    import io
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["label"] + [f"final_x{i + 1}" for i in range(pred.final.shape[1])])
-    for lab, x in zip(pred.labels, pred.final):
-        w.writerow([lab] + [repr(float(v)) for v in x])
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_table(path, text: str) -> None:
+    """``text`` into file ``path`` atomically, or to standard output (``-``)."""
+    from ..io import write_text_atomic
     if str(path) == "-":
         import sys
-        sys.stdout.write(buf.getvalue())
+        sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        write_text_atomic(path, buf.getvalue())
+        write_text_atomic(path, text)
 
 
-__all__ = ["FeedbackModel", "DictionaryModel", "Prediction", "load", "read_points",
-           "save_feedback", "write_predictions", "MODEL_DIR"]
+__all__ = ["FeedbackModel", "DictionaryModel", "GenerativeModel", "Prediction", "Transport",
+           "load", "read_points", "save_feedback", "save_generative", "predictions_text",
+           "samples_text", "write_table", "MODEL_DIR"]

@@ -161,15 +161,9 @@ def run(cfg: dict, ctx) -> dict:
                        weight_decay_cost=model._control_cost(), theta=np.array(model.a),
                        model="weights.npz")
     else:
-        t0 = time.perf_counter()
-        try:
-            saved.save_feedback(ctx.path(saved.MODEL_DIR), model, ds, prob)
-        except DiskFullError:                  # (it named the staging folder)
-            raise DiskFullError(ctx.outdir.absolute(), f"{saved.MODEL_DIR}/") from None
-        ctx.log.info("trained network saved to %s/ (%.2f s): fem-mfc predict %s POINTS.csv "
-                     "labels new points", saved.MODEL_DIR, time.perf_counter() - t0,
-                     ctx.outdir)
-        summary["model"] = saved.MODEL_DIR
+        summary["model"] = save_model(
+            ctx, lambda folder: saved.save_feedback(folder, model, ds, prob),
+            "network", f"fem-mfc predict {ctx.outdir} POINTS.csv labels new points")
     _write_series(ctx, model, prob.every)
     figures = _figures(ctx, model, flow, ds, base) if ctx.figures else []
     summary["figures"] = figures
@@ -242,6 +236,19 @@ def _particle_check(flow, model, ds, hs, n, sigma, seed) -> dict:
         e1 = max(e1, float(np.abs(m1 - pm[n_][0]).max()))
         e2 = max(e2, float(np.abs(m2 - pm[n_][1]).max()))
     return {"n": n, "layers": layers, "max_mean_error": e1, "max_moment_error": max(e1, e2)}
+
+
+def save_model(ctx, save, what: str, hint: str) -> str:
+    """``save(folder)`` the trained ``what`` into the run's ``model/`` folder; a full disk
+    names the output folder.  Returns the folder's name (for the summary)."""
+    t0 = time.perf_counter()
+    try:
+        save(ctx.path(saved.MODEL_DIR))
+    except DiskFullError:                  # (it named the staging folder)
+        raise DiskFullError(ctx.outdir.absolute(), f"{saved.MODEL_DIR}/") from None
+    ctx.log.info("trained %s saved to %s/ (%.2f s): %s", what, saved.MODEL_DIR,
+                 time.perf_counter() - t0, hint)
+    return saved.MODEL_DIR
 
 
 def _write_series(ctx, model, every):

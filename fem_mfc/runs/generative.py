@@ -5,8 +5,9 @@ data (``[data]``, labels dropped) → KDE density ρ_0 on the mesh → training 
 ``[training] method``, or :class:`~fem_mfc.learning.generative.GenerativeFlow` by Galerkin
 sweeps) → held-out log-likelihoods of the learned map
 (:class:`~fem_mfc.learning.generative.FlowMap`) against a KDE and a Gaussian fit → samples
-by running the flow backward from the target (``samples.csv``, in the data's units) →
-ParaView series of ρ, figures, summary.
+by running the flow backward from the target (``samples.csv``, in the data's units) → the
+learned map saved in ``model/`` (:func:`~fem_mfc.learning.saved.save_generative`: ``fem-mfc
+sample`` and ``fem-mfc predict``) → ParaView series of ρ, figures, summary.
 The run is described by a :class:`~fem_mfc.learning.problem.GenerativeProblem` built once
 from the config.
 """
@@ -18,7 +19,7 @@ import dolfinx
 import numpy as np
 
 from ..io import write_text_atomic
-from ..learning import data
+from ..learning import data, saved
 from ..learning.generative import (
     EdgeGenerativeFlow,
     FlowMap,
@@ -29,7 +30,7 @@ from ..learning.generative import (
 from ..learning.problem import GenerativeProblem
 from ..pipeline import bound, build_mesh
 from . import snapshot_steps
-from .classifier import learning_checks, stop_reason, train_model
+from .classifier import learning_checks, save_model, stop_reason, train_model
 
 
 def run(cfg: dict, ctx) -> dict:
@@ -118,21 +119,16 @@ def run(cfg: dict, ctx) -> dict:
                  "Gaussian fit %.4f", kl0, model.kl, model.sweeps, summary["loglik_flow"],
                  summary["loglik_kde"], summary["loglik_gaussian"])
     if ctx.comm.rank == 0:
-        write_text_atomic(ctx.path("samples.csv"), samples_csv(samples, ds))
+        write_text_atomic(ctx.path("samples.csv"), saved.samples_text(
+            saved.unstandardise(samples, ds.mean, ds.scale)))
     summary["samples_file"] = "samples.csv"
+    summary["model"] = save_model(
+        ctx, lambda folder: saved.save_generative(folder, fm, ds, prob), "flow",
+        f"fem-mfc sample {ctx.outdir} N draws new samples")
     _write_series(ctx, model, prob.every)
     summary["figures"] = _figures(ctx, model, fm, ds, samples) if ctx.figures else []
     model.destroy()
     return summary
-
-
-def samples_csv(samples, ds) -> str:
-    """The samples in the units of the data (the training standardisation undone), as CSV with
-    the header x1,…,xd (d = the data's features; the mesh's padded coordinates dropped)."""
-    d = ds.mean.shape[0]
-    X = samples[:, :d] * ds.scale + ds.mean
-    head = ",".join(f"x{i + 1}" for i in range(d))
-    return head + "\n" + "".join(",".join(repr(float(v)) for v in row) + "\n" for row in X)
 
 
 TARGET_ON_MESH = 0.99       # ∫_Ω N(0, I) at least (the KL and samples are of N restricted to Ω)
