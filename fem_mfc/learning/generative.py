@@ -97,6 +97,7 @@ class GenerativeFlow(FeedbackClassifier):
         self._u_T = dolfinx.fem.Function(self.V, name="u_T")
         self._terminal_adjoint = LinearStepper(
             v * w * ufl.dx, ufl.derivative(self.kl_weight * kl_eta, rho, w), "generative_terminal_")
+        self._pairing = dolfinx.fem.form(rho * self.f.u_cur[0] * ufl.dx)
         self.neg_tol = 0.5 * self.eta if self.eta > 0 else self.neg_tol
         self.kl = math.nan
 
@@ -110,6 +111,18 @@ class GenerativeFlow(FeedbackClassifier):
         """KL(ρⁿ ‖ N_Ω) of layer n."""
         self.f.rho_cur[0].x.array[:] = self.rho[0][n]
         return self._sum(self._kl_form)
+
+    def value_identity(self) -> float:
+        """The classifier's identity (:meth:`FeedbackClassifier.value_identity`) with the
+        terminal cost's part, β KL_η(ρ^N) − ∫ρ^N u^{N+1}: the telescoping sum ends in
+        ⟨ρ^N, u^{N+1}⟩ = ∂(β KL_η)/∂ρ^N · ρ^N (u^{N+1} its projection), which is the terminal
+        cost itself only for a cost linear in ρ (the classifier's anchors).  Equals J for any
+        control whose adjoint has been swept (:meth:`backward`)."""
+        val = super().value_identity()
+        f = self.f
+        f.rho_cur[0].x.array[:] = self.rho[0][self.N]
+        f.u_cur[0].x.array[:] = self.u[0][self.N + 1]
+        return val + self._sum(self._terminal_form) - self._sum(self._pairing)
 
     def backward(self) -> float:
         """u^{N+1} = P1 projection of β(log((ρ^N+η)/N_Ω) + 1), then the adjoint sweep."""
