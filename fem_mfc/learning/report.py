@@ -31,12 +31,28 @@ def grid(ds, dim, n=120, margin=0.4):
     return gx, gy, P
 
 
+def slice_note(ds) -> str | None:
+    """What the (x1, x2) plane of the decision regions is for data of more than two features:
+    the slice through the training mean (the other standardised features 0), with the test
+    points projected onto it; None for two features (zero-padded to the mesh: the plane is
+    the data's)."""
+    d = len(ds.mean)
+    if d <= 2:
+        return None
+    rest = "x3" if d == 3 else f"x3, …, x{d}"
+    return (f"slice {rest} = training mean (standardised 0) of {d} features; test points "
+            "projected onto (x1, x2)")
+
+
 def decision_regions(path, gx, gy, preds: dict, ds, K):
-    """One panel per model: the grid coloured by predicted class, test points on top."""
+    """One panel per model: the grid coloured by predicted class, test points on top (for
+    more than two features a labelled slice: :func:`slice_note`)."""
     plt = _plt()
     from matplotlib.colors import ListedColormap
     cmap = ListedColormap(CLASS_COLOURS[:K])
-    fig, axes = plt.subplots(1, len(preds), figsize=(5.2 * len(preds), 4.6), squeeze=False)
+    note = slice_note(ds)
+    fig, axes = plt.subplots(1, len(preds), figsize=(5.2 * len(preds), 4.6 + 0.3 * bool(note)),
+                             squeeze=False)
     for ax, (title, p) in zip(axes[0], preds.items()):
         ax.contourf(gx, gy, p.reshape(gx.shape), levels=np.arange(K + 1) - 0.5, cmap=cmap,
                     alpha=0.3)
@@ -45,8 +61,12 @@ def decision_regions(path, gx, gy, preds: dict, ds, K):
             ax.scatter(ds.X_test[m, 0], ds.X_test[m, 1], s=7, c=CLASS_COLOURS[k],
                        edgecolors="none", label=f"class {k} (test)")
         ax.set_title(title, fontsize=10)
+        ax.set_xlabel("x1 (standardised)", fontsize=8)
+        ax.set_ylabel("x2 (standardised)", fontsize=8)
         ax.set_aspect("equal")
     axes[0][0].legend(loc="lower left", fontsize=7)
+    if note:
+        fig.suptitle(note, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -135,6 +155,24 @@ def comparison_section(s: dict) -> list[str]:
     return lines
 
 
+def figure_captions(summary: dict) -> dict:
+    """The report's caption of each figure (the decision regions' names their slice of the
+    feature space, if any: ``summary["decision_regions_slice"]``)."""
+    captions = {"decision_regions.png": "Decision regions (colour = predicted class), test "
+                "points on top.",
+                "trajectories.png": "Training points flowing through the layers of the PDE "
+                "network to the class anchors.",
+                "densities.png": "Class densities ρ_k through the layers (rows: classes).",
+                "densities.gif": "Class densities flowing through the layers (animation).",
+                "history_J.png": "Objective J over the outer iterations of the trainer.",
+                "history_residual.png": "Relative residual of the optimality condition.",
+                "baseline_loss.png": "Torch baseline: training objective over the epochs."}
+    note = summary.get("decision_regions_slice")
+    if note:
+        captions["decision_regions.png"] += f" A {note}."
+    return captions
+
+
 def markdown(summary: dict, figures: list[str], title: str) -> str:
     """``report.md``: summary, figures, and the PDE-vs-baseline comparison table."""
     s = summary
@@ -165,15 +203,7 @@ def markdown(summary: dict, figures: list[str], title: str) -> str:
                   f"{p['max_moment_error']:.3g} (first moments {p['max_mean_error']:.3g}).", ""]
     if "comparison" in s:
         lines += comparison_section(s)
-    captions = {"decision_regions.png": "Decision regions (colour = predicted class), test "
-                "points on top.",
-                "trajectories.png": "Training points flowing through the layers of the PDE "
-                "network to the class anchors.",
-                "densities.png": "Class densities ρ_k through the layers (rows: classes).",
-                "densities.gif": "Class densities flowing through the layers (animation).",
-                "history_J.png": "Objective J over the outer iterations of the trainer.",
-                "history_residual.png": "Relative residual of the optimality condition.",
-                "baseline_loss.png": "Torch baseline: training objective over the epochs."}
+    captions = figure_captions(s)
     if figures:                             # (figures = false: no empty heading)
         lines += ["## Figures", ""]
     for f in figures:
