@@ -16,9 +16,16 @@ import dolfinx
 import numpy as np
 import ufl
 
-from ..errors import ConfigError
+from ..errors import ConfigError, warning
 from ..expressions import as_ufl, parse
-from ..nls_invariants import NLSInvariants, l2_norm_complex, l2_norm_density, relative_drift
+from ..nls_invariants import (
+    PHASE_ERROR_WARN,
+    NLSInvariants,
+    l2_norm_complex,
+    l2_norm_density,
+    phase_error,
+    relative_drift,
+)
 from ..pipeline import bound, build_mesh
 from ..solvers.nls import MidpointStepper, NLSProblem, ground_state, make_stepper
 from . import snapshot_steps
@@ -200,6 +207,7 @@ def run(cfg: dict, ctx) -> dict:
     rho_f, S_f = fields.rho, fields.S
     series = ctx.series("rho_phase", [rho_f, S_f])
     inv = NLSInvariants(P, z)
+    k_start = inv.wavenumber()
     series.write(start * tau)              # a restart's series begins at its checkpoint
     if resume is None:
         snaps = {0: rho_f.copy()}
@@ -246,6 +254,15 @@ def run(cfg: dict, ctx) -> dict:
         "rho_change_L2": _rel_change(rho0, rho_f),
     })
     summary["checks"] = conservation_checks(summary)
+    res = phase_error(max(k_start, inv.wavenumber()), md.h, cfg["discretisation"]["degree"],
+                      tau, T, hbar, n["integrator"])
+    summary["resolution"] = res
+    if res["phase_error"] > PHASE_ERROR_WARN:
+        warning(f"resolution: the wave (rms wavenumber {res['k_rms']:.3g}) is under-resolved: "
+                f"its estimated phase error at T is {res['phase_error']:.2g} rad (space "
+                f"{res['phase_error_space']:.2g}: {res['points_per_wavelength']:.3g} points per "
+                f"wavelength; time {res['phase_error_time']:.2g}: omega*tau = "
+                f"{res['omega_tau']:.3g}); refine mesh.h or raise problem.steps")
     if resume is not None:
         summary["restarted_at_step"] = start
     if stepper.residuals is not None:
