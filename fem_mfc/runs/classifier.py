@@ -136,6 +136,8 @@ def run(cfg: dict, ctx) -> dict:
         te["projected"], "train_time_s": train_time,
         "train_cpu_s": info["cpu_time_s"],
     }
+    if resume is not None:            # as the time steppers' restarted_at_step (the run.log
+        summary["restarted_at_iteration"] = resume.iteration      # said so, the summary not)
     off = data_off_mesh(model.mesh, np.vstack([ds.X_train, ds.X_test]))
     summary["data_points_off_mesh"] = off
     point_steps = (len(ds.y_train) + len(ds.y_test)) * model.N
