@@ -238,7 +238,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                     "(a(t,x) free) or dictionary network (a = B(x) theta(t), shared weights)",
                     choices=("feedback", "dictionary")),
         "anchors": Key(list, [], "class anchors c_k (list of points); empty: K points on a "
-                       "circle of radius anchor_radius (K = 2: +-anchor_radius e_1)"),
+                       "circle of radius anchor_radius (K = 2: +-anchor_radius e_1), with "
+                       "CSV data assigned to the classes by the classes' mean positions "
+                       "(not by the sorted order of the labels)"),
         "anchor_radius": Key(float, 2.0, "radius of the default anchors", positive,
                              "a positive number"),
         "loss_weight": Key(float, 1.0, "beta in Phi_k = beta/2 |x - c_k|^2", positive,
