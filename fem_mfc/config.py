@@ -163,7 +163,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "stds": Key(list, [], "mixture: list of standard deviations"),
         "weights": Key(list, [], "mixture: list of weights"),
         "formula": Key(str, "", "kind = 'formula': an unnormalised density in x0, x1, x2"),
-        "file": Key(str, "", "kind = 'file': an adios4dolfinx checkpoint written by fem_mfc",
+        "file": Key(str, "", "kind = 'file': an adios4dolfinx checkpoint (.bp folder) holding "
+                    "a function 'rho0', written with fem_mfc.io.save_checkpoint(path, mesh, "
+                    "{'rho0': f}) (a run's ParaView series rho.bp is not one)",
                     path=True),
     },
     "discretisation": {
