@@ -85,3 +85,28 @@ def test_a_paraview_series_is_named_as_such(tmp_path):
     msg = str(e.value)
     assert "rho0.file" in msg and "ParaView" in msg and "not a checkpoint" in msg, msg
     assert "save_checkpoint(path, mesh, {'rho0': f})" in msg and "\n" not in msg, msg
+
+
+@pytest.mark.parametrize("converged,words", [
+    (True, "holds a finished run (converged), whose checkpoint was removed"),
+    (False, "wrote no checkpoint ([output] checkpoint_every = k"),
+])
+def test_restart_from_a_run_without_a_checkpoint_says_why(tmp_path, converged, words):
+    """`run … --restart DIR` on the output folder of a finished run said only "expected a
+    fem_mfc checkpoint folder …, or an output folder with one beside it": the user could not
+    tell that the run had converged (its checkpoint removed, nothing to continue) or had
+    written none.  The line now says which."""
+    import json
+
+    from fem_mfc import checkpoint
+    from fem_mfc.errors import ConfigError
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"converged": converged}))
+    with pytest.raises(ConfigError) as e:
+        checkpoint.resolve(run)
+    msg = str(e.value)
+    assert "'--restart'" in msg and words in msg and "\n" not in msg, msg
+    with pytest.raises(ConfigError) as e:                # not a run folder: as before
+        checkpoint.resolve(tmp_path / "nothing")
+    assert "finished" not in str(e.value) and "wrote no" not in str(e.value)
