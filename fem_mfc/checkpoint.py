@@ -146,7 +146,24 @@ def resolve(path) -> Path:
         if (cand / META).is_file() and (cand / STATE).exists():
             return cand
     raise ConfigError("--restart", f"a fem_mfc checkpoint folder (with {META} and {STATE}), "
-                      f"or an output folder with one beside it", str(path))
+                      f"or an output folder with one beside it{_why_none(p)}", str(path))
+
+
+def _why_none(p: Path) -> str:
+    """Why the output folder ``p`` of a run has no checkpoint beside it ("" if ``p`` is not
+    one): the message said only what was expected, and a user pointing --restart at a run
+    that had finished could not tell that there was nothing to continue."""
+    try:
+        s = json.loads((p / "summary.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(s, dict):
+        return ""
+    if s.get("converged") is True:
+        return (f"; {p.name} holds a finished run (converged), whose checkpoint was removed "
+                "once its results were in place: nothing to restart")
+    return (f"; the run in {p.name} wrote no checkpoint ([output] checkpoint_every = k writes "
+            "one every k iterations or steps)")
 
 
 class Writer:

@@ -163,7 +163,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "stds": Key(list, [], "mixture: list of standard deviations"),
         "weights": Key(list, [], "mixture: list of weights"),
         "formula": Key(str, "", "kind = 'formula': an unnormalised density in x0, x1, x2"),
-        "file": Key(str, "", "kind = 'file': an adios4dolfinx checkpoint written by fem_mfc",
+        "file": Key(str, "", "kind = 'file': an adios4dolfinx checkpoint (.bp folder) holding "
+                    "a function 'rho0', written with fem_mfc.io.save_checkpoint(path, mesh, "
+                    "{'rho0': f}) (a run's ParaView series rho.bp is not one)",
                     path=True),
     },
     "discretisation": {
@@ -238,7 +240,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                     "(a(t,x) free) or dictionary network (a = B(x) theta(t), shared weights)",
                     choices=("feedback", "dictionary")),
         "anchors": Key(list, [], "class anchors c_k (list of points); empty: K points on a "
-                       "circle of radius anchor_radius (K = 2: +-anchor_radius e_1)"),
+                       "circle of radius anchor_radius (K = 2: +-anchor_radius e_1), with "
+                       "CSV data assigned to the classes by the classes' mean positions "
+                       "(not by the sorted order of the labels)"),
         "anchor_radius": Key(float, 2.0, "radius of the default anchors", positive,
                              "a positive number"),
         "loss_weight": Key(float, 1.0, "beta in Phi_k = beta/2 |x - c_k|^2", positive,

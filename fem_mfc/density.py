@@ -101,6 +101,48 @@ def check_scale(rcfg: dict, mesh) -> None:
                               " (wider is a constant: use kind = 'formula', formula = '1')", s)
 
 
+# A Gaussian (or mixture component) of which less than this fraction lies in the mesh's
+# bounding box is refused: a mean given in other coordinates (mean = [-1, 0] copied to the
+# corridor [0, 4] x [0, 1]) or off by a sign left a tail of e^-88 of it on the mesh, which
+# normalising blew up into another initial density (squashed against a wall), and the run
+# reported success.
+MIN_MASS_ON_MESH = 1e-2
+
+
+def check_on_mesh(rcfg: dict, mesh, periods: dict | None = None) -> None:
+    """Refuse a Gaussian or mixture component that lies (all but MIN_MASS_ON_MESH of it)
+    outside the mesh: ConfigError naming ``rho0.mean`` (``rho0.means[i]``) with the fraction
+    and the mesh's extent.  The fraction inside the bounding box bounds the mass on the mesh
+    from above (periodic directions hold all of it), so nothing on the mesh is refused."""
+    kind = rcfg.get("kind")
+    d = mesh.geometry.dim
+    if kind == "gaussian":
+        parts = [("rho0.mean", gaussian_mean(rcfg, d), rcfg["std"])]
+    elif kind == "mixture":
+        parts = [(f"rho0.means[{i}]", m, s)
+                 for i, (m, s) in enumerate(zip(rcfg.get("means", []), rcfg.get("stds", [])))
+                 if len(m) == d]
+    else:
+        return
+    lo, hi = _bbox(mesh)
+    for key, mean, std in parts:
+        frac = 1.0
+        for i in range(d):
+            if periods and i in periods:
+                continue
+            a, b = ((float(lo[i]) - mean[i]) / (std * math.sqrt(2)),
+                    (float(hi[i]) - mean[i]) / (std * math.sqrt(2)))
+            # the tails by erfc: erf(b) − erf(a) cancels to 0 far out on either side
+            frac *= 0.5 * (math.erfc(a) - math.erfc(b) if a > 0 else
+                           math.erfc(-b) - math.erfc(-a) if b < 0 else
+                           math.erf(b) - math.erf(a))
+        if frac < MIN_MASS_ON_MESH:
+            box = "[" + ", ".join(f"{x:.3g}..{y:.3g}" for x, y in zip(lo, hi)) + "]"
+            raise ConfigError(key, f"a Gaussian with at least {MIN_MASS_ON_MESH:g} of its mass "
+                              f"on the mesh (only {frac:.2g} of it lies in the mesh's extent "
+                              f"{box}; is the mean in the mesh's coordinates?)", list(mean))
+
+
 def density_ufl(rcfg: dict, mesh, params: dict | None = None, periods: dict | None = None):
     """The unnormalised ρ_0 of config section ``rcfg`` as a UFL expression on ``mesh``;
     Gaussians wrapped along the periodic directions ``periods`` {i: L_i} (see
@@ -109,6 +151,7 @@ def density_ufl(rcfg: dict, mesh, params: dict | None = None, periods: dict | No
     d = mesh.geometry.dim
     kind = rcfg["kind"]
     check_scale(rcfg, mesh)
+    check_on_mesh(rcfg, mesh, periods)
     # means, widths and weights as Constants: one compiled interpolation for every value
     # (a new width cost 0.35 s of compilation on a 1.0 s run)
     import dolfinx

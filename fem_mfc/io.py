@@ -896,6 +896,17 @@ def checkpoint_function_names(path: Path) -> list[str] | None:
     return sorted({v[:-len("_values")] for v in variables if v.endswith("_values")})
 
 
+def is_vtx_series(path: Path) -> bool:
+    """Is ``path`` a VTX time series (dolfinx's VTXWriter: ParaView's .bp, not a checkpoint)?"""
+    try:
+        from .compat import adios2
+        with adios2().FileReader(str(path)) as f:
+            variables = f.available_variables()
+    except Exception:        # noqa: BLE001 (best effort: only used for the error message)
+        return False
+    return {"connectivity", "geometry", "types"} <= set(variables)
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return (text[0][:100] if text else "") or type(e).__name__
@@ -909,7 +920,8 @@ def load_checkpoint(path: Path, comm, name: str, element=("Lagrange", 1), time_v
     import adios4dolfinx
     import dolfinx
     path = Path(path)
-    expected = "an adios4dolfinx checkpoint folder (.bp) written by fem_mfc"
+    expected = ("an adios4dolfinx checkpoint folder (.bp) written by fem_mfc, e.g. with "
+                f"fem_mfc.io.save_checkpoint(path, mesh, {{'{name}': f}})")
     if not path.exists():
         raise UserError(f"{path}: checkpoint not found (expected {expected})")
     if not path.is_dir() or not (path / "md.idx").exists():
@@ -917,6 +929,11 @@ def load_checkpoint(path: Path, comm, name: str, element=("Lagrange", 1), time_v
     try:
         mesh = adios4dolfinx.read_mesh(path, comm)
     except Exception as e:  # noqa: BLE001 (adios2 and adios4dolfinx raise many kinds)
+        if is_vtx_series(path):
+            # a run's rho.bp, the file a user points at first: it was "written by fem_mfc",
+            # and the message said to give a file written by fem_mfc
+            raise UserError(f"{path}: is a ParaView (VTX) time series, as the rho.bp of a run, "
+                            f"not a checkpoint (expected {expected})") from None
         raise UserError(f"{path}: holds no readable mesh (expected {expected}; "
                         f"{_first_line(e)})") from None
     names = checkpoint_function_names(path)

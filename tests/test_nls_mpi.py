@@ -141,3 +141,22 @@ def test_rk4_mass_solver_choice():
         st.destroy()
     assert kinds[1] == ("preonly", "cholesky")
     assert kinds[MPI.COMM_WORLD.size] == ("cg", "jacobi")
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("comm", [MPI.COMM_WORLD, MPI.COMM_SELF], ids=["world", "self"])
+def test_an_unstable_rk4_step_says_so_on_every_rank_count(comm):
+    """RK4 with a step far above its stability limit: one rank said "the solution blew up
+    (explicit RK4 needs τ ≲ …: reduce the time step)", two ranks "the mass-matrix solve
+    failed (KSP reason -9)" — their CG saw the NaN first.  Both now say what to change."""
+    from fem_mfc.errors import SolverError
+    msh = dolfinx.mesh.create_interval(comm, 100, [-10.0, 10.0])
+    x = ufl.SpatialCoordinate(msh)
+    P = NLSProblem(msh, 1, 1.0, 0.0 * x[0], lambda r: -0.5 * r ** 2)
+    z = P.function()
+    P.interpolate(z, *free_gaussian(x, 0.0, 1.0, 1.0, [1.0], [0.0]))
+    st = RK4Stepper(P, z, 0.5)
+    with pytest.raises(SolverError, match="the solution blew up .* reduce the time step"):
+        for _ in range(200):
+            st.step()
+    st.destroy()

@@ -114,3 +114,27 @@ def test_rho0_std_message_has_the_numbers(mesh1d):
         checks.check_formulas(_cfg(rho0={"std": h / 1000}), mesh1d)
     msg = str(e.value)
     assert "rho0.std" in msg and f"{h:.3g}" in msg and f"{h / 1000!r}" in msg
+
+
+
+@pytest.mark.parametrize("rho0,key", [
+    ({"mean": [5.0]}, "rho0.mean"),                          # off the mesh [-3, 3]: ran, exit 0
+    ({"mean": [-4.5]}, "rho0.mean"),                         # 3 std outside: 0.13 % on it
+    ({"kind": "mixture", "means": [[0.0], [9.0]], "stds": [0.5, 0.5], "weights": [1.0, 1.0]},
+     "rho0.means[1]"),                                       # a component silently dropped
+])
+def test_a_gaussian_off_the_mesh_is_refused(rho0, key, mesh1d):
+    """A Gaussian mean off the mesh (other coordinates, a sign) left a tail of e^-88 of the
+    Gaussian on it, which normalising blew up into another initial density, squashed against
+    a wall — and the run reported success.  Refused, naming the key, the fraction and the
+    mesh's extent; a Gaussian at a wall (half on the mesh), just outside, or outside along a
+    periodic direction (wrapped onto the mesh) is kept."""
+    from fem_mfc.density import density_ufl
+    r = {"kind": "gaussian", "std": 0.5, **rho0}
+    with pytest.raises(ConfigError) as e:
+        density_ufl(r, mesh1d)
+    msg = str(e.value)
+    assert f"'{key}'" in msg and "-3..3" in msg and "\n" not in msg, msg
+    density_ufl(r, mesh1d, periods={0: 6.0})
+    for mean in ([3.0], [4.0]):                              # 50 %, 2.3 % on the mesh
+        density_ufl({"kind": "gaussian", "std": 0.5, "mean": mean}, mesh1d)

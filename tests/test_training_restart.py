@@ -88,6 +88,8 @@ def test_restart_takes_the_uninterrupted_steps(tmp_path, name):
                        restart=tmp_path / "cut")
     same_run(full, again)
     assert again["J_history"][:CUT] == cut["J_history"][:CUT]
+    # the summary says it continued a checkpoint (only run.log said so)
+    assert again["restarted_at_iteration"] == CUT and "restarted_at_iteration" not in full
 
 
 def test_a_checkpoint_of_another_network_is_refused(tmp_path):

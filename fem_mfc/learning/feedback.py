@@ -65,6 +65,30 @@ def anchors_from_config(ncfg: dict, K: int, dim: int) -> np.ndarray:
     return out
 
 
+# the default anchors are reassigned to the classes of a CSV file only where that shortens the
+# classes' way to their anchors (Σ_k |mean_k − c_k|²) by at least this fraction: near-ties (two
+# classes centred alike, as concentric circles) keep the order of the labels
+MATCH_GAIN = 0.1
+
+
+def matched_anchors(anchors: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The default ``anchors`` (K × dim) reordered so that class k gets the anchor nearest the
+    mean of its (standardised, padded) training points ``X``, ``y`` — the assignment that
+    minimises Σ_k |mean_k − c_{π(k)}|².  The classes of a CSV file are numbered in the sorted
+    order of its labels: words (``cat`` < ``dog``) or codes that say nothing about where the
+    classes lie, and the fixed order sent two separable classes across each other (test
+    accuracy 0.48 against 0.97 for the same points labelled the other way round)."""
+    from scipy.optimize import linear_sum_assignment
+    K = anchors.shape[0]
+    means = np.array([X[y == k].mean(axis=0) for k in range(K)])
+    cost = ((means[:, None, :] - anchors[None, :, :]) ** 2).sum(axis=2)
+    rows, cols = linear_sum_assignment(cost)
+    best, kept = float(cost[rows, cols].sum()), float(np.trace(cost))
+    if best < (1.0 - MATCH_GAIN) * kept:
+        return anchors[cols].copy()
+    return anchors
+
+
 @dataclass
 class History:
     J: list = field(default_factory=list)

@@ -34,7 +34,7 @@ from ..errors import DiskFullError, warning
 from ..io import write_text_atomic
 from ..learning import compare, data, infer, report, saved
 from ..learning.dictionary import DictionaryFlow, DictionaryNetwork, EdgeDictionaryNetwork
-from ..learning.feedback import FeedbackClassifier, anchors_from_config
+from ..learning.feedback import FeedbackClassifier, anchors_from_config, matched_anchors
 from ..learning.problem import ClassifierProblem, Training
 from ..learning.reduced import EdgeClassifier
 from ..pipeline import bound, build_mesh
@@ -60,6 +60,8 @@ def build_model(cfg: dict, comm, problem: ClassifierProblem | None = None, md=No
     V = dolfinx.fem.functionspace(md.mesh, ("Lagrange", 1))
     rho0, hs = data.class_densities(ds, V, prob.bandwidth)
     anchors = anchors_from_config(prob.network, ds.K, dim)
+    if not prob.network["anchors"] and prob.data["dataset"] == "csv":
+        anchors = matched_anchors(anchors, ds.X_train, ds.y_train)
     eafe = prob.transport == "eafe"
     if prob.dictionary:
         kind = EdgeDictionaryNetwork if eafe else DictionaryNetwork
@@ -99,6 +101,10 @@ def run(cfg: dict, ctx) -> dict:
     ctx.log.info("classifier: %s, K = %d, %d train / %d test points, %dD mesh with %d dofs, "
                  "%d layers", ds.name, ds.K, len(ds.y_train), len(ds.y_test), dim,
                  V.dofmap.index_map.size_global, model.N)
+    if not np.array_equal(anchors, anchors_from_config(prob.network, ds.K, dim)):
+        ctx.log.info("default anchors assigned to the classes by their positions: %s",
+                     ", ".join(f"{c} -> ({', '.join(f'{v:g}' for v in a)})"
+                               for c, a in zip(ds.classes, anchors)))
     with training_checkpoints(cfg, ctx, model, meta) as (writer, resume):
         info = train_model(model, prob.training, progress=ctx.progress, log=ctx.log,
                            checkpoint=writer, resume=resume)
@@ -136,6 +142,8 @@ def run(cfg: dict, ctx) -> dict:
         te["projected"], "train_time_s": train_time,
         "train_cpu_s": info["cpu_time_s"],
     }
+    if resume is not None:            # as the time steppers' restarted_at_step (the run.log
+        summary["restarted_at_iteration"] = resume.iteration      # said so, the summary not)
     off = data_off_mesh(model.mesh, np.vstack([ds.X_train, ds.X_test]))
     summary["data_points_off_mesh"] = off
     point_steps = (len(ds.y_train) + len(ds.y_test)) * model.N

@@ -75,9 +75,18 @@ def solve_config(cfg: dict, ctx, md=None):
                 raise ConfigError("run.formulation", "'hjb-fp' with solver.method "
                                   + e.expected, "cole-hopf") from None
             raise
-        ctx.log.info("%s: %s after %d iterations (%s), residual %.3e", result.method,
-                     "converged" if result.converged else "did not converge",
-                     result.iterations or 0, result.reason, result.residual)
+        if result.method == "cole-hopf":
+            # two linear sweeps: no iterations, reason or residual to report (the line said
+            # "converged after 0 iterations (), residual 0.000e+00"); what decides the run is
+            # how far J is from its value identity and the mass from 1
+            ctx.log.info("cole-hopf: two linear sweeps (no iterations); J = %.6g, %.2g %% off "
+                         "its value identity, mass error %.2g (at most %g %% accepted)",
+                         result.J, 100 * identity_gap(result.J, result.J_value),
+                         result.mass_error, 100 * COLE_HOPF_IDENTITY_RTOL)
+        else:
+            ctx.log.info("%s: %s after %d iterations (%s), residual %.3e", result.method,
+                         "converged" if result.converged else "did not converge",
+                         result.iterations or 0, result.reason, result.residual)
         if result.auto_fallback:
             fb = result.auto_fallback
             ctx.log.info("auto: Cole-Hopf's J was %.3g off its value identity and its mass "

@@ -97,6 +97,8 @@ def run(cfg: dict, ctx) -> dict:
         "min_rho": model.min_rho(), "peclet": model.peclet(md.h), "target_mass_on_mesh": model.Z,
         "train_time_s": train_time, "train_cpu_s": train_cpu,
     }
+    if resume is not None:            # as the classifier's and the time steppers' record
+        summary["restarted_at_iteration"] = resume.iteration
     gap = abs(model.J - model.value_identity())     # (both transports: with the KL term)
     summary["value_identity_gap"] = gap
     summary["checks"] = learning_checks(model, masses, identity_gap=gap)

@@ -223,10 +223,20 @@ class RK4Stepper:
         dolfinx.fem.petsc.assemble_vector(self.b, self.F)
         self.b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
         self.ksp.solve(self.b, self.k)
-        if self.ksp.getConvergedReason() < 0:
+        reason = self.ksp.getConvergedReason()
+        if reason == PETSc.KSP.ConvergedReason.DIVERGED_NANORINF:
+            # the stage was already inf/NaN: on 2+ ranks the mass matrix's CG saw it first and
+            # the run said "the mass-matrix solve failed (KSP reason -9)" where one rank said
+            # what to do
+            raise self._blew_up()
+        if reason < 0:
             raise SolverError(f"NLS RK4 step {self.steps + 1}: the mass-matrix solve failed "
-                              f"(KSP reason {self.ksp.getConvergedReason()})")
+                              f"(KSP reason {reason})")
         return self.k.array_r / self.problem.hbar_value
+
+    def _blew_up(self) -> SolverError:
+        return SolverError(f"NLS RK4 step {self.steps + 1}: the solution blew up (explicit "
+                           f"RK4 needs τ ≲ 2.8/λ_max(ħM⁻¹K/2): reduce the time step)")
 
     def step(self) -> int:
         tau, y = self.tau, self.z.x.petsc_vec.array_r.copy()
@@ -236,9 +246,9 @@ class RK4Stepper:
         k4 = self._f(y + tau * k3)
         self.z.x.petsc_vec.array_w[:] = y + tau / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
         self.z.x.scatter_forward()
-        if not np.isfinite(self.z.x.array).all():
-            raise SolverError(f"NLS RK4 step {self.steps + 1}: the solution blew up (explicit "
-                              f"RK4 needs τ ≲ 2.8/λ_max(ħM⁻¹K/2): reduce the time step)")
+        finite = bool(np.isfinite(self.z.x.array).all())
+        if not self.z.function_space.mesh.comm.allreduce(finite, op=MPI.LAND):
+            raise self._blew_up()
         self.steps += 1
         return 0
 
