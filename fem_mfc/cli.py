@@ -258,6 +258,8 @@ def cmd_run(args, petsc_tokens) -> int:
     from . import config
     from .pipeline import EXIT_OK, EXIT_UNCONVERGED, run_config
     cfg = config.load(args.config)
+    from .io import _pause
+    _pause("run:loaded")                   # (a test hook: every rank, before the run's handlers)
     out = args.out or str(Path("results") / Path(args.config).stem)
     opts = process_options(split_petsc_options(petsc_tokens))
     from .options import normalise
@@ -458,10 +460,11 @@ def _early_signals(command: str | None) -> dict:
     reading the config and the mesh, estimating the memory: seconds) ended the process with
     143 / 129 and no word; now rank 0 prints one line naming the signal and that nothing was
     written, the lock and staging folder rank 0 may have made are removed, and every rank
-    exits with the same status at once (``os._exit``, as the run's handler: a rank waiting
-    in a collective for one that exits is ended by its MPI launcher).  Signals ignored at
-    start (``nohup``) stay ignored; after a run (its handlers restored: ours again) the line
-    says no more than the signal.  Returns the handlers replaced ({signal: handler})."""
+    exits with the same status (``os._exit``, as the run's handler: rank 0 at once, the others
+    after ``RANK_EXIT_DELAY_S`` so that the launcher does not end rank 0 before its line; a
+    rank waiting in a collective for one that exits is ended by its MPI launcher).  Signals
+    ignored at start (``nohup``) stay ignored; after a run (its handlers restored: ours again)
+    the line says no more than the signal.  Returns the handlers replaced ({signal: handler})."""
     run = command in ("run", "refine")
 
     def handler(signum, frame):
@@ -476,6 +479,10 @@ def _early_signals(command: str | None) -> dict:
                                  + ("; nothing was written\n" if run and not started
                                     else "\n"))
                 sys.stderr.flush()
+        elif _launcher_size() > 1:
+            # as the run's handler (fem_mfc.io): an MPI launcher ends the job when the first
+            # rank exits, so the others give rank 0, which got the same signal, time to say so
+            time.sleep(getattr(io, "RANK_EXIT_DELAY_S", 1.0))
         os._exit(128 + signum)
 
     replaced = {}
