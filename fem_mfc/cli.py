@@ -257,6 +257,7 @@ def process_options(opts: dict) -> dict:
 def cmd_run(args, petsc_tokens) -> int:
     from . import config
     from .pipeline import EXIT_OK, EXIT_UNCONVERGED, run_config
+    _rearm_early_signals()
     cfg = config.load(args.config)
     from .io import _pause
     _pause("run:loaded")                   # (a test hook: every rank, before the run's handlers)
@@ -286,6 +287,7 @@ def cmd_refine(args, petsc_tokens) -> int:
     from . import config
     from .pipeline import EXIT_OK, EXIT_UNCONVERGED
     from .refine import level_config, refinement_study
+    _rearm_early_signals()
     cfg = config.load(args.config)
     config.check_resources(level_config(cfg, args.levels - 1, args.where), force=args.force)
     out = args.out or str(Path("results") / (Path(args.config).stem + "_refine"))
@@ -490,7 +492,24 @@ def _early_signals(command: str | None) -> dict:
         with contextlib.suppress(ValueError, OSError):    # (ValueError: not the main thread)
             if signal.getsignal(s) == signal.SIG_DFL:
                 replaced[s] = signal.signal(s, handler)
+    _early_handler[:] = [handler] if replaced else []
     return replaced
+
+
+_early_handler: list = []       # the early signals' handler while main() runs
+
+
+def _rearm_early_signals() -> None:
+    """Initialise PETSc (collective: every rank of a run or refine study comes here) and
+    install the early handler again where it is still Python's choice: PETSc's initialisation
+    puts a C handler of its own under Python's for SIGHUP, and a SIGHUP before the run's
+    handlers was ignored (a serial run went on and exited 0)."""
+    import dolfinx.fem.petsc  # noqa: F401
+    for h in _early_handler:
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(ValueError, OSError):
+                if signal.getsignal(s) is h:
+                    signal.signal(s, h)
 
 
 def main(argv: list[str] | None = None) -> int:
