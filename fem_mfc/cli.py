@@ -259,7 +259,10 @@ def process_options(opts: dict) -> dict:
 def cmd_run(args, petsc_tokens) -> int:
     from . import config
     from .pipeline import EXIT_OK, EXIT_UNCONVERGED, run_config
+    _rearm_early_signals()
     cfg = config.load(args.config)
+    from .io import _pause
+    _pause("run:loaded")                   # (a test hook: every rank, before the run's handlers)
     out = args.out or str(Path("results") / Path(args.config).stem)
     opts = process_options(split_petsc_options(petsc_tokens))
     from .options import normalise
@@ -286,6 +289,7 @@ def cmd_refine(args, petsc_tokens) -> int:
     from . import config
     from .pipeline import EXIT_OK, EXIT_UNCONVERGED
     from .refine import level_config, refinement_study
+    _rearm_early_signals()
     cfg = config.load(args.config)
     config.check_resources(level_config(cfg, args.levels - 1, args.where), force=args.force)
     out = args.out or str(Path("results") / (Path(args.config).stem + "_refine"))
@@ -539,13 +543,17 @@ def _early_signals(command: str | None) -> dict:
     reading the config and the mesh, estimating the memory: seconds) ended the process with
     143 / 129 and no word; now rank 0 prints one line naming the signal and that nothing was
     written, the lock and staging folder rank 0 may have made are removed, and every rank
-    exits with the same status at once (``os._exit``, as the run's handler: a rank waiting
-    in a collective for one that exits is ended by its MPI launcher).  Signals ignored at
-    start (``nohup``) stay ignored; after a run (its handlers restored: ours again) the line
-    says no more than the signal.  Returns the handlers replaced ({signal: handler})."""
+    exits with the same status (``os._exit``, as the run's handler: rank 0 at once, the others
+    after ``RANK_EXIT_DELAY_S`` so that the launcher does not end rank 0 before its line; a
+    rank waiting in a collective for one that exits is ended by its MPI launcher).  Signals
+    ignored at start (``nohup``) stay ignored; after a run (its handlers restored: ours again)
+    the line says no more than the signal.  Returns the handlers replaced ({signal: handler})."""
     run = command in ("run", "refine")
 
     def handler(signum, frame):
+        for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):   # a second signal (the
+            with contextlib.suppress(Exception):      # group's, then the guard's) is no news
+                signal.signal(s, signal.SIG_IGN)
         io = sys.modules.get("fem_mfc.io")        # (not imported yet: nothing made)
         started = bool(io is not None and io.HANDLED[0])
         if io is not None:
@@ -554,6 +562,10 @@ def _early_signals(command: str | None) -> dict:
         if process_rank() == 0:
             last_line(f"{PROG}: interrupted ({signal.Signals(signum).name})"
                       + ("; nothing was written" if run and not started else ""))
+        elif _launcher_size() > 1:
+            # as the run's handler (fem_mfc.io): an MPI launcher ends the job when the first
+            # rank exits, so the others give rank 0, which got the same signal, time to say so
+            time.sleep(getattr(io, "RANK_EXIT_DELAY_S", 1.0))
         os._exit(128 + signum)
 
     replaced = {}
@@ -561,7 +573,24 @@ def _early_signals(command: str | None) -> dict:
         with contextlib.suppress(ValueError, OSError):    # (ValueError: not the main thread)
             if signal.getsignal(s) == signal.SIG_DFL:
                 replaced[s] = signal.signal(s, handler)
+    _early_handler[:] = [handler] if replaced else []
     return replaced
+
+
+_early_handler: list = []       # the early signals' handler while main() runs
+
+
+def _rearm_early_signals() -> None:
+    """Initialise PETSc (collective: every rank of a run or refine study comes here) and
+    install the early handler again where it is still Python's choice: PETSc's initialisation
+    puts a C handler of its own under Python's for SIGHUP, and a SIGHUP before the run's
+    handlers was ignored (a serial run went on and exited 0)."""
+    import dolfinx.fem.petsc  # noqa: F401
+    for h in _early_handler:
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(ValueError, OSError):
+                if signal.getsignal(s) is h:
+                    signal.signal(s, h)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -147,29 +147,36 @@ def _rank_pids(mark):
 
 
 @pytest.mark.skipif(not IN_ENV, reason="reads the ranks' environment inside the environment")
-def test_rank_zero_line_survives_another_rank_ending_first(tmp_path, heat_cfg):
+@pytest.mark.parametrize("point,sig", [("create:staged", "SIGHUP"), ("run:loaded", "SIGTERM"),
+                                       ("run:loaded", "SIGHUP")])
+def test_rank_zero_line_survives_another_rank_ending_first(tmp_path, heat_cfg, point, sig):
     """The signal reaches rank 1 before rank 0 (the order /proc lists them in, or the
     scheduler's): the launcher ends the job as soon as one rank exits, so rank 1 must not exit
     before rank 0 has written its line.  CI once lost it this way (SIGHUP: only Open MPI's
-    banner "... Exit code: 129" came out)."""
+    banner "... Exit code: 129" came out).  The same before the run's handlers (run:loaded:
+    the config read, every rank in Python): the CLI's early handler ended rank 1 at once and
+    "fem-mfc: interrupted (SIGTERM); nothing was written" was lost (3 of 3 here)."""
     mark = marker()
     out = tmp_path / mark
-    p = _start("env", heat_cfg, out, mark, tmp_path / "paused")
+    signum = getattr(signal, sig)
+    said = f"{out} left as it was" if point == "create:staged" else "nothing was written"
+    p = _start("env", heat_cfg, out, mark, tmp_path / "paused", point=point)
     try:
         ranks = _rank_pids(mark)
         assert sorted(ranks) == [0, 1], ranks
-        os.kill(ranks[1], signal.SIGHUP)
+        os.kill(ranks[1], signum)
         time.sleep(0.3)
         try:
-            os.kill(ranks[0], signal.SIGHUP)
+            os.kill(ranks[0], signum)
         except ProcessLookupError:      # (before: the launcher had already ended it)
             pass
         rc, _, err = finish(p, mark, timeout=60)
         assert_none_left(mark, timeout=3)
         lines = [ln for ln in err.splitlines() if ln.strip()]
-        assert lines == [f"fem-mfc: interrupted (SIGHUP); {out} left as it was"], lines
-        assert rc == 128 + signal.SIGHUP, (rc, err[-3000:])
+        assert lines == [f"fem-mfc: interrupted ({sig}); {said}"], lines
+        assert rc == 128 + signum, (rc, err[-3000:])
         assert not out.exists()
+        assert not [e for e in os.listdir(tmp_path) if mark in e], os.listdir(tmp_path)
     finally:
         kill_all(mark)
 
@@ -331,3 +338,27 @@ def test_sigterm_before_the_run_writes_under_mpirun(tmp_path, heat_cfg):
     rc, lines = _sigterm_before_writing(tmp_path, heat_cfg, 2)
     assert rc == 143 and lines == ["fem-mfc: interrupted (SIGTERM); nothing was written"], \
         (rc, lines)
+
+
+@pytest.mark.skipif(not IN_ENV, reason="bin/fem-env inside the environment")
+def test_sighup_before_the_run_writes_is_one_line(tmp_path, heat_cfg):
+    """SIGHUP after PETSc's initialisation and before the run's handlers (run:loaded, the
+    config read): PETSc had put its own handler under the CLI's, and the run ignored the
+    signal, went on and exited 0.  Now one line, 129, nothing written."""
+    mark = marker()
+    out = tmp_path / mark
+    pause = tmp_path / "paused"
+    p = launch([FEM_ENV, "python3", "-m", "fem_mfc", "run", heat_cfg, "--out", out, "--quiet"],
+               mark, env=paused_env(pause, "run:loaded", _fem_env_env("env")),
+               preexec_fn=_default_signals)
+    try:
+        wait_for_file(pause, p, mark)
+        p.send_signal(signal.SIGHUP)
+        rc, _, err = finish(p, mark, timeout=60)
+        assert_none_left(mark, timeout=5)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert rc == 129 and lines == ["fem-mfc: interrupted (SIGHUP); nothing was written"], \
+            (rc, err[-3000:])
+        assert not [e for e in os.listdir(tmp_path) if mark in e], os.listdir(tmp_path)
+    finally:
+        kill_all(mark)

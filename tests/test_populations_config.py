@@ -121,8 +121,8 @@ def test_defaults_and_reproducible_copy():
 @pytest.mark.slow
 @pytest.mark.parametrize("ranks", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_demo_runs(tmp_path, ranks):
-    """The demo solves in a few seconds; per-population masses, mirror-symmetric figures,
-    one VTX field per population; serial = 2 ranks."""
+    """The demo solves in a few Newton and Krylov iterations; per-population masses,
+    mirror-symmetric figures, one VTX field per population; serial = 2 ranks."""
     out = tmp_path / f"crowds{ranks}"
     p = run_cli(["run", DEMO, "--out", out, "--quiet"], ranks=ranks)
     assert p.returncode == 0, p.stderr
@@ -136,7 +136,11 @@ def test_demo_runs(tmp_path, ranks):
         assert pop["mass_error"] < 1e-12 and len(pop["mass"]) == s["nsteps"] + 1
     assert abs(east["max_rho"] - west["max_rho"]) < 1e-9 * east["max_rho"]   # mirror images
     assert abs(east["min_rho"] - west["min_rho"]) < 1e-9 * east["max_rho"]
-    assert s["iterations"] <= 10 and s["solve_time_s"] < 60
+    # "a few seconds" counted in work, not wall time (2 ranks took 46 and 54 s of the 60 s
+    # allowed on a loaded 2-core machine): the cheap sweep path, not the LU its estimate
+    # refused, and at most 10 Newton and 30 Krylov iterations in all (7 and 23 here)
+    assert s["iterations"] <= 10 and s["solver_path"]["linear"] == "sweep"
+    assert s["history"][-1]["ksp_its_total"] <= 30, s["history"][-1]
     for f in ("rho.bp", "u.bp", "velocity.bp", "rho_east_layers.png", "rho_west_layers.png",
               "rho_total_layers.png", "config.toml"):
         assert (out / f).exists(), f
