@@ -212,12 +212,16 @@ def test_bad_config_under_mpirun_is_one_line(tmp_path, path):
     assert len(lines) == 1, err[-3000:]
     assert lines[0].startswith("fem-mfc: error: ") and "mesh.cells" in lines[0]
     assert_none_left(mark)
-    # a program that is not fem-mfc keeps Open MPI's account of its failure
+    # a program that is not fem-mfc keeps Open MPI's account of its failure (rank 1 fails
+    # first: with both ranks exiting 3 at once prterun once printed nothing, 1 run of 7)
     mark = marker()
-    p = launch([FEM_ENV, "mpirun", "-n", 2, "python3", "-c", "import sys; sys.exit(3)", mark],
+    prog = ("import os, sys, time; "
+            "time.sleep(0 if os.environ.get('OMPI_COMM_WORLD_RANK') == '1' else 20); sys.exit(3)")
+    p = launch([FEM_ENV, "mpirun", "-n", 2, "python3", "-c", prog, mark],
                mark, env=_fem_env_env(path))
     rc, out, err = finish(p, mark, timeout=120)
     assert rc == 3 and "non-zero status" in err, err[-3000:]
+    assert_none_left(mark)                   # rank 0 ended by mpirun, not after its 20 s
 
 
 @pytest.mark.skipif(not IN_ENV, reason="bin/fem-env inside the environment")
