@@ -299,21 +299,21 @@ def test_the_watchdog_ends_with_its_run(tmp_path, heat_cfg):
     assert_none_left(mark, timeout=3)
 
 
-def _sigterm_before_writing(tmp_path, cfg, ranks):
-    """SIGTERM to ``bin/fem-env [mpirun -n 2] python3 -m fem_mfc run`` while rank 0 holds the
-    output folder's lock, before the run's handlers and staging folder (create:locked; rank 1
-    waits for it in a broadcast): (status, stderr's non-empty lines); nothing of the job, the
-    folder, its lock or a staging folder is left."""
+def _sigterm_before_writing(tmp_path, cfg, ranks, point="create:locked", sig=signal.SIGTERM):
+    """``sig`` to ``bin/fem-env [mpirun -n 2] python3 -m fem_mfc run`` before the run's
+    handlers and staging folder, by default while rank 0 holds the output folder's lock
+    (create:locked; rank 1 waits for it in a broadcast): (status, stderr's non-empty lines);
+    nothing of the job, the folder, its lock or a staging folder is left."""
     mark = marker()
     out = tmp_path / mark
     pause = tmp_path / "paused"
     mpi = [FEM_ENV, "mpirun", "-n", 2] if ranks == 2 else [FEM_ENV]
     p = launch(mpi + ["python3", "-m", "fem_mfc", "run", cfg, "--out", out, "--quiet"], mark,
-               env=paused_env(pause, "create:locked", _fem_env_env("env")),
+               env=paused_env(pause, point, _fem_env_env("env")),
                preexec_fn=_default_signals)
     try:
         wait_for_file(pause, p, mark)
-        p.send_signal(signal.SIGTERM)
+        p.send_signal(sig)
         rc, _, err = finish(p, mark, timeout=60)
         assert_none_left(mark, timeout=5)
         assert not out.exists()
@@ -349,20 +349,6 @@ def test_sighup_before_the_run_writes_is_one_line(tmp_path, heat_cfg):
     """SIGHUP after PETSc's initialisation and before the run's handlers (run:loaded, the
     config read): PETSc had put its own handler under the CLI's, and the run ignored the
     signal, went on and exited 0.  Now one line, 129, nothing written."""
-    mark = marker()
-    out = tmp_path / mark
-    pause = tmp_path / "paused"
-    p = launch([FEM_ENV, "python3", "-m", "fem_mfc", "run", heat_cfg, "--out", out, "--quiet"],
-               mark, env=paused_env(pause, "run:loaded", _fem_env_env("env")),
-               preexec_fn=_default_signals)
-    try:
-        wait_for_file(pause, p, mark)
-        p.send_signal(signal.SIGHUP)
-        rc, _, err = finish(p, mark, timeout=60)
-        assert_none_left(mark, timeout=5)
-        lines = [ln for ln in err.splitlines() if ln.strip()]
-        assert rc == 129 and lines == ["fem-mfc: interrupted (SIGHUP); nothing was written"], \
-            (rc, err[-3000:])
-        assert not [e for e in os.listdir(tmp_path) if mark in e], os.listdir(tmp_path)
-    finally:
-        kill_all(mark)
+    rc, lines = _sigterm_before_writing(tmp_path, heat_cfg, 1, "run:loaded", signal.SIGHUP)
+    assert rc == 129 and lines == ["fem-mfc: interrupted (SIGHUP); nothing was written"], \
+        (rc, lines)
