@@ -37,6 +37,7 @@ from .errors import (
     DiskFullError,
     SolverError,
     UserError,
+    interrupted,
     last_line,
     launcher_rank,
     process_rank,
@@ -551,21 +552,14 @@ def _early_signals(command: str | None) -> dict:
     run = command in ("run", "refine")
 
     def handler(signum, frame):
-        for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):   # a second signal (the
-            with contextlib.suppress(Exception):      # group's, then the guard's) is no news
-                signal.signal(s, signal.SIG_IGN)
         io = sys.modules.get("fem_mfc.io")        # (not imported yet: nothing made)
         started = bool(io is not None and io.HANDLED[0])
+        interrupted(f"{PROG}: interrupted ({signal.Signals(signum).name})"
+                    + ("; nothing was written" if run and not started else ""),
+                    process_rank(), _launcher_size())
         if io is not None:
             with contextlib.suppress(Exception):
                 io.abandon_prepared()
-        if process_rank() == 0:
-            last_line(f"{PROG}: interrupted ({signal.Signals(signum).name})"
-                      + ("; nothing was written" if run and not started else ""))
-        elif _launcher_size() > 1:
-            # as the run's handler (fem_mfc.io): an MPI launcher ends the job when the first
-            # rank exits, so the others give rank 0, which got the same signal, time to say so
-            time.sleep(getattr(io, "RANK_EXIT_DELAY_S", 1.0))
         os._exit(128 + signum)
 
     replaced = {}

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
+import time
 
 PROG = "fem-mfc"
 # Environment variables an MPI launcher sets in its ranks (Open MPI/PRRTE, PMIx, MPICH Hydra).
@@ -45,6 +47,31 @@ def warning(message: str) -> None:
 # `timeout`) ends its ranks and drops what they print meanwhile; the guard prints the file's
 # lines it did not see on the launcher's stderr.
 LAUNCHER_NOTE = "FEM_MFC_LAUNCHER_NOTE"
+
+
+# SIGINT, SIGTERM, SIGHUP: what ends a run with one line (the run's and the CLI's handlers)
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Ranks other than 0 wait this long in their handler before exiting: an MPI launcher ends the
+# job when the first rank exits, and rank 0, which got the same signal, must have said so
+# first (the line was lost in CI: rank 1 exited at once, prterun killed rank 0 before it
+# wrote).  Below the run's watchdog grace (io.SIGNAL_GRACE_S).
+RANK_EXIT_DELAY_S = 1.0
+
+
+def interrupted(line: str, rank: int, size: int) -> None:
+    """What a signal handler of a rank does before it cleans up and exits: ignore further
+    signals (the group's, then the guard's copy, are no news: one line, once), rank 0 writes
+    ``line`` (:func:`last_line`), the other ranks of a job of ``size`` wait
+    RANK_EXIT_DELAY_S."""
+    for s in INTERRUPTS:
+        try:
+            signal.signal(s, signal.SIG_IGN)
+        except (ValueError, OSError):
+            pass
+    if rank == 0:
+        last_line(line)
+    elif size > 1:
+        time.sleep(RANK_EXIT_DELAY_S)
 
 
 def last_line(line: str) -> None:

@@ -50,7 +50,7 @@ from mpi4py import MPI
 
 import numpy as np
 
-from .errors import DiskFullError, UserError, last_line
+from .errors import INTERRUPTS, DiskFullError, UserError, interrupted
 
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "errno = 28:", "errno = 122:")
@@ -410,13 +410,11 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 RUN_MARKERS = ("summary.json", "config.toml", "run.log")
-_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_SIGNALS = INTERRUPTS
 
 # A run that has not ended this many seconds after SIGINT/SIGTERM/SIGHUP is in a C call that
 # holds the GIL: its watchdog deletes the staging folder and kills it.
 SIGNAL_GRACE_S = 3.0
-# Ranks other than 0 wait this long in their handler before exiting (see handler below).
-RANK_EXIT_DELAY_S = 1.0
 # The watchdog (python3 -S -c WATCHDOG FD PID STAGING GRACE): Python's C-level signal handler
 # writes the signal's number to the run's wakeup fd at once, GIL or not; the watchdog reads
 # it, gives the run's own handler GRACE seconds, then cleans up and kills.  End of file on
@@ -701,17 +699,8 @@ class RunContext:
     # -- signals -------------------------------------------------------------------------------
     def _install_signal_handlers(self):
         def handler(signum, frame):
-            for s in _SIGNALS:            # a second signal (the group's, then the launcher's
-                with contextlib.suppress(Exception):           # or the guard's) is no news
-                    signal.signal(s, signal.SIG_IGN)
-            if self.comm.rank == 0:
-                last_line(f"fem-mfc: interrupted ({signal.Signals(signum).name}); "
-                          f"{self.outdir} left as it was")
-            elif self.comm.size > 1:
-                # an MPI launcher ends the job when the first rank exits: the others give
-                # rank 0, which got the same signal, the time to say so (the line was lost
-                # once in CI: rank 1 exited first and prterun killed rank 0 before it wrote)
-                time.sleep(RANK_EXIT_DELAY_S)
+            interrupted(f"fem-mfc: interrupted ({signal.Signals(signum).name}); "
+                        f"{self.outdir} left as it was", self.comm.rank, self.comm.size)
             self._remove_staging()
             os._exit(128 + signum)
         try:
