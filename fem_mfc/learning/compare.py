@@ -187,8 +187,7 @@ def potential(prob, model):
     """The running potential V of a classifier problem as the torch baselines take it:
     (formula, params), or None where it is a constant, which the PDE network's empirical
     objective leaves out too (:func:`fem_mfc.learning.infer.potential_function`)."""
-    V = model.Vpot
-    if isinstance(V, (int, float)) or infer._is_constant_zero(V):
+    if not infer.varies(model.Vpot):
         return None
     return str(prob.equation["V"]), dict(prob.equation["params"])
 

@@ -71,7 +71,7 @@ def potential_function(model):
     """The running potential V of ``[problem] V`` as a P1 Function of ``model.V`` (evaluated at
     the points of a flow for its empirical objective), or None where V = 0."""
     V = model.Vpot
-    if isinstance(V, (int, float)) or _is_constant_zero(V):
+    if not varies(V):
         return None
     Vh = dolfinx.fem.Function(model.V)
     Vh.interpolate(dolfinx.fem.Expression(V, model.V.element.interpolation_points()))
@@ -82,6 +82,13 @@ def _common_normal(rng, shape, comm):
     """Standard normal samples identical on every rank (drawn on rank 0, broadcast)."""
     z = rng.standard_normal(shape) if comm.rank == 0 else None
     return comm.bcast(z, root=0)
+
+
+def varies(V) -> bool:
+    """Is the running potential V (a parsed ``[problem] V``) more than a number?  A constant
+    shifts every objective by T·V and is left out of the empirical ones (the PDE network's
+    and the torch baselines')."""
+    return not (isinstance(V, (int, float)) or _is_constant_zero(V))
 
 
 def _is_constant_zero(e) -> bool:
