@@ -280,7 +280,7 @@ def test_picard_inner_newton_stops_at_round_off():
                        G=lambda r: 0.5 * r ** 2, coupling="mfg",
                        rho0=ufl.exp(-50 * (x[0] - 0.5) ** 2))
     st = SpaceTime(p)
-    hjb_sweep(st, _StepSolver(st.comm, "t_picard_"), tol=1e-30, max_it=30)
+    hjb_sweep(st, _StepSolver("t_picard_"), tol=1e-30, max_it=30)
     assert st.finite()
 
 

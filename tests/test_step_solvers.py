@@ -214,7 +214,7 @@ def _check_linear_steppers_take_the_per_step_solver():
     stepper.destroy()
     A = step_matrix(p)
     rhs = np.random.default_rng(comm.rank).standard_normal(A.getLocalSize()[0])
-    lin = _StepSolver(comm, "test_picard_")
+    lin = _StepSolver("test_picard_")
     x = lin.solve(A, rhs).copy()
     pc = lin.ksp.getPC()
     assert (pc.getFactorSolverType() == "petsc" if comm.size == 1
