@@ -175,8 +175,8 @@ def run(cfg: dict, ctx) -> dict:
     _write_series(ctx, model, prob.every)
     figures = _figures(ctx, model, flow, ds, base) if ctx.figures else []
     summary["figures"] = figures
-    if figures and report.slice_note(ds):
-        summary["decision_regions_slice"] = report.slice_note(ds)
+    if figures and (note := report.slice_note(ds)):
+        summary["decision_regions_slice"] = note
     if ctx.comm.rank == 0:
         write_text_atomic(ctx.path("report.md"),
                           report.markdown(summary, figures, prob.title))
