@@ -166,16 +166,21 @@ def test_progress_to_a_file_or_pipe_is_the_log_lines_only(tmp_path):
 def test_heat_run_that_loses_mass_is_flagged(tmp_path):
     """The heat steps conserve the mass to the linear solver's tolerance: the run's check.
     CG + Jacobi to 1e-3 (`-heat_ksp_type cg -heat_pc_type jacobi -heat_ksp_rtol 1e-3`) lost
-    0.33 % of the mass on the heat demo's disk and exited 0; now exit 3, flagged."""
+    0.33 % of the mass on the heat demo's disk and exited 0; now exit 3, flagged.
+    The summary's ``residual`` was a constant 0.0; it is the largest relative residual
+    ‖b − Aρ‖/‖b‖ of the steps, computed, and checked."""
     cfg = tmp_path / "c.toml"
     cfg.write_text(heat_config("rectangle", figures=False))
     p = run_cli(["run", str(cfg), "--out", str(tmp_path / "good"), "--quiet"])
-    assert p.returncode == 0 and read_summary(tmp_path / "good")["checks"]["mass"]["ok"]
+    s = read_summary(tmp_path / "good")
+    assert p.returncode == 0 and s["checks"]["mass"]["ok"] and s["checks"]["residual"]["ok"]
+    assert s["residual"] < 1e-12                # a factorisation solves each step
     p = run_cli(["run", str(cfg), "--out", str(tmp_path / "bad"), "--quiet", "-heat_ksp_type",
                  "cg", "-heat_pc_type", "jacobi", "-heat_ksp_rtol", "1e-2"])
     s = read_summary(tmp_path / "bad")
     assert p.returncode == 3 and s["converged"] is False, (p.stderr, s["mass_error"])
     assert not s["checks"]["mass"]["ok"]
+    assert 1e-4 < s["residual"] < 1e-1 and not s["checks"]["residual"]["ok"], s["residual"]
 
 
 @pytest.mark.parametrize("kind", [

@@ -140,7 +140,7 @@ def _run_control(cfg, ctx, problem, resume=None) -> dict:
                "energy_drift": float(np.max(np.abs(energy - energy[0]))),
                "fisher": float(d["fisher"][0]), "J": d["J"], "J_value_identity": d["J_value"],
                "iterations": res.iterations,
-               "residual": res.history[-1]["residual"] if res.history else 0.0,
+               "residual": res.residual,
                "history": list(res.history),
                **({"restarted_from": restarted_from(resume)} if resume is not None else {}),
                "checks": mass_check(d["mass_error"],

@@ -51,7 +51,11 @@ class LinearStepper:
     solver (:func:`fem_mfc.solvers.steps.step_solver`, ``-{prefix}step lu|ilu|amg|auto``;
     ``auto``: factorised once in 1D and 2D, GMRES + ILU(0) to STEP_RTOL in 3D, as the
     Cole–Hopf sweeps of the same heat-step matrices); ``steps``: how many steps it serves,
-    ``symmetric``: A is symmetric positive definite (Cholesky)."""
+    ``symmetric``: A is symmetric positive definite (Cholesky).
+
+    ``residual`` is the largest relative residual ‖b − Ax^{n+1}‖/‖b‖ of the steps so far,
+    computed after each solve (one product with A: a direct solve reports none, and a
+    user's options may make the per-step solve loose)."""
 
     STEP_RTOL = 1e-14        # iterative kinds: to near round-off, as the Cole–Hopf sweeps
 
@@ -65,15 +69,22 @@ class LinearStepper:
         kind = step_kind(self.A, prefix, dim, solves=steps)
         self.ksp = step_solver(self.A, prefix, kind, rtol=self.STEP_RTOL, dim=dim,
                                symmetric=symmetric, solves=steps)
+        self.r = self.b.duplicate()
+        self.residual = 0.0
 
     def step(self, target, what: str = "step") -> None:
         assemble_rhs(self.b, self.L_form)
         solve_checked(self.ksp, self.b, target, what)
+        self.A.mult(target.x.petsc_vec, self.r)
+        self.r.aypx(-1.0, self.b)                       # r = b − A x
+        nb = self.b.norm()
+        self.residual = max(self.residual, self.r.norm() / nb if nb > 0 else self.r.norm())
 
     def destroy(self) -> None:
         self.ksp.destroy()
         self.A.destroy()
         self.b.destroy()
+        self.r.destroy()
 
 
 class StepResiduals:
