@@ -288,8 +288,12 @@ def _parse_limited(text: str, key: str):
     try:
         tree = ast.parse(t, mode="eval")
     except SyntaxError as e:
-        raise ConfigError(key, f"a valid formula (syntax error at column {e.offset})",
-                          _short(t)) from None
+        # Python gives no column (0) when the text ends before the expression does ("x0**")
+        where = (f"syntax error at column {e.offset}" if e.offset and 0 < e.offset <= len(t)
+                 else "it ends before the expression is complete")
+        if e.msg and e.msg != "invalid syntax":
+            where += f": {e.msg}"
+        raise ConfigError(key, f"a valid formula ({where})", _short(t)) from None
     except (MemoryError, RecursionError, ValueError):
         raise ConfigError(key, "a valid formula", _short(t)) from None
     count = 0

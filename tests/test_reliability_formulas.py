@@ -36,6 +36,17 @@ def test_parse_failures_are_config_errors(text, mesh1d):
     assert "problem.G" in msg and "\n" not in msg and len(msg) < 400
 
 
+@pytest.mark.parametrize("text,where", [("x0**", "it ends before the expression is complete"),
+                                        ("x0 + (1", "column 6: '\\(' was never closed"),
+                                        ("x0 ** * 2", "syntax error at column 7"),
+                                        ("2*x0)", "syntax error at column 5")])
+def test_syntax_errors_say_where(text, where, mesh1d):
+    """"x0**" was reported as a syntax error "at column 0": Python gives no column when the
+    text ends too early."""
+    with pytest.raises(ConfigError, match=where):
+        expressions.parse(text, "problem.G", x=ufl.SpatialCoordinate(mesh1d), gdim=1)
+
+
 @pytest.mark.parametrize("text", ["x0**2", "exp(-x0**2/2)", "kappa*rho**2/2", "rho*log(rho)",
                                   "sqrt(1 + x0**2)", "x0**64", "min(x0, 1) + max(rho, 0)"])
 def test_reasonable_formulas_parse(text, mesh1d):
