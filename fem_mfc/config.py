@@ -1265,7 +1265,7 @@ def _check_exits(cfg: dict, source):
         why = f"solver.method = '{s['method']}'"
     elif s["initial_guess"] == "cole-hopf":
         why = "solver.initial_guess = 'cole-hopf'"
-    elif cfg["discretisation"]["stabilisation"] == "monotone":
+    elif cfg["discretisation"]["stabilisation"] == "monotone" and "robin" in kinds:
         why = "discretisation.stabilisation = 'monotone'"
     elif cfg["exact"]["solution"] != "none":
         why = f"exact.solution = '{cfg['exact']['solution']}'"
@@ -1274,8 +1274,8 @@ def _check_exits(cfg: dict, source):
                           "formulation 'hjb-fp', solver.method "
                           + ("'newton' or 'auto'" if "picard" not in methods
                              else "'newton', 'auto' or 'picard'")
-                          + ", the Galerkin scheme, no Cole-Hopf guess and no exact solution)",
-                          "/".join(sorted(kinds)), source)
+                          + ", no Cole-Hopf guess and no exact solution; leaky walls also "
+                          "the Galerkin scheme)", "/".join(sorted(kinds)), source)
 
 
 def _check_checkpoint(cfg: dict, source):

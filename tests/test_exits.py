@@ -3,6 +3,7 @@ tagged boundary; mass balance with the exit flux, the value identity, discrete d
 1D problem against an independent finite-difference code, serial = 2 ranks.
 
 MPI: ``mpirun -n 2 python3 -m pytest --with-mpi -m mpi tests/test_exits.py``."""
+import dataclasses
 import math
 
 from mpi4py import MPI
@@ -191,6 +192,8 @@ def test_config_run_reports_mass_exited(tmp_path):
     assert r.returncode == 0, r.stderr
     s = read_summary(tmp_path / "out")
     assert s["checks"]["mass"]["ok"] and s["mass_error"] < 1e-10
+    assert s["checks"]["exit_inflow"] == {**s["checks"]["exit_inflow"], "value": 0.0,
+                                          "ok": True}
     assert 0.05 < s["mass_exited"] < 1 and len(s["mass_exited_per_step"]) == 8
     assert abs(sum(s["mass_exited_by_tag"]["2"]) - s["mass_exited"]) < 1e-12
     again = config.load(tmp_path / "out" / "config.toml")       # the copy reproduces it
@@ -287,6 +290,7 @@ def test_room_evacuation_config_two_doors(tmp_path):
     s = read_summary(tmp_path / "room")
     assert all(c["ok"] for c in s["checks"].values()), s["checks"]
     assert s["mass_error"] < 1e-10 and s["min_rho"] >= -1e-12
+    assert s["checks"]["exit_inflow"]["value"] == 0.0
     doors = {k: sum(v) for k, v in s["mass_exited_by_tag"].items()}
     assert set(doors) == {"2", "3"} and min(doors.values()) > 0.05
     assert 0.5 < s["mass_exited"] < 1.0
@@ -417,3 +421,115 @@ def test_a_negative_boundary_density_is_refused():
     p.exits = [Exit(1, lambda t: 2.0, lambda t: 0.3 - 2.0 * t), Exit(2)]
     with pytest.raises(ConfigError, match="boundary.density"):
         SpaceTime(p)
+
+
+# -- the monotone scheme with exits and entrances --------------------------------------------------
+def monotone(p):
+    return dataclasses.replace(p, stabilisation="monotone")
+
+
+def test_monotone_corridor_against_finite_differences(reference):
+    """The monotone P1 scheme (upwind, lumped, backward Euler) with the exit: ρ ≥ 0, exact
+    mass balance and value identity, and ρ(T) and the mass that left converge at order 1
+    (h and τ halved together) to the finite-difference Cole–Hopf solution — the exit enters
+    the upwind scheme consistently."""
+    xr, rho_ref, gone_ref = reference
+    errs, gone = [], []
+    for nx, steps in ((64, 32), (128, 64), (256, 128)):
+        r = newton(monotone(corridor(nx, steps)))
+        assert r.converged and r.mass_error < 1e-12 and r.min_rho >= 0.0
+        assert abs(r.J - r.J_value) < 1e-10 * abs(r.J)
+        xd = r.problem.space.tabulate_dof_coordinates()[:, 0]
+        errs.append(np.abs(r.rho[-1].x.array - np.interp(xd, xr, rho_ref)).max())
+        gone.append(abs(r.mass_exited["total"] - gone_ref))
+    rates = [math.log2(a / b) for a, b in zip(errs, errs[1:])]
+    rates_gone = [math.log2(a / b) for a, b in zip(gone, gone[1:])]
+    assert min(rates) >= 0.9 and min(rates_gone) >= 0.9, (errs, rates, gone, rates_gone)
+    assert errs[-1] < 0.02 and gone[-1] < 1e-3
+
+
+EXPENSIVE_EXIT = ('[problem]\nT = 1.0\nsigma = 0.5\nsteps = 20\nPhi = "0"\ncoupling = "mftc"\n'
+                  'G = "0.5*rho**2"\n[mesh]\nkind = "interval"\ncells = 100\nlower = [0.0]\n'
+                  'upper = [1.0]\n[rho0]\nmean = [0.5]\nstd = 0.1\n[output]\nfigures = false\n'
+                  'vtx = false\n[[boundary]]\ntag = 2\nkind = "exit"\ncost = "1"\n')
+
+
+def test_an_exit_dearer_than_staying_needs_the_monotone_scheme(tmp_path):
+    """An exit cost above Φ + 2ε (here 1 against 0 + 0.25) makes u jump from the cost to Φ at
+    the exit as t → T: the Galerkin FP step went to ρ = −1.6 and 'exited' a negative mass
+    (−0.87), flagged (exit 3) with advice for a scheme that refused exits.  The advice now
+    names the monotone scheme, which solves it: ρ ≥ 0, mass balance, identity, every step's
+    outflow ≥ 0."""
+    from helpers import read_summary, run_cli
+    f = tmp_path / "dear.toml"
+    f.write_text(EXPENSIVE_EXIT)
+    r = run_cli(["run", str(f), "--out", str(tmp_path / "galerkin"), "--quiet"])
+    s = read_summary(tmp_path / "galerkin")
+    assert r.returncode == 3 and s["min_rho"] < -0.5 and not s["checks"]["min_rho"]["ok"]
+    assert 'stabilisation = "monotone"' in s["checks"]["min_rho"]["hint"], s["checks"]
+    f.write_text(EXPENSIVE_EXIT + '[discretisation]\nstabilisation = "monotone"\n'
+                 'scheme = "backward-euler"\n')
+    r = run_cli(["run", str(f), "--out", str(tmp_path / "monotone"), "--quiet"])
+    s = read_summary(tmp_path / "monotone")
+    assert r.returncode == 0 and all(c["ok"] for c in s["checks"].values()), r.stderr
+    assert s["min_rho"] >= 0.0 and s["mass_error"] < 1e-12
+    assert abs(s["J"] - s["J_value_identity"]) < 1e-8 * abs(s["J"])
+    assert min(s["mass_exited_per_step"]) > 0 and 0.05 < s["mass_exited"] < 0.5
+
+
+def test_mass_entering_through_an_exit_is_flagged():
+    """Doors dearer than staying (cost 2 on the room's doors, Φ ≤ 1, ε = 0.18): the Galerkin
+    steps drew 11 units of mass in through the doors (max ρ 18, min ρ −0.002) and the run
+    passed every check (exit 0; the room demo with cost 3 drew 6.0 with ρ ≥ 0).  A solution's
+    outflow through an exit (ρ = 0 there) is ≥ 0 at every step: the check ``exit_inflow``
+    fails it and names the monotone scheme, which solves the same room with no inflow."""
+    from fem_mfc.runs.control import checks, exit_inflow
+
+    def dear(p):
+        p.exits = [Exit(2, lambda t: 2.0), Exit(4, lambda t: 2.0)]
+        return p
+    p = dear(room())
+    r = newton(p)
+    c = checks(r, 18.0, monotone=p.monotone_advice(), inflow=exit_inflow(r, p))
+    assert r.converged and c["min_rho"]["ok"] and not c["exit_inflow"]["ok"], c
+    assert c["exit_inflow"]["value"] > 1.0 and "monotone" in c["exit_inflow"]["hint"]
+    m = newton(monotone(dear(room())))
+    assert m.converged and m.min_rho >= 0.0 and exit_inflow(m, m.problem) == 0.0
+    assert abs(m.J - m.J_value) < 1e-9 * abs(m.J) and m.mass_error < 1e-10
+
+
+@pytest.mark.parametrize("make", [lambda: room(nx=4, steps=3), lambda: entrance(BE, 6, 3)],
+                         ids=["room", "entrance"])
+def test_monotone_duality_with_exits_and_entrances(make):
+    """The constrained rows keep the monotone KKT matrix symmetric (its FP blocks are the
+    transposes of the linearised HJB blocks) at a generic state on the constraints."""
+    from fem_mfc.solvers.monotone import MonotoneSpaceTime
+    from helpers import kkt_blocks
+    M, fp, hjb = kkt_blocks(MonotoneSpaceTime(monotone(make())))
+    assert np.abs(fp - hjb.T).max() < 1e-13 * np.abs(fp).max()
+    assert np.abs(M - M.T).max() < 1e-13 * np.abs(M).max()
+
+
+def test_monotone_dirichlet_entrance():
+    """Mass enters through the entrance and leaves through the exit; ρ ≥ 0, the balance and
+    the value identity at round-off (the solve to rtol 1e-12: at 1e-10 they hold to 1e-11),
+    ρ = ρ_D on the entrance."""
+    r = newton(monotone(entrance(BE)), rtol=1e-12, atol=1e-15)
+    doors = {k: sum(v) for k, v in r.mass_exited["by_tag"].items()}
+    assert r.converged and r.mass_error < 1e-12 and r.min_rho >= 0.0
+    assert abs(r.J - r.J_value) < 1e-10 * abs(r.J)
+    assert doors["1"] < -0.1 and doors["2"] > 0.1
+    p = r.problem
+    d = dolfinx.fem.locate_dofs_topological(p.space, 0, p.facet_tags.find(1))
+    for k, f in enumerate(r.rho[1:], start=1):
+        assert abs(f.x.array[d][0] - (0.3 + 0.2 * k * p.tau)) < 1e-14
+
+
+@pytest.mark.mpi
+def test_monotone_room_parallel_matches_serial():
+    par = newton(monotone(room(nx=10, steps=6, comm=MPI.COMM_WORLD)))
+    ser = newton(monotone(room(nx=10, steps=6, comm=MPI.COMM_SELF)))
+    assert par.converged and par.min_rho >= 0.0 and par.mass_error < 1e-10
+    assert abs(par.J - ser.J) < 1e-9 and abs(par.J_value - ser.J_value) < 1e-9
+    for a, b in zip(par.mass_exited["per_step"], ser.mass_exited["per_step"]):
+        assert abs(a - b) < 1e-12

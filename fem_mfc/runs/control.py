@@ -38,6 +38,7 @@ SOLVER_FACTOR = 10.0            # … or 10 × the solve's residual target where
                                 # (a loosened tolerance: 2D 16² × 20 with rtol 1e-4 reached
                                 # 1.1e-6 against a target of 7.1e-6, identity gap 1.8e-6)
 NEGATIVE_RHO = 0.1              # min ρ below −NEGATIVE_RHO·max ρ: an unusable density
+EXIT_INFLOW = 1e-3              # mass entering through exits (ρ = 0 there), of the initial 1
 
 
 def solve_config(cfg: dict, ctx, md=None):
@@ -103,8 +104,22 @@ def solve_config(cfg: dict, ctx, md=None):
     return md, problem, result
 
 
+def exit_inflow(result, problem) -> float | None:
+    """The mass that entered through the exits (kind 'exit': ρ = 0 there, so a solution's
+    outflow is ≥ 0 at every step): Σ over exit tags and steps of the negative parts of the
+    flux; None without exits.  Measured 0 exactly on the exit tests' rooms, corridors and
+    entrances (BE and CN); a door dearer than Φ by 1 (g = 3, Φ = 2, the room demo) made the
+    Galerkin steps draw 6.0 — the density stayed ≥ 0 and the run passed every other check."""
+    tags = [str(e.tag) for e in getattr(problem, "exits", ()) if e.density is None]
+    if not tags or not result.mass_exited:
+        return None
+    by_tag = result.mass_exited["by_tag"]
+    return float(sum(max(-v, 0.0) for t in tags for v in by_tag.get(t, ())))
+
+
 def checks(result, max_rho: float, identity: bool = True, monotone: str | None = None,
-           crank_nicolson: bool = False, mass: bool = True) -> dict:
+           crank_nicolson: bool = False, mass: bool = True,
+           inflow: float | None = None) -> dict:
     """The figures that decide whether a solve is usable: {name: {value, limit, relation, ok,
     hint}}.  ``identity=False``: the problem has manufactured sources, which enter the
     Lagrangian linearly, so J and the value identity differ by them (recorded, not checked).
@@ -113,8 +128,9 @@ def checks(result, max_rho: float, identity: bool = True, monotone: str | None =
     ``monotone``: the settings of the monotone scheme where it can fix a negative density
     (``ControlProblem.monotone_advice``), else None; ``crank_nicolson``: the run's scheme,
     which does not damp the oscillations of large steps — backward Euler is advised where
-    the monotone scheme is not (room with exits, CN, τ = 0.2: min ρ = −3.3; backward Euler:
-    exit 0)."""
+    the monotone scheme is not (P2, another H, leaky walls or periodic sides; the room with
+    exits, CN, τ = 0.2: min ρ = −3.3, backward Euler: exit 0); ``inflow``:
+    :func:`exit_inflow` (None: no exits)."""
     scale = max(abs(result.J), abs(result.J_value), 1e-300)
     rtol = IDENTITY_RTOL.get(result.method, IDENTITY_RTOL_OTHER)
     # a tolerance the user loosened (-mfc_snes_rtol 1e-4, [solver] rtol): the identity and
@@ -157,11 +173,15 @@ def checks(result, max_rho: float, identity: bool = True, monotone: str | None =
     if not mass:
         out["mass"].update(ok=True, applies=False, hint="not conserved: the problem has "
                            "manufactured sources in the FP rows")
+    remedy = (f" or use {monotone}" if monotone else
+              " or use [discretisation] scheme = \"backward-euler\"" if crank_nicolson else "")
     out["min_rho"] = bound(result.min_rho, -NEGATIVE_RHO * max_rho,
-                           "negative density; refine the mesh"
-                           + (f" or use {monotone}" if monotone else
-                              " or use [discretisation] scheme = \"backward-euler\""
-                              if crank_nicolson else ""), ">=")
+                           "negative density; refine the mesh" + remedy, ">=")
+    if inflow is not None:
+        out["exit_inflow"] = bound(inflow, EXIT_INFLOW, "mass entering through an exit, "
+                                   "where rho = 0 (a door whose cost is far above Phi makes "
+                                   "the Galerkin steps oscillate there); refine the mesh"
+                                   + remedy)
     return out
 
 
@@ -186,7 +206,8 @@ def run(cfg: dict, ctx) -> dict:
                          mass=not getattr(problem.exact, "moves_mass", False),
                          monotone=(problem.monotone_advice()
                                    if cfg["run"]["formulation"] == "hjb-fp" else None),
-                         crank_nicolson=problem.theta != 1.0),
+                         crank_nicolson=problem.theta != 1.0,
+                         inflow=exit_inflow(result, problem)),
         "H": cfg["problem"].get("H", "quadratic"),
     }
     if result.mass_exited:                    # exits: mass through each door, per step
