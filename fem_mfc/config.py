@@ -1236,8 +1236,6 @@ def _check_periodic(cfg: dict, source):
                                                       and cfg["problem"]["G"] != "0"),
          "'newton' or 'auto' with periodic sides ('cole-hopf' without congestion)",
          s["method"]),
-        ("discretisation.stabilisation", cfg["discretisation"]["stabilisation"] != "none",
-         "'none' with periodic sides", cfg["discretisation"]["stabilisation"]),
         ("exact.solution", cfg["exact"]["solution"] != "none", "'none' with periodic sides "
          "(the periodic manufactured solution is a Python API: "
          "fem_mfc.exact.PeriodicManufactured)", cfg["exact"]["solution"]),

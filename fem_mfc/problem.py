@@ -157,9 +157,9 @@ class ControlProblem(TimeGrid):
                               "(exits and Dirichlet sides with periodic ones are not "
                               "supported)", "exit")
         if not self.monotone_sides and self.stabilisation == "monotone":
-            raise ConfigError("boundary.kind", "'no-flux', 'exit' or 'dirichlet' with the "
-                              "monotone scheme (leaky walls and periodic sides need the "
-                              "Galerkin scheme)", "robin" if self.robins else "periodic")
+            raise ConfigError("boundary.kind", "'no-flux', 'exit', 'dirichlet' or 'periodic' "
+                              "with the monotone scheme (leaky walls need the Galerkin "
+                              "scheme)", "robin")
         self.T, self.sigma = float(self.T), float(self.sigma)
         self.space = dolfinx.fem.functionspace(self.mesh, ("Lagrange", self.degree))
         self.x = ufl.SpatialCoordinate(self.mesh)
@@ -203,9 +203,9 @@ class ControlProblem(TimeGrid):
 
     @property
     def monotone_sides(self) -> bool:
-        """Do the sides allow the monotone scheme (no-flux walls, exits and Dirichlet sides;
-        not Robin or periodic sides)?"""
-        return not (self.robins or self.periodic)
+        """Do the sides allow the monotone scheme (no-flux walls, exits, Dirichlet and
+        periodic sides; not Robin ones)?"""
+        return not self.robins
 
     def monotone_advice(self) -> str | None:
         """What to set for the positivity-preserving scheme if it can solve this Galerkin
