@@ -1263,8 +1263,6 @@ def _check_exits(cfg: dict, source):
         why = f"solver.method = '{s['method']}'"
     elif s["initial_guess"] == "cole-hopf":
         why = "solver.initial_guess = 'cole-hopf'"
-    elif cfg["discretisation"]["stabilisation"] == "monotone" and "robin" in kinds:
-        why = "discretisation.stabilisation = 'monotone'"
     elif cfg["exact"]["solution"] != "none":
         why = f"exact.solution = '{cfg['exact']['solution']}'"
     if why:       # the conditions the boundary needs, all of them (the one broken is named)
@@ -1272,8 +1270,8 @@ def _check_exits(cfg: dict, source):
                           "formulation 'hjb-fp', solver.method "
                           + ("'newton' or 'auto'" if "picard" not in methods
                              else "'newton', 'auto' or 'picard'")
-                          + ", no Cole-Hopf guess and no exact solution; leaky walls also "
-                          "the Galerkin scheme)", "/".join(sorted(kinds)), source)
+                          + ", no Cole-Hopf guess and no exact solution)",
+                          "/".join(sorted(kinds)), source)
 
 
 def _check_checkpoint(cfg: dict, source):

@@ -156,10 +156,6 @@ class ControlProblem(TimeGrid):
             raise ConfigError("boundary.kind", "'no-flux' or 'robin' beside 'periodic' sides "
                               "(exits and Dirichlet sides with periodic ones are not "
                               "supported)", "exit")
-        if not self.monotone_sides and self.stabilisation == "monotone":
-            raise ConfigError("boundary.kind", "'no-flux', 'exit', 'dirichlet' or 'periodic' "
-                              "with the monotone scheme (leaky walls need the Galerkin "
-                              "scheme)", "robin")
         self.T, self.sigma = float(self.T), float(self.sigma)
         self.space = dolfinx.fem.functionspace(self.mesh, ("Lagrange", self.degree))
         self.x = ufl.SpatialCoordinate(self.mesh)
@@ -201,18 +197,12 @@ class ControlProblem(TimeGrid):
         return tuple((r.tag, ds(r.tag), dolfinx.fem.Constant(self.mesh, float(r.rate)),
                       r.cost) for r in self.robins)
 
-    @property
-    def monotone_sides(self) -> bool:
-        """Do the sides allow the monotone scheme (no-flux walls, exits, Dirichlet and
-        periodic sides; not Robin ones)?"""
-        return not self.robins
-
     def monotone_advice(self) -> str | None:
         """What to set for the positivity-preserving scheme if it can solve this Galerkin
-        problem (P1, quadratic H, no-flux sides, no manufactured sources; backward Euler),
+        problem (P1, quadratic H, no manufactured sources; backward Euler; any sides),
         else None — advice for a density gone negative."""
         if (self.stabilisation != "none" or self.degree != 1 or self.hamiltonian is not None
-                or not self.monotone_sides or getattr(self.exact, "sources", None) is not None):
+                or getattr(self.exact, "sources", None) is not None):
             return None
         return ("[discretisation] stabilisation = \"monotone\""
                 + (", scheme = \"backward-euler\"" if self.theta != 1.0 else ""))

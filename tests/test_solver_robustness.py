@@ -429,9 +429,9 @@ def test_stalled_continuation_with_negative_density_says_what_to_do():
     assert "min rho = -3.2" in hint and "max 50" in hint and "monotone" in hint
     mono = SpaceTime(dataclasses.replace(p, stabilisation="monotone"))
     assert "monotone" not in _negative_hint(mono, bad) and "refine" in _negative_hint(mono, bad)
-    # where the sides rule the monotone scheme out (periodic, Robin) it is not advised
-    # (the run's min_rho check says the same)
-    st.problem = dataclasses.replace(p, robins=[types.SimpleNamespace(tag=1)])
+    # where the monotone scheme does not apply (P2) it is not advised (the run's min_rho
+    # check says the same); it takes every kind of side
+    st.problem = dataclasses.replace(p, degree=2)
     assert "monotone" not in _negative_hint(st, bad) and "refine" in _negative_hint(st, bad)
     from fem_mfc.runs.control import checks
     r = types.SimpleNamespace(J=1.0, J_value=1.0, method="newton", mass_error=0.0,

@@ -20,6 +20,11 @@ matrix K the edge weights w_ij = max(−K_ij, 0):
   once at their upper node — H_i/m_i ≈ ½|∇u(x_i)|² (exact for linear u on a structured
   right-angled mesh).
 
+A leaky wall Γ (``[[boundary]] kind = "robin"``: outward flux κρ paying g) adds
+τ Σ_i ρ_i^{n+1} (γ_i(t_{n+1}) − b_i u_iⁿ) with b_i = ∫_Γ κφ_i and γ_i(t) = ∫_Γ κg(t)φ_i, the
+Galerkin term τ∫_Γ κρ(g − u) with ρ and u lumped: a positive diagonal τb in the FP step
+(outflow τΣ b ρ^{n+1}), the Robin condition in the HJB step.
+
 ∂L/∂uⁿ = 0 is the FP step −M(ρ^{n+1} − ρⁿ) − τ X(uⁿ) ρ^{n+1} = 0 with X = εK̃ + Bᵀ,
 Bᵀ_kk = Σ_j w_kj (u_k − u_j)⁺, Bᵀ_kj = −w_kj (u_j − u_k)⁺: non-positive off the diagonal and
 zero column sums, so M + τX is an M-matrix (column diagonally dominant) and ρ^{n+1} ≥ 0

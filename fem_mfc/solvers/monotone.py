@@ -102,10 +102,16 @@ class MonotoneSpaceTime(SpaceTime):
             J += tau * float(cost)
         J += float(g.m @ (a.Phi[:nl] * self.rho[self.N].x.array[:nl]))
         Jv += float(g.m @ (self.u[0].x.array[:nl] * self.rho[0].x.array[:nl]))
+        leaks = {}
+        for tag, (b, _) in a.leaks.items():   # leaky walls: outflow τΣbρ^{n+1}, cost τΣγρ
+            leaks[f"leak:{tag}"] = [comm.allreduce(tau * float(b @ self.rho[n + 1].x.array[:nl]),
+                                                   op=MPI.SUM) for n in range(self.N)]
+            J += sum(tau * float(a.leak_cost(tag, self.problem.source_time(n))
+                                 @ self.rho[n + 1].x.array[:nl]) for n in range(self.N))
         out = {"J": comm.allreduce(J, op=MPI.SUM), "J_value": comm.allreduce(Jv, op=MPI.SUM),
-               "mass": mass}
-        if self.constraints is not None:      # exits: the mass through them, their cost in J
-            self._exit_diagnostics(out)
+               "mass": mass, **leaks}
+        if self.constraints is not None or leaks:     # the mass through exits and leaky
+            self._exit_diagnostics(out)               # walls, the exits' cost in J
         else:
             out["mass_error"] = max(abs(m - 1.0) for m in mass)
         out["min_rho"] = self.min_of(self.rho)
@@ -136,10 +142,8 @@ class MonotoneAssembler(Assembler):
         # other ranks around an owned vertex): values are read through vectors on the
         # pattern's column map (owned part = V's), filled by a forward scatter (_ext).
         self._colvecs = [dolfinx.la.vector(scratch.index_map(1)) for _ in range(2)]
-        mvec = dolfinx.fem.Function(V)
-        dolfinx.fem.assemble_vector(mvec.x.array, dolfinx.fem.form(v * ufl.dx))
-        mvec.x.scatter_reverse(dolfinx.la.InsertMode.add)
-        self.graph = Mo.build_graph(indptr, cols, K, mvec.x.array[:nl].copy())
+        self.graph = Mo.build_graph(indptr, cols, K, _owned_vector(dolfinx.fem.form(v * ufl.dx),
+                                                                   V))
         self.nnz_local = scratch.data.size
         self.pattern = pat
         p = st.problem
@@ -157,10 +161,37 @@ class MonotoneAssembler(Assembler):
             self._exprs = {name: dolfinx.fem.Expression(e, pts) for name, e in
                            (("G", d.G(self._r)), ("c", c),
                             ("dc", ufl.algorithms.expand_derivatives(ufl.diff(c, rv))))}
+        self._leaks(p, V)
         self._mats, self._stale = {}, set()
         self._vecs = {}
         self._scratch = None
         self.assemblies = 0
+
+    def _leaks(self, p, V):
+        """Leaky walls: {tag: (b = ∫_Γ κφ_i, the compiled form of γ(t) = ∫_Γ κg(t)φ_i)} on
+        the owned dofs, ``leak_b`` their sum, and the time Constant of γ."""
+        self.leaks, self._leak_t, self._leak_memo = {}, None, {}
+        self.leak_b = np.zeros(self.st.nl)
+        if not p.robins:
+            return
+        v = ufl.TestFunction(V)
+        self._leak_t = dolfinx.fem.Constant(p.mesh, 0.0)
+        for tag, ds, kappa, g in p.step_data().robin:
+            b = _owned_vector(dolfinx.fem.form(kappa * v * ds), V)
+            cost = g(self._leak_t)            # a free wall (g = 0) has no cost form
+            self.leaks[tag] = (b, None if H._zero(cost) else
+                               dolfinx.fem.form(kappa * cost * v * ds))
+            self.leak_b += b
+
+    def leak_cost(self, tag, t: float) -> np.ndarray:
+        """γ(t) of the leaky wall ``tag`` (owned dofs; t a step's source time)."""
+        key = (tag, float(t))
+        if key not in self._leak_memo:
+            self._leak_t.value = t
+            form = self.leaks[tag][1]
+            self._leak_memo[key] = (np.zeros(self.st.nl) if form is None
+                                    else _owned_vector(form, self.st.V))
+        return self._leak_memo[key]
 
     # -- nodal values ------------------------------------------------------------------------
     def _nodal(self, name: str, rho: np.ndarray) -> np.ndarray:
@@ -196,12 +227,16 @@ class MonotoneAssembler(Assembler):
         if row == "u":                        # FP step k → k+1
             rc = tm[RHO_CUR].x.array
             rn, uc = self._ext(tm[RHO_NEXT], 0), self._ext(tm[U_CUR], 1)
-            X = eps * Mo.laplacian(g, rn) + Mo.transport(g, uc, rn)
+            X = eps * Mo.laplacian(g, rn) + Mo.transport(g, uc, rn) + self.leak_b * rn[:nl]
             return -m * (rn[:nl] - rc[:nl]) - tau * X
         rc, up = tm[RHO_CUR].x.array, self._ext(tm[U_PREV], 0)
         hjb = (m * self.V[:nl] - Mo.hamiltonian(g, up) - eps * Mo.laplacian(g, up))
         if self.coupled:
             hjb = hjb + m * self.c_nodal(rc)[:nl]
+        if self.leaks:                        # the Robin condition of step k−1 → k
+            t = float(self.st.t_prev.value)
+            hjb = hjb - self.leak_b * up[:nl] + sum(self.leak_cost(tag, t)
+                                                    for tag in self.leaks)
         nxt = self.Phi if row == "rho_last" else tm[U_CUR].x.array
         return tau * hjb - m * up[:nl] + m * nxt[:nl]
 
@@ -217,7 +252,7 @@ class MonotoneAssembler(Assembler):
             return diag(g.m)
         if key == ("u", RHO_NEXT):            # P = −M − τX(u^k)
             vals = -tau * Mo.fp_operator(g, self._ext(tm[U_CUR]), eps)
-            vals[g.diag] -= g.m
+            vals[g.diag] -= g.m + tau * self.leak_b
             return vals
         if key == ("u", U_CUR):               # A = −τ ∂(Bᵀ(u)ρ^{k+1})/∂u
             return -tau * Mo.transport_hessian(g, self._ext(tm[U_CUR], 0),
@@ -226,7 +261,7 @@ class MonotoneAssembler(Assembler):
             return diag(g.m)
         if col == U_PREV:                     # the P of u^{k−1}; the block is its transpose
             vals = -tau * Mo.fp_operator(g, self._ext(tm[U_PREV]), eps)
-            vals[g.diag] -= g.m
+            vals[g.diag] -= g.m + tau * self.leak_b
             return vals
         if col == RHO_CUR:                    # τ m c'(ρ^k)
             return diag(tau * g.m * self._nodal("dc", tm[RHO_CUR].x.array)[: self.st.nl])
@@ -291,6 +326,14 @@ def _interp(expr, V, pts) -> np.ndarray:
         f.interpolate(dolfinx.fem.Expression(expr, pts))
     f.x.scatter_forward()
     return f.x.array.copy()
+
+
+def _owned_vector(form, V) -> np.ndarray:
+    """The owned entries of an assembled linear form (ghost contributions added)."""
+    f = dolfinx.fem.Function(V)
+    dolfinx.fem.assemble_vector(f.x.array, form)
+    f.x.scatter_reverse(dolfinx.la.InsertMode.add)
+    return f.x.array[: V.dofmap.index_map.size_local].copy()
 
 
 def _diagonal(g, d: np.ndarray) -> np.ndarray:
