@@ -406,6 +406,43 @@ def test_refusals_of_an_exact_solution_name_the_key_set(tmp_path, change, key, w
     assert f"'{key}'" in lines[0] and words in lines[0] and "manufactured" not in lines[0]
 
 
+def test_cole_hopf_run_reports_and_checks_its_step_residual(tmp_path):
+    """The Cole–Hopf sweeps' summary said "residual": 0.0, a constant: their steps' linear
+    solves were never checked.  CG + Jacobi to 1e-3 (-mfc_ch_ksp_type cg ...) moved the mass
+    by 0.27 % (the sweeps keep it to 1e-15), within the discretisation's 5 %, and exited 0.
+    The residual ‖b − Ax‖/‖b‖ of the steps is now computed and checked (exit 3 here)."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(textwrap.dedent("""
+        [run]
+        formulation = "cole-hopf"
+        [mesh]
+        kind = "interval"
+        cells = 64
+        lower = [-4.0]
+        upper = [4.0]
+        [problem]
+        sigma = 0.8
+        steps = 20
+        Phi = "0.5*(x0-1)**2"
+        [output]
+        vtx = false
+        figures = false
+        progress = false
+    """))
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "good"), "--quiet"])
+    s = read_summary(tmp_path / "good")
+    assert p.returncode == 0 and s["checks"]["residual"]["ok"], p.stderr
+    assert 0 < s["residual"] < 1e-12                # a factorisation solves each step
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "bad"), "--quiet", "-mfc_ch_step",
+                 "ilu", "-mfc_ch_ksp_type", "cg", "-mfc_ch_pc_type", "jacobi",
+                 "-mfc_ch_ksp_rtol", "1e-3"])
+    s = read_summary(tmp_path / "bad")
+    assert p.returncode == 3 and s["converged"] is False, (p.stderr, s["residual"])
+    assert s["checks"]["mass"]["ok"] and s["mass_error"] > 1e-3     # what passed before
+    assert 1e-5 < s["residual"] < 1e-2 and not s["checks"]["residual"]["ok"], s["residual"]
+    assert "check 'residual' failed" in p.stderr
+
+
 def test_cole_hopf_run_log_says_what_the_sweeps_did(tmp_path):
     """A Cole–Hopf solve (two linear sweeps) said "cole-hopf: converged after 0 iterations (),
     residual 0.000e+00" in run.log: no iterations, an empty reason and a residual nobody

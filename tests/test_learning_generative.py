@@ -217,6 +217,26 @@ def test_a_mesh_that_misses_the_target_or_the_data_is_flagged(tmp_path):
     assert not [v for v in verdict(good) if "on_mesh" in v]
 
 
+@pytest.mark.parametrize("sigma,steps,folds", [(0.15, 2, True), (0.35, 4, False)])
+def test_a_flow_whose_layer_maps_fold_is_flagged(tmp_path, sigma, steps, folds):
+    """The held-out log-likelihood is a change of variables through the layer maps
+    x + tau v(x), and the samples their inverse: both need maps that are one-to-one.  At
+    sigma 0.15, bandwidth 0.1, 2 layers a cell turned over (det(I + tau grad v) = -0.25) and
+    the run reported its likelihood, converged, exit 0; the check 'invertible' flags it."""
+    from fem_mfc.pipeline import run_config
+    cfg = small_cfg(problem={"sigma": sigma, "steps": steps}, network={"transport": "eafe"},
+                    data={"n_samples": 400, "noise": 0.1, "test_fraction": 0.5,
+                          "bandwidth": 0.1 if folds else 0.2},
+                    training={"method": "newton", "max_sweeps": 20, "tol": 1e-6},
+                    generative={"kl_floor": 1e-3},
+                    output={"figures": False, "vtx": False, "progress": False})
+    s = run_config(cfg, tmp_path / "out", quiet=True, comm=MPI.COMM_SELF)
+    assert s["training"]["converged"] is True
+    c = s["checks"]["invertible"]
+    assert c["value"] == s["min_jacobian_det"] and (c["value"] < 0) == folds
+    assert c["ok"] != folds and s["converged"] is not folds
+
+
 @pytest.mark.parametrize("std", [1e18, 1e6])
 def test_sampling_a_target_the_mesh_does_not_hold_ends(trained, std):
     """generative.target_std far wider than the mesh: the rejection sampling of the target

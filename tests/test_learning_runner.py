@@ -160,6 +160,34 @@ def test_report_without_figures_has_no_figures_heading():
     assert "## Figures" in markdown(s, ["densities.png"], "t")
 
 
+def test_report_of_a_flagged_run_says_so(tmp_path):
+    """report.md of a flagged run (exit 3: here a disk of radius 1 that misses 73 % of the
+    moons, check data_on_mesh) read as a success: "outer iterations / converged | 7 / True"
+    and no word of the failed check.  It now opens with the run's flags; a run that passes
+    has none."""
+    from helpers import REPO
+    text = (REPO / "demos" / "moons.toml").read_text()
+    for old, new in (("radius = 3.5", "radius = 1.0"), ("n_samples = 1000", "n_samples = 200"),
+                     ("steps = 20", "steps = 10"), ("h = 0.12", "h = 0.2"),
+                     ("anchor_radius = 2.0", "anchor_radius = 0.6"),
+                     ("baseline = true", "baseline = false"), ("particles = 4000", "particles = 0"),
+                     ("animation = true", "animation = false")):
+        assert old in text, old
+        text = text.replace(old, new)
+    (tmp_path / "m.toml").write_text(text + "figures = false\nvtx = false\n")
+    s = run_config(config.load(tmp_path / "m.toml"), tmp_path / "out", quiet=True)
+    assert s["converged"] is False and not s["checks"]["data_on_mesh"]["ok"]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "This run is flagged" in md and "check 'data_on_mesh' failed" in md, md[:800]
+    from fem_mfc.learning.report import markdown
+    ok = dict.fromkeys(["n_train", "n_test", "K", "nsteps", "ndofs", "sweeps", "converged"], 1)
+    ok.update(dict.fromkeys(["tau", "sigma", "h", "train_accuracy", "test_accuracy", "J",
+                             "control_energy", "empirical_objective", "residual",
+                             "value_identity_gap", "mass_error", "min_rho", "peclet",
+                             "train_time_s"], 1.0), dataset="moons")
+    assert "flagged" not in markdown(ok, [], "t")
+
+
 @pytest.mark.parametrize("right", ["cat", "dog"])
 def test_default_anchors_follow_the_classes_of_a_csv_file(tmp_path, right):
     """The classes of a CSV file are numbered in the sorted order of their labels, and class k

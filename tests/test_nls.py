@@ -428,6 +428,26 @@ def test_a_run_that_breaks_conservation_is_flagged(tmp_path):
     assert frozen["step_residual_reduction"] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("steps,unstable", [(44, True), (46, False)])
+def test_an_unstable_rk4_run_that_stays_finite_is_flagged(tmp_path, steps, unstable):
+    """RK4 had no check at all (it conserves nothing): only an overflow stopped it.  The 1D
+    soliton (200 cells, T = 2) at 44 steps, just above RK4's stability limit, grew its mass
+    6-fold (L2 error 3.4) and exited 0; 46 steps drift by 1e-8.  Its mass check flags the
+    first."""
+    import tomllib
+
+    from fem_mfc import config
+    from fem_mfc.pipeline import run_config
+    from helpers import REPO
+    raw = tomllib.loads((REPO / "demos" / "nls_soliton_1d.toml").read_text())
+    raw["mesh"]["cells"], raw["problem"]["steps"], raw["problem"]["T"] = 200, steps, 2.0
+    raw["nls"]["integrator"] = "rk4"
+    raw["output"] = {"figures": False, "vtx": False, "progress": False}
+    s = run_config(config.from_dict(raw), tmp_path / "o", quiet=True)
+    assert set(s["checks"]) == {"mass"} and (s["mass_error"] > 1) == unstable
+    assert s["checks"]["mass"]["ok"] != unstable and s["converged"] is not unstable
+
+
 @pytest.mark.parametrize("nls,key", [({"eta": 1e300}, "nls.eta"),          # OverflowError
                                      ({"eta": 1e-300}, "nls.eta"),         # mass 0
                                      ({"wavenumber": 1e300}, "nls.wavenumber"),

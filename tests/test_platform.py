@@ -183,6 +183,45 @@ def test_heat_run_that_loses_mass_is_flagged(tmp_path):
     assert 1e-4 < s["residual"] < 1e-1 and not s["checks"]["residual"]["ok"], s["residual"]
 
 
+@pytest.mark.parametrize("ranks", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_heat_run_with_a_negative_density_is_flagged(tmp_path, ranks):
+    """The heat summary reported min_rho without checking it: one Crank–Nicolson step of a
+    narrow Gaussian (40 cells, std 0.15, tau = 2) gave min rho = -0.64, 24 % of its maximum,
+    and exited 0 (the HJB-FP runs flag below -0.1 max rho).  Backward Euler stays >= 0."""
+    cfg = tmp_path / "c.toml"
+    text = textwrap.dedent("""
+        [run]
+        formulation = "heat"
+        [mesh]
+        kind = "interval"
+        cells = 40
+        lower = [-5.0]
+        upper = [5.0]
+        [problem]
+        T = 2.0
+        sigma = 0.5
+        steps = 1
+        [rho0]
+        mean = [0.0]
+        std = 0.15
+        [discretisation]
+        scheme = "crank-nicolson"
+        [output]
+        figures = false
+        progress = false
+    """)
+    cfg.write_text(text)
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "cn"), "--quiet"], ranks=ranks)
+    s = read_summary(tmp_path / "cn")
+    assert p.returncode == 3 and s["converged"] is False, p.stderr
+    assert s["checks"]["mass"]["ok"] and not s["checks"]["min_rho"]["ok"], s["checks"]
+    assert s["min_rho"] < -0.5 and "backward-euler" in s["checks"]["min_rho"]["hint"]
+    cfg.write_text(text.replace("crank-nicolson", "backward-euler"))
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "be"), "--quiet"], ranks=ranks)
+    s = read_summary(tmp_path / "be")
+    assert p.returncode == 0 and s["checks"]["min_rho"]["ok"], p.stderr
+
+
 @pytest.mark.parametrize("kind", [
     pytest.param(k, marks=[] if k == "rectangle" else pytest.mark.slow)
     for k in sorted(MESHES)])

@@ -17,7 +17,7 @@ from fem_mfc.forms import qhd as forms
 from fem_mfc.problem import ControlProblem
 from fem_mfc.solvers.newton import newton
 from fem_mfc.solvers.qhd import QHDControlSystem, QuantumStepper, solve_control, solve_quantum
-from helpers import observed_orders
+from helpers import REPO, observed_orders
 
 
 def problem_1d(cells, steps, G=lambda r: 0.5 * r ** 2, coupling="mftc"):
@@ -220,6 +220,22 @@ def test_quantum_steps_accepted_unsolved_are_flagged(tmp_path):
     assert not s["checks"]["step_solves"]["ok"] and s["step_residual_reduction"] == 1.0
     from fem_mfc.pipeline import verdict
     assert [line for line in verdict(s) if "step_solves" in line]       # → exit status 3
+
+
+def test_control_solve_that_does_not_converge_is_written_and_flagged(tmp_path):
+    """The QHD control signature raised when Newton did not meet its tolerance ("newton did
+    not converge: DIVERGED_MAX_IT after 2 iterations", exit 3, nothing written) where the
+    HJB-FP runs write the result flagged; its summary had no converged or reason.  Now
+    written, converged false, reason and residual of the solve, exit 3."""
+    from helpers import read_summary, run_cli
+    cfg = tmp_path / "c.toml"
+    cfg.write_text((REPO / "demos" / "qhd_control_1d.toml").read_text()
+                   + "\n[solver]\nmax_it = 2\n[output]\nfigures = false\nvtx = false\n")
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "out"), "--quiet"])
+    s = read_summary(tmp_path / "out")
+    assert p.returncode == 3 and s["converged"] is False, p.stderr
+    assert s["reason"] == "DIVERGED_MAX_IT" and s["iterations"] == 2 and s["residual"] > 1e-4
+    assert "did not converge after 2 iterations" in (tmp_path / "out" / "run.log").read_text()
 
 
 @pytest.mark.parametrize("G", ["1e-320", "5"])

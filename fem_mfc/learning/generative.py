@@ -226,6 +226,16 @@ class FlowMap:
         if proj is not None:
             proj.destroy()
 
+    def min_jacobian(self) -> float:
+        """min over the layers and cells of det(I + τ∇vⁿ): the layer maps are piecewise affine
+        (v is P1), one-to-one where every cell keeps its orientation (> 0); where one does not
+        the map folds, and the change of variables of :meth:`log_likelihood` (with |det|) and
+        the inverse of :meth:`sample` no longer describe a density (collective)."""
+        d, tau = self.d, self.model.tau
+        low = min((float(np.linalg.det(np.eye(d) + tau * g.x.array.reshape(-1, d, d)).min())
+                   for g in self.grad if g.x.array.size), default=math.inf)
+        return self.model.comm.allreduce(low, op=MPI.MIN)
+
     def _eval(self, f, X):
         Y, cell, _ = self.ev.clamp(X)
         return self.ev.evaluate(f, Y, cell)

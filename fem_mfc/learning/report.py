@@ -173,22 +173,27 @@ def figure_captions(summary: dict) -> dict:
     return captions
 
 
-def markdown(summary: dict, figures: list[str], title: str) -> str:
-    """``report.md``: summary, figures, and the PDE-vs-baseline comparison table."""
+def markdown(summary: dict, figures: list[str], title: str, flags: list[str] = ()) -> str:
+    """``report.md``: summary, figures, and the PDE-vs-baseline comparison table; ``flags``:
+    why the run is not a success (:func:`fem_mfc.pipeline.verdict`), said at the top."""
     s = summary
     lines = [f"# {title or 'Mean-field classifier'}", "",
              f"Data set **{s['dataset']}** ({s['n_train']} training / {s['n_test']} test points, "
              f"K = {s['K']} classes), label-blind feedback network trained as a mean-field "
              f"optimal control problem: {s['nsteps']} layers (τ = {s['tau']:.3g}, σ = "
-             f"{s['sigma']:.3g}) on a mesh with {s['ndofs']} P1 dofs (h = {s['h']:.3g}).", "",
-             "## Results", "",
+             f"{s['sigma']:.3g}) on a mesh with {s['ndofs']} P1 dofs (h = {s['h']:.3g}).", ""]
+    if flags:          # a flagged run's report read as a success ("converged True", no word)
+        lines += ["**This run is flagged (`\"converged\": false` in summary.json, exit status "
+                  "3):**", ""] + [f"* {_fmt(f)}" for f in flags] + [""]
+    lines += ["## Results", "",
              table([["train accuracy", s["train_accuracy"]], ["test accuracy", s["test_accuracy"]],
                     ["J (PDE objective, incl. regularisation)", s["J"]],
                     ["control energy ∫∫½|a|²ρ", s["control_energy"]],
                     ["empirical objective (train points)", s["empirical_objective"]],
                     ["training method (transport)", f"{s.get('method', 'sweeps')} "
                      f"({s.get('transport', 'galerkin')})"],
-                    ["outer iterations / converged", f"{s['sweeps']} / {s['converged']}"],
+                    ["outer iterations / training converged",
+                     f"{s['sweeps']} / {s['converged']}"],
                     ["optimality residual", s["residual"]],
                     ["value identity gap |J − Σ∫u_k(0)ρ_k(0) − …|", s["value_identity_gap"]],
                     ["max class mass error", s["mass_error"]], ["min ρ_k", s["min_rho"]],

@@ -37,7 +37,7 @@ from ..learning.dictionary import DictionaryFlow, DictionaryNetwork, EdgeDiction
 from ..learning.feedback import FeedbackClassifier, anchors_from_config, matched_anchors
 from ..learning.problem import ClassifierProblem, Training
 from ..learning.reduced import EdgeClassifier
-from ..pipeline import bound, build_mesh
+from ..pipeline import bound, build_mesh, verdict
 from . import snapshot_steps
 
 # The trained network's figures that decide whether the run is a success (``checks``, as for
@@ -178,8 +178,8 @@ def run(cfg: dict, ctx) -> dict:
     if figures and (note := report.slice_note(ds)):
         summary["decision_regions_slice"] = note
     if ctx.comm.rank == 0:
-        write_text_atomic(ctx.path("report.md"),
-                          report.markdown(summary, figures, prob.title))
+        write_text_atomic(ctx.path("report.md"), report.markdown(summary, figures, prob.title,
+                                                                 flags=verdict(summary)))
     model.destroy()
     return summary
 

@@ -111,9 +111,12 @@ def _run_control(cfg, ctx, problem, resume=None) -> dict:
     from ..solvers.qhd import QHDControlSystem
     with newton_checkpoints(cfg, ctx, problem, resume, True,
                             make=QHDControlSystem) as (system, writer):
+        # an unconverged solve is written and flagged (exit 3), as the HJB-FP runs do: it
+        # was raised, nothing written ("newton did not converge: DIVERGED_MAX_IT ...")
         res, st = solve_control(problem, **_solver_args(cfg, ctx), system=system,
-                                checkpoint=writer, resume=resume, log=ctx.log)
-        ctx.log.info("newton: converged after %d iterations (%s), residual %.3e",
+                                checkpoint=writer, resume=resume, log=ctx.log, strict=False)
+        ctx.log.info("newton: %s after %d iterations (%s), residual %.3e",
+                     "converged" if res.converged else "did not converge",
                      res.iterations or 0, res.reason, res.residual)
         if writer is not None:
             writer.converged = res.converged
@@ -139,8 +142,8 @@ def _run_control(cfg, ctx, problem, resume=None) -> dict:
                "energy": float(energy[0]),
                "energy_drift": float(np.max(np.abs(energy - energy[0]))),
                "fisher": float(d["fisher"][0]), "J": d["J"], "J_value_identity": d["J_value"],
-               "iterations": res.iterations,
-               "residual": res.residual,
+               "iterations": res.iterations, "converged": res.converged,
+               "reason": res.reason, "residual": res.residual,
                "history": list(res.history),
                **({"restarted_from": restarted_from(resume)} if resume is not None else {}),
                "checks": mass_check(d["mass_error"],

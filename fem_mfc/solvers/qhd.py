@@ -122,16 +122,19 @@ class QHDControlSystem(SpaceTime):
 
 def solve_control(problem, rtol=1e-10, atol=1e-12, max_it=50, petsc_options=None,
                   prefix="qhd_", system: QHDControlSystem | None = None, checkpoint=None,
-                  resume: dict | None = None, log=None):
+                  resume: dict | None = None, log=None, strict: bool = True):
     """All-at-once SNES Newton for the control QHD system; returns (Result, system).
     ``checkpoint``/``resume``/``log``: checkpoints, restarts and the log of the Newton steps
-    as in :func:`~.newton.newton`.
+    as in :func:`~.newton.newton`; ``strict=False``: a solve that does not meet its tolerance
+    is returned flagged (``converged`` False, its best iterate), not raised.
 
     ``Result.u`` holds S⁰..S^{N−1} (Sⁿ pairs with ρ̄ⁿ of step n → n+1)."""
     st = system or QHDControlSystem(problem)
     res = newton(problem, rtol=rtol, atol=atol, max_it=max_it, prefix=prefix,
                  petsc_options=petsc_options, system=st, checkpoint=checkpoint,
-                 resume=resume, log=log).check()
+                 resume=resume, log=log)
+    if strict:
+        res.check()
     res.method = "qhd-newton"
     if res.min_rho <= 0:
         raise SolverError(f"QHD control solve: the density lost positivity (min rho "

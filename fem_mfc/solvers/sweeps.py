@@ -59,6 +59,8 @@ class _Sweeper:
         self.ksp = step_solver(A, prefix, self.kind, rtol=CH_STEP_RTOL, dim=dim,
                                symmetric=True, solves=2 * N)
         self.rhs = A.createVecLeft()
+        self.r = A.createVecLeft()
+        self.residual = 0.0                # the largest relative residual of a step's solve
         self.store = np.zeros((N + 1, nl))
         self.views = [self._wrap(row) for row in self.store]
 
@@ -71,6 +73,10 @@ class _Sweeper:
         self.B.mult(self.views[src], self.rhs)
         self.ksp.solve(self.rhs, self.views[dst])
         _check(self.ksp, "Cole–Hopf")
+        self.A.mult(self.views[dst], self.r)   # ‖b − Ax‖/‖b‖ (a direct solve reports none,
+        self.r.aypx(-1.0, self.rhs)            # a user's options may make it loose)
+        nb = self.rhs.norm()
+        self.residual = max(self.residual, self.r.norm() / nb if nb > 0 else self.r.norm())
         y = self.store[dst]
         if self.periodic is not None:      # z (slaves 0) → the periodic field Rᵀz
             self.periodic.extend(y)
@@ -83,7 +89,7 @@ class _Sweeper:
     def destroy(self):
         for v in self.views:
             v.destroy()
-        for o in (self.rhs, self.ksp):
+        for o in (self.rhs, self.r, self.ksp):
             o.destroy()
 
 
@@ -95,10 +101,11 @@ def cole_hopf_solve(problem, prefix="mfc_ch_") -> Result:
     from .spacetime import SpaceTime
     st = SpaceTime(problem)               # the output fields and the HJB–FP functionals
     t0 = time.perf_counter()
-    cole_hopf_fields(problem, st.rho, st.u, prefix)
+    residual = cole_hopf_fields(problem, st.rho, st.u, prefix)
     st.check_finite("Cole–Hopf")
     seconds = time.perf_counter() - t0
-    return Result.from_system(st, method="cole-hopf", iterations=0, history=[], seconds=seconds)
+    return Result.from_system(st, method="cole-hopf", iterations=0, history=[], seconds=seconds,
+                              residual=residual)
 
 
 def hamiltonian_refusal(what: str) -> ConfigError:
@@ -137,7 +144,8 @@ def cole_hopf_obstacles(problem) -> dict:
 
 def cole_hopf_fields(problem, rho: list, u: list, prefix="mfc_ch_"):
     """The sweeps of :func:`cole_hopf_solve`: ρ¹..ρᴺ into ``rho[1:]`` and u⁰..u^{N−1} into
-    ``u`` (Functions on a space with the dof layout of ``problem.space``)."""
+    ``u`` (Functions on a space with the dof layout of ``problem.space``).  Returns the largest
+    relative residual ‖b − Ax‖/‖b‖ of the steps' linear solves."""
     p = problem
     for err in cole_hopf_obstacles(p).values():
         raise err
@@ -190,6 +198,7 @@ def cole_hopf_fields(problem, rho: list, u: list, prefix="mfc_ch_"):
         else:                              # e^{r} overflows: form ρ in logs
             with np.errstate(divide="ignore"):
                 out[:] = np.sign(prod) * np.exp(np.log(np.abs(prod)) + r)
+    residual = sw.residual
     sw.destroy()
     # u at the times of the HJB–FP scheme's u: t_n (θ = 1), t_{n+½} (θ = ½, mean of the logs)
     logchi += s[:, None]                   # = −u/2ε
@@ -200,3 +209,4 @@ def cole_hopf_fields(problem, rho: list, u: list, prefix="mfc_ch_"):
             f.x.array[:nl] += c * (p.T - p.u_time(n))
     for f in list(rho[1:]) + list(u):
         f.x.scatter_forward()
+    return residual
