@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import ConfigError, SolverError
 from ..forms import cole_hopf
+from .linear import StepResidual
 from .result import Result
 from .steps import step_kind, step_solver
 
@@ -59,8 +60,7 @@ class _Sweeper:
         self.ksp = step_solver(A, prefix, self.kind, rtol=CH_STEP_RTOL, dim=dim,
                                symmetric=True, solves=2 * N)
         self.rhs = A.createVecLeft()
-        self.r = A.createVecLeft()
-        self.residual = 0.0                # the largest relative residual of a step's solve
+        self.residual = StepResidual(A, self.ksp)    # of the steps' linear solves
         self.store = np.zeros((N + 1, nl))
         self.views = [self._wrap(row) for row in self.store]
 
@@ -73,10 +73,7 @@ class _Sweeper:
         self.B.mult(self.views[src], self.rhs)
         self.ksp.solve(self.rhs, self.views[dst])
         _check(self.ksp, "Cole–Hopf")
-        self.A.mult(self.views[dst], self.r)   # ‖b − Ax‖/‖b‖ (a direct solve reports none,
-        self.r.aypx(-1.0, self.rhs)            # a user's options may make it loose)
-        nb = self.rhs.norm()
-        self.residual = max(self.residual, self.r.norm() / nb if nb > 0 else self.r.norm())
+        self.residual.after(self.rhs, self.views[dst])
         y = self.store[dst]
         if self.periodic is not None:      # z (slaves 0) → the periodic field Rᵀz
             self.periodic.extend(y)
@@ -89,7 +86,7 @@ class _Sweeper:
     def destroy(self):
         for v in self.views:
             v.destroy()
-        for o in (self.rhs, self.r, self.ksp):
+        for o in (self.rhs, self.residual, self.ksp):
             o.destroy()
 
 
@@ -198,7 +195,7 @@ def cole_hopf_fields(problem, rho: list, u: list, prefix="mfc_ch_"):
         else:                              # e^{r} overflows: form ρ in logs
             with np.errstate(divide="ignore"):
                 out[:] = np.sign(prod) * np.exp(np.log(np.abs(prod)) + r)
-    residual = sw.residual
+    residual = sw.residual.value
     sw.destroy()
     # u at the times of the HJB–FP scheme's u: t_n (θ = 1), t_{n+½} (θ = ½, mean of the logs)
     logchi += s[:, None]                   # = −u/2ε
