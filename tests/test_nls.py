@@ -16,7 +16,7 @@ import pytest
 import ufl
 
 from fem_mfc import config
-from fem_mfc.errors import ConfigError
+from fem_mfc.errors import ConfigError, SolverError
 from fem_mfc.forms import nls as forms
 from fem_mfc.madelung import (
     align_global_phase,
@@ -218,6 +218,16 @@ def test_linear_oscillator_ground_state_energy():
     z, mu, its = ground_state(P, mass=1.0, tau=1.0, tol=1e-12)
     assert abs(mu - 1.0) < 1e-6
     assert abs(NLSInvariants(P, z).width2() - 0.25) < 1e-6
+
+
+def test_ground_state_that_breaks_down_is_not_converged():
+    """A NaN relative change ended the imaginary-time loop as converged (``change >= tol`` is
+    False for NaN) and returned a NaN state with its μ; it is an error now."""
+    msh = dolfinx.mesh.create_interval(MPI.COMM_SELF, 40, [-6.0, 6.0])
+    x = ufl.SpatialCoordinate(msh)
+    P = NLSProblem(msh, 2, 1.0, ufl.sqrt(x[0] - 10.0))      # NaN everywhere on the mesh
+    with pytest.raises(SolverError, match="broke down"):
+        ground_state(P, mass=1.0, tau=1.0, tol=1e-12)
 
 
 def _madelung_error(cells):

@@ -363,9 +363,14 @@ def ground_state(problem: NLSProblem, mass: float = 1.0, tau: float = 0.5, tol: 
         change = gmax(phi.x.array - phi_old.x.array) / gmax(phi.x.array)
         phi_old.x.array[:] = phi.x.array
         steps += 1
+        if not np.isfinite(change):        # NaN >= tol is False: it ended the loop as converged
+            break
     ksp.destroy()
     A.destroy()
     b.destroy()
+    if not np.isfinite(change):
+        raise SolverError(f"ground state: the imaginary-time flow broke down at step {steps} "
+                          "(the state became NaN/inf)")
     if change >= tol:
         raise SolverError(f"ground state: imaginary-time flow not converged after {max_steps} "
                           f"steps (relative change {change:.2e} > {tol:.1e})")
