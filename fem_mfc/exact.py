@@ -160,8 +160,12 @@ class Manufactured:
         self.d = mesh.geometry.dim
         comm = mesh.comm
         X = mesh.geometry.x[:, : self.d]
-        self.lo = comm.allreduce(X.min(axis=0), op=MPI.MIN)
-        self.hi = comm.allreduce(X.max(axis=0), op=MPI.MAX)
+        # the bounding box, reduced elementwise (the pickled allreduce compared whole arrays:
+        # "truth value of an array ... is ambiguous" on 2 ranks in 2D and 3D)
+        self.lo = X.min(axis=0) if len(X) else np.full(self.d, np.inf)
+        self.hi = X.max(axis=0) if len(X) else np.full(self.d, -np.inf)
+        comm.Allreduce(MPI.IN_PLACE, self.lo, op=MPI.MIN)
+        comm.Allreduce(MPI.IN_PLACE, self.hi, op=MPI.MAX)
         self.volume = float(np.prod(self.hi - self.lo))
         self.V = V
         self.variant = int(variant)
