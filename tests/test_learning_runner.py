@@ -79,7 +79,7 @@ def test_a_training_that_breaks_the_duality_is_flagged(tmp_path):
                training={"method": "newton"})
     s = run_config(config.from_dict(gen), tmp_path / "gen", quiet=True)
     assert s["converged"] is True and set(s["checks"]) == {
-        "value_identity", "mass", "min_rho", "target_on_mesh", "data_on_mesh"}
+        "value_identity", "mass", "min_rho", "target_on_mesh", "data_on_mesh", "invertible"}
     assert s["value_identity_gap"] < 1e-10 * abs(s["J"])
     bad = run_config(config.from_dict(gen), tmp_path / "gen_bad", quiet=True,
                      petsc_options={"classifier_transport_ksp_type": "gmres",
