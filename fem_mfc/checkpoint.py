@@ -103,13 +103,18 @@ def config_hash(cfg: dict) -> str:
 
 
 def _differences(stored, mine, key: str = "") -> list[str]:
-    """``key: A in the checkpoint, B here`` for every key whose value differs."""
+    """``key: A in the checkpoint, B here`` for every key whose value differs, inside arrays
+    of tables too (``population[0].mass``: the whole [[population]] array was shown)."""
     from .errors import toml_value
     if isinstance(stored, dict) and isinstance(mine, dict):
         out = []
         for k in sorted(set(stored) | set(mine), key=str):
             out += _differences(stored.get(k), mine.get(k), f"{key}.{k}" if key else str(k))
         return out
+    if (isinstance(stored, list) and isinstance(mine, list) and len(stored) == len(mine)
+            and any(isinstance(v, (dict, list)) for v in stored + mine)):
+        return [d for i, (a, b) in enumerate(zip(stored, mine))
+                for d in _differences(a, b, f"{key}[{i}]")]
     if stored == mine:
         return []
     def shown(v):

@@ -434,7 +434,8 @@ def _write_output(comm, out: str, text, what: str) -> None:
 
 def cmd_schema(args) -> int:
     from .config import schema_markdown
-    print(schema_markdown())
+    if (launcher_rank() or 0) == 0:        # once under mpirun, as info and --help
+        print(schema_markdown())
     return 0
 
 

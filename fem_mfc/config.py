@@ -1266,11 +1266,13 @@ def _check_exits(cfg: dict, source):
     elif cfg["exact"]["solution"] != "none":
         why = f"exact.solution = '{cfg['exact']['solution']}'"
     if why:       # the conditions the boundary needs, all of them (the one broken is named)
-        raise ConfigError("boundary.kind", f"'no-flux' with {why} (exits and leaky walls: "
-                          "formulation 'hjb-fp', solver.method "
-                          + ("'newton' or 'auto'" if "picard" not in methods
-                             else "'newton', 'auto' or 'picard'")
-                          + ", no Cole-Hopf guess and no exact solution)",
+        allowed = "'no-flux'"
+        if s["method"] == "picard" and why.startswith("solver.method"):
+            kinds &= {"exit", "dirichlet"}          # the leaky walls are Picard's too
+            allowed = "'no-flux' or 'robin'"
+        raise ConfigError("boundary.kind", f"{allowed} with {why} (exits and leaky walls: "
+                          "formulation 'hjb-fp', solver.method 'newton' or 'auto' — leaky "
+                          "walls also 'picard' —, no Cole-Hopf guess and no exact solution)",
                           "/".join(sorted(kinds)), source)
 
 

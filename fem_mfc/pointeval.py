@@ -12,6 +12,9 @@ from mpi4py import MPI
 
 import numpy as np
 
+FAR = 1e4       # points farther than FAR × the mesh's extent from its bounding box are pulled
+                # in to that distance before the nearest point is sought (see _pull_in)
+
 
 class PointEvaluator:
     """Locate points in a distributed mesh and evaluate Functions there."""
@@ -52,10 +55,32 @@ class PointEvaluator:
         cell[owner != self.comm.rank] = -1
         return cell, owner
 
+    def _pull_in(self, P):
+        """P with each row farther than FAR × the mesh's extent from the mesh's bounding box
+        moved, along the way to its nearest point of the box, to that distance.  Far away the
+        distances to the cells along a face differ by round-off only: a point 1e12 or 1e20
+        away was projected to a wrong vertex (or inside the mesh), one 1e300 away raised "GJK
+        error - max iteration limit reached" (``fem-mfc predict`` on such a row: a
+        traceback).  Its nearest point moves by about extent/FAR where the boundary curves,
+        not at all on a face of the box."""
+        xg = self.xg                          # (n, 3), as P
+        lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+        if len(xg):
+            lo, hi = xg.min(axis=0), xg.max(axis=0)
+        self.comm.Allreduce(MPI.IN_PLACE, lo, op=MPI.MIN)
+        self.comm.Allreduce(MPI.IN_PLACE, hi, op=MPI.MAX)
+        reach = FAR * max(float(np.max(hi - lo)), 1e-300)
+        b = np.clip(P, lo, hi)
+        d = np.hypot.reduce(P - b, axis=1)          # no overflow at 1e300
+        far = d > reach
+        P = P.copy()
+        P[far] = b[far] + (P[far] - b[far]) * (reach / d[far])[:, None]
+        return P
+
     def project(self, X):
         """Closest points of the mesh to the rows of X (which lie outside it)."""
         import dolfinx.geometry as G
-        P = self._pad3(X)
+        P = self._pull_in(self._pad3(X))
         best = np.full(len(P), np.inf)
         Q = P.copy()
         if self.mid_tree is not None and len(P):

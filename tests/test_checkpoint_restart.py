@@ -402,6 +402,25 @@ def test_checkpoint_of_another_problem_is_refused(tmp_path):
     assert p.returncode == 2 and "'--restrat'" in p.stderr and ck.is_dir(), p.stderr
 
 
+def test_a_population_that_differs_is_named_by_its_index():
+    """A checkpoint of a run with [[population]] tables refused under another population mass
+    showed both whole arrays of tables (a line of 900 characters); the entry that differs is
+    named now, as a key of a table is."""
+    from fem_mfc import config
+    from fem_mfc.checkpoint import _mismatch, problem_sections
+
+    def cfg(mass):
+        return config.from_dict({
+            "mesh": {"kind": "rectangle", "cells": 4},
+            "problem": {"steps": 2},
+            "population": [{"name": "a", "rho0": {"mean": [-0.3, 0.0]}, "mass": mass},
+                           {"name": "b", "rho0": {"mean": [0.3, 0.0]}}]})
+    meta = {"config": json.loads(json.dumps(problem_sections(cfg(2.0)), default=str))}
+    assert _mismatch(meta, cfg(3.0)) == ("a checkpoint of this config's problem; they differ "
+                                         "in population[0].mass: 2.0 in the checkpoint, 3.0 "
+                                         "here")
+
+
 @pytest.mark.slow
 def test_restart_keeps_the_tags_of_a_gmsh_mesh(tmp_path):
     """Exits on a gmsh room (physical groups): the checkpoint keeps the mesh's facet and cell

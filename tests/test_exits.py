@@ -232,6 +232,17 @@ def test_config_refusals(boundary, over, key):
     assert key in str(e.value) and "\n" not in str(e.value)
 
 
+def test_picard_refusal_names_the_exits_only():
+    """An exit beside a leaky wall under Picard was refused as "expected 'no-flux' ..., got
+    "exit/robin"", as if the leaky wall were refused too (Picard solves it)."""
+    with pytest.raises(ConfigError) as e:
+        cfg([{"tag": 1, "kind": "robin"}, {"tag": 2, "kind": "exit"}],
+            solver={"method": "picard"})
+    msg = str(e.value)
+    assert "expected 'no-flux' or 'robin' with solver.method = 'picard'" in msg, msg
+    assert msg.endswith('got "exit"'), msg
+
+
 def test_unknown_tag_and_bad_cost():
     from fem_mfc.checks import check_formulas
     mesh = dolfinx.mesh.create_interval(MPI.COMM_SELF, 8, [-1, 1])

@@ -161,3 +161,18 @@ def test_points_outside_are_projected_onto_the_mesh(trained):
     assert np.allclose(Y[2], X[2])
     owned = MPI.COMM_WORLD.allreduce(int((cell >= 0).sum()), op=MPI.SUM)
     assert owned == 3
+
+
+def test_points_far_outside_are_projected_onto_the_mesh():
+    """A point 1e20 away was projected onto another part of the boundary (the closest cell
+    is chosen by distances that differ by round-off there) and one 1e300 away raised "GJK
+    error - max iteration limit reached" (``fem-mfc predict`` on such a row: a traceback).
+    Far points are pulled in toward the mesh's bounding box first."""
+    from fem_mfc.pointeval import PointEvaluator
+    msh = dolfinx.mesh.create_rectangle(MPI.COMM_WORLD, [[-1.0, -1.0], [1.0, 1.0]], [4, 4])
+    X = np.array([[1e20, 0.5], [-1e300, -0.3], [1e300, -1e300], [0.2, 1e12], [3.0, 0.1]])
+    Y, cell, nout = PointEvaluator(msh).clamp(X)
+    assert nout == 5
+    near = [[1.0, 0.5], [-1.0, -0.3], [1.0, -1.0], [0.2, 1.0], [1.0, 0.1]]
+    assert np.allclose(Y, near, rtol=0, atol=1e-6), Y
+    assert MPI.COMM_WORLD.allreduce(int((cell >= 0).sum()), op=MPI.SUM) == 5

@@ -121,6 +121,28 @@ def test_a_bandwidth_the_mesh_cannot_hold_names_the_bandwidth(b):
     data.class_densities(ds, V, 0.5)
 
 
+@pytest.mark.parametrize("rows, which", [
+    ("0,0,a\n0,0,a\n1,1,b\n1.2,0.8,b\n0.9,1.1,b\n0.8,1.3,b\n", "2 training points, all"),
+    (None, "one training point")])
+def test_a_class_without_spread_names_the_bandwidth(rows, which, tmp_path):
+    """A class whose training points have no spread (one point, or duplicates) has a Scott
+    bandwidth of 0: its density had no mass and the run said "class 0: its density has no
+    mass on the mesh; enlarge the domain", which does not help.  data.bandwidth is named."""
+    msh = dolfinx.mesh.create_rectangle(MPI.COMM_WORLD, [[-4, -4], [4, 4]], [8, 8])
+    V = dolfinx.fem.functionspace(msh, ("Lagrange", 1))
+    if rows is None:                     # test_fraction 0.97: one training point per class
+        ds = data.load(dcfg(dataset="gaussians", n_samples=120, noise=0.3, classes=3,
+                            test_fraction=0.97))
+    else:
+        (tmp_path / "d.csv").write_text("x1,x2,label\n" + rows * 2)
+        ds = data.load(dcfg(dataset="csv", file=str(tmp_path / "d.csv"), seed=1))
+        assert np.bincount(ds.y_train)[0] == 2
+    with pytest.raises(ConfigError, match=which) as e:
+        data.class_densities(ds, V, "scott")
+    assert e.value.key == "data.bandwidth"
+    data.class_densities(ds, V, 0.5)
+
+
 def test_kde_class_densities_normalised_to_proportions():
     msh = dolfinx.mesh.create_rectangle(MPI.COMM_WORLD, [[-4, -4], [4, 4]], [24, 24])
     V = dolfinx.fem.functionspace(msh, ("Lagrange", 1))

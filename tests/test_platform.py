@@ -130,6 +130,18 @@ def test_h_and_version_answer_without_running_anything(argv, tmp_path, monkeypat
     assert not (tmp_path / "results").exists()
 
 
+def test_schema_is_printed_by_the_first_rank_only(monkeypatch, capsys):
+    """``mpirun -n 2 fem-mfc schema`` printed the reference twice (info, --help and
+    --version print once)."""
+    from fem_mfc.cli import main
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
+    assert main(["schema"]) == 0
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "0")
+    assert main(["schema"]) == 0
+    assert capsys.readouterr().out.startswith("# Config reference")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", [pytest.param(k, marks=[] if k in FAST_KINDS else
                                                pytest.mark.slow) for k in sorted(MESHES)])

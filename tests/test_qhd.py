@@ -238,6 +238,14 @@ def test_control_solve_that_does_not_converge_is_written_and_flagged(tmp_path):
     assert "did not converge after 2 iterations" in (tmp_path / "out" / "run.log").read_text()
 
 
+def test_a_failed_quantum_step_is_counted_from_one(tmp_path):
+    """The first step's Newton failure said "QHD quantum step 0" (the initial state's index),
+    where the NLS steppers say "step 1" for the step to t_1."""
+    from fem_mfc.errors import SolverError
+    with pytest.raises(SolverError, match="QHD quantum step 1: Newton did not converge"):
+        run_cfg(cfg_quantum(solver={"max_it": 1}), tmp_path)
+
+
 @pytest.mark.parametrize("G", ["1e-320", "5"])
 def test_a_constant_congestion_has_no_coupling(G, tmp_path):
     """A constant G (G = '1e-320' in the fuzz run) has G' = 0: the coupling term of the QHD

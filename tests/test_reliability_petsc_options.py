@@ -258,6 +258,17 @@ def test_cli_missing_value_read_inside_a_newton_step_exits_2(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_petsc_error_inside_a_newton_step_is_said_in_petscs_words(tmp_path):
+    """-mfc_pc_type lu on the sweep path (a matrix-free operator): the run was flagged with
+    "ERROR (error code 92)" only.  The verdict now carries PETSc's message."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(NEWTON.replace('linear = "lu"', 'linear = "sweep"\ncontinuation = false'))
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet",
+                 "-mfc_pc_type", "lu"])
+    assert p.returncode == 3, p.stderr
+    assert "ERROR (PETSc error 92: Could not locate a solver type" in p.stderr, p.stderr
+
+
 @pytest.mark.parametrize("args,words", [
     (["-heat_ksp_type=cg"], ["'-heat_ksp_type=cg'", "(-heat_ksp_type cg)"]),
     (["--out", ""], ["--out: expected a folder"])])

@@ -311,6 +311,13 @@ def class_densities(ds: Dataset, V, rule="scott", names=None):
     for k, pk in enumerate(ds.proportions):
         pts = ds.X_train[ds.y_train == k]
         h = bandwidth(pts[:, :data_dim], rule)
+        if not h > 0:          # one training point, or all alike: their spread is 0
+            which = ("one training point" if len(pts) == 1
+                     else f"{len(pts)} training points, all alike")
+            raise ConfigError("data.bandwidth", "a number (standardised units) for a class "
+                              f"whose training points have no spread: class {k} has {which}, "
+                              f"whose '{rule}' bandwidth is 0 (or more training points: "
+                              "data.test_fraction, data.n_samples)", rule)
         rho = dolfinx.fem.Function(V, name=(names[k] if names else f"rho_{k}"))
         rho.x.array[:] = kde(pts, h, x, data_dim)
         m = integrate(rho)

@@ -207,7 +207,9 @@ def run(cfg: dict, ctx) -> dict:
     rho_f, S_f = fields.rho, fields.S
     series = ctx.series("rho_phase", [rho_f, S_f])
     inv = NLSInvariants(P, z)
-    k_start = inv.wavenumber()
+    k_start = inv.wavenumber()             # the initial state's: a restart's is in the
+    if resume is not None:                 # checkpoint (the resolution estimate reads it)
+        k_start = resume.get("wavenumber0", k_start)
     series.write(start * tau)              # a restart's series begins at its checkpoint
     if resume is None:
         snaps = {0: rho_f.copy()}
@@ -232,7 +234,7 @@ def run(cfg: dict, ctx) -> dict:
                     snaps[k] = rho_f.copy()
             if writer is not None and writer.due(k) and k < N:
                 writer.write(k, {"psi": z, **_previous(stepper), **snapshot_fields(snaps)},
-                             history=hist, **_counts(stepper),
+                             history=hist, wavenumber0=k_start, **_counts(stepper),
                              ground_state={key: summary[key] for key in
                                            ("mu", "ground_state_steps") if key in summary})
         if writer is not None:

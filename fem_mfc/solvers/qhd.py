@@ -234,20 +234,21 @@ class QuantumStepper:
         return self.comm.allreduce(dolfinx.fem.assemble_scalar(self.funcs[key]), op=MPI.SUM)
 
     def step(self, n: int = 0) -> tuple[int, float]:
-        """zⁿ → z^{n+1}; returns (Newton iterations, final residual norm)."""
+        """zⁿ → z^{n+1}; returns (Newton iterations, final residual norm).  Errors name the
+        step to t_{n+1} "step n + 1", as the NLS steppers count."""
         self.z_old.x.array[:] = self.z.x.array
         x = self.z.x.petsc_vec.copy()
         try:
             with options.inserted(settings=self._settings, prefix=self._prefix):
                 self.snes.solve(None, x)
         except PETSc.Error as e:
-            raise SolverError(f"QHD quantum step {n}: PETSc error {e.ierr}") from None
+            raise SolverError(f"QHD quantum step {n + 1}: PETSc error {e.ierr}") from None
         self._update(x)
         x.destroy()
         reason = self.snes.getConvergedReason()
         fnorm = self.snes.getFunctionNorm()
         if reason < 0 or not np.isfinite(self.z.x.array).all():
-            raise SolverError(f"QHD quantum step {n}: Newton did not converge "
+            raise SolverError(f"QHD quantum step {n + 1}: Newton did not converge "
                               f"({REASONS.get(reason, reason)}, residual {fnorm:.3e}); "
                               "reduce tau or check for vacuum")
         self.residuals.record()
@@ -285,7 +286,7 @@ def solve_quantum(stepper: QuantumStepper, T: float, steps: int, callback=None,
         out.fisher.append(stepper.value("fisher"))
         out.min_rho.append(_min(stepper))
         if out.min_rho[-1] <= 0:
-            raise SolverError(f"QHD quantum step {n}: vacuum formed (min rho "
+            raise SolverError(f"QHD quantum step {n + 1}: vacuum formed (min rho "
                               f"{out.min_rho[-1]:.3g}); the Madelung form breaks down, use "
                               "formulation = 'nls'")
         if callback:
