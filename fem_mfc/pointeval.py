@@ -4,7 +4,10 @@ Every rank holds the same points.  Each rank searches its *owned* cells (boundin
 exact collision); a point found by several ranks (on an interface) is assigned to the lowest
 of them, the owner evaluates, and an allreduce (sum) gives every rank the values.  Points that
 lie outside the mesh are projected to the closest point of the mesh (GJK distance to the
-closest cell, minimised over the ranks), nudged slightly into that cell.
+closest cell, minimised over the ranks), nudged slightly inwards along the way from the point
+to it — a direction of the geometry alone, so that the result does not depend on which of the
+cells meeting at that point a rank found (toward that cell's centre, a point beside a vertex
+shared by cells on two ranks moved by 3e-10 between 1 and 2 ranks).
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import numpy as np
 
 FAR = 1e4       # points farther than FAR × the mesh's extent from its bounding box are pulled
                 # in to that distance before the nearest point is sought (see _pull_in)
+NUDGE = 1e-9    # a projected point moves this × the mesh's extent into the mesh
 
 
 class PointEvaluator:
@@ -31,6 +35,7 @@ class PointEvaluator:
         self.mid_tree = G.create_midpoint_tree(mesh, self.tdim, self.cells) if n else None
         self.dofmap = mesh.geometry.dofmap
         self.xg = mesh.geometry.x
+        self._bounds = None
 
     @staticmethod
     def _pad3(X):
@@ -55,6 +60,18 @@ class PointEvaluator:
         cell[owner != self.comm.rank] = -1
         return cell, owner
 
+    def bounds(self):
+        """The mesh's bounding box (lo, hi), as 3-vectors (collective the first time)."""
+        if self._bounds is None:
+            xg = self.xg                          # (n, 3)
+            lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+            if len(xg):
+                lo, hi = xg.min(axis=0), xg.max(axis=0)
+            self.comm.Allreduce(MPI.IN_PLACE, lo, op=MPI.MIN)
+            self.comm.Allreduce(MPI.IN_PLACE, hi, op=MPI.MAX)
+            self._bounds = (lo, hi)
+        return self._bounds
+
     def _pull_in(self, P):
         """P with each row farther than FAR × the mesh's extent from the mesh's bounding box
         moved, along the way to its nearest point of the box, to that distance.  Far away the
@@ -63,12 +80,7 @@ class PointEvaluator:
         error - max iteration limit reached" (``fem-mfc predict`` on such a row: a
         traceback).  Its nearest point moves by about extent/FAR where the boundary curves,
         not at all on a face of the box."""
-        xg = self.xg                          # (n, 3), as P
-        lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
-        if len(xg):
-            lo, hi = xg.min(axis=0), xg.max(axis=0)
-        self.comm.Allreduce(MPI.IN_PLACE, lo, op=MPI.MIN)
-        self.comm.Allreduce(MPI.IN_PLACE, hi, op=MPI.MAX)
+        lo, hi = self.bounds()
         reach = FAR * max(float(np.max(hi - lo)), 1e-300)
         b = np.clip(P, lo, hi)
         d = np.hypot.reduce(P - b, axis=1)          # no overflow at 1e300
@@ -81,6 +93,8 @@ class PointEvaluator:
         """Closest points of the mesh to the rows of X (which lie outside it)."""
         import dolfinx.geometry as G
         P = self._pull_in(self._pad3(X))
+        lo, hi = self.bounds()
+        step = NUDGE * max(float(np.max(hi - lo)), 1e-300)
         best = np.full(len(P), np.inf)
         Q = P.copy()
         if self.mid_tree is not None and len(P):
@@ -89,9 +103,11 @@ class PointEvaluator:
                 verts = self.xg[self.dofmap[c]]
                 v = G.compute_distance_gjk(verts, P[i])   # from the point to the cell
                 q = P[i] + v
-                centre = verts.mean(axis=0)
                 best[i] = np.linalg.norm(v)
-                Q[i] = q + 1e-9 * (centre - q)
+                # inwards along v: the nearest point of a mesh from outside is on a facet
+                # (v its inward normal) or a convex corner (v in its inward cone)
+                Q[i] = (q + step * v / best[i] if best[i] > 0
+                        else q + NUDGE * (verts.mean(axis=0) - q))
         dmin = np.empty_like(best)
         self.comm.Allreduce(best, dmin, op=MPI.MIN)
         winner = np.where(best == dmin, self.comm.rank, self.comm.size).astype(np.int32)
