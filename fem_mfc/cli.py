@@ -360,7 +360,8 @@ def cmd_predict(args) -> int:
             warning(f"{points}: labels {', '.join(unknown[:5])} are not classes of the model "
                     f"(its classes: {', '.join(model.classes)}); counted as wrong")
     if pred.off_mesh:
-        line += (f"; {pred.off_mesh} started outside the mesh and were "
+        line += (f"; {pred.off_mesh} started outside the mesh and "
+                 + ("was " if pred.off_mesh == 1 else "were ")
                  + ("evaluated at its nearest point (the flow's density is not defined "
                     "there)" if model.kind == "generative" else
                     "moved onto it (the flow is confined to the training domain)"))

@@ -110,6 +110,10 @@ def test_the_saved_model_reproduces_the_runs_accuracies(tiny, capsys):
     assert main(["predict", str(run / "model"), str(bare), "--out", "-", "--quiet"]) == 0
     cap = capsys.readouterr()
     assert cap.err == "" and cap.out == out.read_text()
+    # a point outside the mesh is moved onto it, and said so ("1 ... and were")
+    far = write_points(base / "far.csv", np.array([[50.0, 50.0]]))
+    rc, err = predict([run, far, "--out", base / "far_pred.csv"], capsys)
+    assert rc == 0 and "; 1 started outside the mesh and was moved onto it" in err, err
 
 
 def dictionary_run(folder: Path) -> Path:
