@@ -131,9 +131,8 @@ def checks(result, max_rho: float, identity: bool = True, monotone: str | None =
     ``monotone``: the settings of the monotone scheme where it can fix a negative density
     (``ControlProblem.monotone_advice``), else None; ``crank_nicolson``: the run's scheme,
     which does not damp the oscillations of large steps — backward Euler is advised where
-    the monotone scheme is not (P2, another H; the room with
-    exits, CN, τ = 0.2: min ρ = −3.3, backward Euler: exit 0); ``inflow``:
-    :func:`exit_inflow` (None: no exits)."""
+    the monotone scheme is not (P2, another H; the room with exits, CN, τ = 0.2: min ρ =
+    −3.3, backward Euler: exit 0); ``inflow``: :func:`exit_inflow` (None: no exits)."""
     scale = max(abs(result.J), abs(result.J_value), 1e-300)
     rtol = IDENTITY_RTOL.get(result.method, IDENTITY_RTOL_OTHER)
     # a tolerance the user loosened (-mfc_snes_rtol 1e-4, [solver] rtol): the identity and
