@@ -1248,8 +1248,8 @@ def _check_periodic(cfg: dict, source):
 
 
 def _check_exits(cfg: dict, source):
-    """Exits and leaky walls: the Galerkin HJB–FP system by Newton (exits) or Newton and
-    Picard (leaky walls), no exact solution."""
+    """Exits and leaky walls: the HJB–FP system (Galerkin or monotone) by Newton (exits) or
+    Newton and Picard (leaky walls), no exact solution."""
     kinds = {b["kind"] for b in cfg["boundary"]} - {"no-flux", "periodic"}
     if not kinds:
         return
