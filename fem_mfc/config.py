@@ -1248,8 +1248,8 @@ def _check_periodic(cfg: dict, source):
 
 
 def _check_exits(cfg: dict, source):
-    """Exits and leaky walls: the Galerkin HJB–FP system by Newton (exits) or Newton and
-    Picard (leaky walls), no exact solution."""
+    """Exits and leaky walls: the HJB–FP system (Galerkin or monotone) by Newton (exits) or
+    Newton and Picard (leaky walls), no exact solution."""
     kinds = {b["kind"] for b in cfg["boundary"]} - {"no-flux", "periodic"}
     if not kinds:
         return
@@ -1585,7 +1585,8 @@ def schema_markdown() -> str:
             "crowds crossing; MODEL §2b). Without them the problem has one population, given by "
             "[problem] and [rho0]. With them: formulation 'hjb-fp', solver.method 'newton' or "
             "'auto', initial_guess 'trivial', quadratic H, no [rho0] section, [problem] G = "
-            "'0', no exits, no stabilisation, no exact solution (each refused with exit "
+            "'0', no-flux walls only (no exits, Dirichlet, leaky or periodic sides), no "
+            "stabilisation, no exact solution (each refused with exit "
             "status 2); checkpoints and --restart work as for one population. [problem] T, "
             "steps, coupling and params apply to all; the "
             "rows `interaction` form the coupling matrix C.", "",

@@ -9,9 +9,10 @@ Newton solver, its LU and sweep paths and the continuation run unchanged on the 
 
 The object offers the interface of :class:`fem_mfc.problem.ControlProblem` that the Newton
 path uses (mesh, space, steps, times, ``step_data``, ``rho0``, ``Phi``) and says what it does
-not support: no exits or leaky walls, no stabilisation, the quadratic Hamiltonian, Newton
-from the trivial guess (:func:`refusal`).  :class:`ManufacturedPopulations` is a smooth
-exact solution of the coupled system with sources (the convergence tests).
+not support: no-flux walls only (no exits, Dirichlet, leaky or periodic sides), no
+stabilisation, the quadratic Hamiltonian, Newton from the trivial guess (:func:`refusal`).
+:class:`ManufacturedPopulations` is a smooth exact solution of the coupled system with
+sources (the convergence tests).
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def ensure_display() -> None:
     r, w = os.pipe()
     _XVFB = subprocess.Popen([xvfb, "-displayfd", str(w), "-screen", "0", "1280x1024x24",
                               "-nolisten", "tcp"], pass_fds=(w,), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+                             stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     os.close(w)
     num = b""
     t0 = time.time()
@@ -42,6 +42,19 @@ def ensure_display() -> None:
     os.close(r)
     os.environ["DISPLAY"] = ":" + num.decode().strip()
     atexit.register(_stop_xvfb)
+
+
+def _die_with_parent():
+    """In the Xvfb child before exec: SIGTERM when the thread that started it (the run's main
+    thread: figures are drawn there) dies.  atexit stops it after a run that ends normally,
+    but an interrupted run ends with os._exit (its signal handler) or SIGKILL (its watchdog),
+    and its Xvfb ran on, re-parented to PID 1."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _stop_xvfb():

@@ -352,3 +352,36 @@ def test_sighup_before_the_run_writes_is_one_line(tmp_path, heat_cfg):
     rc, lines = _sigterm_before_writing(tmp_path, heat_cfg, 1, "run:loaded", signal.SIGHUP)
     assert rc == 129 and lines == ["fem-mfc: interrupted (SIGHUP); nothing was written"], \
         (rc, lines)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="no Xvfb (figures use a display)")
+def test_the_figures_x_server_ends_with_an_interrupted_run():
+    """The private Xvfb of the figures (viz.ensure_display) is stopped at exit, but a run
+    ended by its signal handler exits with os._exit (no atexit) and one the watchdog ends is
+    SIGKILLed: each interrupted run that had drawn a figure left an Xvfb running, re-parented
+    to PID 1.  It now gets SIGTERM when the process that started it dies."""
+    import subprocess
+    import sys
+    env = _env()
+    env.pop("DISPLAY", None)
+    code = ("import os; from fem_mfc import viz; viz.ensure_display(); "
+            "print(viz._XVFB.pid, flush=True); os._exit(143)")
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 143, p.stderr
+    xvfb = int(p.stdout.split()[0])
+    end = time.monotonic() + 10
+    while _alive(xvfb) and time.monotonic() < end:
+        time.sleep(0.05)
+    left = _alive(xvfb)
+    if left:
+        os.kill(xvfb, signal.SIGTERM)
+    assert not left, f"Xvfb {xvfb} outlived the run that started it"
