@@ -901,7 +901,8 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                 tolerance = {}
                 if f0:
                     solver.stage["first_residual"] = f0
-                    tolerance = {"rtol": 0.0, "atol": max(atol, rtol * f0)}
+                    # (the solver's: -mfc_snes_rtol / _atol, were ignored here)
+                    tolerance = {"rtol": 0.0, "atol": max(solver.atol, solver.rtol * f0)}
                 # a stalled attempt ends early when a continuation can take over (not on a
                 # restart at its original target)
                 out = solver.solve(**tolerance, stall_exit=(
