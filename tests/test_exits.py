@@ -563,6 +563,22 @@ def test_monotone_leaky_wall_jacobian_duality_and_exit_limit():
     assert abs(p.J - n.J) < 1e-8 and p.mass_error < 1e-12
 
 
+@pytest.mark.parametrize("stabilisation", ["none", "monotone"])
+def test_a_huge_leak_rate_keeps_newton_to_its_tolerance(stabilisation):
+    """κ = 1e8 and a wall cost g = 0.5 + t away from Φ: the trivial guess's residual on the
+    wall is as large as κ (2.7e7), and Newton's tolerance was relative to it — it stopped
+    at a residual of 3e-3 with the value identity off by 0.7 (Galerkin) and 1.9e-4
+    (monotone; 1.1e-3 negative densities in the corridor, passed by the CLI's checks).  The
+    tolerance is now relative to the residual off the leaky walls."""
+    p = dataclasses.replace(leaky(1e8), robins=[Robin(2, 1e8, lambda t: 0.5 + t)],
+                            stabilisation=stabilisation)
+    r = newton(p)
+    assert r.converged and r.mass_error < 1e-12, (r.reason, r.mass_error)
+    assert abs(r.J - r.J_value) < 1e-9 * abs(r.J), (r.J, r.J_value)
+    if stabilisation == "monotone":
+        assert r.min_rho >= 0.0
+
+
 @pytest.mark.slow
 def test_monotone_leaky_wall_first_order():
     """J and the leaked mass of the monotone scheme (κ = 10, h and τ halved together) against
