@@ -250,6 +250,9 @@ def test_unknown_tag_and_bad_cost():
     c = cfg([{"tag": 7, "kind": "exit"}])
     with pytest.raises(ConfigError, match="boundary.tag"):
         solve(ControlProblem.from_config(c, mesh, facet_tags=ft))
+    c = cfg([{"tag": 7, "kind": "robin"}])          # a leaky wall likewise (it leaked nothing)
+    with pytest.raises(ConfigError, match=r"boundary.tag.*it has 1, 2\)"):
+        ControlProblem.from_config(c, mesh, facet_tags=ft)
     c = cfg([{"tag": 2, "kind": "exit", "cost": "1/(t - t)"}])
     with pytest.raises(ConfigError, match=r"boundary\[0\].cost"):
         check_formulas(c, mesh)
