@@ -516,6 +516,16 @@ def test_monotone_duality_with_exits_and_entrances(make):
     assert np.abs(M - M.T).max() < 1e-13 * np.abs(M).max()
 
 
+def test_monotone_game_with_an_exit_keeps_its_value_identity():
+    """The game coupling c = G/ρ on the monotone scheme is nodal: at the exit's nodes ρ = 0
+    and c was 0/0, which made J's value identity NaN (exit 3 for a converged run); c takes
+    its limit G'(0) there."""
+    p = dataclasses.replace(corridor(32, 16), G=lambda r: 0.3 * r ** 2, coupling="mfg")
+    r = newton(monotone(p))
+    assert r.converged and r.min_rho >= 0.0 and r.mass_error < 1e-12
+    assert abs(r.J - r.J_value) < 1e-9 * abs(r.J), (r.J, r.J_value)
+
+
 def test_monotone_dirichlet_entrance():
     """Mass enters through the entrance and leaves through the exit; ρ ≥ 0, the balance and
     the value identity at round-off (the solve to rtol 1e-12: at 1e-10 they hold to 1e-11),
