@@ -258,6 +258,17 @@ def test_unknown_tag_and_bad_cost():
         check_formulas(c, mesh)
 
 
+def test_refine_says_that_no_exact_solution_takes_exits():
+    """fem-mfc refine on a monotone run with exits was told to set [exact] solution, which
+    both the exits and the monotone scheme then refuse."""
+    from fem_mfc.errors import UserError
+    from fem_mfc.refine import refinement_study
+    c = cfg([{"tag": 2, "kind": "exit"}], discretisation={"stabilisation": "monotone"})
+    with pytest.raises(UserError, match="none applies with .*kind = 'exit' and "
+                                        "stabilisation = 'monotone'"):
+        refinement_study(c, "unused", levels=2, config_path="c.toml")
+
+
 @pytest.mark.mpi
 def test_parallel_matches_serial():
     leak = [Robin(1, 2.0, lambda t: 0.3)]                  # and a leaky wall at x0 = −1
