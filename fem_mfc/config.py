@@ -1306,20 +1306,22 @@ def _check_hamiltonian(cfg: dict, source):
     if h == "quadratic":
         return
     f, s = cfg["run"]["formulation"], cfg["solver"]
-    why = None
+    why = None            # (what needs H = |p|^2/2, what takes this H instead)
     if f != "hjb-fp":
-        why = f"formulation '{f}'"
+        why = f"formulation '{f}'", "formulation 'hjb-fp', solver.method 'newton'"
     elif s["method"] == "cole-hopf":
-        why = "solver.method = 'cole-hopf'"
+        why = "solver.method = 'cole-hopf'", "solver.method 'newton'"
     elif s["initial_guess"] == "cole-hopf":
-        why = "solver.initial_guess = 'cole-hopf'"
+        why = "solver.initial_guess = 'cole-hopf'", "solver.initial_guess 'trivial'"
     elif cfg["discretisation"]["stabilisation"] == "monotone":
-        why = "discretisation.stabilisation = 'monotone'"
+        # (it said "use formulation 'hjb-fp', solver.method 'newton'" to a run that had both)
+        why = ("discretisation.stabilisation = 'monotone'",
+               "the Galerkin scheme, discretisation.stabilisation 'none'")
     elif cfg["exact"]["solution"] == "lq-gaussian":
-        why = "exact.solution = 'lq-gaussian'"
+        why = "exact.solution = 'lq-gaussian'", "exact.solution 'none'"
     if why:
-        raise ConfigError("problem.H", f"'quadratic' for {why} (it needs H = |p|^2/2; use "
-                          "formulation 'hjb-fp', solver.method 'newton')", h, source)
+        raise ConfigError("problem.H", f"'quadratic' for {why[0]} (it needs H = |p|^2/2; "
+                          f"use {why[1]})", h, source)
     hc = cfg["hamiltonian"]
     if h == "power" and hc["q"] != 2 and not hc["delta"] > 0:
         raise ConfigError("hamiltonian.delta", "a positive number for H = 'power' with q != 2 "

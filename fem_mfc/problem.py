@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 from mpi4py import MPI
 
 import dolfinx
+import numpy as np
 import ufl
 
 from .density import density_ufl, initial_density, normalise
@@ -162,6 +163,8 @@ class ControlProblem(TimeGrid):
         self.V = _as_ufl(self.V, self.mesh)
         self.Phi = _as_ufl(self.Phi, self.mesh)
         self.rho0 = self._checked_rho0(self.rho0)
+        if self.robins:
+            self._check_robin_tags()
 
     # -- derived quantities -------------------------------------------------------------
     @property
@@ -184,6 +187,17 @@ class ControlProblem(TimeGrid):
                             self.G, self.coupling, self.space,
                             (self.Phi, self.V) if self.exact is None else ()),
                         robin=self._robin_terms())
+
+    def _check_robin_tags(self):
+        """Every leaky wall names facets of the mesh, as an exit must (collective; one line
+        otherwise): a wall on a tag the mesh lacks leaked nothing and the run passed."""
+        ft = self.facet_tags
+        have = set() if ft is None else set(np.unique(ft.values).tolist())
+        have = sorted(self.mesh.comm.allreduce(have, op=MPI.BOR))
+        for r in self.robins:
+            if r.tag not in have:
+                raise ConfigError("boundary.tag", "a facet tag of the mesh (it has "
+                                  + (", ".join(map(str, have)) or "none") + ")", r.tag)
 
     def _robin_terms(self) -> tuple:
         """((tag, ds(tag), κ, g), …) of the leaky walls (forms/hjb_fp.py)."""

@@ -136,6 +136,16 @@ def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
     if not entry.refinable:
         raise UserError(f"formulation '{entry.name}' has no refinement support")
     if cfg["exact"]["solution"] == "none":
+        # exits, leaky walls, periodic sides and the monotone scheme take no exact solution:
+        # the advice below was refused in turn (monotone + exits: twice)
+        takes_none = [f"[[boundary]] kind = '{b['kind']}'" for b in cfg.get("boundary", ())
+                      if b.get("kind", "no-flux") != "no-flux"][:1]
+        if cfg.get("discretisation", {}).get("stabilisation", "none") != "none":
+            takes_none.append("stabilisation = 'monotone'")
+        if takes_none:
+            raise UserError(f"{config_path}: no exact solution to measure errors against, "
+                            f"and none applies with {' and '.join(takes_none)} (compare runs "
+                            "at halved h and tau instead, e.g. their J and mass_exited)")
         # the solutions of this formulation (heat was told to set 'lq-gaussian', which it
         # refuses)
         raise UserError(f"{config_path}: no exact solution to measure errors against (set "

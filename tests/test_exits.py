@@ -250,9 +250,23 @@ def test_unknown_tag_and_bad_cost():
     c = cfg([{"tag": 7, "kind": "exit"}])
     with pytest.raises(ConfigError, match="boundary.tag"):
         solve(ControlProblem.from_config(c, mesh, facet_tags=ft))
+    c = cfg([{"tag": 7, "kind": "robin"}])          # a leaky wall likewise (it leaked nothing)
+    with pytest.raises(ConfigError, match=r"boundary.tag.*it has 1, 2\)"):
+        ControlProblem.from_config(c, mesh, facet_tags=ft)
     c = cfg([{"tag": 2, "kind": "exit", "cost": "1/(t - t)"}])
     with pytest.raises(ConfigError, match=r"boundary\[0\].cost"):
         check_formulas(c, mesh)
+
+
+def test_refine_says_that_no_exact_solution_takes_exits():
+    """fem-mfc refine on a monotone run with exits was told to set [exact] solution, which
+    both the exits and the monotone scheme then refuse."""
+    from fem_mfc.errors import UserError
+    from fem_mfc.refine import refinement_study
+    c = cfg([{"tag": 2, "kind": "exit"}], discretisation={"stabilisation": "monotone"})
+    with pytest.raises(UserError, match="none applies with .*kind = 'exit' and "
+                                        "stabilisation = 'monotone'"):
+        refinement_study(c, "unused", levels=2, config_path="c.toml")
 
 
 @pytest.mark.mpi
@@ -513,6 +527,16 @@ def test_monotone_duality_with_exits_and_entrances(make):
     assert np.abs(M - M.T).max() < 1e-13 * np.abs(M).max()
 
 
+def test_monotone_game_with_an_exit_keeps_its_value_identity():
+    """The game coupling c = G/ρ on the monotone scheme is nodal: at the exit's nodes ρ = 0
+    and c was 0/0, which made J's value identity NaN (exit 3 for a converged run); c takes
+    its limit G'(0) there."""
+    p = dataclasses.replace(corridor(32, 16), G=lambda r: 0.3 * r ** 2, coupling="mfg")
+    r = newton(monotone(p))
+    assert r.converged and r.min_rho >= 0.0 and r.mass_error < 1e-12
+    assert abs(r.J - r.J_value) < 1e-9 * abs(r.J), (r.J, r.J_value)
+
+
 def test_monotone_dirichlet_entrance():
     """Mass enters through the entrance and leaves through the exit; ρ ≥ 0, the balance and
     the value identity at round-off (the solve to rtol 1e-12: at 1e-10 they hold to 1e-11),
@@ -561,6 +585,22 @@ def test_monotone_leaky_wall_jacobian_duality_and_exit_limit():
     assert gone[0] < gone[1] < gone[2] and abs(gone[2] - door) < 1e-3 * door, (gone, door)
     p, n = solve(monotone(leaky(5.0)), "picard"), solve(monotone(leaky(5.0)), "newton")
     assert abs(p.J - n.J) < 1e-8 and p.mass_error < 1e-12
+
+
+@pytest.mark.parametrize("stabilisation", ["none", "monotone"])
+def test_a_huge_leak_rate_keeps_newton_to_its_tolerance(stabilisation):
+    """κ = 1e8 and a wall cost g = 0.5 + t away from Φ: the trivial guess's residual on the
+    wall is as large as κ (2.7e7), and Newton's tolerance was relative to it — it stopped
+    at a residual of 3e-3 with the value identity off by 0.7 (Galerkin) and 1.9e-4
+    (monotone; 1.1e-3 negative densities in the corridor, passed by the CLI's checks).  The
+    tolerance is now relative to the residual off the leaky walls."""
+    p = dataclasses.replace(leaky(1e8), robins=[Robin(2, 1e8, lambda t: 0.5 + t)],
+                            stabilisation=stabilisation)
+    r = newton(p)
+    assert r.converged and r.mass_error < 1e-12, (r.reason, r.mass_error)
+    assert abs(r.J - r.J_value) < 1e-9 * abs(r.J), (r.J, r.J_value)
+    if stabilisation == "monotone":
+        assert r.min_rho >= 0.0
 
 
 @pytest.mark.slow

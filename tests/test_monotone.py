@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import ufl
 
+from fem_mfc import config
 from fem_mfc.errors import ConfigError
 from fem_mfc.exact import LQGaussian
 from fem_mfc.problem import ControlProblem
@@ -111,3 +112,9 @@ def test_refused_where_it_does_not_apply():
         coarse_2d("upwind")
     with pytest.raises(ConfigError, match="solver.method"):
         solve(coarse_2d("monotone", G=None), "cole-hopf")
+    # a congestion H: the one line names the way out, not the settings the run already has
+    raw = {"mesh": {"kind": "rectangle", "cells": 4}, "problem": {"H": "congestion"},
+           "discretisation": {"stabilisation": "monotone"}, "solver": {"method": "newton"}}
+    with pytest.raises(ConfigError, match="stabilisation 'none'") as e:
+        config.from_dict(raw)
+    assert "use formulation" not in str(e.value)

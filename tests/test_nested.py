@@ -60,6 +60,15 @@ def test_nested_iteration_reaches_the_cold_solution(comm, kind):
     assert np.allclose(norms(warm), norms(cold), rtol=1e-8, atol=1e-14)
 
 
+def test_a_loosened_tolerance_holds_from_a_coarse_guess():
+    """-mfc_snes_rtol 1e-4 with initial_guess = "coarse": the target is 1e-4 of the trivial
+    guess's residual (it stayed 1e-10 of it: the option was ignored, 2.4e-10 on a room)."""
+    c = cfg(cells=8, steps=4)
+    r = solve(problem(c, MPI.COMM_SELF), "newton", initial_guess="coarse",
+              petsc_options={"-mfc_snes_rtol": 1e-4})
+    assert r.converged and r.history[0]["target"] > 1e-7, r.history[0]["target"]
+
+
 def test_coarse_config_halves_cells_and_steps():
     c = cfg(cells=16, steps=9)
     k = coarse_config(c)

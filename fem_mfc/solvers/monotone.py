@@ -158,9 +158,14 @@ class MonotoneAssembler(Assembler):
         if self.coupled:
             rv = ufl.variable(self._r)
             c = H.coupling_value(d.G, d.coupling, rv)
-            self._exprs = {name: dolfinx.fem.Expression(e, pts) for name, e in
-                           (("G", d.G(self._r)), ("c", c),
-                            ("dc", ufl.algorithms.expand_derivatives(ufl.diff(c, rv))))}
+            expand = ufl.algorithms.expand_derivatives
+            exprs = [("G", d.G(self._r)), ("c", c), ("dc", expand(ufl.diff(c, rv)))]
+            if d.coupling == "mfg":
+                # c = G/ρ at the nodes where ρ = 0 (an exit's, a Dirichlet side's zeros): its
+                # limits G'(0) and G''(0)/2 (0/0 made J's value identity NaN, exit 3)
+                g1 = expand(ufl.diff(d.G(rv), rv))
+                exprs += [("c@0", g1), ("dc@0", expand(ufl.diff(g1, rv)) / 2)]
+            self._exprs = {name: dolfinx.fem.Expression(e, pts) for name, e in exprs}
         self._leaks(p, V)
         self._mats, self._stale = {}, set()
         self._vecs = {}
@@ -197,7 +202,12 @@ class MonotoneAssembler(Assembler):
     def _nodal(self, name: str, rho: np.ndarray) -> np.ndarray:
         self._r.x.array[:] = rho
         self._out.interpolate(self._exprs[name])
-        return self._out.x.array.copy()
+        out = self._out.x.array.copy()
+        if name + "@0" in self._exprs:
+            self._out.interpolate(self._exprs[name + "@0"])
+            zero = rho == 0
+            out[zero] = self._out.x.array[zero]
+        return out
 
     def G_nodal(self, rho):
         return self._nodal("G", rho)
