@@ -993,6 +993,7 @@ def validate(raw: dict, source: str | None = None, base_dir: Path | None = None)
     if "population" in raw:           # absent: one population, the config as before
         cfg["population"] = _populations(raw["population"], cfg, source)
     _check_sigma(cfg, source)         # after the populations: 'auto' takes Newton with them
+    _check_monotone(cfg, source)      # after the populations, which refuse the scheme itself
     _refuse_unread_coupling(cfg, source)
     return cfg
 
@@ -1199,6 +1200,25 @@ def resolve_training(cfg: dict, source=None) -> tuple[str, str]:
                           "(the Newton and L-BFGS trainers work on the reduced functional of "
                           "the EAFE transport: network.transport = 'eafe')", method, source)
     return transport, method
+
+
+def _check_monotone(cfg: dict, source):
+    """The monotone scheme's discretisation and solver, at load: P1, backward Euler, Newton
+    or Picard (they were refused once the mesh was built and the problem set up)."""
+    d = cfg["discretisation"]
+    if d["stabilisation"] != "monotone" or cfg["run"]["formulation"] != "hjb-fp":
+        return
+    if d["degree"] != 1:
+        raise ConfigError("discretisation.degree", "1 for stabilisation = 'monotone' (a nodal "
+                          "M-matrix scheme)", d["degree"], source)
+    if d["scheme"] != "backward-euler":
+        raise ConfigError("discretisation.scheme", "'backward-euler' for stabilisation = "
+                          "'monotone' (a Crank-Nicolson step is positive only under a "
+                          "time-step restriction)", d["scheme"], source)
+    if cfg["solver"]["method"] == "cole-hopf":
+        raise ConfigError("solver.method", "'newton', 'picard' or 'auto' with stabilisation = "
+                          "'monotone' (Cole-Hopf solves the Galerkin scheme)",
+                          cfg["solver"]["method"], source)
 
 
 def _check_periodic(cfg: dict, source):

@@ -118,3 +118,23 @@ def test_refused_where_it_does_not_apply():
     with pytest.raises(ConfigError, match="stabilisation 'none'") as e:
         config.from_dict(raw)
     assert "use formulation" not in str(e.value)
+
+
+@pytest.mark.parametrize("over,key", [
+    ({"discretisation": {"scheme": "crank-nicolson"}}, "discretisation.scheme"),
+    ({"discretisation": {"degree": 2}}, "discretisation.degree"),
+    ({"solver": {"method": "cole-hopf"}}, "solver.method")])
+def test_refused_when_the_config_is_loaded(over, key):
+    """Crank–Nicolson, P2 or Cole–Hopf with the monotone scheme were refused only once the
+    mesh was built and the problem set up; now when the config is read (exit 2 at once)."""
+    from fem_mfc import config
+    raw = {"problem": {"T": 0.5, "sigma": 0.6, "steps": 4, "Phi": "x0**2"},
+           "mesh": {"kind": "interval", "cells": 16, "lower": [-1.0], "upper": [1.0]},
+           "rho0": {"mean": [0.1], "std": 0.3},
+           "discretisation": {"stabilisation": "monotone"}}
+    config.from_dict(raw)
+    for section, values in over.items():
+        raw.setdefault(section, {}).update(values)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as e:
+        config.from_dict(raw)
+    assert "monotone" in str(e.value) and "\n" not in str(e.value)
