@@ -21,7 +21,10 @@ stored kernels (:func:`dolfinx.fem.create_form`'s constructor) without deriving 
 anything.  The first system's objects are not kept (no mesh stays alive through the cache).
 
 Forms over tagged subdomains (``ds(tag)``) are never cached (their integration entities
-belong to a mesh); such systems derive as before.
+belong to a mesh); such systems derive as before.  UFL orders the operands of a sum or
+product by their repr, which holds a terminal's global count in decimal (c_999 sorts after
+c_1000): a system whose Constants or Functions straddle a power of ten from an earlier one's
+builds differently ordered forms and misses the cache — rarely, and correctly (it derives).
 """
 from __future__ import annotations
 
