@@ -305,6 +305,17 @@ def check_every_rank_owns_cells(md: MeshData, mcfg: dict, level: int = 0) -> Mes
                       f"any; use a finer mesh or fewer ranks)", value)
 
 
+def require_facet_tags(mesh, facet_tags, tags) -> None:
+    """Each of ``tags`` marks facets of the mesh on some rank (collective); otherwise a
+    ConfigError naming ``boundary.tag`` and the tags the mesh has."""
+    have = set() if facet_tags is None else set(np.unique(facet_tags.values).tolist())
+    have = sorted(mesh.comm.allreduce(have, op=MPI.BOR))
+    for t in tags:
+        if t not in have:
+            raise ConfigError("boundary.tag", "a facet tag of the mesh (it has "
+                              + (", ".join(map(str, have)) or "none") + ")", t)
+
+
 def side_tags(mesh, lower, upper):
     """Facet tags of the sides of a box-shaped mesh: 2i + 1 on x_i = lower[i], 2i + 2 on
     x_i = upper[i] (a facet on two sides, at a corner of a 1D mesh never, keeps the first)."""

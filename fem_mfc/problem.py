@@ -16,7 +16,6 @@ from typing import Any, Callable, Optional
 from mpi4py import MPI
 
 import dolfinx
-import numpy as np
 import ufl
 
 from .density import density_ufl, initial_density, normalise
@@ -191,13 +190,8 @@ class ControlProblem(TimeGrid):
     def _check_robin_tags(self):
         """Every leaky wall names facets of the mesh, as an exit must (collective; one line
         otherwise): a wall on a tag the mesh lacks leaked nothing and the run passed."""
-        ft = self.facet_tags
-        have = set() if ft is None else set(np.unique(ft.values).tolist())
-        have = sorted(self.mesh.comm.allreduce(have, op=MPI.BOR))
-        for r in self.robins:
-            if r.tag not in have:
-                raise ConfigError("boundary.tag", "a facet tag of the mesh (it has "
-                                  + (", ".join(map(str, have)) or "none") + ")", r.tag)
+        from .mesh import require_facet_tags
+        require_facet_tags(self.mesh, self.facet_tags, [r.tag for r in self.robins])
 
     def _robin_terms(self) -> tuple:
         """((tag, ds(tag), κ, g), …) of the leaky walls (forms/hjb_fp.py)."""

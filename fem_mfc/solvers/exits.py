@@ -35,6 +35,13 @@ PIVOTS = {("u", H.RHO_NEXT), ("rho", H.U_PREV), ("rho_last", H.U_PREV)}
 
 def exit_dofs(problem) -> dict:
     """{tag: local dofs (owned and ghost) of the facets tagged ``tag``} for the exits."""
+    return tagged_dofs(problem, [e.tag for e in problem.exits])
+
+
+def tagged_dofs(problem, tags) -> dict:
+    """{tag: local dofs (owned and ghost) of the facets tagged ``tag``} for ``tags``
+    (collective; a ConfigError naming ``boundary.tag`` for a tag the mesh lacks)."""
+    from ..mesh import require_facet_tags
     p = problem
     ft = p.facet_tags
     mesh, V = p.mesh, p.space
@@ -42,18 +49,9 @@ def exit_dofs(problem) -> dict:
     if ft is None:
         raise ConfigError("boundary.tag", "a mesh with tagged boundary facets (gmsh physical "
                           "groups, or the sides of an interval/rectangle/box)", None)
+    require_facet_tags(mesh, ft, tags)
     mesh.topology.create_connectivity(fdim, mesh.topology.dim)
-    out = {}
-    for e in p.exits:
-        facets = ft.find(e.tag)
-        n = mesh.comm.allreduce(len(facets), op=MPI.SUM)
-        if n == 0:
-            tags = sorted(set(mesh.comm.allreduce(set(np.unique(ft.values).tolist()),
-                                                  op=MPI.BOR)))
-            raise ConfigError("boundary.tag", "a facet tag of the mesh (it has "
-                              + (", ".join(map(str, tags)) or "none") + ")", e.tag)
-        out[e.tag] = dolfinx.fem.locate_dofs_topological(V, fdim, facets)
-    return out
+    return {t: dolfinx.fem.locate_dofs_topological(V, fdim, ft.find(t)) for t in tags}
 
 
 class ExitConstraints:
@@ -153,4 +151,4 @@ class ExitConstraints:
         return out, total, cost
 
 
-__all__ = ["ExitConstraints", "exit_dofs", "PIVOTS"]
+__all__ = ["ExitConstraints", "exit_dofs", "tagged_dofs", "PIVOTS"]

@@ -821,11 +821,8 @@ def leaky_wall_dofs(problem, nl: int) -> np.ndarray:
     robins = getattr(problem, "robins", None)
     if not robins:
         return np.zeros(0, dtype=np.int32)
-    import dolfinx
-    V, fdim = problem.space, problem.mesh.topology.dim - 1
-    dofs = [dolfinx.fem.locate_dofs_topological(V, fdim, problem.facet_tags.find(r.tag))
-            for r in robins]
-    d = np.unique(np.concatenate(dofs))
+    from .exits import tagged_dofs
+    d = np.unique(np.concatenate(list(tagged_dofs(problem, [r.tag for r in robins]).values())))
     return d[d < nl]
 
 
