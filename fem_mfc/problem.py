@@ -185,7 +185,7 @@ class ControlProblem(TimeGrid):
                         congestion_degree=data_degree(
                             self.G, self.coupling, self.space,
                             (self.Phi, self.V) if self.exact is None else ()),
-                        robin=self._robin_terms())
+                        robin=self.robin_terms())
 
     def _check_robin_tags(self):
         """Every leaky wall names facets of the mesh, as an exit must (collective; one line
@@ -193,7 +193,7 @@ class ControlProblem(TimeGrid):
         from .mesh import require_facet_tags
         require_facet_tags(self.mesh, self.facet_tags, [r.tag for r in self.robins])
 
-    def _robin_terms(self) -> tuple:
+    def robin_terms(self) -> tuple:
         """((tag, ds(tag), κ, g), …) of the leaky walls (forms/hjb_fp.py)."""
         if not self.robins:
             return ()

@@ -181,7 +181,7 @@ class MonotoneAssembler(Assembler):
             return
         v = ufl.TestFunction(V)
         self._leak_t = dolfinx.fem.Constant(p.mesh, 0.0)
-        for tag, ds, kappa, g in p.step_data().robin:
+        for tag, ds, kappa, g in p.robin_terms():
             b = _owned_vector(dolfinx.fem.form(kappa * v * ds), V)
             cost = g(self._leak_t)            # a free wall (g = 0) has no cost form
             self.leaks[tag] = (b, None if H._zero(cost) else
