@@ -806,3 +806,31 @@ def test_a_negative_newton_tolerance_is_refused(name, tmp_path):
            "output": {"figures": False, "vtx": False, "progress": False}}
     with pytest.raises(ConfigError, match=name):
         run_config(config.from_dict(raw), tmp_path / "o", {name: "-1"}, quiet=True)
+
+
+def test_a_mumps_work_array_too_small_is_factorised_again(monkeypatch):
+    """MUMPS' INFOG(1) = −9 (a work array too small; seen intermittently on 2 ranks for a tiny
+    problem) ended the LU path's Newton solve.  A negative relaxation ICNTL(14) forces it: the
+    factorisation is repeated with more relaxation and gives the same solution; with no retries
+    left the error names MUMPS' code and the relaxation.  Also under ``mpirun -n 2``."""
+    import sys
+
+    from fem_mfc.solvers.newton import newton
+    nw = sys.modules[newton.__module__]
+
+    def solve(**opts):
+        return nw.newton(congested(), petsc_options={"mfc_linear": "lu", **opts},
+                         continuation=False)
+    base = solve()
+    forced = solve(mfc_mat_mumps_icntl_14=-50)
+    assert base.converged and forced.converged and forced.iterations == base.iterations
+    assert "factorisation_retries" not in base.path
+    retries = forced.path["factorisation_retries"]
+    assert retries[0]["infog1"] == -9 and retries[0]["icntl_14"] == 100
+    for a, b in zip(base.rho + base.u, forced.rho + forced.u):
+        assert np.allclose(a.x.array, b.x.array, rtol=1e-10, atol=1e-12)
+    monkeypatch.setattr(nw, "WORKSPACE_RETRIES", 0)
+    failed = solve(mfc_mat_mumps_icntl_14=-50)
+    assert not failed.converged
+    assert "INFOG(1) = -9" in failed.reason and "ICNTL(14) = -50 %" in failed.reason, \
+        failed.reason
