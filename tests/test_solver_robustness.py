@@ -235,6 +235,22 @@ def test_picard_logs_every_outer_iteration(tmp_path):
     assert "picard: converged after" in log
 
 
+def test_picard_log_does_not_say_converged_before_a_failed_check(tmp_path):
+    """A Picard solve stopped by a loose [solver] rtol failed the value identity check (exit
+    3, flagged), yet run.log said "picard: converged after 11 iterations" before the checks.
+    The solve's line comes after the checks and names the failed one."""
+    text = ATTRACTIVE.format(cells=20, c=0.1, method="picard").replace(
+        "steps = 20", "steps = 6").replace('method = "picard"', 'method = "picard"\nrtol = 1e-3')
+    p = run_cli(["run", str(write(tmp_path, text)), "--out", str(tmp_path / "o"), "--quiet"])
+    assert p.returncode == 3, p.stderr
+    s = read_summary(tmp_path / "o")
+    assert s["converged"] is False and not s["checks"]["value_identity"]["ok"]
+    log = (tmp_path / "o" / "run.log").read_text()
+    assert "converged after" not in log, log
+    line = next(ln for ln in log.splitlines() if "picard: " in ln)
+    assert "met its tolerance" in line and "value_identity: not converged" in line, line
+
+
 def test_params_may_not_shadow_coordinates(tmp_path):
     text = ATTRACTIVE.format(cells=10, c=0.1, method="newton").replace(
         "params = { c = 0.1 }", "params = { c = 0.1, x0 = 5 }")

@@ -22,7 +22,7 @@ import numpy as np
 import ufl
 
 from ..errors import ConfigError
-from ..pipeline import bound, build_mesh
+from ..pipeline import bound, build_mesh, solve_line
 from ..problem import ControlProblem
 from ..solvers import COLE_HOPF_IDENTITY_RTOL
 from ..solvers.result import identity_gap
@@ -87,10 +87,6 @@ def solve_config(cfg: dict, ctx, md=None):
                          "largest step residual %.2g", result.J,
                          100 * identity_gap(result.J, result.J_value), result.mass_error,
                          100 * COLE_HOPF_IDENTITY_RTOL, result.residual)
-        else:
-            ctx.log.info("%s: %s after %d iterations (%s), residual %.3e", result.method,
-                         "converged" if result.converged else "did not converge",
-                         result.iterations or 0, result.reason, result.residual)
         if result.auto_fallback:
             fb = result.auto_fallback
             ctx.log.info("auto: Cole-Hopf's J was %.3g off its value identity and its mass "
@@ -216,6 +212,9 @@ def run(cfg: dict, ctx) -> dict:
                          inflow=exit_inflow(result, problem)),
         "H": cfg["problem"].get("H", "quadratic"),
     }
+    if result.method != "cole-hopf":      # (its line, in solve_config, has no verdict)
+        ctx.log.info("%s", solve_line(result.method, result.converged, result.iterations,
+                                      result.reason, result.residual, summary["checks"]))
     if result.mass_exited:                    # exits: mass through each door, per step
         summary["mass_exited"] = result.mass_exited["total"]
         summary["mass_exited_per_step"] = result.mass_exited["per_step"]
