@@ -25,7 +25,7 @@ import functools
 import time
 from pathlib import Path
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 EXIT_OK, EXIT_INPUT, EXIT_UNCONVERGED = 0, 2, 3
 
@@ -157,7 +157,20 @@ def run_config(cfg: dict, outdir, petsc_options: dict | None = None, config_path
     ``on_finish()`` is called while the run's PETSc options are still inserted; ``restart``:
     a checkpoint folder to continue from (:mod:`fem_mfc.checkpoint`).  ``print_flags=False``:
     the flags of a flagged run go to run.log only, not to the console (the CLI prints them
-    itself, once, when the run ends)."""
+    itself, once, when the run ends).  A config error found while running names the config
+    file ``config_path`` as those found when loading it do (it named the key only)."""
+    try:
+        return _run_config(cfg, outdir, petsc_options, config_path, quiet, comm, force,
+                           on_finish, restart, print_flags)
+    except ConfigError as e:
+        located = e.located(config_path if config_path != "<dict>" else None)
+        if located is e:
+            raise
+        raise located from None
+
+
+def _run_config(cfg, outdir, petsc_options, config_path, quiet, comm, force, on_finish,
+                restart, print_flags) -> dict:
     from mpi4py import MPI
 
     from . import compat, options, registry
