@@ -850,3 +850,6 @@ def test_a_mumps_work_array_too_small_is_factorised_again(monkeypatch):
     assert not failed.converged
     assert "INFOG(1) = -9" in failed.reason and "ICNTL(14) = -50 %" in failed.reason, \
         failed.reason
+    if MPI.COMM_WORLD.size == 1:              # another LU the user chose is still used
+        other = solve(mfc_pc_factor_mat_solver_type="petsc")
+        assert other.converged and other.path["factorisation"] == "petsc"

@@ -406,9 +406,12 @@ class NewtonSolver:
         analysis: PETSc's MUMPS interface skips the numerical phase of a factor matrix whose
         last phase failed (MatFactorNumeric_MUMPS), so a new factor matrix is made.  The
         KSP's own set-up then finds the factors current; a failure that remains is reported
-        by :meth:`_lu_failure`."""
+        by :meth:`_lu_failure`.  Another factorisation or preconditioner the user chose
+        (``-{prefix}pc_factor_mat_solver_type``, ``-{prefix}pc_type``) is left to the KSP."""
         pc = ksp.getPC()
         ksp.setOperators(J, P)
+        if pc.getType() != "lu" or pc.getFactorSolverType() != "mumps":
+            return
         pc.setUp()
         name = self.prefix + "mat_mumps_icntl_14"
         for attempt in range(WORKSPACE_RETRIES + 1):
