@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from .errors import (
+    INTERRUPTS,
     PROG,
     DiskFullError,
     SolverError,
@@ -271,6 +272,7 @@ def cmd_run(args, petsc_tokens) -> int:
     summary = run_config(cfg, out, opts, args.config, quiet=args.quiet, force=args.force,
                          on_finish=lambda: _report_unused(opts, from_config),
                          restart=args.restart, print_flags=False)
+    _pause("run:finished")                 # (a test hook: the run in place, the CLI not done)
     if not summary.get("converged", True):
         _flagged(summary, out)
         return EXIT_UNCONVERGED
@@ -550,11 +552,21 @@ def _early_signals(command: str | None) -> dict:
     after ``RANK_EXIT_DELAY_S`` so that the launcher does not end rank 0 before its line; a
     rank waiting in a collective for one that exits is ended by its MPI launcher).  Signals
     ignored at start (``nohup``) stay ignored; after a run (its handlers restored: ours again)
-    the line says no more than the signal.  Returns the handlers replaced ({signal: handler})."""
+    the line says no more than the signal — but after ``run`` has put its run in place
+    (``fem_mfc.io.COMMITTED``) the signal ends nothing: the command ends with the run's own
+    status (it ended 143, with the run complete in its folder).  Returns the handlers
+    replaced ({signal: handler})."""
     run = command in ("run", "refine")
+    told = []
 
     def handler(signum, frame):
         io = sys.modules.get("fem_mfc.io")        # (not imported yet: nothing made)
+        if command == "run" and io is not None and io.COMMITTED[0]:
+            if process_rank() == 0 and not told:
+                told.append(signum)
+                last_line(f"{PROG}: {signal.Signals(signum).name} after the run was written: "
+                          "ending with its own status")
+            return
         started = bool(io is not None and io.HANDLED[0])
         interrupted(f"{PROG}: interrupted ({signal.Signals(signum).name})"
                     + ("; nothing was written" if run and not started else ""),
@@ -590,12 +602,22 @@ def _rearm_early_signals() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    process = argv is None                      # the process's command (its exit status)
     argv = sys.argv[1:] if argv is None else argv
-    replaced = _early_signals(next((a for a in argv if not a.startswith("-")), None))
+    command = next((a for a in argv if not a.startswith("-")), None)
+    replaced = _early_signals(command)
     try:
         try:
             return _main(argv)
         finally:                 # (also after --help's SystemExit)
+            io = sys.modules.get("fem_mfc.io")
+            if process and command == "run" and io is not None and io.COMMITTED[0]:
+                # the run is in place: the process ends with its status, not a signal's
+                # (Python's own handlers are reset to the default ones while it exits)
+                for s in INTERRUPTS:
+                    with contextlib.suppress(ValueError, OSError):
+                        signal.signal(s, signal.SIG_IGN)
+                replaced = {}
             for s, h in replaced.items():      # (main called in-process: as it was)
                 with contextlib.suppress(ValueError, OSError, TypeError):
                     signal.signal(s, h)

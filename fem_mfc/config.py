@@ -1259,12 +1259,16 @@ def _check_periodic(cfg: dict, source):
         ("exact.solution", cfg["exact"]["solution"] != "none", "'none' with periodic sides "
          "(the periodic manufactured solution is a Python API: "
          "fem_mfc.exact.PeriodicManufactured)", cfg["exact"]["solution"]),
-        ("boundary.kind", any(b["kind"] in ("exit", "dirichlet") for b in cfg["boundary"]),
-         "'no-flux', 'robin' or 'periodic' beside periodic sides", "exit/dirichlet"),
     )
     for key, bad, expected, got in checks:
         if bad:
             raise ConfigError(key, expected, got, source)
+    for i, b in enumerate(cfg["boundary"]):     # the table at fault, by index and tag (it
+        if b["kind"] in ("exit", "dirichlet"):  # said "boundary.kind ... exit/dirichlet")
+            j, p = tables[0]
+            raise ConfigError(f"boundary[{i}].kind", f"'no-flux', 'robin' or 'periodic' for "
+                              f"tag {b['tag']} beside the periodic side boundary[{j}] (tag "
+                              f"{p['tag']})", b["kind"], source)
 
 
 def _check_exits(cfg: dict, source):

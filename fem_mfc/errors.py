@@ -134,10 +134,21 @@ class ConfigError(UserError):
     """A configuration value is missing, unknown, of the wrong type or out of range."""
 
     def __init__(self, key: str, expected: str, got=None, source: str | None = None):
-        self.key, self.expected, self.got = key, expected, got
+        self.key, self.expected, self.got, self.source = key, expected, got, source
         where = f"{source}: " if source else ""
         tail = "" if got is None else f", got {toml_value(got)}"
         super().__init__(f"{where}config key '{key}': expected {expected}{tail}")
+
+    def located(self, source) -> ConfigError:
+        """This error naming the config file ``source`` (as the errors found when loading it
+        do), for one found later — building the problem, solving — that names no file; itself
+        if it names one, or if its key is an option of the command line or PETSc's ('-…'),
+        not a key of the file."""
+        if self.source or not source or str(self.key).startswith("-"):
+            return self
+        located = ConfigError(self.key, self.expected, self.got, source=str(source))
+        located.__cause__ = self.__cause__
+        return located
 
 
 class SolverError(UserError):

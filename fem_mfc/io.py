@@ -50,7 +50,7 @@ from mpi4py import MPI
 
 import numpy as np
 
-from .errors import INTERRUPTS, DiskFullError, UserError, interrupted
+from .errors import INTERRUPTS, DiskFullError, UserError, interrupted, last_line
 
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "errno = 28:", "errno = 122:")
@@ -420,7 +420,9 @@ SIGNAL_GRACE_S = 3.0
 # it, gives the run's own handler GRACE seconds, then cleans up and kills.  End of file on
 # the fd (the run finished or died: only it holds the write end) ends the watchdog — after a
 # signal, with the staging folder removed if it is still there (an MPI launcher SIGKILLs
-# ranks soon after its SIGTERM).
+# ranks soon after its SIGTERM).  The byte STAND_DOWN from the run (its commit point passed:
+# the staging folder is the finished run, being swapped in) ends it without either.
+STAND_DOWN = 255
 WATCHDOG = """
 import os, select, shutil, signal, sys, time
 fd, pid, staging, grace = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
@@ -429,12 +431,17 @@ for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # sent to the whole pr
 got = 0
 while not got:
     b = os.read(fd, 64)
-    if not b:
+    if not b or 255 in b:
         sys.exit(0)
     got = next((x for x in b if x in (1, 2, 15)), 0)
 end = time.monotonic() + grace
 while (left := end - time.monotonic()) > 0:
-    if select.select([fd], [], [], left)[0] and not os.read(fd, 64):
+    if not select.select([fd], [], [], left)[0]:
+        continue
+    b = os.read(fd, 64)
+    if 255 in b:                                        # the run is past its commit point
+        sys.exit(0)
+    if not b:
         # the run ended: its own handler removed the staging folder, or something else
         # (an MPI launcher's SIGKILL after its SIGTERM) killed it before it could
         if staging:
@@ -521,6 +528,7 @@ class _FolderLock:
 # lock, the staging folder): an early signal's handler (fem_mfc.cli) removes it
 PREPARED: dict = {}
 HANDLED = [False]                 # has a run installed its signal handlers in this process?
+COMMITTED = [False]               # has a run of this process been swapped into its folder?
 
 
 def abandon_prepared() -> None:
@@ -668,12 +676,15 @@ class RunContext:
     restart: Path = None                       # a checkpoint folder to continue from
     _old_handlers: dict = field(default_factory=dict)
     _done: bool = False
+    _committing: bool = False        # past the commit point: a signal lets the run finish
+    _told: bool = False              # ... and rank 0 said so
     _watchdog: object = None         # (process, read end, write end, previous wakeup fd)
     after_commit: list = field(default_factory=list)   # called once the results are in place
 
     @classmethod
     def create(cls, outdir, comm=MPI.COMM_WORLD, petsc_options=None, cfg=None, quiet=False):
         err = target = lock = staging = None
+        COMMITTED[0] = False        # (an earlier run of this process is not this one)
         if comm.rank == 0:
             try:
                 target, lock, staging = _prepare_run_folder(Path(outdir))
@@ -699,6 +710,14 @@ class RunContext:
     # -- signals -------------------------------------------------------------------------------
     def _install_signal_handlers(self):
         def handler(signum, frame):
+            if self._committing:
+                # past the commit point (see commit): the run finishes and ends with its own
+                # status, in its folder; said once (the group's signal, then the guard's copy)
+                if self.comm.rank == 0 and not self._told:
+                    self._told = True
+                    last_line(f"fem-mfc: {signal.Signals(signum).name} after the run's summary "
+                              f"was written: finishing it into {self.outdir}")
+                return
             interrupted(f"fem-mfc: interrupted ({signal.Signals(signum).name}); "
                         f"{self.outdir} left as it was", self.comm.rank, self.comm.size)
             self._remove_staging()
@@ -733,6 +752,13 @@ class RunContext:
         # the run keeps its read end open too: a wakeup write with no reader left would raise
         # SIGPIPE, which PETSc's handler turns into MPI_Abort(59)
         self._watchdog = (proc, r, w, old)
+
+    def _stand_down_watchdog(self):
+        """Past the commit point: the watchdog must neither kill the run nor remove its
+        staging folder (the finished run, being swapped in) for a signal it saw."""
+        if self._watchdog is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._watchdog[2], bytes([STAND_DOWN]))
 
     def _stop_watchdog(self):
         if self._watchdog is None:
@@ -811,10 +837,24 @@ class RunContext:
     # -- finishing -----------------------------------------------------------------------------
     def commit(self, summary: dict | None = None):
         """Close series, write summary.json, and swap the staging folder in as ``outdir``
-        (the earlier run becomes ``outdir.previous``)."""
+        (the earlier run becomes ``outdir.previous``).
+
+        The commit point is rank 0's summary.json written: a SIGINT/SIGTERM/SIGHUP whose
+        handler runs before it ends the run (128 + the signal, ``outdir`` as it was), one
+        after it lets the run finish (its own exit status, ``outdir`` the new run).  It was
+        decided by where the handler happened to run: in or after the swap (which blocks
+        signals in the main thread only: another thread takes one, and the handler runs in
+        the main thread all the same) it said "left as it was" and exited 143 with the new
+        run in place, the earlier one lost if the staging folder it removed held it by then
+        (the writer of the tests, SIGTERM at swap:exchanged: .previous the run before).  The
+        other ranks let a signal pass from before
+        the barrier that rank 0 passes only once they all reached it: rank 0 past its commit
+        point means every rank finishes; a rank 0 ended before it ends the job."""
         for ts in self._series:
             ts.close()
         self._series.clear()
+        if self.comm.rank != 0:
+            self._committing = True
         self.comm.barrier()
         err = None
         if self.comm.rank == 0:
@@ -829,9 +869,12 @@ class RunContext:
                             errno.EIO, str(f), "run.log")
                 if summary is not None:
                     write_json_atomic(self.staging / "summary.json", summary)
+                self._committing = True                         # the commit point
+                self._stand_down_watchdog()
                 _pause("commit:summary")
                 _swap_in(self.staging, self.outdir)
                 self._done = True
+                COMMITTED[0] = True
                 _pause("commit:swapped")
             except OSError as e:
                 if is_disk_full(e):
@@ -845,8 +888,10 @@ class RunContext:
         err = self.comm.bcast(err, root=0)
         self.comm.barrier()
         if err:
+            self._committing = False
             self.abort()
             raise UserError(err)
+        COMMITTED[0] = True
         for hook in self.after_commit:         # e.g. the finished run's checkpoint removed
             hook()
         self.after_commit.clear()

@@ -25,7 +25,7 @@ import functools
 import time
 from pathlib import Path
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 EXIT_OK, EXIT_INPUT, EXIT_UNCONVERGED = 0, 2, 3
 
@@ -112,6 +112,24 @@ def verdict(summary: dict) -> list[str]:
     return out
 
 
+def solve_line(method: str, converged: bool, iterations, reason: str, residual: float,
+               checks: dict | None) -> str:
+    """The run.log line of a solve's outcome, written once its checks are known: a solve that
+    met its tolerance and failed a check is not "converged" (Picard's log said "picard:
+    converged after 11 iterations" and the run then failed its value identity check and was
+    flagged converged = false)."""
+    its = iterations or 0
+    if not converged:
+        return (f"{method}: did not converge after {its} iterations ({reason}), "
+                f"residual {residual:.3e}")
+    failed = [name for name, c in (checks or {}).items() if not c.get("ok", True)]
+    if not failed:
+        return f"{method}: converged after {its} iterations ({reason}), residual {residual:.3e}"
+    return (f"{method}: met its tolerance after {its} iterations ({reason}), residual "
+            f"{residual:.3e}, but failed the check{'s' if len(failed) > 1 else ''} "
+            f"{', '.join(failed)}: not converged")
+
+
 def run_settings(cfg: dict, petsc_options: dict | None = None) -> dict:
     """The PETSc options of a run: the config's ``[solver] petsc_options``, overridden by
     ``petsc_options`` (the command line's), names without '-' and values as strings."""
@@ -139,7 +157,20 @@ def run_config(cfg: dict, outdir, petsc_options: dict | None = None, config_path
     ``on_finish()`` is called while the run's PETSc options are still inserted; ``restart``:
     a checkpoint folder to continue from (:mod:`fem_mfc.checkpoint`).  ``print_flags=False``:
     the flags of a flagged run go to run.log only, not to the console (the CLI prints them
-    itself, once, when the run ends)."""
+    itself, once, when the run ends).  A config error found while running names the config
+    file ``config_path`` as those found when loading it do (it named the key only)."""
+    try:
+        return _run_config(cfg, outdir, petsc_options, config_path, quiet, comm, force,
+                           on_finish, restart, print_flags)
+    except ConfigError as e:
+        located = e.located(config_path if config_path != "<dict>" else None)
+        if located is e:
+            raise
+        raise located from None
+
+
+def _run_config(cfg, outdir, petsc_options, config_path, quiet, comm, force, on_finish,
+                restart, print_flags) -> dict:
     from mpi4py import MPI
 
     from . import compat, options, registry
@@ -204,4 +235,5 @@ def run_config(cfg: dict, outdir, petsc_options: dict | None = None, config_path
 
 
 __all__ = ["run_config", "reproducing", "run_settings", "build_mesh", "verdict", "versions",
+           "solve_line",
            "EXIT_OK", "EXIT_INPUT", "EXIT_UNCONVERGED"]

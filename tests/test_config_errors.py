@@ -109,6 +109,38 @@ def test_bad_config_one_line_exit_2(case, tmp_path, earlier_result):
     assert not [q for q in out.iterdir() if q.name.startswith(".staging")]
 
 
+def test_errors_found_while_running_name_the_config_file(tmp_path):
+    """A formula refused only when the problem is built (x1 in 1D) named the key but not the
+    file, which the errors found when loading it name; an error about a command-line option
+    (not in the file) names no file."""
+    cfg = tmp_path / "late.toml"
+    cfg.write_text(textwrap.dedent("""
+        [run]
+        formulation = "hjb-fp"
+        [mesh]
+        kind = "interval"
+        cells = 8
+        [problem]
+        T = 1.0
+        sigma = 0.5
+        steps = 2
+        Phi = "x0 + x1"
+        [output]
+        figures = false
+        progress = false
+    """))
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet"])
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert lines[0].startswith(f"fem-mfc: error: {cfg}: config key 'problem.Phi'"), lines[0]
+    cfg.write_text(cfg.read_text().replace("x0 + x1", "x0"))
+    p = run_cli(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet",
+                 "-mfc_newton_forcing", "bogus"])
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert lines[0].startswith("fem-mfc: error: config key '-mfc_newton_forcing'"), lines[0]
+
+
 def test_missing_config_file(tmp_path):
     p = run_cli(["run", str(tmp_path / "nope.toml")])
     assert p.returncode == 2 and "nope.toml" in p.stderr and "Traceback" not in p.stderr

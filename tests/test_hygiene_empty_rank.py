@@ -55,7 +55,7 @@ def test_rank_without_cells_is_one_line_on_every_rank(tmp_path, ranks, cells):
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2, err[-3000:]
     assert len(lines) == 1, err[-3000:]
-    assert lines[0].startswith("fem-mfc: error: config key 'mesh.cells'")
+    assert lines[0].startswith(f"fem-mfc: error: {cfg}: config key 'mesh.cells'")
     assert f"each of the {ranks} MPI ranks" in lines[0] and lines[0].endswith(f"got {cells}")
     assert_none_left(mark)
     assert not (tmp_path / mark).exists()

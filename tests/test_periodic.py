@@ -348,7 +348,7 @@ P = {"tag": 2, "kind": "periodic"}
     ([dict(P, to=3)], None, {}, "boundary[0].to"),
     ([P, {"tag": 1, "kind": "no-flux"}], None, {}, "boundary[0].to"),
     ([P, {"tag": 1, "kind": "periodic"}], None, {}, "boundary[0].to"),
-    ([P, {"tag": 3, "kind": "exit"}], None, {}, "boundary.kind"),
+    ([P, {"tag": 3, "kind": "exit"}], None, {}, "boundary[1].kind"),
     ([P], None, {"solver": {"method": "picard"}}, "solver.method"),
     ([P], None, {"solver": {"method": "cole-hopf"}, "problem": {"G": "rho**2"}},
      "solver.method"),
@@ -360,6 +360,17 @@ def test_config_refusals(boundary, mesh, over, key):
     with pytest.raises(ConfigError) as e:
         cfg(boundary, mesh, **over)
     assert key in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_exit_beside_periodic_sides_is_named_by_its_table():
+    """The refusal of an exit or Dirichlet side beside periodic ones said "boundary.kind ...
+    got exit/dirichlet": which table, with which tag, is named now."""
+    for kind in ("exit", "dirichlet"):
+        with pytest.raises(ConfigError) as e:
+            cfg([P, {"tag": 3, "kind": "no-flux"}, {"tag": 4, "kind": kind}])
+        msg = str(e.value)
+        assert "'boundary[2].kind'" in msg and "tag 4" in msg, msg
+        assert "boundary[0] (tag 2)" in msg and msg.endswith(f'got "{kind}"'), msg
 
 
 def test_config_refuses_periodic_sides_with_populations():

@@ -172,6 +172,27 @@ def test_sigint_sigterm_remove_their_staging(sig, code, point, template, tmp_pat
     assert not [e for e in os.listdir(tmp_path) if e.startswith((".staging-", ".run.lock"))]
 
 
+@pytest.mark.parametrize("point", ["commit:summary", "swap:exchanged",
+                                   pytest.param("commit:swapped", marks=pytest.mark.slow)])
+def test_a_signal_after_the_summary_is_written_lets_the_run_finish(point, template,
+                                                                  new_names, tmp_path):
+    """SIGTERM once summary.json is written (the commit point): the run is complete.  It
+    ended 143 with the new run in place, or with it not (the old run kept) by where the
+    handler ran (signals were blocked during the swap only; the handler removed the staging
+    folder, i.e. the earlier run's, and said the folder was "left as it was"): now the run
+    finishes, exits with its own status and the new run is in place; before the commit point
+    (commit:begin, test_sigint_sigterm_remove_their_staging) the signal wins, 143, nothing
+    changed."""
+    out, script, old = _fresh(template, tmp_path)
+    pf = tmp_path / "pause"
+    p = _start(script, out, "B", 30, pause=point, pause_s=0.2, pause_file=pf)
+    assert _wait_for(pf, point, p), p.stderr.read()
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(30) == 0, p.stderr.read()
+    assert _state(out) == ("B", new_names) and _state(tmp_path / "run.previous") == old
+    assert not [e for e in os.listdir(tmp_path) if e.startswith((".staging-", ".run.lock"))]
+
+
 def test_second_concurrent_run_is_refused(template, tmp_path):
     out, script, old = _fresh(template, tmp_path)
     pf = tmp_path / "pause"
@@ -232,6 +253,31 @@ CFG = textwrap.dedent("""
     [output]
     figures = false
 """)
+
+
+@pytest.mark.parametrize("point", [pytest.param("commit:summary", marks=pytest.mark.slow),
+                                   "run:finished"])
+def test_cli_signalled_after_the_summary_ends_with_the_runs_status(point, tmp_path):
+    """``fem-mfc run`` sent SIGTERM once its summary.json is written — in the commit, or after
+    it, with the CLI's own handler back — ended 143 with the run complete in its folder:
+    it ends with the run's status (0) now, saying so in one line."""
+    cfg = tmp_path / "c.toml"
+    out = tmp_path / "out"
+    cfg.write_text(CFG.format(steps=2))
+    env = child_env()
+    pf = tmp_path / "pause"
+    env.update(FEM_MFC_TEST_PAUSE=point, FEM_MFC_TEST_PAUSE_FILE=str(pf),
+               FEM_MFC_TEST_PAUSE_S="0.2")
+    p = subprocess.Popen([sys.executable, "-m", "fem_mfc", "run", str(cfg), "--out", str(out),
+                          "--quiet"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    _wait_for(pf, point, p, timeout=120)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(60) == 0, p.stderr.read()
+    lines = p.stderr.read().strip().splitlines()
+    assert len(lines) == 1 and "SIGTERM after the run" in lines[0], lines
+    assert read_summary(out)["converged"] is True
+    assert not [e for e in os.listdir(tmp_path) if e.startswith((".staging-", ".out.lock"))]
 
 
 @pytest.mark.slow

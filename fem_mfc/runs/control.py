@@ -22,7 +22,7 @@ import numpy as np
 import ufl
 
 from ..errors import ConfigError
-from ..pipeline import bound, build_mesh
+from ..pipeline import bound, build_mesh, solve_line
 from ..problem import ControlProblem
 from ..solvers import COLE_HOPF_IDENTITY_RTOL
 from ..solvers.result import identity_gap
@@ -38,6 +38,10 @@ SOLVER_FACTOR = 10.0            # … or 10 × the solve's residual target where
                                 # (a loosened tolerance: 2D 16² × 20 with rtol 1e-4 reached
                                 # 1.1e-6 against a target of 7.1e-6, identity gap 1.8e-6)
 NEGATIVE_RHO = 0.1              # min ρ below −NEGATIVE_RHO·max ρ: an unusable density
+ABSORBING = 1e6                 # a leaky wall with rate·h/ε above this is an exit to 6 digits
+# (ε = σ²/2): its rows, rate·ρ beside the diffusion's ε/h, lose digits to round-off — the mass
+# check failed from rate 1e10 (1D, 20 cells, σ = 0.2: 3.7e-7 against 1e-8; 2D 8², σ = 0.3:
+# from 1e11) with nothing wrong that refining would cure: the advice is the exit, their limit
 EXIT_INFLOW = 1e-3              # mass entering through exits (ρ = 0 there), of the initial 1
 STEP_RESIDUAL_TOL = 1e-8        # the Cole–Hopf sweeps' linear steps, as heat's (observed ≤ 1e-15
                                 # factorised; CG + Jacobi to 1e-3: 9e-4, mass off by 0.27 %)
@@ -87,10 +91,6 @@ def solve_config(cfg: dict, ctx, md=None):
                          "largest step residual %.2g", result.J,
                          100 * identity_gap(result.J, result.J_value), result.mass_error,
                          100 * COLE_HOPF_IDENTITY_RTOL, result.residual)
-        else:
-            ctx.log.info("%s: %s after %d iterations (%s), residual %.3e", result.method,
-                         "converged" if result.converged else "did not converge",
-                         result.iterations or 0, result.reason, result.residual)
         if result.auto_fallback:
             fb = result.auto_fallback
             ctx.log.info("auto: Cole-Hopf's J was %.3g off its value identity and its mass "
@@ -191,6 +191,24 @@ def checks(result, max_rho: float, identity: bool = True, monotone: str | None =
     return out
 
 
+def leak_advice(cfg: dict, h: float) -> str | None:
+    """What helps when a leaky wall's rate makes it an absorbing wall (rate·h/ε ≥ ABSORBING)
+    on this mesh: the wall of the largest such ratio, named by its table, and the remedy;
+    None without one.  (A failed check's hint said nothing of it, or to refine the mesh,
+    which lowers rate·h/ε but never by the factor needed.)"""
+    eps = 0.5 * float(cfg["problem"]["sigma"]) ** 2
+    walls = [(b["rate"] * h / eps, i, b) for i, b in enumerate(cfg.get("boundary") or ())
+             if b["kind"] == "robin" and eps > 0 and b["rate"] * h / eps >= ABSORBING]
+    if not walls:
+        return None
+    ratio, i, b = max(walls, key=lambda w: w[0])
+    picard = "; solver.method 'newton' or 'auto'" if cfg["solver"]["method"] == "picard" else ""
+    return (f"boundary[{i}] (tag {b['tag']}): a leak rate of {b['rate']:g} is an absorbing "
+            f"wall on this mesh (rate*h/eps = {ratio:.1e}), whose rows meet round-off, which "
+            f"refining does not cure; use kind = 'exit' (its limit: rho = 0 and u = cost "
+            f"there{picard}) or a rate below {ABSORBING * eps / h:.1e}")
+
+
 def run(cfg: dict, ctx) -> dict:
     if cfg.get("population"):             # several populations: their own runner
         from .populations import run as run_populations
@@ -216,6 +234,14 @@ def run(cfg: dict, ctx) -> dict:
                          inflow=exit_inflow(result, problem)),
         "H": cfg["problem"].get("H", "quadratic"),
     }
+    advice = leak_advice(cfg, md.h)
+    for name in ("mass", "value_identity", "min_rho"):
+        c = summary["checks"].get(name)
+        if advice and c and not c["ok"]:
+            c["hint"] = c["hint"].split(";")[0] + "; " + advice
+    if result.method != "cole-hopf":      # (its line, in solve_config, has no verdict)
+        ctx.log.info("%s", solve_line(result.method, result.converged, result.iterations,
+                                      result.reason, result.residual, summary["checks"]))
     if result.mass_exited:                    # exits: mass through each door, per step
         summary["mass_exited"] = result.mass_exited["total"]
         summary["mass_exited_per_step"] = result.mass_exited["per_step"]

@@ -17,7 +17,7 @@ import dolfinx
 import numpy as np
 import ufl
 
-from ..pipeline import bound, build_mesh
+from ..pipeline import bound, build_mesh, solve_line
 from . import snapshot_steps
 
 IDENTITY_RTOL = 1e-6            # |J − J_value| / |J| at a discrete solution (Newton)
@@ -43,9 +43,6 @@ def solve_config(cfg: dict, ctx, md=None):
                        max_it=s["max_it"], initial_guess="trivial", linear=s["linear"],
                        continuation=s["continuation"], strict=False, step=s["step_solver"],
                        system=system, checkpoint=writer, resume=resume, log=ctx.log)
-        ctx.log.info("%s: %s after %d iterations (%s), residual %.3e", result.method,
-                     "converged" if result.converged else "did not converge",
-                     result.iterations or 0, result.reason, result.residual)
         result.restarted_from = restarted_from(resume)
         if writer is not None:
             writer.converged = result.converged
@@ -93,6 +90,8 @@ def run(cfg: dict, ctx) -> dict:
         "coupling": problem.coupling,
         "checks": checks(result, max_rho), "H": "quadratic",
     }
+    ctx.log.info("%s", solve_line(result.method, result.converged, result.iterations,
+                                  result.reason, result.residual, summary["checks"]))
     if result.path:
         summary["solver_path"] = result.path
     if result.continuation:

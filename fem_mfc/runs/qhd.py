@@ -23,7 +23,7 @@ import ufl
 
 from ..errors import ConfigError
 from ..expressions import parse
-from ..pipeline import bound, build_mesh
+from ..pipeline import bound, build_mesh, solve_line
 from ..problem import ControlProblem, interpolate
 from ..solvers.qhd import (
     QuantumStepper,
@@ -115,9 +115,6 @@ def _run_control(cfg, ctx, problem, resume=None) -> dict:
         # was raised, nothing written ("newton did not converge: DIVERGED_MAX_IT ...")
         res, st = solve_control(problem, **_solver_args(cfg, ctx), system=system,
                                 checkpoint=writer, resume=resume, log=ctx.log, strict=False)
-        ctx.log.info("newton: %s after %d iterations (%s), residual %.3e",
-                     "converged" if res.converged else "did not converge",
-                     res.iterations or 0, res.reason, res.residual)
         if writer is not None:
             writer.converged = res.converged
     d = st.diagnostics()
@@ -148,6 +145,8 @@ def _run_control(cfg, ctx, problem, resume=None) -> dict:
                **({"restarted_from": restarted_from(resume)} if resume is not None else {}),
                "checks": mass_check(d["mass_error"],
                                     not getattr(problem.exact, "moves_qhd_mass", False))}
+    ctx.log.info("%s", solve_line("newton", res.converged, res.iterations, res.reason,
+                                  res.residual, summary["checks"]))
     if problem.exact is not None:
         summary.update(errors(problem, st, d["J"]))
     if ctx.figures:

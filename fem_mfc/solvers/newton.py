@@ -46,6 +46,14 @@ from .spacetime import SpaceTime
 
 LU_DEFAULTS = {"mat_mumps_icntl_14": 100, "mat_mumps_icntl_6": 5}
 MUMPS_MEMORY = (-8, -9, -11, -13, -14, -15, -17, -19, -20, -22)   # INFOG(1): out of memory
+# INFOG(1) of a work array or buffer that MUMPS sized from its analysis' estimate plus the
+# relaxation ICNTL(14) % and that proved too small (its users' guide: "increase ICNTL(14)");
+# -13, -19, -22 are allocations the machine or ICNTL(23) refused, which more relaxation only
+# makes worse.  Seen as an intermittent -9 on 2 ranks for a tiny problem (the estimate depends
+# on the delayed pivots, i.e. on the values).  The factorisation is repeated from the analysis
+# with the relaxation doubled (at least LU_DEFAULTS') up to WORKSPACE_RETRIES times.
+MUMPS_WORKSPACE = (-8, -9, -11, -12, -14, -15, -17, -20)
+WORKSPACE_RETRIES = 3
 # The KKT matrix has zero diagonal blocks (saddle point).  MUMPS' automatic column permutation
 # gave inaccurate factors (true residual > right-hand side, P2, 1D); the maximum-product
 # transversal with scaling (ICNTL(6) = 5) is accurate without extra fill (ICNTL(6) = 1 tripled
@@ -261,7 +269,8 @@ class NewtonSolver:
         ksp = snes.getKSP()
         if mode == "lu":
             A = st.jacobian(None)
-            self._jac = (lambda snes, x, J, P: st.jacobian(x), A, A)
+            self.lu_retries = []          # the factorisations repeated with more workspace
+            self._jac = (self._lu_jacobian, A, A)
             snes.setJacobian(*self._jac)
             ksp.setType("preonly")
             ksp.getPC().setType("lu")
@@ -347,6 +356,8 @@ class NewtonSolver:
                 "ranks": self.st.comm.size}
         if self.mode == "lu":
             path["factorisation"] = ksp.getPC().getFactorSolverType()
+            if self.lu_retries:
+                path["factorisation_retries"] = list(self.lu_retries)
         else:
             from .steps import describe
             pc = self._pc_context()
@@ -381,6 +392,46 @@ class NewtonSolver:
             self.op.update(x)
         self.seconds["jacobian"] += time.perf_counter() - t0
 
+    @keeps_cause
+    def _lu_jacobian(self, snes, x, J, P):
+        """The LU path's Jacobian, factorised here rather than in the KSP's set-up, where a
+        failed factorisation could only end the Newton step (see :meth:`_factorise`)."""
+        self.st.jacobian(x)
+        self._factorise(snes.getKSP(), J, P)
+
+    def _factorise(self, ksp, J, P):
+        """Factorise ``P`` by the LU of ``ksp``'s PC; when MUMPS reports a work array too
+        small (MUMPS_WORKSPACE) start again from its analysis with twice the relaxation
+        ICNTL(14), up to WORKSPACE_RETRIES times (each recorded in ``lu_retries``).  From the
+        analysis: PETSc's MUMPS interface skips the numerical phase of a factor matrix whose
+        last phase failed (MatFactorNumeric_MUMPS), so a new factor matrix is made.  The
+        KSP's own set-up then finds the factors current; a failure that remains is reported
+        by :meth:`_lu_failure`.  Another factorisation or preconditioner the user chose
+        (``-{prefix}pc_factor_mat_solver_type``, ``-{prefix}pc_type``) is left to the KSP."""
+        pc = ksp.getPC()
+        ksp.setOperators(J, P)
+        if pc.getType() != "lu" or pc.getFactorSolverType() != "mumps":
+            return
+        pc.setUp()
+        name = self.prefix + "mat_mumps_icntl_14"
+        for attempt in range(WORKSPACE_RETRIES + 1):
+            F = pc.getFactorMatrix()
+            code = F.getMumpsInfog(1)
+            if code not in MUMPS_WORKSPACE:
+                return
+            if attempt == WORKSPACE_RETRIES:
+                return
+            relax = max(2 * F.getMumpsIcntl(14), LU_DEFAULTS["mat_mumps_icntl_14"])
+            self.lu_retries.append({"infog1": code, "infog2": F.getMumpsInfog(2),
+                                    "icntl_14": relax})
+            if self.log is not None:
+                self.log.info("MUMPS INFOG(1) = %d (a work array too small): factorising "
+                              "again with ICNTL(14) = %d", code, relax)
+            pc.reset()                  # a new factor matrix, analysed with the new relaxation
+            pc.setOperators(J, P)
+            with options.inserted(settings={name: relax}):
+                pc.setUp()
+
     def _cause(self) -> str | None:
         """The message of the exception that unwound through SNES from one of our callbacks
         (``keeps_cause``: PETSc reports "error code -1" only), or None; cleared."""
@@ -404,6 +455,12 @@ class NewtonSolver:
             return None
         if code >= 0:
             return None
+        if code in MUMPS_WORKSPACE:
+            return (f"MUMPS' LU factorisation of the space-time matrix failed: a work array "
+                    f"too small (INFOG(1) = {code}, INFOG(2) = {extra}) with its relaxation "
+                    f"ICNTL(14) = {F.getMumpsIcntl(14)} % after {WORKSPACE_RETRIES} retries "
+                    f"with more; use fewer cells or steps"
+                    + (" or [solver] linear = 'sweep'" if self.st.formulation.sweep else ""))
         if code not in MUMPS_MEMORY:
             return f"MUMPS failed: INFOG(1) = {code}, INFOG(2) = {extra} (see its users' guide)"
         return (f"the LU of the space-time matrix needs more memory than this machine gives it "
