@@ -695,6 +695,15 @@ def _main(argv: list[str]) -> int:
     except UserError as e:
         return _fail(str(e))
     except KeyboardInterrupt:
+        io = sys.modules.get("fem_mfc.io")
+        if args.command == "run" and io is not None and io.COMMITTED[0]:
+            # past the run's commit point (its summary written, the run in place): as for
+            # SIGTERM, the run's own status (it said "earlier results left intact", 130)
+            if (launcher_rank() or 0) == 0:
+                last_line(f"{PROG}: SIGINT after the run was written: ending with its own "
+                          "status")
+            from .pipeline import EXIT_OK, EXIT_UNCONVERGED  # (imported by the run)
+            return EXIT_OK if io.COMMITTED_CONVERGED[0] else EXIT_UNCONVERGED
         if (launcher_rank() or 0) == 0:
             last_line(f"{PROG}: interrupted; earlier results left intact")
         return 130

@@ -529,6 +529,7 @@ class _FolderLock:
 PREPARED: dict = {}
 HANDLED = [False]                 # has a run installed its signal handlers in this process?
 COMMITTED = [False]               # has a run of this process been swapped into its folder?
+COMMITTED_CONVERGED = [True]      # ... and did its summary say converged (the run's status)?
 
 
 def abandon_prepared() -> None:
@@ -685,6 +686,7 @@ class RunContext:
     def create(cls, outdir, comm=MPI.COMM_WORLD, petsc_options=None, cfg=None, quiet=False):
         err = target = lock = staging = None
         COMMITTED[0] = False        # (an earlier run of this process is not this one)
+        COMMITTED_CONVERGED[0] = True
         if comm.rank == 0:
             try:
                 target, lock, staging = _prepare_run_folder(Path(outdir))
@@ -855,6 +857,7 @@ class RunContext:
         self._series.clear()
         if self.comm.rank != 0:
             self._committing = True
+        COMMITTED_CONVERGED[0] = bool((summary or {}).get("converged", True))
         self.comm.barrier()
         err = None
         if self.comm.rank == 0:

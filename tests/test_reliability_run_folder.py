@@ -255,12 +255,15 @@ CFG = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("point", [pytest.param("commit:summary", marks=pytest.mark.slow),
-                                   "run:finished"])
-def test_cli_signalled_after_the_summary_ends_with_the_runs_status(point, tmp_path):
+@pytest.mark.parametrize("point,sig", [
+    pytest.param("commit:summary", signal.SIGTERM, marks=pytest.mark.slow),
+    ("run:finished", signal.SIGTERM), ("run:finished", signal.SIGINT)],
+    ids=lambda v: v.name if isinstance(v, signal.Signals) else v)
+def test_cli_signalled_after_the_summary_ends_with_the_runs_status(point, sig, tmp_path):
     """``fem-mfc run`` sent SIGTERM once its summary.json is written — in the commit, or after
     it, with the CLI's own handler back — ended 143 with the run complete in its folder:
-    it ends with the run's status (0) now, saying so in one line."""
+    it ends with the run's status (0) now, saying so in one line.  SIGINT after the run
+    (Python's KeyboardInterrupt by then) said "earlier results left intact" and ended 130."""
     cfg = tmp_path / "c.toml"
     out = tmp_path / "out"
     cfg.write_text(CFG.format(steps=2))
@@ -272,10 +275,10 @@ def test_cli_signalled_after_the_summary_ends_with_the_runs_status(point, tmp_pa
                           "--quiet"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     _wait_for(pf, point, p, timeout=120)
-    p.send_signal(signal.SIGTERM)
+    p.send_signal(sig)
     assert p.wait(60) == 0, p.stderr.read()
     lines = p.stderr.read().strip().splitlines()
-    assert len(lines) == 1 and "SIGTERM after the run" in lines[0], lines
+    assert len(lines) == 1 and f"{sig.name} after the run" in lines[0], lines
     assert read_summary(out)["converged"] is True
     assert not [e for e in os.listdir(tmp_path) if e.startswith((".staging-", ".out.lock"))]
 
