@@ -1,8 +1,10 @@
 """Benchmark of the real-time NLS stepper: steps/s and DOF·steps/s in 2D, 1 vs 2 ranks.
 
 A cubic (κ = −1) Gaussian packet on a P1 rectangle mesh of about 60k DOFs (two fields q, p),
-implicit midpoint with SNES Newton + MUMPS (each Newton iteration re-assembles and
-re-factorises), and explicit RK4 (mass-matrix LU once, four solves per step).
+implicit midpoint with SNES Newton and the per-step LU of ``fem_mfc.solvers.steps.set_lu``
+(PETSc's LU on one rank, the redundant LU or MUMPS on 2; each Newton iteration re-assembles
+and re-factorises), and explicit RK4 (four mass-matrix solves per step: Cholesky factors
+once on one rank, CG + Jacobi on more).
 
   bin/fem-env python3 benchmarks/bench_nls.py [--ranks 1 2] [--steps 10] [--cells 172]
 

@@ -6,7 +6,7 @@
 
 Cases (the problem of benchmarks/bench_matrix.py: CN, σ = 0.6, congested mftc G = ρ²/2 for
 Newton, G = 0 for Cole–Hopf): "2d" = P1 on a 500 × 500 rectangle (251k dofs), "3d" = P1 on a
-47³ box (110k dofs), 20 steps; "2d-small"/"3d-small" (a quarter of the dofs) for a quick look.
+46³ box (104k dofs), 20 steps; "2d-small"/"3d-small" (a quarter of the dofs) for a quick look.
 ``--weak`` adds, per rank count r, the case whose dofs per rank equal the 1-rank size of the
 "-small" case (r × the dofs of "2d-small"/"3d-small").
 

@@ -54,8 +54,9 @@ cfg = demo.load_config(HERE / "generative.toml", QUICK if args.quick else None)
 #   with $a$ alone does not transport $\rho_0$ to $\rho(T)$ when σ > 0 — and
 #   $\log p(x) = \log N(x_N) + \sum_n \log|\det(I + \tau\nabla v^n(x_n))|$ on held-out points,
 #   beside the KDE's own held-out log-likelihood and a Gaussian fit's;
-# * **sampling**: $z \sim N(0, I)$ pulled back through the flow, each layer inverted by a
-#   fixed-point iteration $x_n = x_{n+1} - \tau v^n(x_n)$.
+# * **sampling**: $z \sim N(0, I)$ pulled back through the flow, each layer
+#   $x_n + \tau v^n(x_n) = x_{n+1}$ solved for $x_n$ by Newton's method (safeguarded by the
+#   fixed-point step $x_n \leftarrow x_{n+1} - \tau v^n(x_n)$).
 
 # %%
 from mpi4py import MPI

@@ -24,7 +24,7 @@
 #    compares shape and speed with the exact
 #    $\psi = \eta\,\mathrm{sech}(\eta(x - vt))\,e^{i(vx + (\eta^2 - v^2)t/2)}$;
 # 2. sends a Gaussian packet across an unstructured gmsh disk through the config runner
-#    (`fem_mfc.cli.run_config`) and plots its invariants;
+#    (`fem_mfc.pipeline.run_config`) and plots its invariants;
 # 3. contrasts the midpoint rule (mass conserved to round-off) with explicit RK4 on the same
 #    semi-discrete system $\hbar M\dot z = F(z)$.
 #

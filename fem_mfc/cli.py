@@ -461,7 +461,7 @@ RUN_EPILOG = ("Other arguments that start with one '-' are PETSc options, with t
               "their solve (-mfc_snes_monitor, -mfc_ksp_rtol 1e-8; see README); -help prints "
               "PETSc's help for the run's solvers. Exit status: 0 success; 2 bad input (one "
               "line, nothing written); 3 the solve ran but did not meet its tolerance or checks "
-              "(results written, \"converged\": false); 130/143 interrupted.")
+              "(results written, \"converged\": false); 130/143/129 interrupted (SIGINT/TERM/HUP).")
 PREDICT_EPILOG = ("POINTS.csv: the d feature columns of the training data (header x1,...,xd "
                   "optional), optionally a label column (then the accuracy is reported). "
                   "A classifier run writes label,final_x1,...: the predicted label (as in the "

@@ -21,8 +21,11 @@ MPI_TEST_DEADLINE = 600
 @pytest.fixture(autouse=True)
 def _mpi_deadline():
     import faulthandler
-
-    from mpi4py import MPI
+    try:
+        from mpi4py import MPI
+    except ImportError:       # the host, outside the environment (tests/test_reliability_paths.py)
+        yield
+        return
     if MPI.COMM_WORLD.size > 1:
         faulthandler.dump_traceback_later(MPI_TEST_DEADLINE, exit=True)
         yield

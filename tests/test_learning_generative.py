@@ -276,3 +276,6 @@ def test_samples_are_written_in_the_units_of_the_data(tmp_path):
     assert np.allclose(((X - ds.mean) / ds.scale).mean(axis=0), s["sample_mean"], atol=1e-12)
     # raw units: the moons' own box (x in [-1, 2], y in [-0.5, 1]), not the standardised one
     assert abs(X.mean(axis=0) - ds.mean).max() < 0.3 and ds.scale.min() < 0.9
+    # the log names the trainer's iterations as what they are (it said "sweeps" for Newton's)
+    log = (tmp_path / "g" / "run.log").read_text()
+    assert f"in {s['iterations']} outer iterations (newton)" in log

@@ -124,9 +124,9 @@ def run(cfg: dict, ctx) -> dict:
         "map over the cells: where it is not positive the map folds, so the log-likelihood and "
         "the samples are not those of a density; more layers (problem.steps), a larger "
         "sigma or data.bandwidth", ">=")
-    ctx.log.info("KL %.4g -> %.4g in %d sweeps; held-out log-likelihood: flow %.4f, KDE %.4f, "
-                 "Gaussian fit %.4f", kl0, model.kl, model.sweeps, summary["loglik_flow"],
-                 summary["loglik_kde"], summary["loglik_gaussian"])
+    ctx.log.info("KL %.4g -> %.4g in %d outer iterations (%s); held-out log-likelihood: flow "
+                 "%.4f, KDE %.4f, Gaussian fit %.4f", kl0, model.kl, model.sweeps, method,
+                 summary["loglik_flow"], summary["loglik_kde"], summary["loglik_gaussian"])
     if ctx.comm.rank == 0:
         write_text_atomic(ctx.path("samples.csv"), saved.samples_text(
             saved.unstandardise(samples, ds.mean, ds.scale)))
