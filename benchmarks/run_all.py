@@ -6,6 +6,7 @@
 are.  Benchmarks print figures (DOF·steps/s, iterations, peak memory, 1 vs 2 ranks); they are never
 timed tests.  Timings on shared 2-core machines are noisy: compare ratios within one run.
 """
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +14,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 if __name__ == "__main__":
+    # its own options only (--help went on to every script, each printing its own help)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="smaller sizes, for the scripts that have that option")
+    quick = ap.parse_args().quick
     failed = []
     for script in sorted(HERE.glob("bench_*.py")):
         print(f"\n=== {script.name} ===", flush=True)
-        args = sys.argv[1:]
-        if '"--quick"' not in script.read_text():
-            args = [a for a in args if a != "--quick"]
+        args = ["--quick"] if quick and '"--quick"' in script.read_text() else []
         rc = subprocess.call([sys.executable, str(script), *args])
         if rc:
             failed.append(script.name)
