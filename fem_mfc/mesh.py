@@ -230,6 +230,8 @@ def read_file(path: str | Path, comm=MPI.COMM_WORLD, gdim: int | None = None) ->
                 raise ValueError(f"meshio cannot read it as {path.suffix or 'a mesh'}") from None
             if not m.cells or not len(m.points):
                 raise ValueError("no cells")
+            if m.points.ndim == 2 and m.points.shape[1] < 3:   # gmsh 2.2 wants x, y, z (a 1D
+                m.points = np.pad(m.points, ((0, 0), (0, 3 - m.points.shape[1])))  # file: x)
             fd, tmp = tempfile.mkstemp(suffix=".msh")
             os.close(fd)
             if "gmsh:physical" not in m.cell_data:

@@ -224,3 +224,21 @@ def test_sizes_that_cannot_be_meshed_are_config_errors(mcfg, key):
     m = config.from_dict({"run": {"formulation": "heat"}, "mesh": mcfg})["mesh"]
     with pytest.raises(ConfigError, match=key):
         mesh.build(m, MPI.COMM_SELF)
+
+
+@pytest.mark.parametrize("columns", [1, 2])
+def test_line_meshes_with_fewer_coordinates_read(tmp_path, columns):
+    """A 1D mesh (a graded line) written by meshio with points of one or two columns: meshio's
+    gmsh 2.2 writer, through which such files are read, indexed a third coordinate and the file
+    was refused ('not a readable mesh file ... IndexError'); the points are padded now and the
+    cells keep their (non-uniform) vertices."""
+    import meshio
+    x = 0.5 + np.sinh(4 * np.linspace(-1, 1, 11)) / (2 * np.sinh(4))
+    pts = np.zeros((11, columns))
+    pts[:, 0] = x
+    meshio.write(tmp_path / "line.vtu", meshio.Mesh(pts, [("line", np.c_[np.arange(10),
+                                                                          np.arange(1, 11)])]))
+    md = mesh.read_file(tmp_path / "line.vtu", MPI.COMM_SELF)
+    assert md.mesh.topology.dim == 1 and md.mesh.geometry.dim == 1
+    assert md.mesh.topology.index_map(1).size_global == 10
+    assert np.allclose(np.sort(md.mesh.geometry.x[:, 0]), x, rtol=0, atol=1e-12)
