@@ -142,6 +142,9 @@ def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
                       if b.get("kind", "no-flux") != "no-flux"][:1]
         if cfg.get("discretisation", {}).get("stabilisation", "none") != "none":
             takes_none.append("stabilisation = 'monotone'")
+        if cfg.get("population"):
+            # several populations refuse every [exact] solution too (was advised to set one)
+            takes_none.append("[[population]] tables")
         if takes_none:
             raise UserError(f"{config_path}: no exact solution to measure errors against, "
                             f"and none applies with {' and '.join(takes_none)} (compare runs "
