@@ -421,6 +421,31 @@ def test_a_population_that_differs_is_named_by_its_index():
                                          "here")
 
 
+def test_a_mesh_file_changed_since_the_checkpoint_is_refused(tmp_path):
+    """A restart reads the checkpoint's mesh: with [mesh] kind = 'file' a mesh file replaced
+    since (the disk by the L-shape, same name, same tags) restarted on the old disk, exit 0
+    with the disk's J (0.5801 against the L-shape's 0.6375).  The checkpoint keeps the
+    file's digest and a changed file is refused, naming mesh.file_sha256."""
+    import shutil
+
+    from fem_mfc import config
+    from fem_mfc.checkpoint import config_hash, problem_sections, read_meta
+    msh = tmp_path / "m.msh"
+    shutil.copy(REPO / "meshes" / "disk.msh", msh)
+    cfg = config.from_dict({"mesh": {"kind": "file", "file": str(msh)},
+                            "problem": {"steps": 2}})
+    ck = tmp_path / "c.checkpoint"
+    ck.mkdir()
+    (ck / "meta.json").write_text(json.dumps({
+        "config_hash": config_hash(cfg), "steps": 2,
+        "config": json.loads(json.dumps(problem_sections(cfg), default=str))}))
+    assert read_meta(ck, cfg)["steps"] == 2                  # the same file: accepted
+    shutil.copy(REPO / "meshes" / "lshape.msh", msh)
+    from fem_mfc.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"mesh.file_sha256: .* in the checkpoint, .* here"):
+        read_meta(ck, cfg)
+
+
 @pytest.mark.slow
 def test_restart_keeps_the_tags_of_a_gmsh_mesh(tmp_path):
     """Exits on a gmsh room (physical groups): the checkpoint keeps the mesh's facet and cell
