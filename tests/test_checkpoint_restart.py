@@ -335,6 +335,42 @@ def test_continuation_restart_takes_the_uninterrupted_path(tmp_path, monkeypatch
     assert abs(again.J - full.J) <= 1e-12 * abs(full.J)
 
 
+def test_restart_in_the_first_stage_solves_it_to_its_own_tolerance(tmp_path):
+    """A checkpoint in the middle of a continuation's first stage (λ = 0, two Newton
+    iterations in, no stage converged yet; LU path): the restart solves that stage on to the
+    stage's tolerance (STAGE_RTOL of its first residual) and takes the uninterrupted run's
+    stages, 37 Newton iterations.  It took STAGE_RTOL of the restart's own residual, already
+    100 times smaller: one iteration more in that stage (38), with the budget of a whole
+    stage."""
+    import shutil
+
+    from fem_mfc import checkpoint
+    from fem_mfc.solvers.newton import make_system, newton
+
+    class Copying(checkpoint.Writer):
+        def write(self, **meta):
+            super().write(**meta)
+            if (meta.get("phase") == "newton" and meta.get("lambda") == 0.0
+                    and meta.get("iteration") == 2 and not (tmp_path / "first").exists()):
+                shutil.copytree(self.folder, tmp_path / "first")
+
+    p = _attractive()
+    st = make_system(p)
+    full = newton(p, system=st, checkpoint=Copying(tmp_path / "w.checkpoint", st, {}, 2),
+                  linear="lu", max_it=10)
+    assert full.converged and full.iterations_run == 37
+    meta = checkpoint.read_meta(tmp_path / "first", None)
+    assert meta["lambda"] == 0.0 and not meta["last_states"]      # the path's first stage
+    q = _attractive()
+    st = make_system(q)
+    checkpoint.load_states(tmp_path / "first", st)
+    again = newton(q, system=st, resume=meta, linear="lu", max_it=10)
+    assert again.converged
+    assert _stages(again.continuation)[1:] == _stages(full.continuation)[1:]
+    assert again.iterations_run == full.iterations_run
+    assert abs(again.J - full.J) <= 1e-12 * abs(full.J)
+
+
 @pytest.mark.slow
 def test_restart_resumes_a_continuation(tmp_path):
     """An attractive coupling (1D, c = -0.02, σ = 0.1) needs the continuation in the coupling
