@@ -345,7 +345,8 @@ def test_restart_in_the_first_stage_solves_it_to_its_own_tolerance(tmp_path, lin
     And on the sweep path the Jacobian operator kept the blocks it was built with at the
     checkpoint's states, those of λ = 1, for the stage's first step (λ = 0 set since, the
     states unchanged): its Krylov solve stagnated at 300 iterations, the stage failed and
-    the path was given up for the noise (45 Newton iterations)."""
+    the path was given up for the noise (45 Newton iterations).  The checkpoint keeps the
+    stages so far: the restart's record of the direct attempt is the run's."""
     import shutil
 
     from fem_mfc import checkpoint
@@ -370,7 +371,8 @@ def test_restart_in_the_first_stage_solves_it_to_its_own_tolerance(tmp_path, lin
     checkpoint.load_states(tmp_path / "first", st)
     again = newton(q, system=st, resume=meta, linear=linear, max_it=10)
     assert again.converged
-    assert _stages(again.continuation)[1:] == _stages(full.continuation)[1:]
+    assert _stages(again.continuation) == _stages(full.continuation)   # the direct attempt
+    assert again.continuation[0]["stage"] == "direct"   # too (was 'restart', 0 iterations)
     assert again.iterations_run == full.iterations_run
     assert abs(again.J - full.J) <= 1e-12 * abs(full.J)
 

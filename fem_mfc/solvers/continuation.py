@@ -136,7 +136,14 @@ def _path(solver, X0, eps0, eps, f0, rtol, atol, stages, lam0=0.0, path=0,
         if first is not None and first.get("solve_first_residual"):
             rtol, max_it = 0.0, max(1, STAGE_MAX_IT - int(first.get("iteration") or 0))
             target = max(final_target, STAGE_RTOL * first["solve_first_residual"])
-        out = _stage(solver, lam0, eps0, eps, rtol, target, max_it)
+        # a checkpoint in this stage keeps the stages so far and the path's index, so that a
+        # restart's record is the uninterrupted run's (it showed a 'restart' stage of 0
+        # iterations for the direct attempt)
+        solver.path = {"meta": {"stages": stages, "path": path}, "vectors": {}}
+        try:
+            out = _stage(solver, lam0, eps0, eps, rtol, target, max_it)
+        finally:
+            solver.path = None
         stages.append(_record(lam0, eps0, eps, out, st))
         _ended(solver, lam0, out)
         if not out["converged"]:
@@ -262,7 +269,7 @@ def continue_to(solver, direct: dict, X0, start: dict | None = None) -> tuple[di
     after_stage = start is not None and start.get("phase") == "continuation"
     on_path = start is not None and (after_stage or bool(start.get("last_states")))
     if start is not None:
-        if on_path and start.get("stages"):
+        if start.get("stages"):
             stages = [dict(r) for r in start["stages"]]       # the earlier legs' stages
         else:
             stages[0].update(stage="restart", lam=start["lambda"])
