@@ -122,6 +122,28 @@ def _usable(ck: Path, level_cfg: dict, comm) -> bool:
     return comm.bcast(ok, root=0)
 
 
+def _exact_fits(cfg: dict, entry) -> tuple[list, list]:
+    """(the exact solutions of ``entry`` that ``cfg`` could set, the settings that leave it
+    none): the solutions of hjb-fp, cole-hopf and qhd set V, Phi and a Gaussian rho0 themselves
+    and 'lq-gaussian' also needs G = 0 and the quadratic H; 'heat-gaussian' a Gaussian rho0
+    (the congested square was told to set 'lq-gaussian' or 'manufactured', each refused in
+    turn naming problem.Phi)."""
+    fits, keys = list(entry.exact), []
+    pr, r0 = cfg.get("problem", {}), cfg.get("rho0", {})
+    if entry.name in ("hjb-fp", "cole-hopf", "qhd"):
+        keys += [f"problem.{k} = '{pr[k]}'" for k in ("V", "Phi")
+                 if str(pr.get(k, "0")).strip() not in ("0", "0.0")]
+        if str(pr.get("G", "0")).strip() not in ("0", "0.0") or \
+                pr.get("H", "quadratic") != "quadratic":
+            fits = [x for x in fits if x != "lq-gaussian"]
+    if entry.name in ("hjb-fp", "cole-hopf", "qhd", "heat") and \
+            r0.get("kind", "gaussian") != "gaussian":
+        keys.append(f"rho0.kind = '{r0['kind']}'")
+    if not fits and not keys:
+        keys = ["problem.G or problem.H"]
+    return ([] if keys else fits), keys
+
+
 def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
                      petsc_options: dict | None = None, config_path="<dict>",
                      comm=MPI.COMM_WORLD, force: bool = False, resume: bool = False,
@@ -145,14 +167,16 @@ def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
         if cfg.get("population"):
             # several populations refuse every [exact] solution too (was advised to set one)
             takes_none.append("[[population]] tables")
+        fits, keys = _exact_fits(cfg, entry)
+        takes_none += keys if not fits else []
         if takes_none:
             raise UserError(f"{config_path}: no exact solution to measure errors against, "
                             f"and none applies with {' and '.join(takes_none)} (compare runs "
                             "at halved h and tau instead, e.g. their J and mass_exited)")
         # the solutions of this formulation (heat was told to set 'lq-gaussian', which it
-        # refuses)
+        # refuses) that this config takes
         raise UserError(f"{config_path}: no exact solution to measure errors against (set "
-                        f"[exact] solution = " + " or ".join(f"'{x}'" for x in entry.exact)
+                        f"[exact] solution = " + " or ".join(f"'{x}'" for x in fits)
                         + f" for formulation '{entry.name}')")
     if cfg["mesh"]["kind"] == "file" and where != "time":
         raise UserError("mesh.kind = 'file' has one resolution: use --in time, or a generated "

@@ -156,6 +156,31 @@ def test_refine_lq_1d_space_rates(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("demo,says", [
+    ("congested_square", "none applies with problem.Phi = '0.4*sin"),
+    ("crowds_crossing", "none applies with [[population]] tables"),
+    ("heat_disk", None),
+    ("lq_gaussian_1d", "set [exact] solution = 'lq-gaussian' or 'manufactured'")])
+def test_refine_advises_only_exact_solutions_the_config_takes(demo, says):
+    """Without [exact], fem-mfc refine advised every exact solution of the formulation:
+    the congested square was told to set 'lq-gaussian' or 'manufactured', which then refused
+    its Phi (both set V, Phi and rho0 themselves), the heat demo with a mixture rho0
+    'heat-gaussian' (needs a Gaussian).  It names what leaves none, or the ones that fit."""
+    from fem_mfc import config
+    from fem_mfc.errors import UserError
+    from fem_mfc.refine import refinement_study
+    raw = tomllib.loads((REPO / "demos" / f"{demo}.toml").read_text())
+    raw.pop("exact", None)
+    if demo == "heat_disk":
+        raw["rho0"] = {"kind": "mixture", "means": [[0.0, 0.0], [0.3, 0.0]],
+                       "stds": [0.3, 0.3], "weights": [1.0, 1.0]}
+        says = "none applies with rho0.kind = 'mixture'"
+    with pytest.raises(UserError) as e:
+        refinement_study(config.validate(raw, source="c.toml"), "unused", levels=2,
+                         config_path="c.toml")
+    assert says in str(e.value), str(e.value)
+
+
 def test_refine_quiet_says_nothing_on_success(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text((REPO / "demos" / "lq_gaussian_1d.toml").read_text()
