@@ -102,9 +102,27 @@ def finished_level(folder: Path, level_cfg: dict, comm=MPI.COMM_WORLD,
                 reproducing(level_cfg, run_settings(level_cfg, petsc_options)))
             s = json.loads((folder / "summary.json").read_text()) if same else {}
             out = s if s.get("converged") is True else None
+            if out is not None and _inputs_changed_since(level_cfg, folder / "summary.json"):
+                out = None
         except (OSError, ValueError):
             out = None
     return comm.bcast(out, root=0)
+
+
+def _inputs_changed_since(level_cfg: dict, summary: Path) -> bool:
+    """Was the mesh file or the rho0 checkpoint the config names (kind 'file') changed after
+    ``summary`` was written?  The level's config.toml names them, not their contents: a mesh
+    file regenerated between two --resume studies reused the levels of the old mesh."""
+    written = summary.stat().st_mtime
+    for section in ("mesh", "rho0"):
+        c = level_cfg.get(section) or {}
+        if c.get("kind") != "file" or not c.get("file"):
+            continue
+        p = Path(c["file"])
+        paths = [p, *p.rglob("*")] if p.is_dir() else [p]
+        if any(q.stat().st_mtime > written for q in paths):
+            return True
+    return False
 
 
 def _usable(ck: Path, level_cfg: dict, comm) -> bool:

@@ -326,6 +326,31 @@ def test_an_interrupted_study_leaves_no_convergence_table_of_another(tmp_path, m
     assert not (out / "convergence.json").exists()
 
 
+def test_resume_runs_again_a_level_whose_mesh_file_changed(tmp_path):
+    """refine --resume reused a converged level whose config.toml names the same mesh file,
+    whatever the file holds now: a mesh regenerated between the studies mixed levels of the
+    old mesh into the table.  A level older than its mesh file (or rho0 checkpoint) runs."""
+    import os
+    import shutil
+
+    from fem_mfc import config
+    from fem_mfc.pipeline import reproducing, run_settings
+    from fem_mfc.refine import finished_level
+    msh = tmp_path / "m.msh"
+    shutil.copy(REPO / "meshes" / "disk.msh", msh)
+    cfg = config.from_dict({"mesh": {"kind": "file", "file": str(msh)},
+                            "problem": {"steps": 4}, "exact": {"solution": "lq-gaussian"}})
+    level = tmp_path / "level_0"
+    level.mkdir()
+    (level / "config.toml").write_text(config.dumps(reproducing(cfg, run_settings(cfg))))
+    (level / "summary.json").write_text(json.dumps({"converged": True, "J": 1.0}))
+    past = (level / "summary.json").stat().st_mtime - 100
+    os.utime(msh, (past, past))
+    assert finished_level(level, cfg)["J"] == 1.0                    # reused
+    shutil.copy(REPO / "meshes" / "lshape.msh", msh)                 # regenerated since
+    assert finished_level(level, cfg) is None
+
+
 @pytest.mark.slow
 def test_refinement_study_resumes(tmp_path):
     """``refine --resume`` continues a study: converged levels of the same config are reused,
