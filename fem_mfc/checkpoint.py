@@ -71,6 +71,11 @@ def problem_sections(cfg: dict) -> dict:
 
 def _sections(cfg: dict) -> dict:
     sections = {k: cfg.get(k) for k in SECTIONS}
+    m = cfg.get("mesh") or {}
+    if m.get("kind") == "file":
+        # the mesh is the file's contents, not its name: a restart reads the checkpoint's
+        # mesh, so a file changed since the checkpoint ran on the old mesh (exit 0)
+        sections["mesh"] = {**m, "file_sha256": _file_digest(m.get("file"))}
     for key in ("boundary", "population"):    # newer sections: only when they matter, so
         if cfg.get(key):                          # older checkpoints keep their hash
             sections[key] = cfg[key]

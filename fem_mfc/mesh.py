@@ -119,9 +119,10 @@ def _check_gmsh_model(gmsh, path: Path, gdim: int) -> str | None:
     file (None: fine).  A partitioned model is unpartitioned and a model without physical
     groups gets one of all its top-dimensional cells (tag 1, no facet tags), so both read;
     refused: physical groups that leave out the domain (DOLFINx would mesh the groups' curves
-    or surfaces and solve there), cells of more than one type, duplicate cells (they corrupt
-    DOLFINx's memory: the process aborted), and points off the mesh's coordinate plane or
-    line (DOLFINx would drop the extra coordinate: a tilted square became its shadow)."""
+    or surfaces and solve there), facet groups that share facets (one lost them), cells of
+    more than one type, duplicate cells (they corrupt DOLFINx's memory: the process
+    aborted), and points off the mesh's coordinate plane or line (DOLFINx would drop the
+    extra coordinate: a tilted square became its shadow)."""
     model = gmsh.model
     if model.getNumberOfPartitions() > 0:
         model.mesh.unpartition()
@@ -135,6 +136,9 @@ def _check_gmsh_model(gmsh, path: Path, gdim: int) -> str | None:
         kind = {1: "Curve", 2: "Surface", 3: "Volume"}[D]
         return (f"{path}: its physical groups are of dimension {top} at most, none holds the "
                 f"{D}D cells of the domain (add a Physical {kind} for them in gmsh)")
+    shared = _shared_facets(model, top)
+    if shared:
+        return f"{path}: {shared}"
     types, cells = set(), []
     for _, tag in model.getPhysicalGroups(top):
         for e in model.getEntitiesForPhysicalGroup(top, tag):
@@ -162,6 +166,33 @@ def _check_gmsh_model(gmsh, path: Path, gdim: int) -> str | None:
                     f"{hi:.3g}); fem_mfc solves on flat domains in x0{', x1' if gdim > 1 else ''}"
                     f"{', x2' if gdim > 2 else ''}: map the mesh onto them")
     return None
+
+
+def _shared_facets(model, top: int) -> str | None:
+    """Two physical groups of facets (dimension ``top`` − 1) that share curves or surfaces,
+    as the words of a refusal (None: the groups are disjoint).  DOLFINx keeps one tag per
+    facet, so one group silently lost the shared facets: an exit on a group that was all
+    inside the walls' group was refused as 'not a facet tag of the mesh', one that shared a
+    side with them had no exit there."""
+    owner = {}
+    for _, tag in model.getPhysicalGroups(top - 1):
+        for e in model.getEntitiesForPhysicalGroup(top - 1, tag):
+            owner.setdefault(int(e), []).append(int(tag))
+    both = {}
+    for e, tags in owner.items():
+        for i, a in enumerate(tags):
+            for b in tags[i + 1:]:
+                both.setdefault((min(a, b), max(a, b)), []).append(e)
+    if not both:
+        return None
+    (a, b), entities = min(both.items())
+    n = sum(len(t) for e in entities
+            for t in model.mesh.getElements(top - 1, e)[1])
+    kind = ("point", "curve", "surface")[top - 1]
+    return (f"physical groups {a} and {b} share {n} facet(s) (on {kind}(s) "
+            f"{', '.join(map(str, sorted(entities)[:5]))}{' ...' if len(entities) > 5 else ''})"
+            "; a facet takes one tag, so one group would lose them: make the facet groups "
+            "disjoint")
 
 
 def read_file(path: str | Path, comm=MPI.COMM_WORLD, gdim: int | None = None) -> MeshData:

@@ -102,9 +102,27 @@ def finished_level(folder: Path, level_cfg: dict, comm=MPI.COMM_WORLD,
                 reproducing(level_cfg, run_settings(level_cfg, petsc_options)))
             s = json.loads((folder / "summary.json").read_text()) if same else {}
             out = s if s.get("converged") is True else None
+            if out is not None and _inputs_changed_since(level_cfg, folder / "summary.json"):
+                out = None
         except (OSError, ValueError):
             out = None
     return comm.bcast(out, root=0)
+
+
+def _inputs_changed_since(level_cfg: dict, summary: Path) -> bool:
+    """Was the mesh file or the rho0 checkpoint the config names (kind 'file') changed after
+    ``summary`` was written?  The level's config.toml names them, not their contents: a mesh
+    file regenerated between two --resume studies reused the levels of the old mesh."""
+    written = summary.stat().st_mtime
+    for section in ("mesh", "rho0"):
+        c = level_cfg.get(section) or {}
+        if c.get("kind") != "file" or not c.get("file"):
+            continue
+        p = Path(c["file"])
+        paths = [p, *p.rglob("*")] if p.is_dir() else [p]
+        if any(q.stat().st_mtime > written for q in paths):
+            return True
+    return False
 
 
 def _usable(ck: Path, level_cfg: dict, comm) -> bool:
@@ -120,6 +138,28 @@ def _usable(ck: Path, level_cfg: dict, comm) -> bool:
         except (ConfigError, OSError, ValueError):
             ok = False
     return comm.bcast(ok, root=0)
+
+
+def _exact_fits(cfg: dict, entry) -> tuple[list, list]:
+    """(the exact solutions of ``entry`` that ``cfg`` could set, the settings that leave it
+    none): the solutions of hjb-fp, cole-hopf and qhd set V, Phi and a Gaussian rho0 themselves
+    and 'lq-gaussian' also needs G = 0 and the quadratic H; 'heat-gaussian' a Gaussian rho0
+    (the congested square was told to set 'lq-gaussian' or 'manufactured', each refused in
+    turn naming problem.Phi)."""
+    fits, keys = list(entry.exact), []
+    pr, r0 = cfg.get("problem", {}), cfg.get("rho0", {})
+    if entry.name in ("hjb-fp", "cole-hopf", "qhd"):
+        keys += [f"problem.{k} = '{pr[k]}'" for k in ("V", "Phi")
+                 if str(pr.get(k, "0")).strip() not in ("0", "0.0")]
+        if str(pr.get("G", "0")).strip() not in ("0", "0.0") or \
+                pr.get("H", "quadratic") != "quadratic":
+            fits = [x for x in fits if x != "lq-gaussian"]
+    if entry.name in ("hjb-fp", "cole-hopf", "qhd", "heat") and \
+            r0.get("kind", "gaussian") != "gaussian":
+        keys.append(f"rho0.kind = '{r0['kind']}'")
+    if not fits and not keys:
+        keys = ["problem.G or problem.H"]
+    return ([] if keys else fits), keys
 
 
 def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
@@ -142,14 +182,19 @@ def refinement_study(cfg: dict, outdir, levels: int = 3, where: str = "both",
                       if b.get("kind", "no-flux") != "no-flux"][:1]
         if cfg.get("discretisation", {}).get("stabilisation", "none") != "none":
             takes_none.append("stabilisation = 'monotone'")
+        if cfg.get("population"):
+            # several populations refuse every [exact] solution too (was advised to set one)
+            takes_none.append("[[population]] tables")
+        fits, keys = _exact_fits(cfg, entry)
+        takes_none += keys if not fits else []
         if takes_none:
             raise UserError(f"{config_path}: no exact solution to measure errors against, "
                             f"and none applies with {' and '.join(takes_none)} (compare runs "
                             "at halved h and tau instead, e.g. their J and mass_exited)")
         # the solutions of this formulation (heat was told to set 'lq-gaussian', which it
-        # refuses)
+        # refuses) that this config takes
         raise UserError(f"{config_path}: no exact solution to measure errors against (set "
-                        f"[exact] solution = " + " or ".join(f"'{x}'" for x in entry.exact)
+                        f"[exact] solution = " + " or ".join(f"'{x}'" for x in fits)
                         + f" for formulation '{entry.name}')")
     if cfg["mesh"]["kind"] == "file" and where != "time":
         raise UserError("mesh.kind = 'file' has one resolution: use --in time, or a generated "

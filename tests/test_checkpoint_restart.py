@@ -335,6 +335,48 @@ def test_continuation_restart_takes_the_uninterrupted_path(tmp_path, monkeypatch
     assert abs(again.J - full.J) <= 1e-12 * abs(full.J)
 
 
+@pytest.mark.parametrize("linear", ["lu", "sweep"])
+def test_restart_in_the_first_stage_solves_it_to_its_own_tolerance(tmp_path, linear):
+    """A checkpoint in the middle of a continuation's first stage (λ = 0, two Newton
+    iterations in, no stage converged yet): the restart solves that stage on to the stage's
+    tolerance (STAGE_RTOL of its first residual) and takes the uninterrupted run's stages,
+    37 Newton iterations.  It took STAGE_RTOL of the restart's own residual, already 100
+    times smaller: one iteration more in that stage (38), with the budget of a whole stage.
+    And on the sweep path the Jacobian operator kept the blocks it was built with at the
+    checkpoint's states, those of λ = 1, for the stage's first step (λ = 0 set since, the
+    states unchanged): its Krylov solve stagnated at 300 iterations, the stage failed and
+    the path was given up for the noise (45 Newton iterations).  The checkpoint keeps the
+    stages so far: the restart's record of the direct attempt is the run's."""
+    import shutil
+
+    from fem_mfc import checkpoint
+    from fem_mfc.solvers.newton import make_system, newton
+
+    class Copying(checkpoint.Writer):
+        def write(self, **meta):
+            super().write(**meta)
+            if (meta.get("phase") == "newton" and meta.get("lambda") == 0.0
+                    and meta.get("iteration") == 2 and not (tmp_path / "first").exists()):
+                shutil.copytree(self.folder, tmp_path / "first")
+
+    p = _attractive()
+    st = make_system(p)
+    full = newton(p, system=st, checkpoint=Copying(tmp_path / "w.checkpoint", st, {}, 2),
+                  linear=linear, max_it=10)
+    assert full.converged and full.iterations_run == 37
+    meta = checkpoint.read_meta(tmp_path / "first", None)
+    assert meta["lambda"] == 0.0 and not meta["last_states"]      # the path's first stage
+    q = _attractive()
+    st = make_system(q)
+    checkpoint.load_states(tmp_path / "first", st)
+    again = newton(q, system=st, resume=meta, linear=linear, max_it=10)
+    assert again.converged
+    assert _stages(again.continuation) == _stages(full.continuation)   # the direct attempt
+    assert again.continuation[0]["stage"] == "direct"   # too (was 'restart', 0 iterations)
+    assert again.iterations_run == full.iterations_run
+    assert abs(again.J - full.J) <= 1e-12 * abs(full.J)
+
+
 @pytest.mark.slow
 def test_restart_resumes_a_continuation(tmp_path):
     """An attractive coupling (1D, c = -0.02, σ = 0.1) needs the continuation in the coupling
@@ -419,6 +461,31 @@ def test_a_population_that_differs_is_named_by_its_index():
     assert _mismatch(meta, cfg(3.0)) == ("a checkpoint of this config's problem; they differ "
                                          "in population[0].mass: 2.0 in the checkpoint, 3.0 "
                                          "here")
+
+
+def test_a_mesh_file_changed_since_the_checkpoint_is_refused(tmp_path):
+    """A restart reads the checkpoint's mesh: with [mesh] kind = 'file' a mesh file replaced
+    since (the disk by the L-shape, same name, same tags) restarted on the old disk, exit 0
+    with the disk's J (0.5801 against the L-shape's 0.6375).  The checkpoint keeps the
+    file's digest and a changed file is refused, naming mesh.file_sha256."""
+    import shutil
+
+    from fem_mfc import config
+    from fem_mfc.checkpoint import config_hash, problem_sections, read_meta
+    msh = tmp_path / "m.msh"
+    shutil.copy(REPO / "meshes" / "disk.msh", msh)
+    cfg = config.from_dict({"mesh": {"kind": "file", "file": str(msh)},
+                            "problem": {"steps": 2}})
+    ck = tmp_path / "c.checkpoint"
+    ck.mkdir()
+    (ck / "meta.json").write_text(json.dumps({
+        "config_hash": config_hash(cfg), "steps": 2,
+        "config": json.loads(json.dumps(problem_sections(cfg), default=str))}))
+    assert read_meta(ck, cfg)["steps"] == 2                  # the same file: accepted
+    shutil.copy(REPO / "meshes" / "lshape.msh", msh)
+    from fem_mfc.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"mesh.file_sha256: .* in the checkpoint, .* here"):
+        read_meta(ck, cfg)
 
 
 @pytest.mark.slow

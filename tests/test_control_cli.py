@@ -156,6 +156,31 @@ def test_refine_lq_1d_space_rates(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("demo,says", [
+    ("congested_square", "none applies with problem.Phi = '0.4*sin"),
+    ("crowds_crossing", "none applies with [[population]] tables"),
+    ("heat_disk", None),
+    ("lq_gaussian_1d", "set [exact] solution = 'lq-gaussian' or 'manufactured'")])
+def test_refine_advises_only_exact_solutions_the_config_takes(demo, says):
+    """Without [exact], fem-mfc refine advised every exact solution of the formulation:
+    the congested square was told to set 'lq-gaussian' or 'manufactured', which then refused
+    its Phi (both set V, Phi and rho0 themselves), the heat demo with a mixture rho0
+    'heat-gaussian' (needs a Gaussian).  It names what leaves none, or the ones that fit."""
+    from fem_mfc import config
+    from fem_mfc.errors import UserError
+    from fem_mfc.refine import refinement_study
+    raw = tomllib.loads((REPO / "demos" / f"{demo}.toml").read_text())
+    raw.pop("exact", None)
+    if demo == "heat_disk":
+        raw["rho0"] = {"kind": "mixture", "means": [[0.0, 0.0], [0.3, 0.0]],
+                       "stds": [0.3, 0.3], "weights": [1.0, 1.0]}
+        says = "none applies with rho0.kind = 'mixture'"
+    with pytest.raises(UserError) as e:
+        refinement_study(config.validate(raw, source="c.toml"), "unused", levels=2,
+                         config_path="c.toml")
+    assert says in str(e.value), str(e.value)
+
+
 def test_refine_quiet_says_nothing_on_success(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text((REPO / "demos" / "lq_gaussian_1d.toml").read_text()
@@ -299,6 +324,31 @@ def test_an_interrupted_study_leaves_no_convergence_table_of_another(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         refine.refinement_study(cfg, out, levels=2)
     assert not (out / "convergence.json").exists()
+
+
+def test_resume_runs_again_a_level_whose_mesh_file_changed(tmp_path):
+    """refine --resume reused a converged level whose config.toml names the same mesh file,
+    whatever the file holds now: a mesh regenerated between the studies mixed levels of the
+    old mesh into the table.  A level older than its mesh file (or rho0 checkpoint) runs."""
+    import os
+    import shutil
+
+    from fem_mfc import config
+    from fem_mfc.pipeline import reproducing, run_settings
+    from fem_mfc.refine import finished_level
+    msh = tmp_path / "m.msh"
+    shutil.copy(REPO / "meshes" / "disk.msh", msh)
+    cfg = config.from_dict({"mesh": {"kind": "file", "file": str(msh)},
+                            "problem": {"steps": 4}, "exact": {"solution": "lq-gaussian"}})
+    level = tmp_path / "level_0"
+    level.mkdir()
+    (level / "config.toml").write_text(config.dumps(reproducing(cfg, run_settings(cfg))))
+    (level / "summary.json").write_text(json.dumps({"converged": True, "J": 1.0}))
+    past = (level / "summary.json").stat().st_mtime - 100
+    os.utime(msh, (past, past))
+    assert finished_level(level, cfg)["J"] == 1.0                    # reused
+    shutil.copy(REPO / "meshes" / "lshape.msh", msh)                 # regenerated since
+    assert finished_level(level, cfg) is None
 
 
 @pytest.mark.slow

@@ -123,6 +123,36 @@ def test_physical_groups_without_the_domain_are_refused(tmp_path):
     assert "Physical Surface" in refusal(f)
 
 
+def test_facet_groups_that_share_facets_are_refused(tmp_path):
+    """Walls (group 1) on the bottom, right and left sides, exits (group 2) on the right and
+    top sides: DOLFINx keeps one tag per facet, the right side's went to the walls, and the
+    run exited through the top alone (exit 0, J and mass_exited of a mesh whose exit is the
+    top side only).  Refused, naming both groups and the facets they share."""
+    import gmsh
+    gmsh.initialize(interruptible=False)
+    gmsh.option.setNumber("General.Terminal", 0)
+    s = gmsh.model.occ.addRectangle(0, 0, 0, 2, 1)
+    gmsh.model.occ.synchronize()
+    gmsh.option.setNumber("Mesh.MeshSizeMax", 0.5)
+    side = {}
+    for _, c in gmsh.model.getBoundary([(2, s)], oriented=False):
+        x, y, _ = gmsh.model.occ.getCenterOfMass(1, abs(c))
+        side["bottom" if y < 1e-9 else "top" if y > 1 - 1e-9 else
+             "left" if x < 1e-9 else "right"] = abs(c)
+    gmsh.model.addPhysicalGroup(2, [s], 1)
+    gmsh.model.addPhysicalGroup(1, [side[k] for k in ("bottom", "right", "left")], 1)
+    gmsh.model.addPhysicalGroup(1, [side["right"], side["top"]], 2)
+    gmsh.model.mesh.generate(2)
+    gmsh.write(str(tmp_path / "shared.msh"))
+    gmsh.finalize()
+    msg = refusal(tmp_path / "shared.msh")
+    import re
+    assert re.search(r"physical groups 1 and 2 share \d+ facet\(s\) \(on curve\(s\) "
+                     rf"{side['right']}\)", msg) and "disjoint" in msg, msg
+    for name in ("room", "corridor", "annulus"):         # the shipped meshes still read
+        assert mesh.read_file(mesh.MESH_DIR / f"{name}.msh", MPI.COMM_SELF).facet_tags
+
+
 def test_mixed_cells_are_refused(tmp_path):
     """Triangles and quadrilaterals: an MPI abort (invalid rank) instead of the message."""
     import gmsh

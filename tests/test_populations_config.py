@@ -100,6 +100,17 @@ def test_zero_noise_with_auto_is_newtons():
     assert config.validate(raw)["problem"]["sigma"] == 0.0
 
 
+def test_refine_says_that_no_exact_solution_takes_populations():
+    """fem-mfc refine on the crossing crowds was told to set [exact] solution =
+    'lq-gaussian' or 'manufactured', which [[population]] tables then refuse (exit 2 both
+    times); it says that none applies."""
+    from fem_mfc.errors import UserError
+    from fem_mfc.refine import refinement_study
+    with pytest.raises(UserError, match=r"none applies with \[\[population\]\] tables"):
+        refinement_study(config.validate(raw_demo()), "unused", levels=2,
+                         config_path="c.toml")
+
+
 def test_single_population_config_is_unchanged():
     cfg = config.load(REPO / "demos" / "congested_square.toml")
     assert "population" not in cfg and "[[population]]" not in config.dumps(cfg)

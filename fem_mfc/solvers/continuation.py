@@ -97,14 +97,15 @@ def _checkpoint(solver, out, stages, path, step, lam_p, Xp) -> None:
 
 
 def _path(solver, X0, eps0, eps, f0, rtol, atol, stages, lam0=0.0, path=0,
-          resume: dict | None = None) -> dict | None:
+          resume: dict | None = None, first: dict | None = None) -> dict | None:
     """Follow λ: λ0 → 1 from the states X0 (None: the current states, e.g. a restart in the
     middle of the stage λ0, which is solved on), or, on a restart, from the checkpoint of
     meta data ``resume`` (states current): after its converged stage (not solved again), or
     in the middle of a later stage (solved on from its iterate, to that stage's tolerance),
     with the path's step, previous λ and, from ``solver.checkpoint``, the previous and last
     converged stages' states; the final stage's result, or None if it stalls.  ``path``: the
-    index of this path among the tries."""
+    index of this path among the tries; ``first``: the meta data of a checkpoint in the
+    middle of the stage λ0 (the path's first), which is solved on to its own tolerance."""
     st = solver.st
     if X0 is not None:
         st.vec_to_states(X0)
@@ -127,7 +128,22 @@ def _path(solver, X0, eps0, eps, f0, rtol, atol, stages, lam0=0.0, path=0,
                       "atol": max(final_target, (STAGE_RTOL if resume["lambda"] < 1.0
                                                  else 0.0) * f_stage)}
     if resume is None:
-        out = _stage(solver, lam0, eps0, eps, STAGE_RTOL, final_target, STAGE_MAX_IT)
+        # a restart in the middle of this first stage (no converged stage yet): on from the
+        # checkpoint's iterate to the stage's own tolerance, with the iterations it has left
+        # (STAGE_RTOL of the restart's residual, already small: one Newton iteration more,
+        # 38 against 37 on the LU path of the attractive case)
+        rtol, target, max_it = STAGE_RTOL, final_target, STAGE_MAX_IT
+        if first is not None and first.get("solve_first_residual"):
+            rtol, max_it = 0.0, max(1, STAGE_MAX_IT - int(first.get("iteration") or 0))
+            target = max(final_target, STAGE_RTOL * first["solve_first_residual"])
+        # a checkpoint in this stage keeps the stages so far and the path's index, so that a
+        # restart's record is the uninterrupted run's (it showed a 'restart' stage of 0
+        # iterations for the direct attempt)
+        solver.path = {"meta": {"stages": stages, "path": path}, "vectors": {}}
+        try:
+            out = _stage(solver, lam0, eps0, eps, rtol, target, max_it)
+        finally:
+            solver.path = None
         stages.append(_record(lam0, eps0, eps, out, st))
         _ended(solver, lam0, out)
         if not out["converged"]:
@@ -253,7 +269,7 @@ def continue_to(solver, direct: dict, X0, start: dict | None = None) -> tuple[di
     after_stage = start is not None and start.get("phase") == "continuation"
     on_path = start is not None and (after_stage or bool(start.get("last_states")))
     if start is not None:
-        if on_path and start.get("stages"):
+        if start.get("stages"):
             stages = [dict(r) for r in start["stages"]]       # the earlier legs' stages
         else:
             stages[0].update(stage="restart", lam=start["lambda"])
@@ -295,7 +311,8 @@ def continue_to(solver, direct: dict, X0, start: dict | None = None) -> tuple[di
             resume = start is not None and i == first
             result = _path(solver, None if resume else X0, eps0, eps, f0, rtol, atol, stages,
                            lam0=start["lambda"] if resume else 0.0, path=i,
-                           resume=start if resume and on_path else None)
+                           resume=start if resume and on_path else None,
+                           first=start if resume and not on_path else None)
             if result is not None and result["converged"]:
                 return dict(result, reason=result["reason"]), stages
             if result is not None:

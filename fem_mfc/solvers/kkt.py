@@ -151,6 +151,14 @@ class KKTOperator:
         self.assemblies += 1
         self.product.mat.assemble()           # a new state: the preconditioner sets up again
 
+    def parameters_changed(self):
+        """A continuation parameter changed: the blocks of the construction are no longer
+        those at its states (the first :meth:`update` at them kept them: a restart in a
+        continuation stage took its first Newton step with the λ = 1 blocks)."""
+        if self._fresh is not None:
+            self._fresh.destroy()
+            self._fresh = None
+
     def destroy(self):
         self.product.destroy()
         for m in (self.E, self._fresh):

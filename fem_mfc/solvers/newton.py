@@ -684,6 +684,8 @@ class NewtonSolver:
         """The system changed (a continuation parameter): drop the residual memory."""
         if self.trap is not None:
             self.trap.reset()
+        if self.op is not None:
+            self.op.parameters_changed()
         if self._cache is not None:
             self._cache["valid"] = False
 
