@@ -909,3 +909,45 @@ def test_a_mumps_work_array_too_small_is_factorised_again(monkeypatch):
     if MPI.COMM_WORLD.size == 1:              # another LU the user chose is still used
         other = solve(mfc_pc_factor_mat_solver_type="petsc")
         assert other.converged and other.path["factorisation"] == "petsc"
+
+
+@pytest.mark.slow
+def test_a_failed_solve_without_noise_is_advised_the_monotone_scheme(tmp_path):
+    """σ = 0 on an annulus with an exit on the hole (Galerkin P1): no continuation stage
+    converges, and the warning named no cause; it says now that nothing damps the
+    transport and advises the monotone scheme, which solves the same problem."""
+    text = textwrap.dedent("""
+        [run]
+        formulation = "hjb-fp"
+        [mesh]
+        kind = "annulus"
+        radius = 2.0
+        inner_radius = 0.5
+        h = 0.3
+        [problem]
+        T = 1.0
+        sigma = 0.0
+        steps = 8
+        Phi = "1"
+        G = "0.5*rho**2"
+        [rho0]
+        mean = [1.2, 0.0]
+        std = 0.3
+        [solver]
+        method = "newton"
+        [output]
+        figures = false
+        vtx = false
+        [[boundary]]
+        tag = 2
+        kind = "exit"
+    """)
+    p = run_cli(["run", str(write(tmp_path, text)), "--out", str(tmp_path / "g"), "--quiet"])
+    assert p.returncode == 3 and "Traceback" not in p.stderr
+    first = p.stderr.splitlines()[0]
+    assert "sigma = 0" in first and 'stabilisation = "monotone"' in first, first
+    mono = text.replace("[solver]", '[discretisation]\nstabilisation = "monotone"\n[solver]')
+    p = run_cli(["run", str(write(tmp_path, mono, "m.toml")), "--out", str(tmp_path / "m"),
+                 "--quiet"])
+    assert p.returncode == 0, p.stderr
+    assert read_summary(tmp_path / "m")["min_rho"] >= -1e-12

@@ -327,7 +327,25 @@ def continue_to(solver, direct: dict, X0, start: dict | None = None) -> tuple[di
             else f"the continuation reached lambda = {reached:.4g} of 1")
     _log(solver, "continuation: %s", what)
     return dict(out, converged=False, reason=f"{direct_reason}; {what}"
-                + _negative_hint(st, stages) + _nan_hint(st, stages)), stages
+                + _hints(st, stages)), stages
+
+
+def _hints(st, stages) -> str:
+    said = _negative_hint(st, stages) + _nan_hint(st, stages)
+    return said + _inviscid_hint(st, advise=not said)    # (the advice once)
+
+
+def _inviscid_hint(st, advise: bool = True) -> str:
+    """Advice when a problem without noise (σ = 0) failed on the Galerkin scheme: nothing
+    damps the oscillations of its transport (an annulus with an exit on the hole, σ = 0: no
+    stage converged, and the line named no cause; the monotone scheme solves it)."""
+    p = getattr(st, "problem", None)
+    if getattr(p, "eps", None) != 0 or not hasattr(p, "monotone_advice") \
+            or st.formulation.names != ("rho", "u"):
+        return ""
+    advice = p.monotone_advice() if advise else None
+    return ("; with sigma = 0 no diffusion damps the Galerkin transport's oscillations"
+            + (f" — use the positivity-preserving scheme ({advice})" if advice else ""))
 
 
 def _nan_hint(st, stages) -> str:
