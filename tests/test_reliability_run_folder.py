@@ -185,7 +185,9 @@ def test_a_signal_after_the_summary_is_written_lets_the_run_finish(point, templa
     changed."""
     out, script, old = _fresh(template, tmp_path)
     pf = tmp_path / "pause"
-    p = _start(script, out, "B", 30, pause=point, pause_s=0.2, pause_file=pf)
+    # the signal must arrive within the pause (SIGTERM's handler returns, the pause runs on):
+    # after the commit the script's handlers are the default ones again, and a late one ends it
+    p = _start(script, out, "B", 30, pause=point, pause_s=1.0, pause_file=pf)
     assert _wait_for(pf, point, p), p.stderr.read()
     p.send_signal(signal.SIGTERM)
     assert p.wait(30) == 0, p.stderr.read()
@@ -257,7 +259,8 @@ CFG = textwrap.dedent("""
 
 @pytest.mark.parametrize("point,sig", [
     pytest.param("commit:summary", signal.SIGTERM, marks=pytest.mark.slow),
-    ("run:finished", signal.SIGTERM), ("run:finished", signal.SIGINT)],
+    pytest.param("run:finished", signal.SIGTERM, marks=pytest.mark.slow),
+    ("run:finished", signal.SIGINT)],
     ids=lambda v: v.name if isinstance(v, signal.Signals) else v)
 def test_cli_signalled_after_the_summary_ends_with_the_runs_status(point, sig, tmp_path):
     """``fem-mfc run`` sent SIGTERM once its summary.json is written — in the commit, or after
@@ -269,11 +272,17 @@ def test_cli_signalled_after_the_summary_ends_with_the_runs_status(point, sig, t
     cfg.write_text(CFG.format(steps=2))
     env = child_env()
     pf = tmp_path / "pause"
+    # the signal must arrive within the pause (after it, the process ignores signals while it
+    # exits: status 0, no line); SIGTERM's handler returns and the pause runs to its end,
+    # SIGINT's KeyboardInterrupt ends it at once.  SIGINT as at a terminal: make runs a shard
+    # in the background, whose children start with SIGINT ignored (then Python has no
+    # KeyboardInterrupt, and the run rightly finishes as if nothing came)
     env.update(FEM_MFC_TEST_PAUSE=point, FEM_MFC_TEST_PAUSE_FILE=str(pf),
-               FEM_MFC_TEST_PAUSE_S="0.2")
+               FEM_MFC_TEST_PAUSE_S="2" if sig == signal.SIGTERM else "30")
     p = subprocess.Popen([sys.executable, "-m", "fem_mfc", "run", str(cfg), "--out", str(out),
                           "--quiet"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for(pf, point, p, timeout=120)
     p.send_signal(sig)
     assert p.wait(60) == 0, p.stderr.read()
