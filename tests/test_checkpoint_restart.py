@@ -335,7 +335,7 @@ def test_continuation_restart_takes_the_uninterrupted_path(tmp_path, monkeypatch
     assert abs(again.J - full.J) <= 1e-12 * abs(full.J)
 
 
-@pytest.mark.parametrize("linear", ["lu", "sweep"])
+@pytest.mark.parametrize("linear", ["lu", pytest.param("sweep", marks=pytest.mark.slow)])
 def test_restart_in_the_first_stage_solves_it_to_its_own_tolerance(tmp_path, linear):
     """A checkpoint in the middle of a continuation's first stage (λ = 0, two Newton
     iterations in, no stage converged yet): the restart solves that stage on to the stage's

@@ -109,6 +109,7 @@ def test_bad_config_one_line_exit_2(case, tmp_path, earlier_result):
     assert not [q for q in out.iterdir() if q.name.startswith(".staging")]
 
 
+@pytest.mark.slow
 def test_errors_found_while_running_name_the_config_file(tmp_path):
     """A formula refused only when the problem is built (x1 in 1D) named the key but not the
     file, which the errors found when loading it name; an error about a command-line option

@@ -182,6 +182,7 @@ def graded_attractive(tmp_path, n, steps, c=-0.1):
         "[solver]", '[discretisation]\nstabilisation = "monotone"\n[solver]')
 
 
+@pytest.mark.slow
 def test_attractive_coupling_resolved_on_a_graded_mesh(tmp_path):
     """c = −0.1 on 100 cells graded towards ½ (x = ½ + sinh(6s)/(2 sinh 6), smallest cell
     3.0e-4, a seventh of the width L = 8ε²/|c| = 2e-3 of the stationary profile sech²(x/L)/(2L)),
@@ -200,6 +201,7 @@ def test_attractive_coupling_resolved_on_a_graded_mesh(tmp_path):
     assert -11.8 < s["J"] < -9.5
 
 
+@pytest.mark.slow
 def test_newton_accepts_a_round_off_floor_far_above_its_target(tmp_path):
     """400 graded cells (smallest 7.4e-5) × 5 steps, c = −0.1: near the concentrated density
     rows of terms ~1e7 cancel, and Newton stagnates at ≈ 3e-9 against a target of 2.4e-12 —
