@@ -122,7 +122,7 @@ def exit_inflow(result, problem) -> float | None:
 
 def checks(result, max_rho: float, identity: bool = True, monotone: str | None = None,
            crank_nicolson: bool = False, mass: bool = True,
-           inflow: float | None = None) -> dict:
+           inflow: float | None = None, leak: str | None = None) -> dict:
     """The figures that decide whether a solve is usable: {name: {value, limit, relation, ok,
     hint}}.  ``identity=False``: the problem has manufactured sources, which enter the
     Lagrangian linearly, so J and the value identity differ by them (recorded, not checked).
@@ -132,7 +132,9 @@ def checks(result, max_rho: float, identity: bool = True, monotone: str | None =
     (``ControlProblem.monotone_advice``), else None; ``crank_nicolson``: the run's scheme,
     which does not damp the oscillations of large steps — backward Euler is advised where
     the monotone scheme is not (P2, another H; the room with exits, CN, τ = 0.2: min ρ =
-    −3.3, backward Euler: exit 0); ``inflow``: :func:`exit_inflow` (None: no exits)."""
+    −3.3, backward Euler: exit 0); ``inflow``: :func:`exit_inflow` (None: no exits);
+    ``leak``: :func:`leak_advice` (None: no absorbing leaky wall), the remedy of a failed
+    mass, identity or density check in place of refining."""
     scale = max(abs(result.J), abs(result.J_value), 1e-300)
     rtol = IDENTITY_RTOL.get(result.method, IDENTITY_RTOL_OTHER)
     # a tolerance the user loosened (-mfc_snes_rtol 1e-4, [solver] rtol): the identity and
@@ -179,6 +181,9 @@ def checks(result, max_rho: float, identity: bool = True, monotone: str | None =
               " or use [discretisation] scheme = \"backward-euler\"" if crank_nicolson else "")
     out["min_rho"] = bound(result.min_rho, -NEGATIVE_RHO * max_rho,
                            "negative density; refine the mesh" + remedy, ">=")
+    for name in ("mass", "value_identity", "min_rho"):     # the remedy is the wall's
+        if leak and not out[name]["ok"]:
+            out[name]["hint"] = out[name]["hint"].split(";")[0] + "; " + leak
     if result.method == "cole-hopf":
         # the sweeps' steps are linear solves: their residual, computed (it was a constant 0)
         out["residual"] = bound(result.residual, STEP_RESIDUAL_TOL, "largest relative residual "
@@ -231,14 +236,9 @@ def run(cfg: dict, ctx) -> dict:
                          monotone=(problem.monotone_advice()
                                    if cfg["run"]["formulation"] == "hjb-fp" else None),
                          crank_nicolson=problem.theta != 1.0,
-                         inflow=exit_inflow(result, problem)),
+                         inflow=exit_inflow(result, problem), leak=leak_advice(cfg, md.h)),
         "H": cfg["problem"].get("H", "quadratic"),
     }
-    advice = leak_advice(cfg, md.h)
-    for name in ("mass", "value_identity", "min_rho"):
-        c = summary["checks"].get(name)
-        if advice and c and not c["ok"]:
-            c["hint"] = c["hint"].split(";")[0] + "; " + advice
     if result.method != "cole-hopf":      # (its line, in solve_config, has no verdict)
         ctx.log.info("%s", solve_line(result.method, result.converged, result.iterations,
                                       result.reason, result.residual, summary["checks"]))

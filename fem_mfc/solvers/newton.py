@@ -418,12 +418,10 @@ class NewtonSolver:
             return
         pc.setUp()
         name = self.prefix + "mat_mumps_icntl_14"
-        for attempt in range(WORKSPACE_RETRIES + 1):
+        for _ in range(WORKSPACE_RETRIES):
             F = pc.getFactorMatrix()
             code = F.getMumpsInfog(1)
             if code not in MUMPS_WORKSPACE:
-                return
-            if attempt == WORKSPACE_RETRIES:
                 return
             relax = max(2 * F.getMumpsIcntl(14), LU_DEFAULTS["mat_mumps_icntl_14"])
             self.lu_retries.append({"infog1": code, "infog2": F.getMumpsInfog(2),
