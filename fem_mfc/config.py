@@ -89,6 +89,7 @@ RESERVED_NAMES = ("x0", "x1", "x2", "x", "y", "z", "rho", "t", "pi", "e", "p0", 
                   "pnorm")
 HAMILTONIANS = ("quadratic", "weighted", "power", "anisotropic", "congestion")
 MESH_KINDS = ("interval", "rectangle", "box", "disk", "annulus", "lshape", "ball", "file")
+GRADING_MAX = 20.0              # mesh.grading: sinh(2a) of a focus at a side far from overflow
 
 # Section -> key -> Key.  A value of dict type (``Key(dict, ...)``) is a free table (e.g. PETSc
 # options, or named parameters referenced from formulas).
@@ -114,6 +115,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "file": Key(str, "", "a gmsh .msh (or meshio-readable) file (kind = 'file')", path=True),
         "refine": Key(int, 0, "refinement level: cells x 2^refine, h / 2^refine", nonnegative,
                       "a non-negative integer"),
+        "grading": Key(float, 0.0, "interval/rectangle/box: grade the cells towards mesh.focus "
+                       "by x = c + l*sinh(2a(t - t_c)) per axis (t uniform; 0: uniform cells; "
+                       "a = 6 makes the cells at a midpoint focus a/sinh(a) = 0.03 of the "
+                       "uniform size and those at the sides 6x; for densities that concentrate "
+                       "there, e.g. attractive couplings)", lambda a: 0 <= a <= GRADING_MAX,
+                       f"a number from 0 to {GRADING_MAX:g}"),
+        "focus": Key(list, [], "the point a graded mesh's cells shrink towards (empty: the "
+                     "middle of the mesh)"),
     },
     "problem": {
         "T": Key(float, 1.0, "horizon (network depth)", positive, "a positive number"),
@@ -737,7 +746,7 @@ def _rho0_unread(r: dict, prefix: str) -> tuple:
 
 
 # the [mesh] keys each kind reads (refine: the gmsh and box kinds; a file has one resolution)
-_BOX, _GMSH = ("cells", "lower", "upper", "refine"), ("radius", "h", "refine")
+_BOX, _GMSH = ("cells", "lower", "upper", "refine", "grading", "focus"), ("radius", "h", "refine")
 MESH_KIND_KEYS = {"interval": _BOX, "rectangle": _BOX + ("diagonal",), "box": _BOX,
                   "disk": _GMSH, "annulus": _GMSH + ("inner_radius",), "lshape": _GMSH,
                   "ball": _GMSH, "file": ("file", "refine")}
@@ -1097,6 +1106,15 @@ def _cross_checks(cfg: dict, source):
                for lo, hi in zip(m["lower"], m["upper"])):
             raise ConfigError("mesh.upper", "each entry larger than mesh.lower by at least "
                               "1e-12 x max(1, |lower|, |upper|)", m["upper"], source)
+        if m["focus"]:
+            _check_vector("mesh.focus", m["focus"], source, d)
+            if not all(lo <= c <= hi for lo, c, hi in zip(m["lower"], m["focus"], m["upper"])):
+                raise ConfigError("mesh.focus", "a point of the mesh (each entry from "
+                                  "mesh.lower to mesh.upper)", m["focus"], source)
+            if not m["grading"]:
+                raise ConfigError("mesh.focus", "[] (the default) for mesh.grading = 0 (a "
+                                  "uniform mesh has no focus; set mesh.grading > 0)",
+                                  m["focus"], source)
     if m["kind"] == "file" and not m["file"]:
         raise ConfigError("mesh.file", "a mesh file when mesh.kind = 'file'", None, source)
     if m["kind"] == "annulus" and not m["inner_radius"] < m["radius"]:

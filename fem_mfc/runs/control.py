@@ -229,8 +229,8 @@ def run(cfg: dict, ctx) -> dict:
         "iterations": result.iterations, "converged": result.converged,
         "reason": result.reason, "residual": result.residual,
         "history": list(result.history),
-        "ndofs": V.dofmap.index_map.size_global, "nsteps": N, "h": md.h, "tau": problem.tau,
-        "solve_time_s": result.seconds,
+        "ndofs": V.dofmap.index_map.size_global, "nsteps": N, "h": md.h, "h_min": md.h_min,
+        "tau": problem.tau, "solve_time_s": result.seconds,
         "checks": checks(result, max_rho, getattr(problem.exact, "sources", None) is None,
                          mass=not getattr(problem.exact, "moves_mass", False),
                          monotone=(problem.monotone_advice()
