@@ -217,6 +217,29 @@ def check_lie_poisson(out: Path, stdout: str):
     assert {"RK45", "DOP853", "lphj2"} <= set(s["work_precision"])
 
 
+def check_aggregation(out: Path, stdout: str):
+    """An attractive game on graded and uniform intervals: every solve converged (by
+    continuation), J equals its value identity, ρ ≥ 0 (monotone scheme); the graded meshes
+    come closer to the soliton's height |c|/(16ε²) with more cells, and much closer than the
+    uniform mesh of as many cells; figures and the printed table exist."""
+    s = read_summary(out)
+    assert s["quick"] is True and s["converged"] is True
+    assert s["rho_max_soliton"] == pytest.approx(250.0) and s["L"] == pytest.approx(0.002)
+    rows, uni = s["graded"], s["uniform"]
+    for q in rows + [uni]:
+        assert q["converged"] and q["stages"] >= 2                 # continuation in c
+        assert abs(q["J"] - q["J_value_identity"]) <= 1e-8 * abs(q["J"])
+        assert q["min_rho"] >= -1e-12 and q["mass_error"] < 1e-10
+    assert rows[-1]["h_min"] == pytest.approx(rows[0]["h_min"] / 2, rel=0.02)
+    tops = [q["max_rho"] for q in rows]
+    assert tops == sorted(tops) and tops[-1] < 250 and tops[-1] > 2.5 * uni["max_rho"]
+    assert rows[-1]["J"] < rows[0]["J"] < uni["J"]                  # J decreases to its limit
+    for f in s["figures"]:
+        nonempty(out, f, min_size=1000)
+    assert set(s["figures"]) == {"profile.png", "spacetime.png", "cells.png"}
+    assert "| graded | 100 |" in stdout and "| uniform | 100 |" in stdout
+
+
 def check_crowd_3d(out: Path, stdout: str):
     """Congested crowd in a 3D room with a pillar: Newton converges on the sweep path with the
     per-step ILU that the automatic choice takes in 3D; J equals its value identity, mass is
@@ -276,6 +299,7 @@ DEMOS = {
     "demo_lie_poisson.py": (check_lie_poisson, False, True),
     "demo_crowd_3d.py": (check_crowd_3d, True, True),
     "demo_evacuation.py": (check_evacuation, False, True),    # 2 ranks: test_exits
+    "demo_aggregation.py": (check_aggregation, False, True),  # 2 ranks: test_mesh_grading
 }
 
 
