@@ -75,7 +75,7 @@ def _sections(cfg: dict) -> dict:
     if m.get("kind") == "file":
         # the mesh is the file's contents, not its name: a restart reads the checkpoint's
         # mesh, so a file changed since the checkpoint ran on the old mesh (exit 0)
-        sections["mesh"] = {**m, "file_sha256": _file_digest(m.get("file"))}
+        sections["mesh"] = {**m, "file_sha256": file_digest(m.get("file"))}
     for key in ("boundary", "population"):    # newer sections: only when they matter, so
         if cfg.get(key):                          # older checkpoints keep their hash
             sections[key] = cfg[key]
@@ -89,16 +89,39 @@ def _sections(cfg: dict) -> dict:
         sections["training"] = {"method": cfg.get("training", {}).get("method")}
         d = cfg.get("data") or {}
         if d.get("dataset") == "csv":   # the points are the file's contents, not its name
-            sections["data"] = {**d, "file_sha256": _file_digest(d.get("file"))}
+            sections["data"] = {**d, "file_sha256": file_digest(d.get("file"))}
     return sections
 
 
-def _file_digest(path) -> str | None:
-    """The SHA-256 of a file's bytes (the first 16 hex digits), None if it cannot be read."""
+def file_digest(path) -> str | None:
+    """The SHA-256 of a file's bytes (the first 16 hex digits), or of a folder's files (their
+    paths in it and their bytes, in order of path: an adios4dolfinx .bp checkpoint); None if
+    it cannot be read.  What a restart (the config hash) and ``refine --resume``
+    (:func:`input_digests`) take as a file's identity: its contents, not its time stamp."""
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+        p = Path(path)
+        if not p.is_dir():
+            return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+        h = hashlib.sha256()
+        for q in sorted(q for q in p.rglob("*") if q.is_file()):
+            h.update(str(q.relative_to(p)).encode() + b"\0" + q.read_bytes() + b"\0")
+        return h.hexdigest()[:16]
     except (OSError, TypeError, ValueError):
         return None
+
+
+INPUTS = ("mesh", "rho0")   # the config sections that may name a file (kind = 'file')
+
+
+def input_digests(cfg: dict) -> dict:
+    """{section: :func:`file_digest` of its file} for the INPUTS of ``cfg`` with kind 'file'
+    (the mesh file, the rho0 checkpoint); {} when it reads none."""
+    out = {}
+    for section in INPUTS:
+        c = cfg.get(section) or {}
+        if c.get("kind") == "file" and c.get("file"):
+            out[section] = file_digest(c["file"])
+    return out
 
 
 def config_hash(cfg: dict) -> str:
@@ -919,6 +942,7 @@ def training_checkpoints(cfg: dict, ctx, model, meta):
 
 
 __all__ = ["StepWriter", "TrainingState", "TrainingWriter", "Writer", "config_hash",
+           "file_digest", "input_digests",
            "problem_sections", "folder_for", "resolve", "read_meta", "read_mesh", "mesh_data",
            "load_states", "load_training", "load_stepping", "remove", "remove_stale",
            "restart_mesh", "newton_checkpoints", "training_checkpoints", "stepping_checkpoints",

@@ -849,14 +849,18 @@ class RunContext:
         the main thread all the same) it said "left as it was" and exited 143 with the new
         run in place, the earlier one lost if the staging folder it removed held it by then
         (the writer of the tests, SIGTERM at swap:exchanged: .previous the run before).  The
-        other ranks let a signal pass from before
+        other ranks let a signal pass, their watchdogs stood down, from before
         the barrier that rank 0 passes only once they all reached it: rank 0 past its commit
         point means every rank finishes; a rank 0 ended before it ends the job."""
         for ts in self._series:
             ts.close()
         self._series.clear()
         if self.comm.rank != 0:
+            # a signal from here on lets the run finish (see below): so must this rank's
+            # watchdog, which otherwise killed the rank SIGNAL_GRACE_S after it while rank 0
+            # was still swapping the run in (the job then ended 137, not with its status)
             self._committing = True
+            self._stand_down_watchdog()
         COMMITTED_CONVERGED[0] = bool((summary or {}).get("converged", True))
         self.comm.barrier()
         err = None

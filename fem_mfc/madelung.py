@@ -20,6 +20,7 @@ import numpy as np
 import ufl
 
 from . import options
+from .errors import SolverError
 from .solvers.linear import make_ksp
 
 
@@ -126,11 +127,13 @@ def phase_from_gradient(grad_S, space, name="S"):
     A.setNullSpace(ns)
     ns.remove(b)
     ksp = _lu(A, mesh.comm, "madelung_phase_")
-    ksp.getPC().setFactorSetUpSolverType()
-    ksp.getPC().getFactorMatrix().setMumpsIcntl(icntl=24, ival=1)   # null-pivot detection
-    ksp.getPC().getFactorMatrix().setMumpsIcntl(icntl=25, ival=0)
+    # null-pivot detection (ICNTL(24)); more workspace where MUMPS asks for it
+    options.factorise(ksp, icntl={24: 1, 25: 0})
     S = dolfinx.fem.Function(space, name=name)
     ksp.solve(b, S.x.petsc_vec)
+    if ksp.getConvergedReason() < 0:
+        raise SolverError(f"phase from its gradient: the LU solve failed (KSP reason "
+                          f"{ksp.getConvergedReason()})")
     S.x.scatter_forward()
     vol = mesh.comm.allreduce(dolfinx.fem.assemble_scalar(dolfinx.fem.form(
         1.0 * ufl.dx(domain=mesh))), op=MPI.SUM)

@@ -196,6 +196,74 @@ def make_ksp(comm, prefix: str, A=None, ksp_type: str = "preonly", pc_type: str 
     return ksp
 
 
+# MUMPS' INFOG(1) of a work array or buffer that it sized from its analysis' estimate plus the
+# relaxation ICNTL(14) % and that proved too small (its users' guide: "increase ICNTL(14)");
+# -13, -19, -22 are allocations the machine or ICNTL(23) refused, which more relaxation only
+# makes worse.  Seen as an intermittent -9 on 2 ranks for a tiny problem (the estimate depends
+# on the delayed pivots, i.e. on the values).  :func:`factorise` repeats the factorisation
+# from the analysis with the relaxation doubled (at least WORKSPACE_RELAX %) up to
+# WORKSPACE_RETRIES times.
+MUMPS_WORKSPACE = (-8, -9, -11, -12, -14, -15, -17, -20)
+WORKSPACE_RETRIES = 3
+WORKSPACE_RELAX = 100
+
+
+def is_mumps(ksp: PETSc.KSP) -> bool:
+    """Is ``ksp``'s preconditioner a factorisation (LU or Cholesky) by MUMPS?"""
+    pc = ksp.getPC()
+    return pc.getType() in ("lu", "cholesky") and pc.getFactorSolverType() == "mumps"
+
+
+def factorise(ksp: PETSc.KSP, A: PETSc.Mat | None = None, P: PETSc.Mat | None = None,
+              icntl: dict | None = None, retries: list | None = None, log=None,
+              attempts: int | None = None) -> bool:
+    """Factorise now the MUMPS LU/Cholesky of ``ksp``'s preconditioner (on ``A``, ``P`` if
+    given, else its operators); when MUMPS reports a work array too small (INFOG(1) in
+    MUMPS_WORKSPACE) start again from the analysis with twice the relaxation ICNTL(14) (at
+    least WORKSPACE_RELAX), up to ``attempts`` (WORKSPACE_RETRIES) times, each recorded in
+    ``retries`` ({infog1, infog2, icntl_14}) and told to ``log``.  From the analysis: PETSc's
+    MUMPS interface skips the numerical phase of a factor matrix whose last phase failed
+    (MatFactorNumeric_MUMPS), so the PC is reset and a new factor matrix made, with the
+    relaxation set in the options database under the KSP's prefix (over the user's value,
+    which MUMPS reads there) and the ``icntl`` {number: value} of the caller set again on
+    it.  A solve then finds the factors current; a failure that remains is the solve's
+    (DIVERGED_PC_FAILED).  Returns False, doing nothing, when the preconditioner is not
+    MUMPS' (another the user chose is left to the KSP's own set-up).  Collective."""
+    if not is_mumps(ksp):
+        return False
+    attempts = WORKSPACE_RETRIES if attempts is None else attempts
+    pc = ksp.getPC()
+    if A is not None:
+        ksp.setOperators(A, P if P is not None else A)
+    A, P = pc.getOperators()
+    name = (ksp.getOptionsPrefix() or "") + "mat_mumps_icntl_14"
+
+    def setup(settings=None):
+        if icntl:
+            pc.setFactorSetUpSolverType()
+            F = pc.getFactorMatrix()
+            for k, v in icntl.items():
+                F.setMumpsIcntl(icntl=int(k), ival=int(v))
+        with inserted(settings=settings):
+            pc.setUp()
+    setup()
+    for _ in range(attempts):
+        F = pc.getFactorMatrix()
+        code = F.getMumpsInfog(1)
+        if code not in MUMPS_WORKSPACE:
+            break
+        relax = max(2 * F.getMumpsIcntl(14), WORKSPACE_RELAX)
+        if retries is not None:
+            retries.append({"infog1": code, "infog2": F.getMumpsInfog(2), "icntl_14": relax})
+        if log is not None:
+            log.info("MUMPS INFOG(1) = %d (a work array too small): factorising again with "
+                     "ICNTL(14) = %d", code, relax)
+        pc.reset()                  # a new factor matrix, analysed with the new relaxation
+        pc.setOperators(A, P)
+        setup({name: relax})
+    return True
+
+
 def make_snes(comm, prefix: str, rtol: float, atol: float, max_it: int,
               stol: float = 1e-14, defaults: dict | None = None) -> PETSc.SNES:
     """A Newton SNES (``newtonls``) with options prefix ``prefix`` and tolerances; the caller
@@ -215,4 +283,5 @@ KSP_REASONS = {v: k for k, v in PETSc.KSP.ConvergedReason.__dict__.items()
 
 
 __all__ = ["inserted", "missing_value", "normalise", "get", "get_bool", "get_real", "make_ksp",
-           "make_snes", "REASONS", "KSP_REASONS"]
+           "make_snes", "factorise", "is_mumps", "MUMPS_WORKSPACE", "WORKSPACE_RETRIES",
+           "REASONS", "KSP_REASONS"]

@@ -200,12 +200,18 @@ def _run_config(cfg, outdir, petsc_options, config_path, quiet, comm, force, on_
             from . import checkpoint
             for ck in {checkpoint.folder_for(ctx.outdir), *([restart] if restart else [])}:
                 checkpoint.remove_stale(ck, comm, ctx.log)   # of killed runs (ours locked)
+            # the contents of the files the run reads (mesh, rho0), before it reads them:
+            # refine --resume reuses the run only for the same contents
+            inputs = comm.bcast(checkpoint.input_digests(cfg) if comm.rank == 0 else None,
+                                root=0)
             result = runner(cfg, ctx)
             if ctx.animation:
                 result["animations"] = ctx.render_animations()
             summary = {"formulation": cfg["run"]["formulation"], "title": cfg["run"]["title"],
                        "config": str(config_path), "ranks": comm.size}
             summary.update(result)
+            if inputs:
+                summary["input_sha256"] = inputs
             problems = verdict(summary)
             if problems and options.missing_value() is not None:
                 raise options.missing_value()      # a solver swallowed PETSc's error

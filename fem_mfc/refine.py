@@ -11,7 +11,8 @@ where s is h (space or both) or τ (time).  Writes ``convergence.json``, ``conve
 a log-log ``convergence.png`` into the output folder (atomically).
 
 A study stopped part of the way (killed, or fewer ``--levels`` first) continues with
-``resume``: a level whose folder holds a converged run of the same level config is reused, a
+``resume``: a level whose folder holds a converged run of the same level config (and of the
+same contents of the mesh or rho0 file it read) is reused, a
 level with a checkpoint beside its folder (``[output] checkpoint_every``) restarts from it,
 the others run; each row says which (``run``).
 
@@ -102,17 +103,34 @@ def finished_level(folder: Path, level_cfg: dict, comm=MPI.COMM_WORLD,
                 reproducing(level_cfg, run_settings(level_cfg, petsc_options)))
             s = json.loads((folder / "summary.json").read_text()) if same else {}
             out = s if s.get("converged") is True else None
-            if out is not None and _inputs_changed_since(level_cfg, folder / "summary.json"):
+            if out is not None and _inputs_changed(level_cfg, out, folder / "summary.json"):
                 out = None
         except (OSError, ValueError):
             out = None
     return comm.bcast(out, root=0)
 
 
+def _inputs_changed(level_cfg: dict, summary: dict, path: Path) -> bool:
+    """Has the mesh file or the rho0 checkpoint the config names (kind 'file') changed since
+    the level ran?  By their contents: the digests the level's summary recorded
+    (``input_sha256``) against the files' now (:func:`fem_mfc.checkpoint.input_digests`, the
+    digest a checkpoint restart compares).  Time stamps missed a file replaced by an older
+    copy (``cp -p``, ``git checkout``) and ran again a level whose file was only touched.
+    A level written before the digests were recorded: by time (:func:`_inputs_changed_since`,
+    ``path`` its summary.json)."""
+    from .checkpoint import input_digests
+    recorded = summary.get("input_sha256")
+    if recorded is None:
+        return _inputs_changed_since(level_cfg, path)
+    now = input_digests(level_cfg)
+    return recorded != now or None in now.values()
+
+
 def _inputs_changed_since(level_cfg: dict, summary: Path) -> bool:
     """Was the mesh file or the rho0 checkpoint the config names (kind 'file') changed after
-    ``summary`` was written?  The level's config.toml names them, not their contents: a mesh
-    file regenerated between two --resume studies reused the levels of the old mesh."""
+    ``summary`` was written (by time stamp: the rule of levels written before their summary
+    recorded the files' digests)?  The level's config.toml names them, not their contents: a
+    mesh file regenerated between two --resume studies reused the levels of the old mesh."""
     written = summary.stat().st_mtime
     for section in ("mesh", "rho0"):
         c = level_cfg.get(section) or {}

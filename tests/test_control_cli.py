@@ -351,6 +351,44 @@ def test_resume_runs_again_a_level_whose_mesh_file_changed(tmp_path):
     assert finished_level(level, cfg) is None
 
 
+def test_resume_compares_the_mesh_files_contents_not_its_time(tmp_path):
+    """refine --resume judged a level's mesh file by its time stamp against the level's
+    summary.json: a file replaced by an older copy of another mesh (``cp -p``, ``git
+    checkout``) reused the level of the old mesh, and a file only touched ran the level
+    again.  Each run records the digest of the files it reads (summary ``input_sha256``, the
+    digest a checkpoint restart compares) and --resume compares contents."""
+    import os
+    import shutil
+
+    from fem_mfc import config
+    from fem_mfc.checkpoint import file_digest
+    from fem_mfc.refine import refinement_study
+    msh = tmp_path / "m.msh"
+    shutil.copy(REPO / "meshes" / "disk.msh", msh)
+    cfg = config.from_dict({"run": {"formulation": "heat"},
+                            "mesh": {"kind": "file", "file": str(msh)},
+                            "problem": {"T": 0.05, "steps": 2},
+                            "exact": {"solution": "heat-gaussian"},
+                            "output": {"figures": False, "vtx": False}})
+    out = tmp_path / "study"
+
+    def study():
+        conv = refinement_study(cfg, out, levels=1, where="time", resume=True)
+        return conv["levels"][0]["run"]
+    assert study() == "run"
+    summary = json.loads((out / "level_0" / "summary.json").read_text())
+    assert summary["input_sha256"] == {"mesh": file_digest(msh)}
+    later = (out / "level_0" / "summary.json").stat().st_mtime + 100
+    os.utime(msh, (later, later))                   # touched: the same mesh
+    assert study() == "reused"
+    shutil.copy(REPO / "meshes" / "lshape.msh", msh)   # another mesh, with an older time
+    past = (out / "level_0" / "summary.json").stat().st_mtime - 100
+    os.utime(msh, (past, past))
+    assert study() == "run"
+    assert json.loads((out / "level_0" / "summary.json").read_text())["input_sha256"] == \
+        {"mesh": file_digest(REPO / "meshes" / "lshape.msh")}
+
+
 @pytest.mark.slow
 def test_refinement_study_resumes(tmp_path):
     """``refine --resume`` continues a study: converged levels of the same config are reused,

@@ -25,9 +25,11 @@ environment, like tests/test_reliability_paths.py).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import textwrap
 import time
 
 import pytest
@@ -385,3 +387,56 @@ def test_the_figures_x_server_ends_with_an_interrupted_run():
     if left:
         os.kill(xvfb, signal.SIGTERM)
     assert not left, f"Xvfb {xvfb} outlived the run that started it"
+
+
+# a RunContext of both ranks, no solve: each rank writes its pid, then they commit
+COMMIT_WRITER = textwrap.dedent("""
+    import os, sys
+    from mpi4py import MPI
+    from fem_mfc.io import RunContext
+    out, pids = sys.argv[1], sys.argv[2]
+    comm = MPI.COMM_WORLD
+    ctx = RunContext.create(out, comm, quiet=True)
+    with open(f"{pids}.{comm.rank}", "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        if comm.rank == 0:
+            ctx.path("config.toml").write_text("tag = 'B'\\n")
+        ctx.commit({"converged": True})
+    except BaseException:
+        ctx.abort()
+        raise
+""")
+
+
+@pytest.mark.skipif(not IN_ENV, reason="signals the ranks by their pids inside the environment")
+def test_a_signal_after_the_commit_point_lets_every_rank_finish(tmp_path):
+    """SIGTERM to both ranks of a 2-rank run once rank 0 has written summary.json (the commit
+    point) while rank 0 is still swapping the run in (paused longer than SIGNAL_GRACE_S):
+    the run finishes with its own status (0) and is in place.  Rank 0 stood its watchdog down
+    at the commit point, rank 1 did not: rank 1's watchdog SIGKILLed it SIGNAL_GRACE_S after
+    the signal and the job ended with mpirun's failure, not the run's status."""
+    from fem_mfc.io import SIGNAL_GRACE_S
+    mark = marker()
+    out = tmp_path / mark
+    script = tmp_path / "writer.py"
+    script.write_text(COMMIT_WRITER)
+    pause = tmp_path / "paused"
+    env = dict(paused_env(pause, "commit:summary", _fem_env_env("env")),
+               FEM_MFC_TEST_PAUSE_S=str(SIGNAL_GRACE_S + 3.0))
+    p = launch([FEM_ENV, "mpirun", "-n", 2, "python3", script, out, tmp_path / "pid"], mark,
+               env=env, preexec_fn=_default_signals)
+    try:
+        wait_for_file(pause, p, mark)           # rank 0 past its commit point, rank 1 waiting
+        pids = [int((tmp_path / f"pid.{rank}").read_text()) for rank in (0, 1)]
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        rc, _, err = finish(p, mark, timeout=60)
+        assert_none_left(mark, timeout=3)
+        assert rc == 0, (rc, err[-3000:])
+        assert "cannot be interrupted" not in err and "Traceback" not in err, err[-3000:]
+        assert "SIGTERM after the run's summary was written" in err, err[-3000:]
+        assert json.loads((out / "summary.json").read_text())["converged"] is True
+        assert not [e for e in os.listdir(tmp_path) if e.startswith(f".staging-{mark}")]
+    finally:
+        kill_all(mark)

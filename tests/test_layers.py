@@ -74,6 +74,39 @@ def test_one_rank_is_the_plain_per_layer_solver():
     assert mode == "spatial" and worst < 1e-13
 
 
+def test_a_mumps_work_array_too_small_is_factorised_again_by_spatial_layers():
+    """The learning problems' layers on a distributed matrix (spatial mode, ``-{prefix}layers
+    spatial``) are MUMPS' LUs: an INFOG(1) = -9 (a work array too small, intermittent on 2
+    ranks) failed the sweep's solve.  Forced by a negative relaxation ICNTL(14) (MUMPS on one
+    rank here): the factorisation at update() is repeated with more workspace and solves as
+    PETSc's LU does, after a refill too."""
+    from fem_mfc import options
+
+    def mumps(comm, A):
+        ksp = lu(comm, A)
+        ksp.setOptionsPrefix("t_mumps_")
+        ksp.getPC().setFactorSolverType("mumps")
+        ksp.setFromOptions()
+        return ksp
+    mats = matrices(MPI.COMM_SELF)
+    rhs = np.random.default_rng(0).standard_normal(mats[0].getLocalSize()[0])
+    with options.inserted(settings={"t_mumps_mat_mumps_icntl_14": -90}):
+        layers = LayerFactors(mats, "t_mumps_", mumps, mode="spatial")
+        for refill in (1.0, 3.0):
+            for A in mats:
+                A.scale(refill)
+            layers.update()
+            for n, A in enumerate(mats):
+                assert layers.ksp[n].getPC().getFactorMatrix().getMumpsInfog(1) == 0
+                ref = lu(MPI.COMM_SELF, A)
+                b, x = A.createVecs()
+                b.array[:] = rhs
+                ref.solve(b, x)
+                assert np.allclose(layers.solve(n, rhs), x.array, rtol=1e-10, atol=1e-12)
+                ref.destroy()
+        layers.destroy()
+
+
 @pytest.mark.mpi
 def test_layers_on_their_owners_match_the_distributed_factorisations():
     worst, mode = compare(matrices(MPI.COMM_WORLD, n_layers=5), "auto")

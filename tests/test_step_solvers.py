@@ -83,6 +83,38 @@ def test_cole_hopf_cholesky_equals_lu_mumps(distributed):
     _check_cole_hopf_cholesky_equals_lu()
 
 
+def test_a_mumps_work_array_too_small_is_factorised_again_by_the_step_solver():
+    """The per-step solvers (LinearStepper, the sweeps, Picard, the NLS steps, Madelung's
+    projection) are MUMPS' on more ranks: an INFOG(1) = -9 (a work array too small,
+    intermittent on 2 ranks) failed their solves (KSP reason DIVERGED_PC_FAILED).  Forced by
+    a negative relaxation ICNTL(14) (MUMPS chosen by the user here, on one rank): the first
+    factorisation and a refactorisation after new values are repeated with more workspace
+    and solve as PETSc's LU does."""
+    p = free(MPI.COMM_SELF)
+    A = step_matrix(p)
+    ref = steps.step_solver(A, "test_ref_")
+    b, x0 = A.createVecs()
+    x1 = x0.duplicate()
+    b.setArray(np.random.default_rng(0).standard_normal(b.getLocalSize()))
+    forced = {"test_mumps_pc_factor_mat_solver_type": "mumps",
+              "test_mumps_mat_mumps_icntl_14": -90}
+    with options.inserted(settings=forced):
+        ksp = steps.step_solver(A, "test_mumps_")
+        assert ksp.getPC().getFactorSolverType() == "mumps"
+        for scale in (1.0, 2.0):                 # then refactorised, as Picard's blocks are
+            if scale != 1.0:
+                A.scale(scale)
+                ref.setOperators(A)
+                ksp.setOperators(A)
+                options.factorise(ksp)
+            assert ksp.getPC().getFactorMatrix().getMumpsInfog(1) == 0
+            ref.solve(b, x0)
+            ksp.solve(b, x1)
+            assert ksp.getConvergedReason() > 0, ksp.getConvergedReason()
+            x1.axpy(-1.0, x0)
+            assert x1.norm() <= 1e-10 * x0.norm()
+
+
 def drift_matrix(comm, cells=12):
     """A non-symmetric per-step matrix: mass + τ(diffusion + drift), and its mesh (dolfinx's
     matrix needs its mesh alive: A.createVecRight() crashes on 2 ranks after the mesh went)."""

@@ -242,6 +242,8 @@ def _run_quantum(cfg, ctx, problem, resume=None) -> dict:
                "checks": mass_check(r.drift("mass") / max(abs(r.mass[0]), 1e-300))}
     if resume is not None:
         summary["restarted_at_step"] = resume["step"]
+    if stepper.factorisation_retries:       # MUMPS asked for more workspace (options.factorise)
+        summary["factorisation_retries"] = list(stepper.factorisation_retries)
     # the discrete-gradient step conserves the energy H to solver tolerance (observed 3e-14
     # on the disk demo), as the NLS runs' energy-conserving scheme
     e = r.drift("energy") / max(abs(r.energy[0]), 1e-300)

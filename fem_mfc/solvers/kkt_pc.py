@@ -33,6 +33,7 @@ from petsc4py import PETSc
 
 import numpy as np
 
+from .. import options
 from ..errors import SolverError, keeps_cause
 from .assembly import VALUES
 from .steps import OwnedLU, OwnerTransfer, is_direct, redundant, step_kind, step_solver
@@ -195,6 +196,7 @@ class SweepPC:
             else:
                 ksp.getPC().setReusePreconditioner(False)
                 ksp.setOperators(A)
+                options.factorise(ksp)        # (MUMPS: more workspace where it asks)
                 ksp.setUp()                   # numeric refactorisation, same pattern
             ksp.getPC().setReusePreconditioner(True)  # keep these factors until the next setUp
         if self.reuse_rtol >= 0:
@@ -260,6 +262,7 @@ class SweepPC:
         else:
             ksp.getPC().setReusePreconditioner(False)
             ksp.setOperators(T)
+            options.factorise(ksp)
             ksp.setUp()
         self.kspT[r].getPC().setReusePreconditioner(True)
         self.factorisations += 1

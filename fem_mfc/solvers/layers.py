@@ -83,10 +83,12 @@ class LayerFactors:
     # -- factors ---------------------------------------------------------------------------
     def update(self):
         """The matrices were refilled: gather each layer's copy on its owner and factorise
-        (spatial mode: at the next solve).  Collective."""
+        (spatial mode: MUMPS' factorisations now, with more workspace where it asks for it
+        (:func:`fem_mfc.options.factorise`), the others at the next solve).  Collective."""
         if self.mode == "spatial":
             for ksp, A in zip(self.ksp, self.mats):
                 ksp.setOperators(A)
+                options.factorise(ksp)
             return
         for n, A in enumerate(self.mats):     # collective gathers first (every rank keeps
             self.sub[n] = self.io[self.owner(n)].matrix(A, self.sub.get(n))   # its part,

@@ -46,14 +46,9 @@ from .spacetime import SpaceTime
 
 LU_DEFAULTS = {"mat_mumps_icntl_14": 100, "mat_mumps_icntl_6": 5}
 MUMPS_MEMORY = (-8, -9, -11, -13, -14, -15, -17, -19, -20, -22)   # INFOG(1): out of memory
-# INFOG(1) of a work array or buffer that MUMPS sized from its analysis' estimate plus the
-# relaxation ICNTL(14) % and that proved too small (its users' guide: "increase ICNTL(14)");
-# -13, -19, -22 are allocations the machine or ICNTL(23) refused, which more relaxation only
-# makes worse.  Seen as an intermittent -9 on 2 ranks for a tiny problem (the estimate depends
-# on the delayed pivots, i.e. on the values).  The factorisation is repeated from the analysis
-# with the relaxation doubled (at least LU_DEFAULTS') up to WORKSPACE_RETRIES times.
-MUMPS_WORKSPACE = (-8, -9, -11, -12, -14, -15, -17, -20)
-WORKSPACE_RETRIES = 3
+# a work array too small: factorised again with more relaxation (options.factorise)
+MUMPS_WORKSPACE = options.MUMPS_WORKSPACE
+WORKSPACE_RETRIES = options.WORKSPACE_RETRIES
 # The KKT matrix has zero diagonal blocks (saddle point).  MUMPS' automatic column permutation
 # gave inaccurate factors (true residual > right-hand side, P2, 1D); the maximum-product
 # transversal with scaling (ICNTL(6) = 5) is accurate without extra fill (ICNTL(6) = 1 tripled
@@ -404,35 +399,15 @@ class NewtonSolver:
         self._factorise(snes.getKSP(), J, P)
 
     def _factorise(self, ksp, J, P):
-        """Factorise ``P`` by the LU of ``ksp``'s PC; when MUMPS reports a work array too
-        small (MUMPS_WORKSPACE) start again from its analysis with twice the relaxation
-        ICNTL(14), up to WORKSPACE_RETRIES times (each recorded in ``lu_retries``).  From the
-        analysis: PETSc's MUMPS interface skips the numerical phase of a factor matrix whose
-        last phase failed (MatFactorNumeric_MUMPS), so a new factor matrix is made.  The
-        KSP's own set-up then finds the factors current; a failure that remains is reported
-        by :meth:`_lu_failure`.  Another factorisation or preconditioner the user chose
-        (``-{prefix}pc_factor_mat_solver_type``, ``-{prefix}pc_type``) is left to the KSP."""
-        pc = ksp.getPC()
+        """Factorise ``P`` by the LU of ``ksp``'s PC, by MUMPS with more relaxation where a
+        work array proved too small (:func:`fem_mfc.options.factorise`; the retries recorded
+        in ``lu_retries``).  The KSP's own set-up then finds the factors current; a failure
+        that remains is reported by :meth:`_lu_failure`.  Another factorisation or
+        preconditioner the user chose (``-{prefix}pc_factor_mat_solver_type``,
+        ``-{prefix}pc_type``) is left to the KSP."""
         ksp.setOperators(J, P)
-        if pc.getType() != "lu" or pc.getFactorSolverType() != "mumps":
-            return
-        pc.setUp()
-        name = self.prefix + "mat_mumps_icntl_14"
-        for _ in range(WORKSPACE_RETRIES):
-            F = pc.getFactorMatrix()
-            code = F.getMumpsInfog(1)
-            if code not in MUMPS_WORKSPACE:
-                return
-            relax = max(2 * F.getMumpsIcntl(14), LU_DEFAULTS["mat_mumps_icntl_14"])
-            self.lu_retries.append({"infog1": code, "infog2": F.getMumpsInfog(2),
-                                    "icntl_14": relax})
-            if self.log is not None:
-                self.log.info("MUMPS INFOG(1) = %d (a work array too small): factorising "
-                              "again with ICNTL(14) = %d", code, relax)
-            pc.reset()                  # a new factor matrix, analysed with the new relaxation
-            pc.setOperators(J, P)
-            with options.inserted(settings={name: relax}):
-                pc.setUp()
+        options.factorise(ksp, retries=self.lu_retries, log=self.log,
+                          attempts=WORKSPACE_RETRIES)
 
     def _cause(self) -> str | None:
         """The message of the exception that unwound through SNES from one of our callbacks

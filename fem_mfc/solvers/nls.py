@@ -143,6 +143,8 @@ class MidpointStepper:
         dolfinx.fem.petsc.assemble_matrix(A, self.J)
         A.assemble()
         self._jacobian_tau = tau
+        if snes is not None:            # MUMPS (2D on 2-4 ranks, more ranks): factorised here,
+            options.factorise(snes.getKSP(), A, P)   # with more workspace where it asks
 
     def _options(self):
         """Plain Newton steps (no line search) unless the user's options say otherwise."""
@@ -155,6 +157,8 @@ class MidpointStepper:
         zo[:] = z
         z[:] = 2 * zo - zp                       # linear extrapolation as Newton's first guess
         with self._options():
+            if self.problem.linear:   # its Jacobian kept (see _jacobian): factorised once here
+                options.factorise(self.snes.getKSP(), self.A, self.A)
             self.snes.solve(None, self.z.x.petsc_vec)
         self.z.x.scatter_forward()
         reason = self.snes.getConvergedReason()
@@ -353,6 +357,7 @@ def ground_state(problem: NLSProblem, mass: float = 1.0, tau: float = 0.5, tol: 
             A.zeroEntries()
             dolfinx.fem.petsc.assemble_matrix(A, a)
             A.assemble()
+            options.factorise(ksp)       # MUMPS: with more workspace where it asks for it
         with b.localForm() as bl:
             bl.set(0.0)
         dolfinx.fem.petsc.assemble_vector(b, L)

@@ -17,6 +17,7 @@ from mpi4py import MPI
 
 import numpy as np
 
+from .. import options
 from ..errors import SolverError
 from ..forms import hjb_fp as H
 from .result import Result
@@ -42,6 +43,7 @@ class _StepSolver:
             self.ksp = step_solver(A, self.prefix, "lu", solves=1)
             self.x, self.b = A.createVecs()
         self.ksp.setOperators(A)
+        options.factorise(self.ksp)     # MUMPS: with more workspace where it asks for it
         self.b.getArray()[:] = rhs
         self.ksp.solve(self.b, self.x)
         if self.ksp.getConvergedReason() < 0:

@@ -102,17 +102,17 @@ class QHDControlSystem(SpaceTime):
         K = dolfinx.fem.petsc.assemble_matrix(
             dolfinx.fem.form((ufl.inner(ufl.grad(w), ufl.grad(v)) + w * v) * ufl.dx))
         K.assemble()
-        ksp = PETSc.KSP().create(self.comm)
-        ksp.setOperators(K)
-        ksp.setType("preonly")
-        ksp.getPC().setType("lu")
-        ksp.getPC().setFactorSolverType("mumps")
+        ksp = options.make_ksp(self.comm, "qhd_residual_", K)      # MUMPS' LU
+        options.factorise(ksp)                   # (more workspace if MUMPS asks for it)
         b, y = K.createVecs()
         a, nl = F.getArray(readonly=True), self.nl
         out = {"continuity": 0.0, "bernoulli": 0.0}
         for f in range(self.nfields):
             b.getArray()[:] = a[f * nl:(f + 1) * nl]
             ksp.solve(b, y)
+            if ksp.getConvergedReason() < 0:
+                raise SolverError("QHD residual norms: the LU solve with K + M failed (KSP "
+                                  f"reason {ksp.getConvergedReason()})")
             key = "continuity" if f % 2 == 0 else "bernoulli"
             out[key] = max(out[key], math.sqrt(max(b.dot(y), 0.0)) / self.problem.tau)
         for o in (ksp, K, b, y, F):
@@ -200,6 +200,7 @@ class QuantumStepper:
             snes.setFromOptions()
         self.snes = snes
         self.residuals = StepResiduals(snes)
+        self.factorisation_retries = []     # the factorisations repeated with more workspace
 
     def _update(self, x):
         x.copy(self.z.x.petsc_vec)
@@ -212,6 +213,9 @@ class QuantumStepper:
     def _jacobian(self, snes, x, A, P):
         self._update(x)
         self.problem.J(x, A)
+        # factorised here, by MUMPS with more workspace where a work array proved too small
+        # (an intermittent INFOG(1) = -9 on 2 ranks ended the step); the KSP finds it current
+        options.factorise(snes.getKSP(), A, P, retries=self.factorisation_retries)
 
     def set_initial(self, rho0, S0):
         """z⁰ = (ρ_0, S_0) (UFL expressions in x or Functions); ConfigError on vacuum."""

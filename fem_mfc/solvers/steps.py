@@ -104,6 +104,7 @@ def step_solver(A: PETSc.Mat, prefix: str, kind: str = "lu",
             pc.setHYPREType("boomeramg")
     with options.inserted(defaults=pivot, prefix=prefix):
         ksp.setFromOptions()
+        options.factorise(ksp)            # MUMPS: with more workspace where it asks for it
         ksp.setUp()
     return ksp
 
