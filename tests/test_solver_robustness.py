@@ -201,6 +201,68 @@ def test_attractive_coupling_resolved_on_a_graded_mesh(tmp_path):
     assert -11.8 < s["J"] < -9.5
 
 
+def test_continuation_path_rule():
+    """Where a continuation follows a failed direct attempt on the sweep path that the
+    automatic rule chose, its stages take exact (LU) Newton steps when the LU's estimated
+    step is below EXACT_ADVANTAGE × the attempt's measured one; a path the user chose, an LU
+    that does not fit, the LU path itself and ``-mfc_continuation_linear`` decide otherwise."""
+    from types import SimpleNamespace
+
+    from fem_mfc import options
+    from fem_mfc.errors import ConfigError
+    from fem_mfc.solvers.newton import EXACT_ADVANTAGE, EXACT_SECONDS, exact_stages
+    sweep, lu = SimpleNamespace(mode="sweep"), SimpleNamespace(mode="lu")
+    big = 10 * EXACT_SECONDS
+    cost = {"rule": "estimated cost per Newton step", "lu_s": big, "sweep_s": 0.05}
+    # 20 iterations in 20·big s: big each — an LU step estimated at big is within the advantage
+    assert f"{big:.3g} s per iteration" in exact_stages(sweep, cost, 20 * big, 20, "mfc_")
+    slow = EXACT_ADVANTAGE * big * 1.01
+    assert exact_stages(sweep, dict(cost, lu_s=slow), 20 * big, 20, "mfc_") is None
+    # ... or cheap in itself, whatever the sweep's steps cost
+    assert exact_stages(sweep, dict(cost, lu_s=EXACT_SECONDS), 0.1, 20, "mfc_") is not None
+    assert exact_stages(sweep, dict(cost, lu_s=1.01 * EXACT_SECONDS), 0.1, 20, "mfc_") is None
+    assert exact_stages(lu, cost, 2.0, 20, "mfc_") is None
+    assert exact_stages(sweep, {"rule": "requested"}, 2.0, 20, "mfc_") is None
+    assert exact_stages(sweep, dict(cost, rule="LU factors would not fit in memory"),
+                        2.0, 20, "mfc_") is None
+    with options.inserted(settings={"mfc_continuation_linear": "sweep"}):
+        assert exact_stages(sweep, cost, 2.0, 20, "mfc_") is None
+    with options.inserted(settings={"mfc_continuation_linear": "lu"}):
+        assert exact_stages(sweep, {"rule": "requested"}, 2.0, 20, "mfc_") == "requested"
+    with options.inserted(settings={"mfc_continuation_linear": "exact"}):
+        with pytest.raises(ConfigError) as e:
+            exact_stages(sweep, cost, 2.0, 20, "mfc_")
+    assert e.value.key == "-mfc_continuation_linear"
+
+
+@pytest.mark.slow
+def test_continuation_takes_exact_steps_where_the_lu_is_cheap(tmp_path):
+    """The 1D aggregation game (c = −0.1, 100 graded cells, monotone): the direct attempt on
+    the sweep path fails, the continuation switches to the LU path (recorded in
+    ``solver_path``, said in run.log) and converges to the J of a continuation kept on the
+    sweep path (``-mfc_continuation_linear sweep``)."""
+    text = ATTRACTIVE.format(cells=100, c=-0.1, method="newton").replace(
+        "upper = [1.0]", "upper = [1.0]\ngrading = 6.0").replace(
+        "[solver]", '[discretisation]\nstabilisation = "monotone"\n[solver]')
+    cfg = write(tmp_path, text)
+    out = {}
+    for name, extra in (("auto", []), ("sweep", ["-mfc_continuation_linear", "sweep"])):
+        p = run_cli(["run", str(cfg), "--out", str(tmp_path / name), "--quiet", *extra])
+        assert p.returncode == 0, p.stderr
+        out[name] = read_summary(tmp_path / name)
+    a, b = out["auto"], out["sweep"]
+    assert a["converged"] and b["converged"]
+    assert a["solver_path"]["linear"] == "lu" and b["solver_path"]["linear"] == "sweep"
+    assert a["solver_path"]["auto"]["continuation"].startswith("LU: the LU is estimated")
+    assert "continuation" not in b["solver_path"]["auto"]
+    assert a["continuation"][0]["stage"] == "direct" and not a["continuation"][0]["converged"]
+    assert a["J"] == pytest.approx(b["J"], rel=1e-9)
+    assert abs(a["J"] - a["J_value_identity"]) <= 1e-9 * abs(a["J"]) and a["min_rho"] >= -1e-12
+    assert a["continuation"][-1]["coupling"] == 1.0 and a["continuation"][-1]["converged"]
+    log = (tmp_path / "auto" / "run.log").read_text()
+    assert "continuation with exact (LU) Newton steps" in log
+
+
 @pytest.mark.slow
 def test_newton_accepts_a_round_off_floor_far_above_its_target(tmp_path):
     """400 graded cells (smallest 7.4e-5) × 5 steps, c = −0.1: near the concentrated density

@@ -89,6 +89,10 @@ NOISE_FACTOR = 10.0             # ... or stagnates within this factor of the res
 NOISE_GATE = 1e-4               # ... once it is below this fraction of the first residual
 LIMIT_REDUCTION = 1e-2          # a Krylov solve at its limit is a step only below this
 LINESEARCH_MAX_IT = 40          # PETSc's (bt, nleqerr)
+EXACT_STAGES = ("auto", "lu", "sweep")   # -{prefix}continuation_linear (see exact_stages)
+EXACT_ADVANTAGE = 2.0           # the LU's estimated Newton step against the sweep's measured
+                                # one, where a continuation follows (see exact_stages) ...
+EXACT_SECONDS = 0.5             # ... or the LU's estimated step below this many seconds
 STALL_RATIO, STALL_STEPS = 0.95, 2   # a direct attempt whose residual fell by less than 5 %
                                      # in each of 2 steps has stalled: continuation takes over
 
@@ -672,7 +676,7 @@ class NewtonSolver:
         its = snes.getIterationNumber() if it is None else it
         done = self.iterations_done + (its if it is not None else 0)
         krylov = self.krylov_run(snes.getLinearSolveIterations() if it is not None else 0)
-        return {"iteration": int(its + self._offset),
+        return {"iteration": int(its + self._offset), "linear": self.mode,
                 "ksp_its": int(snes.getLinearSolveIterations() + self._ksp_offset),
                 "iterations_run": int(self.iterations_before + done),
                 "ksp_its_run": krylov["krylov_iterations_total"],
@@ -848,6 +852,45 @@ class NewtonSolver:
             self._lu_defaults = None
 
 
+def exact_stages(solver: NewtonSolver, rule: dict, seconds: float, iterations: int,
+                 prefix: str) -> str | None:
+    """Why the continuation after a failed direct attempt should take exact (LU) Newton
+    steps instead of the sweep path the automatic rule chose, or None.
+
+    The rule's estimate of the sweep path assumes the few Krylov iterations per Newton step
+    of a monotone problem (≈ 3).  A problem that needs a continuation is not one: near its
+    folds the sweep preconditioner is weak (attractive couplings: C < 0 moves eigenvalues
+    of M⁻¹K towards 0), Krylov solves run to hundreds of iterations or stop at their limit,
+    and every trial point of the stages' line search costs another (the stages solve every
+    Newton step to KSP_RTOL).  Where the space-time LU is cheap — 1D, whose space-time
+    matrix factorises like a 2D one — its exact steps cost what the sweep's do or less, and
+    never stop short.  1D attractive game c = −0.1, σ = 0.1, 20 steps, graded meshes,
+    monotone, whole solve LU / sweep stages: 101 dofs 2.55 / 2.92 s, 401 dofs 3.35 / 5.02 s,
+    1,601 dofs 19.3 / 19.7 s, 6,401 dofs 77.6 / 64.1 s (the LU estimated at 0.074, 0.115,
+    0.281, 0.943 s per Newton step); P2, c = −0.5, 800 cells (1,601 dofs) converged in
+    17.6 s where the sweep stalled at λ = 0.998 after 245 s (exit 3).  So: LU when its
+    estimated cost per Newton step (``rule["lu_s"]``, whose factors the rule already found to
+    fit) is below EXACT_SECONDS, or below EXACT_ADVANTAGE × the direct attempt's measured
+    seconds per Newton iteration on the sweep path (a sweep as dear as the LU is failing: the
+    P2 case's direct attempt took 1.11 s per iteration).  ``-{prefix}continuation_linear
+    lu|sweep`` decides instead."""
+    choice = options.get("continuation_linear", "auto", prefix)
+    if choice not in EXACT_STAGES:
+        raise ConfigError(f"-{prefix}continuation_linear", "one of " + ", ".join(EXACT_STAGES),
+                          choice)
+    if solver.mode != "sweep" or choice == "sweep":
+        return None
+    if choice == "lu":
+        return "requested"
+    if rule.get("rule") != "estimated cost per Newton step" or "lu_s" not in rule:
+        return None                   # a path the user chose, or no LU that fits
+    per_step = seconds / max(iterations, 1)
+    if rule["lu_s"] <= EXACT_SECONDS or rule["lu_s"] <= EXACT_ADVANTAGE * per_step:
+        return (f"the LU is estimated at {rule['lu_s']:.3g} s per Newton step, the direct "
+                f"attempt took {per_step:.3g} s per iteration on the sweep path")
+    return None
+
+
 def trivial_residual(st: SpaceTime) -> float:
     """‖F‖ at the current states — the trivial guess when called before any other — by
     assembly (the trapezoid residual would assemble every Jacobian block for it), without
@@ -914,6 +957,21 @@ def initial_states(st: SpaceTime, trivial: bool = False) -> PETSc.Vec:
     return X0
 
 
+def _replace(solver: NewtonSolver, mode: str, rtol, atol, max_it, forcing,
+             user_ls) -> NewtonSolver:
+    """A Newton solver on the linear path ``mode`` in place of ``solver`` (destroyed),
+    continuing its run's counts, stage, checkpoint writer and log."""
+    new = NewtonSolver(solver.st, mode, solver.prefix, rtol, atol, max_it, forcing, user_ls)
+    new.checkpoint, new.log = solver.checkpoint, solver.log
+    new.stage = dict(solver.stage)
+    new.iterations_before = solver.iterations_run
+    krylov = solver.krylov_run()
+    ls = krylov["krylov_iterations_line_search"]
+    new.ksp_before = {"steps": krylov["krylov_iterations_total"] - ls, "line_search": ls}
+    solver.destroy()
+    return new
+
+
 def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_options=None,
            system: SpaceTime | None = None, linear: str = "auto",
            forcing: str = "adaptive", guess: str = "trivial",
@@ -948,6 +1006,9 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
         elif guess == "cole-hopf":
             check_cole_hopf_guess(st.problem)
         mode, rule = linear_mode(st, linear, prefix)
+        if resume is not None and resume.get("linear") in LINEAR and rule.get("rule") \
+                != "requested" and resume.get("lambda", 1.0) < 1.0:
+            mode = resume["linear"]           # the continuation's path (see exact_stages)
         solver = NewtonSolver(st, mode, prefix, rtol, atol, max_it, forcing, user_ls)
         solver.checkpoint = checkpoint
         solver.log = log
@@ -1003,15 +1064,44 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                     tolerance = {"rtol": 0.0, "atol": max(solver.atol, solver.rtol * f0)}
                 # a stalled attempt ends early when a continuation can take over (not on a
                 # restart at its original target)
+                t_direct = time.perf_counter()
                 out = solver.solve(**tolerance, stall_exit=(
                     continuation and bool(st.parameters) and not (resume is not None and f0)))
+                t_direct = time.perf_counter() - t_direct
                 if f0:                      # the continuation's target is the solve's
                     out["first_residual"] = f0
                 if not out["converged"] and continuation:
                     from .continuation import continue_to
+                    why = exact_stages(solver, rule, t_direct, out["iterations"], prefix)
+                    if log is not None and why is None and solver.mode == "sweep":
+                        log.info("continuation on the sweep path (direct attempt %.3g s per "
+                                 "Newton iteration, LU estimated %s s)",
+                                 t_direct / max(out["iterations"], 1), rule.get("lu_s", "-"))
+                    if why is not None:
+                        solver = _replace(solver, "lu", rtol, atol, max_it, forcing, user_ls)
+                        rule = dict(rule, continuation=f"LU: {why}")
+                        if log is not None:
+                            log.info("continuation with exact (LU) Newton steps: %s", why)
                     if X0 is None:
                         X0 = initial_states(st, trivial=True)
-                    out, stages = continue_to(solver, out, X0)
+                    direct = dict(out)
+                    out, stages = continue_to(solver, direct, X0)
+                    if why is not None and not out["converged"]:
+                        # the LU's path stalled (a huge leak rate's rows: its exact steps
+                        # failed nleqerr's test where the sweep's passed): the sweep's path
+                        reached = max(r.get("lambda", 0.0) for r in stages[1:] if
+                                      r.get("converged")) if len(stages) > 1 else 0.0
+                        if log is not None:
+                            log.info("the exact (LU) stages stalled (lambda %.4g reached): "
+                                     "continuation on the sweep path", reached)
+                        for r in stages[1:]:
+                            r["linear"] = "lu"
+                        solver = _replace(solver, "sweep", rtol, atol, max_it, forcing,
+                                          user_ls)
+                        rule = dict(rule, continuation=f"sweep, after LU stages that "
+                                    f"stalled at lambda {reached:.4g} ({why})")
+                        out, more = continue_to(solver, direct, X0)
+                        stages += more[1:]
             history = out["history"]
             if history:
                 history[0]["guess"] = guess
