@@ -1089,8 +1089,8 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                     if why is not None and not out["converged"]:
                         # the LU's path stalled (a huge leak rate's rows: its exact steps
                         # failed nleqerr's test where the sweep's passed): the sweep's path
-                        reached = max(r.get("lambda", 0.0) for r in stages[1:] if
-                                      r.get("converged")) if len(stages) > 1 else 0.0
+                        reached = max((r.get("lambda", 0.0) for r in stages[1:]
+                                       if r.get("converged")), default=0.0)
                         if log is not None:
                             log.info("the exact (LU) stages stalled (lambda %.4g reached): "
                                      "continuation on the sweep path", reached)
