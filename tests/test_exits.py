@@ -617,12 +617,6 @@ def test_a_huge_leak_rate_keeps_newton_to_its_tolerance(stabilisation):
     assert abs(r.J - r.J_value) < 1e-9 * abs(r.J), (r.J, r.J_value)
     if stabilisation == "monotone":
         assert r.min_rho >= 0.0
-        # its continuation: exact (LU) stages first (the LU is cheap here), which stall —
-        # the wall rows of size κ fail nleqerr's test —, then the sweep's stages reach λ = 1
-        assert r.path["auto"]["continuation"].startswith("sweep, after LU stages that")
-        legs = [st.get("linear") for st in r.continuation[1:]]
-        assert "lu" in legs and legs[-1] is None and r.path["linear"] == "sweep"
-        assert r.continuation[-1]["converged"]
 
 
 @pytest.mark.slow

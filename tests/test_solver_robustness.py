@@ -263,6 +263,36 @@ def test_continuation_takes_exact_steps_where_the_lu_is_cheap(tmp_path):
     assert "continuation with exact (LU) Newton steps" in log
 
 
+def test_stalled_exact_stages_hand_over_to_the_sweep(monkeypatch):
+    """Where the continuation's exact (LU) stages stall, the sweep's stages follow from the
+    start (a huge leak rate's wall rows once failed nleqerr's test with the exact steps):
+    the LU leg is recorded (its stages ``linear = "lu"``), the sweep's solve the problem."""
+    from fem_mfc.problem import ControlProblem
+    from fem_mfc.solvers import continuation
+    from fem_mfc.solvers.newton import newton
+    real, legs = continuation.continue_to, []
+
+    def stalling_lu(solver, direct, X0, start=None):
+        legs.append(solver.mode)
+        if solver.mode == "lu":               # the exact leg: one failed stage, no solve
+            rec = {"lambda": 1.0, "stage": "direct", "converged": False, "iterations": 0}
+            return dict(direct), [rec, {"lambda": 0.25, "converged": False, "iterations": 3}]
+        return real(solver, direct, X0, start)
+    monkeypatch.setattr(continuation, "continue_to", stalling_lu)
+    mesh = dolfinx.mesh.create_interval(MPI.COMM_SELF, 40, [0.0, 1.0])
+    x = ufl.SpatialCoordinate(mesh)
+    p = ControlProblem(mesh=mesh, T=1.0, sigma=0.1, steps=10, Phi=(x[0] - 0.5) ** 2,
+                       G=lambda r: -0.05 * r ** 2, coupling="mfg", stabilisation="monotone",
+                       rho0=ufl.exp(-50 * (x[0] - 0.5) ** 2))
+    r = newton(p)
+    assert legs == ["lu", "sweep"]
+    assert r.converged and r.path["linear"] == "sweep"
+    assert r.path["auto"]["continuation"].startswith("sweep, after LU stages that stalled")
+    assert r.continuation[1] == {"lambda": 0.25, "converged": False, "iterations": 3,
+                                 "linear": "lu"}
+    assert r.continuation[-1]["converged"] and r.continuation[-1]["coupling"] == 1.0
+
+
 @pytest.mark.slow
 def test_newton_accepts_a_round_off_floor_far_above_its_target(tmp_path):
     """400 graded cells (smallest 7.4e-5) × 5 steps, c = −0.1: near the concentrated density
