@@ -37,7 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 import ufl
 
-from ..solvers.assembly import VALUES, CSRAssembler
+from ..solvers.assembly import CSRAssembler, fill_owned
 
 _SMALL = 0.1            # |s| below which the Taylor series of B, B', B'' are used
 
@@ -221,12 +221,7 @@ class EdgeGraph:
 
     def fill(self, A, values: np.ndarray) -> None:
         """A ← the owned-row entries ``values`` (pattern order), assembled."""
-        arr = A.getAttr(VALUES)
-        if arr is not None:
-            np.copyto(arr, values)
-        else:
-            A.setValuesCSR(self.pattern.indptr, self.pattern.cols, values)
-        A.assemble()
+        fill_owned(A, self.pattern.indptr, self.pattern.cols, values)
 
     def destroy(self):
         self.csr.destroy()

@@ -14,7 +14,13 @@ call.  :class:`CSRAssembler` instead
 * on one rank, creates the matrices on arrays instead (``MatCreateSeqAIJWithArrays``): all
   matrices of a pattern share one row-pointer/column array and each owns a value array, into
   which the scratch values are copied (a copy instead of ``MatSetValuesCSR``; a third of the
-  memory of separate AIJ matrices).
+  memory of separate AIJ matrices);
+* on more ranks likewise, on split arrays (``MatCreateMPIAIJWithSplitArrays``, petsc4py's
+  ``createAIJWithArrays`` with two CSR triples): the diagonal block's row pointers and local
+  columns are shared by the pattern's matrices, the off-diagonal block's global columns are
+  each matrix's own (PETSc compacts them in place), and an assembly copies the owned scratch
+  values into the two value arrays by two precomputed gathers — ``MatSetValuesCSR`` on MPIAIJ
+  looks every entry up (1D 100k dofs × 20 on 2 ranks: 1.66 s of 8.4 s).
 
 A pattern is keyed by the form's spaces and its integral types and subdomain ids, so forms
 that integrate over different parts of the mesh never share one.  Blocked spaces (bs > 1)
@@ -54,6 +60,39 @@ class _Pattern:
         self.on_arrays = (a.mesh.comm.size == 1 and cols.num_ghosts == 0
                           and _rows_sorted(self.indptr, self.cols))
         self.shape, self.comm = (nl, cols.size_local), a.mesh.comm
+        self.split = None
+        if a.mesh.comm.size > 1:
+            self.split = self._split(self.csr.indices[: self.nnz], cols.size_local)
+
+    def _split(self, local_cols: np.ndarray, ncols: int):
+        """The owned rows' entries as the diagonal block (local columns < ncols) and the
+        off-diagonal block (ghost columns, by global index), each sorted by (row, column):
+        row pointers, columns and the positions of their entries in the owned CSR data."""
+        nl = self.shape[0]
+        row = np.repeat(np.arange(nl, dtype=PETSc.IntType), np.diff(self.indptr))
+        diag = local_cols < ncols
+        out = []
+        for part, col in ((diag, local_cols), (~diag, self.cols)):
+            pos = np.flatnonzero(part)
+            order = np.lexsort((col[pos], row[pos]))
+            pos = pos[order]
+            ptr = np.zeros(nl + 1, dtype=PETSc.IntType)
+            np.cumsum(np.bincount(row[pos], minlength=nl), out=ptr[1:])
+            out.append((ptr, np.asarray(col[pos], dtype=PETSc.IntType), pos))
+        return out
+
+    def create_split(self) -> PETSc.Mat:
+        """An MPIAIJ matrix on split arrays: the shared diagonal structure, its own
+        off-diagonal columns and two new value arrays (kept on the Mat)."""
+        (dp, dj, di), (op, oj, oi) = self.split
+        vd = np.zeros(di.size, dtype=PETSc.ScalarType)
+        vo = np.zeros(oi.size, dtype=PETSc.ScalarType)
+        rows, cols = self.csr.index_map(0), self.csr.index_map(1)
+        size = ((self.shape[0], rows.size_global), (self.shape[1], cols.size_global))
+        A = PETSc.Mat().createAIJWithArrays(size, ((dp, dj, vd), (op, oj.copy(), vo)),
+                                            comm=self.comm)
+        A.setAttr(SPLIT, (vd, vo, di, oi))
+        return A
 
     def create_on_arrays(self) -> PETSc.Mat:
         """A SeqAIJ matrix on the shared structure and a new value array (kept on the Mat)."""
@@ -78,6 +117,23 @@ class _Pattern:
 
 
 VALUES = "fem_mfc_csr_values"
+SPLIT = "fem_mfc_csr_split"             # (diagonal values, off-diagonal values, their positions)
+
+
+def fill_owned(A: PETSc.Mat, indptr, cols, owned: np.ndarray) -> None:
+    """A's entries ← ``owned`` (the owned rows' values in the pattern's CSR order, global
+    columns ``cols``): into its value arrays where it has them, else by MatSetValuesCSR;
+    then assembled."""
+    values, split = A.getAttr(VALUES), A.getAttr(SPLIT)
+    if values is not None:
+        np.copyto(values, owned)
+    elif split is not None:
+        vd, vo, di, oi = split
+        np.take(owned, di, out=vd)
+        np.take(owned, oi, out=vo)
+    else:
+        A.setValuesCSR(indptr, cols, owned)
+    A.assemble()
 
 
 def _rows_sorted(indptr: np.ndarray, cols: np.ndarray) -> bool:
@@ -111,7 +167,9 @@ class CSRAssembler:
         if not self._fast(a):
             return dolfinx.fem.petsc.create_matrix(a)
         p = self._pattern(a)
-        return p.create_on_arrays() if p.on_arrays else p.template.duplicate(copy=False)
+        if p.on_arrays:
+            return p.create_on_arrays()
+        return p.create_split() if p.split is not None else p.template.duplicate(copy=False)
 
     def create_copy(self, a: dolfinx.fem.Form, src: PETSc.Mat) -> PETSc.Mat:
         """A new matrix of the pattern of ``a`` holding the values of ``src`` (a matrix of that
@@ -120,6 +178,12 @@ class CSRAssembler:
         if self._fast(a) and self._pattern(a).on_arrays:
             A = self._pattern(a).create_on_arrays()
             src.copy(A, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
+            return A
+        if self._fast(a) and self._pattern(a).split is not None and src.getAttr(SPLIT):
+            A = self._pattern(a).create_split()
+            for mine, theirs in zip(A.getAttr(SPLIT)[:2], src.getAttr(SPLIT)[:2]):
+                np.copyto(mine, theirs)
+            A.assemble()
             return A
         return src.duplicate(copy=True)
 
@@ -147,10 +211,8 @@ class CSRAssembler:
                 p.csr.set_value(0.0)
                 dolfinx.fem.assemble_matrix(p.csr, a)
             p.csr.scatter_reverse()
-            if values is not None:
-                np.copyto(values, p.csr.data[: p.nnz])
-            else:
-                A.setValuesCSR(p.indptr, p.cols, p.csr.data[: p.nnz])
+            fill_owned(A, p.indptr, p.cols, p.csr.data[: p.nnz])
+            return A
         A.assemble()
         return A
 
@@ -177,4 +239,4 @@ def scalar_multiple(A: PETSc.Mat, B: PETSc.Mat, rtol: float):
     return None
 
 
-__all__ = ["CSRAssembler", "pattern_key", "scalar_multiple"]
+__all__ = ["CSRAssembler", "pattern_key", "scalar_multiple", "fill_owned", "VALUES", "SPLIT"]

@@ -300,13 +300,8 @@ class MonotoneAssembler(Assembler):
         return A
 
     def _fill(self, A: PETSc.Mat, owned: np.ndarray):
-        p = self.pattern
-        values = A.getAttr("fem_mfc_csr_values")
-        if values is not None:
-            np.copyto(values, owned)
-        else:
-            A.setValuesCSR(p.indptr, p.cols, owned)
-        A.assemble()
+        from .assembly import fill_owned
+        fill_owned(A, self.pattern.indptr, self.pattern.cols, owned)
 
     def fresh(self, form):
         raise TypeError("the monotone scheme has no UFL block forms (no forward split)")
