@@ -237,12 +237,13 @@ def test_continuation_path_rule():
 
 @pytest.mark.slow
 def test_continuation_takes_exact_steps_where_the_lu_is_cheap(tmp_path):
-    """The 1D aggregation game (c = −0.1, 100 graded cells, monotone): the direct attempt on
-    the sweep path fails, the continuation switches to the LU path (recorded in
+    """The 1D aggregation game (c = −0.1, 50 graded cells × 10 steps, monotone): the direct
+    attempt on the sweep path fails, the continuation switches to the LU path (recorded in
     ``solver_path``, said in run.log) and converges to the J of a continuation kept on the
     sweep path (``-mfc_continuation_linear sweep``)."""
-    text = ATTRACTIVE.format(cells=100, c=-0.1, method="newton").replace(
+    text = ATTRACTIVE.format(cells=50, c=-0.1, method="newton").replace(
         "upper = [1.0]", "upper = [1.0]\ngrading = 6.0").replace(
+        "steps = 20", "steps = 10").replace(
         "[solver]", '[discretisation]\nstabilisation = "monotone"\n[solver]')
     cfg = write(tmp_path, text)
     out = {}
@@ -263,6 +264,7 @@ def test_continuation_takes_exact_steps_where_the_lu_is_cheap(tmp_path):
     assert "continuation with exact (LU) Newton steps" in log
 
 
+@pytest.mark.slow
 def test_stalled_exact_stages_hand_over_to_the_sweep(monkeypatch):
     """Where the continuation's exact (LU) stages stall, the sweep's stages follow from the
     start (a huge leak rate's wall rows once failed nleqerr's test with the exact steps):
