@@ -409,6 +409,7 @@ COMMIT_WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not IN_ENV, reason="signals the ranks by their pids inside the environment")
 def test_a_signal_after_the_commit_point_lets_every_rank_finish(tmp_path):
     """SIGTERM to both ranks of a 2-rank run once rank 0 has written summary.json (the commit

@@ -210,17 +210,15 @@ def test_continuation_path_rule():
 
     from fem_mfc import options
     from fem_mfc.errors import ConfigError
-    from fem_mfc.solvers.newton import EXACT_ADVANTAGE, EXACT_SECONDS, exact_stages
+    from fem_mfc.solvers.newton import EXACT_ADVANTAGE, exact_stages
     sweep, lu = SimpleNamespace(mode="sweep"), SimpleNamespace(mode="lu")
-    big = 10 * EXACT_SECONDS
-    cost = {"rule": "estimated cost per Newton step", "lu_s": big, "sweep_s": 0.05}
-    # 20 iterations in 20·big s: big each — an LU step estimated at big is within the advantage
-    assert f"{big:.3g} s per iteration" in exact_stages(sweep, cost, 20 * big, 20, "mfc_")
-    slow = EXACT_ADVANTAGE * big * 1.01
-    assert exact_stages(sweep, dict(cost, lu_s=slow), 20 * big, 20, "mfc_") is None
-    # ... or cheap in itself, whatever the sweep's steps cost
-    assert exact_stages(sweep, dict(cost, lu_s=EXACT_SECONDS), 0.1, 20, "mfc_") is not None
-    assert exact_stages(sweep, dict(cost, lu_s=1.01 * EXACT_SECONDS), 0.1, 20, "mfc_") is None
+    cost = {"rule": "estimated cost per Newton step", "lu_s": 0.1, "sweep_s": 0.05}
+    # 20 iterations in 2 s: 0.1 s each — an LU step estimated at 0.1 s is within the advantage
+    assert "0.1 s per iteration" in exact_stages(sweep, cost, 2.0, 20, "mfc_")
+    slow = EXACT_ADVANTAGE * 0.1 * 1.01
+    assert exact_stages(sweep, dict(cost, lu_s=slow), 2.0, 20, "mfc_") is None
+    # not by the estimate alone: a cheap LU against cheaper sweep steps stays on the sweep
+    assert exact_stages(sweep, dict(cost, lu_s=0.01), 0.08, 20, "mfc_") is None
     assert exact_stages(lu, cost, 2.0, 20, "mfc_") is None
     assert exact_stages(sweep, {"rule": "requested"}, 2.0, 20, "mfc_") is None
     assert exact_stages(sweep, dict(cost, rule="LU factors would not fit in memory"),
@@ -236,31 +234,33 @@ def test_continuation_path_rule():
 
 
 @pytest.mark.slow
-def test_continuation_takes_exact_steps_where_the_lu_is_cheap(tmp_path):
+def test_continuation_on_exact_steps_reaches_the_sweeps_solution(tmp_path):
     """The 1D aggregation game (c = −0.1, 50 graded cells × 10 steps, monotone): the direct
-    attempt on the sweep path fails, the continuation switches to the LU path (recorded in
-    ``solver_path``, said in run.log) and converges to the J of a continuation kept on the
-    sweep path (``-mfc_continuation_linear sweep``)."""
+    attempt on the sweep path fails; a continuation on exact LU steps
+    (``-mfc_continuation_linear lu``, what the rule takes where the sweep's steps cost as
+    much as the LU's) is recorded in ``solver_path`` and run.log and converges to the J of a
+    continuation on the sweep path."""
     text = ATTRACTIVE.format(cells=50, c=-0.1, method="newton").replace(
         "upper = [1.0]", "upper = [1.0]\ngrading = 6.0").replace(
         "steps = 20", "steps = 10").replace(
         "[solver]", '[discretisation]\nstabilisation = "monotone"\n[solver]')
     cfg = write(tmp_path, text)
     out = {}
-    for name, extra in (("auto", []), ("sweep", ["-mfc_continuation_linear", "sweep"])):
+    for name, extra in (("lu", ["-mfc_continuation_linear", "lu"]),
+                        ("sweep", ["-mfc_continuation_linear", "sweep"])):
         p = run_cli(["run", str(cfg), "--out", str(tmp_path / name), "--quiet", *extra])
         assert p.returncode == 0, p.stderr
         out[name] = read_summary(tmp_path / name)
-    a, b = out["auto"], out["sweep"]
+    a, b = out["lu"], out["sweep"]
     assert a["converged"] and b["converged"]
     assert a["solver_path"]["linear"] == "lu" and b["solver_path"]["linear"] == "sweep"
-    assert a["solver_path"]["auto"]["continuation"].startswith("LU: the LU is estimated")
+    assert a["solver_path"]["auto"]["continuation"] == "LU: requested"
     assert "continuation" not in b["solver_path"]["auto"]
     assert a["continuation"][0]["stage"] == "direct" and not a["continuation"][0]["converged"]
     assert a["J"] == pytest.approx(b["J"], rel=1e-9)
     assert abs(a["J"] - a["J_value_identity"]) <= 1e-9 * abs(a["J"]) and a["min_rho"] >= -1e-12
     assert a["continuation"][-1]["coupling"] == 1.0 and a["continuation"][-1]["converged"]
-    log = (tmp_path / "auto" / "run.log").read_text()
+    log = (tmp_path / "lu" / "run.log").read_text()
     assert "continuation with exact (LU) Newton steps" in log
 
 
@@ -286,7 +286,9 @@ def test_stalled_exact_stages_hand_over_to_the_sweep(monkeypatch):
     p = ControlProblem(mesh=mesh, T=1.0, sigma=0.1, steps=10, Phi=(x[0] - 0.5) ** 2,
                        G=lambda r: -0.05 * r ** 2, coupling="mfg", stabilisation="monotone",
                        rho0=ufl.exp(-50 * (x[0] - 0.5) ** 2))
-    r = newton(p)
+    from fem_mfc import options
+    with options.inserted(settings={"mfc_continuation_linear": "lu"}):
+        r = newton(p)
     assert legs == ["lu", "sweep"]
     assert r.converged and r.path["linear"] == "sweep"
     assert r.path["auto"]["continuation"].startswith("sweep, after LU stages that stalled")

@@ -91,8 +91,7 @@ LIMIT_REDUCTION = 1e-2          # a Krylov solve at its limit is a step only bel
 LINESEARCH_MAX_IT = 40          # PETSc's (bt, nleqerr)
 EXACT_STAGES = ("auto", "lu", "sweep")   # -{prefix}continuation_linear (see exact_stages)
 EXACT_ADVANTAGE = 2.0           # the LU's estimated Newton step against the sweep's measured
-                                # one, where a continuation follows (see exact_stages) ...
-EXACT_SECONDS = 0.5             # ... or the LU's estimated step below this many seconds
+                                # one, where a continuation follows (see exact_stages)
 STALL_RATIO, STALL_STEPS = 0.95, 2   # a direct attempt whose residual fell by less than 5 %
                                      # in each of 2 steps has stalled: continuation takes over
 
@@ -886,17 +885,19 @@ def exact_stages(solver: NewtonSolver, rule: dict, seconds: float, iterations: i
     of M⁻¹K towards 0), Krylov solves run to hundreds of iterations or stop at their limit,
     and every trial point of the stages' line search costs another (the stages solve every
     Newton step to KSP_RTOL).  Where the space-time LU is cheap — 1D, whose space-time
-    matrix factorises like a 2D one — its exact steps cost what the sweep's do or less, and
-    never stop short.  1D attractive game c = −0.1, σ = 0.1, 20 steps, graded meshes,
-    monotone, whole solve LU / sweep stages: 101 dofs 2.55 / 2.92 s, 401 dofs 3.35 / 5.02 s,
-    1,601 dofs 19.3 / 19.7 s, 6,401 dofs 77.6 / 64.1 s (the LU estimated at 0.074, 0.115,
-    0.281, 0.943 s per Newton step); P2, c = −0.5, 800 cells (1,601 dofs) converged in
-    17.6 s where the sweep stalled at λ = 0.998 after 245 s (exit 3).  So: LU when its
-    estimated cost per Newton step (``rule["lu_s"]``, whose factors the rule already found to
-    fit) is below EXACT_SECONDS, or below EXACT_ADVANTAGE × the direct attempt's measured
-    seconds per Newton iteration on the sweep path (a sweep as dear as the LU is failing: the
-    P2 case's direct attempt took 1.11 s per iteration).  ``-{prefix}continuation_linear
-    lu|sweep`` decides instead."""
+    matrix factorises like a 2D one — its exact steps never stop short: P2, c = −0.5, 800
+    graded cells (1,601 dofs × 20), σ = 0.1, converged in 17.6 s with LU stages where the
+    sweep's stalled at λ = 0.998 after 245 s (exit 3).  So: LU stages when the LU's estimated
+    cost per Newton step (``rule["lu_s"]``, whose factors the rule already found to fit) is
+    below EXACT_ADVANTAGE × the direct attempt's measured seconds per Newton iteration on the
+    sweep path — a sweep step as dear as the LU's is failing (the P2 case: 1.11 s against
+    0.281 s).  Not by the estimate alone: where the direct attempt's steps are cheap the
+    LU's stages gained little or lost (1D c = −0.1, monotone, 101–6,401 dofs: 0.67–1.21× the
+    sweep stages' time), and on the small problems of the tests they took 2–6× longer (a
+    leaky-wall room 1.84 against 0.83 s; LU stages that stalled, then the sweep's: 2.54
+    against 0.42 s).  If the LU's stages
+    stall, the sweep's follow from the start.  ``-{prefix}continuation_linear lu|sweep``
+    decides instead."""
     choice = options.get("continuation_linear", "auto", prefix)
     if choice not in EXACT_STAGES:
         raise ConfigError(f"-{prefix}continuation_linear", "one of " + ", ".join(EXACT_STAGES),
@@ -908,7 +909,7 @@ def exact_stages(solver: NewtonSolver, rule: dict, seconds: float, iterations: i
     if rule.get("rule") != "estimated cost per Newton step" or "lu_s" not in rule:
         return None                   # a path the user chose, or no LU that fits
     per_step = seconds / max(iterations, 1)
-    if rule["lu_s"] <= EXACT_SECONDS or rule["lu_s"] <= EXACT_ADVANTAGE * per_step:
+    if rule["lu_s"] <= EXACT_ADVANTAGE * per_step:
         return (f"the LU is estimated at {rule['lu_s']:.3g} s per Newton step, the direct "
                 f"attempt took {per_step:.3g} s per iteration on the sweep path")
     return None
