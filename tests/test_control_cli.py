@@ -94,7 +94,8 @@ def test_divergent_newton_is_written_flagged_exit_3(tmp_path):
         'method = "newton"', 'method = "newton"\nmax_it = 2')
     cfg.write_text(bad)
     out = tmp_path / "o"
-    # (exact LU stages, -mfc_continuation_linear lu, solve this small problem: kept on the sweep)
+    # (exact LU stages, -mfc_continuation_linear lu, solve this small problem: the default
+    # sweep stages, named here, do not)
     p = run_cli(["run", str(cfg), "--out", str(out), "--quiet",
                  "-mfc_continuation_linear", "sweep"])
     assert p.returncode == 3, p.stderr

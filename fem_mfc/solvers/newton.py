@@ -89,9 +89,7 @@ NOISE_FACTOR = 10.0             # ... or stagnates within this factor of the res
 NOISE_GATE = 1e-4               # ... once it is below this fraction of the first residual
 LIMIT_REDUCTION = 1e-2          # a Krylov solve at its limit is a step only below this
 LINESEARCH_MAX_IT = 40          # PETSc's (bt, nleqerr)
-EXACT_STAGES = ("auto", "lu", "sweep")   # -{prefix}continuation_linear (see exact_stages)
-EXACT_ADVANTAGE = 2.0           # the LU's estimated Newton step against the sweep's measured
-                                # one, where a continuation follows (see exact_stages)
+EXACT_STAGES = ("sweep", "lu")  # -{prefix}continuation_linear (see exact_stages)
 STALL_RATIO, STALL_STEPS = 0.95, 2   # a direct attempt whose residual fell by less than 5 %
                                      # in each of 2 steps has stalled: continuation takes over
 
@@ -874,45 +872,30 @@ class NewtonSolver:
             self._lu_defaults = None
 
 
-def exact_stages(solver: NewtonSolver, rule: dict, seconds: float, iterations: int,
-                 prefix: str) -> str | None:
-    """Why the continuation after a failed direct attempt should take exact (LU) Newton
-    steps instead of the sweep path the automatic rule chose, or None.
+def exact_stages(solver: NewtonSolver, rule: dict, prefix: str) -> str | None:
+    """Why the continuation after a failed direct attempt on the sweep path should take
+    exact (LU) Newton steps instead (``-{prefix}continuation_linear lu``), or None (the
+    default, ``sweep``: the stages keep the direct attempt's path).
 
-    The rule's estimate of the sweep path assumes the few Krylov iterations per Newton step
-    of a monotone problem (≈ 3).  A problem that needs a continuation is not one: near its
-    folds the sweep preconditioner is weak (attractive couplings: C < 0 moves eigenvalues
-    of M⁻¹K towards 0), Krylov solves run to hundreds of iterations or stop at their limit,
-    and every trial point of the stages' line search costs another (the stages solve every
-    Newton step to KSP_RTOL).  Where the space-time LU is cheap — 1D, whose space-time
-    matrix factorises like a 2D one — its exact steps never stop short: P2, c = −0.5, 800
-    graded cells (1,601 dofs × 20), σ = 0.1, converged in 17.6 s with LU stages where the
-    sweep's stalled at λ = 0.998 after 245 s (exit 3).  So: LU stages when the LU's estimated
-    cost per Newton step (``rule["lu_s"]``, whose factors the rule already found to fit) is
-    below EXACT_ADVANTAGE × the direct attempt's measured seconds per Newton iteration on the
-    sweep path — a sweep step as dear as the LU's is failing (the P2 case: 1.11 s against
-    0.281 s).  Not by the estimate alone: where the direct attempt's steps are cheap the
-    LU's stages gained little or lost (1D c = −0.1, monotone, 101–6,401 dofs: 0.67–1.21× the
-    sweep stages' time), and on the small problems of the tests they took 2–6× longer (a
-    leaky-wall room 1.84 against 0.83 s; LU stages that stalled, then the sweep's: 2.54
-    against 0.42 s).  If the LU's stages
-    stall, the sweep's follow from the start.  ``-{prefix}continuation_linear lu|sweep``
-    decides instead."""
-    choice = options.get("continuation_linear", "auto", prefix)
+    A problem that needs a continuation is not the monotone one the automatic rule's sweep
+    estimate assumes: its stages solve every Newton step to KSP_RTOL, the sweep is weak near
+    the folds (attractive couplings: C < 0 moves eigenvalues of M⁻¹K towards 0) and Krylov
+    solves run to hundreds of iterations or stop at their limit.  Where the space-time LU is
+    cheap — 1D, whose space-time matrix factorises like a 2D one — exact steps never stop
+    short: P2, c = −0.5, 800 graded cells (1,601 dofs × 20), σ = 0.1 converged in 17.6 s with
+    LU stages where the sweep's stalled at λ = 0.998 after 245 s (exit 3).  Not the default:
+    on the monotone 1D game the LU stages took 0.67–1.21× the sweep's time (101–6,401 dofs),
+    on the small continuations of the tests 2–6× (their LU stages stalled, or their nleqerr
+    line search kept PETSc's 40 trials per step), and a rule by measured times chose
+    differently from run to run — a restarted run then took another path than the
+    uninterrupted one.  If the LU's stages stall, the sweep's follow from the start."""
+    choice = options.get("continuation_linear", "sweep", prefix)
     if choice not in EXACT_STAGES:
         raise ConfigError(f"-{prefix}continuation_linear", "one of " + ", ".join(EXACT_STAGES),
                           choice)
     if solver.mode != "sweep" or choice == "sweep":
         return None
-    if choice == "lu":
-        return "requested"
-    if rule.get("rule") != "estimated cost per Newton step" or "lu_s" not in rule:
-        return None                   # a path the user chose, or no LU that fits
-    per_step = seconds / max(iterations, 1)
-    if rule["lu_s"] <= EXACT_ADVANTAGE * per_step:
-        return (f"the LU is estimated at {rule['lu_s']:.3g} s per Newton step, the direct "
-                f"attempt took {per_step:.3g} s per iteration on the sweep path")
-    return None
+    return "requested"
 
 
 def trivial_residual(st: SpaceTime) -> float:
@@ -1088,19 +1071,13 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                     tolerance = {"rtol": 0.0, "atol": max(solver.atol, solver.rtol * f0)}
                 # a stalled attempt ends early when a continuation can take over (not on a
                 # restart at its original target)
-                t_direct = time.perf_counter()
                 out = solver.solve(**tolerance, stall_exit=(
                     continuation and bool(st.parameters) and not (resume is not None and f0)))
-                t_direct = time.perf_counter() - t_direct
                 if f0:                      # the continuation's target is the solve's
                     out["first_residual"] = f0
                 if not out["converged"] and continuation:
                     from .continuation import continue_to
-                    why = exact_stages(solver, rule, t_direct, out["iterations"], prefix)
-                    if log is not None and why is None and solver.mode == "sweep":
-                        log.info("continuation on the sweep path (direct attempt %.3g s per "
-                                 "Newton iteration, LU estimated %s s)",
-                                 t_direct / max(out["iterations"], 1), rule.get("lu_s", "-"))
+                    why = exact_stages(solver, rule, prefix)
                     if why is not None:
                         solver = _replace(solver, "lu", rtol, atol, max_it, forcing, user_ls)
                         rule = dict(rule, continuation=f"LU: {why}")
