@@ -78,10 +78,9 @@ FIELDS = ["c", "scheme", "grading", "cells", "steps", "h_min", "h_max", "h_min_o
 def graded_points(cells: int, a: float) -> np.ndarray:
     """Vertices of (0, 1) graded towards ½: ½ + sinh(a s)/(2 sinh a), s uniform in [−1, 1]
     (a = 0: uniform); an even number of cells puts a vertex at ½."""
-    s = np.linspace(-1.0, 1.0, cells + 1)
-    x = 0.5 + (np.sinh(a * s) / (2 * np.sinh(a)) if a > 0 else s / 2)
-    x[0], x[-1] = 0.0, 1.0
-    return x
+    from fem_mfc.mesh import grading_map  # the map of [mesh] grading = a
+    s = np.linspace(0.0, 1.0, cells + 1)
+    return grading_map(0.0, 1.0, 0.5, a)(s) if a > 0 else s
 
 
 def write_mesh(path: Path, x: np.ndarray) -> None:

@@ -41,23 +41,22 @@ class MeshData:
     cell_tags: object = None
     facet_tags: object = None
 
-    @property
-    def h(self) -> float:
-        """Largest cell diameter (global)."""
+    def _cell_size(self, reduce, empty: float, op) -> float:
         m = self.mesh
         tdim = m.topology.dim
         n = m.topology.index_map(tdim).size_local
-        hloc = m.h(tdim, np.arange(n, dtype=np.int32)).max() if n else 0.0
-        return m.comm.allreduce(float(hloc), op=MPI.MAX)
+        hloc = reduce(m.h(tdim, np.arange(n, dtype=np.int32))) if n else empty
+        return m.comm.allreduce(float(hloc), op=op)
+
+    @property
+    def h(self) -> float:
+        """Largest cell diameter (global)."""
+        return self._cell_size(np.max, 0.0, MPI.MAX)
 
     @property
     def h_min(self) -> float:
         """Smallest cell diameter (global): the resolution of a graded mesh at its focus."""
-        m = self.mesh
-        tdim = m.topology.dim
-        n = m.topology.index_map(tdim).size_local
-        hloc = m.h(tdim, np.arange(n, dtype=np.int32)).min() if n else np.inf
-        return m.comm.allreduce(float(hloc), op=MPI.MIN)
+        return self._cell_size(np.min, np.inf, MPI.MIN)
 
     @property
     def gdim(self) -> int:

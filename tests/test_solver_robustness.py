@@ -211,14 +211,13 @@ def test_continuation_path_rule():
     from fem_mfc.errors import ConfigError
     from fem_mfc.solvers.newton import exact_stages
     sweep, lu = SimpleNamespace(mode="sweep"), SimpleNamespace(mode="lu")
-    cost = {"rule": "estimated cost per Newton step", "lu_s": 0.01, "sweep_s": 0.05}
-    assert exact_stages(sweep, cost, "mfc_") is None
+    assert exact_stages(sweep, "mfc_") is None
     with options.inserted(settings={"mfc_continuation_linear": "lu"}):
-        assert exact_stages(sweep, {"rule": "requested"}, "mfc_") == "requested"
-        assert exact_stages(lu, cost, "mfc_") is None
+        assert exact_stages(sweep, "mfc_") == "requested"
+        assert exact_stages(lu, "mfc_") is None
     with options.inserted(settings={"mfc_continuation_linear": "exact"}):
         with pytest.raises(ConfigError) as e:
-            exact_stages(sweep, cost, "mfc_")
+            exact_stages(sweep, "mfc_")
     assert e.value.key == "-mfc_continuation_linear"
 
 
@@ -840,7 +839,8 @@ def test_round_off_floor_is_stagnation_not_slow_convergence():
     def at_floor(history, target, noise=1e-14):
         # noise: residual_noise at the best iterate (1e-14: far below every residual here)
         stub = types.SimpleNamespace(history=[{"residual": r} for r in history],
-                                     _best_f=min(history), _noise=noise)
+                                     _best_f=min(history), _noise=noise, best=object())
+        stub._best_at_floor = lambda t, f0: NewtonSolver._best_at_floor(stub, t, f0)
         return NewtonSolver._at_roundoff_floor(stub, target)
 
     assert at_floor([20.94, 2.184, 0.1794, 1.175e-3, 4.503e-8, 7.96e-11, 9.146e-11, 8.915e-11],

@@ -831,33 +831,31 @@ class NewtonSolver:
         last = r[-(STAGNATION + 1):]
         if not all(b > STAGNATION_RATIO * a for a, b in zip(last, last[1:])):
             return False
-        if self._best_f <= ROUNDOFF_FACTOR * target:
-            return True
-        if self._best_f > NOISE_GATE * r[0]:      # far from a solution: not a floor
-            return False
-        if self._noise is None:
-            self._noise = residual_noise(self.st, self.best)
-        return self._best_f <= NOISE_FACTOR * self._noise
+        return self._best_at_floor(target, r[0])
 
-    def _search_failed_at_floor(self, target: float, f0: float) -> bool:
-        """Did the line search fail (or the attempt stall) because ‖F‖ is at its round-off
-        floor?  There no step can decrease it, and the line search may give up before the
-        floor test of :meth:`_at_roundoff_floor` has seen STAGNATION steps: 1D congested
-        30,001 dofs × 20 on 2 ranks, bt failed at 3.3e-11 against a 1.4e-11 target in the 7th
-        iteration — a continuation of 5 stages followed (23 Newton iterations, 3.7× the
-        serial run's time), to the same solution.  At the floor: the best residual within
-        ROUNDOFF_FACTOR of the target, or within NOISE_FACTOR of :func:`residual_noise`
-        below NOISE_GATE × the first residual."""
+    def _best_at_floor(self, target: float, f0: float) -> bool:
+        """Is the best residual at its round-off floor: within ROUNDOFF_FACTOR of the target,
+        or within NOISE_FACTOR of :func:`residual_noise` (measured once per solve) below
+        NOISE_GATE × the first residual ``f0`` (stalls far from a solution: 0.7 – 1 of it)?"""
         b = self._best_f
         if b is None or self.best is None:
             return False
         if b <= ROUNDOFF_FACTOR * target:
             return True
-        if b > NOISE_GATE * f0:
+        if b > NOISE_GATE * f0:                   # far from a solution: not a floor
             return False
         if self._noise is None:
             self._noise = residual_noise(self.st, self.best)
         return b <= NOISE_FACTOR * self._noise
+
+    def _search_failed_at_floor(self, target: float, f0: float) -> bool:
+        """Did the line search fail (or the attempt stall) because ‖F‖ is at its round-off
+        floor (:meth:`_best_at_floor`)?  There no step can decrease it, and the line search
+        may give up before :meth:`_at_roundoff_floor` has seen STAGNATION steps: 1D congested
+        30,001 dofs × 20 on 2 ranks, bt failed at 3.3e-11 against a 1.4e-11 target in the 7th
+        iteration — a continuation of 5 stages followed (23 Newton iterations, 3.7× the
+        serial run's time), to the same solution."""
+        return self._best_at_floor(target, f0)
 
     def destroy(self):
         self.snes.destroy()
@@ -872,7 +870,7 @@ class NewtonSolver:
             self._lu_defaults = None
 
 
-def exact_stages(solver: NewtonSolver, rule: dict, prefix: str) -> str | None:
+def exact_stages(solver: NewtonSolver, prefix: str) -> str | None:
     """Why the continuation after a failed direct attempt on the sweep path should take
     exact (LU) Newton steps instead (``-{prefix}continuation_linear lu``), or None (the
     default, ``sweep``: the stages keep the direct attempt's path).
@@ -1077,7 +1075,7 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                     out["first_residual"] = f0
                 if not out["converged"] and continuation:
                     from .continuation import continue_to
-                    why = exact_stages(solver, rule, prefix)
+                    why = exact_stages(solver, prefix)
                     if why is not None:
                         solver = _replace(solver, "lu", rtol, atol, max_it, forcing, user_ls)
                         rule = dict(rule, continuation=f"LU: {why}")
