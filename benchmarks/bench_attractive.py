@@ -2,7 +2,7 @@
 
     bin/fem-env python3 benchmarks/bench_attractive.py --c -0.1 --cells 100,200,400 \
         --steps 20,40 [--grading 6] [--degree 2] [--rtol 1e-10] [--timeout 600] \
-        --out results/bench_attractive
+        [--stages auto,sweep,lu] --out results/bench_attractive
 
 The problem of issue 11 (docs/performance.md, "Attractive (aggregation) games"): 1D
 Ω = (0, 1), σ = 0.1, T = 1, Φ = (x − ½)², ρ₀ ∝ exp(−50(x − ½)²), ``coupling = "mfg"``,
@@ -20,6 +20,9 @@ Each run writes its mesh (a meshio .vtu line mesh, ``[mesh] kind = "file"``) and
 OUT/runs/, one run at a time; a run killed by ``--timeout`` is recorded as such.  ``--rtol``
 is the config's ``solver.rtol`` (the solver's default, 1e-10; the study's tables were
 measured with 1e-6 and 1e-4 before Newton measured its round-off floor, docs/performance.md).
+``--stages`` runs each point with every listed ``-mfc_continuation_linear`` (the
+continuation's linear path: ``auto``, the default, exact LU stages for these attractive
+games where the LU is cheap; ``sweep``; ``lu``), one process each, alternating.
 The rows (c, scheme, grading, cells, steps, h_min, h_max, h_min/L, J, its value identity,
 max ρ, the stationary ρ_max, min ρ, exit status, converged, continuation stages, Newton
 iterations, solve and wall seconds) accumulate in OUT/results.json and OUT/results.csv (a
@@ -70,9 +73,10 @@ vtx = false
 progress = false
 """
 
-FIELDS = ["c", "scheme", "grading", "cells", "steps", "h_min", "h_max", "h_min_over_L", "J",
-          "J_value_identity", "max_rho", "rho_max_stationary", "min_rho", "exit", "converged",
-          "reason", "stages", "newton", "solve_s", "wall_s"]
+FIELDS = ["c", "scheme", "grading", "cells", "steps", "stages_linear", "h_min", "h_max",
+          "h_min_over_L", "J", "J_value_identity", "max_rho", "rho_max_stationary", "min_rho",
+          "exit", "converged", "reason", "stages", "newton", "solve_s", "wall_s",
+          "continuation_path"]
 
 
 def graded_points(cells: int, a: float) -> np.ndarray:
@@ -91,9 +95,10 @@ def write_mesh(path: Path, x: np.ndarray) -> None:
 
 
 def run_point(out: Path, c: float, cells: int, steps: int, a: float, degree: int,
-              timeout: float, rtol: float = 1e-10) -> dict:
+              timeout: float, rtol: float = 1e-10, stages: str = "auto") -> dict:
     scheme = "monotone" if degree == 1 else f"P{degree} Galerkin"
-    name = f"c{c:g}_{'mono' if degree == 1 else f'p{degree}'}_a{a:g}_n{cells}_s{steps}"
+    name = (f"c{c:g}_{'mono' if degree == 1 else f'p{degree}'}_a{a:g}_n{cells}_s{steps}"
+            f"_{stages}")
     d = out / "runs" / name
     d.mkdir(parents=True, exist_ok=True)
     x = graded_points(cells, a)
@@ -105,6 +110,7 @@ def run_point(out: Path, c: float, cells: int, steps: int, a: float, degree: int
     L = 8 * EPS ** 2 / abs(c)
     h = np.diff(x)
     row = {"c": c, "scheme": scheme, "grading": a, "cells": cells, "steps": steps,
+           "stages_linear": stages,
            "h_min": float(h.min()), "h_max": float(h.max()),
            "h_min_over_L": float(h.min() / L), "rho_max_stationary": 1 / (2 * L)}
     env = dict(os.environ)
@@ -112,7 +118,8 @@ def run_point(out: Path, c: float, cells: int, steps: int, a: float, degree: int
     t0 = time.perf_counter()
     try:
         p = subprocess.run([sys.executable, "-m", "fem_mfc", "run", str(d / "config.toml"),
-                            "--out", str(d / "out"), "--quiet"], cwd=REPO,
+                            "--out", str(d / "out"), "--quiet",
+                            "-mfc_continuation_linear", stages], cwd=REPO,
                            env=env, capture_output=True, text=True, timeout=timeout)
         row["exit"] = p.returncode
     except subprocess.TimeoutExpired:
@@ -130,17 +137,19 @@ def run_point(out: Path, c: float, cells: int, steps: int, a: float, degree: int
                 "converged": s.get("converged"), "reason": s.get("reason"),
                 "stages": max(len(stages) - 1, 0),
                 "newton": s.get("iterations_total", s.get("iterations")),
-                "solve_s": s.get("solve_time_s")})
+                "solve_s": s.get("solve_time_s"),
+                "continuation_path": (s.get("solver_path") or {}).get("auto", {}).get(
+                    "continuation", "the direct attempt's")})
     return row
 
 
 def key(r: dict) -> tuple:
-    return (r["c"], r["scheme"], r["grading"], r["cells"], r["steps"])
+    return (r["c"], r["scheme"], r["grading"], r["cells"], r["steps"],
+            r.get("stages_linear", "auto"))
 
 
 def save(out: Path, rows: list) -> None:
-    rows = sorted(rows, key=lambda r: (r["c"], r["scheme"], r["grading"], r["cells"],
-                                       r["steps"]), reverse=False)
+    rows = sorted(rows, key=lambda r: tuple(str(v) for v in key(r)))
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, FIELDS, extrasaction="ignore")
@@ -162,6 +171,8 @@ def main():
     ap.add_argument("--degree", type=int, default=1, choices=(1, 2))
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--rtol", type=float, default=1e-10)
+    ap.add_argument("--stages", type=lambda t: [v for v in t.split(",") if v],
+                    default=["auto"], help="-mfc_continuation_linear values (auto,sweep,lu)")
     ap.add_argument("--out", type=Path, default=Path("results/bench_attractive"))
     ap.add_argument("--quick", action="store_true",
                     help="one small point (100 cells, 20 steps; benchmarks/run_all.py --quick)")
@@ -176,12 +187,13 @@ def main():
     for c in a.c:
         for cells in a.cells:
             for steps in a.steps:
-                r = run_point(a.out, c, cells, steps, a.grading, a.degree, a.timeout,
-                              a.rtol)
-                rows = [q for q in rows if key(q) != key(r)] + [r]
-                save(a.out, rows)
-                print(" ".join(f"{k}={r[k]:.6g}" if isinstance(r.get(k), float) else
-                               f"{k}={r.get(k)}" for k in FIELDS), flush=True)
+                for stages in a.stages:
+                    r = run_point(a.out, c, cells, steps, a.grading, a.degree, a.timeout,
+                                  a.rtol, stages)
+                    rows = [q for q in rows if key(q) != key(r)] + [r]
+                    save(a.out, rows)
+                    print(" ".join(f"{k}={r[k]:.6g}" if isinstance(r.get(k), float) else
+                                   f"{k}={r.get(k)}" for k in FIELDS), flush=True)
 
 
 if __name__ == "__main__":

@@ -202,46 +202,101 @@ def test_attractive_coupling_resolved_on_a_graded_mesh(tmp_path):
 
 
 def test_continuation_path_rule():
-    """A continuation after a failed direct attempt on the sweep path keeps the sweep unless
-    ``-mfc_continuation_linear lu`` asks for exact (LU) stages; the LU path keeps its own;
-    another value is refused naming the option."""
+    """A continuation after a failed direct attempt on the sweep path takes exact (LU) stages
+    when ``-mfc_continuation_linear lu`` asks for them, or by default (``auto``) for an
+    attractive coupling where the automatic rule's LU step is estimated at ≤ STAGES_LU_RATIO
+    sweep steps — not for a congestion, a dearer LU, a path the user chose, or a
+    formulation that is not a Lagrangian's gradient; ``sweep`` keeps the sweep; the LU path
+    keeps its own; another value is refused naming the option."""
     from types import SimpleNamespace
 
     from fem_mfc import options
     from fem_mfc.errors import ConfigError
-    from fem_mfc.solvers.newton import exact_stages
-    sweep, lu = SimpleNamespace(mode="sweep"), SimpleNamespace(mode="lu")
-    assert exact_stages(sweep, "mfc_") is None
+    from fem_mfc.solvers.auto import ESTIMATED
+    from fem_mfc.solvers.newton import STAGES_LU_RATIO, exact_stages
+
+    def solver(mode="sweep", attractive=True, mirrored=True):
+        return SimpleNamespace(mode=mode, op=SimpleNamespace(attractive=lambda: attractive),
+                               st=SimpleNamespace(formulation=SimpleNamespace(
+                                   mirrored=mirrored)))
+    cheap = {"rule": ESTIMATED, "lu_s": 0.28, "sweep_s": 0.0916}          # 1D, 1,601 dofs
+    dear = {"rule": ESTIMATED, "lu_s": 0.981, "sweep_s": 0.032}           # 2D 24² × 8
+    assert exact_stages(solver(), "mfc_", cheap).startswith("attractive coupling")
+    assert exact_stages(solver(), "mfc_",
+                        dict(cheap, lu_s=STAGES_LU_RATIO * 1.01 * 0.0916)) is None
+    assert exact_stages(solver(), "mfc_", dear) is None
+    assert exact_stages(solver(attractive=False), "mfc_", cheap) is None
+    assert exact_stages(solver(mirrored=False), "mfc_", cheap) is None
+    assert exact_stages(solver(), "mfc_", {"rule": "requested"}) is None
+    assert exact_stages(solver(), "mfc_", dict(cheap, rule="LU factors would not fit")) is None
+    assert exact_stages(solver(mode="lu"), "mfc_", cheap) is None
+    with options.inserted(settings={"mfc_continuation_linear": "sweep"}):
+        assert exact_stages(solver(), "mfc_", cheap) is None
     with options.inserted(settings={"mfc_continuation_linear": "lu"}):
-        assert exact_stages(sweep, "mfc_") == "requested"
-        assert exact_stages(lu, "mfc_") is None
+        assert exact_stages(solver(attractive=False), "mfc_", dear) == "requested"
+        assert exact_stages(solver(mode="lu"), "mfc_") is None
     with options.inserted(settings={"mfc_continuation_linear": "exact"}):
         with pytest.raises(ConfigError) as e:
-            exact_stages(sweep, "mfc_")
+            exact_stages(solver(), "mfc_")
     assert e.value.key == "-mfc_continuation_linear"
+
+
+def test_attractive_couplings_are_told_from_congestions():
+    """The sign test behind the automatic exact stages: a ρ–ρ block with a negative diagonal
+    for G = cρ² with c < 0 (games and control, Galerkin and monotone), none for
+    congestions (cρ², ρ^1.5)."""
+    _attractive_signs()
+
+
+@pytest.mark.mpi
+def test_attractive_couplings_are_told_from_congestions_on_two_ranks():
+    """The same on 2 ranks (a collective answer: the negative entries may be on one)."""
+    _attractive_signs()
+
+
+def _attractive_signs():
+    from fem_mfc.problem import ControlProblem
+    from fem_mfc.solvers.kkt import KKTOperator
+    from fem_mfc.solvers.newton import make_system
+    mesh = dolfinx.mesh.create_interval(MPI.COMM_WORLD, 16, [0.0, 1.0])
+    x = ufl.SpatialCoordinate(mesh)
+    for kw, expected in ((dict(G=lambda r: -0.05 * r ** 2, coupling="mfg"), True),
+                         (dict(G=lambda r: -0.5 * r ** 2), True),
+                         (dict(G=lambda r: -0.05 * r ** 2, coupling="mfg",
+                               stabilisation="monotone"), True),
+                         (dict(G=lambda r: 0.05 * r ** 2, coupling="mfg"), False),
+                         (dict(G=lambda r: r ** 1.5), False),
+                         (dict(G=lambda r: 0.5 * r ** 2, stabilisation="monotone"), False)):
+        p = ControlProblem(mesh=mesh, T=1.0, sigma=0.3, steps=4, Phi=(x[0] - 0.5) ** 2,
+                           rho0=ufl.exp(-10 * (x[0] - 0.5) ** 2), **kw)
+        op = KKTOperator(make_system(p))
+        try:
+            assert op.attractive() is expected, kw
+        finally:
+            op.destroy()
 
 
 @pytest.mark.slow
 def test_continuation_on_exact_steps_reaches_the_sweeps_solution(tmp_path):
     """The 1D aggregation game (c = −0.1, 50 graded cells × 10 steps, monotone): the direct
-    attempt on the sweep path fails; a continuation on exact LU steps
-    (``-mfc_continuation_linear lu``) is recorded in ``solver_path`` and run.log and
-    converges to the J of a continuation on the sweep path (the default)."""
+    attempt on the sweep path fails; by default (an attractive coupling, a cheap LU) the
+    continuation takes exact LU steps, recorded in ``solver_path`` and run.log, and
+    converges to the J of a continuation on the sweep path (``-mfc_continuation_linear
+    sweep``)."""
     text = ATTRACTIVE.format(cells=50, c=-0.1, method="newton").replace(
         "upper = [1.0]", "upper = [1.0]\ngrading = 6.0").replace(
         "steps = 20", "steps = 10").replace(
         "[solver]", '[discretisation]\nstabilisation = "monotone"\n[solver]')
     cfg = write(tmp_path, text)
     out = {}
-    for name, extra in (("lu", ["-mfc_continuation_linear", "lu"]),
-                        ("sweep", ["-mfc_continuation_linear", "sweep"])):
+    for name, extra in (("lu", []), ("sweep", ["-mfc_continuation_linear", "sweep"])):
         p = run_cli(["run", str(cfg), "--out", str(tmp_path / name), "--quiet", *extra])
         assert p.returncode == 0, p.stderr
         out[name] = read_summary(tmp_path / name)
     a, b = out["lu"], out["sweep"]
     assert a["converged"] and b["converged"]
     assert a["solver_path"]["linear"] == "lu" and b["solver_path"]["linear"] == "sweep"
-    assert a["solver_path"]["auto"]["continuation"] == "LU: requested"
+    assert a["solver_path"]["auto"]["continuation"].startswith("LU: attractive coupling")
     assert "continuation" not in b["solver_path"]["auto"]
     assert a["continuation"][0]["stage"] == "direct" and not a["continuation"][0]["converged"]
     assert a["J"] == pytest.approx(b["J"], rel=1e-9)

@@ -36,6 +36,7 @@ DOF_STEP_TIME = 2.0e-7         # s per unknown and level: residual, products, ve
 SWEEP_LEVEL_TIME = 2.5e-3      # s per level per Newton step of the sweep path, fixed part
 SWEEP_DOF_TIME = {1: 1.3e-6, 2: 2.4e-6, 3: 1.2e-5}   # … per dof (all Krylov sweeps, blocks,
                                                        # per-step set-ups), by dimension
+ESTIMATED = "estimated cost per Newton step"   # the record's rule when the estimates chose
 LU_MEMORY_FRACTION = 0.5       # of the physical memory: above this, never LU
 BYTES_PER_ENTRY = 12           # a factor entry (value + index, MUMPS)
 
@@ -104,7 +105,7 @@ def choose(st) -> tuple[str, dict]:
     ndofs = V.dofmap.index_map.size_global * V.dofmap.index_map_bs
     dim = V.mesh.topology.dim
     est = estimates(ndofs, st.N, dim, st.comm.size)
-    record = {"rule": "estimated cost per Newton step",
+    record = {"rule": ESTIMATED,
               **{k: float(f"{v:.3g}") for k, v in est.items()}}
     if not getattr(st.formulation, "sweep", True):
         return "lu", dict(record, rule="formulation without an effective sweep")

@@ -27,7 +27,10 @@ fully assembled Jacobian.
 """
 from __future__ import annotations
 
+from mpi4py import MPI
 from petsc4py import PETSc
+
+import numpy as np
 
 from .kkt_product import KKTProduct
 
@@ -121,6 +124,25 @@ class KKTOperator:
         for base, t, a in self.terms(r, c):
             (base.multTranspose if t else base.mult)(x, work)
             y.axpy(scale * a, work)
+
+    def attractive(self, rtol: float = 1e-10) -> bool:
+        """Has a stored ρ–ρ (coupling) block, at the blocks' states, a diagonal entry below
+        −rtol × the largest in magnitude?  For the HJB–FP Lagrangian C = τ∫G''(ρ̄)·· (or
+        τ∫c'(ρ̄)·· for a game): a congestion makes it ≥ 0, an attractive coupling (G'' < 0
+        somewhere, the aggregation games) negative there.  Collective."""
+        L = self.st.layout
+        lo = hi = 0.0
+        for r, c in self.stored:
+            if not (L.is_forward(r) and L.is_forward(c)):
+                continue
+            d = self.grid[r][c].getDiagonal()
+            a = d.getArray(readonly=True)
+            if a.size:
+                lo, hi = min(lo, float(a.min())), max(hi, float(np.abs(a).max()))
+            d.destroy()
+        comm = self.st.comm
+        lo, hi = comm.allreduce(lo, op=MPI.MIN), comm.allreduce(hi, op=MPI.MAX)
+        return lo < -rtol * hi
 
     def pivot_matrix(self, r: int):
         """(matrix, transposed) of the pivot block of equation r (the block solved for in

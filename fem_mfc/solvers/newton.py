@@ -89,7 +89,9 @@ NOISE_FACTOR = 10.0             # ... or stagnates within this factor of the res
 NOISE_GATE = 1e-4               # ... once it is below this fraction of the first residual
 LIMIT_REDUCTION = 1e-2          # a Krylov solve at its limit is a step only below this
 LINESEARCH_MAX_IT = 40          # PETSc's (bt, nleqerr)
-EXACT_STAGES = ("sweep", "lu")  # -{prefix}continuation_linear (see exact_stages)
+EXACT_STAGES = ("auto", "sweep", "lu")   # -{prefix}continuation_linear (see exact_stages)
+STAGES_LU_RATIO = 4.0           # auto: exact (LU) stages for an attractive coupling where the
+                                # LU's estimated step is at most this many sweep steps
 STALL_RATIO, STALL_STEPS = 0.95, 2   # a direct attempt whose residual fell by less than 5 %
                                      # in each of 2 steps has stalled: continuation takes over
 
@@ -870,30 +872,45 @@ class NewtonSolver:
             self._lu_defaults = None
 
 
-def exact_stages(solver: NewtonSolver, prefix: str) -> str | None:
+def exact_stages(solver: NewtonSolver, prefix: str, rule: dict | None = None) -> str | None:
     """Why the continuation after a failed direct attempt on the sweep path should take
-    exact (LU) Newton steps instead (``-{prefix}continuation_linear lu``), or None (the
-    default, ``sweep``: the stages keep the direct attempt's path).
+    exact (LU) Newton steps instead, or None (the stages keep the direct attempt's path).
+    ``-{prefix}continuation_linear``: ``lu`` asks for them, ``sweep`` refuses them, ``auto``
+    (the default) takes them for an **attractive coupling** (a ρ–ρ block with a negative
+    diagonal, :meth:`~fem_mfc.solvers.kkt.KKTOperator.attractive`) where the automatic rule
+    chose the sweep by its estimates (``rule``, :func:`fem_mfc.solvers.auto.choose`) and the
+    LU's estimated Newton step is at most STAGES_LU_RATIO of the sweep's.
 
-    A problem that needs a continuation is not the monotone one the automatic rule's sweep
-    estimate assumes: its stages solve every Newton step to KSP_RTOL, the sweep is weak near
-    the folds (attractive couplings: C < 0 moves eigenvalues of M⁻¹K towards 0) and Krylov
-    solves run to hundreds of iterations or stop at their limit.  Where the space-time LU is
-    cheap — 1D, whose space-time matrix factorises like a 2D one — exact steps never stop
-    short: P2, c = −0.5, 800 graded cells (1,601 dofs × 20), σ = 0.1 converged in 17.6 s with
-    LU stages where the sweep's stalled at λ = 0.998 after 245 s (exit 3).  Not the default:
-    on the monotone 1D game the LU stages took 0.67–1.21× the sweep's time (101–6,401 dofs),
-    on the small continuations of the tests 2–6× (their LU stages stalled, or their nleqerr
-    line search kept PETSc's 40 trials per step), and a rule by measured times chose
-    differently from run to run — a restarted run then took another path than the
-    uninterrupted one.  If the LU's stages stall, the sweep's follow from the start."""
-    choice = options.get("continuation_linear", "sweep", prefix)
+    A problem that needs a continuation is not the monotone one the sweep estimate assumes:
+    its stages solve every Newton step to KSP_RTOL, and for C < 0 the sweep is weak (the
+    eigenvalues of M⁻¹K move towards 0): 60–300 Krylov iterations per Newton step, solves
+    stopping at their limit.  The LU's cost does not depend on that.  Measured (1D
+    aggregation game, σ = 0.1, 20 steps, graded, monotone; estimated LU/sweep step ratio in
+    brackets): c = −0.1 on 101 / 401 / 1,601 dofs (1.4 / 1.9 / 3.1) LU stages 0.67–0.98× the
+    sweep's time, 6,401 (4.4) 1.21×; P2, c = −0.5, 1,601 dofs (3.1) 17.6 s converged against
+    245 s and exit 3 on the sweep; 2D 24² attractive, 8 steps (31): 6× slower.  Attractive
+    only, because for the congested problems that need a continuation (a leaky-wall room,
+    G = ρ^1.5) the LU stages were 2–6× slower (their stages stalled, or nleqerr kept PETSc's
+    40 trials per step); by estimates and the blocks' signs, not by measured times, so that a
+    run and its restart take the same path.  If the LU's stages stall, the sweep's follow
+    from the start."""
+    choice = options.get("continuation_linear", "auto", prefix)
     if choice not in EXACT_STAGES:
         raise ConfigError(f"-{prefix}continuation_linear", "one of " + ", ".join(EXACT_STAGES),
                           choice)
     if solver.mode != "sweep" or choice == "sweep":
         return None
-    return "requested"
+    if choice == "lu":
+        return "requested"
+    from .auto import ESTIMATED
+    rule = rule or {}
+    lu, sweep = rule.get("lu_s"), rule.get("sweep_s")
+    if rule.get("rule") != ESTIMATED or not lu or not sweep or lu > STAGES_LU_RATIO * sweep:
+        return None
+    if not solver.st.formulation.mirrored or solver.op is None or not solver.op.attractive():
+        return None
+    return (f"attractive coupling, LU step estimated at {lu / sweep:.2g} sweep steps "
+            f"(<= {STAGES_LU_RATIO:g})")
 
 
 def trivial_residual(st: SpaceTime) -> float:
@@ -1075,7 +1092,7 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                     out["first_residual"] = f0
                 if not out["converged"] and continuation:
                     from .continuation import continue_to
-                    why = exact_stages(solver, prefix)
+                    why = exact_stages(solver, prefix, rule)
                     if why is not None:
                         solver = _replace(solver, "lu", rtol, atol, max_it, forcing, user_ls)
                         rule = dict(rule, continuation=f"LU: {why}")
