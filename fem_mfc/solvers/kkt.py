@@ -137,8 +137,8 @@ class KKTOperator:
                 continue
             d = self.grid[r][c].getDiagonal()
             a = d.getArray(readonly=True)
-            if a.size:
-                lo, hi = min(lo, float(a.min())), max(hi, float(np.abs(a).max()))
+            if a.size and not np.isnan(a).all():       # (NaN: ρ^1.5 at a negative ρ)
+                lo, hi = min(lo, float(np.nanmin(a))), max(hi, float(np.nanmax(np.abs(a))))
             d.destroy()
         comm = self.st.comm
         lo, hi = comm.allreduce(lo, op=MPI.MIN), comm.allreduce(hi, op=MPI.MAX)

@@ -888,9 +888,9 @@ def exact_stages(solver: NewtonSolver, prefix: str, rule: dict | None = None) ->
     aggregation game, σ = 0.1, 20 steps, graded, monotone; estimated LU/sweep step ratio in
     brackets): c = −0.1 on 101 / 401 / 1,601 dofs (1.4 / 1.9 / 3.1) LU stages 0.67–0.98× the
     sweep's time, 6,401 (4.4) 1.21×; P2, c = −0.5, 1,601 dofs (3.1) 17.6 s converged against
-    245 s and exit 3 on the sweep; 2D 24² attractive, 8 steps (31): 6× slower.  Attractive
-    only, because for the congested problems that need a continuation (a leaky-wall room,
-    G = ρ^1.5) the LU stages were 2–6× slower (their stages stalled, or nleqerr kept PETSc's
+    245 s and exit 3 on the sweep; 2D 24² attractive, 8 steps (31): the LU path 6× slower.
+    Attractive only, because for the congested problems that need a continuation (a leaky-wall
+    room, G = ρ^1.5) the LU stages were 2–6× slower (their stages stalled, or nleqerr kept PETSc's
     40 trials per step); by estimates and the blocks' signs, not by measured times, so that a
     run and its restart take the same path.  If the LU's stages stall, the sweep's follow
     from the start."""
@@ -1102,9 +1102,14 @@ def newton(problem, rtol=1e-10, atol=1e-12, max_it=50, prefix="mfc_", petsc_opti
                         X0 = initial_states(st, trivial=True)
                     direct = dict(out)
                     out, stages = continue_to(solver, direct, X0)
-                    if why is not None and not out["converged"]:
+                    if why is not None and not out["converged"] and (
+                            why == "requested" or getattr(st.problem, "robins", None)):
                         # the LU's path stalled (a huge leak rate's rows: its exact steps
-                        # failed nleqerr's test where the sweep's passed): the sweep's path
+                        # failed nleqerr's test where the sweep's passed): the sweep's path.
+                        # Not for the automatic choice without leaky walls: its attractive
+                        # games stalled at the λ where the sweep's stages stall too (1D
+                        # Galerkin c = −0.1 on 200 uniform cells λ = 0.8652, G = −0.02ρ³
+                        # graded λ = 0.4531), and the sweep's leg added 40–70 % to the run
                         reached = max((r.get("lambda", 0.0) for r in stages[1:]
                                        if r.get("converged")), default=0.0)
                         if log is not None:
