@@ -1100,3 +1100,23 @@ def test_a_failed_solve_without_noise_is_advised_the_monotone_scheme(tmp_path):
                  "--quiet"])
     assert p.returncode == 0, p.stderr
     assert read_summary(tmp_path / "m")["min_rho"] >= -1e-12
+
+
+def test_picard_that_fails_on_an_attractive_coupling_says_so():
+    """Fictitious play on an aggregation game (1D, G = −0.05ρ², mfg) ran its 500 iterations
+    and ended "DIVERGED_MAX_IT" without a word on why; now the reason says the coupling is
+    attractive and names Newton's continuation.  A congestion cut short gets no such hint."""
+    from fem_mfc.problem import ControlProblem
+    from fem_mfc.solvers.picard import ATTRACTIVE_HINT, picard
+    mesh = dolfinx.mesh.create_interval(MPI.COMM_SELF, 20, [0.0, 1.0])
+    x = ufl.SpatialCoordinate(mesh)
+    common = dict(mesh=mesh, T=1.0, sigma=0.1, steps=5, Phi=(x[0] - 0.5) ** 2,
+                  stabilisation="monotone", rho0=ufl.exp(-50 * (x[0] - 0.5) ** 2))
+    r = picard(ControlProblem(G=lambda r: -0.05 * r ** 2, coupling="mfg", **common), max_it=2)
+    assert not r.converged and r.reason.startswith("DIVERGED_MAX_IT")
+    assert r.reason.endswith(ATTRACTIVE_HINT) and "method = 'newton'" in r.reason
+    r = picard(ControlProblem(G=lambda r: 0.05 * r ** 2, coupling="mfg", **common), max_it=2)
+    assert not r.converged and ATTRACTIVE_HINT not in r.reason
+    common.pop("stabilisation")                                     # the Galerkin scheme
+    r = picard(ControlProblem(G=lambda r: -0.5 * r ** 2, **common), max_it=2)
+    assert not r.converged and r.reason.endswith(ATTRACTIVE_HINT)

@@ -125,24 +125,12 @@ class KKTOperator:
             (base.multTranspose if t else base.mult)(x, work)
             y.axpy(scale * a, work)
 
-    def attractive(self, rtol: float = 1e-10) -> bool:
-        """Has a stored ρ–ρ (coupling) block, at the blocks' states, a diagonal entry below
-        −rtol × the largest in magnitude?  For the HJB–FP Lagrangian C = τ∫G''(ρ̄)·· (or
-        τ∫c'(ρ̄)·· for a game): a congestion makes it ≥ 0, an attractive coupling (G'' < 0
-        somewhere, the aggregation games) negative there.  Collective."""
+    def attractive(self) -> bool:
+        """Is the coupling attractive at the blocks' states (:func:`negative_diagonal` of
+        the stored ρ–ρ blocks)?  Collective."""
         L = self.st.layout
-        lo = hi = 0.0
-        for r, c in self.stored:
-            if not (L.is_forward(r) and L.is_forward(c)):
-                continue
-            d = self.grid[r][c].getDiagonal()
-            a = d.getArray(readonly=True)
-            if a.size and not np.isnan(a).all():       # (NaN: ρ^1.5 at a negative ρ)
-                lo, hi = min(lo, float(np.nanmin(a))), max(hi, float(np.nanmax(np.abs(a))))
-            d.destroy()
-        comm = self.st.comm
-        lo, hi = comm.allreduce(lo, op=MPI.MIN), comm.allreduce(hi, op=MPI.MAX)
-        return lo < -rtol * hi
+        return negative_diagonal([self.grid[r][c] for r, c in self.stored
+                                  if L.is_forward(r) and L.is_forward(c)], self.st.comm)
 
     def pivot_matrix(self, r: int):
         """(matrix, transposed) of the pivot block of equation r (the block solved for in
@@ -187,6 +175,46 @@ class KKTOperator:
             if m is not None:
                 m.destroy()
         self.E = self._fresh = None
+
+
+def negative_diagonal(mats, comm, rtol: float = 1e-10) -> bool:
+    """Has one of the ρ–ρ (coupling) blocks ``mats`` (an iterable: they may be assembled one
+    at a time) a diagonal entry below −rtol × the largest in magnitude?  For the HJB–FP
+    Lagrangian C = τ∫G''(ρ̄)·· (or τ∫c'(ρ̄)·· for a game): a congestion makes it ≥ 0, an
+    attractive coupling (G'' < 0 somewhere, the aggregation games) negative there.
+    Collective."""
+    lo = hi = 0.0
+    for A in mats:
+        d = A.getDiagonal()
+        a = d.getArray(readonly=True)
+        if a.size and not np.isnan(a).all():       # (NaN: ρ^1.5 at a negative ρ)
+            lo, hi = min(lo, float(np.nanmin(a))), max(hi, float(np.nanmax(np.abs(a))))
+        d.destroy()
+    lo, hi = comm.allreduce(lo, op=MPI.MIN), comm.allreduce(hi, op=MPI.MAX)
+    return lo < -rtol * hi
+
+
+def attractive_coupling(st) -> bool:
+    """:func:`negative_diagonal` of the ρ–ρ blocks of ``st`` at its current states, each
+    assembled and freed in turn (for solvers without a :class:`KKTOperator`; the monotone
+    scheme, which has no UFL block forms, assembles its kept blocks).  Collective."""
+    L = st.layout
+
+    def blocks():
+        for (r, c), (key, k) in st.block_keys.items():
+            if not (L.is_forward(r) and L.is_forward(c)):
+                continue
+            try:
+                A, own = st.assemble_block(r, c), True
+            except TypeError:
+                st.load(k)
+                A, own = st.assembler.block(key, k), False
+            try:
+                yield A
+            finally:
+                if own:
+                    A.destroy()
+    return negative_diagonal(blocks(), st.comm)
 
 
 class TrapezoidResidual:

@@ -102,6 +102,9 @@ def fp_sweep(st: SpaceTime, lin: _StepSolver):
 
 
 MIN_RELAXATION = 1.0 / 64
+ATTRACTIVE_HINT = ("; the coupling is attractive (G'' < 0 where the density is): fictitious "
+                   "play need not converge for it - method = 'newton' follows the coupling "
+                   "strength from 0 (continuation)")
 
 
 def picard(problem, rtol=1e-10, atol=1e-12, max_it=500, relaxation=0.5, prefix="mfc_picard_",
@@ -156,9 +159,13 @@ def picard(problem, rtol=1e-10, atol=1e-12, max_it=500, relaxation=0.5, prefix="
         change = math.sqrt(st.comm.allreduce(sq, op=MPI.SUM))
     st.check_finite("Picard")
     target = max(atol, rtol * first)
+    reason = "CONVERGED" if converged else f"DIVERGED_MAX_IT (target {target:.1e})"
+    if not converged and getattr(st.formulation, "mirrored", False):
+        from .kkt import attractive_coupling
+        if attractive_coupling(st):
+            reason += ATTRACTIVE_HINT
     return Result.from_system(st, method="picard", iterations=it, history=history,
                               seconds=time.perf_counter() - t0, converged=converged,
-                              reason=("CONVERGED" if converged else
-                                      f"DIVERGED_MAX_IT (target {target:.1e})"),
+                              reason=reason,
                               residual=res, path={"method": "picard", "relaxation": relaxation,
                                                   "ranks": st.comm.size})
