@@ -887,13 +887,15 @@ def exact_stages(solver: NewtonSolver, prefix: str, rule: dict | None = None) ->
     stopping at their limit.  The LU's cost does not depend on that.  Measured (1D
     aggregation game, σ = 0.1, 20 steps, graded, monotone; estimated LU/sweep step ratio in
     brackets): c = −0.1 on 101 / 401 / 1,601 dofs (1.4 / 1.9 / 3.1) LU stages 0.67–0.98× the
-    sweep's time, 6,401 (4.4) 1.21×; P2, c = −0.5, 1,601 dofs (3.1) 17.6 s converged against
-    245 s and exit 3 on the sweep; 2D 24² attractive, 8 steps (31): the LU path 6× slower.
+    sweep's time, 6,401 (4.4) 1.21×; P2, c = −0.5, 1,601 dofs (3.1) converged (24 s) where
+    the sweep's stages end in exit 3 (41 s); 2D 24² attractive, 8 steps (31): the LU path 6×
+    slower.
     Attractive only, because for the congested problems that need a continuation (a leaky-wall
     room, G = ρ^1.5) the LU stages were 2–6× slower (their stages stalled, or nleqerr kept PETSc's
     40 trials per step); by estimates and the blocks' signs, not by measured times, so that a
-    run and its restart take the same path.  If the LU's stages stall, the sweep's follow
-    from the start."""
+    run and its restart take the same path.  If stages asked for (or those of a problem with
+    leaky walls) stall, the sweep's follow from the start; automatic ones stop there (the
+    sweep's stalled at the same λ)."""
     choice = options.get("continuation_linear", "auto", prefix)
     if choice not in EXACT_STAGES:
         raise ConfigError(f"-{prefix}continuation_linear", "one of " + ", ".join(EXACT_STAGES),
