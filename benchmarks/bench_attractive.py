@@ -2,7 +2,7 @@
 
     bin/fem-env python3 benchmarks/bench_attractive.py --c -0.1 --cells 100,200,400 \
         --steps 20,40 [--grading 6] [--degree 2] [--rtol 1e-10] [--timeout 600] \
-        [--stages auto,sweep,lu] --out results/bench_attractive
+        [--stages auto,sweep,lu] [--ranks 1,2] --out results/bench_attractive
 
 The problem of issue 11 (docs/performance.md, "Attractive (aggregation) games"): 1D
 Ω = (0, 1), σ = 0.1, T = 1, Φ = (x − ½)², ρ₀ ∝ exp(−50(x − ½)²), ``coupling = "mfg"``,
@@ -22,7 +22,8 @@ is the config's ``solver.rtol`` (the solver's default, 1e-10; the study's tables
 measured with 1e-6 and 1e-4 before Newton measured its round-off floor, docs/performance.md).
 ``--stages`` runs each point with every listed ``-mfc_continuation_linear`` (the
 continuation's linear path: ``auto``, the default, exact LU stages for these attractive
-games where the LU is cheap; ``sweep``; ``lu``), one process each, alternating.
+games where the LU is cheap; ``sweep``; ``lu``), one process each, alternating; ``--ranks``
+on each listed number of MPI ranks (``mpirun -n``).
 The rows (c, scheme, grading, cells, steps, h_min, h_max, h_min/L, J, its value identity,
 max ρ, the stationary ρ_max, min ρ, exit status, converged, continuation stages, Newton
 iterations, solve and wall seconds) accumulate in OUT/results.json and OUT/results.csv (a
@@ -73,7 +74,8 @@ vtx = false
 progress = false
 """
 
-FIELDS = ["c", "scheme", "grading", "cells", "steps", "stages_linear", "h_min", "h_max",
+FIELDS = ["c", "scheme", "grading", "cells", "steps", "stages_linear", "ranks", "h_min",
+          "h_max",
           "h_min_over_L", "J", "J_value_identity", "max_rho", "rho_max_stationary", "min_rho",
           "exit", "converged", "reason", "stages", "newton", "solve_s", "wall_s",
           "continuation_path"]
@@ -95,10 +97,11 @@ def write_mesh(path: Path, x: np.ndarray) -> None:
 
 
 def run_point(out: Path, c: float, cells: int, steps: int, a: float, degree: int,
-              timeout: float, rtol: float = 1e-10, stages: str = "auto") -> dict:
+              timeout: float, rtol: float = 1e-10, stages: str = "auto",
+              ranks: int = 1) -> dict:
     scheme = "monotone" if degree == 1 else f"P{degree} Galerkin"
     name = (f"c{c:g}_{'mono' if degree == 1 else f'p{degree}'}_a{a:g}_n{cells}_s{steps}"
-            f"_{stages}")
+            f"_{stages}" + (f"_r{ranks}" if ranks != 1 else ""))
     d = out / "runs" / name
     d.mkdir(parents=True, exist_ok=True)
     x = graded_points(cells, a)
@@ -110,14 +113,15 @@ def run_point(out: Path, c: float, cells: int, steps: int, a: float, degree: int
     L = 8 * EPS ** 2 / abs(c)
     h = np.diff(x)
     row = {"c": c, "scheme": scheme, "grading": a, "cells": cells, "steps": steps,
-           "stages_linear": stages,
+           "stages_linear": stages, "ranks": ranks,
            "h_min": float(h.min()), "h_max": float(h.max()),
            "h_min_over_L": float(h.min() / L), "rho_max_stationary": 1 / (2 * L)}
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     t0 = time.perf_counter()
     try:
-        p = subprocess.run([sys.executable, "-m", "fem_mfc", "run", str(d / "config.toml"),
+        mpi = ["mpirun", "-n", str(ranks)] if ranks != 1 else []
+        p = subprocess.run(mpi + [sys.executable, "-m", "fem_mfc", "run", str(d / "config.toml"),
                             "--out", str(d / "out"), "--quiet",
                             "-mfc_continuation_linear", stages], cwd=REPO,
                            env=env, capture_output=True, text=True, timeout=timeout)
@@ -145,7 +149,7 @@ def run_point(out: Path, c: float, cells: int, steps: int, a: float, degree: int
 
 def key(r: dict) -> tuple:
     return (r["c"], r["scheme"], r["grading"], r["cells"], r["steps"],
-            r.get("stages_linear", "auto"))
+            r.get("stages_linear", "auto"), r.get("ranks", 1))
 
 
 def save(out: Path, rows: list) -> None:
@@ -173,6 +177,7 @@ def main():
     ap.add_argument("--rtol", type=float, default=1e-10)
     ap.add_argument("--stages", type=lambda t: [v for v in t.split(",") if v],
                     default=["auto"], help="-mfc_continuation_linear values (auto,sweep,lu)")
+    ap.add_argument("--ranks", type=ints, default=[1], help="MPI ranks per run (1,2)")
     ap.add_argument("--out", type=Path, default=Path("results/bench_attractive"))
     ap.add_argument("--quick", action="store_true",
                     help="one small point (100 cells, 20 steps; benchmarks/run_all.py --quick)")
@@ -187,13 +192,14 @@ def main():
     for c in a.c:
         for cells in a.cells:
             for steps in a.steps:
-                for stages in a.stages:
-                    r = run_point(a.out, c, cells, steps, a.grading, a.degree, a.timeout,
-                                  a.rtol, stages)
-                    rows = [q for q in rows if key(q) != key(r)] + [r]
-                    save(a.out, rows)
-                    print(" ".join(f"{k}={r[k]:.6g}" if isinstance(r.get(k), float) else
-                                   f"{k}={r.get(k)}" for k in FIELDS), flush=True)
+                for ranks in a.ranks:
+                    for stages in a.stages:
+                        r = run_point(a.out, c, cells, steps, a.grading, a.degree, a.timeout,
+                                      a.rtol, stages, ranks)
+                        rows = [q for q in rows if key(q) != key(r)] + [r]
+                        save(a.out, rows)
+                        print(" ".join(f"{k}={r[k]:.6g}" if isinstance(r.get(k), float) else
+                                       f"{k}={r.get(k)}" for k in FIELDS), flush=True)
 
 
 if __name__ == "__main__":

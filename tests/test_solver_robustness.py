@@ -201,44 +201,62 @@ def test_attractive_coupling_resolved_on_a_graded_mesh(tmp_path):
     assert -11.8 < s["J"] < -9.5
 
 
-def test_continuation_path_rule():
+def test_continuation_path_rule(monkeypatch):
     """A continuation after a failed direct attempt on the sweep path takes exact (LU) stages
     when ``-mfc_continuation_linear lu`` asks for them, or by default (``auto``) for an
-    attractive coupling where the automatic rule's LU step is estimated at ≤ STAGES_LU_RATIO
-    sweep steps — not for a congestion, a dearer LU, a path the user chose, or a
+    attractive coupling where the automatic rule chose the sweep and the LU step is
+    estimated at ≤ STAGES_LU_RATIO sweep steps *on one rank* (the same choice on every
+    number of ranks) — not for a congestion, a dearer LU, a path the user chose, or a
     formulation that is not a Lagrangian's gradient; ``sweep`` keeps the sweep; the LU path
     keeps its own; another value is refused naming the option."""
     from types import SimpleNamespace
 
     from fem_mfc import options
     from fem_mfc.errors import ConfigError
-    from fem_mfc.solvers.auto import ESTIMATED
+    from fem_mfc.solvers import auto
     from fem_mfc.solvers.newton import STAGES_LU_RATIO, exact_stages
 
-    def solver(mode="sweep", attractive=True, mirrored=True):
+    def solver(mode="sweep", attractive=True, mirrored=True, ratio=3.06):   # 1D, 1,601 dofs
         return SimpleNamespace(mode=mode, op=SimpleNamespace(attractive=lambda: attractive),
-                               st=SimpleNamespace(formulation=SimpleNamespace(
+                               st=SimpleNamespace(ratio=ratio, formulation=SimpleNamespace(
                                    mirrored=mirrored)))
-    cheap = {"rule": ESTIMATED, "lu_s": 0.28, "sweep_s": 0.0916}          # 1D, 1,601 dofs
-    dear = {"rule": ESTIMATED, "lu_s": 0.981, "sweep_s": 0.032}           # 2D 24² × 8
-    assert exact_stages(solver(), "mfc_", cheap).startswith("attractive coupling")
-    assert exact_stages(solver(), "mfc_",
-                        dict(cheap, lu_s=STAGES_LU_RATIO * 1.01 * 0.0916)) is None
-    assert exact_stages(solver(), "mfc_", dear) is None
-    assert exact_stages(solver(attractive=False), "mfc_", cheap) is None
-    assert exact_stages(solver(mirrored=False), "mfc_", cheap) is None
+    monkeypatch.setattr(auto, "serial_ratio", lambda st: st.ratio)
+    chose = {"rule": auto.ESTIMATED, "lu_s": 0.199, "sweep_s": 0.0458}   # (2 ranks: 4.3)
+    assert exact_stages(solver(), "mfc_", chose).startswith("attractive coupling")
+    assert exact_stages(solver(ratio=STAGES_LU_RATIO * 1.01), "mfc_", chose) is None
+    assert exact_stages(solver(ratio=30.7), "mfc_", chose) is None             # 2D 24² × 8
+    assert exact_stages(solver(attractive=False), "mfc_", chose) is None
+    assert exact_stages(solver(mirrored=False), "mfc_", chose) is None
     assert exact_stages(solver(), "mfc_", {"rule": "requested"}) is None
-    assert exact_stages(solver(), "mfc_", dict(cheap, rule="LU factors would not fit")) is None
-    assert exact_stages(solver(mode="lu"), "mfc_", cheap) is None
+    assert exact_stages(solver(), "mfc_", dict(chose, rule="LU factors would not fit")) is None
+    assert exact_stages(solver(mode="lu"), "mfc_", chose) is None
     with options.inserted(settings={"mfc_continuation_linear": "sweep"}):
-        assert exact_stages(solver(), "mfc_", cheap) is None
+        assert exact_stages(solver(), "mfc_", chose) is None
     with options.inserted(settings={"mfc_continuation_linear": "lu"}):
-        assert exact_stages(solver(attractive=False), "mfc_", dear) == "requested"
+        assert exact_stages(solver(attractive=False, ratio=30.7), "mfc_", chose) == "requested"
         assert exact_stages(solver(mode="lu"), "mfc_") is None
     with options.inserted(settings={"mfc_continuation_linear": "exact"}):
         with pytest.raises(ConfigError) as e:
             exact_stages(solver(), "mfc_")
     assert e.value.key == "-mfc_continuation_linear"
+
+
+def test_stage_rule_ratio_is_the_serial_estimate():
+    """The exact-stage rule's ratio is the one-rank estimate, whatever the ranks: 1D P2 on
+    800 cells × 20 steps (1,601 dofs) is 3.06 (the estimates for 2 ranks give 4.3, above
+    STAGES_LU_RATIO: that run kept the sweep's stages and ended in exit 3)."""
+    from types import SimpleNamespace
+
+    from fem_mfc.solvers import auto
+    from fem_mfc.solvers.newton import STAGES_LU_RATIO
+    mesh = dolfinx.mesh.create_interval(MPI.COMM_SELF, 800, [0.0, 1.0])
+    V = dolfinx.fem.functionspace(mesh, ("Lagrange", 2))
+    st = SimpleNamespace(V=V, N=20)
+    assert auto.sizes(st) == (1601, 20, 1)
+    ratio = auto.serial_ratio(st)
+    assert ratio == pytest.approx(3.06, abs=0.01) and ratio < STAGES_LU_RATIO
+    two = auto.estimates(1601, 20, 1, ranks=2)
+    assert two["lu_s"] / two["sweep_s"] > STAGES_LU_RATIO
 
 
 def test_attractive_couplings_are_told_from_congestions():

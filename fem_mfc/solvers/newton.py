@@ -879,7 +879,10 @@ def exact_stages(solver: NewtonSolver, prefix: str, rule: dict | None = None) ->
     (the default) takes them for an **attractive coupling** (a ρ–ρ block with a negative
     diagonal, :meth:`~fem_mfc.solvers.kkt.KKTOperator.attractive`) where the automatic rule
     chose the sweep by its estimates (``rule``, :func:`fem_mfc.solvers.auto.choose`) and the
-    LU's estimated Newton step is at most STAGES_LU_RATIO of the sweep's.
+    LU's estimated Newton step is at most STAGES_LU_RATIO of the sweep's on one rank
+    (:func:`~fem_mfc.solvers.auto.serial_ratio`: the same choice on every number of ranks —
+    by the estimates for 2 ranks, 4.3, the P2 case below kept the sweep there and ended in
+    exit 3).
 
     A problem that needs a continuation is not the monotone one the sweep estimate assumes:
     its stages solve every Newton step to KSP_RTOL, and for C < 0 the sweep is weak (the
@@ -904,14 +907,15 @@ def exact_stages(solver: NewtonSolver, prefix: str, rule: dict | None = None) ->
         return None
     if choice == "lu":
         return "requested"
-    from .auto import ESTIMATED
-    rule = rule or {}
-    lu, sweep = rule.get("lu_s"), rule.get("sweep_s")
-    if rule.get("rule") != ESTIMATED or not lu or not sweep or lu > STAGES_LU_RATIO * sweep:
+    from . import auto
+    if (rule or {}).get("rule") != auto.ESTIMATED:
+        return None
+    ratio = auto.serial_ratio(solver.st)
+    if ratio > STAGES_LU_RATIO:
         return None
     if not solver.st.formulation.mirrored or solver.op is None or not solver.op.attractive():
         return None
-    return (f"attractive coupling, LU step estimated at {lu / sweep:.2g} sweep steps "
+    return (f"attractive coupling, LU step estimated at {ratio:.2g} sweep steps on one rank "
             f"(<= {STAGES_LU_RATIO:g})")
 
 
