@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..forms import hjb_fp as H
 from ..forms import monotone as Mo
 from .assemblers import Assembler
+from .assembly import fill_owned
 from .spacetime import HJB_ROWS, HJB_TEMPLATES, Formulation, SpaceTime
 
 RHO_CUR, RHO_NEXT, U_PREV, U_CUR = H.RHO_CUR, H.RHO_NEXT, H.U_PREV, H.U_CUR
@@ -300,7 +301,6 @@ class MonotoneAssembler(Assembler):
         return A
 
     def _fill(self, A: PETSc.Mat, owned: np.ndarray):
-        from .assembly import fill_owned
         fill_owned(A, self.pattern.indptr, self.pattern.cols, owned)
 
     def fresh(self, form):
