@@ -20,6 +20,10 @@ Each run writes its mesh (a meshio .vtu line mesh, ``[mesh] kind = "file"``) and
 OUT/runs/, one run at a time; a run killed by ``--timeout`` is recorded as such.  ``--rtol``
 is the config's ``solver.rtol`` (the solver's default, 1e-10; the study's tables were
 measured with 1e-6 and 1e-4 before Newton measured its round-off floor, docs/performance.md).
+Each point also times the limit proxy in the benchmark's own process (one rank): ``steps``
+backward-Euler heat steps of the same mesh and degree with one reused factorisation
+(``bench_matrix.heat_proxy``), and reports DOF·steps/s of the solve and its ratio to the
+proxy — for a continuation, the price of its ≈ 75 Newton iterations over ≈ 15 stages.
 ``--stages`` runs each point with every listed ``-mfc_continuation_linear`` (the
 continuation's linear path: ``auto``, the default, exact LU stages for these attractive
 games where the LU is cheap; ``sweep``; ``lu``), one process each, alternating; ``--ranks``
@@ -77,8 +81,8 @@ progress = false
 FIELDS = ["c", "scheme", "grading", "cells", "steps", "stages_linear", "ranks", "h_min",
           "h_max",
           "h_min_over_L", "J", "J_value_identity", "max_rho", "rho_max_stationary", "min_rho",
-          "exit", "converged", "reason", "stages", "newton", "solve_s", "wall_s",
-          "continuation_path"]
+          "exit", "converged", "reason", "stages", "newton", "solve_s", "wall_s", "ndofs",
+          "dof_steps_per_s", "proxy_s", "ratio_to_proxy", "continuation_path"]
 
 
 def graded_points(cells: int, a: float) -> np.ndarray:
@@ -87,6 +91,26 @@ def graded_points(cells: int, a: float) -> np.ndarray:
     from fem_mfc.mesh import grading_map  # the map of [mesh] grading = a
     s = np.linspace(0.0, 1.0, cells + 1)
     return grading_map(0.0, 1.0, 0.5, a)(s) if a > 0 else s
+
+
+def proxy_seconds(cells: int, steps: int, a: float, degree: int) -> tuple[int, float]:
+    """(dofs, seconds) of the heat-step limit proxy on the point's graded mesh (one rank)."""
+    from types import SimpleNamespace
+
+    from mpi4py import MPI
+
+    import dolfinx
+    from bench_matrix import heat_proxy
+    mesh = dolfinx.mesh.create_interval(MPI.COMM_SELF, cells, [0.0, 1.0])
+    t = mesh.geometry.x[:, 0].copy()
+    if a > 0:
+        from fem_mfc.mesh import grading_map
+        mesh.geometry.x[:, 0] = grading_map(0.0, 1.0, 0.5, a)(t)
+    V = dolfinx.fem.functionspace(mesh, ("Lagrange", degree))
+    n = V.dofmap.index_map.size_global
+    best = min(heat_proxy(SimpleNamespace(space=V, tau=1.0 / steps, eps=EPS, steps=steps))
+               for _ in range(3))
+    return n, best
 
 
 def write_mesh(path: Path, x: np.ndarray) -> None:
@@ -141,9 +165,14 @@ def run_point(out: Path, c: float, cells: int, steps: int, a: float, degree: int
                 "converged": s.get("converged"), "reason": s.get("reason"),
                 "stages": max(len(stages) - 1, 0),
                 "newton": s.get("iterations_total", s.get("iterations")),
-                "solve_s": s.get("solve_time_s"),
+                "solve_s": s.get("solve_time_s"), "ndofs": s.get("ndofs"),
                 "continuation_path": (s.get("solver_path") or {}).get("auto", {}).get(
                     "continuation", "the direct attempt's")})
+    n, proxy = proxy_seconds(cells, steps, a, degree)
+    solve = row.get("solve_s")
+    row.update({"proxy_s": proxy, "ndofs": row.get("ndofs") or n,
+                "dof_steps_per_s": n * steps / solve if solve else None,
+                "ratio_to_proxy": solve / proxy if solve and proxy > 0 else None})
     return row
 
 
